@@ -1,0 +1,89 @@
+"""The shared data records every stage passes along: items, datasets, rejections and embedding tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TRAIN = "train"
+TEST = "test"
+SPLITS = (TRAIN, TEST)
+# Label of a test item known to come from a class that is not in train.
+DISTRACTOR = "-1"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset."""
+
+    id: str  # submission id: the file name, unique within the dataset
+    split: str  # "train" or "test"
+    label: str | None  # class name; None when unknown; "-1" for a known distractor
+    path: Path  # image file on disk
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file that was not used, and why."""
+
+    name: str  # the file's name as the user gave it (relative path or zip entry)
+    reason: str  # one line a person can act on
+
+
+@dataclass
+class Dataset:
+    """Images found in a source, with everything that was refused."""
+
+    name: str  # short name shown to users
+    items: list[Item]  # accepted images, train first
+    rejected: list[Rejected] = field(default_factory=list)  # files refused, with reasons
+
+    def split(self, split: str) -> list[Item]:
+        return [item for item in self.items if item.split == split]
+
+    @property
+    def has_test_truth(self) -> bool:
+        test = self.split(TEST)
+        return bool(test) and all(item.label is not None for item in test)
+
+    def summary(self) -> str:
+        return f"{len(self.items)} accepted, {len(self.rejected)} rejected"
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Vectors for the items of a dataset: the same columns as the Parquet format."""
+
+    ids: np.ndarray  # (n,) str
+    splits: np.ndarray  # (n,) str, "train" or "test"
+    labels: np.ndarray  # (n,) object: str, or None when unknown
+    vectors: np.ndarray  # (n, d) float32, L2-normalised rows
+    model: str  # identity of the model that made the vectors
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if not (len(self.splits) == len(self.labels) == n == self.vectors.shape[0]):
+            raise ValueError(
+                f"columns differ in length: ids {n}, splits {len(self.splits)}, "
+                f"labels {len(self.labels)}, vectors {self.vectors.shape[0]}"
+            )
+
+    def mask(self, split: str) -> np.ndarray:
+        return self.splits == split
+
+    def subset(self, split: str) -> "Embeddings":
+        keep = self.mask(split)
+        return Embeddings(
+            self.ids[keep], self.splits[keep], self.labels[keep], self.vectors[keep], self.model
+        )
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def has_test_truth(self) -> bool:
+        test_labels = self.labels[self.mask(TEST)]
+        return len(test_labels) > 0 and all(label is not None for label in test_labels)

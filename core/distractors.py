@@ -1,0 +1,157 @@
+"""Distractor detection: similarity scores, contamination ↔ threshold, a fast threshold sweep, and DBSCAN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.cluster import DBSCAN
+
+from core.index import Neighbours, VectorIndex
+from core.metrics import precision_recall_f1
+
+SCORE_MODES = ("max", "mean")
+
+
+def distractor_scores(neighbours: Neighbours, mode: str = "max", k: int = 5) -> np.ndarray:
+    """Score per query: its best cosine similarity to train ("max", seed 001) or the mean of its top-k."""
+    if mode not in SCORE_MODES:
+        raise ValueError(f"score mode must be one of {SCORE_MODES}, got {mode!r}")
+    if mode == "max":
+        return neighbours.similarities[:, 0].astype(np.float64)
+    if k < 1:
+        raise ValueError(f"k for the mean score must be at least 1, got {k}")
+    return neighbours.similarities[:, : min(k, neighbours.k)].mean(axis=1).astype(np.float64)
+
+
+def leave_one_out_scores(train_vectors: np.ndarray, mode: str = "max", k: int = 5) -> np.ndarray:
+    """Each train item's score against the other train items: what a kept test item tends to score."""
+    n = train_vectors.shape[0]
+    if n < 2:
+        return np.full(n, np.nan)
+    neighbours = VectorIndex(train_vectors).search(train_vectors, min(k + 1, n))
+    # Drop each row's own entry (not always first when duplicates tie with it).
+    own = neighbours.indices == np.arange(n)[:, None]
+    has_own = own.any(axis=1)
+    own[~has_own, -1] = True
+    keep = ~own
+    similarities = neighbours.similarities[keep].reshape(n, -1)
+    indices = neighbours.indices[keep].reshape(n, -1)
+    return distractor_scores(Neighbours(similarities, indices), mode, k)
+
+
+def _check_share(contamination: float) -> None:
+    if not 0.0 <= contamination <= 1.0:
+        raise ValueError(f"contamination must be a share between 0 and 1, got {contamination}")
+
+
+class ThresholdSweep:
+    """Everything that follows a threshold, answered in O(log n) from scores sorted once.
+
+    Items scoring below the threshold are flagged. With per-item average precision for both
+    verdicts (`ap_if_flagged`, `ap_if_kept`) MAP@k follows; with truth, precision/recall/F1.
+    """
+
+    def __init__(
+        self,
+        scores: np.ndarray,
+        ap_if_flagged: np.ndarray | None = None,
+        ap_if_kept: np.ndarray | None = None,
+        is_distractor: np.ndarray | None = None,
+    ):
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim != 1 or scores.size == 0:
+            raise ValueError("the sweep needs a non-empty 1-D array of test scores")
+        if not np.all(np.isfinite(scores)):
+            raise ValueError("test scores contain NaN or infinite values")
+        self.order = np.argsort(scores, kind="stable")
+        self.sorted_scores = scores[self.order]
+        self.n = scores.size
+
+        def cumulative(values):
+            return None if values is None else np.concatenate(([0.0], np.cumsum(np.asarray(values, np.float64)[self.order])))
+
+        self._flagged_ap = cumulative(ap_if_flagged)
+        self._kept_ap = cumulative(ap_if_kept)
+        self._distractors = cumulative(None if is_distractor is None else np.asarray(is_distractor, bool))
+
+    @property
+    def has_map(self) -> bool:
+        return self._flagged_ap is not None and self._kept_ap is not None
+
+    @property
+    def has_truth(self) -> bool:
+        return self._distractors is not None
+
+    def flagged_count(self, threshold):
+        """How many items score strictly below the threshold (scalar or array of thresholds)."""
+        return np.searchsorted(self.sorted_scores, threshold, side="left")
+
+    def contamination(self, threshold):
+        """Share of items flagged at the threshold."""
+        return self.flagged_count(threshold) / self.n
+
+    def threshold_for(self, contamination: float) -> float:
+        """The threshold that flags the given share of items (the inverse of `contamination`)."""
+        _check_share(contamination)
+        flagged = int(round(contamination * self.n))
+        if flagged >= self.n:
+            return float(np.nextafter(self.sorted_scores[-1], np.inf))
+        return float(self.sorted_scores[flagged])
+
+    def map_at(self, threshold):
+        if not self.has_map:
+            raise ValueError("MAP@k needs test truth")
+        flagged = self.flagged_count(threshold)
+        kept_total = self._kept_ap[-1]
+        return (self._flagged_ap[flagged] + kept_total - self._kept_ap[flagged]) / self.n
+
+    def detection_at(self, threshold):
+        """(precision, recall, F1) of the flags against the known distractors."""
+        if not self.has_truth:
+            raise ValueError("precision/recall need test truth")
+        flagged = self.flagged_count(threshold)
+        return precision_recall_f1(self._distractors[flagged], flagged, self._distractors[-1])
+
+    def grid(self, points: int = 201) -> np.ndarray:
+        """Thresholds spanning the scores, for curves."""
+        low, high = self.sorted_scores[0], self.sorted_scores[-1]
+        pad = max((high - low) * 0.02, 1e-6)
+        return np.linspace(low - pad, high + pad, points)
+
+    def best_map_threshold(self) -> tuple[float, float]:
+        """The threshold with the highest MAP@k, tried at every distinct score (ties: the lowest)."""
+        candidates = np.concatenate((self.sorted_scores, [np.nextafter(self.sorted_scores[-1], np.inf)]))
+        values = self.map_at(candidates)
+        best = int(np.argmax(values))
+        return float(candidates[best]), float(values[best])
+
+
+@dataclass(frozen=True)
+class DbscanConfig:
+    """DBSCAN as a second detector (seed 001): test items in clusters without any train item."""
+
+    eps: float = 0.15  # cosine distance (1 - similarity) that joins two points
+    min_samples: int = 3  # points needed to form a dense core
+    noise_is_distractor: bool = False  # whether points in no cluster count as distractors
+
+    def __post_init__(self):
+        if not 0.0 < self.eps <= 2.0:
+            raise ValueError(f"eps is a cosine distance in (0, 2], got {self.eps}")
+        if self.min_samples < 1:
+            raise ValueError(f"min_samples must be at least 1, got {self.min_samples}")
+
+
+def dbscan_flags(train_vectors: np.ndarray, test_vectors: np.ndarray, config: DbscanConfig = DbscanConfig()) -> np.ndarray:
+    """Flag test items whose DBSCAN cluster (fitted on train and test together) has no train member."""
+    if test_vectors.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    vectors = np.vstack([train_vectors, test_vectors]).astype(np.float32)
+    # On unit vectors, Euclidean distance² = 2 × cosine distance: Euclidean avoids a dense cosine matrix.
+    labels = DBSCAN(eps=float(np.sqrt(2 * config.eps)), min_samples=config.min_samples).fit_predict(vectors)
+    n_train = train_vectors.shape[0]
+    clusters_with_train = set(labels[:n_train].tolist()) - {-1}
+    test_labels = labels[n_train:]
+    in_train_cluster = np.isin(test_labels, list(clusters_with_train))
+    noise = test_labels == -1
+    return np.where(noise, config.noise_is_distractor, ~in_train_cluster)

@@ -1,0 +1,98 @@
+"""Top-k label predictions from neighbours, "-1" placement for distractors, and the submission CSV format."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from core.dataset import DISTRACTOR
+from core.index import Neighbours
+
+
+def neighbours_needed(train_labels: Sequence[str], k: int = 5) -> int:
+    """How many neighbours guarantee k distinct labels: k times the largest class (capped at train size)."""
+    _, counts = np.unique(np.asarray(train_labels, dtype=object).astype(str), return_counts=True)
+    return int(min(len(train_labels), k * counts.max()))
+
+
+def rank_labels(neighbours: Neighbours, train_labels: Sequence[str], k: int = 5) -> list[list[str]]:
+    """Up to k distinct labels per query, ranked by each class's best neighbour similarity.
+
+    Rows are shorter than k only when train has fewer than k classes (or too few neighbours were
+    searched: use `neighbours_needed`).
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    labels = np.asarray(train_labels, dtype=object)
+    rows = []
+    # Neighbours come sorted by similarity, so a label's first appearance is its best match.
+    for row_labels in labels[neighbours.indices]:
+        rows.append(list(dict.fromkeys(row_labels))[:k])
+    return rows
+
+
+def place_distractor(rows: Sequence[Sequence[str]], flagged: np.ndarray, k: int = 5) -> list[list[str]]:
+    """Flagged rows get "-1" first and their top k-1 labels after it (seed 001's format)."""
+    if len(rows) != len(flagged):
+        raise ValueError(f"{len(rows)} prediction rows but {len(flagged)} flags")
+    return [[DISTRACTOR, *row[: k - 1]] if flag else list(row[:k]) for row, flag in zip(rows, flagged)]
+
+
+SUBMISSION_COLUMNS = ("id", "predictions")
+
+
+def write_submission(path: Path | str, ids: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+    """`id,predictions` with the labels space-separated, one row per test image."""
+    if len(ids) != len(rows):
+        raise ValueError(f"{len(ids)} ids but {len(rows)} prediction rows")
+    bad = [label for row in rows for label in row if any(ch.isspace() for ch in label)]
+    if bad:
+        raise ValueError(
+            f"labels must not contain white space in a space-separated submission, e.g. {bad[0]!r}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SUBMISSION_COLUMNS)
+        writer.writerows((image_id, " ".join(row)) for image_id, row in zip(ids, rows))
+    return path
+
+
+def _read_csv(path: Path | str, required: tuple[str, ...], what: str) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} file not found: {path}")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{what} {path.name} lacks column(s) {', '.join(missing)}; "
+                f"found {', '.join(reader.fieldnames or []) or 'none'}, need {', '.join(required)}"
+            )
+        rows = list(reader)
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"{what} {path.name} repeats the id {duplicate!r}")
+    return rows
+
+
+def read_submission(path: Path | str) -> dict[str, list[str]]:
+    """id → predicted labels, from a submission CSV."""
+    return {row["id"]: (row["predictions"] or "").split() for row in _read_csv(path, SUBMISSION_COLUMNS, "submission")}
+
+
+def read_truth(path: Path | str) -> dict[str, str]:
+    """id → true label ("-1" for a distractor), from a CSV with columns id,label."""
+    truth = {}
+    for row in _read_csv(path, ("id", "label"), "truth"):
+        label = (row["label"] or "").strip()
+        if not label:
+            raise ValueError(f"truth has an empty label for id {row['id']!r}")
+        truth[row["id"]] = label
+    return truth
