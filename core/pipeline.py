@@ -18,6 +18,7 @@ from core.distractors import (
     leave_one_out_scores,
 )
 from core.index import Neighbours, VectorIndex
+from core.ingest import load_dataset, read_embeddings_checked
 from core.metrics import average_precision_at_k, distractor_report, mean_precision_at_k, top1_accuracy
 from core.predict import neighbours_needed, place_distractor, rank_labels
 
@@ -252,3 +253,35 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
         threshold = retrieval.sweep.threshold_for(config.contamination)
         source = f"contamination {config.contamination:.0%}"
     return Analysis(train, test, config, neighbours, retrieval, float(threshold), source, validation, notes)
+
+
+@dataclass
+class LoadedEmbeddings:
+    """Embeddings ready for analysis, with every file that was refused on the way."""
+
+    embeddings: Embeddings
+    rejected: list  # core.dataset.Rejected, from reading the source and from embedding it
+    computed: int = 0  # vectors computed by the model in this run
+    from_cache: int = 0  # vectors found in the cache
+    seconds: float = 0.0  # time spent embedding
+
+    def summary(self) -> str:
+        return f"{len(self.embeddings.ids)} accepted, {len(self.rejected)} rejected"
+
+
+def is_embeddings_file(source) -> bool:
+    return str(source).lower().endswith(".parquet")
+
+
+def load_embeddings(source, embed_config=None, cache=None, progress=None, work_dir=None) -> LoadedEmbeddings:
+    """Vectors for a dataset folder or zip (embedded with the config's model, cached) or a Parquet file."""
+    if is_embeddings_file(source):
+        embeddings, rejected = read_embeddings_checked(source)
+        return LoadedEmbeddings(embeddings, rejected)
+    # torch loads only when images must be embedded, so Parquet analysis starts fast.
+    from core.embed import EmbedConfig, embed_dataset, load_embedder
+
+    dataset = load_dataset(source, work_dir=work_dir)
+    config = embed_config or EmbedConfig()
+    run = embed_dataset(dataset, load_embedder(config), cache, config.batch_size, progress)
+    return LoadedEmbeddings(run.embeddings, dataset.rejected + run.rejected, run.computed, run.from_cache, run.seconds)

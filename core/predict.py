@@ -44,21 +44,21 @@ def place_distractor(rows: Sequence[Sequence[str]], flagged: np.ndarray, k: int 
 SUBMISSION_COLUMNS = ("id", "predictions")
 
 
+def submission_label(label: str) -> str:
+    """A label as it stands in a space-separated submission: inner white space becomes "_"."""
+    return "_".join(str(label).split())
+
+
 def write_submission(path: Path | str, ids: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
     """`id,predictions` with the labels space-separated, one row per test image."""
     if len(ids) != len(rows):
         raise ValueError(f"{len(ids)} ids but {len(rows)} prediction rows")
-    bad = [label for row in rows for label in row if any(ch.isspace() for ch in label)]
-    if bad:
-        raise ValueError(
-            f"labels must not contain white space in a space-separated submission, e.g. {bad[0]!r}"
-        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(SUBMISSION_COLUMNS)
-        writer.writerows((image_id, " ".join(row)) for image_id, row in zip(ids, rows))
+        writer.writerows((image_id, " ".join(map(submission_label, row))) for image_id, row in zip(ids, rows))
     return path
 
 
@@ -88,11 +88,11 @@ def read_submission(path: Path | str) -> dict[str, list[str]]:
 
 
 def read_truth(path: Path | str) -> dict[str, str]:
-    """id → true label ("-1" for a distractor), from a CSV with columns id,label."""
+    """id → true label ("-1" for a distractor) as a submission spells it, from a CSV with columns id,label."""
     truth = {}
     for row in _read_csv(path, ("id", "label"), "truth"):
         label = (row["label"] or "").strip()
         if not label:
             raise ValueError(f"truth has an empty label for id {row['id']!r}")
-        truth[row["id"]] = label
+        truth[row["id"]] = submission_label(label)
     return truth

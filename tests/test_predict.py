@@ -41,9 +41,11 @@ def test_submission_round_trip(tmp_path):
     assert read_submission(path) == {"x.jpg": ["-1", "a"], "y.jpg": ["b", "c"]}
 
 
-def test_submission_refuses_labels_with_spaces(tmp_path):
-    with pytest.raises(ValueError, match="must not contain white space"):
-        write_submission(tmp_path / "s.csv", ["x"], [["red circle"]])
+def test_labels_with_spaces_score_the_same_after_the_round_trip(tmp_path):
+    write_submission(tmp_path / "s.csv", ["x", "y"], [["red circle", "b"], ["-1", "red circle"]])
+    (tmp_path / "t.csv").write_text("id,label\nx,red circle\ny, red  circle \n")
+    assert read_submission(tmp_path / "s.csv") == {"x": ["red_circle", "b"], "y": ["-1", "red_circle"]}
+    assert read_truth(tmp_path / "t.csv") == {"x": "red_circle", "y": "red_circle"}
 
 
 def test_truth_file_errors_are_clear(tmp_path):

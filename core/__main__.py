@@ -1,0 +1,253 @@
+"""Command line: python -m core {demo,embed,predict,evaluate,score,models} — one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class ProgressBar:
+    """A one-line progress bar with images/s and ETA on stderr."""
+
+    def __init__(self, label: str, stream=sys.stderr, width: int = 28):
+        self.label, self.stream, self.width = label, stream, width
+        self.started = time.perf_counter()
+
+    def __call__(self, done: int, total: int, images_per_second: float | None = None) -> None:
+        share = done / total if total else 1.0
+        filled = int(share * self.width)
+        rate = f"{images_per_second:6.1f} images/s" if images_per_second else ""
+        eta = ""
+        if images_per_second and done < total:
+            eta = f"  ETA {(total - done) / images_per_second:5.0f}s"
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} {rate}{eta}")
+        if done >= total:
+            self.stream.write(f"  ({time.perf_counter() - self.started:.1f}s)\n")
+        self.stream.flush()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _embed_config(args):
+    from core.embed import EmbedConfig
+
+    return EmbedConfig(model=args.model, batch_size=args.batch_size, precision=args.precision)
+
+
+def _load(args):
+    """Embeddings for the command's source, reporting what was refused."""
+    from core.cache import EmbeddingCache
+    from core.pipeline import is_embeddings_file, load_embeddings
+
+    embed_config = None if is_embeddings_file(args.source) else _embed_config(args)
+    loaded = load_embeddings(args.source, embed_config, EmbeddingCache(), ProgressBar("embedding"))
+    print(loaded.summary(), file=sys.stderr)
+    if loaded.computed or loaded.from_cache:
+        print(f"computed {loaded.computed}, from cache {loaded.from_cache}", file=sys.stderr)
+    for rejected in loaded.rejected:
+        print(f"  rejected {rejected.name}: {rejected.reason}", file=sys.stderr)
+    return loaded
+
+
+def _predict_config(args):
+    from core.pipeline import PredictConfig
+
+    return PredictConfig(
+        k=args.k,
+        score_mode=args.score,
+        contamination=args.contamination,
+        threshold=args.threshold,
+        auto=args.auto,
+    )
+
+
+def _flags(analysis, args):
+    from core.distractors import DbscanConfig
+
+    if args.detector == "dbscan":
+        return analysis.dbscan(DbscanConfig(eps=args.eps, min_samples=args.min_samples))
+    return analysis.flags()
+
+
+def cmd_demo(args) -> int:
+    from core.demo import write_demo_dataset, write_digits_dataset
+
+    root = (write_digits_dataset if args.digits else write_demo_dataset)(Path(args.out_dir), seed=args.seed)
+    print(f"wrote {'digits' if args.digits else 'demo'} dataset to {root}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from core.embed import list_models
+
+    for name, description in list_models().items():
+        print(f"{name:40s} {description}")
+    print("\nAny Hugging Face CLIP id or local checkpoint directory also works.")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from core.ingest import write_embeddings
+
+    loaded = _load(args)
+    write_embeddings(args.out, loaded.embeddings)
+    print(f"wrote {len(loaded.embeddings.ids)} vectors ({loaded.embeddings.model}) to {args.out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from core.pipeline import analyse
+    from core.predict import write_submission
+
+    analysis = analyse(_load(args).embeddings, _predict_config(args))
+    flags = _flags(analysis, args)
+    write_submission(args.out, list(analysis.test.ids), analysis.predictions(flags=flags))
+    for note in analysis.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.detector == "dbscan":
+        print(f"detector: DBSCAN (eps {args.eps}, min_samples {args.min_samples})")
+    else:
+        print(f"threshold: {analysis.threshold:.4f} ({analysis.threshold_source})")
+    print(f"flagged as distractors: {int(flags.sum())} of {len(flags)} ({flags.mean():.1%})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _format_report(report: dict) -> str:
+    width = max(map(len, report))
+    lines = []
+    for key, value in report.items():
+        shown = "n/a" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from core.pipeline import analyse
+
+    loaded = _load(args)
+    analysis = analyse(loaded.embeddings, _predict_config(args))
+    if analysis.truth is None:
+        raise ValueError(
+            "evaluate needs test truth: put test images under test/<label>/ (\"-1\" for distractors) "
+            "or give labels in the Parquet file; use predict for unlabelled test sets"
+        )
+    report = {"model": loaded.embeddings.model, "threshold_rule": analysis.threshold_source}
+    report.update(analysis.report(flags=_flags(analysis, args)))
+    best_threshold, best_map = analysis.sweep.best_map_threshold()
+    report["best_threshold_with_truth"] = best_threshold
+    report[f"best_MAP@{args.k}_with_truth"] = best_map
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for note in analysis.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(_format_report(report))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from core.metrics import map_at_k
+    from core.predict import read_submission, read_truth
+
+    submission, truth = read_submission(args.submission), read_truth(args.truth)
+    missing = [image_id for image_id in truth if image_id not in submission]
+    if missing:
+        print(f"note: {len(missing)} truth ids have no prediction (scored 0), e.g. {missing[0]}", file=sys.stderr)
+    extra = len(set(submission) - set(truth))
+    if extra:
+        print(f"note: {extra} submission ids are not in the truth file and are ignored", file=sys.stderr)
+    ids = list(truth)
+    print(f"MAP@{args.k} = {map_at_k([truth[i] for i in ids], [submission.get(i, []) for i in ids], args.k):.6f}")
+    return 0
+
+
+def _add_source(parser, what="a dataset folder or .zip, or an embeddings .parquet"):
+    from core.embed import EmbedConfig
+
+    defaults = EmbedConfig()
+    parser.add_argument("source", help=what)
+    parser.add_argument("--model", default=defaults.model, help=f"CLIP id or local directory, or 'baseline' (default {defaults.model})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per model call")
+    parser.add_argument("--precision", default=defaults.precision, choices=("fp32", "bf16"))
+
+
+def _add_prediction(parser):
+    from core.pipeline import PredictConfig
+
+    defaults = PredictConfig()
+    rule = parser.add_mutually_exclusive_group()
+    rule.add_argument("--threshold", type=float, help="flag test items whose score is below this cosine similarity")
+    rule.add_argument("--auto", action="store_true", help="choose the threshold on train, with held-out classes as distractors")
+    parser.add_argument("--contamination", type=float, default=defaults.contamination, help="share of test to flag (default 0.3); with --auto, the simulated share")
+    parser.add_argument("--score", default=defaults.score_mode, choices=("max", "mean"), help="distractor score: best or mean top-k similarity")
+    parser.add_argument("--k", type=int, default=defaults.k, help="labels per prediction (default 5)")
+    parser.add_argument("--detector", default="threshold", choices=("threshold", "dbscan"))
+    parser.add_argument("--eps", type=float, default=0.15, help="DBSCAN cosine distance")
+    parser.add_argument("--min-samples", type=int, default=3, help="DBSCAN core size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Retrieval Lab: image retrieval with distractors.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="write the built-in demo dataset (no download)")
+    demo.add_argument("out_dir")
+    demo.add_argument("--digits", action="store_true", help="write scikit-learn's handwritten digits instead")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=cmd_demo)
+
+    commands.add_parser("models", help="list the known models").set_defaults(run=cmd_models)
+
+    embed = commands.add_parser("embed", help="embed a dataset into a Parquet file (cached)")
+    _add_source(embed, "a dataset folder or .zip")
+    embed.add_argument("--out", required=True, help="embeddings .parquet to write")
+    embed.set_defaults(run=cmd_embed)
+
+    predict = commands.add_parser("predict", help="top-5 labels with -1 for distractors, as a submission CSV")
+    _add_source(predict)
+    _add_prediction(predict)
+    predict.add_argument("--out", required=True, help="submission .csv to write")
+    predict.set_defaults(run=cmd_predict)
+
+    evaluate = commands.add_parser("evaluate", help="MAP@5 and distractor figures for a dataset with test truth")
+    _add_source(evaluate)
+    _add_prediction(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    score = commands.add_parser("score", help="MAP@5 of a submission against a truth CSV (id,label)")
+    score.add_argument("submission")
+    score.add_argument("truth")
+    score.add_argument("--k", type=int, default=5)
+    score.set_defaults(run=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.embed import ModelUnavailableError
+
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return args.run(args)
+    except (ValueError, ModelUnavailableError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished batches are cached and will be reused", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

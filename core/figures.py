@@ -1,0 +1,353 @@
+"""Plotly figure builders: arrays in, go.Figure out, no I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.projection import Projection
+
+TEMPLATE = "plotly_white"
+TRAIN_COLOUR = "#1f77b4"
+TEST_COLOUR = "#ff7f0e"
+DISTRACTOR_COLOUR = "#d62728"
+UNKNOWN_COLOUR = "#9e9e9e"  # no label or no score
+GUIDE_COLOUR = "#444444"  # thresholds and reference lines
+SCORE_SCALE = "Viridis"
+THRESHOLD_AXIS = "threshold (max cosine similarity to train)"
+# Red is reserved for distractors, so class colours leave it out.
+LABEL_PALETTE = [colour for colour in qualitative.Dark24 if colour != "#FB0D0D"]
+SPLIT_COLOURS = {TRAIN: TRAIN_COLOUR, TEST: TEST_COLOUR}
+SPLIT_SYMBOLS = {TRAIN: "circle", TEST: "diamond"}
+# Map traces are drawn bottom-up: the few train points, the references, stay on top of test.
+DRAW_ORDER = (TEST, TRAIN)
+
+COLOUR_MODES = ("split", "label", "flag", "score")
+# Columns scatter_map always needs, and the extra one each colour mode reads.
+MAP_COLUMNS = ("x", "y", "split", "id", "row")
+MODE_COLUMNS = {"split": None, "label": "label", "flag": "flag", "score": "score"}
+# One trace of the map: legend name, which rows, and the marker properties it sets.
+MapGroup = tuple[str, pd.Series, dict]
+
+
+def map_points(
+    embeddings: Embeddings,
+    projection: Projection,
+    *,
+    labels: Sequence | None = None,
+    flags: Sequence[bool] | None = None,
+    scores: Sequence[float] | None = None,
+) -> pd.DataFrame:
+    """The table scatter_map draws: one row per embedding, in the embeddings' order.
+
+    ``projection`` must come from ``embeddings.subset(TRAIN)`` and ``.subset(TEST)`` vectors.
+    ``labels`` replaces the stored labels (e.g. predicted top-1 for test); ``flags`` (True =
+    flagged distractor) and ``scores`` are aligned with the embeddings' rows and add the columns
+    "flag" and "score". Column "row" is the position in ``embeddings``, for mapping selections back.
+    """
+    train_mask, test_mask = embeddings.mask(TRAIN), embeddings.mask(TEST)
+    if (train_mask.sum(), test_mask.sum()) != (len(projection.train_xy), len(projection.test_xy)):
+        raise ValueError(
+            f"projection has {len(projection.train_xy)} train and {len(projection.test_xy)} test "
+            f"points but the embeddings have {train_mask.sum()} and {test_mask.sum()}"
+        )
+    xy = np.zeros((len(embeddings.ids), 2), dtype=np.float32)
+    xy[train_mask] = projection.train_xy
+    xy[test_mask] = projection.test_xy
+    columns = {
+        "x": xy[:, 0],
+        "y": xy[:, 1],
+        "split": embeddings.splits,
+        "id": embeddings.ids,
+        "label": embeddings.labels if labels is None else labels,
+        "row": np.arange(len(embeddings.ids)),
+    }
+    for name, values in (("flag", flags), ("score", scores)):
+        if values is not None:
+            columns[name] = values
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns must have one value per embedding; lengths are {lengths}")
+    return pd.DataFrame(columns)
+
+
+def scatter_map(
+    points: pd.DataFrame, colour_by: str = "split", *, method: str = "UMAP", title: str | None = None
+) -> go.Figure:
+    """WebGL scatter of projected train and test points, ready for box/lasso selection.
+
+    ``points`` has columns x, y, split ("train"/"test"), id and row (any int carried into each
+    point's ``customdata``, so a selection maps back to items), plus the column ``colour_by`` reads:
+      "split" — train vs test;
+      "label" — column "label", one colour per class ("-1" red, missing grey; colours repeat
+                when classes outnumber LABEL_PALETTE, hover shows the name);
+      "flag"  — column "flag", True = test point flagged as distractor (red);
+      "score" — column "score", a shared colour scale; rows without a score are grey.
+    Train points are circles and test points diamonds in every mode, drawn over test. ``method``
+    names the axes ("UMAP 1", "UMAP 2").
+    """
+    if colour_by not in COLOUR_MODES:
+        raise ValueError(f"colour_by {colour_by!r} is not known; use one of {COLOUR_MODES}")
+    needed = [*MAP_COLUMNS, *([MODE_COLUMNS[colour_by]] if MODE_COLUMNS[colour_by] else [])]
+    missing = [column for column in needed if column not in points.columns]
+    if missing:
+        raise ValueError(
+            f"colour_by={colour_by!r} needs columns {missing}; the points have {list(points.columns)}"
+        )
+    size = _marker_size(len(points))
+    groups = _MAP_GROUPS[colour_by](points)
+    figure = go.Figure(
+        [_map_trace(points[mask], name, size, marker) for name, mask, marker in groups if mask.any()]
+    )
+    title = title or f"{method} map of train and test embeddings"
+    if colour_by == "score":
+        figure.update_layout(coloraxis={"colorscale": SCORE_SCALE, "colorbar": {"title": "score"}})
+    if colour_by == "label":
+        # A legend swatch would show one arbitrary class colour per split: say it in words instead.
+        figure.update_layout(showlegend=False)
+        title += "<br><sup>colour = class, red = distractor (-1), grey = unknown · ● train ◆ test</sup>"
+    figure.update_layout(
+        dragmode="lasso",
+        uirevision="map",  # keep zoom and selection when only the colouring changes
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "traceorder": "reversed"},
+    )
+    # A projection's units mean nothing, but distances do: keep one unit the same on both axes.
+    figure.update_yaxes(scaleanchor="x", scaleratio=1)
+    return _styled(figure, title, f"{method} 1", f"{method} 2")
+
+
+def _marker_size(n_points: int) -> float:
+    # Shrink markers as the cloud grows so dense maps stay readable.
+    return float(np.clip(14 - 2.2 * np.log10(max(n_points, 1)), 3, 8))
+
+
+def _map_trace(rows: pd.DataFrame, name: str, size: float, marker: dict) -> go.Scattergl:
+    symbols = rows["split"].map(SPLIT_SYMBOLS).fillna("circle").tolist()
+    return go.Scattergl(
+        x=rows["x"],
+        y=rows["y"],
+        mode="markers",
+        name=f"{name} ({len(rows)})",
+        customdata=rows["row"].to_numpy(),
+        hovertext=_hover_texts(rows),
+        hoverinfo="text",
+        marker={"size": size, "opacity": 0.8, "symbol": symbols, **marker},
+    )
+
+
+def _hover_texts(rows: pd.DataFrame) -> list[str]:
+    lines = rows["id"].astype(str) + "<br>" + rows["split"].astype(str)
+    if "label" in rows:
+        lines += " · label " + rows["label"].map(lambda label: "?" if pd.isna(label) else str(label))
+    if "score" in rows:
+        lines += "<br>score " + rows["score"].map(lambda score: "–" if pd.isna(score) else f"{score:.3f}")
+    if "flag" in rows:
+        lines += _flagged(rows).map({True: "<br>flagged distractor", False: ""})
+    return lines.tolist()
+
+
+def _flagged(rows: pd.DataFrame) -> pd.Series:
+    # eq(True) reads missing flags as "not flagged" whatever the column's dtype.
+    return rows["flag"].eq(True)
+
+
+def _split_groups(points: pd.DataFrame) -> list[MapGroup]:
+    return [(split, points["split"] == split, {"color": SPLIT_COLOURS[split]}) for split in DRAW_ORDER]
+
+
+def _flag_groups(points: pd.DataFrame) -> list[MapGroup]:
+    test = points["split"] == TEST
+    flagged = _flagged(points)
+    return [
+        ("test kept", test & ~flagged, {"color": TEST_COLOUR}),
+        ("test flagged distractor", test & flagged, {"color": DISTRACTOR_COLOUR}),
+        (TRAIN, points["split"] == TRAIN, {"color": TRAIN_COLOUR}),
+    ]
+
+
+def _label_groups(points: pd.DataFrame) -> list[MapGroup]:
+    known = sorted({str(label) for label in points["label"].dropna()} - {DISTRACTOR})
+    colour_of = {label: LABEL_PALETTE[i % len(LABEL_PALETTE)] for i, label in enumerate(known)}
+    colour_of[DISTRACTOR] = DISTRACTOR_COLOUR
+    colours = points["label"].map(lambda label: UNKNOWN_COLOUR if pd.isna(label) else colour_of[str(label)])
+    return _per_split(points, lambda rows: {"color": colours[rows].tolist()})
+
+
+def _score_groups(points: pd.DataFrame) -> list[MapGroup]:
+    scored = points["score"].notna()
+
+    def on_shared_scale(rows: pd.Series) -> dict:
+        return {"color": points["score"][rows].tolist(), "coloraxis": "coloraxis"}
+
+    unscored = ("no score", ~scored, {"color": UNKNOWN_COLOUR})
+    return [unscored, *_per_split(points, on_shared_scale, among=scored)]
+
+
+def _per_split(points: pd.DataFrame, marker_of, among: pd.Series | bool = True) -> list[MapGroup]:
+    """A train and a test group of the rows in ``among``, each with a marker made for its rows."""
+    groups = []
+    for split in DRAW_ORDER:
+        rows = (points["split"] == split) & among
+        groups.append((split, rows, marker_of(rows)))
+    return groups
+
+
+_MAP_GROUPS = {
+    "split": _split_groups,
+    "label": _label_groups,
+    "flag": _flag_groups,
+    "score": _score_groups,
+}
+
+
+def score_histogram(
+    test_scores: Sequence[float],
+    train_loo_scores: Sequence[float] | None,
+    threshold: float,
+    *,
+    bins: int = 50,
+) -> go.Figure:
+    """Overlaid distributions of the distractor score, with the threshold as a vertical line.
+
+    Test scores are max cosine similarity to train; train leave-one-out scores (similarity to
+    the rest of train, or None) show what in-distribution items look like. Each set is normalised
+    to shares so sets of different sizes compare; both use the same bins.
+    """
+    sets = {"test": _floats(test_scores), "train leave-one-out": _floats(train_loo_scores)}
+    present = np.concatenate(list(sets.values()))
+    xbins = None
+    if len(present):
+        edges = np.histogram_bin_edges(present, bins=bins)
+        xbins = {"start": edges[0], "end": edges[-1], "size": edges[1] - edges[0]}
+    figure = go.Figure(
+        [
+            go.Histogram(
+                x=values,
+                name=f"{name} ({len(values)})",
+                xbins=xbins,
+                histnorm="probability",
+                marker_color=colour,
+                opacity=0.6,
+            )
+            for (name, values), colour in zip(sets.items(), (TEST_COLOUR, TRAIN_COLOUR))
+            if len(values)
+        ]
+    )
+    figure.update_layout(barmode="overlay")
+    _threshold_line(figure, threshold, "below = distractor · threshold")
+    title = "Distractor scores: test vs train leave-one-out"
+    return _styled(figure, title, "max cosine similarity to train", "share of the set")
+
+
+def contamination_curve(
+    thresholds: Sequence[float],
+    contamination_rates: Sequence[float],
+    current_threshold: float,
+    current_rate: float,
+) -> go.Figure:
+    """Share of test flagged as distractor at each threshold, with the current choice marked."""
+    thresholds, rates = _curve(thresholds, contamination_rates)
+    figure = go.Figure(
+        [
+            go.Scatter(x=thresholds, y=rates, mode="lines", name="flagged share", line_color=TEST_COLOUR),
+            _marked_point(
+                current_threshold, current_rate, f"{current_threshold:.3f} → {current_rate:.1%}", "current"
+            ),
+        ]
+    )
+    figure.update_yaxes(tickformat=".0%")
+    return _styled(
+        figure, "Contamination rate by threshold", THRESHOLD_AXIS, "test flagged as distractor"
+    )
+
+
+def metric_curve(
+    thresholds: Sequence[float], values: Sequence[float], current_threshold: float, name: str = "MAP@5"
+) -> go.Figure:
+    """A metric at each threshold, with its best value marked and the current threshold drawn."""
+    thresholds, values = _curve(thresholds, values)
+    traces = [go.Scatter(x=thresholds, y=values, mode="lines", name=name, line_color=TRAIN_COLOUR)]
+    if np.isfinite(values).any():
+        best = int(np.nanargmax(values))
+        text = f"best {name} {values[best]:.3f} at {thresholds[best]:.3f}"
+        traces.append(_marked_point(thresholds[best], values[best], text, "best"))
+    figure = go.Figure(traces)
+    _threshold_line(figure, current_threshold, "current")
+    return _styled(figure, f"{name} by threshold", THRESHOLD_AXIS, name)
+
+
+def class_frequency(predicted_top1_labels: Sequence, top_n: int = 20) -> go.Figure:
+    """Bar chart of the classes predicted top-1 most often; "-1" (distractor) in red."""
+    if top_n < 1:
+        raise ValueError(f"top_n={top_n!r}: use an integer >= 1")
+    counts = Counter(str(label) for label in predicted_top1_labels)
+    # Ties are ordered by name so the chart is the same on every run.
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top_n]
+    labels = [label for label, _ in ranked]
+    figure = go.Figure(
+        go.Bar(
+            x=[count for _, count in ranked],
+            y=labels,
+            orientation="h",
+            text=[count for _, count in ranked],
+            marker_color=[DISTRACTOR_COLOUR if label == DISTRACTOR else TRAIN_COLOUR for label in labels],
+            name="top-1 predictions",
+        )
+    )
+    # Class names such as "17" must stay categories, most frequent at the top.
+    figure.update_yaxes(type="category", autorange="reversed")
+    return _styled(
+        figure,
+        f"Most predicted top-1 classes ({len(ranked)} of {len(counts)})",
+        "test items predicted",
+        "class",
+    )
+
+
+def _floats(values: Sequence[float] | None) -> np.ndarray:
+    return np.empty(0) if values is None else np.asarray(values, dtype=float).ravel()
+
+
+def _curve(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _floats(x), _floats(y)
+    if len(x) != len(y):
+        raise ValueError(f"a curve needs as many y values as x values; got {len(x)} and {len(y)}")
+    return x, y
+
+
+def _marked_point(x: float, y: float, text: str, name: str) -> go.Scatter:
+    return go.Scatter(
+        x=[x],
+        y=[y],
+        mode="markers+text",
+        text=[text],
+        textposition="top right",
+        name=name,
+        marker={"color": GUIDE_COLOUR, "size": 12, "symbol": "circle"},
+    )
+
+
+def _threshold_line(figure: go.Figure, x: float, name: str) -> None:
+    figure.add_vline(
+        x=x,
+        line={"color": GUIDE_COLOUR, "dash": "dash", "width": 2},
+        annotation_text=f"{name} {x:.3f}",
+        annotation_position="top",
+    )
+
+
+def _styled(figure: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    figure.update_layout(
+        template=TEMPLATE,
+        title=title,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        margin={"l": 60, "r": 20, "t": 70, "b": 50},
+    )
+    return figure

@@ -1,0 +1,320 @@
+"""2-D projections of train and test embeddings (UMAP, t-SNE, PCA) and their cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE, trustworthiness
+
+METHODS = ("umap", "tsne", "pca")
+# Metrics that both umap-learn and scikit-learn's TSNE accept by name.
+METRICS = ("cosine", "euclidean", "correlation", "manhattan")
+# Fewer rows than this make UMAP's spectral initialisation fail (k >= N).
+MIN_UMAP_ROWS = 4
+# t-SNE's PCA initialisation needs two directions, which takes three points.
+MIN_TSNE_ROWS = 3
+# Part of every cache key: bump when the stored layout or the algorithms' use changes.
+CACHE_FORMAT = "projection-v1"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """How to lay embeddings out in two dimensions."""
+
+    method: str = "umap"  # "umap", "tsne" or "pca"
+    pca_first: int | None = 50  # PCA to this many dims before UMAP/t-SNE (speed, denoising); None = off
+    n_neighbors: int = 15  # UMAP: neighbourhood size; larger keeps more global structure
+    min_dist: float = 0.1  # UMAP: how tightly points may pack, in [0, 1]
+    perplexity: float = 30.0  # t-SNE: effective number of neighbours
+    metric: str = "cosine"  # distance between embeddings (CLIP vectors compare by angle)
+    seed: int = 0  # random state: same inputs and seed, same map (t-SNE starts from PCA: seed-free)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is not known; use one of {METHODS}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric {self.metric!r} is not supported; use one of {METRICS}")
+        if self.pca_first is not None:
+            self._normalise("pca_first", numbers.Integral, "an integer >= 2, or None", lambda v: v >= 2)
+        self._normalise("n_neighbors", numbers.Integral, "an integer >= 2", lambda v: v >= 2)
+        self._normalise("min_dist", numbers.Real, "a number between 0 and 1", lambda v: 0 <= v <= 1)
+        self._normalise("perplexity", numbers.Real, "a number > 0", lambda v: v > 0)
+        self._normalise("seed", numbers.Integral, "an integer >= 0", lambda v: v >= 0)
+
+    def _normalise(self, name: str, kind: type, allowed: str, is_allowed: Callable) -> None:
+        """Check a number field, then store it as a plain int or float.
+
+        Plain numbers keep repr (part of the cache key) and JSON (the cache file) canonical:
+        numpy.int64(15) and 15 are the same config.
+        """
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, kind) or not is_allowed(value):
+            raise ValueError(f"{name}={value!r}: use {allowed}")
+        object.__setattr__(self, name, int(value) if kind is numbers.Integral else float(value))
+
+
+# eq=False: fields are arrays, whose == is element-wise rather than a truth value.
+@dataclass(frozen=True, eq=False)
+class Projection:
+    """2-D coordinates for train and test rows, in the order they were given."""
+
+    train_xy: np.ndarray  # (n_train, 2) float32
+    test_xy: np.ndarray  # (n_test, 2) float32, in the same coordinates as train_xy
+    notes: list[str]  # adjustments made to the config (clamps, fallbacks), for people to read
+    config: ProjectionConfig  # what was asked for
+
+
+def project(
+    train_vectors: np.ndarray,
+    test_vectors: np.ndarray,
+    config: ProjectionConfig = ProjectionConfig(),
+    progress: Progress | None = None,
+) -> Projection:
+    """Lay train and test vectors out in 2-D; test rows land in the coordinates of the train map.
+
+    UMAP and PCA are fitted on train and place test rows with ``transform``; t-SNE has no
+    transform, so it is fitted on train and test together. Sizes too small for the configured
+    parameters are clamped, and each adjustment is explained in ``Projection.notes``.
+    """
+    train, test = _checked_rows(train_vectors, test_vectors)
+    report = progress or (lambda stage: None)
+    notes: list[str] = []
+    if config.method == "umap":
+        train_xy, test_xy = _umap(train, test, config, notes, report)
+    elif config.method == "tsne":
+        train_xy, test_xy = _tsne(train, test, config, notes, report)
+    else:
+        train_xy, test_xy = _pca(train, test, config, notes, report)
+    return Projection(train_xy.astype(np.float32), test_xy.astype(np.float32), notes, config)
+
+
+def _checked_rows(train_vectors: np.ndarray, test_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    train = np.asarray(train_vectors, dtype=np.float64)
+    test = np.asarray(test_vectors, dtype=np.float64)
+    if train.ndim != 2 or len(train) == 0 or train.shape[1] < 2:
+        raise ValueError(
+            f"train vectors must be a 2-D array of at least 1 row and 2 dims; got shape {train.shape}"
+        )
+    if test.size == 0:
+        test = test.reshape(0, train.shape[1])
+    if test.ndim != 2 or test.shape[1] != train.shape[1]:
+        raise ValueError(
+            f"test vectors must be 2-D with {train.shape[1]} dims like train; got shape {test.shape}"
+        )
+    for name, rows in (("train", train), ("test", test)):
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{name} vectors have NaN or infinite values in {int(bad.sum())} rows "
+                f"(first at row {int(np.argmax(bad))}); only finite vectors can be projected"
+            )
+    return train, test
+
+
+def _pca_first(config: ProjectionConfig, report: Progress, fit_rows: np.ndarray, *other_rows: np.ndarray):
+    """Reduce to ``config.pca_first`` dims, fitted on ``fit_rows``; a no-op when already small."""
+    if config.pca_first is None or fit_rows.shape[1] <= config.pca_first:
+        return (fit_rows, *other_rows)
+    report("PCA")
+    # n centred rows span at most n - 1 directions: more components would keep nothing.
+    pca = PCA(min(config.pca_first, len(fit_rows) - 1), random_state=config.seed).fit(fit_rows)
+    return tuple(_transform(pca, rows) for rows in (fit_rows, *other_rows))
+
+
+def _transform(pca: PCA, rows: np.ndarray) -> np.ndarray:
+    # scikit-learn refuses zero rows; an empty test set is still a valid input.
+    return pca.transform(rows) if len(rows) else np.empty((0, pca.n_components_))
+
+
+def _pca(train, test, config: ProjectionConfig, notes: list[str], report: Progress):
+    """Two principal axes fitted on train, or on train and test when train cannot define them."""
+    fit_rows = train
+    if len(train) < 3 and len(test) > 0:
+        notes.append(
+            f"only {len(train)} train points, too few for two PCA axes: "
+            "PCA was fitted on train and test together"
+        )
+        fit_rows = np.vstack([train, test])
+    report("PCA")
+    n_components = min(2, len(fit_rows) - 1, train.shape[1])
+    if n_components == 0:
+        notes.append("a single point has no spread: it is drawn at the origin")
+        return np.zeros((len(train), 2)), np.zeros((len(test), 2))
+    pca = PCA(n_components, random_state=config.seed).fit(fit_rows)
+    return tuple(np.pad(_transform(pca, rows), ((0, 0), (0, 2 - n_components))) for rows in (train, test))
+
+
+def _joint_fit(train, test, config: ProjectionConfig, report: Progress, stage: str, fit_transform):
+    """Fit on train and test stacked, then split the coordinates back into the two sets."""
+    (both,) = _pca_first(config, report, np.vstack([train, test]))
+    report(stage)
+    xy = fit_transform(both)
+    return xy[: len(train)], xy[len(train) :]
+
+
+def _too_few_rows(method: str, n_rows: int, minimum: int, notes: list[str]) -> bool:
+    if n_rows >= minimum:
+        return False
+    notes.append(f"{method} needs at least {minimum} points and there are {n_rows}: showing PCA instead")
+    return True
+
+
+def _umap(train, test, config: ProjectionConfig, notes: list[str], report: Progress):
+    fit_jointly = len(train) < config.n_neighbors + 2 and len(test) > 0
+    n_fit = len(train) + len(test) if fit_jointly else len(train)
+    if _too_few_rows("UMAP", n_fit, MIN_UMAP_ROWS, notes):
+        return _pca(train, test, config, notes, report)
+    if fit_jointly:
+        notes.append(
+            f"only {len(train)} train points, fewer than n_neighbors + 2 = {config.n_neighbors + 2}: "
+            "UMAP was fitted on train and test together, so test points also shaped the map"
+        )
+    n_neighbors = _clamped(config.n_neighbors, n_fit - 1, "n_neighbors", f"{n_fit} fitted points", notes)
+
+    import umap  # importing umap (numba) takes seconds: keep that out of importing this module
+
+    reducer = umap.UMAP(
+        n_neighbors=n_neighbors,
+        min_dist=config.min_dist,
+        metric=config.metric,
+        random_state=config.seed,
+        n_jobs=1,  # a fixed seed forces one thread anyway; saying so avoids umap's warning
+    )
+    if fit_jointly:
+        return _joint_fit(train, test, config, report, "UMAP fit", reducer.fit_transform)
+    train, test = _pca_first(config, report, train, test)
+    report("UMAP fit")
+    reducer.fit(train)
+    if len(test) == 0:
+        return reducer.embedding_, np.empty((0, 2))
+    report("UMAP transform")
+    return reducer.embedding_, reducer.transform(test)
+
+
+def _tsne(train, test, config: ProjectionConfig, notes: list[str], report: Progress):
+    n_rows = len(train) + len(test)
+    if _too_few_rows("t-SNE", n_rows, MIN_TSNE_ROWS, notes):
+        return _pca(train, test, config, notes, report)
+    # The usual bound 3 * perplexity <= n - 1 keeps every point's neighbourhood inside the data.
+    perplexity = _clamped(config.perplexity, (n_rows - 1) / 3, "perplexity", f"{n_rows} points", notes)
+    tsne = TSNE(perplexity=perplexity, metric=config.metric, init="pca", random_state=config.seed)
+    return _joint_fit(train, test, config, report, "t-SNE fit", tsne.fit_transform)
+
+
+def _clamped(value, limit, name: str, why: str, notes: list[str]):
+    if value <= limit:
+        return value
+    notes.append(f"{name} lowered from {value:g} to {limit:g} for {why}")
+    return limit
+
+
+def projection_key(train_vectors: np.ndarray, test_vectors: np.ndarray, config: ProjectionConfig) -> str:
+    """Content address of a projection: sha256 over both arrays (shape, dtype, bytes) and the config."""
+    digest = hashlib.sha256(CACHE_FORMAT.encode())
+    for rows in (train_vectors, test_vectors):
+        rows = np.ascontiguousarray(rows)
+        digest.update(f"{rows.dtype.str}{rows.shape}".encode())
+        digest.update(memoryview(rows).cast("B"))
+    digest.update(repr(config).encode())
+    return digest.hexdigest()
+
+
+class ProjectionCache:
+    """Computed projections as one ``<key>.npz`` file each, so re-opening a map is instant."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.npz"
+
+    def get(self, key: str) -> Projection | None:
+        """The stored projection, or None when absent or unreadable (it is then recomputed)."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                return Projection(
+                    train_xy=stored["train_xy"],
+                    test_xy=stored["test_xy"],
+                    config=ProjectionConfig(**json.loads(str(stored["config"]))),
+                    notes=[str(note) for note in stored["notes"]],
+                )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            warnings.warn(f"ignoring unreadable cached projection {path.name}: {error}", stacklevel=2)
+            return None
+
+    def put(self, key: str, projection: Projection) -> None:
+        """Store atomically: a crash mid-write never leaves a half file under the key."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as handle:
+            temporary = Path(handle.name)
+            try:
+                np.savez(
+                    handle,
+                    train_xy=projection.train_xy,
+                    test_xy=projection.test_xy,
+                    config=np.array(json.dumps(asdict(projection.config))),
+                    notes=np.array(projection.notes, dtype=str),
+                )
+            except BaseException:
+                temporary.unlink()
+                raise
+        os.replace(temporary, self.path(key))
+
+    def get_or_project(
+        self,
+        train_vectors: np.ndarray,
+        test_vectors: np.ndarray,
+        config: ProjectionConfig = ProjectionConfig(),
+        progress: Progress | None = None,
+    ) -> Projection:
+        """The cached projection of these vectors under ``config``, computing and storing it if new."""
+        key = projection_key(train_vectors, test_vectors, config)
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        projection = project(train_vectors, test_vectors, config, progress)
+        try:
+            self.put(key, projection)
+        except OSError as error:  # a cache that cannot be written must not lose the result
+            warnings.warn(f"projection not cached in {self.directory}: {error}", stacklevel=2)
+        return projection
+
+
+def warm_up(config: ProjectionConfig = ProjectionConfig()) -> None:
+    """Pay umap's import and numba compilation once, e.g. in a background thread at start-up."""
+    rng = np.random.default_rng(config.seed)
+    project(rng.normal(size=(40, 8)), rng.normal(size=(5, 8)), ProjectionConfig(metric=config.metric))
+
+
+def quality(
+    high_dim: np.ndarray, low_dim: np.ndarray, n_neighbors: int = 10, metric: str = "cosine"
+) -> float:
+    """Trustworthiness in [0, 1]: how far the map's near neighbours are true neighbours too.
+
+    ``metric`` measures the high-dimensional vectors; the map is always Euclidean. n_neighbors is
+    clamped below half the number of rows, as scikit-learn requires; NaN for fewer than 3 rows.
+    """
+    n_rows = len(high_dim)
+    if len(low_dim) != n_rows:
+        raise ValueError(f"high_dim has {n_rows} rows but low_dim has {len(low_dim)}; they must match")
+    limit = (n_rows - 1) // 2
+    if limit < 1:
+        return float("nan")
+    if n_neighbors > limit:
+        warnings.warn(f"n_neighbors lowered from {n_neighbors} to {limit} for {n_rows} rows", stacklevel=2)
+    return float(trustworthiness(high_dim, low_dim, n_neighbors=min(n_neighbors, limit), metric=metric))

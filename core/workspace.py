@@ -1,0 +1,131 @@
+"""Persistent user state — datasets and settings per workspace — in SQLite under the workspace home."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+WORKSPACE_ID = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
+UNSAFE_NAME_CHARACTERS = re.compile(r"[^\w.\- ]+")
+
+
+def safe_file_name(name: str, fallback: str = "file") -> str:
+    """A user-supplied name reduced to one harmless path component (no folders, no leading dots)."""
+    last_part = re.split(r"[\\/]", str(name))[-1]
+    cleaned = UNSAFE_NAME_CHARACTERS.sub("_", last_part).strip(" .")
+    return cleaned[:120] or fallback
+
+
+def confined_path(root: Path, relative: str) -> Path:
+    """`relative` under `root`, refusing anything that resolves outside it (.., absolute paths, links)."""
+    base = Path(root).resolve()
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base):
+        raise ValueError(f"{relative!r} is outside the data root {base}; only folders under it can be opened")
+    return target
+
+
+def workspace_home() -> Path:
+    """$RETRIEVAL_LAB_HOME, else retrieval-lab in the user's cache directory; created on demand."""
+    configured = os.environ.get("RETRIEVAL_LAB_HOME")
+    if configured:
+        home = Path(configured).expanduser()
+    else:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "retrieval-lab"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset a user opened: where it is and what kind of source it is."""
+
+    name: str  # shown to the user; unique within the workspace
+    source: str  # folder, zip or Parquet path on the server
+    kind: str  # "demo", "digits", "upload", "folder" or "parquet"
+
+
+class Workspace:
+    """One user's saved datasets and settings; the id travels in the page URL."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, workspace_id: str, home: Path | None = None):
+        if not WORKSPACE_ID.match(workspace_id or ""):
+            raise ValueError(
+                f"workspace id {workspace_id!r} is not valid: use 4–64 letters, digits, '-' or '_'"
+            )
+        self.id = workspace_id
+        self.home = Path(home) if home else workspace_home()
+        self._db = sqlite3.connect(self.home / "workspaces.sqlite", timeout=30, check_same_thread=False)
+        with self._lock, self._db:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS settings (workspace TEXT, key TEXT, value TEXT, updated REAL,"
+                " PRIMARY KEY (workspace, key))"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS datasets (workspace TEXT, name TEXT, source TEXT, kind TEXT,"
+                " added REAL, PRIMARY KEY (workspace, name))"
+            )
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_urlsafe(9).replace("_", "x").replace("-", "y")
+
+    @property
+    def files(self) -> Path:
+        """This workspace's own folder, for uploads and extracted archives."""
+        folder = self.home / "workspaces" / self.id
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def save_upload(self, folder: str, name: str, data: bytes) -> Path:
+        """Store an uploaded file under this workspace with a sanitised name; never overwrites."""
+        target_folder = self.files / safe_file_name(folder, "upload")
+        target_folder.mkdir(parents=True, exist_ok=True)
+        target = target_folder / safe_file_name(name)
+        stem, suffix, copy = target.stem, target.suffix, 1
+        while target.exists():
+            copy += 1
+            target = target_folder / f"{stem}-{copy}{suffix}"
+        target.write_bytes(data)
+        return target
+
+    def get(self, key: str, default=None):
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM settings WHERE workspace=? AND key=?", (self.id, key)
+            ).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set(self, key: str, value) -> None:
+        encoded = json.dumps(value)
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?)", (self.id, key, encoded, time.time())
+            )
+
+    def add_dataset(self, entry: DatasetEntry) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?)",
+                (self.id, entry.name, entry.source, entry.kind, time.time()),
+            )
+
+    def datasets(self) -> list[DatasetEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, source, kind FROM datasets WHERE workspace=? ORDER BY added", (self.id,)
+            ).fetchall()
+        return [DatasetEntry(*row) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()

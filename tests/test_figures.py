@@ -1,0 +1,224 @@
+"""Tests for core.figures: trace types, point counts, row mapping, marked thresholds and optima."""
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.figures import (
+    COLOUR_MODES,
+    DISTRACTOR_COLOUR,
+    UNKNOWN_COLOUR,
+    class_frequency,
+    contamination_curve,
+    map_points,
+    metric_curve,
+    scatter_map,
+    score_histogram,
+)
+from core.projection import Projection, ProjectionConfig
+
+N_TRAIN, N_TEST = 30, 50
+CLASSES = ["class0", "class1", "class2", "class3"]
+
+
+@pytest.fixture
+def embeddings():
+    """Train and test interleaved, so row order and split order differ."""
+    rng = np.random.default_rng(0)
+    n = N_TRAIN + N_TEST
+    splits = np.array([TRAIN if i % 8 < 3 else TEST for i in range(n)], dtype=object)
+    labels = np.full(n, None, dtype=object)
+    labels[splits == TRAIN] = [CLASSES[i % len(CLASSES)] for i in range(N_TRAIN)]
+    vectors = rng.normal(size=(n, 8)).astype(np.float32)
+    return Embeddings(np.array([f"img{i}.jpg" for i in range(n)]), splits, labels, vectors, "test-model")
+
+
+@pytest.fixture
+def projection(embeddings):
+    rng = np.random.default_rng(1)
+    n_train = int(embeddings.mask(TRAIN).sum())
+    n_test = len(embeddings.ids) - n_train
+    return Projection(
+        rng.normal(size=(n_train, 2)).astype(np.float32),
+        rng.normal(size=(n_test, 2)).astype(np.float32),
+        [],
+        ProjectionConfig(),
+    )
+
+
+@pytest.fixture
+def points(embeddings, projection):
+    rng = np.random.default_rng(2)
+    n = len(embeddings.ids)
+    flags = embeddings.mask(TEST) & (rng.random(n) < 0.3)
+    labels = np.where(flags, DISTRACTOR, embeddings.labels).astype(object)
+    labels[embeddings.mask(TEST) & ~flags] = "class1"
+    labels[5] = None
+    scores = rng.random(n)
+    scores[[0, 3]] = np.nan
+    return map_points(embeddings, projection, labels=labels, flags=flags, scores=scores)
+
+
+def test_map_points_places_train_and_test_coordinates_on_their_rows(embeddings, projection):
+    points = map_points(embeddings, projection)
+    train_rows = points[points["split"] == TRAIN]
+    np.testing.assert_array_equal(train_rows[["x", "y"]].to_numpy(), projection.train_xy)
+    test_rows = points[points["split"] == TEST]
+    np.testing.assert_array_equal(test_rows[["x", "y"]].to_numpy(), projection.test_xy)
+    assert points["row"].tolist() == list(range(len(embeddings.ids)))
+    assert points["id"].tolist() == embeddings.ids.tolist()
+    assert "flag" not in points and "score" not in points
+
+
+def test_map_points_rejects_a_projection_of_other_embeddings(embeddings, projection):
+    shorter = Projection(projection.train_xy[:-1], projection.test_xy, [], projection.config)
+    message = r"projection has 29 train and 50 test points but the embeddings have 30 and 50"
+    with pytest.raises(ValueError, match=message):
+        map_points(embeddings, shorter)
+    with pytest.raises(ValueError, match=r"one value per embedding; lengths are .*'score': 3"):
+        map_points(embeddings, projection, scores=[0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize("colour_by", COLOUR_MODES)
+def test_scatter_map_draws_every_point_once_with_its_row(points, colour_by):
+    figure = scatter_map(points, colour_by)
+    assert figure.data and all(isinstance(trace, go.Scattergl) for trace in figure.data)
+    rows = np.concatenate([trace.customdata for trace in figure.data])
+    assert sorted(rows.tolist()) == points["row"].tolist()
+    for trace in figure.data:
+        by_row = points.set_index("row").loc[list(trace.customdata)]
+        np.testing.assert_array_equal(trace.x, by_row["x"].to_numpy())
+        np.testing.assert_array_equal(trace.y, by_row["y"].to_numpy())
+        assert trace.name.endswith(f"({len(trace.customdata)})")
+    assert figure.layout.dragmode == "lasso"
+    assert figure.layout.xaxis.title.text == "UMAP 1"
+
+
+def test_scatter_map_customdata_follows_the_row_column_not_the_position(points):
+    shifted = points.assign(row=points["row"] + 1000)
+    rows = np.concatenate([trace.customdata for trace in scatter_map(shifted).data])
+    assert sorted(rows.tolist()) == list(range(1000, 1000 + len(points)))
+
+
+def _trace(figure: go.Figure, name_start: str) -> go.Scattergl:
+    (trace,) = [trace for trace in figure.data if trace.name.startswith(name_start)]
+    return trace
+
+
+def test_flag_mode_puts_flagged_test_points_in_a_red_trace(points):
+    figure = scatter_map(points, "flag")
+    flagged = _trace(figure, "test flagged distractor")
+    expected = points.loc[points["flag"] & (points["split"] == TEST), "row"]
+    assert sorted(flagged.customdata.tolist()) == sorted(expected.tolist())
+    assert flagged.marker.color == DISTRACTOR_COLOUR
+
+
+def test_label_mode_colours_classes_apart_distractors_red_and_unknown_grey(points):
+    figure = scatter_map(points, "label")
+    label_of_row = points.set_index("row")["label"]
+    pairs = [
+        (label, colour)
+        for trace in figure.data
+        for label, colour in zip(label_of_row[trace.customdata], trace.marker.color)
+    ]
+    unknown = [colour for label, colour in pairs if pd.isna(label)]
+    distractors = [colour for label, colour in pairs if label == DISTRACTOR]
+    assert unknown and set(unknown) == {UNKNOWN_COLOUR}
+    assert distractors and set(distractors) == {DISTRACTOR_COLOUR}
+    class_colours = {(label, colour) for label, colour in pairs if label in CLASSES}
+    assert len(class_colours) == len(CLASSES)  # every point of a class has its class's colour
+    distinct = {colour for _, colour in class_colours} | {UNKNOWN_COLOUR, DISTRACTOR_COLOUR}
+    assert len(distinct) == len(CLASSES) + 2
+
+
+def test_score_mode_shares_one_colour_scale_and_greys_missing_scores(points):
+    figure = scatter_map(points, "score")
+    unscored = _trace(figure, "no score")
+    assert sorted(unscored.customdata.tolist()) == [0, 3]
+    for split in (TRAIN, TEST):
+        trace = _trace(figure, split)
+        assert trace.marker.coloraxis == "coloraxis"
+        expected = points.set_index("row").loc[list(trace.customdata), "score"]
+        np.testing.assert_allclose(trace.marker.color, expected)
+    assert figure.layout.coloraxis.colorscale
+
+
+@pytest.mark.parametrize(
+    ("colour_by", "drop", "message"),
+    [
+        ("flag", "flag", r"colour_by='flag' needs columns \['flag'\]"),
+        ("split", "row", r"colour_by='split' needs columns \['row'\]"),
+        ("shape", None, r"colour_by 'shape' is not known; use one of \('split', 'label', 'flag', 'score'\)"),
+    ],
+)
+def test_scatter_map_rejects_bad_requests(points, colour_by, drop, message):
+    with pytest.raises(ValueError, match=message):
+        scatter_map(points.drop(columns=[drop] if drop else []), colour_by)
+
+
+def test_score_histogram_overlays_both_sets_on_shared_bins_with_the_threshold():
+    rng = np.random.default_rng(0)
+    test_scores, train_scores = rng.uniform(0.5, 1.0, 300), rng.uniform(0.7, 1.0, 90)
+    figure = score_histogram(test_scores, train_scores, threshold=0.78)
+    assert [type(trace) for trace in figure.data] == [go.Histogram, go.Histogram]
+    assert [len(trace.x) for trace in figure.data] == [300, 90]
+    assert figure.data[0].xbins == figure.data[1].xbins
+    assert figure.layout.barmode == "overlay"
+    (line,) = figure.layout.shapes
+    assert line.x0 == line.x1 == 0.78
+
+
+def test_score_histogram_without_train_scores_draws_test_only():
+    figure = score_histogram([0.2, 0.9, 0.95], None, threshold=0.5)
+    assert [trace.name for trace in figure.data] == ["test (3)"]
+
+
+def test_contamination_curve_marks_the_current_point():
+    thresholds = np.linspace(0.5, 1.0, 51)
+    rates = np.clip((thresholds - 0.5) * 2, 0, 1)
+    figure = contamination_curve(thresholds, rates, current_threshold=0.65, current_rate=0.3)
+    curve, current = figure.data
+    assert len(curve.x) == 51 and curve.mode == "lines"
+    assert (current.x[0], current.y[0]) == (0.65, 0.3)
+    assert "30.0%" in current.text[0]
+
+
+def test_metric_curve_marks_the_optimum_and_the_current_threshold():
+    thresholds = np.linspace(0.5, 1.0, 11)
+    values = np.array([0.1, 0.3, np.nan, 0.6, 0.8, 0.7, 0.5, 0.4, 0.3, 0.2, 0.1])
+    figure = metric_curve(thresholds, values, current_threshold=0.6, name="MAP@5")
+    _, best = figure.data
+    assert (best.x[0], best.y[0]) == (thresholds[4], 0.8)
+    assert best.text[0] == "best MAP@5 0.800 at 0.700"
+    (line,) = figure.layout.shapes
+    assert line.x0 == 0.6
+    assert figure.layout.yaxis.title.text == "MAP@5"
+
+
+def test_metric_curve_without_values_has_no_optimum():
+    figure = metric_curve([0.5, 0.6], [np.nan, np.nan], current_threshold=0.55)
+    assert len(figure.data) == 1
+
+
+def test_curves_reject_mismatched_lengths():
+    with pytest.raises(ValueError, match="as many y values as x values; got 3 and 2"):
+        metric_curve([0.1, 0.2, 0.3], [0.5, 0.6], current_threshold=0.2)
+
+
+def test_class_frequency_ranks_the_top_classes():
+    predicted = ["7"] * 5 + ["3"] * 9 + [DISTRACTOR] * 7 + ["12"] * 5 + ["1"]
+    figure = class_frequency(predicted, top_n=3)
+    (bars,) = figure.data
+    assert isinstance(bars, go.Bar)
+    assert list(bars.y) == ["3", DISTRACTOR, "12"]  # the 5-5 tie goes to the name first
+    assert list(bars.x) == [9, 7, 5]
+    assert bars.marker.color[1] == DISTRACTOR_COLOUR and bars.marker.color[0] != DISTRACTOR_COLOUR
+    assert figure.layout.yaxis.type == "category"
+    assert "3 of 5" in figure.layout.title.text
+
+
+def test_class_frequency_rejects_a_zero_top_n():
+    with pytest.raises(ValueError, match="top_n=0: use an integer >= 1"):
+        class_frequency(["a"], top_n=0)

@@ -1,0 +1,231 @@
+"""Tests for core.projection: quality floors on seeded clusters, clamping, validation, cache."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from core.projection import (
+    METHODS,
+    Projection,
+    ProjectionCache,
+    ProjectionConfig,
+    project,
+    projection_key,
+    quality,
+    warm_up,
+)
+
+N_TRAIN, N_TEST, N_CLUSTERS = 200, 300, 5
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    vectors, clusters = make_blobs(
+        n_samples=N_TRAIN + N_TEST, n_features=64, centers=N_CLUSTERS, cluster_std=3.0, random_state=0
+    )
+    return vectors[:N_TRAIN], vectors[N_TRAIN:], clusters[:N_TRAIN], clusters[N_TRAIN:]
+
+
+@pytest.fixture(scope="module")
+def stages_and_projections(blobs):
+    """One projection per method, shared by every test: UMAP's first fit pays numba's compile."""
+    train, test, _, _ = blobs
+    stages = {}
+    projections = {}
+    for method in METHODS:
+        stages[method] = []
+        projections[method] = project(train, test, ProjectionConfig(method=method), stages[method].append)
+    return stages, projections
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_projection_keeps_neighbourhoods_trustworthy(blobs, stages_and_projections, method):
+    train, test, _, _ = blobs
+    projection = stages_and_projections[1][method]
+    assert projection.train_xy.shape == (N_TRAIN, 2) and projection.test_xy.shape == (N_TEST, 2)
+    both = np.vstack([projection.train_xy, projection.test_xy])
+    assert quality(np.vstack([train, test]), both, n_neighbors=10) > 0.85
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_test_points_land_near_their_clusters_train_points(blobs, stages_and_projections, method):
+    _, _, train_clusters, test_clusters = blobs
+    projection = stages_and_projections[1][method]
+    centroids = np.array([projection.train_xy[train_clusters == c].mean(axis=0) for c in range(N_CLUSTERS)])
+    distances = np.linalg.norm(projection.test_xy[:, None, :] - centroids[None, :, :], axis=2)
+    assert np.mean(distances.argmin(axis=1) == test_clusters) > 0.9
+
+
+def test_progress_reports_each_stage(stages_and_projections):
+    stages = stages_and_projections[0]
+    assert stages["umap"] == ["PCA", "UMAP fit", "UMAP transform"]
+    assert stages["tsne"] == ["PCA", "t-SNE fit"]
+    assert stages["pca"] == ["PCA"]
+
+
+def test_notes_are_empty_when_nothing_was_adjusted(stages_and_projections):
+    projections = stages_and_projections[1]
+    assert projections["umap"].notes == [] and projections["pca"].notes == []
+
+
+@pytest.mark.parametrize(
+    ("method", "n_train", "n_test", "expected_notes"),
+    [
+        ("umap", 5, 0, ["n_neighbors lowered from 15 to 4"]),
+        ("umap", 5, 3, ["fitted on train and test together", "n_neighbors lowered from 15 to 7"]),
+        ("umap", 2, 1, ["UMAP needs at least 4 points", "PCA was fitted on train and test together"]),
+        ("tsne", 5, 0, ["perplexity lowered from 30 to 1.33333"]),
+        ("tsne", 1, 1, ["t-SNE needs at least 3 points", "PCA was fitted on train and test together"]),
+        ("pca", 1, 0, ["drawn at the origin"]),
+    ],
+)
+def test_tiny_inputs_are_clamped_with_notes(method, n_train, n_test, expected_notes):
+    rng = np.random.default_rng(1)
+    projection = project(
+        rng.normal(size=(n_train, 64)), rng.normal(size=(n_test, 64)), ProjectionConfig(method=method)
+    )
+    assert projection.train_xy.shape == (n_train, 2) and projection.test_xy.shape == (n_test, 2)
+    assert np.isfinite(projection.train_xy).all() and np.isfinite(projection.test_xy).all()
+    assert len(projection.notes) == len(expected_notes)
+    for note, expected in zip(projection.notes, expected_notes):
+        assert expected in note
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("empty_test", [np.empty((0, 64)), np.empty(0)])
+def test_zero_test_rows(blobs, method, empty_test):
+    train = blobs[0][:40]
+    projection = project(train, empty_test, ProjectionConfig(method=method, perplexity=5.0))
+    assert projection.train_xy.shape == (40, 2) and projection.test_xy.shape == (0, 2)
+    assert np.isfinite(projection.train_xy).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_gives_the_same_map_and_another_seed_does_not(blobs, method):
+    train, test = blobs[0][:60], blobs[1][:20]
+    runs = [project(train, test, ProjectionConfig(method=method, seed=seed)) for seed in (3, 3, 4)]
+    np.testing.assert_array_equal(runs[0].train_xy, runs[1].train_xy)
+    np.testing.assert_array_equal(runs[0].test_xy, runs[1].test_xy)
+    if method == "umap":  # t-SNE starts from PCA, and PCA has no randomness to seed
+        assert not np.allclose(runs[0].train_xy, runs[2].train_xy)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("method", "lda", r"method 'lda' is not known; use one of \('umap', 'tsne', 'pca'\)"),
+        ("pca_first", 1, r"pca_first=1: use an integer >= 2, or None"),
+        ("n_neighbors", 1, r"n_neighbors=1: use an integer >= 2"),
+        ("n_neighbors", 7.5, r"n_neighbors=7.5"),
+        ("min_dist", 1.5, r"min_dist=1.5: use a number between 0 and 1"),
+        ("perplexity", 0, r"perplexity=0: use a number > 0"),
+        ("metric", "hamming", r"metric 'hamming' is not supported; use one of \('cosine'"),
+        ("seed", -1, r"seed=-1: use an integer >= 0"),
+        ("seed", True, r"seed=True: use an integer >= 0"),
+        ("min_dist", "0.1", r"min_dist='0.1': use a number between 0 and 1"),
+        ("perplexity", float("nan"), r"perplexity=nan: use a number > 0"),
+    ],
+)
+def test_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ProjectionConfig(**{field: value})
+
+
+def test_config_accepts_pca_off():
+    assert ProjectionConfig(pca_first=None).pca_first is None
+
+
+def test_config_stores_numpy_numbers_as_plain_ones_so_keys_match():
+    from_numpy = ProjectionConfig(n_neighbors=np.int64(15), min_dist=np.float32(0.25), perplexity=30)
+    plain = ProjectionConfig(n_neighbors=15, min_dist=float(np.float32(0.25)), perplexity=30.0)
+    assert repr(from_numpy) == repr(plain)
+    assert type(from_numpy.n_neighbors) is int and type(from_numpy.perplexity) is float
+
+
+@pytest.mark.parametrize(
+    ("train", "test", "message"),
+    [
+        (np.empty((0, 8)), np.empty((0, 8)), r"at least 1 row and 2 dims; got shape \(0, 8\)"),
+        (np.ones(8), np.empty((0, 8)), r"got shape \(8,\)"),
+        (np.ones((5, 8)), np.ones((3, 9)), r"must be 2-D with 8 dims like train; got shape \(3, 9\)"),
+        (np.ones((5, 8)), np.full((3, 8), np.nan), r"test vectors have NaN or infinite values in 3 rows"),
+    ],
+)
+def test_project_rejects_bad_vectors(train, test, message):
+    with pytest.raises(ValueError, match=message):
+        project(train, test, ProjectionConfig(method="pca"))
+
+
+def test_cache_round_trip_is_identical(tmp_path, stages_and_projections):
+    cache = ProjectionCache(tmp_path / "projections")
+    stored = stages_and_projections[1]["umap"]
+    stored_with_note = Projection(stored.train_xy, stored.test_xy, ["a note"], stored.config)
+    assert cache.get("missing") is None
+    cache.put("key", stored_with_note)
+    loaded = cache.get("key")
+    np.testing.assert_array_equal(loaded.train_xy, stored.train_xy)
+    np.testing.assert_array_equal(loaded.test_xy, stored.test_xy)
+    assert loaded.train_xy.dtype == stored.train_xy.dtype == np.float32
+    assert loaded.notes == ["a note"] and loaded.config == stored.config
+    assert [path.name for path in (tmp_path / "projections").iterdir()] == ["key.npz"]
+
+
+def test_cache_treats_an_unreadable_file_as_missing(tmp_path):
+    cache = ProjectionCache(tmp_path)
+    cache.path("broken").write_bytes(b"not an npz file")
+    with pytest.warns(UserWarning, match="ignoring unreadable cached projection broken.npz"):
+        assert cache.get("broken") is None
+
+
+def test_cache_computes_once_then_reads(tmp_path, blobs):
+    train, test = blobs[0][:30], blobs[1][:10]
+    cache = ProjectionCache(tmp_path)
+    stages = []
+    first = cache.get_or_project(train, test, ProjectionConfig(method="pca"), stages.append)
+    second = cache.get_or_project(train, test, ProjectionConfig(method="pca"), stages.append)
+    assert stages == ["PCA"]  # the second call never projected
+    np.testing.assert_array_equal(first.test_xy, second.test_xy)
+
+
+def test_cache_that_cannot_be_written_still_returns_the_projection(tmp_path, blobs):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    cache = ProjectionCache(not_a_directory)
+    with pytest.warns(UserWarning, match="projection not cached in .*file"):
+        projection = cache.get_or_project(blobs[0][:30], blobs[1][:10], ProjectionConfig(method="pca"))
+    assert projection.train_xy.shape == (30, 2)
+
+
+def test_projection_key_follows_data_config_and_split(blobs):
+    train, test = blobs[0][:30], blobs[1][:10]
+    key = projection_key(train, test, ProjectionConfig())
+    assert key == projection_key(train.copy(), test.copy(), ProjectionConfig())
+    assert len(key) == 64
+    assert key != projection_key(train, test, ProjectionConfig(seed=1))
+    assert key != projection_key(train, test, ProjectionConfig(method="pca"))
+    assert key != projection_key(train[:-1], test, ProjectionConfig())
+    # The same rows split differently are a different projection.
+    assert key != projection_key(train[:-1], np.vstack([train[-1:], test]), ProjectionConfig())
+    assert key != projection_key(train.astype(np.float32), test, ProjectionConfig())
+
+
+def test_quality_ranks_a_faithful_map_above_a_random_one(blobs):
+    train = blobs[0]
+    faithful = train[:, :2]
+    flat = np.hstack([faithful, np.zeros((len(train), 62))])
+    random_map = np.random.default_rng(0).normal(size=(len(train), 2))
+    assert quality(flat, faithful, metric="euclidean") == pytest.approx(1.0)
+    assert quality(train, random_map) < 0.7
+
+
+def test_quality_clamps_neighbours_for_few_rows_and_is_nan_below_three():
+    rng = np.random.default_rng(0)
+    with pytest.warns(UserWarning, match="n_neighbors lowered from 10 to 2 for 6 rows"):
+        assert 0.0 <= quality(rng.normal(size=(6, 8)), rng.normal(size=(6, 2))) <= 1.0
+    assert np.isnan(quality(rng.normal(size=(2, 8)), rng.normal(size=(2, 2))))
+    with pytest.raises(ValueError, match="high_dim has 6 rows but low_dim has 5"):
+        quality(rng.normal(size=(6, 8)), rng.normal(size=(5, 2)))
+
+
+def test_warm_up_runs():
+    warm_up()

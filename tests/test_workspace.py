@@ -1,0 +1,61 @@
+import pytest
+
+from core.workspace import DatasetEntry, Workspace, confined_path, safe_file_name, workspace_home
+
+
+def test_home_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRIEVAL_LAB_HOME", str(tmp_path / "lab"))
+    assert workspace_home() == tmp_path / "lab" and (tmp_path / "lab").is_dir()
+
+
+def test_state_survives_reopening_and_stays_in_its_workspace(tmp_path):
+    first = Workspace("alpha1", tmp_path)
+    first.set("threshold", 0.78)
+    first.add_dataset(DatasetEntry("demo", "/data/demo", "demo"))
+    first.close()
+
+    reopened = Workspace("alpha1", tmp_path)
+    assert reopened.get("threshold") == 0.78
+    assert reopened.datasets() == [DatasetEntry("demo", "/data/demo", "demo")]
+
+    other = Workspace("beta22", tmp_path)
+    assert other.get("threshold") is None and other.datasets() == []
+    assert other.files != reopened.files
+
+
+@pytest.mark.parametrize("bad", ["", "../etc", "a b c d", "x" * 65, "ab"])
+def test_workspace_ids_cannot_escape_their_folder(tmp_path, bad):
+    with pytest.raises(ValueError, match="workspace id .* is not valid"):
+        Workspace(bad, tmp_path)
+
+
+def test_new_ids_are_valid_and_distinct(tmp_path):
+    ids = {Workspace.new_id() for _ in range(50)}
+    assert len(ids) == 50
+    for workspace_id in list(ids)[:3]:
+        Workspace(workspace_id, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("../../etc/passwd", "passwd"), ("C:\\x\\evil.jpg", "evil.jpg"), (".hidden", "hidden"), ("ünï cødé.png", "ünï cødé.png"), ("a<b>|c.jpg", "a_b_c.jpg"), ("..", "file")],
+)
+def test_user_file_names_become_one_harmless_component(name, expected):
+    assert safe_file_name(name) == expected
+
+
+def test_uploads_stay_in_the_workspace_and_never_overwrite(tmp_path):
+    ws = Workspace("upload1", tmp_path)
+    first = ws.save_upload("../up", "../../x.jpg", b"1")
+    second = ws.save_upload("../up", "x.jpg", b"2")
+    assert first.parent == second.parent and first.parent.is_relative_to(ws.files)
+    assert (first.read_bytes(), second.read_bytes()) == (b"1", b"2")
+
+
+def test_confined_path_refuses_escapes(tmp_path):
+    (tmp_path / "root" / "ok").mkdir(parents=True)
+    (tmp_path / "root" / "link").symlink_to(tmp_path)
+    assert confined_path(tmp_path / "root", "ok") == (tmp_path / "root" / "ok").resolve()
+    for escape in ("..", "/etc", "ok/../../x", "link"):
+        with pytest.raises(ValueError, match="outside the data root"):
+            confined_path(tmp_path / "root", escape)
