@@ -48,7 +48,7 @@ def write_demo_dataset(
     n_classes: int = 12,
     train_per_class: int = 3,
     test_per_class: int = 8,
-    n_distractor_classes: int = 4,
+    n_distractor_classes: int = 5,
     distractor_per_class: int = 8,
     size: int = 96,
 ) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,9 @@ from plotly.colors import qualitative
 
 from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.projection import Projection
+
+if TYPE_CHECKING:
+    from core.pipeline import Analysis
 
 TEMPLATE = "plotly_white"
 TRAIN_COLOUR = "#1f77b4"
@@ -75,6 +79,32 @@ def map_points(
     if len(set(lengths.values())) > 1:
         raise ValueError(f"columns must have one value per embedding; lengths are {lengths}")
     return pd.DataFrame(columns)
+
+
+def analysis_map_points(
+    embeddings: Embeddings,
+    analysis: Analysis,
+    projection: Projection,
+    threshold: float,
+    *,
+    predicted_test_labels: bool = False,
+) -> pd.DataFrame:
+    """map_points for an analysis of ``embeddings``: flags at ``threshold`` and distractor scores.
+
+    Test rows carry their score and flag; train rows their leave-one-out score (what a kept test
+    item tends to score) and no flag. With ``predicted_test_labels`` test rows show their predicted
+    top-1 label ("-1" when flagged) instead of their true one.
+    """
+    train_rows, test_rows = embeddings.mask(TRAIN), embeddings.mask(TEST)
+    flags = np.zeros(len(embeddings.ids), dtype=bool)
+    flags[test_rows] = analysis.flags(threshold)
+    scores = np.full(len(embeddings.ids), np.nan)
+    scores[train_rows] = analysis.train_loo_scores
+    scores[test_rows] = analysis.scores
+    labels = embeddings.labels.copy()
+    if predicted_test_labels:
+        labels[test_rows] = [row[0] if row else None for row in analysis.predictions(threshold)]
+    return map_points(embeddings, projection, labels=labels, flags=flags, scores=scores)
 
 
 def scatter_map(

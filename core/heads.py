@@ -16,7 +16,7 @@ from core.dataset import DISTRACTOR
 # Seed 003's competition limit for a universal image embedding.
 ARCFACE_MAX_DIM = 64
 # Boosting fits one tree per class per round; beyond this many trees a CPU run takes minutes.
-MAX_BOOSTED_TREES = 2000
+MAX_BOOSTED_TREES = 5000
 # lbfgs iterations for the linear probe: enough to converge on unit-norm embeddings.
 _PROBE_MAX_ITER = 500
 

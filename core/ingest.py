@@ -40,6 +40,10 @@ _SVG_REASON = "not an image (looks like SVG/XML; only raster images are supporte
 _NOT_IMAGE_REASON = "not an image (the contents are not a raster format Pillow can read)"
 _DISTRACTOR_IN_TRAIN = f"label {DISTRACTOR} marks test distractors and cannot be a train class"
 # Everything a Pillow decoder raises on damaged data.
+# Pillow merely warns between one and two times the pixel limit; _open refuses those itself, without
+# the process-wide warning filters that catch_warnings would swap under concurrent threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 _DECODE_ERRORS = (
     OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error
 )
@@ -102,19 +106,17 @@ def _default_name(source: Path | bytes) -> str:
 
 @contextlib.contextmanager
 def _refusals(name: str) -> Iterator[None]:
-    """Turn Pillow's many failure modes, bomb warnings included, into ImageRejected."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            yield
-        except ImageRejected:
-            raise
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise ImageRejected(_bomb_reason(exc), name) from None
-        except UnidentifiedImageError:
-            raise ImageRejected(_NOT_IMAGE_REASON, name) from None
-        except _DECODE_ERRORS as exc:
-            raise ImageRejected(f"truncated or corrupt image: {exc}", name) from None
+    """Turn Pillow's many failure modes into ImageRejected."""
+    try:
+        yield
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(_bomb_reason(exc), name) from None
+    except UnidentifiedImageError:
+        raise ImageRejected(_NOT_IMAGE_REASON, name) from None
+    except _DECODE_ERRORS as exc:
+        raise ImageRejected(f"truncated or corrupt image: {exc}", name) from None
 
 
 def _bomb_reason(exc: Exception) -> str:
@@ -137,7 +139,16 @@ def _open(source: Path | bytes, name: str) -> Image.Image:
         raise ImageRejected("empty file", name)
     if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
         raise ImageRejected(_SVG_REASON, name)
-    return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    pixels = img.width * img.height
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        img.close()
+        raise ImageRejected(
+            f"decompression bomb: {pixels:,} pixels ({img.width}x{img.height}) exceeds the limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,}",
+            name,
+        )
+    return img
 
 
 def _to_rgb(img: Image.Image, name: str) -> Image.Image:

@@ -71,6 +71,16 @@ class Retrieval:
     sweep: ThresholdSweep
 
 
+def search_and_rank(
+    index: VectorIndex, gallery_labels: np.ndarray, query_vectors: np.ndarray, config: PredictConfig
+) -> tuple[Neighbours, list[list[str]], np.ndarray]:
+    """Neighbours deep enough for k distinct labels, each query's ranked labels and its distractor score."""
+    depth = max(neighbours_needed(gallery_labels, config.k), min(config.score_k, len(index)))
+    neighbours = index.search(query_vectors, depth)
+    labels = rank_labels(neighbours, gallery_labels, config.k)
+    return neighbours, labels, distractor_scores(neighbours, config.score_mode, config.score_k)
+
+
 def retrieve(
     gallery_vectors: np.ndarray,
     gallery_labels: np.ndarray,
@@ -79,11 +89,7 @@ def retrieve(
     truth: np.ndarray | None = None,
 ) -> tuple[Neighbours, Retrieval]:
     """Search queries against the gallery and score them; with truth, MAP and detection follow any threshold."""
-    index = VectorIndex(gallery_vectors)
-    depth = max(neighbours_needed(gallery_labels, config.k), min(config.score_k, len(index)))
-    neighbours = index.search(query_vectors, depth)
-    labels = rank_labels(neighbours, gallery_labels, config.k)
-    scores = distractor_scores(neighbours, config.score_mode, config.score_k)
+    neighbours, labels, scores = search_and_rank(VectorIndex(gallery_vectors), gallery_labels, query_vectors, config)
     if truth is None:
         sweep = ThresholdSweep(scores)
     else:

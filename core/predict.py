@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,16 +50,23 @@ def submission_label(label: str) -> str:
     return "_".join(str(label).split())
 
 
-def write_submission(path: Path | str, ids: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
-    """`id,predictions` with the labels space-separated, one row per test image."""
+def submission_csv(ids: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The submission as text: `id,predictions` with the labels space-separated, one row per test image."""
     if len(ids) != len(rows):
         raise ValueError(f"{len(ids)} ids but {len(rows)} prediction rows")
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(SUBMISSION_COLUMNS)
+    writer.writerows((image_id, " ".join(map(submission_label, row))) for image_id, row in zip(ids, rows))
+    return buffer.getvalue()
+
+
+def write_submission(path: Path | str, ids: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+    """Write `submission_csv(ids, rows)` to `path`, creating its folder."""
+    text = submission_csv(ids, rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(SUBMISSION_COLUMNS)
-        writer.writerows((image_id, " ".join(map(submission_label, row))) for image_id, row in zip(ids, rows))
+    path.write_text(text, encoding="utf-8", newline="")
     return path
 
 

@@ -258,11 +258,15 @@ class ProjectionCache:
             return None
 
     def put(self, key: str, projection: Projection) -> None:
-        """Store atomically: a crash mid-write never leaves a half file under the key."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as handle:
-            temporary = Path(handle.name)
-            try:
+        """Store atomically, so a crash mid-write never leaves a half file under the key.
+
+        A cache that cannot be written only warns: the caller keeps the computed projection.
+        """
+        temporary = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as handle:
+                temporary = Path(handle.name)
                 np.savez(
                     handle,
                     train_xy=projection.train_xy,
@@ -270,29 +274,12 @@ class ProjectionCache:
                     config=np.array(json.dumps(asdict(projection.config))),
                     notes=np.array(projection.notes, dtype=str),
                 )
-            except BaseException:
-                temporary.unlink()
-                raise
-        os.replace(temporary, self.path(key))
-
-    def get_or_project(
-        self,
-        train_vectors: np.ndarray,
-        test_vectors: np.ndarray,
-        config: ProjectionConfig = ProjectionConfig(),
-        progress: Progress | None = None,
-    ) -> Projection:
-        """The cached projection of these vectors under ``config``, computing and storing it if new."""
-        key = projection_key(train_vectors, test_vectors, config)
-        cached = self.get(key)
-        if cached is not None:
-            return cached
-        projection = project(train_vectors, test_vectors, config, progress)
-        try:
-            self.put(key, projection)
-        except OSError as error:  # a cache that cannot be written must not lose the result
+            os.replace(temporary, self.path(key))
+        except OSError as error:
             warnings.warn(f"projection not cached in {self.directory}: {error}", stacklevel=2)
-        return projection
+        finally:
+            if temporary is not None:  # already renamed away unless the write failed
+                temporary.unlink(missing_ok=True)
 
 
 def warm_up(config: ProjectionConfig = ProjectionConfig()) -> None:

@@ -43,9 +43,9 @@ def test_demo_layout_counts_and_distractor_share(shapes):
     train_labels = {label for split, label in counts if split == TRAIN}
     assert len(train_labels) == 12 and all(counts[TRAIN, label] == 3 for label in train_labels)
     assert all(counts[TEST, label] == 8 for label in train_labels)
-    assert counts[TEST, DISTRACTOR] == 4 * 8
+    assert counts[TEST, DISTRACTOR] == 5 * 8
     test = shapes.split(TEST)
-    assert sum(item.label == DISTRACTOR for item in test) / len(test) == pytest.approx(32 / 128)
+    assert sum(item.label == DISTRACTOR for item in test) / len(test) == pytest.approx(40 / 136)
     assert shapes.has_test_truth and shapes.rejected == []
     assert all(item.path.stat().st_size > 0 for item in shapes.items)
 

@@ -1,0 +1,100 @@
+"""Data page: choose or add a dataset, see its counts, gallery and refused files."""
+
+import pandas as pd
+import streamlit as st
+
+from core.dataset import TEST, TRAIN
+from core.pipeline import is_embeddings_file
+from pages import ui
+
+ws = ui.workspace()
+st.title("Data")
+
+entries = ui.datasets(ws)
+names = [entry.name for entry in entries]
+current = ui.active_dataset(ws)
+chosen = st.selectbox("Dataset", names, index=names.index(current.name))
+if chosen != current.name:
+    ws.set("dataset", chosen)
+    st.rerun()
+
+with st.expander("Add a dataset"):
+    upload_tab, folder_tab = st.tabs(["Upload", "Folder on the server"])
+    with upload_tab:
+        st.caption(
+            "A .zip of `train/<label>/…` and `test/…` (or `test/<label>/…`, `-1` for distractors), "
+            "a `train.csv` (image,label) with its images, many images at once, or an embeddings `.parquet`."
+        )
+        files = st.file_uploader(
+            "Files", accept_multiple_files=True, type=["zip", "parquet", "csv", "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+        )
+        name = st.text_input("Name", value="my dataset")
+        if st.button("Add upload", disabled=not files):
+            try:
+                entry = ui.add_upload(ws, name, files)
+            except ValueError as error:
+                st.error(str(error))
+            else:
+                ws.set("dataset", entry.name)
+                st.rerun()
+    with folder_tab:
+        root = ui.data_root()
+        st.caption(f"Folders under the data root `{root}` (set `RETRIEVAL_LAB_DATA_ROOT` to change it).")
+        folder = st.text_input("Folder (relative to the data root)")
+        if st.button("Open folder", disabled=not folder):
+            try:
+                entry = ui.add_folder(ws, folder)
+            except ValueError as error:
+                st.error(str(error))
+            else:
+                ws.set("dataset", entry.name)
+                st.rerun()
+
+entry = ui.active_dataset(ws)
+if is_embeddings_file(entry.source):
+    st.info("This dataset is a Parquet file of precomputed vectors: there are no images to show.")
+    st.stop()
+
+try:
+    dataset = ui.read_dataset(entry.source)
+except ValueError as error:
+    st.error(f"**{entry.name}** cannot be read: {error}")
+    st.stop()
+
+train, test = dataset.split(TRAIN), dataset.split(TEST)
+columns = st.columns(4)
+columns[0].metric("Train images", len(train))
+columns[1].metric("Train classes", len({item.label for item in train}))
+columns[2].metric("Test images", len(test))
+columns[3].metric("Files refused", len(ui.refused_on_upload(ws, entry)) + len(dataset.rejected))
+st.caption(dataset.summary())
+if dataset.has_test_truth:
+    distractors = sum(item.label == "-1" for item in test)
+    st.caption(f"Test truth is known: {distractors} of {len(test)} test images are distractors ({distractors / max(len(test), 1):.0%}).")
+
+counts = pd.DataFrame(
+    [(item.split, item.label if item.label is not None else "(unlabelled)") for item in dataset.items],
+    columns=["split", "label"],
+).value_counts().rename("images").reset_index()
+with st.expander("Images per split and class"):
+    st.dataframe(counts, hide_index=True, width="stretch")
+
+refused = ui.refused_on_upload(ws, entry) + dataset.rejected
+if refused:
+    with st.expander(f"Refused files ({len(refused)})", expanded=True):
+        st.dataframe(pd.DataFrame([(r.name, r.reason) for r in refused], columns=["file", "reason"]), hide_index=True, width="stretch")
+
+st.subheader("Gallery")
+split = st.radio("Split", [TRAIN, TEST], horizontal=True)
+items = dataset.split(split)
+per_page = 24
+page = st.number_input("Page", 1, max(1, -(-len(items) // per_page)), 1)
+shown = items[(page - 1) * per_page : page * per_page]
+grid = st.columns(8)
+for position, item in enumerate(shown):
+    with grid[position % 8]:
+        image = ui.thumbnail(str(item.path))
+        if image is not None:
+            st.image(image, caption=f"{item.id} · {item.label or '?'}", width="stretch")
+        else:
+            st.caption(f"{item.id}: unreadable")

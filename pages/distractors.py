@@ -1,0 +1,128 @@
+"""Distractors page: the live threshold slider, its counts, curves and metrics, and DBSCAN."""
+
+import numpy as np
+import streamlit as st
+
+from core.distractors import DbscanConfig
+from core.figures import contamination_curve, metric_curve, score_histogram
+from pages import ui
+
+st.title("Distractors")
+current = ui.session()
+if current is None:
+    st.stop()
+ui.show_model_note(current)
+
+analysis = current.analysis
+sweep = analysis.sweep
+low, high = float(np.floor(sweep.sorted_scores[0] * 100) / 100), float(np.ceil(sweep.sorted_scores[-1] * 100) / 100)
+if high <= low:
+    high = low + 0.01
+threshold_state = f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
+contamination_state = threshold_state + "-contamination"
+if threshold_state not in st.session_state:
+    st.session_state[threshold_state] = float(np.clip(current.threshold, low, high))
+    st.session_state[contamination_state] = round(float(sweep.contamination(st.session_state[threshold_state])), 3)
+    st.session_state["previous-threshold"] = st.session_state[threshold_state]
+
+st.caption(
+    f"A test image is flagged as a distractor when its best cosine similarity to any train image is below "
+    f"the threshold. Default rule: {analysis.threshold_source} → {analysis.threshold:.3f}."
+)
+
+
+def _threshold_from_contamination() -> None:
+    target = st.session_state[contamination_state]
+    st.session_state[threshold_state] = float(np.clip(sweep.threshold_for(target), low, high))
+
+
+def _remember(threshold: float) -> None:
+    current.save_threshold(threshold)
+
+
+@st.fragment
+def threshold_panel() -> None:
+    left, right = st.columns([3, 1])
+    with right:
+        st.number_input(
+            "Target contamination",
+            min_value=0.0,
+            max_value=1.0,
+            step=0.01,
+            format="%.3f",
+            key=contamination_state,
+            on_change=_threshold_from_contamination,
+            help="The share of test images to flag; sets the threshold that flags that share.",
+        )
+    with left:
+        threshold = st.slider("Distractor threshold", low, high, step=0.001, format="%.3f", key=threshold_state)
+    previous = st.session_state.get("previous-threshold", threshold)
+    st.session_state["previous-threshold"] = threshold
+    if threshold != current.threshold:
+        _remember(threshold)
+
+    flagged = int(sweep.flagged_count(threshold))
+    cells = st.columns(4 if not sweep.has_map else 7)
+    cells[0].metric("Flagged as distractors", flagged, delta=flagged - int(sweep.flagged_count(previous)) or None, delta_color="off")
+    cells[1].metric("Kept", sweep.n - flagged)
+    cells[2].metric("Contamination", f"{flagged / sweep.n:.1%}")
+    cells[3].metric("Threshold", f"{threshold:.3f}")
+    if sweep.has_map:
+        precision, recall, f1 = (float(v) for v in sweep.detection_at(threshold))
+        cells[4].metric(f"MAP@{analysis.config.k}", f"{float(sweep.map_at(threshold)):.4f}")
+        cells[5].metric("Precision / recall", f"{precision:.2f} / {recall:.2f}")
+        cells[6].metric("F1", f"{f1:.3f}")
+    else:
+        st.caption("No test truth: MAP@5, precision and recall need test images in test/<label>/ folders.")
+
+    grid = sweep.grid()
+    charts = st.columns(2)
+    charts[0].plotly_chart(score_histogram(analysis.scores, analysis.train_loo_scores, threshold), width="stretch")
+    charts[1].plotly_chart(
+        contamination_curve(grid, sweep.contamination(grid), threshold, flagged / sweep.n), width="stretch"
+    )
+    if sweep.has_map:
+        best_threshold, best_map = sweep.best_map_threshold()
+        st.plotly_chart(metric_curve(grid, sweep.map_at(grid), threshold, f"MAP@{analysis.config.k}"), width="stretch")
+        st.caption(f"With the test truth, the best threshold is {best_threshold:.3f} (MAP@{analysis.config.k} {best_map:.4f}).")
+
+    between = (analysis.scores >= min(previous, threshold)) & (analysis.scores < max(previous, threshold))
+    flipped = np.flatnonzero(between)
+    st.subheader(f"What flips ({len(flipped)})")
+    if len(flipped) == 0:
+        st.caption("Move the slider: the images whose verdict changes appear here.")
+        return
+    now_flagged = threshold > previous
+    st.caption(f"{'Newly flagged' if now_flagged else 'No longer flagged'} between {previous:.3f} and {threshold:.3f}.")
+    shown = flipped[np.argsort(analysis.scores[flipped])][:16]
+    cards = st.columns(8)
+    for position, row in enumerate(shown):
+        item_id = str(analysis.test.ids[row])
+        with cards[position % 8]:
+            image = current.image(item_id)
+            if image is not None:
+                st.image(image, width="stretch")
+            truth = "" if analysis.truth is None else f" · truth {analysis.truth[row]}"
+            st.caption(f"{item_id} · {analysis.scores[row]:.3f}{truth}")
+
+
+threshold_panel()
+
+with st.expander("DBSCAN: a second detector"):
+    st.caption(
+        "Clusters train and test together (cosine distance); test images in clusters that contain no "
+        "train image are flagged. Distractors from new classes tend to form their own clusters (seed 001)."
+    )
+    columns = st.columns(3)
+    eps = columns[0].slider("eps (cosine distance)", 0.01, 1.0, 0.15, 0.01)
+    min_samples = columns[1].number_input("min_samples", 1, 50, 3)
+    noise = columns[2].checkbox("Count noise points as distractors")
+    flags = analysis.dbscan(DbscanConfig(eps=eps, min_samples=int(min_samples), noise_is_distractor=noise))
+    report = analysis.report(flags=flags)
+    threshold_flags = analysis.flags(st.session_state[threshold_state])
+    cells = st.columns(4)
+    cells[0].metric("Flagged by DBSCAN", report["flagged"])
+    cells[1].metric("Agreement with the threshold", f"{(flags == threshold_flags).mean():.1%}")
+    if "MAP@5" in report:
+        cells[2].metric("MAP@5 with DBSCAN flags", f"{report['MAP@5']:.4f}")
+        cells[3].metric("DBSCAN F1", f"{report['distractor_f1']:.3f}")

@@ -1,0 +1,99 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.__main__ import main
+from core.demo import write_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return write_demo_dataset(tmp_path_factory.mktemp("demo"))
+
+
+def test_demo_then_evaluate_with_the_baseline_prints_map_and_distractor_figures(tmp_path, workspace, capsys):
+    assert main(["demo", str(tmp_path / "d")]) == 0
+    root = next((tmp_path / "d").iterdir())
+    assert main(["evaluate", str(root), "--model", "baseline"]) == 0
+    out = capsys.readouterr().out
+    for field in ("MAP@5", "distractor_precision", "distractor_recall", "distractor_f1", "distractor_roc_auc", "threshold"):
+        assert field in out
+
+
+def test_predict_writes_a_submission_that_score_reads_back(demo, tmp_path, workspace, capsys):
+    submission = tmp_path / "submission.csv"
+    assert main(["predict", str(demo), "--model", "baseline", "--contamination", "0.3", "--out", str(submission)]) == 0
+    out = capsys.readouterr().out
+    assert "threshold:" in out and "flagged as distractors:" in out
+    rows = submission.read_text().splitlines()
+    assert rows[0] == "id,predictions" and len(rows) == 1 + len(list((demo / "test").rglob("*.jpg")))
+    flagged = sum(row.split(",")[1].startswith("-1 ") for row in rows[1:])
+    assert flagged == pytest.approx(0.3 * (len(rows) - 1), abs=1)
+
+    truth = tmp_path / "truth.csv"
+    lines = ["id,label"] + [f"{p.name},{p.parent.name}" for p in (demo / "test").rglob("*.jpg")]
+    truth.write_text("\n".join(lines))
+    assert main(["score", str(submission), str(truth)]) == 0
+    assert capsys.readouterr().out.startswith("MAP@5 = 0.")
+
+
+def test_embed_to_parquet_then_evaluate_the_parquet_as_json(demo, tmp_path, workspace, capsys):
+    parquet = tmp_path / "e.parquet"
+    assert main(["embed", str(demo), "--model", "baseline", "--out", str(parquet)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(parquet), "--auto", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 <= report["MAP@5"] <= 1.0 and report["threshold_rule"].startswith("validation on train")
+
+
+def test_second_embed_computes_nothing(demo, tmp_path, workspace, capsys):
+    for _ in range(2):
+        assert main(["embed", str(demo), "--model", "baseline", "--out", str(tmp_path / "e.parquet")]) == 0
+    assert "computed 0, from cache" in capsys.readouterr().err
+
+
+def test_tiny_clip_from_a_local_folder_works_end_to_end(demo, tiny_clip_dir, workspace, capsys):
+    assert main(["evaluate", str(demo), "--model", str(tiny_clip_dir), "--batch-size", "32"]) == 0
+    assert "MAP@5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "no/such/folder", "--model", "baseline"], "does not exist"),
+        (["predict", "DEMO", "--model", "baseline", "--contamination", "1.5", "--out", "x.csv"], "contamination must be a share"),
+        (["evaluate", "DEMO", "--model", "no-such-org/no-such-model"], "cannot load the CLIP model"),
+        (["embed", "DEMO", "--model", "baseline", "--batch-size", "0", "--out", "x.parquet"], "batch_size"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, demo, workspace, capsys):
+    argv = [str(demo) if arg == "DEMO" else arg for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_evaluate_without_test_truth_says_what_is_missing(demo, tmp_path, workspace, capsys):
+    unlabelled = tmp_path / "unlabelled"
+    (unlabelled / "test").mkdir(parents=True)
+    for label in (demo / "train").iterdir():
+        (unlabelled / "train" / label.name).mkdir(parents=True)
+        for image in label.iterdir():
+            (unlabelled / "train" / label.name / image.name).write_bytes(image.read_bytes())
+    for image in list((demo / "test").rglob("*.jpg"))[:10]:
+        (unlabelled / "test" / image.name).write_bytes(image.read_bytes())
+    assert main(["evaluate", str(unlabelled), "--model", "baseline"]) == 2
+    assert "needs test truth" in capsys.readouterr().err
+
+
+def test_the_module_runs_as_a_command_with_help():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "core", "predict", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--contamination" in result.stdout and "--auto" in result.stdout
