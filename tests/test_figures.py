@@ -92,6 +92,7 @@ def test_scatter_map_draws_every_point_once_with_its_row(points, colour_by):
         np.testing.assert_array_equal(trace.x, by_row["x"].to_numpy())
         np.testing.assert_array_equal(trace.y, by_row["y"].to_numpy())
         assert trace.name.endswith(f"({len(trace.customdata)})")
+    assert figure.data[-1].name.startswith(TRAIN)  # drawn last: train stays on top of test
     assert figure.layout.dragmode == "lasso"
     assert figure.layout.xaxis.title.text == "UMAP 1"
 
@@ -117,6 +118,7 @@ def test_flag_mode_puts_flagged_test_points_in_a_red_trace(points):
 
 def test_label_mode_colours_classes_apart_distractors_red_and_unknown_grey(points):
     figure = scatter_map(points, "label")
+    assert figure.layout.showlegend is False and "colour = class" in figure.layout.title.text
     label_of_row = points.set_index("row")["label"]
     pairs = [
         (label, colour)
@@ -222,3 +224,21 @@ def test_class_frequency_ranks_the_top_classes():
 def test_class_frequency_rejects_a_zero_top_n():
     with pytest.raises(ValueError, match="top_n=0: use an integer >= 1"):
         class_frequency(["a"], top_n=0)
+
+
+def test_analysis_map_points_puts_scores_flags_and_predictions_on_the_right_rows(embeddings, projection):
+    from core.figures import analysis_map_points
+    from core.pipeline import analyse
+
+    analysis = analyse(embeddings)
+    threshold = float(np.median(analysis.scores))
+    points = analysis_map_points(embeddings, analysis, projection, threshold, predicted_test_labels=True)
+    train, test = points[points["split"] == TRAIN], points[points["split"] == TEST]
+    assert test["id"].tolist() == analysis.test.ids.tolist()
+    np.testing.assert_array_equal(test["flag"].to_numpy(), analysis.scores < threshold)
+    assert not train["flag"].any()
+    np.testing.assert_allclose(test["score"].to_numpy(), analysis.scores)
+    np.testing.assert_allclose(train["score"].to_numpy(), analysis.train_loo_scores)
+    assert test["label"].tolist() == [row[0] for row in analysis.predictions(threshold)]
+    assert (test["label"] == DISTRACTOR).sum() == test["flag"].sum() > 0
+    assert train["label"].tolist() == analysis.train.labels.tolist()

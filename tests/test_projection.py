@@ -177,23 +177,20 @@ def test_cache_treats_an_unreadable_file_as_missing(tmp_path):
         assert cache.get("broken") is None
 
 
-def test_cache_computes_once_then_reads(tmp_path, blobs):
-    train, test = blobs[0][:30], blobs[1][:10]
-    cache = ProjectionCache(tmp_path)
-    stages = []
-    first = cache.get_or_project(train, test, ProjectionConfig(method="pca"), stages.append)
-    second = cache.get_or_project(train, test, ProjectionConfig(method="pca"), stages.append)
-    assert stages == ["PCA"]  # the second call never projected
-    np.testing.assert_array_equal(first.test_xy, second.test_xy)
-
-
-def test_cache_that_cannot_be_written_still_returns_the_projection(tmp_path, blobs):
+def test_cache_that_cannot_be_written_warns_instead_of_failing(tmp_path, stages_and_projections):
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
     cache = ProjectionCache(not_a_directory)
     with pytest.warns(UserWarning, match="projection not cached in .*file"):
-        projection = cache.get_or_project(blobs[0][:30], blobs[1][:10], ProjectionConfig(method="pca"))
-    assert projection.train_xy.shape == (30, 2)
+        cache.put("key", stages_and_projections[1]["pca"])
+    assert cache.get("key") is None
+
+
+def test_cache_write_leaves_no_temporary_files(tmp_path, stages_and_projections):
+    cache = ProjectionCache(tmp_path)
+    for key in ("a", "b", "a"):
+        cache.put(key, stages_and_projections[1]["pca"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.npz", "b.npz"]
 
 
 def test_projection_key_follows_data_config_and_split(blobs):
