@@ -1,4 +1,4 @@
-"""Command line: python -m core {demo,embed,predict,evaluate,score,models} — one-line errors, never a traceback."""
+"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble} — one-line errors, never a traceback."""
 
 from __future__ import annotations
 
@@ -38,19 +38,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"note: {message}", file=sys.stderr)
 
 
-def _embed_config(args):
-    from core.embed import EmbedConfig
-
-    return EmbedConfig(model=args.model, batch_size=args.batch_size, precision=args.precision)
-
-
-def _load(args):
+def _load(args, source=None, model=None):
     """Embeddings for the command's source, reporting what was refused."""
     from core.cache import EmbeddingCache
+    from core.embed import EmbedConfig
     from core.pipeline import is_embeddings_file, load_embeddings
 
-    embed_config = None if is_embeddings_file(args.source) else _embed_config(args)
-    loaded = load_embeddings(args.source, embed_config, EmbeddingCache(), ProgressBar("embedding"))
+    source = source or args.source
+    embed_config = None
+    if not is_embeddings_file(source):
+        embed_config = EmbedConfig(model=model or args.model, batch_size=args.batch_size, precision=args.precision)
+    loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"))
     print(loaded.summary(), file=sys.stderr)
     if loaded.computed or loaded.from_cache:
         print(f"computed {loaded.computed}, from cache {loaded.from_cache}", file=sys.stderr)
@@ -172,16 +170,73 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _add_source(parser, what="a dataset folder or .zip, or an embeddings .parquet"):
+def cmd_compare(args) -> int:
+    from core.compare import as_json, compare_methods, format_table
+
+    embeddings = _load(args).embeddings
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    comparison = compare_methods(
+        embeddings, _predict_config(args), methods, progress=lambda name: print(f"running {name}…", file=sys.stderr)
+    )
+    print(json.dumps(as_json(comparison), indent=2) if args.json else format_table(comparison))
+    return 0
+
+
+def _ensemble_members(args):
+    from core.pipeline import is_embeddings_file
+
+    if all(is_embeddings_file(source) for source in args.sources):
+        if len(args.sources) < 2:
+            raise ValueError("an ensemble needs at least two embeddings .parquet files")
+        return [_load(args, source=source).embeddings for source in args.sources]
+    if len(args.sources) != 1:
+        raise ValueError("give one dataset with two or more --model, or two or more embeddings .parquet files")
+    models = args.model or []
+    if len(models) < 2:
+        raise ValueError(f"an ensemble needs at least two models; got {len(models)} (repeat --model)")
+    return [_load(args, source=args.sources[0], model=model).embeddings for model in models]
+
+
+def cmd_ensemble(args) -> int:
+    from core.ensemble import combine, search_weights, validation_map
+    from core.ingest import write_embeddings
+    from core.pipeline import PredictConfig
+
+    members = _ensemble_members(args)
+    if args.weights:
+        if len(args.weights) != len(members):
+            raise ValueError(f"{len(args.weights)} weights for {len(members)} models; give one weight per model")
+        combined = combine(members, args.weights, args.mode)
+        print(f"ensemble: {combined.model}")
+    else:
+        def show(step):
+            weights = ", ".join(f"{w:.3g}" for w in step.weights)
+            print(f"tried {step.model} at ratio {step.ratio:.3f}: validation MAP {step.metric:.4f} ({weights})", file=sys.stderr)
+
+        metric = validation_map(PredictConfig(contamination=args.contamination))
+        search = search_weights(members, metric, mode=args.mode, progress=show)
+        print(search.table())
+        combined = search.embeddings
+    if args.out:
+        write_embeddings(args.out, combined)
+        print(f"wrote {len(combined.ids)} ensemble vectors to {args.out}")
+    return 0
+
+
+def _add_embedding_options(parser):
     from core.embed import EmbedConfig
 
     defaults = EmbedConfig()
-    parser.add_argument("source", help=what)
-    parser.add_argument("--model", default=defaults.model, help=f"CLIP id or local directory, or 'baseline' (default {defaults.model})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per model call")
     parser.add_argument("--precision", default=defaults.precision, choices=("fp32", "bf16"))
 
 
+def _add_source(parser, what="a dataset folder or .zip, or an embeddings .parquet"):
+    from core.embed import DEFAULT_MODEL
+
+    parser.add_argument("source", help=what)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"CLIP id or local directory, or 'baseline' (default {DEFAULT_MODEL})")
+    _add_embedding_options(parser)
 def _add_prediction(parser):
     from core.pipeline import PredictConfig
 
@@ -231,7 +286,30 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("truth")
     score.add_argument("--k", type=int, default=5)
     score.set_defaults(run=cmd_score)
+
+    compare = commands.add_parser("compare", help="every method on the same split: MAP@5, mP@5, top-1, distractor F1, fit time")
+    _add_source(compare)
+    _add_prediction(compare)
+    compare.add_argument("--methods", help="comma-separated subset of: " + ", ".join(_method_names()))
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    compare.set_defaults(run=cmd_compare)
+
+    ensemble = commands.add_parser("ensemble", help="combine models (norm-scaled) with given or searched weights")
+    ensemble.add_argument("sources", nargs="+", help="one dataset (with two or more --model) or two or more embeddings .parquet")
+    ensemble.add_argument("--model", action="append", help="a model to include; repeat for each")
+    _add_embedding_options(ensemble)
+    ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per model; without it, weights are searched one model at a time")
+    ensemble.add_argument("--mode", default="auto", choices=("auto", "sum", "concat"), help="weighted sum (equal dimensions) or concatenation")
+    ensemble.add_argument("--contamination", type=float, default=0.3, help="simulated distractor share for the validation metric")
+    ensemble.add_argument("--out", help="ensemble embeddings .parquet to write")
+    ensemble.set_defaults(run=cmd_ensemble)
     return parser
+
+
+def _method_names() -> list[str]:
+    from core.compare import METHODS
+
+    return list(METHODS)
 
 
 def main(argv: list[str] | None = None) -> int:

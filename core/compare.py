@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -14,18 +15,13 @@ from core.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
 from core.metrics import distractor_report, map_at_k, top1_accuracy
 from core.pipeline import PredictConfig, analyse, pseudo_distractor_split
 from core.predict import place_distractor
-from core.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine
+from core.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine, unit_rows
 
 BASELINE = "cosine"
 REGRESSION = "knn-regression"
 METHODS = {
     BASELINE: "cosine kNN (pre-trained)",
-    "linear": "linear probe",
-    "bce": "one-vs-rest BCE",
-    "boosting": "gradient-boosted trees",
-    "triplet": "triplet head",
-    "arcface": "ArcFace head",
-    "simclr": "SimCLR head",
+    **{key: head.name for key, head in HEADS.items()},
     REGRESSION: "kNN regression",
 }
 # A MAP@k difference smaller than this is called a tie.
@@ -40,13 +36,13 @@ class MethodResult:
 
     key: str  # short name, as in METHODS
     method: str  # name shown to people
-    map_at_k: float | None  # MAP@k with "-1" placed by the method's own scores
-    mean_precision: float | None  # mP@k of the method's embedding space; None for classifiers
-    top1: float | None  # share of queries whose first prediction is right ("-1" included)
-    distractor_f1: float | None  # F1 of the "-1" flags against the true distractors
-    fit_seconds: float | None  # training time (0 for methods that do not train)
-    device: str  # where it ran
-    note: str  # what people should know about this row
+    map_at_k: float | None = None  # MAP@k with "-1" placed by the method's own scores
+    mean_precision: float | None = None  # mP@k of the method's embedding space; None for classifiers
+    top1: float | None = None  # share of queries whose first prediction is right ("-1" included)
+    distractor_f1: float | None = None  # F1 of the "-1" flags against the true distractors
+    fit_seconds: float | None = None  # training time (0 for methods that do not train)
+    device: str = "-"  # where it ran
+    note: str = ""  # what people should know about this row
 
 
 @dataclass(frozen=True)
@@ -154,7 +150,6 @@ def _head_result(key: str, split: _Split, config: PredictConfig, head_config: He
         notes.append(f"self-supervised on all {len(split.embeddings.ids)} vectors, labels unused")
     if isinstance(head, ClassifierHead):
         scores = _classifier_scores(head, split, config)
-        notes.append("classifier: no embedding space for mP")
     else:
         scores = _space_scores(split.with_vectors(head.transform(split.embeddings.vectors), head.name), config)
     return scores, head, notes + head.notes
@@ -170,8 +165,8 @@ def _regression_result(
     start = time.perf_counter()
     regression = knn_regress(split.gallery.vectors, gallery_targets, split.queries.vectors, dedupe_threshold=dedupe_threshold)
     seconds = time.perf_counter() - start
-    space = np.vstack([gallery_targets, regression.predictions])
-    scores = _space_scores(split.with_vectors(space / np.linalg.norm(space, axis=1, keepdims=True), "kNN regression"), config)
+    space = unit_rows(np.vstack([gallery_targets, regression.predictions]), "target vectors")
+    scores = _space_scores(split.with_vectors(space, "kNN regression"), config)
     query_targets = targets[split.query_rows]
     known = np.all(np.isfinite(query_targets), axis=1)
     notes = list(regression.notes)
@@ -238,22 +233,27 @@ def compare_methods(
     return Comparison(rows, split.description, config.k, config.contamination, _verdicts(rows, config.k), notes)
 
 
-def _run_method(key, split, config, head_config, targets, dedupe_threshold) -> MethodResult:
-    empty = dict(map_at_k=None, mean_precision=None, top1=None, distractor_f1=None)
+def _run_method(
+    key: str,
+    split: _Split,
+    config: PredictConfig,
+    head_config: HeadConfig,
+    targets: np.ndarray | None,
+    dedupe_threshold: float | None,
+) -> MethodResult:
+    row = partial(MethodResult, key, METHODS[key])
     try:
         if key == BASELINE:
-            return MethodResult(key, METHODS[key], **_space_scores(split.embeddings, config), fit_seconds=0.0,
-                                device="cpu (faiss)", note="no training")
+            return row(**_space_scores(split.embeddings, config), fit_seconds=0.0, device="cpu (faiss)", note="no training")
         if key == REGRESSION:
             if targets is None:
-                return MethodResult(key, METHODS[key], **empty, fit_seconds=None, device="-",
-                                    note="skipped: no target vectors given (e.g. prompt text embeddings)")
+                return row(note="skipped: no target vectors given (e.g. prompt text embeddings)")
             scores, seconds, notes = _regression_result(split, config, targets, dedupe_threshold)
-            return MethodResult(key, METHODS[key], **scores, fit_seconds=seconds, device="cpu (faiss)", note="; ".join(notes))
+            return row(**scores, fit_seconds=seconds, device="cpu (faiss)", note="; ".join(notes))
         scores, head, notes = _head_result(key, split, config, head_config)
-        return MethodResult(key, METHODS[key], **scores, fit_seconds=head.fit_seconds, device=head.device, note="; ".join(notes))
+        return row(**scores, fit_seconds=head.fit_seconds, device=head.device, note="; ".join(notes))
     except (ValueError, RuntimeError) as error:
-        return MethodResult(key, METHODS[key], **empty, fit_seconds=None, device="-", note=f"failed: {error}")
+        return row(note=f"failed: {error}")
 
 
 def _verdicts(rows: list[MethodResult], k: int) -> list[str]:

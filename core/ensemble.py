@@ -38,7 +38,7 @@ def _row_order(reference: Embeddings, member: Embeddings) -> np.ndarray:
     if conflicts:
         i = conflicts[0]
         raise ValueError(
-            f"{reference.model} and {member.model} disagree on the label of {reference.ids[i]!r}: "
+            f"{reference.model} and {member.model} disagree on the label of {str(reference.ids[i])!r}: "
             f"{reference.labels[i]!r} vs {member.labels[order][i]!r}"
         )
     return order
@@ -109,7 +109,8 @@ class WeightStep:
     metric: float  # the validation metric of the combination
 
 
-@dataclass(frozen=True)
+# eq=False: the embeddings hold arrays, whose == is element-wise rather than a truth value.
+@dataclass(frozen=True, eq=False)
 class WeightSearch:
     """Weights found one model at a time, every evaluation, and the best combination."""
 
@@ -120,10 +121,14 @@ class WeightSearch:
     embeddings: Embeddings  # combine(models, weights, mode)
 
     def table(self) -> str:
-        """The steps as aligned text: model, ratio, metric."""
-        width = max(len(step.model) for step in self.steps)
-        lines = [f"{'model':<{width}}  ratio   metric"]
-        lines += [f"{step.model:<{width}}  {step.ratio:5.3f}  {step.metric:.4f}" for step in self.steps]
+        """Every evaluation as aligned text: the model tried, its ratio, all weights and the metric."""
+        width = max(len("model tried"), *(len(step.model) for step in self.steps))
+        lines = [f"{'step':>4}  {'model tried':<{width}}  ratio  {'metric':>6}  weights"]
+        for number, step in enumerate(self.steps, start=1):
+            weights = ", ".join(f"{w:.3g}" for w in step.weights)
+            lines.append(f"{number:>4}  {step.model:<{width}}  {step.ratio:5.3f}  {step.metric:.4f}  ({weights})")
+        chosen = ", ".join(f"{w:.3g}" for w in self.weights)
+        lines.append(f"chosen ({self.mode}): weights ({chosen}), metric {self.metric:.4f}")
         return "\n".join(lines)
 
 
@@ -133,6 +138,7 @@ def search_weights(
     max_ratio: float = 2.0,
     iterations: int = 8,
     mode: str = "auto",
+    progress: Callable[[WeightStep], None] | None = None,
 ) -> WeightSearch:
     """Weights for an ensemble, one model at a time (seed 000).
 
@@ -140,6 +146,7 @@ def search_weights(
     of their solo score. Each newcomer's ratio is found by ternary search on [0, max_ratio] with the
     earlier weights fixed, assuming the metric rises then falls; the ends are tried too, so a model
     that only hurts gets 0. Higher metric is better; the default is `validation_map()`.
+    `progress` receives each step as it is evaluated.
     """
     if len(members) < 2:
         raise ValueError(f"a weight search needs at least 2 models, got {len(members)}")
@@ -154,6 +161,8 @@ def search_weights(
     def evaluate(weights: np.ndarray, model: str, ratio: float) -> float:
         value = float(metric(combine(members, weights, mode)))
         steps.append(WeightStep(model, float(ratio), tuple(weights.tolist()), value))
+        if progress is not None:
+            progress(steps[-1])
         return value
 
     solo = []

@@ -51,8 +51,8 @@ class HeadConfig:
         for name in ("lr", "margin", "scale", "temperature", "probe_c"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: use a number > 0")
-        if not 0.0 <= self.noise <= 10.0:
-            raise ValueError(f"noise={self.noise!r}: use a share of the vector norm between 0 and 10")
+        if not self.noise >= 0.0:
+            raise ValueError(f"noise={self.noise!r}: use a share of the vector norm >= 0")
         for name in ("dropout", "mix"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: use a share in [0, 1)")
@@ -92,7 +92,7 @@ def _checked_labels(labels, n_rows: int) -> np.ndarray:
 
 
 @contextmanager
-def one_thread():
+def _one_thread():
     """Heads multiply small matrices: on a shared CPU, threads waiting on each other cost 10-20x the work."""
     import torch
     from threadpoolctl import threadpool_limits
@@ -126,7 +126,7 @@ class Head:
             raise ValueError(f"a head needs at least 2 training vectors, got {vectors.shape[0]}")
         labels = _checked_labels(labels, vectors.shape[0]) if self.uses_labels else None
         self.notes = []
-        with one_thread():
+        with _one_thread():
             start = time.perf_counter()
             self._fit(vectors, labels)
             self.fit_seconds = time.perf_counter() - start
@@ -158,7 +158,7 @@ class ClassifierHead(Head):
         """Top-k labels by probability per query, and the highest probability as the distractor score."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        with one_thread():
+        with _one_thread():
             probabilities = self._probabilities(self._fitted_input(queries))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return ClassRanking([self.classes[row].tolist() for row in order], probabilities.max(axis=1).astype(np.float64))
@@ -171,7 +171,7 @@ class LinearProbe(ClassifierHead):
     """Multinomial logistic regression on the frozen vectors."""
 
     name = "linear probe"
-    device = "cpu (scikit-learn)"
+    device = "cpu (scikit-learn, 1 thread)"
 
     def _fit(self, vectors, labels):
         from sklearn.exceptions import ConvergenceWarning
@@ -181,8 +181,11 @@ class LinearProbe(ClassifierHead):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             self._model.fit(vectors, labels)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            self.notes.append(f"logistic regression stopped at {_PROBE_MAX_ITER} iterations before converging")
+        for caught_warning in caught:
+            if issubclass(caught_warning.category, ConvergenceWarning):
+                self.notes.append(f"logistic regression stopped at {_PROBE_MAX_ITER} iterations before converging")
+            else:
+                warnings.warn(caught_warning.message, caught_warning.category, stacklevel=2)
         self.classes = self._model.classes_.astype(object)
 
     def _probabilities(self, queries):
@@ -193,7 +196,7 @@ class BoostedTrees(ClassifierHead):
     """scikit-learn's HistGradientBoosting on PCA-reduced vectors (seed 001 tried XGBoost)."""
 
     name = "gradient-boosted trees"
-    device = "cpu (scikit-learn)"
+    device = "cpu (scikit-learn, 1 thread)"
 
     def _fit(self, vectors, labels):
         from sklearn.decomposition import PCA
@@ -242,7 +245,7 @@ def _batches(n_rows: int, batch_size: int, rng: np.random.Generator, groups: lis
 class TorchHead(Head):
     """A head trained with Adam on CPU under torch.manual_seed(config.seed)."""
 
-    device = "cpu (torch)"
+    device = "cpu (torch, 1 thread)"
     group_batches = False  # keep each class's rows in one batch (pair-based losses need positives)
 
     def _fit(self, vectors, labels):
@@ -280,10 +283,11 @@ class TorchHead(Head):
             module.eval()
 
     def _epochs(self, n_rows: int) -> int:
-        steps_per_epoch = max(1, n_rows // self.config.batch_size)
+        # As _batches cuts them: a last batch of one row joins the one before.
+        steps_per_epoch = math.ceil(n_rows / self.config.batch_size) - (n_rows > self.config.batch_size and n_rows % self.config.batch_size == 1)
         epochs = max(self.config.epochs, math.ceil(self.config.min_steps / steps_per_epoch))
         if epochs > self.config.epochs:
-            self.notes.append(f"{epochs} epochs instead of {self.config.epochs}, to take {self.config.min_steps} steps on {n_rows} vectors")
+            self.notes.append(f"{epochs} epochs, not {self.config.epochs}: at least {self.config.min_steps} steps on {n_rows} vectors")
         return epochs
 
     def _build(self, input_dim: int, n_classes: int) -> list:
@@ -308,7 +312,7 @@ class ProjectionHead(TorchHead):
         import torch
 
         matrix = self._fitted_input(vectors)
-        with one_thread(), torch.no_grad():
+        with _one_thread(), torch.no_grad():
             return self._embed(torch.from_numpy(matrix)).numpy().astype(np.float32)
 
 
@@ -330,6 +334,11 @@ class OneVsRestBce(TorchHead, ClassifierHead):
         from torch import nn
 
         self._encoder = nn.Linear(input_dim, n_classes)
+        # Zero weights grow only along directions a class's own images teach, so an unseen class
+        # stays low on every sigmoid; random ones would give distractors chance highs. The bias
+        # starts at the prior log-odds of one class among n.
+        nn.init.zeros_(self._encoder.weight)
+        nn.init.constant_(self._encoder.bias, -math.log(n_classes))
         return [self._encoder]
 
     def _batch_loss(self, x, codes):

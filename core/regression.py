@@ -46,14 +46,10 @@ def mean_cosine(predicted: np.ndarray, targets: np.ndarray) -> float:
     return float(scores.mean())
 
 
-def _check_threshold(threshold: float) -> None:
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"dedupe threshold is a cosine similarity in [-1, 1], got {threshold}")
-
-
 def dedupe_pairs(targets: np.ndarray, threshold: float = DEFAULT_DEDUPE_THRESHOLD) -> np.ndarray:
     """Rows to keep, in order: a row is dropped when its target is above `threshold` cosine to a kept earlier row."""
-    _check_threshold(threshold)
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"dedupe threshold is a cosine similarity in [-1, 1], got {threshold}")
     unit = unit_rows(targets, "targets")
     n = len(unit)
     kept = np.ones(n, dtype=bool)
@@ -161,13 +157,15 @@ def rank_prompts(image_vectors: np.ndarray, text_vectors: np.ndarray, texts: Seq
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a whole number >= 1, got {k!r}")
     neighbours = search(candidates, images, min(k, len(candidates)))
-    log_normaliser = np.empty(len(images))
+    # Softmax in float64 from one matrix product: at scale 100, float32 rounding shows.
+    probabilities = np.empty(neighbours.indices.shape)
     block = max(1, _BLOCK_CELLS // len(candidates))
     for start in range(0, len(images), block):
-        logits = CLIP_LOGIT_SCALE * (images[start : start + block] @ candidates.T).astype(np.float64)
-        peak = logits.max(axis=1, keepdims=True)
-        log_normaliser[start : start + block] = (peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True)))[:, 0]
-    probabilities = np.exp(CLIP_LOGIT_SCALE * neighbours.similarities.astype(np.float64) - log_normaliser[:, None])
+        rows = slice(start, start + block)
+        logits = CLIP_LOGIT_SCALE * (images[rows].astype(np.float64) @ candidates.T.astype(np.float64))
+        logits -= logits.max(axis=1, keepdims=True)
+        log_normaliser = np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        probabilities[rows] = np.exp(np.take_along_axis(logits, neighbours.indices[rows], axis=1) - log_normaliser)
     return PromptRanking(
         texts=[[texts[i] for i in row] for row in neighbours.indices],
         indices=neighbours.indices,

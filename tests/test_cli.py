@@ -97,3 +97,33 @@ def test_the_module_runs_as_a_command_with_help():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "core", "predict", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--contamination" in result.stdout and "--auto" in result.stdout
+
+
+def test_compare_prints_at_least_six_methods_and_verdicts(demo, workspace, capsys):
+    assert main(["compare", str(demo), "--model", "baseline"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("\nmethod ", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    scored = [row for row in table if "skipped" not in row and "failed" not in row]
+    assert len(scored) >= 6, out
+    assert "cosine kNN (pre-trained)" in out and "plain cosine kNN by" in out
+
+
+def test_compare_json_lists_the_chosen_methods_with_metrics(demo, workspace, capsys):
+    assert main(["compare", str(demo), "--model", "baseline", "--methods", "cosine,linear", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [method["key"] for method in report["methods"]] == ["cosine", "linear"]
+    assert all(0.0 <= method["MAP@5"] <= 1.0 for method in report["methods"])
+
+
+def test_ensemble_search_shows_every_step_and_writes_vectors(demo, tiny_clip_dir, tmp_path, workspace, capsys):
+    out_file = tmp_path / "ensemble.parquet"
+    argv = ["ensemble", str(demo), "--model", "baseline", "--model", str(tiny_clip_dir), "--out", str(out_file)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("tried ") >= 3 and "chosen" in captured.out
+    assert out_file.exists()
+
+
+def test_ensemble_needs_two_models(demo, workspace, capsys):
+    assert main(["ensemble", str(demo), "--model", "baseline"]) == 2
+    assert "at least two models" in capsys.readouterr().err

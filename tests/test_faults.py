@@ -1,0 +1,88 @@
+"""Faults a real run meets: a killed embed run, a damaged cache, no model weights."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.cache import CACHE_FILE_NAME, EmbeddingCache
+from core.demo import write_demo_dataset
+from core.embed import BaselineEmbedder, EmbedConfig, ModelUnavailableError, embed_dataset, load_embedder
+from core.ingest import load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 8
+# The child slows each batch down so the kill lands half-way; the code under test is unchanged.
+SLOW_EMBED = """
+import sys, time
+import core.embed as embed
+real = embed.BaselineEmbedder.embed_images
+embed.BaselineEmbedder.embed_images = lambda self, images: (time.sleep(0.25), real(self, images))[1]
+from core.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cached_rows(home: Path) -> int:
+    path = home / CACHE_FILE_NAME
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path, timeout=5) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def test_embed_killed_half_way_resumes_without_recomputing(tmp_path, workspace):
+    dataset_root = write_demo_dataset(tmp_path / "demo")
+    env = {**os.environ, "RETRIEVAL_LAB_HOME": str(workspace), "PYTHONPATH": str(REPO)}
+    argv = ["embed", str(dataset_root), "--model", "baseline", "--batch-size", str(BATCH), "--out", str(tmp_path / "e.parquet")]
+    child = subprocess.Popen([sys.executable, "-c", SLOW_EMBED, *argv], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while cached_rows(workspace) < 4 * BATCH and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        assert child.poll() is None, "the run finished before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    committed = cached_rows(workspace)
+    dataset = load_dataset(dataset_root)
+    assert 4 * BATCH <= committed < len(dataset.items)
+    assert committed % BATCH == 0, "only whole batches are committed"
+
+    with EmbeddingCache() as cache:
+        run = embed_dataset(dataset, BaselineEmbedder(), cache, BATCH)
+        assert run.from_cache == committed
+        assert run.computed == len(dataset.items) - committed
+        assert cache.count(BaselineEmbedder.identity) == len(dataset.items)
+    with sqlite3.connect(workspace / CACHE_FILE_NAME) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_damaged_cache_is_set_aside_and_rebuilt(tmp_path, workspace, image_file):
+    workspace.mkdir(parents=True)
+    (workspace / CACHE_FILE_NAME).write_bytes(b"this is not a database" * 100)
+    image_file("train/red/a.png", colour=(220, 30, 30))
+    image_file("train/blue/b.png", colour=(30, 30, 220))
+    image_file("test/c.png", colour=(220, 40, 40))
+    with pytest.warns(RuntimeWarning, match="(?i)corrupt|not a .*database|moved aside"):
+        cache = EmbeddingCache()
+    run = embed_dataset(load_dataset(tmp_path), BaselineEmbedder(), cache)
+    assert run.computed == 3 and cache.count(BaselineEmbedder.identity) == 3
+    assert list(workspace.glob(f"{CACHE_FILE_NAME}.corrupt-*")), "the damaged file is kept for inspection"
+
+
+def test_missing_weights_fail_with_one_actionable_message():
+    with pytest.raises(ModelUnavailableError) as raised:
+        load_embedder(EmbedConfig(model="no-such-org/no-such-clip"))
+    message = str(raised.value)
+    assert "HF_HOME" in message and "baseline" in message and "\n" not in message.strip()
