@@ -35,7 +35,8 @@ navigation = st.navigation(
 ws = ui.workspace()
 with st.sidebar:
     st.caption(f"Dataset: **{ui.active_dataset(ws).name}**")
-    st.caption(f"Model: **{ui.active_model(ws).model}**")
+    model_in_use, _, unavailable = ui.model_for(ui.active_model(ws))
+    st.caption(f"Model: **{model_in_use.model}**" + (" (CLIP unavailable)" if unavailable else ""))
     st.caption(f"Workspace `{ws.id}` — bookmark this page's address to come back to it.")
 
 navigation.run()

@@ -90,11 +90,4 @@ items = dataset.split(split)
 per_page = 24
 page = st.number_input("Page", 1, max(1, -(-len(items) // per_page)), 1)
 shown = items[(page - 1) * per_page : page * per_page]
-grid = st.columns(8)
-for position, item in enumerate(shown):
-    with grid[position % 8]:
-        image = ui.thumbnail(str(item.path))
-        if image is not None:
-            st.image(image, caption=f"{item.id} · {item.label or '?'}", width="stretch")
-        else:
-            st.caption(f"{item.id}: unreadable")
+ui.image_grid([ui.thumbnail(str(item.path)) for item in shown], [f"{item.id} · {item.label or '?'}" for item in shown])

@@ -9,9 +9,6 @@ from pages import ui
 
 st.title("Distractors")
 current = ui.session()
-if current is None:
-    st.stop()
-ui.show_model_note(current)
 
 analysis = current.analysis
 sweep = analysis.sweep
@@ -36,8 +33,8 @@ def _threshold_from_contamination() -> None:
     st.session_state[threshold_state] = float(np.clip(sweep.threshold_for(target), low, high))
 
 
-def _remember(threshold: float) -> None:
-    current.save_threshold(threshold)
+def _contamination_from_threshold() -> None:
+    st.session_state[contamination_state] = round(float(sweep.contamination(st.session_state[threshold_state])), 3)
 
 
 @st.fragment
@@ -55,23 +52,28 @@ def threshold_panel() -> None:
             help="The share of test images to flag; sets the threshold that flags that share.",
         )
     with left:
-        threshold = st.slider("Distractor threshold", low, high, step=0.001, format="%.3f", key=threshold_state)
+        threshold = st.slider(
+            "Distractor threshold", low, high, step=0.001, format="%.3f", key=threshold_state,
+            on_change=_contamination_from_threshold,
+        )
     previous = st.session_state.get("previous-threshold", threshold)
     st.session_state["previous-threshold"] = threshold
     if threshold != current.threshold:
-        _remember(threshold)
+        current.save_threshold(threshold)
 
     flagged = int(sweep.flagged_count(threshold))
-    cells = st.columns(4 if not sweep.has_map else 7)
+    cells = st.columns(4)
     cells[0].metric("Flagged as distractors", flagged, delta=flagged - int(sweep.flagged_count(previous)) or None, delta_color="off")
     cells[1].metric("Kept", sweep.n - flagged)
     cells[2].metric("Contamination", f"{flagged / sweep.n:.1%}")
     cells[3].metric("Threshold", f"{threshold:.3f}")
     if sweep.has_map:
         precision, recall, f1 = (float(v) for v in sweep.detection_at(threshold))
-        cells[4].metric(f"MAP@{analysis.config.k}", f"{float(sweep.map_at(threshold)):.4f}")
-        cells[5].metric("Precision / recall", f"{precision:.2f} / {recall:.2f}")
-        cells[6].metric("F1", f"{f1:.3f}")
+        cells = st.columns(4)
+        cells[0].metric(f"MAP@{analysis.config.k}", f"{float(sweep.map_at(threshold)):.4f}")
+        cells[1].metric("Precision", f"{precision:.3f}")
+        cells[2].metric("Recall", f"{recall:.3f}")
+        cells[3].metric("F1", f"{f1:.3f}")
     else:
         st.caption("No test truth: MAP@5, precision and recall need test images in test/<label>/ folders.")
 
@@ -93,17 +95,17 @@ def threshold_panel() -> None:
         st.caption("Move the slider: the images whose verdict changes appear here.")
         return
     now_flagged = threshold > previous
-    st.caption(f"{'Newly flagged' if now_flagged else 'No longer flagged'} between {previous:.3f} and {threshold:.3f}.")
     shown = flipped[np.argsort(analysis.scores[flipped])][:16]
-    cards = st.columns(8)
-    for position, row in enumerate(shown):
-        item_id = str(analysis.test.ids[row])
-        with cards[position % 8]:
-            image = current.image(item_id)
-            if image is not None:
-                st.image(image, width="stretch")
-            truth = "" if analysis.truth is None else f" · truth {analysis.truth[row]}"
-            st.caption(f"{item_id} · {analysis.scores[row]:.3f}{truth}")
+    st.caption(
+        f"{'Newly flagged' if now_flagged else 'No longer flagged'} between {previous:.3f} and {threshold:.3f}"
+        + (f"; showing the {len(shown)} lowest-scoring of {len(flipped)}." if len(shown) < len(flipped) else ".")
+    )
+    ids = [str(analysis.test.ids[row]) for row in shown]
+    captions = [
+        f"{item_id} · {analysis.scores[row]:.3f}" + ("" if analysis.truth is None else f" · truth {analysis.truth[row]}")
+        for item_id, row in zip(ids, shown)
+    ]
+    ui.image_grid([current.image(item_id) for item_id in ids], captions)
 
 
 threshold_panel()

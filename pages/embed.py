@@ -34,9 +34,6 @@ if st.button("Embed", type="primary", disabled=not model):
     ws.set("embed_config", {"model": config.model, "batch_size": config.batch_size, "precision": config.precision})
 
 current = ui.session()
-if current is None:
-    st.stop()
-ui.show_model_note(current)
 loaded = current.loaded
 emb = loaded.embeddings
 counts = ui.split_counts(current)

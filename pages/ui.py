@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from core.cache import EmbeddingCache
-from core.dataset import TEST, TRAIN, Dataset, Rejected
+from core.dataset import TEST, TRAIN, Dataset, Embeddings, Rejected
 from core.demo import write_demo_dataset, write_digits_dataset
 from core.embed import (
     BASELINE,
@@ -23,10 +25,28 @@ from core.embed import (
     Embedder,
     ModelUnavailableError,
     embed_dataset,
+    embed_texts_cached,
     load_embedder,
 )
-from core.ingest import ImageRejected, load_dataset, load_image, safe_extract_zip
-from core.pipeline import Analysis, LoadedEmbeddings, PredictConfig, analyse, is_embeddings_file, load_embeddings
+from core.index import Neighbours, VectorIndex
+from core.ingest import (
+    IMAGE_EXTENSIONS,
+    ImageRejected,
+    load_dataset,
+    load_image,
+    load_texts,
+    safe_extract_zip,
+    write_embeddings,
+)
+from core.pipeline import (
+    Analysis,
+    LoadedEmbeddings,
+    PredictConfig,
+    analyse,
+    is_embeddings_file,
+    load_embeddings,
+    search_and_rank,
+)
 from core.projection import Projection, ProjectionCache, ProjectionConfig, project, projection_key
 from core.workspace import DatasetEntry, Workspace, confined_path, safe_file_name, workspace_home
 
@@ -43,8 +63,15 @@ THUMBNAIL_EDGE = 160
 
 def workspace() -> Workspace:
     """This browser tab's workspace: its id lives in the URL, so a reload or restart finds it again."""
+    if PagesManager.uses_pages_directory:
+        # A bookmarked page opened first on a fresh server runs alone, in Streamlit's legacy
+        # pages-folder mode; switch to app.py's st.navigation and run again from the top.
+        PagesManager.uses_pages_directory = False
+        st.rerun()
     workspace_id = st.query_params.get("ws")
-    if "workspace" in st.session_state and st.session_state.workspace.id == workspace_id:
+    if "workspace" in st.session_state and workspace_id in (None, st.session_state.workspace.id):
+        # Switching pages drops the query string; put the id back so the address stays a bookmark.
+        st.query_params["ws"] = st.session_state.workspace.id
         return st.session_state.workspace
     try:
         current = Workspace(workspace_id) if workspace_id else None
@@ -171,18 +198,28 @@ class SharedModel:
 
 
 @st.cache_resource(show_spinner="Loading the model…")
+def _load_shared_model(config: EmbedConfig) -> SharedModel | str:
+    # An unavailable model is remembered too, so no rerun waits for the Hub again.
+    try:
+        return SharedModel(load_embedder(config), threading.Lock())
+    except ModelUnavailableError as error:
+        return str(error)
+
+
 def _shared_model(config: EmbedConfig) -> SharedModel:
-    return SharedModel(load_embedder(config), threading.Lock())
+    loaded = _load_shared_model(config)
+    if isinstance(loaded, str):
+        raise ModelUnavailableError(loaded)
+    return loaded
 
 
 def model_for(config: EmbedConfig) -> tuple[EmbedConfig, SharedModel, str | None]:
-    """The model to use and a note when CLIP is unavailable and the baseline stands in."""
-    try:
-        return config, _shared_model(config), None
-    except ModelUnavailableError as error:
-        baseline = replace(config, model=BASELINE, precision="fp32")
-        note = f"CLIP is not available here, so the **baseline embedder** (downscaled pixels) is used. {error}"
-        return baseline, _shared_model(baseline), note
+    """The model to use and, when CLIP is unavailable and the baseline stands in, why."""
+    loaded = _load_shared_model(config)
+    if isinstance(loaded, SharedModel):
+        return config, loaded, None
+    baseline = replace(config, model=BASELINE, precision="fp32")
+    return baseline, _shared_model(baseline), loaded
 
 
 # ── data ─────────────────────────────────────────────────────────────────────
@@ -285,8 +322,8 @@ class Session:
         return None if path is None else thumbnail(str(path))
 
 
-def session() -> Session | None:
-    """Embed (or fetch) the active dataset and analyse it; on a problem, say so and return None."""
+def session() -> Session:
+    """Embed (or fetch) the active dataset and analyse it; on a problem, say so and stop the page."""
     ws = workspace()
     entry = active_dataset(ws)
     try:
@@ -296,13 +333,13 @@ def session() -> Session | None:
     except (ValueError, OSError, ModelUnavailableError) as error:
         st.error(f"**{entry.name}** cannot be analysed: {error}")
         st.info("Pick another dataset on the **Data** page, or fix the source and reload.")
-        return None
-    return Session(ws, entry, embed_config, loaded, analysis, note)
-
-
-def show_model_note(current: Session) -> None:
-    if current.model_note:
-        st.info(current.model_note + "\n\n" + HOW_TO_GET_CLIP)
+        st.stop()
+    current = Session(ws, entry, embed_config, loaded, analysis, note)
+    if note:
+        st.info(f"Using the **baseline embedder** (downscaled pixels): `{active_model(ws).model}` cannot be loaded here.")
+        with st.expander("Why, and how to get CLIP"):
+            st.markdown(note + "\n\n" + HOW_TO_GET_CLIP)
+    return current
 
 
 # ── projections ──────────────────────────────────────────────────────────────
@@ -316,10 +353,11 @@ def projection(current: Session, config: ProjectionConfig) -> Projection:
     stored = cache.get(key)
     if stored is not None:
         return stored
-    with st.status(f"Computing the {config.method.upper()} map of {len(train) + len(test)} points…") as status:
+    area = st.empty()
+    with area.status(f"Computing the {config.method.upper()} map of {len(train) + len(test)} points…") as status:
         result = project(train, test, config, progress=lambda stage: status.update(label=f"{stage}…"))
         cache.put(key, result)
-        status.update(label="Map ready", state="complete", expanded=False)
+    area.empty()
     return result
 
 
@@ -328,16 +366,7 @@ def split_counts(current: Session) -> dict[str, int]:
     return {split: int(emb.mask(split).sum()) for split in (TRAIN, TEST)}
 
 
-# ── helpers for map/neighbours/evaluate/text pages ──
-
-# Imported here rather than at the top so this section stays self-contained beside the lead's edits.
-import tempfile  # noqa: E402
-
-from core.dataset import Embeddings  # noqa: E402
-from core.embed import embed_texts_cached  # noqa: E402
-from core.index import Neighbours, VectorIndex  # noqa: E402
-from core.ingest import IMAGE_EXTENSIONS, load_texts, write_embeddings  # noqa: E402
-from core.pipeline import search_and_rank  # noqa: E402
+# ── queries, uploads and galleries ───────────────────────────────────────────
 
 IMAGE_UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 
@@ -365,6 +394,15 @@ def embed_texts(current: Session, texts: list[str]) -> np.ndarray:
     """Vectors of texts, from the embedding cache where possible, under the model lock."""
     with current.model.lock:
         return embed_texts_cached(texts, current.model.embedder, EmbeddingCache())
+
+
+def show_no_text_support(current: Session, task: str) -> None:
+    """Say that the model in use cannot embed text, and how to get CLIP unless the model note already did."""
+    how = "" if current.model_note else f"\n\n{HOW_TO_GET_CLIP}"
+    st.info(
+        f"The model in use (`{current.embed_config.model}`) embeds images only, so it cannot {task}: that needs "
+        f"a CLIP model, whose text and image towers share one space.{how}"
+    )
 
 
 def query_model_warning(current: Session) -> str | None:

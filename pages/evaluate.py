@@ -1,0 +1,147 @@
+"""Evaluate & export page: scores at the current threshold, a comparison of methods, and the downloads."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from core.compare import BASELINE, METHODS, REGRESSION, as_json, compare_methods, format_table
+from core.dataset import DISTRACTOR
+from core.figures import class_frequency
+from core.predict import submission_csv
+from core.workspace import safe_file_name
+from pages import ui
+
+st.title("Evaluate & export")
+current = ui.session()
+analysis, threshold = current.analysis, current.threshold
+k = analysis.config.k
+report = analysis.report(threshold)
+predictions = analysis.predictions(threshold)
+
+st.caption(
+    f"Everything below uses the threshold **{threshold:.3f}** (set it on the **Distractors** page): "
+    f"{report['flagged']} of {report['test_items']} test images ({report['flagged_share']:.0%}) are flagged "
+    f'as distractors and get "{DISTRACTOR}" first.'
+)
+
+
+def shown(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+if analysis.truth is None:
+    st.info(
+        f"The test images have no true labels, so MAP@{k}, mP@{k}, top-1 accuracy and distractor detection "
+        "cannot be scored. Give every test image its class (`test/<label>/…`, `-1` for distractors, or a "
+        "`test.csv` with image,label) to score them; the counts and the submission below work without."
+    )
+else:
+    scores = st.columns(3)
+    scores[0].metric(f"MAP@{k}", shown(report[f"MAP@{k}"]), help="Kaggle's score: 1/rank of the true label in the first k, averaged.")
+    scores[1].metric(f"mP@{k}", shown(report[f"mP@{k}"]), help="Share of the first k neighbours with the query's class, over non-distractors.")
+    scores[2].metric("Top-1 accuracy", shown(report["top1_accuracy"]), help="Share of test images whose first label is right.")
+    detection = st.columns(4)
+    detection[0].metric("Distractor precision", shown(report["distractor_precision"]))
+    detection[1].metric("Distractor recall", shown(report["distractor_recall"]))
+    detection[2].metric("Distractor F1", shown(report["distractor_f1"]))
+    detection[3].metric("Score ROC-AUC", shown(report["distractor_roc_auc"]), help="How well the score alone ranks distractors below the rest.")
+counts = st.columns(3)
+counts[0].metric("Test images", report["test_items"])
+counts[1].metric("Flagged as distractors", report["flagged"])
+counts[2].metric("Flagged share", f"{report['flagged_share']:.1%}")
+
+st.subheader("Predicted classes")
+top_n = st.slider("Classes shown", 5, 50, 20, key="evaluate_top_n")
+st.plotly_chart(class_frequency([row[0] for row in predictions], top_n), width="stretch")
+with st.expander("Predictions per test image"):
+    table = pd.DataFrame(
+        {
+            "id": analysis.test.ids,
+            "predictions": [" ".join(row) for row in predictions],
+            "score": analysis.scores,
+            "flagged": analysis.flags(threshold),
+        }
+    )
+    if analysis.truth is not None:
+        table["true class"] = analysis.truth
+    st.dataframe(table, hide_index=True, width="stretch")
+
+st.subheader("Downloads")
+downloads = st.columns(3)
+downloads[0].download_button(
+    "Submission CSV",
+    data=lambda: submission_csv(list(analysis.test.ids), predictions),
+    file_name="submission.csv",
+    mime="text/csv",
+    on_click="ignore",
+    help="id,predictions — the labels space-separated, as Kaggle expects.",
+)
+downloads[1].download_button(
+    "Embeddings (Parquet)",
+    data=lambda: ui.embeddings_parquet(current.loaded.embeddings),
+    file_name=f"{safe_file_name(current.entry.name, 'dataset')}-embeddings.parquet",
+    mime="application/vnd.apache.parquet",
+    on_click="ignore",
+    help="id, split, label, embedding: open it again on the Data page or with `python -m core`.",
+)
+downloads[2].download_button(
+    "Scores (JSON)",
+    data=json.dumps(report, indent=2),
+    file_name="report.json",
+    mime="application/json",
+    on_click="ignore",
+)
+
+st.subheader("Compare methods")
+st.caption(
+    "Plain cosine kNN against heads trained on the frozen embeddings, on one split with the same "
+    "distractors. Each method flags the contamination share of its queries by its own scores. "
+    "Training takes seconds to minutes."
+)
+offered = [key for key in METHODS if key != REGRESSION]
+methods = st.multiselect("Methods", offered, default=offered, format_func=METHODS.get, key="evaluate_methods")
+# Kept per session so downloads and other widgets do not throw away minutes of training.
+comparisons = st.session_state.setdefault("evaluate_comparisons", {})
+comparison_key = (current.entry.source, current.loaded.embeddings.model, analysis.config, tuple(methods))
+if st.button("Compare methods", type="primary", disabled=not methods):
+    with st.status("Comparing methods…", expanded=True) as status:
+        try:
+            comparison = compare_methods(
+                current.loaded.embeddings,
+                analysis.config,
+                methods=methods,
+                progress=lambda method: status.update(label=f"Training and scoring: {method}…"),
+            )
+        except ValueError as error:
+            status.update(label="The methods cannot be compared", state="error")
+            st.error(str(error))
+            st.stop()
+        status.update(label="Comparison ready", state="complete", expanded=False)
+    comparisons[comparison_key] = comparison
+comparison = comparisons.get(comparison_key)
+if comparison is None:
+    st.caption(f"{METHODS[BASELINE]} is always included. kNN regression needs a target vector per image and is run from code.")
+    st.stop()
+result = as_json(comparison)
+st.caption(f"Evaluated on {comparison.evaluated_on}.")
+score = st.column_config.NumberColumn(format="%.3f")
+st.dataframe(
+    pd.DataFrame(result["methods"]).drop(columns="key"),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        f"MAP@{k}": score,
+        f"mP@{k}": score,
+        "top1": st.column_config.NumberColumn("top-1", format="%.3f"),
+        "distractor_f1": st.column_config.NumberColumn("distractor F1", format="%.3f"),
+        "fit_seconds": st.column_config.NumberColumn("fit s", format="%.2f"),
+    },
+)
+for verdict in comparison.verdicts:
+    st.markdown(f"- {verdict}")
+for note in comparison.notes:
+    st.caption(note)
+exports = st.columns(2)
+exports[0].download_button("Comparison (text)", format_table(comparison), "comparison.txt", "text/plain", on_click="ignore")
+exports[1].download_button("Comparison (JSON)", json.dumps(result, indent=2), "comparison.json", "application/json", on_click="ignore")

@@ -1,0 +1,102 @@
+"""Neighbours page: a query's nearest train images, its predicted labels and its distractor verdict."""
+
+import streamlit as st
+
+from core.index import Neighbours
+from core.metrics import average_precision_at_k
+from core.predict import place_distractor
+from pages import ui
+
+QUERY_KINDS = ("A test image", "An uploaded image", "A text")
+
+st.title("Neighbours")
+current = ui.session()
+analysis, threshold = current.analysis, current.threshold
+k = analysis.config.k
+train, test = analysis.train, analysis.test
+
+st.caption(
+    f"The {k} train images nearest to a query, the {k} labels they predict and whether the query "
+    f"counts as a distractor at the current threshold ({threshold:.3f}, set on the **Distractors** page)."
+)
+kind = st.segmented_control("Query", QUERY_KINDS, default=QUERY_KINDS[0], key="neighbours_query_kind") or QUERY_KINDS[0]
+
+query_image, query_caption, truth = None, "", None
+if kind == QUERY_KINDS[1]:
+    upload = st.file_uploader("Query image", type=ui.IMAGE_UPLOAD_TYPES, key="neighbours_upload")
+    if upload is None:
+        st.info("Upload an image to find its nearest train images.")
+        st.stop()
+    _, images, refused = ui.read_uploaded_images([upload])
+    if refused:
+        st.error(f"**{upload.name}** cannot be used: {refused[0].reason}")
+        st.stop()
+    query_image, query_caption = images[0], upload.name
+    query_vectors = ui.embed_images(current, images)
+elif kind == QUERY_KINDS[2]:
+    if not current.model.embedder.supports_text:
+        ui.show_no_text_support(current, "search by text")
+        st.stop()
+    text = st.text_input("Text query", value=f"a photo of a {train.labels[0]}", key="neighbours_text")
+    if not text.strip():
+        st.info("Type a description of what to look for.")
+        st.stop()
+    query_caption = f"“{text.strip()}”"
+    query_vectors = ui.embed_texts(current, [text.strip()])
+    st.caption("Text-to-image similarities run lower than image-to-image ones, so the distractor verdict means little here.")
+else:
+    position = st.selectbox(
+        "Test image", range(len(test.ids)), format_func=lambda row: test.ids[row], key="neighbours_test_row"
+    )
+    query_image, query_caption = current.image(test.ids[position]), test.ids[position]
+    truth = None if analysis.truth is None else analysis.truth[position]
+
+if kind == QUERY_KINDS[0]:
+    # The analysis's own search: a fresh one-row search can differ in the last float bit, and an item
+    # scoring exactly the threshold would then get another verdict here than in the submission.
+    row = slice(position, position + 1)
+    neighbours = Neighbours(analysis.neighbours.similarities[row], analysis.neighbours.indices[row])
+    ranked_labels, scores = analysis.retrieval.labels[row], analysis.scores[row]
+else:
+    if warning := ui.query_model_warning(current):
+        st.warning(warning)
+    try:
+        neighbours, ranked_labels, scores = ui.search_train(current, query_vectors)
+    except ValueError as error:
+        st.error(f"The query cannot be searched against this dataset: {error}")
+        st.stop()
+score = float(scores[0])
+flagged = score < threshold
+predicted = place_distractor(ranked_labels, scores < threshold, k)[0]
+
+query_column, verdict_column = st.columns([1, 3])
+with query_column, st.container(border=True, key="neighbours_query_card"):
+    if query_image is not None:
+        st.image(query_image, width="stretch")
+    st.markdown(f"**Query:** {query_caption}")
+    if truth is not None:
+        st.caption(f"true class: {truth}")
+with verdict_column:
+    st.metric(
+        "Distractor score",
+        f"{score:.3f}",
+        delta=f"{score - threshold:+.3f} against the threshold {threshold:.3f}",
+        help="How close the query is to train (score mode: "
+        f"{analysis.config.score_mode}); below the threshold it is flagged as a distractor.",
+    )
+    if flagged:
+        st.warning(f'**Distractor**: the score is below the threshold, so "-1" leads the {k} predicted labels.')
+    else:
+        st.success("**A known class**: the score reaches the threshold, so the train labels are predicted as they rank.")
+    st.markdown("**Predicted labels:** " + "  ".join(f"`{rank}. {label}`" for rank, label in enumerate(predicted, 1)))
+    if truth is not None:
+        st.caption(f"AP@{k} of this prediction: {average_precision_at_k(truth, predicted, k):.2f}")
+
+st.subheader(f"Top {min(k, neighbours.k)} train neighbours")
+for column, rank, row, similarity in zip(st.columns(k), range(1, k + 1), neighbours.indices[0], neighbours.similarities[0]):
+    with column, st.container(border=True, key=f"neighbour_card_{rank}"):
+        image = current.image(train.ids[row])
+        if image is not None:
+            st.image(image, width="stretch")
+        st.markdown(f"**{train.labels[row]}**")
+        st.caption(f"#{rank} · cosine {similarity:.3f} · {train.ids[row]}")

@@ -1,0 +1,282 @@
+"""Real-browser test: Playwright drives Debian's chromium through `streamlit run app.py`, offline.
+
+Screenshots of every page land in a temporary folder whose path is printed (run with -s).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it, playwright cannot download one here
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SERVER_START_S = 90  # streamlit imports torch and faiss before it answers its health check
+RUN_TIMEOUT_MS = 120_000  # a first run embeds the demo and may compile UMAP (numba) on 2 shared cores
+ACTION_TIMEOUT_MS = 30_000
+# URL path of each page (st.Page infers it from the file stem; the default page sits at the root).
+PAGE_PATHS = {
+    "Data": "",
+    "Embed": "embed",
+    "Map": "map",
+    "Distractors": "distractors",
+    "Neighbours": "neighbours",
+    "Evaluate & export": "evaluate",
+    "Text ↔ image": "text_image",
+}
+VIEWPORT = {"width": 1440, "height": 1000}
+MIN_NEIGHBOUR_CARDS = 5  # top-5 retrieval: a card per neighbour, each with its image
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/_stcore/health", timeout=5) as response:
+            return response.read().decode().strip() == "ok"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _log_tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """`streamlit run app.py` on a free local port, offline, with a private workspace home."""
+    home = tmp_path_factory.mktemp("retrieval-lab-home")
+    log = home / "streamlit.log"
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RETRIEVAL_LAB_HOME": str(home)}
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while not _healthy(base_url):
+            if server.poll() is not None:
+                pytest.fail(f"streamlit exited with code {server.returncode}:\n{_log_tail(log)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer {base_url}/_stcore/health within {SERVER_START_S} s:\n{_log_tail(log)}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        _stop(server)
+        print(f"\nstreamlit log: {log}")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Terminate the server and anything it started; kill what does not stop within 10 s."""
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; .ci/run installs it, so in CI this is an error")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("browser-screenshots")
+    print(f"\nscreenshots: {folder}")
+    return folder
+
+
+@pytest.fixture
+def page(browser, app_url, screenshots, request):
+    """A fresh tab on the demo's Data page; a failing test leaves <test>-failure.png behind."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
+    tab = context.new_page()
+    failures_before = request.session.testsfailed
+    try:
+        try:
+            tab.goto(app_url)
+            _wait_for_run(tab)
+        except Exception:
+            _failure_screenshot(tab, screenshots, request.node.name)
+            raise
+        yield tab
+        if request.session.testsfailed > failures_before:
+            _failure_screenshot(tab, screenshots, request.node.name)
+    finally:
+        context.close()
+
+
+def _failure_screenshot(tab: Page, screenshots: Path, test_name: str) -> None:
+    path = screenshots / f"{test_name}-failure.png"
+    tab.screenshot(path=str(path), full_page=True)
+    print(f"\nfailure screenshot: {path}")
+
+
+def _wait_for_run(tab: Page, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+    """Wait until the script run has finished and the page shows its title."""
+    app = tab.get_by_test_id("stApp")
+    expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout_ms)
+    expect(tab.get_by_test_id("stStatusWidget")).to_be_hidden(timeout=timeout_ms)
+    expect(_title(tab)).to_be_visible(timeout=timeout_ms)
+    # Element code loads lazily: grey skeletons stand in until it arrives.
+    expect(tab.get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout_ms)
+
+
+def _check(tab: Page, screenshots: Path, name: str) -> None:
+    """No exception box and no broken image on the page; a full-page screenshot for a human to look at."""
+    images = tab.get_by_test_id("stMain").locator("img")
+    tab.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stMain] img')].every(image => image.complete)",
+        timeout=ACTION_TIMEOUT_MS,
+    )
+    path = screenshots / f"{name}.png"
+    _screenshot_whole_page(tab, path)
+    exceptions = tab.get_by_test_id("stException")
+    assert exceptions.count() == 0, f"the {name} page shows an exception (see {path}):\n{exceptions.first.inner_text()}"
+    broken = images.evaluate_all("images => images.filter(image => image.naturalWidth === 0).map(image => image.src)")
+    assert not broken, f"the {name} page shows broken images (see {path}): {broken}"
+
+
+def _screenshot_whole_page(tab: Page, path: Path) -> None:
+    """Streamlit scrolls inside its main block, so grow the viewport to the content for the shot."""
+    content_height = tab.get_by_test_id("stMain").evaluate("main => main.scrollHeight")
+    tab.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(content_height, VIEWPORT["height"]), 8000)})
+    try:
+        tab.screenshot(path=str(path), full_page=True)
+    finally:
+        tab.set_viewport_size(VIEWPORT)
+
+
+def _url_path(url: str) -> str:
+    return urlparse(url).path.strip("/")
+
+
+def _open(tab: Page, title: str) -> None:
+    """Click the page's sidebar link, as a user would, and wait for its run to finish."""
+    tab.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+    # Streamlit clears the old page on click and moves the URL when the new run starts.
+    tab.wait_for_url(lambda url: _url_path(url) == PAGE_PATHS[title], timeout=RUN_TIMEOUT_MS)
+    _wait_for_run(tab)
+    expect(_title(tab)).to_have_text(title)
+
+
+def _title(tab: Page):
+    return tab.get_by_test_id("stMain").locator("h1").first
+
+
+def _metric(tab: Page, label: str):
+    """The value of the st.metric labelled exactly `label`."""
+    labelled = tab.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    return tab.get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
+
+
+def test_every_page_renders_without_an_exception(page, screenshots):
+    links = page.get_by_test_id("stSidebarNav").get_by_role("link")
+    expect(links).to_have_count(len(PAGE_PATHS))
+    linked = {_url_path(links.nth(index).get_attribute("href") or "") for index in range(len(PAGE_PATHS))}
+    assert linked == set(PAGE_PATHS.values())
+    expect(_title(page)).to_have_text("Data")
+    _check(page, screenshots, "data")
+    # The tab opened on Data; visiting it last also checks the way back to the root page.
+    for title in [*PAGE_PATHS][1:] + ["Data"]:
+        _open(page, title)
+        _check(page, screenshots, PAGE_PATHS[title] or "data-again")
+
+
+def test_threshold_slider_changes_the_counts(page, screenshots):
+    _open(page, "Distractors")
+    slider = page.get_by_test_id("stSlider").filter(has_text="Distractor threshold").get_by_role("slider")
+    flagged, kept, shown_threshold = (_metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
+    n_test = int(flagged.inner_text()) + int(kept.inner_text())
+    start = slider.input_value()
+
+    slider.focus()
+    for _ in range(3):  # one step at a time, each answered by the server before the next
+        slider.press("ArrowRight")
+        expect(shown_threshold).to_have_text(f"{float(slider.input_value()):.3f}", timeout=RUN_TIMEOUT_MS)
+    assert float(slider.input_value()) > float(start)
+
+    # The slider's range brackets every score: at its top the whole test set is flagged, at its bottom none.
+    slider.press("End")
+    expect(flagged).to_have_text(str(n_test), timeout=RUN_TIMEOUT_MS)
+    expect(kept).to_have_text("0", timeout=RUN_TIMEOUT_MS)
+    _wait_for_run(page)
+    _check(page, screenshots, "distractors-threshold-at-maximum")
+    slider.press("Home")
+    expect(flagged).to_have_text("0", timeout=RUN_TIMEOUT_MS)
+    expect(kept).to_have_text(str(n_test), timeout=RUN_TIMEOUT_MS)
+    _wait_for_run(page)
+    _check(page, screenshots, "distractors-threshold-at-minimum")
+
+
+def test_map_redraws_with_another_method(page, screenshots):
+    _open(page, "Map")
+    charts = page.get_by_test_id("stPlotlyChart")
+    expect(charts.locator(".gtitle").filter(has_text="UMAP map")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    page.get_by_test_id("stMain").get_by_role("radio", name="PCA", exact=True).click()
+    expect(charts.locator(".gtitle").filter(has_text="PCA map")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    _wait_for_run(page)
+    expect(charts).to_have_count(1)  # the UMAP chart is replaced, not left beside the new one
+    _check(page, screenshots, "map-pca")
+
+
+def test_neighbours_page_shows_neighbour_images(page, screenshots):
+    _open(page, "Neighbours")
+    cards = page.locator("[class*='st-key-neighbour_card_']")  # st.container(key="neighbour_card_<rank>")
+    expect(cards.nth(MIN_NEIGHBOUR_CARDS - 1)).to_be_visible()
+    for rank in range(MIN_NEIGHBOUR_CARDS):
+        expect(cards.nth(rank).get_by_test_id("stImage")).to_be_visible()
+        expect(cards.nth(rank)).to_contain_text("cosine")
+    _check(page, screenshots, "neighbours")
+
+
+def test_workspace_survives_page_switches(page):
+    workspace_id = parse_qs(urlparse(page.url).query)["ws"][0]
+    for title in ("Distractors", "Data"):
+        _open(page, title)
+        assert parse_qs(urlparse(page.url).query).get("ws") == [workspace_id]
+        expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Workspace {workspace_id}")

@@ -1,0 +1,260 @@
+"""AppTest runs of the Map, Neighbours, Evaluate & export and Text ↔ image pages on the built-in demo."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import core.projection
+from core.dataset import TEST, TRAIN, Embeddings
+from core.demo import write_demo_dataset
+from core.embed import BASELINE, EmbedConfig
+from core.ingest import write_embeddings
+from core.pipeline import analyse, load_embeddings
+from core.workspace import DatasetEntry, Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+MY_PAGES = ("map", "neighbours", "evaluate", "text_image")
+SECONDS = 120  # per script run: the first one embeds the demo and tries to load CLIP
+
+
+@pytest.fixture(autouse=True)
+def fresh_server(workspace, monkeypatch):
+    """A private workspace home, no Hub, and nothing cached by another test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def run_page(name: str, workspace_id: str | None = None, **state) -> AppTest:
+    """The page run on its own, as the navigation runs it, with widget values given by key."""
+    app = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=SECONDS)
+    if workspace_id:
+        app.query_params["ws"] = workspace_id
+    for key, value in state.items():
+        app.session_state[key] = value
+    return app.run()
+
+
+def assert_ran(app: AppTest) -> None:
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
+
+
+def workspace_with(workspace_id: str, **settings) -> str:
+    workspace = Workspace(workspace_id)
+    for key, value in settings.items():
+        workspace.set(key, value)
+    return workspace.id
+
+
+@pytest.fixture
+def clip_workspace(tiny_clip_dir) -> str:
+    """A workspace whose model is the tiny CLIP, so text features work offline."""
+    return workspace_with("tiny-clip", embed_config={"model": str(tiny_clip_dir)})
+
+
+@pytest.fixture
+def unlabelled_parquet_workspace(tmp_path) -> str:
+    """A workspace on a Parquet file of random vectors whose test rows have no labels (and no images)."""
+    rng = np.random.default_rng(0)
+    n_train, n_test = 24, 30
+    vectors = rng.normal(size=(n_train + n_test, 16)).astype(np.float32)
+    embeddings = Embeddings(
+        np.array([f"item{i}.jpg" for i in range(n_train + n_test)]),
+        np.array([TRAIN] * n_train + [TEST] * n_test),
+        np.array([f"class{i % 6}" for i in range(n_train)] + [None] * n_test, dtype=object),
+        vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+        "random vectors",
+    )
+    path = tmp_path / "unlabelled.parquet"
+    write_embeddings(path, embeddings)
+    workspace = Workspace("unlabelled")
+    workspace.add_dataset(DatasetEntry("unlabelled vectors", str(path), "parquet"))
+    workspace.set("dataset", "unlabelled vectors")
+    return workspace.id
+
+
+def png_bytes(colour=(200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def neighbour_cards(app: AppTest) -> list:
+    return [block for block in app.container if (block.key or "").startswith("neighbour_card_")]
+
+
+def metrics(app: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in app.metric}
+
+
+def test_my_pages_run_through_the_app_navigation(monkeypatch):
+    # Compiling UMAP in the background is the app's start-up business, not these pages'.
+    monkeypatch.setattr(core.projection, "warm_up", lambda *args, **kwargs: None)
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=SECONDS)
+    app.session_state["map_method"] = "pca"
+    app.run()
+    for name in MY_PAGES:
+        app.switch_page(f"pages/{name}.py").run()
+        assert_ran(app)
+        assert app.title, f"{name} shows no title"
+
+
+def test_map_selection_shows_thumbnails_ids_and_labels():
+    app = run_page("map", map_method="pca")
+    assert_ran(app)
+    assert any("Select points" in info.value for info in app.info)
+    app.session_state["map_chart"] = {
+        "selection": {"points": [{"customdata": 3}, {"customdata": [50]}, {"customdata": 3}], "point_indices": [], "box": [], "lasso": []}
+    }
+    app.run()
+    assert_ran(app)
+    captions = [caption for image in app.image for caption in image.captions]
+    assert len(captions) == 2
+    selected = app.dataframe[0].value
+    assert list(selected.index) == [3, 50]
+    for caption, (_, point) in zip(captions, selected.iterrows()):
+        assert caption.startswith(f"{point['id']} · {point['split']} · ")
+    assert selected.loc[3, "split"] == TRAIN and selected.loc[3, "label"] in captions[0]
+
+
+def test_map_gallery_is_capped_but_the_table_lists_the_whole_selection():
+    selection = {"points": [{"customdata": row} for row in range(45)], "point_indices": [], "box": [], "lasso": []}
+    app = run_page("map", map_method="pca", map_colour="flag", map_chart={"selection": selection})
+    assert_ran(app)
+    assert len(app.image) == 40
+    assert len(app.dataframe[0].value) == 45
+    assert any("first 40 images" in caption.value for caption in app.caption)
+
+
+def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
+    verdicts = set()
+    for row in range(12):
+        app = run_page("neighbours", neighbours_test_row=row)
+        assert_ran(app)
+        cards = neighbour_cards(app)
+        assert len(cards) == 5
+        assert all(len(card.image) == 1 for card in cards)
+        score = float(metrics(app)["Distractor score"])
+        similarities = [float(card.caption[0].value.split("cosine ")[1].split(" ")[0]) for card in cards]
+        assert similarities == sorted(similarities, reverse=True) and similarities[0] == pytest.approx(score, abs=1e-3)
+        predicted = next(m.value for m in app.markdown if m.value.startswith("**Predicted labels:**"))
+        flagged = bool(app.warning)
+        assert flagged != bool(app.success)
+        assert ("`1. -1`" in predicted) == flagged
+        assert predicted.count("`") == 10  # five labels
+        verdicts.add(flagged)
+        if verdicts == {True, False}:
+            break
+    assert verdicts == {True, False}, "the demo's first test images include distractors and known classes"
+
+
+def test_neighbours_verdict_matches_the_submission_for_the_item_scoring_the_threshold(tmp_path):
+    # The contamination threshold is one test item's own score: that item is kept (score < threshold
+    # flags), and a fresh one-row search that rounds a bit lower must not flag it here.
+    analysis = analyse(load_embeddings(write_demo_dataset(tmp_path / "demo"), EmbedConfig(model=BASELINE)).embeddings)
+    row = int(np.flatnonzero(analysis.scores == analysis.threshold)[0])
+    app = run_page("neighbours", neighbours_test_row=row)
+    assert_ran(app)
+    assert app.success and not app.warning
+    predicted = next(m.value for m in app.markdown if m.value.startswith("**Predicted labels:**"))
+    expected = "  ".join(f"`{rank}. {label}`" for rank, label in enumerate(analysis.predictions()[row], 1))
+    assert predicted.endswith(expected)
+
+
+def test_neighbours_searches_an_uploaded_image_and_refuses_a_broken_one():
+    app = run_page("neighbours", neighbours_query_kind="An uploaded image")
+    assert_ran(app)
+    app.file_uploader(key="neighbours_upload").upload("query.png", png_bytes(), "image/png").run()
+    assert_ran(app)
+    assert len(neighbour_cards(app)) == 5
+    app.file_uploader(key="neighbours_upload").set_value(("broken.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
+    assert not app.exception
+    assert [error.value for error in app.error] and "broken.png" in app.error[0].value
+    assert not neighbour_cards(app)
+
+
+def test_neighbours_explains_that_the_baseline_cannot_search_by_text():
+    app = run_page("neighbours", neighbours_query_kind="A text")
+    assert_ran(app)
+    assert any("cannot search by text" in info.value for info in app.info)
+    told = [element.value for element in [*app.info, *app.markdown] if "save_pretrained" in element.value]
+    assert len(told) == 1  # how to get CLIP, said once
+    assert not neighbour_cards(app)
+
+
+def test_neighbours_searches_by_text_with_clip(clip_workspace):
+    app = run_page("neighbours", clip_workspace, neighbours_query_kind="A text")
+    assert_ran(app)
+    assert len(neighbour_cards(app)) == 5
+
+
+def test_evaluate_scores_the_demo_and_offers_the_downloads():
+    app = run_page("evaluate")
+    assert_ran(app)
+    shown = metrics(app)
+    assert 0.0 <= float(shown["MAP@5"]) <= 1.0
+    assert int(shown["Test images"]) > int(shown["Flagged as distractors"]) > 0
+    labels = [button.label for button in app.get("download_button")]
+    assert {"Submission CSV", "Embeddings (Parquet)", "Scores (JSON)"} <= set(labels)
+
+
+def test_evaluate_compares_chosen_methods():
+    app = run_page("evaluate", evaluate_methods=["cosine", "linear"])
+    app.button[0].click().run()
+    assert_ran(app)
+    table = app.dataframe[-1].value
+    assert table["method"].tolist() == ["cosine kNN (pre-trained)", "linear probe"]
+    assert table["MAP@5"].between(0, 1).all()
+    assert any("plain cosine kNN" in markdown.value for markdown in app.markdown)
+    assert {"Comparison (text)", "Comparison (JSON)"} <= {button.label for button in app.get("download_button")}
+
+
+def test_pages_without_test_truth_or_images_still_work(unlabelled_parquet_workspace):
+    app = run_page("evaluate", unlabelled_parquet_workspace)
+    assert_ran(app)
+    assert any("no true labels" in info.value for info in app.info)
+    assert "MAP@5" not in metrics(app) and metrics(app)["Test images"] == "30"
+    app = run_page("neighbours", unlabelled_parquet_workspace)
+    assert_ran(app)
+    assert len(neighbour_cards(app)) == 5 and not app.image
+    selection = {"points": [{"customdata": 0}], "point_indices": [], "box": [], "lasso": []}
+    app = run_page("map", unlabelled_parquet_workspace, map_method="pca", map_colour="label", map_chart={"selection": selection})
+    assert_ran(app)
+    assert any("(no image)" in caption.value for caption in app.caption)
+
+
+def test_text_image_explains_that_the_baseline_has_no_text_tower():
+    app = run_page("text_image")
+    assert_ran(app)
+    assert any("cannot score texts against images" in info.value for info in app.info)
+    assert not app.dataframe
+
+
+def test_text_image_scores_class_prompts_and_typed_texts_with_clip(clip_workspace):
+    app = run_page("text_image", clip_workspace)
+    assert_ran(app)
+    shown = metrics(app)
+    assert shown["Images"] == "16" and int(shown["Texts"]) >= 5
+    assert shown["Wall time"].endswith(" s") and shown["Peak memory"].endswith(" MiB")
+    best = app.dataframe[0].value
+    assert len(best) == 16
+    assert best["clip_score"].between(0, 100).all() and best["probability"].between(0, 1).all()
+    assert {"results.csv", "stats.log"} <= {button.label for button in app.get("download_button")}
+
+    app.session_state["text_source"] = "Typed"
+    app.run()
+    app.text_area(key="text_typed").input("a photo of a red circle\na photo of a blue square").run()
+    assert_ran(app)
+    assert metrics(app)["Texts"] == "2"
+    best = app.dataframe[0].value
+    assert set(best["zero-shot text"]) <= {"a photo of a red circle", "a photo of a blue square"}
+    assert best["probability"].between(0.5, 1).all()  # the best of two texts holds at least half
