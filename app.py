@@ -7,7 +7,7 @@ import streamlit as st
 from core.projection import warm_up
 from pages import ui
 
-st.set_page_config(page_title="Retrieval Lab", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="Retrieval Lab", page_icon=":material/image_search:", layout="wide")
 
 
 @st.cache_resource(show_spinner=False)
@@ -22,13 +22,13 @@ _start_projection_warm_up()
 
 navigation = st.navigation(
     [
-        st.Page("pages/data.py", title="Data", icon="🗂️", default=True),
-        st.Page("pages/embed.py", title="Embed", icon="🧮"),
-        st.Page("pages/map.py", title="Map", icon="🗺️"),
-        st.Page("pages/distractors.py", title="Distractors", icon="🎚️"),
-        st.Page("pages/neighbours.py", title="Neighbours", icon="🔎"),
-        st.Page("pages/evaluate.py", title="Evaluate & export", icon="📊"),
-        st.Page("pages/text_image.py", title="Text ↔ image", icon="🔤"),
+        st.Page("pages/data.py", title="Data", icon=":material/folder_open:", default=True),
+        st.Page("pages/embed.py", title="Embed", icon=":material/memory:"),
+        st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
+        st.Page("pages/distractors.py", title="Distractors", icon=":material/tune:"),
+        st.Page("pages/neighbours.py", title="Neighbours", icon=":material/image_search:"),
+        st.Page("pages/evaluate.py", title="Evaluate & export", icon=":material/leaderboard:"),
+        st.Page("pages/text_image.py", title="Text ↔ image", icon=":material/translate:"),
     ]
 )
 

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core.embed import BASELINE, PRECISIONS, EmbedConfig, list_models
+from core.ensemble import search_weights, validation_map
 from pages import ui
 
 st.title("Embed")
@@ -24,6 +25,37 @@ model = st.text_input("Hugging Face id or local checkpoint folder", value=saved.
 columns = st.columns(2)
 precision = columns[0].radio("Precision", PRECISIONS, index=PRECISIONS.index(saved.precision), horizontal=True, disabled=model == BASELINE)
 batch_size = columns[1].number_input("Batch size", 1, 512, saved.batch_size)
+
+with st.expander("Ensemble: combine several models (seed 000)"):
+    st.caption(
+        "Each model's vectors are scaled to unit length first, so no model dominates by its norm; then they "
+        "are summed with their weights when the dimensions match, or concatenated otherwise. "
+        f"The model above has weight 1."
+    )
+    saved_members = {member["model"]: member["weight"] for member in ws.get("ensemble") or []}
+    others = [name for name in known if name != model]
+    extra = st.multiselect("Also use", others, default=[name for name in saved_members if name in others])
+    weights = {name: st.number_input(f"Weight of {name}", 0.0, 10.0, float(saved_members.get(name, 0.5)), 0.05) for name in extra}
+    if st.button("Save ensemble", disabled=saved_members == weights):
+        ws.set("ensemble", [{"model": name, "weight": weight} for name, weight in weights.items()])
+        st.rerun()
+    if len(saved_members) and st.button("Search the weights, one model at a time"):
+        current = ui.session()
+        members = [ui.embeddings(current.entry, config).embeddings for config, _ in ui.ensemble_recipe(ws, current.embed_config)]
+        with st.status("Searching weights on train with held-out classes as distractors…") as status:
+            search = search_weights(
+                members,
+                validation_map(ui.predict_config(ws)),
+                progress=lambda step: status.update(label=f"{step.model[:40]} at ratio {step.ratio:.3f}: {step.metric:.4f}"),
+            )
+            status.update(label=f"Best validation MAP@5 {search.metric:.4f}", state="complete")
+        st.code(search.table(), language=None)
+        main_weight, *member_weights = search.weights
+        if main_weight > 0:
+            ws.set("ensemble", [{"model": name, "weight": w / main_weight} for name, w in zip(saved_members, member_weights)])
+            st.caption("The weights found are saved, relative to the main model's; reload the page to use them.")
+        else:
+            st.warning("The search left the main model out: choose the best member as the main model above.")
 
 if st.button("Embed", type="primary", disabled=not model):
     try:

@@ -28,6 +28,7 @@ from core.embed import (
     embed_texts_cached,
     load_embedder,
 )
+from core.ensemble import combine
 from core.index import Neighbours, VectorIndex
 from core.ingest import (
     IMAGE_EXTENSIONS,
@@ -289,9 +290,47 @@ def _embed_with_progress(entry: DatasetEntry, config: EmbedConfig, area) -> Load
     )
 
 
+# An ensemble recipe: (model config, weight) pairs, the main model first with weight 1.
+Recipe = tuple[tuple[EmbedConfig, float], ...]
+
+
+def ensemble_recipe(ws: Workspace, main: EmbedConfig) -> Recipe:
+    """The main model plus the ensemble members saved on the Embed page (seed 000)."""
+    members = []
+    for saved in ws.get("ensemble") or []:
+        try:
+            member = (replace(main, model=str(saved["model"])), float(saved["weight"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        unavailable = _load_shared_model(member[0])
+        if isinstance(unavailable, str):
+            st.warning(f"Ensemble member `{member[0].model}` is left out: it cannot be loaded here.")
+            continue
+        members.append(member)
+    return ((main, 1.0), *members)
+
+
+def ensemble_embeddings(entry: DatasetEntry, recipe: Recipe) -> LoadedEmbeddings:
+    """Each member's vectors, norm-scaled and combined with its weight (core.ensemble.combine)."""
+    store = _embedded()
+    key = (entry.source, recipe)
+    if key not in store["results"]:
+        parts = [embeddings(entry, config) for config, _ in recipe]
+        combined = combine([part.embeddings for part in parts], [weight for _, weight in recipe])
+        refused = list({(r.name, r.reason): r for part in parts for r in part.rejected}.values())
+        store["results"][key] = LoadedEmbeddings(
+            combined,
+            refused,
+            sum(part.computed for part in parts),
+            sum(part.from_cache for part in parts),
+            sum(part.seconds for part in parts),
+        )
+    return store["results"][key]
+
+
 @st.cache_resource(show_spinner="Searching test against train…", max_entries=16)
-def _analysis(source: str, embed_config: EmbedConfig, config: PredictConfig) -> Analysis:
-    return analyse(_embedded()["results"][(source, embed_config)].embeddings, config)
+def _analysis(source: str, recipe: EmbedConfig | Recipe, config: PredictConfig) -> Analysis:
+    return analyse(_embedded()["results"][(source, recipe)].embeddings, config)
 
 
 @dataclass
@@ -328,8 +367,13 @@ def session() -> Session:
     entry = active_dataset(ws)
     try:
         embed_config, _, note = model_for(active_model(ws))
-        loaded = embeddings(entry, embed_config)
-        analysis = _analysis(entry.source, embed_config, predict_config(ws))
+        recipe = ensemble_recipe(ws, embed_config)
+        if len(recipe) == 1:
+            loaded = embeddings(entry, embed_config)
+            analysis = _analysis(entry.source, embed_config, predict_config(ws))
+        else:
+            loaded = ensemble_embeddings(entry, recipe)
+            analysis = _analysis(entry.source, recipe, predict_config(ws))
     except (ValueError, OSError, ModelUnavailableError) as error:
         st.error(f"**{entry.name}** cannot be analysed: {error}")
         st.info("Pick another dataset on the **Data** page, or fix the source and reload.")

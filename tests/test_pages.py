@@ -258,3 +258,25 @@ def test_text_image_scores_class_prompts_and_typed_texts_with_clip(clip_workspac
     best = app.dataframe[0].value
     assert set(best["zero-shot text"]) <= {"a photo of a red circle", "a photo of a blue square"}
     assert best["probability"].between(0.5, 1).all()  # the best of two texts holds at least half
+
+
+def test_an_ensemble_of_the_baseline_and_a_clip_model_is_analysed(tiny_clip_dir):
+    workspace_id = workspace_with(
+        "ensemble1",
+        embed_config={"model": "baseline"},
+        ensemble=[{"model": str(tiny_clip_dir), "weight": 0.5}, {"model": "no-such-org/no-such-clip", "weight": 1.0}],
+    )
+    app = run_page("embed", workspace_id)
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("ensemble(" in caption.value for caption in app.caption)
+    assert any("no-such-org/no-such-clip" in warning.value for warning in app.warning)
+
+
+def test_the_ensemble_weight_search_shows_every_step(tiny_clip_dir):
+    workspace_id = workspace_with("ensemble2", embed_config={"model": "baseline"}, ensemble=[{"model": str(tiny_clip_dir), "weight": 0.5}])
+    app = run_page("embed", workspace_id)
+    next(button for button in app.button if button.label.startswith("Search the weights")).click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    steps = app.code[0].value.splitlines()
+    assert steps[0].split()[:3] == ["step", "model", "tried"] and len(steps) >= 4 and steps[-1].startswith("chosen")
+    assert len(Workspace(workspace_id).get("ensemble")) == 1
