@@ -26,7 +26,7 @@ with st.expander("Add a dataset"):
             "a `train.csv` (image,label) with its images, many images at once, or an embeddings `.parquet`."
         )
         files = st.file_uploader(
-            "Files", accept_multiple_files=True, type=["zip", "parquet", "csv", "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+            "Files", accept_multiple_files=True, key="data_upload", type=["zip", "parquet", "csv", "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
         )
         name = st.text_input("Name", value="my dataset")
         if st.button("Add upload", disabled=not files):

@@ -1,4 +1,4 @@
-"""AppTest runs of the Map, Neighbours, Evaluate & export and Text ↔ image pages on the built-in demo."""
+"""AppTest runs of every dashboard page on the built-in demo, with caches cleared between tests."""
 
 import io
 from pathlib import Path
@@ -280,3 +280,92 @@ def test_the_ensemble_weight_search_shows_every_step(tiny_clip_dir):
     steps = app.code[0].value.splitlines()
     assert steps[0].split()[:3] == ["step", "model", "tried"] and len(steps) >= 4 and steps[-1].startswith("chosen")
     assert len(Workspace(workspace_id).get("ensemble")) == 1
+
+
+def metric_values(app: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in app.metric}
+
+
+def test_data_page_counts_the_demo_and_shows_its_gallery():
+    app = run_page("data")
+    assert_ran(app)
+    values = metric_values(app)
+    assert (values["Train images"], values["Train classes"], values["Files refused"]) == ("36", "12", "0")
+    assert len(app.image) == 24  # the first gallery page
+
+
+def demo_zip(tmp_path) -> bytes:
+    """The demo as a zip, plus a traversal entry and a file that is not an image."""
+    import zipfile
+
+    root = write_demo_dataset(tmp_path / "zipped")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(root.rglob("*.jpg")):
+            archive.write(path, f"shapes/{path.relative_to(root)}")
+        archive.writestr("../escape.jpg", b"outside")
+        archive.writestr("shapes/train/red circle/notes.jpg", b"not an image")
+    return buffer.getvalue()
+
+
+def test_data_page_adds_an_uploaded_zip_and_names_every_refused_file(tmp_path):
+    app = run_page("data", "upload1")
+    app.file_uploader(key="data_upload").upload("shapes.zip", demo_zip(tmp_path), "application/zip").run()
+    app.text_input[0].set_value("uploaded shapes")
+    next(button for button in app.button if button.label == "Add upload").click().run()
+    assert_ran(app)
+    assert app.selectbox[0].value == "uploaded shapes"
+    refused = app.dataframe[-1].value
+    reasons = dict(zip(refused["file"], refused["reason"]))
+    assert any("escape.jpg" in name for name in reasons) and any("notes.jpg" in name for name in reasons)
+    assert metric_values(app)["Train images"] == "36"  # the non-image beside them is refused, not counted
+    assert Workspace("upload1").get("dataset") == "uploaded shapes"
+
+
+def test_data_page_opens_only_folders_under_the_data_root(tmp_path, monkeypatch):
+    root = tmp_path / "data-root"
+    write_demo_dataset(root)
+    monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
+    app = run_page("data", "folder1")
+    app.text_input[1].set_value("../../etc").run()
+    next(button for button in app.button if button.label == "Open folder").click().run()
+    assert "outside the data root" in app.error[0].value
+    app.text_input[1].set_value("demo-shapes").run()
+    next(button for button in app.button if button.label == "Open folder").click().run()
+    assert_ran(app)
+    assert app.selectbox[0].value == "demo-shapes"
+
+
+def test_embed_page_counts_computed_then_cached_vectors():
+    first = metric_values(run_page("embed"))
+    assert int(first["Vectors"]) == 172 and int(first["Computed"]) > 0
+    st.cache_resource.clear()  # a server restart: the SQLite cache still holds every vector
+    second = metric_values(run_page("embed"))
+    assert (second["Computed"], second["From cache"]) == ("0", first["Vectors"])
+
+
+def test_distractor_slider_moves_the_counts_and_is_remembered():
+    app = run_page("distractors", "slider1")
+    assert_ran(app)
+    before = metric_values(app)
+    slider = next(s for s in app.slider if s.label == "Distractor threshold")
+    slider.set_value(round(slider.min + 0.8 * (slider.max - slider.min), 3)).run()
+    assert_ran(app)
+    after = metric_values(app)
+    assert int(after["Flagged as distractors"]) > int(before["Flagged as distractors"])
+    assert int(after["Flagged as distractors"]) + int(after["Kept"]) == int(before["Flagged as distractors"]) + int(before["Kept"])
+    assert after["MAP@5"] != before["MAP@5"]
+    assert app.number_input(key=[k for k in app.session_state if str(k).endswith("-contamination")][0]).value > 0.5
+
+    reopened = run_page("distractors", "slider1")  # a reload: the workspace keeps the threshold
+    assert metric_values(reopened)["Threshold"] == after["Threshold"]
+
+
+def test_target_contamination_sets_the_threshold():
+    app = run_page("distractors", "contamination1")
+    box = next(n for n in app.number_input if n.label == "Target contamination")
+    box.set_value(0.5).run()
+    assert_ran(app)
+    values = metric_values(app)
+    assert values["Contamination"] == "50.0%"
+    assert float(values["Threshold"]) == pytest.approx(next(s for s in app.slider if s.label == "Distractor threshold").value, abs=1e-3)
