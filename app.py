@@ -34,7 +34,7 @@ navigation = st.navigation(
 
 ws = ui.workspace()
 with st.sidebar:
-    st.caption(f"Dataset: **{ui.active_dataset(ws).name}**")
+    st.caption(f"Dataset: **{ui.plain(ui.active_dataset(ws).name)}**")
     model_in_use, _, unavailable = ui.model_for(ui.active_model(ws))
     st.caption(f"Model: **{model_in_use.model}**" + (" (CLIP unavailable)" if unavailable else ""))
     st.caption(f"Workspace `{ws.id}` — bookmark this page's address to come back to it.")

@@ -120,8 +120,15 @@ class EmbeddingCache:
             if flat.ndim != 1 or not np.isfinite(flat).all():
                 raise ValueError(f"vector for key {key!r} must be one finite row of numbers, got shape {flat.shape}")
             rows.append((model, key, flat.size, flat.tobytes()))
-        with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
+        try:
+            with self._lock, self._db:
+                self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.OperationalError as error:
+            # A full disk or a lost file: the transaction is rolled back and earlier rows stay readable.
+            raise OSError(
+                f"could not write to the embedding cache {self.path}: {error}; "
+                "the vectors cached before are kept, so a re-run resumes from them"
+            ) from error
 
     def count(self, model: str) -> int:
         with self._lock:

@@ -211,7 +211,8 @@ def safe_extract_zip(zip_path: Path, dest: Path, limits: ZipLimits = ZipLimits()
         written: set[Path] = set()
         budget = limits.max_total_bytes
         for info in members:
-            if info.is_dir() or _is_os_junk(PurePosixPath(info.filename.replace("\\", "/")).parts):
+            # ZipInfo.is_dir() fails on an empty name, which a hostile archive can carry.
+            if info.filename.endswith("/") or _is_os_junk(PurePosixPath(info.filename.replace("\\", "/")).parts):
                 continue
             target, reason = _zip_member_target(info, root)
             if target is not None and target in written:
@@ -222,8 +223,9 @@ def safe_extract_zip(zip_path: Path, dest: Path, limits: ZipLimits = ZipLimits()
             try:
                 budget -= _copy_member(archive, info, target, budget)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-                target.unlink(missing_ok=True)
-                rejected.append(Rejected(info.filename, f"corrupt zip entry: {exc}"))
+                if target.is_file():  # not when a file and a folder share the name: nothing was written
+                    target.unlink()
+                rejected.append(Rejected(info.filename, _unextractable_reason(exc)))
                 continue
             written.add(target)
     return rejected
@@ -253,6 +255,8 @@ def _zip_member_target(info: zipfile.ZipInfo, root: Path) -> tuple[Path | None, 
     """Where a member may be written inside `root`, or None and the reason it may not."""
     name = info.filename.replace("\\", "/")
     parts = PurePosixPath(name).parts
+    if not parts:
+        return None, "entry without a file name: not extracted"
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         return None, "absolute path in zip: not extracted"
     if ".." in parts:
@@ -267,6 +271,14 @@ def _zip_member_target(info: zipfile.ZipInfo, root: Path) -> tuple[Path | None, 
     if not target.is_relative_to(root) or target == root:
         return None, "path in zip resolves outside the extraction folder: not extracted"
     return target, ""
+
+
+def _unextractable_reason(exc: Exception) -> str:
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return "a file and a folder in the zip share this name: not extracted"
+    if isinstance(exc, OSError):
+        return f"could not be written: {exc.strerror or exc}"
+    return f"corrupt zip entry: {exc}"
 
 
 def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
@@ -447,11 +459,24 @@ def _listed_file(base: Path, image: str, root: Path) -> tuple[Path | None, str]:
 
 def _read_csv(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
     """Rows keyed by lower-cased, stripped column names, and those names."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+    with _text_file_errors(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [column.strip().lower() for column in next(reader, [])]
         rows = [dict(zip(header, values)) for values in reader if any(v.strip() for v in values)]
     return rows, header
+
+
+@contextlib.contextmanager
+def _text_file_errors(path: Path) -> Iterator[None]:
+    """Undecodable bytes and malformed CSV become one ValueError naming the file, not a traceback."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path.name} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise ValueError(f"{path.name} is not a readable CSV file: {exc}") from None
 
 
 def _is_os_junk(parts: Iterable[str]) -> bool:
@@ -524,9 +549,23 @@ def write_embeddings(path: Path, emb: Embeddings) -> None:
             "embedding": pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel(), pa.float32())),
         }
     ).replace_schema_metadata({MODEL_METADATA_KEY: emb.model.encode()})
-    partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
+    with replaced_atomically(path) as partial:
+        pq.write_table(table, partial)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A path beside `path` to write to; it replaces `path` only if the block succeeds.
+
+    A failure (a full disk, an interrupted write) leaves the previous file untouched and no partial
+    file behind.
+    """
+    partial = Path(path).with_name(f".{Path(path).name}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_embeddings(path: Path) -> Embeddings:
@@ -651,7 +690,8 @@ def load_texts(path: Path, column: str | None = None) -> list[str]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        texts = path.read_text(encoding="utf-8-sig").splitlines()
+        with _text_file_errors(path):
+            texts = path.read_text(encoding="utf-8-sig").splitlines()
     elif suffix == ".csv":
         rows, columns = _read_csv(path)
         chosen = _text_column(path, columns, column)

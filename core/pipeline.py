@@ -258,6 +258,12 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
     else:
         threshold = retrieval.sweep.threshold_for(config.contamination)
         source = f"contamination {config.contamination:.0%}"
+        flagged = int(retrieval.sweep.flagged_count(threshold))
+        if flagged != round(config.contamination * retrieval.sweep.n):
+            notes.append(
+                f"test scores tie at the threshold {threshold:.3f}: it flags {flagged} of {retrieval.sweep.n} "
+                f"test items, not the {config.contamination:.0%} asked for"
+            )
     return Analysis(train, test, config, neighbours, retrieval, float(threshold), source, validation, notes)
 
 

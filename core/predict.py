@@ -11,6 +11,7 @@ import numpy as np
 
 from core.dataset import DISTRACTOR
 from core.index import Neighbours
+from core.ingest import replaced_atomically
 
 
 def neighbours_needed(train_labels: Sequence[str], k: int = 5) -> int:
@@ -62,11 +63,12 @@ def submission_csv(ids: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def write_submission(path: Path | str, ids: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
-    """Write `submission_csv(ids, rows)` to `path`, creating its folder."""
+    """Write `submission_csv(ids, rows)` to `path`, creating its folder; a failed write keeps the old file."""
     text = submission_csv(ids, rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8", newline="")
+    with replaced_atomically(path) as partial:
+        partial.write_text(text, encoding="utf-8", newline="")
     return path
 
 

@@ -88,8 +88,9 @@ class Workspace:
         return folder
 
     def save_upload(self, folder: str, name: str, data: bytes) -> Path:
-        """Store an uploaded file under this workspace with a sanitised name; never overwrites."""
-        target_folder = self.files / safe_file_name(folder, "upload")
+        """Store an uploaded file in `folder` (a relative path, each part sanitised) under this workspace; never overwrites."""
+        parts = [safe_file_name(part) for part in re.split(r"[\\/]", folder) if part.strip(" .")]
+        target_folder = self.files.joinpath(*parts or ["upload"])
         target_folder.mkdir(parents=True, exist_ok=True)
         target = target_folder / safe_file_name(name)
         stem, suffix, copy = target.stem, target.suffix, 1

@@ -32,7 +32,7 @@ with st.expander("Add a dataset"):
         if st.button("Add upload", disabled=not files):
             try:
                 entry = ui.add_upload(ws, name, files)
-            except ValueError as error:
+            except (ValueError, OSError) as error:  # OSError: a full disk while saving the upload
                 st.error(str(error))
             else:
                 ws.set("dataset", entry.name)
@@ -44,7 +44,7 @@ with st.expander("Add a dataset"):
         if st.button("Open folder", disabled=not folder):
             try:
                 entry = ui.add_folder(ws, folder)
-            except ValueError as error:
+            except (ValueError, OSError) as error:  # OSError: an unreadable folder
                 st.error(str(error))
             else:
                 ws.set("dataset", entry.name)
@@ -57,8 +57,8 @@ if is_embeddings_file(entry.source):
 
 try:
     dataset = ui.read_dataset(entry.source)
-except ValueError as error:
-    st.error(f"**{entry.name}** cannot be read: {error}")
+except (ValueError, OSError) as error:
+    st.error(f"**{ui.plain(entry.name)}** cannot be read: {error}")
     st.stop()
 
 train, test = dataset.split(TRAIN), dataset.split(TEST)

@@ -10,7 +10,7 @@ st.title("Embed")
 ws = ui.workspace()
 entry = ui.active_dataset(ws)
 saved = ui.active_model(ws)
-st.caption(f"Dataset: **{entry.name}**")
+st.caption(f"Dataset: **{ui.plain(entry.name)}**")
 
 known = list_models()
 other = "another Hugging Face id or local folder…"

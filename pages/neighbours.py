@@ -73,9 +73,9 @@ query_column, verdict_column = st.columns([1, 3])
 with query_column, st.container(border=True, key="neighbours_query_card"):
     if query_image is not None:
         st.image(query_image, width="stretch")
-    st.markdown(f"**Query:** {query_caption}")
+    st.markdown(f"**Query:** {ui.plain(query_caption)}")
     if truth is not None:
-        st.caption(f"true class: {truth}")
+        st.caption(f"true class: {ui.plain(truth)}")
 with verdict_column:
     st.metric(
         "Distractor score",
@@ -88,7 +88,7 @@ with verdict_column:
         st.warning(f'**Distractor**: the score is below the threshold, so "-1" leads the {k} predicted labels.')
     else:
         st.success("**A known class**: the score reaches the threshold, so the train labels are predicted as they rank.")
-    st.markdown("**Predicted labels:** " + "  ".join(f"`{rank}. {label}`" for rank, label in enumerate(predicted, 1)))
+    st.markdown("**Predicted labels:** " + "  ".join(f"`{rank}. {str(label).replace('`', chr(39))}`" for rank, label in enumerate(predicted, 1)))
     if truth is not None:
         st.caption(f"AP@{k} of this prediction: {average_precision_at_k(truth, predicted, k):.2f}")
 
@@ -98,5 +98,5 @@ for column, rank, row, similarity in zip(st.columns(k), range(1, k + 1), neighbo
         image = current.image(train.ids[row])
         if image is not None:
             st.image(image, width="stretch")
-        st.markdown(f"**{train.labels[row]}**")
-        st.caption(f"#{rank} · cosine {similarity:.3f} · {train.ids[row]}")
+        st.markdown(f"**{ui.plain(train.labels[row])}**")
+        st.caption(f"#{rank} · cosine {similarity:.3f} · {ui.plain(train.ids[row])}")

@@ -57,7 +57,7 @@ with texts_column:
         st.caption(f"{len(texts) - len(unique_texts)} repeated texts were dropped.")
     texts = unique_texts
     if texts:
-        st.caption(f"{len(texts)} texts, e.g. “{texts[0]}”.")
+        st.caption(f"{len(texts)} texts, e.g. “{ui.plain(texts[0])}”.")
 
 with images_column:
     st.subheader("Images")
@@ -66,7 +66,7 @@ with images_column:
         uploads = st.file_uploader("Images", type=ui.IMAGE_UPLOAD_TYPES, accept_multiple_files=True, key="image_uploads")
         names, images, refused = ui.read_uploaded_images(uploads or [])
         for rejection in refused:
-            st.warning(f"**{rejection.name}** skipped: {rejection.reason}")
+            st.warning(f"**{ui.plain(rejection.name)}** skipped: {ui.plain(rejection.reason)}")
         thumbnails = images
     else:
         test = analysis.test

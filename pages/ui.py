@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
 import threading
 import time
@@ -57,6 +58,12 @@ HOW_TO_GET_CLIP = (
     f"`{DEFAULT_MODEL}` (set `HF_HOME`), or allow downloads by unsetting `HF_HUB_OFFLINE`."
 )
 THUMBNAIL_EDGE = 160
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def plain(text) -> str:
+    """User-provided text (labels, ids, file names) made inert inside Markdown: no links, images or markup."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
 
 
 # ── workspace ────────────────────────────────────────────────────────────────
@@ -250,6 +257,12 @@ def thumbnail(path: str, edge: int = THUMBNAIL_EDGE):
 
 
 @st.cache_resource(show_spinner=False)
+def embedding_cache() -> EmbeddingCache:
+    """One connection to the SQLite embedding cache for the whole server (it is thread-safe)."""
+    return EmbeddingCache()
+
+
+@st.cache_resource(show_spinner=False)
 def _embedded() -> dict:
     """Embedded datasets shared by every session: large read-only arrays, never copied per rerun."""
     return {"lock": threading.Lock(), "results": {}}
@@ -282,7 +295,7 @@ def _embed_with_progress(entry: DatasetEntry, config: EmbedConfig, area) -> Load
         )
 
     with model.lock:
-        run = embed_dataset(read_dataset(entry.source), model.embedder, EmbeddingCache(), config.batch_size, progress)
+        run = embed_dataset(read_dataset(entry.source), model.embedder, embedding_cache(), config.batch_size, progress)
     area.empty()
     dataset = read_dataset(entry.source)
     return LoadedEmbeddings(
@@ -379,6 +392,8 @@ def session() -> Session:
         st.info("Pick another dataset on the **Data** page, or fix the source and reload.")
         st.stop()
     current = Session(ws, entry, embed_config, loaded, analysis, note)
+    for analysis_note in analysis.notes:
+        st.caption(f"Note: {plain(analysis_note)}")
     if note:
         st.info(f"Using the **baseline embedder** (downscaled pixels): `{active_model(ws).model}` cannot be loaded here.")
         with st.expander("Why, and how to get CLIP"):
@@ -437,7 +452,7 @@ def embed_images(current: Session, images: list) -> np.ndarray:
 def embed_texts(current: Session, texts: list[str]) -> np.ndarray:
     """Vectors of texts, from the embedding cache where possible, under the model lock."""
     with current.model.lock:
-        return embed_texts_cached(texts, current.model.embedder, EmbeddingCache())
+        return embed_texts_cached(texts, current.model.embedder, embedding_cache())
 
 
 def show_no_text_support(current: Session, task: str) -> None:

@@ -369,3 +369,12 @@ def test_target_contamination_sets_the_threshold():
     values = metric_values(app)
     assert values["Contamination"] == "50.0%"
     assert float(values["Threshold"]) == pytest.approx(next(s for s in app.slider if s.label == "Distractor threshold").value, abs=1e-3)
+
+
+@pytest.mark.parametrize("text", ["![x](https://example.invalid/x.png)", "[click](javascript:alert(1))", "**bold** _it_ `code`", "<b>x</b>"])
+def test_user_text_is_inert_in_markdown(text):
+    from pages import ui
+
+    escaped = ui.plain(text)
+    assert all(f"\\{char}" in escaped for char in "[]()*`<>" if char in text)
+    assert escaped.replace("\\", "") == text
