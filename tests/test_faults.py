@@ -17,12 +17,12 @@ from core.ingest import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8
-# The child slows each batch down so the kill lands half-way; the code under test is unchanged.
+# The child slows each batch's commit so the kill lands half-way; the code under test is unchanged.
 SLOW_EMBED = """
 import sys, time
-import core.embed as embed
-real = embed.BaselineEmbedder.embed_images
-embed.BaselineEmbedder.embed_images = lambda self, images: (time.sleep(0.25), real(self, images))[1]
+import core.cache as cache
+real = cache.EmbeddingCache.put_many
+cache.EmbeddingCache.put_many = lambda self, model, vectors: (time.sleep(0.25), real(self, model, vectors))[1]
 from core.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
