@@ -10,11 +10,15 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse import vstack as sparse_vstack
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, trustworthiness
+from sklearn.metrics import pairwise_distances
 
 METHODS = ("umap", "tsne", "pca")
 # Metrics that both umap-learn and scikit-learn's TSNE accept by name.
@@ -24,7 +28,16 @@ MIN_UMAP_ROWS = 4
 # t-SNE's PCA initialisation needs two directions, which takes three points.
 MIN_TSNE_ROWS = 3
 # Part of every cache key: bump when the stored layout or the algorithms' use changes.
-CACHE_FORMAT = "projection-v1"
+CACHE_FORMAT = "projection-v2"
+# Layout rounds: umap-learn's choice for 10k rows or more. Its 500 for smaller sets doubles the fit
+# time of a 3k-row train set without better trustworthiness (BENCHMARKS.md, section 4).
+UMAP_EPOCHS = 200
+# umap-learn's own switch: below this many fitted rows it compares all pairs instead of NN-descent.
+UMAP_ALL_PAIRS_BELOW = 4096
+# Test rows whose distances to train are computed at once: at most 4,096 × 4,095 float64, 128 MB.
+DISTANCE_BLOCK_ROWS = 4096
+# What umap says about precomputed distances, all of which this module gives it as documented.
+_PRECOMPUTED_WARNINGS = "Transforming new data with precomputed metric|using precomputed metric"
 
 Progress = Callable[[str], None]
 
@@ -185,22 +198,57 @@ def _umap(train, test, config: ProjectionConfig, notes: list[str], report: Progr
 
     import umap  # importing umap (numba) takes seconds: keep that out of importing this module
 
-    reducer = umap.UMAP(
-        n_neighbors=n_neighbors,
-        min_dist=config.min_dist,
-        metric=config.metric,
-        random_state=config.seed,
-        n_jobs=1,  # a fixed seed forces one thread anyway; saying so avoids umap's warning
-    )
+    def reducer(metric: str):
+        return umap.UMAP(
+            n_neighbors=n_neighbors,
+            min_dist=config.min_dist,
+            metric=metric,
+            random_state=config.seed,
+            n_jobs=1,  # a fixed seed forces one thread anyway; saying so avoids umap's warning
+            n_epochs=UMAP_EPOCHS,
+        )
+
     if fit_jointly:
-        return _joint_fit(train, test, config, report, "UMAP fit", reducer.fit_transform)
+        return _joint_fit(train, test, config, report, "UMAP fit", reducer(config.metric).fit_transform)
     train, test = _pca_first(config, report, train, test)
     report("UMAP fit")
-    reducer.fit(train)
+    if len(train) >= UMAP_ALL_PAIRS_BELOW:
+        fitted = reducer(config.metric).fit(train)
+        place = fitted.transform
+    else:
+        # umap-learn compares all pairs of a small set itself, but through a numba distance that
+        # scikit-learn calls once per pair from Python: about 6 s to fit 3k rows and 50 s to place
+        # 13k more. The same distances, asked for by name, are vectorised (BENCHMARKS.md, section 4).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_PRECOMPUTED_WARNINGS)
+            fitted = reducer("precomputed").fit(_distances(train, train, config.metric))
+        place = partial(_place_by_distances, fitted, train, config.metric, n_neighbors)
     if len(test) == 0:
-        return reducer.embedding_, np.empty((0, 2))
+        return fitted.embedding_, np.empty((0, 2))
     report("UMAP transform")
-    return reducer.embedding_, reducer.transform(test)
+    return fitted.embedding_, place(test)
+
+
+def _distances(rows: np.ndarray, to: np.ndarray, metric: str) -> np.ndarray:
+    # Rounding can leave a distance a hair below zero, which umap refuses.
+    return np.maximum(pairwise_distances(rows, to, metric=metric), 0.0)
+
+
+def _place_by_distances(fitted, train: np.ndarray, metric: str, n_neighbors: int, test: np.ndarray) -> np.ndarray:
+    """umap's transform of test rows, given each one's n_neighbors nearest train rows as a sparse matrix.
+
+    Distances are computed a block of test rows at a time, so no test × train matrix is ever whole.
+    """
+    blocks = []
+    for start in range(0, len(test), DISTANCE_BLOCK_ROWS):
+        distances = _distances(test[start : start + DISTANCE_BLOCK_ROWS], train, metric)
+        nearest = np.argpartition(distances, n_neighbors - 1, axis=1)[:, :n_neighbors]
+        row_starts = np.arange(0, nearest.size + 1, n_neighbors)
+        values = np.take_along_axis(distances, nearest, axis=1)
+        blocks.append(csr_matrix((values.ravel(), nearest.ravel(), row_starts), shape=distances.shape))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PRECOMPUTED_WARNINGS)
+        return fitted.transform(sparse_vstack(blocks, format="csr"))
 
 
 def _tsne(train, test, config: ProjectionConfig, notes: list[str], report: Progress):
