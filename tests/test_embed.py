@@ -14,7 +14,9 @@ from core.embed import (
     KNOWN_MODELS,
     BaselineEmbedder,
     EmbedConfig,
+    FastClipPreprocessing,
     ModelUnavailableError,
+    PreparingEmbedder,
     embed_dataset,
     embed_texts_cached,
     list_models,
@@ -279,3 +281,69 @@ def test_text_vectors_are_cached_by_text(tiny_clip, tmp_path):
     np.testing.assert_array_equal(again, first[::-1])
     assert embed_texts_cached([], counting, cache).shape == (0, 16)
     cache.close()
+
+
+# ── fast preprocessing: the pipeline's own replica of the checkpoint's processor ──
+
+
+def photo_like_images(count, size=(640, 480)):
+    from bench.fixtures import photo_jpeg
+
+    rng = np.random.default_rng(7)
+    return [photo_jpeg(rng, size) for _ in range(count)]
+
+
+def test_fast_preprocessing_reproduces_the_checkpoints_processor(tiny_clip, tiny_clip_dir):
+    processor = CLIPProcessor.from_pretrained(tiny_clip_dir).image_processor
+    assert FastClipPreprocessing.of(processor) is not None
+    images = [load_image(data) for data in photo_like_images(3)]
+    images += [Image.new("RGB", (17, 61), (0, 200, 0)), load_image(photo_like_images(1, (301, 1003))[0])]
+    for image in images:
+        expected = processor(images=[image], return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(tiny_clip.prepare_image(image), expected, atol=1e-5)
+
+
+def test_draft_decoding_with_fast_preprocessing_agrees_with_the_processor_on_full_decodes(tiny_clip, tiny_clip_dir, tmp_path):
+    # JPEGs decode at 1/8 scale for the tiny model's 32 px input: the pipeline's biggest shortcut.
+    paths = []
+    for index, data in enumerate(photo_like_images(6)):
+        paths.append(tmp_path / f"photo-{index}.jpg")
+        paths[-1].write_bytes(data)
+    run = embed_dataset(dataset_of(paths), tiny_clip, cache=None, batch_size=4)
+    reference, _ = transformers_reference(tiny_clip_dir, [Image.open(path).convert("RGB") for path in paths], ["x"])
+    assert tiny_clip.draft_size == 32 and load_image(paths[0], draft_size=tiny_clip.draft_size).size == (80, 60)
+    assert np.sum(run.embeddings.vectors * reference, axis=1).min() >= 0.99
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"size": {"height": 32, "width": 32}},  # a square resize, not shortest-edge
+        {"do_center_crop": False},
+        {"crop_size": {"height": 40, "width": 40}},  # larger than the resized image: the processor pads
+        {"do_rescale": False},
+        {"image_mean": 0.5, "image_std": 0.5},  # one number for every channel
+    ],
+)
+def test_processors_the_fast_path_does_not_replicate_are_used_as_they_are(tiny_clip_dir, tmp_path, change):
+    checkpoint = tmp_path / "changed-processor"
+    shutil.copytree(tiny_clip_dir, checkpoint)
+    processor = CLIPProcessor.from_pretrained(checkpoint)
+    for name, value in change.items():
+        setattr(processor.image_processor, name, value)
+    processor.save_pretrained(checkpoint)
+    reloaded = CLIPProcessor.from_pretrained(checkpoint).image_processor
+    assert FastClipPreprocessing.of(reloaded) is None
+    embedder = load_embedder(EmbedConfig(model=str(checkpoint)))
+    image = load_image(photo_like_images(1)[0])
+    expected = reloaded(images=[image], return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(embedder.prepare_image(image), expected, atol=1e-6)
+
+
+def test_embedders_prepare_apart_from_the_model_call(tiny_clip):
+    images = [load_image(data) for data in photo_like_images(2)] + [Image.new("L", (40, 30), 90)]
+    for embedder in (tiny_clip, BaselineEmbedder()):
+        assert isinstance(embedder, PreparingEmbedder)
+        prepared = np.stack([embedder.prepare_image(image) for image in images])
+        np.testing.assert_allclose(embedder.embed_prepared(prepared), embedder.embed_images(images), atol=1e-6)
+        assert embedder.embed_prepared(prepared[:0]).shape == (0, embedder.dim)

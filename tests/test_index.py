@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.index import VectorIndex, search
+from core.index import EXACT_UP_TO, VectorIndex, resolve_kind, search
 
 
 def unit_rows(rng, n, d):
@@ -37,3 +37,52 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="train split is empty"):
         VectorIndex(np.zeros((0, 8), np.float32))
     assert index.search(np.zeros((0, 8), np.float32), 3).indices.shape == (0, 3)
+
+
+# ── approximate kinds: chosen by size, validated, and close to exact ──
+
+
+def clustered_rows(rng, n, d=64, clusters=50):
+    """Unit rows around cluster centres, like embeddings of images of a few classes."""
+    centres = rng.normal(size=(clusters, d))
+    rows = centres[rng.integers(0, clusters, n)] + 0.4 * rng.normal(size=(n, d))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at(exact, approximate):
+    return np.mean([len(set(a) & set(b)) / exact.shape[1] for a, b in zip(exact, approximate)])
+
+
+def test_auto_is_exact_up_to_the_threshold_and_ivf_above():
+    assert resolve_kind("auto", EXACT_UP_TO) == "exact"
+    assert resolve_kind("auto", EXACT_UP_TO + 1) == "ivf"
+    assert resolve_kind("hnsw", 10) == "hnsw" and resolve_kind("exact", 10**9) == "exact"
+    assert VectorIndex(unit_rows(np.random.default_rng(3), 20, 8)).kind == "exact"
+
+
+def test_an_unknown_kind_is_named_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"index kind must be one of auto, exact, hnsw, ivf, got 'annoy'"):
+        VectorIndex(unit_rows(np.random.default_rng(4), 20, 8), kind="annoy")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_kinds_find_the_true_neighbours_with_exact_similarities(kind):
+    rng = np.random.default_rng(5)
+    train, queries = clustered_rows(rng, 4000), clustered_rows(rng, 200)
+    exact = search(train, queries, 5, kind="exact")
+    found = search(train, queries, 5, kind=kind)
+    assert recall_at(exact.indices, found.indices) >= 0.9
+    np.testing.assert_allclose(found.similarities, np.einsum("qd,qkd->qk", queries, train[found.indices]), atol=1e-5)
+    assert np.all(np.diff(found.similarities, axis=1) <= 1e-6)
+    assert found.indices.dtype == np.int64
+
+
+def test_ivf_returns_k_neighbours_even_when_the_probed_lists_hold_fewer():
+    rng = np.random.default_rng(6)
+    train, queries = clustered_rows(rng, 2000), clustered_rows(rng, 20)
+    index = VectorIndex(train, kind="ivf")
+    found = index.search(queries, 600)  # far more than the few probed lists hold
+    assert (found.indices >= 0).all()
+    assert all(len(set(row)) == 600 for row in found.indices)
+    assert recall_at(search(train, queries, 600, kind="exact").indices, found.indices) >= 0.95
+    assert "IVF" in index.settings and len(index) == 2000

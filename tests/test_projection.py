@@ -226,3 +226,35 @@ def test_quality_clamps_neighbours_for_few_rows_and_is_nan_below_three():
 
 def test_warm_up_runs():
     warm_up()
+
+
+# ── the small-train UMAP path: precomputed distances instead of umap's per-pair callback ──
+
+
+def test_umap_fitted_on_precomputed_distances_has_umaps_own_neighbour_graph(blobs):
+    import umap
+
+    from core.projection import _distances
+
+    train = blobs[0]
+    settings = {"n_neighbors": 15, "random_state": 0, "n_jobs": 1}
+    own = umap.UMAP(metric="cosine", **settings).fit(train)
+    with pytest.warns(UserWarning, match="precomputed"):
+        precomputed = umap.UMAP(metric="precomputed", **settings).fit(_distances(train, train, "cosine"))
+    assert abs(own.graph_ - precomputed.graph_).max() < 1e-5
+
+
+def test_test_rows_placed_in_blocks_equal_umaps_own_placement(blobs, monkeypatch):
+    import umap
+
+    import core.projection
+    from core.projection import _distances, _place_by_distances
+
+    train, test = blobs[0], blobs[1]
+    with pytest.warns(UserWarning, match="precomputed"):
+        fitted = umap.UMAP(metric="precomputed", n_neighbors=15, random_state=0, n_jobs=1).fit(
+            _distances(train, train, "cosine")
+        )
+        expected = fitted.transform(_distances(test, train, "cosine"))  # umap's own path: the dense matrix
+    monkeypatch.setattr(core.projection, "DISTANCE_BLOCK_ROWS", 7)  # many blocks, the last one short
+    np.testing.assert_allclose(_place_by_distances(fitted, train, "cosine", 15, test), expected, atol=1e-5)

@@ -1,0 +1,139 @@
+"""Peak memory of the whole workflow on 16k images, each part in a fresh process that reports its own peak."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.fixtures import clip_checkpoint, photo_jpeg, quiet_transformers, write_photos
+from bench.report import Section, seconds, table
+from bench.timing import peak_rss_mb, run_python
+
+FULL = {"classes": 1000, "per_class": 3, "test": 13_000}
+QUICK = {"classes": 400, "per_class": 3, "test": 3_600}
+TARGET_MB = 4096
+THUMBNAIL = (160, 120)  # workflow images are small: the decode cost is section 1's business, not memory's
+CLIP_PHOTOS = 64
+
+
+def _write_dataset(folder: Path, plan) -> int:
+    """train/<class>/*.jpg and test/<class or -1>/*.jpg, 30% of test distractors; made once."""
+    marker = folder / "complete"
+    if marker.exists():
+        return int(marker.read_text())
+    rng = np.random.default_rng(0)
+    count = 0
+    for split, n, classes in (
+        ("train", plan["classes"] * plan["per_class"], np.repeat(np.arange(plan["classes"]), plan["per_class"])),
+        ("test", plan["test"], rng.integers(0, plan["classes"], plan["test"])),
+    ):
+        labels = [f"class-{c}" for c in classes]
+        if split == "test":
+            labels = ["-1" if rng.random() < 0.3 else label for label in labels]
+        for index, label in enumerate(labels[:n]):
+            path = folder / split / label / f"{split}-{index:06d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(photo_jpeg(rng, THUMBNAIL))
+            count += 1
+    marker.write_text(str(count))
+    return count
+
+
+def run(work: Path, quick: bool) -> Section:
+    plan = QUICK if quick else FULL
+    section = Section("6. Memory: peak resident memory of the whole workflow")
+    dataset = work / "dataset"
+    n_images = _write_dataset(dataset, plan)
+    workflow = run_python(["-m", "bench.memory", "workflow", str(dataset), str(work / "home")])
+    checkpoint = clip_checkpoint(work.parent / "clip-vit-b32-random")
+    photos = write_photos(work.parent / "photos", CLIP_PHOTOS)
+    clip = run_python(["-m", "bench.memory", "clip", str(checkpoint), str(photos[0].parent)])
+    workflow_mb, clip_mb = float(workflow["PEAK_MB"]), float(clip["PEAK_MB"])
+    stages = [key.removeprefix("STAGE_") for key in workflow if key.startswith("STAGE_")]
+    section.add(
+        f"Two fresh processes, each printing its own peak resident memory (`VmHWM`; `getrusage`'s ru_maxrss would report the parent's peak, which Linux carries across exec). "
+        f"The workflow process runs everything on {n_images:,} images ({plan['classes'] * plan['per_class']:,} "
+        f"train, {plan['test']:,} test, {THUMBNAIL[0]}×{THUMBNAIL[1]} JPEGs): load the folder, embed with "
+        f"the **baseline** embedder (1,728-d vectors, larger than CLIP's 512-d; ViT-B/32 on 16k images "
+        f"would take a quarter of an hour here), cache in SQLite, analyse (search, scores, sweep, MAP@5), "
+        f"leave-one-out train scores, DBSCAN, the default UMAP map, Parquet and submission export. The "
+        f"second process loads the ViT-B/32 embedder and embeds {CLIP_PHOTOS} photos, which is what the "
+        f"CLIP model adds to any workflow.",
+        table(
+            ["stage of the workflow", "seconds"],
+            [[stage.replace("_", " "), seconds(float(workflow[f"STAGE_{stage}"]))] for stage in stages],
+        ),
+        table(
+            ["process", "peak RSS"],
+            [
+                [f"whole workflow, baseline embedder, {n_images:,} images", f"{workflow_mb:,.0f} MB"],
+                [f"ViT-B/32 embedder loaded, {CLIP_PHOTOS} photos embedded", f"{clip_mb:,.0f} MB"],
+                ["upper bound for the CLIP workflow (sum)", f"{workflow_mb + clip_mb:,.0f} MB"],
+            ],
+        ),
+        f"No step holds a {n_images:,} × {n_images:,} matrix: it alone would take "
+        f"{n_images**2 * 4 / 2**30:.1f} GB in float32. Search is FAISS top-k; DBSCAN works from radius "
+        f"neighbours; UMAP compares test rows to train in blocks of 4,096 rows; trustworthiness is only "
+        f"ever computed on a sample.",
+    )
+    total = workflow_mb + clip_mb
+    if quick:
+        section.check(f"peak RSS of the whole workflow (target at 16k; quick mode ran {n_images:,} images)", f"{total:,.0f} MB (upper bound)", None)
+    else:
+        section.check(f"peak RSS of the whole workflow on {n_images:,} images ≤ 4 GB", f"{total:,.0f} MB (upper bound)", total <= TARGET_MB)
+    return section
+
+
+def _workflow(dataset: Path, home: Path) -> None:
+    from core.cache import EmbeddingCache
+    from core.embed import BASELINE, EmbedConfig
+    from core.ingest import write_embeddings
+    from core.pipeline import analyse, load_embeddings
+    from core.predict import write_submission
+    from core.projection import ProjectionCache, ProjectionConfig, project, projection_key
+
+    home.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal started
+        print(f"STAGE_{name}={time.perf_counter() - started}")
+        started = time.perf_counter()
+
+    with EmbeddingCache(home / "embeddings.sqlite") as cache:
+        loaded = load_embeddings(dataset, EmbedConfig(model=BASELINE), cache)
+    stage("load_and_embed")
+    analysis = analyse(loaded.embeddings)
+    analysis.report()
+    analysis.sweep.best_map_threshold()
+    stage("analyse")
+    analysis.train_loo_scores
+    analysis.mean_precision
+    stage("leave-one-out_train_scores")
+    analysis.dbscan()
+    stage("DBSCAN")
+    train, test = analysis.train.vectors, analysis.test.vectors
+    ProjectionCache(home / "projections").put(projection_key(train, test, ProjectionConfig()), project(train, test))
+    stage("UMAP_map_(numba_compiles_in_this_fresh_process)")
+    write_embeddings(home / "embeddings.parquet", loaded.embeddings)
+    write_submission(home / "submission.csv", analysis.test.ids, analysis.predictions())
+    stage("export")
+    print(f"PEAK_MB={peak_rss_mb()}")
+
+
+def _clip(checkpoint: Path, photos: Path) -> None:
+    from core.dataset import TEST, Dataset, Item
+    from core.embed import EmbedConfig, embed_dataset, load_embedder
+
+    items = [Item(path.name, TEST, None, path) for path in sorted(photos.glob("*.jpg"))[:CLIP_PHOTOS]]
+    embed_dataset(Dataset("photos", items), load_embedder(EmbedConfig(model=str(checkpoint))))
+    print(f"PEAK_MB={peak_rss_mb()}")
+
+
+if __name__ == "__main__":
+    quiet_transformers()
+    mode, *paths = sys.argv[1:]
+    {"workflow": _workflow, "clip": _clip}[mode](*map(Path, paths))
