@@ -20,6 +20,7 @@ class Section:
     """One benchmark's findings."""
 
     title: str
+    label: str  # a few words naming the section in the summary table
     body: list[str] = field(default_factory=list)  # markdown blocks: paragraphs and tables
     checks: list[Check] = field(default_factory=list)
 
@@ -43,7 +44,7 @@ def verdict(met: bool | None) -> str:
 def write_report(path: Path, sections: list[Section], preamble: list[str]) -> None:
     summary = table(
         ["Benchmark", "Target", "Measured", "Verdict"],
-        [[section.title, check.target, check.measured, verdict(check.met)] for section in sections for check in section.checks],
+        [[section.label, check.target, check.measured, verdict(check.met)] for section in sections for check in section.checks],
     )
     blocks = [*preamble, "## Summary", summary]
     for section in sections:

@@ -70,7 +70,7 @@ def _ready(_: int) -> bool:
 
 def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
-    section = Section("7. Scale plan: 1M and 100M images")
+    section = Section("7. Scale plan: 1M and 100M images", "7. Scale")
     section.add(*_plan_text())
     checkpoint = clip_checkpoint(work.parent / "clip-vit-b32-random")
     photos = write_photos(work.parent / "photos", plan["photos"])

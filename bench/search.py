@@ -34,7 +34,7 @@ def _recall(exact: np.ndarray, approximate: np.ndarray) -> np.ndarray:
 
 def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
-    section = Section("3. Search: exact top-5, and an approximate index past a million vectors")
+    section = Section("3. Search: exact top-5, and an approximate index past a million vectors", "3. Search")
     _product_size(section, plan)
     _large(section, plan)
     if plan["kinds_at"]:

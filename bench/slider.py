@@ -36,7 +36,7 @@ def _numpy_recompute(scores, if_flagged, if_kept, is_distractor, threshold: floa
 
 def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
-    section = Section("2. Slider: a new threshold at 16k, 100k and 1M test items")
+    section = Section("2. Slider: a new threshold at 16k, 100k and 1M test items", "2. Slider")
     rows, at_100k = [], None
     for n_test in (*plan["analysed"], *plan["synthetic"]):
         rng = np.random.default_rng(n_test)

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
@@ -225,6 +225,11 @@ class ClipEmbedder:
         self._dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         model, self._image_processor, self._tokenizer = _load_checkpoint(config.model, config.revision)
         self._model = model.to(self.device, dtype=self._dtype).eval()
+        # The image vector depends only on the CLS token after the last encoder layer, so that layer
+        # runs for the CLS query alone (keys and values still for every token): 6.6% fewer FLOPs
+        # for ViT-B/32, the same vectors to float rounding (1e-6).
+        cls_only = _runs_transformers_clip_vision(self._model)
+        self._image_tower = partial(_image_features, self._model) if cls_only else self._model.get_image_features
         self.dim = int(model.config.projection_dim)
         self._max_text_tokens = int(model.config.text_config.max_position_embeddings)
         self.identity = _clip_identity(config, model.config.to_json_string(), self._image_processor.to_json_string())
@@ -249,7 +254,7 @@ class ClipEmbedder:
         if not len(inputs):
             return np.empty((0, self.dim), np.float32)
         pixels = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
-        return self._projected(self._model.get_image_features, pixel_values=pixels.to(self.device, self._dtype))
+        return self._projected(self._image_tower, pixel_values=pixels.to(self.device, self._dtype))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -268,6 +273,65 @@ class ClipEmbedder:
         # transformers 5 returns a model output whose pooler_output holds the projected vectors.
         features = output if isinstance(output, torch.Tensor) else output.pooler_output
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def _runs_transformers_clip_vision(model) -> bool:
+    """Whether `model` computes image features with transformers' own CLIP code, which _image_features reproduces."""
+    import torch
+    from transformers.models.clip import modeling_clip as clip
+
+    vision = getattr(model, "vision_model", None)
+    encoder = getattr(vision, "encoder", None)
+    layers = getattr(encoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not layers:
+        return False
+    # Subclasses that change any of these methods change the maths: they keep get_image_features.
+    # The layers before the last are called as CLIPEncoder calls them, whatever they are.
+    own_methods = [
+        (model, clip.CLIPModel, "get_image_features"),
+        (vision, clip.CLIPVisionModel, "forward"),
+        (encoder, clip.CLIPEncoder, "forward"),
+        (layers[-1], clip.CLIPEncoderLayer, "forward"),
+        (getattr(layers[-1], "self_attn", None), clip.CLIPAttention, "forward"),
+    ]
+    return all(
+        isinstance(module, cls) and getattr(type(module), method) is getattr(cls, method)
+        for module, cls, method in own_methods
+    )
+
+
+def _image_features(model, pixel_values):
+    """model.get_image_features(pixel_values).pooler_output, with the last encoder layer run for the CLS token only.
+
+    The projected vector is visual_projection(post_layernorm(CLS token after the last layer)), so the
+    last layer needs only the CLS query: its attention over every token's key and value, out_proj,
+    the residual, then layer_norm2 and the MLP on that one token.
+    """
+    import torch
+
+    vision = model.vision_model
+    *layers, last = vision.encoder.layers
+    # get_image_features's default: no position-encoding interpolation, other sizes are refused.
+    hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=False))
+    for layer in layers:
+        hidden = layer(hidden, None)  # as CLIPEncoder calls them: the vision tower has no attention mask
+    attention = last.self_attn
+    normed = last.layer_norm1(hidden)
+    batch = hidden.shape[0]
+
+    def by_head(states):  # (batch, tokens, embed) -> (batch, heads, tokens, head_dim), as CLIPAttention splits
+        return states.view(batch, states.shape[1], -1, attention.head_dim).transpose(1, 2)
+
+    attended = torch.nn.functional.scaled_dot_product_attention(
+        by_head(attention.q_proj(normed[:, :1])),
+        by_head(attention.k_proj(normed)),
+        by_head(attention.v_proj(normed)),
+        dropout_p=attention.dropout if attention.training else 0.0,
+        scale=attention.scale,
+    )
+    cls = hidden[:, 0] + attention.out_proj(attended.transpose(1, 2).reshape(batch, -1))
+    cls = cls + last.mlp(last.layer_norm2(cls))
+    return model.visual_projection(vision.post_layernorm(cls))
 
 
 def load_embedder(config: EmbedConfig) -> Embedder:

@@ -14,11 +14,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse import vstack as sparse_vstack
+from scipy.sparse import coo_matrix
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, trustworthiness
-from sklearn.metrics import pairwise_distances
 
 METHODS = ("umap", "tsne", "pca")
 # Metrics that both umap-learn and scikit-learn's TSNE accept by name.
@@ -28,16 +26,17 @@ MIN_UMAP_ROWS = 4
 # t-SNE's PCA initialisation needs two directions, which takes three points.
 MIN_TSNE_ROWS = 3
 # Part of every cache key: bump when the stored layout or the algorithms' use changes.
-CACHE_FORMAT = "projection-v2"
+CACHE_FORMAT = "projection-v3"
 # Layout rounds: umap-learn's choice for 10k rows or more. Its 500 for smaller sets doubles the fit
 # time of a 3k-row train set without better trustworthiness (BENCHMARKS.md, section 4).
 UMAP_EPOCHS = 200
+# Layout rounds when placing test rows, as umap-learn's transform picks them by the number of rows.
+PLACEMENT_EPOCHS_UP_TO_10K = 100
+PLACEMENT_EPOCHS_ABOVE_10K = 30
 # umap-learn's own switch: below this many fitted rows it compares all pairs instead of NN-descent.
 UMAP_ALL_PAIRS_BELOW = 4096
-# Test rows whose distances to train are computed at once: at most 4,096 × 4,095 float64, 128 MB.
-DISTANCE_BLOCK_ROWS = 4096
-# What umap says about precomputed distances, all of which this module gives it as documented.
-_PRECOMPUTED_WARNINGS = "Transforming new data with precomputed metric|using precomputed metric"
+# umap warns that given neighbours come without its search index; this module never needs it.
+_NO_SEARCH_INDEX_WARNING = "precomputed_knn.2. .knn_search_index. is not an NNDescent object"
 
 Progress = Callable[[str], None]
 
@@ -142,7 +141,10 @@ def _pca_first(config: ProjectionConfig, report: Progress, fit_rows: np.ndarray,
         return (fit_rows, *other_rows)
     report("PCA")
     # n centred rows span at most n - 1 directions: more components would keep nothing.
-    pca = PCA(min(config.pca_first, len(fit_rows) - 1), random_state=config.seed).fit(fit_rows)
+    # An exact eigendecomposition of the dims × dims covariance: for embeddings (a few hundred dims)
+    # it is faster than the default randomized SVD, and keeps more of the variance.
+    n_components = min(config.pca_first, len(fit_rows) - 1)
+    pca = PCA(n_components, svd_solver="covariance_eigh", random_state=config.seed).fit(fit_rows)
     return tuple(_transform(pca, rows) for rows in (fit_rows, *other_rows))
 
 
@@ -198,57 +200,151 @@ def _umap(train, test, config: ProjectionConfig, notes: list[str], report: Progr
 
     import umap  # importing umap (numba) takes seconds: keep that out of importing this module
 
-    def reducer(metric: str):
+    def reducer(**given):
         return umap.UMAP(
             n_neighbors=n_neighbors,
             min_dist=config.min_dist,
-            metric=metric,
+            metric=config.metric,
             random_state=config.seed,
             n_jobs=1,  # a fixed seed forces one thread anyway; saying so avoids umap's warning
             n_epochs=UMAP_EPOCHS,
+            **given,
         )
 
     if fit_jointly:
-        return _joint_fit(train, test, config, report, "UMAP fit", reducer(config.metric).fit_transform)
+        return _joint_fit(train, test, config, report, "UMAP fit", reducer().fit_transform)
     train, test = _pca_first(config, report, train, test)
     report("UMAP fit")
     if len(train) >= UMAP_ALL_PAIRS_BELOW:
-        fitted = reducer(config.metric).fit(train)
-        place = fitted.transform
+        fitted = reducer().fit(train)
     else:
         # umap-learn compares all pairs of a small set itself, but through a numba distance that
-        # scikit-learn calls once per pair from Python: about 6 s to fit 3k rows and 50 s to place
-        # 13k more. The same distances, asked for by name, are vectorised (BENCHMARKS.md, section 4).
+        # scikit-learn calls once per pair from Python (about 6 s for 3k rows). Handing it the
+        # exact neighbours, computed vectorised, gives the same graph (BENCHMARKS.md, section 4).
+        neighbours = _nearest(train, train, config.metric, n_neighbors, same_rows=True)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_PRECOMPUTED_WARNINGS)
-            fitted = reducer("precomputed").fit(_distances(train, train, config.metric))
-        place = partial(_place_by_distances, fitted, train, config.metric, n_neighbors)
+            warnings.filterwarnings("ignore", message=_NO_SEARCH_INDEX_WARNING)
+            fitted = reducer(precomputed_knn=neighbours).fit(train)
     if len(test) == 0:
         return fitted.embedding_, np.empty((0, 2))
     report("UMAP transform")
-    return fitted.embedding_, place(test)
+    return fitted.embedding_, _place(fitted, *_nearest(test, train, config.metric, n_neighbors))
 
 
-def _distances(rows: np.ndarray, to: np.ndarray, metric: str) -> np.ndarray:
-    # Rounding can leave a distance a hair below zero, which umap refuses.
-    return np.maximum(pairwise_distances(rows, to, metric=metric), 0.0)
+def _nearest(rows: np.ndarray, to: np.ndarray, metric: str, k: int, same_rows: bool = False):
+    """Each row's k nearest rows of ``to``, nearest first, as (indices, distances) arrays of shape (n, k).
 
-
-def _place_by_distances(fitted, train: np.ndarray, metric: str, n_neighbors: int, test: np.ndarray) -> np.ndarray:
-    """umap's transform of test rows, given each one's n_neighbors nearest train rows as a sparse matrix.
-
-    Distances are computed a block of test rows at a time, so no test × train matrix is ever whole.
+    Exact, by FAISS's brute-force top-k: no rows × to matrix is ever whole. ``same_rows`` says rows
+    is ``to``: each row's distance to itself is then exactly 0, as umap expects of a first neighbour.
     """
-    blocks = []
-    for start in range(0, len(test), DISTANCE_BLOCK_ROWS):
-        distances = _distances(test[start : start + DISTANCE_BLOCK_ROWS], train, metric)
-        nearest = np.argpartition(distances, n_neighbors - 1, axis=1)[:, :n_neighbors]
-        row_starts = np.arange(0, nearest.size + 1, n_neighbors)
-        values = np.take_along_axis(distances, nearest, axis=1)
-        blocks.append(csr_matrix((values.ravel(), nearest.ravel(), row_starts), shape=distances.shape))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_PRECOMPUTED_WARNINGS)
-        return fitted.transform(sparse_vstack(blocks, format="csr"))
+    import faiss
+
+    if metric in ("cosine", "correlation"):
+        # cosine distance is 1 - the inner product of unit rows; correlation is cosine of centred rows.
+        prepare = partial(_unit_rows, centred=metric == "correlation")
+        similarities, indices = faiss.knn(prepare(rows), prepare(to), k, metric=faiss.METRIC_INNER_PRODUCT)
+        distances = np.maximum(1 - similarities, 0)
+    elif metric == "euclidean":
+        squared, indices = faiss.knn(rows, to, k, metric=faiss.METRIC_L2)
+        distances = np.sqrt(np.maximum(squared, 0))
+    else:
+        distances, indices = faiss.knn(rows, to, k, metric=faiss.METRIC_L1)
+    if same_rows:
+        distances[indices == np.arange(len(rows))[:, None]] = 0
+        order = np.argsort(distances, axis=1, kind="stable")  # a duplicate may have come before the row itself
+        indices, distances = np.take_along_axis(indices, order, axis=1), np.take_along_axis(distances, order, axis=1)
+    return indices, distances
+
+
+def _unit_rows(rows: np.ndarray, centred: bool) -> np.ndarray:
+    rows = rows - rows.mean(axis=1, keepdims=True) if centred else rows
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
+def _place(fitted, indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """umap-learn's ``transform`` of new rows from their nearest fitted rows, without its per-row Python.
+
+    The same steps as umap-learn 0.5's transform (a bipartite fuzzy graph, each row started at the
+    weighted mean of its neighbours, then layout rounds against the fixed train map); only the
+    graph-to-start step is vectorised. A test holds it equal to umap's own.
+    """
+    from sklearn.utils import check_random_state
+    from umap.layouts import optimize_layout_euclidean
+    from umap.umap_ import (
+        INT32_MAX,
+        INT32_MIN,
+        compute_membership_strengths,
+        make_epochs_per_sample,
+        smooth_knn_dist,
+    )
+
+    indices, distances = indices.copy(), np.ascontiguousarray(distances, np.float32)
+    indices[distances >= fitted._disconnection_distance] = -1
+    sigmas, rhos = smooth_knn_dist(
+        distances, float(fitted._n_neighbors), local_connectivity=float(max(0.0, fitted.local_connectivity - 1.0))
+    )
+    rows, cols, strengths, _ = compute_membership_strengths(indices, distances, sigmas, rhos, bipartite=True)
+    n_new, n_fitted = len(indices), len(fitted.embedding_)
+    start = _weighted_mean_positions(strengths.reshape(indices.shape), indices, fitted.embedding_)
+    n_epochs = _placement_epochs(n_new)
+    graph = coo_matrix((strengths, (rows, cols)), shape=(n_new, n_fitted))
+    graph.data[graph.data < graph.data.max() / float(n_epochs)] = 0.0
+    graph.eliminate_zeros()
+    rng_state = check_random_state(fitted.transform_seed).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
+    return optimize_layout_euclidean(
+        start,
+        fitted.embedding_.astype(np.float32, copy=True),
+        graph.row,
+        graph.col,
+        n_epochs,
+        n_fitted,
+        make_epochs_per_sample(graph.data, n_epochs),
+        fitted._a,
+        fitted._b,
+        rng_state,
+        fitted.repulsion_strength,
+        fitted._initial_alpha / 4.0,
+        fitted.negative_sample_rate,
+        fitted.random_state is None,
+    )
+
+
+def _placement_epochs(n_rows: int) -> int:
+    """Layout rounds for placing new rows: umap-learn's own transform default (n_epochs unset).
+
+    Because this module sets the fit's n_epochs, umap would otherwise place new rows for a third of
+    it (66 rounds): on 13k test rows that doubles the placement time and buys 0.01 of
+    trustworthiness (BENCHMARKS.md, section 4).
+    """
+    return PLACEMENT_EPOCHS_UP_TO_10K if n_rows <= 10_000 else PLACEMENT_EPOCHS_ABOVE_10K
+
+
+def _weighted_mean_positions(strengths: np.ndarray, indices: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+    """Each new row at the strength-weighted mean of its neighbours' positions (umap's init_graph_transform).
+
+    Bit for bit as umap computes it, in float32 and in the same order: umap seeds each row's random
+    negative samples from the bits of its starting position, so one rounding difference would give
+    another layout. A neighbour at strength 1 is an exact duplicate, and the row takes its position;
+    a row with no neighbour inside the metric's disconnection distance has none (NaN), as in umap.
+    """
+    by_column = np.argsort(indices, axis=1, kind="stable")  # umap walks a sparse row, in column order
+    indices = np.take_along_axis(indices, by_column, axis=1)
+    strengths = np.where(indices >= 0, np.take_along_axis(strengths, by_column, axis=1), 0).astype(np.float32)
+    neighbour_xy = embedding[np.maximum(indices, 0)].astype(np.float32)
+    # numpy's pairwise sum over each row's stored (non-zero) strengths, as scipy sums a sparse row.
+    totals = strengths.sum(axis=1)
+    for row in np.flatnonzero((strengths == 0).any(axis=1)):
+        totals[row] = strengths[row][strengths[row] != 0].sum()
+    positions = np.zeros((len(strengths), embedding.shape[1]), np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for column, column_xy in zip(strengths.T, neighbour_xy.transpose(1, 0, 2)):
+            positions += (column / totals)[:, None] * column_xy
+    duplicate = strengths == 1
+    has_duplicate = duplicate.any(axis=1)
+    positions[has_duplicate] = neighbour_xy[has_duplicate, duplicate.argmax(axis=1)[has_duplicate]]
+    positions[totals == 0] = np.nan
+    return positions
 
 
 def _tsne(train, test, config: ProjectionConfig, notes: list[str], report: Progress):

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import BertConfig, CLIPModel, CLIPProcessor
+from transformers import BertConfig, CLIPConfig, CLIPModel, CLIPProcessor
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
+import core.embed
 from core.cache import EmbeddingCache
 from core.dataset import TEST, TRAIN, Dataset, Item
 from core.embed import (
@@ -347,3 +349,99 @@ def test_embedders_prepare_apart_from_the_model_call(tiny_clip):
         prepared = np.stack([embedder.prepare_image(image) for image in images])
         np.testing.assert_allclose(embedder.embed_prepared(prepared), embedder.embed_images(images), atol=1e-6)
         assert embedder.embed_prepared(prepared[:0]).shape == (0, embedder.dim)
+
+
+def tiny_clip_with_vision_layers(tiny_clip_dir, tmp_path, layers):
+    """The tiny checkpoint with fresh random weights and `layers` vision encoder layers."""
+    checkpoint = tmp_path / f"tiny-clip-{layers}-layers"
+    shutil.copytree(tiny_clip_dir, checkpoint)
+    config = CLIPConfig.from_pretrained(tiny_clip_dir)
+    config.vision_config.num_hidden_layers = layers
+    torch.manual_seed(layers)
+    CLIPModel(config).save_pretrained(checkpoint)
+    return checkpoint
+
+
+def load_watching_the_last_layer(monkeypatch, checkpoint, precision="fp32", change_model=None):
+    """The embedder, and the shapes its last vision layer's MLP receives: (n, hidden) when it runs for the CLS token only."""
+    mlp_inputs = []
+    load_checkpoint = core.embed._load_checkpoint
+
+    def load_and_watch(*args):
+        model, image_processor, tokenizer = load_checkpoint(*args)
+        last = model.vision_model.encoder.layers[-1]
+        last.mlp.register_forward_hook(lambda module, inputs, output: mlp_inputs.append(tuple(inputs[0].shape)))
+        if change_model is not None:
+            change_model(model)
+        return model, image_processor, tokenizer
+
+    monkeypatch.setattr(core.embed, "_load_checkpoint", load_and_watch)
+    return load_embedder(EmbedConfig(model=str(checkpoint), precision=precision)), mlp_inputs
+
+
+def transformers_image_features(checkpoint, pixels):
+    """get_image_features' pooler_output for the checkpoint, normalised: transformers alone, in fp32."""
+    model = CLIPModel.from_pretrained(checkpoint).eval()
+    with torch.inference_mode():
+        features = model.get_image_features(pixel_values=torch.from_numpy(pixels)).pooler_output
+    return torch.nn.functional.normalize(features, dim=-1).numpy()
+
+
+def random_pixels(count=6):
+    return np.random.default_rng(count).normal(0.0, 1.0, (count, 3, 32, 32)).astype(np.float32)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_cls_only_last_layer_gives_transformers_image_features(tiny_clip_dir, tmp_path, monkeypatch, layers):
+    checkpoint = tiny_clip_with_vision_layers(tiny_clip_dir, tmp_path, layers)
+    pixels = random_pixels()
+    expected = transformers_image_features(checkpoint, pixels)
+
+    full, mlp_inputs = load_watching_the_last_layer(monkeypatch, checkpoint)
+    vectors = full.embed_prepared(pixels)
+    assert mlp_inputs == [(len(pixels), 32)], "the last layer's MLP should see the CLS token alone"
+    assert vectors.dtype == np.float32 and vectors.shape == (len(pixels), 16)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+    half, mlp_inputs = load_watching_the_last_layer(monkeypatch, checkpoint, precision="bf16")
+    half_vectors = half.embed_prepared(pixels)
+    assert mlp_inputs == [(len(pixels), 32)]
+    assert half_vectors.dtype == np.float32
+    assert np.all(np.sum(half_vectors * expected, axis=1) >= 0.99)
+
+
+class PassThrough(torch.nn.Module):
+    """Runs the wrapped layer unchanged, but hides its self_attn, layer norms and MLP."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *args, **kwargs):
+        return self.layer(*args, **kwargs)
+
+
+class RedefinedLayer(CLIPEncoderLayer):
+    """A subclass with a forward of its own (here the same maths), which the CLS-only path must not assume."""
+
+    def forward(self, hidden_states, attention_mask, **kwargs):
+        return super().forward(hidden_states, attention_mask, **kwargs)
+
+
+def wrap_the_layers(model):
+    encoder = model.vision_model.encoder
+    encoder.layers = torch.nn.ModuleList(PassThrough(layer) for layer in encoder.layers)
+
+
+def redefine_the_last_layer(model):
+    model.vision_model.encoder.layers[-1].__class__ = RedefinedLayer
+
+
+@pytest.mark.parametrize("change_model", [wrap_the_layers, redefine_the_last_layer])
+def test_vision_towers_of_another_structure_use_get_image_features(tiny_clip_dir, monkeypatch, change_model):
+    pixels = random_pixels(4)
+    embedder, mlp_inputs = load_watching_the_last_layer(monkeypatch, tiny_clip_dir, change_model=change_model)
+    vectors = embedder.embed_prepared(pixels)
+    tokens = (32 // 8) ** 2 + 1
+    assert mlp_inputs == [(len(pixels), tokens, 32)], "the last layer should run for every token, as transformers runs it"
+    np.testing.assert_allclose(vectors, transformers_image_features(tiny_clip_dir, pixels), atol=1e-5)

@@ -228,33 +228,62 @@ def test_warm_up_runs():
     warm_up()
 
 
-# ── the small-train UMAP path: precomputed distances instead of umap's per-pair callback ──
+# ── the fast UMAP path: exact neighbours from FAISS, umap's transform without its per-row Python ──
 
 
-def test_umap_fitted_on_precomputed_distances_has_umaps_own_neighbour_graph(blobs):
+@pytest.mark.parametrize("metric", ["cosine", "correlation", "euclidean", "manhattan"])
+def test_nearest_equals_brute_force_for_every_metric(blobs, metric):
+    from sklearn.metrics import pairwise_distances
+
+    from core.projection import _nearest
+
+    train, test = blobs[0].astype(np.float32), blobs[1].astype(np.float32)
+    indices, distances = _nearest(test, train, metric, 15)
+    expected = np.sort(pairwise_distances(test, train, metric=metric), axis=1)[:, :15]
+    np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-4)
+    true_distances = pairwise_distances(test, train, metric=metric)
+    np.testing.assert_allclose(np.take_along_axis(true_distances, indices, axis=1), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_among_the_same_rows_puts_each_row_first_at_distance_zero(blobs):
+    from core.projection import _nearest
+
+    train = np.vstack([blobs[0], blobs[0][:3]])  # three exact duplicates compete for first place
+    indices, distances = _nearest(train, train, "cosine", 15, same_rows=True)
+    assert (distances[:, 0] == 0).all() and (distances[:, 1:] >= 0).all()
+    assert (np.diff(distances, axis=1) >= 0).all()
+    assert (indices == np.arange(len(train))[:, None]).any(axis=1).all()
+
+
+def test_umap_fitted_on_given_neighbours_has_umaps_own_neighbour_graph(blobs):
     import umap
 
-    from core.projection import _distances
+    from core.projection import _nearest
 
     train = blobs[0]
-    settings = {"n_neighbors": 15, "random_state": 0, "n_jobs": 1}
-    own = umap.UMAP(metric="cosine", **settings).fit(train)
-    with pytest.warns(UserWarning, match="precomputed"):
-        precomputed = umap.UMAP(metric="precomputed", **settings).fit(_distances(train, train, "cosine"))
-    assert abs(own.graph_ - precomputed.graph_).max() < 1e-5
+    settings = {"n_neighbors": 15, "random_state": 0, "n_jobs": 1, "metric": "cosine"}
+    own = umap.UMAP(**settings).fit(train)
+    with pytest.warns(UserWarning, match="knn_search_index"):
+        given = umap.UMAP(precomputed_knn=_nearest(train, train, "cosine", 15, same_rows=True), **settings).fit(train)
+    assert (own.graph_ != 0).nnz == (given.graph_ != 0).nnz == ((own.graph_ != 0).multiply(given.graph_ != 0)).nnz
+    assert abs(own.graph_ - given.graph_).max() < 1e-4  # strengths in [0, 1]; FAISS works in float32
 
 
-def test_test_rows_placed_in_blocks_equal_umaps_own_placement(blobs, monkeypatch):
+@pytest.mark.parametrize("duplicate_a_train_row", [False, True])
+def test_placing_test_rows_equals_umaps_own_transform(blobs, duplicate_a_train_row):
     import umap
+    from sklearn.metrics import pairwise_distances
 
-    import core.projection
-    from core.projection import _distances, _place_by_distances
+    from core.projection import _place
 
-    train, test = blobs[0], blobs[1]
-    with pytest.warns(UserWarning, match="precomputed"):
-        fitted = umap.UMAP(metric="precomputed", n_neighbors=15, random_state=0, n_jobs=1).fit(
-            _distances(train, train, "cosine")
-        )
-        expected = fitted.transform(_distances(test, train, "cosine"))  # umap's own path: the dense matrix
-    monkeypatch.setattr(core.projection, "DISTANCE_BLOCK_ROWS", 7)  # many blocks, the last one short
-    np.testing.assert_allclose(_place_by_distances(fitted, train, "cosine", 15, test), expected, atol=1e-5)
+    train, test = blobs[0].astype(np.float32), blobs[1].astype(np.float32)
+    if duplicate_a_train_row:  # strength 1: umap puts such a row exactly on its twin
+        test[:5] = train[:5]
+    # n_epochs unset: umap's transform then picks its layout rounds by size, as _place does.
+    fitted = umap.UMAP(metric="cosine", n_neighbors=15, random_state=0, n_jobs=1).fit(train)
+    expected = fitted.transform(test)
+    # The neighbours umap's transform finds for a small fit: its own distance on all pairs.
+    distances = pairwise_distances(test, train, metric=fitted._input_distance_func)
+    indices = np.argsort(distances, axis=1, kind="stable")[:, :15]
+    placed = _place(fitted, indices, np.take_along_axis(distances, indices, axis=1))
+    np.testing.assert_array_equal(placed, expected)
