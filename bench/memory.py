@@ -80,8 +80,8 @@ def run(work: Path, quick: bool) -> Section:
         f"No step allocates a {n_images:,} × {n_images:,} matrix ({n_images**2 * 4 / 2**30:.1f} GB in "
         f"float32), by construction: search is FAISS top-k against train; DBSCAN gets radius neighbours, "
         f"which scikit-learn computes in chunks of its working memory (1 GB by default, most of this "
-        f"peak); UMAP compares test rows to train in blocks of 4,096 rows; trustworthiness is only ever "
-        f"computed on a sample.",
+        f"peak); UMAP takes each row's nearest train rows from FAISS's brute-force top-k, which scans "
+        f"in blocks; trustworthiness is only ever computed on a sample.",
     )
     total = workflow_mb + clip_mb
     if quick:
