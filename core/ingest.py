@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import re
+import shutil
 import stat
 import struct
 import tempfile
@@ -14,7 +16,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,7 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from core.cache import file_key
 from core.dataset import DISTRACTOR, SPLITS, TEST, TRAIN, Dataset, Embeddings, Item, Rejected
+from core.workspace import workspace_home
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -179,6 +183,9 @@ def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
 
 # --------------------------------------------------------------------------- zips
 
+# Where zips given as dataset sources are unpacked, inside the workspace home, unless told otherwise.
+UNPACKED_FOLDER = "unpacked"
+
 
 @dataclass(frozen=True)
 class ZipLimits:
@@ -312,14 +319,47 @@ class _Candidate:
     name: str  # relative path as the user sees it
 
 
+def _unpacked_once(archive: Path, folder: Path) -> tuple[Path, list[Rejected]]:
+    """The zip's safe members in a folder named by the zip's content hash, unpacked on first use only.
+
+    Another run on the same zip reuses the folder and the refusals recorded beside it, so a large
+    archive is neither unpacked twice nor left behind once per run. A run that dies while
+    unpacking leaves a hidden staging folder, never a half-filled folder under the final name.
+    """
+    target = folder / f"{archive.stem}-{file_key(archive)[:16]}"
+    record = target.with_name(f"{target.name}.refused.json")
+    if target.is_dir() and record.is_file():
+        try:
+            return target, [Rejected(**entry) for entry in json.loads(record.read_text("utf-8"))]
+        except (OSError, ValueError, TypeError):
+            pass  # an unreadable record: unpack again
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=folder))
+    try:
+        rejected = safe_extract_zip(archive, staging)
+        if not record.is_file():
+            shutil.rmtree(target, ignore_errors=True)  # a folder without its record was left incomplete
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another run on the same zip finished first: its folder holds the same files.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    with replaced_atomically(record) as partial:
+        partial.write_text(json.dumps([asdict(entry) for entry in rejected]), "utf-8")
+    return target, rejected
+
+
 def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
     """Read a dataset from a folder, a train.csv, or a .zip of either.
 
     Folder layout: train/<label>/<images>, and test/<images> or test/<label>/<images> ("-1" for
     distractors). CSV layout: train.csv (image,label) with paths relative to the CSV, plus an
     optional test.csv (image[,label]); without test.csv the test/ folder is used. A zip is
-    extracted safely into a new folder under `work_dir` (a temp folder by default), which is kept
-    because the items point into it. Each file gets a header check only; refused files land in
+    extracted safely, once per distinct content, into a folder under `work_dir` (by default
+    ``unpacked`` in the workspace home), which is kept because the items point into it. Each file gets a header check only; refused files land in
     Dataset.rejected and the rest loads. Raises ValueError when no train image is usable.
     """
     source = Path(source).resolve()
@@ -328,10 +368,8 @@ def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
     rejected: list[Rejected] = []
     if source.is_file() and source.suffix.lower() == ".zip":
         name = source.stem
-        if work_dir is not None:
-            Path(work_dir).mkdir(parents=True, exist_ok=True)
-        extracted = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_dir))
-        rejected += safe_extract_zip(source, extracted)
+        extracted, refused = _unpacked_once(source, Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER)
+        rejected += refused
         root = _layout_root(extracted, source)
         train_csv = root / "train.csv"
     elif source.is_file() and source.suffix.lower() == ".csv":

@@ -432,7 +432,46 @@ def test_zip_of_folder_layout(tmp_path, small_layout, wrapper):
     assert dataset.name == "pets"
     assert [i.id for i in dataset.items] == ["c1.jpg", "c2.jpg", "d1.jpg", "t1.jpg", "t2.jpg"]
     assert all(item.path.is_relative_to(work_dir.resolve()) for item in dataset.items)
-    assert load_dataset(archive, work_dir=work_dir).items[0].path != dataset.items[0].path  # fresh folder
+
+
+def test_a_zip_is_unpacked_once_and_reused_until_its_content_changes(tmp_path, small_layout):
+    archive = write_zip(tmp_path / "pets.zip", small_layout)
+    work_dir = tmp_path / "work"
+    first = load_dataset(archive, work_dir=work_dir)
+    unpacked = sorted(path.name for path in work_dir.iterdir())
+    (folder,) = {item.path.relative_to(work_dir.resolve()).parts[0] for item in first.items}
+    assert unpacked == [folder, f"{folder}.refused.json"]  # no staging folder left behind
+
+    edited = work_dir / folder / "train" / "cat" / "c1.jpg"
+    edited.write_bytes(jpeg(BLUE))  # unpacking again would overwrite this
+    again = load_dataset(archive, work_dir=work_dir)
+    assert edited.read_bytes() == jpeg(BLUE)
+    assert [item.path for item in again.items] == [item.path for item in first.items]
+    assert sorted(path.name for path in work_dir.iterdir()) == unpacked
+
+    write_zip(archive, {**small_layout, "train/dog/d2.jpg": jpeg(BLUE)})
+    changed = load_dataset(archive, work_dir=work_dir)
+    assert len(changed.items) == len(first.items) + 1
+    assert len(list(work_dir.glob("pets-*.refused.json"))) == 2
+
+
+def test_a_folder_left_without_its_record_is_unpacked_again(tmp_path, small_layout):
+    archive = write_zip(tmp_path / "pets.zip", {**small_layout, "../evil.jpg": jpeg()})
+    work_dir = tmp_path / "work"
+    first = load_dataset(archive, work_dir=work_dir)
+    (record,) = work_dir.glob("*.refused.json")
+    record.unlink()  # as if the run had died between unpacking and writing the record
+    stray = first.items[0].path.parent / "stray.jpg"
+    stray.write_bytes(jpeg())
+    again = load_dataset(archive, work_dir=work_dir)
+    assert not stray.exists() and record.is_file()
+    assert [r.name for r in again.rejected] == [r.name for r in first.rejected] == ["../evil.jpg"]
+
+
+def test_zips_unpack_into_the_workspace_home_by_default(workspace, tmp_path, small_layout):
+    archive = write_zip(tmp_path / "pets.zip", small_layout)
+    dataset = load_dataset(archive)
+    assert all(item.path.is_relative_to((workspace / "unpacked").resolve()) for item in dataset.items)
 
 
 def test_zip_rejections_join_the_dataset_and_the_rest_loads(tmp_path, small_layout):
