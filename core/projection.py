@@ -33,8 +33,9 @@ UMAP_EPOCHS = 200
 # Layout rounds when placing test rows, as umap-learn's transform picks them by the number of rows.
 PLACEMENT_EPOCHS_UP_TO_10K = 100
 PLACEMENT_EPOCHS_ABOVE_10K = 30
-# umap-learn's own switch: below this many fitted rows it compares all pairs instead of NN-descent.
-UMAP_ALL_PAIRS_BELOW = 4096
+# Up to this many train rows the fit's neighbours are exact (FAISS brute force: about 4 s at 50k).
+# Above, umap-learn's NN-descent finds them approximately, and compiles for about 30 s once per process.
+EXACT_NEIGHBOURS_UP_TO = 50_000
 # umap warns that given neighbours come without its search index; this module never needs it.
 _NO_SEARCH_INDEX_WARNING = "precomputed_knn.2. .knn_search_index. is not an NNDescent object"
 
@@ -215,12 +216,13 @@ def _umap(train, test, config: ProjectionConfig, notes: list[str], report: Progr
         return _joint_fit(train, test, config, report, "UMAP fit", reducer().fit_transform)
     train, test = _pca_first(config, report, train, test)
     report("UMAP fit")
-    if len(train) >= UMAP_ALL_PAIRS_BELOW:
+    if len(train) > EXACT_NEIGHBOURS_UP_TO:
         fitted = reducer().fit(train)
     else:
-        # umap-learn compares all pairs of a small set itself, but through a numba distance that
-        # scikit-learn calls once per pair from Python (about 6 s for 3k rows). Handing it the
-        # exact neighbours, computed vectorised, gives the same graph (BENCHMARKS.md, section 4).
+        # umap-learn compares all pairs of a set under 4,096 rows itself, but through a numba distance
+        # that scikit-learn calls once per pair from Python (about 6 s for 3k rows), and above that
+        # compiles NN-descent. Handing it exact neighbours gives the graph it would build from exact
+        # neighbours (BENCHMARKS.md, section 4).
         neighbours = _nearest(train, train, config.metric, n_neighbors, same_rows=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_NO_SEARCH_INDEX_WARNING)

@@ -287,3 +287,20 @@ def test_placing_test_rows_equals_umaps_own_transform(blobs, duplicate_a_train_r
     indices = np.argsort(distances, axis=1, kind="stable")[:, :15]
     placed = _place(fitted, indices, np.take_along_axis(distances, indices, axis=1))
     np.testing.assert_array_equal(placed, expected)
+
+
+def test_train_sets_above_the_exact_neighbour_limit_use_umaps_own_neighbours(blobs, monkeypatch):
+    import core.projection
+
+    train, test = blobs[0], blobs[1]
+    monkeypatch.setattr(core.projection, "EXACT_NEIGHBOURS_UP_TO", len(train) - 1)
+    nearest, searches = core.projection._nearest, []
+
+    def watched_nearest(rows, to, *args, **kwargs):
+        searches.append((len(rows), len(to)))
+        return nearest(rows, to, *args, **kwargs)
+
+    monkeypatch.setattr(core.projection, "_nearest", watched_nearest)
+    projection = project(train, test, ProjectionConfig())
+    assert searches == [(len(test), len(train))], "only test rows should be searched: the fit finds its own"
+    assert quality(np.vstack([train, test]), np.vstack([projection.train_xy, projection.test_xy])) > 0.85
