@@ -11,7 +11,7 @@ from PIL import Image
 from bench.fixtures import clip_checkpoint, write_photos
 from bench.report import Section, table
 from bench.timing import cores, interleaved, median, median_ratio
-from core.cache import EmbeddingCache
+from core.cache import SIDECAR_SUFFIXES, EmbeddingCache
 from core.dataset import TEST, Dataset, Item
 from core.embed import EmbedConfig, embed_dataset, load_embedder
 from core.ingest import load_image
@@ -95,8 +95,8 @@ def run(work: Path, quick: bool) -> Section:
 
     def pipeline():
         path = work / f"cache-{len(caches)}.sqlite"
-        for stale in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))):
-            stale.unlink(missing_ok=True)  # a kept --work-dir must not hand this run a warm cache
+        for suffix in ("", *SIDECAR_SUFFIXES):  # a kept --work-dir must not hand this run a warm cache
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
         cache = EmbeddingCache(path)
         caches.append(cache)
         vectors["pipeline"] = embed_dataset(dataset, embedder, cache).embeddings.vectors

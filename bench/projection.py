@@ -183,8 +183,9 @@ def _record(timings: dict[str, list[float]], trust: dict[str, float]) -> list[st
         f"n_epochs is set {versus('placement66')}. The rest of the time is umap's layout, on one thread "
         "because a fixed seed makes it so: an unseeded parallel layout would be faster, but the same "
         "inputs would no longer give the same map.",
-        "- Exact neighbours for train sets up to 50,000 rows, not only below umap's 4,096-row switch: "
-        "about 4 s of FAISS at 50k, and no NN-descent compilation (about 30 s) on a user's first map.",
+        f"- Exact neighbours for train sets up to {core.projection.EXACT_NEIGHBOURS_UP_TO:,} rows, not only "
+        "below umap's 4,096-row switch: about 4 s of FAISS at 50k, and no NN-descent compilation "
+        "(about 30 s) on a user's first map.",
         "- Tried and rejected: forcing NN-descent for small train sets (`force_approximation_algorithm`) "
         "added about 20 s of numba compilation to every new process, the warm-up and the tests.",
         "The default path's trustworthiness is well above direct UMAP's, and it puts test rows into "

@@ -25,7 +25,7 @@ BUSY_TIMEOUT_SECONDS = 30
 # Below SQLite's smallest default limit on host parameters per statement (999).
 _KEYS_PER_QUERY = 500
 # SQLite keeps recent writes in these files beside a WAL database; they belong to the file they sit next to.
-_SIDECAR_SUFFIXES = ("-wal", "-shm")
+SIDECAR_SUFFIXES = ("-wal", "-shm")
 
 
 def content_key(data: bytes) -> str:
@@ -89,7 +89,7 @@ class EmbeddingCache:
 
     def _move_aside(self) -> Path:
         moved_to = self.path.with_name(f"{self.path.name}.corrupt-{datetime.now():%Y%m%d-%H%M%S-%f}")
-        for suffix in ("", *_SIDECAR_SUFFIXES):
+        for suffix in ("", *SIDECAR_SUFFIXES):
             source = Path(f"{self.path}{suffix}")
             if source.exists():
                 source.replace(f"{moved_to}{suffix}")

@@ -359,8 +359,9 @@ def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
     distractors). CSV layout: train.csv (image,label) with paths relative to the CSV, plus an
     optional test.csv (image[,label]); without test.csv the test/ folder is used. A zip is
     extracted safely, once per distinct content, into a folder under `work_dir` (by default
-    ``unpacked`` in the workspace home), which is kept because the items point into it. Each file gets a header check only; refused files land in
-    Dataset.rejected and the rest loads. Raises ValueError when no train image is usable.
+    ``unpacked`` in the workspace home), which is kept because the items point into it. Each file
+    gets a header check only; refused files land in Dataset.rejected and the rest loads. Raises
+    ValueError when no train image is usable.
     """
     source = Path(source).resolve()
     if not source.exists():
