@@ -45,11 +45,18 @@ def _check_share(contamination: float) -> None:
         raise ValueError(f"contamination must be a share between 0 and 1, got {contamination}")
 
 
+def _like_threshold(threshold, values):
+    """`values` as Python numbers for a scalar threshold, as arrays for an array of thresholds."""
+    return np.asarray(values).item() if np.ndim(threshold) == 0 else values
+
+
 class ThresholdSweep:
     """Everything that follows a threshold, answered in O(log n) from scores sorted once.
 
     Items scoring below the threshold are flagged. With per-item average precision for both
     verdicts (`ap_if_flagged`, `ap_if_kept`) MAP@k follows; with truth, precision/recall/F1.
+    Every query takes one threshold or an array of them and answers in kind: a plain Python
+    int or float for one threshold, a NumPy array of the same shape for an array.
     """
 
     def __init__(
@@ -84,12 +91,15 @@ class ThresholdSweep:
         return self._distractors is not None
 
     def flagged_count(self, threshold):
-        """How many items score strictly below the threshold (scalar or array of thresholds)."""
+        """How many items score strictly below the threshold."""
+        return _like_threshold(threshold, self._flagged(threshold))
+
+    def _flagged(self, threshold) -> np.ndarray:
         return np.searchsorted(self.sorted_scores, threshold, side="left")
 
     def contamination(self, threshold):
         """Share of items flagged at the threshold."""
-        return self.flagged_count(threshold) / self.n
+        return _like_threshold(threshold, self._flagged(threshold) / self.n)
 
     def threshold_for(self, contamination: float) -> float:
         """The threshold that flags the given share of items (the inverse of `contamination`)."""
@@ -102,15 +112,15 @@ class ThresholdSweep:
     def map_at(self, threshold):
         if not self.has_map:
             raise ValueError("MAP@k needs test truth")
-        flagged = self.flagged_count(threshold)
+        flagged = self._flagged(threshold)
         kept_total = self._kept_ap[-1]
-        return (self._flagged_ap[flagged] + kept_total - self._kept_ap[flagged]) / self.n
+        return _like_threshold(threshold, (self._flagged_ap[flagged] + kept_total - self._kept_ap[flagged]) / self.n)
 
     def detection_at(self, threshold):
         """(precision, recall, F1) of the flags against the known distractors."""
         if not self.has_truth:
             raise ValueError("precision/recall need test truth")
-        flagged = self.flagged_count(threshold)
+        flagged = self._flagged(threshold)
         return precision_recall_f1(self._distractors[flagged], flagged, self._distractors[-1])
 
     def grid(self, points: int = 201) -> np.ndarray:

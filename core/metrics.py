@@ -89,12 +89,14 @@ class DistractorReport:
 
 
 def precision_recall_f1(true_positives, flagged, actual):
-    """Precision, recall and F1 from counts; arrays work element-wise (0 where undefined)."""
+    """Precision, recall and F1 from counts (0 where undefined): floats from single counts, arrays element-wise."""
     tp, flagged, actual = (np.asarray(v, dtype=np.float64) for v in (true_positives, flagged, actual))
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(flagged > 0, tp / flagged, 0.0)
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    if precision.ndim == 0:
+        return float(precision), float(recall), float(f1)
     return precision, recall, f1
 
 

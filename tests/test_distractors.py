@@ -51,6 +51,17 @@ def test_sweep_map_and_detection_equal_a_full_recompute():
     assert best_map >= max(sweep.map_at(sweep.grid(101)))
 
 
+def test_sweep_answers_a_scalar_threshold_with_plain_numbers_and_an_array_with_arrays():
+    sweep = ThresholdSweep(np.array([0.2, 0.4, 0.6]), np.ones(3), np.zeros(3), np.array([True, False, False]))
+    one = (sweep.flagged_count(0.5), sweep.contamination(0.5), sweep.map_at(0.5), *sweep.detection_at(0.5))
+    assert [type(value) for value in one] == [int, float, float, float, float, float]
+    assert one == (2, pytest.approx(2 / 3), pytest.approx(2 / 3), 0.5, 1.0, pytest.approx(2 / 3))
+    thresholds = np.array([0.1, 0.5])
+    many = (sweep.flagged_count(thresholds), sweep.contamination(thresholds), sweep.map_at(thresholds), *sweep.detection_at(thresholds))
+    assert all(isinstance(value, np.ndarray) and value.shape == (2,) for value in many)
+    np.testing.assert_array_equal(many[0], [0, 2])
+
+
 def test_sweep_without_truth_refuses_metrics():
     sweep = ThresholdSweep(np.array([0.1, 0.2]))
     with pytest.raises(ValueError, match="needs test truth"):
