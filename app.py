@@ -4,7 +4,7 @@ import threading
 
 import streamlit as st
 
-from core.projection import warm_up
+from core.maps.projection import warm_up
 from pages import ui
 
 st.set_page_config(page_title="Retrieval Lab", page_icon=":material/image_search:", layout="wide")

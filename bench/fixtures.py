@@ -145,7 +145,7 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 def retrieval_embeddings(n_test: int, n_classes: int = 1000, per_class: int = 3, distractor_share: float = 0.3, seed: int = 0):
     """The product's shape in synthetic vectors: `per_class` train items per class, and `n_test` test
     items of which `distractor_share` come from classes that train does not have ("-1")."""
-    from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
+    from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 
     unseen_classes = max(1, int(n_classes * distractor_share / (1 - distractor_share)))
     space = EmbeddingSpace(n_classes + unseen_classes, seed=seed)

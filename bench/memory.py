@@ -92,12 +92,12 @@ def run(work: Path, quick: bool) -> Section:
 
 
 def _workflow(dataset: Path, home: Path) -> None:
-    from core.cache import EmbeddingCache
-    from core.embed import BASELINE, EmbedConfig
-    from core.ingest import write_embeddings
-    from core.pipeline import analyse, load_embeddings
-    from core.predict import write_submission
-    from core.projection import ProjectionCache, ProjectionConfig, project, projection_key
+    from core.embedding.cache import EmbeddingCache
+    from core.embedding.embed import BASELINE, EmbedConfig
+    from core.io.ingest import write_embeddings
+    from core.retrieval.pipeline import analyse, load_embeddings
+    from core.retrieval.predict import write_submission
+    from core.maps.projection import ProjectionCache, ProjectionConfig, project, projection_key
 
     home.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -129,8 +129,8 @@ def _workflow(dataset: Path, home: Path) -> None:
 
 
 def _clip(checkpoint: Path, photos: Path) -> None:
-    from core.dataset import TEST, Dataset, Item
-    from core.embed import EmbedConfig, embed_dataset, load_embedder
+    from core.records import TEST, Dataset, Item
+    from core.embedding.embed import EmbedConfig, embed_dataset, load_embedder
 
     items = [Item(path.name, TEST, None, path) for path in sorted(photos.glob("*.jpg"))[:CLIP_PHOTOS]]
     embed_dataset(Dataset("photos", items), load_embedder(EmbedConfig(model=str(checkpoint))))

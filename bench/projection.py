@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-import core.projection
+import core.maps.projection
 from bench.fixtures import retrieval_embeddings
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio, run_python
-from core.dataset import TEST, TRAIN
-from core.projection import ProjectionCache, ProjectionConfig, project, projection_key, quality, warm_up
+from core.records import TEST, TRAIN
+from core.maps.projection import ProjectionCache, ProjectionConfig, project, projection_key, quality, warm_up
 
 # 1,000 classes × 3 train images and 13,000 test images: 16,000 rows, the issue's size.
 FULL = {"classes": 1000, "test": 13_000, "rounds": 3, "single_runs": ("tsne", "before", "placement66")}
@@ -146,12 +146,12 @@ def run(work: Path, quick: bool) -> Section:
 @contextmanager
 def _placement_rounds(rounds: int):
     """The default path with another number of layout rounds for placing test rows (above 10k rows)."""
-    kept = core.projection.PLACEMENT_EPOCHS_ABOVE_10K
-    core.projection.PLACEMENT_EPOCHS_ABOVE_10K = rounds
+    kept = core.maps.projection.PLACEMENT_EPOCHS_ABOVE_10K
+    core.maps.projection.PLACEMENT_EPOCHS_ABOVE_10K = rounds
     try:
         yield
     finally:
-        core.projection.PLACEMENT_EPOCHS_ABOVE_10K = kept
+        core.maps.projection.PLACEMENT_EPOCHS_ABOVE_10K = kept
 
 
 def _record(timings: dict[str, list[float]], trust: dict[str, float]) -> list[str]:
@@ -172,7 +172,7 @@ def _record(timings: dict[str, list[float]], trust: dict[str, float]) -> list[st
         "- umap-learn runs 500 layout epochs for fits under 10k rows; 200, its own choice for larger "
         "sets, halved the train fit at the same trustworthiness.",
         "- Placing test rows, umap-learn's `transform` walked the rows in Python twice (sorting each "
-        "sparse row, then `init_graph_transform`), about 3 s for 13k rows. `core.projection._place` "
+        "sparse row, then `init_graph_transform`), about 3 s for 13k rows. `core.maps.projection._place` "
         "runs the same steps with that part vectorised; a test holds its output equal to umap's "
         "`transform` bit for bit (umap seeds each row's random negative samples from the bits of its "
         "starting position, so anything less than bit-equal starts gives another layout).",
@@ -183,7 +183,7 @@ def _record(timings: dict[str, list[float]], trust: dict[str, float]) -> list[st
         f"n_epochs is set {versus('placement66')}. The rest of the time is umap's layout, on one thread "
         "because a fixed seed makes it so: an unseeded parallel layout would be faster, but the same "
         "inputs would no longer give the same map.",
-        f"- Exact neighbours for train sets up to {core.projection.EXACT_NEIGHBOURS_UP_TO:,} rows, not only "
+        f"- Exact neighbours for train sets up to {core.maps.projection.EXACT_NEIGHBOURS_UP_TO:,} rows, not only "
         "below umap's 4,096-row switch: about 4 s of FAISS at 50k, and no NN-descent compilation "
         "(about 30 s) on a user's first map.",
         "- Tried and rejected: forcing NN-descent for small train sets (`force_approximation_algorithm`) "
@@ -208,10 +208,10 @@ def _first_click(section: Section, nn_descent_first_fit: float) -> None:
     section.add(
         "**numba start-up**, each in a fresh process, projecting 300 train + 700 test rows of 512-d: "
         f"with nothing warmed the first click takes {seconds(cold_click)}; `app.py` starts "
-        f"`core.projection.warm_up` in a background thread at server start, which takes "
+        f"`core.maps.projection.warm_up` in a background thread at server start, which takes "
         f"{seconds(float(warm['WARM_UP']))} there, after which the first click takes "
         f"{seconds(warm_click)}. The warm-up compiles everything the default path runs for train sets up "
-        f"to {core.projection.EXACT_NEIGHBOURS_UP_TO:,} rows, whose neighbours come from FAISS rather "
+        f"to {core.maps.projection.EXACT_NEIGHBOURS_UP_TO:,} rows, whose neighbours come from FAISS rather "
         f"than umap's NN-descent. umap-learn used directly compiles NN-descent once per process for "
         f"4,096 rows or more: this run's untimed first direct fit of 5,000 rows took "
         f"{seconds(nn_descent_first_fit)}, nearly all of it compiling."

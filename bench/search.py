@@ -10,8 +10,8 @@ import numpy as np
 from bench.fixtures import EmbeddingSpace, retrieval_embeddings
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio
-from core.dataset import TEST, TRAIN
-from core.index import EXACT_UP_TO, VectorIndex
+from core.records import TEST, TRAIN
+from core.retrieval.index import EXACT_UP_TO, VectorIndex
 
 FULL = {"rounds": 5, "large": 1_000_000, "queries": 1000, "singles": 20, "kinds_at": 100_000}
 QUICK = {"rounds": 3, "large": 200_000, "queries": 500, "singles": 10, "kinds_at": None}
@@ -63,7 +63,7 @@ def _product_size(section: Section, plan) -> None:
             ["method", "median time", "speed-up"],
             [
                 ["numpy brute force (matmul, argpartition, sort)", seconds(median(timings["numpy"])), "1.0×"],
-                ["FAISS IndexFlatIP (`core.index.VectorIndex`)", seconds(median(timings["faiss"])), f"{median_ratio(timings['numpy'], timings['faiss']):.1f}×"],
+                ["FAISS IndexFlatIP (`core.retrieval.index.VectorIndex`)", seconds(median(timings["faiss"])), f"{median_ratio(timings['numpy'], timings['faiss']):.1f}×"],
             ],
         ),
         f"Both return the same top-{K} similarities: {same}.",

@@ -40,9 +40,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def _load(args, source=None, model=None):
     """Embeddings for the command's source, reporting what was refused."""
-    from core.cache import EmbeddingCache
-    from core.embed import EmbedConfig
-    from core.pipeline import is_embeddings_file, load_embeddings
+    from core.embedding.cache import EmbeddingCache
+    from core.embedding.embed import EmbedConfig
+    from core.retrieval.pipeline import is_embeddings_file, load_embeddings
 
     source = source or args.source
     embed_config = None
@@ -58,7 +58,7 @@ def _load(args, source=None, model=None):
 
 
 def _predict_config(args):
-    from core.pipeline import PredictConfig
+    from core.retrieval.pipeline import PredictConfig
 
     return PredictConfig(
         k=args.k,
@@ -70,7 +70,7 @@ def _predict_config(args):
 
 
 def _flags(analysis, args):
-    from core.distractors import DbscanConfig
+    from core.retrieval.distractors import DbscanConfig
 
     if args.detector == "dbscan":
         return analysis.dbscan(DbscanConfig(eps=args.eps, min_samples=args.min_samples))
@@ -78,7 +78,7 @@ def _flags(analysis, args):
 
 
 def cmd_demo(args) -> int:
-    from core.demo import write_demo_dataset, write_digits_dataset
+    from core.io.demo import write_demo_dataset, write_digits_dataset
 
     root = (write_digits_dataset if args.digits else write_demo_dataset)(Path(args.out_dir), seed=args.seed)
     print(f"wrote {'digits' if args.digits else 'demo'} dataset to {root}")
@@ -86,7 +86,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from core.embed import list_models
+    from core.embedding.embed import list_models
 
     for name, description in list_models().items():
         print(f"{name:40s} {description}")
@@ -95,7 +95,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from core.ingest import write_embeddings
+    from core.io.ingest import write_embeddings
 
     loaded = _load(args)
     write_embeddings(args.out, loaded.embeddings)
@@ -104,8 +104,8 @@ def cmd_embed(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from core.pipeline import analyse
-    from core.predict import write_submission
+    from core.retrieval.pipeline import analyse
+    from core.retrieval.predict import write_submission
 
     analysis = analyse(_load(args).embeddings, _predict_config(args))
     flags = _flags(analysis, args)
@@ -131,7 +131,7 @@ def _format_report(report: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from core.pipeline import analyse
+    from core.retrieval.pipeline import analyse
 
     loaded = _load(args)
     analysis = analyse(loaded.embeddings, _predict_config(args))
@@ -155,8 +155,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from core.metrics import map_at_k
-    from core.predict import read_submission, read_truth
+    from core.retrieval.metrics import map_at_k
+    from core.retrieval.predict import read_submission, read_truth
 
     submission, truth = read_submission(args.submission), read_truth(args.truth)
     missing = [image_id for image_id in truth if image_id not in submission]
@@ -171,7 +171,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from core.compare import as_json, compare_methods, format_table
+    from core.methods.compare import as_json, compare_methods, format_table
 
     embeddings = _load(args).embeddings
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -183,7 +183,7 @@ def cmd_compare(args) -> int:
 
 
 def _ensemble_members(args):
-    from core.pipeline import is_embeddings_file
+    from core.retrieval.pipeline import is_embeddings_file
 
     if all(is_embeddings_file(source) for source in args.sources):
         if len(args.sources) < 2:
@@ -198,9 +198,9 @@ def _ensemble_members(args):
 
 
 def cmd_ensemble(args) -> int:
-    from core.ensemble import combine, search_weights, validation_map
-    from core.ingest import write_embeddings
-    from core.pipeline import PredictConfig
+    from core.methods.ensemble import combine, search_weights, validation_map
+    from core.io.ingest import write_embeddings
+    from core.retrieval.pipeline import PredictConfig
 
     members = _ensemble_members(args)
     if args.weights:
@@ -224,7 +224,7 @@ def cmd_ensemble(args) -> int:
 
 
 def _add_embedding_options(parser):
-    from core.embed import EmbedConfig
+    from core.embedding.embed import EmbedConfig
 
     defaults = EmbedConfig()
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per model call")
@@ -232,13 +232,13 @@ def _add_embedding_options(parser):
 
 
 def _add_source(parser, what="a dataset folder or .zip, or an embeddings .parquet"):
-    from core.embed import DEFAULT_MODEL
+    from core.embedding.embed import DEFAULT_MODEL
 
     parser.add_argument("source", help=what)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"CLIP id or local directory, or 'baseline' (default {DEFAULT_MODEL})")
     _add_embedding_options(parser)
 def _add_prediction(parser):
-    from core.pipeline import PredictConfig
+    from core.retrieval.pipeline import PredictConfig
 
     defaults = PredictConfig()
     rule = parser.add_mutually_exclusive_group()
@@ -307,13 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _method_names() -> list[str]:
-    from core.compare import METHODS
+    from core.methods.compare import METHODS
 
     return list(METHODS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.embed import ModelUnavailableError
+    from core.embedding.embed import ModelUnavailableError
 
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning

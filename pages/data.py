@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from core.dataset import TEST, TRAIN
-from core.pipeline import is_embeddings_file
+from core.records import TEST, TRAIN
+from core.retrieval.pipeline import is_embeddings_file
 from pages import ui
 
 ws = ui.workspace()

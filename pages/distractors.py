@@ -3,8 +3,8 @@
 import numpy as np
 import streamlit as st
 
-from core.distractors import DbscanConfig
-from core.figures import contamination_curve, metric_curve, score_histogram
+from core.retrieval.distractors import DbscanConfig
+from core.maps.figures import contamination_curve, metric_curve, score_histogram
 from pages import ui
 
 st.title("Distractors")

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from core.embed import BASELINE, PRECISIONS, EmbedConfig, list_models
-from core.ensemble import search_weights, validation_map
+from core.embedding.embed import BASELINE, PRECISIONS, EmbedConfig, list_models
+from core.methods.ensemble import search_weights, validation_map
 from pages import ui
 
 st.title("Embed")

@@ -5,11 +5,11 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.compare import BASELINE, METHODS, REGRESSION, as_json, compare_methods, format_table
-from core.dataset import DISTRACTOR
-from core.figures import class_frequency
-from core.predict import submission_csv
-from core.workspace import safe_file_name
+from core.methods.compare import BASELINE, METHODS, REGRESSION, as_json, compare_methods, format_table
+from core.records import DISTRACTOR
+from core.maps.figures import class_frequency
+from core.retrieval.predict import submission_csv
+from core.paths import safe_file_name
 from pages import ui
 
 st.title("Evaluate & export")

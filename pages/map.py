@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from core.figures import COLOUR_MODES, analysis_map_points, scatter_map
-from core.projection import METHODS, METRICS, ProjectionConfig
+from core.maps.figures import COLOUR_MODES, analysis_map_points, scatter_map
+from core.maps.projection import METHODS, METRICS, ProjectionConfig
 from pages import ui
 
 METHOD_NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from core.index import Neighbours
-from core.metrics import average_precision_at_k
-from core.predict import place_distractor
+from core.retrieval.index import Neighbours
+from core.retrieval.metrics import average_precision_at_k
+from core.retrieval.predict import place_distractor
 from pages import ui
 
 QUERY_KINDS = ("A test image", "An uploaded image", "A text")

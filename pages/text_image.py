@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from core.dataset import DISTRACTOR
-from core.ingest import prompts_for
-from core.metrics import top1_accuracy
-from core.regression import rank_prompts
-from core.zeroshot import measured, results_table
+from core.records import DISTRACTOR
+from core.io.ingest import prompts_for
+from core.retrieval.metrics import top1_accuracy
+from core.methods.regression import rank_prompts
+from core.methods.zeroshot import measured, results_table
 from pages import ui
 
 TEXT_SOURCES = ("Class prompts", "Typed", "A .txt or .csv file")

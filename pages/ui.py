@@ -16,10 +16,10 @@ import numpy as np
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from core.cache import EmbeddingCache
-from core.dataset import TEST, TRAIN, Dataset, Embeddings, Rejected
-from core.demo import write_demo_dataset, write_digits_dataset
-from core.embed import (
+from core.embedding.cache import EmbeddingCache
+from core.records import TEST, TRAIN, Dataset, Embeddings, Rejected
+from core.io.demo import write_demo_dataset, write_digits_dataset
+from core.embedding.embed import (
     BASELINE,
     DEFAULT_MODEL,
     EmbedConfig,
@@ -29,9 +29,9 @@ from core.embed import (
     embed_texts_cached,
     load_embedder,
 )
-from core.ensemble import combine
-from core.index import Neighbours, VectorIndex
-from core.ingest import (
+from core.methods.ensemble import combine
+from core.retrieval.index import Neighbours, VectorIndex
+from core.io.ingest import (
     IMAGE_EXTENSIONS,
     ImageRejected,
     load_dataset,
@@ -40,7 +40,7 @@ from core.ingest import (
     safe_extract_zip,
     write_embeddings,
 )
-from core.pipeline import (
+from core.retrieval.pipeline import (
     Analysis,
     LoadedEmbeddings,
     PredictConfig,
@@ -49,8 +49,9 @@ from core.pipeline import (
     load_embeddings,
     search_and_rank,
 )
-from core.projection import Projection, ProjectionCache, ProjectionConfig, project, projection_key
-from core.workspace import DatasetEntry, Workspace, confined_path, safe_file_name, workspace_home
+from core.maps.projection import Projection, ProjectionCache, ProjectionConfig, project, projection_key
+from core.paths import confined_path, safe_file_name, workspace_home
+from core.session.workspace import DatasetEntry, Workspace
 
 HOW_TO_GET_CLIP = (
     "To use CLIP, put a checkpoint where this server can read it: a folder made with "
@@ -324,7 +325,7 @@ def ensemble_recipe(ws: Workspace, main: EmbedConfig) -> Recipe:
 
 
 def ensemble_embeddings(entry: DatasetEntry, recipe: Recipe) -> LoadedEmbeddings:
-    """Each member's vectors, norm-scaled and combined with its weight (core.ensemble.combine)."""
+    """Each member's vectors, norm-scaled and combined with its weight (core.methods.ensemble.combine)."""
     store = _embedded()
     key = (entry.source, recipe)
     if key not in store["results"]:
@@ -437,7 +438,7 @@ def _train_index(source: str, embed_config: EmbedConfig, _train_vectors: np.ndar
 
 
 def search_train(current: Session, query_vectors: np.ndarray) -> tuple[Neighbours, list[list[str]], np.ndarray]:
-    """Nearest train items, ranked labels and distractor scores of queries (core.pipeline.search_and_rank)."""
+    """Nearest train items, ranked labels and distractor scores of queries (core.retrieval.pipeline.search_and_rank)."""
     train = current.analysis.train
     index = _train_index(current.entry.source, current.embed_config, train.vectors)
     return search_and_rank(index, train.labels.astype(object), query_vectors, current.analysis.config)
@@ -488,7 +489,7 @@ def read_uploaded_images(uploads) -> tuple[list[str], list, list[Rejected]]:
 
 
 def texts_from_upload(upload, column: str | None = None) -> list[str]:
-    """Texts of an uploaded .txt (one per line) or .csv (a column), read by core.ingest.load_texts."""
+    """Texts of an uploaded .txt (one per line) or .csv (a column), read by core.io.ingest.load_texts."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / safe_file_name(upload.name, "texts.txt")
         path.write_bytes(upload.getvalue())
@@ -496,7 +497,7 @@ def texts_from_upload(upload, column: str | None = None) -> list[str]:
 
 
 def embeddings_parquet(embeddings: Embeddings) -> bytes:
-    """The embeddings as the bytes of a Parquet file (core.ingest.write_embeddings)."""
+    """The embeddings as the bytes of a Parquet file (core.io.ingest.write_embeddings)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "embeddings.parquet"
         write_embeddings(path, embeddings)

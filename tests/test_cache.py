@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 
-from core.cache import EmbeddingCache, content_key, file_key, text_key
+from core.embedding.cache import EmbeddingCache, content_key, file_key, text_key
 
 
 def unit_vectors(count: int, dim: int = 8, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.__main__ import main
-from core.demo import write_demo_dataset
+from core.io.demo import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from core.compare import METHODS, TIE_MARGIN, as_json, compare_methods, format_table
-from core.heads import HeadConfig
-from core.pipeline import PredictConfig, analyse
+from core.methods.compare import METHODS, TIE_MARGIN, as_json, compare_methods, format_table
+from core.methods.heads import HeadConfig
+from core.retrieval.pipeline import PredictConfig, analyse
 from test_pipeline import clustered_embeddings
 
 # Fewer steps than the default keep the file fast; the data are small and well clustered.

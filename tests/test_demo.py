@@ -1,4 +1,4 @@
-"""Tests for core.demo: the synthetic shapes dataset and the scikit-learn digits dataset."""
+"""Tests for core.io.demo: the synthetic shapes dataset and the scikit-learn digits dataset."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from core.dataset import DISTRACTOR, TEST, TRAIN
-from core.demo import (
+from core.records import DISTRACTOR, TEST, TRAIN
+from core.io.demo import (
     COLOURS,
     DISTRACTOR_COLOURS,
     DISTRACTOR_SHAPES,
@@ -21,7 +21,7 @@ from core.demo import (
     write_demo_dataset,
     write_digits_dataset,
 )
-from core.ingest import load_dataset, load_texts, prompts_for
+from core.io.ingest import load_dataset, load_texts, prompts_for
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:

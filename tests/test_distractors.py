@@ -3,14 +3,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.distractors import (
+from core.retrieval.distractors import (
     DbscanConfig,
     ThresholdSweep,
     dbscan_flags,
     distractor_scores,
     leave_one_out_scores,
 )
-from core.index import Neighbours
+from core.retrieval.index import Neighbours
 
 
 def test_scores_max_and_mean():

@@ -8,10 +8,10 @@ from PIL import Image
 from transformers import BertConfig, CLIPConfig, CLIPModel, CLIPProcessor
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-import core.embed
-from core.cache import EmbeddingCache
-from core.dataset import TEST, TRAIN, Dataset, Item
-from core.embed import (
+import core.embedding.embed
+from core.embedding.cache import EmbeddingCache
+from core.records import TEST, TRAIN, Dataset, Item
+from core.embedding.embed import (
     BASELINE,
     KNOWN_MODELS,
     BaselineEmbedder,
@@ -24,7 +24,7 @@ from core.embed import (
     list_models,
     load_embedder,
 )
-from core.ingest import load_image
+from core.io.ingest import load_image
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 TEXTS = ["a photo of a cat", "photo", "a " * 60 + "cat"]  # the last one is longer than the model's 32 tokens
@@ -365,7 +365,7 @@ def tiny_clip_with_vision_layers(tiny_clip_dir, tmp_path, layers):
 def load_watching_the_last_layer(monkeypatch, checkpoint, precision="fp32", change_model=None):
     """The embedder, and the shapes its last vision layer's MLP receives: (n, hidden) when it runs for the CLS token only."""
     mlp_inputs = []
-    load_checkpoint = core.embed._load_checkpoint
+    load_checkpoint = core.embedding.embed._load_checkpoint
 
     def load_and_watch(*args):
         model, image_processor, tokenizer = load_checkpoint(*args)
@@ -375,7 +375,7 @@ def load_watching_the_last_layer(monkeypatch, checkpoint, precision="fp32", chan
             change_model(model)
         return model, image_processor, tokenizer
 
-    monkeypatch.setattr(core.embed, "_load_checkpoint", load_and_watch)
+    monkeypatch.setattr(core.embedding.embed, "_load_checkpoint", load_and_watch)
     return load_embedder(EmbedConfig(model=str(checkpoint), precision=precision)), mlp_inputs
 
 

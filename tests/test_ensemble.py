@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from core.dataset import Embeddings
-from core.ensemble import combine, search_weights, validation_map
-from core.pipeline import analyse
+from core.records import Embeddings
+from core.methods.ensemble import combine, search_weights, validation_map
+from core.retrieval.pipeline import analyse
 from test_index import unit_rows
 
 

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from core.cache import CACHE_FILE_NAME, EmbeddingCache
-from core.demo import write_demo_dataset
-from core.embed import BaselineEmbedder, EmbedConfig, ModelUnavailableError, embed_dataset, load_embedder
-from core.ingest import load_dataset
+from core.embedding.cache import CACHE_FILE_NAME, EmbeddingCache
+from core.io.demo import write_demo_dataset
+from core.embedding.embed import BaselineEmbedder, EmbedConfig, ModelUnavailableError, embed_dataset, load_embedder
+from core.io.ingest import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8
 # The child slows each batch's commit so the kill lands half-way; the code under test is unchanged.
 SLOW_EMBED = """
 import sys, time
-import core.cache as cache
+import core.embedding.cache as cache
 real = cache.EmbeddingCache.put_many
 cache.EmbeddingCache.put_many = lambda self, model, vectors: (time.sleep(0.25), real(self, model, vectors))[1]
 from core.__main__ import main

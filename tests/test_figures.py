@@ -1,12 +1,12 @@
-"""Tests for core.figures: trace types, point counts, row mapping, marked thresholds and optima."""
+"""Tests for core.maps.figures: trace types, point counts, row mapping, marked thresholds and optima."""
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.figures import (
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.maps.figures import (
     COLOUR_MODES,
     DISTRACTOR_COLOUR,
     UNKNOWN_COLOUR,
@@ -17,7 +17,7 @@ from core.figures import (
     scatter_map,
     score_histogram,
 )
-from core.projection import Projection, ProjectionConfig
+from core.maps.projection import Projection, ProjectionConfig
 
 N_TRAIN, N_TEST = 30, 50
 CLASSES = ["class0", "class1", "class2", "class3"]
@@ -227,8 +227,8 @@ def test_class_frequency_rejects_a_zero_top_n():
 
 
 def test_analysis_map_points_puts_scores_flags_and_predictions_on_the_right_rows(embeddings, projection):
-    from core.figures import analysis_map_points
-    from core.pipeline import analyse
+    from core.maps.figures import analysis_map_points
+    from core.retrieval.pipeline import analyse
 
     analysis = analyse(embeddings)
     threshold = float(np.median(analysis.scores))

@@ -27,15 +27,16 @@ from PIL import Image
 from test_ingest import EXPECTED_DISPLAY, SVG, bomb_png, encode, write_files, write_raw_parquet
 from test_pages import run_page
 
-from core.cache import EmbeddingCache
-from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.distractors import ThresholdSweep
-from core.embed import BASELINE, EmbedConfig
-from core.ingest import ImageRejected, load_dataset, load_image, load_texts, read_embeddings, safe_extract_zip, write_embeddings
-from core.metrics import average_precision_at_k, distractor_report, map_at_k, precision_recall_f1
-from core.pipeline import PredictConfig, analyse, load_embeddings
-from core.predict import read_submission, write_submission
-from core.workspace import Workspace, confined_path, safe_file_name
+from core.embedding.cache import EmbeddingCache
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.retrieval.distractors import ThresholdSweep
+from core.embedding.embed import BASELINE, EmbedConfig
+from core.io.ingest import ImageRejected, load_dataset, load_image, load_texts, read_embeddings, safe_extract_zip, write_embeddings
+from core.retrieval.metrics import average_precision_at_k, distractor_report, map_at_k, precision_recall_f1
+from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
+from core.retrieval.predict import read_submission, write_submission
+from core.paths import confined_path, safe_file_name
+from core.session.workspace import Workspace
 from pages import ui
 
 REPO = Path(__file__).resolve().parents[1]
@@ -436,10 +437,10 @@ FULL_DISK_WRITER = """
 import json, resource, signal, sys
 from pathlib import Path
 import numpy as np
-from core.cache import EmbeddingCache
-from core.dataset import Embeddings
-from core.ingest import write_embeddings
-from core.predict import write_submission
+from core.embedding.cache import EmbeddingCache
+from core.records import Embeddings
+from core.io.ingest import write_embeddings
+from core.retrieval.predict import write_submission
 
 folder, limit = Path(sys.argv[1]), int(sys.argv[2])
 rows = 20_000

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-import core.heads as heads
-from core.dataset import DISTRACTOR
-from core.heads import HEADS, ArcFaceHead, HeadConfig, SimClrHead, TripletHead, make_head
-from core.pipeline import PredictConfig, retrieve
+import core.methods.heads as heads
+from core.records import DISTRACTOR
+from core.methods.heads import HEADS, ArcFaceHead, HeadConfig, SimClrHead, TripletHead, make_head
+from core.retrieval.pipeline import PredictConfig, retrieve
 from test_pipeline import clustered_embeddings
 
 # Fewer steps than the default keep the file fast; the data are small and well clustered.

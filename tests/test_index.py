@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.index import EXACT_UP_TO, VectorIndex, resolve_kind, search
+from core.retrieval.index import EXACT_UP_TO, VectorIndex, resolve_kind, search
 
 
 def unit_rows(rng, n, d):

@@ -1,4 +1,4 @@
-"""Tests for core.ingest: image loading, dataset layouts, zip safety, Parquet embeddings, texts."""
+"""Tests for core.io.ingest: image loading, dataset layouts, zip safety, Parquet embeddings, texts."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core import ingest
-from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.ingest import (
+from core.io import ingest
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.io.ingest import (
     IMAGE_EXTENSIONS,
     MODEL_METADATA_KEY,
     ImageRejected,

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.metrics import (
+from core.retrieval.metrics import (
     average_precision_at_k,
     distractor_report,
     map_at_k,

@@ -9,13 +9,13 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import core.projection
-from core.dataset import TEST, TRAIN, Embeddings
-from core.demo import write_demo_dataset
-from core.embed import BASELINE, EmbedConfig
-from core.ingest import write_embeddings
-from core.pipeline import analyse, load_embeddings
-from core.workspace import DatasetEntry, Workspace
+import core.maps.projection
+from core.records import TEST, TRAIN, Embeddings
+from core.io.demo import write_demo_dataset
+from core.embedding.embed import BASELINE, EmbedConfig
+from core.io.ingest import write_embeddings
+from core.retrieval.pipeline import analyse, load_embeddings
+from core.session.workspace import DatasetEntry, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 MY_PAGES = ("map", "neighbours", "evaluate", "text_image")
@@ -98,7 +98,7 @@ def metrics(app: AppTest) -> dict[str, str]:
 
 def test_my_pages_run_through_the_app_navigation(monkeypatch):
     # Compiling UMAP in the background is the app's start-up business, not these pages'.
-    monkeypatch.setattr(core.projection, "warm_up", lambda *args, **kwargs: None)
+    monkeypatch.setattr(core.maps.projection, "warm_up", lambda *args, **kwargs: None)
     app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=SECONDS)
     app.session_state["map_method"] = "pca"
     app.run()

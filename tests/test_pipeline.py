@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from core.dataset import Embeddings
-from core.metrics import map_at_k
-from core.pipeline import PredictConfig, analyse, pseudo_distractor_split
+from core.records import Embeddings
+from core.retrieval.metrics import map_at_k
+from core.retrieval.pipeline import PredictConfig, analyse, pseudo_distractor_split
 
 
 def clustered_embeddings(seed=0, n_classes=20, n_distractor_classes=8, train_per_class=3, test_per_class=4, dim=32, spread=0.35, truth=True):

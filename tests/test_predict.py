@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from core.index import Neighbours
-from core.predict import (
+from core.retrieval.index import Neighbours
+from core.retrieval.predict import (
     neighbours_needed,
     place_distractor,
     rank_labels,

@@ -1,10 +1,10 @@
-"""Tests for core.projection: quality floors on seeded clusters, clamping, validation, cache."""
+"""Tests for core.maps.projection: quality floors on seeded clusters, clamping, validation, cache."""
 
 import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from core.projection import (
+from core.maps.projection import (
     METHODS,
     Projection,
     ProjectionCache,
@@ -235,7 +235,7 @@ def test_warm_up_runs():
 def test_nearest_equals_brute_force_for_every_metric(blobs, metric):
     from sklearn.metrics import pairwise_distances
 
-    from core.projection import _nearest
+    from core.maps.projection import _nearest
 
     train, test = blobs[0].astype(np.float32), blobs[1].astype(np.float32)
     indices, distances = _nearest(test, train, metric, 15)
@@ -246,7 +246,7 @@ def test_nearest_equals_brute_force_for_every_metric(blobs, metric):
 
 
 def test_nearest_among_the_same_rows_puts_each_row_first_at_distance_zero(blobs):
-    from core.projection import _nearest
+    from core.maps.projection import _nearest
 
     train = np.vstack([blobs[0], blobs[0][:3]])  # three exact duplicates compete for first place
     indices, distances = _nearest(train, train, "cosine", 15, same_rows=True)
@@ -258,7 +258,7 @@ def test_nearest_among_the_same_rows_puts_each_row_first_at_distance_zero(blobs)
 def test_umap_fitted_on_given_neighbours_has_umaps_own_neighbour_graph(blobs):
     import umap
 
-    from core.projection import _nearest
+    from core.maps.projection import _nearest
 
     train = blobs[0]
     settings = {"n_neighbors": 15, "random_state": 0, "n_jobs": 1, "metric": "cosine"}
@@ -274,7 +274,7 @@ def test_placing_test_rows_equals_umaps_own_transform(blobs, duplicate_a_train_r
     import umap
     from sklearn.metrics import pairwise_distances
 
-    from core.projection import _place
+    from core.maps.projection import _place
 
     train, test = blobs[0].astype(np.float32), blobs[1].astype(np.float32)
     if duplicate_a_train_row:  # strength 1: umap puts such a row exactly on its twin
@@ -290,17 +290,17 @@ def test_placing_test_rows_equals_umaps_own_transform(blobs, duplicate_a_train_r
 
 
 def test_train_sets_above_the_exact_neighbour_limit_use_umaps_own_neighbours(blobs, monkeypatch):
-    import core.projection
+    import core.maps.projection
 
     train, test = blobs[0], blobs[1]
-    monkeypatch.setattr(core.projection, "EXACT_NEIGHBOURS_UP_TO", len(train) - 1)
-    nearest, searches = core.projection._nearest, []
+    monkeypatch.setattr(core.maps.projection, "EXACT_NEIGHBOURS_UP_TO", len(train) - 1)
+    nearest, searches = core.maps.projection._nearest, []
 
     def watched_nearest(rows, to, *args, **kwargs):
         searches.append((len(rows), len(to)))
         return nearest(rows, to, *args, **kwargs)
 
-    monkeypatch.setattr(core.projection, "_nearest", watched_nearest)
+    monkeypatch.setattr(core.maps.projection, "_nearest", watched_nearest)
     projection = project(train, test, ProjectionConfig())
     assert searches == [(len(test), len(train))], "only test rows should be searched: the fit finds its own"
     assert quality(np.vstack([train, test]), np.vstack([projection.train_xy, projection.test_xy])) > 0.85

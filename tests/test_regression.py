@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.regression import (
+from core.methods.regression import (
     clip_scores,
     cosine_scores,
     dedupe_pairs,

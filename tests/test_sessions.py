@@ -43,11 +43,11 @@ from test_browser import (  # noqa: F401 - app_url and browser are fixtures: one
 )
 from test_pages import assert_ran, fresh_server, metric_values, run_page  # noqa: F401 - fresh_server: autouse fixture
 
-from core.dataset import TEST
-from core.demo import write_demo_dataset, write_digits_dataset
-from core.embed import EmbedConfig
-from core.ingest import load_dataset
-from core.workspace import DatasetEntry, Workspace
+from core.records import TEST
+from core.io.demo import write_demo_dataset, write_digits_dataset
+from core.embedding.embed import EmbedConfig
+from core.io.ingest import load_dataset
+from core.session.workspace import DatasetEntry, Workspace
 from pages import ui
 
 LOAD_SESSIONS = int(os.environ.get("RETRIEVAL_LAB_LOAD_SESSIONS", "3"))

@@ -1,6 +1,7 @@
 import pytest
 
-from core.workspace import DatasetEntry, Workspace, confined_path, safe_file_name, workspace_home
+from core.paths import confined_path, safe_file_name, workspace_home
+from core.session.workspace import DatasetEntry, Workspace
 
 
 def test_home_follows_the_environment(tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from core.regression import rank_prompts
-from core.zeroshot import RESULT_COLUMNS, measured, results_table
+from core.methods.regression import rank_prompts
+from core.methods.zeroshot import RESULT_COLUMNS, measured, results_table
 
 
 @pytest.fixture

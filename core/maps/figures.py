@@ -11,11 +11,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.projection import Projection
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.maps.projection import Projection
 
 if TYPE_CHECKING:
-    from core.pipeline import Analysis
+    from core.retrieval.pipeline import Analysis
 
 TEMPLATE = "plotly_white"
 TRAIN_COLOUR = "#1f77b4"

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.dataset import TRAIN, Embeddings
-from core.pipeline import PredictConfig, validate_threshold
-from core.regression import unit_rows
+from core.records import TRAIN, Embeddings
+from core.retrieval.pipeline import PredictConfig, validate_threshold
+from core.methods.regression import unit_rows
 
 MODES = ("auto", "sum", "concat")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.dataset import DISTRACTOR
+from core.records import DISTRACTOR
 
 # Seed 003's competition limit for a universal image embedding.
 ARCFACE_MAX_DIM = 64

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core.regression import PromptRanking
+from core.methods.regression import PromptRanking
 
 RESULT_COLUMNS = ("image", "rank", "text", "clip_score", "probability")
 
@@ -20,7 +20,7 @@ RESULT_COLUMNS = ("image", "rank", "text", "clip_score", "probability")
 def results_table(image_names: Sequence[str], ranking: PromptRanking) -> pd.DataFrame:
     """One row per (image, ranked text), each image's texts best first; rank 1 is its zero-shot label.
 
-    ``ranking`` comes from core.regression.rank_prompts; rank it with k = the number of candidate
+    ``ranking`` comes from core.methods.regression.rank_prompts; rank it with k = the number of candidate
     texts for every pair, or a smaller k for each image's best texts only.
     """
     n_images, k = ranking.indices.shape

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 # One definition of the workspace folder serves the cache and the per-user state.
-from core.workspace import workspace_home
+from core.paths import workspace_home
 
 __all__ = ["EmbeddingCache", "content_key", "file_key", "text_key", "workspace_home"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.dataset import DISTRACTOR
-from core.index import Neighbours
-from core.ingest import replaced_atomically
+from core.records import DISTRACTOR
+from core.retrieval.index import Neighbours
+from core.io.ingest import replaced_atomically
 
 
 def neighbours_needed(train_labels: Sequence[str], k: int = 5) -> int:

@@ -9,13 +9,13 @@ from functools import partial
 
 import numpy as np
 
-from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.distractors import ThresholdSweep
-from core.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
-from core.metrics import distractor_report, map_at_k, top1_accuracy
-from core.pipeline import PredictConfig, analyse, pseudo_distractor_split
-from core.predict import place_distractor
-from core.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine, unit_rows
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.retrieval.distractors import ThresholdSweep
+from core.methods.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
+from core.retrieval.metrics import distractor_report, map_at_k, top1_accuracy
+from core.retrieval.pipeline import PredictConfig, analyse, pseudo_distractor_split
+from core.retrieval.predict import place_distractor
+from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine, unit_rows
 
 BASELINE = "cosine"
 REGRESSION = "knn-regression"

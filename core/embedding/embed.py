@@ -19,9 +19,9 @@ from urllib.request import getproxies
 import numpy as np
 from PIL import Image
 
-from core.cache import EmbeddingCache, file_key, text_key
-from core.dataset import Dataset, Embeddings, Item, Rejected
-from core.ingest import ImageRejected, load_image
+from core.embedding.cache import EmbeddingCache, file_key, text_key
+from core.records import Dataset, Embeddings, Item, Rejected
+from core.io.ingest import ImageRejected, load_image
 
 BASELINE = "baseline"
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import DBSCAN
 
-from core.index import Neighbours, VectorIndex
-from core.metrics import precision_recall_f1
+from core.retrieval.index import Neighbours, VectorIndex
+from core.retrieval.metrics import precision_recall_f1
 
 SCORE_MODES = ("max", "mean")
 

@@ -8,8 +8,8 @@ from functools import cached_property
 
 import numpy as np
 
-from core.dataset import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.distractors import (
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.retrieval.distractors import (
     SCORE_MODES,
     DbscanConfig,
     ThresholdSweep,
@@ -17,10 +17,10 @@ from core.distractors import (
     distractor_scores,
     leave_one_out_scores,
 )
-from core.index import Neighbours, VectorIndex
-from core.ingest import load_dataset, read_embeddings_checked
-from core.metrics import average_precision_at_k, distractor_report, mean_precision_at_k, top1_accuracy
-from core.predict import neighbours_needed, place_distractor, rank_labels
+from core.retrieval.index import Neighbours, VectorIndex
+from core.io.ingest import load_dataset, read_embeddings_checked
+from core.retrieval.metrics import average_precision_at_k, distractor_report, mean_precision_at_k, top1_accuracy
+from core.retrieval.predict import neighbours_needed, place_distractor, rank_labels
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,7 @@ class LoadedEmbeddings:
     """Embeddings ready for analysis, with every file that was refused on the way."""
 
     embeddings: Embeddings
-    rejected: list  # core.dataset.Rejected, from reading the source and from embedding it
+    rejected: list  # core.records.Rejected, from reading the source and from embedding it
     computed: int = 0  # vectors computed by the model in this run
     from_cache: int = 0  # vectors found in the cache
     seconds: float = 0.0  # time spent embedding
@@ -291,7 +291,7 @@ def load_embeddings(source, embed_config=None, cache=None, progress=None, work_d
         embeddings, rejected = read_embeddings_checked(source)
         return LoadedEmbeddings(embeddings, rejected)
     # torch loads only when images must be embedded, so Parquet analysis starts fast.
-    from core.embed import EmbedConfig, embed_dataset, load_embedder
+    from core.embedding.embed import EmbedConfig, embed_dataset, load_embedder
 
     dataset = load_dataset(source, work_dir=work_dir)
     config = embed_config or EmbedConfig()

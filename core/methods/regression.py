@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.index import search
+from core.retrieval.index import search
 
 # Seed 000 drops training prompts closer than this cosine to one already kept, against overfitting.
 DEFAULT_DEDUPE_THRESHOLD = 0.95

@@ -25,9 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from core.cache import file_key
-from core.dataset import DISTRACTOR, SPLITS, TEST, TRAIN, Dataset, Embeddings, Item, Rejected
-from core.workspace import workspace_home
+from core.embedding.cache import file_key
+from core.records import DISTRACTOR, SPLITS, TEST, TRAIN, Dataset, Embeddings, Item, Rejected
+from core.paths import workspace_home
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}

@@ -1,0 +1,1 @@
+"""What the dashboard keeps per user, without Streamlit: workspaces, datasets, uploads, model choice, loaded vectors."""
