@@ -14,7 +14,7 @@ from bench.timing import cores, interleaved, median, median_ratio
 from core.embedding.cache import SIDECAR_SUFFIXES, EmbeddingCache
 from core.records import TEST, Dataset, Item
 from core.embedding.embed import EmbedConfig, embed_dataset, load_embedder
-from core.io.ingest import load_image
+from core.io.images import load_image
 
 FULL = {"photos": 64, "naive_photos": 16, "batch_sizes": (1, 8, 16, 32, 64), "sweep_rounds": 2, "rounds": 7, "bf16_rounds": 3}
 QUICK = {"photos": 32, "naive_photos": 8, "batch_sizes": (1, 8, 16, 32), "sweep_rounds": 2, "rounds": 3, "bf16_rounds": 2}

@@ -94,7 +94,7 @@ def run(work: Path, quick: bool) -> Section:
 def _workflow(dataset: Path, home: Path) -> None:
     from core.embedding.cache import EmbeddingCache
     from core.embedding.embed import BASELINE, EmbedConfig
-    from core.io.ingest import write_embeddings
+    from core.io.parquet import write_embeddings
     from core.retrieval.pipeline import analyse, load_embeddings
     from core.retrieval.predict import write_submission
     from core.maps.projection import ProjectionCache, ProjectionConfig, project, projection_key

@@ -95,7 +95,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from core.io.ingest import write_embeddings
+    from core.io.parquet import write_embeddings
 
     loaded = _load(args)
     write_embeddings(args.out, loaded.embeddings)
@@ -199,7 +199,7 @@ def _ensemble_members(args):
 
 def cmd_ensemble(args) -> int:
     from core.methods.ensemble import combine, search_weights, validation_map
-    from core.io.ingest import write_embeddings
+    from core.io.parquet import write_embeddings
     from core.retrieval.pipeline import PredictConfig
 
     members = _ensemble_members(args)

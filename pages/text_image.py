@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.records import DISTRACTOR
-from core.io.ingest import prompts_for
+from core.io.texts import prompts_for
 from core.retrieval.metrics import top1_accuracy
 from core.methods.regression import rank_prompts
 from core.methods.zeroshot import measured, results_table

@@ -31,15 +31,11 @@ from core.embedding.embed import (
 )
 from core.methods.ensemble import combine
 from core.retrieval.index import Neighbours, VectorIndex
-from core.io.ingest import (
-    IMAGE_EXTENSIONS,
-    ImageRejected,
-    load_dataset,
-    load_image,
-    load_texts,
-    safe_extract_zip,
-    write_embeddings,
-)
+from core.io.archives import safe_extract_zip
+from core.io.images import IMAGE_EXTENSIONS, ImageRejected, load_image
+from core.io.layouts import load_dataset
+from core.io.parquet import write_embeddings
+from core.io.texts import load_texts
 from core.retrieval.pipeline import (
     Analysis,
     LoadedEmbeddings,
@@ -489,7 +485,7 @@ def read_uploaded_images(uploads) -> tuple[list[str], list, list[Rejected]]:
 
 
 def texts_from_upload(upload, column: str | None = None) -> list[str]:
-    """Texts of an uploaded .txt (one per line) or .csv (a column), read by core.io.ingest.load_texts."""
+    """Texts of an uploaded .txt (one per line) or .csv (a column), read by core.io.texts.load_texts."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / safe_file_name(upload.name, "texts.txt")
         path.write_bytes(upload.getvalue())
@@ -497,7 +493,7 @@ def texts_from_upload(upload, column: str | None = None) -> list[str]:
 
 
 def embeddings_parquet(embeddings: Embeddings) -> bytes:
-    """The embeddings as the bytes of a Parquet file (core.io.ingest.write_embeddings)."""
+    """The embeddings as the bytes of a Parquet file (core.io.parquet.write_embeddings)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "embeddings.parquet"
         write_embeddings(path, embeddings)

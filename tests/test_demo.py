@@ -21,7 +21,8 @@ from core.io.demo import (
     write_demo_dataset,
     write_digits_dataset,
 )
-from core.io.ingest import load_dataset, load_texts, prompts_for
+from core.io.layouts import load_dataset
+from core.io.texts import load_texts, prompts_for
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:

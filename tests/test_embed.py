@@ -24,7 +24,7 @@ from core.embedding.embed import (
     list_models,
     load_embedder,
 )
-from core.io.ingest import load_image
+from core.io.images import load_image
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 TEXTS = ["a photo of a cat", "photo", "a " * 60 + "cat"]  # the last one is longer than the model's 32 tokens

@@ -13,7 +13,7 @@ import pytest
 from core.embedding.cache import CACHE_FILE_NAME, EmbeddingCache
 from core.io.demo import write_demo_dataset
 from core.embedding.embed import BaselineEmbedder, EmbedConfig, ModelUnavailableError, embed_dataset, load_embedder
-from core.io.ingest import load_dataset
+from core.io.layouts import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8

@@ -24,14 +24,18 @@ import streamlit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_ingest import EXPECTED_DISPLAY, SVG, bomb_png, encode, write_files, write_raw_parquet
+from input_files import EXPECTED_DISPLAY, SVG, bomb_png, encode, write_files, write_raw_parquet
 from test_pages import run_page
 
 from core.embedding.cache import EmbeddingCache
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.retrieval.distractors import ThresholdSweep
 from core.embedding.embed import BASELINE, EmbedConfig
-from core.io.ingest import ImageRejected, load_dataset, load_image, load_texts, read_embeddings, safe_extract_zip, write_embeddings
+from core.io.archives import safe_extract_zip
+from core.io.images import ImageRejected, load_image
+from core.io.layouts import load_dataset
+from core.io.parquet import read_embeddings, write_embeddings
+from core.io.texts import load_texts
 from core.retrieval.metrics import average_precision_at_k, distractor_report, map_at_k, precision_recall_f1
 from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
 from core.retrieval.predict import read_submission, write_submission
@@ -439,7 +443,7 @@ from pathlib import Path
 import numpy as np
 from core.embedding.cache import EmbeddingCache
 from core.records import Embeddings
-from core.io.ingest import write_embeddings
+from core.io.parquet import write_embeddings
 from core.retrieval.predict import write_submission
 
 folder, limit = Path(sys.argv[1]), int(sys.argv[2])

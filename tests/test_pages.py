@@ -13,7 +13,7 @@ import core.maps.projection
 from core.records import TEST, TRAIN, Embeddings
 from core.io.demo import write_demo_dataset
 from core.embedding.embed import BASELINE, EmbedConfig
-from core.io.ingest import write_embeddings
+from core.io.parquet import write_embeddings
 from core.retrieval.pipeline import analyse, load_embeddings
 from core.session.workspace import DatasetEntry, Workspace
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from core.embedding.cache import EmbeddingCache, file_key, text_key
 from core.records import Dataset, Embeddings, Item, Rejected
-from core.io.ingest import ImageRejected, load_image
+from core.io.images import ImageRejected, load_image
 
 BASELINE = "baseline"
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.records import DISTRACTOR, TEST, TRAIN
-from core.io.ingest import prompts_for
+from core.io.texts import prompts_for
 
 # Train classes combine these shapes and colours; distractor classes use only the others, so
 # a distractor shares neither its shape nor its colour with any train class.

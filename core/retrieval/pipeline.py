@@ -18,7 +18,8 @@ from core.retrieval.distractors import (
     leave_one_out_scores,
 )
 from core.retrieval.index import Neighbours, VectorIndex
-from core.io.ingest import load_dataset, read_embeddings_checked
+from core.io.layouts import load_dataset
+from core.io.parquet import read_embeddings_checked
 from core.retrieval.metrics import average_precision_at_k, distractor_report, mean_precision_at_k, top1_accuracy
 from core.retrieval.predict import neighbours_needed, place_distractor, rank_labels
 

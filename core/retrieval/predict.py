@@ -11,7 +11,7 @@ import numpy as np
 
 from core.records import DISTRACTOR
 from core.retrieval.index import Neighbours
-from core.io.ingest import replaced_atomically
+from core.io.files import replaced_atomically
 
 
 def neighbours_needed(train_labels: Sequence[str], k: int = 5) -> int:

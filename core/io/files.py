@@ -1,0 +1,67 @@
+"""What every input reader shares: atomic file replacement, CSV and text decoding, OS leftovers, refusal summaries."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from core.records import Rejected
+
+# Files operating systems and archivers leave behind; skipped without a rejection.
+_OS_JUNK_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
+
+
+def refusal_examples(rejected: list[Rejected], before: str = ": ", after: str = "") -> str:
+    """A short account of refusals for one message: the count and the first few reasons."""
+    if not rejected:
+        return ""
+    shown = "; ".join(f"{r.name}: {r.reason}" for r in rejected[:3])
+    return f"{before}{len(rejected)} rejected, e.g. {shown}{after}"
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A path beside `path` to write to; it replaces `path` only if the block succeeds.
+
+    A failure (a full disk, an interrupted write) leaves the previous file untouched and no partial
+    file behind.
+    """
+    partial = Path(path).with_name(f".{Path(path).name}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def read_csv(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows keyed by lower-cased, stripped column names, and those names."""
+    with text_file_errors(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [column.strip().lower() for column in next(reader, [])]
+        rows = [dict(zip(header, values)) for values in reader if any(v.strip() for v in values)]
+    return rows, header
+
+
+@contextlib.contextmanager
+def text_file_errors(path: Path) -> Iterator[None]:
+    """Undecodable bytes and malformed CSV become one ValueError naming the file, not a traceback."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path.name} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise ValueError(f"{path.name} is not a readable CSV file: {exc}") from None
+
+
+def is_os_junk(parts: Iterable[str]) -> bool:
+    """Hidden files and OS leftovers; '..' is not hidden but a path trick, refused elsewhere."""
+    return any(
+        (part.startswith(".") and part not in (".", "..")) or part.lower() in _OS_JUNK_NAMES
+        for part in parts
+    )

@@ -1,0 +1,208 @@
+"""Datasets from user layouts: train/<label>/ folders, train.csv and test.csv, or a zip of either."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from core.io.archives import UNPACKED_FOLDER, unpacked_once
+from core.io.files import is_os_junk, read_csv, refusal_examples
+from core.io.images import IMAGE_EXTENSIONS, check_image_file
+from core.paths import workspace_home
+from core.records import DISTRACTOR, SPLITS, TEST, TRAIN, Dataset, Item, Rejected
+
+_DISTRACTOR_IN_TRAIN = f"label {DISTRACTOR} marks test distractors and cannot be a train class"
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A file a dataset layout names, before it is checked."""
+
+    split: str
+    label: str | None
+    path: Path
+    name: str  # relative path as the user sees it
+
+
+def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
+    """Read a dataset from a folder, a train.csv, or a .zip of either.
+
+    Folder layout: train/<label>/<images>, and test/<images> or test/<label>/<images> ("-1" for
+    distractors). CSV layout: train.csv (image,label) with paths relative to the CSV, plus an
+    optional test.csv (image[,label]); without test.csv the test/ folder is used. A zip is
+    extracted safely, once per distinct content, into a folder under `work_dir` (by default
+    ``unpacked`` in the workspace home), which is kept because the items point into it. Each file
+    gets a header check only; refused files land in Dataset.rejected and the rest loads. Raises
+    ValueError when no train image is usable.
+    """
+    source = Path(source).resolve()
+    if not source.exists():
+        raise ValueError(f"dataset source {source} does not exist")
+    rejected: list[Rejected] = []
+    if source.is_file() and source.suffix.lower() == ".zip":
+        name = source.stem
+        extracted, refused = unpacked_once(source, Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER)
+        rejected += refused
+        root = _layout_root(extracted, source)
+        train_csv = root / "train.csv"
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        name, root, train_csv = source.parent.name, source.parent, source
+    elif source.is_dir():
+        name = source.name
+        root = _layout_root(source, source)
+        train_csv = root / "train.csv"
+    else:
+        raise ValueError(
+            f"unsupported dataset source {source}: expected a folder, a .zip or a train.csv"
+        )
+    if train_csv.is_file():
+        candidates = _csv_candidates(train_csv, root, rejected)
+    else:
+        candidates = _folder_candidates(root, rejected)
+    items = _accept(candidates, rejected)
+    if not any(item.split == TRAIN for item in items):
+        raise ValueError(
+            f"the train split of {source} is empty: no usable images under train/<label>/ or "
+            f"in train.csv{refusal_examples(rejected, ' (', ')')}"
+        )
+    return Dataset(name=name, items=items, rejected=rejected)
+
+
+def _layout_root(folder: Path, source: Path) -> Path:
+    """The folder holding train/ or train.csv: `folder` itself or its only subfolder."""
+    if _has_layout(folder):
+        return folder
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and not is_os_junk((p.name,))]
+    if len(subfolders) == 1 and _has_layout(subfolders[0]):
+        return subfolders[0]
+    found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+    raise ValueError(
+        f"no dataset layout in {source}: expected train/<label>/ folders or a train.csv "
+        f"(optionally inside one top-level folder); found {found}"
+    )
+
+
+def _has_layout(folder: Path) -> bool:
+    return (folder / "train").is_dir() or (folder / "train.csv").is_file()
+
+
+def _folder_candidates(root: Path, rejected: list[Rejected]) -> list[_Candidate]:
+    candidates = []
+    for path in _files_under(root / TRAIN):
+        relative = path.relative_to(root)
+        if len(relative.parts) < 3:
+            reason = "train image outside a label folder: put it in train/<label>/"
+            rejected.append(Rejected(relative.as_posix(), reason))
+        elif relative.parts[1].strip() == DISTRACTOR:
+            rejected.append(Rejected(relative.as_posix(), _DISTRACTOR_IN_TRAIN))
+        else:
+            label = relative.parts[1].strip()
+            candidates.append(_Candidate(TRAIN, label, path, relative.as_posix()))
+    return candidates + _test_folder_candidates(root)
+
+
+def _test_folder_candidates(root: Path) -> list[_Candidate]:
+    candidates = []
+    for path in _files_under(root / TEST):
+        relative = path.relative_to(root)
+        label = relative.parts[1].strip() if len(relative.parts) >= 3 else None
+        candidates.append(_Candidate(TEST, label, path, relative.as_posix()))
+    return candidates
+
+
+def _files_under(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _csv_candidates(train_csv: Path, root: Path, rejected: list[Rejected]) -> list[_Candidate]:
+    candidates = _csv_rows(train_csv, TRAIN, root, rejected, label_required=True)
+    test_csv = train_csv.with_name("test.csv")
+    if test_csv.is_file():
+        return candidates + _csv_rows(test_csv, TEST, root, rejected, label_required=False)
+    return candidates + _test_folder_candidates(root)
+
+
+def _csv_rows(
+    csv_path: Path, split: str, root: Path, rejected: list[Rejected], label_required: bool
+) -> list[_Candidate]:
+    required = ("image", "label") if label_required else ("image",)
+    rows, columns = read_csv(csv_path)
+    missing = [column for column in required if column not in columns]
+    if missing:
+        raise ValueError(
+            f"{csv_path.name} is missing column(s) {', '.join(missing)}: found "
+            f"{', '.join(columns) or 'no columns'}; required: {', '.join(required)}"
+            + ("" if label_required else " (label optional)")
+        )
+    candidates = []
+    for row_number, row in enumerate(rows, start=2):
+        image = (row.get("image") or "").strip()
+        where = f"{csv_path.name} row {row_number}"
+        label = (row.get("label") or "").strip() if "label" in columns else None
+        if not image:
+            rejected.append(Rejected(where, "empty image path"))
+        elif label == "":
+            rejected.append(Rejected(image, f"empty label in {where}"))
+        elif split == TRAIN and label == DISTRACTOR:
+            rejected.append(Rejected(image, f"{where}: {_DISTRACTOR_IN_TRAIN}"))
+        else:
+            path, problem = _listed_file(csv_path.parent, image, root)
+            if path is None:
+                rejected.append(Rejected(image, f"{where}: {problem}"))
+            else:
+                candidates.append(_Candidate(split, label, path, path.relative_to(root).as_posix()))
+    return candidates
+
+
+def _listed_file(base: Path, image: str, root: Path) -> tuple[Path | None, str]:
+    """The file a CSV cell names, relative to the CSV or, Kaggle style, inside images/."""
+    for folder in (base, base / "images"):
+        # normpath rather than resolve: '..' tricks are refused, a user's own symlinks are not.
+        path = Path(os.path.normpath(folder / image))
+        if not path.is_relative_to(root):
+            return None, "path points outside the dataset folder"
+        if path.is_file():
+            return path, ""
+    return None, "no such file"
+
+
+def _accept(candidates: list[_Candidate], rejected: list[Rejected]) -> list[Item]:
+    """Check each candidate cheaply and give the accepted ones unique ids, in a stable order."""
+    items: list[Item] = []
+    used_ids: set[str] = set()
+    seen: set[tuple[str, Path]] = set()
+    for candidate in sorted(candidates, key=lambda c: (SPLITS.index(c.split), c.name)):
+        if is_os_junk(PurePosixPath(candidate.name).parts):
+            continue
+        reason = _candidate_problem(candidate, seen)
+        if reason:
+            rejected.append(Rejected(candidate.name, reason))
+            continue
+        seen.add((candidate.split, candidate.path))
+        item_id = _unique_id(candidate, used_ids)
+        used_ids.add(item_id)
+        items.append(Item(item_id, candidate.split, candidate.label, candidate.path))
+    return items
+
+
+def _candidate_problem(candidate: _Candidate, seen: set[tuple[str, Path]]) -> str | None:
+    suffix = candidate.path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        accepted = ", ".join(sorted(IMAGE_EXTENSIONS))
+        return f"not an image file type ({suffix or 'no extension'}); accepted: {accepted}"
+    if (candidate.split, candidate.path) in seen:
+        return f"listed more than once in {candidate.split}: only the first is used"
+    return check_image_file(candidate.path)
+
+
+def _unique_id(candidate: _Candidate, used_ids: set[str]) -> str:
+    """The file name, as Kaggle submissions expect; a clash falls back to the relative path."""
+    if candidate.path.name not in used_ids:
+        return candidate.path.name
+    item_id, copy = candidate.name, 2
+    while item_id in used_ids:
+        item_id, copy = f"{candidate.name}#{copy}", copy + 1
+    return item_id

@@ -1,0 +1,151 @@
+"""The embeddings Parquet format: writing it atomically, reading it back with unusable rows dropped."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from core.io.files import refusal_examples, replaced_atomically
+from core.records import SPLITS, Embeddings, Rejected
+
+MODEL_METADATA_KEY = b"retrieval_lab.model"
+EMBEDDING_COLUMNS = ("id", "split", "label", "embedding")
+
+
+def write_embeddings(path: Path, emb: Embeddings) -> None:
+    """Write `emb` as Parquet (id, split, label, embedding) with the model in the schema metadata.
+
+    The file is written beside `path` and moved into place, so a failure never leaves a half
+    file where a good one was.
+    """
+    path = Path(path)
+    vectors = np.ascontiguousarray(emb.vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"embedding vectors must be 2-D (rows, dim), got shape {vectors.shape}")
+    n, dim = vectors.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * dim, pa.int32())
+    table = pa.table(
+        {
+            "id": pa.array([str(i) for i in emb.ids], pa.string()),
+            "split": pa.array([str(s) for s in emb.splits], pa.string()),
+            "label": pa.array([_label_or_none(label) for label in emb.labels], pa.string()),
+            "embedding": pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel(), pa.float32())),
+        }
+    ).replace_schema_metadata({MODEL_METADATA_KEY: emb.model.encode()})
+    with replaced_atomically(path) as partial:
+        pq.write_table(table, partial)
+
+
+def read_embeddings(path: Path) -> Embeddings:
+    """Read an embeddings Parquet file; rows dropped as unusable are reported in a warning."""
+    emb, dropped = read_embeddings_checked(path)
+    if dropped:
+        message = f"{path}: dropped row(s) with unusable embeddings{refusal_examples(dropped)}"
+        warnings.warn(message, stacklevel=2)
+    return emb
+
+
+def read_embeddings_checked(path: Path) -> tuple[Embeddings, list[Rejected]]:
+    """Read and validate an embeddings Parquet file; returns the usable rows and the dropped ones.
+
+    Raises ValueError for a file that is not Parquet, missing columns, split values other than
+    train/test, a non-numeric embedding column or rows of different lengths. Rows with a missing
+    id or vector, NaN/inf values, a zero vector or a repeated id are dropped. Vectors come back
+    as float32 with unit L2 norm.
+    """
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{path} is not a readable Parquet file: {exc}") from None
+    missing = [column for column in EMBEDDING_COLUMNS if column not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{path} is missing column(s) {', '.join(missing)}: found "
+            f"{', '.join(table.column_names)}; required: {', '.join(EMBEDDING_COLUMNS)}"
+        )
+    ids = table.column("id").cast(pa.string()).to_pylist()
+    splits = table.column("split").cast(pa.string()).to_pylist()
+    labels = [_label_or_none(label) for label in table.column("label").to_pylist()]
+    bad_splits = ", ".join(sorted({repr(s) for s in splits if s not in SPLITS}))
+    if bad_splits:
+        raise ValueError(
+            f"{path}: split column has value(s) {bad_splits}; allowed: {', '.join(SPLITS)}"
+        )
+    vectors, present = _embedding_matrix(path, table.column("embedding"))
+    metadata = table.schema.metadata or {}
+    model = metadata.get(MODEL_METADATA_KEY, b"unknown").decode("utf-8", "replace")
+
+    keep, dropped = _usable_rows(ids, vectors, present)
+    norms = np.linalg.norm(vectors[keep].astype(np.float64), axis=1, keepdims=True)
+    emb = Embeddings(
+        ids=np.array([ids[i] for i in keep], dtype=str),
+        splits=np.array([splits[i] for i in keep], dtype=str),
+        labels=np.array([labels[i] for i in keep], dtype=object),
+        vectors=(vectors[keep] / norms).astype(np.float32),
+        model=model,
+    )
+    return emb, dropped
+
+
+def _embedding_matrix(path: Path, column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The (n, d) float32 matrix of the embedding column and which rows had a vector at all."""
+    kind = column.type
+    list_kinds = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    number_kinds = (pa.types.is_floating, pa.types.is_integer)
+    if not any(is_kind(kind) for is_kind in list_kinds) or not any(
+        is_kind(kind.value_type) for is_kind in number_kinds
+    ):
+        raise ValueError(f"{path}: embedding column has type {kind}; expected a list of floats")
+    column = column.combine_chunks()
+    present = column.is_valid().to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)[present]
+    dims = sorted({int(d) for d in lengths})
+    if len(dims) > 1:
+        raise ValueError(
+            f"{path}: embeddings have different lengths ({', '.join(map(str, dims))}); "
+            "all rows must match"
+        )
+    dim = dims[0] if dims else 0
+    if present.any() and dim == 0:
+        raise ValueError(f"{path}: embeddings are empty lists")
+    values = pc.list_flatten(column.filter(pa.array(present))).cast(pa.float32())
+    matrix = np.full((len(present), dim), np.nan, dtype=np.float32)
+    matrix[present] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return matrix, present
+
+
+def _label_or_none(label: object) -> str | None:
+    return None if label is None else str(label)
+
+
+def _usable_rows(
+    ids: list[str | None], vectors: np.ndarray, present: np.ndarray
+) -> tuple[list[int], list[Rejected]]:
+    keep: list[int] = []
+    dropped: list[Rejected] = []
+    first_row: dict[str, int] = {}
+    finite = np.isfinite(vectors).all(axis=1)
+    nonzero = np.abs(vectors).max(axis=1, initial=0.0) > 0
+    for row, row_id in enumerate(ids):
+        name = row_id if row_id is not None else f"row {row}"
+        if row_id is None:
+            reason = "missing id"
+        elif not present[row]:
+            reason = "missing embedding"
+        elif not finite[row]:
+            reason = "embedding has NaN or infinite values"
+        elif not nonzero[row]:
+            reason = "embedding is all zeros (norm 0)"
+        elif row_id in first_row:
+            reason = f"id repeated (first at row {first_row[row_id]})"
+        else:
+            first_row[row_id] = row
+            keep.append(row)
+            continue
+        dropped.append(Rejected(name, reason))
+    return keep, dropped
