@@ -13,7 +13,8 @@ from bench.report import Section, table
 from bench.timing import cores, interleaved, median, median_ratio
 from core.embedding.cache import SIDECAR_SUFFIXES, EmbeddingCache
 from core.records import TEST, Dataset, Item
-from core.embedding.embed import EmbedConfig, embed_dataset, load_embedder
+from core.embedding.config import EmbedConfig
+from core.embedding.runner import embed_dataset, load_embedder
 from core.io.images import load_image
 
 FULL = {"photos": 64, "naive_photos": 16, "batch_sizes": (1, 8, 16, 32, 64), "sweep_rounds": 2, "rounds": 7, "bf16_rounds": 3}
@@ -143,7 +144,7 @@ def run(work: Path, quick: bool) -> Section:
         f"ViT-B/32 architecture (transformers' default `CLIPConfig`, {naive.image_tower_parameters() / 1e6:.1f}M-parameter image tower) with random "
         f"weights, which cost the same compute as trained ones; {n} photo-like 640×480 JPEGs (quality 90, "
         f"gradients, shapes, a fine grating and noise). torch uses {torch.get_num_threads()} threads on "
-        f"{cores()} usable cores (`core.embedding.embed` sets this). Every figure is a median over rounds in which "
+        f"{cores()} usable cores (`core.embedding.clip` sets this). Every figure is a median over rounds in which "
         f"the contenders ran side by side in rotating order; ratios are medians of per-round ratios.",
         "**Model-only batch sweep** (transformers' `get_image_features` on random tensors, fp32):",
         table(
@@ -172,7 +173,7 @@ def run(work: Path, quick: bool) -> Section:
         f"Agreement of the pipeline (draft decode + fast preprocessing) with the naive path on the same "
         f"images: cosine median {np.median(agreement):.5f}, min {agreement.min():.5f}.",
         f"Why (c) can pass (b): the image vector is the CLS token after the last encoder layer, so "
-        f"`core.embedding.embed` runs that layer for the CLS query alone (keys and values still for all 50 tokens), "
+        f"`core.embedding.clip` runs that layer for the CLS query alone (keys and values still for all 50 tokens), "
         f"6.6% fewer FLOPs. On the same random tensors its unit vectors differ from transformers' by at "
         f"most {tower_difference:.1e}; a unit test holds the two equal. (b′) runs {tower_speedup:.2f}× "
         f"(b) here, and the pipeline keeps {versus_own_tower:.0%} of (b′): decoding and preprocessing "

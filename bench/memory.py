@@ -93,7 +93,7 @@ def run(work: Path, quick: bool) -> Section:
 
 def _workflow(dataset: Path, home: Path) -> None:
     from core.embedding.cache import EmbeddingCache
-    from core.embedding.embed import BASELINE, EmbedConfig
+    from core.embedding.config import BASELINE_MODEL, EmbedConfig
     from core.io.parquet import write_embeddings
     from core.retrieval.pipeline import analyse, load_embeddings
     from core.retrieval.predict import write_submission
@@ -108,7 +108,7 @@ def _workflow(dataset: Path, home: Path) -> None:
         started = time.perf_counter()
 
     with EmbeddingCache(home / "embeddings.sqlite") as cache:
-        loaded = load_embeddings(dataset, EmbedConfig(model=BASELINE), cache)
+        loaded = load_embeddings(dataset, EmbedConfig(model=BASELINE_MODEL), cache)
     stage("load_and_embed")
     analysis = analyse(loaded.embeddings)
     analysis.report()
@@ -130,7 +130,8 @@ def _workflow(dataset: Path, home: Path) -> None:
 
 def _clip(checkpoint: Path, photos: Path) -> None:
     from core.records import TEST, Dataset, Item
-    from core.embedding.embed import EmbedConfig, embed_dataset, load_embedder
+    from core.embedding.config import EmbedConfig
+    from core.embedding.runner import embed_dataset, load_embedder
 
     items = [Item(path.name, TEST, None, path) for path in sorted(photos.glob("*.jpg"))[:CLIP_PHOTOS]]
     embed_dataset(Dataset("photos", items), load_embedder(EmbedConfig(model=str(checkpoint))))

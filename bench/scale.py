@@ -26,7 +26,8 @@ def _load_embedder(checkpoint: str, threads: int) -> None:
     quiet_transformers()
     import torch
 
-    from core.embedding.embed import EmbedConfig, load_embedder
+    from core.embedding.config import EmbedConfig
+    from core.embedding.runner import load_embedder
 
     _worker_embedder = load_embedder(EmbedConfig(model=checkpoint))
     # After load_embedder, which claims every core: workers share the machine between them.
@@ -36,7 +37,7 @@ def _load_embedder(checkpoint: str, threads: int) -> None:
 def _embed_shard(shard: int, paths: list[str], out: str) -> tuple[str, int]:
     """One map task: files in, a shard of vectors out (ids beside it), like map_batches writing Parquet."""
     from core.records import TEST, Dataset, Item
-    from core.embedding.embed import embed_dataset
+    from core.embedding.runner import embed_dataset
 
     items = [Item(Path(path).name, TEST, None, Path(path)) for path in paths]
     run = embed_dataset(Dataset(f"shard-{shard}", items), _worker_embedder)

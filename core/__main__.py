@@ -41,7 +41,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def _load(args, source=None, model=None):
     """Embeddings for the command's source, reporting what was refused."""
     from core.embedding.cache import EmbeddingCache
-    from core.embedding.embed import EmbedConfig
+    from core.embedding.config import EmbedConfig
     from core.retrieval.pipeline import is_embeddings_file, load_embeddings
 
     source = source or args.source
@@ -86,7 +86,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from core.embedding.embed import list_models
+    from core.embedding.config import list_models
 
     for name, description in list_models().items():
         print(f"{name:40s} {description}")
@@ -224,7 +224,7 @@ def cmd_ensemble(args) -> int:
 
 
 def _add_embedding_options(parser):
-    from core.embedding.embed import EmbedConfig
+    from core.embedding.config import EmbedConfig
 
     defaults = EmbedConfig()
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per model call")
@@ -232,7 +232,7 @@ def _add_embedding_options(parser):
 
 
 def _add_source(parser, what="a dataset folder or .zip, or an embeddings .parquet"):
-    from core.embedding.embed import DEFAULT_MODEL
+    from core.embedding.config import DEFAULT_MODEL
 
     parser.add_argument("source", help=what)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"CLIP id or local directory, or 'baseline' (default {DEFAULT_MODEL})")
@@ -313,7 +313,7 @@ def _method_names() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.embedding.embed import ModelUnavailableError
+    from core.embedding.hub import ModelUnavailableError
 
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.embedding.embed import BASELINE, PRECISIONS, EmbedConfig, list_models
+from core.embedding.config import BASELINE_MODEL, PRECISIONS, EmbedConfig, list_models
 from core.methods.ensemble import search_weights, validation_map
 from pages import ui
 
@@ -23,7 +23,7 @@ choice = st.selectbox(
 )
 model = st.text_input("Hugging Face id or local checkpoint folder", value=saved.model if saved.model not in known else "") if choice == other else choice
 columns = st.columns(2)
-precision = columns[0].radio("Precision", PRECISIONS, index=PRECISIONS.index(saved.precision), horizontal=True, disabled=model == BASELINE)
+precision = columns[0].radio("Precision", PRECISIONS, index=PRECISIONS.index(saved.precision), horizontal=True, disabled=model == BASELINE_MODEL)
 batch_size = columns[1].number_input("Batch size", 1, 512, saved.batch_size)
 
 with st.expander("Ensemble: combine several models (seed 000)"):

@@ -19,16 +19,10 @@ from streamlit.runtime.pages_manager import PagesManager
 from core.embedding.cache import EmbeddingCache
 from core.records import TEST, TRAIN, Dataset, Embeddings, Rejected
 from core.io.demo import write_demo_dataset, write_digits_dataset
-from core.embedding.embed import (
-    BASELINE,
-    DEFAULT_MODEL,
-    EmbedConfig,
-    Embedder,
-    ModelUnavailableError,
-    embed_dataset,
-    embed_texts_cached,
-    load_embedder,
-)
+from core.embedding.config import BASELINE_MODEL, DEFAULT_MODEL, EmbedConfig
+from core.embedding.embedder import Embedder
+from core.embedding.hub import ModelUnavailableError
+from core.embedding.runner import embed_dataset, embed_texts_cached, load_embedder
 from core.methods.ensemble import combine
 from core.retrieval.index import Neighbours, VectorIndex
 from core.io.archives import safe_extract_zip
@@ -223,7 +217,7 @@ def model_for(config: EmbedConfig) -> tuple[EmbedConfig, SharedModel, str | None
     loaded = _load_shared_model(config)
     if isinstance(loaded, SharedModel):
         return config, loaded, None
-    baseline = replace(config, model=BASELINE, precision="fp32")
+    baseline = replace(config, model=BASELINE_MODEL, precision="fp32")
     return baseline, _shared_model(baseline), loaded
 
 

@@ -8,22 +8,15 @@ from PIL import Image
 from transformers import BertConfig, CLIPConfig, CLIPModel, CLIPProcessor
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-import core.embedding.embed
+import core.embedding.clip
+from core.embedding.baseline import BaselineEmbedder
 from core.embedding.cache import EmbeddingCache
+from core.embedding.clip import FastClipPreprocessing
+from core.embedding.config import BASELINE_MODEL, KNOWN_MODELS, EmbedConfig, list_models
+from core.embedding.embedder import PreparingEmbedder
+from core.embedding.hub import ModelUnavailableError
+from core.embedding.runner import embed_dataset, embed_texts_cached, load_embedder
 from core.records import TEST, TRAIN, Dataset, Item
-from core.embedding.embed import (
-    BASELINE,
-    KNOWN_MODELS,
-    BaselineEmbedder,
-    EmbedConfig,
-    FastClipPreprocessing,
-    ModelUnavailableError,
-    PreparingEmbedder,
-    embed_dataset,
-    embed_texts_cached,
-    list_models,
-    load_embedder,
-)
 from core.io.images import load_image
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
@@ -166,7 +159,7 @@ def test_known_models_are_the_openai_checkpoints_and_the_baseline():
         "openai/clip-vit-base-patch16",
         "openai/clip-vit-large-patch14",
         "openai/clip-vit-large-patch14-336",
-        BASELINE,
+        BASELINE_MODEL,
     }
     assert EmbedConfig().model in KNOWN_MODELS
     assert all(description.strip() for description in list_models().values())
@@ -176,7 +169,7 @@ def test_baseline_is_deterministic_unit_norm_and_separates_colours(image_file):
     reds = [load_image(path) for path in coloured_images(image_file, 4)]
     blues = [load_image(path) for path in coloured_images(image_file, 4, BLUE)]
     flat = Image.new("RGB", (20, 20), (90, 90, 90))
-    embedder = load_embedder(EmbedConfig(model=BASELINE))
+    embedder = load_embedder(EmbedConfig(model=BASELINE_MODEL))
     vectors = embedder.embed_images(reds + blues + [flat])
 
     np.testing.assert_array_equal(vectors, BaselineEmbedder().embed_images(reds + blues + [flat]))
@@ -365,7 +358,7 @@ def tiny_clip_with_vision_layers(tiny_clip_dir, tmp_path, layers):
 def load_watching_the_last_layer(monkeypatch, checkpoint, precision="fp32", change_model=None):
     """The embedder, and the shapes its last vision layer's MLP receives: (n, hidden) when it runs for the CLS token only."""
     mlp_inputs = []
-    load_checkpoint = core.embedding.embed._load_checkpoint
+    load_checkpoint = core.embedding.clip.load_checkpoint
 
     def load_and_watch(*args):
         model, image_processor, tokenizer = load_checkpoint(*args)
@@ -375,7 +368,7 @@ def load_watching_the_last_layer(monkeypatch, checkpoint, precision="fp32", chan
             change_model(model)
         return model, image_processor, tokenizer
 
-    monkeypatch.setattr(core.embedding.embed, "_load_checkpoint", load_and_watch)
+    monkeypatch.setattr(core.embedding.clip, "load_checkpoint", load_and_watch)
     return load_embedder(EmbedConfig(model=str(checkpoint), precision=precision)), mlp_inputs
 
 

@@ -12,7 +12,10 @@ import pytest
 
 from core.embedding.cache import CACHE_FILE_NAME, EmbeddingCache
 from core.io.demo import write_demo_dataset
-from core.embedding.embed import BaselineEmbedder, EmbedConfig, ModelUnavailableError, embed_dataset, load_embedder
+from core.embedding.baseline import BaselineEmbedder
+from core.embedding.config import EmbedConfig
+from core.embedding.hub import ModelUnavailableError
+from core.embedding.runner import embed_dataset, load_embedder
 from core.io.layouts import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from test_pages import run_page
 from core.embedding.cache import EmbeddingCache
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.retrieval.distractors import ThresholdSweep
-from core.embedding.embed import BASELINE, EmbedConfig
+from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.archives import safe_extract_zip
 from core.io.images import ImageRejected, load_image
 from core.io.layouts import load_dataset
@@ -134,7 +134,7 @@ def hostile_zip(path: Path) -> tuple[set[str], dict[str, str]]:
 def test_a_hostile_zip_is_refused_file_by_file_and_the_rest_is_embedded_and_analysed(tmp_path):
     archive = tmp_path / "hostile.zip"
     good_ids, expected_reasons = hostile_zip(archive)
-    config = EmbedConfig(model=BASELINE)
+    config = EmbedConfig(model=BASELINE_MODEL)
     with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
         first = load_embeddings(archive, config, cache, work_dir=tmp_path / "work")
         assert set(first.embeddings.ids) == good_ids

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 import core.maps.projection
 from core.records import TEST, TRAIN, Embeddings
 from core.io.demo import write_demo_dataset
-from core.embedding.embed import BASELINE, EmbedConfig
+from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.parquet import write_embeddings
 from core.retrieval.pipeline import analyse, load_embeddings
 from core.session.workspace import DatasetEntry, Workspace
@@ -160,7 +160,7 @@ def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
 def test_neighbours_verdict_matches_the_submission_for_the_item_scoring_the_threshold(tmp_path):
     # The contamination threshold is one test item's own score: that item is kept (score < threshold
     # flags), and a fresh one-row search that rounds a bit lower must not flag it here.
-    analysis = analyse(load_embeddings(write_demo_dataset(tmp_path / "demo"), EmbedConfig(model=BASELINE)).embeddings)
+    analysis = analyse(load_embeddings(write_demo_dataset(tmp_path / "demo"), EmbedConfig(model=BASELINE_MODEL)).embeddings)
     row = int(np.flatnonzero(analysis.scores == analysis.threshold)[0])
     app = run_page("neighbours", neighbours_test_row=row)
     assert_ran(app)

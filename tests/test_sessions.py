@@ -45,7 +45,7 @@ from test_pages import assert_ran, fresh_server, metric_values, run_page  # noqa
 
 from core.records import TEST
 from core.io.demo import write_demo_dataset, write_digits_dataset
-from core.embedding.embed import EmbedConfig
+from core.embedding.config import EmbedConfig
 from core.io.layouts import load_dataset
 from core.session.workspace import DatasetEntry, Workspace
 from pages import ui

@@ -292,7 +292,8 @@ def load_embeddings(source, embed_config=None, cache=None, progress=None, work_d
         embeddings, rejected = read_embeddings_checked(source)
         return LoadedEmbeddings(embeddings, rejected)
     # torch loads only when images must be embedded, so Parquet analysis starts fast.
-    from core.embedding.embed import EmbedConfig, embed_dataset, load_embedder
+    from core.embedding.config import EmbedConfig
+    from core.embedding.runner import embed_dataset, load_embedder
 
     dataset = load_dataset(source, work_dir=work_dir)
     config = embed_config or EmbedConfig()

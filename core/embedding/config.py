@@ -1,0 +1,48 @@
+"""Embedding configuration and the registry of known models, as data: importing it loads no model library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASELINE_MODEL = "baseline"
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+KNOWN_MODELS = {
+    "openai/clip-vit-base-patch32": "CLIP ViT-B/32, 512-d: the fastest CLIP and the default",
+    "openai/clip-vit-base-patch16": "CLIP ViT-B/16, 512-d: finer patches, about 4x the compute of B/32, more accurate",
+    "openai/clip-vit-large-patch14": "CLIP ViT-L/14, 768-d: about 20x the compute of B/32, the most accurate at 224 px",
+    "openai/clip-vit-large-patch14-336": "CLIP ViT-L/14 at 336 px, 768-d: about 40x the compute of B/32, best on small details",
+    BASELINE_MODEL: "downscaled pixels, 1728-d: offline and without weights; a floor to compare against, no text",
+}
+
+
+def list_models() -> dict[str, str]:
+    """The models this tool knows, with a one-line description each."""
+    return dict(KNOWN_MODELS)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How to turn images and texts into vectors."""
+
+    model: str = DEFAULT_MODEL  # Hugging Face CLIP id, local checkpoint directory, or "baseline"
+    batch_size: int = 16  # images per model call; an interrupted run loses at most one batch
+    precision: str = "fp32"  # "fp32", or "bf16" for half the memory at cosine > 0.99 to fp32
+    device: str = "auto"  # "auto" picks cuda, then mps, then cpu; or name one of them
+    revision: str | None = None  # Hub branch, tag or commit of the model; None means the default branch
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model must be a CLIP id, a local checkpoint directory or {BASELINE_MODEL!r}, got {self.model!r}")
+        check_batch_size(self.batch_size)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+def check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")

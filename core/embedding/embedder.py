@@ -1,0 +1,41 @@
+"""What the embedding run needs from a model: the Embedder protocols, and embedding by preparing each image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+class Embedder(Protocol):
+    """What embed_dataset needs from a model."""
+
+    identity: str  # names the model, version and precision; cache rows are keyed by it
+    dim: int  # length of every vector
+    supports_text: bool  # whether embed_texts works
+    draft_size: int | None  # JPEGs may decode at reduced scale down to this many pixels a side
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...  # (n, dim) float32 unit rows
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...  # (n, dim) float32 unit rows
+
+
+@runtime_checkable
+class PreparingEmbedder(Protocol):
+    """An embedder whose per-image preprocessing can run apart from the model call.
+
+    embed_dataset prepares images in its decode threads, overlapped with the model working on the
+    previous batch; embed_images(images) equals embed_prepared(np.stack([prepare_image(i) ...])).
+    """
+
+    def prepare_image(self, image: Image.Image) -> np.ndarray: ...  # the model's input for one image
+
+    def embed_prepared(self, inputs: np.ndarray) -> np.ndarray: ...  # stacked prepare_image outputs -> unit rows
+
+
+def embed_by_preparing(embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarray:
+    if not images:
+        return np.empty((0, embedder.dim), np.float32)
+    return embedder.embed_prepared(np.stack([embedder.prepare_image(image) for image in images]))
