@@ -307,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _method_names() -> list[str]:
-    from core.methods.compare import METHODS
+    from core.methods.compare import COMPARE_METHODS
 
-    return list(METHODS)
+    return list(COMPARE_METHODS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.methods.compare import BASELINE, METHODS, REGRESSION, as_json, compare_methods, format_table
+from core.methods.compare import BASELINE_METHOD, COMPARE_METHODS, REGRESSION, as_json, compare_methods, format_table
 from core.records import DISTRACTOR
 from core.maps.figures import class_frequency
 from core.retrieval.predict import submission_csv
@@ -99,8 +99,8 @@ st.caption(
     "distractors. Each method flags the contamination share of its queries by its own scores. "
     "Training takes seconds to minutes."
 )
-offered = [key for key in METHODS if key != REGRESSION]
-methods = st.multiselect("Methods", offered, default=offered, format_func=METHODS.get, key="evaluate_methods")
+offered = [key for key in COMPARE_METHODS if key != REGRESSION]
+methods = st.multiselect("Methods", offered, default=offered, format_func=COMPARE_METHODS.get, key="evaluate_methods")
 # Kept per session so downloads and other widgets do not throw away minutes of training.
 comparisons = st.session_state.setdefault("evaluate_comparisons", {})
 comparison_key = (current.entry.source, current.loaded.embeddings.model, analysis.config, tuple(methods))
@@ -121,7 +121,7 @@ if st.button("Compare methods", type="primary", disabled=not methods):
     comparisons[comparison_key] = comparison
 comparison = comparisons.get(comparison_key)
 if comparison is None:
-    st.caption(f"{METHODS[BASELINE]} is always included. kNN regression needs a target vector per image and is run from code.")
+    st.caption(f"{COMPARE_METHODS[BASELINE_METHOD]} is always included. kNN regression needs a target vector per image and is run from code.")
     st.stop()
 result = as_json(comparison)
 st.caption(f"Evaluated on {comparison.evaluated_on}.")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.maps.figures import COLOUR_MODES, analysis_map_points, scatter_map
-from core.maps.projection import METHODS, METRICS, ProjectionConfig
+from core.maps.projection import PROJECTION_METHODS, METRICS, ProjectionConfig
 from pages import ui
 
 METHOD_NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
@@ -22,9 +22,9 @@ st.caption(
 
 method_column, colour_column = st.columns([2, 3])
 method = method_column.segmented_control(
-    "Method", METHODS, default=METHODS[0], format_func=METHOD_NAMES.get, key="map_method"
+    "Method", PROJECTION_METHODS, default=PROJECTION_METHODS[0], format_func=METHOD_NAMES.get, key="map_method"
 )
-method = method or METHODS[0]
+method = method or PROJECTION_METHODS[0]
 colour_by = colour_column.segmented_control(
     "Colour by", COLOUR_MODES, default=COLOUR_MODES[0], format_func=COLOUR_NAMES.get, key="map_colour"
 )

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from core.methods.compare import METHODS, TIE_MARGIN, as_json, compare_methods, format_table
+from core.methods.compare import COMPARE_METHODS, TIE_MARGIN, as_json, compare_methods, format_table
 from core.methods.heads import HeadConfig
 from core.retrieval.pipeline import PredictConfig, analyse
 from test_pipeline import clustered_embeddings
@@ -31,8 +31,8 @@ def comparison(embeddings):
 
 def test_every_method_runs_and_beats_chance(comparison):
     result, seen = comparison
-    assert [row.key for row in result.rows] == list(METHODS)
-    assert seen == list(METHODS.values())
+    assert [row.key for row in result.rows] == list(COMPARE_METHODS)
+    assert seen == list(COMPARE_METHODS.values())
     for row in result.rows:
         # Chance MAP@5 is about 0.15 with 20 classes, 29% distractors and 30% flagged at random.
         assert row.map_at_k > 0.35, row
@@ -79,7 +79,7 @@ def test_table_and_json(comparison):
         assert any(line.startswith(row.method) and f"{row.map_at_k:.3f}" in line for line in lines)
     assert "Verdicts:" in table and "Evaluated on the test split" in table
     data = json.loads(json.dumps(as_json(result)))
-    assert data["k"] == 5 and len(data["methods"]) == len(METHODS)
+    assert data["k"] == 5 and len(data["methods"]) == len(COMPARE_METHODS)
     assert data["methods"][0]["MAP@5"] == pytest.approx(result.rows[0].map_at_k)
     assert data["verdicts"] == result.verdicts
 

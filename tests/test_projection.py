@@ -5,7 +5,7 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from core.maps.projection import (
-    METHODS,
+    PROJECTION_METHODS,
     Projection,
     ProjectionCache,
     ProjectionConfig,
@@ -32,13 +32,13 @@ def stages_and_projections(blobs):
     train, test, _, _ = blobs
     stages = {}
     projections = {}
-    for method in METHODS:
+    for method in PROJECTION_METHODS:
         stages[method] = []
         projections[method] = project(train, test, ProjectionConfig(method=method), stages[method].append)
     return stages, projections
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PROJECTION_METHODS)
 def test_projection_keeps_neighbourhoods_trustworthy(blobs, stages_and_projections, method):
     train, test, _, _ = blobs
     projection = stages_and_projections[1][method]
@@ -47,7 +47,7 @@ def test_projection_keeps_neighbourhoods_trustworthy(blobs, stages_and_projectio
     assert quality(np.vstack([train, test]), both, n_neighbors=10) > 0.85
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PROJECTION_METHODS)
 def test_test_points_land_near_their_clusters_train_points(blobs, stages_and_projections, method):
     _, _, train_clusters, test_clusters = blobs
     projection = stages_and_projections[1][method]
@@ -91,7 +91,7 @@ def test_tiny_inputs_are_clamped_with_notes(method, n_train, n_test, expected_no
         assert expected in note
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PROJECTION_METHODS)
 @pytest.mark.parametrize("empty_test", [np.empty((0, 64)), np.empty(0)])
 def test_zero_test_rows(blobs, method, empty_test):
     train = blobs[0][:40]
@@ -100,7 +100,7 @@ def test_zero_test_rows(blobs, method, empty_test):
     assert np.isfinite(projection.train_xy).all()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PROJECTION_METHODS)
 def test_same_seed_gives_the_same_map_and_another_seed_does_not(blobs, method):
     train, test = blobs[0][:60], blobs[1][:20]
     runs = [project(train, test, ProjectionConfig(method=method, seed=seed)) for seed in (3, 3, 4)]

@@ -18,7 +18,7 @@ from scipy.sparse import coo_matrix
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, trustworthiness
 
-METHODS = ("umap", "tsne", "pca")
+PROJECTION_METHODS = ("umap", "tsne", "pca")
 # Metrics that both umap-learn and scikit-learn's TSNE accept by name.
 METRICS = ("cosine", "euclidean", "correlation", "manhattan")
 # Fewer rows than this make UMAP's spectral initialisation fail (k >= N).
@@ -55,8 +55,8 @@ class ProjectionConfig:
     seed: int = 0  # random state: same inputs and seed, same map (t-SNE starts from PCA: seed-free)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r} is not known; use one of {METHODS}")
+        if self.method not in PROJECTION_METHODS:
+            raise ValueError(f"method {self.method!r} is not known; use one of {PROJECTION_METHODS}")
         if self.metric not in METRICS:
             raise ValueError(f"metric {self.metric!r} is not supported; use one of {METRICS}")
         if self.pca_first is not None:

@@ -17,10 +17,10 @@ from core.retrieval.pipeline import PredictConfig, analyse, pseudo_distractor_sp
 from core.retrieval.predict import place_distractor
 from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine, unit_rows
 
-BASELINE = "cosine"
+BASELINE_METHOD = "cosine"
 REGRESSION = "knn-regression"
-METHODS = {
-    BASELINE: "cosine kNN (pre-trained)",
+COMPARE_METHODS = {
+    BASELINE_METHOD: "cosine kNN (pre-trained)",
     **{key: head.name for key, head in HEADS.items()},
     REGRESSION: "kNN regression",
 }
@@ -34,7 +34,7 @@ Progress = Callable[[str], None]
 class MethodResult:
     """One method's scores on the shared split; None where a score does not apply or the method did not run."""
 
-    key: str  # short name, as in METHODS
+    key: str  # short name, as in COMPARE_METHODS
     method: str  # name shown to people
     map_at_k: float | None = None  # MAP@k with "-1" placed by the method's own scores
     mean_precision: float | None = None  # mP@k of the method's embedding space; None for classifiers
@@ -178,13 +178,13 @@ def _regression_result(
 
 def _checked_methods(methods: Sequence[str] | None, notes: list[str]) -> list[str]:
     if methods is None:
-        return list(METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+        return list(COMPARE_METHODS)
+    unknown = [m for m in methods if m not in COMPARE_METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; use any of {', '.join(METHODS)}")
-    if BASELINE not in methods:
-        notes.append(f"{METHODS[BASELINE]} added: every verdict compares against it")
-    return [m for m in METHODS if m in methods or m == BASELINE]
+        raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; use any of {', '.join(COMPARE_METHODS)}")
+    if BASELINE_METHOD not in methods:
+        notes.append(f"{COMPARE_METHODS[BASELINE_METHOD]} added: every verdict compares against it")
+    return [m for m in COMPARE_METHODS if m in methods or m == BASELINE_METHOD]
 
 
 def _checked_targets(targets: np.ndarray | None, embeddings: Embeddings) -> np.ndarray | None:
@@ -207,7 +207,7 @@ def compare_methods(
     dedupe_threshold: float | None = DEFAULT_DEDUPE_THRESHOLD,
     progress: Progress | None = None,
 ) -> Comparison:
-    """Run every method (keys of METHODS; default all) on one split with the same distractors.
+    """Run every method (keys of COMPARE_METHODS; default all) on one split with the same distractors.
 
     With test truth, test is the query set; otherwise train with classes held out as
     pseudo-distractors. Every method flags config.contamination of its queries by its own
@@ -228,7 +228,7 @@ def compare_methods(
     rows = []
     for key in keys:
         if progress is not None:
-            progress(METHODS[key])
+            progress(COMPARE_METHODS[key])
         rows.append(_run_method(key, split, space_config, head_config, targets, dedupe_threshold))
     return Comparison(rows, split.description, config.k, config.contamination, _verdicts(rows, config.k), notes)
 
@@ -241,9 +241,9 @@ def _run_method(
     targets: np.ndarray | None,
     dedupe_threshold: float | None,
 ) -> MethodResult:
-    row = partial(MethodResult, key, METHODS[key])
+    row = partial(MethodResult, key, COMPARE_METHODS[key])
     try:
-        if key == BASELINE:
+        if key == BASELINE_METHOD:
             return row(**_space_scores(split.embeddings, config), fit_seconds=0.0, device="cpu (faiss)", note="no training")
         if key == REGRESSION:
             if targets is None:
@@ -257,12 +257,12 @@ def _run_method(
 
 
 def _verdicts(rows: list[MethodResult], k: int) -> list[str]:
-    baseline = next((row for row in rows if row.key == BASELINE), None)
+    baseline = next((row for row in rows if row.key == BASELINE_METHOD), None)
     if baseline is None or baseline.map_at_k is None:
         return []
     verdicts = []
     for row in rows:
-        if row.key == BASELINE or row.map_at_k is None:
+        if row.key == BASELINE_METHOD or row.map_at_k is None:
             continue
         gap = row.map_at_k - baseline.map_at_k
         versus = f"({row.map_at_k:.3f} vs {baseline.map_at_k:.3f})"
