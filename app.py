@@ -1,25 +1,13 @@
 """Retrieval Lab dashboard: `streamlit run app.py` opens on the built-in demo, ready to use."""
 
-import threading
-
 import streamlit as st
 
-from core.maps.projection import warm_up
 from pages import ui
 
-st.set_page_config(page_title="Retrieval Lab", page_icon=":material/image_search:", layout="wide")
+# An emoji favicon is drawn by the browser; a Material one would be fetched from a font host.
+st.set_page_config(page_title="Retrieval Lab", page_icon="🔎", layout="wide")
 
-
-@st.cache_resource(show_spinner=False)
-def _start_projection_warm_up() -> threading.Thread:
-    # numba compiles UMAP on first use; paying that in the background keeps it off the first click.
-    thread = threading.Thread(target=warm_up, name="umap-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
-_start_projection_warm_up()
-
+# Page icons are Material Symbols from the font Streamlit itself serves: no request leaves the app.
 navigation = st.navigation(
     [
         st.Page("pages/data.py", title="Data", icon=":material/folder_open:", default=True),
@@ -34,9 +22,12 @@ navigation = st.navigation(
 
 ws = ui.workspace()
 with st.sidebar:
-    st.caption(f"Dataset: **{ui.plain(ui.active_dataset(ws).name)}**")
-    model_in_use, _, unavailable = ui.model_for(ui.active_model(ws))
-    st.caption(f"Model: **{model_in_use.model}**" + (" (CLIP unavailable)" if unavailable else ""))
+    st.caption(f"Dataset: **{ui.plain(ui.datasets(ws).active().name)}**")
+    st.caption(f"Model: **{ui.plain(ui.model_status(ws))}**")
     st.caption(f"Workspace `{ws.id}` — bookmark this page's address to come back to it.")
 
-navigation.run()
+try:
+    navigation.run()
+finally:
+    # After the page: its first paint does not share the cores with the model load it does not need.
+    ui.start_background_work(ws)

@@ -4,18 +4,18 @@ import pandas as pd
 import streamlit as st
 
 from core.records import TEST, TRAIN
-from core.retrieval.pipeline import is_embeddings_file
+from core.session.datasets import data_root
 from pages import ui
 
 ws = ui.workspace()
 st.title("Data")
 
-entries = ui.datasets(ws)
-names = [entry.name for entry in entries]
-current = ui.active_dataset(ws)
+datasets = ui.datasets(ws)
+names = [entry.name for entry in datasets.all()]
+current = datasets.active()
 chosen = st.selectbox("Dataset", names, index=names.index(current.name))
 if chosen != current.name:
-    ws.set("dataset", chosen)
+    datasets.choose(chosen)
     st.rerun()
 
 with st.expander("Add a dataset"):
@@ -26,32 +26,32 @@ with st.expander("Add a dataset"):
             "a `train.csv` (image,label) with its images, many images at once, or an embeddings `.parquet`."
         )
         files = st.file_uploader(
-            "Files", accept_multiple_files=True, key="data_upload", type=["zip", "parquet", "csv", "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+            "Files", accept_multiple_files=True, key="data_upload", type=["zip", "parquet", "csv", *ui.IMAGE_UPLOAD_TYPES]
         )
         name = st.text_input("Name", value="my dataset")
         if st.button("Add upload", disabled=not files):
             try:
-                entry = ui.add_upload(ws, name, files)
+                entry = datasets.add_upload(name, files)
             except (ValueError, OSError) as error:  # OSError: a full disk while saving the upload
                 st.error(str(error))
             else:
-                ws.set("dataset", entry.name)
+                datasets.choose(entry.name)
                 st.rerun()
     with folder_tab:
-        root = ui.data_root()
+        root = data_root()
         st.caption(f"Folders under the data root `{root}` (set `RETRIEVAL_LAB_DATA_ROOT` to change it).")
         folder = st.text_input("Folder (relative to the data root)")
         if st.button("Open folder", disabled=not folder):
             try:
-                entry = ui.add_folder(ws, folder)
+                entry = datasets.add_folder(folder)
             except (ValueError, OSError) as error:  # OSError: an unreadable folder
                 st.error(str(error))
             else:
-                ws.set("dataset", entry.name)
+                datasets.choose(entry.name)
                 st.rerun()
 
-entry = ui.active_dataset(ws)
-if is_embeddings_file(entry.source):
+entry = datasets.active()
+if entry.kind == "parquet":
     st.info("This dataset is a Parquet file of precomputed vectors: there are no images to show.")
     st.stop()
 
@@ -66,7 +66,7 @@ columns = st.columns(4)
 columns[0].metric("Train images", len(train))
 columns[1].metric("Train classes", len({item.label for item in train}))
 columns[2].metric("Test images", len(test))
-columns[3].metric("Files refused", len(ui.refused_on_upload(ws, entry)) + len(dataset.rejected))
+columns[3].metric("Files refused", len(datasets.refused_on_upload(entry)) + len(dataset.rejected))
 st.caption(dataset.summary())
 if dataset.has_test_truth:
     distractors = sum(item.label == "-1" for item in test)
@@ -79,7 +79,7 @@ counts = pd.DataFrame(
 with st.expander("Images per split and class"):
     st.dataframe(counts, hide_index=True, width="stretch")
 
-refused = ui.refused_on_upload(ws, entry) + dataset.rejected
+refused = datasets.refused_on_upload(entry) + dataset.rejected
 if refused:
     with st.expander(f"Refused files ({len(refused)})", expanded=True):
         st.dataframe(pd.DataFrame([(r.name, r.reason) for r in refused], columns=["file", "reason"]), hide_index=True, width="stretch")

@@ -3,13 +3,16 @@
 import streamlit as st
 
 from core.embedding.config import BASELINE_MODEL, PRECISIONS, EmbedConfig, list_models
+from core.records import TEST, TRAIN
 from core.methods.ensemble import search_weights, validation_map
+from core.session.models import choose_model, chosen_model
+from core.session.vectors import EnsembleMember, ensemble_recipe, predict_config, reweighted, save_ensemble, saved_ensemble
 from pages import ui
 
 st.title("Embed")
 ws = ui.workspace()
-entry = ui.active_dataset(ws)
-saved = ui.active_model(ws)
+entry = ui.datasets(ws).active()
+saved = chosen_model(ws)
 st.caption(f"Dataset: **{ui.plain(entry.name)}**")
 
 known = list_models()
@@ -32,30 +35,31 @@ with st.expander("Ensemble: combine several models (seed 000)"):
         "are summed with their weights when the dimensions match, or concatenated otherwise. "
         f"The model above has weight 1."
     )
-    saved_members = {member["model"]: member["weight"] for member in ws.get("ensemble") or []}
+    members = saved_ensemble(ws)
+    saved_weights = {member.model: member.weight for member in members}
     others = [name for name in known if name != model]
-    extra = st.multiselect("Also use", others, default=[name for name in saved_members if name in others])
-    weights = {name: st.number_input(f"Weight of {name}", 0.0, 10.0, float(saved_members.get(name, 0.5)), 0.05) for name in extra}
-    if st.button("Save ensemble", disabled=saved_members == weights):
-        ws.set("ensemble", [{"model": name, "weight": weight} for name, weight in weights.items()])
+    extra = st.multiselect("Also use", others, default=[name for name in saved_weights if name in others])
+    weights = {name: st.number_input(f"Weight of {name}", 0.0, 10.0, float(saved_weights.get(name, 0.5)), 0.05) for name in extra}
+    if st.button("Save ensemble", disabled=saved_weights == weights):
+        save_ensemble(ws, [EnsembleMember(name, weight) for name, weight in weights.items()])
         st.rerun()
-    if len(saved_members) and st.button("Search the weights, one model at a time"):
+    if members and st.button("Search the weights, one model at a time"):
         current = ui.session()
-        members = [ui.embeddings(current.entry, config).embeddings for config, _ in ui.ensemble_recipe(ws, current.embed_config)]
+        recipe = ensemble_recipe(members, current.embed_config, ui.model_shelf())
         with st.status("Searching weights on train with held-out classes as distractors…") as status:
             search = search_weights(
-                members,
-                validation_map(ui.predict_config(ws)),
+                [ui.embeddings(current.entry, config).embeddings for config, _ in recipe.parts],
+                validation_map(predict_config(ws)),
                 progress=lambda step: status.update(label=f"{step.model[:40]} at ratio {step.ratio:.3f}: {step.metric:.4f}"),
             )
             status.update(label=f"Best validation MAP@5 {search.metric:.4f}", state="complete")
         st.code(search.table(), language=None)
-        main_weight, *member_weights = search.weights
-        if main_weight > 0:
-            ws.set("ensemble", [{"model": name, "weight": w / main_weight} for name, w in zip(saved_members, member_weights)])
-            st.caption("The weights found are saved, relative to the main model's; reload the page to use them.")
+        try:
+            save_ensemble(ws, reweighted(members, recipe, search.weights))
+        except ValueError as error:
+            st.warning(f"{error}.")
         else:
-            st.warning("The search left the main model out: choose the best member as the main model above.")
+            st.caption("The weights found are saved, relative to the main model's; reload the page to use them.")
 
 if st.button("Embed", type="primary", disabled=not model):
     try:
@@ -63,12 +67,12 @@ if st.button("Embed", type="primary", disabled=not model):
     except ValueError as error:
         st.error(str(error))
         st.stop()
-    ws.set("embed_config", {"model": config.model, "batch_size": config.batch_size, "precision": config.precision})
+    choose_model(ws, config)
 
 current = ui.session()
 loaded = current.loaded
 emb = loaded.embeddings
-counts = ui.split_counts(current)
+counts = {split: int(emb.mask(split).sum()) for split in (TRAIN, TEST)}
 cells = st.columns(5)
 cells[0].metric("Vectors", len(emb.ids))
 cells[1].metric("Dimensions", emb.dim)

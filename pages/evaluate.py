@@ -10,6 +10,7 @@ from core.records import DISTRACTOR
 from core.maps.figures import class_frequency
 from core.retrieval.predict import submission_csv
 from core.paths import safe_file_name
+from core.session.vectors import export_embeddings
 from pages import ui
 
 st.title("Evaluate & export")
@@ -79,7 +80,7 @@ downloads[0].download_button(
 )
 downloads[1].download_button(
     "Embeddings (Parquet)",
-    data=lambda: ui.embeddings_parquet(current.loaded.embeddings),
+    data=lambda: export_embeddings(current.ws, current.entry.name, current.loaded.embeddings).read_bytes(),
     file_name=f"{safe_file_name(current.entry.name, 'dataset')}-embeddings.parquet",
     mime="application/vnd.apache.parquet",
     on_click="ignore",

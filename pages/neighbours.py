@@ -5,6 +5,7 @@ import streamlit as st
 from core.retrieval.index import Neighbours
 from core.retrieval.metrics import average_precision_at_k
 from core.retrieval.predict import place_distractor
+from core.session.queries import read_uploaded_images
 from pages import ui
 
 QUERY_KINDS = ("A test image", "An uploaded image", "A text")
@@ -27,7 +28,7 @@ if kind == QUERY_KINDS[1]:
     if upload is None:
         st.info("Upload an image to find its nearest train images.")
         st.stop()
-    _, images, refused = ui.read_uploaded_images([upload])
+    _, images, refused = read_uploaded_images([upload])
     if refused:
         st.error(f"**{upload.name}** cannot be used: {refused[0].reason}")
         st.stop()

@@ -7,6 +7,7 @@ from core.io.texts import prompts_for
 from core.retrieval.metrics import top1_accuracy
 from core.methods.regression import rank_prompts
 from core.methods.zeroshot import measured, results_table
+from core.session.queries import read_uploaded_images, texts_from_upload
 from pages import ui
 
 TEXT_SOURCES = ("Class prompts", "Typed", "A .txt or .csv file")
@@ -46,7 +47,7 @@ with texts_column:
         elif text_source == "A .txt or .csv file":
             upload = st.file_uploader("Texts: a .txt (one per line) or a .csv", type=["txt", "csv"], key="text_upload")
             column = st.text_input("CSV column", placeholder="text, prompt or caption", key="text_column")
-            texts = ui.texts_from_upload(upload, column.strip()) if upload else []
+            texts = texts_from_upload(current.ws, upload, column.strip()) if upload else []
         else:
             template = st.text_input("Prompt per train class", DEFAULT_TEMPLATE, key="text_template")
             texts = prompts_for(classes, template)
@@ -64,7 +65,7 @@ with images_column:
     image_source = st.segmented_control("Images from", IMAGE_SOURCES, default=IMAGE_SOURCES[0], key="image_source") or IMAGE_SOURCES[0]
     if image_source == "Uploaded images":
         uploads = st.file_uploader("Images", type=ui.IMAGE_UPLOAD_TYPES, accept_multiple_files=True, key="image_uploads")
-        names, images, refused = ui.read_uploaded_images(uploads or [])
+        names, images, refused = read_uploaded_images(uploads or [])
         for rejection in refused:
             st.warning(f"**{ui.plain(rejection.name)}** skipped: {ui.plain(rejection.reason)}")
         thumbnails = images

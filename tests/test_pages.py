@@ -344,33 +344,6 @@ def test_embed_page_counts_computed_then_cached_vectors():
     assert (second["Computed"], second["From cache"]) == ("0", first["Vectors"])
 
 
-def test_distractor_slider_moves_the_counts_and_is_remembered():
-    app = run_page("distractors", "slider1")
-    assert_ran(app)
-    before = metric_values(app)
-    slider = next(s for s in app.slider if s.label == "Distractor threshold")
-    slider.set_value(round(slider.min + 0.8 * (slider.max - slider.min), 3)).run()
-    assert_ran(app)
-    after = metric_values(app)
-    assert int(after["Flagged as distractors"]) > int(before["Flagged as distractors"])
-    assert int(after["Flagged as distractors"]) + int(after["Kept"]) == int(before["Flagged as distractors"]) + int(before["Kept"])
-    assert after["MAP@5"] != before["MAP@5"]
-    assert app.number_input(key=[k for k in app.session_state if str(k).endswith("-contamination")][0]).value > 0.5
-
-    reopened = run_page("distractors", "slider1")  # a reload: the workspace keeps the threshold
-    assert metric_values(reopened)["Threshold"] == after["Threshold"]
-
-
-def test_target_contamination_sets_the_threshold():
-    app = run_page("distractors", "contamination1")
-    box = next(n for n in app.number_input if n.label == "Target contamination")
-    box.set_value(0.5).run()
-    assert_ran(app)
-    values = metric_values(app)
-    assert values["Contamination"] == "50.0%"
-    assert float(values["Threshold"]) == pytest.approx(next(s for s in app.slider if s.label == "Distractor threshold").value, abs=1e-3)
-
-
 @pytest.mark.parametrize("text", ["![x](https://example.invalid/x.png)", "[click](javascript:alert(1))", "**bold** _it_ `code`", "<b>x</b>"])
 def test_user_text_is_inert_in_markdown(text):
     from pages import ui
@@ -378,3 +351,21 @@ def test_user_text_is_inert_in_markdown(text):
     escaped = ui.plain(text)
     assert all(f"\\{char}" in escaped for char in "[]()*`<>" if char in text)
     assert escaped.replace("\\", "") == text
+
+
+def test_the_weight_search_saves_each_weight_on_its_own_model_when_a_member_cannot_load(tiny_clip_dir):
+    # The member that cannot load comes first: the searched weights belong to the members that loaded.
+    workspace_id = workspace_with(
+        "ensemble3",
+        embed_config={"model": "baseline"},
+        ensemble=[{"model": "no-such-org/no-such-clip", "weight": 1.0}, {"model": str(tiny_clip_dir), "weight": 0.5}],
+    )
+    app = run_page("embed", workspace_id)
+    next(button for button in app.button if button.label.startswith("Search the weights")).click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    chosen = app.code[0].value.splitlines()[-1]  # "chosen (mode): weights (main, member), metric m"
+    main_weight, member_weight = (float(w) for w in chosen.split("weights (")[1].split(")")[0].split(", "))
+    saved = {member["model"]: member["weight"] for member in Workspace(workspace_id).get("ensemble")}
+    assert saved.keys() == {"no-such-org/no-such-clip", str(tiny_clip_dir)}
+    assert saved["no-such-org/no-such-clip"] == 1.0, "a member left out keeps its saved weight"
+    assert saved[str(tiny_clip_dir)] == pytest.approx(member_weight / main_weight, rel=0.01)

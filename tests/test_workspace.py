@@ -60,3 +60,41 @@ def test_confined_path_refuses_escapes(tmp_path):
     for escape in ("..", "/etc", "ok/../../x", "link"):
         with pytest.raises(ValueError, match="outside the data root"):
             confined_path(tmp_path / "root", escape)
+
+
+def test_settings_lists_the_keys_under_a_prefix_and_only_this_workspace(workspace):
+    mine, other = Workspace("mine1"), Workspace("other1")
+    mine.set("threshold:a", 0.5)
+    mine.set("threshold:b", 0.25)
+    mine.set("dataset", "demo")
+    other.set("threshold:a", 0.9)
+    assert mine.settings("threshold:") == {"threshold:a": 0.5, "threshold:b": 0.25}
+    assert mine.settings("threshold:%") == {}  # a prefix is text, not a pattern
+    assert set(mine.settings()) == {"threshold:a", "threshold:b", "dataset"}
+
+
+def test_each_upload_gets_a_new_folder_even_with_one_name_in_one_second(tmp_path):
+    ws = Workspace("upload2", tmp_path)
+    folders = [ws.new_upload_folder("../my data") for _ in range(3)]
+    assert len(set(folders)) == 3
+    assert all(folder.parent == ws.files and folder.name.startswith("my data-") and not any(folder.iterdir()) for folder in folders)
+
+
+def test_saved_configs_fall_back_to_defaults_when_invalid(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Config:
+        size: int = 3
+
+        def __post_init__(self):
+            if self.size < 1:
+                raise ValueError(f"size must be at least 1, got {self.size}")
+
+    ws = Workspace("config1", tmp_path)
+    assert ws.get_config("c", Config) == Config()
+    ws.set_config("c", Config(size=7))
+    assert Workspace("config1", tmp_path).get_config("c", Config) == Config(size=7)
+    for stale in ({"size": 0}, {"colour": "red"}):
+        ws.set("c", stale)
+        assert ws.get_config("c", Config) == Config()

@@ -6,9 +6,10 @@ import json
 import re
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.paths import safe_file_name, workspace_home
@@ -60,6 +61,10 @@ class Workspace:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    def new_upload_folder(self, name: str) -> Path:
+        """A fresh, empty folder for one upload, named after it: two uploads never share a folder, whenever they come."""
+        return Path(tempfile.mkdtemp(prefix=f"{safe_file_name(name, 'upload')}-", dir=self.files))
+
     def save_upload(self, folder: str, name: str, data: bytes) -> Path:
         """Store an uploaded file in `folder` (a relative path, each part sanitised) under this workspace; never overwrites."""
         parts = [safe_file_name(part) for part in re.split(r"[\\/]", folder) if part.strip(" .")]
@@ -86,6 +91,25 @@ class Workspace:
             self._db.execute(
                 "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?)", (self.id, key, encoded, time.time())
             )
+
+    def settings(self, prefix: str = "") -> dict:
+        """Every saved setting whose key starts with `prefix`, by key."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM settings WHERE workspace=? AND substr(key, 1, ?)=?", (self.id, len(prefix), prefix)
+            ).fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
+    def get_config(self, key: str, config_type):
+        """The config saved under `key`, or `config_type`'s defaults when none is saved or it is no longer valid."""
+        saved = self.get(key)
+        try:
+            return config_type(**saved) if saved else config_type()
+        except (TypeError, ValueError):
+            return config_type()
+
+    def set_config(self, key: str, config) -> None:
+        self.set(key, asdict(config))
 
     def add_dataset(self, entry: DatasetEntry) -> None:
         with self._lock, self._db:

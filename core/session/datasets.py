@@ -1,0 +1,139 @@
+"""The datasets a workspace can open: the built-in ones, uploads stored in the workspace, folders under the data root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from core.io.archives import safe_extract_zip
+from core.io.demo import write_demo_dataset, write_digits_dataset
+from core.io.files import read_csv
+from core.io.layouts import load_dataset
+from core.io.parquet import read_embeddings_checked
+from core.paths import confined_path, safe_file_name, workspace_home
+from core.records import Rejected
+from core.session.workspace import DatasetEntry, Workspace
+
+UPLOAD_LAYOUTS = "upload one .zip, one .parquet, or a train.csv (columns image,label) together with its images"
+ACTIVE_DATASET_KEY = "dataset"
+
+
+class NamedFile(Protocol):
+    """An uploaded file: the name the user gave it and its bytes (Streamlit's UploadedFile is one)."""
+
+    name: str
+
+    def getvalue(self) -> bytes: ...
+
+
+def write_builtin_datasets(root: Path) -> list[DatasetEntry]:
+    """The demo and digits datasets, written under `root` (no download; kept when already there)."""
+    return [
+        DatasetEntry("demo: coloured shapes", str(write_demo_dataset(root)), "demo"),
+        DatasetEntry("digits (scikit-learn)", str(write_digits_dataset(root)), "digits"),
+    ]
+
+
+def data_root() -> Path:
+    """The one folder a served dashboard may open datasets from ($RETRIEVAL_LAB_DATA_ROOT)."""
+    configured = os.environ.get("RETRIEVAL_LAB_DATA_ROOT")
+    root = Path(configured).expanduser() if configured else workspace_home() / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class WorkspaceDatasets:
+    """The datasets of one workspace: the built-in ones first, then the ones its user added."""
+
+    def __init__(self, ws: Workspace, builtin: Sequence[DatasetEntry]):
+        self.ws = ws
+        self.builtin = list(builtin)
+
+    def all(self) -> list[DatasetEntry]:
+        return self.builtin + self.ws.datasets()
+
+    def active(self) -> DatasetEntry:
+        """The dataset chosen last, or the first built-in one when none was chosen or it is gone."""
+        known = {entry.name: entry for entry in self.all()}
+        return known.get(self.ws.get(ACTIVE_DATASET_KEY), self.builtin[0])
+
+    def choose(self, name: str) -> None:
+        if name not in {entry.name for entry in self.all()}:
+            raise ValueError(f"no dataset is called {name!r} in this workspace")
+        self.ws.set(ACTIVE_DATASET_KEY, name)
+
+    def add_folder(self, relative: str) -> DatasetEntry:
+        """Register a folder under the data root; `..`, absolute paths and links out are refused."""
+        root = data_root()
+        folder = confined_path(root, relative)
+        if not folder.is_dir():
+            raise ValueError(f"{relative!r} is not a folder under the data root {root}")
+        return self._register(folder.name, folder, "folder")
+
+    def add_upload(self, name: str, files: Sequence[NamedFile]) -> DatasetEntry:
+        """Store uploaded files in a folder of their own in the workspace and register them as a dataset.
+
+        One .zip or one .parquet stands alone. Otherwise a train.csv (image,label) plus images: the
+        images it lists sit beside it, the others become test images. A refused upload leaves nothing behind.
+        """
+        files = list(files)
+        suffixes = {Path(upload.name).suffix.lower() for upload in files}
+        csvs = [upload for upload in files if upload.name.lower().endswith(".csv")]
+        standalone = len(files) == 1 and suffixes <= {".zip", ".parquet"}
+        if not standalone and (len(csvs) != 1 or safe_file_name(csvs[0].name) != "train.csv"):
+            raise ValueError(UPLOAD_LAYOUTS)
+        folder = self.ws.new_upload_folder(name)
+        try:
+            source = self._store_standalone(folder, files[0]) if standalone else self._store_csv_layout(folder, csvs[0], files)
+            return self._register(name, source, "parquet" if source.suffix.lower() == ".parquet" else "upload")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def refused_on_upload(self, entry: DatasetEntry) -> list[Rejected]:
+        """Archive entries refused when an upload was unpacked (the dataset itself never saw them)."""
+        return [Rejected(name, reason) for name, reason in self.ws.get(_refused_key(entry.source), [])]
+
+    def _store_standalone(self, folder: Path, upload: NamedFile) -> Path:
+        stored = self._save(folder, upload)
+        if stored.suffix.lower() == ".parquet":
+            return stored
+        extracted = stored.with_suffix("")
+        refused = safe_extract_zip(stored, extracted)
+        stored.unlink()
+        self.ws.set(_refused_key(extracted), [[r.name, r.reason] for r in refused])
+        return extracted
+
+    def _store_csv_layout(self, folder: Path, train_csv: NamedFile, files: Sequence[NamedFile]) -> Path:
+        rows, _ = read_csv(self._save(folder, train_csv))
+        listed = {row.get("image", "") for row in rows}
+        for upload in files:
+            if upload is not train_csv:
+                self._save(folder if upload.name in listed else folder / "test", upload)
+        return folder
+
+    def _save(self, folder: Path, upload: NamedFile) -> Path:
+        return self.ws.save_upload(str(folder.relative_to(self.ws.files)), upload.name, upload.getvalue())
+
+    def _register(self, name: str, source: Path, kind: str) -> DatasetEntry:
+        """Check the source reads, then add it under a name no other dataset of the workspace has."""
+        taken = {entry.name for entry in self.all()}
+        base = name.strip() or kind
+        unique, copy = base, 1
+        while unique in taken:
+            copy += 1
+            unique = f"{base} ({copy})"
+        if kind == "parquet":
+            read_embeddings_checked(source)
+        else:
+            load_dataset(source)
+        entry = DatasetEntry(unique, str(source), kind)
+        self.ws.add_dataset(entry)
+        return entry
+
+
+def _refused_key(source: str | Path) -> str:
+    return f"refused:{source}"
