@@ -15,12 +15,16 @@ sweep = analysis.sweep
 low, high = float(np.floor(sweep.sorted_scores[0] * 100) / 100), float(np.ceil(sweep.sorted_scores[-1] * 100) / 100)
 if high <= low:
     high = low + 0.01
+SLIDER_DECIMALS = 3
 threshold_state = f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
-contamination_state = threshold_state + "-contamination"
-if threshold_state not in st.session_state:
-    st.session_state[threshold_state] = float(np.clip(current.threshold, low, high))
-    st.session_state[contamination_state] = round(float(sweep.contamination(st.session_state[threshold_state])), 3)
-    st.session_state["previous-threshold"] = st.session_state[threshold_state]
+synced_state = threshold_state + "-synced"  # the saved threshold this tab last read or wrote
+previous_state = threshold_state + "-previous"  # the slider's position one run ago, for "what flips"
+
+
+def on_slider_grid(value: float) -> float:
+    """A threshold the slider can show exactly, so the slider, the metrics and the saved value agree."""
+    return float(np.clip(round(value, SLIDER_DECIMALS), low, high))
+
 
 st.caption(
     f"A test image is flagged as a distractor when its best cosine similarity to any train image is below "
@@ -28,38 +32,49 @@ st.caption(
 )
 
 
-def _threshold_from_contamination() -> None:
-    target = st.session_state[contamination_state]
-    st.session_state[threshold_state] = float(np.clip(sweep.threshold_for(target), low, high))
+def _save_slider_threshold() -> None:
+    value = st.session_state[threshold_state]
+    current.save_threshold(value)
+    st.session_state[synced_state] = value
 
 
-def _contamination_from_threshold() -> None:
-    st.session_state[contamination_state] = round(float(sweep.contamination(st.session_state[threshold_state])), 3)
+def _set_threshold_from_contamination() -> None:
+    # The box only sets the slider and never follows it: two widgets writing each other's value race
+    # when key presses arrive faster than reruns, and the slider snaps back.
+    target = st.session_state[threshold_state + "-target"]
+    st.session_state[threshold_state] = on_slider_grid(sweep.threshold_for(target))
+    _save_slider_threshold()
 
 
 @st.fragment
 def threshold_panel() -> None:
+    saved = on_slider_grid(current.threshold)
+    changed_elsewhere = synced_state in st.session_state and saved != st.session_state[synced_state]
+    if threshold_state not in st.session_state or changed_elsewhere:
+        st.session_state[threshold_state] = saved
+        st.session_state[synced_state] = saved
+    if changed_elsewhere:
+        st.info(f"The threshold was changed to {saved:.3f} in another tab of this workspace; the slider now shows it.")
     left, right = st.columns([3, 1])
-    with right:
+    with right, st.form(threshold_state + "-form", border=False):
         st.number_input(
             "Target contamination",
             min_value=0.0,
             max_value=1.0,
+            value=float(analysis.config.contamination),
             step=0.01,
             format="%.3f",
-            key=contamination_state,
-            on_change=_threshold_from_contamination,
-            help="The share of test images to flag; sets the threshold that flags that share.",
+            key=threshold_state + "-target",
+            help="The share of test images to flag: sets the threshold that flags that share.",
         )
+        st.form_submit_button("Set threshold", on_click=_set_threshold_from_contamination)
     with left:
         threshold = st.slider(
-            "Distractor threshold", low, high, step=0.001, format="%.3f", key=threshold_state,
-            on_change=_contamination_from_threshold,
+            "Distractor threshold", low, high, step=10.0**-SLIDER_DECIMALS, format=f"%.{SLIDER_DECIMALS}f", key=threshold_state,
+            on_change=_save_slider_threshold,
         )
-    previous = st.session_state.get("previous-threshold", threshold)
-    st.session_state["previous-threshold"] = threshold
-    if threshold != current.threshold:
-        current.save_threshold(threshold)
+    previous = st.session_state.get(previous_state, threshold)
+    st.session_state[previous_state] = threshold
 
     flagged = int(sweep.flagged_count(threshold))
     cells = st.columns(4)

@@ -42,6 +42,9 @@ PAGE_PATHS = {
 }
 VIEWPORT = {"width": 1440, "height": 1000}
 MIN_NEIGHBOUR_CARDS = 5  # top-5 retrieval: a card per neighbour, each with its image
+SLIDER_STEP = 0.001  # the Distractors page's threshold slider moves by this per arrow key
+BURSTS, PRESSES_PER_BURST = 3, 5
+IDLE_CHECK_MS = 1_500
 
 
 def _free_port() -> int:
@@ -251,6 +254,32 @@ def test_threshold_slider_changes_the_counts(page, screenshots):
     expect(kept).to_have_text(str(n_test), timeout=RUN_TIMEOUT_MS)
     _wait_for_run(page)
     _check(page, screenshots, "distractors-threshold-at-minimum")
+
+
+def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
+    """Presses sent faster than the reruns: once idle, slider, metrics, counts and saved value agree."""
+    _open(page, "Distractors")
+    slider = page.get_by_test_id("stSlider").filter(has_text="Distractor threshold").get_by_role("slider")
+    flagged, kept, shown_threshold = (_metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
+    n_test = int(flagged.inner_text()) + int(kept.inner_text())
+    for _ in range(BURSTS):
+        expected = round(float(slider.input_value()) + PRESSES_PER_BURST * SLIDER_STEP, 3)
+        slider.focus()
+        for _ in range(PRESSES_PER_BURST):
+            page.keyboard.press("ArrowRight")  # no wait: the presses queue up behind the reruns
+        expect(shown_threshold).to_have_text(f"{expected:.3f}", timeout=RUN_TIMEOUT_MS)
+        page.wait_for_timeout(IDLE_CHECK_MS)  # a stale rerun would snap the slider back in this window
+        _wait_for_run(page)
+        assert float(slider.input_value()) == pytest.approx(expected), "the slider snapped back"
+        expect(shown_threshold).to_have_text(f"{expected:.3f}")
+        assert int(flagged.inner_text()) + int(kept.inner_text()) == n_test
+    flagged_after_bursts = flagged.inner_text()
+
+    page.reload()  # the saved threshold, and the counts recomputed from it
+    _wait_for_run(page)
+    expect(shown_threshold).to_have_text(f"{expected:.3f}", timeout=RUN_TIMEOUT_MS)
+    assert float(slider.input_value()) == pytest.approx(expected)
+    expect(flagged).to_have_text(flagged_after_bursts)
 
 
 def test_map_redraws_with_another_method(page, screenshots):

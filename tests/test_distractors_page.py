@@ -1,0 +1,76 @@
+"""AppTest runs of the Distractors page: the slider, the contamination box and what the workspace keeps."""
+
+import pytest
+
+from core.session.workspace import Workspace
+from test_pages import assert_ran, fresh_server, metric_values, run_page  # noqa: F401 (fresh_server is autouse)
+
+THRESHOLD = "Distractor threshold"
+
+
+def slider_of(app):
+    return next(s for s in app.slider if s.label == THRESHOLD)
+
+
+def saved_thresholds(workspace_id: str) -> dict:
+    """Every threshold the workspace holds, by its key."""
+    return Workspace(workspace_id).settings("threshold:")
+
+
+def test_the_slider_moves_the_counts_and_is_remembered():
+    app = run_page("distractors", "slider1")
+    assert_ran(app)
+    before = metric_values(app)
+    slider = slider_of(app)
+    slider.set_value(round(slider.min + 0.8 * (slider.max - slider.min), 3)).run()
+    assert_ran(app)
+    after = metric_values(app)
+    assert int(after["Flagged as distractors"]) > int(before["Flagged as distractors"])
+    assert int(after["Flagged as distractors"]) + int(after["Kept"]) == int(before["Flagged as distractors"]) + int(before["Kept"])
+    assert after["MAP@5"] != before["MAP@5"]
+    assert float(after["Threshold"]) == slider_of(app).value
+    assert list(saved_thresholds("slider1").values()) == [slider_of(app).value]
+
+    reopened = run_page("distractors", "slider1")  # a reload: the workspace keeps the threshold
+    assert metric_values(reopened)["Threshold"] == after["Threshold"]
+    assert slider_of(reopened).value == slider_of(app).value
+
+
+def test_the_target_contamination_sets_the_threshold_on_the_slider_grid():
+    app = run_page("distractors", "contamination1")
+    box = next(n for n in app.number_input if n.label == "Target contamination")
+    box.set_value(0.5)
+    next(b for b in app.button if b.label == "Set threshold").click().run()
+    assert_ran(app)
+    values = metric_values(app)
+    n_test = int(values["Flagged as distractors"]) + int(values["Kept"])
+    # The threshold sits on the slider's 0.001 grid, which can move it past a few near-tied scores.
+    assert int(values["Flagged as distractors"]) == pytest.approx(0.5 * n_test, abs=0.02 * n_test)
+    assert float(values["Threshold"]) == slider_of(app).value
+    assert round(slider_of(app).value, 3) == slider_of(app).value
+    assert list(saved_thresholds("contamination1").values()) == [slider_of(app).value]
+
+
+def test_moving_the_slider_does_not_rewrite_the_contamination_box():
+    # Two widgets writing each other's value raced under fast key presses and snapped the slider back.
+    app = run_page("distractors", "box1")
+    box_before = next(n for n in app.number_input if n.label == "Target contamination").value
+    slider = slider_of(app)
+    slider.set_value(round(slider.max - 0.01, 3)).run()
+    assert_ran(app)
+    assert next(n for n in app.number_input if n.label == "Target contamination").value == box_before
+
+
+def test_a_tab_that_only_moves_dbscan_keeps_the_threshold_another_tab_saved():
+    tab_a, tab_b = run_page("distractors", "tabs1"), run_page("distractors", "tabs1")
+    slider = slider_of(tab_a)
+    chosen = round(slider.min + 0.9 * (slider.max - slider.min), 3)
+    slider.set_value(chosen).run()
+    assert_ran(tab_a)
+    assert slider_of(tab_b).value != chosen
+
+    next(s for s in tab_b.slider if s.label.startswith("eps")).set_value(0.3).run()
+    assert_ran(tab_b)
+    assert list(saved_thresholds("tabs1").values()) == [chosen]
+    assert slider_of(tab_b).value == chosen, "tab B shows the threshold tab A saved"
+    assert any("changed to" in info.value and "another tab" in info.value for info in tab_b.info)
