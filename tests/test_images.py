@@ -147,3 +147,9 @@ def test_draft_size_decodes_large_jpegs_smaller():
 
 def test_image_extensions_cover_common_formats():
     assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif"} <= IMAGE_EXTENSIONS
+
+
+def test_jfif_is_an_image_extension_pillow_reads(tmp_path):
+    assert Image.registered_extensions()[".jfif"] == "JPEG" and ".jfif" in IMAGE_EXTENSIONS
+    root = write_files(tmp_path / "d", {"train/cat/photo.jfif": jpeg()})
+    assert [item.id for item in load_dataset(root).items] == ["photo.jfif"]

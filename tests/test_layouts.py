@@ -6,6 +6,7 @@ import pytest
 from input_files import SVG, encode, jpeg, small_layout, write_files  # noqa: F401 (fixture)
 from PIL import Image
 
+from core.io import layouts
 from core.io.layouts import load_dataset
 from core.records import DISTRACTOR, TEST, TRAIN
 
@@ -143,10 +144,63 @@ def test_csv_empty_labels_are_rejected_rows(tmp_path):
 
 def test_csv_missing_columns_names_found_and_required(tmp_path):
     root = write_files(tmp_path / "d", {"images/a.jpg": jpeg(), "train.csv": b"image,path\nimages/a.jpg,x\n"})
-    expected = r"train.csv is missing column\(s\) label: found image, path; required: image, label"
+    expected = r"train.csv lacks column\(s\) label: found image, path; required: image, label"
     with pytest.raises(ValueError, match=expected):
         load_dataset(root)
     (root / "train.csv").write_text("image,label\nimages/a.jpg,cat\n")
     (root / "test.csv").write_text("file\nimages/a.jpg\n")
-    with pytest.raises(ValueError, match=r"test.csv is missing column\(s\) image: found file"):
+    with pytest.raises(ValueError, match=r"test.csv lacks column\(s\) image: found file; required: image; optional: label"):
         load_dataset(root)
+
+
+def test_float_and_padded_labels_are_spelled_once_in_folders_and_csvs(tmp_path):
+    folders = write_files(tmp_path / "folders", {
+        "train/3.0/a.jpg": jpeg(), "train/ cat /b.jpg": jpeg(), "test/-1.0/t.jpg": jpeg(), "test/3/u.jpg": jpeg(),
+    })
+    with pytest.warns(UserWarning, match="white space tidied in 1 label"):
+        dataset = load_dataset(folders)
+    assert {i.id: i.label for i in dataset.items} == {"a.jpg": "3", "b.jpg": "cat", "t.jpg": DISTRACTOR, "u.jpg": "3"}
+    csvs = write_files(tmp_path / "csvs", {
+        "a.jpg": jpeg(), "b.jpg": jpeg(), "t.jpg": jpeg(), "u.jpg": jpeg(),
+        "train.csv": b"image,label\na.jpg,3.0\nb.jpg,cat\n", "test.csv": b"image,label\nt.jpg,-1.0\nu.jpg,3\n",
+    })
+    assert {i.id: i.label for i in load_dataset(csvs).items} == {i.id: i.label for i in dataset.items}
+
+
+@pytest.mark.parametrize("label", ["   ", " -1", "-1.0"], ids=["blank", "padded -1", "float -1"])
+def test_blank_and_distractor_train_folders_are_refused_by_name(tmp_path, small_layout, label):
+    root = write_files(tmp_path / "d", {**small_layout, f"train/{label}/x.jpg": jpeg()})
+    dataset = load_dataset(root)
+    assert len(dataset.items) == len(small_layout)
+    assert [r.name for r in dataset.rejected] == [f"train/{label}/x.jpg"]
+    assert dataset.rejected[0].reason in ("empty label", "label -1 marks test distractors and cannot be a train class")
+
+
+@pytest.mark.parametrize("link", ["train/cat/secret.jpg", "train/bird", "test/out.jpg"])
+def test_a_link_out_of_the_dataset_folder_is_refused_by_name_and_never_opened(tmp_path, small_layout, link):
+    outside = write_files(tmp_path / "outside", {"secret.jpg": jpeg(), "dog/d9.jpg": jpeg()})
+    root = write_files(tmp_path / "d", small_layout)
+    target = outside / "dog" if link == "train/bird" else outside / "secret.jpg"
+    (root / link).parent.mkdir(parents=True, exist_ok=True)
+    (root / link).symlink_to(target)
+    opened = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layouts, "check_image_file", lambda path: opened.append(path))
+        dataset = load_dataset(root)
+    assert [(r.name, r.reason) for r in dataset.rejected] == [
+        (link, "link to a file or folder outside the dataset folder: not opened")
+    ]
+    assert all(path.resolve().is_relative_to(root) for path in opened) and len(opened) == len(dataset.items)
+
+
+def test_a_csv_row_naming_a_link_out_of_the_dataset_folder_is_refused(tmp_path):
+    outside = write_files(tmp_path / "outside", {"secret.jpg": jpeg()})
+    root = write_files(tmp_path / "d", {"a.jpg": jpeg(), "train.csv": b"image,label\na.jpg,cat\nlink.jpg,cat\n"})
+    (root / "link.jpg").symlink_to(outside / "secret.jpg")
+    (root / "inside.jpg").symlink_to(root / "a.jpg")
+    (root / "train.csv").write_text("image,label\na.jpg,cat\nlink.jpg,cat\ninside.jpg,dog\n")
+    dataset = load_dataset(root)
+    assert [(i.id, i.label) for i in dataset.items] == [("a.jpg", "cat"), ("inside.jpg", "dog")]
+    assert [(r.name, r.reason) for r in dataset.rejected] == [
+        ("link.jpg", "train.csv row 3: links to a file outside the dataset folder: not opened")
+    ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from core.records import Rejected
@@ -27,9 +28,11 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     """A path beside `path` to write to; it replaces `path` only if the block succeeds.
 
     A failure (a full disk, an interrupted write) leaves the previous file untouched and no partial
-    file behind.
+    file behind. Each call writes to its own hidden name, so two writers of the same file never
+    write into one partial file; the last to finish wins whole.
     """
-    partial = Path(path).with_name(f".{Path(path).name}.partial")
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
         yield partial
         os.replace(partial, path)
@@ -37,12 +40,33 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
-def read_csv(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
-    """Rows keyed by lower-cased, stripped column names, and those names."""
+def read_csv(
+    csv_path: Path, required: Sequence[str] = (), optional: Sequence[str] = ()
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows keyed by lower-cased, stripped column names, and those names; blank rows are skipped.
+
+    A short row gets "" for its missing cells. Raises ValueError naming the file when it is
+    missing, not UTF-8, not CSV, or lacks one of the `required` columns (`optional` ones are
+    only named in that message).
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ValueError(f"{csv_path} not found (or not a file)")
     with text_file_errors(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [column.strip().lower() for column in next(reader, [])]
-        rows = [dict(zip(header, values)) for values in reader if any(v.strip() for v in values)]
+        rows = [
+            {column: values[i] if i < len(values) else "" for i, column in enumerate(header)}
+            for values in reader
+            if any(v.strip() for v in values)
+        ]
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise ValueError(
+            f"{csv_path.name} lacks column(s) {', '.join(missing)}: found "
+            f"{', '.join(header) or 'no columns'}; required: {', '.join(required)}"
+            + (f"; optional: {', '.join(optional)}" if optional else "")
+        )
     return rows, header
 
 

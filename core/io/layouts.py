@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from core.io.archives import UNPACKED_FOLDER, unpacked_once
 from core.io.files import is_os_junk, read_csv, refusal_examples
 from core.io.images import IMAGE_EXTENSIONS, check_image_file
+from core.io.labels import checked_label, white_space_note
 from core.paths import workspace_home
-from core.records import DISTRACTOR, SPLITS, TEST, TRAIN, Dataset, Item, Rejected
+from core.records import SPLITS, TEST, TRAIN, Dataset, Item, Rejected
 
-_DISTRACTOR_IN_TRAIN = f"label {DISTRACTOR} marks test distractors and cannot be a train class"
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class _Candidate:
     label: str | None
     path: Path
     name: str  # relative path as the user sees it
+    raw_label: str | None  # the label as the layout spelled it, before normalise_label
 
 
 def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
@@ -44,7 +46,7 @@ def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
         name = source.stem
         extracted, refused = unpacked_once(source, Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER)
         rejected += refused
-        root = _layout_root(extracted, source)
+        root = _layout_root(extracted.resolve(), source)
         train_csv = root / "train.csv"
     elif source.is_file() and source.suffix.lower() == ".csv":
         name, root, train_csv = source.parent.name, source.parent, source
@@ -60,6 +62,9 @@ def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
         candidates = _csv_candidates(train_csv, root, rejected)
     else:
         candidates = _folder_candidates(root, rejected)
+    note = white_space_note(name, (candidate.raw_label for candidate in candidates))
+    if note:
+        warnings.warn(note, stacklevel=2)
     items = _accept(candidates, rejected)
     if not any(item.split == TRAIN for item in items):
         raise ValueError(
@@ -88,33 +93,37 @@ def _has_layout(folder: Path) -> bool:
 
 
 def _folder_candidates(root: Path, rejected: list[Rejected]) -> list[_Candidate]:
+    return _folder_split_candidates(root, TRAIN, rejected) + _folder_split_candidates(root, TEST, rejected)
+
+
+def _folder_split_candidates(root: Path, split: str, rejected: list[Rejected]) -> list[_Candidate]:
+    """Files under <split>/, labelled by the folder below it; train files must have one."""
     candidates = []
-    for path in _files_under(root / TRAIN):
+    for path in _files_under(root / split, root, rejected):
         relative = path.relative_to(root)
-        if len(relative.parts) < 3:
-            reason = "train image outside a label folder: put it in train/<label>/"
-            rejected.append(Rejected(relative.as_posix(), reason))
-        elif relative.parts[1].strip() == DISTRACTOR:
-            rejected.append(Rejected(relative.as_posix(), _DISTRACTOR_IN_TRAIN))
+        raw_label = relative.parts[1] if len(relative.parts) >= 3 else None
+        label, problem = checked_label(raw_label, split)
+        if split == TRAIN and raw_label is None:
+            problem = "train image outside a label folder: put it in train/<label>/"
+        if problem:
+            rejected.append(Rejected(relative.as_posix(), problem))
         else:
-            label = relative.parts[1].strip()
-            candidates.append(_Candidate(TRAIN, label, path, relative.as_posix()))
-    return candidates + _test_folder_candidates(root)
-
-
-def _test_folder_candidates(root: Path) -> list[_Candidate]:
-    candidates = []
-    for path in _files_under(root / TEST):
-        relative = path.relative_to(root)
-        label = relative.parts[1].strip() if len(relative.parts) >= 3 else None
-        candidates.append(_Candidate(TEST, label, path, relative.as_posix()))
+            candidates.append(_Candidate(split, label, path, relative.as_posix(), raw_label))
     return candidates
 
 
-def _files_under(folder: Path) -> list[Path]:
+def _files_under(folder: Path, root: Path, rejected: list[Rejected]) -> list[Path]:
+    """The files under `folder`; a link resolving outside `root` is refused by name, never opened."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    files = []
+    for path in sorted([folder, *folder.rglob("*")]):
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            reason = "link to a file or folder outside the dataset folder: not opened"
+            rejected.append(Rejected(path.relative_to(root).as_posix(), reason))
+        elif path.is_file():
+            files.append(path)
+    return files
 
 
 def _csv_candidates(train_csv: Path, root: Path, rejected: list[Rejected]) -> list[_Candidate]:
@@ -122,48 +131,43 @@ def _csv_candidates(train_csv: Path, root: Path, rejected: list[Rejected]) -> li
     test_csv = train_csv.with_name("test.csv")
     if test_csv.is_file():
         return candidates + _csv_rows(test_csv, TEST, root, rejected, label_required=False)
-    return candidates + _test_folder_candidates(root)
+    return candidates + _folder_split_candidates(root, TEST, rejected)
 
 
 def _csv_rows(
     csv_path: Path, split: str, root: Path, rejected: list[Rejected], label_required: bool
 ) -> list[_Candidate]:
-    required = ("image", "label") if label_required else ("image",)
-    rows, columns = read_csv(csv_path)
-    missing = [column for column in required if column not in columns]
-    if missing:
-        raise ValueError(
-            f"{csv_path.name} is missing column(s) {', '.join(missing)}: found "
-            f"{', '.join(columns) or 'no columns'}; required: {', '.join(required)}"
-            + ("" if label_required else " (label optional)")
-        )
+    required, optional = (("image", "label"), ()) if label_required else (("image",), ("label",))
+    rows, columns = read_csv(csv_path, required, optional)
     candidates = []
     for row_number, row in enumerate(rows, start=2):
-        image = (row.get("image") or "").strip()
+        image = row["image"].strip()
         where = f"{csv_path.name} row {row_number}"
-        label = (row.get("label") or "").strip() if "label" in columns else None
+        raw_label = row["label"] if "label" in columns else None
+        label, problem = checked_label(raw_label, split)
         if not image:
             rejected.append(Rejected(where, "empty image path"))
-        elif label == "":
-            rejected.append(Rejected(image, f"empty label in {where}"))
-        elif split == TRAIN and label == DISTRACTOR:
-            rejected.append(Rejected(image, f"{where}: {_DISTRACTOR_IN_TRAIN}"))
+        elif problem:
+            rejected.append(Rejected(image, f"{problem} in {where}"))
         else:
             path, problem = _listed_file(csv_path.parent, image, root)
             if path is None:
                 rejected.append(Rejected(image, f"{where}: {problem}"))
             else:
-                candidates.append(_Candidate(split, label, path, path.relative_to(root).as_posix()))
+                candidates.append(_Candidate(split, label, path, path.relative_to(root).as_posix(), raw_label))
     return candidates
 
 
 def _listed_file(base: Path, image: str, root: Path) -> tuple[Path | None, str]:
     """The file a CSV cell names, relative to the CSV or, Kaggle style, inside images/."""
     for folder in (base, base / "images"):
-        # normpath rather than resolve: '..' tricks are refused, a user's own symlinks are not.
+        # normpath first, so '..' tricks are refused as such; then resolve, so a user's links may
+        # point anywhere inside the dataset folder but never outside it.
         path = Path(os.path.normpath(folder / image))
         if not path.is_relative_to(root):
             return None, "path points outside the dataset folder"
+        if path.exists() and not path.resolve().is_relative_to(root):
+            return None, "links to a file outside the dataset folder: not opened"
         if path.is_file():
             return path, ""
     return None, "no such file"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.io.files import refusal_examples, replaced_atomically
+from core.io.labels import checked_label, white_space_note
 from core.records import SPLITS, Embeddings, Rejected
 
 MODEL_METADATA_KEY = b"retrieval_lab.model"
@@ -55,8 +57,8 @@ def read_embeddings_checked(path: Path) -> tuple[Embeddings, list[Rejected]]:
 
     Raises ValueError for a file that is not Parquet, missing columns, split values other than
     train/test, a non-numeric embedding column or rows of different lengths. Rows with a missing
-    id or vector, NaN/inf values, a zero vector or a repeated id are dropped. Vectors come back
-    as float32 with unit L2 norm.
+    id, label or vector, NaN/inf values, a zero vector or a repeated id are dropped. Labels come
+    back as normalise_label spells them. Vectors come back as float32 with unit L2 norm.
     """
     try:
         table = pq.read_table(path)
@@ -68,19 +70,25 @@ def read_embeddings_checked(path: Path) -> tuple[Embeddings, list[Rejected]]:
             f"{path} is missing column(s) {', '.join(missing)}: found "
             f"{', '.join(table.column_names)}; required: {', '.join(EMBEDDING_COLUMNS)}"
         )
+    if table.num_rows == 0:
+        raise ValueError(f"{path} has no rows: it holds the columns but no embeddings")
     ids = table.column("id").cast(pa.string()).to_pylist()
     splits = table.column("split").cast(pa.string()).to_pylist()
-    labels = [_label_or_none(label) for label in table.column("label").to_pylist()]
     bad_splits = ", ".join(sorted({repr(s) for s in splits if s not in SPLITS}))
     if bad_splits:
         raise ValueError(
             f"{path}: split column has value(s) {bad_splits}; allowed: {', '.join(SPLITS)}"
         )
+    raw_labels = table.column("label").to_pylist()
+    labels, label_problems = zip(*map(checked_label, raw_labels, splits))
+    note = white_space_note(str(path), raw_labels)
+    if note:
+        warnings.warn(note, stacklevel=2)
     vectors, present = _embedding_matrix(path, table.column("embedding"))
     metadata = table.schema.metadata or {}
     model = metadata.get(MODEL_METADATA_KEY, b"unknown").decode("utf-8", "replace")
 
-    keep, dropped = _usable_rows(ids, vectors, present)
+    keep, dropped = _usable_rows(ids, label_problems, vectors, present)
     norms = np.linalg.norm(vectors[keep].astype(np.float64), axis=1, keepdims=True)
     emb = Embeddings(
         ids=np.array([ids[i] for i in keep], dtype=str),
@@ -115,7 +123,8 @@ def _embedding_matrix(path: Path, column: pa.ChunkedArray) -> tuple[np.ndarray, 
         raise ValueError(f"{path}: embeddings are empty lists")
     values = pc.list_flatten(column.filter(pa.array(present))).cast(pa.float32())
     matrix = np.full((len(present), dim), np.nan, dtype=np.float32)
-    matrix[present] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    if present.any():  # numpy cannot infer the rows of an empty (-1, 0) reshape
+        matrix[present] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
     return matrix, present
 
 
@@ -124,7 +133,7 @@ def _label_or_none(label: object) -> str | None:
 
 
 def _usable_rows(
-    ids: list[str | None], vectors: np.ndarray, present: np.ndarray
+    ids: list[str | None], label_problems: Sequence[str], vectors: np.ndarray, present: np.ndarray
 ) -> tuple[list[int], list[Rejected]]:
     keep: list[int] = []
     dropped: list[Rejected] = []
@@ -135,6 +144,8 @@ def _usable_rows(
         name = row_id if row_id is not None else f"row {row}"
         if row_id is None:
             reason = "missing id"
+        elif label_problems[row]:
+            reason = label_problems[row]
         elif not present[row]:
             reason = "missing embedding"
         elif not finite[row]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,6 +16,7 @@ from scipy.sparse import coo_matrix
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, trustworthiness
 
+from core.io.files import replaced_atomically
 PROJECTION_METHODS = ("umap", "tsne", "pca")
 # Metrics that both umap-learn and scikit-learn's TSNE accept by name.
 METRICS = ("cosine", "euclidean", "correlation", "manhattan")
@@ -408,11 +407,9 @@ class ProjectionCache:
 
         A cache that cannot be written only warns: the caller keeps the computed projection.
         """
-        temporary = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as handle:
-                temporary = Path(handle.name)
+            with replaced_atomically(self.path(key)) as unfinished, open(unfinished, "wb") as handle:
                 np.savez(
                     handle,
                     train_xy=projection.train_xy,
@@ -420,12 +417,8 @@ class ProjectionCache:
                     config=np.array(json.dumps(asdict(projection.config))),
                     notes=np.array(projection.notes, dtype=str),
                 )
-            os.replace(temporary, self.path(key))
         except OSError as error:
             warnings.warn(f"projection not cached in {self.directory}: {error}", stacklevel=2)
-        finally:
-            if temporary is not None:  # already renamed away unless the write failed
-                temporary.unlink(missing_ok=True)
 
 
 def warm_up(config: ProjectionConfig = ProjectionConfig()) -> None:

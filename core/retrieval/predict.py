@@ -11,7 +11,8 @@ import numpy as np
 
 from core.records import DISTRACTOR
 from core.retrieval.index import Neighbours
-from core.io.files import replaced_atomically
+from core.io.files import read_csv, replaced_atomically
+from core.io.labels import normalise_label
 
 
 def neighbours_needed(train_labels: Sequence[str], k: int = 5) -> int:
@@ -72,37 +73,33 @@ def write_submission(path: Path | str, ids: Sequence[str], rows: Sequence[Sequen
     return path
 
 
-def _read_csv(path: Path | str, required: tuple[str, ...], what: str) -> list[dict[str, str]]:
+def _rows_by_id(path: Path | str, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV keyed by its `id` column, which must not repeat."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{what} {path.name} lacks column(s) {', '.join(missing)}; "
-                f"found {', '.join(reader.fieldnames or []) or 'none'}, need {', '.join(required)}"
-            )
-        rows = list(reader)
-    ids = [row["id"] for row in rows]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{what} {path.name} repeats the id {duplicate!r}")
+    rows, _ = read_csv(path, required)
+    first: dict[str, int] = {}
+    for row_number, row in enumerate(rows, start=2):
+        if first.setdefault(row["id"], row_number) != row_number:
+            raise ValueError(f"{path.name} repeats the id {row['id']!r} (rows {first[row['id']]} and {row_number})")
     return rows
 
 
 def read_submission(path: Path | str) -> dict[str, list[str]]:
     """id → predicted labels, from a submission CSV."""
-    return {row["id"]: (row["predictions"] or "").split() for row in _read_csv(path, SUBMISSION_COLUMNS, "submission")}
+    return {row["id"]: row["predictions"].split() for row in _rows_by_id(path, SUBMISSION_COLUMNS)}
 
 
 def read_truth(path: Path | str) -> dict[str, str]:
-    """id → true label ("-1" for a distractor) as a submission spells it, from a CSV with columns id,label."""
+    """id → true label ("-1" for a distractor) as a submission spells it, from a CSV with columns id,label.
+
+    Labels are read by the rules every dataset reader follows (normalise_label), so "-1.0" from a
+    float column is the distractor label here as it is in `evaluate`.
+    """
     truth = {}
-    for row in _read_csv(path, ("id", "label"), "truth"):
-        label = (row["label"] or "").strip()
-        if not label:
-            raise ValueError(f"truth has an empty label for id {row['id']!r}")
+    for row in _rows_by_id(path, ("id", "label")):
+        try:
+            label = normalise_label(row["label"])
+        except ValueError:
+            raise ValueError(f"{Path(path).name} has an empty label for id {row['id']!r}") from None
         truth[row["id"]] = submission_label(label)
     return truth
