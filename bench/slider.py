@@ -11,7 +11,7 @@ from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio
 from core.retrieval.distractors import ThresholdSweep
 from core.records import DISTRACTOR
-from core.retrieval.pipeline import _verdict_precisions, analyse
+from core.retrieval.pipeline import analyse, verdict_precisions
 
 FULL = {"analysed": (16_000, 100_000), "synthetic": (1_000_000,), "rounds": 7, "thresholds": 20}
 QUICK = {"analysed": (16_000, 100_000), "synthetic": (1_000_000,), "rounds": 5, "thresholds": 10}
@@ -43,7 +43,7 @@ def run(work: Path, quick: bool) -> Section:
         if n_test in plan["analysed"]:
             analysis = analyse(retrieval_embeddings(n_test))
             sweep, scores = analysis.sweep, analysis.scores
-            ap_flagged, ap_kept = _verdict_precisions(analysis.retrieval.labels, analysis.truth, analysis.config.k)
+            ap_flagged, ap_kept = verdict_precisions(analysis.retrieval.labels, analysis.truth, analysis.config.k)
             is_distractor = analysis.truth == DISTRACTOR
         else:
             # A million test items through analyse() would take minutes of search and Python loops the

@@ -1,31 +1,82 @@
+import time
+
 import numpy as np
 import pytest
 
-from core.retrieval.index import Neighbours
+import core.retrieval.predict
+from core.retrieval.index import VectorIndex
 from core.retrieval.predict import (
-    neighbours_needed,
     place_distractor,
-    rank_labels,
     read_submission,
     read_truth,
+    search_labels,
     write_submission,
 )
 
 
-def test_rank_labels_keeps_distinct_labels_by_best_neighbour():
-    labels = ["a", "a", "b", "c", "b", "d", "e", "f"]
-    neighbours = Neighbours(np.zeros((1, 8), np.float32), np.array([[0, 1, 2, 4, 3, 5, 6, 7]]))
-    assert rank_labels(neighbours, labels, 5) == [["a", "b", "c", "d", "e"]]
+def exhaustive_labels(train, labels, queries, k):
+    """The definition: each query's neighbours over all of train, best first, and their first k distinct labels."""
+    everything = VectorIndex(train).search(queries, len(train))
+    return [list(dict.fromkeys(row))[:k] for row in np.asarray(labels, dtype=object)[everything.indices]]
 
 
-def test_rows_are_short_when_train_has_few_classes():
-    neighbours = Neighbours(np.zeros((1, 3), np.float32), np.array([[2, 0, 1]]))
-    assert rank_labels(neighbours, ["x", "x", "y"], 5) == [["y", "x"]]
+def test_rank_by_best_neighbour_and_short_rows_when_few_classes():
+    train = np.eye(4, dtype=np.float32)
+    query = np.array([[0.1, 0.9, 0.5, 0.3]], np.float32)
+    assert search_labels(VectorIndex(train), ["a", "b", "c", "a"], query, 5, 1)[1] == [["b", "c", "a"]]
+    assert search_labels(VectorIndex(train), ["a", "b", "c", "d"], query, 2, 1)[1] == [["b", "c"]]
 
 
-def test_neighbours_needed_covers_the_largest_class():
-    assert neighbours_needed(["a"] * 3 + ["b"] * 3 + ["c"] * 2, 5) == 8
-    assert neighbours_needed([str(i // 3) for i in range(3000)], 5) == 15
+@pytest.mark.parametrize("seed", range(40))
+def test_labels_equal_the_exhaustive_definition_ties_included(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    n, dim, n_queries = int(rng.integers(5, 80)), int(rng.integers(1, 6)), int(rng.integers(1, 40))
+    if seed % 2:  # small whole numbers: exact dot products, so many classes tie at their best
+        train, queries = rng.integers(-2, 3, (n, dim)).astype(np.float32), rng.integers(-2, 3, (n_queries, dim)).astype(np.float32)
+    else:
+        train, queries = rng.normal(size=(n, dim)).astype(np.float32), rng.normal(size=(n_queries, dim)).astype(np.float32)
+    n_classes = int(rng.integers(1, 10))
+    labels = [f"c{c}" for c in rng.choice(n_classes, n, p=rng.dirichlet(np.full(n_classes, 0.3)))]
+    k = int(rng.integers(1, 7))
+    # A shallow first search sends most queries through the later, class-excluding rounds.
+    monkeypatch.setattr(core.retrieval.predict, "FIRST_SEARCH_DEPTH", int(rng.integers(1, 10)))
+    neighbours, found = search_labels(VectorIndex(train), labels, queries, k, 3)
+    assert found == exhaustive_labels(train, labels, queries, k)
+    assert neighbours.k == min(3, n)
+    np.testing.assert_array_equal(neighbours.similarities, VectorIndex(train).search(queries, min(3, n)).similarities)
+
+
+def skewed_and_balanced(n_train, n_test, dim, seed=0):
+    """Train with one class holding half the rows, and the same rows in classes of 20; queries near train rows."""
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=(n_train, dim)).astype(np.float32)
+    queries = train[rng.integers(0, n_train, n_test)] + 0.3 * rng.normal(size=(n_test, dim)).astype(np.float32)
+    balanced = [f"c{row // 20}" for row in range(n_train)]
+    skewed = ["big" if row < n_train // 2 else label for row, label in enumerate(balanced)]
+    return train, queries, skewed, balanced
+
+
+def test_skewed_classes_cost_about_what_balanced_ones_do():
+    train, queries, skewed, balanced = skewed_and_balanced(4000, 1000, 32)
+    index = VectorIndex(train)
+    seconds = {}
+    for name, labels in (("skewed", skewed), ("balanced", balanced)):
+        started = time.perf_counter()
+        search_labels(index, labels, queries, 5, 5)
+        seconds[name] = time.perf_counter() - started
+    # Searching k × the largest class deep took about 9× longer on the skewed labels.
+    assert seconds["skewed"] < 3 * seconds["balanced"] + 0.05, seconds
+
+
+def test_search_labels_refuses_what_cannot_fit_and_mismatched_labels(monkeypatch):
+    train = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="2 train labels but 3 indexed vectors"):
+        search_labels(VectorIndex(train), ["a", "b"], train, 5, 1)
+    with pytest.raises(ValueError, match="k must be at least 1, got 0"):
+        search_labels(VectorIndex(train), ["a", "b", "c"], train, 0, 1)
+    monkeypatch.setattr(core.retrieval.predict, "MAX_NEIGHBOUR_CELLS", 8)
+    with pytest.raises(ValueError, match="3 queries × 3 neighbours each need .* GB.*lower k and score_k"):
+        search_labels(VectorIndex(train), ["a", "b", "c"], train, 5, 3)
 
 
 def test_place_distractor_puts_minus_one_first_and_keeps_four():

@@ -145,10 +145,10 @@ def test_config_stores_numpy_numbers_as_plain_ones_so_keys_match():
 @pytest.mark.parametrize(
     ("train", "test", "message"),
     [
-        (np.empty((0, 8)), np.empty((0, 8)), r"at least 1 row and 2 dims; got shape \(0, 8\)"),
+        (np.empty((0, 8)), np.empty((0, 8)), r"train vectors must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 2\); got shape \(0, 8\)"),
         (np.ones(8), np.empty((0, 8)), r"got shape \(8,\)"),
         (np.ones((5, 8)), np.ones((3, 9)), r"must be 2-D with 8 dims like train; got shape \(3, 9\)"),
-        (np.ones((5, 8)), np.full((3, 8), np.nan), r"test vectors have NaN or infinite values in 3 rows"),
+        (np.ones((5, 8)), np.full((3, 8), np.nan), r"test vectors have NaN or infinite values in 3 of 3 rows \(first at row 0\)"),
     ],
 )
 def test_project_rejects_bad_vectors(train, test, message):
@@ -269,21 +269,33 @@ def test_umap_fitted_on_given_neighbours_has_umaps_own_neighbour_graph(blobs):
     assert abs(own.graph_ - given.graph_).max() < 1e-4  # strengths in [0, 1]; FAISS works in float32
 
 
-@pytest.mark.parametrize("duplicate_a_train_row", [False, True])
-def test_placing_test_rows_equals_umaps_own_transform(blobs, duplicate_a_train_row):
+@pytest.mark.parametrize(
+    ("duplicate_a_train_row", "settings"),
+    [
+        (False, {}),
+        (True, {}),
+        # _place derives the curve (a, b), learning rate and disconnection distance from umap's public
+        # parameters as its fit does: settings away from the defaults show it follows them.
+        (False, {"min_dist": 0.5, "spread": 1.5, "learning_rate": 0.5, "disconnection_distance": 0.9}),
+        (False, {"a": 1.2, "b": 0.8, "metric": "euclidean"}),
+    ],
+)
+def test_placing_test_rows_equals_umaps_own_transform(blobs, duplicate_a_train_row, settings):
     import umap
     from sklearn.metrics import pairwise_distances
+    from umap.distances import named_distances
 
     from core.maps.projection import _place
 
     train, test = blobs[0].astype(np.float32), blobs[1].astype(np.float32)
     if duplicate_a_train_row:  # strength 1: umap puts such a row exactly on its twin
         test[:5] = train[:5]
+    settings = {"metric": "cosine", "n_neighbors": 15, "random_state": 0, "n_jobs": 1, **settings}
     # n_epochs unset: umap's transform then picks its layout rounds by size, as _place does.
-    fitted = umap.UMAP(metric="cosine", n_neighbors=15, random_state=0, n_jobs=1).fit(train)
+    fitted = umap.UMAP(**settings).fit(train)
     expected = fitted.transform(test)
     # The neighbours umap's transform finds for a small fit: its own distance on all pairs.
-    distances = pairwise_distances(test, train, metric=fitted._input_distance_func)
+    distances = pairwise_distances(test, train, metric=named_distances[settings["metric"]])
     indices = np.argsort(distances, axis=1, kind="stable")[:, :15]
     placed = _place(fitted, indices, np.take_along_axis(distances, indices, axis=1))
     np.testing.assert_array_equal(placed, expected)

@@ -8,7 +8,6 @@ import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, trustworthiness
 
 from core.io.files import replaced_atomically
+from core.retrieval.index import checked_vectors, unit_rows
+
 PROJECTION_METHODS = ("umap", "tsne", "pca")
 # Metrics that both umap-learn and scikit-learn's TSNE accept by name.
 METRICS = ("cosine", "euclidean", "correlation", "manhattan")
@@ -113,26 +114,15 @@ def project(
 
 
 def _checked_rows(train_vectors: np.ndarray, test_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    train = np.asarray(train_vectors, dtype=np.float64)
+    train = checked_vectors(train_vectors, "train vectors", min_rows=1, min_dims=2, dtype=np.float64)
     test = np.asarray(test_vectors, dtype=np.float64)
-    if train.ndim != 2 or len(train) == 0 or train.shape[1] < 2:
-        raise ValueError(
-            f"train vectors must be a 2-D array of at least 1 row and 2 dims; got shape {train.shape}"
-        )
     if test.size == 0:
         test = test.reshape(0, train.shape[1])
     if test.ndim != 2 or test.shape[1] != train.shape[1]:
         raise ValueError(
             f"test vectors must be 2-D with {train.shape[1]} dims like train; got shape {test.shape}"
         )
-    for name, rows in (("train", train), ("test", test)):
-        bad = ~np.isfinite(rows).all(axis=1)
-        if bad.any():
-            raise ValueError(
-                f"{name} vectors have NaN or infinite values in {int(bad.sum())} rows "
-                f"(first at row {int(np.argmax(bad))}); only finite vectors can be projected"
-            )
-    return train, test
+    return train, checked_vectors(test, "test vectors", dtype=np.float64)
 
 
 def _pca_first(config: ProjectionConfig, report: Progress, fit_rows: np.ndarray, *other_rows: np.ndarray):
@@ -242,8 +232,13 @@ def _nearest(rows: np.ndarray, to: np.ndarray, metric: str, k: int, same_rows: b
 
     if metric in ("cosine", "correlation"):
         # cosine distance is 1 - the inner product of unit rows; correlation is cosine of centred rows.
-        prepare = partial(_unit_rows, centred=metric == "correlation")
-        similarities, indices = faiss.knn(prepare(rows), prepare(to), k, metric=faiss.METRIC_INNER_PRODUCT)
+        centred = metric == "correlation"
+
+        def unit(vectors):
+            # A zero row has no direction: kept at zero, it is at distance 1 from every row.
+            return unit_rows(vectors - vectors.mean(axis=1, keepdims=True) if centred else vectors, "vectors", True)
+
+        similarities, indices = faiss.knn(unit(rows), unit(to), k, metric=faiss.METRIC_INNER_PRODUCT)
         distances = np.maximum(1 - similarities, 0)
     elif metric == "euclidean":
         squared, indices = faiss.knn(rows, to, k, metric=faiss.METRIC_L2)
@@ -257,12 +252,6 @@ def _nearest(rows: np.ndarray, to: np.ndarray, metric: str, k: int, same_rows: b
     return indices, distances
 
 
-def _unit_rows(rows: np.ndarray, centred: bool) -> np.ndarray:
-    rows = rows - rows.mean(axis=1, keepdims=True) if centred else rows
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return (rows / np.where(norms > 0, norms, 1)).astype(np.float32)
-
-
 def _place(fitted, indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
     """umap-learn's ``transform`` of new rows from their nearest fitted rows, without its per-row Python.
 
@@ -273,17 +262,29 @@ def _place(fitted, indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
     from sklearn.utils import check_random_state
     from umap.layouts import optimize_layout_euclidean
     from umap.umap_ import (
+        DISCONNECTION_DISTANCES,
         INT32_MAX,
         INT32_MIN,
         compute_membership_strengths,
+        find_ab_params,
         make_epochs_per_sample,
         smooth_knn_dist,
     )
 
+    # What umap's fit derives from its public parameters (its private _disconnection_distance,
+    # _n_neighbors, _a, _b and _initial_alpha), derived here the same way instead of read.
+    disconnection = fitted.disconnection_distance
+    if disconnection is None:
+        disconnection = DISCONNECTION_DISTANCES.get(fitted.metric, np.inf)
+    n_neighbors = min(fitted.n_neighbors, len(fitted.embedding_) - 1)
+    if fitted.a is None or fitted.b is None:
+        a, b = find_ab_params(fitted.spread, fitted.min_dist)
+    else:
+        a, b = fitted.a, fitted.b
     indices, distances = indices.copy(), np.ascontiguousarray(distances, np.float32)
-    indices[distances >= fitted._disconnection_distance] = -1
+    indices[distances >= disconnection] = -1
     sigmas, rhos = smooth_knn_dist(
-        distances, float(fitted._n_neighbors), local_connectivity=float(max(0.0, fitted.local_connectivity - 1.0))
+        distances, float(n_neighbors), local_connectivity=float(max(0.0, fitted.local_connectivity - 1.0))
     )
     rows, cols, strengths, _ = compute_membership_strengths(indices, distances, sigmas, rhos, bipartite=True)
     n_new, n_fitted = len(indices), len(fitted.embedding_)
@@ -301,11 +302,11 @@ def _place(fitted, indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
         n_epochs,
         n_fitted,
         make_epochs_per_sample(graph.data, n_epochs),
-        fitted._a,
-        fitted._b,
+        a,
+        b,
         rng_state,
         fitted.repulsion_strength,
-        fitted._initial_alpha / 4.0,
+        fitted.learning_rate / 4.0,
         fitted.negative_sample_rate,
         fitted.random_state is None,
     )

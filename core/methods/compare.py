@@ -13,9 +13,16 @@ from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.retrieval.distractors import ThresholdSweep
 from core.methods.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
 from core.retrieval.metrics import distractor_report, map_at_k, top1_accuracy
-from core.retrieval.pipeline import PredictConfig, analyse, pseudo_distractor_split
+from core.retrieval.pipeline import (
+    PredictConfig,
+    analyse,
+    check_classes_to_hold_out,
+    check_train_labels,
+    pseudo_distractor_split,
+)
 from core.retrieval.predict import place_distractor
-from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine, unit_rows
+from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine
+from core.retrieval.index import checked_vectors, unit_rows
 
 BASELINE_METHOD = "cosine"
 REGRESSION = "knn-regression"
@@ -83,19 +90,17 @@ def _evaluation_split(embeddings: Embeddings, config: PredictConfig) -> _Split:
     labels = embeddings.labels[train_rows].astype(object)
     if len(train_rows) == 0:
         raise ValueError("the train split is empty: label some images under train/<label>/")
-    if any(label is None or label == DISTRACTOR for label in labels):
-        raise ValueError(f'every train item needs a class label (not None, not "{DISTRACTOR}")')
+    check_train_labels(labels)
     if embeddings.has_test_truth:
         query_rows = np.flatnonzero(embeddings.mask(TEST))
         gallery_rows, truth = train_rows, embeddings.labels[query_rows].astype(object)
         source = "the test split (truth known)"
     else:
-        counts = np.unique(labels.astype(str), return_counts=True)[1]
-        if len(counts) < 4 or counts.max() < 2:
-            raise ValueError(
-                f"the test split has no truth, so methods are compared on train with held-out classes; that needs "
-                f"at least 4 train classes and a class with 2+ images, train has {len(counts)} classes"
-            )
+        check_classes_to_hold_out(
+            labels,
+            "the test split has no truth, so methods are compared on train with held-out classes; that",
+            "give the test split its truth",
+        )
         gallery, queries, truth, held = pseudo_distractor_split(labels, config.contamination, np.random.default_rng(config.seed))
         gallery_rows, query_rows = train_rows[gallery], train_rows[queries]
         source = f"train only, the test split has no truth: {held} classes held out as pseudo-distractors"
@@ -190,11 +195,10 @@ def _checked_methods(methods: Sequence[str] | None, notes: list[str]) -> list[st
 def _checked_targets(targets: np.ndarray | None, embeddings: Embeddings) -> np.ndarray | None:
     if targets is None:
         return None
-    targets = np.asarray(targets, dtype=np.float32)
-    if targets.ndim != 2 or len(targets) != len(embeddings.ids):
-        raise ValueError(
-            f"targets must be one row per embedding row ({len(embeddings.ids)} × dimensions), got shape {targets.shape}"
-        )
+    # NaN marks an item without a target; the regression refuses it only where it would use it.
+    targets = checked_vectors(targets, "targets", finite=False)
+    if len(targets) != len(embeddings.ids):
+        raise ValueError(f"targets must be one row per embedding row ({len(embeddings.ids)}), got {len(targets)} rows")
     return targets
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from core.records import TRAIN, Embeddings
 from core.retrieval.pipeline import PredictConfig, validate_threshold
-from core.methods.regression import unit_rows
+from core.retrieval.index import unit_rows
 
 MODES = ("auto", "sum", "concat")
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.records import DISTRACTOR
+from core.retrieval.index import checked_vectors
+from core.retrieval.pipeline import check_train_labels
 
 # Seed 003's competition limit for a universal image embedding.
 ARCFACE_MAX_DIM = 64
@@ -68,23 +69,13 @@ class ClassRanking:
     scores: np.ndarray  # (n,) highest class probability: low means unlike every train class
 
 
-def _checked_vectors(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
-    matrix = np.asarray(vectors, dtype=np.float32)
-    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array (rows × dimensions), got shape {matrix.shape}")
-    if not np.all(np.isfinite(matrix)):
-        raise ValueError(f"{name} contain NaN or infinite values")
-    return np.ascontiguousarray(matrix)
-
-
 def _checked_labels(labels, n_rows: int) -> np.ndarray:
     if labels is None:
         raise ValueError("this head learns from labels: pass one train label per vector")
     labels = np.asarray(labels, dtype=object)
     if labels.shape != (n_rows,):
         raise ValueError(f"{n_rows} vectors but {labels.size} labels; give one label per vector")
-    if any(label is None or label == DISTRACTOR for label in labels):
-        raise ValueError(f'every training vector needs a class label (not None, not "{DISTRACTOR}")')
+    check_train_labels(labels)
     labels = labels.astype(str)
     if len(set(labels.tolist())) < 2:
         raise ValueError("a head needs at least 2 classes to learn from")
@@ -121,7 +112,7 @@ class Head:
 
     def fit(self, vectors: np.ndarray, labels=None) -> "Head":
         """Train on (vectors, labels); self-supervised heads ignore the labels."""
-        vectors = _checked_vectors(vectors, "training vectors")
+        vectors = checked_vectors(vectors, "training vectors", min_rows=1)
         if vectors.shape[0] < 2:
             raise ValueError(f"a head needs at least 2 training vectors, got {vectors.shape[0]}")
         labels = _checked_labels(labels, vectors.shape[0]) if self.uses_labels else None
@@ -139,7 +130,7 @@ class Head:
     def _fitted_input(self, vectors: np.ndarray) -> np.ndarray:
         if self.fit_seconds is None:
             raise ValueError(f"the {self.name} is not fitted yet: call fit(vectors, labels) first")
-        matrix = _checked_vectors(vectors, "query vectors")
+        matrix = checked_vectors(vectors, "query vectors", min_rows=1)
         if matrix.shape[1] != self._input_dim:
             raise ValueError(
                 f"vectors have {matrix.shape[1]} dimensions but the {self.name} was fitted on {self._input_dim}"

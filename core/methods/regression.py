@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.retrieval.index import search
+from core.retrieval.index import checked_vectors, search, unit_rows
 
 # Seed 000 drops training prompts closer than this cosine to one already kept, against overfitting.
 DEFAULT_DEDUPE_THRESHOLD = 0.95
@@ -15,19 +15,6 @@ DEFAULT_DEDUPE_THRESHOLD = 0.95
 CLIP_LOGIT_SCALE = 100.0
 # Similarity-matrix cells computed at once (float32: 4 bytes each), to bound memory on big inputs.
 _BLOCK_CELLS = 1 << 22
-
-
-def unit_rows(vectors: np.ndarray, name: str) -> np.ndarray:
-    """Rows scaled to unit length, float32; zero, NaN or infinite rows are refused by name."""
-    matrix = np.asarray(vectors, dtype=np.float32)
-    if matrix.ndim != 2 or matrix.shape[1] == 0:
-        raise ValueError(f"{name} must be a 2-D array (rows × dimensions), got shape {matrix.shape}")
-    if not np.all(np.isfinite(matrix)):
-        raise ValueError(f"{name} contain NaN or infinite values")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError(f"{name} row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros: it has no direction")
-    return np.ascontiguousarray(matrix / norms)
 
 
 def cosine_scores(predicted: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -90,13 +77,9 @@ def knn_regress(
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a whole number >= 1, got {k!r}")
     inputs = unit_rows(train_inputs, "training inputs")
-    targets = np.asarray(train_targets, dtype=np.float32)
-    if targets.ndim != 2 or len(targets) != len(inputs):
-        raise ValueError(
-            f"training targets must be one row per training input ({len(inputs)}), got shape {targets.shape}"
-        )
-    if not np.all(np.isfinite(targets)):
-        raise ValueError("training targets contain NaN or infinite values")
+    targets = checked_vectors(train_targets, "training targets")
+    if len(targets) != len(inputs):
+        raise ValueError(f"training targets must be one row per training input ({len(inputs)}), got {len(targets)} rows")
     query_rows = unit_rows(queries, "queries")
     if query_rows.shape[1] != inputs.shape[1]:
         raise ValueError(f"queries have {query_rows.shape[1]} dimensions but training inputs {inputs.shape[1]}")

@@ -44,11 +44,37 @@ class Neighbours:
         return int(self.indices.shape[1])
 
 
-def _as_matrix(vectors: np.ndarray, name: str) -> np.ndarray:
-    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
-    if matrix.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (rows × dimensions), got shape {matrix.shape}")
+def checked_vectors(
+    vectors: np.ndarray, name: str, *, min_rows: int = 0, min_dims: int = 1, finite: bool = True, dtype=np.float32
+) -> np.ndarray:
+    """`vectors` as a C-contiguous 2-D `dtype` array, refused by `name` when its shape or (if `finite`) values are bad.
+
+    Every stage that takes vectors from a caller checks them here. The index itself passes
+    finite=False: its vectors were checked at ingest, and a scan of a million rows is not free.
+    """
+    matrix = np.ascontiguousarray(vectors, dtype=dtype)
+    if matrix.ndim != 2 or matrix.shape[0] < min_rows or matrix.shape[1] < min_dims:
+        raise ValueError(
+            f"{name} must be a 2-D array of shape (rows ≥ {min_rows}, dimensions ≥ {min_dims}); got shape {matrix.shape}"
+        )
+    if finite:
+        bad = ~np.isfinite(matrix).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{name} have NaN or infinite values in {int(bad.sum())} of {len(matrix)} rows "
+                f"(first at row {int(np.argmax(bad))}); only finite vectors can be used"
+            )
     return matrix
+
+
+def unit_rows(vectors: np.ndarray, name: str, keep_zero_rows: bool = False) -> np.ndarray:
+    """Checked rows scaled to unit length, float32; an all-zero row is refused by name, or kept at zero if asked."""
+    matrix = checked_vectors(vectors, name)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    zero = norms[:, 0] == 0
+    if zero.any() and not keep_zero_rows:
+        raise ValueError(f"{name} row {int(np.flatnonzero(zero)[0])} is all zeros: it has no direction")
+    return np.ascontiguousarray(matrix / np.where(zero[:, None], 1, norms))
 
 
 def resolve_kind(kind: str, n_vectors: int) -> str:
@@ -68,12 +94,12 @@ class VectorIndex:
     """
 
     def __init__(self, vectors: np.ndarray, kind: str = "auto"):
-        matrix = _as_matrix(vectors, "indexed vectors")
+        matrix = checked_vectors(vectors, "indexed vectors", finite=False)
         if matrix.shape[0] == 0:
             raise ValueError("cannot build an index over 0 vectors: the train split is empty")
         self.kind = resolve_kind(kind, matrix.shape[0])  # the kind in use: "exact", "hnsw" or "ivf"
         self.dim = matrix.shape[1]
-        self._search_parameters = None
+        self._probes = self._ivf_lists = None  # IVF only: lists probed per query, and lists in all
         if self.kind == "exact":
             self._index = faiss.IndexFlatIP(self.dim)
             self.settings = "exact inner product over every vector"
@@ -84,10 +110,9 @@ class VectorIndex:
             self.settings = f"HNSW graph, {HNSW_LINKS} links per vector, {HNSW_SEARCH_CANDIDATES} candidates per search"
         else:
             self._index, self._ivf_lists = _trained_ivf(matrix)
-            probes = _probes(self._ivf_lists)
-            self._search_parameters = _ivf_parameters(probes)
+            self._probes = _probes(self._ivf_lists)
             self.settings = (
-                f"IVF, {self._ivf_lists} lists of 8-bit codes, {probes} probed per query, "
+                f"IVF, {self._ivf_lists} lists of 8-bit codes, {self._probes} probed per query, "
                 f"the best {IVF_RERANK_FACTOR}·k re-ranked with the full vectors"
             )
         self._index.add(matrix)
@@ -95,28 +120,54 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
-    def search(self, queries: np.ndarray, k: int) -> Neighbours:
-        """Top-k neighbours per query; k above the index size is clamped with a warning."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Neighbours:
+        """Top-k neighbours per query, only among the rows `allowed` marks True when it is given.
+
+        k above the number of candidate rows is clamped with a warning.
+        """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        matrix = _as_matrix(queries, "queries")
+        matrix = checked_vectors(queries, "queries", finite=False)
         if matrix.shape[1] != self.dim:
             raise ValueError(
                 f"queries have {matrix.shape[1]} dimensions but the index has {self.dim}; "
                 "embed queries and train with the same model"
             )
-        if k > len(self):
-            warnings.warn(f"k={k} is larger than the {len(self)} indexed vectors; using k={len(self)}")
-            k = len(self)
+        selector, candidates = None, len(self)
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (len(self),):
+                raise ValueError(f"allowed must mark each of the {len(self)} indexed rows, got shape {allowed.shape}")
+            candidates = int(allowed.sum())
+            if candidates == 0:
+                raise ValueError("allowed marks no indexed row: there is nothing to search")
+            # FAISS reads the bitmap while searching: `bits` must outlive the search calls below.
+            bits = np.packbits(allowed, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bits))
+        if k > candidates:
+            warnings.warn(f"k={k} is larger than the {candidates} indexed vectors searched; using k={candidates}")
+            k = candidates
         if matrix.shape[0] == 0:
             return Neighbours(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
-        similarities, indices = self._index.search(matrix, k, params=self._search_parameters)
+        similarities, indices = self._index.search(matrix, k, params=self._parameters(selector, self._probes))
         short = np.flatnonzero((indices < 0).any(axis=1))
         if short.size:
             # The probed IVF lists held fewer than k vectors: probing every list finds them all.
-            everything = _ivf_parameters(self._ivf_lists)
+            everything = self._parameters(selector, self._ivf_lists)
             similarities[short], indices[short] = self._index.search(matrix[short], k, params=everything)
         return Neighbours(similarities, indices.astype(np.int64))
+
+    def _parameters(self, selector, probes: int | None):
+        """FAISS search parameters for this kind: the IVF lists probed, and the rows allowed (None: all)."""
+        if self.kind == "ivf":
+            return faiss.IndexRefineSearchParameters(
+                k_factor=IVF_RERANK_FACTOR, base_index_params=faiss.SearchParametersIVF(nprobe=probes, sel=selector)
+            )
+        if selector is None:
+            return None
+        if self.kind == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=HNSW_SEARCH_CANDIDATES, sel=selector)
+        return faiss.SearchParameters(sel=selector)
 
 
 def _trained_ivf(matrix: np.ndarray) -> tuple[faiss.IndexRefineFlat, int]:
@@ -131,12 +182,6 @@ def _trained_ivf(matrix: np.ndarray) -> tuple[faiss.IndexRefineFlat, int]:
     sample = np.random.default_rng(_TRAINING_SEED).choice(n_rows, training_rows, replace=False)
     lists.train(matrix[np.sort(sample)])
     return faiss.IndexRefineFlat(lists), n_lists
-
-
-def _ivf_parameters(probes: int) -> faiss.IndexRefineSearchParameters:
-    return faiss.IndexRefineSearchParameters(
-        k_factor=IVF_RERANK_FACTOR, base_index_params=faiss.SearchParametersIVF(nprobe=probes)
-    )
 
 
 def _probes(n_lists: int) -> int:

@@ -21,21 +21,21 @@ from core.retrieval.index import Neighbours, VectorIndex
 from core.io.layouts import load_dataset
 from core.io.parquet import read_embeddings_checked
 from core.retrieval.metrics import average_precision_at_k, distractor_report, mean_precision_at_k, top1_accuracy
-from core.retrieval.predict import neighbours_needed, place_distractor, rank_labels
+from core.retrieval.predict import place_distractor, search_labels
 
 
 @dataclass(frozen=True)
 class PredictConfig:
     """How test items are scored, flagged and labelled."""
 
-    k: int = 5  # labels per prediction row (MAP@k) and neighbours shown
-    score_mode: str = "max"  # distractor score: best similarity ("max", seed 001) or mean of top score_k
-    score_k: int = 5  # neighbours averaged when score_mode is "mean"
-    contamination: float = 0.3  # share of test flagged when no threshold is given (seed 001: 30%)
-    threshold: float | None = None  # a fixed similarity threshold; overrides contamination
-    auto: bool = False  # choose the threshold on train with held-out classes as pseudo-distractors (seed 004)
-    validation_rounds: int = 5  # random held-out splits whose thresholds are averaged when auto
-    seed: int = 0  # seeds the held-out class draw
+    k: int = field(default=5, metadata={"help": "labels per prediction row (MAP@k) and neighbours shown"})
+    score_mode: str = field(default="max", metadata={"help": "distractor score: best similarity (max, seed 001) or mean of the top score_k", "choices": SCORE_MODES})
+    score_k: int = field(default=5, metadata={"help": "neighbours averaged when score_mode is mean"})
+    contamination: float = field(default=0.3, metadata={"help": "share of test flagged when no threshold is given (seed 001: 30%); with auto, the simulated share"})
+    threshold: float | None = field(default=None, metadata={"help": "a fixed cosine similarity threshold: test items scoring below it are flagged; overrides contamination"})
+    auto: bool = field(default=False, metadata={"help": "choose the threshold on train with held-out classes as pseudo-distractors (seed 004)"})
+    validation_rounds: int = field(default=5, metadata={"help": "random held-out splits whose thresholds are averaged when auto"})
+    seed: int = field(default=0, metadata={"help": "seeds the held-out class draw"})
 
     def __post_init__(self):
         if self.k < 1:
@@ -54,8 +54,11 @@ class PredictConfig:
             raise ValueError(f"validation_rounds must be at least 1, got {self.validation_rounds}")
 
 
-def _verdict_precisions(rows: list[list[str]], truth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's average precision if flagged and if kept, so MAP follows any threshold at once."""
+def verdict_precisions(rows: list[list[str]], truth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's AP@k if flagged (its row after "-1") and if kept (its row as is), from ranked labels and truth.
+
+    These are the two arrays `ThresholdSweep` sums to give MAP@k at any threshold at once.
+    """
     flagged_rows = place_distractor(rows, np.ones(len(rows), bool), k)
     kept_rows = place_distractor(rows, np.zeros(len(rows), bool), k)
     if_flagged = np.array([average_precision_at_k(t, r, k) for t, r in zip(truth, flagged_rows)])
@@ -75,10 +78,8 @@ class Retrieval:
 def search_and_rank(
     index: VectorIndex, gallery_labels: np.ndarray, query_vectors: np.ndarray, config: PredictConfig
 ) -> tuple[Neighbours, list[list[str]], np.ndarray]:
-    """Neighbours deep enough for k distinct labels, each query's ranked labels and its distractor score."""
-    depth = max(neighbours_needed(gallery_labels, config.k), min(config.score_k, len(index)))
-    neighbours = index.search(query_vectors, depth)
-    labels = rank_labels(neighbours, gallery_labels, config.k)
+    """Each query's top max(k, score_k) neighbours, its k distinct labels ranked and its distractor score."""
+    neighbours, labels = search_labels(index, gallery_labels, query_vectors, config.k, max(config.k, config.score_k))
     return neighbours, labels, distractor_scores(neighbours, config.score_mode, config.score_k)
 
 
@@ -94,7 +95,7 @@ def retrieve(
     if truth is None:
         sweep = ThresholdSweep(scores)
     else:
-        if_flagged, if_kept = _verdict_precisions(labels, truth, config.k)
+        if_flagged, if_kept = verdict_precisions(labels, truth, config.k)
         sweep = ThresholdSweep(scores, if_flagged, if_kept, truth == DISTRACTOR)
     return neighbours, Retrieval(labels, scores, sweep)
 
@@ -107,6 +108,34 @@ class ValidationResult:
     map_at_k: float  # mean validation MAP@k at each round's best threshold
     round_thresholds: list[float]  # best threshold of each round
     held_out_classes: int  # classes held out per round
+
+
+def check_train_labels(labels) -> None:
+    """Refuse train labels that are missing or "-1": every gallery item must name its class."""
+    missing = [row for row, label in enumerate(labels) if label is None or label == DISTRACTOR]
+    if missing:
+        raise ValueError(
+            f'every train item needs a class label (not None, not "{DISTRACTOR}"); {len(missing)} lack one, '
+            f"the first at row {missing[0]}"
+        )
+
+
+# Holding classes out leaves at least 2 in the gallery, so pseudo-distractors need 4+ classes to
+# leave some to hold out; known queries need a class with 2+ images (one query, one in the gallery).
+MIN_CLASSES_TO_HOLD_OUT = 4
+
+
+def check_classes_to_hold_out(labels: np.ndarray, purpose: str, otherwise: str) -> None:
+    """Refuse train labels that `pseudo_distractor_split` cannot split: too few classes, or no class with 2+ images.
+
+    `purpose` says what needs the split and `otherwise` what the user can do instead; both are shown.
+    """
+    counts = Counter(labels.tolist())
+    if len(counts) < MIN_CLASSES_TO_HOLD_OUT or max(counts.values(), default=0) < 2:
+        raise ValueError(
+            f"{purpose} needs at least {MIN_CLASSES_TO_HOLD_OUT} train classes and a class with 2+ images; "
+            f"train has {len(counts)} classes and at most {max(counts.values(), default=0)} images in one — {otherwise}"
+        )
 
 
 def pseudo_distractor_split(labels: np.ndarray, contamination: float, rng: np.random.Generator):
@@ -141,12 +170,9 @@ def pseudo_distractor_split(labels: np.ndarray, contamination: float, rng: np.ra
 def validate_threshold(train: Embeddings, config: PredictConfig) -> ValidationResult:
     """Pick the threshold that maximises MAP@k on train with held-out classes as distractors."""
     labels = train.labels.astype(object)
-    n_classes = len(set(labels.tolist()))
-    if n_classes < 4 or Counter(labels.tolist()).most_common(1)[0][1] < 2:
-        raise ValueError(
-            f"choosing the threshold by validation needs at least 4 train classes and a class with 2+ "
-            f"images; train has {n_classes} classes — use a contamination rate or a fixed threshold"
-        )
+    check_classes_to_hold_out(
+        labels, "choosing the threshold by validation", "use a contamination rate or a fixed threshold"
+    )
     rng = np.random.default_rng(config.seed)
     thresholds, values, held = [], [], 0
     for _ in range(config.validation_rounds):
@@ -165,7 +191,7 @@ class Analysis:
     train: Embeddings
     test: Embeddings
     config: PredictConfig
-    neighbours: Neighbours  # test against train, deep enough for k distinct labels
+    neighbours: Neighbours  # test against train: each item's top max(k, score_k) train neighbours
     retrieval: Retrieval
     threshold: float  # the threshold chosen by the config
     threshold_source: str  # how it was chosen, for people
@@ -238,8 +264,7 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
         raise ValueError("the train split is empty: label some images under train/<label>/")
     if len(test.ids) == 0:
         raise ValueError("the test split is empty: put the images to label under test/")
-    if any(label is None or label == DISTRACTOR for label in train.labels):
-        raise ValueError('every train item needs a class label (and not "-1")')
+    check_train_labels(train.labels)
     notes = []
     n_classes = len(set(train.labels.tolist()))
     if n_classes < config.k:
@@ -286,8 +311,12 @@ def is_embeddings_file(source) -> bool:
     return str(source).lower().endswith(".parquet")
 
 
-def load_embeddings(source, embed_config=None, cache=None, progress=None, work_dir=None) -> LoadedEmbeddings:
-    """Vectors for a dataset folder or zip (embedded with the config's model, cached) or a Parquet file."""
+def load_embeddings(source, embed_config=None, cache=None, progress=None, work_dir=None, embedder=None) -> LoadedEmbeddings:
+    """Vectors for a dataset folder or zip (embedded with the config's model, cached) or a Parquet file.
+
+    `embedder` is the config's model already loaded (a server shares one between users); without
+    it the model is loaded here.
+    """
     if is_embeddings_file(source):
         embeddings, rejected = read_embeddings_checked(source)
         return LoadedEmbeddings(embeddings, rejected)
@@ -297,5 +326,5 @@ def load_embeddings(source, embed_config=None, cache=None, progress=None, work_d
 
     dataset = load_dataset(source, work_dir=work_dir)
     config = embed_config or EmbedConfig()
-    run = embed_dataset(dataset, load_embedder(config), cache, config.batch_size, progress)
+    run = embed_dataset(dataset, embedder or load_embedder(config), cache, config.batch_size, progress)
     return LoadedEmbeddings(run.embeddings, dataset.rejected + run.rejected, run.computed, run.from_cache, run.seconds)

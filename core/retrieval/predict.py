@@ -10,31 +10,105 @@ from pathlib import Path
 import numpy as np
 
 from core.records import DISTRACTOR
-from core.retrieval.index import Neighbours
+from core.retrieval.index import Neighbours, VectorIndex
 from core.io.files import read_csv, replaced_atomically
 from core.io.labels import normalise_label
 
 
-def neighbours_needed(train_labels: Sequence[str], k: int = 5) -> int:
-    """How many neighbours guarantee k distinct labels: k times the largest class (capped at train size)."""
-    _, counts = np.unique(np.asarray(train_labels, dtype=object).astype(str), return_counts=True)
-    return int(min(len(train_labels), k * counts.max()))
+# The first search of every query goes k × the largest class deep (enough for k distinct labels) but
+# no deeper than this: past it, the queries still short of k labels search again without the classes
+# they have, so search cost follows the number of queries, not the size of the largest class.
+FIRST_SEARCH_DEPTH = 256
+# Query × neighbour cells searched in one FAISS call: 6 MB of results and about 40 MB to rank them,
+# whatever the number of queries or the depth (a FAISS call of 2,000 queries still runs at full speed).
+_CELLS_PER_CALL = 1 << 19
+# The neighbour table handed back (12 bytes a cell) may take at most about 1.6 GB.
+MAX_NEIGHBOUR_CELLS = 1 << 27
 
 
-def rank_labels(neighbours: Neighbours, train_labels: Sequence[str], k: int = 5) -> list[list[str]]:
-    """Up to k distinct labels per query, ranked by each class's best neighbour similarity.
+def search_labels(
+    index: VectorIndex, train_labels: Sequence[str], queries: np.ndarray, k: int, width: int
+) -> tuple[Neighbours, list[list[str]]]:
+    """Each query's top `width` neighbours, and its k distinct train labels ranked by each class's best similarity.
 
-    Rows are shorter than k only when train has fewer than k classes (or too few neighbours were
-    searched: use `neighbours_needed`).
+    The labels are those of a search over all of train, without searching all of it: classes whose
+    best similarities tie keep FAISS's order (later train row first). Rows are shorter than k only
+    when train has fewer than k classes.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     labels = np.asarray(train_labels, dtype=object)
-    rows = []
-    # Neighbours come sorted by similarity, so a label's first appearance is its best match.
-    for row_labels in labels[neighbours.indices]:
-        rows.append(list(dict.fromkeys(row_labels))[:k])
-    return rows
+    if len(labels) != len(index):
+        raise ValueError(f"{len(labels)} train labels but {len(index)} indexed vectors; give one label per vector")
+    classes, codes, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    width = min(max(width, 1), len(index))
+    n_queries = len(queries)
+    if n_queries * width > MAX_NEIGHBOUR_CELLS:
+        raise ValueError(
+            f"{n_queries:,} queries × {width:,} neighbours each need {12 * n_queries * width / 2**30:.1f} GB, above the "
+            f"{12 * MAX_NEIGHBOUR_CELLS / 2**30:.1f} GB this search may hand back: lower k and score_k, or search the "
+            "queries in parts"
+        )
+    depth = min(len(index), max(width, min(k * int(sizes.max()), FIRST_SEARCH_DEPTH)))
+    want = min(k, len(classes))
+    found: list[list[int]] = [[] for _ in range(n_queries)]
+    neighbours = Neighbours(np.empty((n_queries, width), np.float32), np.empty((n_queries, width), np.int64))
+    short = []
+    for block in _blocks(np.arange(n_queries), depth):
+        result = index.search(queries[block], depth)
+        neighbours.similarities[block], neighbours.indices[block] = result.similarities[:, :width], result.indices[:, :width]
+        short += _settle(block, result, codes, depth == len(index), found, want)
+    # A query short of labels searches again among the classes it lacks; one whose whole result tied
+    # (nothing settled) searches twice as deep.
+    depths = dict.fromkeys(short, depth)
+    while depths:
+        groups: dict[tuple, list[int]] = {}
+        for query, query_depth in depths.items():
+            groups.setdefault((tuple(sorted(found[query])), query_depth), []).append(query)
+        depths = {}
+        for (excluded, group_depth), members in groups.items():
+            allowed = np.ones(len(index), bool)
+            allowed[np.isin(codes, excluded)] = False
+            candidates = int(allowed.sum())
+            group_depth = min(group_depth, candidates)
+            for block in _blocks(np.array(members), group_depth):
+                result = index.search(queries[block], group_depth, allowed)
+                had = {int(query): len(found[query]) for query in block}
+                for query in _settle(block, result, codes, group_depth == candidates, found, want):
+                    depths[query] = group_depth if len(found[query]) > had[query] else 2 * group_depth
+    return neighbours, [classes[row].tolist() for row in found]
+
+
+def _blocks(queries: np.ndarray, depth: int) -> list[np.ndarray]:
+    size = max(1, _CELLS_PER_CALL // depth)
+    return [queries[start : start + size] for start in range(0, len(queries), size)]
+
+
+def _settle(
+    block: np.ndarray, result: Neighbours, codes: np.ndarray, complete: bool, found: list[list[int]], want: int
+) -> list[int]:
+    """Add to `found` the classes a search result settles for each query of `block`; return the queries still short.
+
+    A class is settled when one of its rows scores above the result's last similarity: every row
+    scoring as much is then in the result, in FAISS's order (equal similarities: later row first),
+    so the class's first row in the result is its best. Rows at the last similarity may be any part
+    of a tie that goes on past the result; a `complete` result (every candidate row) has no such doubt.
+    """
+    settled = result.indices >= 0
+    if not complete:
+        settled &= result.similarities > result.similarities[:, -1:]
+    query, column = np.nonzero(settled)  # by query, then best first
+    code = codes[result.indices[query, column]]
+    _, first = np.unique(query * (int(codes.max()) + 1) + code, return_index=True)
+    first.sort()
+    query, code = query[first], code[first]
+    short = []
+    for position, classes in enumerate(np.split(code, np.searchsorted(query, np.arange(1, len(block))))):
+        row = found[block[position]]
+        row.extend(classes[: want - len(row)].tolist())
+        if len(row) < want:
+            short.append(int(block[position]))
+    return short
 
 
 def place_distractor(rows: Sequence[Sequence[str]], flagged: np.ndarray, k: int = 5) -> list[list[str]]:
