@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from core.retrieval.index import EXACT_UP_TO, VectorIndex, resolve_kind, search
+from core.retrieval.index import EXACT_UP_TO, VectorIndex, checked_vectors, resolve_kind, search
+from core.retrieval.index import unit_rows as unit_rows_checked
 
 
 def unit_rows(rng, n, d):
@@ -86,3 +87,47 @@ def test_ivf_returns_k_neighbours_even_when_the_probed_lists_hold_fewer():
     assert all(len(set(row)) == 600 for row in found.indices)
     assert recall_at(search(train, queries, 600, kind="exact").indices, found.indices) >= 0.95
     assert "IVF" in index.settings and len(index) == 2000
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+def test_search_among_allowed_rows_only(kind):
+    rng = np.random.default_rng(5)
+    train, queries = unit_rows(rng, 4000, 16), unit_rows(rng, 30, 16)
+    allowed = rng.random(len(train)) < 0.3
+    found = VectorIndex(train, kind).search(queries, 5, allowed)
+    assert allowed[found.indices].all()
+    np.testing.assert_allclose(found.similarities, np.einsum("qd,qkd->qk", queries, train[found.indices]), atol=1e-5)
+    if kind == "exact":
+        expected = np.flatnonzero(allowed)[np.argsort(-(queries @ train[allowed].T), axis=1)[:, :5]]
+        np.testing.assert_array_equal(found.indices, expected)
+
+
+def test_allowed_rows_are_checked_and_clamp_k():
+    index = VectorIndex(unit_rows(np.random.default_rng(6), 5, 8))
+    with pytest.raises(ValueError, match=r"allowed must mark each of the 5 indexed rows, got shape \(4,\)"):
+        index.search(unit_rows(np.random.default_rng(7), 2, 8), 1, np.ones(4, bool))
+    with pytest.raises(ValueError, match="allowed marks no indexed row"):
+        index.search(unit_rows(np.random.default_rng(7), 2, 8), 1, np.zeros(5, bool))
+    with pytest.warns(UserWarning, match="k=3 is larger than the 2 indexed vectors searched"):
+        found = index.search(unit_rows(np.random.default_rng(7), 2, 8), 3, np.array([1, 0, 0, 1, 0], bool))
+    assert set(found.indices.ravel()) == {0, 3}
+
+
+@pytest.mark.parametrize(
+    ("vectors", "message"),
+    [
+        (np.ones(4), r"queries must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 1\); got shape \(4,\)"),
+        (np.zeros((0, 3)), r"queries must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 1\); got shape \(0, 3\)"),
+        (np.array([[1.0, 0.0], [np.inf, 1.0]]), r"queries have NaN or infinite values in 1 of 2 rows \(first at row 1\)"),
+    ],
+)
+def test_checked_vectors_names_the_argument_and_the_bad_value(vectors, message):
+    with pytest.raises(ValueError, match=message):
+        checked_vectors(vectors, "queries", min_rows=1)
+
+
+def test_unit_rows_refuses_or_keeps_zero_rows():
+    rows = np.array([[3.0, 4.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="targets row 1 is all zeros: it has no direction"):
+        unit_rows_checked(rows, "targets")
+    np.testing.assert_allclose(unit_rows_checked(rows, "targets", keep_zero_rows=True), [[0.6, 0.8], [0.0, 0.0]])

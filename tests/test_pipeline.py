@@ -3,7 +3,13 @@ import pytest
 
 from core.records import Embeddings
 from core.retrieval.metrics import map_at_k
-from core.retrieval.pipeline import PredictConfig, analyse, pseudo_distractor_split
+from core.retrieval.pipeline import (
+    PredictConfig,
+    analyse,
+    check_classes_to_hold_out,
+    check_train_labels,
+    pseudo_distractor_split,
+)
 
 
 def clustered_embeddings(seed=0, n_classes=20, n_distractor_classes=8, train_per_class=3, test_per_class=4, dim=32, spread=0.35, truth=True):
@@ -112,3 +118,13 @@ def test_empty_splits_are_explained(embeddings):
         analyse(embeddings.subset("train"))
     with pytest.raises(ValueError, match="train split is empty"):
         analyse(embeddings.subset("test"))
+
+
+def test_train_label_and_held_out_class_rules_name_what_is_wrong():
+    with pytest.raises(ValueError, match=r'not None, not "-1"\); 2 lack one, the first at row 1'):
+        check_train_labels(np.array(["a", None, "-1"], dtype=object))
+    with pytest.raises(ValueError, match="auto needs at least 4 train classes.*has 3 classes and at most 2 images in one — use x"):
+        check_classes_to_hold_out(np.array(["a", "a", "b", "c"], dtype=object), "auto", "use x")
+    with pytest.raises(ValueError, match="has 4 classes and at most 1 images in one"):
+        check_classes_to_hold_out(np.array(["a", "b", "c", "d"], dtype=object), "auto", "use x")
+    check_classes_to_hold_out(np.array(["a", "a", "b", "c", "d"], dtype=object), "auto", "use x")
