@@ -4,30 +4,14 @@ Screenshots of every page land in a temporary folder whose path is printed (run 
 """
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it, playwright cannot download one here
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SERVER_START_S = 90  # streamlit imports torch and faiss before it answers its health check
+from bench.served import CHROMIUM, CHROMIUM_ARGS, ServerFailed, serve
+
 RUN_TIMEOUT_MS = 120_000  # a first run embeds the demo and may compile UMAP (numba) on 2 shared cores
 ACTION_TIMEOUT_MS = 30_000
 # URL path of each page (st.Page infers it from the file stem; the default page sits at the root).
@@ -47,67 +31,18 @@ BURSTS, PRESSES_PER_BURST = 3, 5
 IDLE_CHECK_MS = 1_500
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _healthy(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/_stcore/health", timeout=5) as response:
-            return response.read().decode().strip() == "ok"
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _log_tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     """`streamlit run app.py` on a free local port, offline, with a private workspace home."""
     home = tmp_path_factory.mktemp("retrieval-lab-home")
     log = home / "streamlit.log"
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RETRIEVAL_LAB_HOME": str(home)}
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while not _healthy(base_url):
-            if server.poll() is not None:
-                pytest.fail(f"streamlit exited with code {server.returncode}:\n{_log_tail(log)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer {base_url}/_stcore/health within {SERVER_START_S} s:\n{_log_tail(log)}")
-            time.sleep(0.5)
-        yield base_url
+        with serve("app.py", home, log) as base_url:
+            yield base_url
+    except ServerFailed as failure:
+        pytest.fail(str(failure))
     finally:
-        _stop(server)
         print(f"\nstreamlit log: {log}")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """Terminate the server and anything it started; kill what does not stop within 10 s."""
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")

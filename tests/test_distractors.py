@@ -73,7 +73,7 @@ def test_sweep_without_truth_refuses_metrics():
 @given(st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=50), st.floats(0, 1))
 def test_threshold_for_flags_the_requested_share(values, share):
     sweep = ThresholdSweep(np.array(values))
-    flagged = sweep.contamination(sweep.threshold_for(share)) * len(values)
+    flagged = sweep.flagged_count(sweep.threshold_for(share))
     target = round(share * len(values))
     if len(set(values)) == len(values):
         assert flagged == target

@@ -1,0 +1,97 @@
+"""The dashboard served on loopback and Debian's Chromium to drive it: shared by the browser tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it, playwright cannot download one here
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SERVER_START_S = 90  # a cold server on 2 shared cores
+STOP_GRACE_S = 10
+
+
+class ServerFailed(RuntimeError):
+    """The server exited or never answered its health check; the message ends with its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def healthy(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/_stcore/health", timeout=5) as response:
+            return response.read().decode().strip() == "ok"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def serve(script: str | Path, home: Path, log: Path, env: dict | None = None) -> Iterator[str]:
+    """`streamlit run script` on a free loopback port, offline, with `home` as RETRIEVAL_LAB_HOME.
+
+    Yields the base URL once the health check answers; stops the server and its children after.
+    """
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    environment = {
+        **os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RETRIEVAL_LAB_HOME": str(home), **(env or {}),
+    }  # fmt: skip
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while not healthy(base_url):
+            if server.poll() is not None:
+                raise ServerFailed(f"streamlit exited with code {server.returncode}:\n{log_tail(log)}")
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"streamlit did not answer {base_url}/_stcore/health within {SERVER_START_S} s:\n{log_tail(log)}")
+            time.sleep(0.05)
+        yield base_url
+    finally:
+        stop(server)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Terminate the server and anything it started; kill what does not stop in time."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=STOP_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
