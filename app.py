@@ -21,13 +21,14 @@ navigation = st.navigation(
 )
 
 ws = ui.workspace()
-with st.sidebar:
-    st.caption(f"Dataset: **{ui.plain(ui.datasets(ws).active().name)}**")
-    st.caption(f"Model: **{ui.plain(ui.model_status(ws))}**")
-    st.caption(f"Workspace `{ws.id}` — bookmark this page's address to come back to it.")
-
+sidebar = st.sidebar.container()
 try:
     navigation.run()
 finally:
-    # After the page: its first paint does not share the cores with the model load it does not need.
+    # The sidebar and the background work come after the page: on a fresh server the built-in
+    # datasets are still being written and the model is not loaded, and the page's title paints first.
+    with sidebar:
+        st.caption(f"Dataset: **{ui.plain(ui.datasets(ws).active().name)}**")
+        st.caption(f"Model: **{ui.plain(ui.model_status(ws))}**")
+        st.caption(f"Workspace `{ws.id}` — bookmark this page's address to come back to it.")
     ui.start_background_work(ws)

@@ -1,6 +1,7 @@
 """Evaluate & export page: scores at the current threshold, a comparison of methods, and the downloads."""
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
@@ -8,12 +9,32 @@ import streamlit as st
 from core.methods.compare import BASELINE_METHOD, COMPARE_METHODS, REGRESSION, as_json, compare_methods, format_table
 from core.records import DISTRACTOR
 from core.maps.figures import class_frequency
+from core.retrieval.distractors import SCORE_MODES
 from core.retrieval.predict import submission_csv
 from core.paths import safe_file_name
-from core.session.vectors import export_embeddings
+from core.session.vectors import export_embeddings, predict_config, save_predict_config
 from pages import ui
 
+SCORE_MODE_NAMES = {"max": "best similarity", "mean": "mean of the nearest"}
+
 st.title("Evaluate & export")
+ws = ui.workspace()
+saved = predict_config(ws)
+with st.expander("Prediction settings: labels per row and the distractor score (every page follows them)"):
+    k_column, mode_column, score_k_column = st.columns(3)
+    chosen_k = k_column.number_input("Labels per prediction (k, MAP@k)", min_value=1, value=saved.k, key="evaluate_k")
+    chosen_mode = mode_column.radio(
+        "Distractor score", SCORE_MODES, index=SCORE_MODES.index(saved.score_mode), format_func=SCORE_MODE_NAMES.get,
+        horizontal=True, key="evaluate_score_mode",
+    )
+    chosen_score_k = score_k_column.number_input(
+        "Neighbours averaged", min_value=1, value=saved.score_k, disabled=chosen_mode != "mean", key="evaluate_score_k"
+    )
+    wanted = replace(saved, k=int(chosen_k), score_mode=chosen_mode, score_k=int(chosen_score_k))
+    if wanted != saved:
+        save_predict_config(ws, wanted)
+        st.rerun()
+
 current = ui.session()
 analysis, threshold = current.analysis, current.threshold
 k = analysis.config.k

@@ -14,7 +14,7 @@ from core.records import TEST, TRAIN, Embeddings
 from core.io.demo import write_demo_dataset
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.parquet import write_embeddings
-from core.retrieval.pipeline import analyse, load_embeddings
+from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
 from core.session.workspace import DatasetEntry, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,3 +369,40 @@ def test_the_weight_search_saves_each_weight_on_its_own_model_when_a_member_cann
     assert saved.keys() == {"no-such-org/no-such-clip", str(tiny_clip_dir)}
     assert saved["no-such-org/no-such-clip"] == 1.0, "a member left out keeps its saved weight"
     assert saved[str(tiny_clip_dir)] == pytest.approx(member_weight / main_weight, rel=0.01)
+
+
+def test_evaluate_sets_k_and_the_mean_score_for_every_page():
+    app = run_page("evaluate", "predict1")
+    assert_ran(app)
+    assert "MAP@5" in metrics(app)
+    app.number_input(key="evaluate_k").set_value(3).run()
+    app.radio(key="evaluate_score_mode").set_value("mean").run()
+    assert_ran(app)
+    assert "MAP@3" in metrics(app) and "MAP@5" not in metrics(app)
+    assert Workspace("predict1").get_config("predict_config", PredictConfig) == PredictConfig(k=3, score_mode="mean")
+    neighbours = run_page("neighbours", "predict1")
+    assert_ran(neighbours)
+    assert len(neighbour_cards(neighbours)) == 3
+    assert "score mode: mean" in metrics_help(neighbours, "Distractor score")
+
+
+def metrics_help(app: AppTest, label: str) -> str:
+    return next(metric.help for metric in app.metric if metric.label == label)
+
+
+def test_a_bookmarked_page_opened_first_on_a_fresh_server_runs_inside_the_app_navigation(monkeypatch):
+    # With a pages/ folder beside app.py, Streamlit 1.67 runs a deep link such as /distractors?ws=ID,
+    # when it is a fresh server's first request, as a lone legacy page: no sidebar, no page config.
+    # ui.workspace() switches to app.py's st.navigation through PagesManager.uses_pages_directory, a
+    # private flag; this test fails loudly if Streamlit renames it or stops honouring it.
+    from streamlit.runtime.pages_manager import PagesManager
+
+    assert hasattr(PagesManager, "uses_pages_directory"), "Streamlit dropped the flag ui.workspace() relies on"
+    monkeypatch.setattr(core.maps.projection, "warm_up", lambda *args, **kwargs: None)
+    workspace_id = workspace_with("deeplink1")
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=SECONDS)
+    app.query_params["ws"] = workspace_id
+    app.switch_page("pages/distractors.py").run()
+    assert_ran(app)
+    assert [title.value for title in app.title] == ["Distractors"]
+    assert any(f"Workspace `{workspace_id}`" in caption.value for caption in app.sidebar.caption), "app.py did not run"

@@ -97,9 +97,11 @@ def write_digits_dataset(out_dir: Path, seed: int = 0) -> Path:
     Digits 0-6 are the classes with 3 train images each; their other images and every 7, 8 and 9
     (as distractors, label -1) form the test split, about 30% distractors.
     """
-    from sklearn.datasets import load_digits  # imported here: only this dataset needs scikit-learn
-
     def write(root: Path) -> None:
+        # Imported here: only writing this dataset needs scikit-learn, and a dashboard that finds
+        # it already written paints its first page without that second-long import.
+        from sklearn.datasets import load_digits
+
         digits = load_digits()
         rng = np.random.default_rng(seed)
         train_rows = {
