@@ -1,13 +1,12 @@
-"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble} — one-line errors, never a traceback."""
+"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble} — options from the config dataclasses, one-line errors, never a traceback."""
 
 from __future__ import annotations
 
-import argparse
-import json
+# Only built-in modules load before main's try: every other import happens inside it, so a Ctrl-C
+# during start-up is an interruption like any other, not a traceback.
+import signal
 import sys
 import time
-import warnings
-from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -47,7 +46,7 @@ def _load(args, source=None, model=None):
     source = source or args.source
     embed_config = None
     if not is_embeddings_file(source):
-        embed_config = EmbedConfig(model=model or args.model, batch_size=args.batch_size, precision=args.precision)
+        embed_config = _config(EmbedConfig, args, model=model or args.model)
     loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"))
     print(loaded.summary(), file=sys.stderr)
     if loaded.computed or loaded.from_cache:
@@ -57,27 +56,56 @@ def _load(args, source=None, model=None):
     return loaded
 
 
+def _config(config_class, args, **given):
+    """The config built from the options _add_config_options made for it, with `given` fields set directly."""
+    from dataclasses import fields
+
+    return config_class(**{field.name: getattr(args, field.name) for field in fields(config_class) if hasattr(args, field.name)} | given)
+
+
 def _predict_config(args):
     from core.retrieval.pipeline import PredictConfig
 
-    return PredictConfig(
-        k=args.k,
-        score_mode=args.score,
-        contamination=args.contamination,
-        threshold=args.threshold,
-        auto=args.auto,
-    )
+    return _config(PredictConfig, args)
 
 
 def _flags(analysis, args):
     from core.retrieval.distractors import DbscanConfig
 
     if args.detector == "dbscan":
-        return analysis.dbscan(DbscanConfig(eps=args.eps, min_samples=args.min_samples))
+        return analysis.dbscan(_config(DbscanConfig, args))
     return analysis.flags()
 
 
+def _checked_out(out: str, inputs) -> Path:
+    """The --out path to write, refused when it is one of the inputs or not a regular file; its folder is made."""
+    import os
+    import stat
+    from pathlib import Path
+
+    path = Path(out).expanduser()
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as error:
+        raise ValueError(f"--out {out} cannot be used: {error.strerror}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ValueError(f"--out {out} is not a regular file; give the path of a file to write")
+    # The same inode under any name: writing would replace the input before (or while) it is read.
+    same = [source for source in inputs if mode is not None and os.path.exists(source) and os.path.samefile(path, source)]
+    if same:
+        raise ValueError(f"--out {out} is the input {same[0]}; write to another file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot make the folder for --out {out}: {error.strerror}") from None
+    return path
+
+
 def cmd_demo(args) -> int:
+    from pathlib import Path
+
     from core.io.demo import write_demo_dataset, write_digits_dataset
 
     root = (write_digits_dataset if args.digits else write_demo_dataset)(Path(args.out_dir), seed=args.seed)
@@ -97,8 +125,9 @@ def cmd_models(args) -> int:
 def cmd_embed(args) -> int:
     from core.io.parquet import write_embeddings
 
+    out = _checked_out(args.out, [args.source])
     loaded = _load(args)
-    write_embeddings(args.out, loaded.embeddings)
+    write_embeddings(out, loaded.embeddings)
     print(f"wrote {len(loaded.embeddings.ids)} vectors ({loaded.embeddings.model}) to {args.out}")
     return 0
 
@@ -107,9 +136,10 @@ def cmd_predict(args) -> int:
     from core.retrieval.pipeline import analyse
     from core.retrieval.predict import write_submission
 
+    out = _checked_out(args.out, [args.source])
     analysis = analyse(_load(args).embeddings, _predict_config(args))
     flags = _flags(analysis, args)
-    write_submission(args.out, list(analysis.test.ids), analysis.predictions(flags=flags))
+    write_submission(out, list(analysis.test.ids), analysis.predictions(flags=flags))
     for note in analysis.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.detector == "dbscan":
@@ -131,6 +161,8 @@ def _format_report(report: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    import json
+
     from core.retrieval.pipeline import analyse
 
     loaded = _load(args)
@@ -171,6 +203,8 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    import json
+
     from core.methods.compare import as_json, compare_methods, format_table
 
     embeddings = _load(args).embeddings
@@ -202,6 +236,7 @@ def cmd_ensemble(args) -> int:
     from core.io.parquet import write_embeddings
     from core.retrieval.pipeline import PredictConfig
 
+    out = _checked_out(args.out, args.sources) if args.out else None
     members = _ensemble_members(args)
     if args.weights:
         if len(args.weights) != len(members):
@@ -213,46 +248,64 @@ def cmd_ensemble(args) -> int:
             weights = ", ".join(f"{w:.3g}" for w in step.weights)
             print(f"tried {step.model} at ratio {step.ratio:.3f}: validation MAP {step.metric:.4f} ({weights})", file=sys.stderr)
 
-        metric = validation_map(PredictConfig(contamination=args.contamination))
+        metric = validation_map(_config(PredictConfig, args))
         search = search_weights(members, metric, mode=args.mode, progress=show)
         print(search.table())
         combined = search.embeddings
-    if args.out:
-        write_embeddings(args.out, combined)
+    if out:
+        write_embeddings(out, combined)
         print(f"wrote {len(combined.ids)} ensemble vectors to {args.out}")
     return 0
 
 
-def _add_embedding_options(parser):
-    from core.embedding.config import EmbedConfig
+def _add_config_options(parser, config_class, only=None, skip=()) -> None:
+    """One option per field of `config_class` (or of `only`): --field-name, with the field's default, type, choices and help."""
+    import argparse
+    from dataclasses import MISSING, fields
+    from typing import get_args, get_type_hints
 
-    defaults = EmbedConfig()
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per model call")
-    parser.add_argument("--precision", default=defaults.precision, choices=("fp32", "bf16"))
+    types = get_type_hints(config_class)
+    for field in fields(config_class):
+        if field.name in skip or (only is not None and field.name not in only):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        value_type = next(t for t in (get_args(types[field.name]) or (types[field.name],)) if t is not type(None))
+        help_text = field.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        if field.default is MISSING:
+            raise TypeError(f"{config_class.__name__}.{field.name} needs a default to be an option")
+        if value_type is bool:
+            action = argparse.BooleanOptionalAction if field.default else "store_true"
+            parser.add_argument(flag, action=action, default=field.default, help=help_text)
+            continue
+        if field.default is not None:
+            help_text += " (default: %(default)s)"
+        parser.add_argument(flag, type=value_type, default=field.default, choices=field.metadata.get("choices"), help=help_text)
 
 
 def _add_source(parser, what="a dataset folder or .zip, or an embeddings .parquet"):
-    from core.embedding.config import DEFAULT_MODEL
+    from core.embedding.config import EmbedConfig
 
     parser.add_argument("source", help=what)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"CLIP id or local directory, or 'baseline' (default {DEFAULT_MODEL})")
-    _add_embedding_options(parser)
+    _add_config_options(parser, EmbedConfig)
+
+
 def _add_prediction(parser):
+    from core.retrieval.distractors import DbscanConfig
     from core.retrieval.pipeline import PredictConfig
 
-    defaults = PredictConfig()
-    rule = parser.add_mutually_exclusive_group()
-    rule.add_argument("--threshold", type=float, help="flag test items whose score is below this cosine similarity")
-    rule.add_argument("--auto", action="store_true", help="choose the threshold on train, with held-out classes as distractors")
-    parser.add_argument("--contamination", type=float, default=defaults.contamination, help="share of test to flag (default 0.3); with --auto, the simulated share")
-    parser.add_argument("--score", default=defaults.score_mode, choices=("max", "mean"), help="distractor score: best or mean top-k similarity")
-    parser.add_argument("--k", type=int, default=defaults.k, help="labels per prediction (default 5)")
-    parser.add_argument("--detector", default="threshold", choices=("threshold", "dbscan"))
-    parser.add_argument("--eps", type=float, default=0.15, help="DBSCAN cosine distance")
-    parser.add_argument("--min-samples", type=int, default=3, help="DBSCAN core size")
+    _add_config_options(parser, PredictConfig)
+    parser.add_argument("--detector", default="threshold", choices=("threshold", "dbscan"), help="how distractors are flagged (default: %(default)s); dbscan uses the DBSCAN options")
+    _add_config_options(parser, DbscanConfig)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    import argparse
+
+    from core.embedding.config import EmbedConfig
+    from core.methods.compare import COMPARE_METHODS
+    from core.methods.ensemble import MODES
+    from core.retrieval.pipeline import PredictConfig
+
     parser = argparse.ArgumentParser(prog="python -m core", description="Retrieval Lab: image retrieval with distractors.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -284,48 +337,60 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="MAP@5 of a submission against a truth CSV (id,label)")
     score.add_argument("submission")
     score.add_argument("truth")
-    score.add_argument("--k", type=int, default=5)
+    _add_config_options(score, PredictConfig, only=("k",))
     score.set_defaults(run=cmd_score)
 
     compare = commands.add_parser("compare", help="every method on the same split: MAP@5, mP@5, top-1, distractor F1, fit time")
     _add_source(compare)
     _add_prediction(compare)
-    compare.add_argument("--methods", help="comma-separated subset of: " + ", ".join(_method_names()))
+    compare.add_argument("--methods", help="comma-separated subset of: " + ", ".join(COMPARE_METHODS))
     compare.add_argument("--json", action="store_true", help="print JSON")
     compare.set_defaults(run=cmd_compare)
 
     ensemble = commands.add_parser("ensemble", help="combine models (norm-scaled) with given or searched weights")
     ensemble.add_argument("sources", nargs="+", help="one dataset (with two or more --model) or two or more embeddings .parquet")
     ensemble.add_argument("--model", action="append", help="a model to include; repeat for each")
-    _add_embedding_options(ensemble)
+    _add_config_options(ensemble, EmbedConfig, skip=("model",))
     ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per model; without it, weights are searched one model at a time")
-    ensemble.add_argument("--mode", default="auto", choices=("auto", "sum", "concat"), help="weighted sum (equal dimensions) or concatenation")
-    ensemble.add_argument("--contamination", type=float, default=0.3, help="simulated distractor share for the validation metric")
+    ensemble.add_argument("--mode", default=MODES[0], choices=MODES, help="weighted sum (equal dimensions) or concatenation (default: %(default)s)")
+    _add_config_options(ensemble, PredictConfig, skip=("threshold", "auto"))  # the search validates on train
     ensemble.add_argument("--out", help="ensemble embeddings .parquet to write")
     ensemble.set_defaults(run=cmd_ensemble)
     return parser
 
 
-def _method_names() -> list[str]:
-    from core.methods.compare import COMPARE_METHODS
-
-    return list(COMPARE_METHODS)
-
-
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        # A second Ctrl-C while saying goodbye (or while threads wind down) must not print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("\ninterrupted: finished batches are cached and will be reused", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(argv: list[str] | None) -> int:
+    import warnings
+
     from core.embedding.hub import ModelUnavailableError
 
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
         return args.run(args)
-    except (ValueError, ModelUnavailableError, FileNotFoundError, OSError) as error:
+    except (ValueError, ModelUnavailableError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished batches are cached and will be reused", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        # CPython ends with a SIGINT of its own (exit status -2, not 130) when the Ctrl-C landed in a
+        # library's PyRun_* call during import, even though main handled it: leave without finalising.
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -1,13 +1,19 @@
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from core.__main__ import main
+from core.__main__ import build_parser, main
+from core.embedding.config import EmbedConfig
 from core.io.demo import write_demo_dataset
+from core.retrieval.distractors import DbscanConfig
+from core.retrieval.pipeline import PredictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,3 +133,73 @@ def test_ensemble_search_shows_every_step_and_writes_vectors(demo, tiny_clip_dir
 def test_ensemble_needs_two_models(demo, workspace, capsys):
     assert main(["ensemble", str(demo), "--model", "baseline"]) == 2
     assert "at least two models" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def demo_parquet(demo, tmp_path_factory):
+    parquet = tmp_path_factory.mktemp("parquet") / "e.parquet"
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETRIEVAL_LAB_HOME", str(home))
+        assert main(["embed", str(demo), "--model", "baseline", "--out", str(parquet)]) == 0
+    return parquet
+
+
+@pytest.mark.parametrize("command", ["embed", "predict", "evaluate", "compare"])
+def test_every_config_field_is_an_option_with_the_fields_default(command):
+    argv = [command, "source"] + (["--out", "o"] if command in ("embed", "predict") else [])
+    args = build_parser().parse_args(argv)
+    configs = [EmbedConfig] + ([PredictConfig, DbscanConfig] if command != "embed" else [])
+    for config in configs:
+        for field in fields(config):
+            assert getattr(args, field.name) == field.default, f"{config.__name__}.{field.name}"
+
+
+def test_device_is_an_option_and_refuses_unknown_devices(demo, tmp_path, workspace, capsys):
+    assert main(["embed", str(demo), "--model", "baseline", "--device", "cpu", "--out", str(tmp_path / "e.parquet")]) == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["embed", str(demo), "--model", "baseline", "--device", "tpu", "--out", str(tmp_path / "e.parquet")])
+    assert exited.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def run_refused(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and ".partial" not in err[0]
+    return err[0]
+
+
+def test_predict_refuses_to_overwrite_its_input_parquet(demo_parquet, workspace, capsys):
+    before = demo_parquet.read_bytes()
+    error = run_refused(["predict", str(demo_parquet), "--out", str(demo_parquet)], capsys)
+    assert f"--out {demo_parquet} is the input" in error
+    assert demo_parquet.read_bytes() == before
+
+
+def test_embed_refuses_to_overwrite_its_input_zip_under_another_name(demo, tmp_path, workspace, capsys):
+    dataset_zip = Path(shutil.make_archive(str(tmp_path / "d"), "zip", demo))
+    alias = tmp_path / "alias.zip"
+    alias.hardlink_to(dataset_zip)
+    before = dataset_zip.read_bytes()
+    error = run_refused(["embed", str(dataset_zip), "--model", "baseline", "--out", str(alias)], capsys)
+    assert "is the input" in error
+    assert dataset_zip.read_bytes() == before
+
+
+def test_out_that_is_a_fifo_or_a_folder_is_refused_naming_only_the_users_path(demo_parquet, tmp_path, workspace, capsys):
+    fifo, folder = tmp_path / "pipe", tmp_path / "folder"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for out in (fifo, folder):
+        error = run_refused(["predict", str(demo_parquet), "--out", str(out)], capsys)
+        assert error == f"error: --out {out} is not a regular file; give the path of a file to write"
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and folder.is_dir() and not any(folder.iterdir())
+
+
+@pytest.mark.parametrize("command", ["embed", "predict", "ensemble"])
+def test_every_command_makes_the_out_folder(command, demo, demo_parquet, tmp_path, workspace):
+    out = tmp_path / "new" / "deeper" / "out.file"
+    sources = {"embed": [str(demo), "--model", "baseline"], "predict": [str(demo_parquet)], "ensemble": [str(demo_parquet)] * 2}
+    argv = [command, *sources[command], "--out", str(out)] + (["--weights", "1", "1"] if command == "ensemble" else [])
+    assert main(argv) == 0
+    assert out.is_file()

@@ -89,3 +89,38 @@ def test_missing_weights_fail_with_one_actionable_message():
         load_embedder(EmbedConfig(model="no-such-org/no-such-clip"))
     message = str(raised.value)
     assert "HF_HOME" in message and "baseline" in message and "\n" not in message.strip()
+
+
+def wait_until_importing_libraries(child: subprocess.Popen) -> None:
+    """Until the child maps its first compiled library from site-packages: the interpreter has started and runs our imports.
+
+    A Ctrl-C before that lands in Python's own start-up (site, runpy), which no program can handle.
+    """
+    maps = Path(f"/proc/{child.pid}/maps")
+    deadline = time.monotonic() + 60
+    while child.poll() is None and time.monotonic() < deadline:
+        if "site-packages" in maps.read_text():
+            return
+        time.sleep(0.002)
+
+
+# From the first library imports (numpy) to loading the model (2 s and later): the old CLI imported before its try.
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the child's imports")
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.3, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_exits_130(delay, tiny_clip_dir, tmp_path, workspace):
+    dataset_root = write_demo_dataset(tmp_path / "demo")
+    env = {**os.environ, "RETRIEVAL_LAB_HOME": str(workspace), "PYTHONPATH": str(REPO)}
+    argv = ["embed", str(dataset_root), "--model", str(tiny_clip_dir), "--batch-size", "1", "--out", str(tmp_path / "e.parquet")]
+    child = subprocess.Popen([sys.executable, "-m", "core", *argv], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_importing_libraries(child)
+        time.sleep(delay)
+        assert child.poll() is None, "the run finished before it could be interrupted"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert child.returncode == 130 and "Traceback" not in err
+    assert lines == ["interrupted: finished batches are cached and will be reused"], err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 BASELINE_MODEL = "baseline"
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -27,11 +27,12 @@ def list_models() -> dict[str, str]:
 class EmbedConfig:
     """How to turn images and texts into vectors."""
 
-    model: str = DEFAULT_MODEL  # Hugging Face CLIP id, local checkpoint directory, or "baseline"
-    batch_size: int = 16  # images per model call; an interrupted run loses at most one batch
-    precision: str = "fp32"  # "fp32", or "bf16" for half the memory at cosine > 0.99 to fp32
-    device: str = "auto"  # "auto" picks cuda, then mps, then cpu; or name one of them
-    revision: str | None = None  # Hub branch, tag or commit of the model; None means the default branch
+    # Each field's help and choices live in its metadata: the command line builds its options from them.
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": f"Hugging Face CLIP id, local checkpoint directory, or {BASELINE_MODEL!r}"})
+    batch_size: int = field(default=16, metadata={"help": "images per model call; an interrupted run loses at most one batch"})
+    precision: str = field(default="fp32", metadata={"help": "bf16 takes half the memory, at cosine > 0.99 to fp32", "choices": PRECISIONS})
+    device: str = field(default="auto", metadata={"help": "auto picks cuda, then mps, then cpu", "choices": DEVICES})
+    revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model; none means the default branch"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():

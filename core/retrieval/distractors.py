@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.cluster import DBSCAN
@@ -141,9 +141,9 @@ class ThresholdSweep:
 class DbscanConfig:
     """DBSCAN as a second detector (seed 001): test items in clusters without any train item."""
 
-    eps: float = 0.15  # cosine distance (1 - similarity) that joins two points
-    min_samples: int = 3  # points needed to form a dense core
-    noise_is_distractor: bool = False  # whether points in no cluster count as distractors
+    eps: float = field(default=0.15, metadata={"help": "cosine distance (1 - similarity) that joins two points"})
+    min_samples: int = field(default=3, metadata={"help": "points needed to form a dense core"})
+    noise_is_distractor: bool = field(default=False, metadata={"help": "count points in no cluster as distractors"})
 
     def __post_init__(self):
         if not 0.0 < self.eps <= 2.0:
