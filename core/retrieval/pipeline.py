@@ -21,7 +21,17 @@ from core.retrieval.index import Neighbours, VectorIndex
 from core.io.layouts import load_dataset
 from core.io.parquet import read_embeddings_checked
 from core.retrieval.metrics import average_precision_at_k, distractor_report, mean_precision_at_k, top1_accuracy
-from core.retrieval.predict import place_distractor, search_labels
+from core.retrieval.placement import (
+    PLACEMENTS,
+    PlacementModel,
+    TrainEvidence,
+    fit_placement,
+    kept_positions,
+    positions_for,
+    realised_precisions,
+    train_evidence,
+)
+from core.retrieval.predict import place_minus_one, search_labels, true_ranks
 
 
 @dataclass(frozen=True)
@@ -33,9 +43,11 @@ class PredictConfig:
     score_k: int = field(default=5, metadata={"help": "neighbours averaged when score_mode is mean"})
     contamination: float = field(default=0.3, metadata={"help": "share of test flagged when no threshold is given (seed 001: 30%); with auto, the simulated share"})
     threshold: float | None = field(default=None, metadata={"help": "a fixed cosine similarity threshold: test items scoring below it are flagged; overrides contamination"})
-    auto: bool = field(default=False, metadata={"help": "choose the threshold on train with held-out classes as pseudo-distractors (seed 004)"})
-    validation_rounds: int = field(default=5, metadata={"help": "random held-out splits whose thresholds are averaged when auto"})
-    seed: int = field(default=0, metadata={"help": "seeds the held-out class draw"})
+    auto: bool = field(default=False, metadata={"help": "choose the threshold without test truth or a contamination: where -1 first has the highest expected AP@k, learnt on train with every class held out once"})
+    max_false_flag: float | None = field(default=None, metadata={"help": "flag at most this share of known-class test items (split-conformal threshold on train leave-one-out scores); overrides contamination"})
+    placement: str | None = field(default=None, metadata={"help": "where -1 goes: first for flagged items only, or optimal (flagged first, the others at the rank with the highest expected AP@k); default: whichever scores higher on train", "choices": PLACEMENTS})
+    validation_rounds: int = field(default=20, metadata={"help": "class bootstrap rounds of the auto threshold; their median is used and their spread reported"})
+    seed: int = field(default=0, metadata={"help": "seeds the class draws of validation"})
 
     def __post_init__(self):
         if self.k < 1:
@@ -46,24 +58,29 @@ class PredictConfig:
             raise ValueError(f"score_k must be at least 1, got {self.score_k}")
         if not 0.0 <= self.contamination <= 1.0:
             raise ValueError(f"contamination must be a share between 0 and 1, got {self.contamination}")
-        if self.threshold is not None and self.auto:
-            raise ValueError("give either a fixed threshold or auto, not both")
+        chosen = [name for name, value in (("threshold", self.threshold), ("auto", self.auto or None), ("max_false_flag", self.max_false_flag)) if value is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of threshold, auto and max_false_flag, not {' and '.join(chosen)}")
+        if self.max_false_flag is not None and not 0.0 < self.max_false_flag < 1.0:
+            raise ValueError(f"max_false_flag is a share between 0 and 1 (exclusive), got {self.max_false_flag}")
+        if self.placement is not None and self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0 + 1e-6:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {self.threshold}")
         if self.validation_rounds < 1:
             raise ValueError(f"validation_rounds must be at least 1, got {self.validation_rounds}")
 
 
-def verdict_precisions(rows: list[list[str]], truth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's AP@k if flagged (its row after "-1") and if kept (its row as is), from ranked labels and truth.
+def verdict_precisions(
+    rows: list[list[str]], truth: np.ndarray, k: int, kept: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's AP@k if flagged ("-1" first) and if kept ("-1" at its `kept` position, by default nowhere).
 
     These are the two arrays `ThresholdSweep` sums to give MAP@k at any threshold at once.
     """
-    flagged_rows = place_distractor(rows, np.ones(len(rows), bool), k)
-    kept_rows = place_distractor(rows, np.zeros(len(rows), bool), k)
-    if_flagged = np.array([average_precision_at_k(t, r, k) for t, r in zip(truth, flagged_rows)])
-    if_kept = np.array([average_precision_at_k(t, r, k) for t, r in zip(truth, kept_rows)])
-    return if_flagged, if_kept
+    ranks, is_distractor = true_ranks(rows, truth), np.asarray(truth == DISTRACTOR, bool)
+    kept = np.zeros(len(rows), np.int64) if kept is None else kept
+    return realised_precisions(ranks, is_distractor, np.ones(len(rows), np.int64), k), realised_precisions(ranks, is_distractor, kept, k)
 
 
 @dataclass(frozen=True)
@@ -102,12 +119,13 @@ def retrieve(
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """Thresholds chosen on train with some classes held out as pseudo-distractors (seed 004)."""
+    """The automatic threshold, learnt on train with every class held out once, and its spread over class bootstraps."""
 
-    threshold: float  # mean of the per-round best thresholds
-    map_at_k: float  # mean validation MAP@k at each round's best threshold
-    round_thresholds: list[float]  # best threshold of each round
-    held_out_classes: int  # classes held out per round
+    threshold: float  # median of the rounds' thresholds
+    map_at_k: float  # validation MAP@k on train at that threshold, with "-1" placed optimally
+    round_thresholds: list[float]  # threshold of each bootstrap round (classes drawn with replacement)
+    held_out_classes: int  # classes held out as distractors, one at a time
+    contamination: float  # distractor share the threshold is chosen for: fitted to the test scores, or given
 
 
 def check_train_labels(labels) -> None:
@@ -167,26 +185,66 @@ def pseudo_distractor_split(labels: np.ndarray, contamination: float, rng: np.ra
     return np.array(gallery_rows), np.array(query_rows), np.array(truth, dtype=object), len(held)
 
 
-def validate_threshold(train: Embeddings, config: PredictConfig) -> ValidationResult:
-    """Pick the threshold that maximises MAP@k on train with held-out classes as distractors."""
+def evidence_for(train: Embeddings, config: PredictConfig) -> TrainEvidence:
+    """Train items scored as known items (left out one at a time) and as distractors (their class left out)."""
+    return train_evidence(train.vectors, train.labels.astype(object), config.k, config.score_mode, config.score_k, config.seed)
+
+
+def validation_map(evidence: TrainEvidence, model: PlacementModel, threshold: float, placement: str) -> float:
+    """MAP@k on train evidence at the model's distractor share: left-out items as known, left-out classes as distractors."""
+    values = []
+    for scores, ranks, is_distractor in (
+        (evidence.known_scores, evidence.known_ranks, False),
+        (evidence.distractor_scores, np.zeros(len(evidence.distractor_scores), np.int64), True),
+    ):
+        positions = positions_for(scores < threshold, placement, kept_positions(model.expected_precisions(scores)))
+        values.append(realised_precisions(ranks, np.full(len(scores), is_distractor), positions, evidence.k).mean())
+    return float((1 - model.contamination) * values[0] + model.contamination * values[1])
+
+
+def validate_threshold(
+    train: Embeddings, config: PredictConfig, test_scores: np.ndarray | None = None, evidence: TrainEvidence | None = None
+) -> ValidationResult:
+    """The threshold under which "-1" first has the highest expected AP@k, from train alone; no contamination needed.
+
+    The distractor share is fitted to the test scores when they are given (config.contamination
+    otherwise). Each of config.validation_rounds rounds refits on train classes drawn with
+    replacement; the median of their thresholds is used, so one odd class cannot swing it.
+    """
     labels = train.labels.astype(object)
-    check_classes_to_hold_out(
-        labels, "choosing the threshold by validation", "use a contamination rate or a fixed threshold"
-    )
+    check_classes_to_hold_out(labels, "choosing the threshold by validation", "use a contamination rate or a fixed threshold")
+    evidence = evidence or evidence_for(train, config)
+    share = None if test_scores is not None else config.contamination
+    placed = test_scores if test_scores is not None else np.concatenate([evidence.known_scores, evidence.distractor_scores])
     rng = np.random.default_rng(config.seed)
-    thresholds, values, held = [], [], 0
+    classes = np.unique(evidence.distractor_classes)
+    thresholds = []
     for _ in range(config.validation_rounds):
-        gallery, queries, truth, held = pseudo_distractor_split(labels, config.contamination, rng)
-        _, result = retrieve(train.vectors[gallery], labels[gallery], train.vectors[queries], config, truth)
-        threshold, value = result.sweep.best_map_threshold()
-        thresholds.append(threshold)
-        values.append(value)
-    return ValidationResult(float(np.mean(thresholds)), float(np.mean(values)), thresholds, held)
+        drawn = evidence.of_classes(rng.choice(classes, len(classes)))
+        if drawn.has_known_items:
+            thresholds.append(fit_placement(drawn, test_scores, share).first_below(placed))
+    model = fit_placement(evidence, test_scores, share)
+    threshold = float(np.median(thresholds)) if thresholds else model.first_below(placed)
+    map_at_k = validation_map(evidence, model, threshold, "optimal")
+    return ValidationResult(threshold, map_at_k, thresholds, len(classes), model.contamination)
+
+
+def conformal_threshold(evidence: TrainEvidence, max_false_flag: float) -> float:
+    """The threshold that flags at most `max_false_flag` of known-class test items (split conformal).
+
+    Assumes a known test item's score is exchangeable with the train leave-one-out scores; it sees
+    one more image of its class than they do, so it scores as high or higher and the bound holds
+    with room to spare. With m scores, the j-th lowest (j = ⌊α(m + 1)⌋) flags a known item with
+    probability at most j / (m + 1) ≤ α; j = 0 flags nothing.
+    """
+    scores = np.sort(evidence.known_scores)
+    rank = int(np.floor(max_false_flag * (len(scores) + 1)))
+    return float(scores[rank - 1]) if rank >= 1 else -1.0  # no cosine similarity is below -1
 
 
 @dataclass
 class Analysis:
-    """Test items against train: neighbours, scores, ranked labels and everything a threshold changes."""
+    """Test items against train: neighbours, scores, ranked labels and everything a threshold or placement changes."""
 
     train: Embeddings
     test: Embeddings
@@ -195,6 +253,10 @@ class Analysis:
     retrieval: Retrieval
     threshold: float  # the threshold chosen by the config
     threshold_source: str  # how it was chosen, for people
+    evidence: TrainEvidence  # train items as left-out known items and left-out classes
+    placement_model: PlacementModel  # P(distractor) and label-rank odds per score, fitted on train and the test scores
+    placement: str  # "first" or "optimal": the config's, or the one scoring higher on train
+    placement_source: str  # how it was chosen, for people
     validation: ValidationResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -204,17 +266,58 @@ class Analysis:
 
     @property
     def sweep(self) -> ThresholdSweep:
-        return self.retrieval.sweep
+        """The sweep of the placement in use."""
+        return self.sweep_for(self.placement)
+
+    def sweep_for(self, placement: str) -> ThresholdSweep:
+        """MAP@k (with truth) at any threshold when "-1" is placed by `placement`; the flag counts are the same for both."""
+        return self._sweeps[placement]
+
+    @cached_property
+    def _sweeps(self) -> dict[str, ThresholdSweep]:
+        if self.truth is None:
+            return dict.fromkeys(PLACEMENTS, self.retrieval.sweep)
+        sweeps = {}
+        for placement in PLACEMENTS:
+            kept = positions_for(np.zeros(len(self.scores), bool), placement, self.kept_positions)
+            if_flagged, if_kept = verdict_precisions(self.retrieval.labels, self.truth, self.config.k, kept)
+            sweeps[placement] = ThresholdSweep(self.scores, if_flagged, if_kept, self.truth == DISTRACTOR)
+        return sweeps
 
     @property
     def truth(self) -> np.ndarray | None:
         return self.test.labels.astype(object) if self.test.has_test_truth else None
 
+    @cached_property
+    def expected_precisions(self) -> np.ndarray:
+        """Test items × positions (1..k, then nowhere): expected AP@k of "-1" there, from the placement model."""
+        return self.placement_model.expected_precisions(self.scores)
+
+    @cached_property
+    def kept_positions(self) -> np.ndarray:
+        """Where "optimal" puts "-1" for each item it does not flag: 2..k, or 0 for nowhere.
+
+        A row shorter than k (train has fewer classes) takes "-1" right after its last label at most.
+        """
+        lengths = np.array([len(row) for row in self.retrieval.labels])
+        return np.minimum(kept_positions(self.expected_precisions), lengths + 1)
+
     def flags(self, threshold: float | None = None) -> np.ndarray:
         return self.scores < (self.threshold if threshold is None else threshold)
 
-    def predictions(self, threshold: float | None = None, flags: np.ndarray | None = None) -> list[list[str]]:
-        return place_distractor(self.retrieval.labels, self.flags(threshold) if flags is None else flags, self.config.k)
+    def positions(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> np.ndarray:
+        """Where "-1" goes in each row (1..k; 0: nowhere) for a verdict and a placement (by default the analysis's own)."""
+        flags = self.flags(threshold) if flags is None else flags
+        return positions_for(flags, placement or self.placement, self.kept_positions)
+
+    def predictions(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> list[list[str]]:
+        return place_minus_one(self.retrieval.labels, self.positions(threshold, flags, placement), self.config.k)
+
+    def expected_map(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> float:
+        """MAP@k the placement model expects for a verdict and placement, without test truth."""
+        positions = self.positions(threshold, flags, placement)
+        columns = np.where(positions == 0, self.config.k, positions - 1)
+        return float(np.mean(self.expected_precisions[np.arange(len(positions)), columns]))
 
     @cached_property
     def train_loo_scores(self) -> np.ndarray:
@@ -237,19 +340,28 @@ class Analysis:
         return dbscan_flags(self.train.vectors, self.test.vectors, config)
 
     def report(self, threshold: float | None = None, flags: np.ndarray | None = None) -> dict:
-        """Counts and, with test truth, MAP@k, mP@k, top-1 and distractor detection for one verdict."""
+        """Counts, the placement and its expected MAP@k; with test truth, MAP@k of both placements, mP@k, top-1 and detection."""
         threshold = self.threshold if threshold is None else threshold
         flags = self.flags(threshold) if flags is None else flags
+        k = self.config.k
         report = {
             "threshold": float(threshold),
             "test_items": int(len(flags)),
             "flagged": int(flags.sum()),
             "flagged_share": float(flags.mean()) if len(flags) else 0.0,
+            "placement": f"{self.placement} ({self.placement_source})",
+            "estimated_distractor_share": self.placement_model.contamination,
+            f"expected_MAP@{k}": self.expected_map(flags=flags),
         }
         if self.truth is not None:
-            rows = self.predictions(flags=flags)
-            k = self.config.k
-            report[f"MAP@{k}"] = float(np.mean([average_precision_at_k(t, r, k) for t, r in zip(self.truth, rows)]))
+            measured = {}
+            for placement in PLACEMENTS:
+                rows = self.predictions(flags=flags, placement=placement)
+                measured[placement] = rows, float(np.mean([average_precision_at_k(t, r, k) for t, r in zip(self.truth, rows)]))
+            rows, report[f"MAP@{k}"] = measured[self.placement]
+            for placement in PLACEMENTS:
+                report[f"MAP@{k}_{placement}"] = measured[placement][1]
+                report[f"expected_MAP@{k}_{placement}"] = self.expected_map(flags=flags, placement=placement)
             report[f"mP@{k}"] = self.mean_precision
             report["top1_accuracy"] = top1_accuracy(self.truth, rows)
             detection = distractor_report(self.truth == DISTRACTOR, flags, self.scores)
@@ -258,7 +370,7 @@ class Analysis:
 
 
 def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> Analysis:
-    """Search test against train, score distractors and choose the threshold the config asks for."""
+    """Search test against train, score distractors, choose the threshold and the placement the config asks for."""
     train, test = embeddings.subset(TRAIN), embeddings.subset(TEST)
     if len(train.ids) == 0:
         raise ValueError("the train split is empty: label some images under train/<label>/")
@@ -271,15 +383,24 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
         notes.append(f"train has {n_classes} classes, fewer than k={config.k}: prediction rows are shorter")
     truth = test.labels.astype(object) if test.has_test_truth else None
     neighbours, retrieval = retrieve(train.vectors, train.labels.astype(object), test.vectors, config, truth)
+    evidence = evidence_for(train, config)
     validation = None
     if config.threshold is not None:
         threshold, source = config.threshold, "fixed threshold"
+    elif config.max_false_flag is not None:
+        threshold = conformal_threshold(evidence, config.max_false_flag)
+        source = (
+            f"at most {config.max_false_flag:.1%} of known-class items flagged (split conformal on "
+            f"{len(evidence.known_scores)} train leave-one-out scores)"
+        )
     elif config.auto:
-        validation = validate_threshold(train, config)
+        validation = validate_threshold(train, config, retrieval.scores, evidence)
+        shares = retrieval.sweep.contamination(np.array(validation.round_thresholds or [validation.threshold]))
         threshold = validation.threshold
         source = (
-            f"validation on train ({validation.held_out_classes} classes held out as distractors, "
-            f"{config.validation_rounds} rounds, MAP@{config.k} {validation.map_at_k:.3f})"
+            f"validation on train: expected AP with each of {validation.held_out_classes} classes held out once, median of "
+            f"{len(validation.round_thresholds)} class bootstraps (flagged share {shares.min():.1%}–{shares.max():.1%}); "
+            f"estimated distractor share {validation.contamination:.1%}, validation MAP@{config.k} {validation.map_at_k:.3f}"
         )
     else:
         threshold = retrieval.sweep.threshold_for(config.contamination)
@@ -290,7 +411,19 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
                 f"test scores tie at the threshold {threshold:.3f}: it flags {flagged} of {retrieval.sweep.n} "
                 f"test items, not the {config.contamination:.0%} asked for"
             )
-    return Analysis(train, test, config, neighbours, retrieval, float(threshold), source, validation, notes)
+    model = fit_placement(evidence, retrieval.scores)
+    if config.placement is not None:
+        placement, placement_source = config.placement, "asked for"
+    else:
+        validated = {name: validation_map(evidence, model, threshold, name) for name in PLACEMENTS}
+        placement = "optimal" if validated["optimal"] >= validated["first"] else "first"
+        placement_source = (
+            f"higher validation MAP@{config.k} on train: optimal {validated['optimal']:.3f}, first {validated['first']:.3f}"
+        )
+    return Analysis(
+        train, test, config, neighbours, retrieval, float(threshold), source, evidence, model, placement,
+        placement_source, validation, notes,
+    )
 
 
 @dataclass

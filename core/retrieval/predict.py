@@ -111,11 +111,29 @@ def _settle(
     return short
 
 
+def place_minus_one(rows: Sequence[Sequence[str]], positions: np.ndarray, k: int = 5) -> list[list[str]]:
+    """Each row with "-1" at its position (1..k; 0: nowhere), cut to k labels."""
+    if len(rows) != len(positions):
+        raise ValueError(f"{len(rows)} prediction rows but {len(positions)} positions")
+    placed = []
+    for row, position in zip(rows, positions):
+        row = list(row[:k])
+        if position:
+            row.insert(int(position) - 1, DISTRACTOR)
+        placed.append(row[:k])
+    return placed
+
+
 def place_distractor(rows: Sequence[Sequence[str]], flagged: np.ndarray, k: int = 5) -> list[list[str]]:
     """Flagged rows get "-1" first and their top k-1 labels after it (seed 001's format)."""
     if len(rows) != len(flagged):
         raise ValueError(f"{len(rows)} prediction rows but {len(flagged)} flags")
-    return [[DISTRACTOR, *row[: k - 1]] if flag else list(row[:k]) for row, flag in zip(rows, flagged)]
+    return place_minus_one(rows, np.where(flagged, 1, 0), k)
+
+
+def true_ranks(rows: Sequence[Sequence[str]], truth: Sequence[str]) -> np.ndarray:
+    """Where each item's true label stands in its ranked labels: 1.., or 0 when absent (always for a distractor)."""
+    return np.array([list(row).index(label) + 1 if label in row else 0 for row, label in zip(rows, truth)], dtype=np.int64)
 
 
 SUBMISSION_COLUMNS = ("id", "predictions")

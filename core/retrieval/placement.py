@@ -1,0 +1,253 @@
+"""Where "-1" goes: train evidence without test truth, P(distractor) and label-rank odds per score, expected AP@k and the placement rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.special import logsumexp
+
+from core.retrieval.index import unit_rows
+
+PLACEMENTS = ("first", "optimal")
+NOWHERE = 0  # a position: "-1" is not in the row
+# Train items compared with all of train at once; past it, whole classes are sampled (seeded) so the
+# evidence costs at most this many rows × train, whatever the size of train.
+MAX_EVIDENCE_QUERIES = 4000
+_ROWS_PER_BLOCK = 256  # train rows whose similarities to all of train are held at once
+_EM_ROUNDS = 500
+_EM_TOLERANCE = 1e-7
+
+
+@dataclass(frozen=True)
+class TrainEvidence:
+    """What train alone says about test scores: each train item as a known item and as a distractor.
+
+    As a known item it is scored against train without itself (leave one out) and its class takes
+    a rank among its ranked labels; as a distractor it is scored against train without its class
+    (every class held out once). Test items see one more image of their class than a left-out
+    item does, so these known scores run a little low: the model errs towards flagging.
+    """
+
+    known_scores: np.ndarray  # items of classes with 2+ images, scored without themselves
+    known_ranks: np.ndarray  # 1..k: rank of the item's class among its labels; 0 when below k
+    known_classes: np.ndarray  # class code of each known sample
+    distractor_scores: np.ndarray  # every sampled item, scored without its class
+    distractor_classes: np.ndarray  # class code of each distractor sample
+    known_class_sizes: np.ndarray  # train images of each known sample's class
+    k: int
+
+    @property
+    def has_known_items(self) -> bool:
+        return len(self.known_scores) > 0
+
+    def of_classes(self, classes: np.ndarray) -> TrainEvidence:
+        """The evidence of these classes, each as often as it is named (a bootstrap draw)."""
+        def rows(of):
+            order = np.argsort(of, kind="stable")
+            starts = np.searchsorted(of[order], classes, "left")
+            lengths = np.searchsorted(of[order], classes, "right") - starts
+            return order[np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())]
+
+        known, far = rows(self.known_classes), rows(self.distractor_classes)
+        return TrainEvidence(
+            self.known_scores[known], self.known_ranks[known], self.known_classes[known],
+            self.distractor_scores[far], self.distractor_classes[far], self.known_class_sizes[known], self.k,
+        )
+
+    def with_all_images(self) -> np.ndarray:
+        """Known scores as if each item met all n images of its class, not n - 1 (sorted).
+
+        The best of n similarities, if they were independent, has the CDF of the best of n - 1
+        raised to n / (n - 1): the sorted scores are read at the quantiles that power maps to.
+        """
+        power = float(np.mean(self.known_class_sizes / (self.known_class_sizes - 1)))
+        levels = ((np.arange(len(self.known_scores)) + 0.5) / len(self.known_scores)) ** (1 / power)
+        return np.quantile(self.known_scores, levels)
+
+
+def train_evidence(
+    vectors: np.ndarray, labels: np.ndarray, k: int, score_mode: str, score_k: int, seed: int = 0
+) -> TrainEvidence:
+    """Leave-one-out and leave-one-class-out scores and ranks of train items against all of train (exact)."""
+    vectors = unit_rows(vectors, "train vectors", keep_zero_rows=True)
+    classes, codes = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"placing -1 needs at least 2 train classes to hold one out; train has {len(classes)}")
+    queries = _evidence_rows(codes, np.random.default_rng(seed))
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    sorted_vectors, sorted_codes = vectors[order], codes[order]
+    sizes = np.bincount(codes)
+    known_scores, known_ranks, known_classes, far_scores = [], [], [], []
+    for block in np.array_split(queries, max(1, len(queries) // _ROWS_PER_BLOCK)):
+        similarities = vectors[block] @ sorted_vectors.T
+        own_row = order[None, :] == block[:, None]
+        own_class = sorted_codes[None, :] == codes[block][:, None]
+        without_self = np.where(own_row, -np.inf, similarities)
+        far_scores.append(_scores(np.where(own_class, -np.inf, similarities), score_mode, score_k))
+        has_known = sizes[codes[block]] >= 2
+        if has_known.any():
+            class_best = np.maximum.reduceat(without_self[has_known], starts, axis=1)
+            own_best = class_best[np.arange(has_known.sum()), codes[block][has_known]]
+            rank = 1 + (class_best > own_best[:, None]).sum(axis=1)
+            known_scores.append(_scores(without_self[has_known], score_mode, score_k))
+            known_ranks.append(np.where(rank <= k, rank, 0))
+            known_classes.append(codes[block][has_known])
+    if not known_scores:
+        raise ValueError("placing -1 needs a train class with 2+ images to score an item without itself")
+    return TrainEvidence(
+        np.concatenate(known_scores), np.concatenate(known_ranks), np.concatenate(known_classes),
+        np.concatenate(far_scores), codes[queries], sizes[np.concatenate(known_classes)], k,
+    )
+
+
+def _evidence_rows(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Train rows to score: all of them, or whole classes drawn at random up to MAX_EVIDENCE_QUERIES rows."""
+    if len(codes) <= MAX_EVIDENCE_QUERIES:
+        return np.arange(len(codes))
+    chosen, total = [], 0
+    for code in rng.permutation(int(codes.max()) + 1):
+        rows = np.flatnonzero(codes == code)
+        if total + len(rows) > MAX_EVIDENCE_QUERIES and chosen:
+            break
+        chosen.append(rows)
+        total += len(rows)
+    return np.sort(np.concatenate(chosen))
+
+
+def _scores(similarities: np.ndarray, score_mode: str, score_k: int) -> np.ndarray:
+    """The distractor score of rows of similarities (excluded entries at -inf), as `distractor_scores` scores test items."""
+    if score_mode == "max":
+        return similarities.max(axis=1).astype(np.float64)
+    depth = min(max(score_k, 1), similarities.shape[1])
+    top = np.partition(similarities, similarities.shape[1] - depth, axis=1)[:, -depth:]
+    # A row with fewer than score_k candidates averages the ones it has, as a test item does with a small train.
+    counted = np.isfinite(top)
+    return np.where(counted, top, 0.0).sum(axis=1, dtype=np.float64) / np.maximum(counted.sum(axis=1), 1)
+
+
+def precision_table(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """AP@k of a known item (rows: its label at rank 1..k, then below k) and of a distractor, for "-1" at 1..k then nowhere."""
+    positions = np.r_[np.arange(1, k + 1), NOWHERE]
+    ranks = np.arange(1, k + 1)[:, None]
+    # "-1" before the true label pushes it one rank down, and out of the row from rank k.
+    pushed = (positions[None, :] != NOWHERE) & (ranks >= positions[None, :])
+    new_rank = ranks + pushed
+    known = np.vstack([np.where(new_rank <= k, 1.0 / new_rank, 0.0), np.zeros(k + 1)])
+    distractor = np.where(positions == NOWHERE, 0.0, 1.0 / np.maximum(positions, 1))
+    return known, distractor
+
+
+def realised_precisions(true_ranks: np.ndarray, is_distractor: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
+    """Each item's AP@k with "-1" at `positions` (0: nowhere), from the rank of its true label (0: below k) and truth."""
+    known, distractor = precision_table(k)
+    columns = np.where(positions == NOWHERE, k, positions - 1)
+    rows = np.where(true_ranks == 0, k, true_ranks - 1)
+    return np.where(is_distractor, distractor[columns], known[rows, columns])
+
+
+@dataclass(frozen=True)
+class PlacementModel:
+    """P(distractor | score) and P(true label at rank r | known, score): logistic in the standardised score.
+
+    Both are fitted on train evidence (scikit-learn's default L2 strength, on scores scaled to unit
+    spread so that it means the same on every dataset); the distractor odds are then shifted to the
+    distractor share, fitted to the test scores unless given.
+    """
+
+    centre: float  # scores are standardised as (score - centre) / spread before either model
+    spread: float
+    distractor_coef: tuple[float, float]  # intercept and slope of the log-odds at a 50/50 share
+    rank_coef: np.ndarray  # (k + 1) × 2: intercept and slope of each rank's logit (1..k, then below k)
+    contamination: float  # the distractor share the odds are shifted to
+    k: int
+
+    def _standard(self, scores) -> np.ndarray:
+        return (np.asarray(scores, np.float64) - self.centre) / self.spread
+
+    def balanced_log_odds(self, scores) -> np.ndarray:
+        return self.distractor_coef[0] + self.distractor_coef[1] * self._standard(scores)
+
+    def distractor_probability(self, scores, contamination: float | None = None) -> np.ndarray:
+        return _shifted(self.balanced_log_odds(scores), self.contamination if contamination is None else contamination)
+
+    def rank_odds(self, scores) -> np.ndarray:
+        """Items × (k + 1): P(true label at rank 1..k, then below k | known item, score)."""
+        logits = self.rank_coef[:, 0][None, :] + self.rank_coef[:, 1][None, :] * self._standard(scores)[:, None]
+        return np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+
+    def expected_precisions(self, scores, contamination: float | None = None) -> np.ndarray:
+        """Items × positions (1..k, then nowhere): expected AP@k of putting "-1" there."""
+        known, distractor = precision_table(self.k)
+        p = self.distractor_probability(scores, contamination)[:, None]
+        return p * distractor[None, :] + (1 - p) * (self.rank_odds(scores) @ known)
+
+    def first_below(self, scores) -> float:
+        """The threshold under which "-1" first has the highest expected AP: the lowest of `scores` where it has not."""
+        scores = np.sort(np.asarray(scores, np.float64))
+        not_first = np.argmax(self.expected_precisions(scores), axis=1) != 0
+        return float(scores[np.argmax(not_first)]) if not_first.any() else float(np.nextafter(scores[-1], np.inf))
+
+
+def _shifted(balanced_log_odds: np.ndarray, share: float) -> np.ndarray:
+    """P(distractor) from log-odds fitted at a 50/50 share, moved to `share` (Bayes' rule on the prior)."""
+    share = min(max(share, 1e-9), 1 - 1e-9)
+    return 1.0 / (1.0 + np.exp(-np.clip(balanced_log_odds + np.log(share / (1 - share)), -50, 50)))
+
+
+def fit_placement(evidence: TrainEvidence, test_scores=None, contamination: float | None = None) -> PlacementModel:
+    """The model from train evidence; the distractor share is `contamination` if given, else fitted to the test scores."""
+    from sklearn.linear_model import LogisticRegression
+
+    if contamination is None and test_scores is None:
+        raise ValueError("fit_placement needs the test scores or a contamination to weigh distractors against known items")
+    known, far = evidence.with_all_images(), evidence.distractor_scores
+    pooled = np.concatenate([known, far])
+    centre, spread = float(pooled.mean()), float(pooled.std()) or 1.0
+    standard = ((pooled - centre) / spread)[:, None]
+    is_far = np.r_[np.zeros(len(known)), np.ones(len(far))]
+    detector = LogisticRegression(class_weight="balanced").fit(standard, is_far)
+    ranks = np.where(evidence.known_ranks == 0, evidence.k, evidence.known_ranks - 1)
+    rank_coef = np.full((evidence.k + 1, 2), [-np.inf, 0.0])
+    seen = np.unique(ranks)
+    if len(seen) == 1:
+        rank_coef[seen[0]] = 0.0
+    else:
+        ranker = LogisticRegression().fit(((evidence.known_scores - centre) / spread)[:, None], ranks)
+        # Two ranks give one logit (the second's); more give one per rank.
+        intercepts = np.r_[0.0, ranker.intercept_] if len(seen) == 2 else ranker.intercept_
+        slopes = np.r_[0.0, ranker.coef_[:, 0]] if len(seen) == 2 else ranker.coef_[:, 0]
+        rank_coef[ranker.classes_] = np.column_stack([intercepts, slopes])
+    model = PlacementModel(
+        centre, spread, (float(detector.intercept_[0]), float(detector.coef_[0, 0])), rank_coef, 0.5, evidence.k
+    )
+    if contamination is None:
+        contamination = _mixture_share(model.balanced_log_odds(test_scores))
+    return replace(model, contamination=float(contamination))
+
+
+def _mixture_share(balanced_log_odds: np.ndarray) -> float:
+    """The distractor share whose posteriors average to itself over the test items (EM for a shifted prior)."""
+    share = 0.5
+    for _ in range(_EM_ROUNDS):
+        updated = float(np.mean(_shifted(balanced_log_odds, share)))
+        if abs(updated - share) < _EM_TOLERANCE:
+            break
+        share = updated
+    return share
+
+
+def kept_positions(expected: np.ndarray) -> np.ndarray:
+    """For items not flagged: the position among 2..k and nowhere with the highest expected AP (ties: further back)."""
+    choices = expected[:, 1:][:, ::-1]  # nowhere, k, ..., 2
+    best = choices.shape[1] - 1 - np.argmax(choices, axis=1)
+    return np.where(best == choices.shape[1] - 1, NOWHERE, best + 2)
+
+
+def positions_for(flags: np.ndarray, placement: str, kept: np.ndarray) -> np.ndarray:
+    """Flagged items get "-1" first; the others nowhere ("first") or at their `kept` position ("optimal")."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    others = np.full(len(flags), NOWHERE) if placement == "first" else kept
+    return np.where(flags, 1, others)

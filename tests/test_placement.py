@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from core.retrieval.metrics import average_precision_at_k
+from core.retrieval.placement import (
+    NOWHERE,
+    fit_placement,
+    kept_positions,
+    positions_for,
+    realised_precisions,
+    train_evidence,
+)
+from core.retrieval.predict import place_minus_one
+
+
+def test_realised_precisions_equal_the_ap_of_the_placed_rows():
+    labels = ["a", "b", "c", "d", "e"]
+    for truth in [*labels, "-1", "z"]:
+        rank = labels.index(truth) + 1 if truth in labels else 0
+        for position in (NOWHERE, 1, 2, 3, 4, 5):
+            row = place_minus_one([labels], np.array([position]))[0]
+            expected = average_precision_at_k(truth, row, 5)
+            got = realised_precisions(np.array([rank]), np.array([truth == "-1"]), np.array([position]), 5)[0]
+            assert got == pytest.approx(expected), (truth, position)
+
+
+def test_kept_positions_choose_the_best_of_two_to_k_and_nowhere_further_back_on_ties():
+    expected = np.array([[9.0, 0.5, 0.1, 0.1, 0.1, 0.2], [0.0, 0.3, 0.3, 0.1, 0.1, 0.1], [0.0, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    assert kept_positions(expected).tolist() == [2, 3, NOWHERE]
+    flags = np.array([True, False, False])
+    assert positions_for(flags, "optimal", kept_positions(expected)).tolist() == [1, 3, NOWHERE]
+    assert positions_for(flags, "first", kept_positions(expected)).tolist() == [1, NOWHERE, NOWHERE]
+    with pytest.raises(ValueError, match="placement must be one of"):
+        positions_for(flags, "last", kept_positions(expected))
+
+
+def test_train_evidence_matches_a_brute_force_leave_one_out():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = np.array([f"c{i % 7}" for i in range(30)], dtype=object)
+    evidence = train_evidence(vectors, labels, 5, "max", 5)
+    similarities = vectors @ vectors.T
+    np.fill_diagonal(similarities, -np.inf)
+    same = labels[:, None] == labels[None, :]
+    assert np.allclose(evidence.known_scores, similarities.max(axis=1), atol=1e-5)
+    assert np.allclose(evidence.distractor_scores, np.where(same, -np.inf, similarities).max(axis=1), atol=1e-5)
+    for row in range(30):
+        best = {c: similarities[row, labels == c].max() for c in set(labels)}
+        rank = 1 + sum(value > best[labels[row]] for c, value in best.items() if c != labels[row])
+        assert evidence.known_ranks[row] == (rank if rank <= 5 else 0)
+
+
+def test_the_distractor_share_is_fitted_to_the_test_scores_and_odds_follow_the_score():
+    from tests.test_pipeline import clustered_embeddings
+    from core.retrieval.pipeline import PredictConfig, analyse
+
+    for distractor_classes, true_share in ((8, 8 / 28), (20, 0.5)):
+        analysis = analyse(clustered_embeddings(n_distractor_classes=distractor_classes, spread=0.5), PredictConfig())
+        model = analysis.placement_model
+        assert abs(model.contamination - true_share) < 0.1
+        low, high = np.percentile(analysis.scores, [5, 95])
+        assert model.distractor_probability(np.array([low]))[0] > model.distractor_probability(np.array([high]))[0]
+        assert model.rank_odds(np.array([high]))[0, 0] >= model.rank_odds(np.array([low]))[0, 0]
+    with pytest.raises(ValueError, match="test scores or a contamination"):
+        fit_placement(analysis.evidence)
