@@ -8,17 +8,17 @@ from pages import ui
 st.set_page_config(page_title="Retrieval Lab", page_icon="🔎", layout="wide")
 
 # Page icons are Material Symbols from the font Streamlit itself serves: no request leaves the app.
-navigation = st.navigation(
-    [
-        st.Page("pages/data.py", title="Data", icon=":material/folder_open:", default=True),
-        st.Page("pages/embed.py", title="Embed", icon=":material/memory:"),
-        st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
-        st.Page("pages/distractors.py", title="Distractors", icon=":material/tune:"),
-        st.Page("pages/neighbours.py", title="Neighbours", icon=":material/image_search:"),
-        st.Page("pages/evaluate.py", title="Evaluate & export", icon=":material/leaderboard:"),
-        st.Page("pages/text_image.py", title="Text ↔ image", icon=":material/translate:"),
-    ]
-)
+pages = [
+    st.Page("pages/data.py", title="Data", icon=":material/folder_open:", default=True),
+    st.Page("pages/embed.py", title="Embed", icon=":material/memory:"),
+    st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
+    st.Page("pages/distractors.py", title="Distractors", icon=":material/tune:"),
+    st.Page("pages/neighbours.py", title="Neighbours", icon=":material/image_search:"),
+    st.Page("pages/evaluate.py", title="Evaluate & export", icon=":material/leaderboard:"),
+    st.Page("pages/text_image.py", title="Text ↔ image", icon=":material/translate:"),
+]
+navigation = st.navigation(pages)
+ui.open_requested_page(pages)
 
 ws = ui.workspace()
 sidebar = st.sidebar.container()
@@ -30,5 +30,5 @@ finally:
     with sidebar:
         st.caption(f"Dataset: **{ui.plain(ui.datasets(ws).active().name)}**")
         st.caption(f"Model: **{ui.plain(ui.model_status(ws))}**")
-        st.caption(f"Workspace `{ws.id}` — bookmark this page's address to come back to it.")
+        st.caption(f"Workspace {ui.plain(ws.id)} — bookmark this page's address to come back to it.")
     ui.start_background_work(ws)

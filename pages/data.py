@@ -33,7 +33,7 @@ with st.expander("Add a dataset"):
             try:
                 entry = datasets.add_upload(name, files)
             except (ValueError, OSError) as error:  # OSError: a full disk while saving the upload
-                st.error(str(error))
+                st.error(ui.plain(error))
             else:
                 datasets.choose(entry.name)
                 st.rerun()
@@ -45,7 +45,7 @@ with st.expander("Add a dataset"):
             try:
                 entry = datasets.add_folder(folder)
             except (ValueError, OSError) as error:  # OSError: an unreadable folder
-                st.error(str(error))
+                st.error(ui.plain(error))
             else:
                 datasets.choose(entry.name)
                 st.rerun()
@@ -58,7 +58,7 @@ if entry.kind == "parquet":
 try:
     dataset = ui.read_dataset(entry.source)
 except (ValueError, OSError) as error:
-    st.error(f"**{ui.plain(entry.name)}** cannot be read: {error}")
+    st.error(f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(error)}")
     st.stop()
 
 train, test = dataset.split(TRAIN), dataset.split(TEST)

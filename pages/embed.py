@@ -33,7 +33,7 @@ with st.expander("Ensemble: combine several models (seed 000)"):
     st.caption(
         "Each model's vectors are scaled to unit length first, so no model dominates by its norm; then they "
         "are summed with their weights when the dimensions match, or concatenated otherwise. "
-        f"The model above has weight 1."
+        "The model above has weight 1."
     )
     members = saved_ensemble(ws)
     saved_weights = {member.model: member.weight for member in members}
@@ -50,14 +50,14 @@ with st.expander("Ensemble: combine several models (seed 000)"):
             search = search_weights(
                 [ui.embeddings(current.entry, config).embeddings for config, _ in recipe.parts],
                 validation_map(predict_config(ws)),
-                progress=lambda step: status.update(label=f"{step.model[:40]} at ratio {step.ratio:.3f}: {step.metric:.4f}"),
+                progress=lambda step: status.update(label=f"{ui.plain(step.model)} at ratio {step.ratio:.3f}: {step.metric:.4f}"),
             )
             status.update(label=f"Best validation MAP@5 {search.metric:.4f}", state="complete")
         st.code(search.table(), language=None)
         try:
             save_ensemble(ws, reweighted(members, recipe, search.weights))
         except ValueError as error:
-            st.warning(f"{error}.")
+            st.warning(f"{ui.plain(error)}.")
         else:
             st.caption("The weights found are saved, relative to the main model's; reload the page to use them.")
 
@@ -65,7 +65,7 @@ if st.button("Embed", type="primary", disabled=not model):
     try:
         config = EmbedConfig(model=model.strip(), batch_size=int(batch_size), precision=precision)
     except ValueError as error:
-        st.error(str(error))
+        st.error(ui.plain(error))
         st.stop()
     choose_model(ws, config)
 
@@ -79,7 +79,7 @@ cells[1].metric("Dimensions", emb.dim)
 cells[2].metric("Computed", loaded.computed)
 cells[3].metric("From cache", loaded.from_cache)
 cells[4].metric("Refused", len(loaded.rejected))
-st.caption(f"Model identity: `{emb.model}` · train {counts['train']}, test {counts['test']} · {loaded.seconds:.1f} s")
+st.caption(f"Model identity: {ui.plain(emb.model)} · train {counts['train']}, test {counts['test']} · {loaded.seconds:.1f} s")
 if loaded.computed and loaded.seconds:
     st.caption(f"{loaded.computed / loaded.seconds:.1f} images/s when computed.")
 if loaded.rejected:

@@ -137,7 +137,7 @@ if st.button("Compare methods", type="primary", disabled=not methods):
             )
         except ValueError as error:
             status.update(label="The methods cannot be compared", state="error")
-            st.error(str(error))
+            st.error(ui.plain(error))
             st.stop()
         status.update(label="Comparison ready", state="complete", expanded=False)
     comparisons[comparison_key] = comparison

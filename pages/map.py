@@ -74,7 +74,7 @@ try:
     )
     projection = ui.projection(current, config)
 except ValueError as error:
-    st.error(f"The map cannot be drawn: {error}")
+    st.error(f"The map cannot be drawn: {ui.plain(error)}")
     st.stop()
 
 points = analysis_map_points(
@@ -88,7 +88,7 @@ event = st.plotly_chart(
     height=650,
 )
 for note in projection.notes:
-    st.caption(f"ℹ️ {note}")
+    st.caption(f"ℹ️ {ui.plain(note)}")
 
 rows = ui.selected_rows(event, len(points))
 if not rows:

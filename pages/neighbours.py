@@ -30,7 +30,7 @@ if kind == QUERY_KINDS[1]:
         st.stop()
     _, images, refused = read_uploaded_images([upload])
     if refused:
-        st.error(f"**{upload.name}** cannot be used: {refused[0].reason}")
+        st.error(f"**{ui.plain(upload.name)}** cannot be used: {ui.plain(refused[0].reason)}")
         st.stop()
     query_image, query_caption = images[0], upload.name
     query_vectors = ui.embed_images(current, images)
@@ -60,11 +60,11 @@ if kind == QUERY_KINDS[0]:
     ranked_labels, scores = analysis.retrieval.labels[row], analysis.scores[row]
 else:
     if warning := ui.query_model_warning(current):
-        st.warning(warning)
+        st.warning(ui.plain(warning))
     try:
         neighbours, ranked_labels, scores = ui.search_train(current, query_vectors)
     except ValueError as error:
-        st.error(f"The query cannot be searched against this dataset: {error}")
+        st.error(f"The query cannot be searched against this dataset: {ui.plain(error)}")
         st.stop()
 score = float(scores[0])
 flagged = score < threshold
@@ -89,7 +89,7 @@ with verdict_column:
         st.warning(f'**Distractor**: the score is below the threshold, so "-1" leads the {k} predicted labels.')
     else:
         st.success("**A known class**: the score reaches the threshold, so the train labels are predicted as they rank.")
-    st.markdown("**Predicted labels:** " + "  ".join(f"`{rank}. {str(label).replace('`', chr(39))}`" for rank, label in enumerate(predicted, 1)))
+    st.markdown("**Predicted labels:** " + " · ".join(f"{rank}\\. {ui.plain(label)}" for rank, label in enumerate(predicted, 1)))
     if truth is not None:
         st.caption(f"AP@{k} of this prediction: {average_precision_at_k(truth, predicted, k):.2f}")
 

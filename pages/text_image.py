@@ -52,7 +52,7 @@ with texts_column:
             template = st.text_input("Prompt per train class", DEFAULT_TEMPLATE, key="text_template")
             texts = prompts_for(classes, template)
     except ValueError as error:
-        st.error(str(error))
+        st.error(ui.plain(error))
     unique_texts = list(dict.fromkeys(texts))
     if len(unique_texts) < len(texts):
         st.caption(f"{len(texts) - len(unique_texts)} repeated texts were dropped.")
@@ -76,7 +76,7 @@ with images_column:
         names, images = list(test.ids[:count]), None
         thumbnails = [current.image(name) for name in names[:GALLERY_LIMIT]]
         if warning := ui.query_model_warning(current):
-            st.warning(warning)
+            st.warning(ui.plain(warning))
 
 if not texts or not names:
     st.info("Give at least one text and one image to score them.")
@@ -88,7 +88,7 @@ try:
         image_vectors = test.vectors[:count] if images is None else ui.embed_images(current, images)
         ranking = rank_prompts(image_vectors, text_vectors, texts, k=len(texts))
 except ValueError as error:
-    st.error(f"The texts cannot be scored against these images: {error}")
+    st.error(f"The texts cannot be scored against these images: {ui.plain(error)}")
     st.stop()
 table = results_table(names, ranking)
 best = table[table["rank"] == 1].drop(columns="rank").rename(columns={"text": "zero-shot text"})

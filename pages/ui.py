@@ -5,17 +5,16 @@
 
 from __future__ import annotations
 
-import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
+from core.display import inert
 from core.embedding.cache import EmbeddingCache
 from core.embedding.config import DEFAULT_MODEL, EmbedConfig
 from core.embedding.hub import ModelUnavailableError
@@ -43,25 +42,40 @@ HOW_TO_GET_CLIP = (
     f"`{DEFAULT_MODEL}` (set `HF_HOME`), or allow downloads by unsetting `HF_HUB_OFFLINE`."
 )
 THUMBNAIL_EDGE = 160
-MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+APP_RAN = "app-ran"  # session state: app.py has run in this session, so its navigation is in charge
+OPEN_PAGE = "open"  # query parameter: the page a deep link asked for, carried through app.py
 IMAGE_UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 
 
 def plain(text) -> str:
-    """User-provided text (labels, ids, file names) made inert inside Markdown: no links, images or markup."""
-    return MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
+    """Any text that came from a user or their data, made inert for Markdown (core.display.inert):
+    ids, labels, file names, queries, dataset, model and workspace names, and error messages quoting them."""
+    return inert(text)
 
 
 # ── workspace and datasets ───────────────────────────────────────────────────
 
 
+def open_requested_page(pages: list) -> None:
+    """Run in app.py after st.navigation: mark the session, and open the page a deep link asked for."""
+    st.session_state[APP_RAN] = True
+    requested = st.query_params.get(OPEN_PAGE)
+    if requested is None:
+        return
+    del st.query_params[OPEN_PAGE]
+    for page in pages:
+        if page.url_path == requested:
+            st.switch_page(page, query_params=st.query_params.to_dict())
+
+
 def workspace() -> Workspace:
     """This browser tab's workspace: its id lives in the URL, so a reload or restart finds it again."""
-    if PagesManager.uses_pages_directory:
+    if not st.session_state.get(APP_RAN):
         # A bookmarked page opened first on a fresh server runs alone, in Streamlit's legacy
-        # pages-folder mode; switch to app.py's st.navigation and run again from the top.
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+        # pages-folder mode (there is a pages/ folder beside app.py): go through app.py, whose
+        # st.navigation ends that mode for the server, and have it open this page again.
+        this_page = urlparse(st.context.url or "").path.rstrip("/").rsplit("/", 1)[-1]
+        st.switch_page("app.py", query_params={**st.query_params.to_dict(), OPEN_PAGE: this_page})
     workspace_id = st.query_params.get("ws")
     if "workspace" in st.session_state and workspace_id in (None, st.session_state.workspace.id):
         # Switching pages drops the query string; put the id back so the address stays a bookmark.
@@ -70,7 +84,7 @@ def workspace() -> Workspace:
     try:
         current = Workspace(workspace_id) if workspace_id else None
     except ValueError as error:
-        st.warning(f"{error}. A new workspace was opened.")
+        st.warning(f"{plain(error)}. A new workspace was opened.")
         current = None
     if current is None:
         current = Workspace(Workspace.new_id())
@@ -173,7 +187,7 @@ def dataset_vectors() -> DatasetVectors:
 def _progress_bar(entry: DatasetEntry, area):
     def progress(done: int, total: int, images_per_second: float) -> None:
         remaining = (total - done) / images_per_second if images_per_second else 0.0
-        text = f"{done}/{total} images of {entry.name} · {images_per_second:.1f} images/s · ETA {remaining:.0f} s"
+        text = f"{done}/{total} images of {plain(entry.name)} · {images_per_second:.1f} images/s · ETA {remaining:.0f} s"
         area.progress(done / total if total else 1.0, text=text)
 
     return progress
@@ -242,25 +256,25 @@ def session() -> Session:
     entry = datasets(ws).active()
     chosen = chosen_model(ws)
     try:
-        with st.spinner(f"Loading the model `{chosen.model}`; the page fills in once it is ready…"):
+        with st.spinner(f"Loading the model {plain(chosen.model)}; the page fills in once it is ready…"):
             # Waits only while the background load runs; a loaded model answers at once.
             choice = model_shelf().choose(chosen)
             recipe = ensemble_recipe(saved_ensemble(ws), choice.config, model_shelf())
         for member in recipe.left_out:
-            st.warning(f"Ensemble member `{member}` is left out: it cannot be loaded here.")
+            st.warning(f"Ensemble member {plain(member)} is left out: it cannot be loaded here.")
         loaded = ensemble_embeddings(entry, recipe)
         analysis = _analysis(entry.source, recipe, predict_config(ws), loaded)
     except (ValueError, OSError, ModelUnavailableError) as error:
-        st.error(f"**{plain(entry.name)}** cannot be analysed: {error}")
+        st.error(f"**{plain(entry.name)}** cannot be analysed: {plain(error)}")
         st.info("Pick another dataset on the **Data** page, or fix the source and reload.")
         st.stop()
     current = Session(ws, entry, choice.config, loaded, analysis, choice.unavailable)
     for analysis_note in analysis.notes:
         st.caption(f"Note: {plain(analysis_note)}")
     if choice.unavailable:
-        st.info(f"Using the **baseline embedder** (downscaled pixels): `{chosen.model}` cannot be loaded here.")
+        st.info(f"Using the **baseline embedder** (downscaled pixels): {plain(chosen.model)} cannot be loaded here.")
         with st.expander("Why, and how to get CLIP"):
-            st.markdown(choice.unavailable + "\n\n" + HOW_TO_GET_CLIP)
+            st.markdown(plain(choice.unavailable) + "\n\n" + HOW_TO_GET_CLIP)
     return current
 
 
@@ -318,7 +332,7 @@ def show_no_text_support(current: Session, task: str) -> None:
     """Say that the model in use cannot embed text, and how to get CLIP unless the model note already did."""
     how = "" if current.model_note else f"\n\n{HOW_TO_GET_CLIP}"
     st.info(
-        f"The model in use (`{current.embed_config.model}`) embeds images only, so it cannot {task}: that needs "
+        f"The model in use ({plain(current.embed_config.model)}) embeds images only, so it cannot {task}: that needs "
         f"a CLIP model, whose text and image towers share one space.{how}"
     )
 
@@ -342,11 +356,13 @@ def selected_rows(event, n_rows: int) -> list[int]:
 
 
 def image_grid(images: list, captions: list[str], per_row: int = 8) -> None:
-    """Thumbnails in rows of `per_row`, each with its caption; a missing image shows its caption alone."""
+    """Thumbnails in rows of `per_row`, each with its caption made inert; a missing image shows its caption alone.
+
+    Captions are plain text built from ids, labels and scores: this escapes them, callers do not."""
     for start in range(0, len(captions), per_row):
         for column, image, caption in zip(st.columns(per_row), images[start : start + per_row], captions[start : start + per_row]):
             with column:
                 if image is None:
-                    st.caption(f"{caption} (no image)")
+                    st.caption(f"{plain(caption)} (no image)")
                 else:
-                    st.image(image, caption=caption, width="stretch")
+                    st.image(image, caption=plain(caption), width="stretch")

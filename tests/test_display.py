@@ -1,4 +1,4 @@
-"""Tests for core.session.display: hostile user text stays text in Markdown."""
+"""Tests for core.display: hostile user text stays text in Markdown."""
 
 import re
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.session.display import DISPLAY_LIMIT, ELLIPSIS, ZERO_WIDTH_SPACE, elided, inert, visible_controls
+from core.display import DISPLAY_LIMIT, ELLIPSIS, ZERO_WIDTH_SPACE, elided, inert, inert_plotly, visible_controls
 
 HOSTILE = [
     "![x](http://127.0.0.1:8765/probe)",
@@ -53,3 +53,10 @@ def test_long_text_keeps_its_start_and_end():
     assert elided("short", 40) == "short"
     with pytest.raises(ValueError, match="limit must be at least 3 characters, got 2"):
         elided(text, 2)
+
+
+def test_plotly_text_keeps_no_tag_and_reads_back():
+    shown = inert_plotly('<a href="https://example.invalid/x">x</a><br>&lt;')
+    assert "<" not in shown and ">" not in shown
+    assert shown == '&lt;a href="https://example.invalid/x"&gt;x&lt;/a&gt;&lt;br&gt;&amp;lt;'
+    assert inert_plotly("a\nb") == "a⟨U+000A⟩b"

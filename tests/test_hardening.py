@@ -40,8 +40,9 @@ from core.retrieval.metrics import average_precision_at_k, distractor_report, ma
 from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
 from core.retrieval.predict import read_submission, write_submission
 from core.paths import confined_path, safe_file_name
+from core.session.datasets import WorkspaceDatasets
+from core.session.queries import texts_from_upload
 from core.session.workspace import Workspace
-from pages import ui
 
 REPO = Path(__file__).resolve().parents[1]
 EXIF_ORIENTATION = 0x0112
@@ -608,11 +609,11 @@ class Upload:
 
 
 def test_uploads_with_hostile_names_land_inside_the_workspace(workspace, tmp_path, monkeypatch):
-    monkeypatch.setattr(ui, "builtin_datasets", list)  # writing the demo and digits is not the point here
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # a name used as a relative path would land under tmp_path, where it is looked for
     ws = Workspace("hostile-names")
+    datasets = WorkspaceDatasets(ws, builtin=[])  # writing the demo and digits is not the point here
     images = {name: encode(noisy(seed), "JPEG") for seed, name in enumerate(["good.jpg", "фото 1.jpg", "dog.jpg"])}
     uploads = [
         Upload("../../train.csv", "image,label\ngood.jpg,cat\nфото 1.jpg,cat\n".encode()),
@@ -622,7 +623,7 @@ def test_uploads_with_hostile_names_land_inside_the_workspace(workspace, tmp_pat
         Upload("/tmp/evil-upload.jpg", encode(noisy(9), "JPEG")),
         Upload("../../.bashrc.jpg", encode(noisy(10), "JPEG")),
     ]
-    entry = ui.add_upload(ws, "../../../outside", uploads)
+    entry = datasets.add_upload("../../../outside", uploads)
     dataset = load_dataset(entry.source)
     assert {item.id for item in dataset.split(TRAIN)} == {"good.jpg", "фото 1.jpg"}
     assert {item.id for item in dataset.split(TEST)} == {"dog.jpg", "evil-upload.jpg", "bashrc.jpg"}
@@ -631,8 +632,8 @@ def test_uploads_with_hostile_names_land_inside_the_workspace(workspace, tmp_pat
     with zipfile.ZipFile(zipped, "w") as archive:
         archive.writestr("train/cat/a.jpg", encode(noisy(11), "JPEG"))
         archive.writestr("../../escape.jpg", encode(noisy(12), "JPEG"))
-    zip_entry = ui.add_upload(ws, "zip", [Upload("../../../evil name.zip", zipped.getvalue())])
-    assert ui.texts_from_upload(Upload("../../../texts.txt", b"a red circle\n")) == ["a red circle"]
+    zip_entry = datasets.add_upload("zip", [Upload("../../../evil name.zip", zipped.getvalue())])
+    assert texts_from_upload(ws, Upload("../../../texts.txt", b"a red circle\n")) == ["a red circle"]
 
     for source in (entry.source, zip_entry.source):
         assert Path(source).resolve().is_relative_to(ws.files.resolve())
@@ -649,10 +650,11 @@ def test_the_folder_input_refuses_symlinks_and_absolute_paths_out_of_the_data_ro
     (root / "link").symlink_to(secret)
     monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
     ws = Workspace("confined")
+    datasets = WorkspaceDatasets(ws, builtin=[])
     for escape in (str(secret), "link", "ok/../../secret", "../secret"):
         with pytest.raises(ValueError, match="outside the data root"):
-            ui.add_folder(ws, escape)
-    assert ui.add_folder(ws, "ok").source == str((root / "ok").resolve())
+            datasets.add_folder(escape)
+    assert datasets.add_folder("ok").source == str((root / "ok").resolve())
     assert [entry.source for entry in ws.datasets()] == [str((root / "ok").resolve())]
 
 

@@ -161,8 +161,8 @@ def test_the_shared_model_serves_one_session_at_a_time(workspace, tmp_path, monk
     recorder = OverlapRecorder()
     monkeypatch.setattr(ui, "load_embedder", lambda config: recorder)
     config = EmbedConfig(model="overlap-recorder", batch_size=4)
-    shared = ui._load_shared_model(config)
-    assert shared is ui._load_shared_model(config), "one model per server, not one per session"
+    shared = ui.model_shelf().get(config)
+    assert shared is ui.model_shelf().get(config), "one model per server, not one per session"
     sessions = [SimpleNamespace(model=shared) for _ in range(4)]
     entries = [
         DatasetEntry(f"tiny {seed}", str(write_demo_dataset(tmp_path / str(seed), seed=seed, n_classes=2, test_per_class=2, n_distractor_classes=1, distractor_per_class=2)), "folder")

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from core.display import inert_plotly
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.maps.projection import Projection
 
@@ -172,9 +173,9 @@ def _map_trace(rows: pd.DataFrame, name: str, size: float, marker: dict) -> go.S
 
 
 def _hover_texts(rows: pd.DataFrame) -> list[str]:
-    lines = rows["id"].astype(str) + "<br>" + rows["split"].astype(str)
+    lines = rows["id"].map(inert_plotly) + "<br>" + rows["split"].astype(str)
     if "label" in rows:
-        lines += " · label " + rows["label"].map(lambda label: "?" if pd.isna(label) else str(label))
+        lines += " · label " + rows["label"].map(lambda label: "?" if pd.isna(label) else inert_plotly(label))
     if "score" in rows:
         lines += "<br>score " + rows["score"].map(lambda score: "–" if pd.isna(score) else f"{score:.3f}")
     if "flag" in rows:
@@ -323,7 +324,7 @@ def class_frequency(predicted_top1_labels: Sequence, top_n: int = 20) -> go.Figu
     figure = go.Figure(
         go.Bar(
             x=[count for _, count in ranked],
-            y=labels,
+            y=[inert_plotly(label) for label in labels],
             orientation="h",
             text=[count for _, count in ranked],
             marker_color=[DISTRACTOR_COLOUR if label == DISTRACTOR else TRAIN_COLOUR for label in labels],

@@ -41,3 +41,10 @@ def inert(text: object, limit: int = DISPLAY_LIMIT) -> str:
     shown = elided(visible_controls(str(text)), limit)
     escaped = MARKDOWN_PUNCTUATION.sub(r"\\\1", shown)
     return AUTOLINK_TRIGGERS.sub(ZERO_WIDTH_SPACE, escaped)
+
+
+def inert_plotly(text: object, limit: int = DISPLAY_LIMIT) -> str:
+    """One user string for Plotly's hover texts and tick labels, whose pseudo-HTML would otherwise
+    turn `<a href>` into a link and `<br>` into a line break."""
+    shown = elided(visible_controls(str(text)), limit)
+    return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
