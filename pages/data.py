@@ -12,7 +12,8 @@ st.title("Data")
 
 datasets = ui.datasets(ws)
 names = [entry.name for entry in datasets.all()]
-current = datasets.active()
+with st.spinner("Writing the built-in dataset (the first time only)…"):
+    current = datasets.active()
 chosen = st.selectbox("Dataset", names, index=names.index(current.name))
 if chosen != current.name:
     datasets.choose(chosen)

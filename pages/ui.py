@@ -23,7 +23,7 @@ from core.io.images import IMAGE_EXTENSIONS, ImageRejected, load_image
 from core.io.layouts import load_dataset
 from core.paths import workspace_home
 from core.records import Dataset
-from core.session.datasets import WorkspaceDatasets, write_builtin_datasets
+from core.session.datasets import WorkspaceDatasets, builtin_datasets
 from core.session.models import LOADING, UNAVAILABLE, ModelShelf, SharedModel, chosen_model
 from core.session.queries import embed_images as embed_images_locked
 from core.session.queries import embed_texts as embed_texts_locked
@@ -93,14 +93,9 @@ def workspace() -> Workspace:
     return current
 
 
-@st.cache_resource(show_spinner="Writing the built-in datasets…")
-def builtin_datasets() -> list[DatasetEntry]:
-    """The demo and digits datasets, written once per server (no download)."""
-    return write_builtin_datasets(workspace_home() / "builtin")
-
-
 def datasets(ws: Workspace) -> WorkspaceDatasets:
-    return WorkspaceDatasets(ws, builtin_datasets())
+    """The workspace's datasets; a built-in one is written (no download) when it is first opened."""
+    return WorkspaceDatasets(ws, builtin_datasets(workspace_home() / "builtin"))
 
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=32)

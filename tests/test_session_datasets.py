@@ -2,12 +2,13 @@
 
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from core.io.demo import write_demo_dataset
 from core.io.layouts import load_dataset
-from core.session.datasets import UPLOAD_LAYOUTS, WorkspaceDatasets, write_builtin_datasets
+from core.session.datasets import UPLOAD_LAYOUTS, WorkspaceDatasets, builtin_datasets
 from core.session.workspace import DatasetEntry, Workspace
 
 
@@ -21,7 +22,7 @@ class Upload(io.BytesIO):
 
 @pytest.fixture(scope="module")
 def builtin(tmp_path_factory):
-    return write_builtin_datasets(tmp_path_factory.mktemp("builtin"))
+    return builtin_datasets(tmp_path_factory.mktemp("builtin"))
 
 
 @pytest.fixture
@@ -96,3 +97,14 @@ def test_folders_open_only_under_the_data_root(datasets, tmp_path, monkeypatch):
         datasets.add_folder("../..")
     with pytest.raises(ValueError, match="is not a folder under the data root"):
         datasets.add_folder("missing")
+
+
+def test_a_builtin_dataset_is_written_only_when_it_is_first_opened(workspace, tmp_path):
+    demo, digits = builtin_datasets(tmp_path / "builtin")
+    datasets = WorkspaceDatasets(Workspace("lazy1"), [demo, digits])
+    assert [entry.name for entry in datasets.all()] == [demo.name, digits.name]
+    assert not (tmp_path / "builtin").exists()
+    assert load_dataset(datasets.active().source).items  # the demo, written on opening
+    assert not Path(digits.source).exists()
+    datasets.choose(digits.name)
+    assert datasets.active() == digits and len(load_dataset(digits.source).items) > 1000

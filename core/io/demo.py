@@ -17,6 +17,9 @@ from PIL import Image, ImageDraw
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.io.texts import prompts_for
 
+DEMO_FOLDER = "demo-shapes"  # what write_demo_dataset makes under its out_dir
+DIGITS_FOLDER = "digits"  # what write_digits_dataset makes under its out_dir
+
 # Train classes combine these shapes and colours; distractor classes use only the others, so
 # a distractor shares neither its shape nor its colour with any train class.
 TRAIN_SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond")
@@ -88,7 +91,7 @@ def write_demo_dataset(
         prompts = prompts_for(_class_name(cls) for cls in classes)
         (root / "texts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
 
-    return _write_once(Path(out_dir) / "demo-shapes", params, write)
+    return _write_once(Path(out_dir) / DEMO_FOLDER, params, write)
 
 
 def write_digits_dataset(out_dir: Path, seed: int = 0) -> Path:
@@ -119,7 +122,7 @@ def write_digits_dataset(out_dir: Path, seed: int = 0) -> Path:
                 image = Image.fromarray(grey).resize((64, 64), Image.Resampling.BICUBIC)
                 _save(image, root / split / label, f"{split}_{number:04d}.png")
 
-    return _write_once(Path(out_dir) / "digits", {"kind": "digits", "seed": seed}, write)
+    return _write_once(Path(out_dir) / DIGITS_FOLDER, {"kind": "digits", "seed": seed}, write)
 
 
 def _check_count(name: str, value: int, low: int, high: int) -> None:
