@@ -4,11 +4,16 @@ import io
 import zipfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from bench.fixtures import retrieval_embeddings
+from core.embedding.config import EmbedConfig
 from core.io.demo import write_demo_dataset
 from core.io.layouts import load_dataset
+from core.io.parquet import write_embeddings
 from core.session.datasets import UPLOAD_LAYOUTS, WorkspaceDatasets, builtin_datasets
+from core.session.vectors import DatasetVectors
 from core.session.workspace import DatasetEntry, Workspace
 
 
@@ -95,8 +100,36 @@ def test_folders_open_only_under_the_data_root(datasets, tmp_path, monkeypatch):
     assert entry == DatasetEntry("demo-shapes", str((tmp_path / "root" / "demo-shapes").resolve()), "folder")
     with pytest.raises(ValueError, match="outside the data root"):
         datasets.add_folder("../..")
-    with pytest.raises(ValueError, match="is not a folder under the data root"):
+    with pytest.raises(ValueError, match="is neither a folder nor an embeddings .parquet"):
         datasets.add_folder("missing")
+
+
+def test_the_folder_tab_opens_an_embeddings_parquet_file_or_folder_of_part_files(datasets, tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
+    (root / "parts").mkdir(parents=True)
+    write_embeddings(root / "vectors.parquet", retrieval_embeddings(40, n_classes=10))
+    table = pq.read_table(root / "vectors.parquet")
+    pq.write_table(table.slice(0, 30), root / "parts" / "part-0.parquet")
+    pq.write_table(table.slice(30), root / "parts" / "part-1.parquet")
+    (root / "parts" / "_SUCCESS").write_text("")  # what Spark leaves beside its parts
+    single, parts = datasets.add_folder("vectors.parquet"), datasets.add_folder("parts")
+    assert (single.kind, parts.kind) == ("parquet", "parquet")
+    vectors = DatasetVectors(models=None, cache=None)
+    assert len(vectors.of(parts, EmbedConfig()).embeddings.ids) == len(vectors.of(single, EmbedConfig()).embeddings.ids) == 70
+    with pytest.raises(ValueError, match="is neither a folder nor an embeddings .parquet"):
+        datasets.add_folder("missing.parquet")
+
+
+def test_an_added_parquet_is_read_once_for_its_analysis(datasets, tmp_path, monkeypatch):
+    path = tmp_path / "vectors.parquet"
+    write_embeddings(path, retrieval_embeddings(40, n_classes=10))
+    reads = []
+    read_table = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda *args, **kwargs: reads.append(args) or read_table(*args, **kwargs))
+    entry = datasets.add_upload("vectors", [Upload("vectors.parquet", path.read_bytes())])
+    loaded = DatasetVectors(models=None, cache=None).of(entry, EmbedConfig())
+    assert len(loaded.embeddings.ids) == 70 and len(reads) == 1
 
 
 def test_a_builtin_dataset_is_written_only_when_it_is_first_opened(workspace, tmp_path):

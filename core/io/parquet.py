@@ -1,7 +1,8 @@
-"""The embeddings Parquet format: writing it atomically, reading it back with unusable rows dropped."""
+"""The embeddings Parquet format: writing it atomically, reading it back (a file or a folder of part files) with unusable rows dropped."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,20 @@ from core.records import SPLITS, Embeddings, Rejected
 
 MODEL_METADATA_KEY = b"retrieval_lab.model"
 EMBEDDING_COLUMNS = ("id", "split", "label", "embedding")
+# Parquet reads kept in memory: a dataset is read when it is added and again for its analysis,
+# so the last few reads are kept rather than read twice (each is as large as its vectors).
+READS_KEPT = 2
+# Names pyarrow.dataset skips in a folder of part files (Spark's _SUCCESS, .crc files).
+IGNORED_PREFIXES = ("_", ".")
+
+
+def is_embeddings_source(path: Path) -> bool:
+    """A `.parquet` file, or a folder whose visible files are all Parquet part files."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.suffix.lower() == ".parquet"
+    parts = [child for child in path.iterdir() if not child.name.startswith(IGNORED_PREFIXES)]
+    return bool(parts) and all(child.is_file() and child.suffix.lower() == ".parquet" for child in parts)
 
 
 def write_embeddings(path: Path, emb: Embeddings) -> None:
@@ -53,13 +68,30 @@ def read_embeddings(path: Path) -> Embeddings:
 
 
 def read_embeddings_checked(path: Path) -> tuple[Embeddings, list[Rejected]]:
-    """Read and validate an embeddings Parquet file; returns the usable rows and the dropped ones.
+    """Read and validate an embeddings Parquet file or folder of part files; returns the usable rows and the dropped ones.
 
-    Raises ValueError for a file that is not Parquet, missing columns, split values other than
+    A version of the file already read is not read again: callers share the returned vectors,
+    which nobody changes in place. Raises ValueError for a file that is not Parquet, missing columns, split values other than
     train/test, a non-numeric embedding column or rows of different lengths. Rows with a missing
     id, label or vector, NaN/inf values, a zero vector or a repeated id are dropped. Labels come
     back as normalise_label spells them. Vectors come back as float32 with unit L2 norm.
     """
+    path = Path(path)
+    emb, dropped = _read_version(path, _version(path))
+    return emb, list(dropped)
+
+
+def _version(path: Path) -> tuple:
+    """What changes when the file or one of its parts is rewritten (an atomic replace makes a new inode)."""
+    try:
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        return tuple((file.name, stat.st_ino, stat.st_size, stat.st_mtime_ns) for file in files for stat in [file.stat()])
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable Parquet file: {exc}") from None
+
+
+@functools.lru_cache(maxsize=READS_KEPT)
+def _read_version(path: Path, version: tuple) -> tuple[Embeddings, tuple[Rejected, ...]]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
@@ -97,7 +129,7 @@ def read_embeddings_checked(path: Path) -> tuple[Embeddings, list[Rejected]]:
         vectors=(vectors[keep] / norms).astype(np.float32),
         model=model,
     )
-    return emb, dropped
+    return emb, tuple(dropped)
 
 
 def _embedding_matrix(path: Path, column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from core.io.archives import safe_extract_zip
 from core.io.demo import DEMO_FOLDER, DIGITS_FOLDER, write_demo_dataset, write_digits_dataset
 from core.io.files import read_csv
 from core.io.layouts import load_dataset
-from core.io.parquet import read_embeddings_checked
+from core.io.parquet import is_embeddings_source, read_embeddings_checked
 from core.paths import confined_path, safe_file_name, workspace_home
 from core.records import Rejected
 from core.session.workspace import DatasetEntry, Workspace
@@ -82,12 +82,20 @@ class WorkspaceDatasets:
         self.ws.set(ACTIVE_DATASET_KEY, name)
 
     def add_folder(self, relative: str) -> DatasetEntry:
-        """Register a folder under the data root; `..`, absolute paths and links out are refused."""
+        """Register a dataset folder, an embeddings Parquet or a folder of its part files under the data root.
+
+        `..`, absolute paths and links out are refused.
+        """
         root = data_root()
-        folder = confined_path(root, relative)
-        if not folder.is_dir():
-            raise ValueError(f"{relative!r} is not a folder under the data root {root}")
-        return self._register(folder.name, folder, "folder")
+        source = confined_path(root, relative)
+        if is_embeddings_source(source) and source.exists():
+            return self._register(source.name, source, "parquet")
+        if not source.is_dir():
+            raise ValueError(
+                f"{relative!r} is neither a folder nor an embeddings .parquet (file or folder of part files) "
+                f"under the data root {root}"
+            )
+        return self._register(source.name, source, "folder")
 
     def add_upload(self, name: str, files: Sequence[NamedFile]) -> DatasetEntry:
         """Store uploaded files in a folder of their own in the workspace and register them as a dataset.
@@ -104,7 +112,7 @@ class WorkspaceDatasets:
         folder = self.ws.new_upload_folder(name)
         try:
             source = self._store_standalone(folder, files[0]) if standalone else self._store_csv_layout(folder, csvs[0], files)
-            return self._register(name, source, "parquet" if source.suffix.lower() == ".parquet" else "upload")
+            return self._register(name, source, "parquet" if is_embeddings_source(source) else "upload")
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -12,7 +12,7 @@ from core.embedding.cache import EmbeddingCache
 from core.embedding.config import EmbedConfig
 from core.embedding.hub import ModelUnavailableError
 from core.embedding.runner import ProgressCallback
-from core.io.parquet import write_embeddings
+from core.io.parquet import read_embeddings_checked, write_embeddings
 from core.methods.ensemble import combine
 from core.paths import safe_file_name
 from core.records import Embeddings
@@ -161,7 +161,8 @@ class DatasetVectors:
 
     def _load(self, entry: DatasetEntry, config: EmbedConfig, progress: ProgressCallback | None) -> LoadedEmbeddings:
         if entry.kind == "parquet":
-            return load_embeddings(entry.source)
+            # The read made when the dataset was added, if it is still kept (core.io.parquet).
+            return LoadedEmbeddings(*read_embeddings_checked(entry.source))
         model = self.models.get(config)
         with model.lock:
             return load_embeddings(entry.source, config, self.cache, progress, embedder=model.embedder)
