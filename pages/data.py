@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from core.io.parquet import read_embeddings_checked
 from core.records import TEST, TRAIN
 from core.session.datasets import data_root
 from pages import ui
@@ -40,8 +41,11 @@ with st.expander("Add a dataset"):
                 st.rerun()
     with folder_tab:
         root = data_root()
-        st.caption(f"Folders under the data root `{root}` (set `RETRIEVAL_LAB_DATA_ROOT` to change it).")
-        folder = st.text_input("Folder (relative to the data root)")
+        st.caption(
+            f"A dataset folder, an embeddings `.parquet` or a folder of its part files under the data root "
+            f"`{root}` (set `RETRIEVAL_LAB_DATA_ROOT` to change it)."
+        )
+        folder = st.text_input("Folder or .parquet (relative to the data root)")
         if st.button("Open folder", disabled=not folder):
             try:
                 entry = datasets.add_folder(folder)
@@ -51,8 +55,39 @@ with st.expander("Add a dataset"):
                 datasets.choose(entry.name)
                 st.rerun()
 
+
+def show_counts(pairs: list[tuple[str, str | None]], refused: list, unit: str, refused_unit: str) -> None:
+    """Counts per split and class from (split, label) pairs, and what was refused with its reason."""
+    train_labels = [label for split, label in pairs if split == TRAIN]
+    test_labels = [label for split, label in pairs if split == TEST]
+    columns = st.columns(4)
+    columns[0].metric(f"Train {unit}", len(train_labels))
+    columns[1].metric("Train classes", len(set(train_labels)))
+    columns[2].metric(f"Test {unit}", len(test_labels))
+    columns[3].metric(f"{refused_unit.capitalize()} refused", len(refused))
+    st.caption(f"{len(pairs)} accepted, {len(refused)} refused")
+    if test_labels and None not in test_labels:
+        distractors = test_labels.count("-1")
+        st.caption(f"Test truth is known: {distractors} of {len(test_labels)} test {unit} are distractors ({distractors / len(test_labels):.0%}).")
+    counts = pd.DataFrame(
+        [(split, label if label is not None else "(unlabelled)") for split, label in pairs], columns=["split", "label"]
+    ).value_counts().rename(unit).reset_index()
+    with st.expander(f"{unit.capitalize()} per split and class"):
+        st.dataframe(counts, hide_index=True, width="stretch")
+    if refused:
+        with st.expander(f"Refused {refused_unit} ({len(refused)})", expanded=True):
+            st.dataframe(pd.DataFrame([(r.name, r.reason) for r in refused], columns=[refused_unit[:-1], "reason"]), hide_index=True, width="stretch")
+
+
 entry = datasets.active()
 if entry.kind == "parquet":
+    try:
+        vectors, dropped = read_embeddings_checked(entry.source)
+    except ValueError as error:
+        st.error(f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(error)}")
+        st.stop()
+    st.caption(f"Vectors made by {ui.plain(vectors.model)}, {vectors.dim} dimensions: the analysis pages use them as they are.")
+    show_counts(list(zip(vectors.splits.tolist(), vectors.labels.tolist())), dropped, "rows", "rows")
     st.info("This dataset is a Parquet file of precomputed vectors: there are no images to show.")
     st.stop()
 
@@ -62,28 +97,7 @@ except (ValueError, OSError) as error:
     st.error(f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(error)}")
     st.stop()
 
-train, test = dataset.split(TRAIN), dataset.split(TEST)
-columns = st.columns(4)
-columns[0].metric("Train images", len(train))
-columns[1].metric("Train classes", len({item.label for item in train}))
-columns[2].metric("Test images", len(test))
-columns[3].metric("Files refused", len(datasets.refused_on_upload(entry)) + len(dataset.rejected))
-st.caption(dataset.summary())
-if dataset.has_test_truth:
-    distractors = sum(item.label == "-1" for item in test)
-    st.caption(f"Test truth is known: {distractors} of {len(test)} test images are distractors ({distractors / max(len(test), 1):.0%}).")
-
-counts = pd.DataFrame(
-    [(item.split, item.label if item.label is not None else "(unlabelled)") for item in dataset.items],
-    columns=["split", "label"],
-).value_counts().rename("images").reset_index()
-with st.expander("Images per split and class"):
-    st.dataframe(counts, hide_index=True, width="stretch")
-
-refused = datasets.refused_on_upload(entry) + dataset.rejected
-if refused:
-    with st.expander(f"Refused files ({len(refused)})", expanded=True):
-        st.dataframe(pd.DataFrame([(r.name, r.reason) for r in refused], columns=["file", "reason"]), hide_index=True, width="stretch")
+show_counts([(item.split, item.label) for item in dataset.items], datasets.refused_on_upload(entry) + dataset.rejected, "images", "files")
 
 st.subheader("Gallery")
 split = st.radio("Split", [TRAIN, TEST], horizontal=True)

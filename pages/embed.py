@@ -15,6 +15,35 @@ entry = ui.datasets(ws).active()
 saved = chosen_model(ws)
 st.caption(f"Dataset: **{ui.plain(entry.name)}**")
 
+
+def show_vectors() -> None:
+    """The active dataset's vectors: how many, their size, and how many were computed, cached or refused."""
+    current = ui.session()
+    loaded = current.loaded
+    emb = loaded.embeddings
+    counts = {split: int(emb.mask(split).sum()) for split in (TRAIN, TEST)}
+    cells = st.columns(5)
+    cells[0].metric("Vectors", len(emb.ids))
+    cells[1].metric("Dimensions", emb.dim)
+    cells[2].metric("Computed", loaded.computed)
+    cells[3].metric("From cache", loaded.from_cache)
+    cells[4].metric("Refused", len(loaded.rejected))
+    st.caption(f"Model identity: {ui.plain(emb.model)} · train {counts['train']}, test {counts['test']} · {loaded.seconds:.1f} s")
+    if loaded.computed and loaded.seconds:
+        st.caption(f"{loaded.computed / loaded.seconds:.1f} images/s when computed.")
+    if loaded.rejected:
+        with st.expander(f"Refused while embedding ({len(loaded.rejected)})"):
+            st.dataframe([{"file": r.name, "reason": r.reason} for r in loaded.rejected], hide_index=True)
+
+
+if entry.kind == "parquet":
+    st.info(
+        "This dataset's vectors came with it, in its Parquet file: they are already there and the analysis "
+        "pages use them as they are. To embed images, choose an image dataset on the **Data** page."
+    )
+    show_vectors()
+    st.stop()
+
 known = list_models()
 other = "another Hugging Face id or local folder…"
 options = [*known, other]
@@ -69,19 +98,4 @@ if st.button("Embed", type="primary", disabled=not model):
         st.stop()
     choose_model(ws, config)
 
-current = ui.session()
-loaded = current.loaded
-emb = loaded.embeddings
-counts = {split: int(emb.mask(split).sum()) for split in (TRAIN, TEST)}
-cells = st.columns(5)
-cells[0].metric("Vectors", len(emb.ids))
-cells[1].metric("Dimensions", emb.dim)
-cells[2].metric("Computed", loaded.computed)
-cells[3].metric("From cache", loaded.from_cache)
-cells[4].metric("Refused", len(loaded.rejected))
-st.caption(f"Model identity: {ui.plain(emb.model)} · train {counts['train']}, test {counts['test']} · {loaded.seconds:.1f} s")
-if loaded.computed and loaded.seconds:
-    st.caption(f"{loaded.computed / loaded.seconds:.1f} images/s when computed.")
-if loaded.rejected:
-    with st.expander(f"Refused while embedding ({len(loaded.rejected)})"):
-        st.dataframe([{"file": r.name, "reason": r.reason} for r in loaded.rejected], hide_index=True)
+show_vectors()

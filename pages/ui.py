@@ -32,6 +32,7 @@ from core.session.workspace import DatasetEntry, Workspace
 
 if TYPE_CHECKING:
     from core.maps.projection import Projection, ProjectionConfig
+    from core.retrieval.distractors import DbscanConfig
     from core.retrieval.index import Neighbours
     from core.retrieval.pipeline import Analysis, LoadedEmbeddings, PredictConfig
     from core.session.vectors import DatasetVectors, Recipe
@@ -220,7 +221,7 @@ class Session:
     embed_config: EmbedConfig
     loaded: LoadedEmbeddings
     analysis: Analysis
-    model_note: str | None
+    model_note: str | None  # why the chosen model cannot load, when the page said so
 
     @property
     def model(self) -> SharedModel:
@@ -263,14 +264,27 @@ def session() -> Session:
         st.error(f"**{plain(entry.name)}** cannot be analysed: {plain(error)}")
         st.info("Pick another dataset on the **Data** page, or fix the source and reload.")
         st.stop()
-    current = Session(ws, entry, choice.config, loaded, analysis, choice.unavailable)
+    # A Parquet's vectors came with the data: which model loads here does not change them.
+    model_note = None if entry.kind == "parquet" else choice.unavailable
+    current = Session(ws, entry, choice.config, loaded, analysis, model_note)
     for analysis_note in analysis.notes:
         st.caption(f"Note: {plain(analysis_note)}")
-    if choice.unavailable:
+    if model_note:
         st.info(f"Using the **baseline embedder** (downscaled pixels): {plain(chosen.model)} cannot be loaded here.")
         with st.expander("Why, and how to get CLIP"):
             st.markdown(plain(choice.unavailable) + "\n\n" + HOW_TO_GET_CLIP)
     return current
+
+
+@st.cache_data(show_spinner="Clustering train and test with DBSCAN…", max_entries=32)
+def _dbscan(source: str, model: str, config: DbscanConfig, _analysis: Analysis) -> np.ndarray:
+    # Keyed by dataset, the model identity of its vectors and the settings; the vectors follow from the first two.
+    return _analysis.dbscan(config)
+
+
+def dbscan_flags(current: Session, config: DbscanConfig) -> np.ndarray:
+    """Test items DBSCAN flags (core.retrieval.distractors), computed once per dataset, model and settings."""
+    return _dbscan(current.entry.source, current.loaded.embeddings.model, config, current.analysis)
 
 
 def projection(current: Session, config: ProjectionConfig) -> Projection:
@@ -351,13 +365,14 @@ def selected_rows(event, n_rows: int) -> list[int]:
 
 
 def image_grid(images: list, captions: list[str], per_row: int = 8) -> None:
-    """Thumbnails in rows of `per_row`, each with its caption made inert; a missing image shows its caption alone.
+    """Thumbnails in rows of `per_row`, each with its caption made inert; an item without an image (a Parquet
+    row) is a card of its caption alone.
 
     Captions are plain text built from ids, labels and scores: this escapes them, callers do not."""
     for start in range(0, len(captions), per_row):
         for column, image, caption in zip(st.columns(per_row), images[start : start + per_row], captions[start : start + per_row]):
             with column:
                 if image is None:
-                    st.caption(f"{plain(caption)} (no image)")
+                    st.container(border=True).markdown(plain(caption))
                 else:
                     st.image(image, caption=plain(caption), width="stretch")

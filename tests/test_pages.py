@@ -238,7 +238,7 @@ def test_pages_without_test_truth_or_images_still_work(unlabelled_parquet_worksp
     selection = {"points": [{"customdata": 0}], "point_indices": [], "box": [], "lasso": []}
     app = run_page("map", unlabelled_parquet_workspace, map_method="pca", map_colour="label", map_chart={"selection": selection})
     assert_ran(app)
-    assert any("(no image)" in caption.value for caption in app.caption)
+    assert any(displayed(markdown.value).startswith("item") for markdown in app.markdown)  # the card of an image-less item
 
 
 def test_text_image_explains_that_the_baseline_has_no_text_tower():
