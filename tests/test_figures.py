@@ -92,7 +92,8 @@ def test_scatter_map_draws_every_point_once_with_its_row(points, colour_by):
         np.testing.assert_array_equal(trace.x, by_row["x"].to_numpy())
         np.testing.assert_array_equal(trace.y, by_row["y"].to_numpy())
         assert trace.name.endswith(f"({len(trace.customdata)})")
-    assert figure.data[-1].name.startswith(TRAIN)  # drawn last: train stays on top of test
+    # Drawn last: test, where the distractors are, stays on top of the train references.
+    assert figure.data[-1].name.startswith(TEST)
     assert figure.layout.dragmode == "lasso"
     assert figure.layout.xaxis.title.text == "UMAP 1"
 
@@ -114,6 +115,40 @@ def test_flag_mode_puts_flagged_test_points_in_a_red_trace(points):
     expected = points.loc[points["flag"] & (points["split"] == TEST), "row"]
     assert sorted(flagged.customdata.tolist()) == sorted(expected.tolist())
     assert flagged.marker.color == DISTRACTOR_COLOUR
+    assert figure.data[-1] is flagged  # drawn over kept test and train
+
+
+def _random_points(n_points: int, n_train: int) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    splits = np.where(np.arange(n_points) < n_train, TRAIN, TEST)
+    return pd.DataFrame(
+        {
+            "x": rng.normal(size=n_points),
+            "y": rng.normal(size=n_points),
+            "split": splits,
+            "id": [f"img{i}" for i in range(n_points)],
+            "label": None,
+            "row": rng.permutation(n_points),  # shuffled, so customdata must carry rows, not positions
+            "flag": (splits == TEST) & (rng.random(n_points) < 0.3),
+        }
+    )
+
+
+def test_a_130k_point_map_is_webgl_with_every_row_once():
+    points = _random_points(130_000, 30_000)
+    figure = scatter_map(points, "flag")
+    assert all(isinstance(trace, go.Scattergl) for trace in figure.data)
+    rows = np.concatenate([trace.customdata for trace in figure.data])
+    assert np.array_equal(np.sort(rows), np.arange(len(points)))
+    for trace in figure.data:  # each customdata row is the point drawn at that position
+        np.testing.assert_array_equal(trace.x, points.set_index("row").loc[trace.customdata, "x"].to_numpy())
+
+
+def test_markers_shrink_and_fade_as_the_map_grows():
+    markers = [scatter_map(_random_points(n, n // 4), "split").data[0].marker for n in (200, 13_000, 130_000)]
+    sizes, opacities = [marker.size for marker in markers], [marker.opacity for marker in markers]
+    assert sizes[0] > sizes[1] > sizes[2] >= 3
+    assert opacities[0] > opacities[1] > opacities[2] >= 0.3
 
 
 def test_label_mode_colours_classes_apart_distractors_red_and_unknown_grey(points):

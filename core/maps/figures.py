@@ -30,8 +30,12 @@ THRESHOLD_AXIS = "threshold (max cosine similarity to train)"
 LABEL_PALETTE = [colour for colour in qualitative.Dark24 if colour != "#FB0D0D"]
 SPLIT_COLOURS = {TRAIN: TRAIN_COLOUR, TEST: TEST_COLOUR}
 SPLIT_SYMBOLS = {TRAIN: "circle", TEST: "diamond"}
-# Map traces are drawn bottom-up: the few train points, the references, stay on top of test.
-DRAW_ORDER = (TEST, TRAIN)
+# Map traces are drawn bottom-up: test, where the distractors are, stays on top of the train references.
+DRAW_ORDER = (TRAIN, TEST)
+# Markers shrink and fade as a map grows, so that at 100k points overlaps add up to density rather
+# than one solid disc: each from its largest value at 1,000 points down to its smallest at 100,000.
+MARKER_SIZES = (7.0, 3.0)
+MARKER_OPACITIES = (0.8, 0.3)
 
 COLOUR_MODES = ("split", "label", "flag", "score")
 # Columns scatter_map always needs, and the extra one each colour mode reads.
@@ -120,8 +124,10 @@ def scatter_map(
                 when classes outnumber LABEL_PALETTE, hover shows the name);
       "flag"  — column "flag", True = test point flagged as distractor (red);
       "score" — column "score", a shared colour scale; rows without a score are grey.
-    Train points are circles and test points diamonds in every mode, drawn over test. ``method``
-    names the axes ("UMAP 1", "UMAP 2").
+    Train points are circles and test points diamonds in every mode, test drawn over train and
+    flagged test over kept test. Every trace is WebGL (Scattergl): SVG slows to a crawl well before
+    100k points. Markers get smaller and fainter as points grow in number. ``method`` names the
+    axes ("UMAP 1", "UMAP 2").
     """
     if colour_by not in COLOUR_MODES:
         raise ValueError(f"colour_by {colour_by!r} is not known; use one of {COLOUR_MODES}")
@@ -131,10 +137,14 @@ def scatter_map(
         raise ValueError(
             f"colour_by={colour_by!r} needs columns {missing}; the points have {list(points.columns)}"
         )
-    size = _marker_size(len(points))
+    size, opacity = (_by_point_count(len(points), *values) for values in (MARKER_SIZES, MARKER_OPACITIES))
     groups = _MAP_GROUPS[colour_by](points)
     figure = go.Figure(
-        [_map_trace(points[mask], name, size, marker) for name, mask, marker in groups if mask.any()]
+        [
+            _map_trace(points[mask], name, {"size": size, "opacity": opacity, **marker})
+            for name, mask, marker in groups
+            if mask.any()
+        ]
     )
     title = title or f"{method} map of train and test embeddings"
     if colour_by == "score":
@@ -153,13 +163,16 @@ def scatter_map(
     return _styled(figure, title, f"{method} 1", f"{method} 2")
 
 
-def _marker_size(n_points: int) -> float:
-    # Shrink markers as the cloud grows so dense maps stay readable.
-    return float(np.clip(14 - 2.2 * np.log10(max(n_points, 1)), 3, 8))
+def _by_point_count(n_points: int, at_1k: float, at_100k: float) -> float:
+    """A marker property moving from ``at_1k`` to ``at_100k`` along log10 of the point count, held beyond."""
+    share = np.clip((np.log10(max(n_points, 1)) - 3) / 2, 0, 1)
+    return float(at_1k + share * (at_100k - at_1k))
 
 
-def _map_trace(rows: pd.DataFrame, name: str, size: float, marker: dict) -> go.Scattergl:
-    symbols = rows["split"].map(SPLIT_SYMBOLS).fillna("circle").tolist()
+def _map_trace(rows: pd.DataFrame, name: str, marker: dict) -> go.Scattergl:
+    symbols = rows["split"].map(SPLIT_SYMBOLS).fillna("circle")
+    # One symbol for a one-split trace (all but "no score") keeps 100k-point figures smaller.
+    symbol = symbols.iloc[0] if symbols.nunique() == 1 else symbols.to_numpy()
     return go.Scattergl(
         x=rows["x"],
         y=rows["y"],
@@ -168,11 +181,11 @@ def _map_trace(rows: pd.DataFrame, name: str, size: float, marker: dict) -> go.S
         customdata=rows["row"].to_numpy(),
         hovertext=_hover_texts(rows),
         hoverinfo="text",
-        marker={"size": size, "opacity": 0.8, "symbol": symbols, **marker},
+        marker={"symbol": symbol, **marker},
     )
 
 
-def _hover_texts(rows: pd.DataFrame) -> list[str]:
+def _hover_texts(rows: pd.DataFrame) -> np.ndarray:
     lines = rows["id"].map(inert_plotly) + "<br>" + rows["split"].astype(str)
     if "label" in rows:
         lines += " · label " + rows["label"].map(lambda label: "?" if pd.isna(label) else inert_plotly(label))
@@ -180,7 +193,8 @@ def _hover_texts(rows: pd.DataFrame) -> list[str]:
         lines += "<br>score " + rows["score"].map(lambda score: "–" if pd.isna(score) else f"{score:.3f}")
     if "flag" in rows:
         lines += _flagged(rows).map({True: "<br>flagged distractor", False: ""})
-    return lines.tolist()
+    # An array, not a list: plotly checks a list item by item, seconds at 100k points.
+    return lines.to_numpy(dtype=object)
 
 
 def _flagged(rows: pd.DataFrame) -> pd.Series:
@@ -196,9 +210,9 @@ def _flag_groups(points: pd.DataFrame) -> list[MapGroup]:
     test = points["split"] == TEST
     flagged = _flagged(points)
     return [
+        (TRAIN, points["split"] == TRAIN, {"color": TRAIN_COLOUR}),
         ("test kept", test & ~flagged, {"color": TEST_COLOUR}),
         ("test flagged distractor", test & flagged, {"color": DISTRACTOR_COLOUR}),
-        (TRAIN, points["split"] == TRAIN, {"color": TRAIN_COLOUR}),
     ]
 
 
@@ -207,14 +221,14 @@ def _label_groups(points: pd.DataFrame) -> list[MapGroup]:
     colour_of = {label: LABEL_PALETTE[i % len(LABEL_PALETTE)] for i, label in enumerate(known)}
     colour_of[DISTRACTOR] = DISTRACTOR_COLOUR
     colours = points["label"].map(lambda label: UNKNOWN_COLOUR if pd.isna(label) else colour_of[str(label)])
-    return _per_split(points, lambda rows: {"color": colours[rows].tolist()})
+    return _per_split(points, lambda rows: {"color": colours[rows].to_numpy(dtype=object)})
 
 
 def _score_groups(points: pd.DataFrame) -> list[MapGroup]:
     scored = points["score"].notna()
 
     def on_shared_scale(rows: pd.Series) -> dict:
-        return {"color": points["score"][rows].tolist(), "coloraxis": "coloraxis"}
+        return {"color": points["score"][rows].to_numpy(), "coloraxis": "coloraxis"}
 
     unscored = ("no score", ~scored, {"color": UNKNOWN_COLOUR})
     return [unscored, *_per_split(points, on_shared_scale, among=scored)]
