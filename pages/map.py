@@ -3,13 +3,15 @@
 import streamlit as st
 
 from core.maps.figures import COLOUR_MODES, analysis_map_points, scatter_map
-from core.maps.projection import PROJECTION_METHODS, METRICS, ProjectionConfig
+from core.maps.projection import PROJECTION_METHODS, METRICS, TSNE_SAMPLE_LIMIT, ProjectionConfig
 from pages import ui
 
 METHOD_NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
 COLOUR_NAMES = {"split": "split", "label": "class", "flag": "distractor flag", "score": "distractor score"}
 GALLERY_LIMIT = 40  # thumbnails shown for a selection; the table below lists every selected point
 PCA_DIMS = ProjectionConfig().pca_first
+# Flags first: at 100k points the distractors are what a split colouring hides.
+DEFAULT_COLOUR = "flag"
 
 st.title("Map")
 current = ui.session()
@@ -17,8 +19,10 @@ analysis, threshold = current.analysis, current.threshold
 
 st.caption(
     "Train and test embeddings in two dimensions. UMAP and PCA are fitted on train and place test in the "
-    "same coordinates; t-SNE is fitted on both. Draw a box or lasso round points to see their images."
+    f"same coordinates; t-SNE is fitted on both, on a random sample of {TSNE_SAMPLE_LIMIT:,} above that many "
+    "points unless asked for all. Draw a box or lasso round points to see their images."
 )
+n_points = len(analysis.train.vectors) + len(analysis.test.vectors)
 
 method_column, colour_column = st.columns([2, 3])
 method = method_column.segmented_control(
@@ -26,9 +30,9 @@ method = method_column.segmented_control(
 )
 method = method or PROJECTION_METHODS[0]
 colour_by = colour_column.segmented_control(
-    "Colour by", COLOUR_MODES, default=COLOUR_MODES[0], format_func=COLOUR_NAMES.get, key="map_colour"
+    "Colour by", COLOUR_MODES, default=DEFAULT_COLOUR, format_func=COLOUR_NAMES.get, key="map_colour"
 )
-colour_by = colour_by or COLOUR_MODES[0]
+colour_by = colour_by or DEFAULT_COLOUR
 
 defaults = ProjectionConfig()
 with st.expander("Projection settings"):
@@ -42,11 +46,20 @@ with st.expander("Projection settings"):
     )
     metric = metric_column.selectbox("Distance", METRICS, disabled=method == "pca", key="map_metric")
     n_neighbors, min_dist, perplexity = defaults.n_neighbors, defaults.min_dist, defaults.perplexity
+    tsne_all_points = False
     if method == "umap":
         n_neighbors = first_column.slider("Neighbours", 2, 100, defaults.n_neighbors, key="map_n_neighbors")
         min_dist = second_column.slider("Minimum distance", 0.0, 1.0, defaults.min_dist, 0.05, key="map_min_dist")
     if method == "tsne":
         perplexity = first_column.slider("Perplexity", 2.0, 100.0, defaults.perplexity, 1.0, key="map_perplexity")
+        tsne_all_points = second_column.toggle(
+            "All points",
+            value=False,
+            disabled=n_points <= TSNE_SAMPLE_LIMIT,
+            help=f"Above {TSNE_SAMPLE_LIMIT:,} points t-SNE is fitted on a random sample of that many and the "
+            "others are placed beside their nearest fitted points; this fits every point, which takes minutes.",
+            key="map_tsne_all_points",
+        )
     seed = seed_column.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="map_seed")
 
 predicted_labels = False
@@ -71,6 +84,7 @@ try:
         perplexity=perplexity,
         metric=metric,
         seed=int(seed),
+        tsne_limit=None if tsne_all_points else TSNE_SAMPLE_LIMIT,
     )
     projection = ui.projection(current, config)
 except ValueError as error:

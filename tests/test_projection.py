@@ -59,13 +59,14 @@ def test_test_points_land_near_their_clusters_train_points(blobs, stages_and_pro
 def test_progress_reports_each_stage(stages_and_projections):
     stages = stages_and_projections[0]
     assert stages["umap"] == ["PCA", "UMAP fit", "UMAP transform"]
-    assert stages["tsne"] == ["PCA", "t-SNE fit"]
+    rounds = [f"t-SNE fit: round {done} of 750" for done in range(50, 751, 50)]
+    assert stages["tsne"] == ["PCA", "t-SNE neighbours", "t-SNE fit", *rounds]
     assert stages["pca"] == ["PCA"]
 
 
 def test_notes_are_empty_when_nothing_was_adjusted(stages_and_projections):
     projections = stages_and_projections[1]
-    assert projections["umap"].notes == [] and projections["pca"].notes == []
+    assert all(projection.notes == [] for projection in projections.values())
 
 
 @pytest.mark.parametrize(
@@ -106,7 +107,7 @@ def test_same_seed_gives_the_same_map_and_another_seed_does_not(blobs, method):
     runs = [project(train, test, ProjectionConfig(method=method, seed=seed)) for seed in (3, 3, 4)]
     np.testing.assert_array_equal(runs[0].train_xy, runs[1].train_xy)
     np.testing.assert_array_equal(runs[0].test_xy, runs[1].test_xy)
-    if method == "umap":  # t-SNE starts from PCA, and PCA has no randomness to seed
+    if method != "pca":  # PCA has no randomness to seed
         assert not np.allclose(runs[0].train_xy, runs[2].train_xy)
 
 
@@ -122,6 +123,8 @@ def test_same_seed_gives_the_same_map_and_another_seed_does_not(blobs, method):
         ("metric", "hamming", r"metric 'hamming' is not supported; use one of \('cosine'"),
         ("seed", -1, r"seed=-1: use an integer >= 0"),
         ("seed", True, r"seed=True: use an integer >= 0"),
+        ("tsne_limit", 2, r"tsne_limit=2: use an integer >= 3, or None for all points"),
+        ("tsne_limit", 1e4, r"tsne_limit=10000.0: use an integer >= 3"),
         ("min_dist", "0.1", r"min_dist='0.1': use a number between 0 and 1"),
         ("perplexity", float("nan"), r"perplexity=nan: use a number > 0"),
     ],
@@ -131,8 +134,30 @@ def test_config_rejects_bad_values(field, value, message):
         ProjectionConfig(**{field: value})
 
 
-def test_config_accepts_pca_off():
+def test_config_accepts_pca_off_and_all_points_for_tsne():
     assert ProjectionConfig(pca_first=None).pca_first is None
+    assert ProjectionConfig(tsne_limit=None).tsne_limit is None
+
+
+def test_tsne_above_its_limit_fits_a_sample_places_the_rest_and_says_so(blobs, stages_and_projections):
+    train, test, train_clusters, test_clusters = blobs
+    stages = []
+    sampled = project(train, test, ProjectionConfig(method="tsne", tsne_limit=150), stages.append)
+    assert sampled.notes == [
+        "t-SNE was fitted on a random sample of 150 of the 500 points; each other point sits at the "
+        "median position of its 10 nearest fitted points"
+    ]
+    assert stages[-1] == "t-SNE placement"
+    # Placed points land in their cluster: a floor on map quality and on cluster agreement.
+    assert quality(np.vstack([train, test]), np.vstack([sampled.train_xy, sampled.test_xy])) > 0.85
+    centroids = np.array([sampled.train_xy[train_clusters == c].mean(axis=0) for c in range(N_CLUSTERS)])
+    nearest_centroid = np.linalg.norm(sampled.test_xy[:, None] - centroids[None], axis=2).argmin(axis=1)
+    assert np.mean(nearest_centroid == test_clusters) > 0.9
+    # At or under the limit every point is fitted, and None lifts the limit.
+    for limit in (N_TRAIN + N_TEST, None):
+        whole = project(train, test, ProjectionConfig(method="tsne", tsne_limit=limit))
+        np.testing.assert_array_equal(whole.train_xy, stages_and_projections[1]["tsne"].train_xy)
+        assert whole.notes == []
 
 
 def test_config_stores_numpy_numbers_as_plain_ones_so_keys_match():
