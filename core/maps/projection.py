@@ -26,7 +26,7 @@ MIN_UMAP_ROWS = 4
 # t-SNE's PCA initialisation needs two directions, which takes three points.
 MIN_TSNE_ROWS = 3
 # Part of every cache key: bump when the stored layout or the algorithms' use changes.
-CACHE_FORMAT = "projection-v3"
+CACHE_FORMAT = "projection-v4"
 # Layout rounds: umap-learn's choice for 10k rows or more. Its 500 for smaller sets doubles the fit
 # time of a 3k-row train set without better trustworthiness (BENCHMARKS.md, section 4).
 UMAP_EPOCHS = 200
