@@ -60,3 +60,11 @@ def test_plotly_text_keeps_no_tag_and_reads_back():
     assert "<" not in shown and ">" not in shown
     assert shown == '&lt;a href="https://example.invalid/x"&gt;x&lt;/a&gt;&lt;br&gt;&amp;lt;'
     assert inert_plotly("a\nb") == "a⟨U+000A⟩b"
+
+
+@given(st.text(max_size=200))
+def test_no_control_format_or_line_character_survives(text):
+    import unicodedata
+
+    shown = visible_controls(text)
+    assert not [char for char in shown if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") or (char.isspace() and char != " ")]
