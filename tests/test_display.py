@@ -1,6 +1,7 @@
 """Tests for core.display: hostile user text stays text in Markdown."""
 
 import re
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -64,7 +65,5 @@ def test_plotly_text_keeps_no_tag_and_reads_back():
 
 @given(st.text(max_size=200))
 def test_no_control_format_or_line_character_survives(text):
-    import unicodedata
-
     shown = visible_controls(text)
     assert not [char for char in shown if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") or (char.isspace() and char != " ")]
