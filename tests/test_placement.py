@@ -1,3 +1,6 @@
+import re
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -64,3 +67,51 @@ def test_the_distractor_share_is_fitted_to_the_test_scores_and_odds_follow_the_s
         assert model.rank_odds(np.array([high]))[0, 0] >= model.rank_odds(np.array([low]))[0, 0]
     with pytest.raises(ValueError, match="test scores or a contamination"):
         fit_placement(analysis.evidence)
+
+
+def tiny_train(images_per_class: int, n_classes: int):
+    """A train set too small for the placement model, and a test set with a distractor."""
+    from tests.test_pipeline import clustered_embeddings
+
+    return clustered_embeddings(n_classes=n_classes, n_distractor_classes=1, train_per_class=images_per_class, test_per_class=2)
+
+
+@pytest.mark.parametrize(
+    "images_per_class, n_classes, why", [(1, 6, "a train class with 2\\+ images"), (3, 1, "at least 2 train classes")]
+)
+def test_a_train_set_too_small_for_the_model_places_minus_one_first_with_a_note(images_per_class, n_classes, why):
+    from core.retrieval.pipeline import PredictConfig, analyse
+
+    for asked in (None, "optimal"):
+        analysis = analyse(tiny_train(images_per_class, n_classes), PredictConfig(placement=asked, contamination=0.3))
+        assert analysis.placement == "first" and analysis.placement_model is None
+        assert any(re.search(f"goes first .*{why}", note) for note in analysis.notes)
+        assert re.search(why, analysis.placement_source)
+        flags = analysis.flags()
+        assert [row.count("-1") for row in analysis.predictions(placement="optimal")] == flags.astype(int).tolist()
+        report = analysis.report()
+        assert report["expected_MAP@5"] is None and 0.0 <= report["MAP@5"] <= 1.0
+
+
+def test_scores_that_are_not_finite_place_minus_one_first_with_a_note(monkeypatch):
+    import core.retrieval.pipeline as pipeline
+
+    real = pipeline.evidence_for
+
+    def with_a_nan(train, config):
+        evidence = real(train, config)
+        return replace(evidence, known_scores=np.r_[np.nan, evidence.known_scores[1:]])
+
+    monkeypatch.setattr(pipeline, "evidence_for", with_a_nan)
+    analysis = pipeline.analyse(tiny_train(3, 6))
+    assert analysis.placement == "first" and analysis.placement_model is None and analysis.evidence is not None
+    assert any("finite scores" in note for note in analysis.notes)
+    with pytest.raises(ValueError, match="needs finite scores"):
+        fit_placement(analysis.evidence, analysis.scores)
+
+
+def test_a_guaranteed_false_flag_rate_without_train_evidence_names_what_to_do():
+    from core.retrieval.pipeline import PredictConfig, analyse
+
+    with pytest.raises(ValueError, match="guaranteed false-flag rate needs .* cannot give .*2\\+ images.* — use a contamination rate"):
+        analyse(tiny_train(1, 6), PredictConfig(max_false_flag=0.1))

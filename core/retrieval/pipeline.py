@@ -253,9 +253,9 @@ class Analysis:
     retrieval: Retrieval
     threshold: float  # the threshold chosen by the config
     threshold_source: str  # how it was chosen, for people
-    evidence: TrainEvidence  # train items as left-out known items and left-out classes
-    placement_model: PlacementModel  # P(distractor) and label-rank odds per score, fitted on train and the test scores
-    placement: str  # "first" or "optimal": the config's, or the one scoring higher on train
+    evidence: TrainEvidence | None  # train items as left-out known items and left-out classes; None when train cannot give them
+    placement_model: PlacementModel | None  # P(distractor) and label-rank odds per score; None when it cannot be fitted
+    placement: str  # "first" or "optimal": the config's, or the one scoring higher on train; "first" without a model
     placement_source: str  # how it was chosen, for people
     validation: ValidationResult | None = None
     notes: list[str] = field(default_factory=list)
@@ -289,18 +289,21 @@ class Analysis:
         return self.test.labels.astype(object) if self.test.has_test_truth else None
 
     @cached_property
-    def expected_precisions(self) -> np.ndarray:
-        """Test items × positions (1..k, then nowhere): expected AP@k of "-1" there, from the placement model."""
-        return self.placement_model.expected_precisions(self.scores)
+    def expected_precisions(self) -> np.ndarray | None:
+        """Test items × positions (1..k, then nowhere): expected AP@k of "-1" there, from the placement model (if any)."""
+        return None if self.placement_model is None else self.placement_model.expected_precisions(self.scores)
 
     @cached_property
     def kept_positions(self) -> np.ndarray:
-        """Where "optimal" puts "-1" for each item it does not flag: 2..k, or 0 for nowhere.
+        """Where "optimal" puts "-1" for each item it does not flag: 2..k, or 0 for nowhere."""
+        return self._kept_positions_of(self.expected_precisions, self.retrieval.labels)
 
-        A row shorter than k (train has fewer classes) takes "-1" right after its last label at most.
-        """
-        lengths = np.array([len(row) for row in self.retrieval.labels])
-        return np.minimum(kept_positions(self.expected_precisions), lengths + 1)
+    def _kept_positions_of(self, expected: np.ndarray | None, rows: list[list[str]]) -> np.ndarray:
+        """Without a placement model, nowhere ("optimal" is then "first"); a row shorter than k (train has fewer
+        classes) takes "-1" right after its last label at most."""
+        if expected is None:
+            return np.zeros(len(rows), np.int64)
+        return np.minimum(kept_positions(expected), np.array([len(row) for row in rows]) + 1)
 
     def flags(self, threshold: float | None = None) -> np.ndarray:
         return self.scores < (self.threshold if threshold is None else threshold)
@@ -313,8 +316,23 @@ class Analysis:
     def predictions(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> list[list[str]]:
         return place_minus_one(self.retrieval.labels, self.positions(threshold, flags, placement), self.config.k)
 
-    def expected_map(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> float:
-        """MAP@k the placement model expects for a verdict and placement, without test truth."""
+    def query_positions(self, rows: list[list[str]], scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Where "-1" goes for queries searched apart from the test split (an uploaded image, a text), by the placement in use."""
+        scores = np.asarray(scores, np.float64)
+        expected = None if self.placement_model is None else self.placement_model.expected_precisions(scores)
+        flags = scores < (self.threshold if threshold is None else threshold)
+        return positions_for(flags, self.placement, self._kept_positions_of(expected, rows))
+
+    def false_flag_share(self, threshold: float | None = None) -> float | None:
+        """With test truth, the share of test items of known classes that the threshold flags."""
+        if self.truth is None or not (known := self.truth != DISTRACTOR).any():
+            return None
+        return float(self.flags(threshold)[known].mean())
+
+    def expected_map(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> float | None:
+        """MAP@k the placement model expects for a verdict and placement, without test truth (None without a model)."""
+        if self.expected_precisions is None:
+            return None
         positions = self.positions(threshold, flags, placement)
         columns = np.where(positions == 0, self.config.k, positions - 1)
         return float(np.mean(self.expected_precisions[np.arange(len(positions)), columns]))
@@ -350,7 +368,7 @@ class Analysis:
             "flagged": int(flags.sum()),
             "flagged_share": float(flags.mean()) if len(flags) else 0.0,
             "placement": f"{self.placement} ({self.placement_source})",
-            "estimated_distractor_share": self.placement_model.contamination,
+            "estimated_distractor_share": None if self.placement_model is None else self.placement_model.contamination,
             f"expected_MAP@{k}": self.expected_map(flags=flags),
         }
         if self.truth is not None:
@@ -369,6 +387,24 @@ class Analysis:
         return report
 
 
+def fitted_placement(
+    train: Embeddings, config: PredictConfig, test_scores: np.ndarray
+) -> tuple[TrainEvidence | None, PlacementModel | None, str | None]:
+    """Train evidence and the placement model fitted on it and the test scores; what cannot be had is None, with why.
+
+    Tiny train sets (one class, one image per class) give no evidence, and a model cannot be fitted
+    on evidence that is not finite: the analysis then places "-1" first rather than refusing.
+    """
+    try:
+        evidence = evidence_for(train, config)
+    except ValueError as error:
+        return None, None, str(error)
+    try:
+        return evidence, fit_placement(evidence, test_scores), None
+    except ValueError as error:
+        return evidence, None, str(error)
+
+
 def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> Analysis:
     """Search test against train, score distractors, choose the threshold and the placement the config asks for."""
     train, test = embeddings.subset(TRAIN), embeddings.subset(TEST)
@@ -383,11 +419,13 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
         notes.append(f"train has {n_classes} classes, fewer than k={config.k}: prediction rows are shorter")
     truth = test.labels.astype(object) if test.has_test_truth else None
     neighbours, retrieval = retrieve(train.vectors, train.labels.astype(object), test.vectors, config, truth)
-    evidence = evidence_for(train, config)
+    evidence, model, unfitted = fitted_placement(train, config, retrieval.scores)
     validation = None
     if config.threshold is not None:
         threshold, source = config.threshold, "fixed threshold"
     elif config.max_false_flag is not None:
+        if evidence is None:
+            raise ValueError(f"a guaranteed false-flag rate needs train leave-one-out scores, which this train set cannot give ({unfitted}) — use a contamination rate or a fixed threshold")
         threshold = conformal_threshold(evidence, config.max_false_flag)
         source = (
             f"at most {config.max_false_flag:.1%} of known-class items flagged (split conformal on "
@@ -411,8 +449,10 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
                 f"test scores tie at the threshold {threshold:.3f}: it flags {flagged} of {retrieval.sweep.n} "
                 f"test items, not the {config.contamination:.0%} asked for"
             )
-    model = fit_placement(evidence, retrieval.scores)
-    if config.placement is not None:
+    if model is None:
+        placement, placement_source = "first", f"the placement model cannot be fitted: {unfitted}"
+        notes.append(f'"-1" goes first for flagged items only, never further back: {unfitted}')
+    elif config.placement is not None:
         placement, placement_source = config.placement, "asked for"
     else:
         validated = {name: validation_map(evidence, model, threshold, name) for name in PLACEMENTS}

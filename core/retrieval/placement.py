@@ -202,6 +202,9 @@ def fit_placement(evidence: TrainEvidence, test_scores=None, contamination: floa
 
     if contamination is None and test_scores is None:
         raise ValueError("fit_placement needs the test scores or a contamination to weigh distractors against known items")
+    given = (evidence.known_scores, evidence.distractor_scores, () if test_scores is None else test_scores)
+    if not all(np.isfinite(scores).all() for scores in given):
+        raise ValueError("placing -1 needs finite scores, and the train or test scores hold NaN or infinite values")
     known, far = evidence.with_all_images(), evidence.distractor_scores
     pooled = np.concatenate([known, far])
     centre, spread = float(pooled.mean()), float(pooled.std()) or 1.0
