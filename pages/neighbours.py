@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.retrieval.index import Neighbours
 from core.retrieval.metrics import average_precision_at_k
-from core.retrieval.predict import place_distractor
+from core.retrieval.predict import place_minus_one
 from core.session.queries import read_uploaded_images
 from pages import ui
 
@@ -58,6 +58,7 @@ if kind == QUERY_KINDS[0]:
     row = slice(position, position + 1)
     neighbours = Neighbours(analysis.neighbours.similarities[row], analysis.neighbours.indices[row])
     ranked_labels, scores = analysis.retrieval.labels[row], analysis.scores[row]
+    where = analysis.positions(threshold)[row]
 else:
     if warning := ui.query_model_warning(current):
         st.warning(ui.plain(warning))
@@ -66,9 +67,32 @@ else:
     except ValueError as error:
         st.error(f"The query cannot be searched against this dataset: {ui.plain(error)}")
         st.stop()
+    where = analysis.query_positions(ranked_labels, scores, threshold)
 score = float(scores[0])
 flagged = score < threshold
-predicted = place_distractor(ranked_labels, scores < threshold, k)[0]
+predicted = place_minus_one(ranked_labels, where, k)[0]
+minus_one_at = int(where[0])
+
+
+
+def why_there() -> str:
+    """Why "-1" stands where it does in this query's row, from the placement rule and the placement model."""
+    if flagged:
+        return "because the score is below the threshold: flagged items get it first."
+    model = analysis.placement_model
+    if analysis.placement == "first" or model is None:
+        return f'because the placement is "first" ({ui.plain(analysis.placement_source)}): only flagged items get it.'
+    expected = model.expected_precisions(scores)[0]
+    by_position = " · ".join(
+        f"{name} {value:.2f}" for name, value in zip([*map(str, range(1, k + 1)), "nowhere"], expected)
+    )
+    return (
+        f'where the expected AP@{k} of this row is highest ("optimal" placement). From the score, the model puts '
+        f"the chance that the query is a distractor at {float(model.distractor_probability(scores)[0]):.0%} and the true "
+        f'label at rank 1 with {float(model.rank_odds(scores)[0, 0]):.0%}; expected AP@{k} with "-1" at each place '
+        f"(flagged items take 1): {by_position}."
+    )
+
 
 query_column, verdict_column = st.columns([1, 3])
 with query_column, st.container(border=True, key="neighbours_query_card"):
@@ -88,10 +112,11 @@ with verdict_column:
     if flagged:
         st.warning(f'**Distractor**: the score is below the threshold, so "-1" leads the {k} predicted labels.')
     else:
-        st.success("**A known class**: the score reaches the threshold, so the train labels are predicted as they rank.")
+        st.success("**A known class**: the score reaches the threshold, so the best-ranked train label leads the prediction.")
     st.markdown("**Predicted labels:** " + " · ".join(f"{rank}\\. {ui.plain(label)}" for rank, label in enumerate(predicted, 1)))
     if truth is not None:
         st.caption(f"AP@{k} of this prediction: {average_precision_at_k(truth, predicted, k):.2f}")
+    st.markdown(f"**Where \"-1\" went:** {f'rank {minus_one_at}' if minus_one_at else 'nowhere'}, {why_there()}")
 
 st.subheader(f"Top {min(k, neighbours.k)} train neighbours")
 for column, rank, row, similarity in zip(st.columns(k), range(1, k + 1), neighbours.indices[0], neighbours.similarities[0]):

@@ -17,6 +17,7 @@ from core.io.demo import write_demo_dataset
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.parquet import write_embeddings
 from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
+from core.retrieval.predict import read_submission, submission_label, write_submission
 from core.session.workspace import DatasetEntry, Workspace
 from pages import ui
 
@@ -101,6 +102,14 @@ def neighbour_cards(app: AppTest) -> list:
     return [block for block in app.container if (block.key or "").startswith("neighbour_card_")]
 
 
+def predicted_labels(app: AppTest) -> list[str]:
+    """The Neighbours page's predicted labels as a reader sees them ("1. a · 2. b …"), in order."""
+    shown = displayed(next(m.value for m in app.markdown if m.value.startswith("**Predicted labels:**")))
+    items = shown.removeprefix("**Predicted labels:** ").split(" · ")
+    assert [item.split(". ", 1)[0] for item in items] == [str(rank) for rank in range(1, len(items) + 1)]
+    return [item.split(". ", 1)[1] for item in items]
+
+
 def metrics(app: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in app.metric}
 
@@ -155,11 +164,14 @@ def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
         score = float(metrics(app)["Distractor score"])
         similarities = [float(card.caption[0].value.split("cosine ")[1].split(" ")[0]) for card in cards]
         assert similarities == sorted(similarities, reverse=True) and similarities[0] == pytest.approx(score, abs=1e-3)
-        predicted = next(m.value for m in app.markdown if m.value.startswith("**Predicted labels:**"))
+        predicted = predicted_labels(app)
         flagged = bool(app.warning)
         assert flagged != bool(app.success)
-        assert ("`1. -1`" in predicted) == flagged
-        assert predicted.count("`") == 10  # five labels
+        assert (predicted[0] == "-1") == flagged
+        assert len(predicted) == 5 and predicted.count("-1") <= 1
+        went = next(displayed(m.value) for m in app.markdown if m.value.startswith("**Where"))
+        assert went.startswith(f'**Where "-1" went:** rank {predicted.index("-1") + 1}' if "-1" in predicted else '**Where "-1" went:** nowhere')
+        assert ("below the threshold" in went) == flagged
         verdicts.add(flagged)
         if verdicts == {True, False}:
             break
@@ -174,9 +186,10 @@ def test_neighbours_verdict_matches_the_submission_for_the_item_scoring_the_thre
     app = run_page("neighbours", neighbours_test_row=row)
     assert_ran(app)
     assert app.success and not app.warning
-    predicted = next(m.value for m in app.markdown if m.value.startswith("**Predicted labels:**"))
-    expected = "  ".join(f"`{rank}. {label}`" for rank, label in enumerate(analysis.predictions()[row], 1))
-    assert predicted.endswith(expected)
+    assert predicted_labels(app) == analysis.predictions()[row]
+    submission = tmp_path / "submission.csv"
+    write_submission(submission, list(analysis.test.ids), analysis.predictions())
+    assert list(map(submission_label, predicted_labels(app))) == read_submission(submission)[analysis.test.ids[row]]
 
 
 def test_neighbours_searches_an_uploaded_image_and_refuses_a_broken_one():
@@ -277,8 +290,11 @@ def test_an_ensemble_of_the_baseline_and_a_clip_model_is_analysed(tiny_clip_dir)
     )
     app = run_page("embed", workspace_id)
     assert not app.exception, [e.value for e in app.exception]
-    assert any("ensemble(" in caption.value for caption in app.caption)
-    assert any("no-such-org/no-such-clip" in warning.value for warning in app.warning)
+    assert any("Model identity: ensemble(" in displayed(caption.value) for caption in app.caption)
+    assert any("no-such-org/no-such-clip" in displayed(warning.value) for warning in app.warning)
+    app = run_page("distractors", workspace_id)  # the ensemble's vectors analysed, with the rule of its threshold
+    assert_ran(app)
+    assert any("Default rule: contamination 30%" in displayed(caption.value) for caption in app.caption)
 
 
 def test_the_ensemble_weight_search_shows_every_step(tiny_clip_dir):
