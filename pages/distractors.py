@@ -1,9 +1,12 @@
 """Distractors page: the live threshold slider, its counts, curves and metrics, and DBSCAN."""
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from core.retrieval.distractors import DbscanConfig
+from core.retrieval.pipeline import conformal_threshold
+from core.retrieval.placement import PLACEMENTS
 from core.maps.figures import contamination_curve, metric_curve, score_histogram
 from pages import ui
 
@@ -21,14 +24,22 @@ synced_state = threshold_state + "-synced"  # the saved threshold this tab last 
 previous_state = threshold_state + "-previous"  # the slider's position one run ago, for "what flips"
 
 
-def on_slider_grid(value: float) -> float:
-    """A threshold the slider can show exactly, so the slider, the metrics and the saved value agree."""
-    return float(np.clip(round(value, SLIDER_DECIMALS), low, high))
+def on_slider_grid(value: float, rounding=round) -> float:
+    """A threshold the slider can show exactly, so the slider, the metrics and the saved value agree.
+
+    `rounding` is np.floor for a bound: a lower threshold flags no more items than the one asked for."""
+    step = 10.0**SLIDER_DECIMALS
+    return float(np.clip(rounding(value * step) / step, low, high))
 
 
 st.caption(
     f"A test image is flagged as a distractor when its best cosine similarity to any train image is below "
     f"the threshold. Default rule: {analysis.threshold_source} → {analysis.threshold:.3f}."
+)
+st.caption(
+    f'Where "-1" goes: **{analysis.placement}** ({ui.plain(analysis.placement_source)}). "first" puts it first for '
+    "flagged items only; \"optimal\" also puts it, for every other item, at the rank with the highest expected "
+    f"AP@{analysis.config.k} (2–{analysis.config.k} or nowhere). Choose it on the **Evaluate & export** page."
 )
 
 
@@ -43,6 +54,14 @@ def _set_threshold_from_contamination() -> None:
     # when key presses arrive faster than reruns, and the slider snaps back.
     target = st.session_state[threshold_state + "-target"]
     st.session_state[threshold_state] = on_slider_grid(sweep.threshold_for(target))
+    _save_slider_threshold()
+
+
+def _set_threshold_from_false_flag() -> None:
+    # Like the contamination box: it sets the slider and never follows it. Rounded down to the grid
+    # so the threshold shown keeps the bound.
+    alpha = st.session_state[threshold_state + "-alpha"]
+    st.session_state[threshold_state] = on_slider_grid(conformal_threshold(analysis.evidence, alpha), np.floor)
     _save_slider_threshold()
 
 
@@ -68,6 +87,21 @@ def threshold_panel() -> None:
             help="The share of test images to flag: sets the threshold that flags that share.",
         )
         st.form_submit_button("Set threshold", on_click=_set_threshold_from_contamination)
+    with right, st.form(threshold_state + "-alpha-form", border=False):
+        st.number_input(
+            "Max false-flag rate α",
+            min_value=0.001,
+            max_value=0.999,
+            value=0.05,
+            step=0.01,
+            format="%.3f",
+            key=threshold_state + "-alpha",
+            disabled=analysis.evidence is None,
+            help="Sets the threshold that flags at most this share of test images whose class is in train "
+            "(split conformal on train leave-one-out scores). It assumes those images score like train images "
+            "do against the rest of train; it does not bound how many distractors are missed.",
+        )
+        st.form_submit_button("Set threshold for α", on_click=_set_threshold_from_false_flag, disabled=analysis.evidence is None)
     with left:
         threshold = st.slider(
             "Distractor threshold", low, high, step=10.0**-SLIDER_DECIMALS, format=f"%.{SLIDER_DECIMALS}f", key=threshold_state,
@@ -82,15 +116,36 @@ def threshold_panel() -> None:
     cells[1].metric("Kept", sweep.n - flagged)
     cells[2].metric("Contamination", f"{flagged / sweep.n:.1%}")
     cells[3].metric("Threshold", f"{threshold:.3f}")
+    k = analysis.config.k
     if sweep.has_map:
         precision, recall, f1 = (float(v) for v in sweep.detection_at(threshold))
         cells = st.columns(4)
-        cells[0].metric(f"MAP@{analysis.config.k}", f"{float(sweep.map_at(threshold)):.4f}")
+        cells[0].metric(f"MAP@{k}", f"{float(sweep.map_at(threshold)):.4f}")
         cells[1].metric("Precision", f"{precision:.3f}")
         cells[2].metric("Recall", f"{recall:.3f}")
         cells[3].metric("F1", f"{f1:.3f}")
+        cells = st.columns(4)
+        for cell, placement in zip(cells, PLACEMENTS):
+            cell.metric(f'MAP@{k}, "-1" {placement}', f"{float(analysis.sweep_for(placement).map_at(threshold)):.4f}")
+        false_flags = analysis.false_flag_share(threshold)
+        cells[2].metric(
+            "Known-class images flagged", "–" if false_flags is None else f"{false_flags:.1%}",
+            help="The realised false-flag rate: the share of test images whose class is in train that this threshold flags.",
+        )
     else:
-        st.caption("No test truth: MAP@5, precision and recall need test images in test/<label>/ folders.")
+        cells = st.columns(4)
+        st.caption(f"No test truth: MAP@{k}, precision and recall need test images in test/<label>/ folders.")
+    expected = analysis.expected_map(threshold)
+    if expected is not None:
+        cells[3].metric(
+            f"Expected MAP@{k}", f"{expected:.4f}",
+            help="What the placement model expects of this threshold and placement, without test truth.",
+        )
+    at_rank = np.bincount(analysis.positions(threshold), minlength=k + 1)
+    st.dataframe(
+        pd.DataFrame({"-1 at": [*map(str, range(1, k + 1)), "nowhere"], "test images": [*at_rank[1:], at_rank[0]]}),
+        hide_index=True,
+    )
 
     grid = sweep.grid()
     charts = st.columns(2)

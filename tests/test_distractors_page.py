@@ -2,8 +2,12 @@
 
 import pytest
 
+from core.embedding.config import BASELINE_MODEL, EmbedConfig
+from core.io.demo import write_demo_dataset
+from core.retrieval.pipeline import analyse, conformal_threshold, load_embeddings
+from core.retrieval.placement import PLACEMENTS
 from core.session.workspace import Workspace
-from test_pages import assert_ran, fresh_server, metric_values, run_page  # noqa: F401 (fresh_server is autouse)
+from test_pages import assert_ran, displayed, fresh_server, metric_values, run_page  # noqa: F401 (fresh_server is autouse)
 
 THRESHOLD = "Distractor threshold"
 
@@ -74,3 +78,42 @@ def test_a_tab_that_only_moves_dbscan_keeps_the_threshold_another_tab_saved():
     assert list(saved_thresholds("tabs1").values()) == [chosen]
     assert slider_of(tab_b).value == chosen, "tab B shows the threshold tab A saved"
     assert any("changed to" in info.value and "another tab" in info.value for info in tab_b.info)
+
+
+@pytest.fixture(scope="module")
+def demo_analysis(tmp_path_factory):
+    """The analysis the page makes of the demo with the default settings, built apart from the page."""
+    folder = write_demo_dataset(tmp_path_factory.mktemp("demo"))
+    return analyse(load_embeddings(folder, EmbedConfig(model=BASELINE_MODEL)).embeddings)
+
+
+def test_the_placement_in_use_first_and_optimal_map_and_minus_one_per_rank_are_shown(demo_analysis):
+    app = run_page("distractors", "placement1")
+    assert_ran(app)
+    assert any(f'Where "-1" goes: **{demo_analysis.placement}**' in displayed(c.value) for c in app.caption)
+    threshold = slider_of(app).value
+    values = metric_values(app)
+    for placement in PLACEMENTS:
+        assert values[f'MAP@5, "-1" {placement}'] == f"{float(demo_analysis.sweep_for(placement).map_at(threshold)):.4f}"
+    assert values["MAP@5"] == values[f'MAP@5, "-1" {demo_analysis.placement}']
+    assert values["Expected MAP@5"] == f"{demo_analysis.expected_map(threshold):.4f}"
+    ranks = app.dataframe[0].value
+    assert ranks["-1 at"].tolist() == ["1", "2", "3", "4", "5", "nowhere"]
+    assert ranks["test images"].sum() == int(values["Flagged as distractors"]) + int(values["Kept"])
+    assert ranks["test images"].iloc[0] == int(values["Flagged as distractors"])
+
+
+def test_the_false_flag_rate_sets_a_conformal_threshold_and_shows_the_realised_rate(demo_analysis):
+    app = run_page("distractors", "alpha1")
+    alpha = 0.2
+    next(n for n in app.number_input if n.label == "Max false-flag rate α").set_value(alpha)
+    next(b for b in app.button if b.label == "Set threshold for α").click().run()
+    assert_ran(app)
+    bound = conformal_threshold(demo_analysis.evidence, alpha)
+    threshold = slider_of(app).value
+    assert bound - 0.001 < threshold <= bound  # on the slider's grid, never above the bound
+    assert list(saved_thresholds("alpha1").values()) == [threshold]
+    realised = demo_analysis.false_flag_share(threshold)
+    assert metric_values(app)["Known-class images flagged"] == f"{realised:.1%}"
+    known = int((demo_analysis.truth != "-1").sum())
+    assert 0 < realised <= alpha + 3 * (alpha * (1 - alpha) / known) ** 0.5  # the bound, within its sampling margin
