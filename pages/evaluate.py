@@ -10,18 +10,21 @@ from core.methods.compare import BASELINE_METHOD, COMPARE_METHODS, REGRESSION, a
 from core.records import DISTRACTOR
 from core.maps.figures import class_frequency
 from core.retrieval.distractors import SCORE_MODES
+from core.retrieval.placement import PLACEMENTS
 from core.retrieval.predict import submission_csv
 from core.paths import safe_file_name
 from core.session.vectors import export_embeddings, predict_config, save_predict_config
 from pages import ui
 
 SCORE_MODE_NAMES = {"max": "best similarity", "mean": "mean of the nearest"}
+PLACEMENT_CHOICES = (None, *PLACEMENTS)
+PLACEMENT_NAMES = {None: "the better on train", "first": "first, flagged only", "optimal": "optimal"}
 
 st.title("Evaluate & export")
 ws = ui.workspace()
 saved = predict_config(ws)
-with st.expander("Prediction settings: labels per row and the distractor score (every page follows them)"):
-    k_column, mode_column, score_k_column = st.columns(3)
+with st.expander("Prediction settings: labels per row, the distractor score and where -1 goes (every page follows them)"):
+    k_column, mode_column, score_k_column, placement_column = st.columns(4)
     chosen_k = k_column.number_input("Labels per prediction (k, MAP@k)", min_value=1, value=saved.k, key="evaluate_k")
     chosen_mode = mode_column.radio(
         "Distractor score", SCORE_MODES, index=SCORE_MODES.index(saved.score_mode), format_func=SCORE_MODE_NAMES.get,
@@ -30,7 +33,15 @@ with st.expander("Prediction settings: labels per row and the distractor score (
     chosen_score_k = score_k_column.number_input(
         "Neighbours averaged", min_value=1, value=saved.score_k, disabled=chosen_mode != "mean", key="evaluate_score_k"
     )
-    wanted = replace(saved, k=int(chosen_k), score_mode=chosen_mode, score_k=int(chosen_score_k))
+    chosen_placement = placement_column.radio(
+        'Where "-1" goes', PLACEMENT_CHOICES, index=PLACEMENT_CHOICES.index(saved.placement),
+        format_func=PLACEMENT_NAMES.get, key="evaluate_placement",
+        help='"first": first for flagged items only. "optimal": also, for every other item, at the rank with the highest '
+        "expected AP@k. By default, whichever scores the higher validation MAP@k on train.",
+    )
+    wanted = replace(
+        saved, k=int(chosen_k), score_mode=chosen_mode, score_k=int(chosen_score_k), placement=chosen_placement
+    )
     if wanted != saved:
         save_predict_config(ws, wanted)
         st.rerun()
@@ -44,7 +55,7 @@ predictions = analysis.predictions(threshold)
 st.caption(
     f"Everything below uses the threshold **{threshold:.3f}** (set it on the **Distractors** page): "
     f"{report['flagged']} of {report['test_items']} test images ({report['flagged_share']:.0%}) are flagged "
-    f'as distractors and get "{DISTRACTOR}" first.'
+    f'as distractors and get "{DISTRACTOR}" first. Placement: **{analysis.placement}** ({ui.plain(analysis.placement_source)}).'
 )
 
 

@@ -404,3 +404,19 @@ def test_evaluate_sets_k_and_the_mean_score_for_every_page():
 
 def metrics_help(app: AppTest, label: str) -> str:
     return next(metric.help for metric in app.metric if metric.label == label)
+
+
+def test_evaluate_sets_where_minus_one_goes_for_every_page():
+    app = run_page("evaluate", "placement2")
+    assert_ran(app)
+    chosen_by_validation = metrics(app)["MAP@5"]
+    app.radio(key="evaluate_placement").set_value("first").run()
+    assert_ran(app)
+    assert Workspace("placement2").get_config("predict_config", PredictConfig) == PredictConfig(placement="first")
+    assert any("Placement: **first** (asked for)" in caption.value for caption in app.caption)
+    distractors = run_page("distractors", "placement2")
+    assert_ran(distractors)
+    shown = metrics(distractors)
+    assert shown["MAP@5"] == shown['MAP@5, "-1" first'] != shown['MAP@5, "-1" optimal']
+    assert any('Where "-1" goes: **first** (asked for)' in caption.value for caption in distractors.caption)
+    assert metrics(app)["MAP@5"] != chosen_by_validation  # the demo's validation picks optimal
