@@ -18,7 +18,6 @@ sweep = analysis.sweep
 low, high = float(np.floor(sweep.sorted_scores[0] * 100) / 100), float(np.ceil(sweep.sorted_scores[-1] * 100) / 100)
 if high <= low:
     high = low + 0.01
-SLIDER_DECIMALS = 3
 threshold_state = f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
 synced_state = threshold_state + "-synced"  # the saved threshold this tab last read or wrote
 previous_state = threshold_state + "-previous"  # the slider's position one run ago, for "what flips"
@@ -28,7 +27,7 @@ def on_slider_grid(value: float, rounding=round) -> float:
     """A threshold the slider can show exactly, so the slider, the metrics and the saved value agree.
 
     `rounding` is np.floor for a bound: a lower threshold flags no more items than the one asked for."""
-    step = 10.0**SLIDER_DECIMALS
+    step = 10.0**ui.THRESHOLD_DECIMALS
     return float(np.clip(rounding(value * step) / step, low, high))
 
 
@@ -104,7 +103,7 @@ def threshold_panel() -> None:
         st.form_submit_button("Set threshold for α", on_click=_set_threshold_from_false_flag, disabled=analysis.evidence is None)
     with left:
         threshold = st.slider(
-            "Distractor threshold", low, high, step=10.0**-SLIDER_DECIMALS, format=f"%.{SLIDER_DECIMALS}f", key=threshold_state,
+            "Distractor threshold", low, high, step=10.0**-ui.THRESHOLD_DECIMALS, format=f"%.{ui.THRESHOLD_DECIMALS}f", key=threshold_state,
             on_change=_save_slider_threshold,
         )
     previous = st.session_state.get(previous_state, threshold)

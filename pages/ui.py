@@ -43,6 +43,7 @@ HOW_TO_GET_CLIP = (
     f"`{DEFAULT_MODEL}` (set `HF_HOME`), or allow downloads by unsetting `HF_HUB_OFFLINE`."
 )
 THUMBNAIL_EDGE = 160
+THRESHOLD_DECIMALS = 3  # the threshold slider's step is 10^-3; thresholds shown and used are on that grid
 APP_RAN = "app-ran"  # session state: app.py has run in this session, so its navigation is in charge
 OPEN_PAGE = "open"  # query parameter: the page a deep link asked for, carried through app.py
 IMAGE_UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
@@ -229,8 +230,9 @@ class Session:
 
     @property
     def threshold(self) -> float:
+        """The saved threshold, else the default rule's, on the slider's grid: every page uses this one."""
         saved = self.ws.get(threshold_key(self.entry, self.loaded.embeddings.model))
-        return float(saved) if saved is not None else self.analysis.threshold
+        return round(float(saved) if saved is not None else self.analysis.threshold, THRESHOLD_DECIMALS)
 
     def save_threshold(self, value: float) -> None:
         self.ws.set(threshold_key(self.entry, self.loaded.embeddings.model), float(value))

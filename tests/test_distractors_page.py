@@ -117,3 +117,14 @@ def test_the_false_flag_rate_sets_a_conformal_threshold_and_shows_the_realised_r
     assert metric_values(app)["Known-class images flagged"] == f"{realised:.1%}"
     known = int((demo_analysis.truth != "-1").sum())
     assert 0 < realised <= alpha + 3 * (alpha * (1 - alpha) / known) ** 0.5  # the bound, within its sampling margin
+
+
+def test_every_page_scores_at_the_threshold_the_slider_shows():
+    # The default rule's threshold is on no grid; every page uses it rounded to the slider's step.
+    distractors, evaluate = run_page("distractors", "agree1"), run_page("evaluate", "agree1")
+    assert_ran(distractors)
+    assert_ran(evaluate)
+    shown = metric_values(distractors)
+    assert float(shown["Threshold"]) == slider_of(distractors).value
+    assert float(shown["MAP@5"]) == pytest.approx(float(metric_values(evaluate)["MAP@5"]), abs=5e-4)  # Evaluate shows 3 decimals
+    assert any(f"**{shown['Threshold']}**" in caption.value for caption in evaluate.caption)

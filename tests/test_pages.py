@@ -178,17 +178,19 @@ def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
     assert verdicts == {True, False}, "the demo's first test images include distractors and known classes"
 
 
-def test_neighbours_verdict_matches_the_submission_for_the_item_scoring_the_threshold(tmp_path):
-    # The contamination threshold is one test item's own score: that item is kept (score < threshold
-    # flags), and a fresh one-row search that rounds a bit lower must not flag it here.
+def test_neighbours_verdict_matches_the_submission_for_the_item_nearest_the_threshold(tmp_path):
+    # The kept item scoring closest above the dashboard's threshold (the default rule's, on the
+    # slider's grid): a fresh one-row search that rounds a bit lower must not flag it here.
     analysis = analyse(load_embeddings(write_demo_dataset(tmp_path / "demo"), EmbedConfig(model=BASELINE_MODEL)).embeddings)
-    row = int(np.flatnonzero(analysis.scores == analysis.threshold)[0])
+    threshold = round(analysis.threshold, ui.THRESHOLD_DECIMALS)
+    kept = np.flatnonzero(analysis.scores >= threshold)
+    row = int(kept[np.argmin(analysis.scores[kept])])
     app = run_page("neighbours", neighbours_test_row=row)
     assert_ran(app)
     assert app.success and not app.warning
-    assert predicted_labels(app) == analysis.predictions()[row]
+    assert predicted_labels(app) == analysis.predictions(threshold)[row]
     submission = tmp_path / "submission.csv"
-    write_submission(submission, list(analysis.test.ids), analysis.predictions())
+    write_submission(submission, list(analysis.test.ids), analysis.predictions(threshold))
     assert list(map(submission_label, predicted_labels(app))) == read_submission(submission)[analysis.test.ids[row]]
 
 
