@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from core.retrieval.distractors import DbscanConfig
-from core.retrieval.pipeline import conformal_threshold
+from core.retrieval.validation import conformal_threshold
 from core.retrieval.placement import PLACEMENTS
 from core.maps.figures import contamination_curve, metric_curve, score_histogram
 from pages import ui

@@ -4,7 +4,8 @@ import pytest
 
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.demo import write_demo_dataset
-from core.retrieval.pipeline import analyse, conformal_threshold, load_embeddings
+from core.retrieval.pipeline import analyse, load_embeddings
+from core.retrieval.validation import conformal_threshold
 from core.retrieval.placement import PLACEMENTS
 from core.session.workspace import Workspace
 from test_pages import assert_ran, displayed, fresh_server, metric_values, run_page  # noqa: F401 (fresh_server is autouse)

@@ -3,13 +3,8 @@ import pytest
 
 from core.records import Embeddings
 from core.retrieval.metrics import map_at_k
-from core.retrieval.pipeline import (
-    PredictConfig,
-    analyse,
-    check_classes_to_hold_out,
-    check_train_labels,
-    pseudo_distractor_split,
-)
+from core.retrieval.pipeline import PredictConfig, analyse
+from core.retrieval.validation import check_classes_to_hold_out, check_train_labels, pseudo_distractor_split
 
 
 def clustered_embeddings(seed=0, n_classes=20, n_distractor_classes=8, train_per_class=3, test_per_class=4, dim=32, spread=0.35, truth=True):

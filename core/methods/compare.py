@@ -13,13 +13,8 @@ from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.retrieval.distractors import ThresholdSweep
 from core.methods.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
 from core.retrieval.metrics import distractor_report, map_at_k, top1_accuracy
-from core.retrieval.pipeline import (
-    PredictConfig,
-    analyse,
-    check_classes_to_hold_out,
-    check_train_labels,
-    pseudo_distractor_split,
-)
+from core.retrieval.pipeline import PredictConfig, analyse
+from core.retrieval.validation import check_classes_to_hold_out, check_train_labels, pseudo_distractor_split
 from core.retrieval.predict import place_distractor
 from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine
 from core.retrieval.index import checked_vectors, unit_rows

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.records import TRAIN, Embeddings
-from core.retrieval.pipeline import PredictConfig, validate_threshold
+from core.retrieval.pipeline import PredictConfig
+from core.retrieval.validation import validate_threshold
 from core.retrieval.index import unit_rows
 
 MODES = ("auto", "sum", "concat")

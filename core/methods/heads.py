@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.retrieval.index import checked_vectors
-from core.retrieval.pipeline import check_train_labels
+from core.retrieval.validation import check_train_labels
 
 # Seed 003's competition limit for a universal image embedding.
 ARCFACE_MAX_DIM = 64
