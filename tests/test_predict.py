@@ -108,3 +108,13 @@ def test_truth_file_errors_are_clear(tmp_path):
         read_truth(tmp_path / "t.csv")
     with pytest.raises(ValueError, match="not found"):
         read_truth(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_query_with_non_finite_values_is_refused_not_searched_forever(bad):
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 8)).astype(np.float32)
+    queries = rng.normal(size=(3, 8)).astype(np.float32)
+    queries[1, 2] = bad
+    with pytest.raises(ValueError, match="queries have NaN or infinite values in 1 of 3 rows"):
+        search_labels(VectorIndex(train / np.linalg.norm(train, axis=1, keepdims=True)), [f"c{i % 10}" for i in range(50)], queries, 5, 5)

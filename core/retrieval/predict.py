@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from core.records import DISTRACTOR
-from core.retrieval.index import Neighbours, VectorIndex
+from core.retrieval.index import Neighbours, VectorIndex, checked_vectors
 from core.io.files import read_csv, replaced_atomically
 from core.io.labels import normalise_label
 
@@ -37,6 +37,8 @@ def search_labels(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    # A NaN or infinite similarity never settles a label, so deeper searches would follow forever.
+    queries = checked_vectors(queries, "queries")
     labels = np.asarray(train_labels, dtype=object)
     if len(labels) != len(index):
         raise ValueError(f"{len(labels)} train labels but {len(index)} indexed vectors; give one label per vector")
