@@ -243,4 +243,4 @@ def test_workspace_survives_page_switches(page):
     for title in ("Distractors", "Data"):
         _open(page, title)
         assert parse_qs(urlparse(page.url).query).get("ws") == [workspace_id]
-        expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Workspace {workspace_id}")
+        expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS)
