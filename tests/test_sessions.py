@@ -249,9 +249,10 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
             workspace_id = parse_qs(urlparse(tab.url).query)["ws"][0]
             tab.reload()  # a new server session on the same workspace
             _wait_for_run(tab)
-            expect(_metric(tab, "Threshold")).to_have_text(chosen[dataset])
-            expect(_sidebar(tab)).to_contain_text(f"Dataset: {dataset}")
-            expect(_sidebar(tab)).to_contain_text(f"Workspace {workspace_id}")
+            expect(_metric(tab, "Threshold")).to_have_text(chosen[dataset], timeout=RUN_TIMEOUT_MS)
+            # app.py writes the sidebar's captions after the page's run.
+            expect(_sidebar(tab)).to_contain_text(f"Dataset: {dataset}", timeout=RUN_TIMEOUT_MS)
+            expect(_sidebar(tab)).to_contain_text(f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS)
             assert _counted_tests(tab) == expected_tests[dataset]
             assert tab.get_by_test_id("stException").count() == 0
     finally:
