@@ -1,6 +1,5 @@
 """core.session.vectors: the bounded store of loaded vectors, ensemble recipes and searched weights, predict settings."""
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
