@@ -120,13 +120,18 @@ def _read_version(path: Path, version: tuple) -> tuple[Embeddings, tuple[Rejecte
     metadata = table.schema.metadata or {}
     model = metadata.get(MODEL_METADATA_KEY, b"unknown").decode("utf-8", "replace")
 
-    keep, dropped = _usable_rows(ids, label_problems, vectors, present)
-    norms = np.linalg.norm(vectors[keep].astype(np.float64), axis=1, keepdims=True)
+    # Squared norms in float64 without a float64 copy of the matrix: exact for every float32 row, so
+    # NaN/inf rows come out non-finite and only an all-zero row comes out 0.
+    squared_norms = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+    keep, dropped = _usable_rows(ids, label_problems, squared_norms, present)
+    every_row = len(keep) == len(ids)
+    kept_vectors = vectors if every_row else vectors[keep]
+    norms = np.sqrt(squared_norms if every_row else squared_norms[keep]).astype(np.float32)
     emb = Embeddings(
-        ids=np.array([ids[i] for i in keep], dtype=str),
-        splits=np.array([splits[i] for i in keep], dtype=str),
-        labels=np.array([labels[i] for i in keep], dtype=object),
-        vectors=(vectors[keep] / norms).astype(np.float32),
+        ids=np.array(ids if every_row else [ids[i] for i in keep], dtype=str),
+        splits=np.array(splits if every_row else [splits[i] for i in keep], dtype=str),
+        labels=np.array(labels if every_row else [labels[i] for i in keep], dtype=object),
+        vectors=np.divide(kept_vectors, norms[:, None], dtype=np.float32),
         model=model,
     )
     return emb, tuple(dropped)
@@ -153,10 +158,13 @@ def _embedding_matrix(path: Path, column: pa.ChunkedArray) -> tuple[np.ndarray, 
     dim = dims[0] if dims else 0
     if present.any() and dim == 0:
         raise ValueError(f"{path}: embeddings are empty lists")
-    values = pc.list_flatten(column.filter(pa.array(present))).cast(pa.float32())
+    # flatten() skips the values of missing rows; float32 values with no nulls come out without a copy.
+    values = column.flatten().cast(pa.float32()).to_numpy(zero_copy_only=False)
+    if present.all():
+        return values.reshape(-1, dim), present
     matrix = np.full((len(present), dim), np.nan, dtype=np.float32)
     if present.any():  # numpy cannot infer the rows of an empty (-1, 0) reshape
-        matrix[present] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        matrix[present] = values.reshape(-1, dim)
     return matrix, present
 
 
@@ -165,13 +173,13 @@ def _label_or_none(label: object) -> str | None:
 
 
 def _usable_rows(
-    ids: list[str | None], label_problems: Sequence[str], vectors: np.ndarray, present: np.ndarray
+    ids: list[str | None], label_problems: Sequence[str], squared_norms: np.ndarray, present: np.ndarray
 ) -> tuple[list[int], list[Rejected]]:
     keep: list[int] = []
     dropped: list[Rejected] = []
     first_row: dict[str, int] = {}
-    finite = np.isfinite(vectors).all(axis=1)
-    nonzero = np.abs(vectors).max(axis=1, initial=0.0) > 0
+    finite = np.isfinite(squared_norms)
+    nonzero = squared_norms > 0
     for row, row_id in enumerate(ids):
         name = row_id if row_id is not None else f"row {row}"
         if row_id is None:
