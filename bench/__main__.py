@@ -15,7 +15,7 @@ from bench.fixtures import quiet_transformers
 from bench.report import Section, write_report
 from bench.timing import machine_line, peak_rss_mb
 
-SECTIONS = ("embedding", "slider", "search", "projection", "memory", "scale", "first_paint", "quality")
+SECTIONS = ("embedding", "slider", "search", "projection", "memory", "scale", "first_paint", "quality", "ui")
 REPO = Path(__file__).resolve().parent.parent
 
 

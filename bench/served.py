@@ -83,6 +83,22 @@ def serve(script: str | Path, home: Path, log: Path, env: dict | None = None) ->
         stop(server)
 
 
+def server_peak_rss_mb(base_url: str) -> float:
+    """The high-water mark of resident memory (VmHWM) of the server answering `base_url`, in MB."""
+    wanted = ["--server.port", base_url.rsplit(":", 1)[-1]]
+    for process in Path("/proc").iterdir():
+        try:
+            arguments = (process / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not any(arguments[i : i + 2] == wanted for i in range(len(arguments))):
+                continue
+            status = (process / "status").read_text()
+        except OSError:  # a process that ended while we looked, or one we may not read
+            continue
+        kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(kilobytes) / 1024
+    raise ServerFailed(f"no process serves {base_url}")
+
+
 def stop(server: subprocess.Popen) -> None:
     """Terminate the server and anything it started; kill what does not stop in time."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,8 @@ class Embeddings:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    @property
+    @cached_property
     def has_test_truth(self) -> bool:
+        # Cached: pages ask on every rerun, and the columns of a loaded dataset never change.
         test_labels = self.labels[self.mask(TEST)]
         return len(test_labels) > 0 and all(label is not None for label in test_labels)

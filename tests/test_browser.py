@@ -10,21 +10,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from bench.browser import ACTION_TIMEOUT_MS, PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, metric, open_page, page_title, url_path, wait_for_run
 from bench.served import CHROMIUM, CHROMIUM_ARGS, ServerFailed, serve
 
-RUN_TIMEOUT_MS = 120_000  # a first run embeds the demo and may compile UMAP (numba) on 2 shared cores
-ACTION_TIMEOUT_MS = 30_000
-# URL path of each page (st.Page infers it from the file stem; the default page sits at the root).
-PAGE_PATHS = {
-    "Data": "",
-    "Embed": "embed",
-    "Map": "map",
-    "Distractors": "distractors",
-    "Neighbours": "neighbours",
-    "Evaluate & export": "evaluate",
-    "Text ↔ image": "text_image",
-}
-VIEWPORT = {"width": 1440, "height": 1000}
 MIN_NEIGHBOUR_CARDS = 5  # top-5 retrieval: a card per neighbour, each with its image
 SLIDER_STEP = 0.001  # the Distractors page's threshold slider moves by this per arrow key
 BURSTS, PRESSES_PER_BURST = 3, 5
@@ -77,7 +65,7 @@ def page(browser, app_url, screenshots, request):
     try:
         try:
             tab.goto(app_url)
-            _wait_for_run(tab)
+            wait_for_run(tab)
         except Exception:
             _failure_screenshot(tab, screenshots, request.node.name)
             raise
@@ -92,16 +80,6 @@ def _failure_screenshot(tab: Page, screenshots: Path, test_name: str) -> None:
     path = screenshots / f"{test_name}-failure.png"
     tab.screenshot(path=str(path), full_page=True)
     print(f"\nfailure screenshot: {path}")
-
-
-def _wait_for_run(tab: Page, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
-    """Wait until the script run has finished and the page shows its title."""
-    app = tab.get_by_test_id("stApp")
-    expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout_ms)
-    expect(tab.get_by_test_id("stStatusWidget")).to_be_hidden(timeout=timeout_ms)
-    expect(_title(tab)).to_be_visible(timeout=timeout_ms)
-    # Element code loads lazily: grey skeletons stand in until it arrives.
-    expect(tab.get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout_ms)
 
 
 def _check(tab: Page, screenshots: Path, name: str) -> None:
@@ -129,46 +107,23 @@ def _screenshot_whole_page(tab: Page, path: Path) -> None:
         tab.set_viewport_size(VIEWPORT)
 
 
-def _url_path(url: str) -> str:
-    return urlparse(url).path.strip("/")
-
-
-def _open(tab: Page, title: str) -> None:
-    """Click the page's sidebar link, as a user would, and wait for its run to finish."""
-    tab.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
-    # Streamlit clears the old page on click and moves the URL when the new run starts.
-    tab.wait_for_url(lambda url: _url_path(url) == PAGE_PATHS[title], timeout=RUN_TIMEOUT_MS)
-    _wait_for_run(tab)
-    expect(_title(tab)).to_have_text(title)
-
-
-def _title(tab: Page):
-    return tab.get_by_test_id("stMain").locator("h1").first
-
-
-def _metric(tab: Page, label: str):
-    """The value of the st.metric labelled exactly `label`."""
-    labelled = tab.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
-    return tab.get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
-
-
 def test_every_page_renders_without_an_exception(page, screenshots):
     links = page.get_by_test_id("stSidebarNav").get_by_role("link")
     expect(links).to_have_count(len(PAGE_PATHS))
-    linked = {_url_path(links.nth(index).get_attribute("href") or "") for index in range(len(PAGE_PATHS))}
+    linked = {url_path(links.nth(index).get_attribute("href") or "") for index in range(len(PAGE_PATHS))}
     assert linked == set(PAGE_PATHS.values())
-    expect(_title(page)).to_have_text("Data")
+    expect(page_title(page)).to_have_text("Data")
     _check(page, screenshots, "data")
     # The tab opened on Data; visiting it last also checks the way back to the root page.
     for title in [*PAGE_PATHS][1:] + ["Data"]:
-        _open(page, title)
+        open_page(page, title)
         _check(page, screenshots, PAGE_PATHS[title] or "data-again")
 
 
 def test_threshold_slider_changes_the_counts(page, screenshots):
-    _open(page, "Distractors")
+    open_page(page, "Distractors")
     slider = page.get_by_test_id("stSlider").filter(has_text="Distractor threshold").get_by_role("slider")
-    flagged, kept, shown_threshold = (_metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
+    flagged, kept, shown_threshold = (metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
     n_test = int(flagged.inner_text()) + int(kept.inner_text())
     start = slider.input_value()
 
@@ -182,20 +137,20 @@ def test_threshold_slider_changes_the_counts(page, screenshots):
     slider.press("End")
     expect(flagged).to_have_text(str(n_test), timeout=RUN_TIMEOUT_MS)
     expect(kept).to_have_text("0", timeout=RUN_TIMEOUT_MS)
-    _wait_for_run(page)
+    wait_for_run(page)
     _check(page, screenshots, "distractors-threshold-at-maximum")
     slider.press("Home")
     expect(flagged).to_have_text("0", timeout=RUN_TIMEOUT_MS)
     expect(kept).to_have_text(str(n_test), timeout=RUN_TIMEOUT_MS)
-    _wait_for_run(page)
+    wait_for_run(page)
     _check(page, screenshots, "distractors-threshold-at-minimum")
 
 
 def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
     """Presses sent faster than the reruns: once idle, slider, metrics, counts and saved value agree."""
-    _open(page, "Distractors")
+    open_page(page, "Distractors")
     slider = page.get_by_test_id("stSlider").filter(has_text="Distractor threshold").get_by_role("slider")
-    flagged, kept, shown_threshold = (_metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
+    flagged, kept, shown_threshold = (metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
     n_test = int(flagged.inner_text()) + int(kept.inner_text())
     for _ in range(BURSTS):
         expected = round(float(slider.input_value()) + PRESSES_PER_BURST * SLIDER_STEP, 3)
@@ -204,32 +159,32 @@ def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
             page.keyboard.press("ArrowRight")  # no wait: the presses queue up behind the reruns
         expect(shown_threshold).to_have_text(f"{expected:.3f}", timeout=RUN_TIMEOUT_MS)
         page.wait_for_timeout(IDLE_CHECK_MS)  # a stale rerun would snap the slider back in this window
-        _wait_for_run(page)
+        wait_for_run(page)
         assert float(slider.input_value()) == pytest.approx(expected), "the slider snapped back"
         expect(shown_threshold).to_have_text(f"{expected:.3f}")
         assert int(flagged.inner_text()) + int(kept.inner_text()) == n_test
     flagged_after_bursts = flagged.inner_text()
 
     page.reload()  # the saved threshold, and the counts recomputed from it
-    _wait_for_run(page)
+    wait_for_run(page)
     expect(shown_threshold).to_have_text(f"{expected:.3f}", timeout=RUN_TIMEOUT_MS)
     assert float(slider.input_value()) == pytest.approx(expected)
     expect(flagged).to_have_text(flagged_after_bursts)
 
 
 def test_map_redraws_with_another_method(page, screenshots):
-    _open(page, "Map")
+    open_page(page, "Map")
     charts = page.get_by_test_id("stPlotlyChart")
     expect(charts.locator(".gtitle").filter(has_text="UMAP map")).to_be_visible(timeout=RUN_TIMEOUT_MS)
     page.get_by_test_id("stMain").get_by_role("radio", name="PCA", exact=True).click()
     expect(charts.locator(".gtitle").filter(has_text="PCA map")).to_be_visible(timeout=RUN_TIMEOUT_MS)
-    _wait_for_run(page)
+    wait_for_run(page)
     expect(charts).to_have_count(1)  # the UMAP chart is replaced, not left beside the new one
     _check(page, screenshots, "map-pca")
 
 
 def test_neighbours_page_shows_neighbour_images(page, screenshots):
-    _open(page, "Neighbours")
+    open_page(page, "Neighbours")
     cards = page.locator("[class*='st-key-neighbour_card_']")  # st.container(key="neighbour_card_<rank>")
     expect(cards.nth(MIN_NEIGHBOUR_CARDS - 1)).to_be_visible()
     for rank in range(MIN_NEIGHBOUR_CARDS):
@@ -241,6 +196,6 @@ def test_neighbours_page_shows_neighbour_images(page, screenshots):
 def test_workspace_survives_page_switches(page):
     workspace_id = parse_qs(urlparse(page.url).query)["ws"][0]
     for title in ("Distractors", "Data"):
-        _open(page, title)
+        open_page(page, title)
         assert parse_qs(urlparse(page.url).query).get("ws") == [workspace_id]
         expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS)

@@ -9,8 +9,9 @@ from urllib.parse import parse_qs, quote, urlparse
 import pytest
 from playwright.sync_api import expect
 
+from bench.browser import PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, open_page, page_title, wait_for_run
 from bench.served import ServerFailed, serve
-from test_browser import PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, _open, _title, _wait_for_run, browser  # noqa: F401 (browser is a fixture)
+from test_browser import browser  # noqa: F401 (browser is a fixture)
 from test_hostile_text import PROBE, write_hostile_workspace
 
 # Elements that could fetch or link to what the data says.
@@ -56,8 +57,8 @@ def test_a_deep_link_first_on_a_fresh_server_opens_the_page_inside_the_app(recor
     tab, _ = recorded_tab
     base_url, workspace_id = hostile_server
     tab.goto(f"{base_url}/distractors?ws={workspace_id}")  # the server's very first request
-    _wait_for_run(tab)
-    expect(_title(tab)).to_have_text("Distractors", timeout=RUN_TIMEOUT_MS)
+    wait_for_run(tab)
+    expect(page_title(tab)).to_have_text("Distractors", timeout=RUN_TIMEOUT_MS)
     expect(tab.get_by_test_id("stSidebarNav").get_by_role("link")).to_have_count(len(PAGE_PATHS), timeout=RUN_TIMEOUT_MS)
     # app.py writes the sidebar's captions after the page: on a fresh server the first analysis comes first.
     expect(tab.get_by_test_id("stSidebar")).to_contain_text(f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS)
@@ -70,15 +71,15 @@ def test_hostile_ids_and_labels_make_no_link_image_or_request_on_any_page(record
     tab, _ = recorded_tab
     base_url, workspace_id = hostile_server
     tab.goto(f"{base_url}/?ws={workspace_id}")
-    _wait_for_run(tab)
+    wait_for_run(tab)
     for title in [*PAGE_PATHS][1:]:
-        _open(tab, title)
+        open_page(tab, title)
         if title == "Distractors":  # "What flips" shows test ids once the slider has moved
             slider = tab.get_by_test_id("stSlider").filter(has_text="Distractor threshold").get_by_role("slider")
             slider.focus()
             slider.press("End")
             expect(tab.get_by_text("What flips (0)")).to_have_count(0, timeout=RUN_TIMEOUT_MS)
-            _wait_for_run(tab)
+            wait_for_run(tab)
         assert_nothing_leaked(tab)
 
 
@@ -87,6 +88,6 @@ def test_a_hostile_address_is_shown_as_text(recorded_tab, hostile_server, addres
     tab, _ = recorded_tab
     base_url, _ = hostile_server
     tab.goto(f"{base_url}/?ws={quote(address)}")
-    _wait_for_run(tab)
+    wait_for_run(tab)
     expect(tab.get_by_test_id("stAlert").first).to_contain_text("A new workspace was opened", timeout=RUN_TIMEOUT_MS)
     assert_nothing_leaked(tab)

@@ -29,20 +29,11 @@ from PIL import Image
 from playwright.async_api import async_playwright
 from playwright.async_api import expect as expect_async
 from playwright.sync_api import expect
-from test_browser import (  # noqa: F401 - app_url and browser are fixtures: one server and browser for this module
-    ACTION_TIMEOUT_MS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    RUN_TIMEOUT_MS,
-    VIEWPORT,
-    _metric,
-    _open,
-    _wait_for_run,
-    app_url,
-    browser,
-)
+from test_browser import app_url, browser  # noqa: F401 - fixtures: one server and browser for this module
 from test_pages import assert_ran, fresh_server, metric_values, run_page  # noqa: F401 - fresh_server: autouse fixture
 
+from bench.browser import ACTION_TIMEOUT_MS, RUN_TIMEOUT_MS, VIEWPORT, metric, open_page, wait_for_run
+from bench.served import CHROMIUM, CHROMIUM_ARGS
 from core.records import TEST
 from core.io.demo import write_demo_dataset, write_digits_dataset
 from core.embedding.config import EmbedConfig
@@ -207,7 +198,7 @@ def _sidebar(tab):
 
 
 def _counted_tests(tab) -> int:
-    return int(_metric(tab, "Flagged as distractors").inner_text()) + int(_metric(tab, "Kept").inner_text())
+    return int(metric(tab, "Flagged as distractors").inner_text()) + int(metric(tab, "Kept").inner_text())
 
 
 def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_url, tmp_path):
@@ -224,15 +215,15 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
             tab.goto(f"{app_url}/?ws={workspace_id}")
             tabs[dataset] = tab
         for tab in tabs.values():
-            _wait_for_run(tab)
+            wait_for_run(tab)
         digits = tabs["digits (scikit-learn)"]
         digits.get_by_test_id("stMain").get_by_test_id("stSelectbox").first.click()
         digits.get_by_role("option", name="digits (scikit-learn)").click()
         # The choice reruns the script; wait for its result, not for the quiet moment before it starts.
         expect(_sidebar(digits)).to_contain_text("Dataset: digits (scikit-learn)", timeout=RUN_TIMEOUT_MS)
-        _wait_for_run(digits)
+        wait_for_run(digits)
         for tab in tabs.values():
-            _open(tab, "Distractors")
+            open_page(tab, "Distractors")
 
         for tab in tabs.values():
             _threshold_slider(tab).focus()
@@ -241,15 +232,15 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
                 _threshold_slider(tab).press(key)
             for tab in tabs.values():
                 shown = f"{float(_threshold_slider(tab).input_value()):.3f}"
-                expect(_metric(tab, "Threshold")).to_have_text(shown, timeout=RUN_TIMEOUT_MS)
-        chosen = {dataset: _metric(tab, "Threshold").inner_text() for dataset, tab in tabs.items()}
+                expect(metric(tab, "Threshold")).to_have_text(shown, timeout=RUN_TIMEOUT_MS)
+        chosen = {dataset: metric(tab, "Threshold").inner_text() for dataset, tab in tabs.items()}
         assert len(set(chosen.values())) == 2
 
         for dataset, tab in tabs.items():
             workspace_id = parse_qs(urlparse(tab.url).query)["ws"][0]
             tab.reload()  # a new server session on the same workspace
-            _wait_for_run(tab)
-            expect(_metric(tab, "Threshold")).to_have_text(chosen[dataset], timeout=RUN_TIMEOUT_MS)
+            wait_for_run(tab)
+            expect(metric(tab, "Threshold")).to_have_text(chosen[dataset], timeout=RUN_TIMEOUT_MS)
             # app.py writes the sidebar's captions after the page's run.
             expect(_sidebar(tab)).to_contain_text(f"Dataset: {dataset}", timeout=RUN_TIMEOUT_MS)
             expect(_sidebar(tab)).to_contain_text(f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS)
@@ -267,7 +258,7 @@ async def _slider_session(browser, app_url: str, workspace_id: str, steps: int, 
         tab = await context.new_page()
         tab.set_default_timeout(ACTION_TIMEOUT_MS)
         await tab.goto(f"{app_url}/distractors?ws={workspace_id}")
-        threshold, slider = _metric(tab, "Threshold"), _threshold_slider(tab)
+        threshold, slider = metric(tab, "Threshold"), _threshold_slider(tab)
         await expect_async(threshold).to_be_visible(timeout=RUN_TIMEOUT_MS)
         await expect_async(tab.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning", timeout=RUN_TIMEOUT_MS)
         await slider.focus()

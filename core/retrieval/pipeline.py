@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from core.retrieval.distractors import (
 )
 from core.retrieval.index import Neighbours, VectorIndex
 from core.io.layouts import load_dataset
-from core.io.parquet import read_embeddings_checked
+from core.io.parquet import is_embeddings_source, read_embeddings_checked
 from core.retrieval.metrics import average_precision_at_k, distractor_report, mean_precision_at_k, top1_accuracy
 from core.retrieval.placement import (
     PLACEMENTS,
@@ -166,7 +167,7 @@ class Analysis:
             sweeps[placement] = ThresholdSweep(self.scores, if_flagged, if_kept, self.truth == DISTRACTOR)
         return sweeps
 
-    @property
+    @cached_property
     def truth(self) -> np.ndarray | None:
         return self.test.labels.astype(object) if self.test.has_test_truth else None
 
@@ -363,7 +364,8 @@ class LoadedEmbeddings:
 
 
 def is_embeddings_file(source) -> bool:
-    return str(source).lower().endswith(".parquet")
+    """A Parquet file or a folder of Parquet part files, as the dashboard recognises them."""
+    return is_embeddings_source(Path(source))
 
 
 def load_embeddings(source, embed_config=None, cache=None, progress=None, work_dir=None, embedder=None) -> LoadedEmbeddings:
