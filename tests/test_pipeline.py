@@ -175,3 +175,20 @@ def test_max_false_flag_is_a_split_conformal_bound_over_many_draws():
     margin = 3 * np.sqrt(alpha * (1 - alpha) / (known_items * draws))
     assert np.mean(rates) <= alpha + margin
     assert np.mean(rates) > 0  # the bound is not met by flagging nothing
+
+
+def test_a_folder_of_parquet_parts_loads_as_embeddings(tmp_path):
+    from core.io.parquet import write_embeddings
+    from core.retrieval.pipeline import is_embeddings_file, load_embeddings
+
+    emb = clustered_embeddings(n_classes=4, n_distractor_classes=1, dim=8)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for split in ("train", "test"):
+        write_embeddings(parts / f"part-{split}.parquet", emb.subset(split))
+    (parts / "_SUCCESS").write_text("")
+
+    assert is_embeddings_file(parts)
+    loaded = load_embeddings(parts)
+    assert sorted(loaded.embeddings.ids) == sorted(emb.ids)
+    assert not is_embeddings_file(tmp_path)  # a folder holding a folder is not a Parquet source
