@@ -154,8 +154,13 @@ def threshold_panel() -> None:
     )
     if sweep.has_map:
         best_threshold, best_map = sweep.best_map_threshold()
-        st.plotly_chart(metric_curve(grid, sweep.map_at(grid), threshold, f"MAP@{analysis.config.k}"), width="stretch")
-        st.caption(f"With the test truth, the best threshold is {best_threshold:.3f} (MAP@{analysis.config.k} {best_map:.4f}).")
+        st.plotly_chart(
+            metric_curve(grid, sweep.map_at(grid), threshold, f"MAP@{k}", best=(best_threshold, best_map)), width="stretch"
+        )
+        st.caption(
+            f"With the test truth, the best threshold is {best_threshold:.3f} (MAP@{k} {best_map:.4f}): the middle "
+            "of the widest range of thresholds that reach it, the choice least sensitive to noise in the scores."
+        )
 
     between = (analysis.scores >= min(previous, threshold)) & (analysis.scores < max(previous, threshold))
     flipped = np.flatnonzero(between)

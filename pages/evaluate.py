@@ -86,7 +86,13 @@ counts[2].metric("Flagged share", f"{report['flagged_share']:.1%}")
 
 st.subheader("Predicted classes")
 top_n = st.slider("Classes shown", 5, 50, 20, key="evaluate_top_n")
-st.plotly_chart(class_frequency([row[0] for row in predictions], top_n), width="stretch")
+first_labels = [row[0] for row in predictions]
+distractors_first = first_labels.count(DISTRACTOR)
+st.caption(
+    f'"{DISTRACTOR}" first: {distractors_first:,} of {len(first_labels):,} test images '
+    f"({distractors_first / len(first_labels):.1%}), left out of the chart so the classes stay readable."
+)
+st.plotly_chart(class_frequency(first_labels, top_n), width="stretch")
 with st.expander("Predictions per test image"):
     table = pd.DataFrame(
         {

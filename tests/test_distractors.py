@@ -51,6 +51,57 @@ def test_sweep_map_and_detection_equal_a_full_recompute():
     assert best_map >= max(sweep.map_at(sweep.grid(101)))
 
 
+def plateau_sweep(scores, best_flagged) -> ThresholdSweep:
+    """A sweep whose MAP@k is 1 exactly when the items in ``best_flagged`` are flagged and the rest kept."""
+    scores = np.asarray(scores, dtype=float)
+    flag = np.isin(scores, best_flagged)
+    return ThresholdSweep(scores, flag.astype(float), (~flag).astype(float))
+
+
+@pytest.mark.parametrize(
+    ("scores", "best_flagged", "expected"),
+    [
+        ([0.1, 0.2, 0.4, 0.6, 0.8], [0.1, 0.2, 0.4], 0.5),  # best for any threshold in (0.4, 0.6]
+        ([0.1, 0.5, 0.9], [], 0.1),  # flag nothing: the lowest score, which flags nothing
+        ([0.1, 0.5, 0.9], [0.1, 0.5, 0.9], np.nextafter(0.9, 1)),  # flag everything: just above the highest
+    ],
+    ids=["plateau between two scores", "flag nothing", "flag everything"],
+)
+def test_the_best_threshold_is_the_middle_of_the_plateau(scores, best_flagged, expected):
+    threshold, best = plateau_sweep(scores, best_flagged).best_map_threshold()
+    assert (threshold, best) == (pytest.approx(expected), 1.0)
+
+
+def test_the_widest_of_several_plateaus_wins():
+    sweep = ThresholdSweep(np.array([0.3, 0.4, 0.5, 0.9]), np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0]))
+    # MAP@k 0.75 on (0.4, 0.5] and above 0.9, where the range is one float wide (everything flagged).
+    np.testing.assert_allclose(sweep.map_at(np.array([0.35, 0.45, 0.7, 0.95])), [0.5, 0.75, 0.5, 0.75])
+    assert sweep.best_map_threshold() == (pytest.approx(0.45), pytest.approx(0.75))
+
+
+def test_equally_wide_plateaus_go_to_the_lowest():
+    # Scores exact in binary, so both ranges are exactly 0.125 wide: (0.125, 0.25] and (0.375, 0.5].
+    sweep = ThresholdSweep(np.array([0.125, 0.25, 0.375, 0.5]), np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.0, 1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(sweep.map_at(np.array([0.2, 0.3, 0.45])), [0.75, 0.5, 0.75])
+    assert sweep.best_map_threshold() == (0.1875, 0.75)
+
+
+def test_map_values_within_the_tolerance_form_one_plateau():
+    # Flagging 0.1 alone and flagging 0.1 and 0.2 differ by 2.5e-14 in MAP@k: one plateau, (0.1, 0.6].
+    sweep = ThresholdSweep(np.array([0.1, 0.2, 0.6, 0.7]), np.array([1.0, 1e-13, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 1.0]))
+    assert sweep.map_at(0.4) - sweep.map_at(0.15) == pytest.approx(2.5e-14)
+    assert sweep.best_map_threshold()[0] == pytest.approx(0.35)  # not 0.4, the middle of (0.2, 0.6] alone
+
+
+def test_a_plateau_one_float_wide_answers_its_upper_end():
+    low = 0.5
+    high = np.nextafter(low, 1)
+    sweep = plateau_sweep([0.2, low, high, 0.9], [0.2, low])
+    threshold, best = sweep.best_map_threshold()
+    assert (threshold, best) == (high, 1.0)
+    assert sweep.flagged_count(threshold) == 2
+
+
 def test_sweep_answers_a_scalar_threshold_with_plain_numbers_and_an_array_with_arrays():
     sweep = ThresholdSweep(np.array([0.2, 0.4, 0.6]), np.ones(3), np.zeros(3), np.array([True, False, False]))
     one = (sweep.flagged_count(0.5), sweep.contamination(0.5), sweep.map_at(0.5), *sweep.detection_at(0.5))

@@ -18,6 +18,7 @@ from core.maps.figures import (
     score_histogram,
 )
 from core.maps.projection import Projection, ProjectionConfig
+from core.retrieval.distractors import ThresholdSweep
 
 N_TRAIN, N_TEST = 30, 50
 CLASSES = ["class0", "class1", "class2", "class3"]
@@ -151,6 +152,13 @@ def test_markers_shrink_and_fade_as_the_map_grows():
     assert opacities[0] > opacities[1] > opacities[2] >= 0.3
 
 
+def test_flagged_points_stay_larger_and_more_opaque_than_the_rest_at_100k():
+    figure = scatter_map(_random_points(100_000, 30_000), "flag")
+    flagged, kept = _trace(figure, "test flagged distractor").marker, _trace(figure, "test kept").marker
+    assert (kept.size, kept.opacity) == (3.0, pytest.approx(0.3))
+    assert flagged.size > kept.size and flagged.opacity >= 2 * kept.opacity
+
+
 def test_label_mode_colours_classes_apart_distractors_red_and_unknown_grey(points):
     figure = scatter_map(points, "label")
     assert figure.layout.showlegend is False and "colour = class" in figure.layout.title.text
@@ -195,21 +203,41 @@ def test_scatter_map_rejects_bad_requests(points, colour_by, drop, message):
         scatter_map(points.drop(columns=[drop] if drop else []), colour_by)
 
 
-def test_score_histogram_overlays_both_sets_on_shared_bins_with_the_threshold():
+def test_score_histogram_draws_test_bars_and_a_train_outline_on_shared_bins_with_the_threshold():
     rng = np.random.default_rng(0)
     test_scores, train_scores = rng.uniform(0.5, 1.0, 300), rng.uniform(0.7, 1.0, 90)
-    figure = score_histogram(test_scores, train_scores, threshold=0.78)
-    assert [type(trace) for trace in figure.data] == [go.Histogram, go.Histogram]
-    assert [len(trace.x) for trace in figure.data] == [300, 90]
-    assert figure.data[0].xbins == figure.data[1].xbins
-    assert figure.layout.barmode == "overlay"
+    figure = score_histogram(test_scores, train_scores, threshold=0.78, bins=20)
+    bars, outline = figure.data
+    assert isinstance(bars, go.Bar) and isinstance(outline, go.Scatter)
+    assert (bars.name, outline.name) == ("test (300)", "train leave-one-out (90)")
+    assert outline.line.shape == "hv" and figure.data[-1] is outline  # drawn over the bars
+    assert sum(bars.y) == pytest.approx(1.0) and sum(outline.y) == pytest.approx(1.0)
+    edges = np.histogram_bin_edges(np.concatenate((test_scores, train_scores)), bins=20)
+    np.testing.assert_allclose(np.asarray(bars.x) - np.asarray(bars.width) / 2, edges[:-1])
+    np.testing.assert_allclose(outline.x[1:], edges)  # the same bins
+    below = (test_scores < edges[1]).mean()
+    assert bars.y[0] == pytest.approx(below) and outline.y[1] == 0.0  # no train score under 0.7
     (line,) = figure.layout.shapes
     assert line.x0 == line.x1 == 0.78
+
+
+def test_score_histogram_size_does_not_grow_with_the_number_of_scores():
+    def json_size(n: int) -> int:
+        rng = np.random.default_rng(n)
+        return len(score_histogram(rng.uniform(0.3, 1.0, n), rng.uniform(0.6, 1.0, n // 3), 0.7).to_json())
+
+    small, large = json_size(1_000), json_size(100_000)
+    assert large < 1.2 * small and large < 15_000  # 7 KB of it is the template; every score was 220 KB at 13k
 
 
 def test_score_histogram_without_train_scores_draws_test_only():
     figure = score_histogram([0.2, 0.9, 0.95], None, threshold=0.5)
     assert [trace.name for trace in figure.data] == ["test (3)"]
+
+
+def test_score_histogram_rejects_zero_bins():
+    with pytest.raises(ValueError, match="bins=0: use an integer >= 1"):
+        score_histogram([0.2, 0.9], None, threshold=0.5, bins=0)
 
 
 def test_contamination_curve_marks_the_current_point():
@@ -219,24 +247,49 @@ def test_contamination_curve_marks_the_current_point():
     curve, current = figure.data
     assert len(curve.x) == 51 and curve.mode == "lines"
     assert (current.x[0], current.y[0]) == (0.65, 0.3)
-    assert "30.0%" in current.text[0]
+    assert current.text[0] == "0.650 → 30.0%"
 
 
-def test_metric_curve_marks_the_optimum_and_the_current_threshold():
+@pytest.mark.parametrize(
+    ("threshold", "rate", "position"),
+    [(0.52, 0.04, "top right"), (0.98, 0.3, "top left"), (0.52, 0.96, "bottom right"), (0.98, 0.96, "bottom left")],
+    ids=["low left", "near the right edge", "near the top", "top right corner"],
+)
+def test_a_point_label_opens_toward_the_middle_of_the_plot_and_is_never_clipped(threshold, rate, position):
+    thresholds = np.linspace(0.5, 1.0, 51)
+    figure = contamination_curve(thresholds, np.linspace(0, 1, 51), threshold, rate)
+    current = figure.data[-1]
+    assert current.textposition == position
+    assert current.cliponaxis is False
+
+
+def test_metric_curve_marks_the_best_point_it_is_given_and_the_current_threshold():
     thresholds = np.linspace(0.5, 1.0, 11)
-    values = np.array([0.1, 0.3, np.nan, 0.6, 0.8, 0.7, 0.5, 0.4, 0.3, 0.2, 0.1])
-    figure = metric_curve(thresholds, values, current_threshold=0.6, name="MAP@5")
+    values = np.array([0.1, 0.3, np.nan, 0.6, 0.8, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1])
+    figure = metric_curve(thresholds, values, current_threshold=0.6, name="MAP@5", best=(0.725, 0.8))
     _, best = figure.data
-    assert (best.x[0], best.y[0]) == (thresholds[4], 0.8)
-    assert best.text[0] == "best MAP@5 0.800 at 0.700"
+    assert (best.x[0], best.y[0]) == (0.725, 0.8)  # between two grid points: the caller's answer, not an argmax
+    assert best.text[0] == "best MAP@5 0.800 at 0.725"
+    assert best.textposition == "bottom right" and best.cliponaxis is False
     (line,) = figure.layout.shapes
     assert line.x0 == 0.6
     assert figure.layout.yaxis.title.text == "MAP@5"
 
 
-def test_metric_curve_without_values_has_no_optimum():
-    figure = metric_curve([0.5, 0.6], [np.nan, np.nan], current_threshold=0.55)
+def test_metric_curve_without_a_best_point_marks_none():
+    figure = metric_curve([0.5, 0.6], [0.2, 0.4], current_threshold=0.55)
     assert len(figure.data) == 1
+
+
+def test_the_best_threshold_marked_on_the_curve_is_the_sweep_answer_on_a_plateau():
+    # MAP@k is 1 for every threshold in (0.40, 0.60]: the grid's argmax would be its first grid point.
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8])
+    sweep = ThresholdSweep(scores, ap_if_flagged=(scores < 0.5).astype(float), ap_if_kept=(scores > 0.5).astype(float))
+    grid = sweep.grid()
+    best = sweep.best_map_threshold()
+    marker = metric_curve(grid, sweep.map_at(grid), current_threshold=0.3, best=best).data[-1]
+    assert (marker.x[0], marker.y[0]) == best == (pytest.approx(0.5), 1.0)
+    assert grid[np.argmax(sweep.map_at(grid))] < 0.45
 
 
 def test_curves_reject_mismatched_lengths():
@@ -245,15 +298,25 @@ def test_curves_reject_mismatched_lengths():
 
 
 def test_class_frequency_ranks_the_top_classes():
-    predicted = ["7"] * 5 + ["3"] * 9 + [DISTRACTOR] * 7 + ["12"] * 5 + ["1"]
+    predicted = ["7"] * 5 + ["3"] * 9 + ["12"] * 5 + ["1"]
     figure = class_frequency(predicted, top_n=3)
     (bars,) = figure.data
     assert isinstance(bars, go.Bar)
-    assert list(bars.y) == ["3", DISTRACTOR, "12"]  # the 5-5 tie goes to the name first
-    assert list(bars.x) == [9, 7, 5]
-    assert bars.marker.color[1] == DISTRACTOR_COLOUR and bars.marker.color[0] != DISTRACTOR_COLOUR
+    assert list(bars.y) == ["3", "12", "7"]  # the 5-5 tie goes to the name first
+    assert list(bars.x) == [9, 5, 5]
     assert figure.layout.yaxis.type == "category"
-    assert "3 of 5" in figure.layout.title.text
+    assert "3 of 4" in figure.layout.title.text
+
+
+def test_class_frequency_leaves_a_dominant_minus_one_out_and_writes_counts_outside_the_bars():
+    predicted = [DISTRACTOR] * 3_999 + ["16"] * 16 + ["21"] * 1_021 + ["<b>x</b>"] * 2
+    figure = class_frequency(predicted, top_n=20)
+    (bars,) = figure.data
+    assert DISTRACTOR not in bars.y
+    assert list(bars.x) == [1_021, 16, 2] and list(bars.text) == ["1,021", "16", "2"]
+    assert bars.textposition == "outside" and bars.cliponaxis is False
+    assert "<b>" not in bars.y[-1]  # labels stay escaped
+    assert "3 of 3" in figure.layout.title.text
 
 
 def test_class_frequency_rejects_a_zero_top_n():

@@ -227,6 +227,9 @@ def test_evaluate_scores_the_demo_and_offers_the_downloads():
     shown = metrics(app)
     assert 0.0 <= float(shown["MAP@5"]) <= 1.0
     assert int(shown["Test images"]) > int(shown["Flagged as distractors"]) > 0
+    # Flagged items are the ones with "-1" first; their count is stated apart from the class bars.
+    stated = f'"-1" first: {int(shown["Flagged as distractors"]):,} of {int(shown["Test images"]):,} test images'
+    assert any(caption.value.startswith(stated) for caption in app.caption)
     labels = [button.label for button in app.get("download_button")]
     assert {"Submission CSV", "Embeddings (Parquet)", "Scores (JSON)"} <= set(labels)
 

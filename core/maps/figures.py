@@ -36,6 +36,13 @@ DRAW_ORDER = (TRAIN, TEST)
 # than one solid disc: each from its largest value at 1,000 points down to its smallest at 100,000.
 MARKER_SIZES = (7.0, 3.0)
 MARKER_OPACITIES = (0.8, 0.3)
+# Flagged test points shrink and fade less: at 100k a lone red point at opacity 0.3 over the dense
+# orange of kept test composites to #f36516 on #ff7f0e, lost; at 0.7 it is #e24120, still red.
+FLAGGED_MARKER_SIZES = (8.0, 5.0)
+FLAGGED_MARKER_OPACITIES = (0.9, 0.7)
+# The score histogram carries the share in each bin, never the raw scores, so its figure stays a few
+# KB at 100k items (the raw scores were 209 KB at 13k, sent again on every slider move).
+SCORE_BINS = 50
 
 COLOUR_MODES = ("split", "label", "flag", "score")
 # Columns scatter_map always needs, and the extra one each colour mode reads.
@@ -126,8 +133,8 @@ def scatter_map(
       "score" — column "score", a shared colour scale; rows without a score are grey.
     Train points are circles and test points diamonds in every mode, test drawn over train and
     flagged test over kept test. Every trace is WebGL (Scattergl): SVG slows to a crawl well before
-    100k points. Markers get smaller and fainter as points grow in number. ``method`` names the
-    axes ("UMAP 1", "UMAP 2").
+    100k points. Markers get smaller and fainter as points grow in number, flagged test ones less so.
+    ``method`` names the axes ("UMAP 1", "UMAP 2").
     """
     if colour_by not in COLOUR_MODES:
         raise ValueError(f"colour_by {colour_by!r} is not known; use one of {COLOUR_MODES}")
@@ -137,11 +144,11 @@ def scatter_map(
         raise ValueError(
             f"colour_by={colour_by!r} needs columns {missing}; the points have {list(points.columns)}"
         )
-    size, opacity = (_by_point_count(len(points), *values) for values in (MARKER_SIZES, MARKER_OPACITIES))
+    scale = _marker_scale(len(points), MARKER_SIZES, MARKER_OPACITIES)
     groups = _MAP_GROUPS[colour_by](points)
     figure = go.Figure(
         [
-            _map_trace(points[mask], name, {"size": size, "opacity": opacity, **marker})
+            _map_trace(points[mask], name, {**scale, **marker})
             for name, mask, marker in groups
             if mask.any()
         ]
@@ -161,6 +168,11 @@ def scatter_map(
     # A projection's units mean nothing, but distances do: keep one unit the same on both axes.
     figure.update_yaxes(scaleanchor="x", scaleratio=1)
     return _styled(figure, title, f"{method} 1", f"{method} 2")
+
+
+def _marker_scale(n_points: int, sizes: tuple[float, float], opacities: tuple[float, float]) -> dict:
+    """Marker size and opacity for a map of ``n_points``, each pair given as (at 1k points, at 100k)."""
+    return {"size": _by_point_count(n_points, *sizes), "opacity": _by_point_count(n_points, *opacities)}
 
 
 def _by_point_count(n_points: int, at_1k: float, at_100k: float) -> float:
@@ -212,7 +224,11 @@ def _flag_groups(points: pd.DataFrame) -> list[MapGroup]:
     return [
         (TRAIN, points["split"] == TRAIN, {"color": TRAIN_COLOUR}),
         ("test kept", test & ~flagged, {"color": TEST_COLOUR}),
-        ("test flagged distractor", test & flagged, {"color": DISTRACTOR_COLOUR}),
+        (
+            "test flagged distractor",
+            test & flagged,
+            {"color": DISTRACTOR_COLOUR, **_marker_scale(len(points), FLAGGED_MARKER_SIZES, FLAGGED_MARKER_OPACITIES)},
+        ),
     ]
 
 
@@ -256,35 +272,51 @@ def score_histogram(
     train_loo_scores: Sequence[float] | None,
     threshold: float,
     *,
-    bins: int = 50,
+    bins: int = SCORE_BINS,
 ) -> go.Figure:
-    """Overlaid distributions of the distractor score, with the threshold as a vertical line.
+    """Distributions of the distractor score on shared bins, with the threshold as a vertical line.
 
     Test scores are max cosine similarity to train; train leave-one-out scores (similarity to
-    the rest of train, or None) show what in-distribution items look like. Each set is normalised
-    to shares so sets of different sizes compare; both use the same bins.
+    the rest of train, or None) show what in-distribution items look like. Each set is binned once
+    here and drawn as the share of the set in each bin, so sets of different sizes compare and the
+    figure's size depends on ``bins``, not on the number of scores.
     """
-    sets = {"test": _floats(test_scores), "train leave-one-out": _floats(train_loo_scores)}
-    present = np.concatenate(list(sets.values()))
-    xbins = None
+    if bins < 1:
+        raise ValueError(f"bins={bins!r}: use an integer >= 1")
+    test, train = _floats(test_scores), _floats(train_loo_scores)
+    present = np.concatenate((test, train))
+    traces = []
     if len(present):
         edges = np.histogram_bin_edges(present, bins=bins)
-        xbins = {"start": edges[0], "end": edges[-1], "size": edges[1] - edges[0]}
-    figure = go.Figure(
-        [
-            go.Histogram(
-                x=values,
-                name=f"{name} ({len(values)})",
-                xbins=xbins,
-                histnorm="probability",
-                marker_color=colour,
-                opacity=0.6,
+        # Test is what the threshold cuts, so it gets the filled bars; the train reference is an outline
+        # drawn over them, so where the two overlap at the threshold neither hides the other.
+        if len(test):
+            traces.append(
+                go.Bar(
+                    x=(edges[:-1] + edges[1:]) / 2,
+                    y=_shares(test, edges),
+                    width=np.diff(edges),
+                    name=f"test ({len(test)})",
+                    marker={"color": TEST_COLOUR, "line": {"width": 0}},
+                    opacity=0.6,
+                    hovertemplate="%{x:.3f}: %{y:.1%} of test<extra></extra>",
+                )
             )
-            for (name, values), colour in zip(sets.items(), (TEST_COLOUR, TRAIN_COLOUR))
-            if len(values)
-        ]
-    )
-    figure.update_layout(barmode="overlay")
+        if len(train):
+            # Each bin's top from its left edge to the next one ("hv"), closed down to zero at both ends.
+            traces.append(
+                go.Scatter(
+                    x=np.concatenate((edges[:1], edges)),
+                    y=np.concatenate(([0.0], _shares(train, edges), [0.0])),
+                    mode="lines",
+                    line={"shape": "hv", "color": TRAIN_COLOUR, "width": 2},
+                    name=f"train leave-one-out ({len(train)})",
+                    hovertemplate="from %{x:.3f}: %{y:.1%} of train<extra></extra>",
+                )
+            )
+    figure = go.Figure(traces)
+    figure.update_layout(bargap=0)
+    figure.update_yaxes(tickformat=".0%")
     _threshold_line(figure, threshold, "below = distractor · threshold")
     title = "Distractor scores: test vs train leave-one-out"
     return _styled(figure, title, "max cosine similarity to train", "share of the set")
@@ -298,12 +330,11 @@ def contamination_curve(
 ) -> go.Figure:
     """Share of test flagged as distractor at each threshold, with the current choice marked."""
     thresholds, rates = _curve(thresholds, contamination_rates)
+    text = f"{current_threshold:.3f} → {current_rate:.1%}"
     figure = go.Figure(
         [
             go.Scatter(x=thresholds, y=rates, mode="lines", name="flagged share", line_color=TEST_COLOUR),
-            _marked_point(
-                current_threshold, current_rate, f"{current_threshold:.3f} → {current_rate:.1%}", "current"
-            ),
+            _marked_point(current_threshold, current_rate, text, "current", (thresholds, rates)),
         ]
     )
     figure.update_yaxes(tickformat=".0%")
@@ -313,35 +344,50 @@ def contamination_curve(
 
 
 def metric_curve(
-    thresholds: Sequence[float], values: Sequence[float], current_threshold: float, name: str = "MAP@5"
+    thresholds: Sequence[float],
+    values: Sequence[float],
+    current_threshold: float,
+    name: str = "MAP@5",
+    *,
+    best: tuple[float, float] | None = None,
 ) -> go.Figure:
-    """A metric at each threshold, with its best value marked and the current threshold drawn."""
+    """A metric at each threshold, with the current threshold drawn and ``best`` marked if given.
+
+    ``best`` is (threshold, value) as the caller chose it, e.g. ThresholdSweep.best_map_threshold():
+    the curve is only sampled, so an argmax of its own could mark a different point of the same
+    plateau from the one the page states.
+    """
     thresholds, values = _curve(thresholds, values)
     traces = [go.Scatter(x=thresholds, y=values, mode="lines", name=name, line_color=TRAIN_COLOUR)]
-    if np.isfinite(values).any():
-        best = int(np.nanargmax(values))
-        text = f"best {name} {values[best]:.3f} at {thresholds[best]:.3f}"
-        traces.append(_marked_point(thresholds[best], values[best], text, "best"))
+    if best is not None:
+        best_threshold, best_value = best
+        text = f"best {name} {best_value:.3f} at {best_threshold:.3f}"
+        traces.append(_marked_point(best_threshold, best_value, text, "best", (thresholds, values)))
     figure = go.Figure(traces)
     _threshold_line(figure, current_threshold, "current")
     return _styled(figure, f"{name} by threshold", THRESHOLD_AXIS, name)
 
 
 def class_frequency(predicted_top1_labels: Sequence, top_n: int = 20) -> go.Figure:
-    """Bar chart of the classes predicted top-1 most often; "-1" (distractor) in red."""
+    """Bar chart of the classes predicted top-1 most often, with their counts beside the bars.
+
+    "-1" (distractor) is left out: flagged items often outnumber any class a hundredfold, and one such
+    bar would squash the others to slivers; the page states its count apart.
+    """
     if top_n < 1:
         raise ValueError(f"top_n={top_n!r}: use an integer >= 1")
-    counts = Counter(str(label) for label in predicted_top1_labels)
+    counts = Counter(str(label) for label in predicted_top1_labels if str(label) != DISTRACTOR)
     # Ties are ordered by name so the chart is the same on every run.
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top_n]
-    labels = [label for label, _ in ranked]
     figure = go.Figure(
         go.Bar(
             x=[count for _, count in ranked],
-            y=[inert_plotly(label) for label in labels],
+            y=[inert_plotly(label) for label, _ in ranked],
             orientation="h",
-            text=[count for _, count in ranked],
-            marker_color=[DISTRACTOR_COLOUR if label == DISTRACTOR else TRAIN_COLOUR for label in labels],
+            text=[f"{count:,}" for _, count in ranked],
+            textposition="outside",
+            cliponaxis=False,
+            marker_color=TRAIN_COLOUR,
             name="top-1 predictions",
         )
     )
@@ -366,16 +412,39 @@ def _curve(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarr
     return x, y
 
 
-def _marked_point(x: float, y: float, text: str, name: str) -> go.Scatter:
+def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.histogram(values, bins=edges)[0] / len(values)
+
+
+def _marked_point(x: float, y: float, text: str, name: str, curve: tuple[np.ndarray, np.ndarray]) -> go.Scatter:
+    """A labelled point on ``curve`` (its x and y values), the label on the side with room for it."""
     return go.Scatter(
         x=[x],
         y=[y],
         mode="markers+text",
         text=[text],
-        textposition="top right",
+        textposition=_label_position(x, y, *curve),
+        cliponaxis=False,
         name=name,
         marker={"color": GUIDE_COLOUR, "size": 12, "symbol": "circle"},
     )
+
+
+def _label_position(x: float, y: float, curve_x: np.ndarray, curve_y: np.ndarray) -> str:
+    """Where a point's label goes so that it stays inside the plot: toward the middle of each axis.
+
+    A label past a point in the right half runs off the plot's right edge (the cut "0.787 → 3"), and
+    one above a point at the top of the curve runs into the title.
+    """
+    vertical = "bottom" if y > _middle(curve_y, y) else "top"
+    horizontal = "left" if x > _middle(curve_x, x) else "right"
+    return f"{vertical} {horizontal}"
+
+
+def _middle(values: np.ndarray, point: float) -> float:
+    """The middle of the range the axis shows: the curve's finite values and the point."""
+    shown = np.append(values[np.isfinite(values)], point)
+    return (shown.min() + shown.max()) / 2
 
 
 def _threshold_line(figure: go.Figure, x: float, name: str) -> None:

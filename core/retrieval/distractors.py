@@ -11,6 +11,9 @@ from core.retrieval.index import Neighbours, VectorIndex
 from core.retrieval.metrics import precision_recall_f1
 
 SCORE_MODES = ("max", "mean")
+# MAP@k values this close to the best count as the best: sums of the same terms in a different order
+# differ in their last bits, and that must not split one plateau into several.
+PLATEAU_TOLERANCE = 1e-12
 
 
 def distractor_scores(neighbours: Neighbours, mode: str = "max", k: int = 5) -> np.ndarray:
@@ -130,11 +133,30 @@ class ThresholdSweep:
         return np.linspace(low - pad, high + pad, points)
 
     def best_map_threshold(self) -> tuple[float, float]:
-        """The threshold with the highest MAP@k, tried at every distinct score (ties: the lowest)."""
-        candidates = np.concatenate((self.sorted_scores, [np.nextafter(self.sorted_scores[-1], np.inf)]))
-        values = self.map_at(candidates)
-        best = int(np.argmax(values))
-        return float(candidates[best]), float(values[best])
+        """The threshold with the highest MAP@k, and that MAP@k: the one answer every page and report gives.
+
+        MAP@k only changes where a score is crossed, so it is tried at every distinct score and just
+        above the highest; each try stands for all thresholds from the previous distinct score (open)
+        up to it. Values within PLATEAU_TOLERANCE of the maximum form the plateau, often a range of
+        thresholds wide. The answer is the middle of the widest range on the plateau (in score units;
+        of equally wide ones, the lowest): the threshold furthest from a verdict change, so the one
+        least sensitive to noise in the scores, where the lowest would sit right at the plateau's edge.
+        """
+        distinct = np.unique(self.sorted_scores)
+        tried = np.append(distinct, np.nextafter(distinct[-1], np.inf))
+        values = self.map_at(tried)
+        on_plateau = np.concatenate(([0], values >= values.max() - PLATEAU_TOLERANCE, [0])).astype(np.int8)
+        starts = np.flatnonzero(np.diff(on_plateau) == 1)
+        ends = np.flatnonzero(np.diff(on_plateau) == -1) - 1
+        # Thresholds below the lowest score flag nothing, like the lowest: a range starting there starts at it.
+        lows = tried[np.maximum(starts - 1, 0)]
+        widest = int(np.argmax(tried[ends] - lows))
+        low, high = lows[widest], tried[ends[widest]]
+        middle = low + (high - low) / 2
+        # A range one float wide has no middle above its open lower end: its upper end is the answer then.
+        if middle <= low and starts[widest] > 0:
+            middle = high
+        return float(middle), float(self.map_at(middle))
 
 
 @dataclass(frozen=True)
