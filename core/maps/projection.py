@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import numbers
 import warnings
@@ -15,7 +14,7 @@ from scipy.sparse import coo_matrix
 from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness
 
-from core.io.files import replaced_atomically
+from core.io.array_store import ArrayStore, content_key
 from core.retrieval.index import checked_vectors, unit_rows
 
 PROJECTION_METHODS = ("umap", "tsne", "pca")
@@ -438,59 +437,42 @@ def _clamped(value, limit, name: str, why: str, notes: list[str]):
 
 
 def projection_key(train_vectors: np.ndarray, test_vectors: np.ndarray, config: ProjectionConfig) -> str:
-    """Content address of a projection: sha256 over both arrays (shape, dtype, bytes) and the config."""
-    digest = hashlib.sha256(CACHE_FORMAT.encode())
-    for rows in (train_vectors, test_vectors):
-        rows = np.ascontiguousarray(rows)
-        digest.update(f"{rows.dtype.str}{rows.shape}".encode())
-        digest.update(memoryview(rows).cast("B"))
-    digest.update(repr(config).encode())
-    return digest.hexdigest()
+    """Content address of a projection: both arrays (shape, dtype, bytes) and the config."""
+    return content_key(CACHE_FORMAT, (train_vectors, test_vectors), repr(config))
 
 
 class ProjectionCache:
     """Computed projections as one ``<key>.npz`` file each, so re-opening a map is instant."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
+        self.files = ArrayStore(directory, "projection")
 
     def path(self, key: str) -> Path:
-        return self.directory / f"{key}.npz"
+        return self.files.path(key)
 
     def get(self, key: str) -> Projection | None:
         """The stored projection, or None when absent or unreadable (it is then recomputed)."""
-        path = self.path(key)
-        if not path.exists():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                return Projection(
-                    train_xy=stored["train_xy"],
-                    test_xy=stored["test_xy"],
-                    config=ProjectionConfig(**json.loads(str(stored["config"]))),
-                    notes=[str(note) for note in stored["notes"]],
-                )
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            warnings.warn(f"ignoring unreadable cached projection {path.name}: {error}", stacklevel=2)
-            return None
+        return self.files.get(
+            key,
+            lambda stored: Projection(
+                train_xy=stored["train_xy"],
+                test_xy=stored["test_xy"],
+                config=ProjectionConfig(**json.loads(str(stored["config"]))),
+                notes=[str(note) for note in stored["notes"]],
+            ),
+        )
 
     def put(self, key: str, projection: Projection) -> None:
-        """Store atomically, so a crash mid-write never leaves a half file under the key.
-
-        A cache that cannot be written only warns: the caller keeps the computed projection.
-        """
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with replaced_atomically(self.path(key)) as unfinished, open(unfinished, "wb") as handle:
-                np.savez(
-                    handle,
-                    train_xy=projection.train_xy,
-                    test_xy=projection.test_xy,
-                    config=np.array(json.dumps(asdict(projection.config))),
-                    notes=np.array(projection.notes, dtype=str),
-                )
-        except OSError as error:
-            warnings.warn(f"projection not cached in {self.directory}: {error}", stacklevel=2)
+        """Store atomically; a cache that cannot be written only warns (the caller keeps the projection)."""
+        self.files.put(
+            key,
+            {
+                "train_xy": projection.train_xy,
+                "test_xy": projection.test_xy,
+                "config": np.array(json.dumps(asdict(projection.config))),
+                "notes": np.array(projection.notes, dtype=str),
+            },
+        )
 
 
 def warm_up(config: ProjectionConfig = ProjectionConfig()) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.retrieval.distractors import (
     SCORE_MODES,
@@ -32,6 +33,7 @@ from core.retrieval.placement import (
     realised_precisions,
 )
 from core.retrieval.predict import place_minus_one, search_labels, true_ranks
+from core.retrieval.store import SearchResults, SearchStore, search_key
 from core.retrieval.validation import (
     ValidationResult,
     check_train_labels,
@@ -101,10 +103,10 @@ class Retrieval:
 
 
 def search_and_rank(
-    index: VectorIndex, gallery_labels: np.ndarray, query_vectors: np.ndarray, config: PredictConfig
+    index: VectorIndex, gallery_labels: np.ndarray, query_vectors: np.ndarray, config: PredictConfig, watch: Watch = Watch()
 ) -> tuple[Neighbours, list[list[str]], np.ndarray]:
     """Each query's top max(k, score_k) neighbours, its k distinct labels ranked and its distractor score."""
-    neighbours, labels = search_labels(index, gallery_labels, query_vectors, config.k, max(config.k, config.score_k))
+    neighbours, labels = search_labels(index, gallery_labels, query_vectors, config.k, max(config.k, config.score_k), watch)
     return neighbours, labels, distractor_scores(neighbours, config.score_mode, config.score_k)
 
 
@@ -114,15 +116,40 @@ def retrieve(
     query_vectors: np.ndarray,
     config: PredictConfig,
     truth: np.ndarray | None = None,
+    watch: Watch = Watch(),
 ) -> tuple[Neighbours, Retrieval]:
     """Search queries against the gallery and score them; with truth, MAP and detection follow any threshold."""
-    neighbours, labels, scores = search_and_rank(VectorIndex(gallery_vectors), gallery_labels, query_vectors, config)
+    neighbours, labels, scores = search_and_rank(VectorIndex(gallery_vectors), gallery_labels, query_vectors, config, watch)
+    return neighbours, ranked_retrieval(labels, scores, config.k, truth)
+
+
+def ranked_retrieval(labels: list[list[str]], scores: np.ndarray, k: int, truth: np.ndarray | None = None) -> Retrieval:
+    """The retrieval of searched queries: with truth, MAP and detection follow any threshold."""
     if truth is None:
-        sweep = ThresholdSweep(scores)
-    else:
-        if_flagged, if_kept = verdict_precisions(labels, truth, config.k)
-        sweep = ThresholdSweep(scores, if_flagged, if_kept, truth == DISTRACTOR)
-    return neighbours, Retrieval(labels, scores, sweep)
+        return Retrieval(labels, scores, ThresholdSweep(scores))
+    if_flagged, if_kept = verdict_precisions(labels, truth, k)
+    return Retrieval(labels, scores, ThresholdSweep(scores, if_flagged, if_kept, truth == DISTRACTOR))
+
+
+# What the watch of an analysis hears after the test search.
+LEAVE_ONE_OUT_STAGE = "scoring train items against the rest of train"
+PLACEMENT_STAGE = "fitting the placement model on train"
+
+
+def searched(train: Embeddings, test: Embeddings, config: PredictConfig, store: SearchStore, watch: Watch = Watch()) -> SearchResults:
+    """Test against train and train against itself, read from `store` when it has them, else searched and stored."""
+    train_labels = train.labels.astype(object)
+    settings = f"k={config.k} score_mode={config.score_mode} score_k={config.score_k}"
+    key = search_key(train.vectors, train_labels, test.vectors, settings)
+    stored = store.get(key)
+    if stored is not None:
+        return stored
+    neighbours, labels, scores = search_and_rank(VectorIndex(train.vectors), train_labels, test.vectors, config, watch)
+    watch.step(0, 1, LEAVE_ONE_OUT_STAGE)
+    loo_scores = leave_one_out_scores(train.vectors, config.score_mode, config.score_k)
+    results = SearchResults(neighbours, labels, scores, loo_scores)
+    store.put(key, results)
+    return results
 
 
 @dataclass
@@ -142,6 +169,7 @@ class Analysis:
     placement_source: str  # how it was chosen, for people
     validation: ValidationResult | None = None
     notes: list[str] = field(default_factory=list)
+    stored_train_loo_scores: np.ndarray | None = None  # train_loo_scores read from a search store; None: computed on first use
 
     @property
     def scores(self) -> np.ndarray:
@@ -222,6 +250,8 @@ class Analysis:
 
     @cached_property
     def train_loo_scores(self) -> np.ndarray:
+        if self.stored_train_loo_scores is not None:
+            return self.stored_train_loo_scores
         return leave_one_out_scores(self.train.vectors, self.config.score_mode, self.config.score_k)
 
     @cached_property
@@ -288,8 +318,14 @@ def fitted_placement(
         return evidence, None, str(error)
 
 
-def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> Analysis:
-    """Search test against train, score distractors, choose the threshold and the placement the config asks for."""
+def analyse(
+    embeddings: Embeddings, config: PredictConfig = PredictConfig(), store: SearchStore | None = None, watch: Watch = Watch()
+) -> Analysis:
+    """Search test against train, score distractors, choose the threshold and the placement the config asks for.
+
+    With a `store`, the searches (train leave-one-out scores included) are read from it when it has
+    them and kept in it when not. `watch` hears how the searches go and can stop them (Cancelled).
+    """
     train, test = embeddings.subset(TRAIN), embeddings.subset(TEST)
     if len(train.ids) == 0:
         raise ValueError("the train split is empty: label some images under train/<label>/")
@@ -301,7 +337,14 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
     if n_classes < config.k:
         notes.append(f"train has {n_classes} classes, fewer than k={config.k}: prediction rows are shorter")
     truth = test.labels.astype(object) if test.has_test_truth else None
-    neighbours, retrieval = retrieve(train.vectors, train.labels.astype(object), test.vectors, config, truth)
+    stored_loo_scores = None
+    if store is None:
+        neighbours, retrieval = retrieve(train.vectors, train.labels.astype(object), test.vectors, config, truth, watch)
+    else:
+        results = searched(train, test, config, store, watch)
+        neighbours, stored_loo_scores = results.neighbours, results.train_loo_scores
+        retrieval = ranked_retrieval(results.labels, results.scores, config.k, truth)
+    watch.step(0, 1, PLACEMENT_STAGE)
     evidence, model, unfitted = fitted_placement(train, config, retrieval.scores)
     validation = None
     if config.threshold is not None:
@@ -345,7 +388,7 @@ def analyse(embeddings: Embeddings, config: PredictConfig = PredictConfig()) -> 
         )
     return Analysis(
         train, test, config, neighbours, retrieval, float(threshold), source, evidence, model, placement,
-        placement_source, validation, notes,
+        placement_source, validation, notes, stored_loo_scores,
     )
 
 

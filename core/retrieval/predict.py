@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.progress import Watch
 from core.records import DISTRACTOR
 from core.retrieval.index import Neighbours, VectorIndex, checked_vectors
 from core.io.files import read_csv, replaced_atomically
@@ -22,18 +23,25 @@ FIRST_SEARCH_DEPTH = 256
 # Query × neighbour cells searched in one FAISS call: 6 MB of results and about 40 MB to rank them,
 # whatever the number of queries or the depth (a FAISS call of 2,000 queries still runs at full speed).
 _CELLS_PER_CALL = 1 << 19
+# Queries searched in one FAISS call at most: a call this size still runs at full speed, and the
+# first search reports its progress and can be stopped between calls (under a second each at 30k train).
+_QUERIES_PER_CALL = 2048
 # The neighbour table handed back (12 bytes a cell) may take at most about 1.6 GB.
 MAX_NEIGHBOUR_CELLS = 1 << 27
+# What a watch hears while the search runs.
+FIRST_SEARCH_STAGE = "searching test against train"
+DEEPER_SEARCH_STAGE = "searching deeper for the queries short of labels"
 
 
 def search_labels(
-    index: VectorIndex, train_labels: Sequence[str], queries: np.ndarray, k: int, width: int
+    index: VectorIndex, train_labels: Sequence[str], queries: np.ndarray, k: int, width: int, watch: Watch = Watch()
 ) -> tuple[Neighbours, list[list[str]]]:
     """Each query's top `width` neighbours, and its k distinct train labels ranked by each class's best similarity.
 
     The labels are those of a search over all of train, without searching all of it: classes whose
     best similarities tie keep FAISS's order (later train row first). Rows are shorter than k only
-    when train has fewer than k classes.
+    when train has fewer than k classes. `watch` hears of each block of the first search and can stop
+    the search between FAISS calls (Cancelled).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -56,7 +64,9 @@ def search_labels(
     found: list[list[int]] = [[] for _ in range(n_queries)]
     neighbours = Neighbours(np.empty((n_queries, width), np.float32), np.empty((n_queries, width), np.int64))
     short = []
-    for block in _blocks(np.arange(n_queries), depth):
+    first_blocks = _blocks(np.arange(n_queries), depth)
+    for done, block in enumerate(first_blocks):
+        watch.step(done, len(first_blocks), FIRST_SEARCH_STAGE)
         result = index.search(queries[block], depth)
         neighbours.similarities[block], neighbours.indices[block] = result.similarities[:, :width], result.indices[:, :width]
         short += _settle(block, result, codes, depth == len(index), found, want)
@@ -74,6 +84,7 @@ def search_labels(
             candidates = int(allowed.sum())
             group_depth = min(group_depth, candidates)
             for block in _blocks(np.array(members), group_depth):
+                watch.step(len(first_blocks), len(first_blocks), DEEPER_SEARCH_STAGE)
                 result = index.search(queries[block], group_depth, allowed)
                 had = {int(query): len(found[query]) for query in block}
                 for query in _settle(block, result, codes, group_depth == candidates, found, want):
@@ -82,7 +93,7 @@ def search_labels(
 
 
 def _blocks(queries: np.ndarray, depth: int) -> list[np.ndarray]:
-    size = max(1, _CELLS_PER_CALL // depth)
+    size = max(1, min(_QUERIES_PER_CALL, _CELLS_PER_CALL // depth))
     return [queries[start : start + size] for start in range(0, len(queries), size)]
 
 
