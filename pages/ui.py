@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
@@ -22,8 +23,10 @@ from core.embedding.runner import load_embedder
 from core.io.images import IMAGE_EXTENSIONS, ImageRejected, load_image
 from core.io.layouts import load_dataset
 from core.paths import workspace_home
+from core.progress import Watch
 from core.records import Dataset
 from core.session.datasets import WorkspaceDatasets, builtin_datasets
+from core.session.jobs import CANCELLED, FAILED, Jobs
 from core.session.models import LOADING, UNAVAILABLE, ModelShelf, SharedModel, chosen_model
 from core.session.queries import embed_images as embed_images_locked
 from core.session.queries import embed_texts as embed_texts_locked
@@ -47,6 +50,9 @@ THRESHOLD_DECIMALS = 3  # the threshold slider's step is 10^-3; thresholds shown
 APP_RAN = "app-ran"  # session state: app.py has run in this session, so its navigation is in charge
 OPEN_PAGE = "open"  # query parameter: the page a deep link asked for, carried through app.py
 IMAGE_UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
+POLL_SECONDS = 0.25  # how often a page waiting for a background job redraws its progress
+ANALYSES_KEPT = 16  # finished analyses kept in memory for the whole server (their searches are also on disk)
+PROJECTIONS_KEPT = 32  # finished projections kept in memory (small: two coordinates a point)
 
 
 def plain(text) -> str:
@@ -205,12 +211,64 @@ def ensemble_embeddings(entry: DatasetEntry, recipe: Recipe) -> LoadedEmbeddings
     return loaded
 
 
-@st.cache_resource(show_spinner="Searching test against train…", max_entries=16)
-def _analysis(source: str, recipe: Recipe, config: PredictConfig, _loaded: LoadedEmbeddings) -> Analysis:
-    # Keyed by dataset, recipe and config; the vectors follow from the first two.
-    from core.retrieval.pipeline import analyse
+@st.cache_resource(show_spinner=False)
+def analysis_jobs() -> Jobs:
+    """Analyses for the whole server, each run once in the background; the last ANALYSES_KEPT stay in memory."""
+    return Jobs(keep=ANALYSES_KEPT)
 
-    return analyse(_loaded.embeddings, config)
+
+@st.cache_resource(show_spinner=False)
+def projection_jobs() -> Jobs:
+    """Projections for the whole server, each run once in the background (they are kept on disk as well)."""
+    return Jobs(keep=PROJECTIONS_KEPT)
+
+
+def finished(jobs: Jobs, key: Hashable, work: Callable[[Watch], Any], what: str) -> Any:
+    """What `work` returns, run once per key in the background while the page shows its progress and a Cancel button.
+
+    The page waits by polling, so a click anywhere (Cancel, another page) ends the wait at once and
+    the job goes on unless cancelled; the next visit picks it up. A cancelled job is said so with a
+    button to start it again, and the page stops there. A failed job's error is raised here. `what`
+    is plain text (people see it as written).
+    """
+    job = jobs.start(key, work)
+    if job.state == CANCELLED:
+        notice = st.empty()
+        with notice.container():
+            st.warning(f"{plain(what)} was cancelled.")
+            if not st.button("Start again", key=f"again: {what}"):
+                st.stop()
+        notice.empty()
+        job = jobs.start(key, work, again=True)
+    if not job.wait(POLL_SECONDS):  # work this short shows no progress bar
+        area = st.empty()
+        with area.container():
+            bar = st.progress(0.0, text=plain(what))
+            if st.button("Cancel", key=f"cancel: {what}"):
+                job.cancel()
+            while not job.wait(POLL_SECONDS):
+                bar.progress(job.fraction or 0.0, text=plain(f"{what}: {job.text} · {job.seconds:.0f} s"))
+        area.empty()
+    if job.state == CANCELLED:
+        st.rerun()  # the next run says so and offers to start again
+    if job.state == FAILED:
+        raise job.error
+    return job.result
+
+
+def _analysis(entry: DatasetEntry, recipe: Recipe, config: PredictConfig, loaded: LoadedEmbeddings) -> Analysis:
+    """The dataset's analysis, once per server (keyed by dataset, recipe and config: the vectors follow from the first
+    two); its searches are kept on disk, so a restart reads them."""
+    from core.retrieval.pipeline import analyse
+    from core.retrieval.store import SearchStore
+
+    store = SearchStore(workspace_home() / "analyses")
+    return finished(
+        analysis_jobs(),
+        (entry.source, recipe, config),
+        lambda watch: analyse(loaded.embeddings, config, store, watch),
+        f"Analysing {entry.name}",
+    )
 
 
 @dataclass
@@ -261,7 +319,7 @@ def session() -> Session:
         for member in recipe.left_out:
             st.warning(f"Ensemble member {plain(member)} is left out: it cannot be loaded here.")
         loaded = ensemble_embeddings(entry, recipe)
-        analysis = _analysis(entry.source, recipe, predict_config(ws), loaded)
+        analysis = _analysis(entry, recipe, predict_config(ws), loaded)
     except (ValueError, OSError, ModelUnavailableError) as error:
         st.error(f"**{plain(entry.name)}** cannot be analysed: {plain(error)}")
         st.info("Pick another dataset on the **Data** page, or fix the source and reload.")
@@ -290,7 +348,7 @@ def dbscan_flags(current: Session, config: DbscanConfig) -> np.ndarray:
 
 
 def projection(current: Session, config: ProjectionConfig) -> Projection:
-    """A 2-D map of train and test, computed once per (vectors, config) and kept on disk."""
+    """A 2-D map of train and test, computed once per (vectors, config) in the background and kept on disk."""
     from core.maps.projection import ProjectionCache, project, projection_key
 
     train, test = current.analysis.train.vectors, current.analysis.test.vectors
@@ -299,12 +357,16 @@ def projection(current: Session, config: ProjectionConfig) -> Projection:
     stored = cache.get(key)
     if stored is not None:
         return stored
-    area = st.empty()
-    with area.status(f"Computing the {config.method.upper()} map of {len(train) + len(test)} points…") as status:
-        result = project(train, test, config, progress=lambda stage: status.update(label=f"{stage}…"))
+
+    def project_and_keep(watch: Watch) -> Projection:
+        # A stage report is where a projection can be stopped: between its steps and every few t-SNE rounds.
+        result = project(train, test, config, progress=watch.stage)
         cache.put(key, result)
-    area.empty()
-    return result
+        return result
+
+    return finished(
+        projection_jobs(), key, project_and_keep, f"Computing the {config.method.upper()} map of {len(train) + len(test):,} points"
+    )
 
 
 # ── queries ──────────────────────────────────────────────────────────────────

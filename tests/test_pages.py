@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 import core.maps.projection
 from core.display import ZERO_WIDTH_SPACE
+from core.progress import Cancelled
 from core.records import TEST, TRAIN, Embeddings
 from core.io.demo import write_demo_dataset
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
@@ -425,3 +426,43 @@ def test_evaluate_sets_where_minus_one_goes_for_every_page():
     assert shown["MAP@5"] == shown['MAP@5, "-1" first'] != shown['MAP@5, "-1" optimal']
     assert any('Where "-1" goes: **first** (asked for)' in caption.value for caption in distractors.caption)
     assert metrics(app)["MAP@5"] != chosen_by_validation  # the demo's validation picks optimal
+
+
+
+def test_distractors_page_renders_from_the_background_analysis_and_a_restart_reads_its_searches(workspace, monkeypatch):
+    import core.retrieval.pipeline as pipeline
+
+    searches = []
+    search_and_rank = pipeline.search_and_rank
+    monkeypatch.setattr(pipeline, "search_and_rank", lambda *args, **kwargs: searches.append(1) or search_and_rank(*args, **kwargs))
+    app = run_page("distractors")
+    assert_ran(app)
+    assert app.slider and "Threshold" in metrics(app)
+    assert len(searches) == 1 and len(list((workspace / "analyses").glob("*.npz"))) == 1
+    st.cache_resource.clear()  # as a server restart forgets every analysis in memory
+    again = run_page("distractors")
+    assert_ran(again)
+    assert len(searches) == 1
+    assert metrics(again) == metrics(app)
+
+
+def test_a_cancelled_background_job_is_said_so_and_starts_again_on_request():
+    def cancelled(watch):
+        raise Cancelled("cancelled during a test")
+
+    ui.analysis_jobs().start("test job", cancelled).wait(10)
+
+    def page():
+        import streamlit as st
+
+        from pages import ui
+
+        st.write(ui.finished(ui.analysis_jobs(), "test job", lambda watch: "finished anew", "Testing <b>"))
+
+    app = AppTest.from_function(page, default_timeout=SECONDS).run()
+    assert not app.exception
+    assert [displayed(warning.value) for warning in app.warning] == ["Testing <b> was cancelled."]
+    assert not app.markdown
+    app.button(key="again: Testing <b>").click().run()
+    assert not app.exception and not app.warning
+    assert [markdown.value for markdown in app.markdown] == ["finished anew"]
