@@ -18,7 +18,6 @@ from core.maps.projection import Projection
 if TYPE_CHECKING:
     from core.retrieval.pipeline import Analysis
 
-TEMPLATE = "plotly_white"
 TRAIN_COLOUR = "#1f77b4"
 TEST_COLOUR = "#ff7f0e"
 DISTRACTOR_COLOUR = "#d62728"
@@ -457,8 +456,9 @@ def _threshold_line(figure: go.Figure, x: float, name: str) -> None:
 
 
 def _styled(figure: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    # No plotly template: st.plotly_chart styles figures with Streamlit's theme, and naming a template
+    # deep-copies it into every figure (36 of 58 ms to build the Distractors page's charts on each slider move).
     figure.update_layout(
-        template=TEMPLATE,
         title=title,
         xaxis_title=x_title,
         yaxis_title=y_title,
