@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from urllib.parse import urlparse
 
+from playwright.async_api import async_playwright
+from playwright.async_api import expect as expect_async
 from playwright.sync_api import Page, expect
+
+from bench.served import CHROMIUM, CHROMIUM_ARGS
 
 RUN_TIMEOUT_MS = 120_000  # a first run embeds the demo and may compile UMAP (numba) on 2 shared cores
 ACTION_TIMEOUT_MS = 30_000
 VIEWPORT = {"width": 1440, "height": 1000}
+THRESHOLD_SLIDER = "Distractor threshold"  # the Distractors page's slider, by its label
 # URL path of each page (st.Page infers it from the file stem; the default page sits at the root).
 PAGE_PATHS = {
     "Data": "",
@@ -52,3 +59,43 @@ def metric(tab: Page, label: str):
     """The value of the st.metric labelled exactly `label`."""
     labelled = tab.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
     return tab.get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
+
+
+def threshold_slider(tab):
+    """The Distractors page's threshold slider (an input[type=range]); works for sync and async pages."""
+    return tab.get_by_test_id("stSlider").filter(has_text=THRESHOLD_SLIDER).get_by_role("slider")
+
+
+async def _slider_session(browser, app_url: str, workspace_id: str, steps: int, latencies: list[float]) -> None:
+    """One user: open the Distractors page, then press → `steps` times, timing each until the new threshold shows."""
+    context = await browser.new_context(viewport=VIEWPORT)
+    try:
+        tab = await context.new_page()
+        tab.set_default_timeout(ACTION_TIMEOUT_MS)
+        await tab.goto(f"{app_url}/distractors?ws={workspace_id}")
+        threshold, slider = metric(tab, "Threshold"), threshold_slider(tab)
+        await expect_async(threshold).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        await expect_async(tab.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning", timeout=RUN_TIMEOUT_MS)
+        await slider.focus()
+        for _ in range(steps):
+            pressed = time.perf_counter()
+            await slider.press("ArrowRight")
+            shown = f"{float(await slider.input_value()):.3f}"
+            await expect_async(threshold).to_have_text(shown, timeout=RUN_TIMEOUT_MS)
+            latencies.append(time.perf_counter() - pressed)
+        exceptions = await tab.get_by_test_id("stException").count()
+        assert exceptions == 0, f"workspace {workspace_id}: the Distractors page shows an exception"
+    finally:
+        await context.close()
+
+
+async def concurrent_slider_presses(app_url: str, workspace_ids: list[str], steps: int) -> list[float]:
+    """One browser session per workspace, all at once, each pressing → `steps` times: every press's seconds to the new threshold shown."""
+    latencies: list[float] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            await asyncio.gather(*(_slider_session(browser, app_url, ws, steps, latencies) for ws in workspace_ids))
+        finally:
+            await browser.close()
+    return latencies

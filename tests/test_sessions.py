@@ -26,14 +26,21 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.async_api import async_playwright
-from playwright.async_api import expect as expect_async
 from playwright.sync_api import expect
 from test_browser import app_url, browser  # noqa: F401 - fixtures: one server and browser for this module
 from test_pages import assert_ran, fresh_server, metric_values, run_page  # noqa: F401 - fresh_server: autouse fixture
 
-from bench.browser import ACTION_TIMEOUT_MS, RUN_TIMEOUT_MS, VIEWPORT, metric, open_page, wait_for_run
-from bench.served import CHROMIUM, CHROMIUM_ARGS
+from bench.browser import (
+    ACTION_TIMEOUT_MS,
+    RUN_TIMEOUT_MS,
+    THRESHOLD_SLIDER,
+    VIEWPORT,
+    concurrent_slider_presses,
+    metric,
+    open_page,
+    threshold_slider,
+    wait_for_run,
+)
 from core.records import TEST
 from core.io.demo import write_demo_dataset, write_digits_dataset
 from core.embedding.config import EmbedConfig
@@ -45,7 +52,6 @@ LOAD_SESSIONS = int(os.environ.get("RETRIEVAL_LAB_LOAD_SESSIONS", "3"))
 LOAD_STEPS = int(os.environ.get("RETRIEVAL_LAB_LOAD_STEPS", "5"))
 # The whole load test, however large, ends by then: first runs of every session, then each step.
 LOAD_TIMEOUT_S = RUN_TIMEOUT_MS / 1000 + LOAD_SESSIONS * LOAD_STEPS * ACTION_TIMEOUT_MS / 1000
-THRESHOLD_SLIDER = "Distractor threshold"
 
 
 def count_test_images(dataset_root: Path) -> int:
@@ -189,10 +195,6 @@ def test_the_server_refuses_an_upload_without_its_xsrf_token(app_url):
     assert refused.value.code == 403
 
 
-def _threshold_slider(tab):
-    return tab.get_by_test_id("stSlider").filter(has_text=THRESHOLD_SLIDER).get_by_role("slider")
-
-
 def _sidebar(tab):
     return tab.get_by_test_id("stSidebar")
 
@@ -226,12 +228,12 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
             open_page(tab, "Distractors")
 
         for tab in tabs.values():
-            _threshold_slider(tab).focus()
+            threshold_slider(tab).focus()
         for _ in range(3):  # both sessions move at once, in opposite directions
             for key, tab in zip(("ArrowRight", "ArrowLeft"), tabs.values()):
-                _threshold_slider(tab).press(key)
+                threshold_slider(tab).press(key)
             for tab in tabs.values():
-                shown = f"{float(_threshold_slider(tab).input_value()):.3f}"
+                shown = f"{float(threshold_slider(tab).input_value()):.3f}"
                 expect(metric(tab, "Threshold")).to_have_text(shown, timeout=RUN_TIMEOUT_MS)
         chosen = {dataset: metric(tab, "Threshold").inner_text() for dataset, tab in tabs.items()}
         assert len(set(chosen.values())) == 2
@@ -251,45 +253,13 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
             context.close()
 
 
-async def _slider_session(browser, app_url: str, workspace_id: str, steps: int, latencies: list[float]) -> None:
-    """One user: open the Distractors page, then press → `steps` times, timing each until the new threshold shows."""
-    context = await browser.new_context(viewport=VIEWPORT)
-    try:
-        tab = await context.new_page()
-        tab.set_default_timeout(ACTION_TIMEOUT_MS)
-        await tab.goto(f"{app_url}/distractors?ws={workspace_id}")
-        threshold, slider = metric(tab, "Threshold"), _threshold_slider(tab)
-        await expect_async(threshold).to_be_visible(timeout=RUN_TIMEOUT_MS)
-        await expect_async(tab.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning", timeout=RUN_TIMEOUT_MS)
-        await slider.focus()
-        for _ in range(steps):
-            pressed = time.perf_counter()
-            await slider.press("ArrowRight")
-            shown = f"{float(await slider.input_value()):.3f}"
-            await expect_async(threshold).to_have_text(shown, timeout=ACTION_TIMEOUT_MS)
-            latencies.append(time.perf_counter() - pressed)
-        assert await tab.get_by_test_id("stException").count() == 0
-    finally:
-        await context.close()
-
-
-async def _load(app_url: str, sessions: int, steps: int) -> list[float]:
-    latencies: list[float] = []
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            run = secrets.token_hex(3)
-            await asyncio.gather(*(_slider_session(browser, app_url, f"load-{run}-{n}", steps, latencies) for n in range(sessions)))
-        finally:
-            await browser.close()
-    return latencies
-
-
 def test_concurrent_sessions_move_their_sliders_without_errors(browser, app_url, capsys):
     # browser: the same skip-or-fail rule for a missing chromium; the load runs its own async one,
     # in a thread of its own because the sync browser holds this thread's event loop.
     with ThreadPoolExecutor(1) as pool:
-        latencies = pool.submit(asyncio.run, _load(app_url, LOAD_SESSIONS, LOAD_STEPS)).result(timeout=LOAD_TIMEOUT_S)
+        run = secrets.token_hex(3)
+        workspaces = [f"load-{run}-{n}" for n in range(LOAD_SESSIONS)]
+        latencies = pool.submit(asyncio.run, concurrent_slider_presses(app_url, workspaces, LOAD_STEPS)).result(timeout=LOAD_TIMEOUT_S)
     assert len(latencies) == LOAD_SESSIONS * LOAD_STEPS
     milliseconds = sorted(1000 * value for value in latencies)
     with capsys.disabled():
