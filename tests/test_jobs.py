@@ -1,5 +1,6 @@
 import threading
 
+import numpy as np
 import pytest
 
 from core.progress import Cancelled, Watch
@@ -106,3 +107,13 @@ def test_a_watch_without_a_stop_never_cancels_and_a_set_stop_always_does():
 def test_keep_must_be_positive():
     with pytest.raises(ValueError, match="keep must be at least 1 ended job, got 0"):
         Jobs(keep=0)
+
+
+def test_a_projection_watched_by_a_stopped_watch_stops_at_its_first_stage():
+    from core.maps.projection import ProjectionConfig, project
+
+    stop = threading.Event()
+    stop.set()
+    rows = np.random.default_rng(0).normal(size=(30, 8))
+    with pytest.raises(Cancelled, match="cancelled during PCA"):
+        project(rows[:20], rows[20:], ProjectionConfig(method="pca"), progress=Watch(stop=stop).stage)
