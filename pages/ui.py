@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from core.progress import Watch
 from core.records import Dataset
 from core.session.datasets import WorkspaceDatasets, builtin_datasets
 from core.session.jobs import CANCELLED, FAILED, Jobs
-from core.session.models import LOADING, UNAVAILABLE, ModelShelf, SharedModel, chosen_model
+from core.session.models import LOADING, UNAVAILABLE, ModelChoice, ModelShelf, SharedModel, chosen_model
 from core.session.queries import embed_images as embed_images_locked
 from core.session.queries import embed_texts as embed_texts_locked
 from core.session.queries import query_model_mismatch
@@ -141,8 +142,12 @@ def model_shelf() -> ModelShelf:
 @st.cache_resource(show_spinner=False)
 def _projection_warm_up(first_model: EmbedConfig) -> threading.Thread:
     def warm_up_after_the_model() -> None:
-        # numba compiles UMAP on first use; paying it after the model keeps both off the first page.
+        # numba compiles UMAP on first use; paying it after the model keeps both off the first page,
+        # and after any analysis under way keeps it off the user's first look at their data.
         model_shelf().start(first_model).exception()
+        jobs = analysis_jobs()
+        while jobs.busy():
+            time.sleep(POLL_SECONDS)
         from core.maps.projection import warm_up
 
         warm_up()
@@ -153,9 +158,20 @@ def _projection_warm_up(first_model: EmbedConfig) -> threading.Thread:
 
 
 def start_background_work(ws: Workspace) -> None:
-    """Load the workspace's model, then compile UMAP, in background threads: no page waits for them unless it needs them."""
+    """Load the workspace's model, then compile UMAP, in background threads, and start the analysis of an active
+    Parquet dataset (its vectors need no model): no page waits for them unless it needs them."""
     chosen = chosen_model(ws)
     model_shelf().start(chosen)
+    entry = datasets(ws).active()
+    if entry.kind == "parquet":
+        from core.session.vectors import predict_config
+
+        try:
+            loaded = dataset_vectors().of(entry, chosen)
+        except (ValueError, OSError):
+            pass  # the analysis pages say what is wrong with the file when they open it
+        else:
+            _start_analysis(entry, _vectors_only(chosen), predict_config(ws), loaded)
     _projection_warm_up(chosen)
 
 
@@ -256,19 +272,30 @@ def finished(jobs: Jobs, key: Hashable, work: Callable[[Watch], Any], what: str)
     return job.result
 
 
-def _analysis(entry: DatasetEntry, recipe: Recipe, config: PredictConfig, loaded: LoadedEmbeddings) -> Analysis:
-    """The dataset's analysis, once per server (keyed by dataset, recipe and config: the vectors follow from the first
-    two); its searches are kept on disk, so a restart reads them."""
+def _analysis_work(config: PredictConfig, loaded: LoadedEmbeddings) -> Callable[[Watch], Analysis]:
     from core.retrieval.pipeline import analyse
     from core.retrieval.store import SearchStore
 
     store = SearchStore(workspace_home() / "analyses")
-    return finished(
-        analysis_jobs(),
-        (entry.source, recipe, config),
-        lambda watch: analyse(loaded.embeddings, config, store, watch),
-        f"Analysing {entry.name}",
-    )
+    return lambda watch: analyse(loaded.embeddings, config, store, watch)
+
+
+def _start_analysis(entry: DatasetEntry, recipe: Recipe, config: PredictConfig, loaded: LoadedEmbeddings) -> None:
+    """Begin the analysis in the background, unless it runs or ran already: a page asking for it later picks it up."""
+    analysis_jobs().start((entry.source, recipe, config), _analysis_work(config, loaded))
+
+
+def _analysis(entry: DatasetEntry, recipe: Recipe, config: PredictConfig, loaded: LoadedEmbeddings) -> Analysis:
+    """The dataset's analysis, once per server (keyed by dataset, recipe and config: the vectors follow from the first
+    two); its searches are kept on disk, so a restart reads them."""
+    return finished(analysis_jobs(), (entry.source, recipe, config), _analysis_work(config, loaded), f"Analysing {entry.name}")
+
+
+def _vectors_only(config: EmbedConfig) -> Recipe:
+    """The recipe of a Parquet dataset: its vectors came with the data, whatever model loads here."""
+    from core.session.vectors import Recipe
+
+    return Recipe(((config, 1.0),))
 
 
 @dataclass
@@ -283,8 +310,15 @@ class Session:
     model_note: str | None  # why the chosen model cannot load, when the page said so
 
     @property
+    def query_choice(self) -> ModelChoice:
+        """The model that embeds queries: the chosen one, or the baseline standing in (waits for a load under way).
+
+        For a Parquet dataset the pages never waited for it: only a query does."""
+        return model_shelf().choose(self.embed_config)
+
+    @property
     def model(self) -> SharedModel:
-        return model_shelf().get(self.embed_config)
+        return self.query_choice.model
 
     @property
     def threshold(self) -> float:
@@ -312,27 +346,30 @@ def session() -> Session:
     entry = datasets(ws).active()
     chosen = chosen_model(ws)
     try:
-        with st.spinner(f"Loading the model {plain(chosen.model)}; the page fills in once it is ready…"):
-            # Waits only while the background load runs; a loaded model answers at once.
-            choice = model_shelf().choose(chosen)
-            recipe = ensemble_recipe(saved_ensemble(ws), choice.config, model_shelf())
-        for member in recipe.left_out:
-            st.warning(f"Ensemble member {plain(member)} is left out: it cannot be loaded here.")
+        if entry.kind == "parquet":
+            # A Parquet's vectors came with the data: no model is waited for, and none is said to be missing.
+            embed_config, recipe, model_note = chosen, _vectors_only(chosen), None
+        else:
+            with st.spinner(f"Loading the model {plain(chosen.model)}; the page fills in once it is ready…"):
+                # Waits only while the background load runs; a loaded model answers at once.
+                choice = model_shelf().choose(chosen)
+                recipe = ensemble_recipe(saved_ensemble(ws), choice.config, model_shelf())
+            embed_config, model_note = choice.config, choice.unavailable
+            for member in recipe.left_out:
+                st.warning(f"Ensemble member {plain(member)} is left out: it cannot be loaded here.")
         loaded = ensemble_embeddings(entry, recipe)
         analysis = _analysis(entry, recipe, predict_config(ws), loaded)
     except (ValueError, OSError, ModelUnavailableError) as error:
         st.error(f"**{plain(entry.name)}** cannot be analysed: {plain(error)}")
         st.info("Pick another dataset on the **Data** page, or fix the source and reload.")
         st.stop()
-    # A Parquet's vectors came with the data: which model loads here does not change them.
-    model_note = None if entry.kind == "parquet" else choice.unavailable
-    current = Session(ws, entry, choice.config, loaded, analysis, model_note)
+    current = Session(ws, entry, embed_config, loaded, analysis, model_note)
     for analysis_note in analysis.notes:
         st.caption(f"Note: {plain(analysis_note)}")
     if model_note:
         st.info(f"Using the **baseline embedder** (downscaled pixels): {plain(chosen.model)} cannot be loaded here.")
         with st.expander("Why, and how to get CLIP"):
-            st.markdown(plain(choice.unavailable) + "\n\n" + HOW_TO_GET_CLIP)
+            st.markdown(plain(model_note) + "\n\n" + HOW_TO_GET_CLIP)
     return current
 
 
@@ -405,7 +442,7 @@ def show_no_text_support(current: Session, task: str) -> None:
     """Say that the model in use cannot embed text, and how to get CLIP unless the model note already did."""
     how = "" if current.model_note else f"\n\n{HOW_TO_GET_CLIP}"
     st.info(
-        f"The model in use ({plain(current.embed_config.model)}) embeds images only, so it cannot {task}: that needs "
+        f"The model in use ({plain(current.query_choice.config.model)}) embeds images only, so it cannot {task}: that needs "
         f"a CLIP model, whose text and image towers share one space.{how}"
     )
 

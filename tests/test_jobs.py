@@ -117,3 +117,13 @@ def test_a_projection_watched_by_a_stopped_watch_stops_at_its_first_stage():
     rows = np.random.default_rng(0).normal(size=(30, 8))
     with pytest.raises(Cancelled, match="cancelled during PCA"):
         project(rows[:20], rows[20:], ProjectionConfig(method="pca"), progress=Watch(stop=stop).stage)
+
+
+def test_busy_while_any_job_runs():
+    jobs, go = Jobs(keep=4), threading.Event()
+    assert not jobs.busy()
+    job = jobs.start("key", lambda watch: go.wait(WAIT))
+    assert jobs.busy()
+    go.set()
+    assert job.wait(WAIT)
+    assert not jobs.busy()

@@ -2,6 +2,7 @@
 
 import io
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.parquet import write_embeddings
 from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
 from core.retrieval.predict import read_submission, submission_label, write_submission
+from core.session.models import LOADING, ModelShelf, chosen_model
+from core.session.vectors import predict_config
 from core.session.workspace import DatasetEntry, Workspace
 from pages import ui
 
@@ -466,3 +469,29 @@ def test_a_cancelled_background_job_is_said_so_and_starts_again_on_request():
     app.button(key="again: Testing <b>").click().run()
     assert not app.exception and not app.warning
     assert [markdown.value for markdown in app.markdown] == ["finished anew"]
+
+
+class NeverLoadingShelf(ModelShelf):
+    """A model shelf whose loads wait until the test lets them finish."""
+
+    def __init__(self, release: threading.Event):
+        super().__init__(lambda config: release.wait(SECONDS) and None)
+
+
+def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(unlabelled_parquet_workspace, monkeypatch):
+    release = threading.Event()
+    shelf = NeverLoadingShelf(release)
+    monkeypatch.setattr(ui, "model_shelf", lambda: shelf)
+    try:
+        ws = Workspace(unlabelled_parquet_workspace)
+        # The Data page's run ends by starting the analysis of an active Parquet in the background.
+        ui.start_background_work(ws)
+        entry = ui.datasets(ws).active()
+        started = ui.analysis_jobs().get((entry.source, ui._vectors_only(chosen_model(ws)), predict_config(ws)))
+        assert started is not None and started.wait(SECONDS)
+        app = run_page("distractors", unlabelled_parquet_workspace)
+        assert_ran(app)
+        assert metric_values(app)["Flagged as distractors"]
+        assert shelf.state(chosen_model(ws)) == LOADING  # the vectors came with the data: nothing waited for it
+    finally:
+        release.set()

@@ -99,6 +99,11 @@ class Jobs:
         with self._guard:
             return self._jobs.get(key)
 
+    def busy(self) -> bool:
+        """Whether any job is still running."""
+        with self._guard:
+            return any(not job.over for job in self._jobs.values())
+
     def _forget_oldest_ended(self) -> None:
         ended = [key for key, job in self._jobs.items() if job.over]
         for key in ended[: max(0, len(ended) - self.keep)]:
