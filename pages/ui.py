@@ -180,10 +180,14 @@ def model_status(ws: Workspace) -> str:
     config = chosen_model(ws)
     state = model_shelf().state(config)
     if state == LOADING:
-        return f"{config.model} (loading…)"
-    if state == UNAVAILABLE:
-        return f"baseline ({config.model} unavailable)"
-    return config.model
+        status = f"{config.model} (loading…)"
+    elif state == UNAVAILABLE:
+        status = f"baseline ({config.model} unavailable)"
+    else:
+        status = config.model
+    if datasets(ws).active().kind == "parquet":
+        return f"{status}, for queries only: the dataset's vectors came with its file"
+    return status
 
 
 # ── vectors and analysis ─────────────────────────────────────────────────────

@@ -495,3 +495,10 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(unlabelled_
         assert shelf.state(chosen_model(ws)) == LOADING  # the vectors came with the data: nothing waited for it
     finally:
         release.set()
+
+
+def test_the_sidebar_says_a_parquet_needs_a_model_for_queries_only(unlabelled_parquet_workspace):
+    assert ui.model_status(Workspace(unlabelled_parquet_workspace)).endswith(
+        "for queries only: the dataset's vectors came with its file"
+    )
+    assert "came with its file" not in ui.model_status(Workspace(workspace_with("demo-only")))
