@@ -38,6 +38,7 @@ STEPS = [
     ("distractors_settled", "Distractors: page settled"),
     ("slider_median", "slider key press → Threshold metric updated, median"),
     ("slider_p90", "slider key press → Threshold metric updated, p90"),
+    ("browser_busy", "… Chromium's main thread busy in long tasks (> 50 ms), per press"),
     ("neighbours", "Neighbours: page settled with 5 cards"),
     ("evaluate", "Evaluate: MAP@5 shown"),
     ("umap", "Map, UMAP settled"),
@@ -86,8 +87,18 @@ def _open_distractors(tab: Page, walk: Walk, step: str) -> None:
     walk.timings[f"{step}_settled" if step == "distractors" else step] = time.perf_counter() - started
 
 
+# Sums the browser main thread's long tasks (over 50 ms each: script, layout, paint) from now on.
+_COUNT_LONG_TASKS = """() => {
+    window.busyMilliseconds = 0;
+    new PerformanceObserver(list => {
+        for (const task of list.getEntries()) window.busyMilliseconds += task.duration;
+    }).observe({type: "longtask"});
+}"""
+
+
 def _press_slider(tab: Page, walk: Walk) -> None:
     slider, shown = threshold_slider(tab), metric(tab, "Threshold")
+    tab.evaluate(_COUNT_LONG_TASKS)
     slider.focus()
     for press in range(SLIDER_PRESSES):
         key = "ArrowRight" if press % 2 == 0 else "ArrowLeft"
@@ -99,6 +110,7 @@ def _press_slider(tab: Page, walk: Walk) -> None:
         expect(shown).to_have_text(expected, timeout=WAIT_MS)
         walk.slider.append(time.perf_counter() - started)
     wait_for_run(tab, WAIT_MS)
+    walk.timings["browser_busy"] = tab.evaluate("() => window.busyMilliseconds") / 1000 / SLIDER_PRESSES
     walk.timings["slider_median"] = statistics.median(walk.slider)
     walk.timings["slider_p90"] = statistics.quantiles(walk.slider, n=10)[-1]
 
@@ -315,8 +327,9 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
         "dimension), so on 2 cores the first visit cannot settle in seconds; it starts in the background as soon as "
         "the dataset is active, shows progress with a Cancel button, and is kept on disk, so a revisit or a restart "
         f"reads it (the revisit row). A whole Distractors page rerun after a slider move at {smallest}, timed with "
-        f"AppTest without a browser, takes {seconds(inside['rerun'])} (the browser reruns only the slider's fragment); "
-        "the rest of each key press is Chromium redrawing the page's Plotly charts, in software, on the same 2 cores "
-        "as the server, which is also why six sessions at once wait for one another."
+        f"AppTest without a browser, takes {seconds(inside['rerun'])} (the browser reruns only the slider's fragment), "
+        f"while Chromium's main thread was busy {seconds(medians[smallest]['browser_busy'])} per press in long tasks: "
+        "most of each key press is the browser redrawing the page (its Plotly charts follow the slider), in software, "
+        "on the same 2 cores as the server, and six sessions at once are six browsers doing so."
     )
     return section
