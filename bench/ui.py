@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -222,7 +223,8 @@ def run(work: Path, quick: bool) -> Section:
             for round_number in range(rounds):
                 for size, relative in inputs.items():
                     home = work / f"{size}-round{round_number}"
-                    home.mkdir(parents=True, exist_ok=True)
+                    shutil.rmtree(home, ignore_errors=True)  # cold: no stored analyses or maps from an earlier run
+                    home.mkdir(parents=True)
                     print(f"[bench] ui: {size}, fresh server {round_number + 1} of {rounds}", flush=True)
                     with serve("app.py", home, home / "streamlit.log", {"RETRIEVAL_LAB_DATA_ROOT": str(data)}) as base_url:
                         walk = _walk(browser, base_url, relative)
@@ -268,7 +270,8 @@ def _page_rerun_in_python(home: Path, data: Path, relative: str) -> float:
 
     from pages import ui
 
-    home.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
     (workspace,) = _workspaces_on(home, data, relative, 1)
     with _environment(RETRIEVAL_LAB_HOME=str(home), RETRIEVAL_LAB_DATA_ROOT=str(data)):
         app = AppTest.from_file(str(Path(ui.__file__).with_name("distractors.py")), default_timeout=WAIT_MS / 1000)
