@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from core.embedding.config import BASELINE_MODEL, PRECISIONS, EmbedConfig, list_models
+from core.embedding.config import BASELINE_MODEL, PRECISION_HELP, PRECISIONS, EmbedConfig, list_models
+from core.embedding.runner import precision_note
 from core.records import TEST, TRAIN
 from core.methods.ensemble import search_weights, validation_map
 from core.session.models import choose_model, chosen_model
@@ -16,9 +17,8 @@ saved = chosen_model(ws)
 st.caption(f"Dataset: **{ui.plain(entry.name)}**")
 
 
-def show_vectors() -> None:
+def show_vectors(current: ui.Session) -> None:
     """The active dataset's vectors: how many, their size, and how many were computed, cached or refused."""
-    current = ui.session()
     loaded = current.loaded
     emb = loaded.embeddings
     counts = {split: int(emb.mask(split).sum()) for split in (TRAIN, TEST)}
@@ -41,7 +41,7 @@ if entry.kind == "parquet":
         "This dataset's vectors came with it, in its Parquet file: they are already there and the analysis "
         "pages use them as they are. To embed images, choose an image dataset on the **Data** page."
     )
-    show_vectors()
+    show_vectors(ui.session())
     st.stop()
 
 known = list_models()
@@ -55,7 +55,14 @@ choice = st.selectbox(
 )
 model = st.text_input("Hugging Face id or local checkpoint folder", value=saved.model if saved.model not in known else "") if choice == other else choice
 columns = st.columns(2)
-precision = columns[0].radio("Precision", PRECISIONS, index=PRECISIONS.index(saved.precision), horizontal=True, disabled=model == BASELINE_MODEL)
+precision = columns[0].radio(
+    "Precision",
+    PRECISIONS,
+    index=PRECISIONS.index(saved.precision),
+    horizontal=True,
+    disabled=model == BASELINE_MODEL,
+    help=PRECISION_HELP,
+)
 batch_size = columns[1].number_input("Batch size", 1, 512, saved.batch_size)
 
 with st.expander("Ensemble: combine several models (seed 000)"):
@@ -98,4 +105,8 @@ if st.button("Embed", type="primary", disabled=not model):
         st.stop()
     choose_model(ws, config)
 
-show_vectors()
+current = ui.session()
+show_vectors(current)
+# The precision the model settled on while embedding (for "auto", the first batch's check against fp32).
+if note := precision_note(current.model.embedder):
+    st.caption(ui.plain(note))

@@ -51,7 +51,7 @@ def coloured_images(image_file, count, colour=RED, suffix="png"):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tiny_clip_dir):
-    return load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
+    return load_embedder(EmbedConfig(model=str(tiny_clip_dir), precision="fp32"))
 
 
 def transformers_reference(tiny_clip_dir, images, texts):
@@ -141,7 +141,7 @@ def test_a_folder_without_a_clip_checkpoint_is_refused_clearly(tmp_path):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
+        ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16, got 'fp16'"),
         ({"device": "tpu"}, "device must be one of auto, cpu, cuda, mps, got 'tpu'"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
         ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),

@@ -1,4 +1,4 @@
-"""CLIP through transformers: fast preprocessing, the embedder with its CLS-only last layer, device and identity."""
+"""CLIP through transformers: fast preprocessing, the embedder with its CLS-only last layer, device, precision and identity."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ from core.embedding.cache import file_key
 from core.embedding.config import EmbedConfig
 from core.embedding.embedder import embed_by_preparing
 from core.embedding.hub import hub_commit, load_checkpoint
+
+# "auto" keeps bf16 only if, on the run's first batch, a median image's vector barely moves from
+# fp32 and each image's nearest neighbours within the batch stay nearly the same (issue #15).
+MIN_MEDIAN_COSINE = 0.999
+MIN_NEIGHBOUR_AGREEMENT = 0.95
+NEIGHBOURS_COMPARED = 5
+# /proc/cpuinfo flags of native bf16 arithmetic; without them torch emulates bf16, slower than fp32.
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,19 +91,100 @@ class FastClipPreprocessing:
         return prepared
 
 
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """bf16 against fp32 on one batch of the user's images: what was measured, and whether bf16 may be kept."""
+
+    images: int  # images in the batch, each embedded in both precisions
+    median_cosine: float  # median over the images of the cosine between their bf16 and fp32 vectors
+    neighbour_agreement: float | None  # mean share of each image's nearest neighbours in the batch both find; None below NEIGHBOURS_COMPARED + 1 images
+
+    @classmethod
+    def of(cls, fp32_vectors: np.ndarray, bf16_vectors: np.ndarray) -> PrecisionCheck:
+        """The check of one batch's unit-length vectors, row i of both being the same image."""
+        cosines = np.sum(fp32_vectors * bf16_vectors, axis=1)
+        enough = len(fp32_vectors) > NEIGHBOURS_COMPARED
+        agreement = _neighbour_agreement(fp32_vectors, bf16_vectors) if enough else None
+        return cls(len(fp32_vectors), float(np.median(cosines)), agreement)
+
+    @property
+    def shortfalls(self) -> list[str]:
+        """What falls below its threshold, each as "measure value < threshold"; empty when bf16 may be kept."""
+        shortfalls = []
+        if not self.median_cosine >= MIN_MEDIAN_COSINE:
+            shortfalls.append(f"median cosine {self.median_cosine:.4f} < {MIN_MEDIAN_COSINE}")
+        if self.neighbour_agreement is not None and not self.neighbour_agreement >= MIN_NEIGHBOUR_AGREEMENT:
+            shortfalls.append(f"top-{NEIGHBOURS_COMPARED} agreement {self.neighbour_agreement:.2f} < {MIN_NEIGHBOUR_AGREEMENT}")
+        return shortfalls
+
+    def summary(self) -> str:
+        """The measures as one phrase, for the line saying which precision a run used."""
+        agreement = (
+            f"top-{NEIGHBOURS_COMPARED} agreement {self.neighbour_agreement:.2f}"
+            if self.neighbour_agreement is not None
+            else f"top-{NEIGHBOURS_COMPARED} agreement not measured with {self.images} images"
+        )
+        return f"median cosine {self.median_cosine:.4f}, {agreement}"
+
+
+def _neighbour_agreement(first: np.ndarray, second: np.ndarray) -> float:
+    """Mean over items of the share of their NEIGHBOURS_COMPARED nearest (among the others) both vector sets find."""
+
+    def nearest(vectors: np.ndarray) -> np.ndarray:
+        similarities = vectors @ vectors.T
+        np.fill_diagonal(similarities, -np.inf)
+        return np.argsort(-similarities, axis=1, kind="stable")[:, :NEIGHBOURS_COMPARED]
+
+    shared = [len(np.intersect1d(a, b)) for a, b in zip(nearest(first), nearest(second))]
+    return float(np.mean(shared)) / NEIGHBOURS_COMPARED
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """The precision "auto" stands for on `device` ("cpu", "cuda" or "mps"); any other request stands for itself."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device == "cpu" and NATIVE_BF16_CPU_FLAGS & cpu_flags() else "fp32"
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them in `cpuinfo`; none elsewhere, where "auto" therefore means fp32."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(
+        flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()
+    )
+
+
 class ClipEmbedder:
-    """A CLIP checkpoint's image and text towers, fed by the checkpoint's own preprocessing (or FastClipPreprocessing)."""
+    """A CLIP checkpoint's image and text towers, fed by the checkpoint's own preprocessing (or FastClipPreprocessing).
+
+    With precision "auto" resolving to bf16, the model stays in fp32 until check_precision has
+    compared both on a first batch: until then everything it computes is fp32, and says so.
+    """
 
     supports_text = True
 
     def __init__(self, config: EmbedConfig) -> None:
-        import torch
-
         _use_all_cores()
         self.device = _pick_device(config.device)
-        self._dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+        self.precision_check: PrecisionCheck | None = None  # set by check_precision
+        resolved = resolve_precision(config.precision, self.device)
+        self.awaits_precision_check = config.precision == "auto" and resolved == "bf16"
+        if config.precision != "auto":
+            self._precision_reason = "as chosen"
+        elif self.awaits_precision_check:
+            self._precision_reason = "auto; bf16 once a first batch agrees with fp32"
+        else:
+            self._precision_reason = "auto; bf16 is not native here (that needs a CPU with AVX512-BF16 or AMX, or a CUDA GPU with bf16)"
         model, self._image_processor, self._tokenizer = load_checkpoint(config.model, config.revision)
-        self._model = model.to(self.device, dtype=self._dtype).eval()
+        self._model = model.eval()
+        self._use_precision("fp32" if self.awaits_precision_check else resolved)
         # The image vector depends only on the CLS token after the last encoder layer, so that layer
         # runs for the CLS query alone (keys and values still for every token): 6.6% fewer FLOPs
         # for ViT-B/32, the same vectors to float rounding (1e-6).
@@ -103,13 +192,51 @@ class ClipEmbedder:
         self._image_tower = partial(_image_features, self._model) if cls_only else self._model.get_image_features
         self.dim = int(model.config.projection_dim)
         self._max_text_tokens = int(model.config.text_config.max_position_embeddings)
-        self.identity = _clip_identity(config, model.config.to_json_string(), self._image_processor.to_json_string())
+        self._model_version, self._fingerprint = _clip_identity(
+            config, model.config.to_json_string(), self._image_processor.to_json_string()
+        )
         self._fast_preprocessing = FastClipPreprocessing.of(self._image_processor)
         target = self._image_processor.size
         edge = target.get("shortest_edge") or target.get("height")
         # JPEGs decode at 1/2, 1/4 or 1/8 scale while both sides stay at least the model's input
         # size; the bicubic resize then filters far fewer pixels (cosine to a full decode > 0.99).
         self.draft_size = int(edge) if edge else None
+
+    @property
+    def identity(self) -> str:
+        """Model name, version, the precision in use and a fingerprint: cache rows and Parquet files are keyed by it."""
+        return f"{self._model_version} {self.precision} cfg:{self._fingerprint}"
+
+    @property
+    def precision_note(self) -> str:
+        """One line: the precision the vectors are computed in, and why."""
+        return f"precision: {self.precision} ({self._precision_reason})"
+
+    def check_precision(self, inputs: np.ndarray) -> np.ndarray:
+        """Settle "auto": embed prepared `inputs` in fp32 and bf16, keep bf16 only if they agree; the vectors in the precision kept."""
+        if not self.awaits_precision_check:
+            raise RuntimeError(f"check_precision settles precision 'auto' once; this embedder's is settled: {self.precision_note}")
+        fp32_vectors = self.embed_prepared(inputs)
+        # Holds the fp32 weights while the parameters turn bf16, so a refusal restores them exactly.
+        fp32_weights = self._model.state_dict()
+        self._use_precision("bf16")
+        bf16_vectors = self.embed_prepared(inputs)
+        check = PrecisionCheck.of(fp32_vectors, bf16_vectors)
+        self.precision_check, self.awaits_precision_check = check, False
+        if check.shortfalls:
+            self._use_precision("fp32")
+            self._model.load_state_dict(fp32_weights)
+            self._precision_reason = f"auto; bf16 refused, the first batch disagrees with fp32: {', '.join(check.shortfalls)}"
+            return fp32_vectors
+        self._precision_reason = f"auto; first batch agrees with fp32: {check.summary()}"
+        return bf16_vectors
+
+    def _use_precision(self, precision: str) -> None:
+        import torch
+
+        self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self._model.to(self.device, dtype=self._dtype)
+        self.precision = precision
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return embed_by_preparing(self, images)
@@ -224,8 +351,8 @@ def _pick_device(requested: str) -> str:
     return requested
 
 
-def _clip_identity(config: EmbedConfig, model_config_json: str, processor_json: str) -> str:
-    """Model name, version, precision and a fingerprint, so different weights never share cache rows."""
+def _clip_identity(config: EmbedConfig, model_config_json: str, processor_json: str) -> tuple[str, str]:
+    """"name@version" and a fingerprint of config and weights, so different weights never share cache rows."""
     directory = Path(config.model).expanduser()
     fingerprint = hashlib.sha256((model_config_json + processor_json).encode())
     if directory.is_dir():
@@ -235,4 +362,4 @@ def _clip_identity(config: EmbedConfig, model_config_json: str, processor_json: 
         name, version = directory.name, "local"
     else:
         name, version = config.model, hub_commit(config.model, config.revision) or config.revision or "default"
-    return f"{name}@{version} {config.precision} cfg:{fingerprint.hexdigest()[:12]}"
+    return f"{name}@{version}", fingerprint.hexdigest()[:12]

@@ -6,8 +6,13 @@ from dataclasses import dataclass, field
 
 BASELINE_MODEL = "baseline"
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Shared by the command line and the Embed page.
+PRECISION_HELP = (
+    "auto: bf16 where it runs natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU), kept only if the first "
+    "batch agrees with fp32, else fp32; bf16 is about twice as fast and takes half the memory"
+)
 
 KNOWN_MODELS = {
     "openai/clip-vit-base-patch32": "CLIP ViT-B/32, 512-d: the fastest CLIP and the default",
@@ -30,7 +35,7 @@ class EmbedConfig:
     # Each field's help and choices live in its metadata: the command line builds its options from them.
     model: str = field(default=DEFAULT_MODEL, metadata={"help": f"Hugging Face CLIP id, local checkpoint directory, or {BASELINE_MODEL!r}"})
     batch_size: int = field(default=16, metadata={"help": "images per model call; an interrupted run loses at most one batch"})
-    precision: str = field(default="fp32", metadata={"help": "bf16 takes half the memory, at cosine > 0.99 to fp32", "choices": PRECISIONS})
+    precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
     device: str = field(default="auto", metadata={"help": "auto picks cuda, then mps, then cpu", "choices": DEVICES})
     revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model; none means the default branch"})
 

@@ -32,6 +32,11 @@ def load_embedder(config: EmbedConfig) -> Embedder:
     return BaselineEmbedder() if config.model == BASELINE_MODEL else ClipEmbedder(config)
 
 
+def precision_note(embedder: Embedder) -> str | None:
+    """The line saying which precision the embedder computes in and why; None for the baseline, which has no precision."""
+    return embedder.precision_note if isinstance(embedder, ClipEmbedder) else None
+
+
 @dataclass
 class EmbedRun:
     """What an embedding run produced and how."""
@@ -54,30 +59,36 @@ def embed_dataset(
 
     Unreadable or undecodable items become rejections and the run goes on. progress(done, total,
     images_per_second) is called after every batch (once, with done == total, if nothing needed
-    computing). Identical files are decoded and embedded once.
+    computing). Identical files are decoded and embedded once. A CLIP embedder whose precision
+    "auto" awaits its check settles it on the dataset's first batch before anything else.
     """
     batch_size = EmbedConfig.batch_size if batch_size is None else batch_size
     check_batch_size(batch_size)
     started = time.perf_counter()
     keys, unreadable = _content_keys(dataset.items)
     copies = Counter(keys.values())
-    vectors = cache.get_many(embedder.identity, copies) if cache is not None else {}
-    from_cache = sum(copies[key] for key in vectors)
-
-    todo: dict[str, Item] = {}
-    for item in dataset.items:
-        if item.id in keys and keys[item.id] not in vectors:
-            todo.setdefault(keys[item.id], item)
-    pending = list(todo.items())
-    batches = [dict(pending[start : start + batch_size]) for start in range(0, len(pending), batch_size)]
-    total, computed = len(dataset.items), 0
-    done = total - sum(copies[key] for key in todo)
-    undecodable: dict[str, str] = {}
     # Decode threads also prepare the model's inputs when the embedder can, so the main thread only runs the model.
     preparing = isinstance(embedder, PreparingEmbedder)
     prepare = embedder.prepare_image if preparing else None
     embed = (lambda inputs: embedder.embed_prepared(np.stack(inputs))) if preparing else embedder.embed_images
     with ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="decode") as pool:
+        # Before the cache is read: the precision kept is part of the identity its rows are keyed by.
+        checked = _first_batch_checked(pool, embedder, dataset.items, keys, batch_size)
+        vectors = cache.get_many(embedder.identity, (key for key in copies if key not in checked)) if cache is not None else {}
+        from_cache = sum(copies[key] for key in vectors)
+        if cache is not None and checked:
+            cache.put_many(embedder.identity, checked)
+        vectors.update(checked)
+
+        todo: dict[str, Item] = {}
+        for item in dataset.items:
+            if item.id in keys and keys[item.id] not in vectors:
+                todo.setdefault(keys[item.id], item)
+        pending = list(todo.items())
+        batches = [dict(pending[start : start + batch_size]) for start in range(0, len(pending), batch_size)]
+        total, computed = len(dataset.items), sum(copies[key] for key in checked)
+        done = total - sum(copies[key] for key in todo)
+        undecodable: dict[str, str] = {}
         for images, failed in _decoded_batches(pool, batches, embedder.draft_size, prepare):
             undecodable.update(failed)
             if images:
@@ -90,7 +101,7 @@ def embed_dataset(
             if progress is not None:
                 progress(done, total, computed / (time.perf_counter() - started))
     if progress is not None and not batches:
-        progress(total, total, 0.0)
+        progress(total, total, computed / (time.perf_counter() - started))
 
     accepted = [item for item in dataset.items if keys.get(item.id) in vectors]
     rejected = [
@@ -105,6 +116,28 @@ def embed_dataset(
         from_cache=from_cache,
         seconds=time.perf_counter() - started,
     )
+
+
+def _first_batch_checked(
+    pool: ThreadPoolExecutor, embedder: Embedder, items: Sequence[Item], keys: dict[str, str], batch_size: int
+) -> dict[str, np.ndarray]:
+    """Vectors by key of the first batch of distinct readable files, when they settled the embedder's precision "auto"; else none.
+
+    The batch is the dataset's first, cached or not: the check compares both precisions on the
+    user's own images. Should none of it decode, "auto" stays unsettled and this run is fp32.
+    """
+    if not (isinstance(embedder, ClipEmbedder) and embedder.awaits_precision_check):
+        return {}
+    first: dict[str, Item] = {}
+    for item in items:
+        if len(first) == batch_size:
+            break
+        if item.id in keys:
+            first.setdefault(keys[item.id], item)
+    inputs, _ = next(_decoded_batches(pool, [first], embedder.draft_size, embedder.prepare_image))
+    if not inputs:
+        return {}
+    return dict(zip(inputs, embedder.check_precision(np.stack(list(inputs.values())))))
 
 
 def _content_keys(items: Sequence[Item]) -> tuple[dict[str, str], dict[str, str]]:
