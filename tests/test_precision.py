@@ -125,8 +125,9 @@ def test_auto_falls_back_to_exact_fp32_when_the_check_fails_and_keeps_its_cache_
     assert refused.precision == "fp32" and " fp32 " in refused.identity and run.embeddings.model == refused.identity
     assert precision_note(refused).startswith("precision: fp32 (auto; bf16 refused, the first batch disagrees with fp32: median cosine ")
     assert "< 1.5" in precision_note(refused)
-    # The bf16 run's rows are not fp32's: everything is computed, none read back.
-    assert (run.computed, run.from_cache) == (len(COLOURS), 0)
+    # The first run's check cached both precisions' vectors: this run settles from the cache and reads
+    # the fp32 rows it computed, never the bf16 ones (the vectors equal a fresh fp32 run's, below).
+    assert (run.computed, run.from_cache) == (0, len(COLOURS))
 
     chosen_fp32 = load_embedder(EmbedConfig(model=str(tiny_clip_dir), precision="fp32"))
     again = embed_dataset(photos, chosen_fp32, cache)
@@ -168,3 +169,14 @@ def load_photo(item):
     from core.io.images import load_image
 
     return load_image(item.path)
+
+
+def test_a_second_auto_run_of_the_same_data_settles_from_the_cache_without_the_model(native_bf16, tiny_clip_dir, photos, tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    first = embed_dataset(photos, auto_embedder(tiny_clip_dir), cache)
+    again = auto_embedder(tiny_clip_dir)
+    monkeypatch.setattr(again, "embed_prepared", lambda inputs: pytest.fail("the model ran on cached data"))
+    run = embed_dataset(photos, again, cache)
+    assert again.precision == "bf16" and again.precision_check is not None
+    assert (run.computed, run.from_cache) == (0, len(COLOURS))
+    np.testing.assert_array_equal(run.embeddings.vectors, first.embeddings.vectors)

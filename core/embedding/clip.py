@@ -205,31 +205,45 @@ class ClipEmbedder:
     @property
     def identity(self) -> str:
         """Model name, version, the precision in use and a fingerprint: cache rows and Parquet files are keyed by it."""
-        return f"{self._model_version} {self.precision} cfg:{self._fingerprint}"
+        return self.identity_in(self.precision)
+
+    def identity_in(self, precision: str) -> str:
+        """The identity of this model's vectors computed in `precision`."""
+        return f"{self._model_version} {precision} cfg:{self._fingerprint}"
 
     @property
     def precision_note(self) -> str:
         """One line: the precision the vectors are computed in, and why."""
         return f"precision: {self.precision} ({self._precision_reason})"
 
-    def check_precision(self, inputs: np.ndarray) -> np.ndarray:
-        """Settle "auto": embed prepared `inputs` in fp32 and bf16, keep bf16 only if they agree; the vectors in the precision kept."""
-        if not self.awaits_precision_check:
-            raise RuntimeError(f"check_precision settles precision 'auto' once; this embedder's is settled: {self.precision_note}")
+    def check_precision(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Settle "auto": embed prepared `inputs` in fp32 and bf16 and keep bf16 only if they agree; both sets of vectors, by precision."""
+        self._require_unsettled()
         fp32_vectors = self.embed_prepared(inputs)
         # Holds the fp32 weights while the parameters turn bf16, so a refusal restores them exactly.
         fp32_weights = self._model.state_dict()
         self._use_precision("bf16")
         bf16_vectors = self.embed_prepared(inputs)
+        self.settle_precision(fp32_vectors, bf16_vectors)
+        if self.precision == "fp32":
+            self._model.load_state_dict(fp32_weights)
+        return {"fp32": fp32_vectors, "bf16": bf16_vectors}
+
+    def _require_unsettled(self) -> None:
+        if not self.awaits_precision_check:
+            raise RuntimeError(f"check_precision settles precision 'auto' once; this embedder's is settled: {self.precision_note}")
+
+    def settle_precision(self, fp32_vectors: np.ndarray, bf16_vectors: np.ndarray) -> None:
+        """Settle "auto" from a first batch's vectors in both precisions (computed now, or by an earlier run and cached)."""
+        self._require_unsettled()
         check = PrecisionCheck.of(fp32_vectors, bf16_vectors)
         self.precision_check, self.awaits_precision_check = check, False
         if check.shortfalls:
             self._use_precision("fp32")
-            self._model.load_state_dict(fp32_weights)
             self._precision_reason = f"auto; bf16 refused, the first batch disagrees with fp32: {', '.join(check.shortfalls)}"
-            return fp32_vectors
-        self._precision_reason = f"auto; first batch agrees with fp32: {check.summary()}"
-        return bf16_vectors
+        else:
+            self._use_precision("bf16")
+            self._precision_reason = f"auto; first batch agrees with fp32: {check.summary()}"
 
     def _use_precision(self, precision: str) -> None:
         import torch

@@ -73,11 +73,9 @@ def embed_dataset(
     embed = (lambda inputs: embedder.embed_prepared(np.stack(inputs))) if preparing else embedder.embed_images
     with ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="decode") as pool:
         # Before the cache is read: the precision kept is part of the identity its rows are keyed by.
-        checked = _first_batch_checked(pool, embedder, dataset.items, keys, batch_size)
+        checked, computed_for_check = _first_batch_checked(pool, embedder, dataset.items, keys, batch_size, cache)
         vectors = cache.get_many(embedder.identity, (key for key in copies if key not in checked)) if cache is not None else {}
-        from_cache = sum(copies[key] for key in vectors)
-        if cache is not None and checked:
-            cache.put_many(embedder.identity, checked)
+        from_cache = sum(copies[key] for key in vectors) + sum(copies[key] for key in checked if not computed_for_check)
         vectors.update(checked)
 
         todo: dict[str, Item] = {}
@@ -86,7 +84,7 @@ def embed_dataset(
                 todo.setdefault(keys[item.id], item)
         pending = list(todo.items())
         batches = [dict(pending[start : start + batch_size]) for start in range(0, len(pending), batch_size)]
-        total, computed = len(dataset.items), sum(copies[key] for key in checked)
+        total, computed = len(dataset.items), sum(copies[key] for key in checked) if computed_for_check else 0
         done = total - sum(copies[key] for key in todo)
         undecodable: dict[str, str] = {}
         for images, failed in _decoded_batches(pool, batches, embedder.draft_size, prepare):
@@ -119,25 +117,42 @@ def embed_dataset(
 
 
 def _first_batch_checked(
-    pool: ThreadPoolExecutor, embedder: Embedder, items: Sequence[Item], keys: dict[str, str], batch_size: int
-) -> dict[str, np.ndarray]:
-    """Vectors by key of the first batch of distinct readable files, when they settled the embedder's precision "auto"; else none.
+    pool: ThreadPoolExecutor,
+    embedder: Embedder,
+    items: Sequence[Item],
+    keys: dict[str, str],
+    batch_size: int,
+    cache: EmbeddingCache | None,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Vectors by key of the first batch of distinct readable files, when they settled the embedder's precision "auto"
+    (else none), and whether they were computed now rather than read from the cache.
 
     The batch is the dataset's first, cached or not: the check compares both precisions on the
-    user's own images. Should none of it decode, "auto" stays unsettled and this run is fp32.
+    user's own images. Both precisions' vectors are cached, so a later run of the same data settles
+    the check from the cache without the model. Should none of it decode, "auto" stays unsettled
+    and this run is fp32.
     """
     if not (isinstance(embedder, ClipEmbedder) and embedder.awaits_precision_check):
-        return {}
+        return {}, False
     first: dict[str, Item] = {}
     for item in items:
         if len(first) == batch_size:
             break
         if item.id in keys:
             first.setdefault(keys[item.id], item)
+    if cache is not None and first:
+        stored = {precision: cache.get_many(embedder.identity_in(precision), first) for precision in ("fp32", "bf16")}
+        if all(len(found) == len(first) for found in stored.values()):
+            embedder.settle_precision(*(np.stack([stored[precision][key] for key in first]) for precision in ("fp32", "bf16")))
+            return stored[embedder.precision], False
     inputs, _ = next(_decoded_batches(pool, [first], embedder.draft_size, embedder.prepare_image))
     if not inputs:
-        return {}
-    return dict(zip(inputs, embedder.check_precision(np.stack(list(inputs.values())))))
+        return {}, False
+    both = {precision: dict(zip(inputs, vectors)) for precision, vectors in embedder.check_precision(np.stack(list(inputs.values()))).items()}
+    if cache is not None:
+        for precision, vectors in both.items():
+            cache.put_many(embedder.identity_in(precision), vectors)
+    return both[embedder.precision], True
 
 
 def _content_keys(items: Sequence[Item]) -> tuple[dict[str, str], dict[str, str]]:
