@@ -393,20 +393,25 @@ def projection(current: Session, config: ProjectionConfig) -> Projection:
     from core.maps.projection import ProjectionCache, project, projection_key
 
     train, test = current.analysis.train.vectors, current.analysis.test.vectors
-    cache = ProjectionCache(workspace_home() / "projections")
-    key = projection_key(train, test, config)
-    stored = cache.get(key)
-    if stored is not None:
-        return stored
 
-    def project_and_keep(watch: Watch) -> Projection:
+    def stored_or_projected(watch: Watch) -> Projection:
+        # The disk key hashes every vector (0.15 s at 130k items): paid once per server
+        # here, not on every run of the Map page, whose job is found by dataset, model identity and config.
+        cache = ProjectionCache(workspace_home() / "projections")
+        key = projection_key(train, test, config)
+        stored = cache.get(key)
+        if stored is not None:
+            return stored
         # A stage report is where a projection can be stopped: between its steps and every few t-SNE rounds.
         result = project(train, test, config, progress=watch.stage)
         cache.put(key, result)
         return result
 
     return finished(
-        projection_jobs(), key, project_and_keep, f"Computing the {config.method.upper()} map of {len(train) + len(test):,} points"
+        projection_jobs(),
+        (current.entry.source, current.loaded.embeddings.model, config),
+        stored_or_projected,
+        f"Computing the {config.method.upper()} map of {len(train) + len(test):,} points",
     )
 
 

@@ -502,3 +502,14 @@ def test_the_sidebar_says_a_parquet_needs_a_model_for_queries_only(unlabelled_pa
         "for queries only: the dataset's vectors came with its file"
     )
     assert "came with its file" not in ui.model_status(Workspace(workspace_with("demo-only")))
+
+
+def test_a_map_rerun_finds_its_projection_without_hashing_the_vectors_again(monkeypatch):
+    hashed = []
+    real_key = core.maps.projection.projection_key
+    monkeypatch.setattr(core.maps.projection, "projection_key", lambda *args: hashed.append(1) or real_key(*args))
+    app = run_page("map", map_method="pca")
+    assert_ran(app)
+    app.run()
+    assert_ran(app)
+    assert len(hashed) == 1
