@@ -41,18 +41,16 @@ def _load(args, source=None, model=None):
     """Embeddings for the command's source, reporting what was refused."""
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import EmbedConfig
-    from core.embedding.runner import load_embedder, precision_note
     from core.retrieval.pipeline import is_embeddings_file, load_embeddings
 
     source = source or args.source
-    embed_config = embedder = None
+    embed_config = None
     if not is_embeddings_file(source):
         embed_config = _config(EmbedConfig, args, model=model or args.model)
-        embedder = load_embedder(embed_config)
-    loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"), embedder=embedder)
+    loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"))
     print(loaded.summary(), file=sys.stderr)
-    if embedder is not None and (note := precision_note(embedder)):
-        print(note, file=sys.stderr)
+    if loaded.precision_note:
+        print(loaded.precision_note, file=sys.stderr)
     if loaded.computed or loaded.from_cache:
         print(f"computed {loaded.computed}, from cache {loaded.from_cache}", file=sys.stderr)
     for rejected in loaded.rejected:

@@ -203,3 +203,11 @@ def test_every_command_makes_the_out_folder(command, demo, demo_parquet, tmp_pat
     argv = [command, *sources[command], "--out", str(out)] + (["--weights", "1", "1"] if command == "ensemble" else [])
     assert main(argv) == 0
     assert out.is_file()
+
+
+def test_a_missing_dataset_is_refused_before_any_model_loads(tiny_clip_dir, workspace, capsys, monkeypatch):
+    import core.embedding.runner
+
+    monkeypatch.setattr(core.embedding.runner, "load_embedder", lambda config: pytest.fail("the model loaded first"))
+    assert main(["evaluate", "no/such/folder", "--model", str(tiny_clip_dir)]) == 2
+    assert "does not exist" in capsys.readouterr().err

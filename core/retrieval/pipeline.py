@@ -401,6 +401,7 @@ class LoadedEmbeddings:
     computed: int = 0  # vectors computed by the model in this run
     from_cache: int = 0  # vectors found in the cache
     seconds: float = 0.0  # time spent embedding
+    precision_note: str | None = None  # the precision the model computed in and why; None when nothing was embedded
 
     def summary(self) -> str:
         return f"{len(self.embeddings.ids)} accepted, {len(self.rejected)} rejected"
@@ -422,9 +423,12 @@ def load_embeddings(source, embed_config=None, cache=None, progress=None, work_d
         return LoadedEmbeddings(embeddings, rejected)
     # torch loads only when images must be embedded, so Parquet analysis starts fast.
     from core.embedding.config import EmbedConfig
-    from core.embedding.runner import embed_dataset, load_embedder
+    from core.embedding.runner import embed_dataset, load_embedder, precision_note
 
     dataset = load_dataset(source, work_dir=work_dir)
     config = embed_config or EmbedConfig()
-    run = embed_dataset(dataset, embedder or load_embedder(config), cache, config.batch_size, progress)
-    return LoadedEmbeddings(run.embeddings, dataset.rejected + run.rejected, run.computed, run.from_cache, run.seconds)
+    embedder = embedder or load_embedder(config)
+    run = embed_dataset(dataset, embedder, cache, config.batch_size, progress)
+    return LoadedEmbeddings(
+        run.embeddings, dataset.rejected + run.rejected, run.computed, run.from_cache, run.seconds, precision_note(embedder)
+    )
