@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from input_files import make_embeddings, write_files, write_raw_parquet
 
-from core.io.parquet import MODEL_METADATA_KEY, read_embeddings, read_embeddings_checked, write_embeddings
+from core.io.parquet import MODEL_METADATA_KEY, PRECISION_METADATA_KEY, read_embeddings, read_embeddings_checked, write_embeddings
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 
 
@@ -25,7 +25,12 @@ def test_parquet_round_trip_keeps_everything(tmp_path):
     np.testing.assert_allclose(loaded.vectors, original.vectors, atol=1e-6)
     schema = pq.read_schema(tmp_path / "e.parquet")
     assert schema.field("embedding").type == pa.list_(pa.float32())
-    assert schema.metadata[MODEL_METADATA_KEY] == b"test/model"
+    assert schema.metadata[MODEL_METADATA_KEY] == b"test/model" and PRECISION_METADATA_KEY not in schema.metadata
+
+
+def test_the_precision_is_recorded_when_known(tmp_path):
+    write_embeddings(tmp_path / "e.parquet", make_embeddings(), precision="bf16")
+    assert pq.read_schema(tmp_path / "e.parquet").metadata[PRECISION_METADATA_KEY] == b"bf16"
 
 
 def test_parquet_without_model_metadata_reads_unknown_and_renormalises(tmp_path):

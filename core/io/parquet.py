@@ -17,6 +17,8 @@ from core.io.labels import checked_label, white_space_note
 from core.records import SPLITS, Embeddings, Rejected
 
 MODEL_METADATA_KEY = b"retrieval_lab.model"
+# The precision the vectors were computed in (fp32, bf16); absent for models without one, like the baseline.
+PRECISION_METADATA_KEY = b"retrieval_lab.precision"
 EMBEDDING_COLUMNS = ("id", "split", "label", "embedding")
 # Parquet reads kept in memory: a dataset is read when it is added and again for its analysis,
 # so the last few reads are kept rather than read twice (each is as large as its vectors).
@@ -34,28 +36,35 @@ def is_embeddings_source(path: Path) -> bool:
     return bool(parts) and all(child.is_file() and child.suffix.lower() == ".parquet" for child in parts)
 
 
-def write_embeddings(path: Path, emb: Embeddings) -> None:
-    """Write `emb` as Parquet (id, split, label, embedding) with the model in the schema metadata.
+def write_embeddings(path: Path, emb: Embeddings, precision: str | None = None) -> None:
+    """Write `emb` as Parquet (id, split, label, embedding) with the model, and the precision when known, in the schema metadata.
 
     The file is written beside `path` and moved into place, so a failure never leaves a half
     file where a good one was.
     """
-    path = Path(path)
+    table = embeddings_table(emb, precision)
+    with replaced_atomically(Path(path)) as partial:
+        pq.write_table(table, partial)
+
+
+def embeddings_table(emb: Embeddings, precision: str | None = None) -> pa.Table:
+    """`emb` as an Arrow table in the project's schema, the model and precision (None: unknown or none) in its metadata."""
     vectors = np.ascontiguousarray(emb.vectors, dtype=np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"embedding vectors must be 2-D (rows, dim), got shape {vectors.shape}")
     n, dim = vectors.shape
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * dim, pa.int32())
-    table = pa.table(
+    metadata = {MODEL_METADATA_KEY: emb.model.encode()}
+    if precision is not None:
+        metadata[PRECISION_METADATA_KEY] = precision.encode()
+    return pa.table(
         {
             "id": pa.array([str(i) for i in emb.ids], pa.string()),
             "split": pa.array([str(s) for s in emb.splits], pa.string()),
             "label": pa.array([_label_or_none(label) for label in emb.labels], pa.string()),
             "embedding": pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel(), pa.float32())),
         }
-    ).replace_schema_metadata({MODEL_METADATA_KEY: emb.model.encode()})
-    with replaced_atomically(path) as partial:
-        pq.write_table(table, partial)
+    ).replace_schema_metadata(metadata)
 
 
 def read_embeddings(path: Path) -> Embeddings:
