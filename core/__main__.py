@@ -1,4 +1,4 @@
-"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble} — options from the config dataclasses, one-line errors, never a traceback."""
+"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble,report} — options from the config dataclasses, one-line errors, never a traceback."""
 
 from __future__ import annotations
 
@@ -260,6 +260,53 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+def _stage_lines():
+    """A Watch report that prints each stage once, on stderr, as it starts (steps within a stage are not repeated)."""
+    last = None
+
+    def report(done: int, total: int, stage: str) -> None:
+        nonlocal last
+        if stage != last:
+            last = stage
+            print(f"{stage}…", file=sys.stderr)
+
+    return report
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from core.io.layouts import load_dataset
+    from core.maps.projection import ProjectionConfig, project
+    from core.progress import Watch
+    from core.report.config import ReportConfig
+    from core.report.html import report_html, write_report
+    from core.retrieval.pipeline import analyse, is_embeddings_file
+
+    out = _checked_out(args.out, [args.source])
+    config = _config(ReportConfig, args)
+    loaded = _load(args)
+    watch = Watch(report=_stage_lines())
+    analysis = analyse(loaded.embeddings, _predict_config(args), watch=watch)
+    rule = None
+    if args.detector == "dbscan":
+        rule = f"flags from DBSCAN (eps {args.eps}, min_samples {args.min_samples}); the curves show the threshold of {analysis.threshold_source}"
+    flags = _flags(analysis, args)
+    watch.stage(f"projecting {len(loaded.embeddings.ids):,} points ({config.map_method})")
+    projection = project(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=config.map_method), progress=watch.stage)
+    if is_embeddings_file(args.source):
+        name, images = Path(args.source).stem, {}
+    else:
+        dataset = load_dataset(args.source)
+        name, images = dataset.name, {item.id: item.path for item in dataset.items}
+    page = report_html(
+        loaded, analysis, projection, name=name, images=images, threshold_rule=rule, flags=flags, config=config, watch=watch
+    )
+    write_report(out, page)
+    print(f"wrote {args.out} ({len(page.encode()) / 1e6:.1f} MB): open it in any browser, no network needed")
+    return 0
+
+
 def _add_config_options(parser, config_class, only=None, skip=()) -> None:
     """One option per field of `config_class` (or of `only`): --field-name, with the field's default, type, choices and help."""
     import argparse
@@ -306,6 +353,7 @@ def build_parser():
     from core.embedding.config import EmbedConfig
     from core.methods.compare import COMPARE_METHODS
     from core.methods.ensemble import MODES
+    from core.report.config import ReportConfig
     from core.retrieval.pipeline import PredictConfig
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Retrieval Lab: image retrieval with distractors.")
@@ -358,6 +406,13 @@ def build_parser():
     _add_config_options(ensemble, PredictConfig, skip=("threshold", "auto"))  # the search validates on train
     ensemble.add_argument("--out", help="ensemble embeddings .parquet to write")
     ensemble.set_defaults(run=cmd_ensemble)
+
+    report = commands.add_parser("report", help="one self-contained HTML file to share: metrics, curves, map and neighbours")
+    _add_source(report)
+    _add_prediction(report)
+    _add_config_options(report, ReportConfig)
+    report.add_argument("--out", required=True, help="report .html to write")
+    report.set_defaults(run=cmd_report)
     return parser
 
 
