@@ -1,9 +1,13 @@
 """Data page: choose or add a dataset, see its counts, gallery and refused files."""
 
+from dataclasses import fields
+
 import pandas as pd
 import streamlit as st
 
+from core.io.hf_datasets import HfSelection
 from core.io.parquet import read_embeddings_checked
+from core.progress import Watch
 from core.records import TEST, TRAIN
 from core.session.datasets import data_root
 from pages import ui
@@ -21,7 +25,7 @@ if chosen != current.name:
     st.rerun()
 
 with st.expander("Add a dataset"):
-    upload_tab, folder_tab = st.tabs(["Upload", "Folder on the server"])
+    upload_tab, folder_tab, hugging_face_tab = st.tabs(["Upload", "Folder on the server", "Hugging Face"])
     with upload_tab:
         st.caption(
             "A .zip of `train/<label>/…` and `test/…` (or `test/<label>/…`, `-1` for distractors), "
@@ -50,6 +54,27 @@ with st.expander("Add a dataset"):
             try:
                 entry = datasets.add_folder(folder)
             except (ValueError, OSError) as error:  # OSError: an unreadable folder
+                st.error(ui.plain(error))
+            else:
+                datasets.choose(entry.name)
+                st.rerun()
+    with hugging_face_tab:
+        st.caption(
+            "A folder written by `save_to_disk` under the data root, or `hf:owner/name` for a dataset on the "
+            "Hugging Face Hub (needs network). Its images are written once, then reused."
+        )
+        location = st.text_input("save_to_disk folder or hf:owner/name", key="hf_location")
+        columns = st.columns(4)
+        selection = HfSelection(**{
+            field.name: column.text_input(field.name.replace("_", " ").capitalize(), field.default, help=field.metadata["help"], key=f"hf_{field.name}")
+            for field, column in zip(fields(HfSelection), columns)
+        })
+        if st.button("Add Hugging Face dataset", disabled=not location):
+            bar = st.progress(0.0)
+            watch = Watch(report=lambda done, total, stage: bar.progress(done / total if total else 1.0, text=ui.plain(stage)))
+            try:
+                entry = datasets.add_hugging_face(location, selection, watch)
+            except (ValueError, OSError) as error:  # OSError: an unreadable folder or a full disk
                 st.error(ui.plain(error))
             else:
                 datasets.choose(entry.name)

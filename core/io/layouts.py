@@ -1,4 +1,4 @@
-"""Datasets from user layouts: train/<label>/ folders, train.csv and test.csv, or a zip of either."""
+"""Datasets from user layouts: train/<label>/ folders, train.csv and test.csv, a zip of either, or a Hugging Face dataset."""
 
 from __future__ import annotations
 
@@ -12,32 +12,41 @@ from core.io.files import is_os_junk, read_csv, refusal_examples
 from core.io.images import IMAGE_EXTENSIONS, check_image_file
 from core.io.labels import checked_label, white_space_note
 from core.paths import workspace_home
+from core.progress import Watch
 from core.records import SPLITS, TEST, TRAIN, Dataset, Item, Rejected
 
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Candidate:
     """A file a dataset layout names, before it is checked."""
 
     split: str
     label: str | None
     path: Path
     name: str  # relative path as the user sees it
-    raw_label: str | None  # the label as the layout spelled it, before normalise_label
+    raw_label: object  # the label as the layout spelled it, before normalise_label
 
 
-def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
-    """Read a dataset from a folder, a train.csv, or a .zip of either.
+def load_dataset(source: str | Path, work_dir: Path | None = None, watch: Watch = Watch()) -> Dataset:
+    """Read a dataset from a folder, a train.csv, a .zip of either, or a Hugging Face dataset.
 
     Folder layout: train/<label>/<images>, and test/<images> or test/<label>/<images> ("-1" for
-    distractors). CSV layout: train.csv (image,label) with paths relative to the CSV, plus an
-    optional test.csv (image[,label]); without test.csv the test/ folder is used. A zip is
-    extracted safely, once per distinct content, into a folder under `work_dir` (by default
-    ``unpacked`` in the workspace home), which is kept because the items point into it. Each file
-    gets a header check only; refused files land in Dataset.rejected and the rest loads. Raises
-    ValueError when no train image is usable.
+    distractors); Hugging Face's imagefolder is this layout. CSV layout: train.csv (image,label) with
+    paths relative to the CSV, plus an optional test.csv (image[,label]); without test.csv the test/
+    folder is used. A zip is extracted safely, once per distinct content, into a folder under
+    `work_dir` (by default ``unpacked`` in the workspace home), which is kept because the items point
+    into it. A Hugging Face dataset (a save_to_disk folder or hf:owner/name, see core.io.hf_datasets)
+    has its images written there the same way, reporting to `watch`. Each file gets a header check
+    only; refused files land in Dataset.rejected and the rest loads. Raises ValueError when no train
+    image is usable.
     """
+    # hf_datasets builds on this module's Candidate, and imports the heavy `datasets` only when used.
+    from core.io.hf_datasets import hf_candidates, is_hf_source
+
+    if is_hf_source(source):
+        name, candidates, rejected = hf_candidates(source, work_dir, watch)
+        return _dataset(name, source, candidates, rejected, "in its train split")
     source = Path(source).resolve()
     if not source.exists():
         raise ValueError(f"dataset source {source} does not exist")
@@ -56,20 +65,25 @@ def load_dataset(source: str | Path, work_dir: Path | None = None) -> Dataset:
         train_csv = root / "train.csv"
     else:
         raise ValueError(
-            f"unsupported dataset source {source}: expected a folder, a .zip or a train.csv"
+            f"unsupported dataset source {source}: expected a folder, a .zip, a train.csv or a Hugging Face dataset"
         )
     if train_csv.is_file():
         candidates = _csv_candidates(train_csv, root, rejected)
     else:
         candidates = _folder_candidates(root, rejected)
+    return _dataset(name, source, candidates, rejected, "under train/<label>/ or in train.csv")
+
+
+def _dataset(name: str, source: str | Path, candidates: list[Candidate], rejected: list[Rejected], where: str) -> Dataset:
+    """The checked candidates as a Dataset, saying which labels lost white space; train must not be empty."""
     note = white_space_note(name, (candidate.raw_label for candidate in candidates))
     if note:
-        warnings.warn(note, stacklevel=2)
+        warnings.warn(note, stacklevel=3)
     items = _accept(candidates, rejected)
     if not any(item.split == TRAIN for item in items):
         raise ValueError(
-            f"the train split of {source} is empty: no usable images under train/<label>/ or "
-            f"in train.csv{refusal_examples(rejected, ' (', ')')}"
+            f"the train split of {source} is empty: no usable images {where}"
+            f"{refusal_examples(rejected, ' (', ')')}"
         )
     return Dataset(name=name, items=items, rejected=rejected)
 
@@ -92,11 +106,11 @@ def _has_layout(folder: Path) -> bool:
     return (folder / "train").is_dir() or (folder / "train.csv").is_file()
 
 
-def _folder_candidates(root: Path, rejected: list[Rejected]) -> list[_Candidate]:
+def _folder_candidates(root: Path, rejected: list[Rejected]) -> list[Candidate]:
     return _folder_split_candidates(root, TRAIN, rejected) + _folder_split_candidates(root, TEST, rejected)
 
 
-def _folder_split_candidates(root: Path, split: str, rejected: list[Rejected]) -> list[_Candidate]:
+def _folder_split_candidates(root: Path, split: str, rejected: list[Rejected]) -> list[Candidate]:
     """Files under <split>/, labelled by the folder below it; train files must have one."""
     candidates = []
     for path in _files_under(root / split, root, rejected):
@@ -108,7 +122,7 @@ def _folder_split_candidates(root: Path, split: str, rejected: list[Rejected]) -
         if problem:
             rejected.append(Rejected(relative.as_posix(), problem))
         else:
-            candidates.append(_Candidate(split, label, path, relative.as_posix(), raw_label))
+            candidates.append(Candidate(split, label, path, relative.as_posix(), raw_label))
     return candidates
 
 
@@ -126,7 +140,7 @@ def _files_under(folder: Path, root: Path, rejected: list[Rejected]) -> list[Pat
     return files
 
 
-def _csv_candidates(train_csv: Path, root: Path, rejected: list[Rejected]) -> list[_Candidate]:
+def _csv_candidates(train_csv: Path, root: Path, rejected: list[Rejected]) -> list[Candidate]:
     candidates = _csv_rows(train_csv, TRAIN, root, rejected, label_required=True)
     test_csv = train_csv.with_name("test.csv")
     if test_csv.is_file():
@@ -136,7 +150,7 @@ def _csv_candidates(train_csv: Path, root: Path, rejected: list[Rejected]) -> li
 
 def _csv_rows(
     csv_path: Path, split: str, root: Path, rejected: list[Rejected], label_required: bool
-) -> list[_Candidate]:
+) -> list[Candidate]:
     required, optional = (("image", "label"), ()) if label_required else (("image",), ("label",))
     rows, columns = read_csv(csv_path, required, optional)
     candidates = []
@@ -154,7 +168,7 @@ def _csv_rows(
             if path is None:
                 rejected.append(Rejected(image, f"{where}: {problem}"))
             else:
-                candidates.append(_Candidate(split, label, path, path.relative_to(root).as_posix(), raw_label))
+                candidates.append(Candidate(split, label, path, path.relative_to(root).as_posix(), raw_label))
     return candidates
 
 
@@ -173,7 +187,7 @@ def _listed_file(base: Path, image: str, root: Path) -> tuple[Path | None, str]:
     return None, "no such file"
 
 
-def _accept(candidates: list[_Candidate], rejected: list[Rejected]) -> list[Item]:
+def _accept(candidates: list[Candidate], rejected: list[Rejected]) -> list[Item]:
     """Check each candidate cheaply and give the accepted ones unique ids, in a stable order."""
     items: list[Item] = []
     used_ids: set[str] = set()
@@ -192,7 +206,7 @@ def _accept(candidates: list[_Candidate], rejected: list[Rejected]) -> list[Item
     return items
 
 
-def _candidate_problem(candidate: _Candidate, seen: set[tuple[str, Path]]) -> str | None:
+def _candidate_problem(candidate: Candidate, seen: set[tuple[str, Path]]) -> str | None:
     suffix = candidate.path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         accepted = ", ".join(sorted(IMAGE_EXTENSIONS))
@@ -202,7 +216,7 @@ def _candidate_problem(candidate: _Candidate, seen: set[tuple[str, Path]]) -> st
     return check_image_file(candidate.path)
 
 
-def _unique_id(candidate: _Candidate, used_ids: set[str]) -> str:
+def _unique_id(candidate: Candidate, used_ids: set[str]) -> str:
     """The file name, as Kaggle submissions expect; a clash falls back to the relative path."""
     if candidate.path.name not in used_ids:
         return candidate.path.name

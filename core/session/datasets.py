@@ -1,4 +1,4 @@
-"""The datasets a workspace can open: the built-in ones, uploads stored in the workspace, folders under the data root."""
+"""The datasets a workspace can open: the built-in ones, uploads stored in the workspace, folders under the data root, Hugging Face datasets."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typing import Protocol
 from core.io.archives import safe_extract_zip
 from core.io.demo import DEMO_FOLDER, DIGITS_FOLDER, write_demo_dataset, write_digits_dataset
 from core.io.files import read_csv
+from core.io.hf_datasets import HUB_PREFIX, HfSelection, is_hf_source, selected_source
 from core.io.layouts import load_dataset
 from core.io.parquet import is_embeddings_source, read_embeddings_checked
 from core.paths import confined_path, safe_file_name, workspace_home
+from core.progress import Watch
 from core.records import Rejected
 from core.session.workspace import DatasetEntry, Workspace
 
@@ -97,6 +99,25 @@ class WorkspaceDatasets:
             )
         return self._register(source.name, source, "folder")
 
+    def add_hugging_face(self, location: str, selection: HfSelection, watch: Watch = Watch()) -> DatasetEntry:
+        """Register a Hugging Face dataset: a save_to_disk folder under the data root, or hf:owner/name from the Hub.
+
+        Its chosen splits' images are written once (core.io.hf_datasets), reporting to `watch`; the
+        workspace keeps the selection in the source, so every page reads the same splits and columns.
+        """
+        location = location.strip()
+        if location.startswith(HUB_PREFIX):
+            hub_id = location.removeprefix(HUB_PREFIX).partition("?")[0]
+            return self._register(hub_id, selected_source(location, selection), "huggingface", watch)
+        root = data_root()
+        folder = confined_path(root, location)
+        if not is_hf_source(folder):
+            raise ValueError(
+                f"{location!r} is not a folder written by save_to_disk under the data root {root}; "
+                f"a dataset on the Hub is spelled {HUB_PREFIX}owner/name"
+            )
+        return self._register(folder.name, selected_source(folder, selection), "huggingface", watch)
+
     def add_upload(self, name: str, files: Sequence[NamedFile]) -> DatasetEntry:
         """Store uploaded files in a folder of their own in the workspace and register them as a dataset.
 
@@ -142,7 +163,7 @@ class WorkspaceDatasets:
     def _save(self, folder: Path, upload: NamedFile) -> Path:
         return self.ws.save_upload(str(folder.relative_to(self.ws.files)), upload.name, upload.getvalue())
 
-    def _register(self, name: str, source: Path, kind: str) -> DatasetEntry:
+    def _register(self, name: str, source: Path | str, kind: str, watch: Watch = Watch()) -> DatasetEntry:
         """Check the source reads, then add it under a name no other dataset of the workspace has."""
         taken = {entry.name for entry in self.all()}
         base = name.strip() or kind
@@ -153,7 +174,7 @@ class WorkspaceDatasets:
         if kind == "parquet":
             read_embeddings_checked(source)
         else:
-            load_dataset(source)
+            load_dataset(source, watch=watch)
         entry = DatasetEntry(unique, str(source), kind)
         self.ws.add_dataset(entry)
         return entry

@@ -1,0 +1,321 @@
+"""Hugging Face datasets as a source: a save_to_disk folder or a hub id (hf:owner/name), turned into the project's Dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+from PIL import Image
+
+from core.io.archives import UNPACKED_FOLDER
+from core.io.files import replaced_atomically
+from core.io.images import IMAGE_EXTENSIONS, ImageRejected, load_image
+from core.io.labels import checked_label
+from core.io.layouts import Candidate
+from core.paths import safe_file_name, workspace_home
+from core.progress import Watch
+from core.records import TEST, TRAIN, Rejected
+
+# A source spelled hf:owner/name is a dataset on the Hugging Face Hub; a path never starts so.
+HUB_PREFIX = "hf:"
+# The file save_to_disk writes at the top of its folder: for a DatasetDict, and for a single Dataset.
+_SAVED_MARKERS = ("dataset_dict.json", "state.json")
+# The Hub's repository ids: an optional owner and a name, without '..' (no path tricks reach load_dataset).
+_HUB_ID = re.compile(r"(?!.*\.\.)[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+_WRITTEN_PREFIX = "hf-"
+_REPORT_EVERY = 100  # rows between progress reports while images are written
+
+
+@dataclass(frozen=True)
+class HfSelection:
+    """Which splits and columns of a Hugging Face dataset become the train and test images."""
+
+    train_split: str = field(default=TRAIN, metadata={"help": "Hugging Face dataset split used as train (its rows need a label)"})
+    test_split: str = field(
+        default=TEST,
+        metadata={"help": "Hugging Face dataset split used as test (a missing label is unknown truth, -1 a distractor); '' for none"},
+    )
+    image_column: str = field(default="image", metadata={"help": "Hugging Face dataset column holding the images (an Image feature or bytes)"})
+    label_column: str = field(
+        default="label", metadata={"help": "Hugging Face dataset column holding the class (a ClassLabel id becomes its name)"}
+    )
+
+
+def is_hf_source(source: str | Path) -> bool:
+    """A hub id spelled hf:owner/name, or a folder written by save_to_disk (either with an optional ?selection)."""
+    location, _ = _location_and_query(str(source))
+    return location.startswith(HUB_PREFIX) or _is_saved_folder(Path(location))
+
+
+def selected_source(source: str | Path, selection: HfSelection) -> str:
+    """`source` spelled with the fields of `selection` that differ from the defaults, over any it already names.
+
+    A source spelled so keeps its choice wherever it is stored or passed (a workspace, a command's
+    argument): 'folder?label_column=fine_label' or 'hf:owner/name?test_split=validation'. Raises
+    ValueError when a choice is made for a source that is not a Hugging Face dataset.
+    """
+    chosen = _changed_fields(selection)
+    if not is_hf_source(source):
+        if chosen:
+            raise ValueError(
+                f"{', '.join(chosen)} apply to Hugging Face datasets only (a save_to_disk folder or "
+                f"{HUB_PREFIX}owner/name); {source} is neither"
+            )
+        return str(source)
+    location, given = parse_source(str(source))
+    merged = replace(given, **chosen)
+    query = urlencode(_changed_fields(merged))
+    return f"{location}?{query}" if query else location
+
+
+def parse_source(source: str) -> tuple[str, HfSelection]:
+    """The location (a folder or hf:owner/name) and the selection a source spells after '?'."""
+    location, query = _location_and_query(source)
+    names = {f.name for f in fields(HfSelection)}
+    chosen = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(chosen) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown choice(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return location, HfSelection(**chosen)
+
+
+def hf_candidates(
+    source: str | Path, work_dir: Path | None = None, watch: Watch = Watch()
+) -> tuple[str, list[Candidate], list[Rejected]]:
+    """The dataset's name, the image files of its chosen splits with their labels, and the rows refused.
+
+    Images are written once per split content (the dataset's fingerprint) and image column, into a
+    folder under `work_dir` (by default ``unpacked`` in the workspace home) that the items point into;
+    later loads only read the labels. Writing goes row by row, reports to `watch`, and resumes where a
+    stopped run left off. Rows whose image cannot be decoded are refused with the reason; the rest
+    loads. Raises ValueError naming what exists when a chosen split or column does not.
+    """
+    location, selection = parse_source(str(source))
+    if location.startswith(HUB_PREFIX):
+        hub_id = location.removeprefix(HUB_PREFIX)
+        name, splits, paths_allowed = hub_id, _hub_splits(hub_id), True
+    else:
+        folder = Path(location).resolve()
+        # A saved dataset embeds its images; a bare path in one could name any file on this machine.
+        name, splits, paths_allowed = folder.name, _saved_splits(folder), False
+    folder = Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER
+    candidates: list[Candidate] = []
+    rejected: list[Rejected] = []
+    for split, split_name in _chosen_splits(name, splits, selection):
+        data = splits[split_name]
+        _check_columns(name, split_name, data, selection, label_required=split == TRAIN)
+        target = folder / _folder_name(name, split_name, data, selection)
+        written, refused = _images_written_once(data, split_name, selection.image_column, target, paths_allowed, watch)
+        rejected += refused
+        candidates += _labelled(written, split, split_name, _labels(data, selection.label_column), rejected)
+    return name, candidates, rejected
+
+
+def _location_and_query(source: str) -> tuple[str, str]:
+    if Path(source).exists():  # a folder whose own name holds '?'
+        return source, ""
+    location, _, query = source.partition("?")
+    return location, query
+
+
+def _is_saved_folder(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / marker).is_file() for marker in _SAVED_MARKERS)
+
+
+def _changed_fields(selection: HfSelection) -> dict[str, str]:
+    default = HfSelection()
+    return {key: value for key, value in asdict(selection).items() if value != getattr(default, key)}
+
+
+def _saved_splits(folder: Path) -> dict:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise ValueError(f"{folder} is not a readable save_to_disk folder: {error}") from None
+    return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {None: loaded}
+
+
+def _hub_splits(hub_id: str) -> dict:
+    import datasets
+
+    if not _HUB_ID.fullmatch(hub_id):
+        raise ValueError(f"{HUB_PREFIX}{hub_id} is not a Hugging Face dataset id: expected {HUB_PREFIX}owner/name")
+    if Path(hub_id).exists():  # load_dataset would read the local path rather than the Hub
+        raise ValueError(f"{hub_id} is a local path: give a save_to_disk folder without {HUB_PREFIX}")
+    try:
+        loaded = datasets.load_dataset(hub_id)
+    except ConnectionError:
+        why = "HF_HUB_OFFLINE is set" if datasets.config.HF_HUB_OFFLINE else "the Hugging Face Hub cannot be reached"
+        raise ValueError(
+            f"{HUB_PREFIX}{hub_id} cannot be loaded: {why} and it is not in the local cache; on a machine with "
+            f"network run datasets.load_dataset({hub_id!r}).save_to_disk('<folder>') and give that folder"
+        ) from None
+    except FileNotFoundError as error:
+        raise ValueError(f"{HUB_PREFIX}{hub_id}: {error}") from None
+    return dict(loaded)
+
+
+def _chosen_splits(name: str, splits: dict, selection: HfSelection) -> list[tuple[str, str | None]]:
+    """(project split, dataset split) pairs; a single saved Dataset is the train set on its own."""
+    if list(splits) == [None]:
+        return [(TRAIN, None)]
+    chosen = [(TRAIN, selection.train_split)] + ([(TEST, selection.test_split)] if selection.test_split else [])
+    for split, split_name in chosen:
+        if split_name not in splits:
+            raise ValueError(
+                f"{name} has no split {split_name!r} (chosen as {split}); its splits: {', '.join(map(str, splits))}"
+            )
+    return chosen
+
+
+def _check_columns(name: str, split_name: str | None, data, selection: HfSelection, label_required: bool) -> None:
+    import datasets
+
+    columns = list(data.features)
+    wanted = [selection.image_column] + ([selection.label_column] if label_required else [])
+    missing = [column for column in wanted if column not in columns]
+    if missing:
+        raise ValueError(
+            f"{name} split {split_name or 'train'} has no column {', '.join(map(repr, missing))}; "
+            f"its columns: {', '.join(columns)}"
+        )
+    feature = data.features[selection.image_column]
+    if not isinstance(feature, datasets.Image) and feature != datasets.Value("binary"):
+        raise ValueError(
+            f"{name} column {selection.image_column!r} holds {feature}, not images; its columns: {', '.join(columns)}"
+        )
+
+
+def _folder_name(name: str, split_name: str | None, data, selection: HfSelection) -> str:
+    """Named by the split's content (its fingerprint) and the image column, so a change writes anew."""
+    key = hashlib.sha256(f"{data._fingerprint}\0{selection.image_column}".encode()).hexdigest()[:16]
+    return f"{_WRITTEN_PREFIX}{safe_file_name(name)}-{safe_file_name(split_name or TRAIN)}-{key}"
+
+
+def _images_written_once(
+    data, split_name: str | None, column: str, folder: Path, paths_allowed: bool, watch: Watch
+) -> tuple[dict[int, Path], list[Rejected]]:
+    """The image file of each usable row, by row number, and the rows refused; written on first use only.
+
+    A folder is complete once its record of refusals stands beside it; a folder without one was left
+    by a stopped run, and the rows it already holds are kept rather than written again.
+    """
+    record = folder.with_name(f"{folder.name}.refused.json")
+    if record.is_file():
+        try:
+            return _written_files(folder), [Rejected(**entry) for entry in json.loads(record.read_text("utf-8"))]
+        except (OSError, ValueError, TypeError):
+            pass  # an unreadable record: check every row again
+    import datasets
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = _written_files(folder)
+    if isinstance(data.features[column], datasets.Image):
+        data = data.cast_column(column, datasets.Image(decode=False))  # the encoded bytes, never decoded pixels
+    rows = data.select_columns([column])
+    rejected: list[Rejected] = []
+    stage = f"writing the images of split {split_name or TRAIN}"
+    total = len(rows)
+    for row, value in enumerate(rows):
+        if row % _REPORT_EVERY == 0:
+            watch.step(row, total, stage)
+        if row in written:
+            continue
+        where = f"{split_name or TRAIN} row {row}"
+        try:
+            encoded = _encoded_image(value[column], paths_allowed)
+            suffix = _checked_suffix(encoded, where)
+        except ImageRejected as refusal:
+            rejected.append(Rejected(where, refusal.reason))
+            continue
+        path = folder / f"{safe_file_name(split_name or TRAIN)}-{row:06d}{suffix}"
+        with replaced_atomically(path) as partial:
+            partial.write_bytes(encoded)
+        written[row] = path
+    watch.step(total, total, stage)
+    with replaced_atomically(record) as partial:
+        partial.write_text(json.dumps([asdict(entry) for entry in rejected]), "utf-8")
+    return written, rejected
+
+
+def _written_files(folder: Path) -> dict[int, Path]:
+    """The files a run wrote into `folder`, by row number (hidden partial files are not among them)."""
+    return {
+        int(path.stem.rsplit("-", 1)[1]): path for path in folder.iterdir() if not path.name.startswith(".")
+    }
+
+
+def _encoded_image(value, paths_allowed: bool) -> bytes:
+    """The encoded bytes of a cell of an Image feature (bytes and/or path) or of a binary column."""
+    if isinstance(value, (bytes, bytearray)) or value is None:
+        encoded, path = value, None
+    else:
+        encoded, path = value.get("bytes"), value.get("path")
+    if encoded:
+        return bytes(encoded)
+    if path and paths_allowed:
+        try:
+            return Path(path).read_bytes()
+        except OSError as error:
+            raise ImageRejected(f"cannot read the image file {path}: {error.strerror or error}") from None
+    if path:
+        raise ImageRejected(f"the image is a path ({path}), not stored in the dataset; save the dataset with its images")
+    raise ImageRejected("no image in this row")
+
+
+def _checked_suffix(encoded: bytes, where: str) -> str:
+    """The file suffix of the image format in `encoded`; ImageRejected with the reason when it does not decode."""
+    load_image(encoded, where)  # the project's decoder decides what is usable, and says why not
+    with Image.open(io.BytesIO(encoded)) as image:
+        image_format = image.format
+    return _FORMAT_SUFFIXES.get(image_format, f".{str(image_format).lower()}")
+
+
+def _format_suffixes() -> dict[str, str]:
+    """Pillow's format names and the suffix each is written with: an accepted one, the shortest first."""
+    by_format: dict[str, list[str]] = {}
+    for suffix, image_format in Image.registered_extensions().items():
+        by_format.setdefault(image_format, []).append(suffix)
+    return {
+        image_format: min(suffixes, key=lambda s: (s not in IMAGE_EXTENSIONS, len(s), s))
+        for image_format, suffixes in by_format.items()
+    }
+
+
+_FORMAT_SUFFIXES = _format_suffixes()
+
+
+def _labels(data, column: str) -> list[object]:
+    """The label column's values as the layouts spell labels; a ClassLabel id its name, -1 (no label) None."""
+    import datasets
+
+    if column not in data.features:
+        return [None] * len(data)  # a split without labels: unknown truth
+    values = data.with_format("arrow")[column].to_pylist()
+    feature = data.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return [None if value is None or value < 0 else feature.int2str(value) for value in values]
+    return values
+
+
+def _labelled(
+    written: dict[int, Path], split: str, split_name: str | None, labels: list[object], rejected: list[Rejected]
+) -> list[Candidate]:
+    candidates = []
+    for row, path in sorted(written.items()):
+        raw_label = labels[row]
+        label, problem = checked_label(raw_label, split)
+        if split == TRAIN and raw_label is None:
+            problem = "train row without a label"
+        if problem:
+            rejected.append(Rejected(f"{split_name or TRAIN} row {row}", problem))
+        else:
+            candidates.append(Candidate(split, label, path, path.name, raw_label))
+    return candidates
