@@ -106,8 +106,7 @@ def hf_candidates(
     folder = Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER
     candidates: list[Candidate] = []
     rejected: list[Rejected] = []
-    for split, split_name in _chosen_splits(name, splits, selection):
-        data = splits[split_name]
+    for split, split_name, data in _chosen_splits(name, splits, selection):
         _check_columns(name, split_name, data, selection, label_required=split == TRAIN)
         target = folder / _folder_name(name, split_name, data, selection)
         written, refused = _images_written_once(data, split_name, selection.image_column, target, paths_allowed, watch)
@@ -132,14 +131,15 @@ def _changed_fields(selection: HfSelection) -> dict[str, str]:
     return {key: value for key, value in asdict(selection).items() if value != getattr(default, key)}
 
 
-def _saved_splits(folder: Path) -> dict:
+def _saved_splits(folder: Path):
+    """The folder's splits by name, or its one Dataset when save_to_disk was given a single one."""
     import datasets
 
     try:
         loaded = datasets.load_from_disk(str(folder))
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ValueError(f"{folder} is not a readable save_to_disk folder: {error}") from None
-    return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {None: loaded}
+    return loaded if isinstance(loaded, datasets.Dataset) else dict(loaded)
 
 
 def _hub_splits(hub_id: str) -> dict:
@@ -162,20 +162,18 @@ def _hub_splits(hub_id: str) -> dict:
     return dict(loaded)
 
 
-def _chosen_splits(name: str, splits: dict, selection: HfSelection) -> list[tuple[str, str | None]]:
-    """(project split, dataset split) pairs; a single saved Dataset is the train set on its own."""
-    if list(splits) == [None]:
-        return [(TRAIN, None)]
+def _chosen_splits(name: str, splits, selection: HfSelection) -> list[tuple[str, str, object]]:
+    """(project split, dataset split name, its rows) for train and test; a single saved Dataset is train alone."""
+    if not isinstance(splits, dict):
+        return [(TRAIN, TRAIN, splits)]
     chosen = [(TRAIN, selection.train_split)] + ([(TEST, selection.test_split)] if selection.test_split else [])
     for split, split_name in chosen:
         if split_name not in splits:
-            raise ValueError(
-                f"{name} has no split {split_name!r} (chosen as {split}); its splits: {', '.join(map(str, splits))}"
-            )
-    return chosen
+            raise ValueError(f"{name} has no split {split_name!r} (chosen as {split}); its splits: {', '.join(splits)}")
+    return [(split, split_name, splits[split_name]) for split, split_name in chosen]
 
 
-def _check_columns(name: str, split_name: str | None, data, selection: HfSelection, label_required: bool) -> None:
+def _check_columns(name: str, split_name: str, data, selection: HfSelection, label_required: bool) -> None:
     import datasets
 
     columns = list(data.features)
@@ -183,7 +181,7 @@ def _check_columns(name: str, split_name: str | None, data, selection: HfSelecti
     missing = [column for column in wanted if column not in columns]
     if missing:
         raise ValueError(
-            f"{name} split {split_name or 'train'} has no column {', '.join(map(repr, missing))}; "
+            f"{name} split {split_name} has no column {', '.join(map(repr, missing))}; "
             f"its columns: {', '.join(columns)}"
         )
     feature = data.features[selection.image_column]
@@ -193,14 +191,14 @@ def _check_columns(name: str, split_name: str | None, data, selection: HfSelecti
         )
 
 
-def _folder_name(name: str, split_name: str | None, data, selection: HfSelection) -> str:
+def _folder_name(name: str, split_name: str, data, selection: HfSelection) -> str:
     """Named by the split's content (its fingerprint) and the image column, so a change writes anew."""
     key = hashlib.sha256(f"{data._fingerprint}\0{selection.image_column}".encode()).hexdigest()[:16]
-    return f"{_WRITTEN_PREFIX}{safe_file_name(name)}-{safe_file_name(split_name or TRAIN)}-{key}"
+    return f"{_WRITTEN_PREFIX}{safe_file_name(name)}-{safe_file_name(split_name)}-{key}"
 
 
 def _images_written_once(
-    data, split_name: str | None, column: str, folder: Path, paths_allowed: bool, watch: Watch
+    data, split_name: str, column: str, folder: Path, paths_allowed: bool, watch: Watch
 ) -> tuple[dict[int, Path], list[Rejected]]:
     """The image file of each usable row, by row number, and the rows refused; written on first use only.
 
@@ -221,21 +219,21 @@ def _images_written_once(
         data = data.cast_column(column, datasets.Image(decode=False))  # the encoded bytes, never decoded pixels
     rows = data.select_columns([column])
     rejected: list[Rejected] = []
-    stage = f"writing the images of split {split_name or TRAIN}"
+    stage = f"writing the images of split {split_name}"
     total = len(rows)
     for row, value in enumerate(rows):
         if row % _REPORT_EVERY == 0:
             watch.step(row, total, stage)
         if row in written:
             continue
-        where = f"{split_name or TRAIN} row {row}"
+        where = f"{split_name} row {row}"
         try:
             encoded = _encoded_image(value[column], paths_allowed)
             suffix = _checked_suffix(encoded, where)
         except ImageRejected as refusal:
             rejected.append(Rejected(where, refusal.reason))
             continue
-        path = folder / f"{safe_file_name(split_name or TRAIN)}-{row:06d}{suffix}"
+        path = folder / f"{safe_file_name(split_name)}-{row:06d}{suffix}"
         with replaced_atomically(path) as partial:
             partial.write_bytes(encoded)
         written[row] = path
@@ -306,7 +304,7 @@ def _labels(data, column: str) -> list[object]:
 
 
 def _labelled(
-    written: dict[int, Path], split: str, split_name: str | None, labels: list[object], rejected: list[Rejected]
+    written: dict[int, Path], split: str, split_name: str, labels: list[object], rejected: list[Rejected]
 ) -> list[Candidate]:
     candidates = []
     for row, path in sorted(written.items()):
@@ -315,7 +313,7 @@ def _labelled(
         if split == TRAIN and raw_label is None:
             problem = "train row without a label"
         if problem:
-            rejected.append(Rejected(f"{split_name or TRAIN} row {row}", problem))
+            rejected.append(Rejected(f"{split_name} row {row}", problem))
         else:
             candidates.append(Candidate(split, label, path, path.name, raw_label))
     return candidates
