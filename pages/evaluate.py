@@ -9,6 +9,9 @@ import streamlit as st
 from core.methods.compare import BASELINE_METHOD, COMPARE_METHODS, REGRESSION, as_json, compare_methods, format_table
 from core.records import DISTRACTOR
 from core.maps.figures import class_frequency
+from core.maps.projection import PROJECTION_METHODS, ProjectionConfig
+from core.report.config import ReportConfig
+from core.report.html import report_html
 from core.retrieval.distractors import SCORE_MODES
 from core.retrieval.placement import PLACEMENTS
 from core.retrieval.predict import submission_csv
@@ -131,6 +134,29 @@ downloads[2].download_button(
     mime="application/json",
     on_click="ignore",
 )
+
+st.subheader("Share")
+st.caption(
+    "One HTML file with these numbers, the threshold curves, the map and test images beside their top-5 train "
+    "neighbours: it opens in any browser, offline, without this server."
+)
+share_map, share_ready = st.columns([1, 2])
+share_method = share_map.segmented_control(
+    "Map in the report", PROJECTION_METHODS, default=ReportConfig().map_method, key="evaluate_share_map"
+) or ReportConfig().map_method
+if share_ready.toggle("Prepare the report", key="evaluate_share", help="Computes the map first if the Map page has not."):
+    projection = ui.projection(current, ProjectionConfig(method=share_method))
+    images = ui.image_paths(current.entry)
+    rule = None if threshold == round(analysis.threshold, ui.THRESHOLD_DECIMALS) else "set on the Distractors page"
+    share_ready.download_button(
+        "Share (HTML report)",
+        data=lambda: report_html(
+            current.loaded, analysis, projection, name=current.entry.name, images=images, threshold=threshold, threshold_rule=rule
+        ),
+        file_name=f"{safe_file_name(current.entry.name, 'dataset')}-report.html",
+        mime="text/html",
+        on_click="ignore",
+    )
 
 st.subheader("Compare methods")
 st.caption(
