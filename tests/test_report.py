@@ -90,7 +90,8 @@ def test_a_report_holds_the_summary_metrics_figures_and_neighbour_cards(images_f
     embeddings = clustered()
     images = {item_id: images_folder[i % len(images_folder)] for i, item_id in enumerate(embeddings.ids)}
     analysis = analyse(embeddings)
-    page = report_of(embeddings, images, name="shapes")
+    images.update(dict.fromkeys(analysis.test.ids, Path(__file__)))  # test "images" that are not images
+    page = report_of(embeddings, images, ReportConfig(map_method="pca", cards=MAX_CARDS_PER_KIND), name="shapes")
     shown = " ".join(Markup(page).texts)
 
     assert "18" in shown and "40" in shown and "6 classes" in shown  # items per split and classes
@@ -104,9 +105,10 @@ def test_a_report_holds_the_summary_metrics_figures_and_neighbour_cards(images_f
     for kind in ("Hits", "Misses", "Flagged", "Flips"):
         assert re.search(rf"<h3>{kind} \((\d+)\)</h3>", page), kind
     cards = re.findall(r'<div class="card (kept|flagged)">', page)
-    assert 4 <= len(cards) <= 4 * ReportConfig().cards
+    assert page.count("image unreadable") == len(cards), "each card's test item"
+    assert 4 <= len(cards) <= 4 * MAX_CARDS_PER_KIND
     uris = re.findall(r'<img src="(data:[^"]+)"', page)
-    assert len(uris) >= len(cards) * 2  # each card: its image and its neighbours'
+    assert len(uris) == 5 * len(cards), "each card's 5 train neighbours"
     thumbnail = Image.open(io.BytesIO(base64.b64decode(uris[0].removeprefix(DATA_URI))))
     assert thumbnail.format == "JPEG" and max(thumbnail.size) <= THUMBNAIL_EDGE
 
@@ -158,7 +160,9 @@ def test_an_embeddings_parquet_without_images_reports_from_the_command_line(tmp_
     assert "wrote" in captured.out
 
     page = out.read_text(encoding="utf-8")
-    assert "<img" not in page and page.count('<div class="no-image">') >= 2 * (1 + 5)
+    cards = page.count('<div class="card ')
+    assert cards >= 2 * 2 and page.count("<br>cosine ") == 5 * cards, "every card names its 5 neighbours"
+    assert "<img" not in page and "no-image" not in page.split("</style>")[1], "no image, no placeholder: the ids say it"
     assert "Retrieval report: vectors" in page and "no true labels" in page and "Kept (2)" in page
     assert "Hits" not in page and "flagging 5% more of test" in page
     assert 'id="figure-map-at-k"' not in page, "no MAP curve without test truth"

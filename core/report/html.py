@@ -160,7 +160,7 @@ def report_html(
         "<h2>Map</h2>",
         figures[-1],
         f"<h2>Test items and their top-{min(analysis.config.k, NEIGHBOURS_SHOWN)} train neighbours</h2>",
-        "<p>Green: the neighbour's label is the item's true one. Images are downscaled; items without an image show their id.</p>",
+        "<p>Green: the neighbour's label is the item's true one. Images are downscaled.</p>",
         *(_card_group(analysis, group, flags, predictions, thumbnails) for group in groups),
     ]
     return _page(name, "\n".join(sections))
@@ -206,8 +206,9 @@ def _figures(loaded: LoadedEmbeddings, analysis: Analysis, projection: Projectio
     return [f'<div class="figure">{div}</div>' for div in divs]
 
 
-def _thumbnails(analysis: Analysis, groups: list[CardGroup], images: Mapping[str, Path], watch: Watch) -> dict[str, str]:
-    """Data URIs of the images the cards show, each made once, by item id; ids without a readable image are left out."""
+def _thumbnails(analysis: Analysis, groups: list[CardGroup], images: Mapping[str, Path], watch: Watch) -> dict[str, str | None]:
+    """Data URIs of the images the cards show, each made once, by item id: None for an image that cannot be read,
+    no entry for an item without an image (an embeddings Parquet has none)."""
     k = min(analysis.config.k, NEIGHBOURS_SHOWN)
     test_ids = [str(analysis.test.ids[row]) for group in groups for row in group.rows]
     train_rows = [index for group in groups for row in group.rows for index in analysis.neighbours.indices[row, :k] if index >= 0]
@@ -215,9 +216,7 @@ def _thumbnails(analysis: Analysis, groups: list[CardGroup], images: Mapping[str
     uris = {}
     for done, item_id in enumerate(wanted):
         watch.step(done, len(wanted), "making thumbnails")
-        uri = thumbnail_uri(images[item_id])
-        if uri is not None:
-            uris[item_id] = uri
+        uris[item_id] = thumbnail_uri(images[item_id])
     return uris
 
 
@@ -282,12 +281,12 @@ def _metrics_section(analysis: Analysis, threshold: float, threshold_rule: str, 
     return _table(["", "value", "how"], rows) + notes
 
 
-def _card_group(analysis: Analysis, group: CardGroup, flags: np.ndarray, predictions: list[list[str]], thumbnails: Mapping[str, str]) -> str:
+def _card_group(analysis: Analysis, group: CardGroup, flags: np.ndarray, predictions: list[list[str]], thumbnails: Mapping[str, str | None]) -> str:
     cards = "".join(_card(analysis, row, flags, predictions, thumbnails) for row in group.rows) or '<p class="note">None.</p>'
     return f'<h3>{group.title} ({len(group.rows)})</h3><p class="note">{group.why}.</p><div class="cards">{cards}</div>'
 
 
-def _card(analysis: Analysis, row: int, flags: np.ndarray, predictions: list[list[str]], thumbnails: Mapping[str, str]) -> str:
+def _card(analysis: Analysis, row: int, flags: np.ndarray, predictions: list[list[str]], thumbnails: Mapping[str, str | None]) -> str:
     k = min(analysis.config.k, NEIGHBOURS_SHOWN)
     item_id = str(analysis.test.ids[row])
     truth = None if analysis.truth is None else str(analysis.truth[row])
@@ -310,10 +309,12 @@ def _card(analysis: Analysis, row: int, flags: np.ndarray, predictions: list[lis
     return f'<div class="card {verdict}"><div class="query">{query}</div><ol class="neighbours">{"".join(neighbours)}</ol></div>'
 
 
-def _picture(item_id: str, thumbnails: Mapping[str, str]) -> str:
-    uri = thumbnails.get(item_id)
+def _picture(item_id: str, thumbnails: Mapping[str, str | None]) -> str:
+    if item_id not in thumbnails:
+        return ""
+    uri = thumbnails[item_id]
     if uri is None:
-        return '<div class="no-image">no image</div>'
+        return '<div class="no-image">image unreadable</div>'
     return f'<img src="{uri}" alt="{text(item_id)}">'
 
 
