@@ -48,14 +48,19 @@ def _load(args, source=None, model=None):
     if not is_embeddings_file(source):
         embed_config = _config(EmbedConfig, args, model=model or args.model)
     loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"))
-    print(loaded.summary(), file=sys.stderr)
-    if loaded.precision_note:
-        print(loaded.precision_note, file=sys.stderr)
-    if loaded.computed or loaded.from_cache:
-        print(f"computed {loaded.computed}, from cache {loaded.from_cache}", file=sys.stderr)
-    for rejected in loaded.rejected:
-        print(f"  rejected {rejected.name}: {rejected.reason}", file=sys.stderr)
+    _tell_embedding(len(loaded.embeddings.ids), loaded)
     return loaded
+
+
+def _tell_embedding(accepted: int, run) -> None:
+    """On stderr: how many vectors came and from where, the precision, and every refused file (a LoadedEmbeddings or ParquetRun)."""
+    print(f"{accepted} accepted, {len(run.rejected)} rejected", file=sys.stderr)
+    if run.precision_note:
+        print(run.precision_note, file=sys.stderr)
+    if run.computed or run.from_cache:
+        print(f"computed {run.computed}, from cache {run.from_cache}", file=sys.stderr)
+    for rejected in run.rejected:
+        print(f"  rejected {rejected.name}: {rejected.reason}", file=sys.stderr)
 
 
 def _config(config_class, args, **given):
@@ -125,13 +130,30 @@ def cmd_models(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from core.io.parquet import write_embeddings
+    from core.embedding.cache import EmbeddingCache
+    from core.embedding.config import EmbedConfig
+    from core.embedding.runner import embed_to_parquet, is_folder_out
+    from core.io.layouts import load_dataset
 
-    out = _checked_out(args.out, [args.source])
-    loaded = _load(args)
-    write_embeddings(out, loaded.embeddings)
-    print(f"wrote {len(loaded.embeddings.ids)} vectors ({loaded.embeddings.model}) to {args.out}")
+    folder = is_folder_out(args.out)
+    out = _checked_out_folder(args.out, args.source) if folder else _checked_out(args.out, [args.source])
+    dataset = load_dataset(args.source)
+    run = embed_to_parquet(dataset, _config(EmbedConfig, args), out, EmbeddingCache(), ProgressBar("embedding"), args.rows_per_part)
+    _tell_embedding(run.written, run)
+    already = f"; {run.already} already there, {run.already + run.written} in all" if folder else ""
+    print(f"wrote {run.written} vectors ({run.model}) to {args.out}{already}")
     return 0
+
+
+def _checked_out_folder(out: str, source: str) -> str:
+    """The --out folder of part files, user-expanded; refused when it is the dataset's folder or inside it (the parts would join the dataset)."""
+    import os
+    from pathlib import Path
+
+    path = Path(out).expanduser().resolve()
+    if Path(source).resolve() in (path, *path.parents):
+        raise ValueError(f"--out {out} is inside the input {source}; write the parts to a folder outside it")
+    return os.path.expanduser(out)
 
 
 def cmd_predict(args) -> int:
@@ -351,6 +373,7 @@ def build_parser():
     import argparse
 
     from core.embedding.config import EmbedConfig
+    from core.embedding.runner import ROWS_PER_PART
     from core.methods.compare import COMPARE_METHODS
     from core.methods.ensemble import MODES
     from core.report.config import ReportConfig
@@ -367,9 +390,15 @@ def build_parser():
 
     commands.add_parser("models", help="list the known models").set_defaults(run=cmd_models)
 
-    embed = commands.add_parser("embed", help="embed a dataset into a Parquet file (cached)")
+    embed = commands.add_parser("embed", help="embed a dataset into a folder of Parquet part files, resumable, or one Parquet file (cached)")
     _add_source(embed, "a dataset folder or .zip")
-    embed.add_argument("--out", required=True, help="embeddings .parquet to write")
+    embed.add_argument(
+        "--out",
+        required=True,
+        help="a folder (a name without a suffix, or ending in /) gets part files as batches are done, and a rerun embeds only the "
+        "ids it lacks; a file name (x.parquet) gets one file, written at the end",
+    )
+    embed.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART, help="rows per part file in an --out folder (default: %(default)s)")
     embed.set_defaults(run=cmd_embed)
 
     predict = commands.add_parser("predict", help="top-5 labels with -1 for distractors, as a submission CSV")

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from input_files import make_embeddings
 
+from core.embedding.config import EmbedConfig
+from core.embedding.runner import embed_dataset, embed_to_parquet, is_folder_out, load_embedder
 from core.io.files import read_csv
+from core.io.layouts import load_dataset
 from core.io.parquet import MODEL_METADATA_KEY, PRECISION_METADATA_KEY, is_embeddings_source, read_embeddings_checked
 from core.io.parts import REJECTED_FILE, PartWriter, embedded_ids, written_by
-from core.records import Embeddings, Rejected
+from core.records import Dataset, Embeddings, Rejected
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rows(emb: Embeddings, chosen: slice) -> Embeddings:
@@ -75,3 +88,102 @@ def test_rejections_are_appended_under_one_header_without_repeats(tmp_path):
     found, header = read_csv(tmp_path / REJECTED_FILE, required=("name", "reason"))
     assert header == ["name", "reason"]
     assert [(row["name"], row["reason"]) for row in found] == [("a.jpg", "truncated"), ("b.png", "empty file")]
+
+
+# A tiny CLIP runs a batch in milliseconds: the killed run sleeps per batch so the kill lands part-way.
+SLOW_EMBED = (
+    "import runpy, time; from core.embedding.clip import ClipEmbedder; embed = ClipEmbedder.embed_prepared; "
+    "ClipEmbedder.embed_prepared = lambda self, inputs: (time.sleep({seconds}), embed(self, inputs))[1]; "
+    "runpy.run_module('core', run_name='__main__')"
+)
+IMAGES = 40
+
+
+@pytest.fixture
+def dataset_folder(image_file, tmp_path):
+    """40 readable images over 4 classes and test, and two files that cannot be embedded."""
+    colours = [(220, 30, 30), (30, 220, 30), (30, 30, 220), (220, 220, 30)]
+    for index in range(IMAGES):
+        split = f"train/c{index % 4}" if index < IMAGES // 2 else "test"
+        image_file(f"data/{split}/{index:02d}.png", colour=colours[index % 4], size=(40, 30))
+    (tmp_path / "data" / "test" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "data" / "test" / "empty.png").write_bytes(b"")
+    return tmp_path / "data"
+
+
+def embed_command(source, out, model, seconds_per_batch=0.0):
+    argv = ["embed", str(source), "--model", str(model), "--precision", "fp32", "--batch-size", "4", "--rows-per-part", "4", "--out", str(out)]
+    return [sys.executable, "-c", SLOW_EMBED.format(seconds=seconds_per_batch), *argv]
+
+
+def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_one_shot_run(dataset_folder, tiny_clip_dir, tmp_path):
+    out = tmp_path / "vectors"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RETRIEVAL_LAB_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    killed = subprocess.Popen(embed_command(dataset_folder, out, tiny_clip_dir, 0.4), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 40
+    while not list(out.glob("part-*.parquet")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL, killed.stderr.read().decode()
+    before = embedded_ids(out)
+    assert 0 < len(before) < IMAGES
+
+    parts_before = set(out.glob("part-*.parquet"))
+    resumed = subprocess.run(embed_command(dataset_folder, out, tiny_clip_dir), env=env, capture_output=True, text=True, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(before)} already there" in resumed.stdout
+    computed, from_cache = map(int, re.search(r"computed (\d+), from cache (\d+)", resumed.stderr).groups())
+    assert computed + from_cache == IMAGES - len(before)
+    added = set().union(*(embedded_ids_of(part) for part in set(out.glob("part-*.parquet")) - parts_before))
+    assert added == {f"{index:02d}.png" for index in range(IMAGES)} - before
+
+    final, dropped = read_embeddings_checked(out)
+    assert dropped == [] and len(final.ids) == len(set(final.ids)) == IMAGES
+    one_shot = embed_dataset(load_dataset(dataset_folder), load_embedder(EmbedConfig(model=str(tiny_clip_dir), precision="fp32")))
+    assert final.model == one_shot.embeddings.model
+    by_id = dict(zip(one_shot.embeddings.ids, one_shot.embeddings.vectors))
+    cosines = np.einsum("ij,ij->i", final.vectors, np.stack([by_id[item_id] for item_id in final.ids]))
+    assert cosines.min() >= 0.9999
+
+    refused, _ = read_csv(out / REJECTED_FILE, required=("name", "reason"))
+    assert sorted(row["name"].rsplit("/", 1)[-1] for row in refused) == ["broken.jpg", "empty.png"]
+    assert all(row["reason"] for row in refused)
+
+
+def embedded_ids_of(part):
+    return set(pq.read_table(part, columns=["id"]).column("id").to_pylist())
+
+
+def test_a_rerun_into_the_folder_embeds_only_new_images(dataset_folder, image_file, tmp_path):
+    out, config = tmp_path / "baseline-vectors", EmbedConfig(model="baseline", batch_size=8)
+    first = embed_to_parquet(load_dataset(dataset_folder), config, out, rows_per_part=16)
+    assert (first.written, first.already, first.computed) == (IMAGES, 0, IMAGES)
+    assert sorted(row.name.rsplit("/", 1)[-1] for row in first.rejected) == ["broken.jpg", "empty.png"]
+    assert sorted(len(embedded_ids_of(part)) for part in out.glob("part-*.parquet")) == [8, 16, 16]
+
+    image_file("data/test/new.png", colour=(10, 200, 90))
+    again = embed_to_parquet(load_dataset(dataset_folder), config, out)
+    assert (again.written, again.already, again.computed, again.from_cache) == (1, IMAGES, 1, 0)
+    assert embedded_ids(out) == {f"{index:02d}.png" for index in range(IMAGES)} | {"new.png"}
+    assert len(read_csv(out / REJECTED_FILE, required=("name",))[0]) == 2
+
+
+def test_a_resumed_auto_run_keeps_the_parts_precision_and_another_is_refused(dataset_folder, tiny_clip_dir, tmp_path):
+    out, dataset = tmp_path / "clip-vectors", load_dataset(dataset_folder)
+    first = embed_to_parquet(Dataset("first", dataset.items[:8]), EmbedConfig(model=str(tiny_clip_dir), precision="bf16"), out)
+    assert written_by(out) == (first.model, "bf16")
+
+    resumed = embed_to_parquet(Dataset("more", dataset.items[:12]), EmbedConfig(model=str(tiny_clip_dir), batch_size=4), out)
+    assert resumed.precision_note == f"precision: bf16 (auto; the precision of the parts already in {out})"
+    assert (resumed.model, resumed.already, resumed.written) == (first.model, 8, 4)
+    with pytest.raises(ValueError, match=r"in precision bf16, not by .* in precision fp32"):
+        embed_to_parquet(dataset, EmbedConfig(model=str(tiny_clip_dir), precision="fp32"), out)
+    assert len(embedded_ids(out)) == 12
+
+
+def test_a_file_name_gets_one_file_in_dataset_order_with_its_precision(dataset_folder, tiny_clip_dir, tmp_path):
+    assert is_folder_out(tmp_path / "v") and is_folder_out(f"{tmp_path}/v.parquet/") and not is_folder_out(tmp_path / "v.parquet")
+    dataset = load_dataset(dataset_folder)
+    run = embed_to_parquet(dataset, EmbedConfig(model=str(tiny_clip_dir), precision="fp32"), tmp_path / "v.parquet")
+    assert run.written == IMAGES and pq.read_schema(tmp_path / "v.parquet").metadata[PRECISION_METADATA_KEY] == b"fp32"
+    assert read_embeddings_checked(tmp_path / "v.parquet")[0].ids.tolist() == [item.id for item in dataset.items]

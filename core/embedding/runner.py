@@ -1,12 +1,14 @@
-"""The batched, cached embedding run over a dataset, cached text embedding, and choosing the embedder for a config."""
+"""The batched, cached embedding run over a dataset (in memory, or streamed into Parquet parts), cached text embedding, and choosing the embedder for a config."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -17,12 +19,19 @@ from core.embedding.clip import ClipEmbedder
 from core.embedding.config import BASELINE_MODEL, EmbedConfig, check_batch_size
 from core.embedding.embedder import Embedder, PreparingEmbedder
 from core.io.images import ImageRejected, load_image
+from core.io.parquet import write_embeddings
+from core.io.parts import PartWriter, embedded_ids, written_by
 from core.records import Dataset, Embeddings, Item, Rejected
 
 # Decoding overlaps the model; two threads keep one batch ready on a small machine.
 _DECODE_THREADS = 2
 # Texts per model call when filling the cache: prompt lists are short, but a text file may not be.
 _TEXT_BATCH = 256
+# Cached vectors read per query when streaming a run: a few MB at most, however large the dataset.
+_CACHE_READ_CHUNK = 1024
+# Rows per part file when embedding into a folder: few enough files for readers at a million rows
+# (each file costs a read), few enough vectors held (12 MB at 768-d) and a part every few minutes on a CPU.
+ROWS_PER_PART = 4096
 
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -48,6 +57,13 @@ class EmbedRun:
     seconds: float  # wall time of the whole run
 
 
+class EmbeddedBatch(NamedTuple):
+    """One step of an embedding stream: the vectors it made ready and the items it refused."""
+
+    embeddings: Embeddings  # items in no particular order; model is the embedder's identity
+    rejected: list[Rejected]
+
+
 def embed_dataset(
     dataset: Dataset,
     embedder: Embedder,
@@ -55,64 +71,204 @@ def embed_dataset(
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> EmbedRun:
-    """Vectors for every readable item, from the cache where possible, committing each batch.
+    """Vectors for every readable item, from the cache where possible, committing each batch: an EmbeddingStream gathered in memory.
 
     Unreadable or undecodable items become rejections and the run goes on. progress(done, total,
     images_per_second) is called after every batch (once, with done == total, if nothing needed
-    computing). Identical files are decoded and embedded once. A CLIP embedder whose precision
-    "auto" awaits its check settles it on the dataset's first batch before anything else.
+    computing).
     """
-    batch_size = EmbedConfig.batch_size if batch_size is None else batch_size
-    check_batch_size(batch_size)
-    started = time.perf_counter()
-    keys, unreadable = _content_keys(dataset.items)
-    copies = Counter(keys.values())
-    # Decode threads also prepare the model's inputs when the embedder can, so the main thread only runs the model.
-    preparing = isinstance(embedder, PreparingEmbedder)
-    prepare = embedder.prepare_image if preparing else None
-    embed = (lambda inputs: embedder.embed_prepared(np.stack(inputs))) if preparing else embedder.embed_images
-    with ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="decode") as pool:
-        # Before the cache is read: the precision kept is part of the identity its rows are keyed by.
-        checked, computed_for_check = _first_batch_checked(pool, embedder, dataset.items, keys, batch_size, cache)
-        vectors = cache.get_many(embedder.identity, (key for key in copies if key not in checked)) if cache is not None else {}
-        from_cache = sum(copies[key] for key in vectors) + sum(copies[key] for key in checked if not computed_for_check)
-        vectors.update(checked)
+    stream = EmbeddingStream(dataset, embedder, cache, batch_size, progress)
+    batches = list(stream)
+    position = {item.id: index for index, item in enumerate(dataset.items)}
+    embeddings = _in_dataset_order([batch.embeddings for batch in batches], position, embedder)
+    rejected = sorted((row for batch in batches for row in batch.rejected), key=lambda row: position[row.name])
+    return EmbedRun(embeddings, rejected, stream.computed, stream.from_cache, stream.seconds)
 
-        todo: dict[str, Item] = {}
+
+@dataclass
+class ParquetRun:
+    """What an embedding run wrote to an embeddings Parquet file or folder of part files, and how."""
+
+    model: str  # the embedder's identity, as written in the metadata
+    written: int  # vectors this run wrote
+    already: int  # items whose ids the folder held before this run, so were not embedded again (0 for a file)
+    rejected: list[Rejected]  # files refused when the dataset was read or embedded, with reasons
+    computed: int  # items the model embedded in this run
+    from_cache: int  # items whose vectors were already cached
+    seconds: float  # wall time of the embedding
+    precision_note: str | None  # the precision the vectors are in and why; None for the baseline
+
+
+def is_folder_out(out: str | Path) -> bool:
+    """Whether `out` names a folder of part files (an existing folder, a name ending in "/", or one without a suffix) rather than one file."""
+    return str(out).endswith(("/", os.sep)) or Path(out).is_dir() or not Path(out).suffix
+
+
+def embed_to_parquet(
+    dataset: Dataset,
+    config: EmbedConfig,
+    out: str | Path,
+    cache: EmbeddingCache | None = None,
+    progress: ProgressCallback | None = None,
+    rows_per_part: int = ROWS_PER_PART,
+) -> ParquetRun:
+    """Embed `dataset` with `config`'s model into `out`: a folder of part files written as batches are done, or one file.
+
+    Into a folder (see is_folder_out) memory stays flat in the number of images and a run resumes
+    one that was killed: ids the folder holds are not embedded again, refused files go to its
+    _rejected.csv, and its precision is kept ("auto" takes the parts' precision; another is
+    refused, as is another model). A part is written once `rows_per_part` rows are done: vectors
+    done but not yet written when a run is killed are in the cache, so the next run reads them
+    back rather than computing them. One file is written whole at the end, in dataset order; a
+    killed run leaves none, but its batches are cached too.
+    """
+    if isinstance(rows_per_part, bool) or not isinstance(rows_per_part, int) or rows_per_part < 1:
+        raise ValueError(f"rows_per_part must be an integer >= 1, got {rows_per_part!r}")
+    if not is_folder_out(out):
+        embedder = load_embedder(config)
+        run = embed_dataset(dataset, embedder, cache, config.batch_size, progress)
+        write_embeddings(out, run.embeddings, _precision(embedder))
+        return ParquetRun(
+            run.embeddings.model, len(run.embeddings.ids), 0, dataset.rejected + run.rejected,
+            run.computed, run.from_cache, run.seconds, precision_note(embedder),
+        )
+    written = written_by(out)
+    kept_precision = written is not None and written[1] is not None and config.precision == "auto"
+    if kept_precision:
+        config = replace(config, precision=written[1])
+    embedder = load_embedder(config)
+    already = embedded_ids(out)
+    todo = Dataset(dataset.name, [item for item in dataset.items if item.id not in already])
+    stream = EmbeddingStream(todo, embedder, cache, config.batch_size, progress)
+    writer = PartWriter(out, embedder.identity, _precision(embedder))
+    writer.rejected(dataset.rejected)
+    rejected, pending, count = list(dataset.rejected), [], 0
+    for batch in stream:
+        writer.rejected(batch.rejected)
+        rejected += batch.rejected
+        pending.append(batch.embeddings)
+        count += len(batch.embeddings.ids)
+        if sum(len(part.ids) for part in pending) >= rows_per_part:
+            writer.write(_concatenated(pending, embedder))
+            pending = []
+    writer.write(_concatenated(pending, embedder))
+    note = f"precision: {config.precision} (auto; the precision of the parts already in {out})" if kept_precision else precision_note(embedder)
+    return ParquetRun(
+        embedder.identity, count, len(dataset.items) - len(todo.items), rejected, stream.computed, stream.from_cache, stream.seconds, note
+    )
+
+
+def _precision(embedder: Embedder) -> str | None:
+    return embedder.precision if isinstance(embedder, ClipEmbedder) else None
+
+
+class EmbeddingStream:
+    """The vectors of a dataset's readable items, batch by batch as they are cached or computed, so none need stay in memory.
+
+    Making the stream reads every file's cache key and settles a CLIP embedder's precision "auto"
+    on the dataset's first batch, so the embedder's identity is final before the first vectors
+    come. Iterating yields EmbeddedBatch steps: the unreadable files, the first batch, the cached
+    items (read in chunks), then each computed batch, cached as soon as computed. Identical files
+    are decoded and embedded once; every item sharing a file comes in the step that made its
+    vector. The counts below are final once the stream is exhausted.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        embedder: Embedder,
+        cache: EmbeddingCache | None = None,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.batch_size = EmbedConfig.batch_size if batch_size is None else batch_size
+        check_batch_size(self.batch_size)
+        self.embedder, self.cache, self.progress = embedder, cache, progress
+        self.started = time.perf_counter()
+        self.total = len(dataset.items)
+        keys, self._unreadable = _content_keys(dataset.items)
+        self._items_by_key: dict[str, list[Item]] = {}
         for item in dataset.items:
-            if item.id in keys and keys[item.id] not in vectors:
-                todo.setdefault(keys[item.id], item)
-        pending = list(todo.items())
-        batches = [dict(pending[start : start + batch_size]) for start in range(0, len(pending), batch_size)]
-        total, computed = len(dataset.items), sum(copies[key] for key in checked) if computed_for_check else 0
-        done = total - sum(copies[key] for key in todo)
-        undecodable: dict[str, str] = {}
-        for images, failed in _decoded_batches(pool, batches, embedder.draft_size, prepare):
-            undecodable.update(failed)
-            if images:
-                fresh = dict(zip(images, embed(list(images.values()))))
-                if cache is not None:
-                    cache.put_many(embedder.identity, fresh)
-                vectors.update(fresh)
-            computed += sum(copies[key] for key in images)
-            done += sum(copies[key] for key in (*images, *failed))
-            if progress is not None:
-                progress(done, total, computed / (time.perf_counter() - started))
-    if progress is not None and not batches:
-        progress(total, total, computed / (time.perf_counter() - started))
+            if item.id in keys:
+                self._items_by_key.setdefault(keys[item.id], []).append(item)
+        with ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="decode") as pool:
+            # Before the cache is read: the precision kept is part of the identity its rows are keyed by.
+            self._checked, checked_now = _first_batch_checked(pool, embedder, dataset.items, keys, self.batch_size, cache)
+        checked_items = self._copies(self._checked)
+        self.computed = checked_items if checked_now else 0  # items the model embedded
+        self.from_cache = 0 if checked_now else checked_items  # items whose vectors were cached
+        self.seconds = 0.0  # wall time, from making the stream to its end
 
-    accepted = [item for item in dataset.items if keys.get(item.id) in vectors]
-    rejected = [
-        Rejected(item.id, unreadable[item.id] if item.id in unreadable else undecodable[keys[item.id]])
-        for item in dataset.items
-        if keys.get(item.id) not in vectors
-    ]
-    return EmbedRun(
-        embeddings=_embeddings_of(accepted, [vectors[keys[item.id]] for item in accepted], embedder),
-        rejected=rejected,
-        computed=computed,
-        from_cache=from_cache,
-        seconds=time.perf_counter() - started,
+    def __iter__(self) -> Iterator[EmbeddedBatch]:
+        if self._unreadable:
+            yield EmbeddedBatch(self._embeddings({}), [Rejected(name, reason) for name, reason in self._unreadable.items()])
+        if self._checked:
+            yield EmbeddedBatch(self._embeddings(self._checked), [])
+        todo = [key for key in self._items_by_key if key not in self._checked]
+        if self.cache is not None:
+            todo = yield from self._cached(todo)
+        batches = [todo[start : start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+        done = self.total - self._copies(todo)
+        # Decode threads also prepare the model's inputs when the embedder can, so the main thread only runs the model.
+        preparing = isinstance(self.embedder, PreparingEmbedder)
+        prepare = self.embedder.prepare_image if preparing else None
+        embed = (lambda inputs: self.embedder.embed_prepared(np.stack(inputs))) if preparing else self.embedder.embed_images
+        to_decode = [{key: self._items_by_key[key][0] for key in batch} for batch in batches]
+        with ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="decode") as pool:
+            for images, failed in _decoded_batches(pool, to_decode, self.embedder.draft_size, prepare):
+                fresh = dict(zip(images, embed(list(images.values())))) if images else {}
+                if fresh and self.cache is not None:
+                    self.cache.put_many(self.embedder.identity, fresh)
+                self.computed += self._copies(fresh)
+                done += self._copies(fresh) + self._copies(failed)
+                yield EmbeddedBatch(
+                    self._embeddings(fresh),
+                    [Rejected(item.id, reason) for key, reason in failed.items() for item in self._items_by_key[key]],
+                )
+                self._report(done)
+        if not batches:
+            self._report(self.total)
+        self.seconds = time.perf_counter() - self.started
+
+    def _cached(self, keys: list[str]) -> Generator[EmbeddedBatch, None, list[str]]:
+        """Steps of the cached vectors among `keys`, a chunk at a time; returns the keys the cache lacks."""
+        missing = []
+        for start in range(0, len(keys), _CACHE_READ_CHUNK):
+            chunk = keys[start : start + _CACHE_READ_CHUNK]
+            found = self.cache.get_many(self.embedder.identity, chunk)
+            missing += [key for key in chunk if key not in found]
+            if found:
+                self.from_cache += self._copies(found)
+                yield EmbeddedBatch(self._embeddings(found), [])
+        return missing
+
+    def _report(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done, self.total, self.computed / (time.perf_counter() - self.started))
+
+    def _copies(self, keys: Iterable[str]) -> int:
+        return sum(len(self._items_by_key[key]) for key in keys)
+
+    def _embeddings(self, vectors: dict[str, np.ndarray]) -> Embeddings:
+        items = [item for key in vectors for item in self._items_by_key[key]]
+        return _embeddings_of(items, [vector for key, vector in vectors.items() for _ in self._items_by_key[key]], self.embedder)
+
+
+def _in_dataset_order(parts: Sequence[Embeddings], position: dict[str, int], embedder: Embedder) -> Embeddings:
+    """The parts' rows as one table in dataset order."""
+    whole = _concatenated(parts, embedder)
+    order = np.argsort([position[item_id] for item_id in whole.ids], kind="stable")
+    return Embeddings(whole.ids[order], whole.splits[order], whole.labels[order], whole.vectors[order], whole.model)
+
+
+def _concatenated(parts: Sequence[Embeddings], embedder: Embedder) -> Embeddings:
+    parts = [_embeddings_of([], [], embedder), *parts]  # numpy cannot concatenate no arrays
+    return Embeddings(
+        ids=np.concatenate([part.ids for part in parts]),
+        splits=np.concatenate([part.splits for part in parts]),
+        labels=np.concatenate([part.labels for part in parts]),
+        vectors=np.concatenate([part.vectors for part in parts]),
+        model=embedder.identity,
     )
 
 
