@@ -16,7 +16,7 @@ from core.maps.projection import ProjectionConfig, project
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.report.config import MAX_CARDS_PER_KIND, ReportConfig
 from core.report.html import MAP_POINT_LIMIT, MAX_REPORT_BYTES, THUMBNAIL_EDGE, report_html
-from core.retrieval.pipeline import LoadedEmbeddings, analyse
+from core.retrieval.pipeline import LoadedEmbeddings, PredictConfig, analyse
 from test_pages import assert_ran, fresh_server, run_page  # noqa: F401 (fresh_server is autouse: no cache shared between tests)
 
 HOSTILE = [
@@ -57,8 +57,8 @@ def noise_image(path: Path, size=(200, 160), seed=0) -> Path:
     return path
 
 
-def report_of(embeddings, images=None, config=ReportConfig(map_method="pca"), **given) -> str:
-    analysis = analyse(embeddings)
+def report_of(embeddings, images=None, config=ReportConfig(map_method="pca"), predict=PredictConfig(), **given) -> str:
+    analysis = analyse(embeddings, predict)
     projection = project(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=config.map_method))
     return report_html(LoadedEmbeddings(embeddings, []), analysis, projection, images=images, config=config, **given)
 
@@ -132,15 +132,20 @@ def test_hostile_labels_ids_and_names_stay_text(images_folder):
     assert "\u202e" not in page and "⟨U+202E⟩" in shown, "a bidi override is shown, not obeyed"
 
 
-def test_a_large_set_with_long_hostile_text_stays_within_the_bound(images_folder):
+def test_a_large_set_with_long_hostile_text_stays_within_the_bound(tmp_path):
     n_test = MAP_POINT_LIMIT + 1_000
     long = "<b>" + "x" * 1_000
     labels = [f"{long} {i}" for i in range(20)]
     ids = [f"{long} {i}" for i in range(60 + n_test)]
     embeddings = clustered(n_classes=20, per_class=3, n_test=n_test, labels=labels, ids=ids)
-    images = {item_id: images_folder[i % len(images_folder)] for i, item_id in enumerate(embeddings.ids)}
-    page = report_of(embeddings, images, ReportConfig(map_method="pca", cards=MAX_CARDS_PER_KIND), name=long)
+    # Noise as large as a thumbnail: no downscaling smooths it, the largest JPEG a thumbnail can be.
+    worst = [noise_image(tmp_path / f"{i}.png", size=(THUMBNAIL_EDGE, THUMBNAIL_EDGE), seed=i) for i in range(6)]
+    images = {item_id: worst[i % len(worst)] for i, item_id in enumerate(embeddings.ids)}
+    # Flagging fewer than the distractors keeps some of them: misses, so every kind of card is full.
+    config = ReportConfig(map_method="pca", cards=MAX_CARDS_PER_KIND)
+    page = report_of(embeddings, images, config, PredictConfig(contamination=0.1), name=long)
 
+    assert page.count('<div class="card ') == 4 * MAX_CARDS_PER_KIND
     assert len(page.encode()) <= MAX_REPORT_BYTES
     assert f"random sample of {MAP_POINT_LIMIT:,} of the {60 + n_test:,} points" in page
     assert long not in page, "long text is elided"
