@@ -1,0 +1,253 @@
+"""Embedding a dataset on Ray Data: files read in the workers, one model per actor, vectors streamed into part files."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from core.embedding.clip import ClipEmbedder
+from core.embedding.config import EmbedConfig
+from core.embedding.runner import ROWS_PER_PART, EmbeddingStream, ParquetRun, ProgressCallback, embed_to_parquet, is_folder_out, load_embedder
+from core.io.parts import PartWriter, embedded_ids, written_by
+from core.records import Dataset, Embeddings, Item, Rejected
+
+ENGINES = ("local", "ray")
+# What ray.init accepts besides "auto": a head node's GCS address, or a Ray Client address.
+_CLUSTER_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
+# Parts are also written when this many seconds have passed since the last: with no cache behind
+# the actors, a killed run loses at most this much work.
+PART_SECONDS = 60.0
+# Ray Data's own progress bars and execution logs would interleave with the progress bar.
+_RAY_DATA_LOGGER = "ray.data"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where an embedding run computes: in this process, or on Ray Data actors (a local Ray cluster or a running one)."""
+
+    engine: str = field(
+        default="local",
+        metadata={"help": "local: in this process; ray: on Ray Data actors, each loading the model once (writes a folder of part files)", "choices": ENGINES},
+    )
+    address: str | None = field(
+        default=None,
+        metadata={"help": "the Ray cluster to join (--engine ray): auto (the one `ray start` runs on this node), HOST:PORT or ray://HOST:PORT; none starts a local cluster sized to this machine"},
+    )
+    workers: int | None = field(
+        default=None,
+        metadata={"help": "model actors (--engine ray); none: as many as the cluster's CPUs (or GPUs, with --gpus-per-worker) hold"},
+    )
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs each actor reserves and its torch threads (--engine ray)"})
+    gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs each actor reserves, fractions sharing one (--engine ray); 0 computes on CPUs"})
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.address is not None and self.address != "auto" and not _CLUSTER_ADDRESS.fullmatch(self.address):
+            raise ValueError(f"address must be auto, HOST:PORT or ray://HOST:PORT, got {self.address!r}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1):
+            raise ValueError(f"workers must be an integer >= 1 or none (as many as the cluster holds), got {self.workers!r}")
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
+        if not self.gpus_per_worker >= 0:
+            raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
+        ray_only = {"address": self.address, "workers": self.workers, "gpus_per_worker": self.gpus_per_worker or None}
+        given = [name for name, value in ray_only.items() if value is not None]
+        if self.engine == "local" and (given or self.cpus_per_worker != 1.0):
+            raise ValueError(f"{', '.join(given) or 'cpus_per_worker'} is an option of engine 'ray'; the local engine got it")
+
+
+def embed_on_ray(
+    dataset: Dataset,
+    config: EmbedConfig,
+    out: Path,
+    engine: EngineConfig = EngineConfig(engine="ray"),
+    progress: ProgressCallback | None = None,
+    rows_per_part: int = ROWS_PER_PART,
+) -> ParquetRun:
+    """Embed `dataset` with `config`'s model on Ray Data actors into the folder of part files `out`, resuming what it holds.
+
+    Only file paths travel to the workers, which read, decode, prepare and embed their batches;
+    vectors come back to this process as they are made and go into parts (`rows_per_part` rows,
+    or PART_SECONDS of work, each), refused files into the folder's _rejected.csv, and the run goes
+    on. The local path (embed_to_parquet) embeds the first batch here, which settles the folder's
+    model and precision ("auto" once, or the parts' own) for every actor. Ray is started here, sized
+    to this machine or joining engine.address, unless this process already runs it; a Ray started
+    here is stopped at the end. The embedding cache is not used: the folder is the record of what
+    is done.
+    """
+    if engine.engine != "ray":
+        raise ValueError(f"embed_on_ray runs engine 'ray', got {engine.engine!r}")
+    out = Path(out)
+    if not is_folder_out(out):
+        raise ValueError(f"engine ray writes a folder of part files; {out} names a file, give a folder (no suffix, or ending in /)")
+    started = time.perf_counter()
+    already = embedded_ids(out)
+    todo = [item for item in dataset.items if item.id not in already]
+    done_before = len(dataset.items) - len(todo)
+    report = _Progress(progress, len(dataset.items), done_before)
+    rejected, note, written = list(dataset.rejected), None, written_by(out)
+    # Batch by batch until one is written (a whole batch may be refused): its part names the model and precision.
+    while todo and (note is None or written is None):
+        batch, todo = todo[: config.batch_size], todo[config.batch_size :]
+        refused_before = [] if note is not None else dataset.rejected  # into the sidecar once
+        local = embed_to_parquet(Dataset(dataset.name, batch, refused_before), config, out, rows_per_part=rows_per_part)
+        rejected += local.rejected[len(refused_before) :]
+        note = note or local.precision_note or ""
+        report.add(local.computed, len(batch) - local.written)
+        written = written_by(out)
+    if todo:
+        model, precision = written
+        parts = _PartBuffer(PartWriter(out, model, precision), model, rows_per_part)
+        rejected += _embed_rest(todo, replace(config, precision=precision or config.precision), model, engine, parts, report)
+    report.finish()
+    model = written[0] if written else ""
+    return ParquetRun(model, report.computed, done_before, rejected, report.computed, 0, time.perf_counter() - started, note or None)
+
+
+def _embed_rest(
+    items: list[Item], config: EmbedConfig, model: str, engine: EngineConfig, parts: _PartBuffer, report: _Progress
+) -> list[Rejected]:
+    """Embed `items` on an actor pool, writing parts as vectors arrive; the refused items."""
+    import ray
+    import ray.data
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        _start_ray(engine)
+    quiet = logging.getLogger(_RAY_DATA_LOGGER)
+    level = quiet.level
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = context.print_on_execution_start = False
+    quiet.setLevel(logging.ERROR)
+    rejected: list[Rejected] = []
+    try:
+        rows = [{"id": item.id, "split": item.split, "label": item.label, "path": str(item.path)} for item in items]
+        vectors = ray.data.from_items(rows).map_batches(
+            _EmbeddingActor,
+            fn_constructor_kwargs={"config": config, "model": model, "threads": max(1, int(engine.cpus_per_worker))},
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=engine.workers or _workers_held(engine)),
+            num_cpus=engine.cpus_per_worker,
+            num_gpus=engine.gpus_per_worker or None,
+        )
+        for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
+            refused = batch["reason"] != ""
+            refusals = [Rejected(str(name), str(reason)) for name, reason in zip(batch["id"][refused], batch["reason"][refused])]
+            parts.writer.rejected(refusals)
+            rejected += refusals
+            parts.add({column: values[~refused] for column, values in batch.items()})
+            report.add(int((~refused).sum()), len(refusals))
+        parts.flush()
+    finally:
+        quiet.setLevel(level)
+        if started_here:
+            ray.shutdown()
+    return rejected
+
+
+def _start_ray(engine: EngineConfig) -> None:
+    """Join engine.address, or start a local cluster sized to this machine; the workers get this project's `core` package."""
+    import ray
+
+    ray.init(
+        address=engine.address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
+        runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
+    )
+
+
+def _workers_held(engine: EngineConfig) -> int:
+    """How many actors the cluster's CPUs (or GPUs) hold, at least one."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if engine.gpus_per_worker:
+        return max(1, int(resources.get("GPU", 0) / engine.gpus_per_worker))
+    return max(1, int(resources.get("CPU", 1) / engine.cpus_per_worker))
+
+
+class _EmbeddingActor:
+    """One model per Ray actor: each call reads, decodes, prepares and embeds a batch of files by the project's own path."""
+
+    def __init__(self, config: EmbedConfig, model: str, threads: int) -> None:
+        self.embedder = load_embedder(config)
+        if self.embedder.identity != model:
+            raise ValueError(f"this worker's model is {self.embedder.identity!r}, the run's is {model!r}: give the workers the same checkpoint")
+        if isinstance(self.embedder, ClipEmbedder):
+            import torch
+
+            # After the model loads, which claims every core: actors on one machine share its cores.
+            torch.set_num_threads(threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = [Item(str(i), str(s), None if label is None else str(label), Path(path)) for i, s, label, path in zip(batch["id"], batch["split"], batch["label"], batch["path"])]
+        vectors = np.zeros((len(items), self.embedder.dim), np.float32)
+        reasons = np.full(len(items), "", dtype=object)
+        row = {item.id: index for index, item in enumerate(items)}
+        for step in EmbeddingStream(Dataset("batch", items), self.embedder, batch_size=len(items)):
+            vectors[[row[name] for name in step.embeddings.ids]] = step.embeddings.vectors
+            for refusal in step.rejected:
+                reasons[row[refusal.name]] = refusal.reason
+        return {"id": batch["id"], "split": batch["split"], "label": batch["label"], "embedding": vectors, "reason": reasons}
+
+
+class _PartBuffer:
+    """Rows gathered until a part's worth (`rows` of them, or PART_SECONDS since the last part) and written as one part."""
+
+    def __init__(self, writer: PartWriter, model: str, rows: int) -> None:
+        self.writer, self.model, self.part_rows = writer, model, rows
+        self.columns: list[dict[str, np.ndarray]] = []
+        self.rows, self.since = 0, time.perf_counter()
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        self.columns.append(columns)
+        self.rows += len(columns["id"])
+        if self.rows >= self.part_rows or time.perf_counter() - self.since >= PART_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            joined = {name: np.concatenate([columns[name] for columns in self.columns]) for name in self.columns[0]}
+            self.writer.write(
+                Embeddings(
+                    ids=joined["id"].astype(str),
+                    splits=joined["split"].astype(str),
+                    labels=joined["label"].astype(object),
+                    vectors=joined["embedding"].astype(np.float32),
+                    model=self.model,
+                )
+            )
+        self.columns, self.rows, self.since = [], 0, time.perf_counter()
+
+
+class _Progress:
+    """Items done of the dataset and images per second computed, reported to a ProgressCallback."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int, done: int) -> None:
+        self.callback, self.total, self.done = callback, total, done
+        self.computed, self.started, self.reported = 0, time.perf_counter(), False
+
+    def add(self, computed: int, refused: int) -> None:
+        self.computed += computed
+        self.done += computed + refused
+        self._report()
+
+    def finish(self) -> None:
+        """Report once when nothing was left to do, so a progress bar still ends its line."""
+        if not self.reported:
+            self._report()
+
+    def _report(self) -> None:
+        self.reported = True
+        if self.callback is not None:
+            self.callback(self.done, self.total, self.computed / (time.perf_counter() - self.started))

@@ -1,0 +1,121 @@
+"""core.embedding.ray_engine: Ray Data in local mode (2 CPUs) with the tiny CLIP gives the local path's vectors, resumes, refuses bad options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from core.embedding.config import EmbedConfig
+from core.embedding.ray_engine import EngineConfig, embed_on_ray
+from core.embedding.runner import embed_dataset, load_embedder
+from core.io.files import read_csv
+from core.io.layouts import load_dataset
+from core.io.parquet import PRECISION_METADATA_KEY, read_embeddings_checked
+from core.io.parts import REJECTED_FILE
+
+IMAGES = 24
+# Past the header check when the dataset is listed: only decoding it in a worker finds it truncated.
+BROKEN = "zz-truncated.png"
+RAY = EngineConfig(engine="ray", workers=2)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session, as small as CI allows; the workers import core from this checkout."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1] / "core")]},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset_folder(tmp_path_factory) -> Path:
+    """23 seeded noisy colour images over 3 classes and test, and a truncated PNG last among the test images."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ray-data")
+    rng = np.random.default_rng(0)
+    colours = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
+    for index in range(IMAGES - 1):
+        folder = root / (f"train/c{index % 3}" if index < 12 else "test")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.asarray(colours[index % 3], float) + rng.normal(0, 25, (30, 40, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:02d}.png")
+    whole = (root / "test" / "22.png").read_bytes()
+    (root / "test" / BROKEN).write_bytes(whole[: len(whole) // 2])
+    return root
+
+
+def config_of(model: Path, precision: str = "fp32") -> EmbedConfig:
+    return EmbedConfig(model=str(model), precision=precision, batch_size=4)
+
+
+def test_ray_gives_the_local_vectors_reports_the_bad_file_and_a_second_run_computes_nothing(ray_local, dataset_folder, tiny_clip_dir, tmp_path):
+    dataset = load_dataset(dataset_folder)
+    config = config_of(tiny_clip_dir)
+    seen = []
+    out = tmp_path / "vectors"
+
+    run = embed_on_ray(dataset, config, out, RAY, progress=lambda done, total, rate: seen.append((done, total)))
+
+    local = embed_dataset(dataset, load_embedder(config), batch_size=config.batch_size)
+    on_ray, dropped = read_embeddings_checked(out)
+    assert not dropped
+    assert on_ray.model == local.embeddings.model == run.model
+    assert sorted(on_ray.ids) == sorted(local.embeddings.ids) and len(on_ray.ids) == IMAGES - 1
+    ray_rows = dict(zip(on_ray.ids, on_ray.vectors))
+    cosines = [float(ray_rows[item] @ vector) for item, vector in zip(local.embeddings.ids, local.embeddings.vectors)]
+    assert min(cosines) >= 0.9999
+    assert (run.written, run.already, run.computed) == (IMAGES - 1, 0, IMAGES - 1)
+    assert [row.name for row in run.rejected] == [BROKEN]
+    sidecar, _ = read_csv(out / REJECTED_FILE, required=("name", "reason"))
+    assert [row["name"] for row in sidecar] == [BROKEN] and "truncated" in sidecar[0]["reason"]
+    assert seen[-1] == (IMAGES, IMAGES) and len(seen) > 2  # the first batch, then the actors' batches as they came
+
+    parts = sorted(out.glob("part-*.parquet"))
+    again = embed_on_ray(dataset, config, out, RAY)
+    assert (again.computed, again.written, again.already) == (0, 0, IMAGES - 1)
+    assert sorted(out.glob("part-*.parquet")) == parts
+    assert len(read_csv(out / REJECTED_FILE, required=("name", "reason"))[0]) == 1
+
+
+def test_precision_auto_is_settled_once_so_every_part_has_the_same(ray_local, dataset_folder, tiny_clip_dir, tmp_path):
+    out = tmp_path / "auto"
+    run = embed_on_ray(load_dataset(dataset_folder), config_of(tiny_clip_dir, "auto"), out, RAY)
+    precisions = {pq.read_schema(part).metadata[PRECISION_METADATA_KEY].decode() for part in out.glob("part-*.parquet")}
+    assert len(list(out.glob("part-*.parquet"))) >= 2  # the driver's first batch, and the actors' part
+    assert len(precisions) == 1 and run.precision_note.startswith(f"precision: {precisions.pop()}")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"engine": "spark"}, "engine must be one of local, ray, got 'spark'"),
+        ({"engine": "ray", "address": "http://head"}, "address must be auto, HOST:PORT or ray://HOST:PORT, got 'http://head'"),
+        ({"engine": "ray", "workers": 0}, "workers must be an integer >= 1"),
+        ({"engine": "ray", "cpus_per_worker": 0.0}, "cpus_per_worker must be > 0, got 0.0"),
+        ({"engine": "ray", "gpus_per_worker": -1.0}, "gpus_per_worker must be >= 0, got -1.0"),
+        ({"workers": 2}, "workers is an option of engine 'ray'"),
+    ],
+)
+def test_bad_engine_options_are_refused_by_name(options, match):
+    with pytest.raises(ValueError, match=match):
+        EngineConfig(**options)
+
+
+def test_cluster_addresses_are_accepted():
+    for address in ("auto", "10.0.0.1:6379", "ray://head.example:10001", None):
+        assert EngineConfig(engine="ray", address=address).address == address
+
+
+def test_ray_refuses_a_file_name_for_its_output(dataset_folder, tiny_clip_dir, tmp_path):
+    with pytest.raises(ValueError, match="folder of part files; .*vectors.parquet names a file"):
+        embed_on_ray(load_dataset(dataset_folder), config_of(tiny_clip_dir), tmp_path / "vectors.parquet", RAY)
