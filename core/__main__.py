@@ -41,15 +41,33 @@ def _load(args, source=None, model=None):
     """Embeddings for the command's source, reporting what was refused."""
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import EmbedConfig
+    from core.io.hf_datasets import hf_candidates, is_hf_source
     from core.retrieval.pipeline import is_embeddings_file, load_embeddings
 
-    source = source or args.source
+    source = _selected_source(args, source)
+    if is_hf_source(source):  # its images are written here, with progress; load_embeddings reuses them
+        hf_candidates(source, watch=_stage_bars())
     embed_config = None
     if not is_embeddings_file(source):
         embed_config = _config(EmbedConfig, args, model=model or args.model)
     loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"))
     _tell_embedding(len(loaded.embeddings.ids), loaded)
     return loaded
+
+
+def _selected_source(args, source=None) -> str:
+    """The command's source spelled with its Hugging Face split and column options (other sources unchanged)."""
+    from core.io.hf_datasets import HfSelection, selected_source
+
+    return selected_source(source or args.source, _config(HfSelection, args))
+
+
+def _stage_bars():
+    """A Watch drawing one progress bar per stage, as a Hugging Face dataset's images are written split by split."""
+    from core.progress import Watch
+
+    bars = {}
+    return Watch(report=lambda done, total, stage: bars.setdefault(stage, ProgressBar(stage))(done, total))
 
 
 def _tell_embedding(accepted: int, run) -> None:
@@ -137,7 +155,7 @@ def cmd_embed(args) -> int:
 
     folder = is_folder_out(args.out)
     out = _checked_out_folder(args.out, args.source) if folder else _checked_out(args.out, [args.source])
-    dataset = load_dataset(args.source)
+    dataset = load_dataset(_selected_source(args), watch=_stage_bars())
     run = embed_to_parquet(dataset, _config(EmbedConfig, args), out, EmbeddingCache(), ProgressBar("embedding"), args.rows_per_part)
     _tell_embedding(run.written, run)
     already = f"; {run.already} already there, {run.already + run.written} in all" if folder else ""
@@ -319,7 +337,7 @@ def cmd_report(args) -> int:
     if is_embeddings_file(args.source):
         name, images = Path(args.source).stem, {}
     else:
-        dataset = load_dataset(args.source)
+        dataset = load_dataset(_selected_source(args))
         name, images = dataset.name, {item.id: item.path for item in dataset.items}
     page = report_html(
         loaded, analysis, projection, name=name, images=images, threshold_rule=rule, flags=flags, config=config, watch=watch
@@ -353,11 +371,13 @@ def _add_config_options(parser, config_class, only=None, skip=()) -> None:
         parser.add_argument(flag, type=value_type, default=field.default, choices=field.metadata.get("choices"), help=help_text)
 
 
-def _add_source(parser, what="a dataset folder or .zip, or an embeddings .parquet"):
+def _add_source(parser, what="a dataset folder or .zip, a Hugging Face dataset (save_to_disk folder or hf:owner/name), or an embeddings .parquet"):
     from core.embedding.config import EmbedConfig
+    from core.io.hf_datasets import HfSelection
 
     parser.add_argument("source", help=what)
     _add_config_options(parser, EmbedConfig)
+    _add_config_options(parser, HfSelection)
 
 
 def _add_prediction(parser):
@@ -374,6 +394,7 @@ def build_parser():
 
     from core.embedding.config import EmbedConfig
     from core.embedding.runner import ROWS_PER_PART
+    from core.io.hf_datasets import HfSelection
     from core.methods.compare import COMPARE_METHODS
     from core.methods.ensemble import MODES
     from core.report.config import ReportConfig
@@ -391,7 +412,7 @@ def build_parser():
     commands.add_parser("models", help="list the known models").set_defaults(run=cmd_models)
 
     embed = commands.add_parser("embed", help="embed a dataset into a folder of Parquet part files, resumable, or one Parquet file (cached)")
-    _add_source(embed, "a dataset folder or .zip")
+    _add_source(embed, "a dataset folder or .zip, or a Hugging Face dataset (save_to_disk folder or hf:owner/name)")
     embed.add_argument(
         "--out",
         required=True,
@@ -430,6 +451,7 @@ def build_parser():
     ensemble.add_argument("sources", nargs="+", help="one dataset (with two or more --model) or two or more embeddings .parquet")
     ensemble.add_argument("--model", action="append", help="a model to include; repeat for each")
     _add_config_options(ensemble, EmbedConfig, skip=("model",))
+    _add_config_options(ensemble, HfSelection)
     ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per model; without it, weights are searched one model at a time")
     ensemble.add_argument("--mode", default=MODES[0], choices=MODES, help="weighted sum (equal dimensions) or concatenation (default: %(default)s)")
     _add_config_options(ensemble, PredictConfig, skip=("threshold", "auto"))  # the search validates on train

@@ -230,6 +230,25 @@ def test_an_imagefolder_is_read_by_the_folder_layout_with_the_labels_huggingface
     }
 
 
+def test_evaluate_runs_on_a_saved_folder_and_its_options_choose_columns(saved, workspace, capsys):
+    assert main(["evaluate", str(saved), "--model", "baseline", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["MAP@5"] >= 0.8  # three well-separated colours and a fourth for distractors
+    assert "rejected test row 9: not an image" in captured.err
+    assert main(["evaluate", str(saved), "--model", "baseline", "--label-column", "fine_label"]) == 2
+    assert "has no column 'fine_label'; its columns: image, label" in capsys.readouterr().err
+
+
+def test_embed_takes_the_split_options_and_other_sources_refuse_them(saved, tmp_path, workspace, capsys):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "train-only.parquet"
+    assert main(["embed", str(saved), "--model", "baseline", "--test-split", "", "--out", str(out)]) == 0
+    assert set(pq.read_table(out).column("split").to_pylist()) == {TRAIN}
+    assert main(["evaluate", str(tmp_path), "--model", "baseline", "--image-column", "img"]) == 2
+    assert "image_column apply to Hugging Face datasets only" in capsys.readouterr().err
+
+
 def test_the_data_page_adds_a_saved_folder_with_chosen_columns_and_says_why_a_hub_id_fails(saved, tmp_path, workspace, monkeypatch):
     import shutil
 
