@@ -6,6 +6,7 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
+from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, export_items, exported_zip
 from core.methods.compare import BASELINE_METHOD, COMPARE_METHODS, REGRESSION, as_json, compare_methods, format_table
 from core.records import DISTRACTOR
 from core.maps.figures import class_frequency
@@ -144,10 +145,10 @@ share_map, share_ready = st.columns([1, 2])
 share_method = share_map.segmented_control(
     "Map in the report", PROJECTION_METHODS, default=ReportConfig().map_method, key="evaluate_share_map"
 ) or ReportConfig().map_method
+images = ui.image_paths(current.entry)
+rule = None if threshold == round(analysis.threshold, ui.THRESHOLD_DECIMALS) else "set on the Distractors page"
 if share_ready.toggle("Prepare the report", key="evaluate_share", help="Computes the map first if the Map page has not."):
     projection = ui.projection(current, ProjectionConfig(method=share_method))
-    images = ui.image_paths(current.entry)
-    rule = None if threshold == round(analysis.threshold, ui.THRESHOLD_DECIMALS) else "set on the Distractors page"
     share_ready.download_button(
         "Share (HTML report)",
         data=lambda: report_html(
@@ -156,6 +157,29 @@ if share_ready.toggle("Prepare the report", key="evaluate_share", help="Computes
         file_name=f"{safe_file_name(current.entry.name, 'dataset')}-report.html",
         mime="text/html",
         on_click="ignore",
+    )
+
+st.subheader("Open in other tools")
+st.caption(
+    "Every train and test image with its split, label, predictions, distractor flag and score, and its vector, "
+    "in the tool's own format, as a zip: FiftyOne, Embedding Atlas (with the map and nearest train images) "
+    "or TensorBoard's projector (with a sprite of thumbnails)."
+)
+tool_column, tool_ready = st.columns([1, 2])
+tool = tool_column.segmented_control(
+    "Tool", EXPORT_FORMATS, default=EXPORT_FORMATS[1], format_func=FORMAT_NAMES.get, key="evaluate_export_format"
+) or EXPORT_FORMATS[1]
+if tool == "fiftyone" and not images:
+    tool_ready.info("FiftyOne shows image files and this dataset is vectors only: choose Embedding Atlas or TensorBoard.")
+elif tool_ready.toggle("Prepare the export", key="evaluate_export", help="Embedding Atlas needs the map: computed first if the Map page has not."):
+    options = {"projection": ui.projection(current, ProjectionConfig())} if tool == "atlas" else {}
+    tool_ready.download_button(
+        f"{FORMAT_NAMES[tool]} (zip)",
+        data=lambda: exported_zip(tool, export_items(analysis, images, threshold, rule=rule), current.entry.name, **options),
+        file_name=f"{safe_file_name(current.entry.name, 'dataset')}-{tool}.zip",
+        mime="application/zip",
+        on_click="ignore",
+        help=OPENING[tool],
     )
 
 st.subheader("Compare methods")

@@ -1,0 +1,119 @@
+"""Embedding Atlas export: one Parquet with the 2-D map, captions, thumbnails and each item's nearest train images."""
+
+from __future__ import annotations
+
+import io
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.exports import Exported, ExportItems, thumbnails
+from core.io.files import replaced_atomically
+from core.io.parquet import embeddings_table
+from core.maps.projection import Projection
+from core.progress import Watch
+from core.records import Embeddings
+from core.retrieval.index import VectorIndex
+
+ATLAS_FILE = "atlas.parquet"
+# Thumbnails as Embedding Atlas shows them in its tooltips and lists: JPEG, at most this many pixels a side.
+THUMBNAIL_EDGE = 96
+THUMBNAIL_QUALITY = 85
+# Rows per Parquet row group: thumbnails of one group are held in memory at a time.
+_ROWS_PER_GROUP = 2048
+# The Atlas command-line options naming this file's columns.
+COLUMN_OPTIONS = {"x": "x", "y": "y", "text": "text", "neighbors": "neighbors"}
+NEIGHBOUR_STAGE = "searching each train image's nearest train images"
+
+
+def write_atlas(items: ExportItems, folder: Path, name: str, projection: Projection, watch: Watch = Watch()) -> Exported:
+    """atlas.parquet: the embeddings Parquet's columns (id, split, label, embedding) and the ones Atlas reads.
+
+    x and y are `projection`'s coordinates (core.maps.projection, as the Map page draws it); text a
+    caption; neighbors, as Atlas documents it, {"ids": row numbers, "distances": cosine distances}
+    of each item's nearest train images (for a train image, the others); image a JPEG thumbnail
+    {"bytes", "path"} when the items have images. Test rows also get prediction, predictions,
+    flagged and distractor_score.
+    """
+    xy = np.vstack([projection.train_xy, projection.test_xy])
+    if len(xy) != len(items):
+        raise ValueError(f"the map has {len(xy)} points for {len(items)} items; project this analysis's train and test vectors")
+    neighbour_ids, neighbour_distances, notes = _neighbours(items, watch)
+    options = dict(COLUMN_OPTIONS)
+    if neighbour_ids is None:
+        del options["neighbors"]
+    if items.has_images:
+        options["image"] = "image"
+    path = folder / ATLAS_FILE
+    with replaced_atomically(path) as partial:
+        writer = None
+        try:
+            for start in range(0, len(items), _ROWS_PER_GROUP):
+                rows = range(start, min(start + _ROWS_PER_GROUP, len(items)))
+                table = _table(items, rows, xy, neighbour_ids, neighbour_distances, watch)
+                writer = writer or pq.ParquetWriter(partial, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+    flags = " ".join(f"--{option} {column}" for option, column in options.items())
+    return Exported(folder, [path], f"embedding-atlas {shlex.quote(str(path))} {flags}", [*projection.notes, *notes])
+
+
+def _table(items, rows: range, xy, neighbour_ids, neighbour_distances, watch: Watch) -> pa.Table:
+    selected = np.arange(rows.start, rows.stop)
+    embeddings = Embeddings(items.ids[selected], items.splits[selected], items.labels[selected], items.vectors[selected], items.model)
+    table = embeddings_table(embeddings)
+    predictions = [items.predictions[row] for row in rows]
+    columns = {
+        "x": pa.array(xy[selected, 0], pa.float32()),
+        "y": pa.array(xy[selected, 1], pa.float32()),
+        "text": pa.array([items.caption(row) for row in rows], pa.string()),
+        "prediction": pa.array([None if row is None else row[0] for row in predictions], pa.string()),
+        "predictions": pa.array([None if row is None else " ".join(row) for row in predictions], pa.string()),
+        "flagged": pa.array([items.flagged[row] for row in rows], pa.bool_()),
+        "distractor_score": pa.array([items.scores[row] for row in rows], pa.float32()),
+    }
+    if neighbour_ids is not None:
+        columns["neighbors"] = pa.array(
+            [{"ids": neighbour_ids[row].tolist(), "distances": neighbour_distances[row].tolist()} for row in rows],
+            pa.struct([("ids", pa.list_(pa.int64())), ("distances", pa.list_(pa.float32()))]),
+        )
+    if items.has_images:
+        step = Watch(lambda done, total, stage: watch.step(rows.start + done, len(items), stage), watch.stop)
+        columns["image"] = pa.array(
+            [None if image is None else {"bytes": _jpeg(image), "path": None} for image in thumbnails(items.image_paths[rows.start : rows.stop], THUMBNAIL_EDGE, step)],
+            pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+        )
+    for column, values in columns.items():
+        table = table.append_column(column, values)
+    return table
+
+
+def _jpeg(image) -> bytes:
+    with io.BytesIO() as buffer:
+        image.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+        return buffer.getvalue()
+
+
+def _neighbours(items: ExportItems, watch: Watch):
+    """Row numbers and cosine distances of every item's nearest train images, one width for all (Atlas stacks them).
+
+    A test item's are the analysis's; a train image's are searched among the other train images.
+    None when train has a single image, which has no other.
+    """
+    width = min(items.test_neighbours.k, items.n_train - 1)
+    if width < 1:
+        return None, None, ["no neighbours column: train has a single image"]
+    train = items.vectors[: items.n_train]
+    watch.step(0, 1, NEIGHBOUR_STAGE)
+    found = VectorIndex(train).search(train, width + 1)
+    # Each image's own row is dropped; where ties pushed it out of the result, the last neighbour is.
+    others = found.indices != np.arange(items.n_train)[:, None]
+    others[others.all(axis=1), -1] = False
+    ids = np.vstack([found.indices[others].reshape(-1, width), items.test_neighbours.indices[:, :width]])
+    similarities = np.vstack([found.similarities[others].reshape(-1, width), items.test_neighbours.similarities[:, :width]])
+    return ids, 1.0 - similarities, []
