@@ -91,6 +91,21 @@ def test_a_class_label_of_minus_one_is_huggingfaces_missing_label(tmp_path, work
     assert [item.label for item in load_dataset(folder).split(TEST)] == [None, "red"]
 
 
+def test_a_class_id_outside_the_names_is_refused_row_by_row(tmp_path, monkeypatch, workspace):
+    """datasets refuses such ids when it writes a table; a hand-made table can still hold one."""
+    rng = np.random.default_rng(7)
+    table = datasets.Dataset.from_dict({"image": image_split(["red", "red"], rng)["image"], "label": [0, 5]},
+                                       features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    hand_made = datasets.Dataset(table.data, info=datasets.DatasetInfo(features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["red"])})))
+    folder = tmp_path / "hand-made"
+    folder.mkdir()
+    (folder / "state.json").write_text("{}")
+    monkeypatch.setattr(datasets, "load_from_disk", lambda path: hand_made)
+    dataset = load_dataset(folder)
+    assert [item.label for item in dataset.items] == ["red"]
+    assert [(r.name, r.reason) for r in dataset.rejected] == [("train row 1", "class id 5 is not one of the 1 ClassLabel names")]
+
+
 def test_a_single_saved_dataset_is_the_train_set(tmp_path, workspace):
     folder = tmp_path / "one"
     rng = np.random.default_rng(3)
@@ -128,11 +143,11 @@ def test_chosen_splits_and_columns_are_used_and_no_test_split_is_allowed(tmp_pat
 
 
 def test_a_choice_for_a_source_that_is_not_a_huggingface_dataset_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"label_column apply to Hugging Face datasets only"):
+    with pytest.raises(ValueError, match=r"the choice of label_column is for Hugging Face datasets only"):
         selected_source(tmp_path, HfSelection(label_column="fine"))
     assert selected_source(tmp_path, HfSelection()) == str(tmp_path)
     with pytest.raises(ValueError, match=r"unknown choice\(s\) colour; known: image_column, label_column"):
-        load_dataset(f"hf:owner/name?colour=red")
+        load_dataset("hf:owner/name?colour=red")
 
 
 def test_a_hub_id_offline_is_one_clear_error_without_touching_the_network(monkeypatch, workspace):
@@ -246,7 +261,7 @@ def test_embed_takes_the_split_options_and_other_sources_refuse_them(saved, tmp_
     assert main(["embed", str(saved), "--model", "baseline", "--test-split", "", "--out", str(out)]) == 0
     assert set(pq.read_table(out).column("split").to_pylist()) == {TRAIN}
     assert main(["evaluate", str(tmp_path), "--model", "baseline", "--image-column", "img"]) == 2
-    assert "image_column apply to Hugging Face datasets only" in capsys.readouterr().err
+    assert "the choice of image_column is for Hugging Face datasets only" in capsys.readouterr().err
 
 
 def test_the_data_page_adds_a_saved_folder_with_chosen_columns_and_says_why_a_hub_id_fails(saved, tmp_path, workspace, monkeypatch):

@@ -23,7 +23,7 @@ from core.records import TEST, TRAIN, Rejected
 
 # A source spelled hf:owner/name is a dataset on the Hugging Face Hub; a path never starts so.
 HUB_PREFIX = "hf:"
-# The file save_to_disk writes at the top of its folder: for a DatasetDict, and for a single Dataset.
+# The files save_to_disk writes at the top of its folder: for a DatasetDict, and for a single Dataset.
 _SAVED_MARKERS = ("dataset_dict.json", "state.json")
 # The Hub's repository ids: an optional owner and a name, without '..' (no path tricks reach load_dataset).
 _HUB_ID = re.compile(r"(?!.*\.\.)[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
@@ -63,7 +63,7 @@ def selected_source(source: str | Path, selection: HfSelection) -> str:
     if not is_hf_source(source):
         if chosen:
             raise ValueError(
-                f"{', '.join(chosen)} apply to Hugging Face datasets only (a save_to_disk folder or "
+                f"the choice of {', '.join(chosen)} is for Hugging Face datasets only (a save_to_disk folder or "
                 f"{HUB_PREFIX}owner/name); {source} is neither"
             )
         return str(source)
@@ -103,12 +103,12 @@ def hf_candidates(
         folder = Path(location).resolve()
         # A saved dataset embeds its images; a bare path in one could name any file on this machine.
         name, splits, paths_allowed = folder.name, _saved_splits(folder), False
-    folder = Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER
+    written_under = Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER
     candidates: list[Candidate] = []
     rejected: list[Rejected] = []
     for split, split_name, data in _chosen_splits(name, splits, selection):
         _check_columns(name, split_name, data, selection, label_required=split == TRAIN)
-        target = folder / _folder_name(name, split_name, data, selection)
+        target = written_under / _folder_name(name, split_name, data, selection)
         written, refused = _images_written_once(data, split_name, selection.image_column, target, paths_allowed, watch)
         rejected += refused
         candidates += _labelled(written, split, split_name, _labels(data, selection.label_column), rejected)
@@ -185,7 +185,7 @@ def _check_columns(name: str, split_name: str, data, selection: HfSelection, lab
             f"its columns: {', '.join(columns)}"
         )
     feature = data.features[selection.image_column]
-    if not isinstance(feature, datasets.Image) and feature != datasets.Value("binary"):
+    if not isinstance(feature, datasets.Image) and getattr(feature, "dtype", None) not in ("binary", "large_binary"):
         raise ValueError(
             f"{name} column {selection.image_column!r} holds {feature}, not images; its columns: {', '.join(columns)}"
         )
@@ -290,27 +290,38 @@ def _format_suffixes() -> dict[str, str]:
 _FORMAT_SUFFIXES = _format_suffixes()
 
 
-def _labels(data, column: str) -> list[object]:
-    """The label column's values as the layouts spell labels; a ClassLabel id its name, -1 (no label) None."""
+def _labels(data, column: str) -> tuple[list[object], list[str] | None]:
+    """The label column's values, and the class names when it is a ClassLabel (its values are then ids)."""
     import datasets
 
     if column not in data.features:
-        return [None] * len(data)  # a split without labels: unknown truth
-    values = data.with_format("arrow")[column].to_pylist()
+        return [None] * len(data), None  # a split without labels: unknown truth
     feature = data.features[column]
-    if isinstance(feature, datasets.ClassLabel):
-        return [None if value is None or value < 0 else feature.int2str(value) for value in values]
-    return values
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    return data.with_format("arrow")[column].to_pylist(), names
+
+
+def _class_name(value: object, names: list[str] | None) -> tuple[object, str]:
+    """A ClassLabel id as its name (-1, Hugging Face's missing label, as None) and why an id has none; other values as they are."""
+    if names is None or value is None:
+        return value, ""
+    if value < 0:
+        return None, ""
+    if value >= len(names):
+        return None, f"class id {value} is not one of the {len(names)} ClassLabel names"
+    return names[value], ""
 
 
 def _labelled(
-    written: dict[int, Path], split: str, split_name: str, labels: list[object], rejected: list[Rejected]
+    written: dict[int, Path], split: str, split_name: str, labels: tuple[list[object], list[str] | None], rejected: list[Rejected]
 ) -> list[Candidate]:
+    values, names = labels
     candidates = []
     for row, path in sorted(written.items()):
-        raw_label = labels[row]
-        label, problem = checked_label(raw_label, split)
-        if split == TRAIN and raw_label is None:
+        raw_label, problem = _class_name(values[row], names)
+        if not problem:
+            label, problem = checked_label(raw_label, split)
+        if not problem and split == TRAIN and raw_label is None:
             problem = "train row without a label"
         if problem:
             rejected.append(Rejected(f"{split_name} row {row}", problem))
