@@ -150,13 +150,20 @@ def cmd_models(args) -> int:
 def cmd_embed(args) -> int:
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import EmbedConfig
+    from core.embedding.ray_engine import EngineConfig, embed_on_ray, refuse_file_out
     from core.embedding.runner import embed_to_parquet, is_folder_out
     from core.io.layouts import load_dataset
 
+    engine = _config(EngineConfig, args)
     folder = is_folder_out(args.out)
+    if engine.engine == "ray":
+        refuse_file_out(args.out)  # before the dataset is read
     out = _checked_out_folder(args.out, args.source) if folder else _checked_out(args.out, [args.source])
     dataset = load_dataset(_selected_source(args), watch=_stage_bars())
-    run = embed_to_parquet(dataset, _config(EmbedConfig, args), out, EmbeddingCache(), ProgressBar("embedding"), args.rows_per_part)
+    if engine.engine == "ray":
+        run = embed_on_ray(dataset, _config(EmbedConfig, args), out, engine, ProgressBar("embedding"), args.rows_per_part)
+    else:
+        run = embed_to_parquet(dataset, _config(EmbedConfig, args), out, EmbeddingCache(), ProgressBar("embedding"), args.rows_per_part)
     _tell_embedding(run.written, run)
     already = f"; {run.already} already there, {run.already + run.written} in all" if folder else ""
     print(f"wrote {run.written} vectors ({run.model}) to {args.out}{already}")
@@ -393,6 +400,7 @@ def build_parser():
     import argparse
 
     from core.embedding.config import EmbedConfig
+    from core.embedding.ray_engine import EngineConfig
     from core.embedding.runner import ROWS_PER_PART
     from core.io.hf_datasets import HfSelection
     from core.methods.compare import COMPARE_METHODS
@@ -420,6 +428,7 @@ def build_parser():
         "ids it lacks; a file name (x.parquet) gets one file, written at the end",
     )
     embed.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART, help="rows per part file in an --out folder (default: %(default)s)")
+    _add_config_options(embed, EngineConfig)
     embed.set_defaults(run=cmd_embed)
 
     predict = commands.add_parser("predict", help="top-5 labels with -1 for distractors, as a submission CSV")

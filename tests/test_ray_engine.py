@@ -90,9 +90,23 @@ def test_ray_gives_the_local_vectors_reports_the_bad_file_and_a_second_run_compu
 def test_precision_auto_is_settled_once_so_every_part_has_the_same(ray_local, dataset_folder, tiny_clip_dir, tmp_path):
     out = tmp_path / "auto"
     run = embed_on_ray(load_dataset(dataset_folder), config_of(tiny_clip_dir, "auto"), out, RAY)
-    precisions = {pq.read_schema(part).metadata[PRECISION_METADATA_KEY].decode() for part in out.glob("part-*.parquet")}
-    assert len(list(out.glob("part-*.parquet"))) >= 2  # the driver's first batch, and the actors' part
+    parts = list(out.glob("part-*.parquet"))
+    precisions = {pq.read_schema(part).metadata[PRECISION_METADATA_KEY].decode() for part in parts}
+    assert len(parts) >= 2  # the driver's first batch, and the actors' part
     assert len(precisions) == 1 and run.precision_note.startswith(f"precision: {precisions.pop()}")
+
+
+def test_the_command_line_embeds_on_ray_into_a_folder(ray_local, dataset_folder, tiny_clip_dir, tmp_path, capsys):
+    from core.__main__ import main
+
+    out = tmp_path / "cli"
+    argv = ["embed", str(dataset_folder), "--model", str(tiny_clip_dir), "--precision", "fp32", "--batch-size", "4"]
+    assert main([*argv, "--engine", "ray", "--workers", "1", "--out", str(out)]) == 0
+    assert len(read_embeddings_checked(out)[0].ids) == IMAGES - 1
+    assert f"wrote {IMAGES - 1} vectors" in capsys.readouterr().out
+    assert main([*argv, "--engine", "ray", "--out", str(tmp_path / "one.parquet")]) == 2
+    assert main([*argv, "--address", "auto", "--out", str(tmp_path / "local")]) == 2
+    assert "one.parquet names a file" in (err := capsys.readouterr().err) and "is an option of engine 'ray'" in err
 
 
 @pytest.mark.parametrize(

@@ -83,9 +83,8 @@ def embed_on_ray(
     """
     if engine.engine != "ray":
         raise ValueError(f"embed_on_ray runs engine 'ray', got {engine.engine!r}")
+    refuse_file_out(out)
     out = Path(out)
-    if not is_folder_out(out):
-        raise ValueError(f"engine ray writes a folder of part files; {out} names a file, give a folder (no suffix, or ending in /)")
     started = time.perf_counter()
     already = embedded_ids(out)
     todo = [item for item in dataset.items if item.id not in already]
@@ -108,6 +107,12 @@ def embed_on_ray(
     report.finish()
     model = written[0] if written else ""
     return ParquetRun(model, report.computed, done_before, rejected, report.computed, 0, time.perf_counter() - started, note or None)
+
+
+def refuse_file_out(out: str | Path) -> None:
+    """Refuse an output named as one file: the Ray engine writes a folder of part files."""
+    if not is_folder_out(out):
+        raise ValueError(f"engine ray writes a folder of part files; {out} names a file, give a folder (no suffix, or ending in /)")
 
 
 def _embed_rest(
@@ -159,8 +164,9 @@ def _start_ray(engine: EngineConfig) -> None:
     ray.init(
         address=engine.address,
         include_dashboard=False,
+        # The command's own progress bar and messages are the output; actors' logs stay in Ray's log folder.
         log_to_driver=False,
-        logging_level=logging.WARNING,
+        logging_level=logging.ERROR,
         # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
         runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
     )
