@@ -1,4 +1,4 @@
-"""Peak memory of the whole workflow on 16k images, each part in a fresh process that reports its own peak."""
+"""Peak memory of the whole workflow on 16k images, and of the streamed embed at 4k and 16k, each in a fresh process that reports its own peak."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ import numpy as np
 from bench.fixtures import clip_checkpoint, photo_jpeg, quiet_transformers, write_photos
 from bench.report import Section, seconds, table
 from bench.timing import peak_rss_mb, run_python
+from core.embedding.runner import ROWS_PER_PART
 
 FULL = {"classes": 1000, "per_class": 3, "test": 13_000}
 QUICK = {"classes": 200, "per_class": 3, "test": 1_800}
+# A quarter of each: `embed --out FOLDER` should peak about as high on it as on the whole.
+QUARTER = {"full": {"classes": 250, "per_class": 3, "test": 3_250}, "quick": {"classes": 50, "per_class": 3, "test": 450}}
+# Peak RSS of the streamed embed at 4x the images, as a share of its peak at 1x: "about equal".
+STREAM_GROWTH_LIMIT = 1.10
 TARGET_MB = 4096
 THUMBNAIL = (160, 120)  # workflow images are small: the decode cost is section 1's business, not memory's
 CLIP_PHOTOS = 64
@@ -43,11 +48,15 @@ def _write_dataset(folder: Path, plan) -> int:
     return count
 
 
+def _dataset(work: Path, plan) -> tuple[Path, int]:
+    dataset = work / f"dataset-{plan['classes']}x{plan['per_class']}-{plan['test']}"
+    return dataset, _write_dataset(dataset, plan)
+
+
 def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
     section = Section("6. Memory: peak resident memory of the whole workflow", "6. Memory")
-    dataset = work / f"dataset-{plan['classes']}x{plan['per_class']}-{plan['test']}"
-    n_images = _write_dataset(dataset, plan)
+    dataset, n_images = _dataset(work, plan)
     home = work / "home"
     shutil.rmtree(home, ignore_errors=True)  # the workflow starts from an empty cache, as a first run does
     workflow = run_python(["-m", "bench.memory", "workflow", str(dataset), str(home)])
@@ -83,12 +92,61 @@ def run(work: Path, quick: bool) -> Section:
         f"peak); UMAP takes each row's nearest train rows from FAISS's brute-force top-k, which scans "
         f"in blocks; trustworthiness is only ever computed on a sample.",
     )
+    _streamed_embed(section, work, [_dataset(work, QUARTER["quick" if quick else "full"]), (dataset, n_images)], quick)
     total = workflow_mb + clip_mb
     if quick:
         section.check(f"peak RSS of the whole workflow (target at 16k; quick mode ran {n_images:,} images)", f"{total:,.0f} MB (upper bound)", None)
     else:
         section.check(f"peak RSS of the whole workflow on {n_images:,} images ≤ 4 GB", f"{total:,.0f} MB (upper bound)", total <= TARGET_MB)
     return section
+
+
+def _streamed_embed(section: Section, work: Path, datasets: list[tuple[Path, int]], quick: bool) -> None:
+    """Peak RSS of `python -m core embed` into a folder of part files and into one file, each size in a fresh process with an empty cache.
+
+    Quick mode's sizes are below one part's rows, so it reports without a verdict.
+    """
+    peaks: dict[str, list[float]] = {"folder": [], "file": []}
+    runs: dict[str, list[float]] = {"folder": [], "file": []}
+    for dataset, _ in datasets:
+        for kind, out_name in (("folder", "streamed"), ("file", "whole.parquet")):
+            scratch = work / "embed-runs"
+            shutil.rmtree(scratch, ignore_errors=True)  # an empty cache and no earlier parts: every vector is computed
+            scratch.mkdir(parents=True)
+            command = ["-m", "bench.memory", "embed", str(dataset), str(scratch / out_name)]
+            measured = run_python(command, env={"RETRIEVAL_LAB_HOME": str(scratch / "home")})
+            peaks[kind].append(float(measured["PEAK_MB"]))
+            runs[kind].append(float(measured["SECONDS"]))
+    sizes = [n for _, n in datasets]
+    growth = peaks["folder"][1] / peaks["folder"][0]
+    section.add(
+        f"**Streamed embedding.** `python -m core embed DATASET --model baseline --out OUT` in a fresh process per run "
+        f"with an empty cache, at {sizes[0]:,} and {sizes[1]:,} images (1,728-d baseline vectors: the largest rows "
+        f"the project makes, and no model time). Into a folder the vectors go to a part file every "
+        f"{ROWS_PER_PART:,} rows and only the current rows are held; into one file they are all held until it is written.",
+        table(
+            ["embed --out", *(f"{n:,} images: peak RSS, time" for n in sizes), f"peak at {sizes[1]:,} / at {sizes[0]:,}"],
+            [
+                ["folder of part files (streamed, resumable)", *(f"{mb:,.0f} MB, {seconds(t)}" for mb, t in zip(peaks["folder"], runs["folder"])), f"{growth:.2f}×"],
+                ["one file `x.parquet` (in memory)", *(f"{mb:,.0f} MB, {seconds(t)}" for mb, t in zip(peaks["file"], runs["file"])), f"{peaks['file'][1] / peaks['file'][0]:.2f}×"],
+            ],
+        ),
+    )
+    section.check(
+        f"peak RSS of embed --out FOLDER at {sizes[1]:,} images within {STREAM_GROWTH_LIMIT:.2f}× of {sizes[0]:,}",
+        f"{peaks['folder'][1]:,.0f} MB vs {peaks['folder'][0]:,.0f} MB ({growth:.2f}×)",
+        None if quick else growth <= STREAM_GROWTH_LIMIT,
+    )
+
+
+def _embed(dataset: Path, out: Path) -> None:
+    from core.__main__ import main
+
+    started = time.perf_counter()
+    if main(["embed", str(dataset), "--model", "baseline", "--out", str(out)]) != 0:
+        raise SystemExit(f"embed {dataset} --out {out} failed")
+    print(f"SECONDS={time.perf_counter() - started}")
+    print(f"PEAK_MB={peak_rss_mb()}")
 
 
 def _workflow(dataset: Path, home: Path) -> None:
@@ -141,4 +199,4 @@ def _clip(checkpoint: Path, photos: Path) -> None:
 if __name__ == "__main__":
     quiet_transformers()
     mode, *paths = sys.argv[1:]
-    {"workflow": _workflow, "clip": _clip}[mode](*map(Path, paths))
+    {"workflow": _workflow, "clip": _clip, "embed": _embed}[mode](*map(Path, paths))
