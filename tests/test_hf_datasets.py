@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import datasets
@@ -126,19 +127,30 @@ def test_a_missing_column_or_split_is_refused_naming_the_ones_that_exist(saved, 
         load_dataset(selected_source(saved, HfSelection(**choice)))
 
 
-def test_chosen_splits_and_columns_are_used_and_no_test_split_is_allowed(tmp_path, workspace):
+@pytest.fixture(scope="module")
+def custom(tmp_path_factory):
+    """Splits named training and validation, columns img and fine (integer labels, -1 a distractor)."""
     rng = np.random.default_rng(4)
     features = datasets.Features({"img": datasets.Image(), "fine": datasets.Value("int64")})
-    folder = tmp_path / "custom"
+    folder = tmp_path_factory.mktemp("hf") / "custom"
     datasets.DatasetDict(
-        training=datasets.Dataset.from_dict({"img": image_split(["red"] * 2, rng)["image"], "fine": [3, 4]}, features=features),
-        validation=datasets.Dataset.from_dict({"img": image_split(["red"], rng)["image"], "fine": [-1]}, features=features),
+        training=datasets.Dataset.from_dict({"img": image_split(["red", "red", "blue"], rng)["image"], "fine": [3, 3, 4]}, features=features),
+        validation=datasets.Dataset.from_dict({"img": image_split(["red", DISTRACTOR], rng)["image"], "fine": [3, -1]}, features=features),
     ).save_to_disk(folder)
-    selection = HfSelection(train_split="training", test_split="validation", image_column="img", label_column="fine")
-    source = selected_source(folder, selection)
-    assert source == f"{folder}?train_split=training&test_split=validation&image_column=img&label_column=fine"
+    return folder
+
+
+CUSTOM = HfSelection(train_split="training", test_split="validation", image_column="img", label_column="fine")
+
+
+def test_chosen_splits_and_columns_are_used_and_no_test_split_is_allowed(custom, workspace):
+    source = selected_source(custom, CUSTOM)
+    assert source == f"{custom}?train_split=training&test_split=validation&image_column=img&label_column=fine"
     dataset = load_dataset(source)
-    assert [(item.id, item.label) for item in dataset.items] == [("training-000000.png", "3"), ("training-000001.png", "4"), ("validation-000000.png", DISTRACTOR)]
+    assert [(item.id, item.label) for item in dataset.items] == [
+        ("training-000000.png", "3"), ("training-000001.png", "3"), ("training-000002.png", "4"),
+        ("validation-000000.png", "3"), ("validation-000001.png", DISTRACTOR),
+    ]
     assert load_dataset(selected_source(source, HfSelection(test_split=""))).split(TEST) == []
 
 
@@ -264,24 +276,43 @@ def test_embed_takes_the_split_options_and_other_sources_refuse_them(saved, tmp_
     assert "the choice of image_column is for Hugging Face datasets only" in capsys.readouterr().err
 
 
-def test_the_data_page_adds_a_saved_folder_with_chosen_columns_and_says_why_a_hub_id_fails(saved, tmp_path, workspace, monkeypatch):
+def test_the_data_page_adds_a_saved_folder_with_chosen_columns_and_says_why_a_hub_id_fails(custom, tmp_path, workspace, monkeypatch):
     import shutil
 
     import streamlit as st
     from test_pages import assert_ran, displayed, metric_values, run_page
 
     root = tmp_path / "data-root"
-    shutil.copytree(saved, root / "colours")
+    shutil.copytree(custom, root / "custom")
     monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
     st.cache_data.clear()
-    app = run_page("data", "hf1")
+    app = run_page("data", "hugging1")
     app.text_input(key="hf_location").set_value("hf:someone/cats").run()
     next(button for button in app.button if button.label == "Add Hugging Face dataset").click().run()
     assert "HF_HUB_OFFLINE is set" in displayed(app.error[0].value)
-    app.text_input(key="hf_location").set_value("colours")
-    app.text_input(key="hf_test_split").set_value("").run()
-    next(button for button in app.button if button.label == "Add Hugging Face dataset").click().run()
+    app.text_input(key="hf_location").set_value("custom")
+    for name, value in asdict(CUSTOM).items():
+        app.text_input(key=f"hf_{name}").set_value(value)
+    next(button for button in app.run().button if button.label == "Add Hugging Face dataset").click().run()
     assert_ran(app)
-    assert app.selectbox[0].value == "colours"
+    assert app.selectbox[0].value == "custom"
     values = metric_values(app)
-    assert (values["Train images"], values["Train classes"], values["Test images"]) == ("9", "3", "0")
+    assert (values["Train images"], values["Train classes"], values["Test images"]) == ("3", "2", "2")
+    embedded = run_page("embed", "hugging1")  # the other pages read the same choice from the workspace
+    assert_ran(embedded)
+    assert metric_values(embedded)["Vectors"] == "5"
+
+
+def test_the_workspace_adds_only_saved_folders_under_the_data_root(saved, tmp_path, workspace, monkeypatch):
+    from core.session.datasets import WorkspaceDatasets
+    from core.session.workspace import Workspace
+
+    root = tmp_path / "data-root"
+    (root / "plain").mkdir(parents=True)
+    monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
+    datasets_of_workspace = WorkspaceDatasets(Workspace("hugging2"), [])
+    with pytest.raises(ValueError, match="'plain' is not a folder written by save_to_disk under the data root"):
+        datasets_of_workspace.add_hugging_face("plain", HfSelection())
+    with pytest.raises(ValueError, match="outside the data root"):
+        datasets_of_workspace.add_hugging_face(str(saved), HfSelection())
+    assert datasets_of_workspace.all() == []
