@@ -1,4 +1,4 @@
-"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble,report} — options from the config dataclasses, one-line errors, never a traceback."""
+"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble,report,export} — options from the config dataclasses, one-line errors, never a traceback."""
 
 from __future__ import annotations
 
@@ -171,13 +171,13 @@ def cmd_embed(args) -> int:
 
 
 def _checked_out_folder(out: str, source: str) -> str:
-    """The --out folder of part files, user-expanded; refused when it is the dataset's folder or inside it (the parts would join the dataset)."""
+    """The --out folder (of part files, of an export), user-expanded; refused when it is the dataset's folder or inside it (its files would join the dataset)."""
     import os
     from pathlib import Path
 
     path = Path(out).expanduser().resolve()
     if Path(source).resolve() in (path, *path.parents):
-        raise ValueError(f"--out {out} is inside the input {source}; write the parts to a folder outside it")
+        raise ValueError(f"--out {out} is inside the input {source}; write to a folder outside it")
     return os.path.expanduser(out)
 
 
@@ -320,37 +320,79 @@ def _stage_lines():
     return report
 
 
-def cmd_report(args) -> int:
+def _flags_and_rule(analysis, args):
+    """The distractor flags the options ask for and, for DBSCAN's, how to name them (None: the analysis's threshold rule)."""
+    rule = None
+    if args.detector == "dbscan":
+        rule = f"flags from DBSCAN (eps {args.eps}, min_samples {args.min_samples}); the curves show the threshold of {analysis.threshold_source}"
+    return _flags(analysis, args), rule
+
+
+def _projected(analysis, method: str, watch):
+    """The map of the analysis's train and test vectors, its stages on the watch."""
+    from core.maps.projection import ProjectionConfig, project
+
+    watch.stage(f"projecting {len(analysis.train.ids) + len(analysis.test.ids):,} points ({method})")
+    return project(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=method), progress=watch.stage)
+
+
+def _name_and_images(args) -> tuple:
+    """The source's name and each item's image file (none for an embeddings Parquet, which carries vectors only)."""
     from pathlib import Path
 
     from core.io.layouts import load_dataset
-    from core.maps.projection import ProjectionConfig, project
+    from core.retrieval.pipeline import is_embeddings_file
+
+    if is_embeddings_file(args.source):
+        return Path(args.source).stem, {}
+    dataset = load_dataset(_selected_source(args))
+    return dataset.name, {item.id: item.path for item in dataset.items}
+
+
+def cmd_report(args) -> int:
     from core.progress import Watch
     from core.report.config import ReportConfig
     from core.report.html import report_html, write_report
-    from core.retrieval.pipeline import analyse, is_embeddings_file
+    from core.retrieval.pipeline import analyse
 
     out = _checked_out(args.out, [args.source])
     config = _config(ReportConfig, args)
     loaded = _load(args)
     watch = Watch(report=_stage_lines())
     analysis = analyse(loaded.embeddings, _predict_config(args), watch=watch)
-    rule = None
-    if args.detector == "dbscan":
-        rule = f"flags from DBSCAN (eps {args.eps}, min_samples {args.min_samples}); the curves show the threshold of {analysis.threshold_source}"
-    flags = _flags(analysis, args)
-    watch.stage(f"projecting {len(loaded.embeddings.ids):,} points ({config.map_method})")
-    projection = project(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=config.map_method), progress=watch.stage)
-    if is_embeddings_file(args.source):
-        name, images = Path(args.source).stem, {}
-    else:
-        dataset = load_dataset(_selected_source(args))
-        name, images = dataset.name, {item.id: item.path for item in dataset.items}
+    flags, rule = _flags_and_rule(analysis, args)
+    projection = _projected(analysis, config.map_method, watch)
+    name, images = _name_and_images(args)
     page = report_html(
         loaded, analysis, projection, name=name, images=images, threshold_rule=rule, flags=flags, config=config, watch=watch
     )
     write_report(out, page)
     print(f"wrote {args.out} ({len(page.encode()) / 1e6:.1f} MB): open it in any browser, no network needed")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from core.exports import FORMAT_NAMES, export, export_items
+    from core.progress import Watch
+    from core.retrieval.pipeline import analyse
+
+    folder = Path(_checked_out_folder(args.out, args.source))
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder to write the export into")
+    loaded = _load(args)
+    watch = Watch(report=_stage_lines())
+    analysis = analyse(loaded.embeddings, _predict_config(args), watch=watch)
+    flags, rule = _flags_and_rule(analysis, args)
+    name, images = _name_and_images(args)
+    items = export_items(analysis, images, flags=flags, rule=rule)
+    options = {"projection": _projected(analysis, args.map_method, watch)} if args.format == "atlas" else {}
+    exported = export(args.format, items, folder, name, watch, **options)
+    for note in exported.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {', '.join(path.name for path in exported.files)} for {FORMAT_NAMES[args.format]} to {args.out}")
+    print(f"open it with:\n{exported.how_to_open}")
     return 0
 
 
@@ -405,6 +447,8 @@ def build_parser():
     from core.io.hf_datasets import HfSelection
     from core.methods.compare import COMPARE_METHODS
     from core.methods.ensemble import MODES
+    from core.exports import EXPORT_FORMATS
+    from core.maps.projection import PROJECTION_METHODS
     from core.report.config import ReportConfig
     from core.retrieval.pipeline import PredictConfig
 
@@ -473,6 +517,14 @@ def build_parser():
     _add_config_options(report, ReportConfig)
     report.add_argument("--out", required=True, help="report .html to write")
     report.set_defaults(run=cmd_report)
+
+    export = commands.add_parser("export", help="every item with its predictions and vector for FiftyOne, Embedding Atlas or TensorBoard's projector")
+    _add_source(export)
+    _add_prediction(export)
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="the tool to open the export in")
+    export.add_argument("--map-method", default="umap", choices=PROJECTION_METHODS, help="projection giving the atlas format its x and y (default: %(default)s)")
+    export.add_argument("--out", required=True, help="folder to write the export into (made if missing; files of the same names are replaced)")
+    export.set_defaults(run=cmd_export)
     return parser
 
 
