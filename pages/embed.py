@@ -1,8 +1,10 @@
-"""Embed page: choose the model, precision and batch size, and embed the active dataset with progress."""
+"""Embed page: choose the model, precision, runtime and batch size, and embed the active dataset with progress."""
+
+from dataclasses import fields
 
 import streamlit as st
 
-from core.embedding.config import BASELINE_MODEL, PRECISION_HELP, PRECISIONS, EmbedConfig, list_models
+from core.embedding.config import BASELINE_MODEL, EmbedConfig, list_models
 from core.embedding.runner import precision_note
 from core.records import TEST, TRAIN
 from core.methods.ensemble import search_weights, validation_map
@@ -54,16 +56,21 @@ choice = st.selectbox(
     format_func=lambda name: name if name == other else f"{name} — {known[name]}",
 )
 model = st.text_input("Hugging Face id or local checkpoint folder", value=saved.model if saved.model not in known else "") if choice == other else choice
-columns = st.columns(2)
-precision = columns[0].radio(
-    "Precision",
-    PRECISIONS,
-    index=PRECISIONS.index(saved.precision),
-    horizontal=True,
-    disabled=model == BASELINE_MODEL,
-    help=PRECISION_HELP,
-)
-batch_size = columns[1].number_input("Batch size", 1, 512, saved.batch_size)
+columns = st.columns(3)
+
+
+def config_choice(column, name: str, label: str) -> str:
+    """A radio over an EmbedConfig field's choices, with its help, at the saved value."""
+    spec = next(field for field in fields(EmbedConfig) if field.name == name)
+    choices = spec.metadata["choices"]
+    return column.radio(
+        label, choices, index=choices.index(getattr(saved, name)), horizontal=True, disabled=model == BASELINE_MODEL, help=spec.metadata["help"]
+    )
+
+
+precision = config_choice(columns[0], "precision", "Precision")
+runtime = config_choice(columns[1], "runtime", "Runtime")
+batch_size = columns[2].number_input("Batch size", 1, 512, saved.batch_size)
 
 with st.expander("Ensemble: combine several models (seed 000)"):
     st.caption(
@@ -99,7 +106,7 @@ with st.expander("Ensemble: combine several models (seed 000)"):
 
 if st.button("Embed", type="primary", disabled=not model):
     try:
-        config = EmbedConfig(model=model.strip(), batch_size=int(batch_size), precision=precision)
+        config = EmbedConfig(model=model.strip(), batch_size=int(batch_size), precision=precision, runtime=runtime)
     except ValueError as error:
         st.error(ui.plain(error))
         st.stop()

@@ -30,7 +30,8 @@ def photos(image_file):
 
 
 def auto_embedder(tiny_clip_dir):
-    return load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
+    """Precision "auto" on torch: tests/test_openvino.py covers the OpenVINO runtime that runtime "auto" may add."""
+    return load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch"))
 
 
 @pytest.mark.parametrize(
@@ -106,8 +107,8 @@ def test_auto_keeps_bf16_when_the_first_batch_agrees_and_says_so_in_the_identity
     np.testing.assert_allclose(run.embeddings.vectors, embedder.embed_images(list(map(load_photo, photos.items))), atol=1e-6)
     keys = {file_key(item.path) for item in photos.items}
     assert set(cache.get_many(embedder.identity, keys)) == keys
-    with pytest.raises(RuntimeError, match=re.escape("check_precision settles precision 'auto' once")):
-        embedder.check_precision(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(RuntimeError, match=re.escape("a first batch settles precision once")):
+        embedder.settle_precision({}, np.zeros((1, 3, 32, 32), np.float32))
 
 
 def test_auto_falls_back_to_exact_fp32_when_the_check_fails_and_keeps_its_cache_rows_apart(
@@ -159,7 +160,7 @@ def test_a_first_batch_that_does_not_decode_leaves_auto_unsettled_and_the_run_fp
 
 def test_the_cli_says_which_precision_it_used_and_what_the_check_found(native_bf16, tiny_clip_dir, photos, tmp_path, workspace, capsys):
     folder = photos.items[0].path.parents[2]
-    assert main(["embed", str(folder), "--model", str(tiny_clip_dir), "--out", str(tmp_path / "e.parquet")]) == 0
+    assert main(["embed", str(folder), "--model", str(tiny_clip_dir), "--runtime", "torch", "--out", str(tmp_path / "e.parquet")]) == 0
     captured = capsys.readouterr()
     assert re.search(r"^precision: bf16 \(auto; first batch agrees with fp32: median cosine [01]\.\d{4}, top-5 agreement [01]\.\d\d\)$", captured.err, re.M)
     assert " bf16 cfg:" in captured.out

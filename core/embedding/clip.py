@@ -16,6 +16,8 @@ from core.embedding.cache import file_key
 from core.embedding.config import EmbedConfig
 from core.embedding.embedder import embed_by_preparing
 from core.embedding.hub import hub_commit, load_checkpoint
+from core.embedding.openvino_tower import OpenVinoTower, openvino_available
+from core.paths import workspace_home
 
 # "auto" keeps bf16 only if, on the run's first batch, a median image's vector barely moves from
 # fp32 and each image's nearest neighbours within the batch stay nearly the same (issue #15).
@@ -24,6 +26,8 @@ MIN_NEIGHBOUR_AGREEMENT = 0.95
 NEIGHBOURS_COMPARED = 5
 # /proc/cpuinfo flags of native bf16 arithmetic; without them torch emulates bf16, slower than fp32.
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# Converted OpenVINO image towers, one per model, under the workspace home.
+OPENVINO_FOLDER = "openvino"
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +143,21 @@ def _neighbour_agreement(first: np.ndarray, second: np.ndarray) -> float:
     return float(np.mean(shared)) / NEIGHBOURS_COMPARED
 
 
+@dataclass(frozen=True)
+class Runner:
+    """What computes the image vectors: a runtime and the precision it computes in."""
+
+    runtime: str  # "torch" or "openvino"
+    precision: str  # "fp32" or "bf16"
+
+    def __str__(self) -> str:
+        return self.precision if self.runtime == "torch" else f"{self.runtime} {self.precision}"
+
+
+# The reference every faster runner is checked against.
+TORCH_FP32 = Runner("torch", "fp32")
+
+
 def resolve_precision(requested: str, device: str) -> str:
     """The precision "auto" stands for on `device` ("cpu", "cuda" or "mps"); any other request stands for itself."""
     if requested != "auto":
@@ -148,6 +167,34 @@ def resolve_precision(requested: str, device: str) -> str:
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if device == "cpu" and NATIVE_BF16_CPU_FLAGS & cpu_flags() else "fp32"
+
+
+def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
+    """The faster runners to try on the first batch, the runner kept when none is tried or none agrees, and why."""
+    if config.runtime == "openvino" and device != "cpu":
+        raise ValueError(f"runtime 'openvino' runs on the CPU, and device auto chose {device!r}; use device 'cpu' or runtime 'torch'")
+    if config.runtime == "openvino" and not openvino_available():
+        raise ValueError("runtime 'openvino' needs the openvino package (pip install openvino); or use runtime 'torch'")
+    # A precision chosen by name is computed exactly so (torch), unless OpenVINO is asked for by name too.
+    with_openvino = config.runtime == "openvino" or (
+        config.runtime == "auto" and config.precision == "auto" and device == "cpu" and openvino_available()
+    )
+    torch_precision = resolve_precision(config.precision, device)
+    fallback = TORCH_FP32 if config.precision == "auto" else Runner("torch", torch_precision)
+    candidates = [Runner("openvino", resolve_precision(config.precision, "cpu"))] if with_openvino else []
+    if config.precision == "auto" and torch_precision == "bf16":
+        candidates.append(Runner("torch", "bf16"))
+    chosen = "auto" if config.precision == "auto" else "as chosen"
+    if candidates:
+        return candidates, fallback, f"{chosen}; {candidates[0]} once a first batch agrees with fp32"
+    if config.precision == "auto":
+        return [], fallback, "auto; bf16 is not native here (that needs a CPU with AVX512-BF16 or AMX, or a CUDA GPU with bf16)"
+    return [], fallback, chosen
+
+
+def _file_name(identity: str) -> str:
+    """A file name standing for a model identity (which holds slashes and spaces)."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -173,18 +220,15 @@ class ClipEmbedder:
     def __init__(self, config: EmbedConfig) -> None:
         _use_all_cores()
         self.device = _pick_device(config.device)
-        self.precision_check: PrecisionCheck | None = None  # set by check_precision
-        resolved = resolve_precision(config.precision, self.device)
-        self.awaits_precision_check = config.precision == "auto" and resolved == "bf16"
-        if config.precision != "auto":
-            self._precision_reason = "as chosen"
-        elif self.awaits_precision_check:
-            self._precision_reason = "auto; bf16 once a first batch agrees with fp32"
-        else:
-            self._precision_reason = "auto; bf16 is not native here (that needs a CPU with AVX512-BF16 or AMX, or a CUDA GPU with bf16)"
+        self.precision_check: PrecisionCheck | None = None  # set when a faster runner's first batch has been checked
+        # Tried in order on the first batch; the first whose vectors agree with torch fp32's is kept.
+        self._candidates, self._fallback, self._precision_reason = _plan(config, self.device)
+        self.awaits_precision_check = bool(self._candidates)
+        self._openvino_tower: OpenVinoTower | None = None
+        self._fp32_weights = None  # the exact fp32 weights while a bf16 candidate is tried
         model, self._image_processor, self._tokenizer = load_checkpoint(config.model, config.revision)
         self._model = model.eval()
-        self._use_precision("fp32" if self.awaits_precision_check else resolved)
+        self._use(TORCH_FP32 if self.awaits_precision_check else self._fallback)
         # The image vector depends only on the CLS token after the last encoder layer, so that layer
         # runs for the CLS query alone (keys and values still for every token): 6.6% fewer FLOPs
         # for ViT-B/32, the same vectors to float rounding (1e-6).
@@ -201,56 +245,94 @@ class ClipEmbedder:
         # JPEGs decode at 1/2, 1/4 or 1/8 scale while both sides stay at least the model's input
         # size; the bicubic resize then filters far fewer pixels (cosine to a full decode > 0.99).
         self.draft_size = int(edge) if edge else None
+        crop = self._image_processor.crop_size or target
+        self._input_size = (int(crop.get("height") or edge), int(crop.get("width") or edge))
 
     @property
     def identity(self) -> str:
-        """Model name, version, the precision in use and a fingerprint: cache rows and Parquet files are keyed by it."""
-        return self.identity_in(self.precision)
+        """Model name, version, the runner in use and a fingerprint: cache rows and Parquet files are keyed by it."""
+        return self.identity_of(self.runner)
 
-    def identity_in(self, precision: str) -> str:
-        """The identity of this model's vectors computed in `precision`."""
-        return f"{self._model_version} {precision} cfg:{self._fingerprint}"
+    def identity_of(self, runner: Runner) -> str:
+        """The identity of this model's vectors computed by `runner`."""
+        return f"{self._model_version} {runner} cfg:{self._fingerprint}"
+
+    @property
+    def check_identities(self) -> list[str]:
+        """The identities whose first-batch vectors settle an awaited check: torch fp32's, then each candidate's."""
+        return [self.identity_of(runner) for runner in (TORCH_FP32, *self._candidates)]
+
+    @property
+    def precision(self) -> str:
+        return self.runner.precision
+
+    @property
+    def runtime(self) -> str:
+        return self.runner.runtime
 
     @property
     def precision_note(self) -> str:
-        """One line: the precision the vectors are computed in, and why."""
-        return f"precision: {self.precision} ({self._precision_reason})"
+        """One line: the runner the vectors are computed by, and why."""
+        return f"precision: {self.runner} ({self._precision_reason})"
 
-    def check_precision(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Settle "auto": embed prepared `inputs` in fp32 and bf16 and keep bf16 only if they agree; both sets of vectors, by precision."""
-        self._require_unsettled()
-        fp32_vectors = self.embed_prepared(inputs)
-        # Holds the fp32 weights while the parameters turn bf16, so a refusal restores them exactly.
-        fp32_weights = self._model.state_dict()
-        self._use_precision("bf16")
-        bf16_vectors = self.embed_prepared(inputs)
-        self.settle_precision(fp32_vectors, bf16_vectors)
-        if self.precision == "fp32":
-            self._model.load_state_dict(fp32_weights)
-        return {"fp32": fp32_vectors, "bf16": bf16_vectors}
+    def settle_precision(self, first_batch: dict[str, np.ndarray], inputs: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+        """Keep the first candidate whose vectors for the first batch agree with torch fp32's, else the fallback.
 
-    def _require_unsettled(self) -> None:
+        `first_batch` holds vectors already known (from the cache), by identity; the rest are
+        computed from the prepared `inputs`. Without inputs, nothing is computed and None comes back
+        when something needed is missing (the check stays awaited). Returns the vectors computed
+        now, by identity, to be cached.
+        """
         if not self.awaits_precision_check:
-            raise RuntimeError(f"check_precision settles precision 'auto' once; this embedder's is settled: {self.precision_note}")
+            raise RuntimeError(f"a first batch settles precision once; this embedder's is settled: {self.precision_note}")
+        known, computed = dict(first_batch), {}
 
-    def settle_precision(self, fp32_vectors: np.ndarray, bf16_vectors: np.ndarray) -> None:
-        """Settle "auto" from a first batch's vectors in both precisions (computed now, or by an earlier run and cached)."""
-        self._require_unsettled()
-        check = PrecisionCheck.of(fp32_vectors, bf16_vectors)
+        def vectors_of(runner: Runner) -> np.ndarray | None:
+            identity = self.identity_of(runner)
+            if identity not in known and inputs is not None:
+                self._use(runner)
+                known[identity] = computed[identity] = self.embed_prepared(inputs)
+            return known.get(identity)
+
+        reference = vectors_of(TORCH_FP32)
+        refusals = []
+        for candidate in self._candidates:
+            if reference is None:
+                return None
+            try:
+                vectors = vectors_of(candidate)
+            except Exception as error:  # a model OpenVINO cannot convert or compile: the next candidate
+                refusals.append(f"{candidate} cannot run it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+                continue
+            if vectors is None:
+                return None
+            check = PrecisionCheck.of(reference, vectors)
+            if not check.shortfalls:
+                self._settle(candidate, check, refusals)
+                return computed
+            refusals.append(f"{candidate} refused, the first batch disagrees with fp32: {', '.join(check.shortfalls)}")
+        self._settle(self._fallback, None, refusals)
+        return computed
+
+    def _settle(self, runner: Runner, check: PrecisionCheck | None, refusals: list[str]) -> None:
+        self._use(runner)
         self.precision_check, self.awaits_precision_check = check, False
-        if check.shortfalls:
-            self._use_precision("fp32")
-            self._precision_reason = f"auto; bf16 refused, the first batch disagrees with fp32: {', '.join(check.shortfalls)}"
-        else:
-            self._use_precision("bf16")
-            self._precision_reason = f"auto; first batch agrees with fp32: {check.summary()}"
+        kept = [f"first batch agrees with fp32: {check.summary()}"] if check is not None else []
+        self._precision_reason = "; ".join([self._precision_reason.split(";")[0], *refusals, *kept])
+        self._fp32_weights = None
 
-    def _use_precision(self, precision: str) -> None:
+    def _use(self, runner: Runner) -> None:
+        """Compute with `runner` from now on; the fp32 weights come back exactly when a bf16 try is left."""
         import torch
 
-        self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        torch_precision = runner.precision if runner.runtime == "torch" else "fp32"  # the text tower stays in torch
+        if torch_precision == "bf16" and self._fp32_weights is None and self.awaits_precision_check:
+            self._fp32_weights = self._model.state_dict()
+        self._dtype = torch.bfloat16 if torch_precision == "bf16" else torch.float32
         self._model.to(self.device, dtype=self._dtype)
-        self.precision = precision
+        if torch_precision == "fp32" and self._fp32_weights is not None:
+            self._model.load_state_dict(self._fp32_weights)
+        self.runner = runner
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return embed_by_preparing(self, images)
@@ -265,8 +347,19 @@ class ClipEmbedder:
 
         if not len(inputs):
             return np.empty((0, self.dim), np.float32)
+        if self.runtime == "openvino":
+            return self._projected(lambda pixel_values: torch.from_numpy(self._compiled_tower()(pixel_values)), pixel_values=inputs)
         pixels = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
         return self._projected(self._image_tower, pixel_values=pixels.to(self.device, self._dtype))
+
+    def _compiled_tower(self) -> OpenVinoTower:
+        """The image tower compiled by OpenVINO, converted at its first use (not for a run whose vectors are all cached)."""
+        if self._openvino_tower is None:
+            self._openvino_tower = OpenVinoTower(
+                self._model, self._image_tower, self._input_size, workspace_home() / OPENVINO_FOLDER,
+                _file_name(self.identity_of(TORCH_FP32)), self.precision,
+            )
+        return self._openvino_tower
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -8,10 +8,15 @@ BASELINE_MODEL = "baseline"
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RUNTIMES = ("auto", "torch", "openvino")
 # Shared by the command line and the Embed page.
 PRECISION_HELP = (
     "auto: bf16 where it runs natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU), kept only if the first "
     "batch agrees with fp32, else fp32; bf16 is about twice as fast and takes half the memory"
+)
+RUNTIME_HELP = (
+    "what runs the image tower: auto is OpenVINO on a CPU where it is installed and precision is auto "
+    "(converted once per model, kept only if its first batch agrees with torch fp32), else torch"
 )
 
 KNOWN_MODELS = {
@@ -37,6 +42,7 @@ class EmbedConfig:
     batch_size: int = field(default=16, metadata={"help": "images per model call; an interrupted run loses at most one batch"})
     precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
     device: str = field(default="auto", metadata={"help": "auto picks cuda, then mps, then cpu", "choices": DEVICES})
+    runtime: str = field(default="auto", metadata={"help": RUNTIME_HELP, "choices": RUNTIMES})
     revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model; none means the default branch"})
 
     def __post_init__(self) -> None:
@@ -47,6 +53,10 @@ class EmbedConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime == "openvino" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"runtime 'openvino' runs on the CPU, not on device {self.device!r}; use device 'cpu' or runtime 'torch'")
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -283,10 +283,10 @@ def _first_batch_checked(
     """Vectors by key of the first batch of distinct readable files, when they settled the embedder's precision "auto"
     (else none), and whether they were computed now rather than read from the cache.
 
-    The batch is the dataset's first, cached or not: the check compares both precisions on the
-    user's own images. Both precisions' vectors are cached, so a later run of the same data settles
-    the check from the cache without the model. Should none of it decode, "auto" stays unsettled
-    and this run is fp32.
+    The batch is the dataset's first, cached or not: the check compares each faster runner with
+    torch fp32 on the user's own images. Every runner's vectors are cached, so a later run of the
+    same data settles the check from the cache without the model. Should none of it decode, the
+    check stays awaited and this run is torch fp32.
     """
     if not (isinstance(embedder, ClipEmbedder) and embedder.awaits_precision_check):
         return {}, False
@@ -297,18 +297,27 @@ def _first_batch_checked(
         if item.id in keys:
             first.setdefault(keys[item.id], item)
     if cache is not None and first:
-        stored = {precision: cache.get_many(embedder.identity_in(precision), first) for precision in ("fp32", "bf16")}
-        if all(len(found) == len(first) for found in stored.values()):
-            embedder.settle_precision(*(np.stack([stored[precision][key] for key in first]) for precision in ("fp32", "bf16")))
-            return stored[embedder.precision], False
+        known = _cached_first_batch(cache, embedder.check_identities, list(first))
+        if embedder.settle_precision(known) is not None and embedder.identity in known:
+            return dict(zip(first, known[embedder.identity])), False
     inputs, _ = next(_decoded_batches(pool, [first], embedder.draft_size, embedder.prepare_image))
     if not inputs:
         return {}, False
-    both = {precision: dict(zip(inputs, vectors)) for precision, vectors in embedder.check_precision(np.stack(list(inputs.values()))).items()}
+    keys = list(inputs)
+    known = _cached_first_batch(cache, embedder.check_identities, keys) if cache is not None else {}
+    computed = embedder.settle_precision(known, np.stack(list(inputs.values()))) if embedder.awaits_precision_check else {}
     if cache is not None:
-        for precision, vectors in both.items():
-            cache.put_many(embedder.identity_in(precision), vectors)
-    return both[embedder.precision], True
+        for identity, vectors in computed.items():
+            cache.put_many(identity, dict(zip(keys, vectors)))
+    chosen = computed.get(embedder.identity, known.get(embedder.identity))
+    # A fallback the check did not compute (bf16 as chosen, once OpenVINO is refused) embeds this batch with the rest.
+    return ({}, False) if chosen is None else (dict(zip(keys, chosen)), embedder.identity in computed)
+
+
+def _cached_first_batch(cache: EmbeddingCache, identities: Sequence[str], keys: list[str]) -> dict[str, np.ndarray]:
+    """Vectors of `keys` in order, by identity, for each identity the cache holds all of them for."""
+    found = {identity: cache.get_many(identity, keys) for identity in identities}
+    return {identity: np.stack([rows[key] for key in keys]) for identity, rows in found.items() if len(rows) == len(keys)}
 
 
 def _content_keys(items: Sequence[Item]) -> tuple[dict[str, str], dict[str, str]]:

@@ -1,0 +1,94 @@
+"""The OpenVINO runtime of the image tower: converted once per model, checked against torch fp32 on the first batch, and every fallback."""
+
+import re
+
+import numpy as np
+import pytest
+
+from core.__main__ import main
+from core.embedding import clip, openvino_tower
+from core.embedding.cache import EmbeddingCache
+from core.embedding.config import EmbedConfig
+from core.embedding.runner import embed_dataset, load_embedder, precision_note
+from core.records import TRAIN, Dataset, Item
+
+COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220), (220, 220, 30), (30, 220, 220), (220, 30, 220), (128, 128, 128), (20, 20, 20)]
+
+
+@pytest.fixture
+def photos(image_file):
+    paths = [image_file(f"photos/train/c{index}/{index}.png", colour=colour, size=(40, 30)) for index, colour in enumerate(COLOURS)]
+    return Dataset("photos", [Item(path.name, TRAIN, "x", path) for path in paths])
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    monkeypatch.setattr(clip, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+
+
+def test_auto_runs_openvino_on_the_cpu_when_its_first_batch_agrees_with_torch_fp32(tiny_clip_dir, photos, workspace):
+    embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir), device="cpu"))
+    assert embedder.awaits_precision_check and embedder.runtime == "torch"  # torch fp32 until the check
+
+    run = embed_dataset(photos, embedder, EmbeddingCache(workspace / "cache.sqlite"))
+
+    assert embedder.runtime == "openvino" and " openvino " in run.embeddings.model
+    assert re.fullmatch(r"precision: openvino (bf16|fp32) \(auto; first batch agrees with fp32: median cosine .*\)", precision_note(embedder))
+    exact = embed_dataset(photos, load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch", precision="fp32"))).embeddings.vectors
+    assert np.median(np.sum(run.embeddings.vectors * exact, axis=1)) >= clip.MIN_MEDIAN_COSINE
+    assert list((workspace / clip.OPENVINO_FOLDER).glob("*.xml")), "the converted tower is kept under the workspace home"
+
+
+def test_the_converted_tower_is_kept_and_a_second_model_load_does_not_convert_again(tiny_clip_dir, photos, workspace, monkeypatch):
+    embed_dataset(photos, load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="openvino")))
+    monkeypatch.setattr(openvino_tower, "_converted", lambda *args: pytest.fail("converted twice"))
+    again = load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="openvino"))
+    embed_dataset(photos, again)
+    assert again.runtime == "openvino"
+
+
+def test_a_model_openvino_cannot_convert_falls_back_to_the_next_candidate_and_says_why(native_bf16, tiny_clip_dir, photos, workspace, monkeypatch):
+    def cannot(*args):
+        raise RuntimeError("unsupported operation aten::something\nmore detail")
+
+    monkeypatch.setattr(openvino_tower, "_converted", cannot)
+    embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
+    embed_dataset(photos, embedder)
+    assert embedder.runner == clip.Runner("torch", "bf16")
+    note = precision_note(embedder)
+    assert "openvino bf16 cannot run it (RuntimeError: unsupported operation aten::something)" in note
+    assert "first batch agrees with fp32" in note and "more detail" not in note
+
+
+def test_when_no_candidate_agrees_the_run_is_exact_torch_fp32_and_every_refusal_is_said(native_bf16, tiny_clip_dir, photos, workspace, monkeypatch):
+    monkeypatch.setattr(clip, "MIN_MEDIAN_COSINE", 1.5)  # no batch can reach it
+    embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
+    run = embed_dataset(photos, embedder)
+    assert embedder.runner == clip.TORCH_FP32 and run.embeddings.model == embedder.identity
+    note = precision_note(embedder)
+    assert note.startswith("precision: fp32 (auto; openvino bf16 refused, the first batch disagrees with fp32: median cosine ")
+    assert "; bf16 refused, the first batch disagrees with fp32" in note
+    exact = embed_dataset(photos, load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch", precision="fp32")))
+    np.testing.assert_allclose(run.embeddings.vectors, exact.embeddings.vectors, atol=1e-6)
+
+
+def test_a_rerun_settles_from_the_cache_without_converting_or_running_the_model(tiny_clip_dir, photos, workspace, monkeypatch):
+    cache = EmbeddingCache(workspace / "cache.sqlite")
+    first = embed_dataset(photos, load_embedder(EmbedConfig(model=str(tiny_clip_dir))), cache)
+    again = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
+    monkeypatch.setattr(again, "embed_prepared", lambda inputs: pytest.fail("the model ran on cached data"))
+    monkeypatch.setattr(clip, "OpenVinoTower", lambda *args: pytest.fail("converted or compiled for cached data"))
+    run = embed_dataset(photos, again, cache)
+    assert again.runtime == "openvino" and (run.computed, run.from_cache) == (0, len(COLOURS))
+    np.testing.assert_array_equal(run.embeddings.vectors, first.embeddings.vectors)
+
+
+def test_runtime_openvino_is_refused_off_the_cpu_and_without_the_package(tiny_clip_dir, monkeypatch):
+    with pytest.raises(ValueError, match="runtime 'openvino' runs on the CPU, not on device 'cuda'"):
+        EmbedConfig(runtime="openvino", device="cuda")
+    with pytest.raises(ValueError, match=r"runtime must be one of auto, torch, openvino, got 'onnx'"):
+        EmbedConfig(runtime="onnx")
+    monkeypatch.setattr(clip, "openvino_available", lambda: False)
+    with pytest.raises(ValueError, match=re.escape("runtime 'openvino' needs the openvino package (pip install openvino)")):
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="openvino"))
+    assert not any(" openvino " in identity for identity in load_embedder(EmbedConfig(model=str(tiny_clip_dir))).check_identities)
