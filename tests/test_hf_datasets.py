@@ -304,6 +304,8 @@ def test_the_data_page_adds_a_saved_folder_with_chosen_columns_and_says_why_a_hu
 
 
 def test_the_workspace_adds_only_saved_folders_under_the_data_root(saved, tmp_path, workspace, monkeypatch):
+    import shutil
+
     from core.session.datasets import WorkspaceDatasets
     from core.session.workspace import Workspace
 
@@ -316,3 +318,6 @@ def test_the_workspace_adds_only_saved_folders_under_the_data_root(saved, tmp_pa
     with pytest.raises(ValueError, match="outside the data root"):
         datasets_of_workspace.add_hugging_face(str(saved), HfSelection())
     assert datasets_of_workspace.all() == []
+    shutil.copytree(saved, root / "colours")
+    entry = datasets_of_workspace.add_folder("colours")  # the Folder tab opens one too, with the default choice
+    assert len(load_dataset(entry.source).items) == 18
