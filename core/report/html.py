@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import plotly.io as pio
+from PIL import Image
 
 from core.display import elided, visible_controls
+from core.exports import thumbnails
 from core.io.files import replaced_atomically
-from core.io.images import ImageRejected, load_image
 from core.maps.figures import analysis_map_points, contamination_curve, metric_curve, scatter_map, score_histogram
 from core.maps.projection import Projection
 from core.progress import Watch
@@ -57,13 +58,8 @@ def text(value: object) -> str:
     return html.escape(elided(visible_controls(str(value))))
 
 
-def thumbnail_uri(path: Path) -> str | None:
-    """A JPEG data URI of the image at most THUMBNAIL_EDGE pixels a side, or None when it cannot be read."""
-    try:
-        image = load_image(Path(path), draft_size=THUMBNAIL_EDGE)
-    except ImageRejected:
-        return None
-    image.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE))
+def jpeg_uri(image: Image.Image) -> str:
+    """The image as a JPEG data URI, which a page shows without asking for a file."""
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -213,11 +209,8 @@ def _thumbnails(analysis: Analysis, groups: list[CardGroup], images: Mapping[str
     test_ids = [str(analysis.test.ids[row]) for group in groups for row in group.rows]
     train_rows = [index for group in groups for row in group.rows for index in analysis.neighbours.indices[row, :k] if index >= 0]
     wanted = [item_id for item_id in dict.fromkeys(test_ids + [str(analysis.train.ids[index]) for index in train_rows]) if item_id in images]
-    uris = {}
-    for done, item_id in enumerate(wanted):
-        watch.step(done, len(wanted), "making thumbnails")
-        uris[item_id] = thumbnail_uri(images[item_id])
-    return uris
+    shrunk = thumbnails([images[item_id] for item_id in wanted], THUMBNAIL_EDGE, watch)
+    return {item_id: None if image is None else jpeg_uri(image) for item_id, image in zip(wanted, shrunk)}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
