@@ -15,7 +15,7 @@ from core.embedding.clip import FastClipPreprocessing
 from core.embedding.config import BASELINE_MODEL, KNOWN_MODELS, EmbedConfig, list_models
 from core.embedding.embedder import PreparingEmbedder
 from core.embedding.hub import ModelUnavailableError
-from core.embedding.runner import embed_dataset, embed_texts_cached, load_embedder
+from core.embedding.runner import EmbeddingStream, embed_dataset, embed_texts_cached, load_embedder
 from core.records import TEST, TRAIN, Dataset, Item
 from core.io.images import load_image
 
@@ -438,3 +438,20 @@ def test_vision_towers_of_another_structure_use_get_image_features(tiny_clip_dir
     tokens = (32 // 8) ** 2 + 1
     assert mlp_inputs == [(len(pixels), tokens, 32)], "the last layer should run for every token, as transformers runs it"
     np.testing.assert_allclose(vectors, transformers_image_features(tiny_clip_dir, pixels), atol=1e-5)
+
+
+def test_the_stream_yields_every_item_once_cached_then_computed_batch_by_batch(image_file, tmp_path):
+    paths = coloured_images(image_file, 5) + coloured_images(image_file, 4, BLUE) + [image_file("a/copy.png", noise=0), image_file("b/copy.png", noise=0)]
+    dataset = dataset_of(paths + [tmp_path / "vanished.png"])
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    embed_dataset(dataset_of(paths[:4]), BaselineEmbedder(), cache)
+
+    stream = EmbeddingStream(dataset, BaselineEmbedder(), cache, batch_size=3)
+    steps = [(list(batch.embeddings.ids), [row.name for row in batch.rejected]) for batch in stream]
+    assert steps[0] == ([], ["vanished.png"])
+    assert sorted(steps[1][0]) == sorted(path.name for path in paths[:4])
+    computed = [ids for ids, _ in steps[2:]]
+    assert [len(ids) for ids in computed] == [3, 4]  # 6 distinct files in batches of 3; the two copies share one, both in its step
+    assert sorted(sum(computed, [])) == sorted(path.name for path in paths[4:])
+    assert (stream.computed, stream.from_cache) == (len(paths) - 4, 4)
+    cache.close()
