@@ -87,23 +87,18 @@ def test_ray_gives_the_local_vectors_reports_the_bad_file_and_a_second_run_compu
     assert len(read_csv(out / REJECTED_FILE, required=("name", "reason"))[0]) == 1
 
 
-def test_precision_auto_is_settled_once_so_every_part_has_the_same(ray_local, dataset_folder, tiny_clip_dir, tmp_path):
-    out = tmp_path / "auto"
-    run = embed_on_ray(load_dataset(dataset_folder), config_of(tiny_clip_dir, "auto"), out, RAY)
-    parts = list(out.glob("part-*.parquet"))
-    precisions = {pq.read_schema(part).metadata[PRECISION_METADATA_KEY].decode() for part in parts}
-    assert len(parts) >= 2  # the driver's first batch, and the actors' part
-    assert len(precisions) == 1 and run.precision_note.startswith(f"precision: {precisions.pop()}")
-
-
-def test_the_command_line_embeds_on_ray_into_a_folder(ray_local, dataset_folder, tiny_clip_dir, tmp_path, capsys):
+def test_the_command_line_embeds_on_ray_settling_precision_auto_once_for_every_part(ray_local, dataset_folder, tiny_clip_dir, tmp_path, capsys):
     from core.__main__ import main
 
     out = tmp_path / "cli"
-    argv = ["embed", str(dataset_folder), "--model", str(tiny_clip_dir), "--precision", "fp32", "--batch-size", "4"]
+    argv = ["embed", str(dataset_folder), "--model", str(tiny_clip_dir), "--precision", "auto", "--batch-size", "4"]
     assert main([*argv, "--engine", "ray", "--workers", "1", "--out", str(out)]) == 0
     assert len(read_embeddings_checked(out)[0].ids) == IMAGES - 1
-    assert f"wrote {IMAGES - 1} vectors" in capsys.readouterr().out
+    parts = list(out.glob("part-*.parquet"))
+    precisions = {pq.read_schema(part).metadata[PRECISION_METADATA_KEY].decode() for part in parts}
+    assert len(parts) >= 2 and len(precisions) == 1  # the driver's first batch, and the actor's part
+    told = capsys.readouterr()
+    assert f"precision: {precisions.pop()}" in told.err and f"wrote {IMAGES - 1} vectors" in told.out
     assert main([*argv, "--engine", "ray", "--out", str(tmp_path / "one.parquet")]) == 2
     assert main([*argv, "--address", "auto", "--out", str(tmp_path / "local")]) == 2
     assert "one.parquet names a file" in (err := capsys.readouterr().err) and "is an option of engine 'ray'" in err
@@ -133,3 +128,14 @@ def test_cluster_addresses_are_accepted():
 def test_ray_refuses_a_file_name_for_its_output(dataset_folder, tiny_clip_dir, tmp_path):
     with pytest.raises(ValueError, match="folder of part files; .*vectors.parquet names a file"):
         embed_on_ray(load_dataset(dataset_folder), config_of(tiny_clip_dir), tmp_path / "vectors.parquet", RAY)
+
+
+def test_a_worker_with_another_model_stops_the_run_in_one_line_keeping_what_was_written(ray_local, dataset_folder, tmp_path):
+    from core.embedding.ray_engine import _embed_rest, _PartBuffer, _Progress
+    from core.io.parts import PartWriter
+
+    items = load_dataset(dataset_folder).items[:4]
+    parts = _PartBuffer(PartWriter(tmp_path / "mixed", "the run's model"), "the run's model", rows=100)
+    with pytest.raises(ValueError, match=r"^the Ray run stopped: .*this worker's model is 'baseline.*', the run's is \"the run's model\""):
+        _embed_rest(items, EmbedConfig(model="baseline", batch_size=2), "the run's model", RAY, parts, _Progress(None, 4, 0))
+    assert not list((tmp_path / "mixed").glob("part-*.parquet"))

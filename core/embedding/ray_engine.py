@@ -22,7 +22,7 @@ _CLUSTER_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
 # Parts are also written when this many seconds have passed since the last: with no cache behind
 # the actors, a killed run loses at most this much work.
 PART_SECONDS = 60.0
-# Ray Data's own progress bars and execution logs would interleave with the progress bar.
+# Ray Data's own progress bars, execution logs and error reports would interleave with the progress bar.
 _RAY_DATA_LOGGER = "ray.data"
 
 
@@ -129,7 +129,7 @@ def _embed_rest(
     level = quiet.level
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = context.print_on_execution_start = False
-    quiet.setLevel(logging.ERROR)
+    quiet.setLevel(logging.CRITICAL)  # a failure comes back as this run's own one-line error
     rejected: list[Rejected] = []
     try:
         rows = [{"id": item.id, "split": item.split, "label": item.label, "path": str(item.path)} for item in items]
@@ -149,8 +149,11 @@ def _embed_rest(
             rejected += refusals
             parts.add({column: values[~refused] for column, values in batch.items()})
             report.add(int((~refused).sum()), len(refusals))
-        parts.flush()
+    except ray.exceptions.RayError as error:
+        # An actor that cannot load the model, a lost worker: Ray's last line says why; a rerun resumes.
+        raise ValueError(f"the Ray run stopped: {str(error).strip().splitlines()[-1]}") from None
     finally:
+        parts.flush()  # vectors already made are kept, however the run ends
         quiet.setLevel(level)
         if started_here:
             ray.shutdown()
