@@ -135,7 +135,7 @@ def test_a_worker_with_another_model_stops_the_run_in_one_line_keeping_what_was_
     from core.io.parts import PartWriter
 
     items = load_dataset(dataset_folder).items[:4]
-    parts = _PartBuffer(PartWriter(tmp_path / "mixed", "the run's model"), "the run's model", rows=100)
+    parts = _PartBuffer(PartWriter(tmp_path / "mixed", "the run's model"), rows=100)
     with pytest.raises(ValueError, match=r"^the Ray run stopped: .*this worker's model is 'baseline.*', the run's is \"the run's model\""):
         _embed_rest(items, EmbedConfig(model="baseline", batch_size=2), "the run's model", RAY, parts, _Progress(None, 4, 0))
     assert not list((tmp_path / "mixed").glob("part-*.parquet"))

@@ -102,7 +102,7 @@ def embed_on_ray(
         written = written_by(out)
     if todo:
         model, precision = written
-        parts = _PartBuffer(PartWriter(out, model, precision), model, rows_per_part)
+        parts = _PartBuffer(PartWriter(out, model, precision), rows_per_part)
         rejected += _embed_rest(todo, replace(config, precision=precision or config.precision), model, engine, parts, report)
     report.finish()
     model = written[0] if written else ""
@@ -199,7 +199,8 @@ class _EmbeddingActor:
             torch.set_num_threads(threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [Item(str(i), str(s), None if label is None else str(label), Path(path)) for i, s, label, path in zip(batch["id"], batch["split"], batch["label"], batch["path"])]
+        columns = zip(batch["id"], batch["split"], batch["label"], batch["path"])
+        items = [Item(str(id_), str(split), None if label is None else str(label), Path(path)) for id_, split, label, path in columns]
         vectors = np.zeros((len(items), self.embedder.dim), np.float32)
         reasons = np.full(len(items), "", dtype=object)
         row = {item.id: index for index, item in enumerate(items)}
@@ -213,8 +214,8 @@ class _EmbeddingActor:
 class _PartBuffer:
     """Rows gathered until a part's worth (`rows` of them, or PART_SECONDS since the last part) and written as one part."""
 
-    def __init__(self, writer: PartWriter, model: str, rows: int) -> None:
-        self.writer, self.model, self.part_rows = writer, model, rows
+    def __init__(self, writer: PartWriter, rows: int) -> None:
+        self.writer, self.part_rows = writer, rows
         self.columns: list[dict[str, np.ndarray]] = []
         self.rows, self.since = 0, time.perf_counter()
 
@@ -233,7 +234,7 @@ class _PartBuffer:
                     splits=joined["split"].astype(str),
                     labels=joined["label"].astype(object),
                     vectors=joined["embedding"].astype(np.float32),
-                    model=self.model,
+                    model=self.writer.model,
                 )
             )
         self.columns, self.rows, self.since = [], 0, time.perf_counter()
