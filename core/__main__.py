@@ -41,16 +41,13 @@ def _load(args, source=None, model=None):
     """Embeddings for the command's source, reporting what was refused."""
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import EmbedConfig
-    from core.io.hf_datasets import hf_candidates, is_hf_source
     from core.retrieval.pipeline import is_embeddings_file, load_embeddings
 
     source = _selected_source(args, source)
-    if is_hf_source(source):  # its images are written here, with progress; load_embeddings reuses them
-        hf_candidates(source, watch=_stage_bars())
     embed_config = None
     if not is_embeddings_file(source):
         embed_config = _config(EmbedConfig, args, model=model or args.model)
-    loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"))
+    loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"), watch=_stage_bars())
     _tell_embedding(len(loaded.embeddings.ids), loaded)
     return loaded
 

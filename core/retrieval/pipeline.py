@@ -412,11 +412,12 @@ def is_embeddings_file(source) -> bool:
     return is_embeddings_source(Path(source))
 
 
-def load_embeddings(source, embed_config=None, cache=None, progress=None, work_dir=None, embedder=None) -> LoadedEmbeddings:
-    """Vectors for a dataset folder or zip (embedded with the config's model, cached) or a Parquet file.
+def load_embeddings(source, embed_config=None, cache=None, progress=None, work_dir=None, embedder=None, watch: Watch = Watch()) -> LoadedEmbeddings:
+    """Vectors for a dataset source (embedded with the config's model, cached) or a Parquet file.
 
     `embedder` is the config's model already loaded (a server shares one between users); without
-    it the model is loaded here.
+    it the model is loaded here. `watch` follows reading the source (a Hugging Face dataset's
+    images are written out split by split).
     """
     if is_embeddings_file(source):
         embeddings, rejected = read_embeddings_checked(source)
@@ -425,7 +426,7 @@ def load_embeddings(source, embed_config=None, cache=None, progress=None, work_d
     from core.embedding.config import EmbedConfig
     from core.embedding.runner import embed_dataset, load_embedder, precision_note
 
-    dataset = load_dataset(source, work_dir=work_dir)
+    dataset = load_dataset(source, work_dir=work_dir, watch=watch)
     config = embed_config or EmbedConfig()
     embedder = embedder or load_embedder(config)
     run = embed_dataset(dataset, embedder, cache, config.batch_size, progress)

@@ -23,7 +23,7 @@ class DatasetEntry:
 
     name: str  # shown to the user; unique within the workspace
     source: str  # folder, zip or Parquet path on the server
-    kind: str  # "demo", "digits", "upload", "folder" or "parquet"
+    kind: str  # "demo", "digits", "upload", "folder", "parquet" or "huggingface"
 
 
 class Workspace:
