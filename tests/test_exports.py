@@ -2,6 +2,7 @@ import base64
 import io
 import json
 import math
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from core.__main__ import main
+from core.display import ZERO_WIDTH_SPACE
 from core.exports import EXPORT_FORMATS, export, export_items, exported_zip, label_similarities
 from core.exports.atlas import THUMBNAIL_EDGE
 from core.exports.tensorboard import METADATA_COLUMNS, SPRITE_MAX_SIDE, SPRITE_MIN_IMAGE_EDGE, sprite_cell, tsv_field
@@ -24,8 +26,17 @@ from core.retrieval.pipeline import PredictConfig, analyse
 from test_pages import assert_ran, fresh_server, run_page  # noqa: F401 (fresh_server is autouse: no cache shared between tests)
 
 # Text that breaks a naive writer of each format: TSV separators and line ends, quotes and
-# backslashes (JSON, protobuf text), markup, and characters outside ASCII.
-HOSTILE_LABELS = ["tab\there", "line\nbreak\r\nend", 'quote " and \\ back', "<img src=x onerror=alert(1)>", "名前 \u2028 sep"]
+# backslashes (JSON, protobuf text), markup, characters outside ASCII, and what Embedding Atlas
+# would show as a link or an image (a URL, base64 of a PNG).
+HOSTILE_LABELS = [
+    "tab\there",
+    "line\nbreak\r\nend",
+    'quote " and \\ back',
+    "<img src=x onerror=alert(1)>",
+    "名前 \u2028 sep",
+    "https://example.com/x",
+    "iVBORw0KGgo" + "A" * 60,
+]
 PCA = ProjectionConfig(method="pca")
 
 
@@ -266,6 +277,16 @@ def test_atlas_parquet_has_the_columns_atlas_reads(hostile, items, tmp_path):
     assert "--x x --y y --text text --neighbors neighbors --image image" in exported.how_to_open
     # The same file is an embeddings Parquet the project reads back.
     np.testing.assert_array_equal(read_embeddings(exported.files[0]).vectors, items.vectors)
+
+
+def test_atlas_shows_text_that_looks_like_a_link_or_an_image_as_text(hostile, items, tmp_path):
+    analysis, _ = hostile
+    exported = written(tmp_path, "atlas", items, projection=project(analysis.train.vectors, analysis.test.vectors, PCA))
+    table = pq.read_table(exported.files[0])
+    shown = [value for column in ("id", "label", "text", "prediction", "predictions") for value in table[column].to_pylist() if value]
+    # Embedding Atlas's viewer, renderers/renderer_utils.ts valueKind and utils/src/media.ts detectBase64MimeType.
+    assert not [value for value in shown if value.startswith(("http://", "https://", "data:")) or re.fullmatch(r"[A-Za-z0-9+/]{64,}={0,2}", value)]
+    assert {ZERO_WIDTH_SPACE + "https://example.com/x", ZERO_WIDTH_SPACE + HOSTILE_LABELS[-1]} <= set(table["label"].to_pylist())
 
 
 def test_embedding_atlas_own_reader_loads_the_export(hostile, items, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shlex
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.display import ZERO_WIDTH_SPACE
 from core.exports import Exported, ExportItems, thumbnails
 from core.io.files import replaced_atomically
 from core.io.parquet import embeddings_table
@@ -27,6 +29,10 @@ _ROWS_PER_GROUP = 2048
 # The Atlas command-line options naming this file's columns.
 COLUMN_OPTIONS = {"x": "x", "y": "y", "text": "text", "neighbors": "neighbors"}
 NEIGHBOUR_STAGE = "searching each train image's nearest train images"
+# Atlas shows a text value as a link when it starts with http(s)://, as an image or a sound when it is a
+# data: URL or 64+ characters of base64 (its viewer's renderer_utils.ts valueKind): such a value starts
+# with a zero-width space, so it stays text.
+_SHOWN_AS_MEDIA = re.compile(r"(?i)^(?:https?://|data:)|^[A-Za-z0-9+/]{64,}={0,2}$")
 
 
 def write_atlas(items: ExportItems, folder: Path, name: str, projection: Projection, watch: Watch = Watch()) -> Exported:
@@ -65,15 +71,16 @@ def write_atlas(items: ExportItems, folder: Path, name: str, projection: Project
 
 def _table(items, rows: range, xy, neighbour_ids, neighbour_distances, watch: Watch) -> pa.Table:
     selected = np.arange(rows.start, rows.stop)
-    embeddings = Embeddings(items.ids[selected], items.splits[selected], items.labels[selected], items.vectors[selected], items.model)
-    table = embeddings_table(embeddings)
+    ids = np.array([as_text(item_id) for item_id in items.ids[selected]])
+    labels = np.array([None if label is None else as_text(label) for label in items.labels[selected]], object)
+    table = embeddings_table(Embeddings(ids, items.splits[selected], labels, items.vectors[selected], items.model))
     predictions = [items.predictions[row] for row in rows]
     columns = {
         "x": pa.array(xy[selected, 0], pa.float32()),
         "y": pa.array(xy[selected, 1], pa.float32()),
-        "text": pa.array([items.caption(row) for row in rows], pa.string()),
-        "prediction": pa.array([None if row is None else row[0] for row in predictions], pa.string()),
-        "predictions": pa.array([None if row is None else " ".join(row) for row in predictions], pa.string()),
+        "text": pa.array([as_text(items.caption(row)) for row in rows], pa.string()),
+        "prediction": pa.array([None if row is None else as_text(row[0]) for row in predictions], pa.string()),
+        "predictions": pa.array([None if row is None else as_text(" ".join(row)) for row in predictions], pa.string()),
         "flagged": pa.array([items.flagged[row] for row in rows], pa.bool_()),
         "distractor_score": pa.array([items.scores[row] for row in rows], pa.float32()),
     }
@@ -91,6 +98,11 @@ def _table(items, rows: range, xy, neighbour_ids, neighbour_distances, watch: Wa
     for column, values in columns.items():
         table = table.append_column(column, values)
     return table
+
+
+def as_text(value: str) -> str:
+    """`value` as Atlas shows text: with a zero-width space first when Atlas would show it as a link or media."""
+    return ZERO_WIDTH_SPACE + value if _SHOWN_AS_MEDIA.search(value) else value
 
 
 def _jpeg(image) -> bytes:
