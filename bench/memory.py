@@ -155,7 +155,7 @@ def _workflow(dataset: Path, home: Path) -> None:
     from core.io.parquet import write_embeddings
     from core.retrieval.pipeline import analyse, load_embeddings
     from core.retrieval.predict import write_submission
-    from core.maps.projection import ProjectionCache, ProjectionConfig, project, projection_key
+    from core.maps.projection import PROJECTIONS_FOLDER, ProjectionCache, ProjectionConfig, project, projection_key
 
     home.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -178,7 +178,7 @@ def _workflow(dataset: Path, home: Path) -> None:
     analysis.dbscan()
     stage("DBSCAN")
     train, test = analysis.train.vectors, analysis.test.vectors
-    ProjectionCache(home / "projections").put(projection_key(train, test, ProjectionConfig()), project(train, test))
+    ProjectionCache(home / PROJECTIONS_FOLDER).put(projection_key(train, test, ProjectionConfig()), project(train, test))
     stage("UMAP_map_(numba_compiles_in_this_fresh_process)")
     write_embeddings(home / "embeddings.parquet", loaded.embeddings)
     write_submission(home / "submission.csv", analysis.test.ids, analysis.predictions())

@@ -327,10 +327,10 @@ def _flags_and_rule(analysis, args):
 
 def _projected(analysis, method: str, watch):
     """The map of the analysis's train and test vectors, its stages on the watch."""
-    from core.maps.projection import ProjectionConfig, project
+    from core.maps.projection import ProjectionConfig, kept_projection
 
     watch.stage(f"projecting {len(analysis.train.ids) + len(analysis.test.ids):,} points ({method})")
-    return project(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=method), progress=watch.stage)
+    return kept_projection(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=method), progress=watch.stage)
 
 
 def _name_and_images(args) -> tuple:

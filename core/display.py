@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 
@@ -43,6 +44,12 @@ def inert(text: object, limit: int = DISPLAY_LIMIT) -> str:
     shown = elided(visible_controls(str(text)), limit)
     escaped = MARKDOWN_PUNCTUATION.sub(r"\\\1", shown)
     return AUTOLINK_TRIGGERS.sub(ZERO_WIDTH_SPACE, escaped)
+
+
+def inert_html(text: object, limit: int = DISPLAY_LIMIT) -> str:
+    """One user string as HTML text that shows exactly its characters: no tag or entity can come from it,
+    control characters are visible and very long text is elided."""
+    return html.escape(elided(visible_controls(str(text)), limit))
 
 
 def inert_plotly(text: object, limit: int = DISPLAY_LIMIT) -> str:

@@ -390,22 +390,15 @@ def dbscan_flags(current: Session, config: DbscanConfig) -> np.ndarray:
 
 def projection(current: Session, config: ProjectionConfig) -> Projection:
     """A 2-D map of train and test, computed once per (vectors, config) in the background and kept on disk."""
-    from core.maps.projection import ProjectionCache, project, projection_key
+    from core.maps.projection import kept_projection
 
     train, test = current.analysis.train.vectors, current.analysis.test.vectors
 
     def stored_or_projected(watch: Watch) -> Projection:
-        # The disk key hashes every vector (0.15 s at 130k items): paid once per server
-        # here, not on every run of the Map page, whose job is found by dataset, model identity and config.
-        cache = ProjectionCache(workspace_home() / "projections")
-        key = projection_key(train, test, config)
-        stored = cache.get(key)
-        if stored is not None:
-            return stored
-        # A stage report is where a projection can be stopped: between its steps and every few t-SNE rounds.
-        result = project(train, test, config, progress=watch.stage)
-        cache.put(key, result)
-        return result
+        # The disk key hashes every vector (0.15 s at 130k items): paid once per server here, not on
+        # every run of the Map page, whose job is found by dataset, model identity and config. A
+        # stage report is where a projection can be stopped: between its steps and every few t-SNE rounds.
+        return kept_projection(train, test, config, progress=watch.stage)
 
     return finished(
         projection_jobs(),

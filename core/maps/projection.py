@@ -15,7 +15,11 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness
 
 from core.io.array_store import ArrayStore, content_key
+from core.paths import workspace_home
 from core.retrieval.index import checked_vectors, unit_rows
+
+# Maps kept under the workspace home, one file per vectors and config.
+PROJECTIONS_FOLDER = "projections"
 
 PROJECTION_METHODS = ("umap", "tsne", "pca")
 # Metrics umap-learn accepts by name and _nearest computes exactly for t-SNE.
@@ -434,6 +438,21 @@ def _clamped(value, limit, name: str, why: str, notes: list[str]):
         return value
     notes.append(f"{name} lowered from {value:g} to {limit:g} for {why}")
     return limit
+
+
+def kept_projection(train_vectors: np.ndarray, test_vectors: np.ndarray, config: ProjectionConfig, progress: Progress | None = None) -> Projection:
+    """project(), read from the projections kept under the workspace home when these vectors and config were mapped before.
+
+    The dashboard and the command line keep their maps in the same place, so either reuses the other's.
+    """
+    cache = ProjectionCache(workspace_home() / PROJECTIONS_FOLDER)
+    key = projection_key(train_vectors, test_vectors, config)
+    stored = cache.get(key)
+    if stored is not None:
+        return stored
+    result = project(train_vectors, test_vectors, config, progress=progress)
+    cache.put(key, result)
+    return result
 
 
 def projection_key(train_vectors: np.ndarray, test_vectors: np.ndarray, config: ProjectionConfig) -> str:

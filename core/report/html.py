@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections import Counter
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ import numpy as np
 import plotly.io as pio
 from PIL import Image
 
-from core.display import elided, visible_controls
+from core.display import inert_html
 from core.exports import thumbnails
 from core.io.files import replaced_atomically
 from core.maps.figures import analysis_map_points, contamination_curve, metric_curve, scatter_map, score_histogram
@@ -51,11 +50,6 @@ class CardGroup:
     title: str
     why: str
     rows: np.ndarray
-
-
-def text(value: object) -> str:
-    """User text (an id, a label, a name) as HTML that shows exactly its characters, long ones elided."""
-    return html.escape(elided(visible_controls(str(value))))
 
 
 def jpeg_uri(image: Image.Image) -> str:
@@ -144,8 +138,8 @@ def report_html(
     watch.stage("writing the report")
     embeddings = loaded.embeddings
     sections = [
-        f"<h1>Retrieval report: {text(name)}</h1>",
-        f'<p class="meta">Made {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with Retrieval Lab · model {text(embeddings.model)} · '
+        f"<h1>Retrieval report: {inert_html(name)}</h1>",
+        f'<p class="meta">Made {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with Retrieval Lab · model {inert_html(embeddings.model)} · '
         f"{embeddings.dim}-dimensional vectors. Opens without a network: everything is inside this file.</p>",
         "<h2>Dataset</h2>",
         _dataset_section(loaded, analysis),
@@ -192,7 +186,7 @@ def _figures(loaded: LoadedEmbeddings, analysis: Analysis, projection: Projectio
     method = projection.config.method.upper().replace("TSNE", "t-SNE")
     map_figure = scatter_map(points, MAP_COLOURING, method=method)
     map_figure.update_layout(height=MAP_HEIGHT)
-    notes = "".join(f'<p class="note">{text(projection_note)}</p>' for projection_note in projection.notes)
+    notes = "".join(f'<p class="note">{inert_html(projection_note)}</p>' for projection_note in projection.notes)
     figures.append(("map", map_figure))
     divs = [
         pio.to_html(figure, include_plotlyjs=index == 0, full_html=False, config=FIGURE_CONFIG, div_id=f"figure-{key}")
@@ -235,7 +229,7 @@ def _dataset_section(loaded: LoadedEmbeddings, analysis: Analysis) -> str:
     if loaded.rejected:
         parts.append(f'<p class="note">{len(loaded.rejected):,} files were refused when the dataset was read.</p>')
     ranked = sorted(train_labels.items(), key=lambda item: (-item[1], item[0]))
-    rows = [[text(label), f"{count:,}", f"{test_labels[label]:,}" if analysis.truth is not None else "–"] for label, count in ranked[:CLASSES_LISTED]]
+    rows = [[inert_html(label), f"{count:,}", f"{test_labels[label]:,}" if analysis.truth is not None else "–"] for label, count in ranked[:CLASSES_LISTED]]
     parts.append(_table(["class", "train items", "test items (truth)"], rows))
     if len(ranked) > CLASSES_LISTED:
         parts.append(f'<p class="note">The {CLASSES_LISTED} largest classes of {len(ranked):,}.</p>')
@@ -250,9 +244,9 @@ def _metrics_section(analysis: Analysis, threshold: float, threshold_rule: str, 
     report = analysis.report(threshold, flags)
     k = analysis.config.k
     rows = [
-        ["threshold", f"{threshold:.4f}", text(threshold_rule)],
+        ["threshold", f"{threshold:.4f}", inert_html(threshold_rule)],
         ["flagged as distractors", f"{report['flagged']:,} of {report['test_items']:,} ({report['flagged_share']:.1%})", f'they get "{DISTRACTOR}" first'],
-        [f'where "{DISTRACTOR}" goes', text(analysis.placement), text(analysis.placement_source)],
+        [f'where "{DISTRACTOR}" goes', inert_html(analysis.placement), inert_html(analysis.placement_source)],
         [f"expected MAP@{k}", _number(report[f"expected_MAP@{k}"]), "what the placement model expects, without test truth"],
     ]
     if analysis.truth is None:
@@ -270,7 +264,7 @@ def _metrics_section(analysis: Analysis, threshold: float, threshold_rule: str, 
                 f"precision {_number(report['distractor_precision'], 3)}, recall {_number(report['distractor_recall'], 3)}",
             ],
         ]
-    notes = "".join(f'<p class="note">{text(note)}</p>' for note in analysis.notes)
+    notes = "".join(f'<p class="note">{inert_html(note)}</p>' for note in analysis.notes)
     return _table(["", "value", "how"], rows) + notes
 
 
@@ -285,10 +279,10 @@ def _card(analysis: Analysis, row: int, flags: np.ndarray, predictions: list[lis
     truth = None if analysis.truth is None else str(analysis.truth[row])
     verdict = "flagged" if flags[row] else "kept"
     lines = [
-        f"<b>{text(item_id)}</b>",
+        f"<b>{inert_html(item_id)}</b>",
         f"score {analysis.scores[row]:.3f} · {verdict}",
-        "truth " + ("unknown" if truth is None else text(truth)),
-        "predicted " + " · ".join(text(label) for label in predictions[row]),
+        "truth " + ("unknown" if truth is None else inert_html(truth)),
+        "predicted " + " · ".join(inert_html(label) for label in predictions[row]),
     ]
     query = _picture(item_id, thumbnails) + "<br>".join(lines)
     neighbours = []
@@ -298,7 +292,7 @@ def _card(analysis: Analysis, row: int, flags: np.ndarray, predictions: list[lis
         label = str(analysis.train.labels[index])
         train_id = str(analysis.train.ids[index])
         match = ' class="match"' if label == truth else ""
-        neighbours.append(f"<li{match}>{_picture(train_id, thumbnails)}{text(label)}<br>cosine {similarity:.3f}<br><small>{text(train_id)}</small></li>")
+        neighbours.append(f"<li{match}>{_picture(train_id, thumbnails)}{inert_html(label)}<br>cosine {similarity:.3f}<br><small>{inert_html(train_id)}</small></li>")
     return f'<div class="card {verdict}"><div class="query">{query}</div><ol class="neighbours">{"".join(neighbours)}</ol></div>'
 
 
@@ -308,7 +302,7 @@ def _picture(item_id: str, thumbnails: Mapping[str, str | None]) -> str:
     uri = thumbnails[item_id]
     if uri is None:
         return '<div class="no-image">image unreadable</div>'
-    return f'<img src="{uri}" alt="{text(item_id)}">'
+    return f'<img src="{uri}" alt="{inert_html(item_id)}">'
 
 
 STYLE = """
@@ -333,5 +327,5 @@ def _page(name: str, body: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>Retrieval report: {text(name)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+        f"<title>Retrieval report: {inert_html(name)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
