@@ -372,17 +372,20 @@ def cmd_export(args) -> int:
     from pathlib import Path
 
     from core.exports import FORMAT_NAMES, export, export_items
+    from core.exports.fiftyone import check_images
     from core.progress import Watch
     from core.retrieval.pipeline import analyse
 
     folder = Path(_checked_out_folder(args.out, args.source))
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder to write the export into")
+    name, images = _name_and_images(args)
+    if args.format == "fiftyone":
+        check_images(images.values())
     loaded = _load(args)
     watch = Watch(report=_stage_lines())
     analysis = analyse(loaded.embeddings, _predict_config(args), watch=watch)
     flags, rule = _flags_and_rule(analysis, args)
-    name, images = _name_and_images(args)
     items = export_items(analysis, images, flags=flags, rule=rule)
     options = {"projection": _projected(analysis, args.map_method, watch)} if args.format == "atlas" else {}
     exported = export(args.format, items, folder, name, watch, **options)

@@ -372,6 +372,14 @@ def test_export_command_refuses_an_out_inside_the_dataset_or_a_file(demo, tmp_pa
     assert f"error: --out {tmp_path / 'file'} is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "keep me"
 
 
+def test_export_command_refuses_fiftyone_for_vectors_without_images_before_analysing_them(demo, tmp_path, workspace, capsys, monkeypatch):
+    vectors = tmp_path / "vectors.parquet"
+    assert main(["embed", str(demo), "--model", "baseline", "--out", str(vectors)]) == 0
+    monkeypatch.setattr("core.retrieval.pipeline.analyse", lambda *a, **k: pytest.fail("analysed"))
+    assert main(["export", str(vectors), "--format", "fiftyone", "--out", str(tmp_path / "out")]) == 2
+    assert "error: a FiftyOne dataset is made of image files and this source has none" in capsys.readouterr().err
+
+
 def test_export_command_refuses_an_unknown_format(demo, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["export", str(demo), "--format", "csv", "--out", "x"])

@@ -29,12 +29,8 @@ def write_fiftyone(items: ExportItems, folder: Path, name: str, watch: Watch = W
     labels as Classifications, each label's best cosine to train as its confidence, none for "-1"),
     `distractor` and `distractor_score`; `embedding` is the vector in FiftyOne's own array encoding.
     """
+    check_images(items.image_paths)
     with_images = [row for row, path in enumerate(items.image_paths) if path is not None]
-    if not with_images:
-        raise ValueError(
-            "a FiftyOne dataset is made of image files and this source has none (an embeddings Parquet carries "
-            "vectors only): export the image dataset itself, or use the atlas or tensorboard format"
-        )
     notes = []
     if len(with_images) < len(items):
         notes.append(f"{len(items) - len(with_images)} items without an image file are left out")
@@ -66,6 +62,15 @@ def write_fiftyone(items: ExportItems, folder: Path, name: str, watch: Watch = W
         "fo.launch_app(dataset).wait()"
     )
     return Exported(folder, [metadata, samples], code, notes)
+
+
+def check_images(image_paths) -> None:
+    """Refuse a source without image files (an embeddings Parquet), before anything is computed for it."""
+    if not any(path is not None for path in image_paths):
+        raise ValueError(
+            "a FiftyOne dataset is made of image files and this source has none (an embeddings Parquet carries "
+            "vectors only): export the image dataset itself, or use the atlas or tensorboard format"
+        )
 
 
 def _sample(items: ExportItems, row: int) -> dict:
