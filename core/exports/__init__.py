@@ -107,7 +107,7 @@ def label_similarities(analysis: Analysis, rows: list[list[str]]) -> list[list[f
     past the neighbours the analysis kept.
     """
     train_labels = analysis.train.labels.astype(object)
-    class_rows: dict[str, np.ndarray] = {}
+    class_rows: dict[str, list[int]] = {}
     for index, label in enumerate(train_labels):
         class_rows.setdefault(label, []).append(index)
     wanted: dict[str, list[tuple[int, int]]] = {}
