@@ -1,5 +1,6 @@
 """precision="auto": how it resolves, its check on the first batch against fp32, the fallback, and where it shows."""
 
+import os
 import re
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_auto_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, flags, re
     assert resolve_precision(requested, device) == expected
 
 
-@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp32")])
+@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp16")])
 def test_auto_on_cuda_follows_the_gpus_bf16_support(monkeypatch, supported, expected):
     import torch
 
@@ -181,3 +182,33 @@ def test_a_second_auto_run_of_the_same_data_settles_from_the_cache_without_the_m
     assert again.precision == "bf16" and again.precision_check is not None
     assert (run.computed, run.from_cache) == (0, len(COLOURS))
     np.testing.assert_array_equal(run.embeddings.vectors, first.embeddings.vectors)
+
+
+@pytest.mark.parametrize("bf16_supported, candidate", [(True, "bf16"), (False, "fp16")])
+def test_on_a_cuda_gpu_auto_tries_torch_in_half_precision_and_never_openvino(monkeypatch, bf16_supported, candidate):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_supported)
+    candidates, fallback, reason = clip._plan(EmbedConfig(), "cuda")
+    assert candidates == [clip.Runner("torch", candidate)] and fallback == clip.TORCH_FP32
+    assert reason == f"auto; {candidate} once a first batch agrees with fp32"
+
+
+def test_fp16_and_openvino_are_refused_where_they_cannot_run():
+    with pytest.raises(ValueError, match="precision 'fp16' runs on a CUDA GPU, not on device 'cpu'"):
+        EmbedConfig(precision="fp16", device="cpu")
+    with pytest.raises(ValueError, match="precision 'fp16' runs on a CUDA GPU, and device auto chose 'cpu'"):
+        clip._plan(EmbedConfig(precision="fp16"), "cpu")
+    with pytest.raises(ValueError, match="runtime 'openvino' runs on the CPU, and device auto chose 'cuda'"):
+        clip._plan(EmbedConfig(runtime="openvino"), "cuda")
+
+
+def test_decoding_keeps_two_threads_beside_a_cpu_model_and_every_core_beside_a_gpu_model(tiny_clip_dir, monkeypatch):
+    from core.embedding.runner import decode_threads
+
+    embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch"))
+    assert embedder.device == "cpu" and decode_threads(embedder) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.setattr(embedder, "device", "cuda")
+    assert decode_threads(embedder) == 12
+    assert decode_threads(load_embedder(EmbedConfig(model="baseline"))) == 2

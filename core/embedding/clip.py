@@ -165,12 +165,15 @@ def resolve_precision(requested: str, device: str) -> str:
     if device == "cuda":
         import torch
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # GPUs before Ampere have no bf16 but fast fp16 (tensor cores since Volta).
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if device == "cpu" and NATIVE_BF16_CPU_FLAGS & cpu_flags() else "fp32"
 
 
 def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
     """The faster runners to try on the first batch, the runner kept when none is tried or none agrees, and why."""
+    if config.precision == "fp16" and device != "cuda":
+        raise ValueError(f"precision 'fp16' runs on a CUDA GPU, and device auto chose {device!r}; use bf16 or fp32")
     if config.runtime == "openvino" and device != "cpu":
         raise ValueError(f"runtime 'openvino' runs on the CPU, and device auto chose {device!r}; use device 'cpu' or runtime 'torch'")
     if config.runtime == "openvino" and not openvino_available():
@@ -182,8 +185,8 @@ def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
     torch_precision = resolve_precision(config.precision, device)
     fallback = TORCH_FP32 if config.precision == "auto" else Runner("torch", torch_precision)
     candidates = [Runner("openvino", resolve_precision(config.precision, "cpu"))] if with_openvino else []
-    if config.precision == "auto" and torch_precision == "bf16":
-        candidates.append(Runner("torch", "bf16"))
+    if config.precision == "auto" and torch_precision != "fp32":
+        candidates.append(Runner("torch", torch_precision))
     chosen = "auto" if config.precision == "auto" else "as chosen"
     if candidates:
         return candidates, fallback, f"{chosen}; {candidates[0]} once a first batch agrees with fp32"
@@ -325,7 +328,8 @@ class ClipEmbedder:
         """Compute with `runner` from now on; the fp32 weights come back exactly when a bf16 try is left."""
         import torch
 
-        torch_precision = runner.precision if runner.runtime == "torch" else "fp32"  # the text tower stays in torch
+        # The text tower stays in torch; fp16 is autocast over fp32 weights (layer norms and softmax stay fp32).
+        torch_precision = runner.precision if runner.runtime == "torch" and runner.precision != "fp16" else "fp32"
         if torch_precision == "bf16" and self._fp32_weights is None and self.awaits_precision_check:
             self._fp32_weights = self._model.state_dict()
         self._dtype = torch.bfloat16 if torch_precision == "bf16" else torch.float32
@@ -350,6 +354,9 @@ class ClipEmbedder:
         if self.runtime == "openvino":
             return self._projected(lambda pixel_values: torch.from_numpy(self._compiled_tower()(pixel_values)), pixel_values=inputs)
         pixels = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
+        if self.device == "cuda":
+            # Page-locked memory lets the copy run asynchronously, overlapping the previous batch's work.
+            return self._projected(self._image_tower, pixel_values=pixels.pin_memory().to(self.device, self._dtype, non_blocking=True))
         return self._projected(self._image_tower, pixel_values=pixels.to(self.device, self._dtype))
 
     def _compiled_tower(self) -> OpenVinoTower:
@@ -369,11 +376,13 @@ class ClipEmbedder:
         )
         return self._projected(self._model.get_text_features, **tokens.to(self.device))
 
-    @staticmethod
-    def _projected(tower: Callable, **inputs) -> np.ndarray:
+    def _projected(self, tower: Callable, **inputs) -> np.ndarray:
+        import contextlib
+
         import torch
 
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device, dtype=torch.float16) if self.runner.precision == "fp16" else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
             output = tower(**inputs)
         # transformers 5 returns a model output whose pooler_output holds the projected vectors.
         features = output if isinstance(output, torch.Tensor) else output.pooler_output

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 BASELINE_MODEL = "baseline"
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RUNTIMES = ("auto", "torch", "openvino")
 # Shared by the command line and the Embed page.
 PRECISION_HELP = (
-    "auto: bf16 where it runs natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU), kept only if the first "
-    "batch agrees with fp32, else fp32; bf16 is about twice as fast and takes half the memory"
+    "auto: bf16 where it runs natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU), fp16 autocast on a CUDA GPU "
+    "without bf16, kept only if the first batch agrees with fp32, else fp32; bf16 is about twice as fast and "
+    "takes half the memory; fp16 needs a CUDA GPU"
 )
 RUNTIME_HELP = (
     "what runs the image tower: auto is OpenVINO on a CPU where it is installed and precision is auto "
@@ -53,6 +54,8 @@ class EmbedConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision == "fp16" and self.device not in ("auto", "cuda"):
+            raise ValueError(f"precision 'fp16' runs on a CUDA GPU, not on device {self.device!r}; use bf16 or fp32 there")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.runtime == "openvino" and self.device not in ("auto", "cpu"):

@@ -23,7 +23,7 @@ from core.io.parquet import write_embeddings
 from core.io.parts import PartWriter, embedded_ids, written_by
 from core.records import Dataset, Embeddings, Item, Rejected
 
-# Decoding overlaps the model; two threads keep one batch ready on a small machine.
+# Decoding overlaps the model; two threads keep one batch ready beside a model on the CPU.
 _DECODE_THREADS = 2
 # Texts per model call when filling the cache: prompt lists are short, but a text file may not be.
 _TEXT_BATCH = 256
@@ -39,6 +39,14 @@ ProgressCallback = Callable[[int, int, float], None]
 def load_embedder(config: EmbedConfig) -> Embedder:
     """The embedder for `config`; raises ModelUnavailableError when CLIP weights cannot be had."""
     return BaselineEmbedder() if config.model == BASELINE_MODEL else ClipEmbedder(config)
+
+
+def decode_threads(embedder: Embedder) -> int:
+    """Threads decoding and preparing images beside the model: two beside a model on the CPU (more would
+    take its cores), every core beside one on a GPU, which decoding must keep fed."""
+    on_gpu = isinstance(embedder, ClipEmbedder) and embedder.device != "cpu"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(_DECODE_THREADS, cores) if on_gpu else _DECODE_THREADS
 
 
 def precision_note(embedder: Embedder) -> str | None:
@@ -191,7 +199,7 @@ class EmbeddingStream:
         for item in dataset.items:
             if item.id in keys:
                 self._items_by_key.setdefault(keys[item.id], []).append(item)
-        with ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="decode") as pool:
+        with ThreadPoolExecutor(decode_threads(embedder), thread_name_prefix="decode") as pool:
             # Before the cache is read: the precision kept is part of the identity its rows are keyed by.
             self._checked, checked_now = _first_batch_checked(pool, embedder, dataset.items, keys, self.batch_size, cache)
         checked_items = self._copies(self._checked)
@@ -214,7 +222,7 @@ class EmbeddingStream:
         prepare = self.embedder.prepare_image if preparing else None
         embed = (lambda inputs: self.embedder.embed_prepared(np.stack(inputs))) if preparing else self.embedder.embed_images
         to_decode = [{key: self._items_by_key[key][0] for key in batch} for batch in batches]
-        with ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="decode") as pool:
+        with ThreadPoolExecutor(decode_threads(self.embedder), thread_name_prefix="decode") as pool:
             for images, failed in _decoded_batches(pool, to_decode, self.embedder.draft_size, prepare):
                 fresh = dict(zip(images, embed(list(images.values())))) if images else {}
                 if fresh and self.cache is not None:
