@@ -21,7 +21,7 @@ from core.embedding.cache import EmbeddingCache
 from core.embedding.config import DEFAULT_MODEL, EmbedConfig
 from core.embedding.hub import ModelUnavailableError
 from core.embedding.runner import load_embedder
-from core.io.images import IMAGE_EXTENSIONS, ImageRejected, load_image
+from core.io.images import IMAGE_EXTENSIONS, thumbnail_image
 from core.io.layouts import load_dataset
 from core.paths import workspace_home
 from core.progress import Watch
@@ -122,12 +122,8 @@ def image_paths(entry: DatasetEntry) -> dict[str, Path]:
 @st.cache_data(show_spinner=False, max_entries=4096)
 def thumbnail(path: str, edge: int = THUMBNAIL_EDGE):
     """A small RGB copy of an image, or None when it cannot be read."""
-    try:
-        image = load_image(Path(path), draft_size=edge)
-    except ImageRejected:
-        return None
-    image.thumbnail((edge, edge))
-    return np.asarray(image)
+    image = thumbnail_image(Path(path), edge)
+    return None if image is None else np.asarray(image)
 
 
 # ── models, loaded in the background ─────────────────────────────────────────

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.io.images import ImageRejected, load_image
+from core.io.images import thumbnail_image
 from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.retrieval.index import Neighbours
@@ -133,16 +133,7 @@ def thumbnails(paths: list[Path | None], edge: int, watch: Watch = Watch()) -> I
     for done, path in enumerate(paths):
         if done % _IMAGES_PER_STEP == 0:
             watch.step(done, len(paths), THUMBNAIL_STAGE)
-        if path is None:
-            yield None
-            continue
-        try:
-            image = load_image(Path(path), draft_size=edge)
-        except (ImageRejected, OSError):
-            yield None
-            continue
-        image.thumbnail((edge, edge))
-        yield image
+        yield None if path is None else thumbnail_image(Path(path), edge)
     watch.step(len(paths), len(paths), THUMBNAIL_STAGE)
 
 

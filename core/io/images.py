@@ -62,6 +62,16 @@ def load_image(source: Path | bytes, name: str = "", draft_size: int | None = No
         return _to_rgb(img, name)
 
 
+def thumbnail_image(path: Path, edge: int) -> Image.Image | None:
+    """A copy of the image at `path` shrunk to fit `edge` pixels a side, or None when it cannot be read."""
+    try:
+        image = load_image(Path(path), draft_size=edge)
+    except (ImageRejected, OSError):
+        return None
+    image.thumbnail((edge, edge))
+    return image
+
+
 def check_image_file(path: Path) -> str | None:
     """Why `path` cannot be used as an image, or None; reads the header only, never the pixels."""
     try:
