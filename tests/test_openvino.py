@@ -92,3 +92,15 @@ def test_runtime_openvino_is_refused_off_the_cpu_and_without_the_package(tiny_cl
     with pytest.raises(ValueError, match=re.escape("runtime 'openvino' needs the openvino package (pip install openvino)")):
         load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="openvino"))
     assert not any(" openvino " in identity for identity in load_embedder(EmbedConfig(model=str(tiny_clip_dir))).check_identities)
+
+
+def test_a_worker_given_the_settled_runner_computes_with_it_and_names_it_as_the_run_does(tiny_clip_dir, photos, workspace):
+    checked = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
+    run = embed_dataset(photos, checked)
+    assert clip.runner_in(run.embeddings.model) == checked.runner == clip.Runner("openvino", checked.precision)
+
+    worker = load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=clip.runner_in(run.embeddings.model))
+    assert not worker.awaits_precision_check and worker.identity == run.embeddings.model
+    np.testing.assert_allclose(embed_dataset(photos, worker).embeddings.vectors, run.embeddings.vectors, atol=1e-6)
+    assert clip.runner_in("baseline-pixels-12") is None
+    assert clip.runner_in("my model@local fp32 cfg:0123456789ab") == clip.TORCH_FP32

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
@@ -195,6 +196,12 @@ def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
     return [], fallback, chosen
 
 
+def runner_in(identity: str) -> Runner | None:
+    """The runner a ClipEmbedder identity names (see identity_of); None for another embedder's identity."""
+    match = re.fullmatch(r".*? (?:(openvino) )?(fp32|bf16|fp16) cfg:[0-9a-f]+", identity)
+    return None if match is None else Runner(match[1] or "torch", match[2])
+
+
 def _file_name(identity: str) -> str:
     """A file name standing for a model identity (which holds slashes and spaces)."""
     return hashlib.sha256(identity.encode()).hexdigest()[:20]
@@ -220,12 +227,17 @@ class ClipEmbedder:
 
     supports_text = True
 
-    def __init__(self, config: EmbedConfig) -> None:
+    def __init__(self, config: EmbedConfig, settled: Runner | None = None) -> None:
+        """`settled` is a runner another process's first batch already chose for this model (a Ray worker's);
+        without it, config's precision and runtime decide what the first batch checks."""
         _use_all_cores()
         self.device = _pick_device(config.device)
         self.precision_check: PrecisionCheck | None = None  # set when a faster runner's first batch has been checked
         # Tried in order on the first batch; the first whose vectors agree with torch fp32's is kept.
-        self._candidates, self._fallback, self._precision_reason = _plan(config, self.device)
+        if settled is None:
+            self._candidates, self._fallback, self._precision_reason = _plan(config, self.device)
+        else:
+            self._candidates, self._fallback, self._precision_reason = [], settled, "as the run's first batch settled it"
         self.awaits_precision_check = bool(self._candidates)
         self._openvino_tower: OpenVinoTower | None = None
         self._fp32_weights = None  # the exact fp32 weights while a bf16 candidate is tried

@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.embedding.baseline import BaselineEmbedder
 from core.embedding.cache import EmbeddingCache, file_key, text_key
-from core.embedding.clip import ClipEmbedder
+from core.embedding.clip import ClipEmbedder, Runner
 from core.embedding.config import BASELINE_MODEL, EmbedConfig, check_batch_size
 from core.embedding.embedder import Embedder, PreparingEmbedder
 from core.io.images import ImageRejected, load_image
@@ -36,9 +36,10 @@ ROWS_PER_PART = 4096
 ProgressCallback = Callable[[int, int, float], None]
 
 
-def load_embedder(config: EmbedConfig) -> Embedder:
-    """The embedder for `config`; raises ModelUnavailableError when CLIP weights cannot be had."""
-    return BaselineEmbedder() if config.model == BASELINE_MODEL else ClipEmbedder(config)
+def load_embedder(config: EmbedConfig, settled: Runner | None = None) -> Embedder:
+    """The embedder for `config` (computing with `settled` when another process's first batch chose it);
+    raises ModelUnavailableError when CLIP weights cannot be had."""
+    return BaselineEmbedder() if config.model == BASELINE_MODEL else ClipEmbedder(config, settled)
 
 
 def decode_threads(embedder: Embedder) -> int:
