@@ -52,6 +52,22 @@ STEPS = [
 ]
 
 
+# What was tried to bring a key press under the target, measured by hand (not rerun by this command).
+SLIDER_TRIED = (
+    "**Tried for the slider, side by side, and not kept** (figures from then, on this busy 2-core machine): "
+    "one combined figure instead of three, Plotly's `staticPlot`, and Vega-Lite charts (`st.vega_lite_chart`) "
+    "instead of Plotly: Chromium busy 160–184 ms per press, p90 0.50–0.83 s, no gain. Charts held back until the "
+    "slider rests, inside the slider's fragment: Streamlit finishes a fragment run before it starts the one a "
+    "newer widget input asks for (only `st.rerun(scope=\"fragment\")` preempts a run), so the wait delayed every "
+    "other press (p90 0.86–1.0 s). Charts in a fragment of their own that redraws on a timer (`run_every`) once "
+    "the slider has rested: busy per press fell to 61 ms, but among six sessions a key press was lost (a timer "
+    "rerun and a press racing), so the slider could show a value the page never computed. What the browser "
+    "spends: re-sending a figure unchanged costs Chromium nothing, while each changed Plotly figure costs about "
+    "55 ms of its main thread whatever its size (100 to 5,000 points alike), so three charts that follow the "
+    "threshold are most of a press. Without the charts the p90 was 155 ms."
+)
+
+
 @dataclass
 class Walk:
     """One fresh server's timings, by step."""
@@ -331,4 +347,5 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
         "most of each key press is the browser redrawing the page (its Plotly charts follow the slider), in software, "
         "on the same 2 cores as the server, and six sessions at once are six browsers doing so."
     )
+    section.add(SLIDER_TRIED)
     return section
