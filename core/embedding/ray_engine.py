@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from core.embedding.clip import ClipEmbedder
+from core.embedding.clip import ClipEmbedder, runner_in
 from core.embedding.config import EmbedConfig
 from core.embedding.runner import ROWS_PER_PART, EmbeddingStream, ParquetRun, ProgressCallback, embed_to_parquet, is_folder_out, load_embedder
 from core.io.parts import PartWriter, embedded_ids, written_by
@@ -24,6 +25,7 @@ _CLUSTER_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
 PART_SECONDS = 60.0
 # Ray Data's own progress bars, execution logs and error reports would interleave with the progress bar.
 _RAY_DATA_LOGGER = "ray.data"
+_RAY_BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def embed_on_ray(
     vectors come back to this process as they are made and go into parts (`rows_per_part` rows,
     or PART_SECONDS of work, each), refused files into the folder's _rejected.csv, and the run goes
     on. The local path (embed_to_parquet) embeds the first batch here, which settles the folder's
-    model and precision ("auto" once, or the parts' own) for every actor. Ray is started here, sized
+    model and runner (precision "auto" once, or the parts' own) for every actor. Ray is started here, sized
     to this machine or joining engine.address, unless this process already runs it; a Ray started
     here is stopped at the end. The embedding cache is not used: the folder is the record of what
     is done.
@@ -101,9 +103,8 @@ def embed_on_ray(
         report.add(local.computed, len(batch) - local.written)
         written = written_by(out)
     if todo:
-        model, precision = written
-        parts = _PartBuffer(PartWriter(out, model, precision), rows_per_part)
-        rejected += _embed_rest(todo, replace(config, precision=precision or config.precision), model, engine, parts, report)
+        parts = _PartBuffer(PartWriter(out, *written), rows_per_part)
+        rejected += _embed_rest(todo, config, written[0], engine, parts, report)
     report.finish()
     model = written[0] if written else ""
     return ParquetRun(model, report.computed, done_before, rejected, report.computed, 0, time.perf_counter() - started, note or None)
@@ -164,15 +165,23 @@ def _start_ray(engine: EngineConfig) -> None:
     """Join engine.address, or start a local cluster sized to this machine; the workers get this project's `core` package."""
     import ray
 
-    ray.init(
-        address=engine.address,
-        include_dashboard=False,
-        # The command's own progress bar and messages are the output; actors' logs stay in Ray's log folder.
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
-        runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
-    )
+    # Ray's C++ layer, read at start-up, logs a line per actor pool (its constructor arguments sit in the
+    # object store, ray-project/ray#53727) into the progress bar; its real failures reach us as exceptions.
+    users_level = _RAY_BACKEND_LOG_LEVEL in os.environ
+    os.environ.setdefault(_RAY_BACKEND_LOG_LEVEL, "fatal")
+    try:
+        ray.init(
+            address=engine.address,
+            include_dashboard=False,
+            # The command's own progress bar and messages are the output; actors' logs stay in Ray's log folder.
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
+            runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
+        )
+    finally:
+        if not users_level:
+            del os.environ[_RAY_BACKEND_LOG_LEVEL]
 
 
 def _workers_held(engine: EngineConfig) -> int:
@@ -189,7 +198,8 @@ class _EmbeddingActor:
     """One model per Ray actor: each call reads, decodes, prepares and embeds a batch of files by the project's own path."""
 
     def __init__(self, config: EmbedConfig, model: str, threads: int) -> None:
-        self.embedder = load_embedder(config)
+        # With the runner the run's first batch settled (its model names it), so no actor checks or chooses again.
+        self.embedder = load_embedder(config, runner_in(model))
         if self.embedder.identity != model:
             raise ValueError(f"this worker's model is {self.embedder.identity!r}, the run's is {model!r}: give the workers the same checkpoint")
         if isinstance(self.embedder, ClipEmbedder):
