@@ -32,7 +32,8 @@ GPU_RATES = (500, 2000)
 
 def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
-    config = EmbedConfig(model=str(clip_checkpoint(work.parent / "clip-vit-b32-random")), precision="fp32")  # as section 1's fp32 rows
+    # torch fp32, as section 1's first rows: the engines compared, not the runtimes.
+    config = EmbedConfig(model=str(clip_checkpoint(work.parent / "clip-vit-b32-random")), precision="fp32", runtime="torch")
     photos = write_photos(work.parent / "photos", plan["photos"])
     dataset = Dataset("photos", [Item(path.name, TEST, None, path) for path in photos])
     section = Section("7. Scale: Ray Data engine, and the 1M / 100M plan", "7. Scale")
@@ -74,7 +75,7 @@ def run(work: Path, quick: bool) -> Section:
 
     section.add(
         f"`python -m core embed SOURCE --engine ray` against the local pipeline on the same {len(photos)} photo-like "
-        f"JPEGs (640×480) and model (ViT-B/32, random weights, fp32, batch {config.batch_size}), each writing a folder "
+        f"JPEGs (640×480) and model (ViT-B/32, random weights, torch fp32, batch {config.batch_size}), each writing a folder "
         f"of part files; {plan['rounds']} round(s) in rotating order, medians. Each Ray run starts its own local "
         "cluster (`ray.init()`), as a command does, and stops it. *Start-up*: the run's time beyond what its "
         "marginal rate needs for the images (model loads, the first batch's check on the driver, Ray and its actors "
