@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only NAME ...] [--output BENCHMARKS.md]`: run the benchmarks, write the report."""
+"""`python -m bench [--quick] [--only NAME ...] [--device DEVICE] [--output BENCHMARKS.md]`: run the benchmarks, write the report."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from bench.fixtures import quiet_transformers
 from bench.report import Section, write_report
 from bench.timing import machine_line, peak_rss_mb
+from core.embedding.config import DEVICES
 
 SECTIONS = ("embedding", "slider", "search", "projection", "memory", "scale", "first_paint", "quality", "ui")
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="where to write the report")
     parser.add_argument("--work-dir", type=Path, help="keep generated inputs here between runs (default: a temporary folder)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the embedding section runs its models (default: auto, a GPU where torch sees one)")
     args = parser.parse_args(argv)
 
     quiet_transformers()
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {name} …", file=sys.stderr, flush=True)
             section_started = time.perf_counter()
             module = importlib.import_module(f"bench.{name}")
-            sections.append(module.run(work / name, args.quick))
+            on_device = {"device": args.device} if name == "embedding" else {}
+            sections.append(module.run(work / name, args.quick, **on_device))
             print(f"[bench] {name} done in {time.perf_counter() - section_started:.0f} s", file=sys.stderr, flush=True)
     finally:
         if args.work_dir is None:
