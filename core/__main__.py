@@ -157,10 +157,11 @@ def cmd_embed(args) -> int:
         refuse_file_out(args.out)  # before the dataset is read
     out = _checked_out_folder(args.out, args.source) if folder else _checked_out(args.out, [args.source])
     dataset = load_dataset(_selected_source(args), watch=_stage_bars())
+    config, bar = _config(EmbedConfig, args), ProgressBar("embedding")
     if engine.engine == "ray":
-        run = embed_on_ray(dataset, _config(EmbedConfig, args), out, engine, ProgressBar("embedding"), args.rows_per_part)
+        run = embed_on_ray(dataset, config, out, engine, bar, args.rows_per_part)
     else:
-        run = embed_to_parquet(dataset, _config(EmbedConfig, args), out, EmbeddingCache(), ProgressBar("embedding"), args.rows_per_part)
+        run = embed_to_parquet(dataset, config, out, EmbeddingCache(), bar, args.rows_per_part)
     _tell_embedding(run.written, run)
     already = f"; {run.already} already there, {run.already + run.written} in all" if folder else ""
     print(f"wrote {run.written} vectors ({run.model}) to {args.out}{already}")

@@ -104,3 +104,11 @@ def test_a_worker_given_the_settled_runner_computes_with_it_and_names_it_as_the_
     np.testing.assert_allclose(embed_dataset(photos, worker).embeddings.vectors, run.embeddings.vectors, atol=1e-6)
     assert clip.runner_in("baseline-pixels-12") is None
     assert clip.runner_in("my model@local fp32 cfg:0123456789ab") == clip.TORCH_FP32
+
+
+def test_a_worker_refuses_a_settled_runner_its_device_cannot_run(tiny_clip_dir, monkeypatch):
+    with pytest.raises(ValueError, match=re.escape("settled on fp16, which this worker's device (cpu) cannot run; give --runtime torch")):
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Runner("torch", "fp16"))
+    monkeypatch.setattr(clip, "_pick_device", lambda requested: "cuda")
+    with pytest.raises(ValueError, match=re.escape("settled on openvino bf16, which this worker's device (cuda) cannot run")):
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Runner("openvino", "bf16"))

@@ -236,6 +236,11 @@ class ClipEmbedder:
         # Tried in order on the first batch; the first whose vectors agree with torch fp32's is kept.
         if settled is None:
             self._candidates, self._fallback, self._precision_reason = _plan(config, self.device)
+        elif (settled.runtime == "openvino" and self.device != "cpu") or (settled.precision == "fp16" and self.device != "cuda"):
+            raise ValueError(
+                f"the run's first batch settled on {settled}, which this worker's device ({self.device}) cannot run; "
+                "give --runtime torch and a --precision every worker runs"
+            )
         else:
             self._candidates, self._fallback, self._precision_reason = [], settled, "as the run's first batch settled it"
         self.awaits_precision_check = bool(self._candidates)

@@ -28,6 +28,8 @@ class OpenVinoTower:
         path = Path(folder) / f"{key}.xml"
         core = ov.Core()
         if not path.exists():
+            # Seconds to a minute with nothing else to show for it: said, so a first run does not look stuck.
+            warnings.warn(f"converting the image tower to OpenVINO, once for this model (kept in {path.parent})", stacklevel=2)
             _save(_converted(model, features, input_size), path)
         hint = {"fp32": "f32", "bf16": "bf16"}[precision]
         self._compiled = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
