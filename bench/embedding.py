@@ -85,7 +85,7 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
     dataset = Dataset("photos", [Item(path.name, TEST, None, path) for path in photos])
     naive = NaiveClip(checkpoint, device)
     embedder = load_embedder(EmbedConfig(model=str(checkpoint), precision="fp32", device=device))  # the fp32 rows; bf16 is measured apart
-    default_batch = EmbedConfig().batch_size
+    default_batch = embedder.default_batch_size()
     inputs = {size: np.random.default_rng(size).standard_normal((size, 3, 224, 224)).astype(np.float32) for size in plan["batch_sizes"]}
 
     def model_only(model, size: int, images: int):
@@ -319,7 +319,7 @@ def _runtimes(section: Section, checkpoint: Path, work: Path, plan, device: str)
     shutil.rmtree(converted, ignore_errors=True)
     started = time.perf_counter()
     first = load_embedder(configs["default: precision and runtime auto"])
-    embed_dataset(Dataset("one batch", dataset.items[: EmbedConfig().batch_size]), first, None)
+    embed_dataset(Dataset("one batch", dataset.items[: first.default_batch_size()]), first, None)
     first_run_seconds = time.perf_counter() - started
     # A check settles once per embedder: every round gets fresh ones, loaded before the clock starts.
     embedders = [{name: load_embedder(config) for name, config in configs.items()} for _ in range(rounds)]

@@ -11,7 +11,7 @@ import numpy as np
 from bench.fixtures import EmbeddingSpace, clip_checkpoint, write_photos
 from bench.report import Section, seconds, table
 from bench.timing import cores, interleaved, median, median_ratio
-from core.embedding.config import EmbedConfig
+from core.embedding.config import CPU_BATCH_SIZE, EmbedConfig
 from core.embedding.ray_engine import EngineConfig, embed_on_ray
 from core.embedding.runner import ROWS_PER_PART, embed_to_parquet
 from core.io.parquet import read_embeddings
@@ -75,7 +75,7 @@ def run(work: Path, quick: bool) -> Section:
 
     section.add(
         f"`python -m core embed SOURCE --engine ray` against the local pipeline on the same {len(photos)} photo-like "
-        f"JPEGs (640×480) and model (ViT-B/32, random weights, torch fp32, batch {config.batch_size}), each writing a folder "
+        f"JPEGs (640×480) and model (ViT-B/32, random weights, torch fp32, batch {config.batch_size or CPU_BATCH_SIZE}), each writing a folder "
         f"of part files; {plan['rounds']} round(s) in rotating order, medians. Each Ray run starts its own local "
         "cluster (`ray.init()`), as a command does, and stops it. *Start-up*: the run's time beyond what its "
         "marginal rate needs for the images (model loads, the first batch's check on the driver, Ray and its actors "

@@ -59,9 +59,14 @@ model = st.text_input("Hugging Face id or local checkpoint folder", value=saved.
 columns = st.columns(3)
 
 
+def config_field(name: str):
+    """An EmbedConfig field, whose metadata holds its help and choices."""
+    return next(field for field in fields(EmbedConfig) if field.name == name)
+
+
 def config_choice(column, name: str, label: str) -> str:
     """A radio over an EmbedConfig field's choices, with its help, at the saved value."""
-    spec = next(field for field in fields(EmbedConfig) if field.name == name)
+    spec = config_field(name)
     choices = spec.metadata["choices"]
     return column.radio(
         label, choices, index=choices.index(getattr(saved, name)), horizontal=True, disabled=model == BASELINE_MODEL, help=spec.metadata["help"]
@@ -70,7 +75,9 @@ def config_choice(column, name: str, label: str) -> str:
 
 precision = config_choice(columns[0], "precision", "Precision")
 runtime = config_choice(columns[1], "runtime", "Runtime")
-batch_size = columns[2].number_input("Batch size", 1, 512, saved.batch_size)
+batch_size = columns[2].number_input(
+    "Batch size", 1, 4096, saved.batch_size, placeholder="auto", help=config_field("batch_size").metadata["help"]
+)
 
 with st.expander("Ensemble: combine several models (seed 000)"):
     st.caption(
@@ -106,7 +113,7 @@ with st.expander("Ensemble: combine several models (seed 000)"):
 
 if st.button("Embed", type="primary", disabled=not model):
     try:
-        config = EmbedConfig(model=model.strip(), batch_size=int(batch_size), precision=precision, runtime=runtime)
+        config = EmbedConfig(model=model.strip(), batch_size=None if batch_size is None else int(batch_size), precision=precision, runtime=runtime)
     except ValueError as error:
         st.error(ui.plain(error))
         st.stop()

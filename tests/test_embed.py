@@ -141,7 +141,7 @@ def test_a_folder_without_a_clip_checkpoint_is_refused_clearly(tmp_path):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16, got 'fp16'"),
+        ({"precision": "int8"}, "precision must be one of auto, fp32, bf16, fp16, got 'int8'"),
         ({"device": "tpu"}, "device must be one of auto, cpu, cuda, mps, got 'tpu'"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
         ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),

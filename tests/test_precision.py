@@ -212,3 +212,18 @@ def test_decoding_keeps_two_threads_beside_a_cpu_model_and_every_core_beside_a_g
     monkeypatch.setattr(embedder, "device", "cuda")
     assert decode_threads(embedder) == 12
     assert decode_threads(load_embedder(EmbedConfig(model="baseline"))) == 2
+
+
+def test_a_gpu_batch_follows_its_free_memory_within_bounds_and_the_cpu_keeps_sixteen(tiny_clip_dir):
+    from core.embedding.config import CPU_BATCH_SIZE, MAX_GPU_BATCH_SIZE
+    from core.embedding.runner import default_batch_size
+
+    megabyte = 2**20
+    assert clip.gpu_batch_size(8 * 1024 * megabyte, 4 * megabyte) == MAX_GPU_BATCH_SIZE
+    assert clip.gpu_batch_size(8 * 1024 * megabyte, 64 * megabyte) == 32  # a quarter of 8 GB in 64 MB images
+    assert clip.gpu_batch_size(100 * megabyte, 64 * megabyte) == CPU_BATCH_SIZE
+    assert EmbedConfig().batch_size is None
+    assert default_batch_size(load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch"))) == CPU_BATCH_SIZE == 16
+    assert default_batch_size(load_embedder(EmbedConfig(model="baseline"))) == CPU_BATCH_SIZE
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        EmbedConfig(batch_size=0)

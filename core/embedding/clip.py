@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from core.embedding.cache import file_key
-from core.embedding.config import EmbedConfig
+from core.embedding.config import CPU_BATCH_SIZE, MAX_GPU_BATCH_SIZE, EmbedConfig
 from core.embedding.embedder import embed_by_preparing
 from core.embedding.hub import hub_commit, load_checkpoint
 from core.embedding.openvino_tower import OpenVinoTower, openvino_available
@@ -27,6 +27,11 @@ MIN_NEIGHBOUR_AGREEMENT = 0.95
 NEIGHBOURS_COMPARED = 5
 # /proc/cpuinfo flags of native bf16 arithmetic; without them torch emulates bf16, slower than fp32.
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# A GPU's batch: as many images as this share of its free memory holds by ACTIVATION_WIDTHS, the
+# hidden-state-sized tensors one encoder layer keeps alive per token (states, q/k/v, attention
+# output, the 4x MLP, norms and residuals, with room to spare), plus the attention matrix.
+GPU_MEMORY_SHARE = 0.25
+ACTIVATION_WIDTHS = 16
 # Converted OpenVINO image towers, one per model, under the workspace home.
 OPENVINO_FOLDER = "openvino"
 
@@ -194,6 +199,11 @@ def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
     if config.precision == "auto":
         return [], fallback, "auto; bf16 is not native here (that needs a CPU with AVX512-BF16 or AMX, or a CUDA GPU with bf16)"
     return [], fallback, chosen
+
+
+def gpu_batch_size(free_bytes: int, bytes_per_image: int) -> int:
+    """As many images as GPU_MEMORY_SHARE of `free_bytes` holds, within CPU_BATCH_SIZE and MAX_GPU_BATCH_SIZE."""
+    return int(min(MAX_GPU_BATCH_SIZE, max(CPU_BATCH_SIZE, GPU_MEMORY_SHARE * free_bytes // bytes_per_image)))
 
 
 def runner_in(identity: str) -> Runner | None:
@@ -375,6 +385,19 @@ class ClipEmbedder:
             # Page-locked memory lets the copy run asynchronously, overlapping the previous batch's work.
             return self._projected(self._image_tower, pixel_values=pixels.pin_memory().to(self.device, self._dtype, non_blocking=True))
         return self._projected(self._image_tower, pixel_values=pixels.to(self.device, self._dtype))
+
+    def default_batch_size(self) -> int:
+        """Images per model call when none is given: CPU_BATCH_SIZE on the CPU, on a GPU what its free memory holds."""
+        if self.device != "cuda":
+            return CPU_BATCH_SIZE
+        import torch
+
+        free_bytes, _ = torch.cuda.mem_get_info()
+        vision = self._model.config.vision_config
+        tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+        element = 4 if self.precision == "fp32" else 2
+        per_image = element * (tokens * vision.hidden_size * ACTIVATION_WIDTHS + vision.num_attention_heads * tokens**2)
+        return gpu_batch_size(free_bytes, per_image)
 
     def _compiled_tower(self) -> OpenVinoTower:
         """The image tower compiled by OpenVINO, converted at its first use (not for a run whose vectors are all cached)."""

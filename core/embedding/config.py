@@ -9,6 +9,10 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RUNTIMES = ("auto", "torch", "openvino")
+# Images per model call when none is given: on the CPU larger batches gain nothing (BENCHMARKS.md section 1);
+# on a GPU the batch follows its free memory (core.embedding.clip), within this bound.
+CPU_BATCH_SIZE = 16
+MAX_GPU_BATCH_SIZE = 512
 # Shared by the command line and the Embed page.
 PRECISION_HELP = (
     "auto: bf16 where it runs natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU), fp16 autocast on a CUDA GPU "
@@ -40,7 +44,10 @@ class EmbedConfig:
 
     # Each field's help and choices live in its metadata: the command line builds its options from them.
     model: str = field(default=DEFAULT_MODEL, metadata={"help": f"Hugging Face CLIP id, local checkpoint directory, or {BASELINE_MODEL!r}"})
-    batch_size: int = field(default=16, metadata={"help": "images per model call; an interrupted run loses at most one batch"})
+    batch_size: int | None = field(
+        default=None,
+        metadata={"help": f"images per model call; none: {CPU_BATCH_SIZE} on the CPU, on a GPU as many as a share of its free memory holds (up to {MAX_GPU_BATCH_SIZE}); an interrupted run loses at most one batch"},
+    )
     precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
     device: str = field(default="auto", metadata={"help": "auto picks cuda, then mps, then cpu", "choices": DEVICES})
     runtime: str = field(default="auto", metadata={"help": RUNTIME_HELP, "choices": RUNTIMES})
@@ -49,7 +56,8 @@ class EmbedConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"model must be a CLIP id, a local checkpoint directory or {BASELINE_MODEL!r}, got {self.model!r}")
-        check_batch_size(self.batch_size)
+        if self.batch_size is not None:
+            check_batch_size(self.batch_size)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:

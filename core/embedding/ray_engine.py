@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from core.embedding.clip import ClipEmbedder, runner_in
-from core.embedding.config import EmbedConfig
+from core.embedding.config import CPU_BATCH_SIZE, EmbedConfig
 from core.embedding.runner import ROWS_PER_PART, EmbeddingStream, ParquetRun, ProgressCallback, embed_to_parquet, is_folder_out, load_embedder
 from core.io.parts import PartWriter, embedded_ids, written_by
 from core.records import Dataset, Embeddings, Item, Rejected
@@ -95,7 +95,8 @@ def embed_on_ray(
     rejected, note, written = list(dataset.rejected), None, written_by(out)
     # Batch by batch until one is written (a whole batch may be refused): its part names the model and precision.
     while todo and (note is None or written is None):
-        batch, todo = todo[: config.batch_size], todo[config.batch_size :]
+        size = config.batch_size or CPU_BATCH_SIZE
+        batch, todo = todo[:size], todo[size:]
         refused_before = [] if note is not None else dataset.rejected  # into the sidecar once
         local = embed_to_parquet(Dataset(dataset.name, batch, refused_before), config, out, rows_per_part=rows_per_part)
         rejected += local.rejected[len(refused_before) :]
@@ -137,7 +138,8 @@ def _embed_rest(
         vectors = ray.data.from_items(rows).map_batches(
             _EmbeddingActor,
             fn_constructor_kwargs={"config": config, "model": model, "threads": max(1, int(engine.cpus_per_worker))},
-            batch_size=config.batch_size,
+            # Each actor's model call is one Ray batch: give --batch-size for GPU workers, whose memory this process cannot see.
+            batch_size=config.batch_size or CPU_BATCH_SIZE,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=engine.workers or _workers_held(engine)),
             num_cpus=engine.cpus_per_worker,

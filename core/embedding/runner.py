@@ -16,7 +16,7 @@ from PIL import Image
 from core.embedding.baseline import BaselineEmbedder
 from core.embedding.cache import EmbeddingCache, file_key, text_key
 from core.embedding.clip import ClipEmbedder, Runner
-from core.embedding.config import BASELINE_MODEL, EmbedConfig, check_batch_size
+from core.embedding.config import BASELINE_MODEL, CPU_BATCH_SIZE, EmbedConfig, check_batch_size
 from core.embedding.embedder import Embedder, PreparingEmbedder
 from core.io.images import ImageRejected, load_image
 from core.io.parquet import write_embeddings
@@ -40,6 +40,11 @@ def load_embedder(config: EmbedConfig, settled: Runner | None = None) -> Embedde
     """The embedder for `config` (computing with `settled` when another process's first batch chose it);
     raises ModelUnavailableError when CLIP weights cannot be had."""
     return BaselineEmbedder() if config.model == BASELINE_MODEL else ClipEmbedder(config, settled)
+
+
+def default_batch_size(embedder: Embedder) -> int:
+    """Images per model call when the config gives none (see EmbedConfig.batch_size)."""
+    return embedder.default_batch_size() if isinstance(embedder, ClipEmbedder) else CPU_BATCH_SIZE
 
 
 def decode_threads(embedder: Embedder) -> int:
@@ -190,7 +195,7 @@ class EmbeddingStream:
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
-        self.batch_size = EmbedConfig.batch_size if batch_size is None else batch_size
+        self.batch_size = default_batch_size(embedder) if batch_size is None else batch_size
         check_batch_size(self.batch_size)
         self.embedder, self.cache, self.progress = embedder, cache, progress
         self.started = time.perf_counter()
