@@ -193,7 +193,9 @@ def _check_columns(name: str, split_name: str, data, selection: HfSelection, lab
 
 def _folder_name(name: str, split_name: str, data, selection: HfSelection) -> str:
     """Named by the split's content (its fingerprint) and the image column, so a change writes anew."""
-    key = hashlib.sha256(f"{data._fingerprint}\0{selection.image_column}".encode()).hexdigest()[:16]
+    from datasets.fingerprint import generate_fingerprint
+
+    key = hashlib.sha256(f"{generate_fingerprint(data)}\0{selection.image_column}".encode()).hexdigest()[:16]
     return f"{_WRITTEN_PREFIX}{safe_file_name(name)}-{safe_file_name(split_name)}-{key}"
 
 
