@@ -11,7 +11,8 @@ from PIL import Image
 
 from bench.fixtures import clip_checkpoint, write_photos
 from bench.report import Section, table
-from bench.timing import cores, interleaved, median, median_ratio
+from bench.timing import interleaved, median, median_ratio
+from core.embedding.clip import usable_cores
 from core.embedding.cache import SIDECAR_SUFFIXES, EmbeddingCache
 from core.records import TEST, Dataset, Item
 from core.embedding.config import EmbedConfig
@@ -152,7 +153,7 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
         f"ViT-B/32 architecture (transformers' default `CLIPConfig`, {naive.image_tower_parameters() / 1e6:.1f}M-parameter image tower) with random "
         f"weights, which cost the same compute as trained ones; {n} photo-like 640×480 JPEGs (quality 90, "
         f"gradients, shapes, a fine grating and noise). torch uses {torch.get_num_threads()} threads on "
-        f"{cores()} usable cores (`core.embedding.clip` sets this). Every figure is a median over rounds in which "
+        f"{usable_cores()} usable cores (`core.embedding.clip` sets this). Every figure is a median over rounds in which "
         f"the contenders ran side by side in rotating order; ratios are medians of per-round ratios.",
         "**Model-only batch sweep** (transformers' `get_image_features` on random tensors, fp32):",
         table(

@@ -10,7 +10,8 @@ import numpy as np
 
 from bench.fixtures import EmbeddingSpace, clip_checkpoint, write_photos
 from bench.report import Section, seconds, table
-from bench.timing import cores, interleaved, median, median_ratio
+from bench.timing import interleaved, median, median_ratio
+from core.embedding.clip import usable_cores
 from core.embedding.config import CPU_BATCH_SIZE, EmbedConfig
 from core.embedding.ray_engine import EngineConfig, embed_on_ray
 from core.embedding.runner import ROWS_PER_PART, embed_to_parquet
@@ -39,8 +40,8 @@ def run(work: Path, quick: bool) -> Section:
     section = Section("7. Scale: Ray Data engine, and the 1M / 100M plan", "7. Scale")
     layouts = {
         "local pipeline (`--engine local`)": None,
-        f"Ray local mode, 1 actor × {cores()} CPUs": EngineConfig(engine="ray", workers=1, cpus_per_worker=float(cores())),
-        f"Ray local mode, {cores()} actors × 1 CPU": EngineConfig(engine="ray", workers=cores(), cpus_per_worker=1.0),
+        f"Ray local mode, 1 actor × {usable_cores()} CPUs": EngineConfig(engine="ray", workers=1, cpus_per_worker=float(usable_cores())),
+        f"Ray local mode, {usable_cores()} actors × 1 CPU": EngineConfig(engine="ray", workers=usable_cores(), cpus_per_worker=1.0),
     }
     timelines: dict[str, list[list[tuple[float, int]]]] = {name: [] for name in layouts}
 
@@ -82,7 +83,7 @@ def run(work: Path, quick: bool) -> Section:
         "starting). *Marginal rate*: images per second over the second half of the run, once everything is up.",
         table(["engine", "start-up", "marginal images/s", "marginal rate vs local"], rows),
         f"Same vectors: the lowest cosine between a Ray run's and the local run's vector of an image is {agreement:.5f}. "
-        f"On {cores()} cores the actors share the CPU with the driver, which gathers the vectors and writes the parts."
+        f"On {usable_cores()} cores the actors share the CPU with the driver, which gathers the vectors and writes the parts."
         + (
             " Ray coming out ahead is not a speed-up of the model: on a shared, oversubscribed machine (the load "
             "average is in the machine line) several actor processes win a larger share of the CPU than one process "
@@ -100,7 +101,7 @@ def run(work: Path, quick: bool) -> Section:
     write_rate = _driver_write_rate(work / "writes", plan["index_vectors"])
     index_bytes = _index_bytes_per_vector(plan["index_vectors"])
     ray_startup = median([s for s, _ in figures[best_ray]])
-    per_core = median([rate for _, rate in figures[best_ray]]) / cores()
+    per_core = median([rate for _, rate in figures[best_ray]]) / usable_cores()
     section.add(*_plan(per_core, ray_startup, write_rate, index_bytes, median(local_rates)))
     return section
 
@@ -166,7 +167,7 @@ def _plan(per_core: float, ray_startup: float, write_rate: float, index_bytes: d
         "**The plan, from these figures.** Each Ray actor loads the model once and reads its own files, so a "
         "cluster's rate is the sum of its actors' rates, up to what the driver can take: it gathers the vectors "
         f"and writes them in parts of {ROWS_PER_PART:,} rows. Measured here: a CPU core embeds **{per_core:.1f} images/s** "
-        f"(ViT-B/32 fp32, Ray's best layout above over {cores()} cores); Ray's start-up is **{seconds(ray_startup)}** "
+        f"(ViT-B/32 fp32, Ray's best layout above over {usable_cores()} cores); Ray's start-up is **{seconds(ray_startup)}** "
         f"(a cluster already running saves the `ray.init`); the driver writes **{write_rate:,.0f} vectors/s** "
         f"into parts; a FAISS IVF-PQ index with {PQ_BYTES}-byte codes costs **{index_bytes[pq_name]:.0f} bytes "
         f"per vector** ({index_bytes[pq_name] * 1e6 / 2**20:,.0f} MB per million, codes and ids), against "

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from core.embedding.clip import usable_cores
+
 
 def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Seconds per run of each contender, `repeats` rounds; each round runs all, starting at a different one.
@@ -34,10 +36,6 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def machine_line() -> str:
     """CPU, cores, memory, load and library versions: what every absolute number here depends on."""
     import faiss
@@ -52,7 +50,7 @@ def machine_line() -> str:
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else float("nan")
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (
-        f"{cpu}, {cores()} cores usable, {memory_gb:.0f} GB RAM, load average {load} at start; "
+        f"{cpu}, {usable_cores()} cores usable, {memory_gb:.0f} GB RAM, load average {load} at start; "
         f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"faiss {faiss.__version__}, numpy {numpy.__version__}, {platform.system()} {platform.release()}"
     )

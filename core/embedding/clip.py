@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from core.embedding.cache import file_key
-from core.embedding.config import CPU_BATCH_SIZE, MAX_GPU_BATCH_SIZE, EmbedConfig
+from core.embedding.config import CPU_BATCH_SIZE, MAX_GPU_BATCH_SIZE, REMEDIES, EmbedConfig, cannot_run
 from core.embedding.embedder import embed_by_preparing
 from core.embedding.hub import hub_commit, load_checkpoint
 from core.embedding.openvino_tower import OpenVinoTower, openvino_available
@@ -178,10 +178,8 @@ def resolve_precision(requested: str, device: str) -> str:
 
 def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
     """The faster runners to try on the first batch, the runner kept when none is tried or none agrees, and why."""
-    if config.precision == "fp16" and device != "cuda":
-        raise ValueError(f"precision 'fp16' runs on a CUDA GPU, and device auto chose {device!r}; use bf16 or fp32")
-    if config.runtime == "openvino" and device != "cpu":
-        raise ValueError(f"runtime 'openvino' runs on the CPU, and device auto chose {device!r}; use device 'cpu' or runtime 'torch'")
+    if why := cannot_run(config.runtime, config.precision, device):
+        raise ValueError(f"{why}, and device auto chose {device!r}; {REMEDIES[why]}")
     if config.runtime == "openvino" and not openvino_available():
         raise ValueError("runtime 'openvino' needs the openvino package (pip install openvino); or use runtime 'torch'")
     # A precision chosen by name is computed exactly so (torch), unless OpenVINO is asked for by name too.
@@ -246,7 +244,7 @@ class ClipEmbedder:
         # Tried in order on the first batch; the first whose vectors agree with torch fp32's is kept.
         if settled is None:
             self._candidates, self._fallback, self._precision_reason = _plan(config, self.device)
-        elif (settled.runtime == "openvino" and self.device != "cpu") or (settled.precision == "fp16" and self.device != "cuda"):
+        elif cannot_run(settled.runtime, settled.precision, self.device):
             raise ValueError(
                 f"the run's first batch settled on {settled}, which this worker's device ({self.device}) cannot run; "
                 "give --runtime torch and a --precision every worker runs"
@@ -488,12 +486,16 @@ def _image_features(model, pixel_values):
     return model.visual_projection(vision.post_layernorm(cls))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @cache
 def _use_all_cores() -> None:
     import torch
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(usable or 1)
+    torch.set_num_threads(usable_cores())
 
 
 def _pick_device(requested: str) -> str:

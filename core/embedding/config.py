@@ -62,12 +62,26 @@ class EmbedConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.precision == "fp16" and self.device not in ("auto", "cuda"):
-            raise ValueError(f"precision 'fp16' runs on a CUDA GPU, not on device {self.device!r}; use bf16 or fp32 there")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-        if self.runtime == "openvino" and self.device not in ("auto", "cpu"):
-            raise ValueError(f"runtime 'openvino' runs on the CPU, not on device {self.device!r}; use device 'cpu' or runtime 'torch'")
+        # A device left to "auto" is checked once it is chosen, when the model loads.
+        if self.device != "auto" and (why := cannot_run(self.runtime, self.precision, self.device)):
+            raise ValueError(f"{why}, not on device {self.device!r}; {REMEDIES[why]}")
+
+
+_FP16_OFF_CUDA = "precision 'fp16' runs on a CUDA GPU"
+_OPENVINO_OFF_CPU = "runtime 'openvino' runs on the CPU"
+# What to give instead, for each reason cannot_run gives.
+REMEDIES = {_FP16_OFF_CUDA: "use bf16 or fp32", _OPENVINO_OFF_CPU: "use device 'cpu' or runtime 'torch'"}
+
+
+def cannot_run(runtime: str, precision: str, device: str) -> str | None:
+    """Why `device` ("cpu", "cuda" or "mps") cannot compute with this runtime and precision; None when it can."""
+    if precision == "fp16" and device != "cuda":
+        return _FP16_OFF_CUDA
+    if runtime == "openvino" and device != "cpu":
+        return _OPENVINO_OFF_CPU
+    return None
 
 
 def check_batch_size(batch_size: int) -> None:

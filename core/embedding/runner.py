@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.embedding.baseline import BaselineEmbedder
 from core.embedding.cache import EmbeddingCache, file_key, text_key
-from core.embedding.clip import ClipEmbedder, Runner
+from core.embedding.clip import ClipEmbedder, Runner, usable_cores
 from core.embedding.config import BASELINE_MODEL, CPU_BATCH_SIZE, EmbedConfig, check_batch_size
 from core.embedding.embedder import Embedder, PreparingEmbedder
 from core.io.images import ImageRejected, load_image
@@ -51,8 +51,7 @@ def decode_threads(embedder: Embedder) -> int:
     """Threads decoding and preparing images beside the model: two beside a model on the CPU (more would
     take its cores), every core beside one on a GPU, which decoding must keep fed."""
     on_gpu = isinstance(embedder, ClipEmbedder) and embedder.device != "cpu"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(_DECODE_THREADS, cores) if on_gpu else _DECODE_THREADS
+    return max(_DECODE_THREADS, usable_cores()) if on_gpu else _DECODE_THREADS
 
 
 def precision_note(embedder: Embedder) -> str | None:
@@ -310,28 +309,35 @@ def _first_batch_checked(
             break
         if item.id in keys:
             first.setdefault(keys[item.id], item)
-    if cache is not None and first:
-        known = _cached_first_batch(cache, embedder.check_identities, list(first))
-        if embedder.settle_precision(known) is not None and embedder.identity in known:
-            return dict(zip(first, known[embedder.identity])), False
-    inputs, _ = next(_decoded_batches(pool, [first], embedder.draft_size, embedder.prepare_image))
-    if not inputs:
+    if not first:
         return {}, False
-    keys = list(inputs)
-    known = _cached_first_batch(cache, embedder.check_identities, keys) if cache is not None else {}
-    computed = embedder.settle_precision(known, np.stack(list(inputs.values()))) if embedder.awaits_precision_check else {}
-    if cache is not None:
-        for identity, vectors in computed.items():
-            cache.put_many(identity, dict(zip(keys, vectors)))
-    chosen = computed.get(embedder.identity, known.get(embedder.identity))
+    # Read once: the whole batch settles the check when every vector it needs is cached; else the
+    # decoded part of it does, computing what is missing.
+    cached = {identity: cache.get_many(identity, first) for identity in embedder.check_identities} if cache is not None else {}
+    known = _complete_rows(cached, list(first))
+    if embedder.settle_precision(known) is None:
+        inputs, _ = next(_decoded_batches(pool, [first], embedder.draft_size, embedder.prepare_image))
+        if not inputs:
+            return {}, False
+        keys = list(inputs)
+        known = _complete_rows(cached, keys)
+        computed = embedder.settle_precision(known, np.stack(list(inputs.values())))
+        if cache is not None:
+            for identity, vectors in computed.items():
+                cache.put_many(identity, dict(zip(keys, vectors)))
+        known.update(computed)
+    else:
+        keys, computed = list(first), {}
+    chosen = known.get(embedder.identity)
     # A fallback the check did not compute (bf16 as chosen, once OpenVINO is refused) embeds this batch with the rest.
     return ({}, False) if chosen is None else (dict(zip(keys, chosen)), embedder.identity in computed)
 
 
-def _cached_first_batch(cache: EmbeddingCache, identities: Sequence[str], keys: list[str]) -> dict[str, np.ndarray]:
-    """Vectors of `keys` in order, by identity, for each identity the cache holds all of them for."""
-    found = {identity: cache.get_many(identity, keys) for identity in identities}
-    return {identity: np.stack([rows[key] for key in keys]) for identity, rows in found.items() if len(rows) == len(keys)}
+def _complete_rows(rows_by_identity: dict[str, dict[str, np.ndarray]], keys: list[str]) -> dict[str, np.ndarray]:
+    """The vectors of `keys` in order, by identity, for each identity whose rows hold all of them."""
+    return {
+        identity: np.stack([rows[key] for key in keys]) for identity, rows in rows_by_identity.items() if all(key in rows for key in keys)
+    }
 
 
 def _content_keys(items: Sequence[Item]) -> tuple[dict[str, str], dict[str, str]]:
