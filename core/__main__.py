@@ -334,35 +334,27 @@ def _projected(analysis, method: str, watch):
     return kept_projection(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=method), progress=watch.stage)
 
 
-def _name_and_images(args) -> tuple:
-    """The source's name and each item's image file (none for an embeddings Parquet, which carries vectors only)."""
-    from pathlib import Path
+def _analysed(loaded, args):
+    """The analysis of the loaded embeddings, the Watch printing its stages, the flags the options ask for and how to name them."""
+    from core.progress import Watch
+    from core.retrieval.pipeline import analyse
 
-    from core.io.layouts import load_dataset
-    from core.retrieval.pipeline import is_embeddings_file
-
-    if is_embeddings_file(args.source):
-        return Path(args.source).stem, {}
-    dataset = load_dataset(_selected_source(args))
-    return dataset.name, {item.id: item.path for item in dataset.items}
+    watch = Watch(report=_stage_lines())
+    analysis = analyse(loaded.embeddings, _predict_config(args), watch=watch)
+    return analysis, watch, *_flags_and_rule(analysis, args)
 
 
 def cmd_report(args) -> int:
-    from core.progress import Watch
     from core.report.config import ReportConfig
     from core.report.html import report_html, write_report
-    from core.retrieval.pipeline import analyse
 
     out = _checked_out(args.out, [args.source])
     config = _config(ReportConfig, args)
     loaded = _load(args)
-    watch = Watch(report=_stage_lines())
-    analysis = analyse(loaded.embeddings, _predict_config(args), watch=watch)
-    flags, rule = _flags_and_rule(analysis, args)
+    analysis, watch, flags, rule = _analysed(loaded, args)
     projection = _projected(analysis, config.map_method, watch)
-    name, images = _name_and_images(args)
     page = report_html(
-        loaded, analysis, projection, name=name, images=images, threshold_rule=rule, flags=flags, config=config, watch=watch
+        loaded, analysis, projection, name=loaded.name, images=loaded.images, threshold_rule=rule, flags=flags, config=config, watch=watch
     )
     write_report(out, page)
     print(f"wrote {args.out} ({len(page.encode()) / 1e6:.1f} MB): open it in any browser, no network needed")
@@ -374,22 +366,17 @@ def cmd_export(args) -> int:
 
     from core.exports import FORMAT_NAMES, export, export_items
     from core.exports.fiftyone import check_images
-    from core.progress import Watch
-    from core.retrieval.pipeline import analyse
 
     folder = Path(_checked_out_folder(args.out, args.source))
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder to write the export into")
-    name, images = _name_and_images(args)
-    if args.format == "fiftyone":
-        check_images(images.values())
     loaded = _load(args)
-    watch = Watch(report=_stage_lines())
-    analysis = analyse(loaded.embeddings, _predict_config(args), watch=watch)
-    flags, rule = _flags_and_rule(analysis, args)
-    items = export_items(analysis, images, flags=flags, rule=rule)
+    if args.format == "fiftyone":
+        check_images(loaded.images.values())  # before the analysis: an embeddings Parquet has no image files
+    analysis, watch, flags, rule = _analysed(loaded, args)
+    items = export_items(analysis, loaded.images, flags=flags, rule=rule)
     options = {"projection": _projected(analysis, args.map_method, watch)} if args.format == "atlas" else {}
-    exported = export(args.format, items, folder, name, watch, **options)
+    exported = export(args.format, items, folder, loaded.name, watch, **options)
     for note in exported.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {', '.join(path.name for path in exported.files)} for {FORMAT_NAMES[args.format]} to {args.out}")

@@ -402,6 +402,8 @@ class LoadedEmbeddings:
     from_cache: int = 0  # vectors found in the cache
     seconds: float = 0.0  # time spent embedding
     precision_note: str | None = None  # the precision the model computed in and why; None when nothing was embedded
+    name: str = ""  # the source's name, for people to read
+    images: dict[str, Path] = field(default_factory=dict)  # image file by item id; none for an embeddings Parquet
 
     def summary(self) -> str:
         return f"{len(self.embeddings.ids)} accepted, {len(self.rejected)} rejected"
@@ -421,7 +423,7 @@ def load_embeddings(source, embed_config=None, cache=None, progress=None, work_d
     """
     if is_embeddings_file(source):
         embeddings, rejected = read_embeddings_checked(source)
-        return LoadedEmbeddings(embeddings, rejected)
+        return LoadedEmbeddings(embeddings, rejected, name=Path(source).stem)
     # torch loads only when images must be embedded, so Parquet analysis starts fast.
     from core.embedding.config import EmbedConfig
     from core.embedding.runner import embed_dataset, load_embedder, precision_note
@@ -431,5 +433,6 @@ def load_embeddings(source, embed_config=None, cache=None, progress=None, work_d
     embedder = embedder or load_embedder(config)
     run = embed_dataset(dataset, embedder, cache, config.batch_size, progress)
     return LoadedEmbeddings(
-        run.embeddings, dataset.rejected + run.rejected, run.computed, run.from_cache, run.seconds, precision_note(embedder)
+        run.embeddings, dataset.rejected + run.rejected, run.computed, run.from_cache, run.seconds, precision_note(embedder),
+        dataset.name, {item.id: item.path for item in dataset.items},
     )
