@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -83,6 +84,19 @@ class Embeddings:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    @classmethod
+    def joined(cls, parts: "Sequence[Embeddings]", model: str, dim: int) -> "Embeddings":
+        """The rows of `parts` in order as one table by `model`; no parts give no rows of `dim` columns."""
+        empty = cls(np.array([], str), np.array([], str), np.array([], object), np.empty((0, dim), np.float32), model)
+        parts = [empty, *parts]  # numpy cannot concatenate no arrays
+        return cls(
+            ids=np.concatenate([part.ids for part in parts]),
+            splits=np.concatenate([part.splits for part in parts]),
+            labels=np.concatenate([part.labels for part in parts]),
+            vectors=np.concatenate([part.vectors for part in parts]),
+            model=model,
+        )
 
     @cached_property
     def has_test_truth(self) -> bool:

@@ -20,7 +20,7 @@ from core.embedding.runner import embed_dataset, embed_to_parquet, is_folder_out
 from core.io.files import read_csv
 from core.io.layouts import load_dataset
 from core.io.parquet import MODEL_METADATA_KEY, PRECISION_METADATA_KEY, is_embeddings_source, read_embeddings_checked
-from core.io.parts import REJECTED_FILE, PartWriter, embedded_ids, written_by
+from core.io.parts import REJECTED_FILE, PartWriter, embedded_ids, part_files, written_by
 from core.records import Dataset, Embeddings, Rejected
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,3 +187,28 @@ def test_a_file_name_gets_one_file_in_dataset_order_with_its_precision(dataset_f
     run = embed_to_parquet(dataset, EmbedConfig(model=str(tiny_clip_dir), precision="fp32"), tmp_path / "v.parquet")
     assert run.written == IMAGES and pq.read_schema(tmp_path / "v.parquet").metadata[PRECISION_METADATA_KEY] == b"fp32"
     assert read_embeddings_checked(tmp_path / "v.parquet")[0].ids.tolist() == [item.id for item in dataset.items]
+
+
+def test_added_rows_become_a_part_once_enough_rows_or_enough_time_has_gathered(tmp_path, monkeypatch):
+    from core.io import parts as parts_module
+
+    def rows(start, count):
+        ids = np.array([f"i{n}" for n in range(start, start + count)], str)
+        return Embeddings(ids, np.full(count, "test"), np.full(count, None, object), np.eye(count, 4, dtype=np.float32), "m")
+
+    by_rows = PartWriter(tmp_path / "rows", "m", rows_per_part=5)
+    by_rows.add(rows(0, 3))
+    assert part_files(tmp_path / "rows") == []
+    by_rows.add(rows(3, 3))
+    assert len(part_files(tmp_path / "rows")) == 1 and embedded_ids(tmp_path / "rows") == {f"i{n}" for n in range(6)}
+    assert by_rows.flush() is None  # nothing gathered since
+    with pytest.raises(ValueError, match="embeddings by model 'm' cannot go into parts by 'other'"):
+        PartWriter(tmp_path / "other", "other").add(rows(0, 1))
+
+    clock = iter([0.0, 30.0, 61.0, 61.0])  # made, first add, second add (late), the part written
+    monkeypatch.setattr(parts_module.time, "monotonic", lambda: next(clock))
+    by_time = PartWriter(tmp_path / "time", "m", rows_per_part=1000, seconds_per_part=60.0)
+    by_time.add(rows(0, 2))
+    assert part_files(tmp_path / "time") == []
+    by_time.add(rows(2, 2))
+    assert embedded_ids(tmp_path / "time") == {"i0", "i1", "i2", "i3"}

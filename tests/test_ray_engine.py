@@ -132,11 +132,11 @@ def test_ray_refuses_a_file_name_for_its_output(dataset_folder, tiny_clip_dir, t
 
 
 def test_a_worker_with_another_model_stops_the_run_in_one_line_keeping_what_was_written(ray_local, dataset_folder, tmp_path):
-    from core.embedding.ray_engine import _embed_rest, _PartBuffer, _Progress
+    from core.embedding.ray_engine import _embed_rest, _Progress
     from core.io.parts import PartWriter
 
     items = load_dataset(dataset_folder).items[:4]
-    parts = _PartBuffer(PartWriter(tmp_path / "mixed", "the run's model"), rows=100)
+    parts = PartWriter(tmp_path / "mixed", "the run's model", rows_per_part=100)
     with pytest.raises(ValueError, match=r"^the Ray run stopped: .*this worker's model is 'baseline.*', the run's is \"the run's model\""):
         _embed_rest(items, EmbedConfig(model="baseline", batch_size=2), "the run's model", RAY, parts, _Progress(None, 4, 0))
     assert not list((tmp_path / "mixed").glob("part-*.parquet"))

@@ -104,7 +104,7 @@ def embed_on_ray(
         report.add(local.computed, len(batch) - local.written)
         written = written_by(out)
     if todo:
-        parts = _PartBuffer(PartWriter(out, *written), rows_per_part)
+        parts = PartWriter(out, *written, rows_per_part=rows_per_part, seconds_per_part=PART_SECONDS)
         rejected += _embed_rest(todo, config, written[0], engine, parts, report)
     report.finish()
     model = written[0] if written else ""
@@ -118,7 +118,7 @@ def refuse_file_out(out: str | Path) -> None:
 
 
 def _embed_rest(
-    items: list[Item], config: EmbedConfig, model: str, engine: EngineConfig, parts: _PartBuffer, report: _Progress
+    items: list[Item], config: EmbedConfig, model: str, engine: EngineConfig, parts: PartWriter, report: _Progress
 ) -> list[Rejected]:
     """Embed `items` on an actor pool, writing parts as vectors arrive; the refused items."""
     import ray
@@ -148,9 +148,18 @@ def _embed_rest(
         for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
             refused = batch["reason"] != ""
             refusals = [Rejected(str(name), str(reason)) for name, reason in zip(batch["id"][refused], batch["reason"][refused])]
-            parts.writer.rejected(refusals)
+            parts.rejected(refusals)
             rejected += refusals
-            parts.add({column: values[~refused] for column, values in batch.items()})
+            kept = ~refused
+            parts.add(
+                Embeddings(
+                    ids=batch["id"][kept].astype(str),
+                    splits=batch["split"][kept].astype(str),
+                    labels=batch["label"][kept].astype(object),
+                    vectors=batch["embedding"][kept].astype(np.float32),
+                    model=parts.model,
+                )
+            )
             report.add(int((~refused).sum()), len(refusals))
     except ray.exceptions.RayError as error:
         # An actor that cannot load the model, a lost worker: Ray's last line says why; a rerun resumes.
@@ -221,35 +230,6 @@ class _EmbeddingActor:
             for refusal in step.rejected:
                 reasons[row[refusal.name]] = refusal.reason
         return {"id": batch["id"], "split": batch["split"], "label": batch["label"], "embedding": vectors, "reason": reasons}
-
-
-class _PartBuffer:
-    """Rows gathered until a part's worth (`rows` of them, or PART_SECONDS since the last part) and written as one part."""
-
-    def __init__(self, writer: PartWriter, rows: int) -> None:
-        self.writer, self.part_rows = writer, rows
-        self.columns: list[dict[str, np.ndarray]] = []
-        self.rows, self.since = 0, time.perf_counter()
-
-    def add(self, columns: dict[str, np.ndarray]) -> None:
-        self.columns.append(columns)
-        self.rows += len(columns["id"])
-        if self.rows >= self.part_rows or time.perf_counter() - self.since >= PART_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            joined = {name: np.concatenate([columns[name] for columns in self.columns]) for name in self.columns[0]}
-            self.writer.write(
-                Embeddings(
-                    ids=joined["id"].astype(str),
-                    splits=joined["split"].astype(str),
-                    labels=joined["label"].astype(object),
-                    vectors=joined["embedding"].astype(np.float32),
-                    model=self.writer.model,
-                )
-            )
-        self.columns, self.rows, self.since = [], 0, time.perf_counter()
 
 
 class _Progress:

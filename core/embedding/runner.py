@@ -153,18 +153,15 @@ def embed_to_parquet(
     already = embedded_ids(out)
     todo = Dataset(dataset.name, [item for item in dataset.items if item.id not in already])
     stream = EmbeddingStream(todo, embedder, cache, config.batch_size, progress)
-    writer = PartWriter(out, embedder.identity, _precision(embedder))
+    writer = PartWriter(out, embedder.identity, _precision(embedder), rows_per_part)
     writer.rejected(dataset.rejected)
-    rejected, pending, count = list(dataset.rejected), [], 0
+    rejected, count = list(dataset.rejected), 0
     for batch in stream:
         writer.rejected(batch.rejected)
         rejected += batch.rejected
-        pending.append(batch.embeddings)
+        writer.add(batch.embeddings)
         count += len(batch.embeddings.ids)
-        if sum(len(part.ids) for part in pending) >= rows_per_part:
-            writer.write(_concatenated(pending, embedder))
-            pending = []
-    writer.write(_concatenated(pending, embedder))
+    writer.flush()
     note = f"precision: {config.precision} (auto; the precision of the parts already in {out})" if kept_precision else precision_note(embedder)
     return ParquetRun(
         embedder.identity, count, len(dataset.items) - len(todo.items), rejected, stream.computed, stream.from_cache, stream.seconds, note
@@ -269,20 +266,9 @@ class EmbeddingStream:
 
 def _in_dataset_order(parts: Sequence[Embeddings], position: dict[str, int], embedder: Embedder) -> Embeddings:
     """The parts' rows as one table in dataset order."""
-    whole = _concatenated(parts, embedder)
+    whole = Embeddings.joined(parts, embedder.identity, embedder.dim)
     order = np.argsort([position[item_id] for item_id in whole.ids], kind="stable")
     return Embeddings(whole.ids[order], whole.splits[order], whole.labels[order], whole.vectors[order], whole.model)
-
-
-def _concatenated(parts: Sequence[Embeddings], embedder: Embedder) -> Embeddings:
-    parts = [_embeddings_of([], [], embedder), *parts]  # numpy cannot concatenate no arrays
-    return Embeddings(
-        ids=np.concatenate([part.ids for part in parts]),
-        splits=np.concatenate([part.splits for part in parts]),
-        labels=np.concatenate([part.labels for part in parts]),
-        vectors=np.concatenate([part.vectors for part in parts]),
-        model=embedder.identity,
-    )
 
 
 def _first_batch_checked(

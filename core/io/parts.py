@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +22,21 @@ PART_SUFFIX = ".parquet"
 
 
 class PartWriter:
-    """Writes each batch of embeddings as its own part file in `folder`, and refused files to its `_rejected.csv`.
+    """Writes embeddings as part files in `folder`, and refused files to its `_rejected.csv`.
 
     Every part is complete or absent (written beside its name and moved into place), so a run
     killed at any moment leaves only whole parts, and a new writer on the same folder adds to them.
+    write() makes one part at once; add() gathers rows and writes a part once `rows_per_part` are
+    gathered, or `seconds_per_part` have passed since the last (a bound on the work a kill loses).
     """
 
-    def __init__(self, folder: Path, model: str, precision: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, model: str, precision: str | None = None, rows_per_part: int = 1, seconds_per_part: float | None = None
+    ) -> None:
         self.folder, self.model, self.precision = Path(folder), model, precision
+        self.rows_per_part, self.seconds_per_part = rows_per_part, seconds_per_part
+        self._gathered: list[Embeddings] = []
+        self._gathered_rows, self._since = 0, time.monotonic()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -44,8 +52,7 @@ class PartWriter:
 
     def write(self, embeddings: Embeddings) -> Path | None:
         """Write `embeddings` as one new part file and return its path; None when there are no rows."""
-        if embeddings.model != self.model:
-            raise ValueError(f"embeddings by model {embeddings.model!r} cannot go into parts by {self.model!r}")
+        self._check_model(embeddings)
         if len(embeddings.ids) == 0:
             return None
         table = embeddings_table(embeddings, self.precision)
@@ -54,6 +61,26 @@ class PartWriter:
             pq.write_table(table, partial)
         self._next_part += 1
         return path
+
+    def add(self, embeddings: Embeddings) -> None:
+        """Gather `embeddings`; a part is written once enough rows, or enough time, has gathered."""
+        self._check_model(embeddings)
+        self._gathered.append(embeddings)
+        self._gathered_rows += len(embeddings.ids)
+        late = self.seconds_per_part is not None and time.monotonic() - self._since >= self.seconds_per_part
+        if self._gathered_rows >= self.rows_per_part or late:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the gathered rows as one part (None when there are none) and start gathering anew."""
+        gathered, self._gathered, self._gathered_rows, self._since = self._gathered, [], 0, time.monotonic()
+        if not gathered:
+            return None
+        return self.write(Embeddings.joined(gathered, self.model, gathered[0].dim))
+
+    def _check_model(self, embeddings: Embeddings) -> None:
+        if embeddings.model != self.model:
+            raise ValueError(f"embeddings by model {embeddings.model!r} cannot go into parts by {self.model!r}")
 
     def rejected(self, rows: Sequence[Rejected]) -> None:
         """Append refused files (name, reason) to the folder's _rejected.csv; a row already there is not repeated."""
