@@ -1,3 +1,6 @@
+import warnings
+
+import faiss
 import numpy as np
 import pytest
 
@@ -131,3 +134,94 @@ def test_unit_rows_refuses_or_keeps_zero_rows():
     with pytest.raises(ValueError, match="targets row 1 is all zeros: it has no direction"):
         unit_rows_checked(rows, "targets")
     np.testing.assert_allclose(unit_rows_checked(rows, "targets", keep_zero_rows=True), [[0.6, 0.8], [0.0, 0.0]])
+
+
+# ── the exact kind's bf16 screen: the same answers as IndexFlatIP, certified or searched again ──
+
+
+@pytest.fixture
+def screening(monkeypatch):
+    """Every exact search screened, whatever its size or this CPU's bf16 speed."""
+    from core.retrieval import screen
+
+    monkeypatch.setattr(screen, "SCREEN_MIN_CELLS", 0)
+    monkeypatch.setattr(screen, "SCREEN_ROWS_PER_CANDIDATE", 0)
+    monkeypatch.setattr(screen, "bf16_speedup", lambda: screen.SCREEN_MIN_SPEEDUP)
+
+
+def near_tied_rows(rng, d=32):
+    """Unit rows with duplicates and near-twins (scores within 1e-3 of each other), and queries near them."""
+    base = clustered_rows(rng, 400, d, clusters=20)
+    duplicates = base[rng.integers(0, len(base), 150)]
+    twins = base[rng.integers(0, len(base), 150)] + 2e-4 * rng.normal(size=(150, d))
+    rows = np.vstack([base, duplicates, twins / np.linalg.norm(twins, axis=1, keepdims=True)]).astype(np.float32)
+    queries = np.vstack([clustered_rows(rng, 50, d, clusters=20), rows[rng.integers(0, len(rows), 30)]])
+    return rows, queries
+
+
+def assert_same_as_flat_ip(found, rows, queries, k, allowed=None):
+    """Similarities as FAISS gives them (to 1e-6), and the same rows wherever a similarity is not tied."""
+    flat = faiss.IndexFlatIP(rows.shape[1])
+    flat.add(rows)
+    selector = None
+    if allowed is not None:
+        bits = np.packbits(allowed, bitorder="little")
+        selector = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(rows), faiss.swig_ptr(bits)))
+    expected, expected_rows = flat.search(queries, k + 1, params=selector)
+    np.testing.assert_allclose(found.similarities, expected[:, :k], atol=1e-6)
+    np.testing.assert_allclose(found.similarities, np.einsum("qd,qkd->qk", queries, rows[found.indices]), atol=1e-6)
+    gaps = np.diff(expected, axis=1)
+    untied = np.ones((len(queries), k), bool)
+    untied[:, 1:] &= gaps[:, :-1] < -1e-6
+    untied &= gaps < -1e-6
+    np.testing.assert_array_equal(found.indices[untied], expected_rows[:, :k][untied])
+    if allowed is not None:
+        assert allowed[found.indices].all()
+
+
+@pytest.mark.parametrize(
+    ("k", "allowed_share"),
+    [(5, None), (5, 0.3), (12, 0.05)],  # the last: fewer allowed rows than 2·k + the margin, so all are candidates
+)
+def test_screened_search_equals_flat_ip_with_near_ties(screening, k, allowed_share):
+    rng = np.random.default_rng(8)
+    rows, queries = near_tied_rows(rng)
+    allowed = None if allowed_share is None else rng.random(len(rows)) < allowed_share
+    queries.setflags(write=False)  # as vectors read from Arrow come
+    index = VectorIndex(rows, "exact")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = index.search(queries, k, allowed)
+    assert_same_as_flat_ip(found, rows, queries, k, allowed)
+    assert index.screened_queries == len(queries)
+    assert index.rechecked_queries < len(queries) / 2  # most queries are certified: the screen answered them
+    assert "bf16 screen, fp32 re-rank" in index.settings
+
+
+def test_queries_the_screen_cannot_separate_are_searched_again_exactly(screening):
+    rng = np.random.default_rng(9)
+    centre = unit_rows(rng, 1, 64)[0]
+    # 300 rows scoring 0.9 down to 0.885 against the centre, 5e-5 apart: bf16 (2⁻⁸ relative) cannot
+    # order them, so no screened top 26 can be certified to hold the top 5. FAISS can order them.
+    scores = 0.9 - 5e-5 * np.arange(300)
+    away = unit_rows(rng, 300, 64)
+    away -= np.outer(away @ centre, centre)
+    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    rows = (scores[:, None] * centre + np.sqrt(1 - scores[:, None] ** 2) * away).astype(np.float32)
+    queries = (centre + 1e-3 * rng.normal(size=(25, 64))).astype(np.float32)
+    index = VectorIndex(rows, "exact")
+    found = index.search(queries, 5)
+    assert index.rechecked_queries == len(queries)
+    assert f"{len(queries)} of {len(queries)} queries searched again with FAISS" in index.settings
+    flat = faiss.IndexFlatIP(64)
+    flat.add(rows)
+    expected_similarities, expected_rows = flat.search(queries, 5)
+    np.testing.assert_array_equal(found.indices, expected_rows)
+    np.testing.assert_array_equal(found.similarities, expected_similarities)
+
+
+def test_small_searches_stay_with_faiss():
+    rng = np.random.default_rng(10)
+    index = VectorIndex(unit_rows(rng, 500, 16))
+    index.search(unit_rows(rng, 20, 16), 5)
+    assert index.screened_queries == 0 and index.settings == "exact inner product over every vector"

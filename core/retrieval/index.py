@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from core.retrieval.screen import Screen, screen_pays
+
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
 # "auto" searches exactly up to this many vectors: 13k queries against 100k take seconds and need no
 # recall caveat. Above it the IVF index is ≥ 10× faster per query at recall@5 ≥ 0.95 (BENCHMARKS.md).
@@ -90,7 +92,9 @@ class VectorIndex:
     """A cosine index over L2-normalised rows: exact (IndexFlatIP), or HNSW / IVF for large sets.
 
     kind="auto" is exact up to EXACT_UP_TO vectors and IVF above. Approximate kinds return exact
-    similarities for the neighbours they find, but may miss some true neighbours.
+    similarities for the neighbours they find, but may miss some true neighbours. The exact kind
+    screens large searches in bf16 where that is fast (core.retrieval.screen) and returns what
+    IndexFlatIP returns.
     """
 
     def __init__(self, vectors: np.ndarray, kind: str = "auto"):
@@ -100,22 +104,35 @@ class VectorIndex:
         self.kind = resolve_kind(kind, matrix.shape[0])  # the kind in use: "exact", "hnsw" or "ivf"
         self.dim = matrix.shape[1]
         self._probes = self._ivf_lists = None  # IVF only: lists probed per query, and lists in all
+        self._screen: Screen | None = None  # exact only: made at the first search the screen pays for
+        self.screened_queries = 0  # queries the bf16 screen answered or passed on (exact only)
+        self.rechecked_queries = 0  # … of which the screen could not certify, searched again with FAISS
         if self.kind == "exact":
             self._index = faiss.IndexFlatIP(self.dim)
-            self.settings = "exact inner product over every vector"
+            self._settings = "exact inner product over every vector"
         elif self.kind == "hnsw":
             self._index = faiss.IndexHNSWFlat(self.dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
             self._index.hnsw.efConstruction = HNSW_BUILD_CANDIDATES
             self._index.hnsw.efSearch = HNSW_SEARCH_CANDIDATES
-            self.settings = f"HNSW graph, {HNSW_LINKS} links per vector, {HNSW_SEARCH_CANDIDATES} candidates per search"
+            self._settings = f"HNSW graph, {HNSW_LINKS} links per vector, {HNSW_SEARCH_CANDIDATES} candidates per search"
         else:
             self._index, self._ivf_lists = _trained_ivf(matrix)
             self._probes = _probes(self._ivf_lists)
-            self.settings = (
+            self._settings = (
                 f"IVF, {self._ivf_lists} lists of 8-bit codes, {self._probes} probed per query, "
                 f"the best {IVF_RERANK_FACTOR}·k re-ranked with the full vectors"
             )
         self._index.add(matrix)
+
+    @property
+    def settings(self) -> str:
+        """The index in words; for the exact kind, how its searches so far ran."""
+        if not self.screened_queries:
+            return self._settings
+        return (
+            f"{self._settings} (bf16 screen, fp32 re-rank; {self.rechecked_queries:,} of "
+            f"{self.screened_queries:,} queries searched again with FAISS)"
+        )
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -149,13 +166,32 @@ class VectorIndex:
             k = candidates
         if matrix.shape[0] == 0:
             return Neighbours(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
+        if self.kind == "exact" and screen_pays(matrix.shape[0], candidates, k):
+            similarities, indices, uncertain = self._screened().search(matrix, k, allowed)
+            self.screened_queries += matrix.shape[0]
+            self.rechecked_queries += uncertain.size
+            if uncertain.size:
+                similarities[uncertain], indices[uncertain] = self._faiss_search(matrix[uncertain], k, selector)
+        else:
+            similarities, indices = self._faiss_search(matrix, k, selector)
+        return Neighbours(similarities, indices)
+
+    def _faiss_search(self, matrix: np.ndarray, k: int, selector) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and int64 row numbers of the top k, searched by the FAISS index itself."""
         similarities, indices = self._index.search(matrix, k, params=self._parameters(selector, self._probes))
         short = np.flatnonzero((indices < 0).any(axis=1))
         if short.size:
             # The probed IVF lists held fewer than k vectors: probing every list finds them all.
             everything = self._parameters(selector, self._ivf_lists)
             similarities[short], indices[short] = self._index.search(matrix[short], k, params=everything)
-        return Neighbours(similarities, indices.astype(np.int64))
+        return similarities, indices.astype(np.int64)
+
+    def _screened(self) -> Screen:
+        """The bf16 screen over the indexed vectors, which it reads in place from the flat index."""
+        if self._screen is None:
+            stored = faiss.rev_swig_ptr(self._index.get_xb(), len(self) * self.dim)
+            self._screen = Screen(stored.reshape(len(self), self.dim))
+        return self._screen
 
     def _parameters(self, selector, probes: int | None):
         """FAISS search parameters for this kind: the IVF lists probed, and the rows allowed (None: all)."""
