@@ -56,18 +56,28 @@ def page_title(tab: Page):
 
 
 def metric(tab: Page, label: str):
-    """The value of the st.metric labelled exactly `label`."""
+    """The value of the metric labelled exactly `label`: an st.metric, or one under the live threshold slider."""
     labelled = tab.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
-    return tab.get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
+    streamlit_metric = tab.get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
+    live_label = tab.locator(".rl-label").get_by_text(label, exact=True)
+    return streamlit_metric.or_(tab.locator(".rl-metric").filter(has=live_label).locator(".rl-value"))
+
+
+def count_shown(text: str) -> int:
+    """A count as a metric shows it, thousands separated ("13,000")."""
+    return int(text.replace(",", ""))
 
 
 def threshold_slider(tab):
     """The Distractors page's threshold slider (an input[type=range]); works for sync and async pages."""
-    return tab.get_by_test_id("stSlider").filter(has_text=THRESHOLD_SLIDER).get_by_role("slider")
+    return tab.get_by_role("slider", name=THRESHOLD_SLIDER, exact=True)
 
 
-async def _slider_session(browser, app_url: str, workspace_id: str, steps: int, latencies: list[float]) -> None:
-    """One user: open the Distractors page, then press → `steps` times, timing each until the new threshold shows."""
+async def _slider_session(
+    browser, app_url: str, workspace_id: str, steps: int, latencies: list[float], everyone_ready: asyncio.Barrier
+) -> None:
+    """One user: open the Distractors page, wait for the others to have theirs open, then press → `steps` times,
+    timing each until the new threshold shows."""
     context = await browser.new_context(viewport=VIEWPORT)
     try:
         tab = await context.new_page()
@@ -76,6 +86,7 @@ async def _slider_session(browser, app_url: str, workspace_id: str, steps: int, 
         threshold, slider = metric(tab, "Threshold"), threshold_slider(tab)
         await expect_async(threshold).to_be_visible(timeout=RUN_TIMEOUT_MS)
         await expect_async(tab.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning", timeout=RUN_TIMEOUT_MS)
+        await everyone_ready.wait()  # the sessions press at once, not while others are still opening the page
         await slider.focus()
         for _ in range(steps):
             pressed = time.perf_counter()
@@ -90,12 +101,14 @@ async def _slider_session(browser, app_url: str, workspace_id: str, steps: int, 
 
 
 async def concurrent_slider_presses(app_url: str, workspace_ids: list[str], steps: int) -> list[float]:
-    """One browser session per workspace, all at once, each pressing → `steps` times: every press's seconds to the new threshold shown."""
+    """One browser session per workspace, each opening the Distractors page, then all pressing → `steps` times at
+    once: every press's seconds to the new threshold shown."""
     latencies: list[float] = []
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            await asyncio.gather(*(_slider_session(browser, app_url, ws, steps, latencies) for ws in workspace_ids))
+            everyone_ready = asyncio.Barrier(len(workspace_ids))
+            await asyncio.gather(*(_slider_session(browser, app_url, ws, steps, latencies, everyone_ready) for ws in workspace_ids))
         finally:
             await browser.close()
     return latencies

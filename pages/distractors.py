@@ -1,26 +1,29 @@
 """Distractors page: the live threshold slider, its counts, curves and metrics, and DBSCAN."""
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from core.retrieval.distractors import DbscanConfig
 from core.retrieval.validation import conformal_threshold
 from core.retrieval.placement import PLACEMENTS
 from core.maps.figures import contamination_curve, metric_curve, score_histogram
+from core.retrieval.threshold_steps import threshold_steps
 from pages import ui
+from pages.live_threshold import LiveMetric, RankTable, live_threshold, rested_threshold
+
+THRESHOLD_SLIDER = "Distractor threshold"
 
 st.title("Distractors")
 current = ui.session()
 
 analysis = current.analysis
 sweep = analysis.sweep
-low, high = float(np.floor(sweep.sorted_scores[0] * 100) / 100), float(np.ceil(sweep.sorted_scores[-1] * 100) / 100)
-if high <= low:
-    high = low + 0.01
+steps = threshold_steps(analysis, ui.THRESHOLD_DECIMALS)
 threshold_state = f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
 synced_state = threshold_state + "-synced"  # the saved threshold this tab last read or wrote
-previous_state = threshold_state + "-previous"  # the slider's position one run ago, for "what flips"
+previous_state = threshold_state + "-previous"  # the threshold one run ago, for "what flips"
+origin_state = threshold_state + "-origin"  # counts the thresholds set here on the server, which the slider must show
+slider_key = threshold_state + "-slider"
 
 
 def on_slider_grid(value: float, rounding=round) -> float:
@@ -28,7 +31,7 @@ def on_slider_grid(value: float, rounding=round) -> float:
 
     `rounding` is np.floor for a bound: a lower threshold flags no more items than the one asked for."""
     step = 10.0**ui.THRESHOLD_DECIMALS
-    return float(np.clip(rounding(value * step) / step, low, high))
+    return float(np.clip(rounding(value * step) / step, steps.low, steps.high))
 
 
 st.caption(
@@ -42,26 +45,77 @@ st.caption(
 )
 
 
-def _save_slider_threshold() -> None:
-    value = st.session_state[threshold_state]
+def _keep_threshold(value: float) -> None:
+    st.session_state[threshold_state] = value
     current.save_threshold(value)
     st.session_state[synced_state] = value
+
+
+def _set_threshold(value: float) -> None:
+    """A threshold chosen on the server (a box, another tab): the slider is moved to it."""
+    _keep_threshold(value)
+    st.session_state[origin_state] = st.session_state.get(origin_state, 0) + 1
+
+
+def _take_slider_threshold() -> None:
+    _keep_threshold(on_slider_grid(rested_threshold(slider_key)))
 
 
 def _set_threshold_from_contamination() -> None:
     # The box only sets the slider and never follows it: two widgets writing each other's value race
     # when key presses arrive faster than reruns, and the slider snaps back.
-    target = st.session_state[threshold_state + "-target"]
-    st.session_state[threshold_state] = on_slider_grid(sweep.threshold_for(target))
-    _save_slider_threshold()
+    _set_threshold(on_slider_grid(sweep.threshold_for(st.session_state[threshold_state + "-target"])))
 
 
 def _set_threshold_from_false_flag() -> None:
     # Like the contamination box: it sets the slider and never follows it. Rounded down to the grid
     # so the threshold shown keeps the bound.
     alpha = st.session_state[threshold_state + "-alpha"]
-    st.session_state[threshold_state] = on_slider_grid(conformal_threshold(analysis.evidence, alpha), np.floor)
-    _save_slider_threshold()
+    _set_threshold(on_slider_grid(conformal_threshold(analysis.evidence, alpha), np.floor))
+
+
+def slider_metrics() -> list[list[LiveMetric]]:
+    """The figures under the slider, each at every slider position (threshold_steps)."""
+    k, n = analysis.config.k, sweep.n
+
+    def shown(values, text) -> list[str]:
+        return [text(float(value)) for value in values]
+
+    def fixed(decimals):
+        return lambda value: f"{value:.{decimals}f}"
+
+    def percent(value):
+        return f"{value:.1%}"
+
+    rows = [[
+        LiveMetric("Flagged as distractors", shown(steps.flagged, lambda v: f"{v:,.0f}"), counts=steps.flagged.tolist()),
+        LiveMetric("Kept", shown(n - steps.flagged, lambda v: f"{v:,.0f}")),
+        LiveMetric("Contamination", shown(steps.flagged / n, percent)),
+        LiveMetric("Threshold", shown(steps.thresholds, fixed(ui.THRESHOLD_DECIMALS))),
+    ]]
+    expected = [] if steps.expected_map is None else [LiveMetric(
+        f"Expected MAP@{k}", shown(steps.expected_map, fixed(4)),
+        help="What the placement model expects of this threshold and placement, without test truth.",
+    )]
+    if steps.map_by_placement:
+        rows.append([
+            LiveMetric(f"MAP@{k}", shown(steps.map_by_placement[analysis.placement], fixed(4))),
+            LiveMetric("Precision", shown(steps.precision, fixed(3))),
+            LiveMetric("Recall", shown(steps.recall, fixed(3))),
+            LiveMetric("F1", shown(steps.f1, fixed(3))),
+        ])
+        rows.append([
+            *(LiveMetric(f'MAP@{k}, "-1" {placement}', shown(steps.map_by_placement[placement], fixed(4))) for placement in PLACEMENTS),
+            LiveMetric(
+                "Known-class images flagged",
+                ["–"] * len(steps.thresholds) if steps.known_flagged is None else shown(steps.known_flagged, percent),
+                help="The realised false-flag rate: the share of test images whose class is in train that this threshold flags.",
+            ),
+            *expected,
+        ])
+    elif expected:
+        rows.append(expected)
+    return rows
 
 
 @st.fragment
@@ -69,8 +123,7 @@ def threshold_panel() -> None:
     saved = on_slider_grid(current.threshold)
     changed_elsewhere = synced_state in st.session_state and saved != st.session_state[synced_state]
     if threshold_state not in st.session_state or changed_elsewhere:
-        st.session_state[threshold_state] = saved
-        st.session_state[synced_state] = saved
+        _set_threshold(saved)
     if changed_elsewhere:
         st.info(f"The threshold was changed to {saved:.3f} in another tab of this workspace; the slider now shows it.")
     left, right = st.columns([3, 1])
@@ -101,50 +154,20 @@ def threshold_panel() -> None:
             "do against the rest of train; it does not bound how many distractors are missed.",
         )
         st.form_submit_button("Set threshold for α", on_click=_set_threshold_from_false_flag, disabled=analysis.evidence is None)
+    threshold = st.session_state[threshold_state]
     with left:
-        threshold = st.slider(
-            "Distractor threshold", low, high, step=10.0**-ui.THRESHOLD_DECIMALS, format=f"%.{ui.THRESHOLD_DECIMALS}f", key=threshold_state,
-            on_change=_save_slider_threshold,
+        k = analysis.config.k
+        ranks = RankTable("-1 at", "test images", [*map(str, range(1, k + 1)), "nowhere"], steps.minus_one_at.tolist())
+        live_threshold(
+            THRESHOLD_SLIDER, steps, ui.THRESHOLD_DECIMALS, slider_metrics(), ranks, threshold,
+            st.session_state[origin_state], slider_key, _take_slider_threshold,
         )
+        if not sweep.has_map:
+            st.caption(f"No test truth: MAP@{k}, precision and recall need test images in test/<label>/ folders.")
+        st.caption("The figures follow every move of the slider; the charts and the images below follow once it rests.")
     previous = st.session_state.get(previous_state, threshold)
     st.session_state[previous_state] = threshold
-
     flagged = int(sweep.flagged_count(threshold))
-    cells = st.columns(4)
-    cells[0].metric("Flagged as distractors", flagged, delta=flagged - int(sweep.flagged_count(previous)) or None, delta_color="off")
-    cells[1].metric("Kept", sweep.n - flagged)
-    cells[2].metric("Contamination", f"{flagged / sweep.n:.1%}")
-    cells[3].metric("Threshold", f"{threshold:.3f}")
-    k = analysis.config.k
-    if sweep.has_map:
-        precision, recall, f1 = (float(v) for v in sweep.detection_at(threshold))
-        cells = st.columns(4)
-        cells[0].metric(f"MAP@{k}", f"{float(sweep.map_at(threshold)):.4f}")
-        cells[1].metric("Precision", f"{precision:.3f}")
-        cells[2].metric("Recall", f"{recall:.3f}")
-        cells[3].metric("F1", f"{f1:.3f}")
-        cells = st.columns(4)
-        for cell, placement in zip(cells, PLACEMENTS):
-            cell.metric(f'MAP@{k}, "-1" {placement}', f"{float(analysis.sweep_for(placement).map_at(threshold)):.4f}")
-        false_flags = analysis.false_flag_share(threshold)
-        cells[2].metric(
-            "Known-class images flagged", "–" if false_flags is None else f"{false_flags:.1%}",
-            help="The realised false-flag rate: the share of test images whose class is in train that this threshold flags.",
-        )
-    else:
-        cells = st.columns(4)
-        st.caption(f"No test truth: MAP@{k}, precision and recall need test images in test/<label>/ folders.")
-    expected = analysis.expected_map(threshold)
-    if expected is not None:
-        cells[3].metric(
-            f"Expected MAP@{k}", f"{expected:.4f}",
-            help="What the placement model expects of this threshold and placement, without test truth.",
-        )
-    at_rank = np.bincount(analysis.positions(threshold), minlength=k + 1)
-    st.dataframe(
-        pd.DataFrame({"-1 at": [*map(str, range(1, k + 1)), "nowhere"], "test images": [*at_rank[1:], at_rank[0]]}),
-        hide_index=True,
-    )
 
     grid = sweep.grid()
     charts = st.columns(2)
@@ -166,7 +189,10 @@ def threshold_panel() -> None:
     flipped = np.flatnonzero(between)
     st.subheader(f"What flips ({len(flipped)})")
     if len(flipped) == 0:
-        st.caption("Move the slider: the images whose verdict changes appear here.")
+        st.caption(
+            "Move the slider: the images whose verdict changes appear here." if previous == threshold
+            else f"No image changes its verdict between {previous:.3f} and {threshold:.3f}."
+        )
         return
     now_flagged = threshold > previous
     shown = flipped[np.argsort(analysis.scores[flipped])][:16]

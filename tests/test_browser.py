@@ -10,7 +10,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from bench.browser import ACTION_TIMEOUT_MS, PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, metric, open_page, page_title, url_path, wait_for_run
+from bench.browser import (
+    ACTION_TIMEOUT_MS, PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, count_shown, metric, open_page, page_title, threshold_slider, url_path, wait_for_run,
+)
 from bench.served import CHROMIUM, CHROMIUM_ARGS, ServerFailed, serve
 
 MIN_NEIGHBOUR_CARDS = 5  # top-5 retrieval: a card per neighbour, each with its image
@@ -122,47 +124,49 @@ def test_every_page_renders_without_an_exception(page, screenshots):
 
 def test_threshold_slider_changes_the_counts(page, screenshots):
     open_page(page, "Distractors")
-    slider = page.get_by_test_id("stSlider").filter(has_text="Distractor threshold").get_by_role("slider")
+    slider = threshold_slider(page)
     flagged, kept, shown_threshold = (metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
-    n_test = int(flagged.inner_text()) + int(kept.inner_text())
+    n_test = count_shown(flagged.inner_text()) + count_shown(kept.inner_text())
     start = slider.input_value()
 
     slider.focus()
-    for _ in range(3):  # one step at a time, each answered by the server before the next
+    for _ in range(3):  # one step at a time, each answered in the browser
         slider.press("ArrowRight")
         expect(shown_threshold).to_have_text(f"{float(slider.input_value()):.3f}", timeout=RUN_TIMEOUT_MS)
     assert float(slider.input_value()) > float(start)
 
     # The slider's range brackets every score: at its top the whole test set is flagged, at its bottom none.
     slider.press("End")
-    expect(flagged).to_have_text(str(n_test), timeout=RUN_TIMEOUT_MS)
+    expect(flagged).to_have_text(f"{n_test:,}", timeout=RUN_TIMEOUT_MS)
     expect(kept).to_have_text("0", timeout=RUN_TIMEOUT_MS)
     wait_for_run(page)
     _check(page, screenshots, "distractors-threshold-at-maximum")
     slider.press("Home")
     expect(flagged).to_have_text("0", timeout=RUN_TIMEOUT_MS)
-    expect(kept).to_have_text(str(n_test), timeout=RUN_TIMEOUT_MS)
+    expect(kept).to_have_text(f"{n_test:,}", timeout=RUN_TIMEOUT_MS)
     wait_for_run(page)
     _check(page, screenshots, "distractors-threshold-at-minimum")
 
 
 def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
-    """Presses sent faster than the reruns: once idle, slider, metrics, counts and saved value agree."""
+    """Presses sent without waiting: once idle, slider, metrics, counts, the server's charts and cards, and the saved value agree."""
     open_page(page, "Distractors")
-    slider = page.get_by_test_id("stSlider").filter(has_text="Distractor threshold").get_by_role("slider")
+    slider = threshold_slider(page)
     flagged, kept, shown_threshold = (metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
-    n_test = int(flagged.inner_text()) + int(kept.inner_text())
+    n_test = count_shown(flagged.inner_text()) + count_shown(kept.inner_text())
     for _ in range(BURSTS):
         expected = round(float(slider.input_value()) + PRESSES_PER_BURST * SLIDER_STEP, 3)
         slider.focus()
         for _ in range(PRESSES_PER_BURST):
-            page.keyboard.press("ArrowRight")  # no wait: the presses queue up behind the reruns
+            page.keyboard.press("ArrowRight")  # no wait between presses
         expect(shown_threshold).to_have_text(f"{expected:.3f}", timeout=RUN_TIMEOUT_MS)
+        # Once the slider rests the server reruns the panel: "What flips" then names the new threshold.
+        expect(page.get_by_text(f"and {expected:.3f}")).to_be_visible(timeout=RUN_TIMEOUT_MS)
         page.wait_for_timeout(IDLE_CHECK_MS)  # a stale rerun would snap the slider back in this window
         wait_for_run(page)
         assert float(slider.input_value()) == pytest.approx(expected), "the slider snapped back"
         expect(shown_threshold).to_have_text(f"{expected:.3f}")
-        assert int(flagged.inner_text()) + int(kept.inner_text()) == n_test
+        assert count_shown(flagged.inner_text()) + count_shown(kept.inner_text()) == n_test
     flagged_after_bursts = flagged.inner_text()
 
     page.reload()  # the saved threshold, and the counts recomputed from it

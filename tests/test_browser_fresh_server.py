@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, quote, urlparse
 import pytest
 from playwright.sync_api import expect
 
-from bench.browser import PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, open_page, page_title, wait_for_run
+from bench.browser import PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, open_page, page_title, threshold_slider, wait_for_run
 from bench.served import ServerFailed, serve
 from test_browser import browser  # noqa: F401 (browser is a fixture)
 from test_hostile_text import PROBE, write_hostile_workspace
@@ -75,7 +75,7 @@ def test_hostile_ids_and_labels_make_no_link_image_or_request_on_any_page(record
     for title in [*PAGE_PATHS][1:]:
         open_page(tab, title)
         if title == "Distractors":  # "What flips" shows test ids once the slider has moved
-            slider = tab.get_by_test_id("stSlider").filter(has_text="Distractor threshold").get_by_role("slider")
+            slider = threshold_slider(tab)
             slider.focus()
             slider.press("End")
             expect(tab.get_by_text("What flips (0)")).to_have_count(0, timeout=RUN_TIMEOUT_MS)

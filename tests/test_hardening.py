@@ -5,6 +5,7 @@ a disk that fills up mid-write, and the security rules (XSRF, upload cap, confin
 from __future__ import annotations
 
 import ast
+import re
 import errno
 import io
 import json
@@ -596,6 +597,23 @@ yaml.load(text, Loader=yaml.Loader); st.html(label)
 @pytest.mark.parametrize("path", SCANNED, ids=lambda path: path.relative_to(REPO).as_posix())
 def test_no_code_runs_from_user_files_and_no_user_html_is_rendered(path):
     assert unsafe_uses(path.read_text(encoding="utf-8")) == []
+
+
+# Ways a script in the page turns a string into markup or code.
+MARKUP_FROM_STRINGS = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|srcdoc|setAttribute\(\s*[\"']on")
+SCRIPTS = sorted((REPO / "pages").glob("*.js"))
+
+
+def test_the_scan_catches_markup_made_from_strings():
+    hostile = ["div.innerHTML = label;", "node.insertAdjacentHTML('beforeend', text)", "eval(code)", "a.setAttribute('onclick', x)"]
+    assert all(MARKUP_FROM_STRINGS.search(line) for line in hostile)
+    assert not MARKUP_FROM_STRINGS.search("node.textContent = label; input.setAttribute('aria-label', label)")
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda path: path.relative_to(REPO).as_posix())
+def test_the_dashboards_own_scripts_set_text_only(path):
+    # A component's script runs in the app page: text from data must never become markup there.
+    assert SCRIPTS and not MARKUP_FROM_STRINGS.findall(path.read_text(encoding="utf-8"))
 
 
 class Upload:

@@ -1,6 +1,7 @@
 """AppTest runs of every dashboard page on the built-in demo, with caches cleared between tests."""
 
 import io
+import json
 import re
 import threading
 from pathlib import Path
@@ -320,6 +321,30 @@ def metric_values(app: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in app.metric}
 
 
+def live_slider(app: AppTest) -> dict:
+    """The Distractors page's live slider as the browser gets it: its position and every figure at every position."""
+    (element,) = app.get("bidi_component")
+    return json.loads(element.proto.json)
+
+
+def slider_value(app: AppTest) -> float:
+    return live_slider(app)["value"]
+
+
+def slider_metrics(app: AppTest) -> dict[str, str]:
+    """Label → the text the browser shows under the live slider at its position."""
+    panel = live_slider(app)
+    at = panel["thresholds"].index(f"{panel['value']:.{panel['decimals']}f}")
+    return {metric["label"]: metric["shown"][at] for row in panel["rows"] for metric in row}
+
+
+def set_threshold_by_contamination(app: AppTest, share: float) -> float:
+    """The Distractors page's "Target contamination" box set to `share`: the threshold the slider then shows."""
+    next(box for box in app.number_input if box.label == "Target contamination").set_value(share)
+    next(button for button in app.button if button.label == "Set threshold").click().run()
+    return slider_value(app)
+
+
 def test_data_page_counts_the_demo_and_shows_its_gallery():
     app = run_page("data")
     assert_ran(app)
@@ -425,7 +450,7 @@ def test_evaluate_sets_where_minus_one_goes_for_every_page():
     assert any("Placement: **first** (asked for)" in caption.value for caption in app.caption)
     distractors = run_page("distractors", "placement2")
     assert_ran(distractors)
-    shown = metrics(distractors)
+    shown = slider_metrics(distractors)
     assert shown["MAP@5"] == shown['MAP@5, "-1" first'] != shown['MAP@5, "-1" optimal']
     assert any('Where "-1" goes: **first** (asked for)' in caption.value for caption in distractors.caption)
     assert metrics(app)["MAP@5"] != chosen_by_validation  # the demo's validation picks optimal
@@ -440,13 +465,13 @@ def test_distractors_page_renders_from_the_background_analysis_and_a_restart_rea
     monkeypatch.setattr(pipeline, "search_and_rank", lambda *args, **kwargs: searches.append(1) or search_and_rank(*args, **kwargs))
     app = run_page("distractors")
     assert_ran(app)
-    assert app.slider and "Threshold" in metrics(app)
+    assert "Threshold" in slider_metrics(app)
     assert len(searches) == 1 and len(list((workspace / "analyses").glob("*.npz"))) == 1
     st.cache_resource.clear()  # as a server restart forgets every analysis in memory
     again = run_page("distractors")
     assert_ran(again)
     assert len(searches) == 1
-    assert metrics(again) == metrics(app)
+    assert live_slider(again) == live_slider(app)
 
 
 def test_a_cancelled_background_job_is_said_so_and_starts_again_on_request():
@@ -491,7 +516,7 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(unlabelled_
         assert started is not None and started.wait(SECONDS)
         app = run_page("distractors", unlabelled_parquet_workspace)
         assert_ran(app)
-        assert metric_values(app)["Flagged as distractors"]
+        assert slider_metrics(app)["Flagged as distractors"]
         assert shelf.state(chosen_model(ws)) == LOADING  # the vectors came with the data: nothing waited for it
     finally:
         release.set()

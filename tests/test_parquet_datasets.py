@@ -6,7 +6,7 @@ import core.retrieval.pipeline
 from bench.fixtures import retrieval_embeddings
 from core.io.parquet import write_embeddings
 from core.session.workspace import DatasetEntry, Workspace
-from test_pages import assert_ran, displayed, fresh_server, metrics, run_page  # noqa: F401 (fresh_server is autouse)
+from test_pages import assert_ran, displayed, fresh_server, metrics, run_page, set_threshold_by_contamination  # noqa: F401 (fresh_server is autouse)
 
 N_TEST, N_CLASSES = 60, 20  # 3 train items per class, 30% of test are distractors
 NO_CLIP = "cannot be loaded here"
@@ -60,8 +60,7 @@ def test_the_embed_page_says_the_vectors_are_there_and_offers_nothing_to_embed(p
 
 def test_image_less_cards_show_the_items_id_and_score(parquet_workspace):
     app = run_page("distractors", parquet_workspace)
-    slider = next(s for s in app.slider if s.label == "Distractor threshold")
-    slider.set_value(slider.max).run()
+    set_threshold_by_contamination(app, 1.0)
     assert_ran(app)
     cards = [displayed(markdown.value) for markdown in app.markdown if displayed(markdown.value).startswith("item-")]
     assert cards and all(" · " in card for card in cards), cards
@@ -88,8 +87,7 @@ def test_dbscan_runs_only_when_asked_and_once_per_settings(parquet_workspace, mo
     assert calls == [] and "Flagged by DBSCAN" not in metrics(app)
     app.toggle(key="dbscan_run").set_value(True).run()
     assert len(calls) == 1 and "Flagged by DBSCAN" in metrics(app)
-    slider = next(s for s in app.slider if s.label == "Distractor threshold")
-    slider.set_value(slider.min).run()
+    set_threshold_by_contamination(app, 0.0)
     assert len(calls) == 1, "moving the threshold does not cluster again"
     next(s for s in app.slider if s.label.startswith("eps")).set_value(0.3).run()
     assert_ran(app)

@@ -28,14 +28,14 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 from test_browser import app_url, browser  # noqa: F401 - fixtures: one server and browser for this module
-from test_pages import assert_ran, fresh_server, metric_values, run_page  # noqa: F401 - fresh_server: autouse fixture
+from test_pages import assert_ran, fresh_server, run_page, set_threshold_by_contamination, slider_metrics  # noqa: F401 - fresh_server: autouse fixture
 
 from bench.browser import (
     ACTION_TIMEOUT_MS,
     RUN_TIMEOUT_MS,
-    THRESHOLD_SLIDER,
     VIEWPORT,
     concurrent_slider_presses,
+    count_shown,
     metric,
     open_page,
     threshold_slider,
@@ -71,12 +71,6 @@ def thresholds_saved(home: Path) -> dict[str, list[str]]:
     return saved
 
 
-def move_slider(app, share: float):
-    slider = next(s for s in app.slider if s.label == THRESHOLD_SLIDER)
-    slider.set_value(round(slider.min + share * (slider.max - slider.min), 3)).run()
-    return slider.value
-
-
 def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(workspace, tmp_path):
     small = write_demo_dataset(tmp_path, seed=1, n_classes=4, test_per_class=4, n_distractor_classes=2, distractor_per_class=4)
     other = Workspace("apptest-small")
@@ -84,11 +78,11 @@ def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(works
     other.set("dataset", "small shapes")
     demo_tests = count_test_images(write_demo_dataset(tmp_path / "expected"))
 
-    # Both sessions run at the same time, each moving its own slider several times.
+    # Both sessions run at the same time, each setting its own threshold several times.
     def session(workspace_id: str, shares: list[float]):
         app = run_page("distractors", workspace_id)
         for share in shares:
-            move_slider(app, share)
+            set_threshold_by_contamination(app, share)
             assert_ran(app)
         return app
 
@@ -97,7 +91,7 @@ def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(works
         small_run = pool.submit(session, "apptest-small", [0.1, 0.7, 0.3])
         demo, small_app = demo_run.result(), small_run.result()
 
-    shown = {"apptest-demo": metric_values(demo), "apptest-small": metric_values(small_app)}
+    shown = {"apptest-demo": slider_metrics(demo), "apptest-small": slider_metrics(small_app)}
     assert int(shown["apptest-demo"]["Flagged as distractors"]) + int(shown["apptest-demo"]["Kept"]) == demo_tests
     assert int(shown["apptest-small"]["Flagged as distractors"]) + int(shown["apptest-small"]["Kept"]) == count_test_images(small)
     assert shown["apptest-demo"]["Threshold"] != shown["apptest-small"]["Threshold"]
@@ -112,7 +106,7 @@ def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(works
     for workspace_id, app in (("apptest-demo", demo), ("apptest-small", small_app)):  # a reload of each
         reopened = run_page("distractors", workspace_id)
         assert_ran(reopened)
-        assert metric_values(reopened)["Threshold"] == shown[workspace_id]["Threshold"]
+        assert slider_metrics(reopened)["Threshold"] == shown[workspace_id]["Threshold"]
 
 
 class OverlapRecorder:
@@ -200,7 +194,7 @@ def _sidebar(tab):
 
 
 def _counted_tests(tab) -> int:
-    return int(metric(tab, "Flagged as distractors").inner_text()) + int(metric(tab, "Kept").inner_text())
+    return count_shown(metric(tab, "Flagged as distractors").inner_text()) + count_shown(metric(tab, "Kept").inner_text())
 
 
 def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_url, tmp_path):
@@ -236,6 +230,8 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
                 shown = f"{float(threshold_slider(tab).input_value()):.3f}"
                 expect(metric(tab, "Threshold")).to_have_text(shown, timeout=RUN_TIMEOUT_MS)
         chosen = {dataset: metric(tab, "Threshold").inner_text() for dataset, tab in tabs.items()}
+        for dataset, tab in tabs.items():  # the server has the threshold once the slider has rested
+            expect(tab.get_by_text(f"and {chosen[dataset]}")).to_be_visible(timeout=RUN_TIMEOUT_MS)
         assert len(set(chosen.values())) == 2
 
         for dataset, tab in tabs.items():

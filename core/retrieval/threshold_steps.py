@@ -1,0 +1,93 @@
+"""Every figure the threshold slider shows, at each of its positions at once, so a browser can follow the slider alone."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.records import DISTRACTOR
+from core.retrieval.pipeline import Analysis
+from core.retrieval.placement import NOWHERE, PLACEMENTS
+
+# The slider's ends sit on hundredths below the lowest score and above the highest: round figures that
+# bracket every score, so one end flags nothing and the other everything.
+BOUND_DECIMALS = 2
+
+
+def slider_thresholds(scores: np.ndarray, decimals: int) -> np.ndarray:
+    """The slider's positions, low to high, one 10^-decimals step apart.
+
+    Each is the double nearest its decimal (an integer over a power of ten), the value a browser's
+    range input reads back, so a threshold moved in the browser is one of these exactly."""
+    if decimals < BOUND_DECIMALS:
+        raise ValueError(f"decimals={decimals!r}: the slider needs at least {BOUND_DECIMALS}")
+    scale, bound_scale = 10**decimals, 10**BOUND_DECIMALS
+    low = math.floor(float(np.min(scores)) * bound_scale) * (scale // bound_scale)
+    high = math.ceil(float(np.max(scores)) * bound_scale) * (scale // bound_scale)
+    return np.arange(low, max(high, low + 1) + 1) / scale
+
+
+@dataclass(frozen=True)
+class ThresholdSteps:
+    """What each position of the threshold slider shows, position by position (thresholds low to high)."""
+
+    thresholds: np.ndarray  # the slider's positions (slider_thresholds)
+    flagged: np.ndarray  # test items scoring below each threshold
+    map_by_placement: dict[str, np.ndarray]  # MAP@k at each threshold for each place of "-1"; empty without test truth
+    precision: np.ndarray | None  # of the flags against the known distractors; None without test truth
+    recall: np.ndarray | None
+    f1: np.ndarray | None
+    known_flagged: np.ndarray | None  # share of test items of known classes flagged; None without such items
+    expected_map: np.ndarray | None  # MAP@k the placement model expects, without truth; None without a model
+    minus_one_at: np.ndarray  # (thresholds, k + 1) test items with "-1" at rank 1..k, then at none
+
+    @property
+    def low(self) -> float:
+        return float(self.thresholds[0])
+
+    @property
+    def high(self) -> float:
+        return float(self.thresholds[-1])
+
+
+def threshold_steps(analysis: Analysis, decimals: int) -> ThresholdSteps:
+    """All of ThresholdSteps for `analysis`, in O(n log n + positions · k) however many positions there are.
+
+    The items a threshold flags are a prefix of the scores sorted once (the sweep's order), so every
+    count and mean over flagged and kept items is a difference of prefix sums along that order."""
+    thresholds = slider_thresholds(analysis.scores, decimals)
+    sweep, order, k, n = analysis.sweep, analysis.sweep.order, analysis.config.k, len(analysis.scores)
+    flagged = sweep.flagged_count(thresholds)
+
+    def flagged_sum(values: np.ndarray) -> np.ndarray:
+        """Per threshold, the sum of `values` over the items it flags (axis 0 of `values` is items)."""
+        prefix = np.concatenate((np.zeros((1, *values.shape[1:])), np.cumsum(values[order], axis=0)))
+        return prefix[flagged]
+
+    # "-1" goes first for flagged items; elsewhere (or nowhere) for kept ones, by the placement in use.
+    kept_positions = np.full(n, NOWHERE) if analysis.placement == "first" else analysis.kept_positions
+    kept_at = np.eye(k + 1)[kept_positions]  # items × positions 0 (nowhere), 1..k
+    at_position = kept_at.sum(axis=0) - flagged_sum(kept_at)
+    at_position[:, 1] += flagged
+    minus_one_at = np.concatenate((at_position[:, 1:], at_position[:, :1]), axis=1).astype(np.int64)
+
+    expected_map = None
+    if analysis.expected_precisions is not None:
+        # Columns of expected_precisions are positions 1..k, then nowhere.
+        expected = analysis.expected_precisions
+        if_kept = expected[np.arange(n), np.where(kept_positions == NOWHERE, k, kept_positions - 1)]
+        if_flagged = expected[:, 0]
+        expected_map = (flagged_sum(if_flagged) + if_kept.sum() - flagged_sum(if_kept)) / n
+
+    known_flagged = None
+    if analysis.truth is not None:
+        known = analysis.truth != DISTRACTOR
+        if known.any():
+            known_flagged = flagged_sum(known.astype(np.float64)) / known.sum()
+    precision = recall = f1 = None
+    if sweep.has_truth:
+        precision, recall, f1 = (np.asarray(values, np.float64) for values in sweep.detection_at(thresholds))
+    maps = {placement: analysis.sweep_for(placement).map_at(thresholds) for placement in PLACEMENTS} if sweep.has_map else {}
+    return ThresholdSteps(thresholds, flagged, maps, precision, recall, f1, known_flagged, expected_map, minus_one_at)

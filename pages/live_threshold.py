@@ -1,0 +1,80 @@
+"""The live threshold slider: a Streamlit component that answers each key press in the browser from figures sent once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import streamlit as st
+
+from core.retrieval.threshold_steps import ThresholdSteps
+
+_HERE = Path(__file__).parent
+_component = st.components.v2.component(
+    "retrieval_lab.live_threshold",
+    css=(_HERE / "live_threshold.css").read_text(encoding="utf-8"),
+    js=(_HERE / "live_threshold.js").read_text(encoding="utf-8"),
+)
+STATE = "threshold"  # the component's state: the threshold the slider last rested on
+
+
+@dataclass(frozen=True)
+class LiveMetric:
+    """One figure under the slider, given for every slider position."""
+
+    label: str
+    shown: list[str]  # the text shown at each position
+    counts: list[int] | None = None  # when given, the change since the slider last rested is shown under the value
+    help: str | None = None  # the tooltip
+
+
+@dataclass(frozen=True)
+class RankTable:
+    """A small two-column table given for every slider position."""
+
+    label: str  # the first column's heading
+    counted: str  # the second column's heading
+    names: list[str]  # the first column
+    counts: list[list[int]]  # per position, the second column
+
+
+def live_threshold(
+    label: str,
+    steps: ThresholdSteps,
+    decimals: int,
+    rows: list[list[LiveMetric]],
+    ranks: RankTable,
+    value: float,
+    origin: int,
+    key: str,
+    on_rest: Callable[[], None],
+) -> None:
+    """The slider (an input[type=range] labelled `label`) with `rows` of metrics and `ranks` following it in the browser.
+
+    The slider shows `value` whenever `origin` differs from the last one it was given (a threshold
+    set on the server); otherwise it stays where the user left it. Once it rests, `on_rest` runs
+    with the chosen threshold in rested_threshold(key)."""
+    figures = {
+        "label": label,
+        "decimals": decimals,
+        "step": 10.0**-decimals,
+        "low": steps.low,
+        "high": steps.high,
+        "positions": len(steps.thresholds),
+        "thresholds": [f"{threshold:.{decimals}f}" for threshold in steps.thresholds],
+        "rows": [[asdict(metric) for metric in row] for row in rows],
+        "ranks": asdict(ranks),
+    }
+    # Identifies the figures, so the browser rebuilds the panel only when they change.
+    key_of_figures = hashlib.blake2b(json.dumps(figures, sort_keys=True).encode(), digest_size=12).hexdigest()
+    _component(
+        key=key, data={**figures, "key": key_of_figures, "value": value, "origin": origin}, **{f"on_{STATE}_change": on_rest}
+    )
+
+
+def rested_threshold(key: str) -> float:
+    """The threshold the slider of component `key` last rested on."""
+    return float(st.session_state[key][STATE])
