@@ -1,4 +1,4 @@
-"""Top-5 search: FAISS exact vs numpy at the product's size, cost on uneven classes, and the approximate index at 1M."""
+"""Top-5 search: FAISS exact vs numpy and vs the bf16 screen at the product's sizes, the first analysis at 130k, cost on uneven classes, and the approximate index at 1M."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from bench.fixtures import EmbeddingSpace, retrieval_embeddings
@@ -13,10 +14,13 @@ from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio, peak_rss_mb, run_python
 from core.records import TEST, TRAIN
 from core.retrieval.index import EXACT_UP_TO, VectorIndex
+from core.retrieval.screen import SCREEN_MARGIN
 from core.retrieval.pipeline import PredictConfig, search_and_rank
 
-FULL = {"rounds": 5, "large": 1_000_000, "queries": 1000, "singles": 20, "kinds_at": 100_000}
-QUICK = {"rounds": 3, "large": 200_000, "queries": 500, "singles": 10, "kinds_at": None}
+# The dashboard's sizes (test items, train classes of 3), as bench/ui.py generates them.
+SCREEN_SIZES = {"13k": (13_000, 1_000), "130k": (100_000, 10_000)}
+FULL = {"rounds": 5, "large": 1_000_000, "queries": 1000, "singles": 20, "kinds_at": 100_000, "screen_sizes": SCREEN_SIZES, "analyses": 3}
+QUICK = {"rounds": 3, "large": 200_000, "queries": 500, "singles": 10, "kinds_at": None, "screen_sizes": {"13k": SCREEN_SIZES["13k"]}, "analyses": 0}
 # Issue #12's uneven case: 20k train of 64 dims, half of it one class, 5k queries; the balanced
 # twin has the same vectors in classes of 20. Each runs in a fresh process for its own peak memory.
 BALANCE = {"train": 20_000, "queries": 5_000, "dim": 64, "class_size": 20}
@@ -42,6 +46,9 @@ def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
     section = Section("3. Search: exact top-5, and an approximate index past a million vectors", "3. Search")
     _product_size(section, plan)
+    _screened(section, plan)
+    if plan["analyses"]:
+        _first_analysis(section, work, plan["analyses"])
     _class_balance(section)
     _large(section, plan)
     if plan["kinds_at"]:
@@ -80,6 +87,110 @@ def _product_size(section: Section, plan) -> None:
         f"{seconds(median(timings['faiss']))} vs {seconds(median(timings['numpy']))}",
         None,
     )
+
+
+def _screened(section: Section, plan) -> None:
+    """IndexFlatIP on its own against the exact index as it now runs (bf16 screen where it pays), side by side."""
+    rows, checks = [], []
+    for size, (n_test, n_classes) in plan["screen_sizes"].items():
+        embeddings = retrieval_embeddings(n_test, n_classes)
+        train, test = embeddings.subset(TRAIN).vectors, embeddings.subset(TEST).vectors
+        found, indexes = {}, []
+
+        def flat():
+            index = faiss.IndexFlatIP(train.shape[1])
+            index.add(train)
+            found["flat"] = index.search(test, K)
+
+        def screened():
+            indexes.append(VectorIndex(train))
+            found["screened"] = indexes[-1].search(test, K)
+
+        timings = interleaved({"flat": flat, "screened": screened}, plan["rounds"])
+        similarities, indices = found["flat"]
+        ours = found["screened"]
+        recall = _recall(indices, ours.indices).mean()
+        # Rows that differ only where FAISS and the re-rank round a tie differently (last bits).
+        differing = (ours.indices != indices).any(axis=1)
+        only_ties = bool(np.allclose(ours.similarities, similarities, atol=1e-6))
+        index = indexes[-1]
+        fallback = index.rechecked_queries / index.screened_queries if index.screened_queries else None
+        ratio = median_ratio(timings["flat"], timings["screened"])
+        rows.append(
+            [
+                f"{size}: {len(test):,} × {len(train):,}",
+                seconds(median(timings["flat"])),
+                seconds(median(timings["screened"])),
+                f"{ratio:.2f}×",
+                f"{recall:.6f} (" + (f"{int(differing.sum())} rows differ" + (", all at float ties" if only_ties else "") if differing.any() else "identical") + ")",
+                "not screened (FAISS: too few rows per candidate)" if fallback is None else f"{fallback:.2%}",
+            ]
+        )
+        checks.append((size, timings, ratio, recall, only_ties, fallback))
+    section.add(
+        f"**Exact top-{K} with the bf16 screen** (`core.retrieval.screen`): the same search by FAISS IndexFlatIP alone "
+        "(fp32, as before) and by `VectorIndex` as it now runs: where bf16 products are at least "
+        "`SCREEN_MIN_SPEEDUP` times as fast as fp32 (timed once per process) and the rows are many per candidate, "
+        f"torch multiplies the queries by the centred rows in bf16, keeps each query's top k + {SCREEN_MARGIN} rows, "
+        "re-ranks them in fp32 and certifies that no row left out could beat the k-th (a derived bound on the bf16 "
+        "error); queries it cannot certify are searched "
+        "again with FAISS. Index build included; synthetic CLIP-like 512-d vectors of the dashboard bench's shape.",
+        table(["size (test × train)", "FAISS flat", "screened exact", "speed-up", f"recall@{K} vs FAISS", "searched again with FAISS"], rows),
+    )
+    for size, timings, ratio, recall, only_ties, fallback in checks:
+        section.check(
+            f"exact top-5 at {size}: bf16 screen + fp32 re-rank vs FAISS flat, results equal up to float ties",
+            f"{seconds(median(timings['screened']))} vs {seconds(median(timings['flat']))} ({ratio:.2f}×), "
+            f"recall@5 {recall:.6f}" + ("" if fallback is None else f", {fallback:.2%} searched again"),
+            only_ties,
+        )
+
+
+def _first_analysis(section: Section, work: Path, rounds: int) -> None:
+    """The whole first analysis at 130k in fresh processes, with FAISS alone and with the screen, side by side."""
+    from core.io.parquet import write_embeddings
+
+    n_test, n_classes = SCREEN_SIZES["130k"]
+    path = work / "130k.parquet"
+    if not path.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        write_embeddings(path, retrieval_embeddings(n_test, n_classes))
+    runs: dict[str, list[dict[str, float]]] = {"flat": [], "screened": []}
+    for round_number in range(rounds):
+        order = list(runs) if round_number % 2 == 0 else list(runs)[::-1]
+        for search in order:
+            found = run_python(["-m", "bench.search", "first-analysis", search, str(path)])
+            runs[search].append({key: float(value) for key, value in found.items()})
+    steps = [("analysis", "whole first analysis (`analyse`)"), ("search", "test → train search (`retrieve`)"), ("leave_one_out", "train leave-one-out scores")]
+    figures = {search: {step: median([run[step] for run in found]) for step, _ in steps} for search, found in runs.items()}
+    section.add(
+        f"**The first analysis at 130k** ({n_test:,} test against {3 * n_classes:,} train, nothing stored), timed in "
+        f"Python as `python -m bench --only ui` times it (`bench.ui._first_analysis_in_python`), each run in a fresh "
+        f"process (so the screen's once-per-process bf16 timing and torch import are included), {rounds} runs each in "
+        "alternating order, medians. \"FAISS flat\" turns the screen off (`SCREEN_MIN_SPEEDUP` set to infinity).",
+        table(
+            ["step", "FAISS flat (before)", "bf16 screen (now)", "speed-up"],
+            [
+                [words, seconds(figures["flat"][step]), seconds(figures["screened"][step]), f"{figures['flat'][step] / figures['screened'][step]:.2f}×"]
+                for step, words in steps
+            ],
+        ),
+    )
+    section.check(
+        "first analysis at 130k (100k test × 30k train), screened vs FAISS flat",
+        f"{seconds(figures['screened']['analysis'])} vs {seconds(figures['flat']['analysis'])}",
+        None,
+    )
+
+
+def _first_analysis_case(search: str, path: str) -> dict[str, float]:
+    """bench.ui's first-analysis timings in this process, with the screen off for "flat"."""
+    from bench.ui import _first_analysis_in_python
+    from core.retrieval import screen
+
+    if search == "flat":
+        screen.SCREEN_MIN_SPEEDUP = float("inf")
+    return _first_analysis_in_python(Path(path))
 
 
 def _balance_case(labelling: str, n_train: int, n_queries: int, dim: int, class_size: int) -> dict[str, float]:
@@ -254,7 +365,9 @@ def _kinds(section: Section, plan) -> None:
 
 
 if __name__ == "__main__":
-    # python -m bench.search <balanced|uneven> <train> <queries> <dim> <class size>: one case of _class_balance.
-    labelling, *numbers = sys.argv[1:]
-    for key, value in _balance_case(labelling, *map(int, numbers)).items():
+    # python -m bench.search <balanced|uneven> <train> <queries> <dim> <class size>: one case of _class_balance;
+    # python -m bench.search first-analysis <flat|screened> <parquet>: one run of _first_analysis.
+    case, *arguments = sys.argv[1:]
+    found = _first_analysis_case(*arguments) if case == "first-analysis" else _balance_case(case, *map(int, arguments))
+    for key, value in found.items():
         print(f"{key}={value}")

@@ -7,23 +7,25 @@ from functools import cache
 
 import numpy as np
 
-# The screen keeps each query's top `2·k + SCREEN_MARGIN` rows for the exact re-rank. Measured on
-# CLIP-like vectors (100,000 test against 30,000 train): with k = 15 the certificate holds for 99.5% of
-# queries, with k = 6 for 99.9%; the rest are searched again exactly.
-SCREEN_MARGIN = 16
+# The screen keeps each query's top `k + SCREEN_MARGIN` rows for the exact re-rank. Measured on CLIP-like
+# vectors (4,096 test against 30,000 train): with k = 15 the certificate holds for 99.0% of queries at a
+# margin of 16 and for all at 31; with k = 6 for all at 16. The rest are searched again exactly.
+SCREEN_MARGIN = 20
 # Below this many query × row scores in one search a FAISS call is as quick as the screen's setup.
 SCREEN_MIN_CELLS = 1 << 22
 # The screen's cost per query grows with its candidates (selection and re-rank), FAISS's with the rows:
 # measured side by side, the screen wins from about 400 rows per candidate (12,000 rows at k = 6).
 SCREEN_ROWS_PER_CANDIDATE = 500
-# Queries per screened block: at most 256, the fastest product rate measured here, and at most 16 MB
-# of bf16 scores (a block of queries against 30,000 rows takes 15 MB; its candidates 12 MB in fp32).
+# Queries per screened block: the fastest product rate measured here (128 to 512 were alike). Blocks of
+# fewer queries run slower than FAISS (at 100,000 rows, 83-query blocks took 1.4× FAISS's time, 256-query
+# blocks 0.67×), so the screen serves at most SCREEN_MAX_ROWS rows: 128 MB of bf16 scores per block.
 SCREEN_QUERIES_PER_BLOCK = 256
-SCREEN_CELLS_PER_BLOCK = 1 << 23
+SCREEN_MAX_ROWS = 1 << 18
 # The screen needs bf16 products this many times as fast as fp32 to pay for its selection and re-rank.
 SCREEN_MIN_SPEEDUP = 2.0
 _BF16_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits: rounding to nearest errs by at most 2⁻⁸ relative
 _FP32_ROUNDOFF = 2.0**-24
+_SPEED_TRIES = 3
 _NORM_SLACK = 1 + 2.0**-10  # covers the fp32 rounding of a norm over up to thousands of dimensions
 
 
@@ -32,7 +34,9 @@ def bf16_speedup() -> float:
     """How many times faster torch multiplies bf16 than fp32 matrices here (0 without torch); timed once per process.
 
     bf16 is fast only on CPUs with AMX or AVX512-BF16; elsewhere it can be slower than fp32. A
-    256 × 512 by 512 × 2048 product, best of three after a warm-up: a few ms each.
+    512 × 512 by 512 × 4096 product, each precision's best of three after a warm-up, the two taking
+    turns so that load from other processes slows both alike: about 60 ms in all with AMX. (A product
+    a quarter the size measured 1.4–2.3× instead of 3.5–6× while other processes kept both cores busy.)
     """
     try:
         import torch
@@ -42,18 +46,16 @@ def bf16_speedup() -> float:
 
     torch.set_num_threads(usable_cores())
     generator = torch.Generator().manual_seed(0)
-    queries, rows = torch.rand(256, 512, generator=generator), torch.rand(2048, 512, generator=generator)
-
-    def best_of_three(left, right) -> float:
-        torch.matmul(left, right.T)
-        times = []
-        for _ in range(3):
+    fp32 = torch.rand(512, 512, generator=generator), torch.rand(4096, 512, generator=generator)
+    bf16 = tuple(matrix.bfloat16() for matrix in fp32)
+    times = {"fp32": [], "bf16": []}
+    for _ in range(_SPEED_TRIES + 1):
+        for name, (left, right) in (("fp32", fp32), ("bf16", bf16)):
             started = time.perf_counter()
             torch.matmul(left, right.T)
-            times.append(time.perf_counter() - started)
-        return min(times)
-
-    return best_of_three(queries, rows) / best_of_three(queries.bfloat16(), rows.bfloat16())
+            times[name].append(time.perf_counter() - started)
+    # The first of each is a warm-up: kernels are made on first use.
+    return min(times["fp32"][1:]) / min(times["bf16"][1:])
 
 
 def screen_pays(n_queries: int, n_rows: int, k: int) -> bool:
@@ -61,14 +63,14 @@ def screen_pays(n_queries: int, n_rows: int, k: int) -> bool:
     cells = n_queries * n_rows
     return (
         cells >= SCREEN_MIN_CELLS
-        and candidates_for(k, n_rows) * SCREEN_ROWS_PER_CANDIDATE <= n_rows
+        and candidates_for(k, n_rows) * SCREEN_ROWS_PER_CANDIDATE <= n_rows <= SCREEN_MAX_ROWS
         and bf16_speedup() >= SCREEN_MIN_SPEEDUP
     )
 
 
 def candidates_for(k: int, n_rows: int) -> int:
     """Rows per query the screen hands to the exact re-rank."""
-    return min(n_rows, 2 * k + SCREEN_MARGIN)
+    return min(n_rows, k + SCREEN_MARGIN)
 
 
 class Screen:
@@ -83,9 +85,13 @@ class Screen:
         import torch
 
         self.vectors = vectors  # (n, d) float32, C-contiguous: the exact rows the re-rank reads
-        self._bf16 = torch.from_numpy(vectors).bfloat16()
-        rows, rounding = _norms_and_rounding(vectors, self._bf16)
+        # The screen multiplies the rows less their mean: a query's order is the same (q·mean is one
+        # constant per query), while shorter rows and smaller scores halve the bf16 error bound.
+        centred = vectors - vectors.mean(axis=0)
+        self._bf16 = torch.from_numpy(centred).bfloat16()
+        rows, rounding = _norms_and_rounding(centred, self._bf16)
         self._largest_row, self._largest_rounding = float(rows.max()), float(rounding.max())
+        self._largest_exact_row = _NORM_SLACK * float(np.linalg.norm(vectors, axis=1).max())
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarities, indices, uncertain): the top-k rows of `allowed` (all if None) per query, and the queries whose top-k is not certain.
@@ -99,9 +105,8 @@ class Screen:
         m = candidates_for(k, len(rows))
         similarities, indices = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
         uncertain = []
-        block = max(1, min(SCREEN_QUERIES_PER_BLOCK, SCREEN_CELLS_PER_BLOCK // len(rows)))
-        for start in range(0, len(queries), block):
-            chunk = queries[start : start + block]
+        for start in range(0, len(queries), SCREEN_QUERIES_PER_BLOCK):
+            chunk = queries[start : start + SCREEN_QUERIES_PER_BLOCK]
             # A copy: the queries may be read-only, which torch warns about (it is fast, unlike torch.tensor).
             chunk_bf16 = torch.from_numpy(chunk.copy()).bfloat16()
             screened = torch.topk(torch.matmul(chunk_bf16, screened_rows.T), m, dim=1)
@@ -123,32 +128,36 @@ class Screen:
 
         kth and last: each query's k-th and m-th best screened scores.
 
-        The error of a screened score ŝ against the exact q·x, for fp32 rows q and x, their bf16
-        roundings q̂ = q + Δq and x̂ = x + Δx, in d dimensions:
-        1. Inputs: q̂·x̂ − q·x = Δq·x + q·Δx + Δq·Δx, so by Cauchy–Schwarz it is at most
-           ‖Δq‖‖x‖ + ‖q‖‖Δx‖ + ‖Δq‖‖Δx‖. The residual norms are measured per row: they are near
-           2⁻⁹·⁵ of the row's norm, where the per-value worst case (2⁻⁸ per value, Σ|qᵢxᵢ| ≤ 1 for unit
-           rows) would allow 2·2⁻⁸.
-        2. Accumulation: a product of two bf16 values (8-bit significands) is exact in fp32 (24 bits),
+        The error of a screened score ŝ against q·x − q·c (c: the rows' mean, the same for every row
+        of a query, so it orders rows as q·x does), for fp32 rows q and x, y = fl(x − c), and the bf16
+        roundings q̂ = q + Δq, ŷ = y + Δy, in d dimensions:
+        1. Centring: fl(x − c) errs by at most 2⁻²⁴ per element relative, so |q·y − (q·x − q·c)| ≤
+           2⁻²⁴‖q‖‖y‖.
+        2. Inputs: q̂·ŷ − q·y = Δq·y + q·Δy + Δq·Δy, so by Cauchy–Schwarz it is at most
+           ‖Δq‖‖y‖ + ‖q‖‖Δy‖ + ‖Δq‖‖Δy‖. The residual norms are measured per row: they are near
+           2⁻⁹·⁵ of the row's norm, where the per-value worst case (2⁻⁸ per value, Σ|qᵢyᵢ| ≤ ‖q‖‖y‖)
+           would allow 2·2⁻⁸.
+        3. Accumulation: a product of two bf16 values (8-bit significands) is exact in fp32 (24 bits),
            and torch's CPU kernels (oneDNN) sum them in fp32, which errs by at most
-           γ_d·Σ|q̂ᵢx̂ᵢ| ≤ γ_d‖q̂‖‖x̂‖, γ_d = d·2⁻²⁴ / (1 − d·2⁻²⁴).
-        3. Output: torch returns a bf16 product for bf16 inputs on the CPU (a float32 `out_dtype` is
+           γ_d·Σ|q̂ᵢŷᵢ| ≤ γ_d‖q̂‖‖ŷ‖, γ_d = d·2⁻²⁴ / (1 − d·2⁻²⁴).
+        4. Output: torch returns a bf16 product for bf16 inputs on the CPU (a float32 `out_dtype` is
            CUDA-only), so the fp32 sum v is rounded once more. Rounding to nearest is monotonic and
            errs by at most 2⁻⁸|v|: a score screened at or below t was at most t + 2⁻⁸|t| before, one
            at or above t at least t − 2⁻⁸|t|. (Subnormal scores, below 2⁻¹²⁶, are far inside E.)
-        4. The re-rank's own fp32 dot product errs from q·x by at most γ_d‖q‖‖x‖.
-        With E = 1 + 2 + 4 (norms of x at their largest over the rows), a row left out of the top m
-        (screened ≤ t_m) scores exactly at most t_m + 2⁻⁸|t_m| + E, and each of the top k (screened ≥
-        t_k) at least t_k − 2⁻⁸|t_k| − E. So when t_k − t_m > 2⁻⁸(|t_k| + |t_m|) + 2E, k candidates beat
+        5. The re-rank's own fp32 dot product errs from q·x by at most γ_d‖q‖‖x‖.
+        With E = 1 + 2 + 3 + 5 (row norms at their largest), a row left out of the top m (screened ≤
+        t_m) scores exactly at most q·c + t_m + 2⁻⁸|t_m| + E, and each of the top k (screened ≥ t_k) at
+        least q·c + t_k − 2⁻⁸|t_k| − E. So when t_k − t_m > 2⁻⁸(|t_k| + |t_m|) + 2E, k candidates beat
         every row left out, and the re-ranked top k is the exact one.
         """
         norms, rounding = _norms_and_rounding(queries, queries_bf16)
         row, row_rounding = self._largest_row, self._largest_rounding
         dims = queries.shape[1]
         gamma = dims * _FP32_ROUNDOFF / (1 - dims * _FP32_ROUNDOFF)
+        centring = _FP32_ROUNDOFF * norms * row
         inputs = rounding * row + norms * row_rounding + rounding * row_rounding
-        summing = gamma * ((norms + rounding) * (row + row_rounding) + norms * row)
-        return kth - last > _BF16_ROUNDOFF * (np.abs(kth) + np.abs(last)) + 2 * (inputs + summing)
+        summing = gamma * ((norms + rounding) * (row + row_rounding) + norms * self._largest_exact_row)
+        return kth - last > _BF16_ROUNDOFF * (np.abs(kth) + np.abs(last)) + 2 * (centring + inputs + summing)
 
 
 def _norms_and_rounding(vectors: np.ndarray, rounded) -> tuple[np.ndarray, np.ndarray]:
