@@ -6,10 +6,10 @@ import streamlit as st
 from core.retrieval.distractors import DbscanConfig
 from core.retrieval.validation import conformal_threshold
 from core.retrieval.placement import PLACEMENTS
-from core.maps.figures import contamination_curve, metric_curve, score_histogram
+from core.maps.figures import THRESHOLD_AXIS, score_shares
 from core.retrieval.threshold_steps import threshold_steps
 from pages import ui
-from pages.live_threshold import LiveMetric, RankTable, live_threshold, rested_threshold
+from pages.live_threshold import Binned, LiveChart, LiveMetric, RankTable, live_threshold, rested_threshold
 
 THRESHOLD_SLIDER = "Distractor threshold"
 
@@ -19,6 +19,7 @@ current = ui.session()
 analysis = current.analysis
 sweep = analysis.sweep
 steps = threshold_steps(analysis, ui.THRESHOLD_DECIMALS)
+best = sweep.best_map_threshold() if sweep.has_map else None  # one answer for the chart's mark and the caption
 threshold_state = f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
 synced_state = threshold_state + "-synced"  # the saved threshold this tab last read or wrote
 previous_state = threshold_state + "-previous"  # the threshold one run ago, for "what flips"
@@ -118,6 +119,33 @@ def slider_metrics() -> list[list[LiveMetric]]:
     return rows
 
 
+def slider_charts() -> list[LiveChart]:
+    """The score histogram and the curves over thresholds, their markers at every slider position."""
+    k, n, at = analysis.config.k, sweep.n, [f"{threshold:.{ui.THRESHOLD_DECIMALS}f}" for threshold in steps.thresholds]
+    train_scores = analysis.train_loo_scores
+    edges, test_shares, train_shares = score_shares(analysis.scores, train_scores)
+    charts = [LiveChart(
+        "Distractor scores: test vs train leave-one-out", "max cosine similarity to train", "share of the set", "percent",
+        [f"below = distractor · {threshold}" for threshold in at],
+        bars=Binned(edges.tolist(), test_shares.tolist(), f"test ({n:,})"),
+        steps=Binned(edges.tolist(), train_shares.tolist(), f"train leave-one-out ({len(train_scores):,})") if len(train_scores) else None,
+    )]
+    contamination = steps.flagged / n
+    charts.append(LiveChart(
+        "Contamination rate by threshold", THRESHOLD_AXIS, "test flagged as distractor", "percent",
+        [f"{threshold} → {share:.1%}" for threshold, share in zip(at, contamination)], line=contamination.tolist(), y_max=1.0,
+    ))
+    if best is not None:
+        values = steps.map_by_placement[analysis.placement]
+        best_threshold, best_map = best
+        charts.append(LiveChart(
+            f"MAP@{k} by threshold", THRESHOLD_AXIS, f"MAP@{k}", "fixed",
+            [f"MAP@{k} {value:.4f} at {threshold}" for threshold, value in zip(at, values)], line=values.tolist(),
+            best={"x": best_threshold, "y": best_map, "label": f"best {best_map:.4f} at {best_threshold:.3f}"},
+        ))
+    return charts
+
+
 @st.fragment
 def threshold_panel() -> None:
     saved = on_slider_grid(current.threshold)
@@ -159,27 +187,16 @@ def threshold_panel() -> None:
         k = analysis.config.k
         ranks = RankTable("-1 at", "test images", [*map(str, range(1, k + 1)), "nowhere"], steps.minus_one_at.tolist())
         live_threshold(
-            THRESHOLD_SLIDER, steps, ui.THRESHOLD_DECIMALS, slider_metrics(), ranks, threshold,
+            THRESHOLD_SLIDER, steps, ui.THRESHOLD_DECIMALS, slider_metrics(), ranks, slider_charts(), threshold,
             st.session_state[origin_state], slider_key, _take_slider_threshold,
         )
         if not sweep.has_map:
             st.caption(f"No test truth: MAP@{k}, precision and recall need test images in test/<label>/ folders.")
-        st.caption("The figures follow every move of the slider; the charts and the images below follow once it rests.")
+        st.caption("The figures and charts follow every move of the slider; the images below follow once it rests.")
     previous = st.session_state.get(previous_state, threshold)
     st.session_state[previous_state] = threshold
-    flagged = int(sweep.flagged_count(threshold))
-
-    grid = sweep.grid()
-    charts = st.columns(2)
-    charts[0].plotly_chart(score_histogram(analysis.scores, analysis.train_loo_scores, threshold), width="stretch")
-    charts[1].plotly_chart(
-        contamination_curve(grid, sweep.contamination(grid), threshold, flagged / sweep.n), width="stretch"
-    )
-    if sweep.has_map:
-        best_threshold, best_map = sweep.best_map_threshold()
-        st.plotly_chart(
-            metric_curve(grid, sweep.map_at(grid), threshold, f"MAP@{k}", best=(best_threshold, best_map)), width="stretch"
-        )
+    if best is not None:
+        best_threshold, best_map = best
         st.caption(
             f"With the test truth, the best threshold is {best_threshold:.3f} (MAP@{k} {best_map:.4f}): the middle "
             "of the widest range of thresholds that reach it, the choice least sensitive to noise in the scores."

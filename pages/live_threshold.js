@@ -1,6 +1,7 @@
-// The threshold slider and the figures that follow it, answered in the browser from every position's
-// figures sent once, so a key press costs no server run. The position reaches the server (the
-// saved threshold, charts, "what flips") once the slider has rested for REST_MS.
+// The threshold slider and the figures and charts that follow it, answered in the browser from every
+// position's figures sent once, so a key press costs no server run and no chart redraw (only a
+// marker moves). The position reaches the server (the saved threshold, "what flips") once the
+// slider has rested for REST_MS.
 // All text comes in `data` from the server and is set with textContent, never parsed as HTML.
 
 const REST_MS = 200;
@@ -10,6 +11,117 @@ function element(tag, className, text) {
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+// Chart geometry in viewBox units; the SVG scales to its column's width.
+const W = 400, H = 260, LEFT = 46, RIGHT = 12, TOP = 48, BOTTOM = 40;
+
+function shape(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function niceStep(span, ticks) {
+  const raw = span / ticks;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 2.5, 5, 10].map((m) => m * power).find((step) => step >= raw);
+}
+
+function tickValues(low, high, ticks) {
+  const step = niceStep(high - low || 1, ticks);
+  const values = [];
+  for (let value = Math.ceil(low / step) * step; value <= high + step * 1e-9; value += step) values.push(value);
+  return values;
+}
+
+function formatted(value, format) {
+  return format === "percent" ? `${Math.round(value * 100)}%` : value.toFixed(2);
+}
+
+// One chart: histogram bars and steps and/or a curve over the slider's positions, with a marker at
+// the slider's position that move(at) places.
+function buildChart(spec, data) {
+  const edges = [spec.bars?.edges, spec.steps?.edges].filter(Boolean).flat();
+  const xLow = Math.min(data.low, ...edges), xHigh = Math.max(data.high, ...edges);
+  const heights = [spec.bars?.heights ?? [], spec.steps?.heights ?? [], spec.line ?? []].flat();
+  const yHigh = spec.y_max ?? (Math.max(...heights.filter(Number.isFinite), 1e-9) * 1.08);
+  const x = (value) => LEFT + ((value - xLow) / (xHigh - xLow || 1)) * (W - LEFT - RIGHT);
+  const y = (value) => H - BOTTOM - (value / yHigh) * (H - TOP - BOTTOM);
+  const root = shape("svg", { viewBox: `0 0 ${W} ${H}`, class: "rl-chart", role: "img", "aria-label": spec.title });
+  root.append(shape("text", { x: LEFT, y: 16, class: "rl-chart-title" }, spec.title));
+
+  for (const value of tickValues(0, yHigh, 4)) {
+    root.append(shape("line", { x1: LEFT, x2: W - RIGHT, y1: y(value), y2: y(value), class: "rl-grid" }));
+    root.append(shape("text", { x: LEFT - 6, y: y(value) + 4, class: "rl-tick", "text-anchor": "end" }, formatted(value, spec.y_format)));
+  }
+  for (const value of tickValues(xLow, xHigh, 6)) {
+    root.append(shape("text", { x: x(value), y: H - BOTTOM + 16, class: "rl-tick", "text-anchor": "middle" }, value.toFixed(2)));
+  }
+  root.append(shape("line", { x1: LEFT, x2: W - RIGHT, y1: y(0), y2: y(0), class: "rl-axis" }));
+  root.append(shape("text", { x: (LEFT + W - RIGHT) / 2, y: H - 6, class: "rl-axis-title", "text-anchor": "middle" }, spec.x_title));
+  root.append(shape("text", { x: 11, y: (TOP + H - BOTTOM) / 2, class: "rl-axis-title", "text-anchor": "middle",
+    transform: `rotate(-90 11 ${(TOP + H - BOTTOM) / 2})` }, spec.y_title));
+
+  const legend = [];
+  if (spec.bars) {
+    const { edges: barEdges, heights: barHeights } = spec.bars;
+    barHeights.forEach((height, bin) => {
+      root.append(shape("rect", { x: x(barEdges[bin]), width: Math.max(x(barEdges[bin + 1]) - x(barEdges[bin]), 0.5),
+        y: y(height), height: y(0) - y(height), class: "rl-bars" }));
+    });
+    legend.push(["rl-bars", spec.bars.name]);
+  }
+  if (spec.steps) {
+    const { edges: stepEdges, heights: stepHeights } = spec.steps;
+    let path = `M${x(stepEdges[0])},${y(0)}`;
+    stepHeights.forEach((height, bin) => { path += ` V${y(height)} H${x(stepEdges[bin + 1])}`; });
+    root.append(shape("path", { d: `${path} V${y(0)}`, class: "rl-steps" }));
+    legend.push(["rl-steps", spec.steps.name]);
+  }
+  if (spec.line) {
+    const points = spec.line.map((value, at) => `${x(Number(data.thresholds[at]))},${y(value)}`);
+    root.append(shape("path", { d: `M${points.join(" L")}`, class: "rl-line" }));
+  }
+  // The legend sits under the title, side by side, clear of the plot and its marker.
+  legend.forEach(([className, name], item) => {
+    const left = LEFT + item * (W - LEFT - RIGHT) / 2;
+    root.append(shape("rect", { x: left, y: 25, width: 12, height: 8, class: className }));
+    root.append(shape("text", { x: left + 16, y: 33, class: "rl-tick" }, name));
+  });
+  if (spec.best) {
+    root.append(shape("circle", { cx: x(spec.best.x), cy: y(spec.best.y), r: 5, class: "rl-best" }));
+    // Under the curve: the moving marker's words are at the top of the plot.
+    root.append(labelled(shape("text", { y: y(spec.best.y) + 18, class: "rl-best-label" }, spec.best.label), x(spec.best.x)));
+  }
+
+  const marker = shape("line", { y1: TOP, y2: y(0), class: "rl-marker" });
+  const dot = spec.line ? shape("circle", { r: 4, class: "rl-dot" }) : null;
+  const caption = shape("text", { y: TOP + 10, class: "rl-marker-label" });
+  root.append(marker, caption);
+  if (dot) root.append(dot);
+  const move = (at) => {
+    const left = x(Number(data.thresholds[at]));
+    marker.setAttribute("x1", left);
+    marker.setAttribute("x2", left);
+    caption.textContent = spec.marker_labels[at];
+    labelled(caption, left);
+    if (dot) {
+      dot.setAttribute("cx", left);
+      dot.setAttribute("cy", y(spec.line[at]));
+    }
+  };
+  return { root, move };
+}
+
+// A label beside x, on the side of the chart with room for it, so it is never cut at an edge.
+function labelled(text, left) {
+  const onRight = left < (LEFT + W - RIGHT) / 2;
+  text.setAttribute("x", onRight ? left + 6 : left - 6);
+  text.setAttribute("text-anchor", onRight ? "start" : "end");
+  return text;
 }
 
 function build(root, data) {
@@ -56,6 +168,10 @@ function build(root, data) {
     return count;
   });
   panel.append(table);
+  const charts = element("div", "rl-charts");
+  view.charts = data.charts.map((spec) => buildChart(spec, data));
+  charts.append(...view.charts.map((chart) => chart.root));
+  panel.append(charts);
   root.append(panel);
 
   view.input.addEventListener("input", () => {
@@ -93,6 +209,7 @@ function show(view) {
   view.data.ranks.counts[at].forEach((count, rank) => {
     view.rankCells[rank].textContent = count.toLocaleString("en-US");
   });
+  for (const chart of view.charts) chart.move(at);
 }
 
 function rest(view) {

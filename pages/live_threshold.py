@@ -41,18 +41,44 @@ class RankTable:
     counts: list[list[int]]  # per position, the second column
 
 
+@dataclass(frozen=True)
+class Binned:
+    """A histogram: bin edges and a height per bin."""
+
+    edges: list[float]
+    heights: list[float]
+    name: str  # the legend's words
+
+
+@dataclass(frozen=True)
+class LiveChart:
+    """A chart over thresholds whose marker follows the slider: histogram bars and steps and/or a curve."""
+
+    title: str
+    x_title: str
+    y_title: str
+    y_format: str  # the y ticks: "percent" or "fixed" (two decimals)
+    marker_labels: list[str]  # the marker's words at each slider position
+    bars: Binned | None = None  # filled bars
+    steps: Binned | None = None  # an outline drawn over the bars
+    line: list[float] | None = None  # a value at each slider position, drawn as a curve the marker's dot follows
+    best: dict | None = None  # a point marked on the curve: {"x", "y", "label"}
+    y_max: float | None = None  # the top of the y axis; None: a little above the highest value
+
+
 def live_threshold(
     label: str,
     steps: ThresholdSteps,
     decimals: int,
     rows: list[list[LiveMetric]],
     ranks: RankTable,
+    charts: list[LiveChart],
     value: float,
     origin: int,
     key: str,
     on_rest: Callable[[], None],
 ) -> None:
-    """The slider (an input[type=range] labelled `label`) with `rows` of metrics and `ranks` following it in the browser.
+    """The slider (an input[type=range] labelled `label`) with `rows` of metrics, `ranks` and `charts` following it in the browser.
 
     The slider shows `value` whenever `origin` differs from the last one it was given (a threshold
     set on the server); otherwise it stays where the user left it. Once it rests, `on_rest` runs
@@ -67,6 +93,7 @@ def live_threshold(
         "thresholds": [f"{threshold:.{decimals}f}" for threshold in steps.thresholds],
         "rows": [[asdict(metric) for metric in row] for row in rows],
         "ranks": asdict(ranks),
+        "charts": [asdict(chart) for chart in charts],
     }
     # Identifies the figures, so the browser rebuilds the panel only when they change.
     key_of_figures = hashlib.blake2b(json.dumps(figures, sort_keys=True).encode(), digest_size=12).hexdigest()

@@ -134,6 +134,9 @@ def test_threshold_slider_changes_the_counts(page, screenshots):
         slider.press("ArrowRight")
         expect(shown_threshold).to_have_text(f"{float(slider.input_value()):.3f}", timeout=RUN_TIMEOUT_MS)
     assert float(slider.input_value()) > float(start)
+    # The charts' markers moved with it, in the browser: the contamination curve names the same figures.
+    contamination_marker = page.get_by_role("img", name="Contamination rate by threshold").locator(".rl-marker-label")
+    expect(contamination_marker).to_have_text(f"{shown_threshold.inner_text()} → {metric(page, 'Contamination').inner_text()}")
 
     # The slider's range brackets every score: at its top the whole test set is flagged, at its bottom none.
     slider.press("End")
@@ -149,7 +152,7 @@ def test_threshold_slider_changes_the_counts(page, screenshots):
 
 
 def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
-    """Presses sent without waiting: once idle, slider, metrics, counts, the server's charts and cards, and the saved value agree."""
+    """Presses sent without waiting: once idle, slider, metrics, counts, the server's "What flips" and the saved value agree."""
     open_page(page, "Distractors")
     slider = threshold_slider(page)
     flagged, kept, shown_threshold = (metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))

@@ -52,6 +52,21 @@ def test_the_target_contamination_sets_the_threshold_on_the_slider_grid():
     assert list(saved_thresholds("contamination1").values()) == [threshold]
 
 
+def test_the_charts_follow_every_position_and_mark_the_best_threshold_the_caption_names(demo_analysis):
+    app = run_page("distractors", "charts1")
+    assert_ran(app)
+    panel = live_slider(app)
+    histogram, contamination, map_curve = panel["charts"]
+    assert sum(histogram["bars"]["heights"]) == pytest.approx(1) and sum(histogram["steps"]["heights"]) == pytest.approx(1)
+    flagged = next(metric for row in panel["rows"] for metric in row if metric["label"] == "Flagged as distractors")["counts"]
+    n_test = len(demo_analysis.scores)
+    assert contamination["line"] == pytest.approx([count / n_test for count in flagged])
+    assert len(map_curve["line"]) == len(map_curve["marker_labels"]) == panel["positions"]
+    best_threshold, best_map = demo_analysis.sweep.best_map_threshold()
+    assert map_curve["best"]["label"] == f"best {best_map:.4f} at {best_threshold:.3f}"
+    assert any(f"the best threshold is {best_threshold:.3f} (MAP@5 {best_map:.4f})" in caption.value for caption in app.caption)
+
+
 def test_a_tab_that_only_moves_dbscan_keeps_the_threshold_another_tab_saved():
     tab_a, tab_b = run_page("distractors", "tabs1"), run_page("distractors", "tabs1")
     chosen = set_threshold_by_contamination(tab_a, 0.9)

@@ -280,20 +280,17 @@ def score_histogram(
     here and drawn as the share of the set in each bin, so sets of different sizes compare and the
     figure's size depends on ``bins``, not on the number of scores.
     """
-    if bins < 1:
-        raise ValueError(f"bins={bins!r}: use an integer >= 1")
     test, train = _floats(test_scores), _floats(train_loo_scores)
-    present = np.concatenate((test, train))
     traces = []
-    if len(present):
-        edges = np.histogram_bin_edges(present, bins=bins)
+    if (binned := score_shares(test, train, bins)) is not None:
+        edges, test_shares, train_shares = binned
         # Test is what the threshold cuts, so it gets the filled bars; the train reference is an outline
         # drawn over them, so where the two overlap at the threshold neither hides the other.
         if len(test):
             traces.append(
                 go.Bar(
                     x=(edges[:-1] + edges[1:]) / 2,
-                    y=_shares(test, edges),
+                    y=test_shares,
                     width=np.diff(edges),
                     name=f"test ({len(test)})",
                     marker={"color": TEST_COLOUR, "line": {"width": 0}},
@@ -306,7 +303,7 @@ def score_histogram(
             traces.append(
                 go.Scatter(
                     x=np.concatenate((edges[:1], edges)),
-                    y=np.concatenate(([0.0], _shares(train, edges), [0.0])),
+                    y=np.concatenate(([0.0], train_shares, [0.0])),
                     mode="lines",
                     line={"shape": "hv", "color": TRAIN_COLOUR, "width": 2},
                     name=f"train leave-one-out ({len(train)})",
@@ -319,6 +316,22 @@ def score_histogram(
     _threshold_line(figure, threshold, "below = distractor · threshold")
     title = "Distractor scores: test vs train leave-one-out"
     return _styled(figure, title, "max cosine similarity to train", "share of the set")
+
+
+def score_shares(
+    test_scores: Sequence[float], train_loo_scores: Sequence[float] | None, bins: int = SCORE_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Bin edges shared by both sets, and the share of each set in each bin (None when there is no score).
+
+    Shares, not counts, so sets of different sizes compare; a set without scores has no shares (empty)."""
+    if bins < 1:
+        raise ValueError(f"bins={bins!r}: use an integer >= 1")
+    test, train = _floats(test_scores), _floats(train_loo_scores)
+    present = np.concatenate((test, train))
+    if not len(present):
+        return None
+    edges = np.histogram_bin_edges(present, bins=bins)
+    return edges, *(np.histogram(values, bins=edges)[0] / len(values) if len(values) else np.empty(0) for values in (test, train))
 
 
 def contamination_curve(
@@ -409,10 +422,6 @@ def _curve(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarr
     if len(x) != len(y):
         raise ValueError(f"a curve needs as many y values as x values; got {len(x)} and {len(y)}")
     return x, y
-
-
-def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return np.histogram(values, bins=edges)[0] / len(values)
 
 
 def _marked_point(x: float, y: float, text: str, name: str, curve: tuple[np.ndarray, np.ndarray]) -> go.Scatter:
