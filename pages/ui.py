@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -153,9 +154,22 @@ def _projection_warm_up(first_model: EmbedConfig) -> threading.Thread:
     return thread
 
 
+@st.cache_resource(show_spinner=False)
+def _analysis_import_warm_up() -> threading.Thread:
+    def import_the_analysis() -> None:
+        # scikit-learn and SciPy take over a second to import: paid once per server, before the first
+        # dataset is opened, it stays off the first analysis a user waits for.
+        importlib.import_module("core.retrieval.pipeline")
+
+    thread = threading.Thread(target=import_the_analysis, name="analysis-import", daemon=True)
+    thread.start()
+    return thread
+
+
 def start_background_work(ws: Workspace) -> None:
-    """Load the workspace's model, then compile UMAP, in background threads, and start the analysis of an active
-    Parquet dataset (its vectors need no model): no page waits for them unless it needs them."""
+    """Import the analysis, load the workspace's model, then compile UMAP, in background threads, and start the
+    analysis of an active Parquet dataset (its vectors need no model): no page waits for them unless it needs them."""
+    _analysis_import_warm_up()
     chosen = chosen_model(ws)
     model_shelf().start(chosen)
     entry = datasets(ws).active()
