@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from bench.fixtures import EmbeddingSpace, retrieval_embeddings
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio, peak_rss_mb, run_python
+from core.embedding.clip import usable_cores
 from core.records import TEST, TRAIN
 from core.retrieval.index import EXACT_UP_TO, VectorIndex
 from core.retrieval.screen import SCREEN_MARGIN
@@ -92,6 +94,7 @@ def _product_size(section: Section, plan) -> None:
 def _screened(section: Section, plan) -> None:
     """IndexFlatIP on its own against the exact index as it now runs (bf16 screen where it pays), side by side."""
     rows, checks = [], []
+    load = os.getloadavg()[0]
     for size, (n_test, n_classes) in plan["screen_sizes"].items():
         embeddings = retrieval_embeddings(n_test, n_classes)
         train, test = embeddings.subset(TRAIN).vectors, embeddings.subset(TEST).vectors
@@ -134,7 +137,9 @@ def _screened(section: Section, plan) -> None:
         f"torch multiplies the queries by the centred rows in bf16, keeps each query's top k + {SCREEN_MARGIN} rows, "
         "re-ranks them in fp32 and certifies that no row left out could beat the k-th (a derived bound on the bf16 "
         "error); queries it cannot certify are searched "
-        "again with FAISS. Index build included; synthetic CLIP-like 512-d vectors of the dashboard bench's shape.",
+        "again with FAISS. Index build included; synthetic CLIP-like 512-d vectors of the dashboard bench's shape. "
+        f"Load average {load:.1f} on the {usable_cores()} usable cores when this started: other processes on the "
+        "cores slow both contenders, and not evenly.",
         table(["size (test × train)", "FAISS flat", "screened exact", "speed-up", f"recall@{K} vs FAISS", "searched again with FAISS"], rows),
     )
     for size, timings, ratio, recall, only_ties, fallback in checks:
@@ -151,6 +156,7 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
     from core.io.parquet import write_embeddings
 
     n_test, n_classes = SCREEN_SIZES["130k"]
+    load = os.getloadavg()[0]
     path = work / "130k.parquet"
     if not path.exists():
         work.mkdir(parents=True, exist_ok=True)
@@ -167,7 +173,8 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
         f"**The first analysis at 130k** ({n_test:,} test against {3 * n_classes:,} train, nothing stored), timed in "
         f"Python as `python -m bench --only ui` times it (`bench.ui._first_analysis_in_python`), each run in a fresh "
         f"process (so the screen's once-per-process bf16 timing and torch import are included), {rounds} runs each in "
-        "alternating order, medians. \"FAISS flat\" turns the screen off (`SCREEN_MIN_SPEEDUP` set to infinity).",
+        f"alternating order, medians; load average {load:.1f} when this started. \"FAISS flat\" turns the screen off "
+        "(`SCREEN_MIN_SPEEDUP` set to infinity).",
         table(
             ["step", "FAISS flat (before)", "bf16 screen (now)", "speed-up"],
             [
