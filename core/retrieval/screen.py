@@ -101,7 +101,8 @@ class Screen:
         import torch
 
         rows = np.arange(len(self.vectors)) if allowed is None else np.flatnonzero(allowed)
-        screened_rows = self._bf16 if allowed is None else self._bf16[torch.from_numpy(rows)]
+        # Dimensions × rows, contiguous: oneDNN multiplies it about twice as fast as a transposed view.
+        columns = (self._bf16 if allowed is None else self._bf16[torch.from_numpy(rows)]).T.contiguous()
         m = candidates_for(k, len(rows))
         similarities, indices = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
         uncertain = []
@@ -109,7 +110,7 @@ class Screen:
             chunk = queries[start : start + SCREEN_QUERIES_PER_BLOCK]
             # A copy: the queries may be read-only, which torch warns about (it is fast, unlike torch.tensor).
             chunk_bf16 = torch.from_numpy(chunk.copy()).bfloat16()
-            screened = torch.topk(torch.matmul(chunk_bf16, screened_rows.T), m, dim=1)
+            screened = torch.topk(torch.matmul(chunk_bf16, columns), m, dim=1)
             if m < len(rows):
                 top = screened.values.float().numpy()
                 certain = self._certain(chunk, chunk_bf16, top[:, k - 1], top[:, -1])
