@@ -44,7 +44,7 @@ STEPS = [
     ("slider_p90", "slider key press → Threshold metric updated, p90"),
     ("round_trip", "… the same presses timed by the test driver (press, read the slider, see the metric), median"),
     ("browser_busy", "… Chromium's main thread busy in long tasks (> 50 ms), per press"),
-    ("rested", "slider rests → charts and \"What flips\" follow (from the key press, the 0.2 s rest included)"),
+    ("rested", "slider rests → \"What flips\" follows (from the key press, the 0.2 s rest included)"),
     ("neighbours", "Neighbours: page settled with 5 cards"),
     ("evaluate", "Evaluate: MAP@5 shown"),
     ("umap", "Map, UMAP settled"),
@@ -370,8 +370,8 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
         f"reads it (the revisit row). The slider answers a key press in the browser: the page sends every slider "
         "position's figures once (`core.retrieval.threshold_steps`, a Streamlit component in `pages/live_threshold.py`), "
         "so a press runs no server code and redraws no chart, and six sessions pressing at once are six browsers "
-        "updating a few numbers. The server hears of the slider once it rests (0.2 s without a press): then the "
-        f"charts and \"What flips\" follow (the rest row). That server run, a whole Distractors page rerun at {smallest} "
+        "updating a few numbers and moving three chart markers. The server hears of the slider once it rests (0.2 s "
+        f"without a press): then \"What flips\" and the saved threshold follow (the rest row). That server run, a whole Distractors page rerun at {smallest} "
         f"timed with AppTest without a browser, takes {seconds(inside['rerun'])}; Chromium's main thread was busy "
         f"{seconds(medians[smallest]['browser_busy'])} per press in long tasks."
     )
