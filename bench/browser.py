@@ -37,6 +37,14 @@ def wait_for_run(tab: Page, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
     expect(tab.get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout_ms)
 
 
+def wait_for_rest(tab: Page, threshold: str, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+    """Wait until the server has taken the threshold the slider rests on (its "What flips" names it) and its run ends.
+
+    Until then the browser shows the server's previous run, whose images the next run replaces."""
+    expect(tab.get_by_text(f"and {threshold}")).to_be_visible(timeout=timeout_ms)
+    wait_for_run(tab, timeout_ms)
+
+
 def url_path(url: str) -> str:
     return urlparse(url).path.strip("/")
 

@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from bench.browser import (
     READ_KEY_PRESSES, RECORD_KEY_PRESSES, REPORT_DELAY_MS, VIEWPORT, concurrent_slider_presses, metric, open_page, press_seconds,
-    threshold_slider, wait_for_run,
+    threshold_slider, wait_for_rest, wait_for_run,
 )
 from bench.fixtures import retrieval_embeddings
 from bench.report import Section, seconds, table
@@ -143,8 +143,7 @@ def _press_slider(tab: Page, walk: Walk) -> None:
     wait_for_run(tab, WAIT_MS)
     started = time.perf_counter()
     slider.press("ArrowRight")
-    expect(tab.get_by_text(f"and {float(slider.input_value()):.3f}", exact=False)).to_be_visible(timeout=WAIT_MS)
-    wait_for_run(tab, WAIT_MS)
+    wait_for_rest(tab, f"{float(slider.input_value()):.3f}", WAIT_MS)
     walk.timings["rested"] = time.perf_counter() - started
     walk.timings["slider_median"] = statistics.median(walk.slider)
     walk.timings["slider_p90"] = statistics.quantiles(walk.slider, n=10)[-1]

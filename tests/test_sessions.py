@@ -39,6 +39,7 @@ from bench.browser import (
     metric,
     open_page,
     threshold_slider,
+    wait_for_rest,
     wait_for_run,
 )
 from core.records import TEST
@@ -231,7 +232,7 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
                 expect(metric(tab, "Threshold")).to_have_text(shown, timeout=RUN_TIMEOUT_MS)
         chosen = {dataset: metric(tab, "Threshold").inner_text() for dataset, tab in tabs.items()}
         for dataset, tab in tabs.items():  # the server has the threshold once the slider has rested
-            expect(tab.get_by_text(f"and {chosen[dataset]}")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+            wait_for_rest(tab, chosen[dataset])
         assert len(set(chosen.values())) == 2
 
         for dataset, tab in tabs.items():
