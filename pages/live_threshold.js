@@ -86,16 +86,14 @@ function buildChart(spec, data) {
     root.append(shape("path", { d: `M${points.join(" L")}`, class: "rl-line" }));
   }
   // The legend sits under the title, side by side, clear of the plot and its marker.
+  if (spec.best) legend.push(["rl-best", spec.best.label]);
   legend.forEach(([className, name], item) => {
     const left = LEFT + item * (W - LEFT - RIGHT) / 2;
     root.append(shape("rect", { x: left, y: 25, width: 12, height: 8, class: className }));
     root.append(shape("text", { x: left + 16, y: 33, class: "rl-tick" }, name));
   });
-  if (spec.best) {
-    root.append(shape("circle", { cx: x(spec.best.x), cy: y(spec.best.y), r: 5, class: "rl-best" }));
-    // Under the curve: the moving marker's words are at the top of the plot.
-    root.append(labelled(shape("text", { y: y(spec.best.y) + 18, class: "rl-best-label" }, spec.best.label), x(spec.best.x)));
-  }
+  // The best point's words go in the legend, where the moving marker's words never cover them.
+  if (spec.best) root.append(shape("circle", { cx: x(spec.best.x), cy: y(spec.best.y), r: 5, class: "rl-best" }));
 
   const marker = shape("line", { y1: TOP, y2: y(0), class: "rl-marker" });
   const dot = spec.line ? shape("circle", { r: 4, class: "rl-dot" }) : null;
