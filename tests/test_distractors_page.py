@@ -9,7 +9,7 @@ from core.retrieval.validation import conformal_threshold
 from core.retrieval.placement import PLACEMENTS
 from core.session.workspace import Workspace
 from test_pages import (  # noqa: F401 (fresh_server is autouse)
-    assert_ran, displayed, fresh_server, live_slider, metric_values, run_page, set_threshold_by_contamination, slider_metrics, slider_value,
+    assert_ran, displayed, fresh_server, live_slider, metrics, run_page, set_threshold_by_contamination, slider_metrics, slider_value,
 )
 
 
@@ -129,5 +129,5 @@ def test_every_page_scores_at_the_threshold_the_slider_shows():
     assert_ran(evaluate)
     shown = slider_metrics(distractors)
     assert float(shown["Threshold"]) == slider_value(distractors)
-    assert float(shown["MAP@5"]) == pytest.approx(float(metric_values(evaluate)["MAP@5"]), abs=5e-4)  # Evaluate shows 3 decimals
+    assert float(shown["MAP@5"]) == pytest.approx(float(metrics(evaluate)["MAP@5"]), abs=5e-4)  # Evaluate shows 3 decimals
     assert any(f"**{shown['Threshold']}**" in caption.value for caption in evaluate.caption)

@@ -280,7 +280,7 @@ def test_the_data_page_adds_a_saved_folder_with_chosen_columns_and_says_why_a_hu
     import shutil
 
     import streamlit as st
-    from test_pages import assert_ran, displayed, metric_values, run_page
+    from test_pages import assert_ran, displayed, metrics, run_page
 
     root = tmp_path / "data-root"
     shutil.copytree(custom, root / "custom")
@@ -296,11 +296,11 @@ def test_the_data_page_adds_a_saved_folder_with_chosen_columns_and_says_why_a_hu
     next(button for button in app.run().button if button.label == "Add Hugging Face dataset").click().run()
     assert_ran(app)
     assert app.selectbox[0].value == "custom"
-    values = metric_values(app)
+    values = metrics(app)
     assert (values["Train images"], values["Train classes"], values["Test images"]) == ("3", "2", "2")
     embedded = run_page("embed", "hugging1")  # the other pages read the same choice from the workspace
     assert_ran(embedded)
-    assert metric_values(embedded)["Vectors"] == "5"
+    assert metrics(embedded)["Vectors"] == "5"
 
 
 def test_the_workspace_adds_only_saved_folders_under_the_data_root(saved, tmp_path, workspace, monkeypatch):

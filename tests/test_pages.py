@@ -317,10 +317,6 @@ def test_the_ensemble_weight_search_shows_every_step(tiny_clip_dir):
     assert len(Workspace(workspace_id).get("ensemble")) == 1
 
 
-def metric_values(app: AppTest) -> dict[str, str]:
-    return {metric.label: metric.value for metric in app.metric}
-
-
 def live_slider(app: AppTest) -> dict:
     """The Distractors page's live slider as the browser gets it: its position and every figure at every position."""
     (element,) = app.get("bidi_component")
@@ -348,7 +344,7 @@ def set_threshold_by_contamination(app: AppTest, share: float) -> float:
 def test_data_page_counts_the_demo_and_shows_its_gallery():
     app = run_page("data")
     assert_ran(app)
-    values = metric_values(app)
+    values = metrics(app)
     assert (values["Train images"], values["Train classes"], values["Files refused"]) == ("36", "12", "0")
     assert len(app.image) == 24  # the first gallery page
 
@@ -377,7 +373,7 @@ def test_data_page_adds_an_uploaded_zip_and_names_every_refused_file(tmp_path):
     refused = app.dataframe[-1].value
     reasons = dict(zip(refused["file"], refused["reason"]))
     assert any("escape.jpg" in name for name in reasons) and any("notes.jpg" in name for name in reasons)
-    assert metric_values(app)["Train images"] == "36"  # the non-image beside them is refused, not counted
+    assert metrics(app)["Train images"] == "36"  # the non-image beside them is refused, not counted
     assert Workspace("upload1").get("dataset") == "uploaded shapes"
 
 
@@ -396,10 +392,10 @@ def test_data_page_opens_only_folders_under_the_data_root(tmp_path, monkeypatch)
 
 
 def test_embed_page_counts_computed_then_cached_vectors():
-    first = metric_values(run_page("embed"))
+    first = metrics(run_page("embed"))
     assert int(first["Vectors"]) == 172 and int(first["Computed"]) > 0
     st.cache_resource.clear()  # a server restart: the SQLite cache still holds every vector
-    second = metric_values(run_page("embed"))
+    second = metrics(run_page("embed"))
     assert (second["Computed"], second["From cache"]) == ("0", first["Vectors"])
 
 
