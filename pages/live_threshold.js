@@ -134,7 +134,7 @@ function build(root, data) {
   head.append(view.shown);
   panel.append(head);
   view.input = element("input", "rl-slider");
-  Object.assign(view.input, { type: "range", min: data.low, max: data.high, step: data.step });
+  Object.assign(view.input, { type: "range", min: data.low, max: data.high, step: 10 ** -data.decimals });
   view.input.setAttribute("aria-label", data.label);
   const ends = element("div", "rl-slider-ends");
   ends.append(element("span", "", data.low.toFixed(data.decimals)), element("span", "", data.high.toFixed(data.decimals)));
@@ -188,8 +188,8 @@ function build(root, data) {
 
 function position(view) {
   const { data } = view;
-  const index = Math.round((Number(view.input.value) - data.low) / data.step);
-  return Math.min(Math.max(index, 0), data.positions - 1);
+  const index = Math.round((Number(view.input.value) - data.low) * 10 ** data.decimals);
+  return Math.min(Math.max(index, 0), data.thresholds.length - 1);
 }
 
 function show(view) {

@@ -86,10 +86,8 @@ def live_threshold(
     figures = {
         "label": label,
         "decimals": decimals,
-        "step": 10.0**-decimals,
         "low": steps.low,
         "high": steps.high,
-        "positions": len(steps.thresholds),
         "thresholds": [f"{threshold:.{decimals}f}" for threshold in steps.thresholds],
         "rows": [[asdict(metric) for metric in row] for row in rows],
         "ranks": asdict(ranks),
