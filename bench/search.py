@@ -171,7 +171,7 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
     figures = {search: {step: median([run[step] for run in found]) for step, _ in steps} for search, found in runs.items()}
     section.add(
         f"**The first analysis at 130k** ({n_test:,} test against {3 * n_classes:,} train, nothing stored), timed in "
-        f"Python as `python -m bench --only ui` times it (`bench.ui._first_analysis_in_python`), each run in a fresh "
+        f"Python as `python -m bench --only ui` times it (`bench.ui.first_analysis_in_python`), each run in a fresh "
         f"process (so the screen's once-per-process bf16 timing and torch import are included), {rounds} runs each in "
         f"alternating order, medians; load average {load:.1f} when this started. \"FAISS flat\" turns the screen off "
         "(`SCREEN_MIN_SPEEDUP` set to infinity).",
@@ -192,12 +192,12 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
 
 def _first_analysis_case(search: str, path: str) -> dict[str, float]:
     """bench.ui's first-analysis timings in this process, with the screen off for "flat"."""
-    from bench.ui import _first_analysis_in_python
+    from bench.ui import first_analysis_in_python
     from core.retrieval import screen
 
     if search == "flat":
         screen.SCREEN_MIN_SPEEDUP = float("inf")
-    return _first_analysis_in_python(Path(path))
+    return first_analysis_in_python(Path(path))
 
 
 def _balance_case(labelling: str, n_train: int, n_queries: int, dim: int, class_size: int) -> dict[str, float]:

@@ -268,13 +268,13 @@ def run(work: Path, quick: bool) -> Section:
     largest = list(SIZES)[-1]
     print(f"[bench] ui: the first analysis of {largest} and a slider move at {list(SIZES)[0]}, in Python", flush=True)
     inside = {
-        "analysis": _first_analysis_in_python(data / inputs[largest]),
+        "analysis": first_analysis_in_python(data / inputs[largest]),
         "rerun": _page_rerun_in_python(work / "apptest-home", data, inputs[list(SIZES)[0]]),
     }
     return _report(walks, rounds, inside)
 
 
-def _first_analysis_in_python(path: Path) -> dict[str, float]:
+def first_analysis_in_python(path: Path) -> dict[str, float]:
     """Seconds of a cold analysis (no stored searches) and of its two searches on their own, in this process."""
     from core.io.parquet import read_embeddings_checked
     from core.records import TEST, TRAIN
