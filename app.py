@@ -30,5 +30,7 @@ finally:
     with sidebar:
         st.caption(f"Dataset: **{ui.plain(ui.datasets(ws).active().name)}**")
         st.caption(f"Model: **{ui.plain(ui.model_status(ws))}**")
-        st.caption(f"Workspace {ui.plain(ws.id)} — bookmark this page's address to come back to it.")
+        st.caption(
+            f"Workspace {ui.plain(ws.id)} — bookmark this page's address to come back to it."
+        )
     ui.start_background_work(ws)

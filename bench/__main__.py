@@ -16,17 +16,40 @@ from bench.report import Section, write_report
 from bench.timing import machine_line, peak_rss_mb
 from core.embedding.config import DEVICES
 
-SECTIONS = ("embedding", "slider", "search", "projection", "memory", "scale", "first_paint", "quality", "ui")
+SECTIONS = (
+    "embedding",
+    "slider",
+    "search",
+    "projection",
+    "memory",
+    "scale",
+    "first_paint",
+    "quality",
+    "ui",
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (about 3 minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes and fewer repeats (about 3 minutes)"
+    )
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these benchmarks")
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="where to write the report")
-    parser.add_argument("--work-dir", type=Path, help="keep generated inputs here between runs (default: a temporary folder)")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the embedding section runs its models (default: auto, a GPU where torch sees one)")
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "BENCHMARKS.md", help="where to write the report"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep generated inputs here between runs (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="where the embedding section runs its models (default: auto, a GPU where torch sees one)",
+    )
     args = parser.parse_args(argv)
 
     quiet_transformers()
@@ -44,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(f"bench.{name}")
             on_device = {"device": args.device} if name == "embedding" else {}
             sections.append(module.run(work / name, args.quick, **on_device))
-            print(f"[bench] {name} done in {time.perf_counter() - section_started:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"[bench] {name} done in {time.perf_counter() - section_started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,9 @@ from playwright.sync_api import Page, expect
 
 from bench.served import CHROMIUM, CHROMIUM_ARGS
 
-RUN_TIMEOUT_MS = 120_000  # a first run embeds the demo and may compile UMAP (numba) on 2 shared cores
+RUN_TIMEOUT_MS = (
+    120_000  # a first run embeds the demo and may compile UMAP (numba) on 2 shared cores
+)
 ACTION_TIMEOUT_MS = 30_000
 VIEWPORT = {"width": 1440, "height": 1000}
 THRESHOLD_SLIDER = "Distractor threshold"  # the Distractors page's slider, by its label
@@ -65,9 +67,13 @@ def page_title(tab: Page):
 def metric(tab: Page, label: str):
     """The value of the metric labelled exactly `label`: an st.metric, or one under the live threshold slider."""
     labelled = tab.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
-    streamlit_metric = tab.get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
+    streamlit_metric = (
+        tab.get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
+    )
     live_label = tab.locator(".rl-label").get_by_text(label, exact=True)
-    return streamlit_metric.or_(tab.locator(".rl-metric").filter(has=live_label).locator(".rl-value"))
+    return streamlit_metric.or_(
+        tab.locator(".rl-metric").filter(has=live_label).locator(".rl-value")
+    )
 
 
 def count_shown(text: str) -> int:
@@ -101,12 +107,19 @@ REPORT_DELAY_MS = 500  # Chromium hands event entries to observers in batches, a
 def press_seconds(reported_ms: list[float], presses: int) -> list[float]:
     """Seconds from each of `presses` key presses to the screen showing its result, from RECORD_KEY_PRESSES."""
     if len(reported_ms) > presses:
-        raise ValueError(f"{len(reported_ms)} interactions reported for {presses} key presses: something else was pressed")
+        raise ValueError(
+            f"{len(reported_ms)} interactions reported for {presses} key presses: something else was pressed"
+        )
     return [ms / 1000 for ms in reported_ms] + [UNREPORTED_PRESS_S] * (presses - len(reported_ms))
 
 
 async def _slider_session(
-    browser, app_url: str, workspace_id: str, steps: int, latencies: list[float], everyone_ready: asyncio.Barrier
+    browser,
+    app_url: str,
+    workspace_id: str,
+    steps: int,
+    latencies: list[float],
+    everyone_ready: asyncio.Barrier,
 ) -> None:
     """One user: open the Distractors page, wait for the others to have theirs open, then press → `steps` times,
     each until the new threshold shows, timed in the page from the key event to the next paint."""
@@ -117,8 +130,12 @@ async def _slider_session(
         await tab.goto(f"{app_url}/distractors?ws={workspace_id}")
         threshold, slider = metric(tab, "Threshold"), threshold_slider(tab)
         await expect_async(threshold).to_be_visible(timeout=RUN_TIMEOUT_MS)
-        await expect_async(tab.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning", timeout=RUN_TIMEOUT_MS)
-        await everyone_ready.wait()  # the sessions press at once, not while others are still opening the page
+        await expect_async(tab.get_by_test_id("stApp")).to_have_attribute(
+            "data-test-script-state", "notRunning", timeout=RUN_TIMEOUT_MS
+        )
+        await (
+            everyone_ready.wait()
+        )  # the sessions press at once, not while others are still opening the page
         await tab.evaluate(RECORD_KEY_PRESSES)
         await slider.focus()
         for _ in range(steps):
@@ -133,15 +150,24 @@ async def _slider_session(
         await context.close()
 
 
-async def concurrent_slider_presses(app_url: str, workspace_ids: list[str], steps: int) -> list[float]:
+async def concurrent_slider_presses(
+    app_url: str, workspace_ids: list[str], steps: int
+) -> list[float]:
     """One browser session per workspace, each opening the Distractors page, then all pressing → `steps` times at
     once: every press's seconds from the key event to the next paint, with the new threshold shown."""
     latencies: list[float] = []
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
         try:
             everyone_ready = asyncio.Barrier(len(workspace_ids))
-            await asyncio.gather(*(_slider_session(browser, app_url, ws, steps, latencies, everyone_ready) for ws in workspace_ids))
+            await asyncio.gather(
+                *(
+                    _slider_session(browser, app_url, ws, steps, latencies, everyone_ready)
+                    for ws in workspace_ids
+                )
+            )
         finally:
             await browser.close()
     return latencies

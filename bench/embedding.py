@@ -19,8 +19,26 @@ from core.embedding.config import EmbedConfig
 from core.embedding.runner import embed_dataset, load_embedder
 from core.io.images import load_image
 
-FULL = {"photos": 64, "naive_photos": 16, "batch_sizes": (1, 8, 16, 32, 64), "sweep_rounds": 2, "rounds": 7, "bf16_rounds": 3, "runtime_photos": 512, "runtime_rounds": 3}
-QUICK = {"photos": 32, "naive_photos": 8, "batch_sizes": (1, 8, 16, 32), "sweep_rounds": 2, "rounds": 3, "bf16_rounds": 2, "runtime_photos": 96, "runtime_rounds": 2}
+FULL = {
+    "photos": 64,
+    "naive_photos": 16,
+    "batch_sizes": (1, 8, 16, 32, 64),
+    "sweep_rounds": 2,
+    "rounds": 7,
+    "bf16_rounds": 3,
+    "runtime_photos": 512,
+    "runtime_rounds": 3,
+}
+QUICK = {
+    "photos": 32,
+    "naive_photos": 8,
+    "batch_sizes": (1, 8, 16, 32),
+    "sweep_rounds": 2,
+    "rounds": 3,
+    "bf16_rounds": 2,
+    "runtime_photos": 96,
+    "runtime_rounds": 2,
+}
 # Issue #15: a fresh `embed` with the defaults at this multiple of the fp32 pipeline or more.
 DEFAULT_SPEEDUP_TARGET = 1.7
 
@@ -41,14 +59,18 @@ class NaiveClip:
 
     def embed(self, path: Path) -> np.ndarray:
         image = Image.open(path).convert("RGB")
-        return self.embed_prepared(self.processor(images=image, return_tensors="np")["pixel_values"])[0]
+        return self.embed_prepared(
+            self.processor(images=image, return_tensors="np")["pixel_values"]
+        )[0]
 
     def embed_prepared(self, inputs: np.ndarray) -> np.ndarray:
         """Unit image vectors straight from transformers' get_image_features: the model as shipped."""
         import torch
 
         with torch.inference_mode():
-            output = self.model.get_image_features(pixel_values=torch.from_numpy(inputs).to(self.device))
+            output = self.model.get_image_features(
+                pixel_values=torch.from_numpy(inputs).to(self.device)
+            )
         features = output if isinstance(output, torch.Tensor) else output.pooler_output
         return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
 
@@ -80,24 +102,37 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
 
     device = _pick_device(device)
     plan = QUICK if quick else FULL
-    section = Section("1. Embedding (ViT-B/32, JPEG bytes → unit vector) and 5. Cache", "1, 5. Embedding, cache")
+    section = Section(
+        "1. Embedding (ViT-B/32, JPEG bytes → unit vector) and 5. Cache", "1, 5. Embedding, cache"
+    )
     checkpoint = clip_checkpoint(work.parent / "clip-vit-b32-random")
     photos = write_photos(work.parent / "photos", plan["photos"])
     dataset = Dataset("photos", [Item(path.name, TEST, None, path) for path in photos])
     naive = NaiveClip(checkpoint, device)
-    embedder = load_embedder(EmbedConfig(model=str(checkpoint), precision="fp32", device=device))  # the fp32 rows; bf16 is measured apart
+    embedder = load_embedder(
+        EmbedConfig(model=str(checkpoint), precision="fp32", device=device)
+    )  # the fp32 rows; bf16 is measured apart
     default_batch = embedder.default_batch_size()
-    inputs = {size: np.random.default_rng(size).standard_normal((size, 3, 224, 224)).astype(np.float32) for size in plan["batch_sizes"]}
+    inputs = {
+        size: np.random.default_rng(size).standard_normal((size, 3, 224, 224)).astype(np.float32)
+        for size in plan["batch_sizes"]
+    }
 
     def model_only(model, size: int, images: int):
         calls = math.ceil(images / size)
         return lambda: [model.embed_prepared(inputs[size]) for _ in range(calls)]
 
     for model in (naive, embedder):
-        model_only(model, default_batch, default_batch)()  # first call allocates; keep it out of the timings
+        model_only(
+            model, default_batch, default_batch
+        )()  # first call allocates; keep it out of the timings
     n = len(photos)
-    sweep = interleaved({size: model_only(naive, size, n) for size in plan["batch_sizes"]}, plan["sweep_rounds"])
-    sweep_rates = {size: math.ceil(n / size) * size / median(times) for size, times in sweep.items()}
+    sweep = interleaved(
+        {size: model_only(naive, size, n) for size in plan["batch_sizes"]}, plan["sweep_rounds"]
+    )
+    sweep_rates = {
+        size: math.ceil(n / size) * size / median(times) for size, times in sweep.items()
+    }
     best = max(sweep_rates, key=sweep_rates.get)
 
     caches: list[EmbeddingCache] = []
@@ -105,7 +140,10 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
 
     def pipeline():
         path = work / f"cache-{len(caches)}.sqlite"
-        for suffix in ("", *SIDECAR_SUFFIXES):  # a kept --work-dir must not hand this run a warm cache
+        for suffix in (
+            "",
+            *SIDECAR_SUFFIXES,
+        ):  # a kept --work-dir must not hand this run a warm cache
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         cache = EmbeddingCache(path)
         caches.append(cache)
@@ -131,7 +169,9 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
         "tower": [tower_images / s for s in main["tower"]],
         "pipeline": [n / s for s in main["pipeline"]],
     }
-    tower_difference = float(np.abs(embedder.embed_prepared(inputs[best]) - naive.embed_prepared(inputs[best])).max())
+    tower_difference = float(
+        np.abs(embedder.embed_prepared(inputs[best]) - naive.embed_prepared(inputs[best])).max()
+    )
     cached_seconds = []
     for cache in caches:
         run_again = embed_dataset(dataset, embedder, cache)
@@ -158,26 +198,51 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
         "**Model-only batch sweep** (transformers' `get_image_features` on random tensors, fp32):",
         table(
             ["batch size", "images/s", "vs best"],
-            [[size, f"{rate:.1f}", f"{rate / sweep_rates[best]:.2f}"] for size, rate in sweep_rates.items()],
+            [
+                [size, f"{rate:.1f}", f"{rate / sweep_rates[best]:.2f}"]
+                for size, rate in sweep_rates.items()
+            ],
         ),
         table(
             ["contender", "images/s (median)", "rounds", "what it does"],
             [
-                ["(a) naive", f"{median(rates['naive']):.1f}", len(rates["naive"]), "PIL full decode → CLIPProcessor → CLIPModel, one image at a time"],
-                ["(b) model-only ceiling", f"{median(rates['ceiling']):.1f}", len(rates["ceiling"]), f"transformers' `get_image_features`, random tensors, batch {best} (best of the sweep)"],
-                ["(b′) the project's image tower", f"{median(rates['tower']):.1f}", len(rates["tower"]), f"`ClipEmbedder.embed_prepared` (last layer for the CLS token only), random tensors, batch {default_batch}"],
-                ["(c) pipeline", f"{median(rates['pipeline']):.1f}", len(rates["pipeline"]), f"`embed_dataset`, default settings (batch {default_batch}, fp32), files → SQLite cache"],
-                ["(c) again, cached", f"{n / median(cached_seconds):.0f}", len(cached_seconds), "same files, same cache: hashing and one SQLite read"],
+                [
+                    "(a) naive",
+                    f"{median(rates['naive']):.1f}",
+                    len(rates["naive"]),
+                    "PIL full decode → CLIPProcessor → CLIPModel, one image at a time",
+                ],
+                [
+                    "(b) model-only ceiling",
+                    f"{median(rates['ceiling']):.1f}",
+                    len(rates["ceiling"]),
+                    f"transformers' `get_image_features`, random tensors, batch {best} (best of the sweep)",
+                ],
+                [
+                    "(b′) the project's image tower",
+                    f"{median(rates['tower']):.1f}",
+                    len(rates["tower"]),
+                    f"`ClipEmbedder.embed_prepared` (last layer for the CLS token only), random tensors, batch {default_batch}",
+                ],
+                [
+                    "(c) pipeline",
+                    f"{median(rates['pipeline']):.1f}",
+                    len(rates["pipeline"]),
+                    f"`embed_dataset`, default settings (batch {default_batch}, fp32), files → SQLite cache",
+                ],
+                [
+                    "(c) again, cached",
+                    f"{n / median(cached_seconds):.0f}",
+                    len(cached_seconds),
+                    "same files, same cache: hashing and one SQLite read",
+                ],
             ],
         ),
         "**Per-image decode and preprocessing**, one thread, against the model's time per image at the ceiling "
         f"({model_ms:.1f} ms):",
         table(
             ["path", "ms per image", "share of model time"],
-            [
-                [name, f"{ms:.2f}", f"{ms / model_ms:.1%}"]
-                for name, ms in costs.items()
-            ],
+            [[name, f"{ms:.2f}", f"{ms / model_ms:.1%}"] for name, ms in costs.items()],
         ),
         f"Agreement of the pipeline (draft decode + fast preprocessing) with the naive path on the same "
         f"images: cosine median {np.median(agreement):.5f}, min {agreement.min():.5f}.",
@@ -189,13 +254,23 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
         f"run in two threads beside the model.",
     )
     fast_share = costs["draft decode + fast preprocessing (pipeline)"] / model_ms
-    section.check("(c) pipeline ≥ 0.9 × (b) model-only ceiling, fp32", f"{versus_ceiling:.2f}×", versus_ceiling >= 0.9)
-    section.check("(c) pipeline ≥ 1.8 × (a) naive", f"{versus_naive:.2f}×", versus_naive >= 1.8)
-    section.check("decode + preprocessing < 1/10 of the model's time", f"{fast_share:.1%}", fast_share < 0.1)
     section.check(
-        "fast path agrees with the processor (cosine ≥ 0.99)", f"median {np.median(agreement):.4f}, min {agreement.min():.4f}", bool(agreement.min() >= 0.99)
+        "(c) pipeline ≥ 0.9 × (b) model-only ceiling, fp32",
+        f"{versus_ceiling:.2f}×",
+        versus_ceiling >= 0.9,
     )
-    section.check("second embed of the same data ≥ 100× faster", f"{cache_speedup:.0f}×", cache_speedup >= 100)
+    section.check("(c) pipeline ≥ 1.8 × (a) naive", f"{versus_naive:.2f}×", versus_naive >= 1.8)
+    section.check(
+        "decode + preprocessing < 1/10 of the model's time", f"{fast_share:.1%}", fast_share < 0.1
+    )
+    section.check(
+        "fast path agrees with the processor (cosine ≥ 0.99)",
+        f"median {np.median(agreement):.4f}, min {agreement.min():.4f}",
+        bool(agreement.min() >= 0.99),
+    )
+    section.check(
+        "second embed of the same data ≥ 100× faster", f"{cache_speedup:.0f}×", cache_speedup >= 100
+    )
     if versus_ceiling < 0.9 or versus_naive < 1.8:
         ceiling_over_naive = median_ratio(rates["ceiling"], rates["naive"])
         section.add(
@@ -219,7 +294,9 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
     return section
 
 
-def _per_image_costs(photos: list[Path], naive: NaiveClip, embedder, rounds: int) -> dict[str, float]:
+def _per_image_costs(
+    photos: list[Path], naive: NaiveClip, embedder, rounds: int
+) -> dict[str, float]:
     """Milliseconds per image of each way from file to model input, measured side by side."""
     processor = naive.processor.image_processor
 
@@ -246,8 +323,19 @@ def _per_image_costs(photos: list[Path], naive: NaiveClip, embedder, rounds: int
     return {name: 1000 * median(times) / len(photos) for name, times in timings.items()}
 
 
-def _bf16(section: Section, checkpoint: Path, dataset: Dataset, fp32_embedder, fp32_vectors, inputs, best: int, plan) -> None:
-    half = load_embedder(EmbedConfig(model=str(checkpoint), precision="bf16", device=fp32_embedder.device))
+def _bf16(
+    section: Section,
+    checkpoint: Path,
+    dataset: Dataset,
+    fp32_embedder,
+    fp32_vectors,
+    inputs,
+    best: int,
+    plan,
+) -> None:
+    half = load_embedder(
+        EmbedConfig(model=str(checkpoint), precision="bf16", device=fp32_embedder.device)
+    )
     n = len(dataset.items)
     calls = math.ceil(n / best)
     half.embed_prepared(inputs[best])
@@ -261,7 +349,9 @@ def _bf16(section: Section, checkpoint: Path, dataset: Dataset, fp32_embedder, f
 
     times = interleaved(
         {
-            "fp32 model": lambda: [fp32_embedder.embed_prepared(inputs[best]) for _ in range(calls)],
+            "fp32 model": lambda: [
+                fp32_embedder.embed_prepared(inputs[best]) for _ in range(calls)
+            ],
             "bf16 model": lambda: [half.embed_prepared(inputs[best]) for _ in range(calls)],
             "fp32 pipeline": full_pipeline,
             "bf16 pipeline": half_pipeline,
@@ -275,12 +365,22 @@ def _bf16(section: Section, checkpoint: Path, dataset: Dataset, fp32_embedder, f
     between_photos = fp32_vectors @ fp32_vectors.T
     typical = float(np.median(between_photos[~np.eye(n, dtype=bool)]))
     section.add(
-        "**bf16** (`EmbedConfig(precision=\"bf16\")`), side by side with fp32:",
+        '**bf16** (`EmbedConfig(precision="bf16")`), side by side with fp32:',
         table(
             ["", "fp32 images/s", "bf16 images/s", "bf16 speed-up"],
             [
-                [f"model only, batch {best}", f"{calls * best / median(times['fp32 model']):.1f}", f"{calls * best / median(times['bf16 model']):.1f}", f"{model_speedup:.2f}×"],
-                ["pipeline, default settings", f"{n / median(times['fp32 pipeline']):.1f}", f"{n / median(times['bf16 pipeline']):.1f}", f"{pipeline_speedup:.2f}×"],
+                [
+                    f"model only, batch {best}",
+                    f"{calls * best / median(times['fp32 model']):.1f}",
+                    f"{calls * best / median(times['bf16 model']):.1f}",
+                    f"{model_speedup:.2f}×",
+                ],
+                [
+                    "pipeline, default settings",
+                    f"{n / median(times['fp32 pipeline']):.1f}",
+                    f"{n / median(times['bf16 pipeline']):.1f}",
+                    f"{pipeline_speedup:.2f}×",
+                ],
             ],
         ),
         f"Agreement with fp32 on the same {n} photos: cosine median {np.median(cosines):.4f} (min "
@@ -291,7 +391,7 @@ def _bf16(section: Section, checkpoint: Path, dataset: Dataset, fp32_embedder, f
     )
     holds = bool(np.median(cosines) >= 0.99)
     section.check(
-        "bf16: speed-up reported; median cosine to fp32 ≥ 0.99 (offered as `precision=\"bf16\"`)",
+        'bf16: speed-up reported; median cosine to fp32 ≥ 0.99 (offered as `precision="bf16"`)',
         f"{model_speedup:.2f}× (model), cosine {np.median(cosines):.4f}, top-5 overlap {overlap:.0%}",
         holds,
     )
@@ -313,7 +413,15 @@ def _runtimes(section: Section, checkpoint: Path, work: Path, plan, device: str)
     configs = {
         "torch fp32": EmbedConfig(model=str(checkpoint), precision="fp32", device=device),
         "torch bf16": EmbedConfig(model=str(checkpoint), precision="bf16", device=device),
-        **({"OpenVINO bf16 (checked)": EmbedConfig(model=str(checkpoint), precision="bf16", runtime="openvino")} if device == "cpu" else {}),
+        **(
+            {
+                "OpenVINO bf16 (checked)": EmbedConfig(
+                    model=str(checkpoint), precision="bf16", runtime="openvino"
+                )
+            }
+            if device == "cpu"
+            else {}
+        ),
         "default: precision and runtime auto": EmbedConfig(model=str(checkpoint), device=device),
     }
     converted = workspace_home() / OPENVINO_FOLDER
@@ -323,7 +431,9 @@ def _runtimes(section: Section, checkpoint: Path, work: Path, plan, device: str)
     embed_dataset(Dataset("one batch", dataset.items[: first.default_batch_size()]), first, None)
     first_run_seconds = time.perf_counter() - started
     # A check settles once per embedder: every round gets fresh ones, loaded before the clock starts.
-    embedders = [{name: load_embedder(config) for name, config in configs.items()} for _ in range(rounds)]
+    embedders = [
+        {name: load_embedder(config) for name, config in configs.items()} for _ in range(rounds)
+    ]
     produced: dict[str, np.ndarray] = {}
     notes: dict[str, str] = {}
 
@@ -352,18 +462,33 @@ def _runtimes(section: Section, checkpoint: Path, work: Path, plan, device: str)
                 notes[name].removeprefix("precision: "),
             ]
         )
-    default_speedup = median_ratio(times["torch fp32"], times["default: precision and runtime auto"])
+    default_speedup = median_ratio(
+        times["torch fp32"], times["default: precision and runtime auto"]
+    )
 
     model = first._model
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         _image_features(model, torch.zeros((1, 3, 224, 224), device=first.device))
     flops_per_image = counter.get_total_flops()
-    peaks = {dtype: _matmul_flops_per_second(dtype, first.device) for dtype in (torch.float32, torch.bfloat16)}
+    peaks = {
+        dtype: _matmul_flops_per_second(dtype, first.device)
+        for dtype in (torch.float32, torch.bfloat16)
+    }
     section.add(
         f"**Precisions and runtimes, whole runs** (`embed_dataset`, {n} photos, no cache, a fresh embedder per run so "
         f"every checked runner pays its first-batch check; {rounds} rounds side by side). Cosine and top-5 are "
         f"against torch fp32 on the same photos:",
-        table(["runner", "images/s", "vs torch fp32", "cosine median / min", "top-5 agreement", "what the run said"], rows),
+        table(
+            [
+                "runner",
+                "images/s",
+                "vs torch fp32",
+                "cosine median / min",
+                "top-5 agreement",
+                "what the run said",
+            ],
+            rows,
+        ),
         f"The first run of the default on a model ever (one batch, the OpenVINO conversion included, then kept under "
         f"the workspace home) took {first_run_seconds:.1f} s. ONNX Runtime was measured against these once, by hand, "
         f"on the same tower (batch 32, random tensors, a busy machine): fp32 0.71× and dynamic int8 1.40× torch bf16, "
@@ -381,14 +506,20 @@ def _runtimes(section: Section, checkpoint: Path, work: Path, plan, device: str)
     )
     if "OpenVINO bf16 (checked)" in times:
         openvino_over_bf16 = median_ratio(times["torch bf16"], times["OpenVINO bf16 (checked)"])
-        section.check("OpenVINO ≥ 1.3 × torch bf16 with the same checks, or it is not kept", f"{openvino_over_bf16:.2f}×", openvino_over_bf16 >= 1.3)
+        section.check(
+            "OpenVINO ≥ 1.3 × torch bf16 with the same checks, or it is not kept",
+            f"{openvino_over_bf16:.2f}×",
+            openvino_over_bf16 >= 1.3,
+        )
 
 
 def _matmul_flops_per_second(dtype, device: str, size: int = 2048, repeats: int = 5) -> float:
     import torch
 
     left, right = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # GPU work is asynchronous
+    wait = (
+        torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    )  # GPU work is asynchronous
     left @ right  # first call allocates and picks kernels
     wait()
     started = time.perf_counter()

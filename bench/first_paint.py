@@ -38,17 +38,26 @@ def _cold_start(browser, script: Path, title: str, home: Path) -> dict[str, floa
             main = tab.get_by_test_id("stMain")
             expect(main.locator("h1").filter(has_text=title).first).to_be_visible(timeout=WAIT_MS)
             painted_at = time.perf_counter()
-            expect(tab.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning", timeout=WAIT_MS)
+            expect(tab.get_by_test_id("stApp")).to_have_attribute(
+                "data-test-script-state", "notRunning", timeout=WAIT_MS
+            )
             expect(tab.get_by_test_id("stSkeleton")).to_have_count(0, timeout=WAIT_MS)
             settled_at = time.perf_counter()
         finally:
             context.close()
-    return {"health": healthy_at - started, "paint": painted_at - healthy_at, "settled": settled_at - healthy_at}
+    return {
+        "health": healthy_at - started,
+        "paint": painted_at - healthy_at,
+        "settled": settled_at - healthy_at,
+    }
 
 
 def run(work: Path, quick: bool) -> Section:
     work.mkdir(parents=True, exist_ok=True)
-    contenders = {"dashboard (app.py, Data page)": (Path("app.py"), "Data"), "bare Streamlit page": (_bare_app(work), BARE_TITLE)}
+    contenders = {
+        "dashboard (app.py, Data page)": (Path("app.py"), "Data"),
+        "bare Streamlit page": (_bare_app(work), BARE_TITLE),
+    }
     timings: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -57,7 +66,10 @@ def run(work: Path, quick: bool) -> Section:
                 order = list(contenders)[round_number % 2 :] + list(contenders)[: round_number % 2]
                 for name in order:
                     script, title = contenders[name]
-                    home = work / f"round{round_number}-{'bare' if script.name == 'bare_app.py' else 'app'}"
+                    home = (
+                        work
+                        / f"round{round_number}-{'bare' if script.name == 'bare_app.py' else 'app'}"
+                    )
                     timings[name].append(_cold_start(browser, script, title, home))
         finally:
             browser.close()
@@ -82,7 +94,16 @@ def run(work: Path, quick: bool) -> Section:
         f"(Playwright, already running). *Painted*: the page's title is visible; *settled*: the script run "
         f"has finished and no element is still loading. {ROUNDS} rounds, the two contenders alternating; "
         f"the bare page is Streamlit's own floor on this machine, served the same way.",
-        table(["Server", "start → healthy", "healthy → painted", "healthy → settled", "painted, each round (s)"], rows),
+        table(
+            [
+                "Server",
+                "start → healthy",
+                "healthy → painted",
+                "healthy → settled",
+                "painted, each round (s)",
+            ],
+            rows,
+        ),
         f"The dashboard paints in {ratio:.2f}× the bare page's time. Before: {BEFORE}.",
     )
     section.check(

@@ -34,7 +34,13 @@ def clip_checkpoint(folder: Path) -> Path:
     Random weights cost exactly the compute of trained ones. The tokenizer is the tests' byte-level BPE.
     """
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
 
     from tests.conftest import _write_byte_level_bpe
 
@@ -56,30 +62,48 @@ def clip_checkpoint(folder: Path) -> Path:
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
     # The processor's defaults are openai/clip-vit-base-patch32's: 224 px, bicubic, CLIP mean and std.
-    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer).save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer).save_pretrained(
+        folder
+    )
     return folder
 
 
-def photo_jpeg(rng: np.random.Generator, size: tuple[int, int] = (640, 480), quality: int = 90) -> bytes:
+def photo_jpeg(
+    rng: np.random.Generator, size: tuple[int, int] = (640, 480), quality: int = 90
+) -> bytes:
     """JPEG bytes of a photo-like picture: a lit gradient, soft-edged shapes and sensor noise."""
     width, height = size
     # Gradients and noise are drawn small and scaled up: smooth like light, and cheap to make.
     small = (max(2, width // 8), max(2, height // 8))
     ramp_x = np.linspace(0.0, 1.0, small[0])[None, :, None]
     ramp_y = np.linspace(0.0, 1.0, small[1])[:, None, None]
-    base = rng.uniform(30, 220, 3) + ramp_x * rng.uniform(-120, 120, 3) + ramp_y * rng.uniform(-120, 120, 3)
-    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    base = (
+        rng.uniform(30, 220, 3)
+        + ramp_x * rng.uniform(-120, 120, 3)
+        + ramp_y * rng.uniform(-120, 120, 3)
+    )
+    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).resize(
+        size, Image.Resampling.BILINEAR
+    )
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(3, 9))):
         left, top = int(rng.integers(0, width)), int(rng.integers(0, height))
-        box = (left, top, left + int(rng.integers(width // 10, width // 2)), top + int(rng.integers(height // 10, height // 2)))
+        box = (
+            left,
+            top,
+            left + int(rng.integers(width // 10, width // 2)),
+            top + int(rng.integers(height // 10, height // 2)),
+        )
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
     image = image.filter(ImageFilter.BoxBlur(2))
     # A fine grating, as fabric, foliage or text give real photos detail near the pixel scale.
     period = rng.uniform(3, 12)
     left, top = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
-    patch = (np.sin(np.arange(width // 3) * (2 * np.pi / period))[None, :] * np.ones((height // 3, 1)) + 1) * 127
+    patch = (
+        np.sin(np.arange(width // 3) * (2 * np.pi / period))[None, :] * np.ones((height // 3, 1))
+        + 1
+    ) * 127
     image.paste(Image.fromarray(patch.astype(np.uint8)).convert("RGB"), (left, top))
     noise = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
     pixels = np.clip(np.asarray(image, np.int16) + noise, 0, 255).astype(np.uint8)
@@ -88,7 +112,9 @@ def photo_jpeg(rng: np.random.Generator, size: tuple[int, int] = (640, 480), qua
     return buffer.getvalue()
 
 
-def write_photos(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[Path]:
+def write_photos(
+    folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (640, 480)
+) -> list[Path]:
     """`count` photo-like JPEGs in `folder`, made once: existing files are reused."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,13 +134,19 @@ class EmbeddingSpace:
     def __init__(self, n_classes: int, dim: int = 512, seed: int = 0):
         self.rng = np.random.default_rng(seed)
         self.dim = dim
-        basis = np.linalg.qr(self.rng.standard_normal((dim, _SUBSPACE_RANK)))[0].astype(np.float32).T
+        basis = (
+            np.linalg.qr(self.rng.standard_normal((dim, _SUBSPACE_RANK)))[0].astype(np.float32).T
+        )
         shared = self.rng.standard_normal(dim).astype(np.float32)
-        superclasses = _unit(self.rng.standard_normal((_SUPERCLASSES, _SUBSPACE_RANK), dtype=np.float32) @ basis)
+        superclasses = _unit(
+            self.rng.standard_normal((_SUPERCLASSES, _SUBSPACE_RANK), dtype=np.float32) @ basis
+        )
         own = _unit(self.rng.standard_normal((n_classes, _SUBSPACE_RANK), dtype=np.float32) @ basis)
         parents = self.rng.integers(0, _SUPERCLASSES, n_classes)
         self.centres = (
-            _SHARED_WEIGHT * _unit(shared) + _SUPERCLASS_WEIGHT * superclasses[parents] + _CLASS_WEIGHT * own
+            _SHARED_WEIGHT * _unit(shared)
+            + _SUPERCLASS_WEIGHT * superclasses[parents]
+            + _CLASS_WEIGHT * own
         ).astype(np.float32)
         self.basis = basis
 
@@ -129,7 +161,8 @@ class EmbeddingSpace:
             chunk = labels[start : start + _ROWS_PER_CHUNK]
             rows = self.centres[chunk]
             rows += (_ITEM_NOISE_IN_SUBSPACE / np.sqrt(_SUBSPACE_RANK)) * (
-                self.rng.standard_normal((len(chunk), _SUBSPACE_RANK), dtype=np.float32) @ self.basis
+                self.rng.standard_normal((len(chunk), _SUBSPACE_RANK), dtype=np.float32)
+                @ self.basis
             )
             rows += (_ITEM_NOISE_ELSEWHERE / np.sqrt(self.dim)) * self.rng.standard_normal(
                 (len(chunk), self.dim), dtype=np.float32
@@ -142,7 +175,13 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
 
 
-def retrieval_embeddings(n_test: int, n_classes: int = 1000, per_class: int = 3, distractor_share: float = 0.3, seed: int = 0):
+def retrieval_embeddings(
+    n_test: int,
+    n_classes: int = 1000,
+    per_class: int = 3,
+    distractor_share: float = 0.3,
+    seed: int = 0,
+):
     """The product's shape in synthetic vectors: `per_class` train items per class, and `n_test` test
     items of which `distractor_share` come from classes that train does not have ("-1")."""
     from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
@@ -159,7 +198,9 @@ def retrieval_embeddings(n_test: int, n_classes: int = 1000, per_class: int = 3,
     )
     space.rng.shuffle(test_classes)
     classes = np.concatenate([train_classes, test_classes])
-    labels = np.array([f"class-{c}" if c < n_classes else DISTRACTOR for c in classes], dtype=object)
+    labels = np.array(
+        [f"class-{c}" if c < n_classes else DISTRACTOR for c in classes], dtype=object
+    )
     return Embeddings(
         ids=np.array([f"item-{i}" for i in range(len(classes))]),
         splits=np.array([TRAIN] * len(train_classes) + [TEST] * n_test),

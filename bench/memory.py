@@ -17,11 +17,17 @@ from core.embedding.runner import ROWS_PER_PART
 FULL = {"classes": 1000, "per_class": 3, "test": 13_000}
 QUICK = {"classes": 200, "per_class": 3, "test": 1_800}
 # A quarter of each: `embed --out FOLDER` should peak about as high on it as on the whole.
-QUARTER = {"full": {"classes": 250, "per_class": 3, "test": 3_250}, "quick": {"classes": 50, "per_class": 3, "test": 450}}
+QUARTER = {
+    "full": {"classes": 250, "per_class": 3, "test": 3_250},
+    "quick": {"classes": 50, "per_class": 3, "test": 450},
+}
 # Peak RSS of the streamed embed at 4x the images, as a share of its peak at 1x: "about equal".
 STREAM_GROWTH_LIMIT = 1.10
 TARGET_MB = 4096
-THUMBNAIL = (160, 120)  # workflow images are small: the decode cost is section 1's business, not memory's
+THUMBNAIL = (
+    160,
+    120,
+)  # workflow images are small: the decode cost is section 1's business, not memory's
 CLIP_PHOTOS = 64
 
 
@@ -33,7 +39,11 @@ def _write_dataset(folder: Path, plan) -> int:
     rng = np.random.default_rng(0)
     count = 0
     for split, n, classes in (
-        ("train", plan["classes"] * plan["per_class"], np.repeat(np.arange(plan["classes"]), plan["per_class"])),
+        (
+            "train",
+            plan["classes"] * plan["per_class"],
+            np.repeat(np.arange(plan["classes"]), plan["per_class"]),
+        ),
         ("test", plan["test"], rng.integers(0, plan["classes"], plan["test"])),
     ):
         labels = [f"class-{c}" for c in classes]
@@ -58,7 +68,9 @@ def run(work: Path, quick: bool) -> Section:
     section = Section("6. Memory: peak resident memory of the whole workflow", "6. Memory")
     dataset, n_images = _dataset(work, plan)
     home = work / "home"
-    shutil.rmtree(home, ignore_errors=True)  # the workflow starts from an empty cache, as a first run does
+    shutil.rmtree(
+        home, ignore_errors=True
+    )  # the workflow starts from an empty cache, as a first run does
     workflow = run_python(["-m", "bench.memory", "workflow", str(dataset), str(home)])
     checkpoint = clip_checkpoint(work.parent / "clip-vit-b32-random")
     photos = write_photos(work.parent / "photos", CLIP_PHOTOS)
@@ -76,12 +88,18 @@ def run(work: Path, quick: bool) -> Section:
         f"CLIP model adds to any workflow.",
         table(
             ["stage of the workflow", "seconds"],
-            [[stage.replace("_", " "), seconds(float(workflow[f"STAGE_{stage}"]))] for stage in stages],
+            [
+                [stage.replace("_", " "), seconds(float(workflow[f"STAGE_{stage}"]))]
+                for stage in stages
+            ],
         ),
         table(
             ["process", "peak RSS"],
             [
-                [f"whole workflow, baseline embedder, {n_images:,} images", f"{workflow_mb:,.0f} MB"],
+                [
+                    f"whole workflow, baseline embedder, {n_images:,} images",
+                    f"{workflow_mb:,.0f} MB",
+                ],
                 [f"ViT-B/32 embedder loaded, {CLIP_PHOTOS} photos embedded", f"{clip_mb:,.0f} MB"],
                 ["upper bound for the CLIP workflow (sum)", f"{workflow_mb + clip_mb:,.0f} MB"],
             ],
@@ -92,16 +110,31 @@ def run(work: Path, quick: bool) -> Section:
         f"peak); UMAP takes each row's nearest train rows from FAISS's brute-force top-k, which scans "
         f"in blocks; trustworthiness is only ever computed on a sample.",
     )
-    _streamed_embed(section, work, [_dataset(work, QUARTER["quick" if quick else "full"]), (dataset, n_images)], quick)
+    _streamed_embed(
+        section,
+        work,
+        [_dataset(work, QUARTER["quick" if quick else "full"]), (dataset, n_images)],
+        quick,
+    )
     total = workflow_mb + clip_mb
     if quick:
-        section.check(f"peak RSS of the whole workflow (target at 16k; quick mode ran {n_images:,} images)", f"{total:,.0f} MB (upper bound)", None)
+        section.check(
+            f"peak RSS of the whole workflow (target at 16k; quick mode ran {n_images:,} images)",
+            f"{total:,.0f} MB (upper bound)",
+            None,
+        )
     else:
-        section.check(f"peak RSS of the whole workflow on {n_images:,} images ≤ 4 GB", f"{total:,.0f} MB (upper bound)", total <= TARGET_MB)
+        section.check(
+            f"peak RSS of the whole workflow on {n_images:,} images ≤ 4 GB",
+            f"{total:,.0f} MB (upper bound)",
+            total <= TARGET_MB,
+        )
     return section
 
 
-def _streamed_embed(section: Section, work: Path, datasets: list[tuple[Path, int]], quick: bool) -> None:
+def _streamed_embed(
+    section: Section, work: Path, datasets: list[tuple[Path, int]], quick: bool
+) -> None:
     """Peak RSS of `python -m core embed` into a folder of part files and into one file, each size in a fresh process with an empty cache.
 
     Quick mode's sizes are below one part's rows, so it reports without a verdict.
@@ -111,7 +144,9 @@ def _streamed_embed(section: Section, work: Path, datasets: list[tuple[Path, int
     for dataset, _ in datasets:
         for kind, out_name in (("folder", "streamed"), ("file", "whole.parquet")):
             scratch = work / "embed-runs"
-            shutil.rmtree(scratch, ignore_errors=True)  # an empty cache and no earlier parts: every vector is computed
+            shutil.rmtree(
+                scratch, ignore_errors=True
+            )  # an empty cache and no earlier parts: every vector is computed
             scratch.mkdir(parents=True)
             command = ["-m", "bench.memory", "embed", str(dataset), str(scratch / out_name)]
             measured = run_python(command, env={"RETRIEVAL_LAB_HOME": str(scratch / "home")})
@@ -125,10 +160,25 @@ def _streamed_embed(section: Section, work: Path, datasets: list[tuple[Path, int
         f"the project makes, and no model time). Into a folder the vectors go to a part file every "
         f"{ROWS_PER_PART:,} rows and only the current rows are held; into one file they are all held until it is written.",
         table(
-            ["embed --out", *(f"{n:,} images: peak RSS, time" for n in sizes), f"peak at {sizes[1]:,} / at {sizes[0]:,}"],
             [
-                ["folder of part files (streamed, resumable)", *(f"{mb:,.0f} MB, {seconds(t)}" for mb, t in zip(peaks["folder"], runs["folder"])), f"{growth:.2f}×"],
-                ["one file `x.parquet` (in memory)", *(f"{mb:,.0f} MB, {seconds(t)}" for mb, t in zip(peaks["file"], runs["file"])), f"{peaks['file'][1] / peaks['file'][0]:.2f}×"],
+                "embed --out",
+                *(f"{n:,} images: peak RSS, time" for n in sizes),
+                f"peak at {sizes[1]:,} / at {sizes[0]:,}",
+            ],
+            [
+                [
+                    "folder of part files (streamed, resumable)",
+                    *(
+                        f"{mb:,.0f} MB, {seconds(t)}"
+                        for mb, t in zip(peaks["folder"], runs["folder"])
+                    ),
+                    f"{growth:.2f}×",
+                ],
+                [
+                    "one file `x.parquet` (in memory)",
+                    *(f"{mb:,.0f} MB, {seconds(t)}" for mb, t in zip(peaks["file"], runs["file"])),
+                    f"{peaks['file'][1] / peaks['file'][0]:.2f}×",
+                ],
             ],
         ),
     )
@@ -155,7 +205,13 @@ def _workflow(dataset: Path, home: Path) -> None:
     from core.io.parquet import write_embeddings
     from core.retrieval.pipeline import analyse, load_embeddings
     from core.retrieval.predict import write_submission
-    from core.maps.projection import PROJECTIONS_FOLDER, ProjectionCache, ProjectionConfig, project, projection_key
+    from core.maps.projection import (
+        PROJECTIONS_FOLDER,
+        ProjectionCache,
+        ProjectionConfig,
+        project,
+        projection_key,
+    )
 
     home.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -178,7 +234,9 @@ def _workflow(dataset: Path, home: Path) -> None:
     analysis.dbscan()
     stage("DBSCAN")
     train, test = analysis.train.vectors, analysis.test.vectors
-    ProjectionCache(home / PROJECTIONS_FOLDER).put(projection_key(train, test, ProjectionConfig()), project(train, test))
+    ProjectionCache(home / PROJECTIONS_FOLDER).put(
+        projection_key(train, test, ProjectionConfig()), project(train, test)
+    )
     stage("UMAP_map_(numba_compiles_in_this_fresh_process)")
     write_embeddings(home / "embeddings.parquet", loaded.embeddings)
     write_submission(home / "submission.csv", analysis.test.ids, analysis.predictions())
@@ -191,7 +249,9 @@ def _clip(checkpoint: Path, photos: Path) -> None:
     from core.embedding.config import EmbedConfig
     from core.embedding.runner import embed_dataset, load_embedder
 
-    items = [Item(path.name, TEST, None, path) for path in sorted(photos.glob("*.jpg"))[:CLIP_PHOTOS]]
+    items = [
+        Item(path.name, TEST, None, path) for path in sorted(photos.glob("*.jpg"))[:CLIP_PHOTOS]
+    ]
     embed_dataset(Dataset("photos", items), load_embedder(EmbedConfig(model=str(checkpoint))))
     print(f"PEAK_MB={peak_rss_mb()}")
 

@@ -15,10 +15,23 @@ from bench.fixtures import retrieval_embeddings
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio, run_python
 from core.records import TEST, TRAIN
-from core.maps.projection import ProjectionCache, ProjectionConfig, project, projection_key, quality, warm_up
+from core.maps.projection import (
+    ProjectionCache,
+    ProjectionConfig,
+    project,
+    projection_key,
+    quality,
+    warm_up,
+)
 
 # 1,000 classes × 3 train images and 13,000 test images: 16,000 rows, the issue's size.
-FULL = {"classes": 1000, "test": 13_000, "rounds": 3, "single_runs": ("before", "placement66"), "tsne": True}
+FULL = {
+    "classes": 1000,
+    "test": 13_000,
+    "rounds": 3,
+    "single_runs": ("before", "placement66"),
+    "tsne": True,
+}
 # Quick mode stays above 4,096 rows, where umap-learn switches to NN-descent as it does at 16k.
 QUICK = {"classes": 400, "test": 3_800, "rounds": 2, "single_runs": (), "tsne": False}
 TRUST_SAMPLE = 3000  # trustworthiness needs all pairwise distances of the rows it scores
@@ -32,7 +45,11 @@ def _umap_reducer():
 
     config = ProjectionConfig()
     return umap.UMAP(
-        n_neighbors=config.n_neighbors, min_dist=config.min_dist, metric=config.metric, random_state=config.seed, n_jobs=1
+        n_neighbors=config.n_neighbors,
+        min_dist=config.min_dist,
+        metric=config.metric,
+        random_state=config.seed,
+        n_jobs=1,
     )
 
 
@@ -56,7 +73,9 @@ def _before_this_change(train: np.ndarray, test: np.ndarray) -> np.ndarray:
     return np.vstack([reducer.embedding_, reducer.transform(test)])
 
 
-def tsne_candidates(train: np.ndarray, test: np.ndarray, maps: dict[str, np.ndarray]) -> dict[str, list[float]]:
+def tsne_candidates(
+    train: np.ndarray, test: np.ndarray, maps: dict[str, np.ndarray]
+) -> dict[str, list[float]]:
     """One timed run each of the product's t-SNE (openTSNE) and scikit-learn's, on the same rows; maps land in ``maps``."""
     from sklearn.manifold import TSNE
 
@@ -68,7 +87,9 @@ def tsne_candidates(train: np.ndarray, test: np.ndarray, maps: dict[str, np.ndar
 
     def sklearn():
         # t-SNE as the product ran it before openTSNE: PCA-50, then scikit-learn's Barnes-Hut TSNE.
-        tsne = TSNE(perplexity=config.perplexity, metric=config.metric, init="pca", random_state=config.seed)
+        tsne = TSNE(
+            perplexity=config.perplexity, metric=config.metric, init="pca", random_state=config.seed
+        )
         maps["tsne_sklearn"] = tsne.fit_transform(_pca_50(np.vstack([train, test]))[0])
 
     return interleaved({"tsne": product, "tsne_sklearn": sklearn}, 1)
@@ -76,11 +97,15 @@ def tsne_candidates(train: np.ndarray, test: np.ndarray, maps: dict[str, np.ndar
 
 def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
-    section = Section("4. Projection: UMAP, PCA-50 + UMAP, t-SNE; second view; numba start-up", "4. Projection")
+    section = Section(
+        "4. Projection: UMAP, PCA-50 + UMAP, t-SNE; second view; numba start-up", "4. Projection"
+    )
     embeddings = retrieval_embeddings(plan["test"], n_classes=plan["classes"])
     train, test = embeddings.subset(TRAIN).vectors, embeddings.subset(TEST).vectors
     both = np.vstack([train, test])
-    sample = np.sort(np.random.default_rng(0).choice(len(both), min(TRUST_SAMPLE, len(both)), replace=False))
+    sample = np.sort(
+        np.random.default_rng(0).choice(len(both), min(TRUST_SAMPLE, len(both)), replace=False)
+    )
 
     # Compile umap's numba code for both of its neighbour paths before anything is timed.
     warm_up()
@@ -108,19 +133,24 @@ def run(work: Path, quick: bool) -> Section:
             projection = project(train, test, ProjectionConfig())
         maps["placement66"] = np.vstack([projection.train_xy, projection.test_xy])
 
-    timings = interleaved({"direct": direct, "pca": pca_then_umap, "default": default_path}, plan["rounds"])
+    timings = interleaved(
+        {"direct": direct, "pca": pca_then_umap, "default": default_path}, plan["rounds"]
+    )
     single = {"before": before, "placement66": placement66}
     if plan["single_runs"]:
         timings.update(interleaved({name: single[name] for name in plan["single_runs"]}, 1))
     if plan["tsne"]:
         timings.update(tsne_candidates(train, test, maps))
-    trust = {name: quality(both[sample], xy[sample], n_neighbors=TRUST_NEIGHBOURS) for name, xy in maps.items()}
+    trust = {
+        name: quality(both[sample], xy[sample], n_neighbors=TRUST_NEIGHBOURS)
+        for name, xy in maps.items()
+    }
     ratio = median_ratio(timings["default"], timings["direct"])
     names = {
         "direct": "UMAP on all rows, 512-d (umap-learn directly)",
         "pca": "PCA-50, then UMAP on all rows",
         "default": "default path: `project()` — PCA-50 fitted on train, UMAP fitted on train, test placed into the map",
-        "tsne": "t-SNE (`project(method=\"tsne\")`: PCA-50, exact FAISS neighbours, openTSNE's FFT gradients, train and test together)",
+        "tsne": 't-SNE (`project(method="tsne")`: PCA-50, exact FAISS neighbours, openTSNE\'s FFT gradients, train and test together)',
         "tsne_sklearn": "t-SNE before openTSNE: PCA-50, then scikit-learn's Barnes-Hut `TSNE` on train and test together",
         "before": "the default path before this work: umap-learn's own fit and transform after PCA-50",
         "placement66": "default path, test rows placed with 66 layout rounds instead of 30",
@@ -134,15 +164,29 @@ def run(work: Path, quick: bool) -> Section:
         table(
             ["method", "median time", "vs direct UMAP", "trustworthiness", "runs"],
             [
-                [names[name], seconds(median(times)), f"{median_ratio(times, timings['direct']):.2f}×" if len(times) == plan["rounds"] else f"{median(times) / median(timings['direct']):.2f}×", f"{trust[name]:.3f}", len(times)]
+                [
+                    names[name],
+                    seconds(median(times)),
+                    f"{median_ratio(times, timings['direct']):.2f}×"
+                    if len(times) == plan["rounds"]
+                    else f"{median(times) / median(timings['direct']):.2f}×",
+                    f"{trust[name]:.3f}",
+                    len(times),
+                ]
                 for name, times in timings.items()
             ],
         ),
     )
     if len(both) < 16_000:
-        section.add(f"Quick mode: {len(both):,} rows and no single-run contenders; the targets apply at 16k rows.")
+        section.add(
+            f"Quick mode: {len(both):,} rows and no single-run contenders; the targets apply at 16k rows."
+        )
     at_size = len(both) >= 16_000
-    section.check("default projection ≤ 1/3 of direct UMAP's time", f"{ratio:.2f}×", ratio <= 1 / 3 if at_size else None)
+    section.check(
+        "default projection ≤ 1/3 of direct UMAP's time",
+        f"{ratio:.2f}×",
+        ratio <= 1 / 3 if at_size else None,
+    )
     gap = trust["direct"] - trust["default"]
     section.check(
         "… with trustworthiness within 0.02 of direct UMAP (or better)",
@@ -154,7 +198,11 @@ def run(work: Path, quick: bool) -> Section:
         f"**Second view** of the same map (what the Map page does on every rerun: hash the vectors and "
         f"config with `projection_key`, read `ProjectionCache`): median {seconds(second_view)}."
     )
-    section.check("second view of the same projection < 0.5 s", seconds(second_view), second_view < SECOND_VIEW_TARGET)
+    section.check(
+        "second view of the same projection < 0.5 s",
+        seconds(second_view),
+        second_view < SECOND_VIEW_TARGET,
+    )
     _first_click(section, nn_descent_first_fit)
     section.add(*_record(timings, trust))
     return section
@@ -177,7 +225,9 @@ def _record(timings: dict[str, list[float]], trust: dict[str, float]) -> list[st
     def versus(name: str) -> str:
         if name not in timings:
             return "(measured by the full run)"
-        return f"({seconds(median(timings[name]))} and trustworthiness {trust[name]:.3f} in this run)"
+        return (
+            f"({seconds(median(timings[name]))} and trustworthiness {trust[name]:.3f} in this run)"
+        )
 
     return [
         "**How the default path got here** (cProfile of `project()` on these 16k rows after each step):",
@@ -214,7 +264,11 @@ def _second_view(work: Path, train: np.ndarray, test: np.ndarray, repeats: int) 
     cache = ProjectionCache(work / "projections")
     config = ProjectionConfig()
     cache.put(projection_key(train, test, config), project(train, test, config))
-    return median(interleaved({"view": lambda: cache.get(projection_key(train, test, config))}, repeats)["view"])
+    return median(
+        interleaved({"view": lambda: cache.get(projection_key(train, test, config))}, repeats)[
+            "view"
+        ]
+    )
 
 
 def _first_click(section: Section, nn_descent_first_fit: float) -> None:
@@ -234,7 +288,9 @@ def _first_click(section: Section, nn_descent_first_fit: float) -> None:
         f"{seconds(nn_descent_first_fit)}, nearly all of it compiling."
     )
     section.check(
-        "numba start-up off the first click", f"first click {seconds(warm_click)} after warm-up, {seconds(cold_click)} without", warm_click < cold_click / 3
+        "numba start-up off the first click",
+        f"first click {seconds(warm_click)} after warm-up, {seconds(cold_click)} without",
+        warm_click < cold_click / 3,
     )
 
 

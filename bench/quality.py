@@ -14,7 +14,12 @@ from core.retrieval.pipeline import Analysis, PredictConfig, analyse
 FULL = {"digit_samples": 5, "synthetic_test": 13_000}
 QUICK = {"digit_samples": 3, "synthetic_test": 4_000}
 DIGITS_TARGET = 0.85  # issue #13: mean MAP@5 of --auto on digits
-RULES = ("first (30% flagged)", "optimal (30% flagged)", "auto", "oracle single threshold (with truth)")
+RULES = (
+    "first (30% flagged)",
+    "optimal (30% flagged)",
+    "auto",
+    "oracle single threshold (with truth)",
+)
 
 
 def digits_embeddings(seed: int) -> Embeddings:
@@ -26,12 +31,17 @@ def digits_embeddings(seed: int) -> Embeddings:
     digits = load_digits()
     rng = np.random.default_rng(seed)
     train = np.concatenate(
-        [rng.choice(np.flatnonzero(digits.target == digit), 3, replace=False) for digit in DIGIT_TRAIN_CLASSES]
+        [
+            rng.choice(np.flatnonzero(digits.target == digit), 3, replace=False)
+            for digit in DIGIT_TRAIN_CLASSES
+        ]
     )
     test = np.setdiff1d(np.arange(len(digits.target)), train)
     vectors = digits.data - digits.data.mean(axis=0)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    labels = np.array([str(t) if t in DIGIT_TRAIN_CLASSES else DISTRACTOR for t in digits.target], dtype=object)
+    labels = np.array(
+        [str(t) if t in DIGIT_TRAIN_CLASSES else DISTRACTOR for t in digits.target], dtype=object
+    )
     rows = np.concatenate([train, test])
     return Embeddings(
         ids=np.array([f"digit-{row}" for row in rows]),
@@ -72,7 +82,9 @@ def run(work: Path, quick: bool) -> Section:
         f"digits, centred pixels ({plan['digit_samples']} train samples, mean)": [
             digits_embeddings(seed) for seed in range(plan["digit_samples"])
         ],
-        f"synthetic CLIP-like, {plan['synthetic_test']:,} test": [retrieval_embeddings(plan["synthetic_test"])],
+        f"synthetic CLIP-like, {plan['synthetic_test']:,} test": [
+            retrieval_embeddings(plan["synthetic_test"])
+        ],
     }
     rows, digits_auto, optimal_wins = [], None, True
     for name, samples in datasets.items():
@@ -81,8 +93,12 @@ def run(work: Path, quick: bool) -> Section:
         shares = [float(auto.flags().mean()) for _, auto in runs]
         estimated = [auto.placement_model.contamination for _, auto in runs]
         rows.append(
-            [name, *(f"{value:.3f}" for value in mean), f"{min(shares):.1%}–{max(shares):.1%}",
-             f"{min(estimated):.1%}–{max(estimated):.1%}"]
+            [
+                name,
+                *(f"{value:.3f}" for value in mean),
+                f"{min(shares):.1%}–{max(shares):.1%}",
+                f"{min(estimated):.1%}–{max(estimated):.1%}",
+            ]
         )
         optimal_wins &= all(values[1] >= values[0] for values, _ in runs)
         if name.startswith("digits"):
@@ -96,6 +112,12 @@ def run(work: Path, quick: bool) -> Section:
         "auto's flagged share and of its estimated distractor share over the samples.",
         table(["dataset", *RULES, "auto flagged share", "estimated distractor share"], rows),
     )
-    section.check(f"digits: --auto mean MAP@5 ≥ {DIGITS_TARGET}", f"{digits_auto:.3f}", bool(digits_auto >= DIGITS_TARGET))
-    section.check("optimal ≥ first on every dataset and sample", "yes" if optimal_wins else "no", optimal_wins)
+    section.check(
+        f"digits: --auto mean MAP@5 ≥ {DIGITS_TARGET}",
+        f"{digits_auto:.3f}",
+        bool(digits_auto >= DIGITS_TARGET),
+    )
+    section.check(
+        "optimal ≥ first on every dataset and sample", "yes" if optimal_wins else "no", optimal_wins
+    )
     return section

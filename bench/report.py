@@ -41,15 +41,24 @@ def verdict(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "reported"}[met]
 
 
-def write_report(path: Path, sections: list[Section], preamble: list[str], keep_other_sections: bool = False) -> None:
+def write_report(
+    path: Path, sections: list[Section], preamble: list[str], keep_other_sections: bool = False
+) -> None:
     """Write the report; with `keep_other_sections`, sections this run did not produce stay as the file had them."""
-    rows = [[section.label, check.target, check.measured, verdict(check.met)] for section in sections for check in section.checks]
+    rows = [
+        [section.label, check.target, check.measured, verdict(check.met)]
+        for section in sections
+        for check in section.checks
+    ]
     bodies = {section.title: [f"## {section.title}", *section.body] for section in sections}
     if keep_other_sections and Path(path).exists():
         old_rows, old_bodies = _read_report(Path(path).read_text(encoding="utf-8"))
         labels = {section.label for section in sections}
         rows += [row for row in old_rows if row[0] not in labels]
-        bodies = {**{title: body for title, body in old_bodies.items() if title not in bodies}, **bodies}
+        bodies = {
+            **{title: body for title, body in old_bodies.items() if title not in bodies},
+            **bodies,
+        }
     rows.sort(key=lambda row: _leading_number(row[0]))
     blocks = [*preamble, "## Summary", table(["Benchmark", "Target", "Measured", "Verdict"], rows)]
     for title in sorted(bodies, key=_leading_number):

@@ -21,7 +21,9 @@ from core.records import TEST, Dataset, Embeddings, Item
 
 FULL = {"photos": 320, "rounds": 3, "index_vectors": 100_000}
 QUICK = {"photos": 128, "rounds": 1, "index_vectors": 20_000}
-TARGET_RATIO = 0.8  # the issue's floor: Ray's marginal throughput over the local pipeline's, once started
+TARGET_RATIO = (
+    0.8  # the issue's floor: Ray's marginal throughput over the local pipeline's, once started
+)
 DIM = 512  # ViT-B/32's vectors
 # IVF-PQ as the plan uses it at 100M: 64 sub-quantisers of 8 bits (64-byte codes); lists as VectorIndex picks them.
 PQ_BYTES = 64
@@ -34,14 +36,22 @@ GPU_RATES = (500, 2000)
 def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
     # torch fp32, as section 1's first rows: the engines compared, not the runtimes.
-    config = EmbedConfig(model=str(clip_checkpoint(work.parent / "clip-vit-b32-random")), precision="fp32", runtime="torch")
+    config = EmbedConfig(
+        model=str(clip_checkpoint(work.parent / "clip-vit-b32-random")),
+        precision="fp32",
+        runtime="torch",
+    )
     photos = write_photos(work.parent / "photos", plan["photos"])
     dataset = Dataset("photos", [Item(path.name, TEST, None, path) for path in photos])
     section = Section("7. Scale: Ray Data engine, and the 1M / 100M plan", "7. Scale")
     layouts = {
         "local pipeline (`--engine local`)": None,
-        f"Ray local mode, 1 actor × {usable_cores()} CPUs": EngineConfig(engine="ray", workers=1, cpus_per_worker=float(usable_cores())),
-        f"Ray local mode, {usable_cores()} actors × 1 CPU": EngineConfig(engine="ray", workers=usable_cores(), cpus_per_worker=1.0),
+        f"Ray local mode, 1 actor × {usable_cores()} CPUs": EngineConfig(
+            engine="ray", workers=1, cpus_per_worker=float(usable_cores())
+        ),
+        f"Ray local mode, {usable_cores()} actors × 1 CPU": EngineConfig(
+            engine="ray", workers=usable_cores(), cpus_per_worker=1.0
+        ),
     }
     timelines: dict[str, list[list[tuple[float, int]]]] = {name: [] for name in layouts}
 
@@ -50,7 +60,9 @@ def run(work: Path, quick: bool) -> Section:
             out = work / _folder(name)
             shutil.rmtree(out, ignore_errors=True)
             started, timeline = time.perf_counter(), []
-            record = lambda done, total, rate: timeline.append((time.perf_counter() - started, done))  # noqa: E731
+            record = lambda done, total, rate: timeline.append(
+                (time.perf_counter() - started, done)
+            )  # noqa: E731
             if engine is None:
                 embed_to_parquet(dataset, config, out, progress=record)
             else:
@@ -61,7 +73,10 @@ def run(work: Path, quick: bool) -> Section:
         return once
 
     interleaved({name: embedding(name, engine) for name, engine in layouts.items()}, plan["rounds"])
-    figures = {name: [_startup_and_rate(timeline, len(photos)) for timeline in runs] for name, runs in timelines.items()}
+    figures = {
+        name: [_startup_and_rate(timeline, len(photos)) for timeline in runs]
+        for name, runs in timelines.items()
+    }
     local_name, *ray_names = layouts
     local_rates = [rate for _, rate in figures[local_name]]
     rows = []
@@ -69,10 +84,14 @@ def run(work: Path, quick: bool) -> Section:
         startups, rates = zip(*figures[name])
         ratio = median_ratio(list(rates), local_rates)
         rows.append([name, seconds(median(startups)), f"{median(rates):.1f}", f"{ratio:.2f}×"])
-    best_ray = max(ray_names, key=lambda name: median_ratio([rate for _, rate in figures[name]], local_rates))
+    best_ray = max(
+        ray_names, key=lambda name: median_ratio([rate for _, rate in figures[name]], local_rates)
+    )
     best_ratio = median_ratio([rate for _, rate in figures[best_ray]], local_rates)
     local_vectors = read_embeddings(work / _folder(local_name))
-    agreement = min(_min_cosine(local_vectors, read_embeddings(work / _folder(name))) for name in ray_names)
+    agreement = min(
+        _min_cosine(local_vectors, read_embeddings(work / _folder(name))) for name in ray_names
+    )
 
     section.add(
         f"`python -m core embed SOURCE --engine ray` against the local pipeline on the same {len(photos)} photo-like "
@@ -114,7 +133,9 @@ def _startup_and_rate(timeline: list[tuple[float, int]], images: int) -> tuple[f
     """Seconds beyond what the marginal rate needs, and the marginal rate: images/s from the first report past half-way to the end."""
     end_time, _ = timeline[-1]
     half_time, half_done = next((when, done) for when, done in timeline if done >= images / 2)
-    rate = (images - half_done) / (end_time - half_time) if end_time > half_time else images / end_time
+    rate = (
+        (images - half_done) / (end_time - half_time) if end_time > half_time else images / end_time
+    )
     return max(0.0, end_time - images / rate), rate
 
 
@@ -133,7 +154,15 @@ def _driver_write_rate(folder: Path, rows: int) -> float:
     for start in range(0, rows, ROWS_PER_PART):
         chunk = slice(start, start + ROWS_PER_PART)
         count = len(ids[chunk])
-        writer.write(Embeddings(ids[chunk], np.full(count, TEST), np.full(count, None, object), vectors[chunk], "bench"))
+        writer.write(
+            Embeddings(
+                ids[chunk],
+                np.full(count, TEST),
+                np.full(count, None, object),
+                vectors[chunk],
+                "bench",
+            )
+        )
     return rows / (time.perf_counter() - started)
 
 
@@ -144,9 +173,13 @@ def _index_bytes_per_vector(rows: int) -> dict[str, float]:
     vectors = EmbeddingSpace(1000, DIM).sample(np.arange(rows) % 1000)
     training = vectors[: PQ_LISTS * 40]
     layouts = {
-        f"IVF-PQ, {PQ_BYTES}-byte codes": lambda quantizer: faiss.IndexIVFPQ(quantizer, DIM, PQ_LISTS, PQ_BYTES, 8, faiss.METRIC_INNER_PRODUCT),
+        f"IVF-PQ, {PQ_BYTES}-byte codes": lambda quantizer: faiss.IndexIVFPQ(
+            quantizer, DIM, PQ_LISTS, PQ_BYTES, 8, faiss.METRIC_INNER_PRODUCT
+        ),
         "IVF 8-bit codes + exact re-rank (VectorIndex)": lambda quantizer: faiss.IndexRefineFlat(
-            faiss.IndexIVFScalarQuantizer(quantizer, DIM, PQ_LISTS, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            faiss.IndexIVFScalarQuantizer(
+                quantizer, DIM, PQ_LISTS, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
         ),
     }
     per_vector = {}
@@ -160,7 +193,13 @@ def _index_bytes_per_vector(rows: int) -> dict[str, float]:
     return per_vector
 
 
-def _plan(per_core: float, ray_startup: float, write_rate: float, index_bytes: dict[str, float], local_rate: float) -> list[str]:
+def _plan(
+    per_core: float,
+    ray_startup: float,
+    write_rate: float,
+    index_bytes: dict[str, float],
+    local_rate: float,
+) -> list[str]:
     """The 1M / 100M plan as calculations from this run's figures."""
     pq_name, sq_name = index_bytes
     lines = [
@@ -178,13 +217,19 @@ def _plan(per_core: float, ray_startup: float, write_rate: float, index_bytes: d
     for size in PLAN_SIZES:
         one_machine = size / local_rate
         cpu_nodes = [(workers, ray_startup + size / (workers * per_core)) for workers in (32, 256)]
-        gpu = [(rate, workers, ray_startup + size / min(workers * rate, write_rate)) for rate in GPU_RATES for workers in (1, 8)]
+        gpu = [
+            (rate, workers, ray_startup + size / min(workers * rate, write_rate))
+            for rate in GPU_RATES
+            for workers in (1, 8)
+        ]
         rows.append(
             [
                 f"{size:,}",
                 _duration(one_machine),
                 "; ".join(f"{workers} cores: {_duration(total)}" for workers, total in cpu_nodes),
-                "; ".join(f"{workers} × {rate:,}/s: {_duration(total)}" for rate, workers, total in gpu),
+                "; ".join(
+                    f"{workers} × {rate:,}/s: {_duration(total)}" for rate, workers, total in gpu
+                ),
                 f"{_duration(size / write_rate)} (driver floor)",
                 f"{size * DIM * 4 / 2**30:,.1f} GB",
                 f"{size * index_bytes[pq_name] / 2**30:,.1f} GB",

@@ -21,14 +21,32 @@ from core.retrieval.pipeline import PredictConfig, search_and_rank
 
 # The dashboard's sizes (test items, train classes of 3), as bench/ui.py generates them.
 SCREEN_SIZES = {"13k": (13_000, 1_000), "130k": (100_000, 10_000)}
-FULL = {"rounds": 5, "large": 1_000_000, "queries": 1000, "singles": 20, "kinds_at": 100_000, "screen_sizes": SCREEN_SIZES, "analyses": 3}
-QUICK = {"rounds": 3, "large": 200_000, "queries": 500, "singles": 10, "kinds_at": None, "screen_sizes": {"13k": SCREEN_SIZES["13k"]}, "analyses": 0}
+FULL = {
+    "rounds": 5,
+    "large": 1_000_000,
+    "queries": 1000,
+    "singles": 20,
+    "kinds_at": 100_000,
+    "screen_sizes": SCREEN_SIZES,
+    "analyses": 3,
+}
+QUICK = {
+    "rounds": 3,
+    "large": 200_000,
+    "queries": 500,
+    "singles": 10,
+    "kinds_at": None,
+    "screen_sizes": {"13k": SCREEN_SIZES["13k"]},
+    "analyses": 0,
+}
 # Issue #12's uneven case: 20k train of 64 dims, half of it one class, 5k queries; the balanced
 # twin has the same vectors in classes of 20. Each runs in a fresh process for its own peak memory.
 BALANCE = {"train": 20_000, "queries": 5_000, "dim": 64, "class_size": 20}
 K = 5
 RECALL_TARGET, SPEEDUP_TARGET = 0.95, 10.0
-BALANCE_TARGET = 2.0  # the uneven case may take at most this many times the balanced one's time and memory
+BALANCE_TARGET = (
+    2.0  # the uneven case may take at most this many times the balanced one's time and memory
+)
 
 
 def _numpy_top_k(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +64,9 @@ def _recall(exact: np.ndarray, approximate: np.ndarray) -> np.ndarray:
 
 def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
-    section = Section("3. Search: exact top-5, and an approximate index past a million vectors", "3. Search")
+    section = Section(
+        "3. Search: exact top-5, and an approximate index past a million vectors", "3. Search"
+    )
     _product_size(section, plan)
     _screened(section, plan)
     if plan["analyses"]:
@@ -73,13 +93,21 @@ def _product_size(section: Section, plan) -> None:
     same = np.allclose(found["faiss"].similarities, found["numpy"][0], atol=1e-5)
     section.add(
         f"**Exact top-{K}, {len(test):,} queries × {len(train):,} train × 512-d** (synthetic CLIP-like "
-        f"vectors; `VectorIndex` with kind \"auto\", which is exact below {EXACT_UP_TO:,} vectors; "
+        f'vectors; `VectorIndex` with kind "auto", which is exact below {EXACT_UP_TO:,} vectors; '
         f"index build included):",
         table(
             ["method", "median time", "speed-up"],
             [
-                ["numpy brute force (matmul, argpartition, sort)", seconds(median(timings["numpy"])), "1.0×"],
-                ["FAISS IndexFlatIP (`core.retrieval.index.VectorIndex`)", seconds(median(timings["faiss"])), f"{median_ratio(timings['numpy'], timings['faiss']):.1f}×"],
+                [
+                    "numpy brute force (matmul, argpartition, sort)",
+                    seconds(median(timings["numpy"])),
+                    "1.0×",
+                ],
+                [
+                    "FAISS IndexFlatIP (`core.retrieval.index.VectorIndex`)",
+                    seconds(median(timings["faiss"])),
+                    f"{median_ratio(timings['numpy'], timings['faiss']):.1f}×",
+                ],
             ],
         ),
         f"Both return the same top-{K} similarities: {same}.",
@@ -117,7 +145,9 @@ def _screened(section: Section, plan) -> None:
         differing = (ours.indices != indices).any(axis=1)
         only_ties = bool(np.allclose(ours.similarities, similarities, atol=1e-6))
         index = indexes[-1]
-        fallback = index.rechecked_queries / index.screened_queries if index.screened_queries else None
+        fallback = (
+            index.rechecked_queries / index.screened_queries if index.screened_queries else None
+        )
         ratio = median_ratio(timings["flat"], timings["screened"])
         rows.append(
             [
@@ -125,8 +155,17 @@ def _screened(section: Section, plan) -> None:
                 seconds(median(timings["flat"])),
                 seconds(median(timings["screened"])),
                 f"{ratio:.2f}×",
-                f"{recall:.6f} (" + (f"{int(differing.sum())} rows differ" + (", all at float ties" if only_ties else "") if differing.any() else "identical") + ")",
-                "not screened (FAISS: too few rows per candidate)" if fallback is None else f"{fallback:.2%}",
+                f"{recall:.6f} ("
+                + (
+                    f"{int(differing.sum())} rows differ"
+                    + (", all at float ties" if only_ties else "")
+                    if differing.any()
+                    else "identical"
+                )
+                + ")",
+                "not screened (FAISS: too few rows per candidate)"
+                if fallback is None
+                else f"{fallback:.2%}",
             ]
         )
         checks.append((size, timings, ratio, recall, only_ties, fallback))
@@ -140,13 +179,24 @@ def _screened(section: Section, plan) -> None:
         "again with FAISS. Index build included; synthetic CLIP-like 512-d vectors of the dashboard bench's shape. "
         f"Load average {load:.1f} on the {usable_cores()} usable cores when this started: other processes on the "
         "cores slow both contenders, and not evenly.",
-        table(["size (test × train)", "FAISS flat", "screened exact", "speed-up", f"recall@{K} vs FAISS", "searched again with FAISS"], rows),
+        table(
+            [
+                "size (test × train)",
+                "FAISS flat",
+                "screened exact",
+                "speed-up",
+                f"recall@{K} vs FAISS",
+                "searched again with FAISS",
+            ],
+            rows,
+        ),
     )
     for size, timings, ratio, recall, only_ties, fallback in checks:
         section.check(
             f"exact top-5 at {size}: bf16 screen + fp32 re-rank vs FAISS flat, results equal up to float ties",
             f"{seconds(median(timings['screened']))} vs {seconds(median(timings['flat']))} ({ratio:.2f}×), "
-            f"recall@5 {recall:.6f}" + ("" if fallback is None else f", {fallback:.2%} searched again"),
+            f"recall@5 {recall:.6f}"
+            + ("" if fallback is None else f", {fallback:.2%} searched again"),
             only_ties,
         )
 
@@ -167,18 +217,30 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
         for search in order:
             found = run_python(["-m", "bench.search", "first-analysis", search, str(path)])
             runs[search].append({key: float(value) for key, value in found.items()})
-    steps = [("analysis", "whole first analysis (`analyse`)"), ("search", "test → train search (`retrieve`)"), ("leave_one_out", "train leave-one-out scores")]
-    figures = {search: {step: median([run[step] for run in found]) for step, _ in steps} for search, found in runs.items()}
+    steps = [
+        ("analysis", "whole first analysis (`analyse`)"),
+        ("search", "test → train search (`retrieve`)"),
+        ("leave_one_out", "train leave-one-out scores"),
+    ]
+    figures = {
+        search: {step: median([run[step] for run in found]) for step, _ in steps}
+        for search, found in runs.items()
+    }
     section.add(
         f"**The first analysis at 130k** ({n_test:,} test against {3 * n_classes:,} train, nothing stored), timed in "
         f"Python as `python -m bench --only ui` times it (`bench.ui.first_analysis_in_python`), each run in a fresh "
         f"process (so the screen's once-per-process bf16 timing and torch import are included), {rounds} runs each in "
-        f"alternating order, medians; load average {load:.1f} when this started. \"FAISS flat\" turns the screen off "
+        f'alternating order, medians; load average {load:.1f} when this started. "FAISS flat" turns the screen off '
         "(`SCREEN_MIN_SPEEDUP` set to infinity).",
         table(
             ["step", "FAISS flat (before)", "bf16 screen (now)", "speed-up"],
             [
-                [words, seconds(figures["flat"][step]), seconds(figures["screened"][step]), f"{figures['flat'][step] / figures['screened'][step]:.2f}×"]
+                [
+                    words,
+                    seconds(figures["flat"][step]),
+                    seconds(figures["screened"][step]),
+                    f"{figures['flat'][step] / figures['screened'][step]:.2f}×",
+                ]
                 for step, words in steps
             ],
         ),
@@ -200,7 +262,9 @@ def _first_analysis_case(search: str, path: str) -> dict[str, float]:
     return first_analysis_in_python(Path(path))
 
 
-def _balance_case(labelling: str, n_train: int, n_queries: int, dim: int, class_size: int) -> dict[str, float]:
+def _balance_case(
+    labelling: str, n_train: int, n_queries: int, dim: int, class_size: int
+) -> dict[str, float]:
     """Index build, label search and scores of one labelling, with the process's memory before and at its peak."""
     n_classes = n_train // class_size
     space = EmbeddingSpace(n_classes + n_classes // 3, dim=dim, seed=3)
@@ -226,7 +290,10 @@ def _balance_case(labelling: str, n_train: int, n_queries: int, dim: int, class_
 def _class_balance(section: Section, plan=BALANCE) -> None:
     sizes = [str(plan[key]) for key in ("train", "queries", "dim", "class_size")]
     found = {
-        labelling: {key: float(value) for key, value in run_python(["-m", "bench.search", labelling, *sizes]).items()}
+        labelling: {
+            key: float(value)
+            for key, value in run_python(["-m", "bench.search", labelling, *sizes]).items()
+        }
         for labelling in ("balanced", "uneven")
     }
     extra = {name: max(case["PEAK_MB"] - case["BEFORE_MB"], 1.0) for name, case in found.items()}
@@ -241,7 +308,10 @@ def _class_balance(section: Section, plan=BALANCE) -> None:
         "the queries still short of labels.",
         table(
             ["labelling", "time", "peak memory added"],
-            [[name, seconds(case["SECONDS"]), f"{extra[name]:,.0f} MB"] for name, case in found.items()],
+            [
+                [name, seconds(case["SECONDS"]), f"{extra[name]:,.0f} MB"]
+                for name, case in found.items()
+            ],
         ),
     )
     section.check(
@@ -285,7 +355,9 @@ def _large(section: Section, plan) -> None:
 
         return run
 
-    timings = interleaved({"exact": search("exact", exact), "auto": search("auto", auto)}, plan["rounds"])
+    timings = interleaved(
+        {"exact": search("exact", exact), "auto": search("auto", auto)}, plan["rounds"]
+    )
     singles = queries[: plan["singles"]]
     single_timings = interleaved(
         {
@@ -301,12 +373,24 @@ def _large(section: Section, plan) -> None:
     per_query = {name: median(times) / len(queries) for name, times in timings.items()}
     section.add(
         f"**{n:,} train vectors**, {len(queries):,} queries ({in_class} from train's classes, "
-        f"{len(queries) - in_class} distractors from classes train lacks). kind=\"auto\" chose "
+        f'{len(queries) - in_class} distractors from classes train lacks). kind="auto" chose '
         f"**{auto.kind}** at this size: {auto.settings}.",
         table(
-            ["index", "build", "per query (batch)", "per query (one at a time)", "recall@5 vs exact"],
             [
-                ["exact (IndexFlatIP)", seconds(exact_build), seconds(per_query["exact"]), seconds(median(single_timings["exact"]) / len(singles)), "1"],
+                "index",
+                "build",
+                "per query (batch)",
+                "per query (one at a time)",
+                "recall@5 vs exact",
+            ],
+            [
+                [
+                    "exact (IndexFlatIP)",
+                    seconds(exact_build),
+                    seconds(per_query["exact"]),
+                    seconds(median(single_timings["exact"]) / len(singles)),
+                    "1",
+                ],
                 [
                     f"auto → {auto.kind}",
                     seconds(auto_build),
@@ -324,7 +408,9 @@ def _large(section: Section, plan) -> None:
         f"holds the same vectors for re-ranking plus a quarter of that in codes.",
     )
     at_target_size = n >= 1_000_000
-    label = f"{n:,} train vectors" + ("" if at_target_size else " (quick mode; the target is at 1M)")
+    label = f"{n:,} train vectors" + (
+        "" if at_target_size else " (quick mode; the target is at 1M)"
+    )
     section.check(
         f"approximate index at {label}: recall@5 ≥ {RECALL_TARGET}",
         f"{recall.mean():.3f}",
@@ -365,9 +451,18 @@ def _kinds(section: Section, plan) -> None:
             ]
         )
     section.add(
-        f"**Every kind at {n:,} vectors** (the auto threshold), to show why \"auto\" picks IVF above it: "
+        f'**Every kind at {n:,} vectors** (the auto threshold), to show why "auto" picks IVF above it: '
         f"HNSW searches fast but takes far longer to build on two cores.",
-        table(["kind", "build", "per query (batch)", "speed-up", "recall@5 (train classes / distractors)"], rows),
+        table(
+            [
+                "kind",
+                "build",
+                "per query (batch)",
+                "speed-up",
+                "recall@5 (train classes / distractors)",
+            ],
+            rows,
+        ),
     )
 
 
@@ -375,6 +470,10 @@ if __name__ == "__main__":
     # python -m bench.search <balanced|uneven> <train> <queries> <dim> <class size>: one case of _class_balance;
     # python -m bench.search first-analysis <flat|screened> <parquet>: one run of _first_analysis.
     case, *arguments = sys.argv[1:]
-    found = _first_analysis_case(*arguments) if case == "first-analysis" else _balance_case(case, *map(int, arguments))
+    found = (
+        _first_analysis_case(*arguments)
+        if case == "first-analysis"
+        else _balance_case(case, *map(int, arguments))
+    )
     for key, value in found.items():
         print(f"{key}={value}")

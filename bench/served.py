@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it, playwright cannot download one here
+CHROMIUM = Path(
+    "/usr/bin/chromium"
+)  # Debian's package; .ci/run installs it, playwright cannot download one here
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -68,15 +70,24 @@ def serve(script: str | Path, home: Path, log: Path, env: dict | None = None) ->
     ]  # fmt: skip
     with log.open("wb") as output:
         server = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + SERVER_START_S
         while not healthy(base_url):
             if server.poll() is not None:
-                raise ServerFailed(f"streamlit exited with code {server.returncode}:\n{log_tail(log)}")
+                raise ServerFailed(
+                    f"streamlit exited with code {server.returncode}:\n{log_tail(log)}"
+                )
             if time.monotonic() > deadline:
-                raise ServerFailed(f"streamlit did not answer {base_url}/_stcore/health within {SERVER_START_S} s:\n{log_tail(log)}")
+                raise ServerFailed(
+                    f"streamlit did not answer {base_url}/_stcore/health within {SERVER_START_S} s:\n{log_tail(log)}"
+                )
             time.sleep(0.05)
         yield base_url
     finally:
@@ -94,7 +105,9 @@ def server_peak_rss_mb(base_url: str) -> float:
             status = (process / "status").read_text()
         except OSError:  # a process that ended while we looked, or one we may not read
             continue
-        kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        kilobytes = next(
+            line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")
+        )
         return int(kilobytes) / 1024
     raise ServerFailed(f"no process serves {base_url}")
 

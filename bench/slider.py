@@ -21,7 +21,12 @@ TARGET_SECONDS = 0.010  # per slider move at 100k test items
 def _slider_move(sweep: ThresholdSweep, scores: np.ndarray, threshold: float) -> tuple:
     """What the page shows after a slider move: every item's flag, and the totals, from the sorted scores."""
     flags = scores < threshold
-    return flags, sweep.contamination(threshold), sweep.map_at(threshold), sweep.detection_at(threshold)
+    return (
+        flags,
+        sweep.contamination(threshold),
+        sweep.map_at(threshold),
+        sweep.detection_at(threshold),
+    )
 
 
 def _numpy_recompute(scores, if_flagged, if_kept, is_distractor, threshold: float) -> tuple:
@@ -43,7 +48,9 @@ def run(work: Path, quick: bool) -> Section:
         if n_test in plan["analysed"]:
             analysis = analyse(retrieval_embeddings(n_test))
             sweep, scores = analysis.sweep, analysis.scores
-            ap_flagged, ap_kept = verdict_precisions(analysis.retrieval.labels, analysis.truth, analysis.config.k)
+            ap_flagged, ap_kept = verdict_precisions(
+                analysis.retrieval.labels, analysis.truth, analysis.config.k
+            )
             is_distractor = analysis.truth == DISTRACTOR
         else:
             # A million test items through analyse() would take minutes of search and Python loops the
@@ -55,19 +62,31 @@ def run(work: Path, quick: bool) -> Section:
         thresholds = rng.uniform(scores.min(), scores.max(), plan["thresholds"])
         contenders = {
             "sweep": lambda: [_slider_move(sweep, scores, t) for t in thresholds],
-            "numpy": lambda: [_numpy_recompute(scores, ap_flagged, ap_kept, is_distractor, t) for t in thresholds],
+            "numpy": lambda: [
+                _numpy_recompute(scores, ap_flagged, ap_kept, is_distractor, t) for t in thresholds
+            ],
         }
         if analysis is not None:
             contenders["report"] = lambda: [analysis.report(t) for t in thresholds[:2]]
         timings = interleaved(contenders, plan["rounds"])
         per_move = {
-            name: [s / (2 if name == "report" else len(thresholds)) for s in times] for name, times in timings.items()
+            name: [s / (2 if name == "report" else len(thresholds)) for s in times]
+            for name, times in timings.items()
         }
         for t in thresholds[:2]:
-            fast, full = _slider_move(sweep, scores, t), _numpy_recompute(scores, ap_flagged, ap_kept, is_distractor, t)
-            assert np.array_equal(fast[0], full[0]) and abs(fast[1] - full[1]) < 1e-12 and abs(fast[2] - full[2]) < 1e-9
+            fast, full = (
+                _slider_move(sweep, scores, t),
+                _numpy_recompute(scores, ap_flagged, ap_kept, is_distractor, t),
+            )
+            assert (
+                np.array_equal(fast[0], full[0])
+                and abs(fast[1] - full[1]) < 1e-12
+                and abs(fast[2] - full[2]) < 1e-9
+            )
             if analysis is not None:
-                assert abs(analysis.report(t)["MAP@5"] - fast[2]) < 1e-9, "the sweep's MAP@5 must equal the full report's"
+                assert abs(analysis.report(t)["MAP@5"] - fast[2]) < 1e-9, (
+                    "the sweep's MAP@5 must equal the full report's"
+                )
         rows.append(
             [
                 f"{n_test:,}",
@@ -75,7 +94,9 @@ def run(work: Path, quick: bool) -> Section:
                 seconds(median(per_move["numpy"])),
                 f"{median_ratio(per_move['numpy'], per_move['sweep']):.1f}×",
                 seconds(median(per_move["report"])) if "report" in per_move else "—",
-                f"{median_ratio(per_move['report'], per_move['sweep']):,.0f}×" if "report" in per_move else "—",
+                f"{median_ratio(per_move['report'], per_move['sweep']):,.0f}×"
+                if "report" in per_move
+                else "—",
             ]
         )
         if n_test == 100_000:
@@ -90,7 +111,14 @@ def run(work: Path, quick: bool) -> Section:
         "(3,000 train items, 30% distractors); 1M uses arrays of the same shape. Results of all three "
         "were checked equal at the sampled thresholds.",
         table(
-            ["test items", "sweep per move", "numpy recompute", "sweep speed-up", "Analysis.report", "speed-up vs report"],
+            [
+                "test items",
+                "sweep per move",
+                "numpy recompute",
+                "sweep speed-up",
+                "Analysis.report",
+                "speed-up vs report",
+            ],
             rows,
         ),
     )

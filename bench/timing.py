@@ -15,7 +15,9 @@ from pathlib import Path
 from core.embedding.clip import usable_cores
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def interleaved(
+    contenders: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[float]]:
     """Seconds per run of each contender, `repeats` rounds; each round runs all, starting at a different one.
 
     Load from other users drifts over seconds: rotating the order spreads it over every contender
@@ -45,10 +47,22 @@ def machine_line() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
-    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else float("nan")
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    memory_gb = (
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        if hasattr(os, "sysconf")
+        else float("nan")
+    )
+    load = (
+        ", ".join(f"{value:.1f}" for value in os.getloadavg())
+        if hasattr(os, "getloadavg")
+        else "n/a"
+    )
     return (
         f"{cpu}, {usable_cores()} cores usable, {memory_gb:.0f} GB RAM, load average {load} at start; "
         f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
@@ -59,7 +73,10 @@ def machine_line() -> str:
 def run_python(arguments: list[str], env: dict | None = None) -> dict[str, str]:
     """Run `python <arguments>` in a fresh interpreter; its `KEY=value` output lines, as a dict."""
     completed = subprocess.run(
-        [sys.executable, *arguments], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        [sys.executable, *arguments],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
     if completed.returncode != 0:
         raise RuntimeError(f"python {' '.join(arguments)} failed:\n{completed.stderr[-3000:]}")

@@ -15,8 +15,17 @@ from pathlib import Path
 from playwright.sync_api import Page, expect, sync_playwright
 
 from bench.browser import (
-    READ_KEY_PRESSES, RECORD_KEY_PRESSES, REPORT_DELAY_MS, VIEWPORT, concurrent_slider_presses, metric, open_page, press_seconds,
-    threshold_slider, wait_for_rest, wait_for_run,
+    READ_KEY_PRESSES,
+    RECORD_KEY_PRESSES,
+    REPORT_DELAY_MS,
+    VIEWPORT,
+    concurrent_slider_presses,
+    metric,
+    open_page,
+    press_seconds,
+    threshold_slider,
+    wait_for_rest,
+    wait_for_run,
 )
 from bench.fixtures import retrieval_embeddings
 from bench.report import Section, seconds, table
@@ -33,7 +42,13 @@ WAIT_MS = 600_000  # the walk reports a slow step rather than failing it
 # Targets of issue #14, per size: seconds unless the name says otherwise.
 TARGETS = {
     "13k": {"distractors_settled": 2.0, "slider_p90": 0.150, "sessions_p90": 0.400},
-    "130k": {"distractors_settled": 10.0, "slider_p90": 0.150, "umap": 30.0, "revisit": 3.0, "peak_rss_mb": 4096},
+    "130k": {
+        "distractors_settled": 10.0,
+        "slider_p90": 0.150,
+        "umap": 30.0,
+        "revisit": 3.0,
+        "peak_rss_mb": 4096,
+    },
 }
 TSNE_TARGET = 30.0  # t-SNE at 16k points (the 13k walk's 16k items)
 STEPS = [
@@ -42,16 +57,25 @@ STEPS = [
     ("distractors_settled", "Distractors: page settled"),
     ("slider_median", "slider key press → Threshold metric updated, median"),
     ("slider_p90", "slider key press → Threshold metric updated, p90"),
-    ("round_trip", "… the same presses timed by the test driver (press, read the slider, see the metric), median"),
+    (
+        "round_trip",
+        "… the same presses timed by the test driver (press, read the slider, see the metric), median",
+    ),
     ("browser_busy", "… Chromium's main thread busy in long tasks (> 50 ms), per press"),
-    ("rested", "slider rests → \"What flips\" follows (from the key press, the 0.2 s rest included)"),
+    ("rested", 'slider rests → "What flips" follows (from the key press, the 0.2 s rest included)'),
     ("neighbours", "Neighbours: page settled with 5 cards"),
     ("evaluate", "Evaluate: MAP@5 shown"),
     ("umap", "Map, UMAP settled"),
     ("pca", "Map, PCA settled"),
     ("tsne", "Map, t-SNE settled"),
-    ("sessions_median", f"{CONCURRENT_SESSIONS} sessions at once: key press → Threshold metric updated, median"),
-    ("sessions_p90", f"{CONCURRENT_SESSIONS} sessions at once: key press → Threshold metric updated, p90"),
+    (
+        "sessions_median",
+        f"{CONCURRENT_SESSIONS} sessions at once: key press → Threshold metric updated, median",
+    ),
+    (
+        "sessions_p90",
+        f"{CONCURRENT_SESSIONS} sessions at once: key press → Threshold metric updated, p90",
+    ),
     ("revisit", "revisit Distractors, settled (slowest of Distractors, Data, Evaluate)"),
     ("peak_rss_mb", "server peak RSS (MB)"),
 ]
@@ -64,7 +88,7 @@ SLIDER_TRIED = (
     "one combined figure instead of three, Plotly's `staticPlot`, and Vega-Lite charts (`st.vega_lite_chart`) "
     "instead of Plotly: Chromium busy 160–184 ms per press, p90 0.50–0.83 s, no gain. Charts held back until the "
     "slider rests, inside the slider's fragment: Streamlit finishes a fragment run before it starts the one a "
-    "newer widget input asks for (only `st.rerun(scope=\"fragment\")` preempts a run), so the wait delayed every "
+    'newer widget input asks for (only `st.rerun(scope="fragment")` preempts a run), so the wait delayed every '
     "other press (p90 0.86–1.0 s). Charts in a fragment of their own that redraws on a timer (`run_every`) once "
     "the slider has rested: busy per press fell to 61 ms, but among six sessions a key press was lost (a timer "
     "rerun and a press racing), so the slider could show a value the page never computed. What the browser "
@@ -93,7 +117,9 @@ def _add_parquet(tab: Page, relative: str) -> None:
     tab.get_by_role("tab", name="Folder on the server").click()
     field = tab.get_by_label("Folder or .parquet (relative to the data root)")
     field.fill(relative)
-    field.press("Enter")  # Streamlit takes a text input's value on Enter or blur; the button is enabled then
+    field.press(
+        "Enter"
+    )  # Streamlit takes a text input's value on Enter or blur; the button is enabled then
     tab.get_by_role("button", name="Open folder").click()
     expect(metric(tab, "Train rows")).to_be_visible(timeout=WAIT_MS)
     wait_for_run(tab, WAIT_MS)
@@ -137,7 +163,9 @@ def _press_slider(tab: Page, walk: Walk) -> None:
     tab.wait_for_timeout(REPORT_DELAY_MS)
     walk.slider = press_seconds(tab.evaluate(READ_KEY_PRESSES), SLIDER_PRESSES)
     walk.timings["round_trip"] = statistics.median(round_trips)
-    walk.timings["browser_busy"] = tab.evaluate("() => window.busyMilliseconds") / 1000 / SLIDER_PRESSES
+    walk.timings["browser_busy"] = (
+        tab.evaluate("() => window.busyMilliseconds") / 1000 / SLIDER_PRESSES
+    )
     # The presses alternate and end where they began, so no new threshold reached the server; one more
     # press does, once the slider rests, and the server's part of the page (charts, "What flips") follows.
     wait_for_run(tab, WAIT_MS)
@@ -151,7 +179,9 @@ def _press_slider(tab: Page, walk: Walk) -> None:
 
 def _map_drawn(tab: Page, method: str) -> None:
     """The map's title names its method: a redraw has ended when the title names the new one."""
-    expect(tab.locator(".js-plotly-plot .gtitle").first).to_contain_text(f"{method} map", timeout=WAIT_MS)
+    expect(tab.locator(".js-plotly-plot .gtitle").first).to_contain_text(
+        f"{method} map", timeout=WAIT_MS
+    )
     wait_for_run(tab, WAIT_MS)
 
 
@@ -171,14 +201,22 @@ def _walk(browser, base_url: str, relative: str) -> Walk:
         tab.goto(base_url)
         wait_for_run(tab, WAIT_MS)
         walk.timings["add"] = _timed(lambda: _add_parquet(tab, relative))
-        walk.timings["distractors_shown"], walk.timings["distractors_settled"] = _open_distractors(tab)
+        walk.timings["distractors_shown"], walk.timings["distractors_settled"] = _open_distractors(
+            tab
+        )
         _press_slider(tab, walk)
         walk.timings["neighbours"] = _timed(lambda: open_page(tab, "Neighbours", WAIT_MS))
         walk.timings["evaluate"] = _timed(lambda: _evaluate(tab))
-        walk.timings["umap"] = _timed(lambda: (open_page(tab, "Map", WAIT_MS), _map_drawn(tab, "UMAP")))
+        walk.timings["umap"] = _timed(
+            lambda: (open_page(tab, "Map", WAIT_MS), _map_drawn(tab, "UMAP"))
+        )
         walk.timings["pca"] = _map_method(tab, "PCA")
         walk.timings["tsne"] = _map_method(tab, "t-SNE")
-        revisits = [_open_distractors(tab)[1], _timed(lambda: open_page(tab, "Data", WAIT_MS)), _timed(lambda: _evaluate(tab))]
+        revisits = [
+            _open_distractors(tab)[1],
+            _timed(lambda: open_page(tab, "Data", WAIT_MS)),
+            _timed(lambda: _evaluate(tab)),
+        ]
         walk.timings["revisit"] = max(revisits)
         exceptions = tab.get_by_test_id("stException")
         if exceptions.count():
@@ -220,7 +258,9 @@ def _workspaces_on(home: Path, data: Path, relative: str, count: int) -> list[st
 def _concurrent_presses(base_url: str, workspaces: list[str]) -> list[float]:
     # The sync browser holds this thread's event loop; the async sessions run in a thread of their own.
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, concurrent_slider_presses(base_url, workspaces, SLIDER_PRESSES)).result()
+        return pool.submit(
+            asyncio.run, concurrent_slider_presses(base_url, workspaces, SLIDER_PRESSES)
+        ).result()
 
 
 def _evaluate(tab: Page) -> None:
@@ -252,21 +292,36 @@ def run(work: Path, quick: bool) -> Section:
             for round_number in range(rounds):
                 for size, relative in inputs.items():
                     home = work / f"{size}-round{round_number}"
-                    shutil.rmtree(home, ignore_errors=True)  # cold: no stored analyses or maps from an earlier run
+                    shutil.rmtree(
+                        home, ignore_errors=True
+                    )  # cold: no stored analyses or maps from an earlier run
                     home.mkdir(parents=True)
-                    print(f"[bench] ui: {size}, fresh server {round_number + 1} of {rounds}", flush=True)
-                    with serve("app.py", home, home / "streamlit.log", {"RETRIEVAL_LAB_DATA_ROOT": str(data)}) as base_url:
+                    print(
+                        f"[bench] ui: {size}, fresh server {round_number + 1} of {rounds}",
+                        flush=True,
+                    )
+                    with serve(
+                        "app.py",
+                        home,
+                        home / "streamlit.log",
+                        {"RETRIEVAL_LAB_DATA_ROOT": str(data)},
+                    ) as base_url:
                         walk = _walk(browser, base_url, relative)
                         walk.timings["peak_rss_mb"] = server_peak_rss_mb(base_url)
                         if size in CONCURRENT_SIZES:
-                            presses = _concurrent_presses(base_url, _workspaces_on(home, data, relative, CONCURRENT_SESSIONS))
+                            presses = _concurrent_presses(
+                                base_url, _workspaces_on(home, data, relative, CONCURRENT_SESSIONS)
+                            )
                             walk.timings["sessions_median"] = statistics.median(presses)
                             walk.timings["sessions_p90"] = statistics.quantiles(presses, n=10)[-1]
                     walks[size].append(walk)
         finally:
             browser.close()
     largest = list(SIZES)[-1]
-    print(f"[bench] ui: the first analysis of {largest} and a slider move at {list(SIZES)[0]}, in Python", flush=True)
+    print(
+        f"[bench] ui: the first analysis of {largest} and a slider move at {list(SIZES)[0]}, in Python",
+        flush=True,
+    )
     inside = {
         "analysis": first_analysis_in_python(data / inputs[largest]),
         "rerun": _page_rerun_in_python(work / "apptest-home", data, inputs[list(SIZES)[0]]),
@@ -286,8 +341,12 @@ def first_analysis_in_python(path: Path) -> dict[str, float]:
     config = PredictConfig()
     return {
         "analysis": _timed(lambda: analyse(embeddings, config)),
-        "search": _timed(lambda: retrieve(train.vectors, train.labels.astype(object), test.vectors, config)),
-        "leave_one_out": _timed(lambda: leave_one_out_scores(train.vectors, config.score_mode, config.score_k)),
+        "search": _timed(
+            lambda: retrieve(train.vectors, train.labels.astype(object), test.vectors, config)
+        ),
+        "leave_one_out": _timed(
+            lambda: leave_one_out_scores(train.vectors, config.score_mode, config.score_k)
+        ),
         "train": len(train.ids),
         "test": len(test.ids),
     }
@@ -305,14 +364,24 @@ def _page_rerun_in_python(home: Path, data: Path, relative: str) -> float:
     home.mkdir(parents=True)
     (workspace,) = _workspaces_on(home, data, relative, 1)
     with _environment(RETRIEVAL_LAB_HOME=str(home), RETRIEVAL_LAB_DATA_ROOT=str(data)):
-        app = AppTest.from_file(str(Path(ui.__file__).with_name("distractors.py")), default_timeout=WAIT_MS / 1000)
+        app = AppTest.from_file(
+            str(Path(ui.__file__).with_name("distractors.py")), default_timeout=WAIT_MS / 1000
+        )
         app.session_state[ui.APP_RAN] = True
         app.query_params["ws"] = workspace
         app.run()
         reruns = []
         for press in range(SLIDER_PRESSES):
-            next(box for box in app.number_input if box.label == "Target contamination").set_value(0.3 + 0.001 * (press % 2))
-            reruns.append(_timed(next(button for button in app.button if button.label == "Set threshold").click().run))
+            next(box for box in app.number_input if box.label == "Target contamination").set_value(
+                0.3 + 0.001 * (press % 2)
+            )
+            reruns.append(
+                _timed(
+                    next(button for button in app.button if button.label == "Set threshold")
+                    .click()
+                    .run
+                )
+            )
         if app.exception:
             raise AssertionError(f"the Distractors page raised: {app.exception[0].value}")
     return statistics.median(reruns)
@@ -326,12 +395,22 @@ def _shown(step: str, value: float | None) -> str:
 
 def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
     medians = {
-        size: {step: median(values) if (values := [walk.timings[step] for walk in runs if step in walk.timings]) else None for step, _ in STEPS}
+        size: {
+            step: median(values)
+            if (values := [walk.timings[step] for walk in runs if step in walk.timings])
+            else None
+            for step, _ in STEPS
+        }
         for size, runs in walks.items()
     }
-    rows = [[words, *(_shown(step, medians[size][step]) for size in SIZES)] for step, words in STEPS]
+    rows = [
+        [words, *(_shown(step, medians[size][step]) for size in SIZES)] for step, words in STEPS
+    ]
     section = Section("10. The dashboard at real sizes, in a browser", "10. Dashboard at size")
-    sizes = ", ".join(f"{size}: {n_test:,} test and {3 * n_classes:,} train in {n_classes:,} classes" for size, (n_test, n_classes) in SIZES.items())
+    sizes = ", ".join(
+        f"{size}: {n_test:,} test and {3 * n_classes:,} train in {n_classes:,} classes"
+        for size, (n_test, n_classes) in SIZES.items()
+    )
     section.add(
         f"`python -m bench --only ui`: for each size, a fresh `streamlit run app.py` (empty `RETRIEVAL_LAB_HOME`) "
         f"and Debian's Chromium walk the pages as a user would, on a generated embeddings Parquet of CLIP-like "
@@ -350,9 +429,15 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
     for size, targets in TARGETS.items():
         for step, limit in targets.items():
             value = medians[size][step]
-            section.check(f"{size}: {dict(STEPS)[step]} ≤ {_shown(step, limit)}", _shown(step, value), value is not None and value <= limit)
+            section.check(
+                f"{size}: {dict(STEPS)[step]} ≤ {_shown(step, limit)}",
+                _shown(step, value),
+                value is not None and value <= limit,
+            )
     tsne = medians["13k"]["tsne"]
-    section.check(f"13k (16k points): t-SNE settled ≤ {TSNE_TARGET:.0f} s", seconds(tsne), tsne <= TSNE_TARGET)
+    section.check(
+        f"13k (16k points): t-SNE settled ≤ {TSNE_TARGET:.0f} s", seconds(tsne), tsne <= TSNE_TARGET
+    )
     analysis, largest, smallest = inside["analysis"], list(SIZES)[-1], list(SIZES)[0]
     section.add(
         f"**Where the time goes**, measured in Python in the same run. The first analysis at {largest} "
@@ -370,7 +455,7 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
         "position's figures once (`core.retrieval.threshold_steps`, a Streamlit component in `pages/live_threshold.py`), "
         "so a press runs no server code and redraws no chart, and six sessions pressing at once are six browsers "
         "updating a few numbers and moving three chart markers. The server hears of the slider once it rests (0.2 s "
-        f"without a press): then \"What flips\" and the saved threshold follow (the rest row). That server run, a whole Distractors page rerun at {smallest} "
+        f'without a press): then "What flips" and the saved threshold follow (the rest row). That server run, a whole Distractors page rerun at {smallest} '
         f"timed with AppTest without a browser, takes {seconds(inside['rerun'])}; Chromium's main thread was busy "
         f"{seconds(medians[smallest]['browser_busy'])} per press in long tasks."
     )

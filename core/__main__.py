@@ -47,7 +47,9 @@ def _load(args, source=None, model=None):
     embed_config = None
     if not is_embeddings_file(source):
         embed_config = _config(EmbedConfig, args, model=model or args.model)
-    loaded = load_embeddings(source, embed_config, EmbeddingCache(), ProgressBar("embedding"), watch=_stage_bars())
+    loaded = load_embeddings(
+        source, embed_config, EmbeddingCache(), ProgressBar("embedding"), watch=_stage_bars()
+    )
     _tell_embedding(len(loaded.embeddings.ids), loaded)
     return loaded
 
@@ -64,7 +66,9 @@ def _stage_bars():
     from core.progress import Watch
 
     bars = {}
-    return Watch(report=lambda done, total, stage: bars.setdefault(stage, ProgressBar(stage))(done, total))
+    return Watch(
+        report=lambda done, total, stage: bars.setdefault(stage, ProgressBar(stage))(done, total)
+    )
 
 
 def _tell_embedding(accepted: int, run) -> None:
@@ -82,7 +86,14 @@ def _config(config_class, args, **given):
     """The config built from the options _add_config_options made for it, with `given` fields set directly."""
     from dataclasses import fields
 
-    return config_class(**{field.name: getattr(args, field.name) for field in fields(config_class) if hasattr(args, field.name)} | given)
+    return config_class(
+        **{
+            field.name: getattr(args, field.name)
+            for field in fields(config_class)
+            if hasattr(args, field.name)
+        }
+        | given
+    )
 
 
 def _predict_config(args):
@@ -115,7 +126,11 @@ def _checked_out(out: str, inputs) -> Path:
     if mode is not None and not stat.S_ISREG(mode):
         raise ValueError(f"--out {out} is not a regular file; give the path of a file to write")
     # The same inode under any name: writing would replace the input before (or while) it is read.
-    same = [source for source in inputs if mode is not None and os.path.exists(source) and os.path.samefile(path, source)]
+    same = [
+        source
+        for source in inputs
+        if mode is not None and os.path.exists(source) and os.path.samefile(path, source)
+    ]
     if same:
         raise ValueError(f"--out {out} is the input {same[0]}; write to another file")
     try:
@@ -130,7 +145,9 @@ def cmd_demo(args) -> int:
 
     from core.io.demo import write_demo_dataset, write_digits_dataset
 
-    root = (write_digits_dataset if args.digits else write_demo_dataset)(Path(args.out_dir), seed=args.seed)
+    root = (write_digits_dataset if args.digits else write_demo_dataset)(
+        Path(args.out_dir), seed=args.seed
+    )
     print(f"wrote {'digits' if args.digits else 'demo'} dataset to {root}")
     return 0
 
@@ -155,7 +172,11 @@ def cmd_embed(args) -> int:
     folder = is_folder_out(args.out)
     if engine.engine == "ray":
         refuse_file_out(args.out)  # before the dataset is read
-    out = _checked_out_folder(args.out, args.source) if folder else _checked_out(args.out, [args.source])
+    out = (
+        _checked_out_folder(args.out, args.source)
+        if folder
+        else _checked_out(args.out, [args.source])
+    )
     dataset = load_dataset(_selected_source(args), watch=_stage_bars())
     config, bar = _config(EmbedConfig, args), ProgressBar("embedding")
     if engine.engine == "ray":
@@ -202,7 +223,9 @@ def _format_report(report: dict) -> str:
     width = max(map(len, report))
     lines = []
     for key, value in report.items():
-        shown = "n/a" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
+        shown = (
+            "n/a" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
+        )
         lines.append(f"{key:<{width}}  {shown}")
     return "\n".join(lines)
 
@@ -216,7 +239,7 @@ def cmd_evaluate(args) -> int:
     analysis = analyse(loaded.embeddings, _predict_config(args))
     if analysis.truth is None:
         raise ValueError(
-            "evaluate needs test truth: put test images under test/<label>/ (\"-1\" for distractors) "
+            'evaluate needs test truth: put test images under test/<label>/ ("-1" for distractors) '
             "or give labels in the Parquet file; use predict for unlabelled test sets"
         )
     report = {"model": loaded.embeddings.model, "threshold_rule": analysis.threshold_source}
@@ -240,12 +263,20 @@ def cmd_score(args) -> int:
     submission, truth = read_submission(args.submission), read_truth(args.truth)
     missing = [image_id for image_id in truth if image_id not in submission]
     if missing:
-        print(f"note: {len(missing)} truth ids have no prediction (scored 0), e.g. {missing[0]}", file=sys.stderr)
+        print(
+            f"note: {len(missing)} truth ids have no prediction (scored 0), e.g. {missing[0]}",
+            file=sys.stderr,
+        )
     extra = len(set(submission) - set(truth))
     if extra:
-        print(f"note: {extra} submission ids are not in the truth file and are ignored", file=sys.stderr)
+        print(
+            f"note: {extra} submission ids are not in the truth file and are ignored",
+            file=sys.stderr,
+        )
     ids = list(truth)
-    print(f"MAP@{args.k} = {map_at_k([truth[i] for i in ids], [submission.get(i, []) for i in ids], args.k):.6f}")
+    print(
+        f"MAP@{args.k} = {map_at_k([truth[i] for i in ids], [submission.get(i, []) for i in ids], args.k):.6f}"
+    )
     return 0
 
 
@@ -257,7 +288,10 @@ def cmd_compare(args) -> int:
     embeddings = _load(args).embeddings
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     comparison = compare_methods(
-        embeddings, _predict_config(args), methods, progress=lambda name: print(f"running {name}…", file=sys.stderr)
+        embeddings,
+        _predict_config(args),
+        methods,
+        progress=lambda name: print(f"running {name}…", file=sys.stderr),
     )
     print(json.dumps(as_json(comparison), indent=2) if args.json else format_table(comparison))
     return 0
@@ -271,10 +305,14 @@ def _ensemble_members(args):
             raise ValueError("an ensemble needs at least two embeddings .parquet files")
         return [_load(args, source=source).embeddings for source in args.sources]
     if len(args.sources) != 1:
-        raise ValueError("give one dataset with two or more --model, or two or more embeddings .parquet files")
+        raise ValueError(
+            "give one dataset with two or more --model, or two or more embeddings .parquet files"
+        )
     models = args.model or []
     if len(models) < 2:
-        raise ValueError(f"an ensemble needs at least two models; got {len(models)} (repeat --model)")
+        raise ValueError(
+            f"an ensemble needs at least two models; got {len(models)} (repeat --model)"
+        )
     return [_load(args, source=args.sources[0], model=model).embeddings for model in models]
 
 
@@ -287,13 +325,19 @@ def cmd_ensemble(args) -> int:
     members = _ensemble_members(args)
     if args.weights:
         if len(args.weights) != len(members):
-            raise ValueError(f"{len(args.weights)} weights for {len(members)} models; give one weight per model")
+            raise ValueError(
+                f"{len(args.weights)} weights for {len(members)} models; give one weight per model"
+            )
         combined = combine(members, args.weights, args.mode)
         print(f"ensemble: {combined.model}")
     else:
+
         def show(step):
             weights = ", ".join(f"{w:.3g}" for w in step.weights)
-            print(f"tried {step.model} at ratio {step.ratio:.3f}: validation MAP {step.metric:.4f} ({weights})", file=sys.stderr)
+            print(
+                f"tried {step.model} at ratio {step.ratio:.3f}: validation MAP {step.metric:.4f} ({weights})",
+                file=sys.stderr,
+            )
 
         metric = validation_map(_config(PredictConfig, args))
         search = search_weights(members, metric, mode=args.mode, progress=show)
@@ -330,8 +374,15 @@ def _projected(analysis, method: str, watch):
     """The map of the analysis's train and test vectors, its stages on the watch."""
     from core.maps.projection import ProjectionConfig, kept_projection
 
-    watch.stage(f"projecting {len(analysis.train.ids) + len(analysis.test.ids):,} points ({method})")
-    return kept_projection(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=method), progress=watch.stage)
+    watch.stage(
+        f"projecting {len(analysis.train.ids) + len(analysis.test.ids):,} points ({method})"
+    )
+    return kept_projection(
+        analysis.train.vectors,
+        analysis.test.vectors,
+        ProjectionConfig(method=method),
+        progress=watch.stage,
+    )
 
 
 def _analysed(loaded, args):
@@ -354,10 +405,20 @@ def cmd_report(args) -> int:
     analysis, watch, flags, rule = _analysed(loaded, args)
     projection = _projected(analysis, config.map_method, watch)
     page = report_html(
-        loaded, analysis, projection, name=loaded.name, images=loaded.images, threshold_rule=rule, flags=flags, config=config, watch=watch
+        loaded,
+        analysis,
+        projection,
+        name=loaded.name,
+        images=loaded.images,
+        threshold_rule=rule,
+        flags=flags,
+        config=config,
+        watch=watch,
     )
     write_report(out, page)
-    print(f"wrote {args.out} ({len(page.encode()) / 1e6:.1f} MB): open it in any browser, no network needed")
+    print(
+        f"wrote {args.out} ({len(page.encode()) / 1e6:.1f} MB): open it in any browser, no network needed"
+    )
     return 0
 
 
@@ -372,14 +433,22 @@ def cmd_export(args) -> int:
         raise ValueError(f"--out {args.out} is a file; give a folder to write the export into")
     loaded = _load(args)
     if args.format == "fiftyone":
-        check_images(loaded.images.values())  # before the analysis: an embeddings Parquet has no image files
+        check_images(
+            loaded.images.values()
+        )  # before the analysis: an embeddings Parquet has no image files
     analysis, watch, flags, rule = _analysed(loaded, args)
     items = export_items(analysis, loaded.images, flags=flags, rule=rule)
-    options = {"projection": _projected(analysis, args.map_method, watch)} if args.format == "atlas" else {}
+    options = (
+        {"projection": _projected(analysis, args.map_method, watch)}
+        if args.format == "atlas"
+        else {}
+    )
     exported = export(args.format, items, folder, loaded.name, watch, **options)
     for note in exported.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {', '.join(path.name for path in exported.files)} for {FORMAT_NAMES[args.format]} to {args.out}")
+    print(
+        f"wrote {', '.join(path.name for path in exported.files)} for {FORMAT_NAMES[args.format]} to {args.out}"
+    )
     print(f"open it with:\n{exported.how_to_open}")
     return 0
 
@@ -395,7 +464,9 @@ def _add_config_options(parser, config_class, only=None, skip=()) -> None:
         if field.name in skip or (only is not None and field.name not in only):
             continue
         flag = "--" + field.name.replace("_", "-")
-        value_type = next(t for t in (get_args(types[field.name]) or (types[field.name],)) if t is not type(None))
+        value_type = next(
+            t for t in (get_args(types[field.name]) or (types[field.name],)) if t is not type(None)
+        )
         help_text = field.metadata["help"].replace("%", "%%")  # argparse formats help with %
         if field.default is MISSING:
             raise TypeError(f"{config_class.__name__}.{field.name} needs a default to be an option")
@@ -405,10 +476,19 @@ def _add_config_options(parser, config_class, only=None, skip=()) -> None:
             continue
         if field.default is not None:
             help_text += " (default: %(default)s)"
-        parser.add_argument(flag, type=value_type, default=field.default, choices=field.metadata.get("choices"), help=help_text)
+        parser.add_argument(
+            flag,
+            type=value_type,
+            default=field.default,
+            choices=field.metadata.get("choices"),
+            help=help_text,
+        )
 
 
-def _add_source(parser, what="a dataset folder or .zip, a Hugging Face dataset (save_to_disk folder or hf:owner/name), or an embeddings .parquet"):
+def _add_source(
+    parser,
+    what="a dataset folder or .zip, a Hugging Face dataset (save_to_disk folder or hf:owner/name), or an embeddings .parquet",
+):
     from core.embedding.config import EmbedConfig
     from core.io.hf_datasets import HfSelection
 
@@ -422,7 +502,12 @@ def _add_prediction(parser):
     from core.retrieval.pipeline import PredictConfig
 
     _add_config_options(parser, PredictConfig)
-    parser.add_argument("--detector", default="threshold", choices=("threshold", "dbscan"), help="how distractors are flagged (default: %(default)s); dbscan uses the DBSCAN options")
+    parser.add_argument(
+        "--detector",
+        default="threshold",
+        choices=("threshold", "dbscan"),
+        help="how distractors are flagged (default: %(default)s); dbscan uses the DBSCAN options",
+    )
     _add_config_options(parser, DbscanConfig)
 
 
@@ -440,78 +525,138 @@ def build_parser():
     from core.report.config import ReportConfig
     from core.retrieval.pipeline import PredictConfig
 
-    parser = argparse.ArgumentParser(prog="python -m core", description="Retrieval Lab: image retrieval with distractors.")
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="Retrieval Lab: image retrieval with distractors."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="write the built-in demo dataset (no download)")
     demo.add_argument("out_dir")
-    demo.add_argument("--digits", action="store_true", help="write scikit-learn's handwritten digits instead")
+    demo.add_argument(
+        "--digits", action="store_true", help="write scikit-learn's handwritten digits instead"
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
 
     commands.add_parser("models", help="list the known models").set_defaults(run=cmd_models)
 
-    embed = commands.add_parser("embed", help="embed a dataset into a folder of Parquet part files, resumable, or one Parquet file (cached)")
-    _add_source(embed, "a dataset folder or .zip, or a Hugging Face dataset (save_to_disk folder or hf:owner/name)")
+    embed = commands.add_parser(
+        "embed",
+        help="embed a dataset into a folder of Parquet part files, resumable, or one Parquet file (cached)",
+    )
+    _add_source(
+        embed,
+        "a dataset folder or .zip, or a Hugging Face dataset (save_to_disk folder or hf:owner/name)",
+    )
     embed.add_argument(
         "--out",
         required=True,
         help="a folder (a name without a suffix, or ending in /) gets part files as batches are done, and a rerun embeds only the "
         "ids it lacks; a file name (x.parquet) gets one file, written at the end",
     )
-    embed.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART, help="rows per part file in an --out folder (default: %(default)s)")
+    embed.add_argument(
+        "--rows-per-part",
+        type=int,
+        default=ROWS_PER_PART,
+        help="rows per part file in an --out folder (default: %(default)s)",
+    )
     _add_config_options(embed, EngineConfig)
     embed.set_defaults(run=cmd_embed)
 
-    predict = commands.add_parser("predict", help="top-5 labels with -1 for distractors, as a submission CSV")
+    predict = commands.add_parser(
+        "predict", help="top-5 labels with -1 for distractors, as a submission CSV"
+    )
     _add_source(predict)
     _add_prediction(predict)
     predict.add_argument("--out", required=True, help="submission .csv to write")
     predict.set_defaults(run=cmd_predict)
 
-    evaluate = commands.add_parser("evaluate", help="MAP@5 and distractor figures for a dataset with test truth")
+    evaluate = commands.add_parser(
+        "evaluate", help="MAP@5 and distractor figures for a dataset with test truth"
+    )
     _add_source(evaluate)
     _add_prediction(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    score = commands.add_parser("score", help="MAP@5 of a submission against a truth CSV (id,label)")
+    score = commands.add_parser(
+        "score", help="MAP@5 of a submission against a truth CSV (id,label)"
+    )
     score.add_argument("submission")
     score.add_argument("truth")
     _add_config_options(score, PredictConfig, only=("k",))
     score.set_defaults(run=cmd_score)
 
-    compare = commands.add_parser("compare", help="every method on the same split: MAP@5, mP@5, top-1, distractor F1, fit time")
+    compare = commands.add_parser(
+        "compare",
+        help="every method on the same split: MAP@5, mP@5, top-1, distractor F1, fit time",
+    )
     _add_source(compare)
     _add_prediction(compare)
-    compare.add_argument("--methods", help="comma-separated subset of: " + ", ".join(COMPARE_METHODS))
+    compare.add_argument(
+        "--methods", help="comma-separated subset of: " + ", ".join(COMPARE_METHODS)
+    )
     compare.add_argument("--json", action="store_true", help="print JSON")
     compare.set_defaults(run=cmd_compare)
 
-    ensemble = commands.add_parser("ensemble", help="combine models (norm-scaled) with given or searched weights")
-    ensemble.add_argument("sources", nargs="+", help="one dataset (with two or more --model) or two or more embeddings .parquet")
+    ensemble = commands.add_parser(
+        "ensemble", help="combine models (norm-scaled) with given or searched weights"
+    )
+    ensemble.add_argument(
+        "sources",
+        nargs="+",
+        help="one dataset (with two or more --model) or two or more embeddings .parquet",
+    )
     ensemble.add_argument("--model", action="append", help="a model to include; repeat for each")
     _add_config_options(ensemble, EmbedConfig, skip=("model",))
     _add_config_options(ensemble, HfSelection)
-    ensemble.add_argument("--weights", type=float, nargs="+", help="one weight per model; without it, weights are searched one model at a time")
-    ensemble.add_argument("--mode", default=MODES[0], choices=MODES, help="weighted sum (equal dimensions) or concatenation (default: %(default)s)")
-    _add_config_options(ensemble, PredictConfig, skip=("threshold", "auto"))  # the search validates on train
+    ensemble.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        help="one weight per model; without it, weights are searched one model at a time",
+    )
+    ensemble.add_argument(
+        "--mode",
+        default=MODES[0],
+        choices=MODES,
+        help="weighted sum (equal dimensions) or concatenation (default: %(default)s)",
+    )
+    _add_config_options(
+        ensemble, PredictConfig, skip=("threshold", "auto")
+    )  # the search validates on train
     ensemble.add_argument("--out", help="ensemble embeddings .parquet to write")
     ensemble.set_defaults(run=cmd_ensemble)
 
-    report = commands.add_parser("report", help="one self-contained HTML file to share: metrics, curves, map and neighbours")
+    report = commands.add_parser(
+        "report", help="one self-contained HTML file to share: metrics, curves, map and neighbours"
+    )
     _add_source(report)
     _add_prediction(report)
     _add_config_options(report, ReportConfig)
     report.add_argument("--out", required=True, help="report .html to write")
     report.set_defaults(run=cmd_report)
 
-    export = commands.add_parser("export", help="every item with its predictions and vector for FiftyOne, Embedding Atlas or TensorBoard's projector")
+    export = commands.add_parser(
+        "export",
+        help="every item with its predictions and vector for FiftyOne, Embedding Atlas or TensorBoard's projector",
+    )
     _add_source(export)
     _add_prediction(export)
-    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="the tool to open the export in")
-    export.add_argument("--map-method", default="umap", choices=PROJECTION_METHODS, help="projection giving the atlas format its x and y (default: %(default)s)")
-    export.add_argument("--out", required=True, help="folder to write the export into (made if missing; files of the same names are replaced)")
+    export.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS, help="the tool to open the export in"
+    )
+    export.add_argument(
+        "--map-method",
+        default="umap",
+        choices=PROJECTION_METHODS,
+        help="projection giving the atlas format its x and y (default: %(default)s)",
+    )
+    export.add_argument(
+        "--out",
+        required=True,
+        help="folder to write the export into (made if missing; files of the same names are replaced)",
+    )
     export.set_defaults(run=cmd_export)
     return parser
 

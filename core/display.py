@@ -20,10 +20,15 @@ ZERO_WIDTH_SPACE = "\u200b"
 def visible_controls(text: str) -> str:
     """Control, format and bidi-override characters shown as ⟨U+XXXX⟩, so none can break a line,
     reverse the text after it or hide inside a name; white space other than a plain space too."""
-    if text.isprintable():  # no control, format or separator character but the space: most text, fast
+    if (
+        text.isprintable()
+    ):  # no control, format or separator character but the space: most text, fast
         return text
     return "".join(
-        f"⟨U+{ord(char):04X}⟩" if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") or (char.isspace() and char != " ") else char
+        f"⟨U+{ord(char):04X}⟩"
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+        or (char.isspace() and char != " ")
+        else char
         for char in text
     )
 

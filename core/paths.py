@@ -21,7 +21,9 @@ def confined_path(root: Path, relative: str) -> Path:
     base = Path(root).resolve()
     target = (base / relative).resolve()
     if not target.is_relative_to(base):
-        raise ValueError(f"{relative!r} is outside the data root {base}; only folders under it can be opened")
+        raise ValueError(
+            f"{relative!r} is outside the data root {base}; only folders under it can be opened"
+        )
     return target
 
 

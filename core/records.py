@@ -88,7 +88,13 @@ class Embeddings:
     @classmethod
     def joined(cls, parts: "Sequence[Embeddings]", model: str, dim: int) -> "Embeddings":
         """The rows of `parts` in order as one table by `model`; no parts give no rows of `dim` columns."""
-        empty = cls(np.array([], str), np.array([], str), np.array([], object), np.empty((0, dim), np.float32), model)
+        empty = cls(
+            np.array([], str),
+            np.array([], str),
+            np.array([], object),
+            np.empty((0, dim), np.float32),
+            model,
+        )
         parts = [empty, *parts]  # numpy cannot concatenate no arrays
         return cls(
             ids=np.concatenate([part.ids for part in parts]),

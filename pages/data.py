@@ -25,14 +25,19 @@ if chosen != current.name:
     st.rerun()
 
 with st.expander("Add a dataset"):
-    upload_tab, folder_tab, hugging_face_tab = st.tabs(["Upload", "Folder on the server", "Hugging Face"])
+    upload_tab, folder_tab, hugging_face_tab = st.tabs(
+        ["Upload", "Folder on the server", "Hugging Face"]
+    )
     with upload_tab:
         st.caption(
             "A .zip of `train/<label>/…` and `test/…` (or `test/<label>/…`, `-1` for distractors), "
             "a `train.csv` (image,label) with its images, many images at once, or an embeddings `.parquet`."
         )
         files = st.file_uploader(
-            "Files", accept_multiple_files=True, key="data_upload", type=["zip", "parquet", "csv", *ui.IMAGE_UPLOAD_TYPES]
+            "Files",
+            accept_multiple_files=True,
+            key="data_upload",
+            type=["zip", "parquet", "csv", *ui.IMAGE_UPLOAD_TYPES],
         )
         name = st.text_input("Name", value="my dataset")
         if st.button("Add upload", disabled=not files):
@@ -65,13 +70,24 @@ with st.expander("Add a dataset"):
         )
         location = st.text_input("save_to_disk folder or hf:owner/name", key="hf_location")
         columns = st.columns(4)
-        selection = HfSelection(**{
-            field.name: column.text_input(field.name.replace("_", " ").capitalize(), field.default, help=field.metadata["help"], key=f"hf_{field.name}")
-            for field, column in zip(fields(HfSelection), columns)
-        })
+        selection = HfSelection(
+            **{
+                field.name: column.text_input(
+                    field.name.replace("_", " ").capitalize(),
+                    field.default,
+                    help=field.metadata["help"],
+                    key=f"hf_{field.name}",
+                )
+                for field, column in zip(fields(HfSelection), columns)
+            }
+        )
         if st.button("Add Hugging Face dataset", disabled=not location):
             bar = st.progress(0.0)
-            watch = Watch(report=lambda done, total, stage: bar.progress(done / total if total else 1.0, text=ui.plain(stage)))
+            watch = Watch(
+                report=lambda done, total, stage: bar.progress(
+                    done / total if total else 1.0, text=ui.plain(stage)
+                )
+            )
             try:
                 entry = datasets.add_hugging_face(location, selection, watch)
             except (ValueError, OSError) as error:  # OSError: an unreadable folder or a full disk
@@ -81,7 +97,9 @@ with st.expander("Add a dataset"):
                 st.rerun()
 
 
-def show_counts(pairs: list[tuple[str, str | None]], refused: list, unit: str, refused_unit: str) -> None:
+def show_counts(
+    pairs: list[tuple[str, str | None]], refused: list, unit: str, refused_unit: str
+) -> None:
     """Counts per split and class from (split, label) pairs, and what was refused with its reason."""
     train_labels = [label for split, label in pairs if split == TRAIN]
     test_labels = [label for split, label in pairs if split == TEST]
@@ -93,15 +111,29 @@ def show_counts(pairs: list[tuple[str, str | None]], refused: list, unit: str, r
     st.caption(f"{len(pairs)} accepted, {len(refused)} refused")
     if test_labels and None not in test_labels:
         distractors = test_labels.count("-1")
-        st.caption(f"Test truth is known: {distractors} of {len(test_labels)} test {unit} are distractors ({distractors / len(test_labels):.0%}).")
-    counts = pd.DataFrame(
-        [(split, label if label is not None else "(unlabelled)") for split, label in pairs], columns=["split", "label"]
-    ).value_counts().rename(unit).reset_index()
+        st.caption(
+            f"Test truth is known: {distractors} of {len(test_labels)} test {unit} are distractors ({distractors / len(test_labels):.0%})."
+        )
+    counts = (
+        pd.DataFrame(
+            [(split, label if label is not None else "(unlabelled)") for split, label in pairs],
+            columns=["split", "label"],
+        )
+        .value_counts()
+        .rename(unit)
+        .reset_index()
+    )
     with st.expander(f"{unit.capitalize()} per split and class"):
         st.dataframe(counts, hide_index=True, width="stretch")
     if refused:
         with st.expander(f"Refused {refused_unit} ({len(refused)})", expanded=True):
-            st.dataframe(pd.DataFrame([(r.name, r.reason) for r in refused], columns=[refused_unit[:-1], "reason"]), hide_index=True, width="stretch")
+            st.dataframe(
+                pd.DataFrame(
+                    [(r.name, r.reason) for r in refused], columns=[refused_unit[:-1], "reason"]
+                ),
+                hide_index=True,
+                width="stretch",
+            )
 
 
 entry = datasets.active()
@@ -111,8 +143,12 @@ if entry.kind == "parquet":
     except ValueError as error:
         st.error(f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(error)}")
         st.stop()
-    st.caption(f"Vectors made by {ui.plain(vectors.model)}, {vectors.dim} dimensions: the analysis pages use them as they are.")
-    show_counts(list(zip(vectors.splits.tolist(), vectors.labels.tolist())), dropped, "rows", "rows")
+    st.caption(
+        f"Vectors made by {ui.plain(vectors.model)}, {vectors.dim} dimensions: the analysis pages use them as they are."
+    )
+    show_counts(
+        list(zip(vectors.splits.tolist(), vectors.labels.tolist())), dropped, "rows", "rows"
+    )
     st.info("This dataset is a Parquet file of precomputed vectors: there are no images to show.")
     st.stop()
 
@@ -122,7 +158,12 @@ except (ValueError, OSError) as error:
     st.error(f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(error)}")
     st.stop()
 
-show_counts([(item.split, item.label) for item in dataset.items], datasets.refused_on_upload(entry) + dataset.rejected, "images", "files")
+show_counts(
+    [(item.split, item.label) for item in dataset.items],
+    datasets.refused_on_upload(entry) + dataset.rejected,
+    "images",
+    "files",
+)
 
 st.subheader("Gallery")
 split = st.radio("Split", [TRAIN, TEST], horizontal=True)
@@ -130,4 +171,7 @@ items = dataset.split(split)
 per_page = 24
 page = st.number_input("Page", 1, max(1, -(-len(items) // per_page)), 1)
 shown = items[(page - 1) * per_page : page * per_page]
-ui.image_grid([ui.thumbnail(str(item.path)) for item in shown], [f"{item.id} · {item.label or '?'}" for item in shown])
+ui.image_grid(
+    [ui.thumbnail(str(item.path)) for item in shown],
+    [f"{item.id} · {item.label or '?'}" for item in shown],
+)

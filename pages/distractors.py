@@ -9,7 +9,14 @@ from core.retrieval.placement import PLACEMENTS
 from core.maps.figures import THRESHOLD_AXIS, score_shares
 from core.retrieval.threshold_steps import threshold_steps
 from pages import ui
-from pages.live_threshold import Binned, LiveChart, LiveMetric, RankTable, live_threshold, rested_threshold
+from pages.live_threshold import (
+    Binned,
+    LiveChart,
+    LiveMetric,
+    RankTable,
+    live_threshold,
+    rested_threshold,
+)
 
 THRESHOLD_SLIDER = "Distractor threshold"
 
@@ -19,11 +26,17 @@ current = ui.session()
 analysis = current.analysis
 sweep = analysis.sweep
 steps = threshold_steps(analysis, ui.THRESHOLD_DECIMALS)
-best = sweep.best_map_threshold() if sweep.has_map else None  # one answer for the chart's mark and the caption
-threshold_state = f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
+best = (
+    sweep.best_map_threshold() if sweep.has_map else None
+)  # one answer for the chart's mark and the caption
+threshold_state = (
+    f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
+)
 synced_state = threshold_state + "-synced"  # the saved threshold this tab last read or wrote
 previous_state = threshold_state + "-previous"  # the threshold one run ago, for "what flips"
-origin_state = threshold_state + "-origin"  # counts the thresholds set here on the server, which the slider must show
+origin_state = (
+    threshold_state + "-origin"
+)  # counts the thresholds set here on the server, which the slider must show
 slider_key = threshold_state + "-slider"
 
 
@@ -41,7 +54,7 @@ st.caption(
 )
 st.caption(
     f'Where "-1" goes: **{analysis.placement}** ({ui.plain(analysis.placement_source)}). "first" puts it first for '
-    "flagged items only; \"optimal\" also puts it, for every other item, at the rank with the highest expected "
+    'flagged items only; "optimal" also puts it, for every other item, at the rank with the highest expected '
     f"AP@{analysis.config.k} (2–{analysis.config.k} or nowhere). Choose it on the **Evaluate & export** page."
 )
 
@@ -65,7 +78,9 @@ def _take_slider_threshold() -> None:
 def _set_threshold_from_contamination() -> None:
     # The box only sets the slider and never follows it: two widgets writing each other's value race
     # when key presses arrive faster than reruns, and the slider snaps back.
-    _set_threshold(on_slider_grid(sweep.threshold_for(st.session_state[threshold_state + "-target"])))
+    _set_threshold(
+        on_slider_grid(sweep.threshold_for(st.session_state[threshold_state + "-target"]))
+    )
 
 
 def _set_threshold_from_false_flag() -> None:
@@ -88,32 +103,57 @@ def slider_metrics() -> list[list[LiveMetric]]:
     def percent(value):
         return f"{value:.1%}"
 
-    rows = [[
-        LiveMetric("Flagged as distractors", shown(steps.flagged, lambda v: f"{v:,.0f}"), counts=steps.flagged.tolist()),
-        LiveMetric("Kept", shown(n - steps.flagged, lambda v: f"{v:,.0f}")),
-        LiveMetric("Contamination", shown(steps.flagged / n, percent)),
-        LiveMetric("Threshold", shown(steps.thresholds, fixed(ui.THRESHOLD_DECIMALS))),
-    ]]
-    expected = [] if steps.expected_map is None else [LiveMetric(
-        f"Expected MAP@{k}", shown(steps.expected_map, fixed(4)),
-        help="What the placement model expects of this threshold and placement, without test truth.",
-    )]
-    if steps.map_by_placement:
-        rows.append([
-            LiveMetric(f"MAP@{k}", shown(steps.map_by_placement[analysis.placement], fixed(4))),
-            LiveMetric("Precision", shown(steps.precision, fixed(3))),
-            LiveMetric("Recall", shown(steps.recall, fixed(3))),
-            LiveMetric("F1", shown(steps.f1, fixed(3))),
-        ])
-        rows.append([
-            *(LiveMetric(f'MAP@{k}, "-1" {placement}', shown(steps.map_by_placement[placement], fixed(4))) for placement in PLACEMENTS),
+    rows = [
+        [
             LiveMetric(
-                "Known-class images flagged",
-                ["–"] * len(steps.thresholds) if steps.known_flagged is None else shown(steps.known_flagged, percent),
-                help="The realised false-flag rate: the share of test images whose class is in train that this threshold flags.",
+                "Flagged as distractors",
+                shown(steps.flagged, lambda v: f"{v:,.0f}"),
+                counts=steps.flagged.tolist(),
             ),
-            *expected,
-        ])
+            LiveMetric("Kept", shown(n - steps.flagged, lambda v: f"{v:,.0f}")),
+            LiveMetric("Contamination", shown(steps.flagged / n, percent)),
+            LiveMetric("Threshold", shown(steps.thresholds, fixed(ui.THRESHOLD_DECIMALS))),
+        ]
+    ]
+    expected = (
+        []
+        if steps.expected_map is None
+        else [
+            LiveMetric(
+                f"Expected MAP@{k}",
+                shown(steps.expected_map, fixed(4)),
+                help="What the placement model expects of this threshold and placement, without test truth.",
+            )
+        ]
+    )
+    if steps.map_by_placement:
+        rows.append(
+            [
+                LiveMetric(f"MAP@{k}", shown(steps.map_by_placement[analysis.placement], fixed(4))),
+                LiveMetric("Precision", shown(steps.precision, fixed(3))),
+                LiveMetric("Recall", shown(steps.recall, fixed(3))),
+                LiveMetric("F1", shown(steps.f1, fixed(3))),
+            ]
+        )
+        rows.append(
+            [
+                *(
+                    LiveMetric(
+                        f'MAP@{k}, "-1" {placement}',
+                        shown(steps.map_by_placement[placement], fixed(4)),
+                    )
+                    for placement in PLACEMENTS
+                ),
+                LiveMetric(
+                    "Known-class images flagged",
+                    ["–"] * len(steps.thresholds)
+                    if steps.known_flagged is None
+                    else shown(steps.known_flagged, percent),
+                    help="The realised false-flag rate: the share of test images whose class is in train that this threshold flags.",
+                ),
+                *expected,
+            ]
+        )
     elif expected:
         rows.append(expected)
     return rows
@@ -121,28 +161,60 @@ def slider_metrics() -> list[list[LiveMetric]]:
 
 def slider_charts() -> list[LiveChart]:
     """The score histogram and the curves over thresholds, their markers at every slider position."""
-    k, n, at = analysis.config.k, sweep.n, [f"{threshold:.{ui.THRESHOLD_DECIMALS}f}" for threshold in steps.thresholds]
+    k, n, at = (
+        analysis.config.k,
+        sweep.n,
+        [f"{threshold:.{ui.THRESHOLD_DECIMALS}f}" for threshold in steps.thresholds],
+    )
     train_scores = analysis.train_loo_scores
     edges, test_shares, train_shares = score_shares(analysis.scores, train_scores)
-    charts = [LiveChart(
-        "Distractor scores: test vs train leave-one-out", "max cosine similarity to train", "share of the set", "percent",
-        [f"below = distractor · {threshold}" for threshold in at],
-        bars=Binned(edges.tolist(), test_shares.tolist(), f"test ({n:,})"),
-        steps=Binned(edges.tolist(), train_shares.tolist(), f"train leave-one-out ({len(train_scores):,})") if len(train_scores) else None,
-    )]
+    charts = [
+        LiveChart(
+            "Distractor scores: test vs train leave-one-out",
+            "max cosine similarity to train",
+            "share of the set",
+            "percent",
+            [f"below = distractor · {threshold}" for threshold in at],
+            bars=Binned(edges.tolist(), test_shares.tolist(), f"test ({n:,})"),
+            steps=Binned(
+                edges.tolist(),
+                train_shares.tolist(),
+                f"train leave-one-out ({len(train_scores):,})",
+            )
+            if len(train_scores)
+            else None,
+        )
+    ]
     contamination = steps.flagged / n
-    charts.append(LiveChart(
-        "Contamination rate by threshold", THRESHOLD_AXIS, "test flagged as distractor", "percent",
-        [f"{threshold} → {share:.1%}" for threshold, share in zip(at, contamination)], line=contamination.tolist(), y_max=1.0,
-    ))
+    charts.append(
+        LiveChart(
+            "Contamination rate by threshold",
+            THRESHOLD_AXIS,
+            "test flagged as distractor",
+            "percent",
+            [f"{threshold} → {share:.1%}" for threshold, share in zip(at, contamination)],
+            line=contamination.tolist(),
+            y_max=1.0,
+        )
+    )
     if best is not None:
         values = steps.map_by_placement[analysis.placement]
         best_threshold, best_map = best
-        charts.append(LiveChart(
-            f"MAP@{k} by threshold", THRESHOLD_AXIS, f"MAP@{k}", "fixed",
-            [f"MAP@{k} {value:.4f} at {threshold}" for threshold, value in zip(at, values)], line=values.tolist(),
-            best={"x": best_threshold, "y": best_map, "label": f"best {best_map:.4f} at {best_threshold:.3f}"},
-        ))
+        charts.append(
+            LiveChart(
+                f"MAP@{k} by threshold",
+                THRESHOLD_AXIS,
+                f"MAP@{k}",
+                "fixed",
+                [f"MAP@{k} {value:.4f} at {threshold}" for threshold, value in zip(at, values)],
+                line=values.tolist(),
+                best={
+                    "x": best_threshold,
+                    "y": best_map,
+                    "label": f"best {best_map:.4f} at {best_threshold:.3f}",
+                },
+            )
+        )
     return charts
 
 
@@ -153,7 +225,9 @@ def threshold_panel() -> None:
     if threshold_state not in st.session_state or changed_elsewhere:
         _set_threshold(saved)
     if changed_elsewhere:
-        st.info(f"The threshold was changed to {saved:.3f} in another tab of this workspace; the slider now shows it.")
+        st.info(
+            f"The threshold was changed to {saved:.3f} in another tab of this workspace; the slider now shows it."
+        )
     left, right = st.columns([3, 1])
     with right, st.form(threshold_state + "-form", border=False):
         st.number_input(
@@ -181,18 +255,39 @@ def threshold_panel() -> None:
             "(split conformal on train leave-one-out scores). It assumes those images score like train images "
             "do against the rest of train; it does not bound how many distractors are missed.",
         )
-        st.form_submit_button("Set threshold for α", on_click=_set_threshold_from_false_flag, disabled=analysis.evidence is None)
+        st.form_submit_button(
+            "Set threshold for α",
+            on_click=_set_threshold_from_false_flag,
+            disabled=analysis.evidence is None,
+        )
     threshold = st.session_state[threshold_state]
     with left:
         k = analysis.config.k
-        ranks = RankTable("-1 at", "test images", [*map(str, range(1, k + 1)), "nowhere"], steps.minus_one_at.tolist())
+        ranks = RankTable(
+            "-1 at",
+            "test images",
+            [*map(str, range(1, k + 1)), "nowhere"],
+            steps.minus_one_at.tolist(),
+        )
         live_threshold(
-            THRESHOLD_SLIDER, steps, ui.THRESHOLD_DECIMALS, slider_metrics(), ranks, slider_charts(), threshold,
-            st.session_state[origin_state], slider_key, _take_slider_threshold,
+            THRESHOLD_SLIDER,
+            steps,
+            ui.THRESHOLD_DECIMALS,
+            slider_metrics(),
+            ranks,
+            slider_charts(),
+            threshold,
+            st.session_state[origin_state],
+            slider_key,
+            _take_slider_threshold,
         )
         if not sweep.has_map:
-            st.caption(f"No test truth: MAP@{k}, precision and recall need test images in test/<label>/ folders.")
-        st.caption("The figures and charts follow every move of the slider; the images below follow once it rests.")
+            st.caption(
+                f"No test truth: MAP@{k}, precision and recall need test images in test/<label>/ folders."
+            )
+        st.caption(
+            "The figures and charts follow every move of the slider; the images below follow once it rests."
+        )
     previous = st.session_state.get(previous_state, threshold)
     st.session_state[previous_state] = threshold
     if best is not None:
@@ -202,12 +297,15 @@ def threshold_panel() -> None:
             "of the widest range of thresholds that reach it, the choice least sensitive to noise in the scores."
         )
 
-    between = (analysis.scores >= min(previous, threshold)) & (analysis.scores < max(previous, threshold))
+    between = (analysis.scores >= min(previous, threshold)) & (
+        analysis.scores < max(previous, threshold)
+    )
     flipped = np.flatnonzero(between)
     st.subheader(f"What flips ({len(flipped)})")
     if len(flipped) == 0:
         st.caption(
-            "Move the slider: the images whose verdict changes appear here." if previous == threshold
+            "Move the slider: the images whose verdict changes appear here."
+            if previous == threshold
             else f"No image changes its verdict between {previous:.3f} and {threshold:.3f}."
         )
         return
@@ -215,11 +313,16 @@ def threshold_panel() -> None:
     shown = flipped[np.argsort(analysis.scores[flipped])][:16]
     st.caption(
         f"{'Newly flagged' if now_flagged else 'No longer flagged'} between {previous:.3f} and {threshold:.3f}"
-        + (f"; showing the {len(shown)} lowest-scoring of {len(flipped)}." if len(shown) < len(flipped) else ".")
+        + (
+            f"; showing the {len(shown)} lowest-scoring of {len(flipped)}."
+            if len(shown) < len(flipped)
+            else "."
+        )
     )
     ids = [str(analysis.test.ids[row]) for row in shown]
     captions = [
-        f"{item_id} · {analysis.scores[row]:.3f}" + ("" if analysis.truth is None else f" · truth {analysis.truth[row]}")
+        f"{item_id} · {analysis.scores[row]:.3f}"
+        + ("" if analysis.truth is None else f" · truth {analysis.truth[row]}")
         for item_id, row in zip(ids, shown)
     ]
     ui.image_grid([current.image(item_id) for item_id in ids], captions)
@@ -238,7 +341,9 @@ with st.expander("DBSCAN: a second detector"):
     noise = columns[2].checkbox("Count noise points as distractors")
     # Seconds at 13k items and minutes at 130k: computed only on request, once per dataset and settings.
     if st.toggle("Run DBSCAN", key="dbscan_run"):
-        flags = ui.dbscan_flags(current, DbscanConfig(eps=eps, min_samples=int(min_samples), noise_is_distractor=noise))
+        flags = ui.dbscan_flags(
+            current, DbscanConfig(eps=eps, min_samples=int(min_samples), noise_is_distractor=noise)
+        )
         report = analysis.report(flags=flags)
         threshold_flags = analysis.flags(st.session_state[threshold_state])
         cells = st.columns(4)

@@ -9,7 +9,14 @@ from core.embedding.runner import precision_note
 from core.records import TEST, TRAIN
 from core.methods.ensemble import search_weights, validation_map
 from core.session.models import choose_model, chosen_model
-from core.session.vectors import EnsembleMember, ensemble_recipe, predict_config, reweighted, save_ensemble, saved_ensemble
+from core.session.vectors import (
+    EnsembleMember,
+    ensemble_recipe,
+    predict_config,
+    reweighted,
+    save_ensemble,
+    saved_ensemble,
+)
 from pages import ui
 
 st.title("Embed")
@@ -30,12 +37,16 @@ def show_vectors(current: ui.Session) -> None:
     cells[2].metric("Computed", loaded.computed)
     cells[3].metric("From cache", loaded.from_cache)
     cells[4].metric("Refused", len(loaded.rejected))
-    st.caption(f"Model identity: {ui.plain(emb.model)} · train {counts['train']}, test {counts['test']} · {loaded.seconds:.1f} s")
+    st.caption(
+        f"Model identity: {ui.plain(emb.model)} · train {counts['train']}, test {counts['test']} · {loaded.seconds:.1f} s"
+    )
     if loaded.computed and loaded.seconds:
         st.caption(f"{loaded.computed / loaded.seconds:.1f} images/s when computed.")
     if loaded.rejected:
         with st.expander(f"Refused while embedding ({len(loaded.rejected)})"):
-            st.dataframe([{"file": r.name, "reason": r.reason} for r in loaded.rejected], hide_index=True)
+            st.dataframe(
+                [{"file": r.name, "reason": r.reason} for r in loaded.rejected], hide_index=True
+            )
 
 
 if entry.kind == "parquet":
@@ -55,7 +66,14 @@ choice = st.selectbox(
     index=options.index(saved.model) if saved.model in known else len(options) - 1,
     format_func=lambda name: name if name == other else f"{name} — {known[name]}",
 )
-model = st.text_input("Hugging Face id or local checkpoint folder", value=saved.model if saved.model not in known else "") if choice == other else choice
+model = (
+    st.text_input(
+        "Hugging Face id or local checkpoint folder",
+        value=saved.model if saved.model not in known else "",
+    )
+    if choice == other
+    else choice
+)
 columns = st.columns(3)
 
 
@@ -69,14 +87,24 @@ def config_choice(column, name: str, label: str) -> str:
     spec = config_field(name)
     choices = spec.metadata["choices"]
     return column.radio(
-        label, choices, index=choices.index(getattr(saved, name)), horizontal=True, disabled=model == BASELINE_MODEL, help=spec.metadata["help"]
+        label,
+        choices,
+        index=choices.index(getattr(saved, name)),
+        horizontal=True,
+        disabled=model == BASELINE_MODEL,
+        help=spec.metadata["help"],
     )
 
 
 precision = config_choice(columns[0], "precision", "Precision")
 runtime = config_choice(columns[1], "runtime", "Runtime")
 batch_size = columns[2].number_input(
-    "Batch size", 1, 4096, saved.batch_size, placeholder="auto", help=config_field("batch_size").metadata["help"]
+    "Batch size",
+    1,
+    4096,
+    saved.batch_size,
+    placeholder="auto",
+    help=config_field("batch_size").metadata["help"],
 )
 
 with st.expander("Ensemble: combine several models (seed 000)"):
@@ -88,19 +116,30 @@ with st.expander("Ensemble: combine several models (seed 000)"):
     members = saved_ensemble(ws)
     saved_weights = {member.model: member.weight for member in members}
     others = [name for name in known if name != model]
-    extra = st.multiselect("Also use", others, default=[name for name in saved_weights if name in others])
-    weights = {name: st.number_input(f"Weight of {name}", 0.0, 10.0, float(saved_weights.get(name, 0.5)), 0.05) for name in extra}
+    extra = st.multiselect(
+        "Also use", others, default=[name for name in saved_weights if name in others]
+    )
+    weights = {
+        name: st.number_input(
+            f"Weight of {name}", 0.0, 10.0, float(saved_weights.get(name, 0.5)), 0.05
+        )
+        for name in extra
+    }
     if st.button("Save ensemble", disabled=saved_weights == weights):
         save_ensemble(ws, [EnsembleMember(name, weight) for name, weight in weights.items()])
         st.rerun()
     if members and st.button("Search the weights, one model at a time"):
         current = ui.session()
         recipe = ensemble_recipe(members, current.embed_config, ui.model_shelf())
-        with st.status("Searching weights on train with held-out classes as distractors…") as status:
+        with st.status(
+            "Searching weights on train with held-out classes as distractors…"
+        ) as status:
             search = search_weights(
                 [ui.embeddings(current.entry, config).embeddings for config, _ in recipe.parts],
                 validation_map(predict_config(ws)),
-                progress=lambda step: status.update(label=f"{ui.plain(step.model)} at ratio {step.ratio:.3f}: {step.metric:.4f}"),
+                progress=lambda step: status.update(
+                    label=f"{ui.plain(step.model)} at ratio {step.ratio:.3f}: {step.metric:.4f}"
+                ),
             )
             status.update(label=f"Best validation MAP@5 {search.metric:.4f}", state="complete")
         st.code(search.table(), language=None)
@@ -109,11 +148,18 @@ with st.expander("Ensemble: combine several models (seed 000)"):
         except ValueError as error:
             st.warning(f"{ui.plain(error)}.")
         else:
-            st.caption("The weights found are saved, relative to the main model's; reload the page to use them.")
+            st.caption(
+                "The weights found are saved, relative to the main model's; reload the page to use them."
+            )
 
 if st.button("Embed", type="primary", disabled=not model):
     try:
-        config = EmbedConfig(model=model.strip(), batch_size=None if batch_size is None else int(batch_size), precision=precision, runtime=runtime)
+        config = EmbedConfig(
+            model=model.strip(),
+            batch_size=None if batch_size is None else int(batch_size),
+            precision=precision,
+            runtime=runtime,
+        )
     except ValueError as error:
         st.error(ui.plain(error))
         st.stop()

@@ -7,7 +7,14 @@ import pandas as pd
 import streamlit as st
 
 from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, export_items, exported_zip
-from core.methods.compare import BASELINE_METHOD, COMPARE_METHODS, REGRESSION, as_json, compare_methods, format_table
+from core.methods.compare import (
+    BASELINE_METHOD,
+    COMPARE_METHODS,
+    REGRESSION,
+    as_json,
+    compare_methods,
+    format_table,
+)
 from core.records import DISTRACTOR
 from core.maps.figures import class_frequency
 from core.maps.projection import PROJECTION_METHODS, ProjectionConfig
@@ -22,29 +29,52 @@ from pages import ui
 
 SCORE_MODE_NAMES = {"max": "best similarity", "mean": "mean of the nearest"}
 PLACEMENT_CHOICES = (None, *PLACEMENTS)
-PLACEMENT_NAMES = {None: "the better on train", "first": "first, flagged only", "optimal": "optimal"}
+PLACEMENT_NAMES = {
+    None: "the better on train",
+    "first": "first, flagged only",
+    "optimal": "optimal",
+}
 
 st.title("Evaluate & export")
 ws = ui.workspace()
 saved = predict_config(ws)
-with st.expander("Prediction settings: labels per row, the distractor score and where -1 goes (every page follows them)"):
+with st.expander(
+    "Prediction settings: labels per row, the distractor score and where -1 goes (every page follows them)"
+):
     k_column, mode_column, score_k_column, placement_column = st.columns(4)
-    chosen_k = k_column.number_input("Labels per prediction (k, MAP@k)", min_value=1, value=saved.k, key="evaluate_k")
+    chosen_k = k_column.number_input(
+        "Labels per prediction (k, MAP@k)", min_value=1, value=saved.k, key="evaluate_k"
+    )
     chosen_mode = mode_column.radio(
-        "Distractor score", SCORE_MODES, index=SCORE_MODES.index(saved.score_mode), format_func=SCORE_MODE_NAMES.get,
-        horizontal=True, key="evaluate_score_mode",
+        "Distractor score",
+        SCORE_MODES,
+        index=SCORE_MODES.index(saved.score_mode),
+        format_func=SCORE_MODE_NAMES.get,
+        horizontal=True,
+        key="evaluate_score_mode",
     )
     chosen_score_k = score_k_column.number_input(
-        "Neighbours averaged", min_value=1, value=saved.score_k, disabled=chosen_mode != "mean", key="evaluate_score_k"
+        "Neighbours averaged",
+        min_value=1,
+        value=saved.score_k,
+        disabled=chosen_mode != "mean",
+        key="evaluate_score_k",
     )
     chosen_placement = placement_column.radio(
-        'Where "-1" goes', PLACEMENT_CHOICES, index=PLACEMENT_CHOICES.index(saved.placement),
-        format_func=PLACEMENT_NAMES.get, key="evaluate_placement",
+        'Where "-1" goes',
+        PLACEMENT_CHOICES,
+        index=PLACEMENT_CHOICES.index(saved.placement),
+        format_func=PLACEMENT_NAMES.get,
+        key="evaluate_placement",
         help='"first": first for flagged items only. "optimal": also, for every other item, at the rank with the highest '
         "expected AP@k. By default, whichever scores the higher validation MAP@k on train.",
     )
     wanted = replace(
-        saved, k=int(chosen_k), score_mode=chosen_mode, score_k=int(chosen_score_k), placement=chosen_placement
+        saved,
+        k=int(chosen_k),
+        score_mode=chosen_mode,
+        score_k=int(chosen_score_k),
+        placement=chosen_placement,
     )
     if wanted != saved:
         save_predict_config(ws, wanted)
@@ -75,14 +105,30 @@ if analysis.truth is None:
     )
 else:
     scores = st.columns(3)
-    scores[0].metric(f"MAP@{k}", shown(report[f"MAP@{k}"]), help="Kaggle's score: 1/rank of the true label in the first k, averaged.")
-    scores[1].metric(f"mP@{k}", shown(report[f"mP@{k}"]), help="Share of the first k neighbours with the query's class, over non-distractors.")
-    scores[2].metric("Top-1 accuracy", shown(report["top1_accuracy"]), help="Share of test images whose first label is right.")
+    scores[0].metric(
+        f"MAP@{k}",
+        shown(report[f"MAP@{k}"]),
+        help="Kaggle's score: 1/rank of the true label in the first k, averaged.",
+    )
+    scores[1].metric(
+        f"mP@{k}",
+        shown(report[f"mP@{k}"]),
+        help="Share of the first k neighbours with the query's class, over non-distractors.",
+    )
+    scores[2].metric(
+        "Top-1 accuracy",
+        shown(report["top1_accuracy"]),
+        help="Share of test images whose first label is right.",
+    )
     detection = st.columns(4)
     detection[0].metric("Distractor precision", shown(report["distractor_precision"]))
     detection[1].metric("Distractor recall", shown(report["distractor_recall"]))
     detection[2].metric("Distractor F1", shown(report["distractor_f1"]))
-    detection[3].metric("Score ROC-AUC", shown(report["distractor_roc_auc"]), help="How well the score alone ranks distractors below the rest.")
+    detection[3].metric(
+        "Score ROC-AUC",
+        shown(report["distractor_roc_auc"]),
+        help="How well the score alone ranks distractors below the rest.",
+    )
 counts = st.columns(3)
 counts[0].metric("Test images", report["test_items"])
 counts[1].metric("Flagged as distractors", report["flagged"])
@@ -122,7 +168,9 @@ downloads[0].download_button(
 )
 downloads[1].download_button(
     "Embeddings (Parquet)",
-    data=lambda: export_embeddings(current.ws, current.entry.name, current.loaded.embeddings).read_bytes(),
+    data=lambda: export_embeddings(
+        current.ws, current.entry.name, current.loaded.embeddings
+    ).read_bytes(),
     file_name=f"{safe_file_name(current.entry.name, 'dataset')}-embeddings.parquet",
     mime="application/vnd.apache.parquet",
     on_click="ignore",
@@ -142,17 +190,37 @@ st.caption(
     "neighbours: it opens in any browser, offline, without this server."
 )
 share_map, share_ready = st.columns([1, 2])
-share_method = share_map.segmented_control(
-    "Map in the report", PROJECTION_METHODS, default=ReportConfig().map_method, key="evaluate_share_map"
-) or ReportConfig().map_method
+share_method = (
+    share_map.segmented_control(
+        "Map in the report",
+        PROJECTION_METHODS,
+        default=ReportConfig().map_method,
+        key="evaluate_share_map",
+    )
+    or ReportConfig().map_method
+)
 images = ui.image_paths(current.entry)
-rule = None if threshold == round(analysis.threshold, ui.THRESHOLD_DECIMALS) else "set on the Distractors page"
-if share_ready.toggle("Prepare the report", key="evaluate_share", help="Computes the map first if the Map page has not."):
+rule = (
+    None
+    if threshold == round(analysis.threshold, ui.THRESHOLD_DECIMALS)
+    else "set on the Distractors page"
+)
+if share_ready.toggle(
+    "Prepare the report",
+    key="evaluate_share",
+    help="Computes the map first if the Map page has not.",
+):
     projection = ui.projection(current, ProjectionConfig(method=share_method))
     share_ready.download_button(
         "Share (HTML report)",
         data=lambda: report_html(
-            current.loaded, analysis, projection, name=current.entry.name, images=images, threshold=threshold, threshold_rule=rule
+            current.loaded,
+            analysis,
+            projection,
+            name=current.entry.name,
+            images=images,
+            threshold=threshold,
+            threshold_rule=rule,
         ),
         file_name=f"{safe_file_name(current.entry.name, 'dataset')}-report.html",
         mime="text/html",
@@ -166,16 +234,34 @@ st.caption(
     "or TensorBoard's projector (with a sprite of thumbnails)."
 )
 tool_column, tool_ready = st.columns([1, 2])
-tool = tool_column.segmented_control(
-    "Tool", EXPORT_FORMATS, default=EXPORT_FORMATS[1], format_func=FORMAT_NAMES.get, key="evaluate_export_format"
-) or EXPORT_FORMATS[1]
+tool = (
+    tool_column.segmented_control(
+        "Tool",
+        EXPORT_FORMATS,
+        default=EXPORT_FORMATS[1],
+        format_func=FORMAT_NAMES.get,
+        key="evaluate_export_format",
+    )
+    or EXPORT_FORMATS[1]
+)
 if tool == "fiftyone" and not images:
-    tool_ready.info("FiftyOne shows image files and this dataset is vectors only: choose Embedding Atlas or TensorBoard.")
-elif tool_ready.toggle("Prepare the export", key="evaluate_export", help="Embedding Atlas needs the map: computed first if the Map page has not."):
+    tool_ready.info(
+        "FiftyOne shows image files and this dataset is vectors only: choose Embedding Atlas or TensorBoard."
+    )
+elif tool_ready.toggle(
+    "Prepare the export",
+    key="evaluate_export",
+    help="Embedding Atlas needs the map: computed first if the Map page has not.",
+):
     options = {"projection": ui.projection(current, ProjectionConfig())} if tool == "atlas" else {}
     tool_ready.download_button(
         f"{FORMAT_NAMES[tool]} (zip)",
-        data=lambda: exported_zip(tool, export_items(analysis, images, threshold, rule=rule), current.entry.name, **options),
+        data=lambda: exported_zip(
+            tool,
+            export_items(analysis, images, threshold, rule=rule),
+            current.entry.name,
+            **options,
+        ),
         file_name=f"{safe_file_name(current.entry.name, 'dataset')}-{tool}.zip",
         mime="application/zip",
         on_click="ignore",
@@ -189,10 +275,17 @@ st.caption(
     "Training takes seconds to minutes."
 )
 offered = [key for key in COMPARE_METHODS if key != REGRESSION]
-methods = st.multiselect("Methods", offered, default=offered, format_func=COMPARE_METHODS.get, key="evaluate_methods")
+methods = st.multiselect(
+    "Methods", offered, default=offered, format_func=COMPARE_METHODS.get, key="evaluate_methods"
+)
 # Kept per session so downloads and other widgets do not throw away minutes of training.
 comparisons = st.session_state.setdefault("evaluate_comparisons", {})
-comparison_key = (current.entry.source, current.loaded.embeddings.model, analysis.config, tuple(methods))
+comparison_key = (
+    current.entry.source,
+    current.loaded.embeddings.model,
+    analysis.config,
+    tuple(methods),
+)
 if st.button("Compare methods", type="primary", disabled=not methods):
     with st.status("Comparing methods…", expanded=True) as status:
         try:
@@ -210,7 +303,9 @@ if st.button("Compare methods", type="primary", disabled=not methods):
     comparisons[comparison_key] = comparison
 comparison = comparisons.get(comparison_key)
 if comparison is None:
-    st.caption(f"{COMPARE_METHODS[BASELINE_METHOD]} is always included. kNN regression needs a target vector per image and is run from code.")
+    st.caption(
+        f"{COMPARE_METHODS[BASELINE_METHOD]} is always included. kNN regression needs a target vector per image and is run from code."
+    )
     st.stop()
 result = as_json(comparison)
 st.caption(f"Evaluated on {comparison.evaluated_on}.")
@@ -232,5 +327,13 @@ for verdict in comparison.verdicts:
 for note in comparison.notes:
     st.caption(note)
 exports = st.columns(2)
-exports[0].download_button("Comparison (text)", format_table(comparison), "comparison.txt", "text/plain", on_click="ignore")
-exports[1].download_button("Comparison (JSON)", json.dumps(result, indent=2), "comparison.json", "application/json", on_click="ignore")
+exports[0].download_button(
+    "Comparison (text)", format_table(comparison), "comparison.txt", "text/plain", on_click="ignore"
+)
+exports[1].download_button(
+    "Comparison (JSON)",
+    json.dumps(result, indent=2),
+    "comparison.json",
+    "application/json",
+    on_click="ignore",
+)

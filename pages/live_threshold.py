@@ -27,7 +27,9 @@ class LiveMetric:
 
     label: str
     shown: list[str]  # the text shown at each position
-    counts: list[int] | None = None  # when given, the change since the slider last rested is shown under the value
+    counts: list[int] | None = (
+        None  # when given, the change since the slider last rested is shown under the value
+    )
     help: str | None = None  # the tooltip
 
 
@@ -61,7 +63,9 @@ class LiveChart:
     marker_labels: list[str]  # the marker's words at each slider position
     bars: Binned | None = None  # filled bars
     steps: Binned | None = None  # an outline drawn over the bars
-    line: list[float] | None = None  # a value at each slider position, drawn as a curve the marker's dot follows
+    line: list[float] | None = (
+        None  # a value at each slider position, drawn as a curve the marker's dot follows
+    )
     best: dict | None = None  # a point marked on the curve: {"x", "y", "label"}
     y_max: float | None = None  # the top of the y axis; None: a little above the highest value
 
@@ -94,9 +98,13 @@ def live_threshold(
         "charts": [asdict(chart) for chart in charts],
     }
     # Identifies the figures, so the browser rebuilds the panel only when they change.
-    key_of_figures = hashlib.blake2b(json.dumps(figures, sort_keys=True).encode(), digest_size=12).hexdigest()
+    key_of_figures = hashlib.blake2b(
+        json.dumps(figures, sort_keys=True).encode(), digest_size=12
+    ).hexdigest()
     _component(
-        key=key, data={**figures, "key": key_of_figures, "value": value, "origin": origin}, **{f"on_{STATE}_change": on_rest}
+        key=key,
+        data={**figures, "key": key_of_figures, "value": value, "origin": origin},
+        **{f"on_{STATE}_change": on_rest},
     )
 
 

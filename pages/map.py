@@ -7,7 +7,12 @@ from core.maps.projection import PROJECTION_METHODS, METRICS, TSNE_SAMPLE_LIMIT,
 from pages import ui
 
 METHOD_NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
-COLOUR_NAMES = {"split": "split", "label": "class", "flag": "distractor flag", "score": "distractor score"}
+COLOUR_NAMES = {
+    "split": "split",
+    "label": "class",
+    "flag": "distractor flag",
+    "score": "distractor score",
+}
 GALLERY_LIMIT = 40  # thumbnails shown for a selection; the table below lists every selected point
 PCA_DIMS = ProjectionConfig().pca_first
 # Flags first: at 100k points the distractors are what a split colouring hides.
@@ -26,11 +31,19 @@ n_points = len(analysis.train.vectors) + len(analysis.test.vectors)
 
 method_column, colour_column = st.columns([2, 3])
 method = method_column.segmented_control(
-    "Method", PROJECTION_METHODS, default=PROJECTION_METHODS[0], format_func=METHOD_NAMES.get, key="map_method"
+    "Method",
+    PROJECTION_METHODS,
+    default=PROJECTION_METHODS[0],
+    format_func=METHOD_NAMES.get,
+    key="map_method",
 )
 method = method or PROJECTION_METHODS[0]
 colour_by = colour_column.segmented_control(
-    "Colour by", COLOUR_MODES, default=DEFAULT_COLOUR, format_func=COLOUR_NAMES.get, key="map_colour"
+    "Colour by",
+    COLOUR_MODES,
+    default=DEFAULT_COLOUR,
+    format_func=COLOUR_NAMES.get,
+    key="map_colour",
 )
 colour_by = colour_by or DEFAULT_COLOUR
 
@@ -44,14 +57,22 @@ with st.expander("Projection settings"):
         help="Faster and less noisy for UMAP and t-SNE on 512-d and wider vectors.",
         key="map_pca_first",
     )
-    metric = metric_column.selectbox("Distance", METRICS, disabled=method == "pca", key="map_metric")
+    metric = metric_column.selectbox(
+        "Distance", METRICS, disabled=method == "pca", key="map_metric"
+    )
     n_neighbors, min_dist, perplexity = defaults.n_neighbors, defaults.min_dist, defaults.perplexity
     tsne_all_points = False
     if method == "umap":
-        n_neighbors = first_column.slider("Neighbours", 2, 100, defaults.n_neighbors, key="map_n_neighbors")
-        min_dist = second_column.slider("Minimum distance", 0.0, 1.0, defaults.min_dist, 0.05, key="map_min_dist")
+        n_neighbors = first_column.slider(
+            "Neighbours", 2, 100, defaults.n_neighbors, key="map_n_neighbors"
+        )
+        min_dist = second_column.slider(
+            "Minimum distance", 0.0, 1.0, defaults.min_dist, 0.05, key="map_min_dist"
+        )
     if method == "tsne":
-        perplexity = first_column.slider("Perplexity", 2.0, 100.0, defaults.perplexity, 1.0, key="map_perplexity")
+        perplexity = first_column.slider(
+            "Perplexity", 2.0, 100.0, defaults.perplexity, 1.0, key="map_perplexity"
+        )
         tsne_all_points = second_column.toggle(
             "All points",
             value=False,
@@ -66,14 +87,25 @@ predicted_labels = False
 if colour_by == "label":
     if analysis.truth is None:
         predicted_labels = True
-        st.caption("Test labels are unknown, so test points are coloured by their predicted top-1 class.")
+        st.caption(
+            "Test labels are unknown, so test points are coloured by their predicted top-1 class."
+        )
     else:
-        test_labels = st.radio("Test points show", ["true class", "predicted top-1 class"], horizontal=True, key="map_test_labels")
+        test_labels = st.radio(
+            "Test points show",
+            ["true class", "predicted top-1 class"],
+            horizontal=True,
+            key="map_test_labels",
+        )
         predicted_labels = test_labels != "true class"
 if colour_by == "flag" or predicted_labels:
-    st.caption(f"Distractor flags at the threshold {threshold:.3f} (set it on the **Distractors** page).")
+    st.caption(
+        f"Distractor flags at the threshold {threshold:.3f} (set it on the **Distractors** page)."
+    )
 if colour_by == "score":
-    st.caption("Test points show their distractor score; train points their score against the rest of train.")
+    st.caption(
+        "Test points show their distractor score; train points their score against the rest of train."
+    )
 
 try:
     config = ProjectionConfig(
@@ -92,7 +124,11 @@ except ValueError as error:
     st.stop()
 
 points = analysis_map_points(
-    current.loaded.embeddings, analysis, projection, threshold, predicted_test_labels=predicted_labels
+    current.loaded.embeddings,
+    analysis,
+    projection,
+    threshold,
+    predicted_test_labels=predicted_labels,
 )
 event = st.plotly_chart(
     scatter_map(points, colour_by, method=METHOD_NAMES[method]),
@@ -106,7 +142,9 @@ for note in projection.notes:
 
 rows = ui.selected_rows(event, len(points))
 if not rows:
-    st.info("Select points with the box or lasso tool (top right of the map) to see their images here.")
+    st.info(
+        "Select points with the box or lasso tool (top right of the map) to see their images here."
+    )
     st.stop()
 
 selected = points.loc[rows]
@@ -116,6 +154,9 @@ if len(rows) > GALLERY_LIMIT:
 shown = selected.head(GALLERY_LIMIT)
 ui.image_grid(
     [current.image(item_id) for item_id in shown["id"]],
-    [f"{item_id} · {split} · {label}" for item_id, split, label in zip(shown["id"], shown["split"], shown["label"].fillna("?"))],
+    [
+        f"{item_id} · {split} · {label}"
+        for item_id, split, label in zip(shown["id"], shown["split"], shown["label"].fillna("?"))
+    ],
 )
 st.dataframe(selected[["id", "split", "label", "score", "flag"]], hide_index=True, width="stretch")

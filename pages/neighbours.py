@@ -20,7 +20,10 @@ st.caption(
     f"The {k} train images nearest to a query, the {k} labels they predict and whether the query "
     f"counts as a distractor at the current threshold ({threshold:.3f}, set on the **Distractors** page)."
 )
-kind = st.segmented_control("Query", QUERY_KINDS, default=QUERY_KINDS[0], key="neighbours_query_kind") or QUERY_KINDS[0]
+kind = (
+    st.segmented_control("Query", QUERY_KINDS, default=QUERY_KINDS[0], key="neighbours_query_kind")
+    or QUERY_KINDS[0]
+)
 
 query_image, query_caption, truth = None, "", None
 if kind == QUERY_KINDS[1]:
@@ -38,16 +41,23 @@ elif kind == QUERY_KINDS[2]:
     if not current.model.embedder.supports_text:
         ui.show_no_text_support(current, "search by text")
         st.stop()
-    text = st.text_input("Text query", value=f"a photo of a {train.labels[0]}", key="neighbours_text")
+    text = st.text_input(
+        "Text query", value=f"a photo of a {train.labels[0]}", key="neighbours_text"
+    )
     if not text.strip():
         st.info("Type a description of what to look for.")
         st.stop()
     query_caption = f"“{text.strip()}”"
     query_vectors = ui.embed_texts(current, [text.strip()])
-    st.caption("Text-to-image similarities run lower than image-to-image ones, so the distractor verdict means little here.")
+    st.caption(
+        "Text-to-image similarities run lower than image-to-image ones, so the distractor verdict means little here."
+    )
 else:
     position = st.selectbox(
-        "Test image", range(len(test.ids)), format_func=lambda row: test.ids[row], key="neighbours_test_row"
+        "Test image",
+        range(len(test.ids)),
+        format_func=lambda row: test.ids[row],
+        key="neighbours_test_row",
     )
     query_image, query_caption = current.image(test.ids[position]), test.ids[position]
     truth = None if analysis.truth is None else analysis.truth[position]
@@ -74,7 +84,6 @@ predicted = place_minus_one(ranked_labels, where, k)[0]
 minus_one_at = int(where[0])
 
 
-
 def why_there() -> str:
     """Why "-1" stands where it does in this query's row, from the placement rule and the placement model."""
     if flagged:
@@ -84,7 +93,8 @@ def why_there() -> str:
         return f'because the placement is "first" ({ui.plain(analysis.placement_source)}): only flagged items get it.'
     expected = model.expected_precisions(scores)[0]
     by_position = " · ".join(
-        f"{name} {value:.2f}" for name, value in zip([*map(str, range(1, k + 1)), "nowhere"], expected)
+        f"{name} {value:.2f}"
+        for name, value in zip([*map(str, range(1, k + 1)), "nowhere"], expected)
     )
     return (
         f'where the expected AP@{k} of this row is highest ("optimal" placement). From the score, the model puts '
@@ -110,16 +120,27 @@ with verdict_column:
         f"{analysis.config.score_mode}); below the threshold it is flagged as a distractor.",
     )
     if flagged:
-        st.warning(f'**Distractor**: the score is below the threshold, so "-1" leads the {k} predicted labels.')
+        st.warning(
+            f'**Distractor**: the score is below the threshold, so "-1" leads the {k} predicted labels.'
+        )
     else:
-        st.success("**A known class**: the score reaches the threshold, so the best-ranked train label leads the prediction.")
-    st.markdown("**Predicted labels:** " + " · ".join(f"{rank}\\. {ui.plain(label)}" for rank, label in enumerate(predicted, 1)))
+        st.success(
+            "**A known class**: the score reaches the threshold, so the best-ranked train label leads the prediction."
+        )
+    st.markdown(
+        "**Predicted labels:** "
+        + " · ".join(f"{rank}\\. {ui.plain(label)}" for rank, label in enumerate(predicted, 1))
+    )
     if truth is not None:
         st.caption(f"AP@{k} of this prediction: {average_precision_at_k(truth, predicted, k):.2f}")
-    st.markdown(f"**Where \"-1\" went:** {f'rank {minus_one_at}' if minus_one_at else 'nowhere'}, {why_there()}")
+    st.markdown(
+        f'**Where "-1" went:** {f"rank {minus_one_at}" if minus_one_at else "nowhere"}, {why_there()}'
+    )
 
 st.subheader(f"Top {min(k, neighbours.k)} train neighbours")
-for column, rank, row, similarity in zip(st.columns(k), range(1, k + 1), neighbours.indices[0], neighbours.similarities[0]):
+for column, rank, row, similarity in zip(
+    st.columns(k), range(1, k + 1), neighbours.indices[0], neighbours.similarities[0]
+):
     with column, st.container(border=True, key=f"neighbour_card_{rank}"):
         image = current.image(train.ids[row])
         if image is not None:

@@ -38,18 +38,29 @@ classes = sorted(set(analysis.train.labels.tolist()))
 texts_column, images_column = st.columns(2)
 with texts_column:
     st.subheader("Texts")
-    text_source = st.segmented_control("Texts from", TEXT_SOURCES, default=TEXT_SOURCES[0], key="text_source") or TEXT_SOURCES[0]
+    text_source = (
+        st.segmented_control("Texts from", TEXT_SOURCES, default=TEXT_SOURCES[0], key="text_source")
+        or TEXT_SOURCES[0]
+    )
     texts = []
     try:
         if text_source == "Typed":
-            typed = st.text_area("One text per line", "\n".join(prompts_for(classes[:3])), key="text_typed")
+            typed = st.text_area(
+                "One text per line", "\n".join(prompts_for(classes[:3])), key="text_typed"
+            )
             texts = [line.strip() for line in typed.splitlines() if line.strip()]
         elif text_source == "A .txt or .csv file":
-            upload = st.file_uploader("Texts: a .txt (one per line) or a .csv", type=["txt", "csv"], key="text_upload")
-            column = st.text_input("CSV column", placeholder="text, prompt or caption", key="text_column")
+            upload = st.file_uploader(
+                "Texts: a .txt (one per line) or a .csv", type=["txt", "csv"], key="text_upload"
+            )
+            column = st.text_input(
+                "CSV column", placeholder="text, prompt or caption", key="text_column"
+            )
             texts = texts_from_upload(current.ws, upload, column.strip()) if upload else []
         else:
-            template = st.text_input("Prompt per train class", DEFAULT_TEMPLATE, key="text_template")
+            template = st.text_input(
+                "Prompt per train class", DEFAULT_TEMPLATE, key="text_template"
+            )
             texts = prompts_for(classes, template)
     except ValueError as error:
         st.error(ui.plain(error))
@@ -62,9 +73,16 @@ with texts_column:
 
 with images_column:
     st.subheader("Images")
-    image_source = st.segmented_control("Images from", IMAGE_SOURCES, default=IMAGE_SOURCES[0], key="image_source") or IMAGE_SOURCES[0]
+    image_source = (
+        st.segmented_control(
+            "Images from", IMAGE_SOURCES, default=IMAGE_SOURCES[0], key="image_source"
+        )
+        or IMAGE_SOURCES[0]
+    )
     if image_source == "Uploaded images":
-        uploads = st.file_uploader("Images", type=ui.IMAGE_UPLOAD_TYPES, accept_multiple_files=True, key="image_uploads")
+        uploads = st.file_uploader(
+            "Images", type=ui.IMAGE_UPLOAD_TYPES, accept_multiple_files=True, key="image_uploads"
+        )
         names, images, refused = read_uploaded_images(uploads or [])
         for rejection in refused:
             st.warning(f"**{ui.plain(rejection.name)}** skipped: {ui.plain(rejection.reason)}")
@@ -72,7 +90,17 @@ with images_column:
     else:
         test = analysis.test
         available = min(len(test.ids), MAX_TEST_IMAGES)
-        count = st.slider("First N test images", 1, available, min(DEFAULT_IMAGES, available), key="image_count") if available > 1 else 1
+        count = (
+            st.slider(
+                "First N test images",
+                1,
+                available,
+                min(DEFAULT_IMAGES, available),
+                key="image_count",
+            )
+            if available > 1
+            else 1
+        )
         names, images = list(test.ids[:count]), None
         thumbnails = [current.image(name) for name in names[:GALLERY_LIMIT]]
         if warning := ui.query_model_warning(current):
@@ -96,8 +124,16 @@ best = table[table["rank"] == 1].drop(columns="rank").rename(columns={"text": "z
 figures = st.columns(5)
 figures[0].metric("Images", len(names))
 figures[1].metric("Texts", len(texts))
-figures[2].metric("Wall time", f"{stats.wall_seconds:.2f} s", help="Embedding the texts (and uploads) and scoring every pair.")
-figures[3].metric("Peak memory", f"{stats.peak_memory_mib:,.0f} MiB", help="Peak resident memory of the server process so far.")
+figures[2].metric(
+    "Wall time",
+    f"{stats.wall_seconds:.2f} s",
+    help="Embedding the texts (and uploads) and scoring every pair.",
+)
+figures[3].metric(
+    "Peak memory",
+    f"{stats.peak_memory_mib:,.0f} MiB",
+    help="Peak resident memory of the server process so far.",
+)
 if images is None and analysis.truth is not None:
     truth = analysis.truth[:count]
     best["true class"] = truth
@@ -113,22 +149,36 @@ if images is None and analysis.truth is not None:
 st.subheader("Zero-shot labels")
 ui.image_grid(
     thumbnails[:GALLERY_LIMIT],
-    [f"{name}: {text} ({probability:.0%})" for name, text, probability in zip(best["image"], best["zero-shot text"], best["probability"])][:GALLERY_LIMIT],
+    [
+        f"{name}: {text} ({probability:.0%})"
+        for name, text, probability in zip(
+            best["image"], best["zero-shot text"], best["probability"]
+        )
+    ][:GALLERY_LIMIT],
 )
 st.dataframe(best, hide_index=True, width="stretch", column_config=SCORE_COLUMNS)
 with st.expander("CLIP score of every pair"):
-    matrix = table.pivot_table(index="image", columns="text", values="clip_score", aggfunc="first", sort=False)
+    matrix = table.pivot_table(
+        index="image", columns="text", values="clip_score", aggfunc="first", sort=False
+    )
     if len(texts) > MATRIX_TEXT_LIMIT:
-        st.caption(f"The first {MATRIX_TEXT_LIMIT} of {len(texts)} texts; results.csv holds every pair.")
+        st.caption(
+            f"The first {MATRIX_TEXT_LIMIT} of {len(texts)} texts; results.csv holds every pair."
+        )
     st.dataframe(matrix.iloc[:, :MATRIX_TEXT_LIMIT].round(1), width="stretch")
 
 downloads = st.columns(2)
 downloads[0].download_button(
     "results.csv",
-    table.assign(run_wall_time_s=round(stats.wall_seconds, 3), peak_memory_mib=round(stats.peak_memory_mib, 1)).to_csv(index=False),
+    table.assign(
+        run_wall_time_s=round(stats.wall_seconds, 3),
+        peak_memory_mib=round(stats.peak_memory_mib, 1),
+    ).to_csv(index=False),
     file_name="results.csv",
     mime="text/csv",
     on_click="ignore",
     help="One row per (image, text), each image's texts best first, with the run's wall time and peak memory.",
 )
-downloads[1].download_button("stats.log", stats.log_text(), file_name="stats.log", mime="text/plain", on_click="ignore")
+downloads[1].download_button(
+    "stats.log", stats.log_text(), file_name="stats.log", mime="text/plain", on_click="ignore"
+)

@@ -29,7 +29,14 @@ from core.progress import Watch
 from core.records import Dataset
 from core.session.datasets import WorkspaceDatasets, builtin_datasets
 from core.session.jobs import CANCELLED, FAILED, Jobs
-from core.session.models import LOADING, UNAVAILABLE, ModelChoice, ModelShelf, SharedModel, chosen_model
+from core.session.models import (
+    LOADING,
+    UNAVAILABLE,
+    ModelChoice,
+    ModelShelf,
+    SharedModel,
+    chosen_model,
+)
 from core.session.queries import embed_images as embed_images_locked
 from core.session.queries import embed_texts as embed_texts_locked
 from core.session.queries import query_model_mismatch
@@ -48,12 +55,16 @@ HOW_TO_GET_CLIP = (
     f"`{DEFAULT_MODEL}` (set `HF_HOME`), or allow downloads by unsetting `HF_HUB_OFFLINE`."
 )
 THUMBNAIL_EDGE = 160
-THRESHOLD_DECIMALS = 3  # the threshold slider's step is 10^-3; thresholds shown and used are on that grid
+THRESHOLD_DECIMALS = (
+    3  # the threshold slider's step is 10^-3; thresholds shown and used are on that grid
+)
 APP_RAN = "app-ran"  # session state: app.py has run in this session, so its navigation is in charge
 OPEN_PAGE = "open"  # query parameter: the page a deep link asked for, carried through app.py
 IMAGE_UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 POLL_SECONDS = 0.25  # how often a page waiting for a background job redraws its progress
-ANALYSES_KEPT = 16  # finished analyses kept in memory for the whole server (their searches are also on disk)
+ANALYSES_KEPT = (
+    16  # finished analyses kept in memory for the whole server (their searches are also on disk)
+)
 PROJECTIONS_KEPT = 32  # finished projections kept in memory (small: two coordinates a point)
 
 
@@ -277,7 +288,9 @@ def finished(jobs: Jobs, key: Hashable, work: Callable[[Watch], Any], what: str)
             if st.button("Cancel", key=f"cancel: {what}"):
                 job.cancel()
             while not job.wait(POLL_SECONDS):
-                bar.progress(job.fraction or 0.0, text=plain(f"{what}: {job.text} · {job.seconds:.0f} s"))
+                bar.progress(
+                    job.fraction or 0.0, text=plain(f"{what}: {job.text} · {job.seconds:.0f} s")
+                )
         area.empty()
     if job.state == CANCELLED:
         st.rerun()  # the next run says so and offers to start again
@@ -294,15 +307,24 @@ def _analysis_work(config: PredictConfig, loaded: LoadedEmbeddings) -> Callable[
     return lambda watch: analyse(loaded.embeddings, config, store, watch)
 
 
-def _start_analysis(entry: DatasetEntry, recipe: Recipe, config: PredictConfig, loaded: LoadedEmbeddings) -> None:
+def _start_analysis(
+    entry: DatasetEntry, recipe: Recipe, config: PredictConfig, loaded: LoadedEmbeddings
+) -> None:
     """Begin the analysis in the background, unless it runs or ran already: a page asking for it later picks it up."""
     analysis_jobs().start((entry.source, recipe, config), _analysis_work(config, loaded))
 
 
-def _analysis(entry: DatasetEntry, recipe: Recipe, config: PredictConfig, loaded: LoadedEmbeddings) -> Analysis:
+def _analysis(
+    entry: DatasetEntry, recipe: Recipe, config: PredictConfig, loaded: LoadedEmbeddings
+) -> Analysis:
     """The dataset's analysis, once per server (keyed by dataset, recipe and config: the vectors follow from the first
     two); its searches are kept on disk, so a restart reads them."""
-    return finished(analysis_jobs(), (entry.source, recipe, config), _analysis_work(config, loaded), f"Analysing {entry.name}")
+    return finished(
+        analysis_jobs(),
+        (entry.source, recipe, config),
+        _analysis_work(config, loaded),
+        f"Analysing {entry.name}",
+    )
 
 
 def _vectors_only(config: EmbedConfig) -> Recipe:
@@ -338,7 +360,9 @@ class Session:
     def threshold(self) -> float:
         """The saved threshold, else the default rule's, on the slider's grid: every page uses this one."""
         saved = self.ws.get(threshold_key(self.entry, self.loaded.embeddings.model))
-        return round(float(saved) if saved is not None else self.analysis.threshold, THRESHOLD_DECIMALS)
+        return round(
+            float(saved) if saved is not None else self.analysis.threshold, THRESHOLD_DECIMALS
+        )
 
     def save_threshold(self, value: float) -> None:
         self.ws.set(threshold_key(self.entry, self.loaded.embeddings.model), float(value))
@@ -364,13 +388,17 @@ def session() -> Session:
             # A Parquet's vectors came with the data: no model is waited for, and none is said to be missing.
             embed_config, recipe, model_note = chosen, _vectors_only(chosen), None
         else:
-            with st.spinner(f"Loading the model {plain(chosen.model)}; the page fills in once it is ready…"):
+            with st.spinner(
+                f"Loading the model {plain(chosen.model)}; the page fills in once it is ready…"
+            ):
                 # Waits only while the background load runs; a loaded model answers at once.
                 choice = model_shelf().choose(chosen)
                 recipe = ensemble_recipe(saved_ensemble(ws), choice.config, model_shelf())
             embed_config, model_note = choice.config, choice.unavailable
             for member in recipe.left_out:
-                st.warning(f"Ensemble member {plain(member)} is left out: it cannot be loaded here.")
+                st.warning(
+                    f"Ensemble member {plain(member)} is left out: it cannot be loaded here."
+                )
         loaded = ensemble_embeddings(entry, recipe)
         analysis = _analysis(entry, recipe, predict_config(ws), loaded)
     except (ValueError, OSError, ModelUnavailableError) as error:
@@ -381,7 +409,9 @@ def session() -> Session:
     for analysis_note in analysis.notes:
         st.caption(f"Note: {plain(analysis_note)}")
     if model_note:
-        st.info(f"Using the **baseline embedder** (downscaled pixels): {plain(chosen.model)} cannot be loaded here.")
+        st.info(
+            f"Using the **baseline embedder** (downscaled pixels): {plain(chosen.model)} cannot be loaded here."
+        )
         with st.expander("Why, and how to get CLIP"):
             st.markdown(plain(model_note) + "\n\n" + HOW_TO_GET_CLIP)
     return current
@@ -429,13 +459,17 @@ def _train_index(source: str, embed_config: EmbedConfig, _train_vectors: np.ndar
     return VectorIndex(_train_vectors)
 
 
-def search_train(current: Session, query_vectors: np.ndarray) -> tuple[Neighbours, list[list[str]], np.ndarray]:
+def search_train(
+    current: Session, query_vectors: np.ndarray
+) -> tuple[Neighbours, list[list[str]], np.ndarray]:
     """Nearest train items, ranked labels and distractor scores of queries (core.retrieval.pipeline.search_and_rank)."""
     from core.retrieval.pipeline import search_and_rank
 
     train = current.analysis.train
     index = _train_index(current.entry.source, current.embed_config, train.vectors)
-    return search_and_rank(index, train.labels.astype(object), query_vectors, current.analysis.config)
+    return search_and_rank(
+        index, train.labels.astype(object), query_vectors, current.analysis.config
+    )
 
 
 def embed_images(current: Session, images: list) -> np.ndarray:
@@ -483,7 +517,9 @@ def image_grid(images: list, captions: list[str], per_row: int = 8) -> None:
 
     Captions are plain text built from ids, labels and scores: this escapes them, callers do not."""
     for start in range(0, len(captions), per_row):
-        for column, image, caption in zip(st.columns(per_row), images[start : start + per_row], captions[start : start + per_row]):
+        for column, image, caption in zip(
+            st.columns(per_row), images[start : start + per_row], captions[start : start + per_row]
+        ):
             with column:
                 if image is None:
                     st.container(border=True).markdown(plain(caption))

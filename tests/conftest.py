@@ -14,7 +14,14 @@ from PIL import Image
 TINY_CLIP_IMAGE_SIZE = 32  # pixels a side the tiny CLIP's processor feeds the model
 TINY_CLIP_MAX_TOKENS = 32  # text positions of the tiny CLIP; longer prompts are truncated
 # A few byte-pair merges so the tokenizer merges something, as a real CLIP vocabulary does.
-_TINY_MERGES = [("p", "h"), ("o", "t"), ("ph", "ot"), ("phot", "o</w>"), ("c", "a"), ("ca", "t</w>")]
+_TINY_MERGES = [
+    ("p", "h"),
+    ("o", "t"),
+    ("ph", "ot"),
+    ("phot", "o</w>"),
+    ("c", "a"),
+    ("ca", "t</w>"),
+]
 
 
 def _write_byte_level_bpe(folder: Path) -> None:
@@ -23,7 +30,13 @@ def _write_byte_level_bpe(folder: Path) -> None:
 
     alphabet = sorted(ByteLevel.alphabet())
     merged = [left + right for left, right in _TINY_MERGES]
-    tokens = [*alphabet, *(char + "</w>" for char in alphabet), *merged, "<|startoftext|>", "<|endoftext|>"]
+    tokens = [
+        *alphabet,
+        *(char + "</w>" for char in alphabet),
+        *merged,
+        "<|startoftext|>",
+        "<|endoftext|>",
+    ]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     merges = "".join(f"{left} {right}\n" for left, right in _TINY_MERGES)
@@ -34,17 +47,30 @@ def _write_byte_level_bpe(folder: Path) -> None:
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A random, seeded CLIP checkpoint (16-d vectors) saved the way save_pretrained saves one."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
 
     tokenizer_files = tmp_path_factory.mktemp("tiny-clip-tokenizer")
     _write_byte_level_bpe(tokenizer_files)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_files, model_max_length=TINY_CLIP_MAX_TOKENS)
+    tokenizer = CLIPTokenizer.from_pretrained(
+        tokenizer_files, model_max_length=TINY_CLIP_MAX_TOKENS
+    )
     # The Pillow backend: CLIPImageProcessor would fall back to it, noisily, without torchvision.
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": TINY_CLIP_IMAGE_SIZE},
         crop_size={"height": TINY_CLIP_IMAGE_SIZE, "width": TINY_CLIP_IMAGE_SIZE},
     )
-    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    tower = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
     config = CLIPConfig(
         text_config={
             **tower,

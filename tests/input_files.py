@@ -47,7 +47,9 @@ def write_files(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-def write_zip(path: Path, entries: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
+def write_zip(
+    path: Path, entries: dict[str, bytes], symlinks: dict[str, str] | None = None
+) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, content in entries.items():
             archive.writestr(name, content)

@@ -29,7 +29,9 @@ def counted_searches(monkeypatch):
         return counted
 
     monkeypatch.setattr(pipeline, "search_and_rank", counting(pipeline.search_and_rank, "test"))
-    monkeypatch.setattr(pipeline, "leave_one_out_scores", counting(pipeline.leave_one_out_scores, "train"))
+    monkeypatch.setattr(
+        pipeline, "leave_one_out_scores", counting(pipeline.leave_one_out_scores, "train")
+    )
     return counts
 
 
@@ -42,12 +44,16 @@ def assert_same_analysis(stored, searched):
     assert stored.report() == searched.report()
 
 
-def test_a_second_analysis_with_the_store_reads_instead_of_searching(tmp_path, embeddings, counted_searches):
+def test_a_second_analysis_with_the_store_reads_instead_of_searching(
+    tmp_path, embeddings, counted_searches
+):
     store = SearchStore(tmp_path / "analyses")
     config = PredictConfig(auto=True, validation_rounds=3)
     first = analyse(embeddings, config, store)
     assert counted_searches == {"test": 1, "train": 1}
-    again = analyse(embeddings, config, SearchStore(tmp_path / "analyses"))  # as after a server restart
+    again = analyse(
+        embeddings, config, SearchStore(tmp_path / "analyses")
+    )  # as after a server restart
     assert counted_searches == {"test": 1, "train": 1}
     assert_same_analysis(again, first)
     without_store = analyse(embeddings, config)
@@ -63,12 +69,17 @@ def test_the_key_follows_the_vectors_the_train_labels_and_the_settings(embedding
     changed_vector[0, 0] += 1e-3
     relabelled = train.labels.copy()
     relabelled[0] = "another class"
-    assert len({
-        key,
-        search_key(train.vectors, train.labels, changed_vector, "k=5"),
-        search_key(train.vectors, relabelled, test.vectors, "k=5"),
-        search_key(train.vectors, train.labels, test.vectors, "k=4"),
-    }) == 4
+    assert (
+        len(
+            {
+                key,
+                search_key(train.vectors, train.labels, changed_vector, "k=5"),
+                search_key(train.vectors, relabelled, test.vectors, "k=5"),
+                search_key(train.vectors, train.labels, test.vectors, "k=4"),
+            }
+        )
+        == 4
+    )
 
 
 @pytest.mark.parametrize("changed", [{"k": 3}, {"score_mode": "mean"}, {"score_k": 8}])
@@ -92,11 +103,17 @@ def test_other_vectors_search_again(tmp_path, embeddings, counted_searches):
     analyse(embeddings, PredictConfig(), store)
     moved = embeddings.vectors.copy()
     moved[-1] = moved[0]
-    analyse(Embeddings(embeddings.ids, embeddings.splits, embeddings.labels, moved, embeddings.model), PredictConfig(), store)
+    analyse(
+        Embeddings(embeddings.ids, embeddings.splits, embeddings.labels, moved, embeddings.model),
+        PredictConfig(),
+        store,
+    )
     assert counted_searches["test"] == 2
 
 
-def test_a_corrupt_stored_file_is_searched_again_and_replaced(tmp_path, embeddings, counted_searches):
+def test_a_corrupt_stored_file_is_searched_again_and_replaced(
+    tmp_path, embeddings, counted_searches
+):
     store = SearchStore(tmp_path)
     first = analyse(embeddings, PredictConfig(), store)
     (stored_file,) = tmp_path.glob("*.npz")
@@ -118,7 +135,9 @@ def test_a_store_that_cannot_be_written_only_warns(tmp_path, embeddings):
 
 
 @pytest.mark.parametrize("with_store", [False, True])
-def test_an_analysis_asked_to_stop_raises_cancelled_and_stores_nothing(tmp_path, embeddings, with_store):
+def test_an_analysis_asked_to_stop_raises_cancelled_and_stores_nothing(
+    tmp_path, embeddings, with_store
+):
     stop = threading.Event()
     stop.set()
     store = SearchStore(tmp_path) if with_store else None
@@ -127,12 +146,19 @@ def test_an_analysis_asked_to_stop_raises_cancelled_and_stores_nothing(tmp_path,
     assert not list(tmp_path.glob("*.npz"))
 
 
-def test_an_analysis_reports_the_blocks_of_its_search_then_its_later_stages(tmp_path, embeddings, monkeypatch):
+def test_an_analysis_reports_the_blocks_of_its_search_then_its_later_stages(
+    tmp_path, embeddings, monkeypatch
+):
     monkeypatch.setattr("core.retrieval.predict._QUERIES_PER_CALL", 10)
     heard = []
-    analyse(embeddings, PredictConfig(), SearchStore(tmp_path), Watch(lambda *step: heard.append(step)))
+    analyse(
+        embeddings, PredictConfig(), SearchStore(tmp_path), Watch(lambda *step: heard.append(step))
+    )
     n_test = int((embeddings.splits == "test").sum())
     blocks = -(-n_test // 10)
     searching = [step for step in heard if step[2] == "searching test against train"]
     assert searching == [(done, blocks, "searching test against train") for done in range(blocks)]
-    assert [stage for _, _, stage in heard[len(searching):]] == [pipeline.LEAVE_ONE_OUT_STAGE, pipeline.PLACEMENT_STAGE]
+    assert [stage for _, _, stage in heard[len(searching) :]] == [
+        pipeline.LEAVE_ONE_OUT_STAGE,
+        pipeline.PLACEMENT_STAGE,
+    ]

@@ -49,10 +49,21 @@ def test_zip_refuses_unsafe_paths_and_extracts_the_rest(tmp_path):
 @pytest.mark.parametrize(
     "entries, limits, message",
     [
-        ({"zeros.bin": bytes(2 << 20)}, ZipLimits(), "looks like a zip bomb: entry 'zeros.bin' expands"),
-        ({f"f{i}.jpg": b"x" for i in range(5)}, ZipLimits(max_entries=3), "has 5 entries; the limit is 3"),
-        ({"a.jpg": b"x" * 600, "b.jpg": b"y" * 600}, ZipLimits(max_total_bytes=1000),
-         "would unpack to 1,200 bytes; the limit is 1,000"),
+        (
+            {"zeros.bin": bytes(2 << 20)},
+            ZipLimits(),
+            "looks like a zip bomb: entry 'zeros.bin' expands",
+        ),
+        (
+            {f"f{i}.jpg": b"x" for i in range(5)},
+            ZipLimits(max_entries=3),
+            "has 5 entries; the limit is 3",
+        ),
+        (
+            {"a.jpg": b"x" * 600, "b.jpg": b"y" * 600},
+            ZipLimits(max_total_bytes=1000),
+            "would unpack to 1,200 bytes; the limit is 1,000",
+        ),
     ],
     ids=["ratio", "entries", "total bytes"],
 )
@@ -104,7 +115,9 @@ def test_not_a_zip_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("wrapper", ["", "my-dataset/"], ids=["flat", "one top folder"])
 def test_zip_of_folder_layout(tmp_path, small_layout, wrapper):
-    archive = write_zip(tmp_path / "pets.zip", {wrapper + name: data for name, data in small_layout.items()})
+    archive = write_zip(
+        tmp_path / "pets.zip", {wrapper + name: data for name, data in small_layout.items()}
+    )
     work_dir = tmp_path / "work"
     dataset = load_dataset(archive, work_dir=work_dir)
     assert dataset.name == "pets"
@@ -149,20 +162,32 @@ def test_a_folder_left_without_its_record_is_unpacked_again(tmp_path, small_layo
 def test_zips_unpack_into_the_workspace_home_by_default(workspace, tmp_path, small_layout):
     archive = write_zip(tmp_path / "pets.zip", small_layout)
     dataset = load_dataset(archive)
-    assert all(item.path.is_relative_to((workspace / "unpacked").resolve()) for item in dataset.items)
+    assert all(
+        item.path.is_relative_to((workspace / "unpacked").resolve()) for item in dataset.items
+    )
 
 
 def test_zip_rejections_join_the_dataset_and_the_rest_loads(tmp_path, small_layout):
-    archive = write_zip(tmp_path / "z.zip", {**small_layout, "../evil.jpg": jpeg(), "train/cat/x.zip": b"PK"})
+    archive = write_zip(
+        tmp_path / "z.zip", {**small_layout, "../evil.jpg": jpeg(), "train/cat/x.zip": b"PK"}
+    )
     dataset = load_dataset(archive, work_dir=tmp_path / "work")
     assert len(dataset.items) == len(small_layout)
     assert {r.name for r in dataset.rejected} == {"../evil.jpg", "train/cat/x.zip"}
 
 
 def test_zip_of_csv_layout_inside_a_top_folder(tmp_path):
-    archive = write_zip(tmp_path / "kaggle.zip", {
-        "kaggle/images/a.jpg": jpeg(), "kaggle/test/t.jpg": jpeg(), "kaggle/train.csv": b"image,label\na.jpg,cat\n",
-    })
+    archive = write_zip(
+        tmp_path / "kaggle.zip",
+        {
+            "kaggle/images/a.jpg": jpeg(),
+            "kaggle/test/t.jpg": jpeg(),
+            "kaggle/train.csv": b"image,label\na.jpg,cat\n",
+        },
+    )
     dataset = load_dataset(archive, work_dir=tmp_path / "work")
     assert dataset.name == "kaggle"
-    assert [(i.split, i.id, i.label) for i in dataset.items] == [(TRAIN, "a.jpg", "cat"), (TEST, "t.jpg", None)]
+    assert [(i.split, i.id, i.label) for i in dataset.items] == [
+        (TRAIN, "a.jpg", "cat"),
+        (TEST, "t.jpg", None),
+    ]

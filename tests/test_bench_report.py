@@ -12,14 +12,31 @@ def section(number: int, name: str, measured: str) -> Section:
 
 def test_a_partial_run_replaces_only_its_sections_and_keeps_the_order(tmp_path):
     report = tmp_path / "BENCHMARKS.md"
-    write_report(report, [section(1, "Embedding", "old 1"), section(3, "Search", "old 3")], ["# Benchmarks", "full run"])
-    write_report(report, [section(2, "Slider", "new 2"), section(3, "Search", "new 3")], ["# Benchmarks", "partial run"], keep_other_sections=True)
+    write_report(
+        report,
+        [section(1, "Embedding", "old 1"), section(3, "Search", "old 3")],
+        ["# Benchmarks", "full run"],
+    )
+    write_report(
+        report,
+        [section(2, "Slider", "new 2"), section(3, "Search", "new 3")],
+        ["# Benchmarks", "partial run"],
+        keep_other_sections=True,
+    )
     text = report.read_text()
     assert "partial run" in text and "full run" not in text
     assert "old 1" in text and "old 3" not in text and "new 3" in text
-    assert text.index("## 1. Embedding in full") < text.index("## 2. Slider in full") < text.index("## 3. Search in full")
+    assert (
+        text.index("## 1. Embedding in full")
+        < text.index("## 2. Slider in full")
+        < text.index("## 3. Search in full")
+    )
     summary = text.split("## Summary")[1].split("## 1.")[0]
-    assert [line.split(" | ")[0] for line in summary.strip().splitlines()[2:]] == ["| 1. Embedding", "| 2. Slider", "| 3. Search"]
+    assert [line.split(" | ")[0] for line in summary.strip().splitlines()[2:]] == [
+        "| 1. Embedding",
+        "| 2. Slider",
+        "| 3. Search",
+    ]
     assert text.count("| a | b |") == 3
 
 

@@ -11,7 +11,18 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from bench.browser import (
-    ACTION_TIMEOUT_MS, PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, count_shown, metric, open_page, page_title, threshold_slider, url_path, wait_for_rest, wait_for_run,
+    ACTION_TIMEOUT_MS,
+    PAGE_PATHS,
+    RUN_TIMEOUT_MS,
+    VIEWPORT,
+    count_shown,
+    metric,
+    open_page,
+    page_title,
+    threshold_slider,
+    url_path,
+    wait_for_rest,
+    wait_for_run,
 )
 from bench.served import CHROMIUM, CHROMIUM_ARGS, ServerFailed, serve
 
@@ -94,15 +105,21 @@ def _check(tab: Page, screenshots: Path, name: str) -> None:
     path = screenshots / f"{name}.png"
     _screenshot_whole_page(tab, path)
     exceptions = tab.get_by_test_id("stException")
-    assert exceptions.count() == 0, f"the {name} page shows an exception (see {path}):\n{exceptions.first.inner_text()}"
-    broken = images.evaluate_all("images => images.filter(image => image.naturalWidth === 0).map(image => image.src)")
+    assert exceptions.count() == 0, (
+        f"the {name} page shows an exception (see {path}):\n{exceptions.first.inner_text()}"
+    )
+    broken = images.evaluate_all(
+        "images => images.filter(image => image.naturalWidth === 0).map(image => image.src)"
+    )
     assert not broken, f"the {name} page shows broken images (see {path}): {broken}"
 
 
 def _screenshot_whole_page(tab: Page, path: Path) -> None:
     """Streamlit scrolls inside its main block, so grow the viewport to the content for the shot."""
     content_height = tab.get_by_test_id("stMain").evaluate("main => main.scrollHeight")
-    tab.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(content_height, VIEWPORT["height"]), 8000)})
+    tab.set_viewport_size(
+        {"width": VIEWPORT["width"], "height": min(max(content_height, VIEWPORT["height"]), 8000)}
+    )
     try:
         tab.screenshot(path=str(path), full_page=True)
     finally:
@@ -112,7 +129,9 @@ def _screenshot_whole_page(tab: Page, path: Path) -> None:
 def test_every_page_renders_without_an_exception(page, screenshots):
     links = page.get_by_test_id("stSidebarNav").get_by_role("link")
     expect(links).to_have_count(len(PAGE_PATHS))
-    linked = {url_path(links.nth(index).get_attribute("href") or "") for index in range(len(PAGE_PATHS))}
+    linked = {
+        url_path(links.nth(index).get_attribute("href") or "") for index in range(len(PAGE_PATHS))
+    }
     assert linked == set(PAGE_PATHS.values())
     expect(page_title(page)).to_have_text("Data")
     _check(page, screenshots, "data")
@@ -125,18 +144,26 @@ def test_every_page_renders_without_an_exception(page, screenshots):
 def test_threshold_slider_changes_the_counts(page, screenshots):
     open_page(page, "Distractors")
     slider = threshold_slider(page)
-    flagged, kept, shown_threshold = (metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
+    flagged, kept, shown_threshold = (
+        metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold")
+    )
     n_test = count_shown(flagged.inner_text()) + count_shown(kept.inner_text())
     start = slider.input_value()
 
     slider.focus()
     for _ in range(3):  # one step at a time, each answered in the browser
         slider.press("ArrowRight")
-        expect(shown_threshold).to_have_text(f"{float(slider.input_value()):.3f}", timeout=RUN_TIMEOUT_MS)
+        expect(shown_threshold).to_have_text(
+            f"{float(slider.input_value()):.3f}", timeout=RUN_TIMEOUT_MS
+        )
     assert float(slider.input_value()) > float(start)
     # The charts' markers moved with it, in the browser: the contamination curve names the same figures.
-    contamination_marker = page.get_by_role("img", name="Contamination rate by threshold").locator(".rl-marker-label")
-    expect(contamination_marker).to_have_text(f"{shown_threshold.inner_text()} → {metric(page, 'Contamination').inner_text()}")
+    contamination_marker = page.get_by_role("img", name="Contamination rate by threshold").locator(
+        ".rl-marker-label"
+    )
+    expect(contamination_marker).to_have_text(
+        f"{shown_threshold.inner_text()} → {metric(page, 'Contamination').inner_text()}"
+    )
 
     # The slider's range brackets every score: at its top the whole test set is flagged, at its bottom none.
     slider.press("End")
@@ -155,7 +182,9 @@ def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
     """Presses sent without waiting: once idle, slider, metrics, counts, the server's "What flips" and the saved value agree."""
     open_page(page, "Distractors")
     slider = threshold_slider(page)
-    flagged, kept, shown_threshold = (metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold"))
+    flagged, kept, shown_threshold = (
+        metric(page, label) for label in ("Flagged as distractors", "Kept", "Threshold")
+    )
     n_test = count_shown(flagged.inner_text()) + count_shown(kept.inner_text())
     for _ in range(BURSTS):
         expected = round(float(slider.input_value()) + PRESSES_PER_BURST * SLIDER_STEP, 3)
@@ -164,7 +193,9 @@ def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
             page.keyboard.press("ArrowRight")  # no wait between presses
         expect(shown_threshold).to_have_text(f"{expected:.3f}", timeout=RUN_TIMEOUT_MS)
         wait_for_rest(page, f"{expected:.3f}")
-        page.wait_for_timeout(IDLE_CHECK_MS)  # a stale rerun would snap the slider back in this window
+        page.wait_for_timeout(
+            IDLE_CHECK_MS
+        )  # a stale rerun would snap the slider back in this window
         wait_for_run(page)
         assert float(slider.input_value()) == pytest.approx(expected), "the slider snapped back"
         expect(shown_threshold).to_have_text(f"{expected:.3f}")
@@ -181,9 +212,13 @@ def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
 def test_map_redraws_with_another_method(page, screenshots):
     open_page(page, "Map")
     charts = page.get_by_test_id("stPlotlyChart")
-    expect(charts.locator(".gtitle").filter(has_text="UMAP map")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(charts.locator(".gtitle").filter(has_text="UMAP map")).to_be_visible(
+        timeout=RUN_TIMEOUT_MS
+    )
     page.get_by_test_id("stMain").get_by_role("radio", name="PCA", exact=True).click()
-    expect(charts.locator(".gtitle").filter(has_text="PCA map")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(charts.locator(".gtitle").filter(has_text="PCA map")).to_be_visible(
+        timeout=RUN_TIMEOUT_MS
+    )
     wait_for_run(page)
     expect(charts).to_have_count(1)  # the UMAP chart is replaced, not left beside the new one
     _check(page, screenshots, "map-pca")
@@ -191,7 +226,9 @@ def test_map_redraws_with_another_method(page, screenshots):
 
 def test_neighbours_page_shows_neighbour_images(page, screenshots):
     open_page(page, "Neighbours")
-    cards = page.locator("[class*='st-key-neighbour_card_']")  # st.container(key="neighbour_card_<rank>")
+    cards = page.locator(
+        "[class*='st-key-neighbour_card_']"
+    )  # st.container(key="neighbour_card_<rank>")
     expect(cards.nth(MIN_NEIGHBOUR_CARDS - 1)).to_be_visible()
     for rank in range(MIN_NEIGHBOUR_CARDS):
         expect(cards.nth(rank).get_by_test_id("stImage")).to_be_visible()
@@ -204,4 +241,6 @@ def test_workspace_survives_page_switches(page):
     for title in ("Distractors", "Data"):
         open_page(page, title)
         assert parse_qs(urlparse(page.url).query).get("ws") == [workspace_id]
-        expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS)
+        expect(page.get_by_test_id("stSidebar")).to_contain_text(
+            f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS
+        )

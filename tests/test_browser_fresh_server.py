@@ -9,7 +9,15 @@ from urllib.parse import parse_qs, quote, urlparse
 import pytest
 from playwright.sync_api import expect
 
-from bench.browser import PAGE_PATHS, RUN_TIMEOUT_MS, VIEWPORT, open_page, page_title, threshold_slider, wait_for_run
+from bench.browser import (
+    PAGE_PATHS,
+    RUN_TIMEOUT_MS,
+    VIEWPORT,
+    open_page,
+    page_title,
+    threshold_slider,
+    wait_for_run,
+)
 from bench.served import ServerFailed, serve
 from test_browser import browser  # noqa: F401 (browser is a fixture)
 from test_hostile_text import PROBE, write_hostile_workspace
@@ -49,25 +57,35 @@ def recorded_tab(browser, hostile_server):
 
 def assert_nothing_leaked(tab) -> None:
     leaked = tab.locator(LEAKED_ELEMENTS)
-    assert leaked.count() == 0, leaked.evaluate_all("elements => elements.map(e => e.outerHTML.slice(0, 120))")
+    assert leaked.count() == 0, leaked.evaluate_all(
+        "elements => elements.map(e => e.outerHTML.slice(0, 120))"
+    )
     assert tab.get_by_test_id("stException").count() == 0
 
 
-def test_a_deep_link_first_on_a_fresh_server_opens_the_page_inside_the_app(recorded_tab, hostile_server):
+def test_a_deep_link_first_on_a_fresh_server_opens_the_page_inside_the_app(
+    recorded_tab, hostile_server
+):
     tab, _ = recorded_tab
     base_url, workspace_id = hostile_server
     tab.goto(f"{base_url}/distractors?ws={workspace_id}")  # the server's very first request
     wait_for_run(tab)
     expect(page_title(tab)).to_have_text("Distractors", timeout=RUN_TIMEOUT_MS)
-    expect(tab.get_by_test_id("stSidebarNav").get_by_role("link")).to_have_count(len(PAGE_PATHS), timeout=RUN_TIMEOUT_MS)
+    expect(tab.get_by_test_id("stSidebarNav").get_by_role("link")).to_have_count(
+        len(PAGE_PATHS), timeout=RUN_TIMEOUT_MS
+    )
     # app.py writes the sidebar's captions after the page: on a fresh server the first analysis comes first.
-    expect(tab.get_by_test_id("stSidebar")).to_contain_text(f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS)
+    expect(tab.get_by_test_id("stSidebar")).to_contain_text(
+        f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS
+    )
     assert urlparse(tab.url).path.rstrip("/").endswith("/distractors")
     assert parse_qs(urlparse(tab.url).query) == {"ws": [workspace_id]}
     assert_nothing_leaked(tab)
 
 
-def test_hostile_ids_and_labels_make_no_link_image_or_request_on_any_page(recorded_tab, hostile_server):
+def test_hostile_ids_and_labels_make_no_link_image_or_request_on_any_page(
+    recorded_tab, hostile_server
+):
     tab, _ = recorded_tab
     base_url, workspace_id = hostile_server
     tab.goto(f"{base_url}/?ws={workspace_id}")
@@ -89,5 +107,7 @@ def test_a_hostile_address_is_shown_as_text(recorded_tab, hostile_server, addres
     base_url, _ = hostile_server
     tab.goto(f"{base_url}/?ws={quote(address)}")
     wait_for_run(tab)
-    expect(tab.get_by_test_id("stAlert").first).to_contain_text("A new workspace was opened", timeout=RUN_TIMEOUT_MS)
+    expect(tab.get_by_test_id("stAlert").first).to_contain_text(
+        "A new workspace was opened", timeout=RUN_TIMEOUT_MS
+    )
     assert_nothing_leaked(tab)

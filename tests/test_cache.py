@@ -83,7 +83,9 @@ def test_a_corrupt_cache_is_moved_aside_with_a_warning(tmp_path, damage):
     damage(path)
     damaged_bytes = path.read_bytes()
 
-    with pytest.warns(RuntimeWarning, match="was unreadable .* moved to .*corrupt-.* new, empty cache"):
+    with pytest.warns(
+        RuntimeWarning, match="was unreadable .* moved to .*corrupt-.* new, empty cache"
+    ):
         cache = EmbeddingCache(path)
     cache.put_many("m", {"k": unit_vectors(1)[0]})
     assert cache.count("m") == 1

@@ -23,22 +23,47 @@ def demo(tmp_path_factory):
     return write_demo_dataset(tmp_path_factory.mktemp("demo"))
 
 
-def test_demo_then_evaluate_with_the_baseline_prints_map_and_distractor_figures(tmp_path, workspace, capsys):
+def test_demo_then_evaluate_with_the_baseline_prints_map_and_distractor_figures(
+    tmp_path, workspace, capsys
+):
     assert main(["demo", str(tmp_path / "d")]) == 0
     root = next((tmp_path / "d").iterdir())
     assert main(["evaluate", str(root), "--model", "baseline"]) == 0
     out = capsys.readouterr().out
-    for field in ("MAP@5", "distractor_precision", "distractor_recall", "distractor_f1", "distractor_roc_auc", "threshold"):
+    for field in (
+        "MAP@5",
+        "distractor_precision",
+        "distractor_recall",
+        "distractor_f1",
+        "distractor_roc_auc",
+        "threshold",
+    ):
         assert field in out
 
 
 def test_predict_writes_a_submission_that_score_reads_back(demo, tmp_path, workspace, capsys):
     submission = tmp_path / "submission.csv"
-    assert main(["predict", str(demo), "--model", "baseline", "--contamination", "0.3", "--out", str(submission)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(demo),
+                "--model",
+                "baseline",
+                "--contamination",
+                "0.3",
+                "--out",
+                str(submission),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "threshold:" in out and "flagged as distractors:" in out
     rows = submission.read_text().splitlines()
-    assert rows[0] == "id,predictions" and len(rows) == 1 + len(list((demo / "test").rglob("*.jpg")))
+    assert rows[0] == "id,predictions" and len(rows) == 1 + len(
+        list((demo / "test").rglob("*.jpg"))
+    )
     flagged = sum(row.split(",")[1].startswith("-1 ") for row in rows[1:])
     assert flagged == pytest.approx(0.3 * (len(rows) - 1), abs=1)
 
@@ -55,12 +80,17 @@ def test_embed_to_parquet_then_evaluate_the_parquet_as_json(demo, tmp_path, work
     capsys.readouterr()
     assert main(["evaluate", str(parquet), "--auto", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert 0.0 <= report["MAP@5"] <= 1.0 and report["threshold_rule"].startswith("validation on train")
+    assert 0.0 <= report["MAP@5"] <= 1.0 and report["threshold_rule"].startswith(
+        "validation on train"
+    )
 
 
 def test_second_embed_computes_nothing(demo, tmp_path, workspace, capsys):
     for _ in range(2):
-        assert main(["embed", str(demo), "--model", "baseline", "--out", str(tmp_path / "e.parquet")]) == 0
+        assert (
+            main(["embed", str(demo), "--model", "baseline", "--out", str(tmp_path / "e.parquet")])
+            == 0
+        )
     assert "computed 0, from cache" in capsys.readouterr().err
 
 
@@ -73,9 +103,18 @@ def test_tiny_clip_from_a_local_folder_works_end_to_end(demo, tiny_clip_dir, wor
     "argv, message",
     [
         (["evaluate", "no/such/folder", "--model", "baseline"], "does not exist"),
-        (["predict", "DEMO", "--model", "baseline", "--contamination", "1.5", "--out", "x.csv"], "contamination must be a share"),
-        (["evaluate", "DEMO", "--model", "no-such-org/no-such-model"], "cannot load the CLIP model"),
-        (["embed", "DEMO", "--model", "baseline", "--batch-size", "0", "--out", "x.parquet"], "batch_size"),
+        (
+            ["predict", "DEMO", "--model", "baseline", "--contamination", "1.5", "--out", "x.csv"],
+            "contamination must be a share",
+        ),
+        (
+            ["evaluate", "DEMO", "--model", "no-such-org/no-such-model"],
+            "cannot load the CLIP model",
+        ),
+        (
+            ["embed", "DEMO", "--model", "baseline", "--batch-size", "0", "--out", "x.parquet"],
+            "batch_size",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, demo, workspace, capsys):
@@ -101,8 +140,17 @@ def test_evaluate_without_test_truth_says_what_is_missing(demo, tmp_path, worksp
 
 def test_the_module_runs_as_a_command_with_help():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "core", "predict", "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "--contamination" in result.stdout and "--auto" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "predict", "--help"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        result.returncode == 0 and "--contamination" in result.stdout and "--auto" in result.stdout
+    )
 
 
 def test_compare_prints_at_least_six_methods_and_verdicts(demo, workspace, capsys):
@@ -115,15 +163,29 @@ def test_compare_prints_at_least_six_methods_and_verdicts(demo, workspace, capsy
 
 
 def test_compare_json_lists_the_chosen_methods_with_metrics(demo, workspace, capsys):
-    assert main(["compare", str(demo), "--model", "baseline", "--methods", "cosine,linear", "--json"]) == 0
+    assert (
+        main(["compare", str(demo), "--model", "baseline", "--methods", "cosine,linear", "--json"])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert [method["key"] for method in report["methods"]] == ["cosine", "linear"]
     assert all(0.0 <= method["MAP@5"] <= 1.0 for method in report["methods"])
 
 
-def test_ensemble_search_shows_every_step_and_writes_vectors(demo, tiny_clip_dir, tmp_path, workspace, capsys):
+def test_ensemble_search_shows_every_step_and_writes_vectors(
+    demo, tiny_clip_dir, tmp_path, workspace, capsys
+):
     out_file = tmp_path / "ensemble.parquet"
-    argv = ["ensemble", str(demo), "--model", "baseline", "--model", str(tiny_clip_dir), "--out", str(out_file)]
+    argv = [
+        "ensemble",
+        str(demo),
+        "--model",
+        "baseline",
+        "--model",
+        str(tiny_clip_dir),
+        "--out",
+        str(out_file),
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert captured.err.count("tried ") >= 3 and "chosen" in captured.out
@@ -156,9 +218,34 @@ def test_every_config_field_is_an_option_with_the_fields_default(command):
 
 
 def test_device_is_an_option_and_refuses_unknown_devices(demo, tmp_path, workspace, capsys):
-    assert main(["embed", str(demo), "--model", "baseline", "--device", "cpu", "--out", str(tmp_path / "e.parquet")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(demo),
+                "--model",
+                "baseline",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "e.parquet"),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(SystemExit) as exited:
-        main(["embed", str(demo), "--model", "baseline", "--device", "tpu", "--out", str(tmp_path / "e.parquet")])
+        main(
+            [
+                "embed",
+                str(demo),
+                "--model",
+                "baseline",
+                "--device",
+                "tpu",
+                "--out",
+                str(tmp_path / "e.parquet"),
+            ]
+        )
     assert exited.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
 
 
@@ -176,38 +263,56 @@ def test_predict_refuses_to_overwrite_its_input_parquet(demo_parquet, workspace,
     assert demo_parquet.read_bytes() == before
 
 
-def test_embed_refuses_to_overwrite_its_input_zip_under_another_name(demo, tmp_path, workspace, capsys):
+def test_embed_refuses_to_overwrite_its_input_zip_under_another_name(
+    demo, tmp_path, workspace, capsys
+):
     dataset_zip = Path(shutil.make_archive(str(tmp_path / "d"), "zip", demo))
     alias = tmp_path / "alias.zip"
     alias.hardlink_to(dataset_zip)
     before = dataset_zip.read_bytes()
-    error = run_refused(["embed", str(dataset_zip), "--model", "baseline", "--out", str(alias)], capsys)
+    error = run_refused(
+        ["embed", str(dataset_zip), "--model", "baseline", "--out", str(alias)], capsys
+    )
     assert "is the input" in error
     assert dataset_zip.read_bytes() == before
 
 
-def test_out_that_is_a_fifo_or_a_folder_is_refused_naming_only_the_users_path(demo_parquet, tmp_path, workspace, capsys):
+def test_out_that_is_a_fifo_or_a_folder_is_refused_naming_only_the_users_path(
+    demo_parquet, tmp_path, workspace, capsys
+):
     fifo, folder = tmp_path / "pipe", tmp_path / "folder"
     os.mkfifo(fifo)
     folder.mkdir()
     for out in (fifo, folder):
         error = run_refused(["predict", str(demo_parquet), "--out", str(out)], capsys)
-        assert error == f"error: --out {out} is not a regular file; give the path of a file to write"
+        assert (
+            error == f"error: --out {out} is not a regular file; give the path of a file to write"
+        )
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and folder.is_dir() and not any(folder.iterdir())
 
 
 @pytest.mark.parametrize("command", ["embed", "predict", "ensemble"])
 def test_every_command_makes_the_out_folder(command, demo, demo_parquet, tmp_path, workspace):
     out = tmp_path / "new" / "deeper" / "out.file"
-    sources = {"embed": [str(demo), "--model", "baseline"], "predict": [str(demo_parquet)], "ensemble": [str(demo_parquet)] * 2}
-    argv = [command, *sources[command], "--out", str(out)] + (["--weights", "1", "1"] if command == "ensemble" else [])
+    sources = {
+        "embed": [str(demo), "--model", "baseline"],
+        "predict": [str(demo_parquet)],
+        "ensemble": [str(demo_parquet)] * 2,
+    }
+    argv = [command, *sources[command], "--out", str(out)] + (
+        ["--weights", "1", "1"] if command == "ensemble" else []
+    )
     assert main(argv) == 0
     assert out.is_file()
 
 
-def test_a_missing_dataset_is_refused_before_any_model_loads(tiny_clip_dir, workspace, capsys, monkeypatch):
+def test_a_missing_dataset_is_refused_before_any_model_loads(
+    tiny_clip_dir, workspace, capsys, monkeypatch
+):
     import core.embedding.runner
 
-    monkeypatch.setattr(core.embedding.runner, "load_embedder", lambda config: pytest.fail("the model loaded first"))
+    monkeypatch.setattr(
+        core.embedding.runner, "load_embedder", lambda config: pytest.fail("the model loaded first")
+    )
     assert main(["evaluate", "no/such/folder", "--model", str(tiny_clip_dir)]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -25,7 +25,9 @@ def embeddings():
 @pytest.fixture(scope="module")
 def comparison(embeddings):
     seen = []
-    result = compare_methods(embeddings, head_config=FAST, targets=linear_targets(embeddings), progress=seen.append)
+    result = compare_methods(
+        embeddings, head_config=FAST, targets=linear_targets(embeddings), progress=seen.append
+    )
     return result, seen
 
 
@@ -86,11 +88,15 @@ def test_table_and_json(comparison):
 
 def test_unlabelled_test_set_is_compared_on_train_with_pseudo_distractors():
     embeddings = clustered_embeddings(spread=1.0, n_classes=30, truth=False)
-    result = compare_methods(embeddings, methods=["cosine", "linear", "knn-regression"], head_config=FAST)
+    result = compare_methods(
+        embeddings, methods=["cosine", "linear", "knn-regression"], head_config=FAST
+    )
     assert "held out as pseudo-distractors" in result.evaluated_on
     rows = {row.key: row for row in result.rows}
     assert rows["cosine"].map_at_k > 0.35 and rows["linear"].map_at_k > 0.35
-    assert rows["knn-regression"].map_at_k is None and rows["knn-regression"].note.startswith("skipped")
+    assert rows["knn-regression"].map_at_k is None and rows["knn-regression"].note.startswith(
+        "skipped"
+    )
     assert "skipped" in format_table(result)
 
 
@@ -106,7 +112,10 @@ def test_results_are_deterministic(embeddings):
 
 def test_a_failing_method_leaves_the_others_standing(embeddings):
     result = compare_methods(
-        embeddings, PredictConfig(threshold=0.5), methods=["arcface", "linear"], head_config=HeadConfig(dim=128)
+        embeddings,
+        PredictConfig(threshold=0.5),
+        methods=["arcface", "linear"],
+        head_config=HeadConfig(dim=128),
     )
     rows = {row.key: row for row in result.rows}
     assert rows["arcface"].map_at_k is None and "failed: " in rows["arcface"].note

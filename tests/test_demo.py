@@ -26,7 +26,11 @@ from core.io.texts import load_texts, prompts_for
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +86,11 @@ def test_demo_images_are_rgb_at_the_requested_size(shapes):
 
 def test_demo_classes_cluster_in_pixel_space(shapes):
     """A raw-pixel nearest neighbour must do far better than chance, and spot distractors."""
+
     def features(items):
-        rows = np.stack([np.asarray(Image.open(i.path).resize((16, 16)), float).ravel() for i in items])
+        rows = np.stack(
+            [np.asarray(Image.open(i.path).resize((16, 16)), float).ravel() for i in items]
+        )
         rows -= rows.mean(axis=1, keepdims=True)
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
@@ -98,16 +105,28 @@ def test_demo_classes_cluster_in_pixel_space(shapes):
 
 
 def test_demo_is_deterministic_under_seed(tmp_path):
-    small = dict(n_classes=3, train_per_class=2, test_per_class=2, n_distractor_classes=1,
-                 distractor_per_class=2, size=32)
+    small = dict(
+        n_classes=3,
+        train_per_class=2,
+        test_per_class=2,
+        n_distractor_classes=1,
+        distractor_per_class=2,
+        size=32,
+    )
     first = file_bytes(write_demo_dataset(tmp_path / "a", seed=5, **small))
     assert first == file_bytes(write_demo_dataset(tmp_path / "b", seed=5, **small))
     assert first != file_bytes(write_demo_dataset(tmp_path / "c", seed=6, **small))
 
 
 def test_demo_reuses_its_own_folder_and_refuses_to_overwrite_others(tmp_path):
-    small = dict(n_classes=2, train_per_class=1, test_per_class=1, n_distractor_classes=1,
-                 distractor_per_class=1, size=32)
+    small = dict(
+        n_classes=2,
+        train_per_class=1,
+        test_per_class=1,
+        n_distractor_classes=1,
+        distractor_per_class=1,
+        size=32,
+    )
     root = write_demo_dataset(tmp_path, **small)
     written_at = (root / "texts.txt").stat().st_mtime_ns
     assert write_demo_dataset(tmp_path, **small) == root
@@ -136,7 +155,9 @@ def test_digits_counts_and_distractor_share(digits_root):
     dataset = load_dataset(digits_root)
     targets = load_digits().target
     counts = Counter((item.split, item.label) for item in dataset.items)
-    assert {label: n for (split, label), n in counts.items() if split == TRAIN} == {str(d): 3 for d in range(7)}
+    assert {label: n for (split, label), n in counts.items() if split == TRAIN} == {
+        str(d): 3 for d in range(7)
+    }
     for digit in range(7):
         assert counts[TEST, str(digit)] == np.sum(targets == digit) - 3
     assert counts[TEST, DISTRACTOR] == np.sum(targets >= 7)

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.display import DISPLAY_LIMIT, ELLIPSIS, ZERO_WIDTH_SPACE, elided, inert, inert_plotly, visible_controls
+from core.display import (
+    DISPLAY_LIMIT,
+    ELLIPSIS,
+    ZERO_WIDTH_SPACE,
+    elided,
+    inert,
+    inert_plotly,
+    visible_controls,
+)
 
 HOSTILE = [
     "![x](http://127.0.0.1:8765/probe)",
@@ -36,7 +44,12 @@ def test_hostile_text_has_no_markup_left(text):
     assert len(unescaped(shown)) <= DISPLAY_LIMIT
 
 
-@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp")), max_size=DISPLAY_LIMIT))
+@given(
+    st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp")),
+        max_size=DISPLAY_LIMIT,
+    )
+)
 def test_ordinary_text_reads_back_exactly(text):
     if any(char.isspace() and char != " " for char in text):
         return
@@ -66,4 +79,9 @@ def test_plotly_text_keeps_no_tag_and_reads_back():
 @given(st.text(max_size=200))
 def test_no_control_format_or_line_character_survives(text):
     shown = visible_controls(text)
-    assert not [char for char in shown if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") or (char.isspace() and char != " ")]
+    assert not [
+        char
+        for char in shown
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+        or (char.isspace() and char != " ")
+    ]

@@ -14,7 +14,9 @@ from core.retrieval.index import Neighbours
 
 
 def test_scores_max_and_mean():
-    neighbours = Neighbours(np.array([[0.9, 0.5, 0.1], [0.4, 0.4, 0.1]], np.float32), np.zeros((2, 3), np.int64))
+    neighbours = Neighbours(
+        np.array([[0.9, 0.5, 0.1], [0.4, 0.4, 0.1]], np.float32), np.zeros((2, 3), np.int64)
+    )
     np.testing.assert_allclose(distractor_scores(neighbours, "max"), [0.9, 0.4], atol=1e-6)
     np.testing.assert_allclose(distractor_scores(neighbours, "mean", k=2), [0.7, 0.4], atol=1e-6)
     with pytest.raises(ValueError, match="score mode must be one of"):
@@ -63,7 +65,11 @@ def plateau_sweep(scores, best_flagged) -> ThresholdSweep:
     [
         ([0.1, 0.2, 0.4, 0.6, 0.8], [0.1, 0.2, 0.4], 0.5),  # best for any threshold in (0.4, 0.6]
         ([0.1, 0.5, 0.9], [], 0.1),  # flag nothing: the lowest score, which flags nothing
-        ([0.1, 0.5, 0.9], [0.1, 0.5, 0.9], np.nextafter(0.9, 1)),  # flag everything: just above the highest
+        (
+            [0.1, 0.5, 0.9],
+            [0.1, 0.5, 0.9],
+            np.nextafter(0.9, 1),
+        ),  # flag everything: just above the highest
     ],
     ids=["plateau between two scores", "flag nothing", "flag everything"],
 )
@@ -73,24 +79,40 @@ def test_the_best_threshold_is_the_middle_of_the_plateau(scores, best_flagged, e
 
 
 def test_the_widest_of_several_plateaus_wins():
-    sweep = ThresholdSweep(np.array([0.3, 0.4, 0.5, 0.9]), np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0]))
+    sweep = ThresholdSweep(
+        np.array([0.3, 0.4, 0.5, 0.9]),
+        np.array([1.0, 1.0, 0.0, 1.0]),
+        np.array([0.0, 0.0, 1.0, 0.0]),
+    )
     # MAP@k 0.75 on (0.4, 0.5] and above 0.9, where the range is one float wide (everything flagged).
-    np.testing.assert_allclose(sweep.map_at(np.array([0.35, 0.45, 0.7, 0.95])), [0.5, 0.75, 0.5, 0.75])
+    np.testing.assert_allclose(
+        sweep.map_at(np.array([0.35, 0.45, 0.7, 0.95])), [0.5, 0.75, 0.5, 0.75]
+    )
     assert sweep.best_map_threshold() == (pytest.approx(0.45), pytest.approx(0.75))
 
 
 def test_equally_wide_plateaus_go_to_the_lowest():
     # Scores exact in binary, so both ranges are exactly 0.125 wide: (0.125, 0.25] and (0.375, 0.5].
-    sweep = ThresholdSweep(np.array([0.125, 0.25, 0.375, 0.5]), np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.0, 1.0, 0.0, 1.0]))
+    sweep = ThresholdSweep(
+        np.array([0.125, 0.25, 0.375, 0.5]),
+        np.array([1.0, 0.0, 1.0, 0.0]),
+        np.array([0.0, 1.0, 0.0, 1.0]),
+    )
     np.testing.assert_allclose(sweep.map_at(np.array([0.2, 0.3, 0.45])), [0.75, 0.5, 0.75])
     assert sweep.best_map_threshold() == (0.1875, 0.75)
 
 
 def test_map_values_within_the_tolerance_form_one_plateau():
     # Flagging 0.1 alone and flagging 0.1 and 0.2 differ by 2.5e-14 in MAP@k: one plateau, (0.1, 0.6].
-    sweep = ThresholdSweep(np.array([0.1, 0.2, 0.6, 0.7]), np.array([1.0, 1e-13, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 1.0]))
+    sweep = ThresholdSweep(
+        np.array([0.1, 0.2, 0.6, 0.7]),
+        np.array([1.0, 1e-13, 0.0, 0.0]),
+        np.array([0.0, 0.0, 1.0, 1.0]),
+    )
     assert sweep.map_at(0.4) - sweep.map_at(0.15) == pytest.approx(2.5e-14)
-    assert sweep.best_map_threshold()[0] == pytest.approx(0.35)  # not 0.4, the middle of (0.2, 0.6] alone
+    assert sweep.best_map_threshold()[0] == pytest.approx(
+        0.35
+    )  # not 0.4, the middle of (0.2, 0.6] alone
 
 
 def test_a_plateau_one_float_wide_answers_its_upper_end():
@@ -103,12 +125,24 @@ def test_a_plateau_one_float_wide_answers_its_upper_end():
 
 
 def test_sweep_answers_a_scalar_threshold_with_plain_numbers_and_an_array_with_arrays():
-    sweep = ThresholdSweep(np.array([0.2, 0.4, 0.6]), np.ones(3), np.zeros(3), np.array([True, False, False]))
-    one = (sweep.flagged_count(0.5), sweep.contamination(0.5), sweep.map_at(0.5), *sweep.detection_at(0.5))
+    sweep = ThresholdSweep(
+        np.array([0.2, 0.4, 0.6]), np.ones(3), np.zeros(3), np.array([True, False, False])
+    )
+    one = (
+        sweep.flagged_count(0.5),
+        sweep.contamination(0.5),
+        sweep.map_at(0.5),
+        *sweep.detection_at(0.5),
+    )
     assert [type(value) for value in one] == [int, float, float, float, float, float]
     assert one == (2, pytest.approx(2 / 3), pytest.approx(2 / 3), 0.5, 1.0, pytest.approx(2 / 3))
     thresholds = np.array([0.1, 0.5])
-    many = (sweep.flagged_count(thresholds), sweep.contamination(thresholds), sweep.map_at(thresholds), *sweep.detection_at(thresholds))
+    many = (
+        sweep.flagged_count(thresholds),
+        sweep.contamination(thresholds),
+        sweep.map_at(thresholds),
+        *sweep.detection_at(thresholds),
+    )
     assert all(isinstance(value, np.ndarray) and value.shape == (2,) for value in many)
     np.testing.assert_array_equal(many[0], [0, 2])
 
@@ -141,7 +175,9 @@ def test_leave_one_out_excludes_self_even_with_duplicates():
 
 
 def clusters(rng, centres, n, spread=0.05):
-    points = np.repeat(centres, n, axis=0) + spread * rng.normal(size=(len(centres) * n, centres.shape[1]))
+    points = np.repeat(centres, n, axis=0) + spread * rng.normal(
+        size=(len(centres) * n, centres.shape[1])
+    )
     return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -150,7 +186,9 @@ def test_dbscan_flags_clusters_without_train_members():
     centres = np.eye(16)[:6]
     train = clusters(rng, centres[:4], 3)
     known_test, distractor_test = clusters(rng, centres[:4], 5), clusters(rng, centres[4:], 5)
-    flags = dbscan_flags(train, np.vstack([known_test, distractor_test]), DbscanConfig(eps=0.1, min_samples=3))
+    flags = dbscan_flags(
+        train, np.vstack([known_test, distractor_test]), DbscanConfig(eps=0.1, min_samples=3)
+    )
     assert not flags[:20].any()
     assert flags[20:].all()
 

@@ -9,9 +9,16 @@ from core.retrieval.validation import conformal_threshold
 from core.retrieval.placement import PLACEMENTS
 from core.session.workspace import Workspace
 from test_pages import (  # noqa: F401 (fresh_server is autouse)
-    assert_ran, displayed, fresh_server, live_slider, metrics, run_page, set_threshold_by_contamination, slider_metrics, slider_value,
+    assert_ran,
+    displayed,
+    fresh_server,
+    live_slider,
+    metrics,
+    run_page,
+    set_threshold_by_contamination,
+    slider_metrics,
+    slider_value,
 )
-
 
 
 def saved_thresholds(workspace_id: str) -> dict:
@@ -24,14 +31,21 @@ def test_the_slider_is_sent_with_every_position_and_a_set_threshold_moves_it_and
     assert_ran(app)
     panel, before = live_slider(app), slider_metrics(app)
     positions = len(panel["thresholds"])
-    assert panel["label"] == "Distractor threshold" and positions == round((panel["high"] - panel["low"]) * 1000) + 1
+    assert (
+        panel["label"] == "Distractor threshold"
+        and positions == round((panel["high"] - panel["low"]) * 1000) + 1
+    )
     assert all(len(metric["shown"]) == positions for row in panel["rows"] for metric in row)
     high = set_threshold_by_contamination(app, 0.8)
     assert_ran(app)
     after = slider_metrics(app)
-    assert live_slider(app)["origin"] > panel["origin"], "a threshold set on the server moves the browser's slider"
+    assert live_slider(app)["origin"] > panel["origin"], (
+        "a threshold set on the server moves the browser's slider"
+    )
     assert int(after["Flagged as distractors"]) > int(before["Flagged as distractors"])
-    assert int(after["Flagged as distractors"]) + int(after["Kept"]) == int(before["Flagged as distractors"]) + int(before["Kept"])
+    assert int(after["Flagged as distractors"]) + int(after["Kept"]) == int(
+        before["Flagged as distractors"]
+    ) + int(before["Kept"])
     assert after["MAP@5"] != before["MAP@5"]
     assert float(after["Threshold"]) == high
     assert list(saved_thresholds("slider1").values()) == [high]
@@ -53,19 +67,31 @@ def test_the_target_contamination_sets_the_threshold_on_the_slider_grid():
     assert list(saved_thresholds("contamination1").values()) == [threshold]
 
 
-def test_the_charts_follow_every_position_and_mark_the_best_threshold_the_caption_names(demo_analysis):
+def test_the_charts_follow_every_position_and_mark_the_best_threshold_the_caption_names(
+    demo_analysis,
+):
     app = run_page("distractors", "charts1")
     assert_ran(app)
     panel = live_slider(app)
     histogram, contamination, map_curve = panel["charts"]
-    assert sum(histogram["bars"]["heights"]) == pytest.approx(1) and sum(histogram["steps"]["heights"]) == pytest.approx(1)
-    flagged = next(metric for row in panel["rows"] for metric in row if metric["label"] == "Flagged as distractors")["counts"]
+    assert sum(histogram["bars"]["heights"]) == pytest.approx(1) and sum(
+        histogram["steps"]["heights"]
+    ) == pytest.approx(1)
+    flagged = next(
+        metric
+        for row in panel["rows"]
+        for metric in row
+        if metric["label"] == "Flagged as distractors"
+    )["counts"]
     n_test = len(demo_analysis.scores)
     assert contamination["line"] == pytest.approx([count / n_test for count in flagged])
     assert len(map_curve["line"]) == len(map_curve["marker_labels"]) == len(panel["thresholds"])
     best_threshold, best_map = demo_analysis.sweep.best_map_threshold()
     assert map_curve["best"]["label"] == f"best {best_map:.4f} at {best_threshold:.3f}"
-    assert any(f"the best threshold is {best_threshold:.3f} (MAP@5 {best_map:.4f})" in caption.value for caption in app.caption)
+    assert any(
+        f"the best threshold is {best_threshold:.3f} (MAP@5 {best_map:.4f})" in caption.value
+        for caption in app.caption
+    )
 
 
 def test_a_tab_that_only_moves_dbscan_keeps_the_threshold_another_tab_saved():
@@ -93,11 +119,16 @@ def demo_analysis(tmp_path_factory):
 def test_the_placement_in_use_first_and_optimal_map_and_minus_one_per_rank_are_shown(demo_analysis):
     app = run_page("distractors", "placement1")
     assert_ran(app)
-    assert any(f'Where "-1" goes: **{demo_analysis.placement}**' in displayed(c.value) for c in app.caption)
+    assert any(
+        f'Where "-1" goes: **{demo_analysis.placement}**' in displayed(c.value) for c in app.caption
+    )
     threshold = slider_value(app)
     values = slider_metrics(app)
     for placement in PLACEMENTS:
-        assert values[f'MAP@5, "-1" {placement}'] == f"{float(demo_analysis.sweep_for(placement).map_at(threshold)):.4f}"
+        assert (
+            values[f'MAP@5, "-1" {placement}']
+            == f"{float(demo_analysis.sweep_for(placement).map_at(threshold)):.4f}"
+        )
     assert values["MAP@5"] == values[f'MAP@5, "-1" {demo_analysis.placement}']
     assert values["Expected MAP@5"] == f"{demo_analysis.expected_map(threshold):.4f}"
     ranks = live_slider(app)["ranks"]
@@ -120,7 +151,9 @@ def test_the_false_flag_rate_sets_a_conformal_threshold_and_shows_the_realised_r
     realised = demo_analysis.false_flag_share(threshold)
     assert slider_metrics(app)["Known-class images flagged"] == f"{realised:.1%}"
     known = int((demo_analysis.truth != "-1").sum())
-    assert 0 < realised <= alpha + 3 * (alpha * (1 - alpha) / known) ** 0.5  # the bound, within its sampling margin
+    assert (
+        0 < realised <= alpha + 3 * (alpha * (1 - alpha) / known) ** 0.5
+    )  # the bound, within its sampling margin
 
 
 def test_every_page_scores_at_the_threshold_the_slider_shows():
@@ -130,5 +163,7 @@ def test_every_page_scores_at_the_threshold_the_slider_shows():
     assert_ran(evaluate)
     shown = slider_metrics(distractors)
     assert float(shown["Threshold"]) == slider_value(distractors)
-    assert float(shown["MAP@5"]) == pytest.approx(float(metrics(evaluate)["MAP@5"]), abs=5e-4)  # Evaluate shows 3 decimals
+    assert float(shown["MAP@5"]) == pytest.approx(
+        float(metrics(evaluate)["MAP@5"]), abs=5e-4
+    )  # Evaluate shows 3 decimals
     assert any(f"**{shown['Threshold']}**" in caption.value for caption in evaluate.caption)

@@ -20,7 +20,11 @@ from core.records import TEST, TRAIN, Dataset, Item
 from core.io.images import load_image
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
-TEXTS = ["a photo of a cat", "photo", "a " * 60 + "cat"]  # the last one is longer than the model's 32 tokens
+TEXTS = [
+    "a photo of a cat",
+    "photo",
+    "a " * 60 + "cat",
+]  # the last one is longer than the model's 32 tokens
 
 
 class CountingEmbedder:
@@ -46,7 +50,10 @@ def dataset_of(paths, split=TRAIN, label="x") -> Dataset:
 
 
 def coloured_images(image_file, count, colour=RED, suffix="png"):
-    return [image_file(f"images/{colour[0]}-{index}.{suffix}", colour=colour, size=(40, 30)) for index in range(count)]
+    return [
+        image_file(f"images/{colour[0]}-{index}.{suffix}", colour=colour, size=(40, 30))
+        for index in range(count)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,9 @@ def transformers_reference(tiny_clip_dir, images, texts):
     processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
     with torch.inference_mode():
         image_output = model.get_image_features(**processor(images=images, return_tensors="pt"))
-        text_output = model.get_text_features(**processor(text=texts, padding=True, truncation=True, return_tensors="pt"))
+        text_output = model.get_text_features(
+            **processor(text=texts, padding=True, truncation=True, return_tensors="pt")
+        )
     vectors = []
     for output in (image_output, text_output):
         features = output if isinstance(output, torch.Tensor) else output.pooler_output
@@ -69,7 +78,10 @@ def transformers_reference(tiny_clip_dir, images, texts):
 
 
 def test_clip_vectors_equal_transformers_own_features(tiny_clip, tiny_clip_dir, image_file):
-    images = [load_image(path) for path in coloured_images(image_file, 2) + coloured_images(image_file, 1, BLUE)]
+    images = [
+        load_image(path)
+        for path in coloured_images(image_file, 2) + coloured_images(image_file, 1, BLUE)
+    ]
     images.append(Image.new("RGB", (17, 61), (0, 200, 0)))  # tall and small: resized and cropped
     expected_images, expected_texts = transformers_reference(tiny_clip_dir, images, TEXTS)
 
@@ -82,7 +94,10 @@ def test_clip_vectors_equal_transformers_own_features(tiny_clip, tiny_clip_dir, 
 
 def test_bf16_agrees_with_fp32(tiny_clip, tiny_clip_dir, image_file):
     half = load_embedder(EmbedConfig(model=str(tiny_clip_dir), precision="bf16"))
-    images = [load_image(path) for path in coloured_images(image_file, 3) + coloured_images(image_file, 3, BLUE)]
+    images = [
+        load_image(path)
+        for path in coloured_images(image_file, 3) + coloured_images(image_file, 3, BLUE)
+    ]
     for full_vectors, half_vectors in [
         (tiny_clip.embed_images(images), half.embed_images(images)),
         (tiny_clip.embed_texts(TEXTS), half.embed_texts(TEXTS)),
@@ -92,7 +107,9 @@ def test_bf16_agrees_with_fp32(tiny_clip, tiny_clip_dir, image_file):
     assert half.identity != tiny_clip.identity and "bf16" in half.identity
 
 
-def test_identity_names_the_model_and_tells_different_weights_apart(tiny_clip, tiny_clip_dir, tmp_path):
+def test_identity_names_the_model_and_tells_different_weights_apart(
+    tiny_clip, tiny_clip_dir, tmp_path
+):
     assert tiny_clip.identity.startswith("tiny-clip@local fp32 cfg:")
     assert load_embedder(EmbedConfig(model=str(tiny_clip_dir))).identity == tiny_clip.identity
 
@@ -106,7 +123,9 @@ def test_identity_names_the_model_and_tells_different_weights_apart(tiny_clip, t
     assert load_embedder(EmbedConfig(model=str(retuned))).identity != tiny_clip.identity
 
 
-def test_a_model_in_the_hub_cache_loads_offline_with_its_commit(tiny_clip_dir, tmp_path, monkeypatch):
+def test_a_model_in_the_hub_cache_loads_offline_with_its_commit(
+    tiny_clip_dir, tmp_path, monkeypatch
+):
     import huggingface_hub
 
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -122,7 +141,9 @@ def test_a_model_in_the_hub_cache_loads_offline_with_its_commit(tiny_clip_dir, t
 
 
 def test_a_model_that_is_not_on_this_machine_says_what_to_do():
-    with pytest.raises(ModelUnavailableError, match="not in the local Hugging Face cache") as raised:
+    with pytest.raises(
+        ModelUnavailableError, match="not in the local Hugging Face cache"
+    ) as raised:
         load_embedder(EmbedConfig(model="no-such-org/no-such-clip"))
     message = str(raised.value)
     for advice in ("local directory", "HF_HOME", "HF_HUB_OFFLINE", "--model baseline"):
@@ -131,9 +152,14 @@ def test_a_model_that_is_not_on_this_machine_says_what_to_do():
 
 
 def test_a_folder_without_a_clip_checkpoint_is_refused_clearly(tmp_path):
-    with pytest.raises(ModelUnavailableError, match=r"cannot load a CLIP checkpoint from the directory .*--model baseline"):
+    with pytest.raises(
+        ModelUnavailableError,
+        match=r"cannot load a CLIP checkpoint from the directory .*--model baseline",
+    ):
         load_embedder(EmbedConfig(model=str(tmp_path)))
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
+    BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ).save_pretrained(tmp_path)
     with pytest.raises(ModelUnavailableError, match="is a 'bert' checkpoint, not CLIP"):
         load_embedder(EmbedConfig(model=str(tmp_path)))
 
@@ -145,7 +171,10 @@ def test_a_folder_without_a_clip_checkpoint_is_refused_clearly(tmp_path):
         ({"device": "tpu"}, "device must be one of auto, cpu, cuda, mps, got 'tpu'"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
         ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
-        ({"model": " "}, "model must be a CLIP id, a local checkpoint directory or 'baseline', got ' '"),
+        (
+            {"model": " "},
+            "model must be a CLIP id, a local checkpoint directory or 'baseline', got ' '",
+        ),
     ],
 )
 def test_embed_config_names_the_bad_value_and_what_is_allowed(fields, message):
@@ -154,13 +183,17 @@ def test_embed_config_names_the_bad_value_and_what_is_allowed(fields, message):
 
 
 def test_known_models_are_the_openai_checkpoints_and_the_baseline():
-    assert set(list_models()) == set(KNOWN_MODELS) == {
-        "openai/clip-vit-base-patch32",
-        "openai/clip-vit-base-patch16",
-        "openai/clip-vit-large-patch14",
-        "openai/clip-vit-large-patch14-336",
-        BASELINE_MODEL,
-    }
+    assert (
+        set(list_models())
+        == set(KNOWN_MODELS)
+        == {
+            "openai/clip-vit-base-patch32",
+            "openai/clip-vit-base-patch16",
+            "openai/clip-vit-large-patch14",
+            "openai/clip-vit-large-patch14-336",
+            BASELINE_MODEL,
+        }
+    )
     assert EmbedConfig().model in KNOWN_MODELS
     assert all(description.strip() for description in list_models().values())
 
@@ -206,7 +239,10 @@ def test_bad_images_are_rejected_and_the_rest_are_embedded(image_file, tmp_path)
 
 def test_an_interrupted_run_resumes_from_the_cache(image_file, tmp_path):
     paths = coloured_images(image_file, 4) + coloured_images(image_file, 3, BLUE)
-    dataset = Dataset("resume", [Item(path.name, TEST if i % 2 else TRAIN, None, path) for i, path in enumerate(paths)])
+    dataset = Dataset(
+        "resume",
+        [Item(path.name, TEST if i % 2 else TRAIN, None, path) for i, path in enumerate(paths)],
+    )
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     batch_size = 3
 
@@ -218,7 +254,13 @@ def test_an_interrupted_run_resumes_from_the_cache(image_file, tmp_path):
     assert cache.count(BaselineEmbedder.identity) == batch_size
 
     resumed_embedder, reports = CountingEmbedder(BaselineEmbedder()), []
-    resumed = embed_dataset(dataset, resumed_embedder, cache, batch_size, progress=lambda *report: reports.append(report))
+    resumed = embed_dataset(
+        dataset,
+        resumed_embedder,
+        cache,
+        batch_size,
+        progress=lambda *report: reports.append(report),
+    )
     assert (resumed.computed, resumed.from_cache) == (len(paths) - batch_size, batch_size)
     assert resumed_embedder.image_calls == [3, 1]
     assert [done for done, _, _ in reports] == [6, 7] and all(total == 7 for _, total, _ in reports)
@@ -228,7 +270,9 @@ def test_an_interrupted_run_resumes_from_the_cache(image_file, tmp_path):
     np.testing.assert_array_equal(resumed.embeddings.splits, uncached.embeddings.splits)
 
     again_embedder, reports = CountingEmbedder(BaselineEmbedder()), []
-    again = embed_dataset(dataset, again_embedder, cache, batch_size, progress=lambda *report: reports.append(report))
+    again = embed_dataset(
+        dataset, again_embedder, cache, batch_size, progress=lambda *report: reports.append(report)
+    )
     assert (again.computed, again.from_cache, again_embedder.image_calls) == (0, len(paths), [])
     assert reports == [(7, 7, 0.0)]
     cache.close()
@@ -238,7 +282,9 @@ def test_identical_files_are_embedded_once(image_file, tmp_path):
     first = image_file("a/same.png", colour=RED, noise=0)
     second = image_file("b/same-too.png", colour=RED, noise=0)
     counting = CountingEmbedder(BaselineEmbedder())
-    run = embed_dataset(dataset_of([first, second]), counting, EmbeddingCache(tmp_path / "cache.sqlite"))
+    run = embed_dataset(
+        dataset_of([first, second]), counting, EmbeddingCache(tmp_path / "cache.sqlite")
+    )
     assert counting.image_calls == [1]
     assert run.computed == 2 and len(run.embeddings.ids) == 2
 
@@ -248,7 +294,9 @@ def test_an_empty_dataset_gives_an_empty_table(tiny_clip):
     assert run.embeddings.vectors.shape == (0, 16) and run.rejected == [] and run.computed == 0
 
 
-def test_clip_runs_match_direct_embedding_despite_reduced_jpeg_decoding(tiny_clip, image_file, tmp_path):
+def test_clip_runs_match_direct_embedding_despite_reduced_jpeg_decoding(
+    tiny_clip, image_file, tmp_path
+):
     # Large JPEGs decode in draft mode near twice the model's input size; vectors must barely move.
     rng = np.random.default_rng(1)
     paths = []
@@ -259,7 +307,9 @@ def test_clip_runs_match_direct_embedding_despite_reduced_jpeg_decoding(tiny_cli
         path = tmp_path / f"large-{index}.jpg"
         Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
         paths.append(path)
-    run = embed_dataset(dataset_of(paths), tiny_clip, EmbeddingCache(tmp_path / "cache.sqlite"), batch_size=2)
+    run = embed_dataset(
+        dataset_of(paths), tiny_clip, EmbeddingCache(tmp_path / "cache.sqlite"), batch_size=2
+    )
     direct = tiny_clip.embed_images([load_image(path) for path in paths])
     assert np.all(np.sum(run.embeddings.vectors * direct, axis=1) > 0.99)
     assert run.embeddings.model == tiny_clip.identity
@@ -292,21 +342,30 @@ def test_fast_preprocessing_reproduces_the_checkpoints_processor(tiny_clip, tiny
     processor = CLIPProcessor.from_pretrained(tiny_clip_dir).image_processor
     assert FastClipPreprocessing.of(processor) is not None
     images = [load_image(data) for data in photo_like_images(3)]
-    images += [Image.new("RGB", (17, 61), (0, 200, 0)), load_image(photo_like_images(1, (301, 1003))[0])]
+    images += [
+        Image.new("RGB", (17, 61), (0, 200, 0)),
+        load_image(photo_like_images(1, (301, 1003))[0]),
+    ]
     for image in images:
         expected = processor(images=[image], return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(tiny_clip.prepare_image(image), expected, atol=1e-5)
 
 
-def test_draft_decoding_with_fast_preprocessing_agrees_with_the_processor_on_full_decodes(tiny_clip, tiny_clip_dir, tmp_path):
+def test_draft_decoding_with_fast_preprocessing_agrees_with_the_processor_on_full_decodes(
+    tiny_clip, tiny_clip_dir, tmp_path
+):
     # JPEGs decode at 1/8 scale for the tiny model's 32 px input: the pipeline's biggest shortcut.
     paths = []
     for index, data in enumerate(photo_like_images(6)):
         paths.append(tmp_path / f"photo-{index}.jpg")
         paths[-1].write_bytes(data)
     run = embed_dataset(dataset_of(paths), tiny_clip, cache=None, batch_size=4)
-    reference, _ = transformers_reference(tiny_clip_dir, [Image.open(path).convert("RGB") for path in paths], ["x"])
-    assert tiny_clip.draft_size == 32 and load_image(paths[0], draft_size=tiny_clip.draft_size).size == (80, 60)
+    reference, _ = transformers_reference(
+        tiny_clip_dir, [Image.open(path).convert("RGB") for path in paths], ["x"]
+    )
+    assert tiny_clip.draft_size == 32 and load_image(
+        paths[0], draft_size=tiny_clip.draft_size
+    ).size == (80, 60)
     assert np.sum(run.embeddings.vectors * reference, axis=1).min() >= 0.99
 
 
@@ -315,12 +374,16 @@ def test_draft_decoding_with_fast_preprocessing_agrees_with_the_processor_on_ful
     [
         {"size": {"height": 32, "width": 32}},  # a square resize, not shortest-edge
         {"do_center_crop": False},
-        {"crop_size": {"height": 40, "width": 40}},  # larger than the resized image: the processor pads
+        {
+            "crop_size": {"height": 40, "width": 40}
+        },  # larger than the resized image: the processor pads
         {"do_rescale": False},
         {"image_mean": 0.5, "image_std": 0.5},  # one number for every channel
     ],
 )
-def test_processors_the_fast_path_does_not_replicate_are_used_as_they_are(tiny_clip_dir, tmp_path, change):
+def test_processors_the_fast_path_does_not_replicate_are_used_as_they_are(
+    tiny_clip_dir, tmp_path, change
+):
     checkpoint = tmp_path / "changed-processor"
     shutil.copytree(tiny_clip_dir, checkpoint)
     processor = CLIPProcessor.from_pretrained(checkpoint)
@@ -340,7 +403,9 @@ def test_embedders_prepare_apart_from_the_model_call(tiny_clip):
     for embedder in (tiny_clip, BaselineEmbedder()):
         assert isinstance(embedder, PreparingEmbedder)
         prepared = np.stack([embedder.prepare_image(image) for image in images])
-        np.testing.assert_allclose(embedder.embed_prepared(prepared), embedder.embed_images(images), atol=1e-6)
+        np.testing.assert_allclose(
+            embedder.embed_prepared(prepared), embedder.embed_images(images), atol=1e-6
+        )
         assert embedder.embed_prepared(prepared[:0]).shape == (0, embedder.dim)
 
 
@@ -363,7 +428,9 @@ def load_watching_the_last_layer(monkeypatch, checkpoint, precision="fp32", chan
     def load_and_watch(*args):
         model, image_processor, tokenizer = load_checkpoint(*args)
         last = model.vision_model.encoder.layers[-1]
-        last.mlp.register_forward_hook(lambda module, inputs, output: mlp_inputs.append(tuple(inputs[0].shape)))
+        last.mlp.register_forward_hook(
+            lambda module, inputs, output: mlp_inputs.append(tuple(inputs[0].shape))
+        )
         if change_model is not None:
             change_model(model)
         return model, image_processor, tokenizer
@@ -385,7 +452,9 @@ def random_pixels(count=6):
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
-def test_cls_only_last_layer_gives_transformers_image_features(tiny_clip_dir, tmp_path, monkeypatch, layers):
+def test_cls_only_last_layer_gives_transformers_image_features(
+    tiny_clip_dir, tmp_path, monkeypatch, layers
+):
     checkpoint = tiny_clip_with_vision_layers(tiny_clip_dir, tmp_path, layers)
     pixels = random_pixels()
     expected = transformers_image_features(checkpoint, pixels)
@@ -431,17 +500,31 @@ def redefine_the_last_layer(model):
 
 
 @pytest.mark.parametrize("change_model", [wrap_the_layers, redefine_the_last_layer])
-def test_vision_towers_of_another_structure_use_get_image_features(tiny_clip_dir, monkeypatch, change_model):
+def test_vision_towers_of_another_structure_use_get_image_features(
+    tiny_clip_dir, monkeypatch, change_model
+):
     pixels = random_pixels(4)
-    embedder, mlp_inputs = load_watching_the_last_layer(monkeypatch, tiny_clip_dir, change_model=change_model)
+    embedder, mlp_inputs = load_watching_the_last_layer(
+        monkeypatch, tiny_clip_dir, change_model=change_model
+    )
     vectors = embedder.embed_prepared(pixels)
     tokens = (32 // 8) ** 2 + 1
-    assert mlp_inputs == [(len(pixels), tokens, 32)], "the last layer should run for every token, as transformers runs it"
-    np.testing.assert_allclose(vectors, transformers_image_features(tiny_clip_dir, pixels), atol=1e-5)
+    assert mlp_inputs == [(len(pixels), tokens, 32)], (
+        "the last layer should run for every token, as transformers runs it"
+    )
+    np.testing.assert_allclose(
+        vectors, transformers_image_features(tiny_clip_dir, pixels), atol=1e-5
+    )
 
 
-def test_the_stream_yields_every_item_once_cached_then_computed_batch_by_batch(image_file, tmp_path):
-    paths = coloured_images(image_file, 5) + coloured_images(image_file, 4, BLUE) + [image_file("a/copy.png", noise=0), image_file("b/copy.png", noise=0)]
+def test_the_stream_yields_every_item_once_cached_then_computed_batch_by_batch(
+    image_file, tmp_path
+):
+    paths = (
+        coloured_images(image_file, 5)
+        + coloured_images(image_file, 4, BLUE)
+        + [image_file("a/copy.png", noise=0), image_file("b/copy.png", noise=0)]
+    )
     dataset = dataset_of(paths + [tmp_path / "vanished.png"])
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     embed_dataset(dataset_of(paths[:4]), BaselineEmbedder(), cache)
@@ -451,7 +534,10 @@ def test_the_stream_yields_every_item_once_cached_then_computed_batch_by_batch(i
     assert steps[0] == ([], ["vanished.png"])
     assert sorted(steps[1][0]) == sorted(path.name for path in paths[:4])
     computed = [ids for ids, _ in steps[2:]]
-    assert [len(ids) for ids in computed] == [3, 4]  # 6 distinct files in batches of 3; the two copies share one, both in its step
+    assert [len(ids) for ids in computed] == [
+        3,
+        4,
+    ]  # 6 distinct files in batches of 3; the two copies share one, both in its step
     assert sorted(sum(computed, [])) == sorted(path.name for path in paths[4:])
     assert (stream.computed, stream.from_cache) == (len(paths) - 4, 4)
     cache.close()

@@ -47,10 +47,14 @@ def test_each_model_is_norm_scaled_before_combining():
     rng = np.random.default_rng(1)
     a, b = model("a", unit_rows(rng, 6, 4)), model("b", unit_rows(rng, 6, 4))
     loud = model("b", b.vectors * rng.uniform(1, 1000, size=(6, 1)))
-    np.testing.assert_allclose(combine([a, loud], [1, 0.5]).vectors, combine([a, b], [1, 0.5]).vectors, atol=1e-6)
+    np.testing.assert_allclose(
+        combine([a, loud], [1, 0.5]).vectors, combine([a, b], [1, 0.5]).vectors, atol=1e-6
+    )
     expected = a.vectors + 0.5 * b.vectors
     np.testing.assert_allclose(
-        combine([a, b], [1, 0.5]).vectors, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6
+        combine([a, b], [1, 0.5]).vectors,
+        expected / np.linalg.norm(expected, axis=1, keepdims=True),
+        atol=1e-6,
     )
 
 
@@ -72,7 +76,9 @@ def test_search_finds_a_known_optimum_one_model_at_a_time():
     target = best / np.linalg.norm(best, axis=1, keepdims=True)
     # Given out of order: a scores best alone, so it anchors at 1.0 and weights come back in input order.
     reported = []
-    search = search_weights([c, a, b], mean_cosine_to(target), max_ratio=2.0, iterations=10, progress=reported.append)
+    search = search_weights(
+        [c, a, b], mean_cosine_to(target), max_ratio=2.0, iterations=10, progress=reported.append
+    )
     np.testing.assert_allclose(search.weights, [0.3, 1.0, 0.6], atol=0.05)
     assert search.metric > 0.999
     assert search.mode == "sum"
@@ -81,7 +87,9 @@ def test_search_finds_a_known_optimum_one_model_at_a_time():
     assert len(search.steps) == 3 + 2 * (1 + 2 * 10)
     assert reported == search.steps
     for step in search.steps[::7]:
-        assert step.metric == pytest.approx(mean_cosine_to(target)(combine([c, a, b], step.weights)))
+        assert step.metric == pytest.approx(
+            mean_cosine_to(target)(combine([c, a, b], step.weights))
+        )
     assert [step.model for step in search.steps[:3]] == ["c", "a", "b"]
     table = search.table().splitlines()
     assert "ratio" in table[0] and len(table) == len(search.steps) + 2
@@ -99,17 +107,31 @@ def test_a_model_that_only_hurts_gets_weight_zero():
 def complementary_models(seed=0, known=20, distractors=6):
     """Two views of the same items: each model merges a different set of class pairs into one cluster."""
     rng = np.random.default_rng(seed)
-    classes = np.concatenate([np.repeat(np.arange(known), 3), np.repeat(np.arange(known + distractors), 4)])
+    classes = np.concatenate(
+        [np.repeat(np.arange(known), 3), np.repeat(np.arange(known + distractors), 4)]
+    )
     splits = ["train"] * (3 * known) + ["test"] * (4 * (known + distractors))
     labels = [f"c{c}" if c < known else "-1" for c in classes]
     ids = [f"{split}{i}" for i, split in enumerate(splits)]
-    shift = np.array([(c + 1 if c % 2 else c - 1) % known if c < known else c for c in range(known + distractors)])
-    partners = {"a": np.arange(known + distractors) ^ 1, "b": shift}  # a: 0~1, 2~3 …; b: 1~2, 3~4 …, 19~0
+    shift = np.array(
+        [
+            (c + 1 if c % 2 else c - 1) % known if c < known else c
+            for c in range(known + distractors)
+        ]
+    )
+    partners = {
+        "a": np.arange(known + distractors) ^ 1,
+        "b": shift,
+    }  # a: 0~1, 2~3 …; b: 1~2, 3~4 …, 19~0
 
     def view(name):
         centres = rng.normal(size=(known + distractors, 16))
-        vectors = centres[np.minimum(classes, partners[name][classes])] + 0.3 * rng.normal(size=(len(classes), 16))
-        return model(name, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), ids, labels, splits)
+        vectors = centres[np.minimum(classes, partners[name][classes])] + 0.3 * rng.normal(
+            size=(len(classes), 16)
+        )
+        return model(
+            name, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), ids, labels, splits
+        )
 
     return view("a"), view("b")
 
@@ -132,7 +154,9 @@ def test_bad_inputs_are_explained():
     rng = np.random.default_rng(5)
     a = model("a", unit_rows(rng, 4, 3))
     other_ids = model("b", unit_rows(rng, 4, 3), ids=["item0", "item1", "item2", "x"])
-    with pytest.raises(ValueError, match="embed different items: 1 of a's items are missing from b, e.g. 'item3'"):
+    with pytest.raises(
+        ValueError, match="embed different items: 1 of a's items are missing from b, e.g. 'item3'"
+    ):
         combine([a, other_ids], [1, 1])
     relabelled = model("b", unit_rows(rng, 4, 3), labels=["c0", "c1", "c2", "zzz"])
     with pytest.raises(ValueError, match="disagree on the label of 'item3'"):

@@ -17,7 +17,13 @@ from core.__main__ import main
 from core.display import ZERO_WIDTH_SPACE
 from core.exports import EXPORT_FORMATS, export, export_items, exported_zip, label_similarities
 from core.exports.atlas import THUMBNAIL_EDGE
-from core.exports.tensorboard import METADATA_COLUMNS, SPRITE_MAX_SIDE, SPRITE_MIN_IMAGE_EDGE, sprite_cell, tsv_field
+from core.exports.tensorboard import (
+    METADATA_COLUMNS,
+    SPRITE_MAX_SIDE,
+    SPRITE_MIN_IMAGE_EDGE,
+    sprite_cell,
+    tsv_field,
+)
 from core.io.demo import write_demo_dataset
 from core.io.parquet import read_embeddings
 from core.maps.projection import ProjectionConfig, project
@@ -48,13 +54,20 @@ def hostile(tmp_path_factory):
     labels = [label for label in HOSTILE_LABELS for _ in range(3)]
     truth = [HOSTILE_LABELS[i % len(HOSTILE_LABELS)] for i in range(9)] + [DISTRACTOR] * 3
     codes = [HOSTILE_LABELS.index(label) for label in labels] + [
-        len(HOSTILE_LABELS) if label == DISTRACTOR else HOSTILE_LABELS.index(label) for label in truth
+        len(HOSTILE_LABELS) if label == DISTRACTOR else HOSTILE_LABELS.index(label)
+        for label in truth
     ]
     vectors = centres[codes] + 0.3 * rng.normal(size=(len(codes), 12))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    ids = [f"train {i}\t.png" for i in range(len(labels))] + [f'test "{i}"\n.png' for i in range(len(truth))]
+    ids = [f"train {i}\t.png" for i in range(len(labels))] + [
+        f'test "{i}"\n.png' for i in range(len(truth))
+    ]
     embeddings = Embeddings(
-        np.array(ids), np.array(["train"] * len(labels) + ["test"] * len(truth)), np.array(labels + truth, object), vectors, 'model "x"\n'
+        np.array(ids),
+        np.array(["train"] * len(labels) + ["test"] * len(truth)),
+        np.array(labels + truth, object),
+        vectors,
+        'model "x"\n',
     )
     analysis = analyse(embeddings, PredictConfig(contamination=0.25))
     folder = tmp_path_factory.mktemp("images")
@@ -96,12 +109,17 @@ def test_items_hold_train_then_test_with_predictions_only_for_test(hostile, item
     analysis, _ = hostile
     n_train = len(analysis.train.ids)
     assert list(items.ids) == [*analysis.train.ids, *analysis.test.ids]
-    assert items.predictions[:n_train] == [None] * n_train and items.predictions[n_train:] == analysis.predictions()
+    assert (
+        items.predictions[:n_train] == [None] * n_train
+        and items.predictions[n_train:] == analysis.predictions()
+    )
     assert items.flagged[n_train:] == analysis.flags().tolist() and items.image_paths[-1] is None
 
 
 def test_an_unknown_format_is_refused_by_name(items, tmp_path):
-    with pytest.raises(ValueError, match="'csv' is not known; use one of fiftyone, atlas, tensorboard"):
+    with pytest.raises(
+        ValueError, match="'csv' is not known; use one of fiftyone, atlas, tensorboard"
+    ):
         export("csv", items, tmp_path, "x")
 
 
@@ -131,14 +149,23 @@ def test_tensorboard_metadata_keeps_every_item_on_one_row_of_its_columns(items, 
     # TensorBoard's server counts rows with Python's own line splitting, which breaks at more characters.
     assert len(metadata.read_text(encoding="utf-8").splitlines()) == len(items) + 1
     assert [row[2] for row in rows[1:]] == [tsv_field(label) for label in items.labels]
-    assert [row[5] for row in rows[1 : 1 + items.n_train]] == [""] * items.n_train  # train rows have no verdict
+    assert [row[5] for row in rows[1 : 1 + items.n_train]] == [
+        ""
+    ] * items.n_train  # train rows have no verdict
 
 
 def test_tensorboard_vectors_read_back_as_the_projectors_reader_parses_them(items, tmp_path):
     exported = written(tmp_path, "tensorboard", items)
     # tensorboard/plugins/projector/projector_plugin.py _read_tensor_tsv_file
     with open(exported.folder / "tensors.tsv") as handle:
-        tensor = np.array([list(map(float, line.rstrip("\n").split("\t"))) for line in handle if line.rstrip("\n")], "float32")
+        tensor = np.array(
+            [
+                list(map(float, line.rstrip("\n").split("\t")))
+                for line in handle
+                if line.rstrip("\n")
+            ],
+            "float32",
+        )
     np.testing.assert_allclose(tensor, items.vectors, atol=1e-5)
 
 
@@ -146,10 +173,15 @@ def _projector_config_class():
     """ProjectorConfig built from the fields of tensorboard/plugins/projector/projector_config.proto."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    proto = descriptor_pb2.FileDescriptorProto(name="export_test_projector_config.proto", package="export_test.projector", syntax="proto3")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="export_test_projector_config.proto", package="export_test.projector", syntax="proto3"
+    )
     kinds = descriptor_pb2.FieldDescriptorProto
     schema = {
-        "SpriteMetadata": [("image_path", kinds.TYPE_STRING, False), ("single_image_dim", kinds.TYPE_UINT32, True)],
+        "SpriteMetadata": [
+            ("image_path", kinds.TYPE_STRING, False),
+            ("single_image_dim", kinds.TYPE_UINT32, True),
+        ],
         "EmbeddingInfo": [
             ("tensor_name", kinds.TYPE_STRING, False),
             ("metadata_path", kinds.TYPE_STRING, False),
@@ -175,14 +207,18 @@ def _projector_config_class():
                 field.type = kind
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("export_test.projector.ProjectorConfig"))
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("export_test.projector.ProjectorConfig")
+    )
 
 
 def test_projector_config_parses_with_the_published_schema_and_names_the_files(items, tmp_path):
     from google.protobuf import text_format
 
     exported = written(tmp_path, "tensorboard", items)
-    config = text_format.Parse((exported.folder / "projector_config.pbtxt").read_text(), _projector_config_class()())
+    config = text_format.Parse(
+        (exported.folder / "projector_config.pbtxt").read_text(), _projector_config_class()()
+    )
     (embedding,) = config.embeddings
     assert embedding.tensor_name == f'set "one"\n · {items.model}'
     assert list(embedding.tensor_shape) == list(items.vectors.shape)
@@ -193,7 +229,9 @@ def test_projector_config_parses_with_the_published_schema_and_names_the_files(i
     assert "tensorboard --logdir" in exported.how_to_open
 
 
-def test_the_sprite_has_each_thumbnail_in_its_cell_and_white_for_an_item_without_an_image(items, tmp_path):
+def test_the_sprite_has_each_thumbnail_in_its_cell_and_white_for_an_item_without_an_image(
+    items, tmp_path
+):
     exported = written(tmp_path, "tensorboard", items)
     sprite = np.asarray(Image.open(exported.folder / "sprite.png").convert("RGB"))
     cell, per_side = sprite_cell(len(items)), math.ceil(math.sqrt(len(items)))
@@ -231,15 +269,23 @@ def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
     from werkzeug import wrappers
 
     logdir = written(tmp_path, "tensorboard", items).folder
-    provider = data_provider.MultiplexerDataProvider(plugin_event_multiplexer.EventMultiplexer(), str(logdir))
-    plugin = projector_plugin.ProjectorPlugin(base_plugin.TBContext(logdir=str(logdir), data_provider=provider))
+    provider = data_provider.MultiplexerDataProvider(
+        plugin_event_multiplexer.EventMultiplexer(), str(logdir)
+    )
+    plugin = projector_plugin.ProjectorPlugin(
+        base_plugin.TBContext(logdir=str(logdir), data_provider=provider)
+    )
     client = werkzeug_test.Client(application.TensorBoardWSGI([plugin]), wrappers.Response)
     (info,) = client.get("/data/plugin/projector/info?run=.").get_json()["embeddings"]
     assert info["tensorShape"] == list(items.vectors.shape)
     name = quote(info["tensorName"])
     tensor = client.get(f"/data/plugin/projector/tensor?run=.&name={name}").data
-    np.testing.assert_allclose(np.frombuffer(tensor, np.float32).reshape(items.vectors.shape), items.vectors, atol=1e-5)
-    metadata = client.get(f"/data/plugin/projector/metadata?run=.&name={name}").get_data(as_text=True)
+    np.testing.assert_allclose(
+        np.frombuffer(tensor, np.float32).reshape(items.vectors.shape), items.vectors, atol=1e-5
+    )
+    metadata = client.get(f"/data/plugin/projector/metadata?run=.&name={name}").get_data(
+        as_text=True
+    )
     assert len(metadata.splitlines()) == len(items) + 1
     sprite = client.get(f"/data/plugin/projector/sprite_image?run=.&name={name}")
     assert sprite.status_code == 200 and sprite.mimetype == "image/png"
@@ -255,20 +301,33 @@ def test_atlas_parquet_has_the_columns_atlas_reads(hostile, items, tmp_path):
     table = pq.read_table(exported.files[0])
     schema = table.schema
     neighbours, image = schema.field("neighbors").type, schema.field("image").type
-    assert neighbours.field("ids").type.value_type == pa.int64() and neighbours.field("distances").type.value_type == pa.float32()
+    assert (
+        neighbours.field("ids").type.value_type == pa.int64()
+        and neighbours.field("distances").type.value_type == pa.float32()
+    )
     assert image.field("bytes").type == pa.binary() and image.field("path").type == pa.string()
-    assert {"x", "y", "text", "prediction", "predictions", "flagged", "distractor_score"} <= set(schema.names)
+    assert {"x", "y", "text", "prediction", "predictions", "flagged", "distractor_score"} <= set(
+        schema.names
+    )
     rows = table.to_pylist()
-    np.testing.assert_allclose([[row["x"], row["y"]] for row in rows], np.vstack([projection.train_xy, projection.test_xy]), atol=1e-6)
+    np.testing.assert_allclose(
+        [[row["x"], row["y"]] for row in rows],
+        np.vstack([projection.train_xy, projection.test_xy]),
+        atol=1e-6,
+    )
     width = {len(row["neighbors"]["ids"]) for row in rows}
     assert len(width) == 1  # Atlas stacks the neighbour lists into one array
     (width,) = width
     for index, row in enumerate(rows[: items.n_train]):
         assert index not in row["neighbors"]["ids"] and max(row["neighbors"]["ids"]) < items.n_train
     test_rows = rows[items.n_train :]
-    assert [row["neighbors"]["ids"] for row in test_rows] == analysis.neighbours.indices[:, :width].tolist()
+    assert [row["neighbors"]["ids"] for row in test_rows] == analysis.neighbours.indices[
+        :, :width
+    ].tolist()
     np.testing.assert_allclose(
-        [row["neighbors"]["distances"] for row in test_rows], 1 - analysis.neighbours.similarities[:, :width], atol=1e-6
+        [row["neighbors"]["distances"] for row in test_rows],
+        1 - analysis.neighbours.similarities[:, :width],
+        atol=1e-6,
     )
     thumbnail = Image.open(io.BytesIO(rows[0]["image"]["bytes"]))
     assert thumbnail.format == "JPEG" and max(thumbnail.size) <= THUMBNAIL_EDGE
@@ -281,12 +340,30 @@ def test_atlas_parquet_has_the_columns_atlas_reads(hostile, items, tmp_path):
 
 def test_atlas_shows_text_that_looks_like_a_link_or_an_image_as_text(hostile, items, tmp_path):
     analysis, _ = hostile
-    exported = written(tmp_path, "atlas", items, projection=project(analysis.train.vectors, analysis.test.vectors, PCA))
+    exported = written(
+        tmp_path,
+        "atlas",
+        items,
+        projection=project(analysis.train.vectors, analysis.test.vectors, PCA),
+    )
     table = pq.read_table(exported.files[0])
-    shown = [value for column in ("id", "label", "text", "prediction", "predictions") for value in table[column].to_pylist() if value]
+    shown = [
+        value
+        for column in ("id", "label", "text", "prediction", "predictions")
+        for value in table[column].to_pylist()
+        if value
+    ]
     # Embedding Atlas's viewer, renderers/renderer_utils.ts valueKind and utils/src/media.ts detectBase64MimeType.
-    assert not [value for value in shown if value.startswith(("http://", "https://", "data:")) or re.fullmatch(r"[A-Za-z0-9+/]{64,}={0,2}", value)]
-    assert {ZERO_WIDTH_SPACE + "https://example.com/x", ZERO_WIDTH_SPACE + HOSTILE_LABELS[-1]} <= set(table["label"].to_pylist())
+    assert not [
+        value
+        for value in shown
+        if value.startswith(("http://", "https://", "data:"))
+        or re.fullmatch(r"[A-Za-z0-9+/]{64,}={0,2}", value)
+    ]
+    assert {
+        ZERO_WIDTH_SPACE + "https://example.com/x",
+        ZERO_WIDTH_SPACE + HOSTILE_LABELS[-1],
+    } <= set(table["label"].to_pylist())
 
 
 def test_embedding_atlas_own_reader_loads_the_export(hostile, items, tmp_path):
@@ -295,11 +372,18 @@ def test_embedding_atlas_own_reader_loads_the_export(hostile, items, tmp_path):
     from embedding_atlas.server import make_duckdb_connection
 
     analysis, _ = hostile
-    exported = written(tmp_path, "atlas", items, projection=project(analysis.train.vectors, analysis.test.vectors, PCA))
+    exported = written(
+        tmp_path,
+        "atlas",
+        items,
+        projection=project(analysis.train.vectors, analysis.test.vectors, PCA),
+    )
     frame = atlas_cli.load_datasets([str(exported.files[0])])
     assert len(compute_pagerank_column(frame, neighbors="neighbors")) == len(items)
     database = make_duckdb_connection(frame)
-    rows = database.sql("SELECT text, len(neighbors.ids), octet_length(image.bytes) FROM dataset").fetchall()
+    rows = database.sql(
+        "SELECT text, len(neighbors.ids), octet_length(image.bytes) FROM dataset"
+    ).fetchall()
     assert len(rows) == len(items) and rows[0][1] >= 1 and rows[0][2] > 0
     assert {text for text, *_ in rows} >= {items.caption(row) for row in range(len(items))}
 
@@ -312,23 +396,32 @@ def test_fiftyone_samples_are_legacy_fiftyone_json_with_labels_and_embeddings(it
     metadata = json.loads((exported.folder / "metadata.json").read_text())
     assert "version" not in metadata and metadata["media_type"] == "image"
     samples = json.loads((exported.folder / "samples.json").read_text())["samples"]
-    assert len(samples) == len(items) - 1 and exported.notes == ["1 items without an image file are left out"]
+    assert len(samples) == len(items) - 1 and exported.notes == [
+        "1 items without an image file are left out"
+    ]
     for row, sample in enumerate(samples):
         assert Path(sample["filepath"]).is_absolute() and Path(sample["filepath"]).is_file()
         assert sample["item_id"] == items.ids[row] and sample["tags"] == [items.splits[row]]
         assert sample["ground_truth"] == {"_cls": "Classification", "label": items.labels[row]}
         encoded = base64.b64decode(sample["embedding"]["$binary"]["base64"])
-        np.testing.assert_array_equal(np.load(io.BytesIO(zlib.decompress(encoded)), allow_pickle=False), items.vectors[row])
+        np.testing.assert_array_equal(
+            np.load(io.BytesIO(zlib.decompress(encoded)), allow_pickle=False), items.vectors[row]
+        )
     test_sample = samples[items.n_train]
     predictions = test_sample["predictions"]["classifications"]
     assert [p["label"] for p in predictions] == items.predictions[items.n_train]
     assert all(("confidence" in p) == (p["label"] != DISTRACTOR) for p in predictions)
-    assert test_sample["distractor"] == items.flagged[items.n_train] and "predictions" not in samples[0]
+    assert (
+        test_sample["distractor"] == items.flagged[items.n_train]
+        and "predictions" not in samples[0]
+    )
 
 
 def test_fiftyone_refuses_a_source_without_images(hostile, tmp_path):
     analysis, _ = hostile
-    with pytest.raises(ValueError, match="a FiftyOne dataset is made of image files and this source has none"):
+    with pytest.raises(
+        ValueError, match="a FiftyOne dataset is made of image files and this source has none"
+    ):
         export("fiftyone", export_items(analysis), tmp_path, "x")
 
 
@@ -336,15 +429,22 @@ def test_fiftyone_own_importer_reads_the_export(items, tmp_path):
     importers = pytest.importorskip("fiftyone.utils.data.importers")
     exported = written(tmp_path, "fiftyone", items)
     # What fo.Dataset.from_dir does before it writes to its database: pick the importer and read every sample.
-    importer = importers._handle_legacy_formats(importers.FiftyOneDatasetImporter(str(exported.folder)))
+    importer = importers._handle_legacy_formats(
+        importers.FiftyOneDatasetImporter(str(exported.folder))
+    )
     assert isinstance(importer, importers.LegacyFiftyOneDatasetImporter)
     with importer:
         samples = list(importer)
         assert importer.get_dataset_info()["model"] == items.model
     assert [sample.ground_truth.label for sample in samples] == list(items.labels[:-1])
     test_sample = samples[items.n_train]
-    assert [c.label for c in test_sample.predictions.classifications] == items.predictions[items.n_train]
-    assert test_sample.embedding.shape == (items.vectors.shape[1],) and test_sample.distractor == items.flagged[items.n_train]
+    assert [c.label for c in test_sample.predictions.classifications] == items.predictions[
+        items.n_train
+    ]
+    assert (
+        test_sample.embedding.shape == (items.vectors.shape[1],)
+        and test_sample.distractor == items.flagged[items.n_train]
+    )
 
 
 # ── command line and download ────────────────────────────────────────────────
@@ -352,32 +452,101 @@ def test_fiftyone_own_importer_reads_the_export(items, tmp_path):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return write_demo_dataset(tmp_path_factory.mktemp("demo"), n_classes=4, test_per_class=2, n_distractor_classes=1, distractor_per_class=2, size=32)
+    return write_demo_dataset(
+        tmp_path_factory.mktemp("demo"),
+        n_classes=4,
+        test_per_class=2,
+        n_distractor_classes=1,
+        distractor_per_class=2,
+        size=32,
+    )
 
 
 @pytest.mark.parametrize("export_format", EXPORT_FORMATS)
-def test_export_command_writes_each_format_and_says_how_to_open_it(export_format, demo, tmp_path, workspace, capsys):
+def test_export_command_writes_each_format_and_says_how_to_open_it(
+    export_format, demo, tmp_path, workspace, capsys
+):
     out = tmp_path / "out"
-    assert main(["export", str(demo), "--model", "baseline", "--format", export_format, "--map-method", "pca", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(demo),
+                "--model",
+                "baseline",
+                "--format",
+                export_format,
+                "--map-method",
+                "pca",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    opener = {"fiftyone": "LegacyFiftyOneDataset", "atlas": "embedding-atlas", "tensorboard": "tensorboard --logdir"}
+    opener = {
+        "fiftyone": "LegacyFiftyOneDataset",
+        "atlas": "embedding-atlas",
+        "tensorboard": "tensorboard --logdir",
+    }
     assert opener[export_format] in printed and any(out.iterdir())
 
 
-def test_export_command_refuses_an_out_inside_the_dataset_or_a_file(demo, tmp_path, workspace, capsys):
-    assert main(["export", str(demo), "--model", "baseline", "--format", "tensorboard", "--out", str(demo / "exports")]) == 2
+def test_export_command_refuses_an_out_inside_the_dataset_or_a_file(
+    demo, tmp_path, workspace, capsys
+):
+    assert (
+        main(
+            [
+                "export",
+                str(demo),
+                "--model",
+                "baseline",
+                "--format",
+                "tensorboard",
+                "--out",
+                str(demo / "exports"),
+            ]
+        )
+        == 2
+    )
     assert "inside the input" in capsys.readouterr().err and not (demo / "exports").exists()
     (tmp_path / "file").write_text("keep me")
-    assert main(["export", str(demo), "--model", "baseline", "--format", "tensorboard", "--out", str(tmp_path / "file")]) == 2
-    assert f"error: --out {tmp_path / 'file'} is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "keep me"
+    assert (
+        main(
+            [
+                "export",
+                str(demo),
+                "--model",
+                "baseline",
+                "--format",
+                "tensorboard",
+                "--out",
+                str(tmp_path / "file"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        f"error: --out {tmp_path / 'file'} is a file" in capsys.readouterr().err
+        and (tmp_path / "file").read_text() == "keep me"
+    )
 
 
-def test_export_command_refuses_fiftyone_for_vectors_without_images_before_analysing_them(demo, tmp_path, workspace, capsys, monkeypatch):
+def test_export_command_refuses_fiftyone_for_vectors_without_images_before_analysing_them(
+    demo, tmp_path, workspace, capsys, monkeypatch
+):
     vectors = tmp_path / "vectors.parquet"
     assert main(["embed", str(demo), "--model", "baseline", "--out", str(vectors)]) == 0
     monkeypatch.setattr("core.retrieval.pipeline.analyse", lambda *a, **k: pytest.fail("analysed"))
-    assert main(["export", str(vectors), "--format", "fiftyone", "--out", str(tmp_path / "out")]) == 2
-    assert "error: a FiftyOne dataset is made of image files and this source has none" in capsys.readouterr().err
+    assert (
+        main(["export", str(vectors), "--format", "fiftyone", "--out", str(tmp_path / "out")]) == 2
+    )
+    assert (
+        "error: a FiftyOne dataset is made of image files and this source has none"
+        in capsys.readouterr().err
+    )
 
 
 def test_export_command_refuses_an_unknown_format(demo, capsys):
@@ -388,7 +557,12 @@ def test_export_command_refuses_an_unknown_format(demo, capsys):
 
 def test_the_download_zip_holds_the_export(items):
     archive = zipfile.ZipFile(io.BytesIO(exported_zip("tensorboard", items, "x")))
-    assert sorted(archive.namelist()) == ["metadata.tsv", "projector_config.pbtxt", "sprite.png", "tensors.tsv"]
+    assert sorted(archive.namelist()) == [
+        "metadata.tsv",
+        "projector_config.pbtxt",
+        "sprite.png",
+        "tensors.tsv",
+    ]
 
 
 def test_the_evaluate_page_offers_the_export_of_what_it_shows(monkeypatch):
@@ -397,11 +571,21 @@ def test_the_evaluate_page_offers_the_export_of_what_it_shows(monkeypatch):
     offered = {}
     download_button = DeltaGenerator.download_button
     monkeypatch.setattr(
-        DeltaGenerator, "download_button", lambda self, label, data, *a, **k: offered.setdefault(label, data) and download_button(self, label, data, *a, **k)
+        DeltaGenerator,
+        "download_button",
+        lambda self, label, data, *a, **k: (
+            offered.setdefault(label, data) and download_button(self, label, data, *a, **k)
+        ),
     )
     app = run_page("evaluate", evaluate_export=True, evaluate_export_format="tensorboard")
     assert_ran(app)
-    archive = zipfile.ZipFile(io.BytesIO(offered["TensorBoard projector (zip)"]()))  # what a click downloads
+    archive = zipfile.ZipFile(
+        io.BytesIO(offered["TensorBoard projector (zip)"]())
+    )  # what a click downloads
     rows = [line.split("\t") for line in archive.read("metadata.tsv").decode().splitlines()[1:]]
-    flagged = next(metric for metric in app.metric if metric.label == "Flagged as distractors").value
-    assert "sprite.png" in archive.namelist() and sum(row[5] == "true" for row in rows) == int(flagged)
+    flagged = next(
+        metric for metric in app.metric if metric.label == "Flagged as distractors"
+    ).value
+    assert "sprite.png" in archive.namelist() and sum(row[5] == "true" for row in rows) == int(
+        flagged
+    )

@@ -45,11 +45,26 @@ def cached_rows(home: Path) -> int:
 def test_embed_killed_half_way_resumes_without_recomputing(tmp_path, workspace):
     dataset_root = write_demo_dataset(tmp_path / "demo")
     env = {**os.environ, "RETRIEVAL_LAB_HOME": str(workspace), "PYTHONPATH": str(REPO)}
-    argv = ["embed", str(dataset_root), "--model", "baseline", "--batch-size", str(BATCH), "--out", str(tmp_path / "e.parquet")]
-    child = subprocess.Popen([sys.executable, "-c", SLOW_EMBED, *argv], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    argv = [
+        "embed",
+        str(dataset_root),
+        "--model",
+        "baseline",
+        "--batch-size",
+        str(BATCH),
+        "--out",
+        str(tmp_path / "e.parquet"),
+    ]
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EMBED, *argv], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     try:
-        while cached_rows(workspace) < 4 * BATCH and time.monotonic() < deadline and child.poll() is None:
+        while (
+            cached_rows(workspace) < 4 * BATCH
+            and time.monotonic() < deadline
+            and child.poll() is None
+        ):
             time.sleep(0.05)
         assert child.poll() is None, "the run finished before it could be killed"
         child.send_signal(signal.SIGKILL)
@@ -81,7 +96,9 @@ def test_a_damaged_cache_is_set_aside_and_rebuilt(tmp_path, workspace, image_fil
         cache = EmbeddingCache()
     run = embed_dataset(load_dataset(tmp_path), BaselineEmbedder(), cache)
     assert run.computed == 3 and cache.count(BaselineEmbedder.identity) == 3
-    assert list(workspace.glob(f"{CACHE_FILE_NAME}.corrupt-*")), "the damaged file is kept for inspection"
+    assert list(workspace.glob(f"{CACHE_FILE_NAME}.corrupt-*")), (
+        "the damaged file is kept for inspection"
+    )
 
 
 def test_missing_weights_fail_with_one_actionable_message():
@@ -105,13 +122,32 @@ def wait_until_importing_libraries(child: subprocess.Popen) -> None:
 
 
 # From the first library imports (numpy) to loading the model (2 s and later): the old CLI imported before its try.
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the child's imports")
+@pytest.mark.skipif(
+    not Path("/proc/self/maps").exists(), reason="needs /proc to see the child's imports"
+)
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.3, 1.0, 2.0])
-def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_exits_130(delay, tiny_clip_dir, tmp_path, workspace):
+def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_exits_130(
+    delay, tiny_clip_dir, tmp_path, workspace
+):
     dataset_root = write_demo_dataset(tmp_path / "demo")
     env = {**os.environ, "RETRIEVAL_LAB_HOME": str(workspace), "PYTHONPATH": str(REPO)}
-    argv = ["embed", str(dataset_root), "--model", str(tiny_clip_dir), "--batch-size", "1", "--out", str(tmp_path / "e.parquet")]
-    child = subprocess.Popen([sys.executable, "-m", "core", *argv], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    argv = [
+        "embed",
+        str(dataset_root),
+        "--model",
+        str(tiny_clip_dir),
+        "--batch-size",
+        "1",
+        "--out",
+        str(tmp_path / "e.parquet"),
+    ]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "core", *argv],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_importing_libraries(child)
         time.sleep(delay)

@@ -33,7 +33,9 @@ def embeddings():
     labels = np.full(n, None, dtype=object)
     labels[splits == TRAIN] = [CLASSES[i % len(CLASSES)] for i in range(N_TRAIN)]
     vectors = rng.normal(size=(n, 8)).astype(np.float32)
-    return Embeddings(np.array([f"img{i}.jpg" for i in range(n)]), splits, labels, vectors, "test-model")
+    return Embeddings(
+        np.array([f"img{i}.jpg" for i in range(n)]), splits, labels, vectors, "test-model"
+    )
 
 
 @pytest.fixture
@@ -129,7 +131,9 @@ def _random_points(n_points: int, n_train: int) -> pd.DataFrame:
             "split": splits,
             "id": [f"img{i}" for i in range(n_points)],
             "label": None,
-            "row": rng.permutation(n_points),  # shuffled, so customdata must carry rows, not positions
+            "row": rng.permutation(
+                n_points
+            ),  # shuffled, so customdata must carry rows, not positions
             "flag": (splits == TEST) & (rng.random(n_points) < 0.3),
         }
     )
@@ -142,11 +146,16 @@ def test_a_130k_point_map_is_webgl_with_every_row_once():
     rows = np.concatenate([trace.customdata for trace in figure.data])
     assert np.array_equal(np.sort(rows), np.arange(len(points)))
     for trace in figure.data:  # each customdata row is the point drawn at that position
-        np.testing.assert_array_equal(trace.x, points.set_index("row").loc[trace.customdata, "x"].to_numpy())
+        np.testing.assert_array_equal(
+            trace.x, points.set_index("row").loc[trace.customdata, "x"].to_numpy()
+        )
 
 
 def test_markers_shrink_and_fade_as_the_map_grows():
-    markers = [scatter_map(_random_points(n, n // 4), "split").data[0].marker for n in (200, 13_000, 130_000)]
+    markers = [
+        scatter_map(_random_points(n, n // 4), "split").data[0].marker
+        for n in (200, 13_000, 130_000)
+    ]
     sizes, opacities = [marker.size for marker in markers], [marker.opacity for marker in markers]
     assert sizes[0] > sizes[1] > sizes[2] >= 3
     assert opacities[0] > opacities[1] > opacities[2] >= 0.3
@@ -154,7 +163,10 @@ def test_markers_shrink_and_fade_as_the_map_grows():
 
 def test_flagged_points_stay_larger_and_more_opaque_than_the_rest_at_100k():
     figure = scatter_map(_random_points(100_000, 30_000), "flag")
-    flagged, kept = _trace(figure, "test flagged distractor").marker, _trace(figure, "test kept").marker
+    flagged, kept = (
+        _trace(figure, "test flagged distractor").marker,
+        _trace(figure, "test kept").marker,
+    )
     assert (kept.size, kept.opacity) == (3.0, pytest.approx(0.3))
     assert flagged.size > kept.size and flagged.opacity >= 2 * kept.opacity
 
@@ -195,7 +207,11 @@ def test_score_mode_shares_one_colour_scale_and_greys_missing_scores(points):
     [
         ("flag", "flag", r"colour_by='flag' needs columns \['flag'\]"),
         ("split", "row", r"colour_by='split' needs columns \['row'\]"),
-        ("shape", None, r"colour_by 'shape' is not known; use one of \('split', 'label', 'flag', 'score'\)"),
+        (
+            "shape",
+            None,
+            r"colour_by 'shape' is not known; use one of \('split', 'label', 'flag', 'score'\)",
+        ),
     ],
 )
 def test_scatter_map_rejects_bad_requests(points, colour_by, drop, message):
@@ -224,10 +240,14 @@ def test_score_histogram_draws_test_bars_and_a_train_outline_on_shared_bins_with
 def test_score_histogram_size_does_not_grow_with_the_number_of_scores():
     def json_size(n: int) -> int:
         rng = np.random.default_rng(n)
-        return len(score_histogram(rng.uniform(0.3, 1.0, n), rng.uniform(0.6, 1.0, n // 3), 0.7).to_json())
+        return len(
+            score_histogram(rng.uniform(0.3, 1.0, n), rng.uniform(0.6, 1.0, n // 3), 0.7).to_json()
+        )
 
     small, large = json_size(1_000), json_size(100_000)
-    assert large < 1.2 * small and large < 15_000  # 7 KB of it is the template; every score was 220 KB at 13k
+    assert (
+        large < 1.2 * small and large < 15_000
+    )  # 7 KB of it is the template; every score was 220 KB at 13k
 
 
 def test_score_histogram_without_train_scores_draws_test_only():
@@ -252,10 +272,17 @@ def test_contamination_curve_marks_the_current_point():
 
 @pytest.mark.parametrize(
     ("threshold", "rate", "position"),
-    [(0.52, 0.04, "top right"), (0.98, 0.3, "top left"), (0.52, 0.96, "bottom right"), (0.98, 0.96, "bottom left")],
+    [
+        (0.52, 0.04, "top right"),
+        (0.98, 0.3, "top left"),
+        (0.52, 0.96, "bottom right"),
+        (0.98, 0.96, "bottom left"),
+    ],
     ids=["low left", "near the right edge", "near the top", "top right corner"],
 )
-def test_a_point_label_opens_toward_the_middle_of_the_plot_and_is_never_clipped(threshold, rate, position):
+def test_a_point_label_opens_toward_the_middle_of_the_plot_and_is_never_clipped(
+    threshold, rate, position
+):
     thresholds = np.linspace(0.5, 1.0, 51)
     figure = contamination_curve(thresholds, np.linspace(0, 1, 51), threshold, rate)
     current = figure.data[-1]
@@ -266,9 +293,14 @@ def test_a_point_label_opens_toward_the_middle_of_the_plot_and_is_never_clipped(
 def test_metric_curve_marks_the_best_point_it_is_given_and_the_current_threshold():
     thresholds = np.linspace(0.5, 1.0, 11)
     values = np.array([0.1, 0.3, np.nan, 0.6, 0.8, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1])
-    figure = metric_curve(thresholds, values, current_threshold=0.6, name="MAP@5", best=(0.725, 0.8))
+    figure = metric_curve(
+        thresholds, values, current_threshold=0.6, name="MAP@5", best=(0.725, 0.8)
+    )
     _, best = figure.data
-    assert (best.x[0], best.y[0]) == (0.725, 0.8)  # between two grid points: the caller's answer, not an argmax
+    assert (best.x[0], best.y[0]) == (
+        0.725,
+        0.8,
+    )  # between two grid points: the caller's answer, not an argmax
     assert best.text[0] == "best MAP@5 0.800 at 0.725"
     assert best.textposition == "bottom right" and best.cliponaxis is False
     (line,) = figure.layout.shapes
@@ -284,7 +316,9 @@ def test_metric_curve_without_a_best_point_marks_none():
 def test_the_best_threshold_marked_on_the_curve_is_the_sweep_answer_on_a_plateau():
     # MAP@k is 1 for every threshold in (0.40, 0.60]: the grid's argmax would be its first grid point.
     scores = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8])
-    sweep = ThresholdSweep(scores, ap_if_flagged=(scores < 0.5).astype(float), ap_if_kept=(scores > 0.5).astype(float))
+    sweep = ThresholdSweep(
+        scores, ap_if_flagged=(scores < 0.5).astype(float), ap_if_kept=(scores > 0.5).astype(float)
+    )
     grid = sweep.grid()
     best = sweep.best_map_threshold()
     marker = metric_curve(grid, sweep.map_at(grid), current_threshold=0.3, best=best).data[-1]
@@ -324,13 +358,17 @@ def test_class_frequency_rejects_a_zero_top_n():
         class_frequency(["a"], top_n=0)
 
 
-def test_analysis_map_points_puts_scores_flags_and_predictions_on_the_right_rows(embeddings, projection):
+def test_analysis_map_points_puts_scores_flags_and_predictions_on_the_right_rows(
+    embeddings, projection
+):
     from core.maps.figures import analysis_map_points
     from core.retrieval.pipeline import analyse
 
     analysis = analyse(embeddings)
     threshold = float(np.median(analysis.scores))
-    points = analysis_map_points(embeddings, analysis, projection, threshold, predicted_test_labels=True)
+    points = analysis_map_points(
+        embeddings, analysis, projection, threshold, predicted_test_labels=True
+    )
     train, test = points[points["split"] == TRAIN], points[points["split"] == TEST]
     assert test["id"].tolist() == analysis.test.ids.tolist()
     np.testing.assert_array_equal(test["flag"].to_numpy(), analysis.scores < threshold)

@@ -28,12 +28,19 @@ def test_two_writers_of_one_file_never_share_a_partial_file(tmp_path):
 
 def test_read_csv_keys_rows_by_lower_case_columns_and_fills_short_rows(tmp_path):
     path = write_files(tmp_path, {"t.csv": b"\xef\xbb\xbf ID ,Label\nx,1\n\n , \ny\n"}) / "t.csv"
-    assert read_csv(path, ("id",)) == ([{"id": "x", "label": "1"}, {"id": "y", "label": ""}], ["id", "label"])
+    assert read_csv(path, ("id",)) == (
+        [{"id": "x", "label": "1"}, {"id": "y", "label": ""}],
+        ["id", "label"],
+    )
 
 
 def test_read_csv_bad_inputs_name_the_file(tmp_path):
-    files = write_files(tmp_path, {"a.csv": b"image,label\nx,1\n", "b.csv": "id\ncaf\xe9\n".encode("latin-1")})
-    with pytest.raises(ValueError, match=r"a.csv lacks column\(s\) id: found image, label; required: id, label"):
+    files = write_files(
+        tmp_path, {"a.csv": b"image,label\nx,1\n", "b.csv": "id\ncaf\xe9\n".encode("latin-1")}
+    )
+    with pytest.raises(
+        ValueError, match=r"a.csv lacks column\(s\) id: found image, label; required: id, label"
+    ):
         read_csv(files / "a.csv", ("id", "label"))
     with pytest.raises(ValueError, match="b.csv is not UTF-8 text"):
         read_csv(files / "b.csv")

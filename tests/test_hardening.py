@@ -37,7 +37,12 @@ from core.io.images import ImageRejected, load_image
 from core.io.layouts import load_dataset
 from core.io.parquet import read_embeddings, write_embeddings
 from core.io.texts import load_texts
-from core.retrieval.metrics import average_precision_at_k, distractor_report, map_at_k, precision_recall_f1
+from core.retrieval.metrics import (
+    average_precision_at_k,
+    distractor_report,
+    map_at_k,
+    precision_recall_f1,
+)
 from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
 from core.retrieval.predict import read_submission, write_submission
 from core.paths import confined_path, safe_file_name
@@ -52,7 +57,9 @@ EXIF_ORIENTATION = 0x0112
 def noisy(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:
     """An RGB image of seeded noise: every seed gives different bytes, so no two files share a cache key."""
     width, height = size
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return Image.fromarray(
+        np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    )
 
 
 def exif_jpeg(orientation: int, seed: int = 0) -> bytes:
@@ -108,7 +115,9 @@ def hostile_zip(path: Path) -> tuple[set[str], dict[str, str]]:
         "test/drawing.png": (SVG, "looks like SVG/XML"),
     }
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about the duplicate entry on purpose
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # zipfile warns about the duplicate entry on purpose
         for name, data in good.items():
             archive.writestr(TOP + name, data)
         for name, (data, _) in bad.items():
@@ -121,15 +130,20 @@ def hostile_zip(path: Path) -> tuple[set[str], dict[str, str]]:
         link = zipfile.ZipInfo(TOP + "train/cat/link.jpg")
         link.external_attr = (stat.S_IFLNK | 0o777) << 16
         archive.writestr(link, "/etc/passwd")
-    good_ids = {Path(name).name for name in good} | {"test/same.jpg"}  # the second same.jpg keeps its path
-    reasons = {name: reason for name, (_, reason) in bad.items()} | {
-        "cut.jpg": "truncated or corrupt image",  # its header is fine: refused when decoded, by item id
-        "../escape.jpg": "climbs out of the archive",
-        "/absolute.jpg": "absolute path",
-        TOP + "test/inner.zip": "nested zip",
-        TOP + "train/dog/dog1.jpg": "duplicate entry name",
-        TOP + "train/cat/link.jpg": "symbolic link",
-    }
+    good_ids = {Path(name).name for name in good} | {
+        "test/same.jpg"
+    }  # the second same.jpg keeps its path
+    reasons = (
+        {name: reason for name, (_, reason) in bad.items()}
+        | {
+            "cut.jpg": "truncated or corrupt image",  # its header is fine: refused when decoded, by item id
+            "../escape.jpg": "climbs out of the archive",
+            "/absolute.jpg": "absolute path",
+            TOP + "test/inner.zip": "nested zip",
+            TOP + "train/dog/dog1.jpg": "duplicate entry name",
+            TOP + "train/cat/link.jpg": "symbolic link",
+        }
+    )
     return good_ids, reasons
 
 
@@ -158,20 +172,31 @@ def test_a_hostile_zip_is_refused_file_by_file_and_the_rest_is_embedded_and_anal
 def test_every_exif_orientation_of_a_jpeg_is_applied(orientation):
     data = exif_jpeg(orientation)
     stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    np.testing.assert_array_equal(np.asarray(load_image(data)), EXPECTED_DISPLAY[orientation](stored))
+    np.testing.assert_array_equal(
+        np.asarray(load_image(data)), EXPECTED_DISPLAY[orientation](stored)
+    )
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("image,label\na.jpg,café\n".encode("latin-1"), r"train.csv is not UTF-8 text \(byte \d+: invalid"),
+        (
+            "image,label\na.jpg,café\n".encode("latin-1"),
+            r"train.csv is not UTF-8 text \(byte \d+: invalid",
+        ),
         ("image,label\n".encode("utf-16"), r"train.csv is not UTF-8 text"),
-        (b"image,label\na.jpg," + b"x" * 200_000 + b"\n", r"train.csv is not a readable CSV file: field larger than"),
+        (
+            b"image,label\na.jpg," + b"x" * 200_000 + b"\n",
+            r"train.csv is not a readable CSV file: field larger than",
+        ),
     ],
     ids=["latin-1", "utf-16", "huge cell"],
 )
 def test_an_unreadable_csv_is_one_clear_error(tmp_path, content, message):
-    root = write_files(tmp_path / "d", {"a.jpg": encode(noisy(0), "JPEG"), "train.csv": content, "texts.csv": content})
+    root = write_files(
+        tmp_path / "d",
+        {"a.jpg": encode(noisy(0), "JPEG"), "train.csv": content, "texts.csv": content},
+    )
     with pytest.raises(ValueError, match=message):
         load_dataset(root)
     with pytest.raises(ValueError, match=message.replace("train.csv", "texts.csv")):
@@ -179,7 +204,9 @@ def test_an_unreadable_csv_is_one_clear_error(tmp_path, content, message):
 
 
 def test_csv_rows_with_missing_or_extra_cells_and_minus_one_labels_are_refused_row_by_row(tmp_path):
-    images = {f"images/{name}.jpg": encode(noisy(seed), "JPEG") for seed, name in enumerate("abcde")}
+    images = {
+        f"images/{name}.jpg": encode(noisy(seed), "JPEG") for seed, name in enumerate("abcde")
+    }
     train_csv = b"image,label\nimages/a.jpg\nimages/b.jpg,cat,extra,cells\nimages/c.jpg, -1 \nimages/d.jpg,\t\nimages/e.jpg,dog\n"
     dataset = load_dataset(write_files(tmp_path / "d", {**images, "train.csv": train_csv}))
     assert [(item.id, item.label) for item in dataset.items] == [("b.jpg", "cat"), ("e.jpg", "dog")]
@@ -189,7 +216,13 @@ def test_csv_rows_with_missing_or_extra_cells_and_minus_one_labels_are_refused_r
     assert reasons["images/d.jpg"] == "empty label in train.csv row 5"
 
 
-def table(n_train: int, test_truth: list[str | None], dim: int = 8, identical: bool = False, n_classes: int = 3) -> Embeddings:
+def table(
+    n_train: int,
+    test_truth: list[str | None],
+    dim: int = 8,
+    identical: bool = False,
+    n_classes: int = 3,
+) -> Embeddings:
     """Train rows over `n_classes` classes and test rows with the given truth, as unit vectors."""
     n = n_train + len(test_truth)
     vectors = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
@@ -198,13 +231,17 @@ def table(n_train: int, test_truth: list[str | None], dim: int = 8, identical: b
     return Embeddings(
         ids=np.array([f"item{i}.jpg" for i in range(n)]),
         splits=np.array([TRAIN] * n_train + [TEST] * len(test_truth)),
-        labels=np.array([f"class{i % n_classes}" for i in range(n_train)] + test_truth, dtype=object),
+        labels=np.array(
+            [f"class{i % n_classes}" for i in range(n_train)] + test_truth, dtype=object
+        ),
         vectors=vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
         model="random",
     )
 
 
-@pytest.mark.parametrize("truth", [["class0"], ["class1", DISTRACTOR]], ids=["one test image", "two test images"])
+@pytest.mark.parametrize(
+    "truth", [["class0"], ["class1", DISTRACTOR]], ids=["one test image", "two test images"]
+)
 @pytest.mark.parametrize("contamination", [0.0, 0.5, 1.0])
 def test_a_test_set_of_one_or_two_images_is_analysed_end_to_end(truth, contamination):
     analysis = analyse(table(6, truth), PredictConfig(contamination=contamination))
@@ -225,7 +262,10 @@ def test_an_empty_test_set_is_a_clear_error():
 
 
 def test_k_larger_than_train_is_clamped_with_a_note():
-    analysis = analyse(table(4, ["class0", DISTRACTOR, "class1"], n_classes=2), PredictConfig(k=50, score_mode="mean", score_k=50))
+    analysis = analyse(
+        table(4, ["class0", DISTRACTOR, "class1"], n_classes=2),
+        PredictConfig(k=50, score_mode="mean", score_k=50),
+    )
     assert analysis.neighbours.k <= 4
     assert all(len(row) <= 3 for row in analysis.predictions())  # "-1" and the two classes at most
     assert any("fewer than k=50" in note for note in analysis.notes)
@@ -233,7 +273,9 @@ def test_k_larger_than_train_is_clamped_with_a_note():
 
 
 def test_identical_embeddings_tie_with_a_note_instead_of_a_crash():
-    embeddings = table(8, ["class0", DISTRACTOR, "class1", "class2", DISTRACTOR], identical=True, n_classes=4)
+    embeddings = table(
+        8, ["class0", DISTRACTOR, "class1", "class2", DISTRACTOR], identical=True, n_classes=4
+    )
     analysis = analyse(embeddings, PredictConfig(contamination=0.4))
     assert any("tie" in note and "not the 40% asked for" in note for note in analysis.notes)
     assert analysis.report()["flagged"] in (0, 5)  # tied scores move together
@@ -244,13 +286,21 @@ def test_identical_embeddings_tie_with_a_note_instead_of_a_crash():
 
 def test_parquet_with_unusable_rows_is_analysed_on_the_rest(tmp_path):
     good = table(6, ["class0", DISTRACTOR, "class2", "class1"], dim=3)
-    bad_rows = {"nan.jpg": [float("nan"), 1.0, 0.0], "zero.jpg": [0.0, 0.0, 0.0], "none.jpg": None, "item0.jpg": [1.0, 0.0, 0.0]}
-    path = write_raw_parquet(tmp_path / "vectors.parquet", {
-        "id": [*good.ids.tolist(), *bad_rows],
-        "split": [*good.splits.tolist(), *[TEST] * len(bad_rows)],
-        "label": [*good.labels.tolist(), *[None] * len(bad_rows)],
-        "embedding": [*good.vectors.tolist(), *bad_rows.values()],
-    })
+    bad_rows = {
+        "nan.jpg": [float("nan"), 1.0, 0.0],
+        "zero.jpg": [0.0, 0.0, 0.0],
+        "none.jpg": None,
+        "item0.jpg": [1.0, 0.0, 0.0],
+    }
+    path = write_raw_parquet(
+        tmp_path / "vectors.parquet",
+        {
+            "id": [*good.ids.tolist(), *bad_rows],
+            "split": [*good.splits.tolist(), *[TEST] * len(bad_rows)],
+            "label": [*good.labels.tolist(), *[None] * len(bad_rows)],
+            "embedding": [*good.vectors.tolist(), *bad_rows.values()],
+        },
+    )
     loaded = load_embeddings(path)
     assert {r.name: r.reason for r in loaded.rejected} == {
         "nan.jpg": "embedding has NaN or infinite values",
@@ -287,7 +337,9 @@ def damaged_images(draw) -> bytes:
 @given(st.one_of(st.binary(max_size=600), damaged_images()))
 def test_any_bytes_give_an_rgb_image_or_a_one_line_reason(data):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow warns about damaged metadata; the verdict is what counts
+        warnings.simplefilter(
+            "ignore"
+        )  # Pillow warns about damaged metadata; the verdict is what counts
         try:
             image = load_image(data, name="upload.jpg")
         except ImageRejected as rejection:
@@ -296,12 +348,32 @@ def test_any_bytes_give_an_rgb_image_or_a_one_line_reason(data):
     assert image.mode == "RGB" and image.width > 0 and image.height > 0
 
 
-ENTRY_PARTS = st.sampled_from(["..", ".", "", "a", "b.jpg", "ü ñ.png", "C:", "c:\\x", "\\", ".hidden", "__MACOSX", "in.zip", "a/b"])
+ENTRY_PARTS = st.sampled_from(
+    [
+        "..",
+        ".",
+        "",
+        "a",
+        "b.jpg",
+        "ü ñ.png",
+        "C:",
+        "c:\\x",
+        "\\",
+        ".hidden",
+        "__MACOSX",
+        "in.zip",
+        "a/b",
+    ]
+)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    names=st.lists(st.lists(ENTRY_PARTS, min_size=1, max_size=4).map("/".join), min_size=1, max_size=8),
+    names=st.lists(
+        st.lists(ENTRY_PARTS, min_size=1, max_size=4).map("/".join), min_size=1, max_size=8
+    ),
     links=st.lists(st.booleans(), max_size=8),
 )
 def test_no_zip_entry_name_writes_outside_the_extraction_folder(tmp_path_factory, names, links):
@@ -331,7 +403,11 @@ def test_a_sanitised_file_name_is_one_harmless_component(name):
 
 
 @settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(["..", "/", "a", "ok", "link", ".", "~", " ", "\\", "é"]), max_size=8).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(["..", "/", "a", "ok", "link", ".", "~", " ", "\\", "é"]), max_size=8
+    ).map("".join)
+)
 def test_a_confined_path_never_leaves_its_root(tmp_path_factory, relative):
     base = tmp_path_factory.getbasetemp() / "confined"
     root = base / "root"
@@ -346,22 +422,31 @@ def test_a_confined_path_never_leaves_its_root(tmp_path_factory, relative):
         assert target.is_relative_to(root.resolve())
 
 
-CSV_CELLS = st.sampled_from(["a.jpg", "images/a.jpg", "../a.jpg", "/etc/passwd", "", " ", "-1", "cat", "é", '"', ",", "\n"])
+CSV_CELLS = st.sampled_from(
+    ["a.jpg", "images/a.jpg", "../a.jpg", "/etc/passwd", "", " ", "-1", "cat", "é", '"', ",", "\n"]
+)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.lists(CSV_CELLS, max_size=4), max_size=6))
 def test_any_train_csv_loads_inside_its_folder_or_fails_with_a_value_error(tmp_path_factory, rows):
     root = tmp_path_factory.mktemp("csv")
     write_files(root, {"a.jpg": encode(noisy(0), "JPEG"), "images/a.jpg": encode(noisy(1), "JPEG")})
-    (root / "train.csv").write_text("image,label\n" + "\n".join(",".join(row) for row in rows), encoding="utf-8")
+    (root / "train.csv").write_text(
+        "image,label\n" + "\n".join(",".join(row) for row in rows), encoding="utf-8"
+    )
     try:
         dataset = load_dataset(root)
     except ValueError as error:
         assert str(error).strip()
         return
     assert all(item.path.resolve().is_relative_to(root.resolve()) for item in dataset.items)
-    assert all(item.label and item.label.strip() and item.label != DISTRACTOR for item in dataset.split(TRAIN))
+    assert all(
+        item.label and item.label.strip() and item.label != DISTRACTOR
+        for item in dataset.split(TRAIN)
+    )
 
 
 # --------------------------------------------------------------------------- property tests: metrics and thresholds
@@ -376,7 +461,11 @@ def test_average_precision_is_the_reciprocal_rank_of_the_first_hit(truth, predic
     assert value == (1.0 / hits[0] if hits else 0.0)
 
 
-@given(st.lists(st.tuples(LABELS, st.lists(LABELS, max_size=6)), min_size=1, max_size=20), st.integers(1, 6), st.randoms(use_true_random=False))
+@given(
+    st.lists(st.tuples(LABELS, st.lists(LABELS, max_size=6)), min_size=1, max_size=20),
+    st.integers(1, 6),
+    st.randoms(use_true_random=False),
+)
 def test_map_ignores_row_order_and_lies_between_zero_and_one(pairs, k, rnd):
     truth, rows = [t for t, _ in pairs], [r for _, r in pairs]
     shuffled = pairs[:]
@@ -393,13 +482,23 @@ def test_precision_recall_and_f1_are_shares_with_f1_between_them(pairs):
     for value in (report.precision, report.recall, report.f1):
         assert 0.0 <= value <= 1.0
     if report.precision and report.recall:
-        assert min(report.precision, report.recall) - 1e-12 <= report.f1 <= max(report.precision, report.recall) + 1e-12
+        assert (
+            min(report.precision, report.recall) - 1e-12
+            <= report.f1
+            <= max(report.precision, report.recall) + 1e-12
+        )
     assert (report.flagged, report.actual) == (int(flags.sum()), int(truth.sum()))
-    precision, recall, f1 = precision_recall_f1([int((truth & flags).sum())], [report.flagged], [report.actual])
-    assert (float(precision[0]), float(recall[0]), float(f1[0])) == pytest.approx((report.precision, report.recall, report.f1))
+    precision, recall, f1 = precision_recall_f1(
+        [int((truth & flags).sum())], [report.flagged], [report.actual]
+    )
+    assert (float(precision[0]), float(recall[0]), float(f1[0])) == pytest.approx(
+        (report.precision, report.recall, report.f1)
+    )
 
 
-SCORES = st.lists(st.floats(-1, 1, allow_nan=False).map(lambda x: round(x, 2)), min_size=1, max_size=40)
+SCORES = st.lists(
+    st.floats(-1, 1, allow_nan=False).map(lambda x: round(x, 2)), min_size=1, max_size=40
+)
 THRESHOLDS = st.lists(st.floats(-1.5, 1.5, allow_nan=False), min_size=1, max_size=10)
 
 
@@ -415,7 +514,9 @@ def test_the_sweep_answers_exactly_what_a_full_recompute_does(scores, thresholds
         flags = scores < threshold
         assert sweep.flagged_count(threshold) == flags.sum()
         assert sweep.map_at(threshold) == pytest.approx(np.where(flags, if_flagged, if_kept).mean())
-        expected = precision_recall_f1(int((flags & truth).sum()), int(flags.sum()), int(truth.sum()))
+        expected = precision_recall_f1(
+            int((flags & truth).sum()), int(flags.sum()), int(truth.sum())
+        )
         assert tuple(sweep.detection_at(threshold)) == pytest.approx(tuple(expected))
     contaminations = sweep.contamination(np.sort(np.array(thresholds)))
     assert np.all(np.diff(contaminations) >= 0)  # a higher threshold never flags fewer
@@ -438,7 +539,9 @@ def test_threshold_for_and_contamination_are_inverse_up_to_ties(scores, share):
 
 # --------------------------------------------------------------------------- a disk that fills up mid-write
 
-FULL_DISK_LIMIT = 96 * 1024  # bytes any file of the child may grow to: far below what it tries to write
+FULL_DISK_LIMIT = (
+    96 * 1024
+)  # bytes any file of the child may grow to: far below what it tries to write
 FULL_DISK_WRITER = """
 import json, resource, signal, sys
 from pathlib import Path
@@ -478,10 +581,14 @@ def full_disk(tmp_path_factory):
     folder = tmp_path_factory.mktemp("full-disk")
     previous = table(20, ["class0", DISTRACTOR] * 5)
     write_embeddings(folder / "embeddings.parquet", previous)
-    write_submission(folder / "submission.csv", ["t1.jpg", "t2.jpg"], [["cat", "dog"], [DISTRACTOR, "cat"]])
+    write_submission(
+        folder / "submission.csv", ["t1.jpg", "t2.jpg"], [["cat", "dog"], [DISTRACTOR, "cat"]]
+    )
     with EmbeddingCache(folder / "cache.sqlite") as cache:
         cache.put_many("model", dict(zip(previous.ids, previous.vectors)))
-    saved = {name: (folder / name).read_bytes() for name in ("embeddings.parquet", "submission.csv")}
+    saved = {
+        name: (folder / name).read_bytes() for name in ("embeddings.parquet", "submission.csv")
+    }
     child = subprocess.run(
         [sys.executable, "-c", FULL_DISK_WRITER, str(folder), str(FULL_DISK_LIMIT)],
         env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
@@ -503,7 +610,10 @@ def test_a_full_disk_keeps_the_previous_submission(full_disk):
     folder, errors, _, saved = full_disk
     assert "File too large" in errors["submission"]
     assert (folder / "submission.csv").read_bytes() == saved["submission.csv"]
-    assert read_submission(folder / "submission.csv") == {"t1.jpg": ["cat", "dog"], "t2.jpg": [DISTRACTOR, "cat"]}
+    assert read_submission(folder / "submission.csv") == {
+        "t1.jpg": ["cat", "dog"],
+        "t2.jpg": [DISTRACTOR, "cat"],
+    }
     assert not list(folder.glob(".*partial*"))
 
 
@@ -518,8 +628,12 @@ def test_a_full_disk_keeps_the_cached_rows_and_the_cache_resumes(full_disk):
         with EmbeddingCache(folder / "cache.sqlite") as cache:
             assert cache.count("model") == len(previous.ids)
             found = cache.get_many("model", previous.ids)
-            np.testing.assert_array_equal(np.stack([found[i] for i in previous.ids]), previous.vectors)
-            cache.put_many("model", {"after.jpg": previous.vectors[0]})  # space again: writing resumes
+            np.testing.assert_array_equal(
+                np.stack([found[i] for i in previous.ids]), previous.vectors
+            )
+            cache.put_many(
+                "model", {"after.jpg": previous.vectors[0]}
+            )  # space again: writing resumes
             assert cache.count("model") == len(previous.ids) + 1
 
 
@@ -527,7 +641,9 @@ def test_a_full_disk_keeps_the_cached_rows_and_the_cache_resumes(full_disk):
 
 
 def test_the_server_config_turns_xsrf_protection_on_and_caps_uploads():
-    server = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))["server"]
+    server = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))[
+        "server"
+    ]
     assert server["enableXsrfProtection"] is True
     # In megabytes; Streamlit's default is 200. A zip's unpacked size is capped separately (ZipLimits).
     assert isinstance(server["maxUploadSize"], int) and 0 < server["maxUploadSize"] <= 8192
@@ -565,8 +681,16 @@ def unsafe_uses(source: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            found += [f"line {node.lineno}: import {m}" for m in modules if m.split(".")[0] in ("pickle", "marshal", "dill", "shelve", "cloudpickle")]
+            modules = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+            found += [
+                f"line {node.lineno}: import {m}"
+                for m in modules
+                if m.split(".")[0] in ("pickle", "marshal", "dill", "shelve", "cloudpickle")
+            ]
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
@@ -600,14 +724,23 @@ def test_no_code_runs_from_user_files_and_no_user_html_is_rendered(path):
 
 
 # Ways a script in the page turns a string into markup or code.
-MARKUP_FROM_STRINGS = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|srcdoc|setAttribute\(\s*[\"']on")
+MARKUP_FROM_STRINGS = re.compile(
+    r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|srcdoc|setAttribute\(\s*[\"']on"
+)
 SCRIPTS = sorted((REPO / "pages").glob("*.js"))
 
 
 def test_the_scan_catches_markup_made_from_strings():
-    hostile = ["div.innerHTML = label;", "node.insertAdjacentHTML('beforeend', text)", "eval(code)", "a.setAttribute('onclick', x)"]
+    hostile = [
+        "div.innerHTML = label;",
+        "node.insertAdjacentHTML('beforeend', text)",
+        "eval(code)",
+        "a.setAttribute('onclick', x)",
+    ]
     assert all(MARKUP_FROM_STRINGS.search(line) for line in hostile)
-    assert not MARKUP_FROM_STRINGS.search("node.textContent = label; input.setAttribute('aria-label', label)")
+    assert not MARKUP_FROM_STRINGS.search(
+        "node.textContent = label; input.setAttribute('aria-label', label)"
+    )
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda path: path.relative_to(REPO).as_posix())
@@ -629,10 +762,17 @@ class Upload:
 def test_uploads_with_hostile_names_land_inside_the_workspace(workspace, tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    monkeypatch.chdir(cwd)  # a name used as a relative path would land under tmp_path, where it is looked for
+    monkeypatch.chdir(
+        cwd
+    )  # a name used as a relative path would land under tmp_path, where it is looked for
     ws = Workspace("hostile-names")
-    datasets = WorkspaceDatasets(ws, builtin=[])  # writing the demo and digits is not the point here
-    images = {name: encode(noisy(seed), "JPEG") for seed, name in enumerate(["good.jpg", "фото 1.jpg", "dog.jpg"])}
+    datasets = WorkspaceDatasets(
+        ws, builtin=[]
+    )  # writing the demo and digits is not the point here
+    images = {
+        name: encode(noisy(seed), "JPEG")
+        for seed, name in enumerate(["good.jpg", "фото 1.jpg", "dog.jpg"])
+    }
     uploads = [
         Upload("../../train.csv", "image,label\ngood.jpg,cat\nфото 1.jpg,cat\n".encode()),
         Upload("good.jpg", images["good.jpg"]),
@@ -651,18 +791,28 @@ def test_uploads_with_hostile_names_land_inside_the_workspace(workspace, tmp_pat
         archive.writestr("train/cat/a.jpg", encode(noisy(11), "JPEG"))
         archive.writestr("../../escape.jpg", encode(noisy(12), "JPEG"))
     zip_entry = datasets.add_upload("zip", [Upload("../../../evil name.zip", zipped.getvalue())])
-    assert texts_from_upload(ws, Upload("../../../texts.txt", b"a red circle\n")) == ["a red circle"]
+    assert texts_from_upload(ws, Upload("../../../texts.txt", b"a red circle\n")) == [
+        "a red circle"
+    ]
 
     for source in (entry.source, zip_entry.source):
         assert Path(source).resolve().is_relative_to(ws.files.resolve())
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(ws.files)]
-    assert {p.relative_to(workspace).as_posix() for p in outside} <= {"workspaces.sqlite", "workspaces.sqlite-wal", "workspaces.sqlite-shm"}
+    assert {p.relative_to(workspace).as_posix() for p in outside} <= {
+        "workspaces.sqlite",
+        "workspaces.sqlite-wal",
+        "workspaces.sqlite-shm",
+    }
     assert not Path("/tmp/evil-upload.jpg").exists()
 
 
-def test_the_folder_input_refuses_symlinks_and_absolute_paths_out_of_the_data_root(workspace, tmp_path, monkeypatch):
+def test_the_folder_input_refuses_symlinks_and_absolute_paths_out_of_the_data_root(
+    workspace, tmp_path, monkeypatch
+):
     layout = {"train/cat/a.jpg": encode(noisy(1), "JPEG"), "test/t.jpg": encode(noisy(2), "JPEG")}
-    secret = write_files(tmp_path / "secret", layout)  # a valid dataset, so only confinement can refuse it
+    secret = write_files(
+        tmp_path / "secret", layout
+    )  # a valid dataset, so only confinement can refuse it
     root = tmp_path / "root"
     write_files(root / "ok", layout)
     (root / "link").symlink_to(secret)
@@ -683,7 +833,9 @@ def test_a_full_disk_during_an_upload_is_an_error_on_the_page_not_a_crash(worksp
     streamlit.cache_resource.clear()  # the built-in datasets belong to this test's workspace home
     monkeypatch.setattr(Workspace, "save_upload", no_space)
     app = run_page("data", "full-disk-upload")
-    app.file_uploader(key="data_upload").upload("shapes.zip", b"PK\x05\x06" + bytes(18), "application/zip").run()
+    app.file_uploader(key="data_upload").upload(
+        "shapes.zip", b"PK\x05\x06" + bytes(18), "application/zip"
+    ).run()
     next(button for button in app.button if button.label == "Add upload").click().run()
     assert not app.exception, [e.value for e in app.exception]
     assert "No space left on device" in app.error[0].value

@@ -22,7 +22,12 @@ def first_labels(head, train, queries):
     """Each query's best label: by probability for classifiers, by cosine kNN in the head's space otherwise."""
     if head.kind == "classifier":
         return head.rank(queries, k=5).labels
-    _, result = retrieve(head.transform(train.vectors), train.labels.astype(object), head.transform(queries), PredictConfig())
+    _, result = retrieve(
+        head.transform(train.vectors),
+        train.labels.astype(object),
+        head.transform(queries),
+        PredictConfig(),
+    )
     return result.labels
 
 
@@ -32,7 +37,10 @@ def fitted(data):
     fitted = {}
     for key in HEADS:
         head = make_head(key, FAST)
-        fitted[key] = head.fit(np.vstack([train.vectors, test.vectors]) if not head.uses_labels else train.vectors, train.labels)
+        fitted[key] = head.fit(
+            np.vstack([train.vectors, test.vectors]) if not head.uses_labels else train.vectors,
+            train.labels,
+        )
     return fitted
 
 
@@ -66,8 +74,14 @@ def test_torch_heads_are_deterministic_under_a_seed(key, data):
     train, test = data
 
     def output(seed):
-        head = make_head(key, HeadConfig(min_steps=20, epochs=1, seed=seed)).fit(train.vectors, train.labels)
-        return head.rank(test.vectors).scores if head.kind == "classifier" else head.transform(test.vectors)
+        head = make_head(key, HeadConfig(min_steps=20, epochs=1, seed=seed)).fit(
+            train.vectors, train.labels
+        )
+        return (
+            head.rank(test.vectors).scores
+            if head.kind == "classifier"
+            else head.transform(test.vectors)
+        )
 
     np.testing.assert_array_equal(output(0), output(0))
     assert not np.array_equal(output(0), output(1))
@@ -75,13 +89,18 @@ def test_torch_heads_are_deterministic_under_a_seed(key, data):
 
 def test_small_data_gets_enough_steps_with_a_note(data):
     train, _ = data
-    head = TripletHead(HeadConfig(epochs=2, min_steps=10, batch_size=32)).fit(train.vectors, train.labels)
+    head = TripletHead(HeadConfig(epochs=2, min_steps=10, batch_size=32)).fit(
+        train.vectors, train.labels
+    )
     # 60 vectors in batches of 32 and 28: two steps per epoch.
     assert len(head.losses) == 5
     assert any("5 epochs, not 2: at least 10 steps" in note for note in head.notes)
     # 61 rows in batches of 60: the lone last row joins the first batch, one step per epoch; 62 rows: two.
     for extra, epochs in ((1, 4), (2, 2)):
-        vectors, labels = np.vstack([train.vectors, train.vectors[:extra]]), np.append(train.labels, train.labels[:extra])
+        vectors, labels = (
+            np.vstack([train.vectors, train.vectors[:extra]]),
+            np.append(train.labels, train.labels[:extra]),
+        )
         config = HeadConfig(epochs=1, min_steps=4, batch_size=60)
         assert len(TripletHead(config).fit(vectors, labels).losses) == epochs
 

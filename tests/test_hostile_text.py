@@ -25,7 +25,9 @@ HOSTILE = [
     "long " + "x" * 10_000,
 ]
 # Markdown that would render as a link, image, HTML element, autolink or hidden text.
-LEAK = re.compile(r"(?<!\\)!\[|(?<!\\)\]\(|(?<!\\)<[A-Za-z/!]|(?i:https?://|www\.)|@[A-Za-z]|[\u202a-\u202e\u2066-\u2069]")
+LEAK = re.compile(
+    r"(?<!\\)!\[|(?<!\\)\]\(|(?<!\\)<[A-Za-z/!]|(?i:https?://|www\.)|@[A-Za-z]|[\u202a-\u202e\u2066-\u2069]"
+)
 PAGES = ("data", "embed", "map", "distractors", "neighbours", "evaluate", "text_image")
 
 
@@ -36,7 +38,10 @@ def write_hostile_workspace(folder: Path, home: Path | None = None) -> str:
     train_labels = [classes[i % len(classes)] for i in range(36)]
     test_labels = [classes[i % len(classes)] if i % 3 else DISTRACTOR for i in range(30)]
     centres = rng.normal(size=(len(classes) + 1, 16))
-    label_rows = [classes.index(label) if label in classes else len(classes) for label in train_labels + test_labels]
+    label_rows = [
+        classes.index(label) if label in classes else len(classes)
+        for label in train_labels + test_labels
+    ]
     vectors = centres[label_rows] + 0.3 * rng.normal(size=(len(label_rows), 16))
     ids = [f"{HOSTILE[i % len(HOSTILE)]} #{i}" for i in range(len(label_rows))]
     embeddings = Embeddings(
@@ -62,14 +67,30 @@ def hostile_workspace(tmp_path) -> str:
 
 def shown_markdown(app) -> list[str]:
     """Every string the page hands to Streamlit's Markdown renderer, sidebar included."""
-    texts = [element.value for kind in ("markdown", "caption", "warning", "info", "error", "success", "title", "subheader", "header") for element in getattr(app, kind)]
+    texts = [
+        element.value
+        for kind in (
+            "markdown",
+            "caption",
+            "warning",
+            "info",
+            "error",
+            "success",
+            "title",
+            "subheader",
+            "header",
+        )
+        for element in getattr(app, kind)
+    ]
     texts += [metric.label for metric in app.metric]
     texts += [expander.label for expander in app.expander]
     texts += [image.caption for element in app.get("imgs") for image in element.proto.imgs]
     return texts
 
 
-CODE_SPAN = re.compile(r"(?<!\\)`[^`]*(?<!\\)`")  # the pages' own code spans: Markdown inside them is inert
+CODE_SPAN = re.compile(
+    r"(?<!\\)`[^`]*(?<!\\)`"
+)  # the pages' own code spans: Markdown inside them is inert
 
 
 def assert_no_leak(app) -> None:
@@ -89,7 +110,9 @@ def test_hostile_ids_labels_and_names_stay_text_on_every_page(page, hostile_work
         assert_no_leak(app)
 
 
-@pytest.mark.parametrize("address", [f"![x]({PROBE})", "[click me](https://example.invalid/phish)", "\u202eab\nc"])
+@pytest.mark.parametrize(
+    "address", [f"![x]({PROBE})", "[click me](https://example.invalid/phish)", "\u202eab\nc"]
+)
 def test_a_hostile_workspace_address_is_named_as_text(address):
     app = run_page("data", address)
     assert not app.exception

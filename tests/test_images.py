@@ -6,7 +6,18 @@ import io
 
 import numpy as np
 import pytest
-from input_files import BLUE, EXPECTED_DISPLAY, RED, SVG, WHITE, bomb_png, encode, jpeg, pixels, write_files
+from input_files import (
+    BLUE,
+    EXPECTED_DISPLAY,
+    RED,
+    SVG,
+    WHITE,
+    bomb_png,
+    encode,
+    jpeg,
+    pixels,
+    write_files,
+)
 from PIL import Image
 
 from core.io.images import IMAGE_EXTENSIONS, ImageRejected, check_image_file, load_image
@@ -28,7 +39,9 @@ def test_bad_contents_are_rejected_and_the_good_file_beside_still_loads(tmp_path
         load_image(content, name="bad.jpg")
     assert reason in raised.value.reason and raised.value.name == "bad.jpg"
 
-    root = write_files(tmp_path / "data", {"train/cat/good.jpg": jpeg(), "train/cat/bad.jpg": content})
+    root = write_files(
+        tmp_path / "data", {"train/cat/good.jpg": jpeg(), "train/cat/bad.jpg": content}
+    )
     dataset = load_dataset(root)
     assert [item.id for item in dataset.items] == ["good.jpg"]
     assert [r.name for r in dataset.rejected] == ["train/cat/bad.jpg"]
@@ -51,7 +64,10 @@ def test_truncated_image_is_rejected_on_decode_but_passes_the_cheap_header_check
 
 def test_bomb_in_the_warning_band_is_an_error_not_a_warning(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)  # 100x100 is over the limit, under 2x
-    with pytest.raises(ImageRejected, match=r"decompression bomb: 10,000 pixels \(100x100\) exceeds the limit of 6,000"):
+    with pytest.raises(
+        ImageRejected,
+        match=r"decompression bomb: 10,000 pixels \(100x100\) exceeds the limit of 6,000",
+    ):
         load_image(encode(Image.new("RGB", (100, 100))))
     assert load_image(encode(Image.new("RGB", (50, 50)))).size == (50, 50)
 
@@ -62,7 +78,9 @@ def test_unreadable_path_is_rejected_with_a_reason(tmp_path):
 
 
 def test_check_image_file_reports_reason_or_none(tmp_path):
-    files = write_files(tmp_path, {"good.png": encode(Image.new("RGB", (4, 4))), "bomb.png": bomb_png()})
+    files = write_files(
+        tmp_path, {"good.png": encode(Image.new("RGB", (4, 4))), "bomb.png": bomb_png()}
+    )
     assert check_image_file(files / "good.png") is None
     assert check_image_file(files / "bomb.png").startswith("decompression bomb")
 

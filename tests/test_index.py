@@ -20,7 +20,9 @@ def test_faiss_matches_numpy_brute_force():
     brute = queries @ train.T
     expected = np.argsort(-brute, axis=1)[:, :5]
     np.testing.assert_array_equal(result.indices, expected)
-    np.testing.assert_allclose(result.similarities, np.take_along_axis(brute, expected, 1), atol=1e-5)
+    np.testing.assert_allclose(
+        result.similarities, np.take_along_axis(brute, expected, 1), atol=1e-5
+    )
 
 
 def test_k_larger_than_train_is_clamped_with_a_warning():
@@ -65,7 +67,9 @@ def test_auto_is_exact_up_to_the_threshold_and_ivf_above():
 
 
 def test_an_unknown_kind_is_named_with_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"index kind must be one of auto, exact, hnsw, ivf, got 'annoy'"):
+    with pytest.raises(
+        ValueError, match=r"index kind must be one of auto, exact, hnsw, ivf, got 'annoy'"
+    ):
         VectorIndex(unit_rows(np.random.default_rng(4), 20, 8), kind="annoy")
 
 
@@ -76,7 +80,9 @@ def test_approximate_kinds_find_the_true_neighbours_with_exact_similarities(kind
     exact = search(train, queries, 5, kind="exact")
     found = search(train, queries, 5, kind=kind)
     assert recall_at(exact.indices, found.indices) >= 0.9
-    np.testing.assert_allclose(found.similarities, np.einsum("qd,qkd->qk", queries, train[found.indices]), atol=1e-5)
+    np.testing.assert_allclose(
+        found.similarities, np.einsum("qd,qkd->qk", queries, train[found.indices]), atol=1e-5
+    )
     assert np.all(np.diff(found.similarities, axis=1) <= 1e-6)
     assert found.indices.dtype == np.int64
 
@@ -99,7 +105,9 @@ def test_search_among_allowed_rows_only(kind):
     allowed = rng.random(len(train)) < 0.3
     found = VectorIndex(train, kind).search(queries, 5, allowed)
     assert allowed[found.indices].all()
-    np.testing.assert_allclose(found.similarities, np.einsum("qd,qkd->qk", queries, train[found.indices]), atol=1e-5)
+    np.testing.assert_allclose(
+        found.similarities, np.einsum("qd,qkd->qk", queries, train[found.indices]), atol=1e-5
+    )
     if kind == "exact":
         expected = np.flatnonzero(allowed)[np.argsort(-(queries @ train[allowed].T), axis=1)[:, :5]]
         np.testing.assert_array_equal(found.indices, expected)
@@ -107,21 +115,34 @@ def test_search_among_allowed_rows_only(kind):
 
 def test_allowed_rows_are_checked_and_clamp_k():
     index = VectorIndex(unit_rows(np.random.default_rng(6), 5, 8))
-    with pytest.raises(ValueError, match=r"allowed must mark each of the 5 indexed rows, got shape \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"allowed must mark each of the 5 indexed rows, got shape \(4,\)"
+    ):
         index.search(unit_rows(np.random.default_rng(7), 2, 8), 1, np.ones(4, bool))
     with pytest.raises(ValueError, match="allowed marks no indexed row"):
         index.search(unit_rows(np.random.default_rng(7), 2, 8), 1, np.zeros(5, bool))
     with pytest.warns(UserWarning, match="k=3 is larger than the 2 indexed vectors searched"):
-        found = index.search(unit_rows(np.random.default_rng(7), 2, 8), 3, np.array([1, 0, 0, 1, 0], bool))
+        found = index.search(
+            unit_rows(np.random.default_rng(7), 2, 8), 3, np.array([1, 0, 0, 1, 0], bool)
+        )
     assert set(found.indices.ravel()) == {0, 3}
 
 
 @pytest.mark.parametrize(
     ("vectors", "message"),
     [
-        (np.ones(4), r"queries must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 1\); got shape \(4,\)"),
-        (np.zeros((0, 3)), r"queries must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 1\); got shape \(0, 3\)"),
-        (np.array([[1.0, 0.0], [np.inf, 1.0]]), r"queries have NaN or infinite values in 1 of 2 rows \(first at row 1\)"),
+        (
+            np.ones(4),
+            r"queries must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 1\); got shape \(4,\)",
+        ),
+        (
+            np.zeros((0, 3)),
+            r"queries must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 1\); got shape \(0, 3\)",
+        ),
+        (
+            np.array([[1.0, 0.0], [np.inf, 1.0]]),
+            r"queries have NaN or infinite values in 1 of 2 rows \(first at row 1\)",
+        ),
     ],
 )
 def test_checked_vectors_names_the_argument_and_the_bad_value(vectors, message):
@@ -133,7 +154,9 @@ def test_unit_rows_refuses_or_keeps_zero_rows():
     rows = np.array([[3.0, 4.0], [0.0, 0.0]])
     with pytest.raises(ValueError, match="targets row 1 is all zeros: it has no direction"):
         unit_rows_checked(rows, "targets")
-    np.testing.assert_allclose(unit_rows_checked(rows, "targets", keep_zero_rows=True), [[0.6, 0.8], [0.0, 0.0]])
+    np.testing.assert_allclose(
+        unit_rows_checked(rows, "targets", keep_zero_rows=True), [[0.6, 0.8], [0.0, 0.0]]
+    )
 
 
 # ── the exact kind's bf16 screen: the same answers as IndexFlatIP, certified or searched again ──
@@ -154,8 +177,12 @@ def near_tied_rows(rng, d=32):
     base = clustered_rows(rng, 400, d, clusters=20)
     duplicates = base[rng.integers(0, len(base), 150)]
     twins = base[rng.integers(0, len(base), 150)] + 2e-4 * rng.normal(size=(150, d))
-    rows = np.vstack([base, duplicates, twins / np.linalg.norm(twins, axis=1, keepdims=True)]).astype(np.float32)
-    queries = np.vstack([clustered_rows(rng, 50, d, clusters=20), rows[rng.integers(0, len(rows), 30)]])
+    rows = np.vstack(
+        [base, duplicates, twins / np.linalg.norm(twins, axis=1, keepdims=True)]
+    ).astype(np.float32)
+    queries = np.vstack(
+        [clustered_rows(rng, 50, d, clusters=20), rows[rng.integers(0, len(rows), 30)]]
+    )
     return rows, queries
 
 
@@ -166,10 +193,14 @@ def assert_same_as_flat_ip(found, rows, queries, k, allowed=None):
     selector = None
     if allowed is not None:
         bits = np.packbits(allowed, bitorder="little")
-        selector = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(rows), faiss.swig_ptr(bits)))
+        selector = faiss.SearchParameters(
+            sel=faiss.IDSelectorBitmap(len(rows), faiss.swig_ptr(bits))
+        )
     expected, expected_rows = flat.search(queries, k + 1, params=selector)
     np.testing.assert_allclose(found.similarities, expected[:, :k], atol=1e-6)
-    np.testing.assert_allclose(found.similarities, np.einsum("qd,qkd->qk", queries, rows[found.indices]), atol=1e-6)
+    np.testing.assert_allclose(
+        found.similarities, np.einsum("qd,qkd->qk", queries, rows[found.indices]), atol=1e-6
+    )
     gaps = np.diff(expected, axis=1)
     untied = np.ones((len(queries), k), bool)
     untied[:, 1:] &= gaps[:, :-1] < -1e-6
@@ -181,7 +212,11 @@ def assert_same_as_flat_ip(found, rows, queries, k, allowed=None):
 
 @pytest.mark.parametrize(
     ("k", "allowed_share"),
-    [(5, None), (5, 0.3), (12, 0.05)],  # the last: fewer allowed rows than 2·k + the margin, so all are candidates
+    [
+        (5, None),
+        (5, 0.3),
+        (12, 0.05),
+    ],  # the last: fewer allowed rows than 2·k + the margin, so all are candidates
 )
 def test_screened_search_equals_flat_ip_with_near_ties(screening, k, allowed_share):
     rng = np.random.default_rng(8)
@@ -194,7 +229,9 @@ def test_screened_search_equals_flat_ip_with_near_ties(screening, k, allowed_sha
         found = index.search(queries, k, allowed)
     assert_same_as_flat_ip(found, rows, queries, k, allowed)
     assert index.screened_queries == len(queries)
-    assert index.rechecked_queries < len(queries) / 2  # most queries are certified: the screen answered them
+    assert (
+        index.rechecked_queries < len(queries) / 2
+    )  # most queries are certified: the screen answered them
     assert "bf16 screen, fp32 re-rank" in index.settings
 
 

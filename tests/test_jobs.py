@@ -18,7 +18,9 @@ def test_the_same_key_asked_for_at_once_starts_one_job():
         return "result"
 
     asked = []
-    threads = [threading.Thread(target=lambda: asked.append(jobs.start("key", work))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: asked.append(jobs.start("key", work))) for _ in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -80,7 +82,11 @@ def test_a_failure_carries_its_error_and_runs_again_when_asked_for():
 
     job = jobs.start("key", broken)
     assert job.wait(WAIT)
-    assert job.state == FAILED and isinstance(job.error, ValueError) and "no train split" in str(job.error)
+    assert (
+        job.state == FAILED
+        and isinstance(job.error, ValueError)
+        and "no train split" in str(job.error)
+    )
     retried = jobs.start("key", lambda watch: 7)
     assert retried is not job and retried.wait(WAIT) and retried.result == 7
 
@@ -116,7 +122,9 @@ def test_a_projection_watched_by_a_stopped_watch_stops_at_its_first_stage():
     stop.set()
     rows = np.random.default_rng(0).normal(size=(30, 8))
     with pytest.raises(Cancelled, match="cancelled during PCA"):
-        project(rows[:20], rows[20:], ProjectionConfig(method="pca"), progress=Watch(stop=stop).stage)
+        project(
+            rows[:20], rows[20:], ProjectionConfig(method="pca"), progress=Watch(stop=stop).stage
+        )
 
 
 def test_busy_while_any_job_runs():

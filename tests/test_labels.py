@@ -11,7 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.io.labels import DISTRACTOR_IN_TRAIN, EMPTY_LABEL, checked_label, normalise_label, white_space_note
+from core.io.labels import (
+    DISTRACTOR_IN_TRAIN,
+    EMPTY_LABEL,
+    checked_label,
+    normalise_label,
+    white_space_note,
+)
 from core.io.parquet import read_embeddings_checked
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.retrieval.metrics import map_at_k
@@ -22,9 +28,22 @@ from core.retrieval.predict import read_submission, read_truth, write_submission
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        (3.0, "3"), (-1.0, DISTRACTOR), ("3.0", "3"), ("-1.0", DISTRACTOR), (np.float32(2.0), "2"), (7, "7"),
-        (np.int64(-1), DISTRACTOR), (" -1", DISTRACTOR), ("-1 ", DISTRACTOR), ("  red   circle ", "red circle"),
-        ("1.5", "1.5"), (2.5, "2.5"), ("3.01", "3.01"), (None, None), (float("nan"), None), ("cat", "cat"),
+        (3.0, "3"),
+        (-1.0, DISTRACTOR),
+        ("3.0", "3"),
+        ("-1.0", DISTRACTOR),
+        (np.float32(2.0), "2"),
+        (7, "7"),
+        (np.int64(-1), DISTRACTOR),
+        (" -1", DISTRACTOR),
+        ("-1 ", DISTRACTOR),
+        ("  red   circle ", "red circle"),
+        ("1.5", "1.5"),
+        (2.5, "2.5"),
+        ("3.01", "3.01"),
+        (None, None),
+        (float("nan"), None),
+        ("cat", "cat"),
     ],
 )
 def test_normalise_label_gives_one_spelling(raw, expected):
@@ -45,7 +64,10 @@ def test_distractor_label_is_refused_in_train_only():
 
 def test_white_space_note_names_the_tidied_labels():
     assert white_space_note("d", ["cat", None, 3.0, "   "]) is None
-    assert white_space_note("d", [" cat", "a  b", "dog"]) == "d: white space tidied in 2 label(s), e.g. ' cat' -> 'cat', 'a  b' -> 'a b'"
+    assert (
+        white_space_note("d", [" cat", "a  b", "dog"])
+        == "d: white space tidied in 2 label(s), e.g. ' cat' -> 'cat', 'a  b' -> 'a b'"
+    )
 
 
 # --------------------------------------------------------------------------- evaluate and score agree
@@ -63,7 +85,9 @@ TRAIN_CLASSES = [label for label in SPELLINGS if label != DISTRACTOR]
 
 
 def spelled(draw, label: str, as_float: bool) -> object:
-    choices = [s for s in SPELLINGS[label] if isinstance(s, float) == as_float] or SPELLINGS[label][:1]
+    choices = [s for s in SPELLINGS[label] if isinstance(s, float) == as_float] or SPELLINGS[label][
+        :1
+    ]
     return draw(st.sampled_from(choices))
 
 
@@ -73,7 +97,7 @@ def labelled_table(draw):
     as_float = draw(st.booleans())
     classes = [c for c in TRAIN_CLASSES if not as_float or c[0].isdigit()]
     train = draw(st.lists(st.sampled_from(classes), min_size=len(classes), max_size=12))
-    train = classes + train[len(classes):]  # every class at least once
+    train = classes + train[len(classes) :]  # every class at least once
     test = draw(st.lists(st.sampled_from([*classes, DISTRACTOR]), min_size=1, max_size=8))
     raw_train = [spelled(draw, label, as_float) for label in train]
     raw_test = [spelled(draw, label, as_float) for label in test]
@@ -82,7 +106,9 @@ def labelled_table(draw):
     return raw_train, raw_test, seed, contamination
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=labelled_table())
 def test_evaluate_and_score_agree_on_every_accepted_label_spelling(tmp_path_factory, case):
     raw_train, raw_test, seed, contamination = case
@@ -102,8 +128,10 @@ def test_evaluate_and_score_agree_on_every_accepted_label_spelling(tmp_path_fact
 
     test_ids = embeddings.ids[embeddings.mask(TEST)].tolist()
     write_submission(folder / "submission.csv", test_ids, analysis.predictions())
-    with open(folder / "truth.csv", "w", newline="", encoding="utf-8") as handle:  # the user's own spelling
-        csv.writer(handle).writerows([("id", "label"), *zip(ids[len(raw_train):], raw_test)])
+    with open(
+        folder / "truth.csv", "w", newline="", encoding="utf-8"
+    ) as handle:  # the user's own spelling
+        csv.writer(handle).writerows([("id", "label"), *zip(ids[len(raw_train) :], raw_test)])
     truth, submission = read_truth(folder / "truth.csv"), read_submission(folder / "submission.csv")
     scored = map_at_k([truth[i] for i in test_ids], [submission[i] for i in test_ids])
     assert scored == pytest.approx(evaluated, abs=1e-12)
@@ -115,13 +143,21 @@ def test_a_float_label_column_scores_as_its_integer_labels(tmp_path):
     centres = rng.normal(size=(5, 16))
     train = [c for c in range(4) for _ in range(3)]
     test = [0, 1, 2, 3, -1, -1]
-    vectors = np.array([centres[c] + 0.05 * rng.normal(size=16) for c in train + [4 if c < 0 else c for c in test]])
+    vectors = np.array(
+        [centres[c] + 0.05 * rng.normal(size=16) for c in train + [4 if c < 0 else c for c in test]]
+    )
     ids = [f"i{i}" for i in range(len(vectors))]
     splits = [TRAIN] * len(train) + [TEST] * len(test)
     reports = {}
-    for kind, labels in {"int": pa.array(train + test, pa.int64()), "float": pa.array(train + test, pa.float64())}.items():
+    for kind, labels in {
+        "int": pa.array(train + test, pa.int64()),
+        "float": pa.array(train + test, pa.float64()),
+    }.items():
         path = tmp_path / f"{kind}.parquet"
-        pq.write_table(pa.table({"id": ids, "split": splits, "label": labels, "embedding": vectors.tolist()}), path)
+        pq.write_table(
+            pa.table({"id": ids, "split": splits, "label": labels, "embedding": vectors.tolist()}),
+            path,
+        )
         embeddings, _ = read_embeddings_checked(path)
         reports[kind] = analyse(embeddings, PredictConfig(contamination=2 / 6)).report()
     assert reports["float"] == reports["int"]

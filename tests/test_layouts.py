@@ -26,38 +26,54 @@ def test_folder_layout_with_flat_test_has_no_test_truth(tmp_path, small_layout):
 
 
 def test_labelled_test_folders_give_test_truth_with_distractors(tmp_path):
-    root = write_files(tmp_path / "d", {
-        "train/ cat /c.jpg": jpeg(),
-        "test/cat/t1.jpg": jpeg(),
-        f"test/{DISTRACTOR}/t2.jpg": jpeg(),
-    })
+    root = write_files(
+        tmp_path / "d",
+        {
+            "train/ cat /c.jpg": jpeg(),
+            "test/cat/t1.jpg": jpeg(),
+            f"test/{DISTRACTOR}/t2.jpg": jpeg(),
+        },
+    )
     dataset = load_dataset(root)
     assert dataset.has_test_truth
-    assert {i.id: i.label for i in dataset.items} == {"c.jpg": "cat", "t1.jpg": "cat", "t2.jpg": DISTRACTOR}
+    assert {i.id: i.label for i in dataset.items} == {
+        "c.jpg": "cat",
+        "t1.jpg": "cat",
+        "t2.jpg": DISTRACTOR,
+    }
 
 
 def test_mixed_test_folder_has_no_test_truth(tmp_path):
-    root = write_files(tmp_path / "d", {"train/cat/c.jpg": jpeg(), "test/cat/t1.jpg": jpeg(), "test/t2.jpg": jpeg()})
+    root = write_files(
+        tmp_path / "d",
+        {"train/cat/c.jpg": jpeg(), "test/cat/t1.jpg": jpeg(), "test/t2.jpg": jpeg()},
+    )
     assert not load_dataset(root).has_test_truth
 
 
 def test_duplicate_file_names_get_unique_deterministic_ids(tmp_path):
-    root = write_files(tmp_path / "d", {
-        "train/dog/a.jpg": jpeg(),
-        "train/cat/a.jpg": jpeg(),
-        "test/a.jpg": jpeg(),
-        "test/b.jpg": jpeg(),
-    })
+    root = write_files(
+        tmp_path / "d",
+        {
+            "train/dog/a.jpg": jpeg(),
+            "train/cat/a.jpg": jpeg(),
+            "test/a.jpg": jpeg(),
+            "test/b.jpg": jpeg(),
+        },
+    )
     ids = [item.id for item in load_dataset(root).items]
     assert ids == ["a.jpg", "train/dog/a.jpg", "test/a.jpg", "b.jpg"]
     assert ids == [item.id for item in load_dataset(root).items]
 
 
 def test_unicode_and_space_names(tmp_path):
-    root = write_files(tmp_path / "jeu de données", {
-        "train/pão de queijo/фото 1.jpg": jpeg(),
-        "test/テスト 画像.png": encode(Image.new("RGB", (4, 4))),
-    })
+    root = write_files(
+        tmp_path / "jeu de données",
+        {
+            "train/pão de queijo/фото 1.jpg": jpeg(),
+            "test/テスト 画像.png": encode(Image.new("RGB", (4, 4))),
+        },
+    )
     dataset = load_dataset(root)
     assert dataset.name == "jeu de données"
     assert [(i.id, i.label) for i in dataset.items] == [
@@ -67,30 +83,43 @@ def test_unicode_and_space_names(tmp_path):
 
 
 def test_os_junk_is_ignored_and_other_files_are_rejected(tmp_path, small_layout):
-    root = write_files(tmp_path / "d", {
-        **small_layout,
-        "train/cat/.DS_Store": b"junk",
-        "train/cat/Thumbs.db": b"junk",
-        "train/.hidden/x.jpg": jpeg(),
-        "__MACOSX/train/cat/._c1.jpg": b"junk",
-        "train/cat/notes.txt": b"hello",
-        "train/stray.jpg": jpeg(),
-        f"train/{DISTRACTOR}/odd.jpg": jpeg(),
-        "test/drawing.svg": SVG,
-        "README.md": b"not part of any split",
-    })
+    root = write_files(
+        tmp_path / "d",
+        {
+            **small_layout,
+            "train/cat/.DS_Store": b"junk",
+            "train/cat/Thumbs.db": b"junk",
+            "train/.hidden/x.jpg": jpeg(),
+            "__MACOSX/train/cat/._c1.jpg": b"junk",
+            "train/cat/notes.txt": b"hello",
+            "train/stray.jpg": jpeg(),
+            f"train/{DISTRACTOR}/odd.jpg": jpeg(),
+            "test/drawing.svg": SVG,
+            "README.md": b"not part of any split",
+        },
+    )
     dataset = load_dataset(root)
     assert len(dataset.items) == len(small_layout)
     reasons = {r.name: r.reason for r in dataset.rejected}
-    assert set(reasons) == {"train/cat/notes.txt", "train/stray.jpg", f"train/{DISTRACTOR}/odd.jpg", "test/drawing.svg"}
-    assert reasons["train/cat/notes.txt"].startswith("not an image file type (.txt); accepted: .bmp")
+    assert set(reasons) == {
+        "train/cat/notes.txt",
+        "train/stray.jpg",
+        f"train/{DISTRACTOR}/odd.jpg",
+        "test/drawing.svg",
+    }
+    assert reasons["train/cat/notes.txt"].startswith(
+        "not an image file type (.txt); accepted: .bmp"
+    )
     assert "outside a label folder" in reasons["train/stray.jpg"]
     assert "cannot be a train class" in reasons[f"train/{DISTRACTOR}/odd.jpg"]
 
 
 def test_empty_train_split_is_a_clear_error(tmp_path):
     root = write_files(tmp_path / "d", {"train/cat/bad.jpg": b"", "test/t.jpg": jpeg()})
-    with pytest.raises(ValueError, match=r"train split of .* is empty.*1 rejected, e.g. train/cat/bad.jpg: empty file"):
+    with pytest.raises(
+        ValueError,
+        match=r"train split of .* is empty.*1 rejected, e.g. train/cat/bad.jpg: empty file",
+    ):
         load_dataset(root)
 
 
@@ -103,15 +132,24 @@ def test_unknown_layout_and_missing_source_are_clear_errors(tmp_path):
 
 
 def test_csv_layout_with_test_csv_and_extra_columns(tmp_path):
-    root = write_files(tmp_path / "kaggle", {
-        "images/a.jpg": jpeg(), "images/b.jpg": jpeg(), "images/t1.jpg": jpeg(), "images/t2.jpg": jpeg(),
-        "train.csv": b"image,label,notes\nimages/a.jpg, cat ,x\nb.jpg,dog,found in images/\n"
-                     b"images/missing.jpg,cat,\n../outside.jpg,cat,\n\n",
-        "test.csv": b"Image,Label\nimages/t1.jpg,cat\nimages/t2.jpg,-1\n",
-    })
+    root = write_files(
+        tmp_path / "kaggle",
+        {
+            "images/a.jpg": jpeg(),
+            "images/b.jpg": jpeg(),
+            "images/t1.jpg": jpeg(),
+            "images/t2.jpg": jpeg(),
+            "train.csv": b"image,label,notes\nimages/a.jpg, cat ,x\nb.jpg,dog,found in images/\n"
+            b"images/missing.jpg,cat,\n../outside.jpg,cat,\n\n",
+            "test.csv": b"Image,Label\nimages/t1.jpg,cat\nimages/t2.jpg,-1\n",
+        },
+    )
     dataset = load_dataset(root)
     assert [(i.split, i.id, i.label) for i in dataset.items] == [
-        (TRAIN, "a.jpg", "cat"), (TRAIN, "b.jpg", "dog"), (TEST, "t1.jpg", "cat"), (TEST, "t2.jpg", DISTRACTOR),
+        (TRAIN, "a.jpg", "cat"),
+        (TRAIN, "b.jpg", "dog"),
+        (TEST, "t1.jpg", "cat"),
+        (TEST, "t2.jpg", DISTRACTOR),
     ]
     assert dataset.has_test_truth
     reasons = {r.name: r.reason for r in dataset.rejected}
@@ -123,17 +161,29 @@ def test_csv_layout_with_test_csv_and_extra_columns(tmp_path):
 
 
 def test_csv_without_test_csv_uses_the_test_folder(tmp_path):
-    root = write_files(tmp_path / "d", {
-        "images/a.jpg": jpeg(), "test/t.jpg": jpeg(), "train.csv": b"image,label\nimages/a.jpg,cat\n",
-    })
-    assert [(i.split, i.id) for i in load_dataset(root).items] == [(TRAIN, "a.jpg"), (TEST, "t.jpg")]
+    root = write_files(
+        tmp_path / "d",
+        {
+            "images/a.jpg": jpeg(),
+            "test/t.jpg": jpeg(),
+            "train.csv": b"image,label\nimages/a.jpg,cat\n",
+        },
+    )
+    assert [(i.split, i.id) for i in load_dataset(root).items] == [
+        (TRAIN, "a.jpg"),
+        (TEST, "t.jpg"),
+    ]
 
 
 def test_csv_empty_labels_are_rejected_rows(tmp_path):
-    root = write_files(tmp_path / "d", {
-        "images/a.jpg": jpeg(), "images/b.jpg": jpeg(),
-        "train.csv": b"image,label\nimages/a.jpg,cat\nimages/b.jpg,   \n,cat\n",
-    })
+    root = write_files(
+        tmp_path / "d",
+        {
+            "images/a.jpg": jpeg(),
+            "images/b.jpg": jpeg(),
+            "train.csv": b"image,label\nimages/a.jpg,cat\nimages/b.jpg,   \n,cat\n",
+        },
+    )
     dataset = load_dataset(root)
     assert [i.id for i in dataset.items] == ["a.jpg"]
     assert [(r.name, r.reason) for r in dataset.rejected] == [
@@ -143,28 +193,53 @@ def test_csv_empty_labels_are_rejected_rows(tmp_path):
 
 
 def test_csv_missing_columns_names_found_and_required(tmp_path):
-    root = write_files(tmp_path / "d", {"images/a.jpg": jpeg(), "train.csv": b"image,path\nimages/a.jpg,x\n"})
+    root = write_files(
+        tmp_path / "d", {"images/a.jpg": jpeg(), "train.csv": b"image,path\nimages/a.jpg,x\n"}
+    )
     expected = r"train.csv lacks column\(s\) label: found image, path; required: image, label"
     with pytest.raises(ValueError, match=expected):
         load_dataset(root)
     (root / "train.csv").write_text("image,label\nimages/a.jpg,cat\n")
     (root / "test.csv").write_text("file\nimages/a.jpg\n")
-    with pytest.raises(ValueError, match=r"test.csv lacks column\(s\) image: found file; required: image; optional: label"):
+    with pytest.raises(
+        ValueError,
+        match=r"test.csv lacks column\(s\) image: found file; required: image; optional: label",
+    ):
         load_dataset(root)
 
 
 def test_float_and_padded_labels_are_spelled_once_in_folders_and_csvs(tmp_path):
-    folders = write_files(tmp_path / "folders", {
-        "train/3.0/a.jpg": jpeg(), "train/ cat /b.jpg": jpeg(), "test/-1.0/t.jpg": jpeg(), "test/3/u.jpg": jpeg(),
-    })
+    folders = write_files(
+        tmp_path / "folders",
+        {
+            "train/3.0/a.jpg": jpeg(),
+            "train/ cat /b.jpg": jpeg(),
+            "test/-1.0/t.jpg": jpeg(),
+            "test/3/u.jpg": jpeg(),
+        },
+    )
     with pytest.warns(UserWarning, match="white space tidied in 1 label"):
         dataset = load_dataset(folders)
-    assert {i.id: i.label for i in dataset.items} == {"a.jpg": "3", "b.jpg": "cat", "t.jpg": DISTRACTOR, "u.jpg": "3"}
-    csvs = write_files(tmp_path / "csvs", {
-        "a.jpg": jpeg(), "b.jpg": jpeg(), "t.jpg": jpeg(), "u.jpg": jpeg(),
-        "train.csv": b"image,label\na.jpg,3.0\nb.jpg,cat\n", "test.csv": b"image,label\nt.jpg,-1.0\nu.jpg,3\n",
-    })
-    assert {i.id: i.label for i in load_dataset(csvs).items} == {i.id: i.label for i in dataset.items}
+    assert {i.id: i.label for i in dataset.items} == {
+        "a.jpg": "3",
+        "b.jpg": "cat",
+        "t.jpg": DISTRACTOR,
+        "u.jpg": "3",
+    }
+    csvs = write_files(
+        tmp_path / "csvs",
+        {
+            "a.jpg": jpeg(),
+            "b.jpg": jpeg(),
+            "t.jpg": jpeg(),
+            "u.jpg": jpeg(),
+            "train.csv": b"image,label\na.jpg,3.0\nb.jpg,cat\n",
+            "test.csv": b"image,label\nt.jpg,-1.0\nu.jpg,3\n",
+        },
+    )
+    assert {i.id: i.label for i in load_dataset(csvs).items} == {
+        i.id: i.label for i in dataset.items
+    }
 
 
 @pytest.mark.parametrize("label", ["   ", " -1", "-1.0"], ids=["blank", "padded -1", "float -1"])
@@ -173,11 +248,16 @@ def test_blank_and_distractor_train_folders_are_refused_by_name(tmp_path, small_
     dataset = load_dataset(root)
     assert len(dataset.items) == len(small_layout)
     assert [r.name for r in dataset.rejected] == [f"train/{label}/x.jpg"]
-    assert dataset.rejected[0].reason in ("empty label", "label -1 marks test distractors and cannot be a train class")
+    assert dataset.rejected[0].reason in (
+        "empty label",
+        "label -1 marks test distractors and cannot be a train class",
+    )
 
 
 @pytest.mark.parametrize("link", ["train/cat/secret.jpg", "train/bird", "test/out.jpg"])
-def test_a_link_out_of_the_dataset_folder_is_refused_by_name_and_never_opened(tmp_path, small_layout, link):
+def test_a_link_out_of_the_dataset_folder_is_refused_by_name_and_never_opened(
+    tmp_path, small_layout, link
+):
     outside = write_files(tmp_path / "outside", {"secret.jpg": jpeg(), "dog/d9.jpg": jpeg()})
     root = write_files(tmp_path / "d", small_layout)
     target = outside / "dog" if link == "train/bird" else outside / "secret.jpg"
@@ -190,12 +270,16 @@ def test_a_link_out_of_the_dataset_folder_is_refused_by_name_and_never_opened(tm
     assert [(r.name, r.reason) for r in dataset.rejected] == [
         (link, "link to a file or folder outside the dataset folder: not opened")
     ]
-    assert all(path.resolve().is_relative_to(root) for path in opened) and len(opened) == len(dataset.items)
+    assert all(path.resolve().is_relative_to(root) for path in opened) and len(opened) == len(
+        dataset.items
+    )
 
 
 def test_a_csv_row_naming_a_link_out_of_the_dataset_folder_is_refused(tmp_path):
     outside = write_files(tmp_path / "outside", {"secret.jpg": jpeg()})
-    root = write_files(tmp_path / "d", {"a.jpg": jpeg(), "train.csv": b"image,label\na.jpg,cat\nlink.jpg,cat\n"})
+    root = write_files(
+        tmp_path / "d", {"a.jpg": jpeg(), "train.csv": b"image,label\na.jpg,cat\nlink.jpg,cat\n"}
+    )
     (root / "link.jpg").symlink_to(outside / "secret.jpg")
     (root / "inside.jpg").symlink_to(root / "a.jpg")
     (root / "train.csv").write_text("image,label\na.jpg,cat\nlink.jpg,cat\ninside.jpg,dog\n")

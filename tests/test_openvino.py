@@ -12,12 +12,24 @@ from core.embedding.config import EmbedConfig
 from core.embedding.runner import embed_dataset, load_embedder, precision_note
 from core.records import TRAIN, Dataset, Item
 
-COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220), (220, 220, 30), (30, 220, 220), (220, 30, 220), (128, 128, 128), (20, 20, 20)]
+COLOURS = [
+    (220, 30, 30),
+    (30, 220, 30),
+    (30, 30, 220),
+    (220, 220, 30),
+    (30, 220, 220),
+    (220, 30, 220),
+    (128, 128, 128),
+    (20, 20, 20),
+]
 
 
 @pytest.fixture
 def photos(image_file):
-    paths = [image_file(f"photos/train/c{index}/{index}.png", colour=colour, size=(40, 30)) for index, colour in enumerate(COLOURS)]
+    paths = [
+        image_file(f"photos/train/c{index}/{index}.png", colour=colour, size=(40, 30))
+        for index, colour in enumerate(COLOURS)
+    ]
     return Dataset("photos", [Item(path.name, TRAIN, "x", path) for path in paths])
 
 
@@ -26,20 +38,34 @@ def native_bf16(monkeypatch):
     monkeypatch.setattr(clip, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
 
 
-def test_auto_runs_openvino_on_the_cpu_when_its_first_batch_agrees_with_torch_fp32(tiny_clip_dir, photos, workspace):
+def test_auto_runs_openvino_on_the_cpu_when_its_first_batch_agrees_with_torch_fp32(
+    tiny_clip_dir, photos, workspace
+):
     embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir), device="cpu"))
-    assert embedder.awaits_precision_check and embedder.runtime == "torch"  # torch fp32 until the check
+    assert (
+        embedder.awaits_precision_check and embedder.runtime == "torch"
+    )  # torch fp32 until the check
 
     run = embed_dataset(photos, embedder, EmbeddingCache(workspace / "cache.sqlite"))
 
     assert embedder.runtime == "openvino" and " openvino " in run.embeddings.model
-    assert re.fullmatch(r"precision: openvino (bf16|fp32) \(auto; first batch agrees with fp32: median cosine .*\)", precision_note(embedder))
-    exact = embed_dataset(photos, load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch", precision="fp32"))).embeddings.vectors
+    assert re.fullmatch(
+        r"precision: openvino (bf16|fp32) \(auto; first batch agrees with fp32: median cosine .*\)",
+        precision_note(embedder),
+    )
+    exact = embed_dataset(
+        photos,
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch", precision="fp32")),
+    ).embeddings.vectors
     assert np.median(np.sum(run.embeddings.vectors * exact, axis=1)) >= clip.MIN_MEDIAN_COSINE
-    assert list((workspace / clip.OPENVINO_FOLDER).glob("*.xml")), "the converted tower is kept under the workspace home"
+    assert list((workspace / clip.OPENVINO_FOLDER).glob("*.xml")), (
+        "the converted tower is kept under the workspace home"
+    )
 
 
-def test_the_converted_tower_is_kept_and_a_second_model_load_does_not_convert_again(tiny_clip_dir, photos, workspace, monkeypatch):
+def test_the_converted_tower_is_kept_and_a_second_model_load_does_not_convert_again(
+    tiny_clip_dir, photos, workspace, monkeypatch
+):
     embed_dataset(photos, load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="openvino")))
     monkeypatch.setattr(openvino_tower, "_converted", lambda *args: pytest.fail("converted twice"))
     again = load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="openvino"))
@@ -47,7 +73,9 @@ def test_the_converted_tower_is_kept_and_a_second_model_load_does_not_convert_ag
     assert again.runtime == "openvino"
 
 
-def test_a_model_openvino_cannot_convert_falls_back_to_the_next_candidate_and_says_why(native_bf16, tiny_clip_dir, photos, workspace, monkeypatch):
+def test_a_model_openvino_cannot_convert_falls_back_to_the_next_candidate_and_says_why(
+    native_bf16, tiny_clip_dir, photos, workspace, monkeypatch
+):
     def cannot(*args):
         raise RuntimeError("unsupported operation aten::something\nmore detail")
 
@@ -56,59 +84,106 @@ def test_a_model_openvino_cannot_convert_falls_back_to_the_next_candidate_and_sa
     embed_dataset(photos, embedder)
     assert embedder.runner == clip.Runner("torch", "bf16")
     note = precision_note(embedder)
-    assert "openvino bf16 cannot run it (RuntimeError: unsupported operation aten::something)" in note
+    assert (
+        "openvino bf16 cannot run it (RuntimeError: unsupported operation aten::something)" in note
+    )
     assert "first batch agrees with fp32" in note and "more detail" not in note
 
 
-def test_when_no_candidate_agrees_the_run_is_exact_torch_fp32_and_every_refusal_is_said(native_bf16, tiny_clip_dir, photos, workspace, monkeypatch):
+def test_when_no_candidate_agrees_the_run_is_exact_torch_fp32_and_every_refusal_is_said(
+    native_bf16, tiny_clip_dir, photos, workspace, monkeypatch
+):
     monkeypatch.setattr(clip, "MIN_MEDIAN_COSINE", 1.5)  # no batch can reach it
     embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
     run = embed_dataset(photos, embedder)
     assert embedder.runner == clip.TORCH_FP32 and run.embeddings.model == embedder.identity
     note = precision_note(embedder)
-    assert note.startswith("precision: fp32 (auto; openvino bf16 refused, the first batch disagrees with fp32: median cosine ")
+    assert note.startswith(
+        "precision: fp32 (auto; openvino bf16 refused, the first batch disagrees with fp32: median cosine "
+    )
     assert "; bf16 refused, the first batch disagrees with fp32" in note
-    exact = embed_dataset(photos, load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch", precision="fp32")))
+    exact = embed_dataset(
+        photos,
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch", precision="fp32")),
+    )
     np.testing.assert_allclose(run.embeddings.vectors, exact.embeddings.vectors, atol=1e-6)
 
 
-def test_a_rerun_settles_from_the_cache_without_converting_or_running_the_model(tiny_clip_dir, photos, workspace, monkeypatch):
+def test_a_rerun_settles_from_the_cache_without_converting_or_running_the_model(
+    tiny_clip_dir, photos, workspace, monkeypatch
+):
     cache = EmbeddingCache(workspace / "cache.sqlite")
     first = embed_dataset(photos, load_embedder(EmbedConfig(model=str(tiny_clip_dir))), cache)
     again = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
-    monkeypatch.setattr(again, "embed_prepared", lambda inputs: pytest.fail("the model ran on cached data"))
-    monkeypatch.setattr(clip, "OpenVinoTower", lambda *args: pytest.fail("converted or compiled for cached data"))
+    monkeypatch.setattr(
+        again, "embed_prepared", lambda inputs: pytest.fail("the model ran on cached data")
+    )
+    monkeypatch.setattr(
+        clip, "OpenVinoTower", lambda *args: pytest.fail("converted or compiled for cached data")
+    )
     run = embed_dataset(photos, again, cache)
     assert again.runtime == "openvino" and (run.computed, run.from_cache) == (0, len(COLOURS))
     np.testing.assert_array_equal(run.embeddings.vectors, first.embeddings.vectors)
 
 
-def test_runtime_openvino_is_refused_off_the_cpu_and_without_the_package(tiny_clip_dir, monkeypatch):
-    with pytest.raises(ValueError, match="runtime 'openvino' runs on the CPU, not on device 'cuda'"):
+def test_runtime_openvino_is_refused_off_the_cpu_and_without_the_package(
+    tiny_clip_dir, monkeypatch
+):
+    with pytest.raises(
+        ValueError, match="runtime 'openvino' runs on the CPU, not on device 'cuda'"
+    ):
         EmbedConfig(runtime="openvino", device="cuda")
-    with pytest.raises(ValueError, match=r"runtime must be one of auto, torch, openvino, got 'onnx'"):
+    with pytest.raises(
+        ValueError, match=r"runtime must be one of auto, torch, openvino, got 'onnx'"
+    ):
         EmbedConfig(runtime="onnx")
     monkeypatch.setattr(clip, "openvino_available", lambda: False)
-    with pytest.raises(ValueError, match=re.escape("runtime 'openvino' needs the openvino package (pip install openvino)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("runtime 'openvino' needs the openvino package (pip install openvino)"),
+    ):
         load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="openvino"))
-    assert not any(" openvino " in identity for identity in load_embedder(EmbedConfig(model=str(tiny_clip_dir))).check_identities)
+    assert not any(
+        " openvino " in identity
+        for identity in load_embedder(EmbedConfig(model=str(tiny_clip_dir))).check_identities
+    )
 
 
-def test_a_worker_given_the_settled_runner_computes_with_it_and_names_it_as_the_run_does(tiny_clip_dir, photos, workspace):
+def test_a_worker_given_the_settled_runner_computes_with_it_and_names_it_as_the_run_does(
+    tiny_clip_dir, photos, workspace
+):
     checked = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
     run = embed_dataset(photos, checked)
-    assert clip.runner_in(run.embeddings.model) == checked.runner == clip.Runner("openvino", checked.precision)
+    assert (
+        clip.runner_in(run.embeddings.model)
+        == checked.runner
+        == clip.Runner("openvino", checked.precision)
+    )
 
-    worker = load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=clip.runner_in(run.embeddings.model))
+    worker = load_embedder(
+        EmbedConfig(model=str(tiny_clip_dir)), settled=clip.runner_in(run.embeddings.model)
+    )
     assert not worker.awaits_precision_check and worker.identity == run.embeddings.model
-    np.testing.assert_allclose(embed_dataset(photos, worker).embeddings.vectors, run.embeddings.vectors, atol=1e-6)
+    np.testing.assert_allclose(
+        embed_dataset(photos, worker).embeddings.vectors, run.embeddings.vectors, atol=1e-6
+    )
     assert clip.runner_in("baseline-pixels-12") is None
     assert clip.runner_in("my model@local fp32 cfg:0123456789ab") == clip.TORCH_FP32
 
 
 def test_a_worker_refuses_a_settled_runner_its_device_cannot_run(tiny_clip_dir, monkeypatch):
-    with pytest.raises(ValueError, match=re.escape("settled on fp16, which this worker's device (cpu) cannot run; give --runtime torch")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "settled on fp16, which this worker's device (cpu) cannot run; give --runtime torch"
+        ),
+    ):
         load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Runner("torch", "fp16"))
     monkeypatch.setattr(clip, "_pick_device", lambda requested: "cuda")
-    with pytest.raises(ValueError, match=re.escape("settled on openvino bf16, which this worker's device (cuda) cannot run")):
-        load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Runner("openvino", "bf16"))
+    with pytest.raises(
+        ValueError,
+        match=re.escape("settled on openvino bf16, which this worker's device (cuda) cannot run"),
+    ):
+        load_embedder(
+            EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Runner("openvino", "bf16")
+        )

@@ -109,9 +109,13 @@ def neighbour_cards(app: AppTest) -> list:
 
 def predicted_labels(app: AppTest) -> list[str]:
     """The Neighbours page's predicted labels as a reader sees them ("1. a · 2. b …"), in order."""
-    shown = displayed(next(m.value for m in app.markdown if m.value.startswith("**Predicted labels:**")))
+    shown = displayed(
+        next(m.value for m in app.markdown if m.value.startswith("**Predicted labels:**"))
+    )
     items = shown.removeprefix("**Predicted labels:** ").split(" · ")
-    assert [item.split(". ", 1)[0] for item in items] == [str(rank) for rank in range(1, len(items) + 1)]
+    assert [item.split(". ", 1)[0] for item in items] == [
+        str(rank) for rank in range(1, len(items) + 1)
+    ]
     return [item.split(". ", 1)[1] for item in items]
 
 
@@ -136,7 +140,12 @@ def test_map_selection_shows_thumbnails_ids_and_labels():
     assert_ran(app)
     assert any("Select points" in info.value for info in app.info)
     app.session_state["map_chart"] = {
-        "selection": {"points": [{"customdata": 3}, {"customdata": [50]}, {"customdata": 3}], "point_indices": [], "box": [], "lasso": []}
+        "selection": {
+            "points": [{"customdata": 3}, {"customdata": [50]}, {"customdata": 3}],
+            "point_indices": [],
+            "box": [],
+            "lasso": [],
+        }
     }
     app.run()
     assert_ran(app)
@@ -150,7 +159,12 @@ def test_map_selection_shows_thumbnails_ids_and_labels():
 
 
 def test_map_gallery_is_capped_but_the_table_lists_the_whole_selection():
-    selection = {"points": [{"customdata": row} for row in range(45)], "point_indices": [], "box": [], "lasso": []}
+    selection = {
+        "points": [{"customdata": row} for row in range(45)],
+        "point_indices": [],
+        "box": [],
+        "lasso": [],
+    }
     app = run_page("map", map_method="pca", map_colour="flag", map_chart={"selection": selection})
     assert_ran(app)
     assert len(app.image) == 40
@@ -167,26 +181,40 @@ def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
         assert len(cards) == 5
         assert all(len(card.image) == 1 for card in cards)
         score = float(metrics(app)["Distractor score"])
-        similarities = [float(card.caption[0].value.split("cosine ")[1].split(" ")[0]) for card in cards]
-        assert similarities == sorted(similarities, reverse=True) and similarities[0] == pytest.approx(score, abs=1e-3)
+        similarities = [
+            float(card.caption[0].value.split("cosine ")[1].split(" ")[0]) for card in cards
+        ]
+        assert similarities == sorted(similarities, reverse=True) and similarities[
+            0
+        ] == pytest.approx(score, abs=1e-3)
         predicted = predicted_labels(app)
         flagged = bool(app.warning)
         assert flagged != bool(app.success)
         assert (predicted[0] == "-1") == flagged
         assert len(predicted) == 5 and predicted.count("-1") <= 1
         went = next(displayed(m.value) for m in app.markdown if m.value.startswith("**Where"))
-        assert went.startswith(f'**Where "-1" went:** rank {predicted.index("-1") + 1}' if "-1" in predicted else '**Where "-1" went:** nowhere')
+        assert went.startswith(
+            f'**Where "-1" went:** rank {predicted.index("-1") + 1}'
+            if "-1" in predicted
+            else '**Where "-1" went:** nowhere'
+        )
         assert ("below the threshold" in went) == flagged
         verdicts.add(flagged)
         if verdicts == {True, False}:
             break
-    assert verdicts == {True, False}, "the demo's first test images include distractors and known classes"
+    assert verdicts == {True, False}, (
+        "the demo's first test images include distractors and known classes"
+    )
 
 
 def test_neighbours_verdict_matches_the_submission_for_the_item_nearest_the_threshold(tmp_path):
     # The kept item scoring closest above the dashboard's threshold (the default rule's, on the
     # slider's grid): a fresh one-row search that rounds a bit lower must not flag it here.
-    analysis = analyse(load_embeddings(write_demo_dataset(tmp_path / "demo"), EmbedConfig(model=BASELINE_MODEL)).embeddings)
+    analysis = analyse(
+        load_embeddings(
+            write_demo_dataset(tmp_path / "demo"), EmbedConfig(model=BASELINE_MODEL)
+        ).embeddings
+    )
     threshold = round(analysis.threshold, ui.THRESHOLD_DECIMALS)
     kept = np.flatnonzero(analysis.scores >= threshold)
     row = int(kept[np.argmin(analysis.scores[kept])])
@@ -196,7 +224,10 @@ def test_neighbours_verdict_matches_the_submission_for_the_item_nearest_the_thre
     assert predicted_labels(app) == analysis.predictions(threshold)[row]
     submission = tmp_path / "submission.csv"
     write_submission(submission, list(analysis.test.ids), analysis.predictions(threshold))
-    assert list(map(submission_label, predicted_labels(app))) == read_submission(submission)[analysis.test.ids[row]]
+    assert (
+        list(map(submission_label, predicted_labels(app)))
+        == read_submission(submission)[analysis.test.ids[row]]
+    )
 
 
 def test_neighbours_searches_an_uploaded_image_and_refuses_a_broken_one():
@@ -205,7 +236,9 @@ def test_neighbours_searches_an_uploaded_image_and_refuses_a_broken_one():
     app.file_uploader(key="neighbours_upload").upload("query.png", png_bytes(), "image/png").run()
     assert_ran(app)
     assert len(neighbour_cards(app)) == 5
-    app.file_uploader(key="neighbours_upload").set_value(("broken.png", b"\x89PNG\r\n\x1a\n broken", "image/png")).run()
+    app.file_uploader(key="neighbours_upload").set_value(
+        ("broken.png", b"\x89PNG\r\n\x1a\n broken", "image/png")
+    ).run()
     assert not app.exception
     assert [error.value for error in app.error] and "broken.png" in displayed(app.error[0].value)
     assert not neighbour_cards(app)
@@ -215,7 +248,11 @@ def test_neighbours_explains_that_the_baseline_cannot_search_by_text():
     app = run_page("neighbours", neighbours_query_kind="A text")
     assert_ran(app)
     assert any("cannot search by text" in info.value for info in app.info)
-    told = [element.value for element in [*app.info, *app.markdown] if "save_pretrained" in element.value]
+    told = [
+        element.value
+        for element in [*app.info, *app.markdown]
+        if "save_pretrained" in element.value
+    ]
     assert len(told) == 1  # how to get CLIP, said once
     assert not neighbour_cards(app)
 
@@ -247,7 +284,9 @@ def test_evaluate_compares_chosen_methods():
     assert table["method"].tolist() == ["cosine kNN (pre-trained)", "linear probe"]
     assert table["MAP@5"].between(0, 1).all()
     assert any("plain cosine kNN" in markdown.value for markdown in app.markdown)
-    assert {"Comparison (text)", "Comparison (JSON)"} <= {button.label for button in app.get("download_button")}
+    assert {"Comparison (text)", "Comparison (JSON)"} <= {
+        button.label for button in app.get("download_button")
+    }
 
 
 def test_pages_without_test_truth_or_images_still_work(unlabelled_parquet_workspace):
@@ -259,9 +298,17 @@ def test_pages_without_test_truth_or_images_still_work(unlabelled_parquet_worksp
     assert_ran(app)
     assert len(neighbour_cards(app)) == 5 and not app.image
     selection = {"points": [{"customdata": 0}], "point_indices": [], "box": [], "lasso": []}
-    app = run_page("map", unlabelled_parquet_workspace, map_method="pca", map_colour="label", map_chart={"selection": selection})
+    app = run_page(
+        "map",
+        unlabelled_parquet_workspace,
+        map_method="pca",
+        map_colour="label",
+        map_chart={"selection": selection},
+    )
     assert_ran(app)
-    assert any(displayed(markdown.value).startswith("item") for markdown in app.markdown)  # the card of an image-less item
+    assert any(
+        displayed(markdown.value).startswith("item") for markdown in app.markdown
+    )  # the card of an image-less item
 
 
 def test_text_image_explains_that_the_baseline_has_no_text_tower():
@@ -296,24 +343,41 @@ def test_an_ensemble_of_the_baseline_and_a_clip_model_is_analysed(tiny_clip_dir)
     workspace_id = workspace_with(
         "ensemble1",
         embed_config={"model": "baseline"},
-        ensemble=[{"model": str(tiny_clip_dir), "weight": 0.5}, {"model": "no-such-org/no-such-clip", "weight": 1.0}],
+        ensemble=[
+            {"model": str(tiny_clip_dir), "weight": 0.5},
+            {"model": "no-such-org/no-such-clip", "weight": 1.0},
+        ],
     )
     app = run_page("embed", workspace_id)
     assert not app.exception, [e.value for e in app.exception]
     assert any("Model identity: ensemble(" in displayed(caption.value) for caption in app.caption)
     assert any("no-such-org/no-such-clip" in displayed(warning.value) for warning in app.warning)
-    app = run_page("distractors", workspace_id)  # the ensemble's vectors analysed, with the rule of its threshold
+    app = run_page(
+        "distractors", workspace_id
+    )  # the ensemble's vectors analysed, with the rule of its threshold
     assert_ran(app)
-    assert any("Default rule: contamination 30%" in displayed(caption.value) for caption in app.caption)
+    assert any(
+        "Default rule: contamination 30%" in displayed(caption.value) for caption in app.caption
+    )
 
 
 def test_the_ensemble_weight_search_shows_every_step(tiny_clip_dir):
-    workspace_id = workspace_with("ensemble2", embed_config={"model": "baseline"}, ensemble=[{"model": str(tiny_clip_dir), "weight": 0.5}])
+    workspace_id = workspace_with(
+        "ensemble2",
+        embed_config={"model": "baseline"},
+        ensemble=[{"model": str(tiny_clip_dir), "weight": 0.5}],
+    )
     app = run_page("embed", workspace_id)
-    next(button for button in app.button if button.label.startswith("Search the weights")).click().run()
+    next(
+        button for button in app.button if button.label.startswith("Search the weights")
+    ).click().run()
     assert not app.exception, [e.value for e in app.exception]
     steps = app.code[0].value.splitlines()
-    assert steps[0].split()[:3] == ["step", "model", "tried"] and len(steps) >= 4 and steps[-1].startswith("chosen")
+    assert (
+        steps[0].split()[:3] == ["step", "model", "tried"]
+        and len(steps) >= 4
+        and steps[-1].startswith("chosen")
+    )
     assert len(Workspace(workspace_id).get("ensemble")) == 1
 
 
@@ -345,7 +409,11 @@ def test_data_page_counts_the_demo_and_shows_its_gallery():
     app = run_page("data")
     assert_ran(app)
     values = metrics(app)
-    assert (values["Train images"], values["Train classes"], values["Files refused"]) == ("36", "12", "0")
+    assert (values["Train images"], values["Train classes"], values["Files refused"]) == (
+        "36",
+        "12",
+        "0",
+    )
     assert len(app.image) == 24  # the first gallery page
 
 
@@ -365,14 +433,18 @@ def demo_zip(tmp_path) -> bytes:
 
 def test_data_page_adds_an_uploaded_zip_and_names_every_refused_file(tmp_path):
     app = run_page("data", "upload1")
-    app.file_uploader(key="data_upload").upload("shapes.zip", demo_zip(tmp_path), "application/zip").run()
+    app.file_uploader(key="data_upload").upload(
+        "shapes.zip", demo_zip(tmp_path), "application/zip"
+    ).run()
     app.text_input[0].set_value("uploaded shapes")
     next(button for button in app.button if button.label == "Add upload").click().run()
     assert_ran(app)
     assert app.selectbox[0].value == "uploaded shapes"
     refused = app.dataframe[-1].value
     reasons = dict(zip(refused["file"], refused["reason"]))
-    assert any("escape.jpg" in name for name in reasons) and any("notes.jpg" in name for name in reasons)
+    assert any("escape.jpg" in name for name in reasons) and any(
+        "notes.jpg" in name for name in reasons
+    )
     assert metrics(app)["Train images"] == "36"  # the non-image beside them is refused, not counted
     assert Workspace("upload1").get("dataset") == "uploaded shapes"
 
@@ -399,19 +471,30 @@ def test_embed_page_counts_computed_then_cached_vectors():
     assert (second["Computed"], second["From cache"]) == ("0", first["Vectors"])
 
 
-def test_the_weight_search_saves_each_weight_on_its_own_model_when_a_member_cannot_load(tiny_clip_dir):
+def test_the_weight_search_saves_each_weight_on_its_own_model_when_a_member_cannot_load(
+    tiny_clip_dir,
+):
     # The member that cannot load comes first: the searched weights belong to the members that loaded.
     workspace_id = workspace_with(
         "ensemble3",
         embed_config={"model": "baseline"},
-        ensemble=[{"model": "no-such-org/no-such-clip", "weight": 1.0}, {"model": str(tiny_clip_dir), "weight": 0.5}],
+        ensemble=[
+            {"model": "no-such-org/no-such-clip", "weight": 1.0},
+            {"model": str(tiny_clip_dir), "weight": 0.5},
+        ],
     )
     app = run_page("embed", workspace_id)
-    next(button for button in app.button if button.label.startswith("Search the weights")).click().run()
+    next(
+        button for button in app.button if button.label.startswith("Search the weights")
+    ).click().run()
     assert not app.exception, [e.value for e in app.exception]
     chosen = app.code[0].value.splitlines()[-1]  # "chosen (mode): weights (main, member), metric m"
-    main_weight, member_weight = (float(w) for w in chosen.split("weights (")[1].split(")")[0].split(", "))
-    saved = {member["model"]: member["weight"] for member in Workspace(workspace_id).get("ensemble")}
+    main_weight, member_weight = (
+        float(w) for w in chosen.split("weights (")[1].split(")")[0].split(", ")
+    )
+    saved = {
+        member["model"]: member["weight"] for member in Workspace(workspace_id).get("ensemble")
+    }
     assert saved.keys() == {"no-such-org/no-such-clip", str(tiny_clip_dir)}
     assert saved["no-such-org/no-such-clip"] == 1.0, "a member left out keeps its saved weight"
     assert saved[str(tiny_clip_dir)] == pytest.approx(member_weight / main_weight, rel=0.01)
@@ -425,7 +508,9 @@ def test_evaluate_sets_k_and_the_mean_score_for_every_page():
     app.radio(key="evaluate_score_mode").set_value("mean").run()
     assert_ran(app)
     assert "MAP@3" in metrics(app) and "MAP@5" not in metrics(app)
-    assert Workspace("predict1").get_config("predict_config", PredictConfig) == PredictConfig(k=3, score_mode="mean")
+    assert Workspace("predict1").get_config("predict_config", PredictConfig) == PredictConfig(
+        k=3, score_mode="mean"
+    )
     neighbours = run_page("neighbours", "predict1")
     assert_ran(neighbours)
     assert len(neighbour_cards(neighbours)) == 3
@@ -442,23 +527,32 @@ def test_evaluate_sets_where_minus_one_goes_for_every_page():
     chosen_by_validation = metrics(app)["MAP@5"]
     app.radio(key="evaluate_placement").set_value("first").run()
     assert_ran(app)
-    assert Workspace("placement2").get_config("predict_config", PredictConfig) == PredictConfig(placement="first")
+    assert Workspace("placement2").get_config("predict_config", PredictConfig) == PredictConfig(
+        placement="first"
+    )
     assert any("Placement: **first** (asked for)" in caption.value for caption in app.caption)
     distractors = run_page("distractors", "placement2")
     assert_ran(distractors)
     shown = slider_metrics(distractors)
     assert shown["MAP@5"] == shown['MAP@5, "-1" first'] != shown['MAP@5, "-1" optimal']
-    assert any('Where "-1" goes: **first** (asked for)' in caption.value for caption in distractors.caption)
+    assert any(
+        'Where "-1" goes: **first** (asked for)' in caption.value for caption in distractors.caption
+    )
     assert metrics(app)["MAP@5"] != chosen_by_validation  # the demo's validation picks optimal
 
 
-
-def test_distractors_page_renders_from_the_background_analysis_and_a_restart_reads_its_searches(workspace, monkeypatch):
+def test_distractors_page_renders_from_the_background_analysis_and_a_restart_reads_its_searches(
+    workspace, monkeypatch
+):
     import core.retrieval.pipeline as pipeline
 
     searches = []
     search_and_rank = pipeline.search_and_rank
-    monkeypatch.setattr(pipeline, "search_and_rank", lambda *args, **kwargs: searches.append(1) or search_and_rank(*args, **kwargs))
+    monkeypatch.setattr(
+        pipeline,
+        "search_and_rank",
+        lambda *args, **kwargs: searches.append(1) or search_and_rank(*args, **kwargs),
+    )
     app = run_page("distractors")
     assert_ran(app)
     assert "Threshold" in slider_metrics(app)
@@ -481,7 +575,11 @@ def test_a_cancelled_background_job_is_said_so_and_starts_again_on_request():
 
         from pages import ui
 
-        st.write(ui.finished(ui.analysis_jobs(), "test job", lambda watch: "finished anew", "Testing <b>"))
+        st.write(
+            ui.finished(
+                ui.analysis_jobs(), "test job", lambda watch: "finished anew", "Testing <b>"
+            )
+        )
 
     app = AppTest.from_function(page, default_timeout=SECONDS).run()
     assert not app.exception
@@ -499,7 +597,9 @@ class NeverLoadingShelf(ModelShelf):
         super().__init__(lambda config: release.wait(SECONDS) and None)
 
 
-def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(unlabelled_parquet_workspace, monkeypatch):
+def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(
+    unlabelled_parquet_workspace, monkeypatch
+):
     release = threading.Event()
     shelf = NeverLoadingShelf(release)
     monkeypatch.setattr(ui, "model_shelf", lambda: shelf)
@@ -508,12 +608,16 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(unlabelled_
         # The Data page's run ends by starting the analysis of an active Parquet in the background.
         ui.start_background_work(ws)
         entry = ui.datasets(ws).active()
-        started = ui.analysis_jobs().get((entry.source, ui._vectors_only(chosen_model(ws)), predict_config(ws)))
+        started = ui.analysis_jobs().get(
+            (entry.source, ui._vectors_only(chosen_model(ws)), predict_config(ws))
+        )
         assert started is not None and started.wait(SECONDS)
         app = run_page("distractors", unlabelled_parquet_workspace)
         assert_ran(app)
         assert slider_metrics(app)["Flagged as distractors"]
-        assert shelf.state(chosen_model(ws)) == LOADING  # the vectors came with the data: nothing waited for it
+        assert (
+            shelf.state(chosen_model(ws)) == LOADING
+        )  # the vectors came with the data: nothing waited for it
     finally:
         release.set()
 
@@ -528,7 +632,9 @@ def test_the_sidebar_says_a_parquet_needs_a_model_for_queries_only(unlabelled_pa
 def test_a_map_rerun_finds_its_projection_without_hashing_the_vectors_again(monkeypatch):
     hashed = []
     real_key = core.maps.projection.projection_key
-    monkeypatch.setattr(core.maps.projection, "projection_key", lambda *args: hashed.append(1) or real_key(*args))
+    monkeypatch.setattr(
+        core.maps.projection, "projection_key", lambda *args: hashed.append(1) or real_key(*args)
+    )
     app = run_page("map", map_method="pca")
     assert_ran(app)
     app.run()

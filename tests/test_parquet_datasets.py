@@ -6,7 +6,14 @@ import core.retrieval.pipeline
 from bench.fixtures import retrieval_embeddings
 from core.io.parquet import write_embeddings
 from core.session.workspace import DatasetEntry, Workspace
-from test_pages import assert_ran, displayed, fresh_server, metrics, run_page, set_threshold_by_contamination  # noqa: F401 (fresh_server is autouse)
+from test_pages import (
+    assert_ran,
+    displayed,
+    fresh_server,
+    metrics,
+    run_page,
+    set_threshold_by_contamination,
+)  # noqa: F401 (fresh_server is autouse)
 
 N_TEST, N_CLASSES = 60, 20  # 3 train items per class, 30% of test are distractors
 NO_CLIP = "cannot be loaded here"
@@ -30,7 +37,10 @@ def parquet_workspace(vectors_file) -> str:
 def test_the_data_page_counts_a_parquet_per_split_and_class(parquet_workspace):
     app = run_page("data", parquet_workspace)
     assert_ran(app)
-    assert {key: metrics(app)[key] for key in ("Train rows", "Train classes", "Test rows", "Rows refused")} == {
+    assert {
+        key: metrics(app)[key]
+        for key in ("Train rows", "Train classes", "Test rows", "Rows refused")
+    } == {
         "Train rows": str(3 * N_CLASSES),
         "Train classes": str(N_CLASSES),
         "Test rows": str(N_TEST),
@@ -38,7 +48,10 @@ def test_the_data_page_counts_a_parquet_per_split_and_class(parquet_workspace):
     }
     assert any("18 of 60 test rows are distractors" in caption.value for caption in app.caption)
     counts = app.dataframe[0].value
-    assert counts["rows"].sum() == 3 * N_CLASSES + N_TEST and set(counts["split"]) == {"train", "test"}
+    assert counts["rows"].sum() == 3 * N_CLASSES + N_TEST and set(counts["split"]) == {
+        "train",
+        "test",
+    }
 
 
 def test_vectors_that_came_with_the_data_need_no_model_note(parquet_workspace):
@@ -62,15 +75,23 @@ def test_image_less_cards_show_the_items_id_and_score(parquet_workspace):
     app = run_page("distractors", parquet_workspace)
     set_threshold_by_contamination(app, 1.0)
     assert_ran(app)
-    cards = [displayed(markdown.value) for markdown in app.markdown if displayed(markdown.value).startswith("item-")]
+    cards = [
+        displayed(markdown.value)
+        for markdown in app.markdown
+        if displayed(markdown.value).startswith("item-")
+    ]
     assert cards and all(" · " in card for card in cards), cards
     assert not any("(no image)" in caption.value for caption in app.caption)
 
 
-def test_the_folder_tab_opens_an_embeddings_parquet_under_the_data_root(workspace, vectors_file, monkeypatch):
+def test_the_folder_tab_opens_an_embeddings_parquet_under_the_data_root(
+    workspace, vectors_file, monkeypatch
+):
     monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(vectors_file.parent))
     app = run_page("data")
-    next(box for box in app.text_input if box.label.startswith("Folder")).set_value(vectors_file.name).run()
+    next(box for box in app.text_input if box.label.startswith("Folder")).set_value(
+        vectors_file.name
+    ).run()
     next(button for button in app.button if button.label == "Open folder").click().run()
     assert_ran(app)
     assert metrics(app)["Test rows"] == str(N_TEST)
@@ -80,7 +101,9 @@ def test_dbscan_runs_only_when_asked_and_once_per_settings(parquet_workspace, mo
     calls = []
     dbscan_flags = core.retrieval.pipeline.dbscan_flags
     monkeypatch.setattr(
-        core.retrieval.pipeline, "dbscan_flags", lambda *args: calls.append(args[2]) or dbscan_flags(*args)
+        core.retrieval.pipeline,
+        "dbscan_flags",
+        lambda *args: calls.append(args[2]) or dbscan_flags(*args),
     )
     app = run_page("distractors", parquet_workspace)
     assert_ran(app)

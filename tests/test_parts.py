@@ -19,7 +19,12 @@ from core.embedding.config import EmbedConfig
 from core.embedding.runner import embed_dataset, embed_to_parquet, is_folder_out, load_embedder
 from core.io.files import read_csv
 from core.io.layouts import load_dataset
-from core.io.parquet import MODEL_METADATA_KEY, PRECISION_METADATA_KEY, is_embeddings_source, read_embeddings_checked
+from core.io.parquet import (
+    MODEL_METADATA_KEY,
+    PRECISION_METADATA_KEY,
+    is_embeddings_source,
+    read_embeddings_checked,
+)
 from core.io.parts import REJECTED_FILE, PartWriter, embedded_ids, part_files, written_by
 from core.records import Dataset, Embeddings, Rejected
 
@@ -27,25 +32,39 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def rows(emb: Embeddings, chosen: slice) -> Embeddings:
-    return Embeddings(emb.ids[chosen], emb.splits[chosen], emb.labels[chosen], emb.vectors[chosen], emb.model)
+    return Embeddings(
+        emb.ids[chosen], emb.splits[chosen], emb.labels[chosen], emb.vectors[chosen], emb.model
+    )
 
 
 def test_parts_read_back_as_one_table_with_model_and_precision_and_the_sidecar_is_skipped(tmp_path):
     folder, original = tmp_path / "out" / "parts", make_embeddings()
     writer = PartWriter(folder, original.model, "bf16")
-    first, second = writer.write(rows(original, slice(0, 2))), writer.write(rows(original, slice(2, 4)))
+    first, second = (
+        writer.write(rows(original, slice(0, 2))),
+        writer.write(rows(original, slice(2, 4))),
+    )
     assert writer.write(rows(original, slice(0, 0))) is None
-    writer.rejected([Rejected("bad.jpg", "not an image, e.g. \"quoted\", with a comma")])
+    writer.rejected([Rejected("bad.jpg", 'not an image, e.g. "quoted", with a comma')])
 
-    assert first != second and sorted(path.name for path in folder.glob("part-*.parquet")) == sorted([first.name, second.name])
+    assert first != second and sorted(
+        path.name for path in folder.glob("part-*.parquet")
+    ) == sorted([first.name, second.name])
     assert first.name.startswith("part-000000-") and second.name.startswith("part-000001-")
     assert is_embeddings_source(folder)
     loaded, dropped = read_embeddings_checked(folder)
-    assert dropped == [] and sorted(loaded.ids) == sorted(original.ids) and loaded.model == original.model
+    assert (
+        dropped == []
+        and sorted(loaded.ids) == sorted(original.ids)
+        and loaded.model == original.model
+    )
     by_id = dict(zip(loaded.ids, loaded.vectors))
     np.testing.assert_allclose([by_id[i] for i in original.ids], original.vectors, atol=1e-6)
     metadata = pq.read_schema(first).metadata
-    assert (metadata[MODEL_METADATA_KEY], metadata[PRECISION_METADATA_KEY]) == (b"test/model", b"bf16")
+    assert (metadata[MODEL_METADATA_KEY], metadata[PRECISION_METADATA_KEY]) == (
+        b"test/model",
+        b"bf16",
+    )
     assert written_by(folder) == ("test/model", "bf16")
     assert embedded_ids(folder) == set(original.ids)
 
@@ -55,14 +74,22 @@ def test_a_second_writer_adds_parts_after_the_first_ones(tmp_path):
     PartWriter(tmp_path, original.model).write(rows(original, slice(0, 3)))
     added = PartWriter(tmp_path, original.model).write(rows(original, slice(3, 4)))
     assert added.name.startswith("part-000001-")
-    assert embedded_ids(tmp_path) == set(original.ids) and written_by(tmp_path) == ("test/model", None)
+    assert embedded_ids(tmp_path) == set(original.ids) and written_by(tmp_path) == (
+        "test/model",
+        None,
+    )
 
 
 @pytest.mark.parametrize("model, precision", [("other/model", None), ("test/model", "fp32")])
-def test_a_folder_refuses_parts_by_another_model_or_precision_naming_both(tmp_path, model, precision):
+def test_a_folder_refuses_parts_by_another_model_or_precision_naming_both(
+    tmp_path, model, precision
+):
     original = make_embeddings()
     PartWriter(tmp_path, original.model).write(original)
-    with pytest.raises(ValueError, match=rf"model 'test/model' in precision none, not by '{model}' in precision {precision or 'none'}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"model 'test/model' in precision none, not by '{model}' in precision {precision or 'none'}",
+    ):
         PartWriter(tmp_path, model, precision)
     with pytest.raises(ValueError, match="cannot go into parts by 'test/model'"):
         PartWriter(tmp_path, original.model).write(make_embeddings(model="other/model"))
@@ -84,10 +111,15 @@ def test_embedded_ids_of_a_missing_or_empty_folder_are_none(tmp_path):
 def test_rejections_are_appended_under_one_header_without_repeats(tmp_path):
     writer = PartWriter(tmp_path, "test/model")
     writer.rejected([Rejected("a.jpg", "truncated"), Rejected("a.jpg", "truncated")])
-    PartWriter(tmp_path, "test/model").rejected([Rejected("a.jpg", "truncated"), Rejected("b.png", "empty file")])
+    PartWriter(tmp_path, "test/model").rejected(
+        [Rejected("a.jpg", "truncated"), Rejected("b.png", "empty file")]
+    )
     found, header = read_csv(tmp_path / REJECTED_FILE, required=("name", "reason"))
     assert header == ["name", "reason"]
-    assert [(row["name"], row["reason"]) for row in found] == [("a.jpg", "truncated"), ("b.png", "empty file")]
+    assert [(row["name"], row["reason"]) for row in found] == [
+        ("a.jpg", "truncated"),
+        ("b.png", "empty file"),
+    ]
 
 
 # A tiny CLIP runs a batch in milliseconds: the killed run sleeps per batch so the kill lands part-way.
@@ -112,16 +144,45 @@ def dataset_folder(image_file, tmp_path):
 
 
 def embed_command(source, out, model, seconds_per_batch=0.0):
-    argv = ["embed", str(source), "--model", str(model), "--precision", "fp32", "--batch-size", "4", "--rows-per-part", "4", "--out", str(out)]
+    argv = [
+        "embed",
+        str(source),
+        "--model",
+        str(model),
+        "--precision",
+        "fp32",
+        "--batch-size",
+        "4",
+        "--rows-per-part",
+        "4",
+        "--out",
+        str(out),
+    ]
     return [sys.executable, "-c", SLOW_EMBED.format(seconds=seconds_per_batch), *argv]
 
 
-def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_one_shot_run(dataset_folder, tiny_clip_dir, tmp_path):
+def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_one_shot_run(
+    dataset_folder, tiny_clip_dir, tmp_path
+):
     out = tmp_path / "vectors"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RETRIEVAL_LAB_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
-    killed = subprocess.Popen(embed_command(dataset_folder, out, tiny_clip_dir, 0.4), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "RETRIEVAL_LAB_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": str(REPO),
+    }
+    killed = subprocess.Popen(
+        embed_command(dataset_folder, out, tiny_clip_dir, 0.4),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 40
-    while not list(out.glob("part-*.parquet")) and killed.poll() is None and time.monotonic() < deadline:
+    while (
+        not list(out.glob("part-*.parquet"))
+        and killed.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL, killed.stderr.read().decode()
@@ -129,20 +190,35 @@ def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_o
     assert 0 < len(before) < IMAGES
 
     parts_before = set(out.glob("part-*.parquet"))
-    resumed = subprocess.run(embed_command(dataset_folder, out, tiny_clip_dir), env=env, capture_output=True, text=True, timeout=60)
+    resumed = subprocess.run(
+        embed_command(dataset_folder, out, tiny_clip_dir),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(before)} already there" in resumed.stdout
-    computed, from_cache = map(int, re.search(r"computed (\d+), from cache (\d+)", resumed.stderr).groups())
+    computed, from_cache = map(
+        int, re.search(r"computed (\d+), from cache (\d+)", resumed.stderr).groups()
+    )
     assert computed + from_cache == IMAGES - len(before)
-    added = set().union(*(embedded_ids_of(part) for part in set(out.glob("part-*.parquet")) - parts_before))
+    added = set().union(
+        *(embedded_ids_of(part) for part in set(out.glob("part-*.parquet")) - parts_before)
+    )
     assert added == {f"{index:02d}.png" for index in range(IMAGES)} - before
 
     final, dropped = read_embeddings_checked(out)
     assert dropped == [] and len(final.ids) == len(set(final.ids)) == IMAGES
-    one_shot = embed_dataset(load_dataset(dataset_folder), load_embedder(EmbedConfig(model=str(tiny_clip_dir), precision="fp32")))
+    one_shot = embed_dataset(
+        load_dataset(dataset_folder),
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir), precision="fp32")),
+    )
     assert final.model == one_shot.embeddings.model
     by_id = dict(zip(one_shot.embeddings.ids, one_shot.embeddings.vectors))
-    cosines = np.einsum("ij,ij->i", final.vectors, np.stack([by_id[item_id] for item_id in final.ids]))
+    cosines = np.einsum(
+        "ij,ij->i", final.vectors, np.stack([by_id[item_id] for item_id in final.ids])
+    )
     assert cosines.min() >= 0.9999
 
     refused, _ = read_csv(out / REJECTED_FILE, required=("name", "reason"))
@@ -158,7 +234,10 @@ def test_a_rerun_into_the_folder_embeds_only_new_images(dataset_folder, image_fi
     out, config = tmp_path / "baseline-vectors", EmbedConfig(model="baseline", batch_size=8)
     first = embed_to_parquet(load_dataset(dataset_folder), config, out, rows_per_part=16)
     assert (first.written, first.already, first.computed) == (IMAGES, 0, IMAGES)
-    assert sorted(row.name.rsplit("/", 1)[-1] for row in first.rejected) == ["broken.jpg", "empty.png"]
+    assert sorted(row.name.rsplit("/", 1)[-1] for row in first.rejected) == [
+        "broken.jpg",
+        "empty.png",
+    ]
     assert sorted(len(embedded_ids_of(part)) for part in out.glob("part-*.parquet")) == [8, 16, 16]
 
     image_file("data/test/new.png", colour=(10, 200, 90))
@@ -168,39 +247,75 @@ def test_a_rerun_into_the_folder_embeds_only_new_images(dataset_folder, image_fi
     assert len(read_csv(out / REJECTED_FILE, required=("name",))[0]) == 2
 
 
-def test_a_resumed_auto_run_keeps_the_parts_precision_and_another_is_refused(dataset_folder, tiny_clip_dir, tmp_path):
+def test_a_resumed_auto_run_keeps_the_parts_precision_and_another_is_refused(
+    dataset_folder, tiny_clip_dir, tmp_path
+):
     out, dataset = tmp_path / "clip-vectors", load_dataset(dataset_folder)
-    first = embed_to_parquet(Dataset("first", dataset.items[:8]), EmbedConfig(model=str(tiny_clip_dir), precision="bf16"), out)
+    first = embed_to_parquet(
+        Dataset("first", dataset.items[:8]),
+        EmbedConfig(model=str(tiny_clip_dir), precision="bf16"),
+        out,
+    )
     assert written_by(out) == (first.model, "bf16")
 
-    resumed = embed_to_parquet(Dataset("more", dataset.items[:12]), EmbedConfig(model=str(tiny_clip_dir), batch_size=4), out)
-    assert resumed.precision_note == f"precision: bf16 (auto; the precision of the parts already in {out})"
+    resumed = embed_to_parquet(
+        Dataset("more", dataset.items[:12]),
+        EmbedConfig(model=str(tiny_clip_dir), batch_size=4),
+        out,
+    )
+    assert (
+        resumed.precision_note
+        == f"precision: bf16 (auto; the precision of the parts already in {out})"
+    )
     assert (resumed.model, resumed.already, resumed.written) == (first.model, 8, 4)
     with pytest.raises(ValueError, match=r"in precision bf16, not by .* in precision fp32"):
         embed_to_parquet(dataset, EmbedConfig(model=str(tiny_clip_dir), precision="fp32"), out)
     assert len(embedded_ids(out)) == 12
 
 
-def test_a_file_name_gets_one_file_in_dataset_order_with_its_precision(dataset_folder, tiny_clip_dir, tmp_path):
-    assert is_folder_out(tmp_path / "v") and is_folder_out(f"{tmp_path}/v.parquet/") and not is_folder_out(tmp_path / "v.parquet")
+def test_a_file_name_gets_one_file_in_dataset_order_with_its_precision(
+    dataset_folder, tiny_clip_dir, tmp_path
+):
+    assert (
+        is_folder_out(tmp_path / "v")
+        and is_folder_out(f"{tmp_path}/v.parquet/")
+        and not is_folder_out(tmp_path / "v.parquet")
+    )
     dataset = load_dataset(dataset_folder)
-    run = embed_to_parquet(dataset, EmbedConfig(model=str(tiny_clip_dir), precision="fp32"), tmp_path / "v.parquet")
-    assert run.written == IMAGES and pq.read_schema(tmp_path / "v.parquet").metadata[PRECISION_METADATA_KEY] == b"fp32"
-    assert read_embeddings_checked(tmp_path / "v.parquet")[0].ids.tolist() == [item.id for item in dataset.items]
+    run = embed_to_parquet(
+        dataset, EmbedConfig(model=str(tiny_clip_dir), precision="fp32"), tmp_path / "v.parquet"
+    )
+    assert (
+        run.written == IMAGES
+        and pq.read_schema(tmp_path / "v.parquet").metadata[PRECISION_METADATA_KEY] == b"fp32"
+    )
+    assert read_embeddings_checked(tmp_path / "v.parquet")[0].ids.tolist() == [
+        item.id for item in dataset.items
+    ]
 
 
-def test_added_rows_become_a_part_once_enough_rows_or_enough_time_has_gathered(tmp_path, monkeypatch):
+def test_added_rows_become_a_part_once_enough_rows_or_enough_time_has_gathered(
+    tmp_path, monkeypatch
+):
     from core.io import parts as parts_module
 
     def rows(start, count):
         ids = np.array([f"i{n}" for n in range(start, start + count)], str)
-        return Embeddings(ids, np.full(count, "test"), np.full(count, None, object), np.eye(count, 4, dtype=np.float32), "m")
+        return Embeddings(
+            ids,
+            np.full(count, "test"),
+            np.full(count, None, object),
+            np.eye(count, 4, dtype=np.float32),
+            "m",
+        )
 
     by_rows = PartWriter(tmp_path / "rows", "m", rows_per_part=5)
     by_rows.add(rows(0, 3))
     assert part_files(tmp_path / "rows") == []
     by_rows.add(rows(3, 3))
-    assert len(part_files(tmp_path / "rows")) == 1 and embedded_ids(tmp_path / "rows") == {f"i{n}" for n in range(6)}
+    assert len(part_files(tmp_path / "rows")) == 1 and embedded_ids(tmp_path / "rows") == {
+        f"i{n}" for n in range(6)
+    }
     assert by_rows.flush() is None  # nothing gathered since
     with pytest.raises(ValueError, match="embeddings by model 'm' cannot go into parts by 'other'"):
         PartWriter(tmp_path / "other", "other").add(rows(0, 1))

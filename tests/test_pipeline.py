@@ -4,10 +4,23 @@ import pytest
 from core.records import Embeddings
 from core.retrieval.metrics import map_at_k
 from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.validation import check_classes_to_hold_out, check_train_labels, pseudo_distractor_split
+from core.retrieval.validation import (
+    check_classes_to_hold_out,
+    check_train_labels,
+    pseudo_distractor_split,
+)
 
 
-def clustered_embeddings(seed=0, n_classes=20, n_distractor_classes=8, train_per_class=3, test_per_class=4, dim=32, spread=0.35, truth=True):
+def clustered_embeddings(
+    seed=0,
+    n_classes=20,
+    n_distractor_classes=8,
+    train_per_class=3,
+    test_per_class=4,
+    dim=32,
+    spread=0.35,
+    truth=True,
+):
     """Gaussian clusters on the sphere: train classes, test from the same classes plus distractor classes."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_classes + n_distractor_classes, dim))
@@ -73,7 +86,9 @@ def test_optimal_placement_keeps_flagged_first_and_places_the_rest_once_and_beat
     report = analysis.report()
     assert report["MAP@5_optimal"] >= report["MAP@5_first"]
     assert report["MAP@5"] == pytest.approx(report["MAP@5_optimal"])
-    assert report["MAP@5_optimal"] == pytest.approx(float(analysis.sweep_for("optimal").map_at(analysis.threshold)))
+    assert report["MAP@5_optimal"] == pytest.approx(
+        float(analysis.sweep_for("optimal").map_at(analysis.threshold))
+    )
     assert report["expected_MAP@5_optimal"] == pytest.approx(report["MAP@5_optimal"], abs=0.1)
 
 
@@ -108,14 +123,19 @@ def test_fewer_classes_than_k_gives_short_rows_and_a_note():
     assert {len(row) - (row[0] == "-1") for row in rows} == {3}
     optimal = analysis.predictions(placement="optimal")
     assert {len(row) - ("-1" in row) for row in optimal} == {3}
-    assert analysis.report()["MAP@5_optimal"] == pytest.approx(float(analysis.sweep_for("optimal").map_at(analysis.threshold)))
+    assert analysis.report()["MAP@5_optimal"] == pytest.approx(
+        float(analysis.sweep_for("optimal").map_at(analysis.threshold))
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(contamination=1.2), "contamination must be a share"),
-        (dict(threshold=0.5, auto=True), "one of threshold, auto and max_false_flag, not threshold and auto"),
+        (
+            dict(threshold=0.5, auto=True),
+            "one of threshold, auto and max_false_flag, not threshold and auto",
+        ),
         (dict(auto=True, max_false_flag=0.1), "not auto and max_false_flag"),
         (dict(max_false_flag=1.0), "max_false_flag is a share"),
         (dict(placement="last"), "placement must be one of"),
@@ -139,7 +159,10 @@ def test_empty_splits_are_explained(embeddings):
 def test_train_label_and_held_out_class_rules_name_what_is_wrong():
     with pytest.raises(ValueError, match=r'not None, not "-1"\); 2 lack one, the first at row 1'):
         check_train_labels(np.array(["a", None, "-1"], dtype=object))
-    with pytest.raises(ValueError, match="auto needs at least 4 train classes.*has 3 classes and at most 2 images in one — use x"):
+    with pytest.raises(
+        ValueError,
+        match="auto needs at least 4 train classes.*has 3 classes and at most 2 images in one — use x",
+    ):
         check_classes_to_hold_out(np.array(["a", "a", "b", "c"], dtype=object), "auto", "use x")
     with pytest.raises(ValueError, match="has 4 classes and at most 1 images in one"):
         check_classes_to_hold_out(np.array(["a", "b", "c", "d"], dtype=object), "auto", "use x")
@@ -149,8 +172,14 @@ def test_train_label_and_held_out_class_rules_name_what_is_wrong():
 def test_auto_needs_no_contamination_and_works_with_two_train_images_and_many_classes():
     from bench.fixtures import retrieval_embeddings
 
-    for embeddings in (clustered_embeddings(train_per_class=2), retrieval_embeddings(1500, n_classes=1000, per_class=2)):
-        told = [analyse(embeddings, PredictConfig(auto=True, contamination=share)) for share in (0.1, 0.5)]
+    for embeddings in (
+        clustered_embeddings(train_per_class=2),
+        retrieval_embeddings(1500, n_classes=1000, per_class=2),
+    ):
+        told = [
+            analyse(embeddings, PredictConfig(auto=True, contamination=share))
+            for share in (0.1, 0.5)
+        ]
         assert told[0].threshold == told[1].threshold  # the contamination is not used
         _, best = told[0].sweep.best_map_threshold()
         assert told[0].report()["MAP@5"] > best - 0.1
@@ -160,14 +189,19 @@ def test_auto_needs_no_contamination_and_works_with_two_train_images_and_many_cl
 def test_auto_on_digits_scores_the_issue_floor_over_several_train_samples():
     from bench.quality import DIGITS_TARGET, digits_embeddings
 
-    scores = [analyse(digits_embeddings(seed), PredictConfig(auto=True)).report()["MAP@5"] for seed in range(5)]
+    scores = [
+        analyse(digits_embeddings(seed), PredictConfig(auto=True)).report()["MAP@5"]
+        for seed in range(5)
+    ]
     assert np.mean(scores) >= DIGITS_TARGET
 
 
 def test_max_false_flag_is_a_split_conformal_bound_over_many_draws():
     alpha, draws, rates = 0.1, 40, []
     for seed in range(draws):
-        analysis = analyse(clustered_embeddings(seed=seed, spread=0.6), PredictConfig(max_false_flag=alpha))
+        analysis = analyse(
+            clustered_embeddings(seed=seed, spread=0.6), PredictConfig(max_false_flag=alpha)
+        )
         known = analysis.truth != "-1"
         rates.append(analysis.flags()[known].mean())
         assert "split conformal" in analysis.threshold_source

@@ -23,12 +23,20 @@ def test_realised_precisions_equal_the_ap_of_the_placed_rows():
         for position in (NOWHERE, 1, 2, 3, 4, 5):
             row = place_minus_one([labels], np.array([position]))[0]
             expected = average_precision_at_k(truth, row, 5)
-            got = realised_precisions(np.array([rank]), np.array([truth == "-1"]), np.array([position]), 5)[0]
+            got = realised_precisions(
+                np.array([rank]), np.array([truth == "-1"]), np.array([position]), 5
+            )[0]
             assert got == pytest.approx(expected), (truth, position)
 
 
 def test_kept_positions_choose_the_best_of_two_to_k_and_nowhere_further_back_on_ties():
-    expected = np.array([[9.0, 0.5, 0.1, 0.1, 0.1, 0.2], [0.0, 0.3, 0.3, 0.1, 0.1, 0.1], [0.0, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    expected = np.array(
+        [
+            [9.0, 0.5, 0.1, 0.1, 0.1, 0.2],
+            [0.0, 0.3, 0.3, 0.1, 0.1, 0.1],
+            [0.0, 0.1, 0.1, 0.1, 0.1, 0.1],
+        ]
+    )
     assert kept_positions(expected).tolist() == [2, 3, NOWHERE]
     flags = np.array([True, False, False])
     assert positions_for(flags, "optimal", kept_positions(expected)).tolist() == [1, 3, NOWHERE]
@@ -47,7 +55,9 @@ def test_train_evidence_matches_a_brute_force_leave_one_out():
     np.fill_diagonal(similarities, -np.inf)
     same = labels[:, None] == labels[None, :]
     assert np.allclose(evidence.known_scores, similarities.max(axis=1), atol=1e-5)
-    assert np.allclose(evidence.distractor_scores, np.where(same, -np.inf, similarities).max(axis=1), atol=1e-5)
+    assert np.allclose(
+        evidence.distractor_scores, np.where(same, -np.inf, similarities).max(axis=1), atol=1e-5
+    )
     for row in range(30):
         best = {c: similarities[row, labels == c].max() for c in set(labels)}
         rank = 1 + sum(value > best[labels[row]] for c, value in best.items() if c != labels[row])
@@ -59,11 +69,17 @@ def test_the_distractor_share_is_fitted_to_the_test_scores_and_odds_follow_the_s
     from core.retrieval.pipeline import PredictConfig, analyse
 
     for distractor_classes, true_share in ((8, 8 / 28), (20, 0.5)):
-        analysis = analyse(clustered_embeddings(n_distractor_classes=distractor_classes, spread=0.5), PredictConfig())
+        analysis = analyse(
+            clustered_embeddings(n_distractor_classes=distractor_classes, spread=0.5),
+            PredictConfig(),
+        )
         model = analysis.placement_model
         assert abs(model.contamination - true_share) < 0.1
         low, high = np.percentile(analysis.scores, [5, 95])
-        assert model.distractor_probability(np.array([low]))[0] > model.distractor_probability(np.array([high]))[0]
+        assert (
+            model.distractor_probability(np.array([low]))[0]
+            > model.distractor_probability(np.array([high]))[0]
+        )
         assert model.rank_odds(np.array([high]))[0, 0] >= model.rank_odds(np.array([low]))[0, 0]
     with pytest.raises(ValueError, match="test scores or a contamination"):
         fit_placement(analysis.evidence)
@@ -73,22 +89,35 @@ def tiny_train(images_per_class: int, n_classes: int):
     """A train set too small for the placement model, and a test set with a distractor."""
     from tests.test_pipeline import clustered_embeddings
 
-    return clustered_embeddings(n_classes=n_classes, n_distractor_classes=1, train_per_class=images_per_class, test_per_class=2)
+    return clustered_embeddings(
+        n_classes=n_classes,
+        n_distractor_classes=1,
+        train_per_class=images_per_class,
+        test_per_class=2,
+    )
 
 
 @pytest.mark.parametrize(
-    "images_per_class, n_classes, why", [(1, 6, "a train class with 2\\+ images"), (3, 1, "at least 2 train classes")]
+    "images_per_class, n_classes, why",
+    [(1, 6, "a train class with 2\\+ images"), (3, 1, "at least 2 train classes")],
 )
-def test_a_train_set_too_small_for_the_model_places_minus_one_first_with_a_note(images_per_class, n_classes, why):
+def test_a_train_set_too_small_for_the_model_places_minus_one_first_with_a_note(
+    images_per_class, n_classes, why
+):
     from core.retrieval.pipeline import PredictConfig, analyse
 
     for asked in (None, "optimal"):
-        analysis = analyse(tiny_train(images_per_class, n_classes), PredictConfig(placement=asked, contamination=0.3))
+        analysis = analyse(
+            tiny_train(images_per_class, n_classes),
+            PredictConfig(placement=asked, contamination=0.3),
+        )
         assert analysis.placement == "first" and analysis.placement_model is None
         assert any(re.search(f"goes first .*{why}", note) for note in analysis.notes)
         assert re.search(why, analysis.placement_source)
         flags = analysis.flags()
-        assert [row.count("-1") for row in analysis.predictions(placement="optimal")] == flags.astype(int).tolist()
+        assert [
+            row.count("-1") for row in analysis.predictions(placement="optimal")
+        ] == flags.astype(int).tolist()
         report = analysis.report()
         assert report["expected_MAP@5"] is None and 0.0 <= report["MAP@5"] <= 1.0
 
@@ -104,7 +133,11 @@ def test_scores_that_are_not_finite_place_minus_one_first_with_a_note(monkeypatc
 
     monkeypatch.setattr(pipeline, "evidence_for", with_a_nan)
     analysis = pipeline.analyse(tiny_train(3, 6))
-    assert analysis.placement == "first" and analysis.placement_model is None and analysis.evidence is not None
+    assert (
+        analysis.placement == "first"
+        and analysis.placement_model is None
+        and analysis.evidence is not None
+    )
     assert any("finite scores" in note for note in analysis.notes)
     with pytest.raises(ValueError, match="needs finite scores"):
         fit_placement(analysis.evidence, analysis.scores)
@@ -113,5 +146,8 @@ def test_scores_that_are_not_finite_place_minus_one_first_with_a_note(monkeypatc
 def test_a_guaranteed_false_flag_rate_without_train_evidence_names_what_to_do():
     from core.retrieval.pipeline import PredictConfig, analyse
 
-    with pytest.raises(ValueError, match="guaranteed false-flag rate needs .* cannot give .*2\\+ images.* — use a contamination rate"):
+    with pytest.raises(
+        ValueError,
+        match="guaranteed false-flag rate needs .* cannot give .*2\\+ images.* — use a contamination rate",
+    ):
         analyse(tiny_train(1, 6), PredictConfig(max_false_flag=0.1))

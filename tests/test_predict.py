@@ -17,13 +17,17 @@ from core.retrieval.predict import (
 def exhaustive_labels(train, labels, queries, k):
     """The definition: each query's neighbours over all of train, best first, and their first k distinct labels."""
     everything = VectorIndex(train).search(queries, len(train))
-    return [list(dict.fromkeys(row))[:k] for row in np.asarray(labels, dtype=object)[everything.indices]]
+    return [
+        list(dict.fromkeys(row))[:k] for row in np.asarray(labels, dtype=object)[everything.indices]
+    ]
 
 
 def test_rank_by_best_neighbour_and_short_rows_when_few_classes():
     train = np.eye(4, dtype=np.float32)
     query = np.array([[0.1, 0.9, 0.5, 0.3]], np.float32)
-    assert search_labels(VectorIndex(train), ["a", "b", "c", "a"], query, 5, 1)[1] == [["b", "c", "a"]]
+    assert search_labels(VectorIndex(train), ["a", "b", "c", "a"], query, 5, 1)[1] == [
+        ["b", "c", "a"]
+    ]
     assert search_labels(VectorIndex(train), ["a", "b", "c", "d"], query, 2, 1)[1] == [["b", "c"]]
 
 
@@ -32,9 +36,15 @@ def test_labels_equal_the_exhaustive_definition_ties_included(seed, monkeypatch)
     rng = np.random.default_rng(seed)
     n, dim, n_queries = int(rng.integers(5, 80)), int(rng.integers(1, 6)), int(rng.integers(1, 40))
     if seed % 2:  # small whole numbers: exact dot products, so many classes tie at their best
-        train, queries = rng.integers(-2, 3, (n, dim)).astype(np.float32), rng.integers(-2, 3, (n_queries, dim)).astype(np.float32)
+        train, queries = (
+            rng.integers(-2, 3, (n, dim)).astype(np.float32),
+            rng.integers(-2, 3, (n_queries, dim)).astype(np.float32),
+        )
     else:
-        train, queries = rng.normal(size=(n, dim)).astype(np.float32), rng.normal(size=(n_queries, dim)).astype(np.float32)
+        train, queries = (
+            rng.normal(size=(n, dim)).astype(np.float32),
+            rng.normal(size=(n_queries, dim)).astype(np.float32),
+        )
     n_classes = int(rng.integers(1, 10))
     labels = [f"c{c}" for c in rng.choice(n_classes, n, p=rng.dirichlet(np.full(n_classes, 0.3)))]
     k = int(rng.integers(1, 7))
@@ -43,14 +53,18 @@ def test_labels_equal_the_exhaustive_definition_ties_included(seed, monkeypatch)
     neighbours, found = search_labels(VectorIndex(train), labels, queries, k, 3)
     assert found == exhaustive_labels(train, labels, queries, k)
     assert neighbours.k == min(3, n)
-    np.testing.assert_array_equal(neighbours.similarities, VectorIndex(train).search(queries, min(3, n)).similarities)
+    np.testing.assert_array_equal(
+        neighbours.similarities, VectorIndex(train).search(queries, min(3, n)).similarities
+    )
 
 
 def skewed_and_balanced(n_train, n_test, dim, seed=0):
     """Train with one class holding half the rows, and the same rows in classes of 20; queries near train rows."""
     rng = np.random.default_rng(seed)
     train = rng.normal(size=(n_train, dim)).astype(np.float32)
-    queries = train[rng.integers(0, n_train, n_test)] + 0.3 * rng.normal(size=(n_test, dim)).astype(np.float32)
+    queries = train[rng.integers(0, n_train, n_test)] + 0.3 * rng.normal(size=(n_test, dim)).astype(
+        np.float32
+    )
     balanced = [f"c{row // 20}" for row in range(n_train)]
     skewed = ["big" if row < n_train // 2 else label for row, label in enumerate(balanced)]
     return train, queries, skewed, balanced
@@ -75,13 +89,18 @@ def test_search_labels_refuses_what_cannot_fit_and_mismatched_labels(monkeypatch
     with pytest.raises(ValueError, match="k must be at least 1, got 0"):
         search_labels(VectorIndex(train), ["a", "b", "c"], train, 0, 1)
     monkeypatch.setattr(core.retrieval.predict, "MAX_NEIGHBOUR_CELLS", 8)
-    with pytest.raises(ValueError, match="3 queries × 3 neighbours each need .* GB.*lower k and score_k"):
+    with pytest.raises(
+        ValueError, match="3 queries × 3 neighbours each need .* GB.*lower k and score_k"
+    ):
         search_labels(VectorIndex(train), ["a", "b", "c"], train, 5, 3)
 
 
 def test_place_distractor_puts_minus_one_first_and_keeps_four():
     rows = [["a", "b", "c", "d", "e"], ["a", "b"]]
-    assert place_distractor(rows, np.array([True, False])) == [["-1", "a", "b", "c", "d"], ["a", "b"]]
+    assert place_distractor(rows, np.array([True, False])) == [
+        ["-1", "a", "b", "c", "d"],
+        ["a", "b"],
+    ]
     with pytest.raises(ValueError, match="2 prediction rows but 1 flags"):
         place_distractor(rows, np.array([True]))
 
@@ -95,7 +114,10 @@ def test_submission_round_trip(tmp_path):
 def test_labels_with_spaces_score_the_same_after_the_round_trip(tmp_path):
     write_submission(tmp_path / "s.csv", ["x", "y"], [["red circle", "b"], ["-1", "red circle"]])
     (tmp_path / "t.csv").write_text("id,label\nx,red circle\ny, red  circle \n")
-    assert read_submission(tmp_path / "s.csv") == {"x": ["red_circle", "b"], "y": ["-1", "red_circle"]}
+    assert read_submission(tmp_path / "s.csv") == {
+        "x": ["red_circle", "b"],
+        "y": ["-1", "red_circle"],
+    }
     assert read_truth(tmp_path / "t.csv") == {"x": "red_circle", "y": "red_circle"}
 
 
@@ -117,4 +139,10 @@ def test_a_query_with_non_finite_values_is_refused_not_searched_forever(bad):
     queries = rng.normal(size=(3, 8)).astype(np.float32)
     queries[1, 2] = bad
     with pytest.raises(ValueError, match="queries have NaN or infinite values in 1 of 3 rows"):
-        search_labels(VectorIndex(train / np.linalg.norm(train, axis=1, keepdims=True)), [f"c{i % 10}" for i in range(50)], queries, 5, 5)
+        search_labels(
+            VectorIndex(train / np.linalg.norm(train, axis=1, keepdims=True)),
+            [f"c{i % 10}" for i in range(50)],
+            queries,
+            5,
+            5,
+        )

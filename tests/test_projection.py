@@ -21,7 +21,11 @@ N_TRAIN, N_TEST, N_CLUSTERS = 200, 300, 5
 @pytest.fixture(scope="module")
 def blobs():
     vectors, clusters = make_blobs(
-        n_samples=N_TRAIN + N_TEST, n_features=64, centers=N_CLUSTERS, cluster_std=3.0, random_state=0
+        n_samples=N_TRAIN + N_TEST,
+        n_features=64,
+        centers=N_CLUSTERS,
+        cluster_std=3.0,
+        random_state=0,
     )
     return vectors[:N_TRAIN], vectors[N_TRAIN:], clusters[:N_TRAIN], clusters[N_TRAIN:]
 
@@ -34,7 +38,9 @@ def stages_and_projections(blobs):
     projections = {}
     for method in PROJECTION_METHODS:
         stages[method] = []
-        projections[method] = project(train, test, ProjectionConfig(method=method), stages[method].append)
+        projections[method] = project(
+            train, test, ProjectionConfig(method=method), stages[method].append
+        )
     return stages, projections
 
 
@@ -51,7 +57,9 @@ def test_projection_keeps_neighbourhoods_trustworthy(blobs, stages_and_projectio
 def test_test_points_land_near_their_clusters_train_points(blobs, stages_and_projections, method):
     _, _, train_clusters, test_clusters = blobs
     projection = stages_and_projections[1][method]
-    centroids = np.array([projection.train_xy[train_clusters == c].mean(axis=0) for c in range(N_CLUSTERS)])
+    centroids = np.array(
+        [projection.train_xy[train_clusters == c].mean(axis=0) for c in range(N_CLUSTERS)]
+    )
     distances = np.linalg.norm(projection.test_xy[:, None, :] - centroids[None, :, :], axis=2)
     assert np.mean(distances.argmin(axis=1) == test_clusters) > 0.9
 
@@ -74,16 +82,28 @@ def test_notes_are_empty_when_nothing_was_adjusted(stages_and_projections):
     [
         ("umap", 5, 0, ["n_neighbors lowered from 15 to 4"]),
         ("umap", 5, 3, ["fitted on train and test together", "n_neighbors lowered from 15 to 7"]),
-        ("umap", 2, 1, ["UMAP needs at least 4 points", "PCA was fitted on train and test together"]),
+        (
+            "umap",
+            2,
+            1,
+            ["UMAP needs at least 4 points", "PCA was fitted on train and test together"],
+        ),
         ("tsne", 5, 0, ["perplexity lowered from 30 to 1.33333"]),
-        ("tsne", 1, 1, ["t-SNE needs at least 3 points", "PCA was fitted on train and test together"]),
+        (
+            "tsne",
+            1,
+            1,
+            ["t-SNE needs at least 3 points", "PCA was fitted on train and test together"],
+        ),
         ("pca", 1, 0, ["drawn at the origin"]),
     ],
 )
 def test_tiny_inputs_are_clamped_with_notes(method, n_train, n_test, expected_notes):
     rng = np.random.default_rng(1)
     projection = project(
-        rng.normal(size=(n_train, 64)), rng.normal(size=(n_test, 64)), ProjectionConfig(method=method)
+        rng.normal(size=(n_train, 64)),
+        rng.normal(size=(n_test, 64)),
+        ProjectionConfig(method=method),
     )
     assert projection.train_xy.shape == (n_train, 2) and projection.test_xy.shape == (n_test, 2)
     assert np.isfinite(projection.train_xy).all() and np.isfinite(projection.test_xy).all()
@@ -139,7 +159,9 @@ def test_config_accepts_pca_off_and_all_points_for_tsne():
     assert ProjectionConfig(tsne_limit=None).tsne_limit is None
 
 
-def test_tsne_above_its_limit_fits_a_sample_places_the_rest_and_says_so(blobs, stages_and_projections):
+def test_tsne_above_its_limit_fits_a_sample_places_the_rest_and_says_so(
+    blobs, stages_and_projections
+):
     train, test, train_clusters, test_clusters = blobs
     stages = []
     sampled = project(train, test, ProjectionConfig(method="tsne", tsne_limit=150), stages.append)
@@ -150,8 +172,12 @@ def test_tsne_above_its_limit_fits_a_sample_places_the_rest_and_says_so(blobs, s
     assert stages[-1] == "t-SNE placement"
     # Placed points land in their cluster: a floor on map quality and on cluster agreement.
     assert quality(np.vstack([train, test]), np.vstack([sampled.train_xy, sampled.test_xy])) > 0.85
-    centroids = np.array([sampled.train_xy[train_clusters == c].mean(axis=0) for c in range(N_CLUSTERS)])
-    nearest_centroid = np.linalg.norm(sampled.test_xy[:, None] - centroids[None], axis=2).argmin(axis=1)
+    centroids = np.array(
+        [sampled.train_xy[train_clusters == c].mean(axis=0) for c in range(N_CLUSTERS)]
+    )
+    nearest_centroid = np.linalg.norm(sampled.test_xy[:, None] - centroids[None], axis=2).argmin(
+        axis=1
+    )
     assert np.mean(nearest_centroid == test_clusters) > 0.9
     # At or under the limit every point is fitted, and None lifts the limit.
     for limit in (N_TRAIN + N_TEST, None):
@@ -161,7 +187,9 @@ def test_tsne_above_its_limit_fits_a_sample_places_the_rest_and_says_so(blobs, s
 
 
 def test_config_stores_numpy_numbers_as_plain_ones_so_keys_match():
-    from_numpy = ProjectionConfig(n_neighbors=np.int64(15), min_dist=np.float32(0.25), perplexity=30)
+    from_numpy = ProjectionConfig(
+        n_neighbors=np.int64(15), min_dist=np.float32(0.25), perplexity=30
+    )
     plain = ProjectionConfig(n_neighbors=15, min_dist=float(np.float32(0.25)), perplexity=30.0)
     assert repr(from_numpy) == repr(plain)
     assert type(from_numpy.n_neighbors) is int and type(from_numpy.perplexity) is float
@@ -170,10 +198,22 @@ def test_config_stores_numpy_numbers_as_plain_ones_so_keys_match():
 @pytest.mark.parametrize(
     ("train", "test", "message"),
     [
-        (np.empty((0, 8)), np.empty((0, 8)), r"train vectors must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 2\); got shape \(0, 8\)"),
+        (
+            np.empty((0, 8)),
+            np.empty((0, 8)),
+            r"train vectors must be a 2-D array of shape \(rows ≥ 1, dimensions ≥ 2\); got shape \(0, 8\)",
+        ),
         (np.ones(8), np.empty((0, 8)), r"got shape \(8,\)"),
-        (np.ones((5, 8)), np.ones((3, 9)), r"must be 2-D with 8 dims like train; got shape \(3, 9\)"),
-        (np.ones((5, 8)), np.full((3, 8), np.nan), r"test vectors have NaN or infinite values in 3 of 3 rows \(first at row 0\)"),
+        (
+            np.ones((5, 8)),
+            np.ones((3, 9)),
+            r"must be 2-D with 8 dims like train; got shape \(3, 9\)",
+        ),
+        (
+            np.ones((5, 8)),
+            np.full((3, 8), np.nan),
+            r"test vectors have NaN or infinite values in 3 of 3 rows \(first at row 0\)",
+        ),
     ],
 )
 def test_project_rejects_bad_vectors(train, test, message):
@@ -267,7 +307,9 @@ def test_nearest_equals_brute_force_for_every_metric(blobs, metric):
     expected = np.sort(pairwise_distances(test, train, metric=metric), axis=1)[:, :15]
     np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-4)
     true_distances = pairwise_distances(test, train, metric=metric)
-    np.testing.assert_allclose(np.take_along_axis(true_distances, indices, axis=1), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.take_along_axis(true_distances, indices, axis=1), expected, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_nearest_among_the_same_rows_puts_each_row_first_at_distance_zero(blobs):
@@ -289,9 +331,17 @@ def test_umap_fitted_on_given_neighbours_has_umaps_own_neighbour_graph(blobs):
     settings = {"n_neighbors": 15, "random_state": 0, "n_jobs": 1, "metric": "cosine"}
     own = umap.UMAP(**settings).fit(train)
     with pytest.warns(UserWarning, match="knn_search_index"):
-        given = umap.UMAP(precomputed_knn=_nearest(train, train, "cosine", 15, same_rows=True), **settings).fit(train)
-    assert (own.graph_ != 0).nnz == (given.graph_ != 0).nnz == ((own.graph_ != 0).multiply(given.graph_ != 0)).nnz
-    assert abs(own.graph_ - given.graph_).max() < 1e-4  # strengths in [0, 1]; FAISS works in float32
+        given = umap.UMAP(
+            precomputed_knn=_nearest(train, train, "cosine", 15, same_rows=True), **settings
+        ).fit(train)
+    assert (
+        (own.graph_ != 0).nnz
+        == (given.graph_ != 0).nnz
+        == ((own.graph_ != 0).multiply(given.graph_ != 0)).nnz
+    )
+    assert (
+        abs(own.graph_ - given.graph_).max() < 1e-4
+    )  # strengths in [0, 1]; FAISS works in float32
 
 
 @pytest.mark.parametrize(
@@ -301,7 +351,10 @@ def test_umap_fitted_on_given_neighbours_has_umaps_own_neighbour_graph(blobs):
         (True, {}),
         # _place derives the curve (a, b), learning rate and disconnection distance from umap's public
         # parameters as its fit does: settings away from the defaults show it follows them.
-        (False, {"min_dist": 0.5, "spread": 1.5, "learning_rate": 0.5, "disconnection_distance": 0.9}),
+        (
+            False,
+            {"min_dist": 0.5, "spread": 1.5, "learning_rate": 0.5, "disconnection_distance": 0.9},
+        ),
         (False, {"a": 1.2, "b": 0.8, "metric": "euclidean"}),
     ],
 )
@@ -339,5 +392,10 @@ def test_train_sets_above_the_exact_neighbour_limit_use_umaps_own_neighbours(blo
 
     monkeypatch.setattr(core.maps.projection, "_nearest", watched_nearest)
     projection = project(train, test, ProjectionConfig())
-    assert searches == [(len(test), len(train))], "only test rows should be searched: the fit finds its own"
-    assert quality(np.vstack([train, test]), np.vstack([projection.train_xy, projection.test_xy])) > 0.85
+    assert searches == [(len(test), len(train))], (
+        "only test rows should be searched: the fit finds its own"
+    )
+    assert (
+        quality(np.vstack([train, test]), np.vstack([projection.train_xy, projection.test_xy]))
+        > 0.85
+    )

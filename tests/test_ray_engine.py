@@ -58,13 +58,17 @@ def config_of(model: Path, precision: str = "fp32") -> EmbedConfig:
     return EmbedConfig(model=str(model), precision=precision, batch_size=4)
 
 
-def test_ray_gives_the_local_vectors_reports_the_bad_file_and_a_second_run_computes_nothing(ray_local, dataset_folder, tiny_clip_dir, tmp_path):
+def test_ray_gives_the_local_vectors_reports_the_bad_file_and_a_second_run_computes_nothing(
+    ray_local, dataset_folder, tiny_clip_dir, tmp_path
+):
     dataset = load_dataset(dataset_folder)
     config = config_of(tiny_clip_dir)
     seen = []
     out = tmp_path / "vectors"
 
-    run = embed_on_ray(dataset, config, out, RAY, progress=lambda done, total, rate: seen.append((done, total)))
+    run = embed_on_ray(
+        dataset, config, out, RAY, progress=lambda done, total, rate: seen.append((done, total))
+    )
 
     local = embed_dataset(dataset, load_embedder(config), batch_size=config.batch_size)
     on_ray, dropped = read_embeddings_checked(out)
@@ -72,13 +76,18 @@ def test_ray_gives_the_local_vectors_reports_the_bad_file_and_a_second_run_compu
     assert on_ray.model == local.embeddings.model == run.model
     assert sorted(on_ray.ids) == sorted(local.embeddings.ids) and len(on_ray.ids) == IMAGES - 1
     ray_rows = dict(zip(on_ray.ids, on_ray.vectors))
-    cosines = [float(ray_rows[item] @ vector) for item, vector in zip(local.embeddings.ids, local.embeddings.vectors)]
+    cosines = [
+        float(ray_rows[item] @ vector)
+        for item, vector in zip(local.embeddings.ids, local.embeddings.vectors)
+    ]
     assert min(cosines) >= 0.9999
     assert (run.written, run.already, run.computed) == (IMAGES - 1, 0, IMAGES - 1)
     assert [row.name for row in run.rejected] == [BROKEN]
     sidecar, _ = read_csv(out / REJECTED_FILE, required=("name", "reason"))
     assert [row["name"] for row in sidecar] == [BROKEN] and "truncated" in sidecar[0]["reason"]
-    assert seen[-1] == (IMAGES, IMAGES) and len(seen) > 2  # the first batch, then the actors' batches as they came
+    assert (
+        seen[-1] == (IMAGES, IMAGES) and len(seen) > 2
+    )  # the first batch, then the actors' batches as they came
 
     parts = sorted(out.glob("part-*.parquet"))
     again = embed_on_ray(dataset, config, out, RAY)
@@ -87,29 +96,50 @@ def test_ray_gives_the_local_vectors_reports_the_bad_file_and_a_second_run_compu
     assert len(read_csv(out / REJECTED_FILE, required=("name", "reason"))[0]) == 1
 
 
-def test_the_command_line_embeds_on_ray_settling_precision_auto_once_for_every_part(ray_local, dataset_folder, tiny_clip_dir, tmp_path, capsys):
+def test_the_command_line_embeds_on_ray_settling_precision_auto_once_for_every_part(
+    ray_local, dataset_folder, tiny_clip_dir, tmp_path, capsys
+):
     from core.__main__ import main
 
     out = tmp_path / "cli"
-    argv = ["embed", str(dataset_folder), "--model", str(tiny_clip_dir), "--precision", "auto", "--batch-size", "4"]
+    argv = [
+        "embed",
+        str(dataset_folder),
+        "--model",
+        str(tiny_clip_dir),
+        "--precision",
+        "auto",
+        "--batch-size",
+        "4",
+    ]
     assert main([*argv, "--engine", "ray", "--workers", "1", "--out", str(out)]) == 0
     assert len(read_embeddings_checked(out)[0].ids) == IMAGES - 1
     parts = list(out.glob("part-*.parquet"))
     precisions = {pq.read_schema(part).metadata[PRECISION_METADATA_KEY].decode() for part in parts}
-    assert len(parts) >= 2 and len(precisions) == 1  # the driver's first batch, and the actor's part
+    assert (
+        len(parts) >= 2 and len(precisions) == 1
+    )  # the driver's first batch, and the actor's part
     told = capsys.readouterr()
-    note = next(line for line in told.err.splitlines() if line.startswith("precision: "))  # "precision: [runtime ]bf16 (why)"
+    note = next(
+        line for line in told.err.splitlines() if line.startswith("precision: ")
+    )  # "precision: [runtime ]bf16 (why)"
     assert precisions.pop() in note.split("(")[0] and f"wrote {IMAGES - 1} vectors" in told.out
     assert main([*argv, "--engine", "ray", "--out", str(tmp_path / "one.parquet")]) == 2
     assert main([*argv, "--address", "auto", "--out", str(tmp_path / "local")]) == 2
-    assert "one.parquet names a file" in (err := capsys.readouterr().err) and "is an option of engine 'ray'" in err
+    assert (
+        "one.parquet names a file" in (err := capsys.readouterr().err)
+        and "is an option of engine 'ray'" in err
+    )
 
 
 @pytest.mark.parametrize(
     ("options", "match"),
     [
         ({"engine": "spark"}, "engine must be one of local, ray, got 'spark'"),
-        ({"engine": "ray", "address": "http://head"}, "address must be auto, HOST:PORT or ray://HOST:PORT, got 'http://head'"),
+        (
+            {"engine": "ray", "address": "http://head"},
+            "address must be auto, HOST:PORT or ray://HOST:PORT, got 'http://head'",
+        ),
         ({"engine": "ray", "workers": 0}, "workers must be an integer >= 1"),
         ({"engine": "ray", "cpus_per_worker": 0.0}, "cpus_per_worker must be > 0, got 0.0"),
         ({"engine": "ray", "gpus_per_worker": -1.0}, "gpus_per_worker must be >= 0, got -1.0"),
@@ -128,15 +158,32 @@ def test_cluster_addresses_are_accepted():
 
 def test_ray_refuses_a_file_name_for_its_output(dataset_folder, tiny_clip_dir, tmp_path):
     with pytest.raises(ValueError, match="folder of part files; .*vectors.parquet names a file"):
-        embed_on_ray(load_dataset(dataset_folder), config_of(tiny_clip_dir), tmp_path / "vectors.parquet", RAY)
+        embed_on_ray(
+            load_dataset(dataset_folder),
+            config_of(tiny_clip_dir),
+            tmp_path / "vectors.parquet",
+            RAY,
+        )
 
 
-def test_a_worker_with_another_model_stops_the_run_in_one_line_keeping_what_was_written(ray_local, dataset_folder, tmp_path):
+def test_a_worker_with_another_model_stops_the_run_in_one_line_keeping_what_was_written(
+    ray_local, dataset_folder, tmp_path
+):
     from core.embedding.ray_engine import _embed_rest, _Progress
     from core.io.parts import PartWriter
 
     items = load_dataset(dataset_folder).items[:4]
     parts = PartWriter(tmp_path / "mixed", "the run's model", rows_per_part=100)
-    with pytest.raises(ValueError, match=r"^the Ray run stopped: .*this worker's model is 'baseline.*', the run's is \"the run's model\""):
-        _embed_rest(items, EmbedConfig(model="baseline", batch_size=2), "the run's model", RAY, parts, _Progress(None, 4, 0))
+    with pytest.raises(
+        ValueError,
+        match=r"^the Ray run stopped: .*this worker's model is 'baseline.*', the run's is \"the run's model\"",
+    ):
+        _embed_rest(
+            items,
+            EmbedConfig(model="baseline", batch_size=2),
+            "the run's model",
+            RAY,
+            parts,
+            _Progress(None, 4, 0),
+        )
     assert not list((tmp_path / "mixed").glob("part-*.parquet"))

@@ -72,11 +72,15 @@ def test_rank_prompts_finds_each_image_its_prompt():
     # With every candidate shown, the softmax over candidates sums to one.
     every = rank_prompts(images, text_vectors, texts, k=12)
     np.testing.assert_allclose(every.probabilities.sum(axis=1), 1.0, atol=1e-9)
-    np.testing.assert_allclose(every.scores[:, 0], clip_scores(cosine_scores(images, text_vectors[[3, 7, 11]])), atol=1e-3)
+    np.testing.assert_allclose(
+        every.scores[:, 0], clip_scores(cosine_scores(images, text_vectors[[3, 7, 11]])), atol=1e-3
+    )
 
 
 def test_clip_score_is_100_times_cosine_clipped_at_zero():
-    np.testing.assert_allclose(clip_scores(np.array([-0.2, 0.0, 0.31, 1.0])), [0.0, 0.0, 31.0, 100.0])
+    np.testing.assert_allclose(
+        clip_scores(np.array([-0.2, 0.0, 0.31, 1.0])), [0.0, 0.0, 31.0, 100.0]
+    )
 
 
 def test_k_above_the_candidates_is_clamped():

@@ -24,22 +24,37 @@ HOSTILE = [
     "[a](javascript:x)",
     "</script><script>alert(2)</script>",
     "<a href='https://example.invalid/h'>h</a>",
-    "rtl \u202eevil\u202c & \"quoted\"",
+    'rtl \u202eevil\u202c & "quoted"',
 ]
 DATA_URI = "data:image/jpeg;base64,"
 PLOTLY_BANNER = "* plotly.js v"  # the licence header that opens the inlined library
 
 
-def clustered(n_classes=6, per_class=3, n_test=40, labels=None, ids=None, truth=True, model="test-model", seed=0) -> Embeddings:
+def clustered(
+    n_classes=6,
+    per_class=3,
+    n_test=40,
+    labels=None,
+    ids=None,
+    truth=True,
+    model="test-model",
+    seed=0,
+) -> Embeddings:
     """Train items in `n_classes` tight clusters; test items from those classes and, one in four, from new ones."""
     rng = np.random.default_rng(seed)
     labels = labels or [f"class {i}" for i in range(n_classes)]
     centres = rng.normal(size=(n_classes + 3, 16))
     train_rows = np.repeat(np.arange(n_classes), per_class)
-    test_rows = np.where(np.arange(n_test) % 4 == 0, n_classes + np.arange(n_test) % 3, np.arange(n_test) % n_classes)
+    test_rows = np.where(
+        np.arange(n_test) % 4 == 0, n_classes + np.arange(n_test) % 3, np.arange(n_test) % n_classes
+    )
     rows = np.concatenate([train_rows, test_rows])
     vectors = centres[rows] + 0.25 * rng.normal(size=(len(rows), 16))
-    test_labels = [labels[row] if row < n_classes else DISTRACTOR for row in test_rows] if truth else [None] * n_test
+    test_labels = (
+        [labels[row] if row < n_classes else DISTRACTOR for row in test_rows]
+        if truth
+        else [None] * n_test
+    )
     ids = ids or [f"item_{i}.png" for i in range(len(rows))]
     return Embeddings(
         np.array(ids[: len(rows)], dtype=object),
@@ -57,10 +72,21 @@ def noise_image(path: Path, size=(200, 160), seed=0) -> Path:
     return path
 
 
-def report_of(embeddings, images=None, config=ReportConfig(map_method="pca"), predict=PredictConfig(), **given) -> str:
+def report_of(
+    embeddings, images=None, config=ReportConfig(map_method="pca"), predict=PredictConfig(), **given
+) -> str:
     analysis = analyse(embeddings, predict)
-    projection = project(analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=config.map_method))
-    return report_html(LoadedEmbeddings(embeddings, []), analysis, projection, images=images, config=config, **given)
+    projection = project(
+        analysis.train.vectors, analysis.test.vectors, ProjectionConfig(method=config.map_method)
+    )
+    return report_html(
+        LoadedEmbeddings(embeddings, []),
+        analysis,
+        projection,
+        images=images,
+        config=config,
+        **given,
+    )
 
 
 class Markup(HTMLParser):
@@ -88,10 +114,16 @@ def images_folder(tmp_path_factory):
 
 def test_a_report_holds_the_summary_metrics_figures_and_neighbour_cards(images_folder):
     embeddings = clustered()
-    images = {item_id: images_folder[i % len(images_folder)] for i, item_id in enumerate(embeddings.ids)}
+    images = {
+        item_id: images_folder[i % len(images_folder)] for i, item_id in enumerate(embeddings.ids)
+    }
     analysis = analyse(embeddings)
-    images.update(dict.fromkeys(analysis.test.ids, Path(__file__)))  # test "images" that are not images
-    page = report_of(embeddings, images, ReportConfig(map_method="pca", cards=MAX_CARDS_PER_KIND), name="shapes")
+    images.update(
+        dict.fromkeys(analysis.test.ids, Path(__file__))
+    )  # test "images" that are not images
+    page = report_of(
+        embeddings, images, ReportConfig(map_method="pca", cards=MAX_CARDS_PER_KIND), name="shapes"
+    )
     shown = " ".join(Markup(page).texts)
 
     assert "18" in shown and "40" in shown and "6 classes" in shown  # items per split and classes
@@ -115,13 +147,17 @@ def test_a_report_holds_the_summary_metrics_figures_and_neighbour_cards(images_f
 
 def test_hostile_labels_ids_and_names_stay_text(images_folder):
     ids = [f"{HOSTILE[i % len(HOSTILE)]} #{i}" for i in range(58)]
-    embeddings = clustered(n_classes=len(HOSTILE), per_class=2, n_test=48, labels=HOSTILE, ids=ids, model=HOSTILE[1])
+    embeddings = clustered(
+        n_classes=len(HOSTILE), per_class=2, n_test=48, labels=HOSTILE, ids=ids, model=HOSTILE[1]
+    )
     images = {item_id: images_folder[0] for item_id in embeddings.ids}
     page = report_of(embeddings, images, name=HOSTILE[0])
     markup = Markup(page)
 
     for tag, attributes in markup.tags:
-        assert tag != "a" and not any(name.startswith("on") or name == "href" for name in attributes), (tag, attributes)
+        assert tag != "a" and not any(
+            name.startswith("on") or name == "href" for name in attributes
+        ), (tag, attributes)
         if tag == "img":
             assert attributes["src"].startswith(DATA_URI)
     # plotly's config and library, then one call per figure (4): a label's </script> cannot open another.
@@ -139,7 +175,10 @@ def test_a_large_set_with_long_hostile_text_stays_within_the_bound(tmp_path):
     ids = [f"{long} {i}" for i in range(60 + n_test)]
     embeddings = clustered(n_classes=20, per_class=3, n_test=n_test, labels=labels, ids=ids)
     # Noise as large as a thumbnail: no downscaling smooths it, the largest JPEG a thumbnail can be.
-    worst = [noise_image(tmp_path / f"{i}.png", size=(THUMBNAIL_EDGE, THUMBNAIL_EDGE), seed=i) for i in range(6)]
+    worst = [
+        noise_image(tmp_path / f"{i}.png", size=(THUMBNAIL_EDGE, THUMBNAIL_EDGE), seed=i)
+        for i in range(6)
+    ]
     images = {item_id: worst[i % len(worst)] for i, item_id in enumerate(embeddings.ids)}
     # Flagging fewer than the distractors keeps some of them: misses, so every kind of card is full.
     config = ReportConfig(map_method="pca", cards=MAX_CARDS_PER_KIND)
@@ -150,15 +189,25 @@ def test_a_large_set_with_long_hostile_text_stays_within_the_bound(tmp_path):
     assert f"random sample of {MAP_POINT_LIMIT:,} of the {60 + n_test:,} points" in page
     assert long not in page, "long text is elided"
     map_script = page[page.index('id="figure-map"') :]
-    drawn = sum(int(count) for count in re.findall(r'"name":"[^"]*?\((\d+)\)"', map_script[: map_script.index("</script>")]))
+    drawn = sum(
+        int(count)
+        for count in re.findall(
+            r'"name":"[^"]*?\((\d+)\)"', map_script[: map_script.index("</script>")]
+        )
+    )
     assert drawn == MAP_POINT_LIMIT
 
 
-def test_an_embeddings_parquet_without_images_reports_from_the_command_line(tmp_path, workspace, capsys):
+def test_an_embeddings_parquet_without_images_reports_from_the_command_line(
+    tmp_path, workspace, capsys
+):
     parquet = tmp_path / "vectors.parquet"
     write_embeddings(parquet, clustered(truth=False))
     out = tmp_path / "shared" / "report.html"
-    assert main(["report", str(parquet), "--map-method", "pca", "--cards", "2", "--out", str(out)]) == 0
+    assert (
+        main(["report", str(parquet), "--map-method", "pca", "--cards", "2", "--out", str(out)])
+        == 0
+    )
     captured = capsys.readouterr()
     for stage in ("searching", "projecting", "drawing the figures", "writing the report"):
         assert stage in captured.err
@@ -166,30 +215,70 @@ def test_an_embeddings_parquet_without_images_reports_from_the_command_line(tmp_
 
     page = out.read_text(encoding="utf-8")
     cards = page.count('<div class="card ')
-    assert cards >= 2 * 2 and page.count("<br>cosine ") == 5 * cards, "every card names its 5 neighbours"
-    assert "<img" not in page and "no-image" not in page.split("</style>")[1], "no image, no placeholder: the ids say it"
+    assert cards >= 2 * 2 and page.count("<br>cosine ") == 5 * cards, (
+        "every card names its 5 neighbours"
+    )
+    assert "<img" not in page and "no-image" not in page.split("</style>")[1], (
+        "no image, no placeholder: the ids say it"
+    )
     assert "Retrieval report: vectors" in page and "no true labels" in page and "Kept (2)" in page
     assert "Hits" not in page and "flagging 5% more of test" in page
     assert 'id="figure-map-at-k"' not in page, "no MAP curve without test truth"
 
 
-def test_a_dataset_folder_reports_with_thumbnails_from_the_command_line(tmp_path, workspace, image_file):
+def test_a_dataset_folder_reports_with_thumbnails_from_the_command_line(
+    tmp_path, workspace, image_file
+):
     for i in range(9):
-        image_file(f"shapes/train/class{i % 3}/t{i}.png", colour=(80 * (i % 3), 40, 200 - 60 * (i % 3)))
+        image_file(
+            f"shapes/train/class{i % 3}/t{i}.png", colour=(80 * (i % 3), 40, 200 - 60 * (i % 3))
+        )
     for i in range(8):
         image_file(f"shapes/test/c{i}.png", colour=(80 * (i % 3), 40, 200 - 60 * (i % 3)))
     out = tmp_path / "report.html"
-    assert main(["report", str(tmp_path / "shapes"), "--model", "baseline", "--map-method", "pca", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "shapes"),
+                "--model",
+                "baseline",
+                "--map-method",
+                "pca",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     page = out.read_text(encoding="utf-8")
     assert "Retrieval report: shapes" in page and page.count(f'<img src="{DATA_URI}') >= 6
 
 
 def test_the_report_command_refuses_bad_options(tmp_path, capsys):
-    assert main(["report", str(tmp_path), "--cards", str(MAX_CARDS_PER_KIND + 1), "--out", str(tmp_path / "r.html")]) == 2
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path),
+                "--cards",
+                str(MAX_CARDS_PER_KIND + 1),
+                "--out",
+                str(tmp_path / "r.html"),
+            ]
+        )
+        == 2
+    )
     assert "cards must be between 0 and" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("given, message", [({"cards": -1}, "cards must be between"), ({"map_method": "mds"}, "map_method must be one of")])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"cards": -1}, "cards must be between"),
+        ({"map_method": "mds"}, "map_method must be one of"),
+    ],
+)
 def test_report_config_refuses_bad_values(given, message):
     with pytest.raises(ValueError, match=message):
         ReportConfig(**given)

@@ -26,9 +26,20 @@ def saturated_pixels(png: bytes) -> int:
 
 def test_the_report_opens_from_disk_draws_its_figures_and_requests_nothing(browser, tmp_path):  # noqa: F811
     labels = [f"<img src={PROBE}>", f"![x]({PROBE})", "plain"]
-    embeddings = clustered(n_classes=3, per_class=3, n_test=60, labels=labels, ids=[f"<img src={PROBE}?{i}>" for i in range(69)])
+    embeddings = clustered(
+        n_classes=3,
+        per_class=3,
+        n_test=60,
+        labels=labels,
+        ids=[f"<img src={PROBE}?{i}>" for i in range(69)],
+    )
     image = noise_image(tmp_path / "noise.png")
-    page = report_of(embeddings, {item_id: image for item_id in embeddings.ids}, ReportConfig(map_method="pca"), name=f"<img src={PROBE}>")
+    page = report_of(
+        embeddings,
+        {item_id: image for item_id in embeddings.ids},
+        ReportConfig(map_method="pca"),
+        name=f"<img src={PROBE}>",
+    )
     report = tmp_path / "report.html"
     report.write_text(page, encoding="utf-8")
 
@@ -42,15 +53,23 @@ def test_the_report_opens_from_disk_draws_its_figures_and_requests_nothing(brows
         tab.goto(report.as_uri())
         for figure in FIGURES:
             expect(tab.locator(f"#figure-{figure}.js-plotly-plot .main-svg").first).to_be_attached()
-            expect(tab.locator(f"#figure-{figure} .xtick").first).to_be_attached()  # axes laid out: the figure drew
+            expect(
+                tab.locator(f"#figure-{figure} .xtick").first
+            ).to_be_attached()  # axes laid out: the figure drew
         expect(tab.locator(".card img").first).to_be_visible()
-        assert tab.locator(".card img").evaluate_all("images => images.every(image => image.complete && image.naturalWidth > 0)")
+        assert tab.locator(".card img").evaluate_all(
+            "images => images.every(image => image.complete && image.naturalWidth > 0)"
+        )
 
         plot_area = tab.locator("#figure-map .nsewdrag").first
         plot_area.scroll_into_view_if_needed()
         tab.wait_for_timeout(500)  # WebGL paints on the next animation frame
-        assert saturated_pixels(tab.screenshot(clip=plot_area.bounding_box())) >= MIN_MARKER_PIXELS, "the map's points are drawn"
+        assert (
+            saturated_pixels(tab.screenshot(clip=plot_area.bounding_box())) >= MIN_MARKER_PIXELS
+        ), "the map's points are drawn"
     finally:
         context.close()
     assert not errors, errors
-    assert requests and all(urlparse(url).scheme in ("file", "data") for url in requests), [url for url in requests if not url.startswith("data:")]
+    assert requests and all(urlparse(url).scheme in ("file", "data") for url in requests), [
+        url for url in requests if not url.startswith("data:")
+    ]

@@ -79,7 +79,9 @@ def test_a_zip_upload_is_unpacked_and_its_refused_entries_kept(datasets, tmp_pat
     assert [rejected.name for rejected in datasets.refused_on_upload(entry)] == ["../escape.jpg"]
 
 
-@pytest.mark.parametrize("names", [["a.jpg", "b.jpg"], ["labels.csv", "a.jpg"], ["train.csv", "test.csv", "a.jpg"]])
+@pytest.mark.parametrize(
+    "names", [["a.jpg", "b.jpg"], ["labels.csv", "a.jpg"], ["train.csv", "test.csv", "a.jpg"]]
+)
 def test_uploads_without_a_known_layout_are_refused_before_anything_is_stored(datasets, names):
     with pytest.raises(ValueError, match="upload one .zip"):
         datasets.add_upload("bad", [Upload(name, b"x") for name in names])
@@ -97,14 +99,18 @@ def test_folders_open_only_under_the_data_root(datasets, tmp_path, monkeypatch):
     monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(tmp_path / "root"))
     write_demo_dataset(tmp_path / "root")
     entry = datasets.add_folder("demo-shapes")
-    assert entry == DatasetEntry("demo-shapes", str((tmp_path / "root" / "demo-shapes").resolve()), "folder")
+    assert entry == DatasetEntry(
+        "demo-shapes", str((tmp_path / "root" / "demo-shapes").resolve()), "folder"
+    )
     with pytest.raises(ValueError, match="outside the data root"):
         datasets.add_folder("../..")
     with pytest.raises(ValueError, match="is neither a folder nor an embeddings .parquet"):
         datasets.add_folder("missing")
 
 
-def test_the_folder_tab_opens_an_embeddings_parquet_file_or_folder_of_part_files(datasets, tmp_path, monkeypatch):
+def test_the_folder_tab_opens_an_embeddings_parquet_file_or_folder_of_part_files(
+    datasets, tmp_path, monkeypatch
+):
     root = tmp_path / "root"
     monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
     (root / "parts").mkdir(parents=True)
@@ -116,7 +122,11 @@ def test_the_folder_tab_opens_an_embeddings_parquet_file_or_folder_of_part_files
     single, parts = datasets.add_folder("vectors.parquet"), datasets.add_folder("parts")
     assert (single.kind, parts.kind) == ("parquet", "parquet")
     vectors = DatasetVectors(models=None, cache=None)
-    assert len(vectors.of(parts, EmbedConfig()).embeddings.ids) == len(vectors.of(single, EmbedConfig()).embeddings.ids) == 70
+    assert (
+        len(vectors.of(parts, EmbedConfig()).embeddings.ids)
+        == len(vectors.of(single, EmbedConfig()).embeddings.ids)
+        == 70
+    )
     with pytest.raises(ValueError, match="is neither a folder nor an embeddings .parquet"):
         datasets.add_folder("missing.parquet")
 
@@ -126,7 +136,9 @@ def test_an_added_parquet_is_read_once_for_its_analysis(datasets, tmp_path, monk
     write_embeddings(path, retrieval_embeddings(40, n_classes=10))
     reads = []
     read_table = pq.read_table
-    monkeypatch.setattr(pq, "read_table", lambda *args, **kwargs: reads.append(args) or read_table(*args, **kwargs))
+    monkeypatch.setattr(
+        pq, "read_table", lambda *args, **kwargs: reads.append(args) or read_table(*args, **kwargs)
+    )
     entry = datasets.add_upload("vectors", [Upload("vectors.parquet", path.read_bytes())])
     loaded = DatasetVectors(models=None, cache=None).of(entry, EmbedConfig())
     assert len(loaded.embeddings.ids) == 70 and len(reads) == 1

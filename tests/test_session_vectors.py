@@ -79,13 +79,19 @@ class Shelf(ModelShelf):
 def test_a_recipe_leaves_out_members_that_cannot_load_and_keeps_the_order_of_the_rest():
     members = [EnsembleMember("gone", 1.0), EnsembleMember("m1", 0.5), EnsembleMember("m2", 0.25)]
     recipe = ensemble_recipe(members, MAIN, Shelf(missing={"gone"}))
-    assert [(config.model, weight) for config, weight in recipe.parts] == [(BASELINE_MODEL, 1.0), ("m1", 0.5), ("m2", 0.25)]
+    assert [(config.model, weight) for config, weight in recipe.parts] == [
+        (BASELINE_MODEL, 1.0),
+        ("m1", 0.5),
+        ("m2", 0.25),
+    ]
     assert recipe.left_out == ("gone",) and recipe.is_ensemble
 
 
 def test_searched_weights_land_on_the_members_that_were_searched():
     members = [EnsembleMember("gone", 1.0), EnsembleMember("m1", 0.5), EnsembleMember("m2", 0.25)]
-    recipe = Recipe(((MAIN, 1.0), (EmbedConfig(model="m1"), 0.5), (EmbedConfig(model="m2"), 0.25)), ("gone",))
+    recipe = Recipe(
+        ((MAIN, 1.0), (EmbedConfig(model="m1"), 0.5), (EmbedConfig(model="m2"), 0.25)), ("gone",)
+    )
     assert reweighted(members, recipe, [2.0, 1.0, 3.0]) == [
         EnsembleMember("gone", 1.0),
         EnsembleMember("m1", 0.5),
@@ -107,17 +113,27 @@ def test_ensemble_and_predict_settings_round_trip_through_the_workspace(workspac
 
 
 def test_dataset_vectors_embed_once_combine_an_ensemble_and_export(workspace, tmp_path):
-    source = write_demo_dataset(tmp_path, n_classes=4, test_per_class=2, n_distractor_classes=1, distractor_per_class=2)
+    source = write_demo_dataset(
+        tmp_path, n_classes=4, test_per_class=2, n_distractor_classes=1, distractor_per_class=2
+    )
     entry = DatasetEntry("small", str(source), "folder")
     vectors = DatasetVectors(Shelf(), cache=None)
     single = vectors.of(entry, MAIN)
     assert single.computed == len(single.embeddings.ids) > 0
     assert vectors.of_recipe(entry, Recipe(((MAIN, 1.0),))) is single
-    twice = vectors.of_recipe(entry, Recipe(((MAIN, 1.0), (EmbedConfig(model=BASELINE_MODEL, batch_size=4), 1.0))))
-    assert twice.embeddings.dim == single.embeddings.dim  # same dimensions: summed, not concatenated
-    np.testing.assert_allclose(twice.embeddings.vectors, single.embeddings.vectors, atol=1e-5)  # a model plus itself
+    twice = vectors.of_recipe(
+        entry, Recipe(((MAIN, 1.0), (EmbedConfig(model=BASELINE_MODEL, batch_size=4), 1.0)))
+    )
+    assert (
+        twice.embeddings.dim == single.embeddings.dim
+    )  # same dimensions: summed, not concatenated
+    np.testing.assert_allclose(
+        twice.embeddings.vectors, single.embeddings.vectors, atol=1e-5
+    )  # a model plus itself
     path = export_embeddings(Workspace("vectors2"), "small/../x", single.embeddings)
     assert path.parent.parent == Workspace("vectors2").files
     assert list(read_embeddings(path).ids) == list(single.embeddings.ids)
     parquet = DatasetEntry("vectors", str(path), "parquet")
-    assert list(vectors.of(parquet, EmbedConfig(model="never-loaded")).embeddings.ids) == list(single.embeddings.ids)
+    assert list(vectors.of(parquet, EmbedConfig(model="never-loaded")).embeddings.ids) == list(
+        single.embeddings.ids
+    )

@@ -28,7 +28,13 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 from test_browser import app_url, browser  # noqa: F401 - fixtures: one server and browser for this module
-from test_pages import assert_ran, fresh_server, run_page, set_threshold_by_contamination, slider_metrics  # noqa: F401 - fresh_server: autouse fixture
+from test_pages import (
+    assert_ran,
+    fresh_server,
+    run_page,
+    set_threshold_by_contamination,
+    slider_metrics,
+)  # noqa: F401 - fresh_server: autouse fixture
 
 from bench.browser import (
     ACTION_TIMEOUT_MS,
@@ -65,7 +71,9 @@ def count_test_images(dataset_root: Path) -> int:
 def thresholds_saved(home: Path) -> dict[str, list[str]]:
     """Workspace id → the keys of the thresholds it saved, straight from the settings table."""
     with sqlite3.connect(home / "workspaces.sqlite") as db:
-        rows = db.execute("SELECT workspace, key FROM settings WHERE key LIKE 'threshold:%'").fetchall()
+        rows = db.execute(
+            "SELECT workspace, key FROM settings WHERE key LIKE 'threshold:%'"
+        ).fetchall()
     saved: dict[str, list[str]] = {}
     for workspace_id, key in rows:
         saved.setdefault(workspace_id, []).append(key)
@@ -73,7 +81,14 @@ def thresholds_saved(home: Path) -> dict[str, list[str]]:
 
 
 def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(workspace, tmp_path):
-    small = write_demo_dataset(tmp_path, seed=1, n_classes=4, test_per_class=4, n_distractor_classes=2, distractor_per_class=4)
+    small = write_demo_dataset(
+        tmp_path,
+        seed=1,
+        n_classes=4,
+        test_per_class=4,
+        n_distractor_classes=2,
+        distractor_per_class=4,
+    )
     other = Workspace("apptest-small")
     other.add_dataset(DatasetEntry("small shapes", str(small), "folder"))
     other.set("dataset", "small shapes")
@@ -93,10 +108,18 @@ def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(works
         demo, small_app = demo_run.result(), small_run.result()
 
     shown = {"apptest-demo": slider_metrics(demo), "apptest-small": slider_metrics(small_app)}
-    assert int(shown["apptest-demo"]["Flagged as distractors"]) + int(shown["apptest-demo"]["Kept"]) == demo_tests
-    assert int(shown["apptest-small"]["Flagged as distractors"]) + int(shown["apptest-small"]["Kept"]) == count_test_images(small)
+    assert (
+        int(shown["apptest-demo"]["Flagged as distractors"]) + int(shown["apptest-demo"]["Kept"])
+        == demo_tests
+    )
+    assert int(shown["apptest-small"]["Flagged as distractors"]) + int(
+        shown["apptest-small"]["Kept"]
+    ) == count_test_images(small)
     assert shown["apptest-demo"]["Threshold"] != shown["apptest-small"]["Threshold"]
-    for app, own, foreign in ((demo, "apptest-demo", "apptest-small"), (small_app, "apptest-small", "apptest-demo")):
+    for app, own, foreign in (
+        (demo, "apptest-demo", "apptest-small"),
+        (small_app, "apptest-small", "apptest-demo"),
+    ):
         keys = [str(key) for key in app.session_state]
         assert any(own in key for key in keys) and not any(foreign in key for key in keys)
     saved = thresholds_saved(workspace)
@@ -104,7 +127,10 @@ def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(works
     assert all(key.startswith("threshold:demo: coloured shapes:") for key in saved["apptest-demo"])
     assert all(key.startswith("threshold:small shapes:") for key in saved["apptest-small"])
 
-    for workspace_id, app in (("apptest-demo", demo), ("apptest-small", small_app)):  # a reload of each
+    for workspace_id, app in (
+        ("apptest-demo", demo),
+        ("apptest-small", small_app),
+    ):  # a reload of each
         reopened = run_page("distractors", workspace_id)
         assert_ran(reopened)
         assert slider_metrics(reopened)["Threshold"] == shown[workspace_id]["Threshold"]
@@ -157,13 +183,29 @@ def test_the_shared_model_serves_one_session_at_a_time(workspace, tmp_path, monk
     assert shared is ui.model_shelf().get(config), "one model per server, not one per session"
     sessions = [SimpleNamespace(model=shared) for _ in range(4)]
     entries = [
-        DatasetEntry(f"tiny {seed}", str(write_demo_dataset(tmp_path / str(seed), seed=seed, n_classes=2, test_per_class=2, n_distractor_classes=1, distractor_per_class=2)), "folder")
+        DatasetEntry(
+            f"tiny {seed}",
+            str(
+                write_demo_dataset(
+                    tmp_path / str(seed),
+                    seed=seed,
+                    n_classes=2,
+                    test_per_class=2,
+                    n_distractor_classes=1,
+                    distractor_per_class=2,
+                )
+            ),
+            "folder",
+        )
         for seed in range(2)
     ]
     image = Image.new("RGB", (8, 8))
     jobs = [
         *(lambda s=s: ui.embed_images(s, [image, image]) for s in sessions),
-        *(lambda s=s, n=n: ui.embed_texts(s, [f"a photo of thing {n}"]) for n, s in enumerate(sessions)),
+        *(
+            lambda s=s, n=n: ui.embed_texts(s, [f"a photo of thing {n}"])
+            for n, s in enumerate(sessions)
+        ),
         *(lambda e=e: ui.embeddings(e, config, SilentArea()) for e in entries),
     ]
     start = threading.Barrier(len(jobs))
@@ -184,7 +226,9 @@ def test_the_shared_model_serves_one_session_at_a_time(workspace, tmp_path, monk
 
 def test_the_server_refuses_an_upload_without_its_xsrf_token(app_url):
     # With XSRF protection off the same request gets 400 (unknown session): 403 is the token check.
-    request = urllib.request.Request(f"{app_url}/_stcore/upload_file/any-session/any-file", data=b"x", method="PUT")
+    request = urllib.request.Request(
+        f"{app_url}/_stcore/upload_file/any-session/any-file", data=b"x", method="PUT"
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 403
@@ -195,7 +239,9 @@ def _sidebar(tab):
 
 
 def _counted_tests(tab) -> int:
-    return count_shown(metric(tab, "Flagged as distractors").inner_text()) + count_shown(metric(tab, "Kept").inner_text())
+    return count_shown(metric(tab, "Flagged as distractors").inner_text()) + count_shown(
+        metric(tab, "Kept").inner_text()
+    )
 
 
 def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_url, tmp_path):
@@ -203,10 +249,14 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
         "digits (scikit-learn)": count_test_images(write_digits_dataset(tmp_path)),
         "demo: coloured shapes": count_test_images(write_demo_dataset(tmp_path)),
     }
-    contexts = [browser.new_context(viewport=VIEWPORT) for _ in expected_tests]  # separate cookies and storage
+    contexts = [
+        browser.new_context(viewport=VIEWPORT) for _ in expected_tests
+    ]  # separate cookies and storage
     try:
         tabs = {}
-        for (dataset, context), workspace_id in zip(zip(expected_tests, contexts), ("browser-digits", "browser-demo")):
+        for (dataset, context), workspace_id in zip(
+            zip(expected_tests, contexts), ("browser-digits", "browser-demo")
+        ):
             tab = context.new_page()
             tab.set_default_timeout(ACTION_TIMEOUT_MS)
             tab.goto(f"{app_url}/?ws={workspace_id}")
@@ -217,7 +267,9 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
         digits.get_by_test_id("stMain").get_by_test_id("stSelectbox").first.click()
         digits.get_by_role("option", name="digits (scikit-learn)").click()
         # The choice reruns the script; wait for its result, not for the quiet moment before it starts.
-        expect(_sidebar(digits)).to_contain_text("Dataset: digits (scikit-learn)", timeout=RUN_TIMEOUT_MS)
+        expect(_sidebar(digits)).to_contain_text(
+            "Dataset: digits (scikit-learn)", timeout=RUN_TIMEOUT_MS
+        )
         wait_for_run(digits)
         for tab in tabs.values():
             open_page(tab, "Distractors")
@@ -242,7 +294,9 @@ def test_two_browser_sessions_at_once_never_see_each_others_state(browser, app_u
             expect(metric(tab, "Threshold")).to_have_text(chosen[dataset], timeout=RUN_TIMEOUT_MS)
             # app.py writes the sidebar's captions after the page's run.
             expect(_sidebar(tab)).to_contain_text(f"Dataset: {dataset}", timeout=RUN_TIMEOUT_MS)
-            expect(_sidebar(tab)).to_contain_text(f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS)
+            expect(_sidebar(tab)).to_contain_text(
+                f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS
+            )
             assert _counted_tests(tab) == expected_tests[dataset]
             assert tab.get_by_test_id("stException").count() == 0
     finally:
@@ -256,7 +310,9 @@ def test_concurrent_sessions_move_their_sliders_without_errors(browser, app_url,
     with ThreadPoolExecutor(1) as pool:
         run = secrets.token_hex(3)
         workspaces = [f"load-{run}-{n}" for n in range(LOAD_SESSIONS)]
-        latencies = pool.submit(asyncio.run, concurrent_slider_presses(app_url, workspaces, LOAD_STEPS)).result(timeout=LOAD_TIMEOUT_S)
+        latencies = pool.submit(
+            asyncio.run, concurrent_slider_presses(app_url, workspaces, LOAD_STEPS)
+        ).result(timeout=LOAD_TIMEOUT_S)
     assert len(latencies) == LOAD_SESSIONS * LOAD_STEPS
     milliseconds = sorted(1000 * value for value in latencies)
     with capsys.disabled():

@@ -12,7 +12,10 @@ from core.records import DISTRACTOR
 
 
 def test_load_texts_from_txt_strips_and_skips_blank_lines(tmp_path):
-    path = write_files(tmp_path, {"t.txt": "\ufeff a red circle \n\n  \nblue square\n".encode()}) / "t.txt"
+    path = (
+        write_files(tmp_path, {"t.txt": "\ufeff a red circle \n\n  \nblue square\n".encode()})
+        / "t.txt"
+    )
     assert load_texts(path) == ["a red circle", "blue square"]
 
 
@@ -31,8 +34,12 @@ def test_load_texts_from_csv(tmp_path, content, column, expected):
 
 
 def test_load_texts_bad_inputs(tmp_path):
-    files = write_files(tmp_path, {"two.csv": b"a,b\n1,2\n", "blank.txt": b"\n \n", "t.json": b"[]"})
-    with pytest.raises(ValueError, match="has columns a, b; pass column= one of them or name it text"):
+    files = write_files(
+        tmp_path, {"two.csv": b"a,b\n1,2\n", "blank.txt": b"\n \n", "t.json": b"[]"}
+    )
+    with pytest.raises(
+        ValueError, match="has columns a, b; pass column= one of them or name it text"
+    ):
         load_texts(files / "two.csv")
     with pytest.raises(ValueError, match="has no column 'c'; columns: a, b"):
         load_texts(files / "two.csv", column="c")

@@ -10,7 +10,11 @@ from tests.test_pipeline import clustered_embeddings
 def test_every_position_agrees_with_the_analysis_asked_at_that_threshold(placement):
     analysis = analyse(clustered_embeddings(seed=1, spread=0.6), PredictConfig(placement=placement))
     steps = threshold_steps(analysis, 3)
-    assert analysis.placement == placement and steps.expected_map is not None and steps.map_by_placement
+    assert (
+        analysis.placement == placement
+        and steps.expected_map is not None
+        and steps.map_by_placement
+    )
     k = analysis.config.k
     # Every position, so a prefix-sum slip at any one shows.
     for row, threshold in enumerate(steps.thresholds):
@@ -18,11 +22,17 @@ def test_every_position_agrees_with_the_analysis_asked_at_that_threshold(placeme
         counts = np.bincount(analysis.positions(threshold), minlength=k + 1)
         assert steps.minus_one_at[row].tolist() == [*counts[1:], counts[0]]
         assert steps.expected_map[row] == pytest.approx(analysis.expected_map(threshold), abs=1e-12)
-        assert steps.known_flagged[row] == pytest.approx(analysis.false_flag_share(threshold), abs=1e-12)
+        assert steps.known_flagged[row] == pytest.approx(
+            analysis.false_flag_share(threshold), abs=1e-12
+        )
         for name in ("first", "optimal"):
-            assert steps.map_by_placement[name][row] == pytest.approx(analysis.sweep_for(name).map_at(threshold), abs=1e-12)
+            assert steps.map_by_placement[name][row] == pytest.approx(
+                analysis.sweep_for(name).map_at(threshold), abs=1e-12
+            )
         precision, recall, f1 = analysis.sweep.detection_at(threshold)
-        assert (steps.precision[row], steps.recall[row], steps.f1[row]) == pytest.approx((precision, recall, f1), abs=1e-12)
+        assert (steps.precision[row], steps.recall[row], steps.f1[row]) == pytest.approx(
+            (precision, recall, f1), abs=1e-12
+        )
 
 
 def test_without_truth_only_counts_and_ranks_are_given():
@@ -39,6 +49,8 @@ def test_positions_bracket_every_score_on_the_decimal_grid():
     # Each position is the double a browser reads back from its decimal text.
     assert all(value == float(f"{value:.3f}") for value in thresholds)
     assert (scores >= thresholds[0]).all() and (scores < thresholds[-1]).all()
-    assert len(slider_thresholds(np.array([0.5, 0.5]), 3)) == 2  # one score still gives the slider a range
+    assert (
+        len(slider_thresholds(np.array([0.5, 0.5]), 3)) == 2
+    )  # one score still gives the slider a range
     with pytest.raises(ValueError, match="decimals=1"):
         slider_thresholds(scores, 1)

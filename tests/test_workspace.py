@@ -39,7 +39,14 @@ def test_new_ids_are_valid_and_distinct(tmp_path):
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("../../etc/passwd", "passwd"), ("C:\\x\\evil.jpg", "evil.jpg"), (".hidden", "hidden"), ("ünï cødé.png", "ünï cødé.png"), ("a<b>|c.jpg", "a_b_c.jpg"), ("..", "file")],
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\x\\evil.jpg", "evil.jpg"),
+        (".hidden", "hidden"),
+        ("ünï cødé.png", "ünï cødé.png"),
+        ("a<b>|c.jpg", "a_b_c.jpg"),
+        ("..", "file"),
+    ],
 )
 def test_user_file_names_become_one_harmless_component(name, expected):
     assert safe_file_name(name) == expected
@@ -77,7 +84,12 @@ def test_each_upload_gets_a_new_folder_even_with_one_name_in_one_second(tmp_path
     ws = Workspace("upload2", tmp_path)
     folders = [ws.new_upload_folder("../my data") for _ in range(3)]
     assert len(set(folders)) == 3
-    assert all(folder.parent == ws.files and folder.name.startswith("my data-") and not any(folder.iterdir()) for folder in folders)
+    assert all(
+        folder.parent == ws.files
+        and folder.name.startswith("my data-")
+        and not any(folder.iterdir())
+        for folder in folders
+    )
 
 
 def test_saved_configs_fall_back_to_defaults_when_invalid(tmp_path):

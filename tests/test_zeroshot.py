@@ -20,7 +20,9 @@ def test_results_table_ranks_every_text_per_image_with_the_zero_shot_label_first
     assert len(table) == 9
     best = table[table["rank"] == 1]
     assert list(zip(best["image"], best["text"])) == [("i0", "t2"), ("i1", "t0"), ("i2", "t1")]
-    assert table.groupby("image")["probability"].sum().to_numpy() == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)  # float32 cosines from FAISS
+    assert table.groupby("image")["probability"].sum().to_numpy() == pytest.approx(
+        [1.0, 1.0, 1.0], abs=1e-4
+    )  # float32 cosines from FAISS
     for _, rows in table.groupby("image"):
         assert rows["clip_score"].is_monotonic_decreasing
         assert rows["rank"].tolist() == [1, 2, 3]

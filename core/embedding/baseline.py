@@ -23,7 +23,9 @@ class BaselineEmbedder:
         return embed_by_preparing(self, images)
 
     def prepare_image(self, image: Image.Image) -> np.ndarray:
-        return np.asarray(image.convert("RGB").resize((self.side, self.side), Image.Resampling.BOX), np.float32)
+        return np.asarray(
+            image.convert("RGB").resize((self.side, self.side), Image.Resampling.BOX), np.float32
+        )
 
     def embed_prepared(self, inputs: np.ndarray) -> np.ndarray:
         if not len(inputs):

@@ -88,7 +88,9 @@ class EmbeddingCache:
         return db
 
     def _move_aside(self) -> Path:
-        moved_to = self.path.with_name(f"{self.path.name}.corrupt-{datetime.now():%Y%m%d-%H%M%S-%f}")
+        moved_to = self.path.with_name(
+            f"{self.path.name}.corrupt-{datetime.now():%Y%m%d-%H%M%S-%f}"
+        )
         for suffix in ("", *SIDECAR_SUFFIXES):
             source = Path(f"{self.path}{suffix}")
             if source.exists():
@@ -118,7 +120,9 @@ class EmbeddingCache:
         for key, vector in vectors.items():
             flat = np.asarray(vector, dtype="<f4")
             if flat.ndim != 1 or not np.isfinite(flat).all():
-                raise ValueError(f"vector for key {key!r} must be one finite row of numbers, got shape {flat.shape}")
+                raise ValueError(
+                    f"vector for key {key!r} must be one finite row of numbers, got shape {flat.shape}"
+                )
             rows.append((model, key, flat.size, flat.tobytes()))
         try:
             with self._lock, self._db:
@@ -132,7 +136,9 @@ class EmbeddingCache:
 
     def count(self, model: str) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM embeddings WHERE model = ?", (model,)).fetchone()[0]
+            return self._db.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE model = ?", (model,)
+            ).fetchone()[0]
 
     def close(self) -> None:
         with self._lock:

@@ -14,7 +14,13 @@ import numpy as np
 from PIL import Image
 
 from core.embedding.cache import file_key
-from core.embedding.config import CPU_BATCH_SIZE, MAX_GPU_BATCH_SIZE, REMEDIES, EmbedConfig, cannot_run
+from core.embedding.config import (
+    CPU_BATCH_SIZE,
+    MAX_GPU_BATCH_SIZE,
+    REMEDIES,
+    EmbedConfig,
+    cannot_run,
+)
 from core.embedding.embedder import embed_by_preparing
 from core.embedding.hub import hub_commit, load_checkpoint
 from core.embedding.openvino_tower import OpenVinoTower, openvino_available
@@ -59,7 +65,10 @@ class FastClipPreprocessing:
         # Square resizes, longest-edge caps, padding, skipped steps, and crops larger than the
         # resized image (which the processor pads) are left to the processor.
         replicable = (
-            all(getattr(processor, flag, False) for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"))
+            all(
+                getattr(processor, flag, False)
+                for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize")
+            )
             and not getattr(processor, "do_pad", False)
             and size is not None
             and crop is not None
@@ -80,7 +89,9 @@ class FastClipPreprocessing:
             offset=(-mean / std).astype(np.float32).reshape(3, 1, 1),
         )
         # One odd-sized, non-square probe checks the whole chain against the processor itself.
-        probe = Image.fromarray(np.random.default_rng(0).integers(0, 256, (61, 47, 3), dtype=np.uint8))
+        probe = Image.fromarray(
+            np.random.default_rng(0).integers(0, 256, (61, 47, 3), dtype=np.uint8)
+        )
         expected = processor(images=[probe], return_tensors="np")["pixel_values"][0]
         return fast if np.allclose(fast(probe), expected, atol=1e-4) else None
 
@@ -107,7 +118,9 @@ class PrecisionCheck:
 
     images: int  # images in the batch, each embedded in both precisions
     median_cosine: float  # median over the images of the cosine between their bf16 and fp32 vectors
-    neighbour_agreement: float | None  # mean share of each image's nearest neighbours in the batch both find; None below NEIGHBOURS_COMPARED + 1 images
+    neighbour_agreement: (
+        float | None
+    )  # mean share of each image's nearest neighbours in the batch both find; None below NEIGHBOURS_COMPARED + 1 images
 
     @classmethod
     def of(cls, fp32_vectors: np.ndarray, bf16_vectors: np.ndarray) -> PrecisionCheck:
@@ -123,8 +136,13 @@ class PrecisionCheck:
         shortfalls = []
         if not self.median_cosine >= MIN_MEDIAN_COSINE:
             shortfalls.append(f"median cosine {self.median_cosine:.4f} < {MIN_MEDIAN_COSINE}")
-        if self.neighbour_agreement is not None and not self.neighbour_agreement >= MIN_NEIGHBOUR_AGREEMENT:
-            shortfalls.append(f"top-{NEIGHBOURS_COMPARED} agreement {self.neighbour_agreement:.2f} < {MIN_NEIGHBOUR_AGREEMENT}")
+        if (
+            self.neighbour_agreement is not None
+            and not self.neighbour_agreement >= MIN_NEIGHBOUR_AGREEMENT
+        ):
+            shortfalls.append(
+                f"top-{NEIGHBOURS_COMPARED} agreement {self.neighbour_agreement:.2f} < {MIN_NEIGHBOUR_AGREEMENT}"
+            )
         return shortfalls
 
     def summary(self) -> str:
@@ -181,27 +199,47 @@ def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
     if why := cannot_run(config.runtime, config.precision, device):
         raise ValueError(f"{why}, and device auto chose {device!r}; {REMEDIES[why]}")
     if config.runtime == "openvino" and not openvino_available():
-        raise ValueError("runtime 'openvino' needs the openvino package (pip install openvino); or use runtime 'torch'")
+        raise ValueError(
+            "runtime 'openvino' needs the openvino package (pip install openvino); or use runtime 'torch'"
+        )
     # A precision chosen by name is computed exactly so (torch), unless OpenVINO is asked for by name too.
     with_openvino = config.runtime == "openvino" or (
-        config.runtime == "auto" and config.precision == "auto" and device == "cpu" and openvino_available()
+        config.runtime == "auto"
+        and config.precision == "auto"
+        and device == "cpu"
+        and openvino_available()
     )
     torch_precision = resolve_precision(config.precision, device)
     fallback = TORCH_FP32 if config.precision == "auto" else Runner("torch", torch_precision)
-    candidates = [Runner("openvino", resolve_precision(config.precision, "cpu"))] if with_openvino else []
+    candidates = (
+        [Runner("openvino", resolve_precision(config.precision, "cpu"))] if with_openvino else []
+    )
     if config.precision == "auto" and torch_precision != "fp32":
         candidates.append(Runner("torch", torch_precision))
     chosen = "auto" if config.precision == "auto" else "as chosen"
     if candidates:
-        return candidates, fallback, f"{chosen}; {candidates[0]} once a first batch agrees with fp32"
+        return (
+            candidates,
+            fallback,
+            f"{chosen}; {candidates[0]} once a first batch agrees with fp32",
+        )
     if config.precision == "auto":
-        return [], fallback, "auto; bf16 is not native here (that needs a CPU with AVX512-BF16 or AMX, or a CUDA GPU with bf16)"
+        return (
+            [],
+            fallback,
+            "auto; bf16 is not native here (that needs a CPU with AVX512-BF16 or AMX, or a CUDA GPU with bf16)",
+        )
     return [], fallback, chosen
 
 
 def gpu_batch_size(free_bytes: int, bytes_per_image: int) -> int:
     """As many images as GPU_MEMORY_SHARE of `free_bytes` holds, within CPU_BATCH_SIZE and MAX_GPU_BATCH_SIZE."""
-    return int(min(MAX_GPU_BATCH_SIZE, max(CPU_BATCH_SIZE, GPU_MEMORY_SHARE * free_bytes // bytes_per_image)))
+    return int(
+        min(
+            MAX_GPU_BATCH_SIZE,
+            max(CPU_BATCH_SIZE, GPU_MEMORY_SHARE * free_bytes // bytes_per_image),
+        )
+    )
 
 
 def runner_in(identity: str) -> Runner | None:
@@ -222,7 +260,10 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     except OSError:
         return frozenset()
     return frozenset(
-        flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()
+        flag
+        for line in text.splitlines()
+        if line.startswith("flags")
+        for flag in line.partition(":")[2].split()
     )
 
 
@@ -240,7 +281,9 @@ class ClipEmbedder:
         without it, config's precision and runtime decide what the first batch checks."""
         _use_all_cores()
         self.device = _pick_device(config.device)
-        self.precision_check: PrecisionCheck | None = None  # set when a faster runner's first batch has been checked
+        self.precision_check: PrecisionCheck | None = (
+            None  # set when a faster runner's first batch has been checked
+        )
         # Tried in order on the first batch; the first whose vectors agree with torch fp32's is kept.
         if settled is None:
             self._candidates, self._fallback, self._precision_reason = _plan(config, self.device)
@@ -250,18 +293,26 @@ class ClipEmbedder:
                 "give --runtime torch and a --precision every worker runs"
             )
         else:
-            self._candidates, self._fallback, self._precision_reason = [], settled, "as the run's first batch settled it"
+            self._candidates, self._fallback, self._precision_reason = (
+                [],
+                settled,
+                "as the run's first batch settled it",
+            )
         self.awaits_precision_check = bool(self._candidates)
         self._openvino_tower: OpenVinoTower | None = None
         self._fp32_weights = None  # the exact fp32 weights while a bf16 candidate is tried
-        model, self._image_processor, self._tokenizer = load_checkpoint(config.model, config.revision)
+        model, self._image_processor, self._tokenizer = load_checkpoint(
+            config.model, config.revision
+        )
         self._model = model.eval()
         self._use(TORCH_FP32 if self.awaits_precision_check else self._fallback)
         # The image vector depends only on the CLS token after the last encoder layer, so that layer
         # runs for the CLS query alone (keys and values still for every token): 6.6% fewer FLOPs
         # for ViT-B/32, the same vectors to float rounding (1e-6).
         cls_only = _runs_transformers_clip_vision(self._model)
-        self._image_tower = partial(_image_features, self._model) if cls_only else self._model.get_image_features
+        self._image_tower = (
+            partial(_image_features, self._model) if cls_only else self._model.get_image_features
+        )
         self.dim = int(model.config.projection_dim)
         self._max_text_tokens = int(model.config.text_config.max_position_embeddings)
         self._model_version, self._fingerprint = _clip_identity(
@@ -303,7 +354,9 @@ class ClipEmbedder:
         """One line: the runner the vectors are computed by, and why."""
         return f"precision: {self.runner} ({self._precision_reason})"
 
-    def settle_precision(self, first_batch: dict[str, np.ndarray], inputs: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+    def settle_precision(
+        self, first_batch: dict[str, np.ndarray], inputs: np.ndarray | None = None
+    ) -> dict[str, np.ndarray] | None:
         """Keep the first candidate whose vectors for the first batch agree with torch fp32's, else the fallback.
 
         `first_batch` holds vectors already known (from the cache), by identity; the rest are
@@ -312,7 +365,9 @@ class ClipEmbedder:
         now, by identity, to be cached.
         """
         if not self.awaits_precision_check:
-            raise RuntimeError(f"a first batch settles precision once; this embedder's is settled: {self.precision_note}")
+            raise RuntimeError(
+                f"a first batch settles precision once; this embedder's is settled: {self.precision_note}"
+            )
         known, computed = dict(first_batch), {}
 
         def vectors_of(runner: Runner) -> np.ndarray | None:
@@ -329,8 +384,12 @@ class ClipEmbedder:
                 return None
             try:
                 vectors = vectors_of(candidate)
-            except Exception as error:  # a model OpenVINO cannot convert or compile: the next candidate
-                refusals.append(f"{candidate} cannot run it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+            except (
+                Exception
+            ) as error:  # a model OpenVINO cannot convert or compile: the next candidate
+                refusals.append(
+                    f"{candidate} cannot run it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+                )
                 continue
             if vectors is None:
                 return None
@@ -338,7 +397,9 @@ class ClipEmbedder:
             if not check.shortfalls:
                 self._settle(candidate, check, refusals)
                 return computed
-            refusals.append(f"{candidate} refused, the first batch disagrees with fp32: {', '.join(check.shortfalls)}")
+            refusals.append(
+                f"{candidate} refused, the first batch disagrees with fp32: {', '.join(check.shortfalls)}"
+            )
         self._settle(self._fallback, None, refusals)
         return computed
 
@@ -354,7 +415,9 @@ class ClipEmbedder:
         import torch
 
         # The text tower stays in torch; fp16 is autocast over fp32 weights (layer norms and softmax stay fp32).
-        torch_precision = runner.precision if runner.runtime == "torch" and runner.precision != "fp16" else "fp32"
+        torch_precision = (
+            runner.precision if runner.runtime == "torch" and runner.precision != "fp16" else "fp32"
+        )
         if torch_precision == "bf16" and self._fp32_weights is None and self.awaits_precision_check:
             self._fp32_weights = self._model.state_dict()
         self._dtype = torch.bfloat16 if torch_precision == "bf16" else torch.float32
@@ -377,11 +440,17 @@ class ClipEmbedder:
         if not len(inputs):
             return np.empty((0, self.dim), np.float32)
         if self.runtime == "openvino":
-            return self._projected(lambda pixel_values: torch.from_numpy(self._compiled_tower()(pixel_values)), pixel_values=inputs)
+            return self._projected(
+                lambda pixel_values: torch.from_numpy(self._compiled_tower()(pixel_values)),
+                pixel_values=inputs,
+            )
         pixels = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
         if self.device == "cuda":
             # Page-locked memory lets the copy run asynchronously, overlapping the previous batch's work.
-            return self._projected(self._image_tower, pixel_values=pixels.pin_memory().to(self.device, self._dtype, non_blocking=True))
+            return self._projected(
+                self._image_tower,
+                pixel_values=pixels.pin_memory().to(self.device, self._dtype, non_blocking=True),
+            )
         return self._projected(self._image_tower, pixel_values=pixels.to(self.device, self._dtype))
 
     def default_batch_size(self) -> int:
@@ -394,15 +463,21 @@ class ClipEmbedder:
         vision = self._model.config.vision_config
         tokens = (vision.image_size // vision.patch_size) ** 2 + 1
         element = 4 if self.precision == "fp32" else 2
-        per_image = element * (tokens * vision.hidden_size * ACTIVATION_WIDTHS + vision.num_attention_heads * tokens**2)
+        per_image = element * (
+            tokens * vision.hidden_size * ACTIVATION_WIDTHS + vision.num_attention_heads * tokens**2
+        )
         return gpu_batch_size(free_bytes, per_image)
 
     def _compiled_tower(self) -> OpenVinoTower:
         """The image tower compiled by OpenVINO, converted at its first use (not for a run whose vectors are all cached)."""
         if self._openvino_tower is None:
             self._openvino_tower = OpenVinoTower(
-                self._model, self._image_tower, self._input_size, workspace_home() / OPENVINO_FOLDER,
-                _file_name(self.identity_of(TORCH_FP32)), self.precision,
+                self._model,
+                self._image_tower,
+                self._input_size,
+                workspace_home() / OPENVINO_FOLDER,
+                _file_name(self.identity_of(TORCH_FP32)),
+                self.precision,
             )
         return self._openvino_tower
 
@@ -410,7 +485,11 @@ class ClipEmbedder:
         if not texts:
             return np.empty((0, self.dim), np.float32)
         tokens = self._tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self._max_text_tokens, return_tensors="pt"
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self._max_text_tokens,
+            return_tensors="pt",
         )
         return self._projected(self._model.get_text_features, **tokens.to(self.device))
 
@@ -419,7 +498,11 @@ class ClipEmbedder:
 
         import torch
 
-        autocast = torch.autocast(self.device, dtype=torch.float16) if self.runner.precision == "fp16" else contextlib.nullcontext()
+        autocast = (
+            torch.autocast(self.device, dtype=torch.float16)
+            if self.runner.precision == "fp16"
+            else contextlib.nullcontext()
+        )
         with torch.inference_mode(), autocast:
             output = tower(**inputs)
         # transformers 5 returns a model output whose pooler_output holds the projected vectors.
@@ -466,12 +549,16 @@ def _image_features(model, pixel_values):
     # get_image_features's default: no position-encoding interpolation, other sizes are refused.
     hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=False))
     for layer in layers:
-        hidden = layer(hidden, None)  # as CLIPEncoder calls them: the vision tower has no attention mask
+        hidden = layer(
+            hidden, None
+        )  # as CLIPEncoder calls them: the vision tower has no attention mask
     attention = last.self_attn
     normed = last.layer_norm1(hidden)
     batch = hidden.shape[0]
 
-    def by_head(states):  # (batch, tokens, embed) -> (batch, heads, tokens, head_dim), as CLIPAttention splits
+    def by_head(
+        states,
+    ):  # (batch, tokens, embed) -> (batch, heads, tokens, head_dim), as CLIPAttention splits
         return states.view(batch, states.shape[1], -1, attention.head_dim).transpose(1, 2)
 
     attended = torch.nn.functional.scaled_dot_product_attention(
@@ -501,16 +588,24 @@ def _use_all_cores() -> None:
 def _pick_device(requested: str) -> str:
     import torch
 
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
     if requested == "auto":
         return next(device for device, present in available.items() if present)
     if not available[requested]:
-        raise ValueError(f"device {requested!r} is not available on this machine; use 'auto' or 'cpu'")
+        raise ValueError(
+            f"device {requested!r} is not available on this machine; use 'auto' or 'cpu'"
+        )
     return requested
 
 
-def _clip_identity(config: EmbedConfig, model_config_json: str, processor_json: str) -> tuple[str, str]:
-    """"name@version" and a fingerprint of config and weights, so different weights never share cache rows."""
+def _clip_identity(
+    config: EmbedConfig, model_config_json: str, processor_json: str
+) -> tuple[str, str]:
+    """ "name@version" and a fingerprint of config and weights, so different weights never share cache rows."""
     directory = Path(config.model).expanduser()
     fingerprint = hashlib.sha256((model_config_json + processor_json).encode())
     if directory.is_dir():
@@ -519,5 +614,8 @@ def _clip_identity(config: EmbedConfig, model_config_json: str, processor_json: 
             fingerprint.update(file_key(weights).encode())
         name, version = directory.name, "local"
     else:
-        name, version = config.model, hub_commit(config.model, config.revision) or config.revision or "default"
+        name, version = (
+            config.model,
+            hub_commit(config.model, config.revision) or config.revision or "default",
+        )
     return f"{name}@{version}", fingerprint.hexdigest()[:12]

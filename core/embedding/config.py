@@ -43,23 +43,39 @@ class EmbedConfig:
     """How to turn images and texts into vectors."""
 
     # Each field's help and choices live in its metadata: the command line builds its options from them.
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": f"Hugging Face CLIP id, local checkpoint directory, or {BASELINE_MODEL!r}"})
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": f"Hugging Face CLIP id, local checkpoint directory, or {BASELINE_MODEL!r}"
+        },
+    )
     batch_size: int | None = field(
         default=None,
-        metadata={"help": f"images per model call; none: {CPU_BATCH_SIZE} on the CPU, on a GPU as many as a share of its free memory holds (up to {MAX_GPU_BATCH_SIZE}); an interrupted run loses at most one batch"},
+        metadata={
+            "help": f"images per model call; none: {CPU_BATCH_SIZE} on the CPU, on a GPU as many as a share of its free memory holds (up to {MAX_GPU_BATCH_SIZE}); an interrupted run loses at most one batch"
+        },
     )
     precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
-    device: str = field(default="auto", metadata={"help": "auto picks cuda, then mps, then cpu", "choices": DEVICES})
+    device: str = field(
+        default="auto", metadata={"help": "auto picks cuda, then mps, then cpu", "choices": DEVICES}
+    )
     runtime: str = field(default="auto", metadata={"help": RUNTIME_HELP, "choices": RUNTIMES})
-    revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the model; none means the default branch"})
+    revision: str | None = field(
+        default=None,
+        metadata={"help": "Hub branch, tag or commit of the model; none means the default branch"},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError(f"model must be a CLIP id, a local checkpoint directory or {BASELINE_MODEL!r}, got {self.model!r}")
+            raise ValueError(
+                f"model must be a CLIP id, a local checkpoint directory or {BASELINE_MODEL!r}, got {self.model!r}"
+            )
         if self.batch_size is not None:
             check_batch_size(self.batch_size)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.runtime not in RUNTIMES:
@@ -72,7 +88,10 @@ class EmbedConfig:
 _FP16_OFF_CUDA = "precision 'fp16' runs on a CUDA GPU"
 _OPENVINO_OFF_CPU = "runtime 'openvino' runs on the CPU"
 # What to give instead, for each reason cannot_run gives.
-REMEDIES = {_FP16_OFF_CUDA: "use bf16 or fp32", _OPENVINO_OFF_CPU: "use device 'cpu' or runtime 'torch'"}
+REMEDIES = {
+    _FP16_OFF_CUDA: "use bf16 or fp32",
+    _OPENVINO_OFF_CPU: "use device 'cpu' or runtime 'torch'",
+}
 
 
 def cannot_run(runtime: str, precision: str, device: str) -> str | None:

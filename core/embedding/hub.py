@@ -45,7 +45,9 @@ def load_checkpoint(model: str, revision: str | None):
         return load(local_only=True)
     except _LOAD_ERRORS as error:
         if directory.is_dir() or is_offline_mode() or not _hub_reachable():
-            raise ModelUnavailableError(_unavailable_message(model, directory.is_dir(), error)) from None
+            raise ModelUnavailableError(
+                _unavailable_message(model, directory.is_dir(), error)
+            ) from None
     try:
         return load(local_only=False)
     except _LOAD_ERRORS as error:

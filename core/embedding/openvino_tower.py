@@ -20,7 +20,15 @@ def openvino_available() -> bool:
 class OpenVinoTower:
     """Prepared images (n, 3, H, W) in, projected image features (n, dim) out, computed by OpenVINO on the CPU."""
 
-    def __init__(self, model, features: Callable, input_size: tuple[int, int], folder: Path, key: str, precision: str) -> None:
+    def __init__(
+        self,
+        model,
+        features: Callable,
+        input_size: tuple[int, int],
+        folder: Path,
+        key: str,
+        precision: str,
+    ) -> None:
         """`features(pixel_values=...)` is `model`'s torch image tower, converted unless `folder` already holds `key`'s model,
         and compiled to compute in `precision` ("fp32" or "bf16")."""
         import openvino as ov
@@ -29,13 +37,20 @@ class OpenVinoTower:
         core = ov.Core()
         if not path.exists():
             # Seconds to a minute with nothing else to show for it: said, so a first run does not look stuck.
-            warnings.warn(f"converting the image tower to OpenVINO, once for this model (kept in {path.parent})", stacklevel=2)
+            warnings.warn(
+                f"converting the image tower to OpenVINO, once for this model (kept in {path.parent})",
+                stacklevel=2,
+            )
             _save(_converted(model, features, input_size), path)
         hint = {"fp32": "f32", "bf16": "bf16"}[precision]
-        self._compiled = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        self._compiled = core.compile_model(
+            core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint}
+        )
 
     def __call__(self, pixel_values: np.ndarray) -> np.ndarray:
-        return np.asarray(self._compiled(np.ascontiguousarray(pixel_values, np.float32))[0], np.float32)
+        return np.asarray(
+            self._compiled(np.ascontiguousarray(pixel_values, np.float32))[0], np.float32
+        )
 
 
 def _converted(model, features: Callable, input_size: tuple[int, int]):
@@ -57,7 +72,9 @@ def _converted(model, features: Callable, input_size: tuple[int, int]):
         warnings.simplefilter("ignore")
         # Traced with one image; the batch dimension stays free.
         return ov.convert_model(
-            ImageTower().eval(), example_input=torch.zeros((1, 3, height, width)), input=[ov.PartialShape([-1, 3, height, width])]
+            ImageTower().eval(),
+            example_input=torch.zeros((1, 3, height, width)),
+            input=[ov.PartialShape([-1, 3, height, width])],
         )
 
 

@@ -13,7 +13,15 @@ import numpy as np
 
 from core.embedding.clip import ClipEmbedder, runner_in
 from core.embedding.config import CPU_BATCH_SIZE, EmbedConfig
-from core.embedding.runner import ROWS_PER_PART, EmbeddingStream, ParquetRun, ProgressCallback, embed_to_parquet, is_folder_out, load_embedder
+from core.embedding.runner import (
+    ROWS_PER_PART,
+    EmbeddingStream,
+    ParquetRun,
+    ProgressCallback,
+    embed_to_parquet,
+    is_folder_out,
+    load_embedder,
+)
 from core.io.parts import PartWriter, embedded_ids, written_by
 from core.records import Dataset, Embeddings, Item, Rejected
 
@@ -34,34 +42,65 @@ class EngineConfig:
 
     engine: str = field(
         default="local",
-        metadata={"help": "local: in this process; ray: on Ray Data actors, each loading the model once (writes a folder of part files)", "choices": ENGINES},
+        metadata={
+            "help": "local: in this process; ray: on Ray Data actors, each loading the model once (writes a folder of part files)",
+            "choices": ENGINES,
+        },
     )
     address: str | None = field(
         default=None,
-        metadata={"help": "the Ray cluster to join (--engine ray): auto (the one `ray start` runs on this node), HOST:PORT or ray://HOST:PORT; none starts a local cluster sized to this machine"},
+        metadata={
+            "help": "the Ray cluster to join (--engine ray): auto (the one `ray start` runs on this node), HOST:PORT or ray://HOST:PORT; none starts a local cluster sized to this machine"
+        },
     )
     workers: int | None = field(
         default=None,
-        metadata={"help": "model actors (--engine ray); none: as many as the cluster's CPUs (or GPUs, with --gpus-per-worker) hold"},
+        metadata={
+            "help": "model actors (--engine ray); none: as many as the cluster's CPUs (or GPUs, with --gpus-per-worker) hold"
+        },
     )
-    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs each actor reserves and its torch threads (--engine ray)"})
-    gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs each actor reserves, fractions sharing one (--engine ray); 0 computes on CPUs"})
+    cpus_per_worker: float = field(
+        default=1.0,
+        metadata={"help": "CPUs each actor reserves and its torch threads (--engine ray)"},
+    )
+    gpus_per_worker: float = field(
+        default=0.0,
+        metadata={
+            "help": "GPUs each actor reserves, fractions sharing one (--engine ray); 0 computes on CPUs"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.address is not None and self.address != "auto" and not _CLUSTER_ADDRESS.fullmatch(self.address):
-            raise ValueError(f"address must be auto, HOST:PORT or ray://HOST:PORT, got {self.address!r}")
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1):
-            raise ValueError(f"workers must be an integer >= 1 or none (as many as the cluster holds), got {self.workers!r}")
+        if (
+            self.address is not None
+            and self.address != "auto"
+            and not _CLUSTER_ADDRESS.fullmatch(self.address)
+        ):
+            raise ValueError(
+                f"address must be auto, HOST:PORT or ray://HOST:PORT, got {self.address!r}"
+            )
+        if self.workers is not None and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
+        ):
+            raise ValueError(
+                f"workers must be an integer >= 1 or none (as many as the cluster holds), got {self.workers!r}"
+            )
         if not self.cpus_per_worker > 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
         if not self.gpus_per_worker >= 0:
             raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
-        ray_only = {"address": self.address, "workers": self.workers, "gpus_per_worker": self.gpus_per_worker or None}
+        ray_only = {
+            "address": self.address,
+            "workers": self.workers,
+            "gpus_per_worker": self.gpus_per_worker or None,
+        }
         given = [name for name, value in ray_only.items() if value is not None]
         if self.engine == "local" and (given or self.cpus_per_worker != 1.0):
-            raise ValueError(f"{', '.join(given) or 'cpus_per_worker'} is an option of engine 'ray'; the local engine got it")
+            raise ValueError(
+                f"{', '.join(given) or 'cpus_per_worker'} is an option of engine 'ray'; the local engine got it"
+            )
 
 
 def embed_on_ray(
@@ -98,27 +137,47 @@ def embed_on_ray(
         size = config.batch_size or CPU_BATCH_SIZE
         batch, todo = todo[:size], todo[size:]
         refused_before = [] if note is not None else dataset.rejected  # into the sidecar once
-        local = embed_to_parquet(Dataset(dataset.name, batch, refused_before), config, out, rows_per_part=rows_per_part)
+        local = embed_to_parquet(
+            Dataset(dataset.name, batch, refused_before), config, out, rows_per_part=rows_per_part
+        )
         rejected += local.rejected[len(refused_before) :]
         note = note or local.precision_note or ""
         report.add(local.computed, len(batch) - local.written)
         written = written_by(out)
     if todo:
-        parts = PartWriter(out, *written, rows_per_part=rows_per_part, seconds_per_part=PART_SECONDS)
+        parts = PartWriter(
+            out, *written, rows_per_part=rows_per_part, seconds_per_part=PART_SECONDS
+        )
         rejected += _embed_rest(todo, config, written[0], engine, parts, report)
     report.finish()
     model = written[0] if written else ""
-    return ParquetRun(model, report.computed, done_before, rejected, report.computed, 0, time.perf_counter() - started, note or None)
+    return ParquetRun(
+        model,
+        report.computed,
+        done_before,
+        rejected,
+        report.computed,
+        0,
+        time.perf_counter() - started,
+        note or None,
+    )
 
 
 def refuse_file_out(out: str | Path) -> None:
     """Refuse an output named as one file: the Ray engine writes a folder of part files."""
     if not is_folder_out(out):
-        raise ValueError(f"engine ray writes a folder of part files; {out} names a file, give a folder (no suffix, or ending in /)")
+        raise ValueError(
+            f"engine ray writes a folder of part files; {out} names a file, give a folder (no suffix, or ending in /)"
+        )
 
 
 def _embed_rest(
-    items: list[Item], config: EmbedConfig, model: str, engine: EngineConfig, parts: PartWriter, report: _Progress
+    items: list[Item],
+    config: EmbedConfig,
+    model: str,
+    engine: EngineConfig,
+    parts: PartWriter,
+    report: _Progress,
 ) -> list[Rejected]:
     """Embed `items` on an actor pool, writing parts as vectors arrive; the refused items."""
     import ray
@@ -134,10 +193,17 @@ def _embed_rest(
     quiet.setLevel(logging.CRITICAL)  # a failure comes back as this run's own one-line error
     rejected: list[Rejected] = []
     try:
-        rows = [{"id": item.id, "split": item.split, "label": item.label, "path": str(item.path)} for item in items]
+        rows = [
+            {"id": item.id, "split": item.split, "label": item.label, "path": str(item.path)}
+            for item in items
+        ]
         vectors = ray.data.from_items(rows).map_batches(
             _EmbeddingActor,
-            fn_constructor_kwargs={"config": config, "model": model, "threads": max(1, int(engine.cpus_per_worker))},
+            fn_constructor_kwargs={
+                "config": config,
+                "model": model,
+                "threads": max(1, int(engine.cpus_per_worker)),
+            },
             # Each actor's model call is one Ray batch: give --batch-size for GPU workers, whose memory this process cannot see.
             batch_size=config.batch_size or CPU_BATCH_SIZE,
             batch_format="numpy",
@@ -147,7 +213,10 @@ def _embed_rest(
         )
         for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
             refused = batch["reason"] != ""
-            refusals = [Rejected(str(name), str(reason)) for name, reason in zip(batch["id"][refused], batch["reason"][refused])]
+            refusals = [
+                Rejected(str(name), str(reason))
+                for name, reason in zip(batch["id"][refused], batch["reason"][refused])
+            ]
             parts.rejected(refusals)
             rejected += refusals
             kept = ~refused
@@ -212,7 +281,9 @@ class _EmbeddingActor:
         # With the runner the run's first batch settled (its model names it), so no actor checks or chooses again.
         self.embedder = load_embedder(config, runner_in(model))
         if self.embedder.identity != model:
-            raise ValueError(f"this worker's model is {self.embedder.identity!r}, the run's is {model!r}: give the workers the same checkpoint")
+            raise ValueError(
+                f"this worker's model is {self.embedder.identity!r}, the run's is {model!r}: give the workers the same checkpoint"
+            )
         if isinstance(self.embedder, ClipEmbedder):
             import torch
 
@@ -221,7 +292,10 @@ class _EmbeddingActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = zip(batch["id"], batch["split"], batch["label"], batch["path"])
-        items = [Item(str(id_), str(split), None if label is None else str(label), Path(path)) for id_, split, label, path in columns]
+        items = [
+            Item(str(id_), str(split), None if label is None else str(label), Path(path))
+            for id_, split, label, path in columns
+        ]
         vectors = np.zeros((len(items), self.embedder.dim), np.float32)
         reasons = np.full(len(items), "", dtype=object)
         row = {item.id: index for index, item in enumerate(items)}
@@ -229,7 +303,13 @@ class _EmbeddingActor:
             vectors[[row[name] for name in step.embeddings.ids]] = step.embeddings.vectors
             for refusal in step.rejected:
                 reasons[row[refusal.name]] = refusal.reason
-        return {"id": batch["id"], "split": batch["split"], "label": batch["label"], "embedding": vectors, "reason": reasons}
+        return {
+            "id": batch["id"],
+            "split": batch["split"],
+            "label": batch["label"],
+            "embedding": vectors,
+            "reason": reasons,
+        }
 
 
 class _Progress:
@@ -252,4 +332,6 @@ class _Progress:
     def _report(self) -> None:
         self.reported = True
         if self.callback is not None:
-            self.callback(self.done, self.total, self.computed / (time.perf_counter() - self.started))
+            self.callback(
+                self.done, self.total, self.computed / (time.perf_counter() - self.started)
+            )

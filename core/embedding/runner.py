@@ -94,7 +94,9 @@ def embed_dataset(
     batches = list(stream)
     position = {item.id: index for index, item in enumerate(dataset.items)}
     embeddings = _in_dataset_order([batch.embeddings for batch in batches], position, embedder)
-    rejected = sorted((row for batch in batches for row in batch.rejected), key=lambda row: position[row.name])
+    rejected = sorted(
+        (row for batch in batches for row in batch.rejected), key=lambda row: position[row.name]
+    )
     return EmbedRun(embeddings, rejected, stream.computed, stream.from_cache, stream.seconds)
 
 
@@ -142,8 +144,14 @@ def embed_to_parquet(
         run = embed_dataset(dataset, embedder, cache, config.batch_size, progress)
         write_embeddings(out, run.embeddings, _precision(embedder))
         return ParquetRun(
-            run.embeddings.model, len(run.embeddings.ids), 0, dataset.rejected + run.rejected,
-            run.computed, run.from_cache, run.seconds, precision_note(embedder),
+            run.embeddings.model,
+            len(run.embeddings.ids),
+            0,
+            dataset.rejected + run.rejected,
+            run.computed,
+            run.from_cache,
+            run.seconds,
+            precision_note(embedder),
         )
     written = written_by(out)
     kept_precision = written is not None and written[1] is not None and config.precision == "auto"
@@ -162,9 +170,20 @@ def embed_to_parquet(
         writer.add(batch.embeddings)
         count += len(batch.embeddings.ids)
     writer.flush()
-    note = f"precision: {config.precision} (auto; the precision of the parts already in {out})" if kept_precision else precision_note(embedder)
+    note = (
+        f"precision: {config.precision} (auto; the precision of the parts already in {out})"
+        if kept_precision
+        else precision_note(embedder)
+    )
     return ParquetRun(
-        embedder.identity, count, len(dataset.items) - len(todo.items), rejected, stream.computed, stream.from_cache, stream.seconds, note
+        embedder.identity,
+        count,
+        len(dataset.items) - len(todo.items),
+        rejected,
+        stream.computed,
+        stream.from_cache,
+        stream.seconds,
+        note,
     )
 
 
@@ -203,7 +222,9 @@ class EmbeddingStream:
                 self._items_by_key.setdefault(keys[item.id], []).append(item)
         with ThreadPoolExecutor(decode_threads(embedder), thread_name_prefix="decode") as pool:
             # Before the cache is read: the precision kept is part of the identity its rows are keyed by.
-            self._checked, checked_now = _first_batch_checked(pool, embedder, dataset.items, keys, self.batch_size, cache)
+            self._checked, checked_now = _first_batch_checked(
+                pool, embedder, dataset.items, keys, self.batch_size, cache
+            )
         checked_items = self._copies(self._checked)
         self.computed = checked_items if checked_now else 0  # items the model embedded
         self.from_cache = 0 if checked_now else checked_items  # items whose vectors were cached
@@ -211,21 +232,32 @@ class EmbeddingStream:
 
     def __iter__(self) -> Iterator[EmbeddedBatch]:
         if self._unreadable:
-            yield EmbeddedBatch(self._embeddings({}), [Rejected(name, reason) for name, reason in self._unreadable.items()])
+            yield EmbeddedBatch(
+                self._embeddings({}),
+                [Rejected(name, reason) for name, reason in self._unreadable.items()],
+            )
         if self._checked:
             yield EmbeddedBatch(self._embeddings(self._checked), [])
         todo = [key for key in self._items_by_key if key not in self._checked]
         if self.cache is not None:
             todo = yield from self._cached(todo)
-        batches = [todo[start : start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+        batches = [
+            todo[start : start + self.batch_size] for start in range(0, len(todo), self.batch_size)
+        ]
         done = self.total - self._copies(todo)
         # Decode threads also prepare the model's inputs when the embedder can, so the main thread only runs the model.
         preparing = isinstance(self.embedder, PreparingEmbedder)
         prepare = self.embedder.prepare_image if preparing else None
-        embed = (lambda inputs: self.embedder.embed_prepared(np.stack(inputs))) if preparing else self.embedder.embed_images
+        embed = (
+            (lambda inputs: self.embedder.embed_prepared(np.stack(inputs)))
+            if preparing
+            else self.embedder.embed_images
+        )
         to_decode = [{key: self._items_by_key[key][0] for key in batch} for batch in batches]
         with ThreadPoolExecutor(decode_threads(self.embedder), thread_name_prefix="decode") as pool:
-            for images, failed in _decoded_batches(pool, to_decode, self.embedder.draft_size, prepare):
+            for images, failed in _decoded_batches(
+                pool, to_decode, self.embedder.draft_size, prepare
+            ):
                 fresh = dict(zip(images, embed(list(images.values())))) if images else {}
                 if fresh and self.cache is not None:
                     self.cache.put_many(self.embedder.identity, fresh)
@@ -233,7 +265,11 @@ class EmbeddingStream:
                 done += self._copies(fresh) + self._copies(failed)
                 yield EmbeddedBatch(
                     self._embeddings(fresh),
-                    [Rejected(item.id, reason) for key, reason in failed.items() for item in self._items_by_key[key]],
+                    [
+                        Rejected(item.id, reason)
+                        for key, reason in failed.items()
+                        for item in self._items_by_key[key]
+                    ],
                 )
                 self._report(done)
         if not batches:
@@ -261,14 +297,26 @@ class EmbeddingStream:
 
     def _embeddings(self, vectors: dict[str, np.ndarray]) -> Embeddings:
         items = [item for key in vectors for item in self._items_by_key[key]]
-        return _embeddings_of(items, [vector for key, vector in vectors.items() for _ in self._items_by_key[key]], self.embedder)
+        return _embeddings_of(
+            items,
+            [vector for key, vector in vectors.items() for _ in self._items_by_key[key]],
+            self.embedder,
+        )
 
 
-def _in_dataset_order(parts: Sequence[Embeddings], position: dict[str, int], embedder: Embedder) -> Embeddings:
+def _in_dataset_order(
+    parts: Sequence[Embeddings], position: dict[str, int], embedder: Embedder
+) -> Embeddings:
     """The parts' rows as one table in dataset order."""
     whole = Embeddings.joined(parts, embedder.identity, embedder.dim)
     order = np.argsort([position[item_id] for item_id in whole.ids], kind="stable")
-    return Embeddings(whole.ids[order], whole.splits[order], whole.labels[order], whole.vectors[order], whole.model)
+    return Embeddings(
+        whole.ids[order],
+        whole.splits[order],
+        whole.labels[order],
+        whole.vectors[order],
+        whole.model,
+    )
 
 
 def _first_batch_checked(
@@ -299,10 +347,16 @@ def _first_batch_checked(
         return {}, False
     # Read once: the whole batch settles the check when every vector it needs is cached; else the
     # decoded part of it does, computing what is missing.
-    cached = {identity: cache.get_many(identity, first) for identity in embedder.check_identities} if cache is not None else {}
+    cached = (
+        {identity: cache.get_many(identity, first) for identity in embedder.check_identities}
+        if cache is not None
+        else {}
+    )
     known = _complete_rows(cached, list(first))
     if embedder.settle_precision(known) is None:
-        inputs, _ = next(_decoded_batches(pool, [first], embedder.draft_size, embedder.prepare_image))
+        inputs, _ = next(
+            _decoded_batches(pool, [first], embedder.draft_size, embedder.prepare_image)
+        )
         if not inputs:
             return {}, False
         keys = list(inputs)
@@ -316,13 +370,19 @@ def _first_batch_checked(
         keys, computed = list(first), {}
     chosen = known.get(embedder.identity)
     # A fallback the check did not compute (bf16 as chosen, once OpenVINO is refused) embeds this batch with the rest.
-    return ({}, False) if chosen is None else (dict(zip(keys, chosen)), embedder.identity in computed)
+    return (
+        ({}, False) if chosen is None else (dict(zip(keys, chosen)), embedder.identity in computed)
+    )
 
 
-def _complete_rows(rows_by_identity: dict[str, dict[str, np.ndarray]], keys: list[str]) -> dict[str, np.ndarray]:
+def _complete_rows(
+    rows_by_identity: dict[str, dict[str, np.ndarray]], keys: list[str]
+) -> dict[str, np.ndarray]:
     """The vectors of `keys` in order, by identity, for each identity whose rows hold all of them."""
     return {
-        identity: np.stack([rows[key] for key in keys]) for identity, rows in rows_by_identity.items() if all(key in rows for key in keys)
+        identity: np.stack([rows[key] for key in keys])
+        for identity, rows in rows_by_identity.items()
+        if all(key in rows for key in keys)
     }
 
 
@@ -352,8 +412,16 @@ def _decoded_batches(
         upcoming = _submit_decodes(pool, following, draft_size, prepare) if following else {}
         results = {key: future.result() for key, future in current.items()}
         yield (
-            {key: result for key, result in results.items() if not isinstance(result, ImageRejected)},
-            {key: result.reason for key, result in results.items() if isinstance(result, ImageRejected)},
+            {
+                key: result
+                for key, result in results.items()
+                if not isinstance(result, ImageRejected)
+            },
+            {
+                key: result.reason
+                for key, result in results.items()
+                if isinstance(result, ImageRejected)
+            },
         )
 
 
@@ -363,7 +431,9 @@ def _submit_decodes(
     return {key: pool.submit(_decode, item, draft_size, prepare) for key, item in batch.items()}
 
 
-def _decode(item: Item, draft_size: int | None, prepare) -> Image.Image | np.ndarray | ImageRejected:
+def _decode(
+    item: Item, draft_size: int | None, prepare
+) -> Image.Image | np.ndarray | ImageRejected:
     try:
         image = load_image(item.path, name=item.id, draft_size=draft_size)
     except ImageRejected as rejection:
@@ -371,17 +441,23 @@ def _decode(item: Item, draft_size: int | None, prepare) -> Image.Image | np.nda
     return image if prepare is None else prepare(image)
 
 
-def _embeddings_of(items: Sequence[Item], vectors: Sequence[np.ndarray], embedder: Embedder) -> Embeddings:
+def _embeddings_of(
+    items: Sequence[Item], vectors: Sequence[np.ndarray], embedder: Embedder
+) -> Embeddings:
     return Embeddings(
         ids=np.array([item.id for item in items], dtype=str),
         splits=np.array([item.split for item in items], dtype=str),
         labels=np.array([item.label for item in items], dtype=object),
-        vectors=np.stack(vectors).astype(np.float32) if vectors else np.empty((0, embedder.dim), np.float32),
+        vectors=np.stack(vectors).astype(np.float32)
+        if vectors
+        else np.empty((0, embedder.dim), np.float32),
         model=embedder.identity,
     )
 
 
-def embed_texts_cached(texts: Sequence[str], embedder: Embedder, cache: EmbeddingCache | None = None) -> np.ndarray:
+def embed_texts_cached(
+    texts: Sequence[str], embedder: Embedder, cache: EmbeddingCache | None = None
+) -> np.ndarray:
     """Vectors for `texts` in order, from the cache where possible; new ones are cached per batch."""
     keys = [text_key(text) for text in texts]
     vectors = cache.get_many(embedder.identity, keys) if cache is not None else {}
@@ -392,4 +468,8 @@ def embed_texts_cached(texts: Sequence[str], embedder: Embedder, cache: Embeddin
         if cache is not None:
             cache.put_many(embedder.identity, fresh)
         vectors.update(fresh)
-    return np.stack([vectors[key] for key in keys]) if keys else np.empty((0, embedder.dim), np.float32)
+    return (
+        np.stack([vectors[key] for key in keys])
+        if keys
+        else np.empty((0, embedder.dim), np.float32)
+    )

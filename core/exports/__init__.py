@@ -33,11 +33,17 @@ class ExportItems:
     splits: np.ndarray  # (n,) "train" or "test"
     labels: np.ndarray  # (n,) object: the true class, None when unknown ("-1": a known distractor)
     vectors: np.ndarray  # (n, d) float32, unit rows
-    predictions: list[list[str] | None]  # the k labels of a test row with "-1" placed; None for train rows
-    label_similarities: list[list[float | None] | None]  # each predicted label's best cosine to train; None for "-1"
+    predictions: list[
+        list[str] | None
+    ]  # the k labels of a test row with "-1" placed; None for train rows
+    label_similarities: list[
+        list[float | None] | None
+    ]  # each predicted label's best cosine to train; None for "-1"
     flagged: list[bool | None]  # the distractor verdict of a test row; None for train rows
     scores: list[float | None]  # the distractor score of a test row; None for train rows
-    image_paths: list[Path | None]  # each item's image file; None when the source has none (an embeddings Parquet)
+    image_paths: list[
+        Path | None
+    ]  # each item's image file; None when the source has none (an embeddings Parquet)
     test_neighbours: Neighbours  # each test item's nearest train images, as row numbers of train (the first rows)
     n_train: int
     model: str
@@ -74,7 +80,9 @@ def export_items(
     """
     flags = analysis.flags(threshold) if flags is None else np.asarray(flags, bool)
     if len(flags) != len(analysis.test.ids):
-        raise ValueError(f"{len(flags)} distractor flags for {len(analysis.test.ids)} test items; give one per test item")
+        raise ValueError(
+            f"{len(flags)} distractor flags for {len(analysis.test.ids)} test items; give one per test item"
+        )
     train, test = analysis.train, analysis.test
     predictions = analysis.predictions(flags=flags)
     paths = image_paths or {}
@@ -121,14 +129,19 @@ def label_similarities(analysis: Analysis, rows: list[list[str]]) -> list[list[f
         queries = np.array([query for query, _ in cells])
         block = max(1, _SIMILARITY_CELLS_PER_CALL // len(members))
         best = np.concatenate(
-            [(analysis.test.vectors[queries[start : start + block]] @ members.T).max(axis=1) for start in range(0, len(queries), block)]
+            [
+                (analysis.test.vectors[queries[start : start + block]] @ members.T).max(axis=1)
+                for start in range(0, len(queries), block)
+            ]
         )
         for (query, position), value in zip(cells, best):
             similarities[query][position] = float(value)
     return similarities
 
 
-def thumbnails(paths: list[Path | None], edge: int, watch: Watch = Watch()) -> Iterator[Image.Image | None]:
+def thumbnails(
+    paths: list[Path | None], edge: int, watch: Watch = Watch()
+) -> Iterator[Image.Image | None]:
     """Each image shrunk to fit `edge` pixels a side, in order; None where there is no image or it cannot be read."""
     for done, path in enumerate(paths):
         if done % _IMAGES_PER_STEP == 0:
@@ -156,14 +169,20 @@ def zipped(exported: Exported) -> bytes:
     return buffer.getvalue()
 
 
-def exported_zip(export_format: str, items: ExportItems, name: str, watch: Watch = Watch(), **options) -> bytes:
+def exported_zip(
+    export_format: str, items: ExportItems, name: str, watch: Watch = Watch(), **options
+) -> bytes:
     """The export written into a temporary folder and handed back as one zip (the dashboard's download)."""
     with tempfile.TemporaryDirectory(prefix="retrieval-lab-export-") as folder:
         return zipped(export(export_format, items, Path(folder), name, watch, **options))
 
 
 EXPORT_FORMATS = ("fiftyone", "atlas", "tensorboard")
-FORMAT_NAMES = {"fiftyone": "FiftyOne", "atlas": "Embedding Atlas", "tensorboard": "TensorBoard projector"}
+FORMAT_NAMES = {
+    "fiftyone": "FiftyOne",
+    "atlas": "Embedding Atlas",
+    "tensorboard": "TensorBoard projector",
+}
 # How an unzipped export opens, for a download's help.
 OPENING = {
     "fiftyone": "Unzip to a folder, then in Python: `fo.Dataset.from_dir(folder, dataset_type=fo.types.LegacyFiftyOneDataset)`. "
@@ -174,7 +193,14 @@ OPENING = {
 }
 
 
-def export(export_format: str, items: ExportItems, folder: Path, name: str, watch: Watch = Watch(), **options) -> Exported:
+def export(
+    export_format: str,
+    items: ExportItems,
+    folder: Path,
+    name: str,
+    watch: Watch = Watch(),
+    **options,
+) -> Exported:
     """Write `items` into `folder` (made if missing) in `export_format`'s own layout, replacing files of the same names.
 
     `name` names the dataset in the tool; `options` go to the format's writer (atlas: the projection to draw).
@@ -186,7 +212,9 @@ def export(export_format: str, items: ExportItems, folder: Path, name: str, watc
 
     writers = {"fiftyone": write_fiftyone, "atlas": write_atlas, "tensorboard": write_tensorboard}
     if export_format not in writers:
-        raise ValueError(f"export format {export_format!r} is not known; use one of {', '.join(EXPORT_FORMATS)}")
+        raise ValueError(
+            f"export format {export_format!r} is not known; use one of {', '.join(EXPORT_FORMATS)}"
+        )
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file; give a folder to write the export into")

@@ -35,7 +35,9 @@ NEIGHBOUR_STAGE = "searching each train image's nearest train images"
 _SHOWN_AS_MEDIA = re.compile(r"(?i)^(?:https?://|data:)|^[A-Za-z0-9+/]{64,}={0,2}$")
 
 
-def write_atlas(items: ExportItems, folder: Path, name: str, projection: Projection, watch: Watch = Watch()) -> Exported:
+def write_atlas(
+    items: ExportItems, folder: Path, name: str, projection: Projection, watch: Watch = Watch()
+) -> Exported:
     """atlas.parquet: the embeddings Parquet's columns (id, split, label, embedding) and the ones Atlas reads.
 
     x and y are `projection`'s coordinates (core.maps.projection, as the Map page draws it); text a
@@ -46,7 +48,9 @@ def write_atlas(items: ExportItems, folder: Path, name: str, projection: Project
     """
     xy = np.vstack([projection.train_xy, projection.test_xy])
     if len(xy) != len(items):
-        raise ValueError(f"the map has {len(xy)} points for {len(items)} items; project this analysis's train and test vectors")
+        raise ValueError(
+            f"the map has {len(xy)} points for {len(items)} items; project this analysis's train and test vectors"
+        )
     neighbour_ids, neighbour_distances, notes = _neighbours(items, watch)
     options = dict(COLUMN_OPTIONS)
     if neighbour_ids is None:
@@ -66,33 +70,56 @@ def write_atlas(items: ExportItems, folder: Path, name: str, projection: Project
             if writer is not None:
                 writer.close()
     flags = " ".join(f"--{option} {column}" for option, column in options.items())
-    return Exported(folder, [path], f"embedding-atlas {shlex.quote(str(path))} {flags}", [*projection.notes, *notes])
+    return Exported(
+        folder,
+        [path],
+        f"embedding-atlas {shlex.quote(str(path))} {flags}",
+        [*projection.notes, *notes],
+    )
 
 
 def _table(items, rows: range, xy, neighbour_ids, neighbour_distances, watch: Watch) -> pa.Table:
     selected = np.arange(rows.start, rows.stop)
     ids = np.array([as_text(item_id) for item_id in items.ids[selected]])
-    labels = np.array([None if label is None else as_text(label) for label in items.labels[selected]], object)
-    table = embeddings_table(Embeddings(ids, items.splits[selected], labels, items.vectors[selected], items.model))
+    labels = np.array(
+        [None if label is None else as_text(label) for label in items.labels[selected]], object
+    )
+    table = embeddings_table(
+        Embeddings(ids, items.splits[selected], labels, items.vectors[selected], items.model)
+    )
     predictions = [items.predictions[row] for row in rows]
     columns = {
         "x": pa.array(xy[selected, 0], pa.float32()),
         "y": pa.array(xy[selected, 1], pa.float32()),
         "text": pa.array([as_text(items.caption(row)) for row in rows], pa.string()),
-        "prediction": pa.array([None if row is None else as_text(row[0]) for row in predictions], pa.string()),
-        "predictions": pa.array([None if row is None else as_text(" ".join(row)) for row in predictions], pa.string()),
+        "prediction": pa.array(
+            [None if row is None else as_text(row[0]) for row in predictions], pa.string()
+        ),
+        "predictions": pa.array(
+            [None if row is None else as_text(" ".join(row)) for row in predictions], pa.string()
+        ),
         "flagged": pa.array([items.flagged[row] for row in rows], pa.bool_()),
         "distractor_score": pa.array([items.scores[row] for row in rows], pa.float32()),
     }
     if neighbour_ids is not None:
         columns["neighbors"] = pa.array(
-            [{"ids": neighbour_ids[row].tolist(), "distances": neighbour_distances[row].tolist()} for row in rows],
+            [
+                {"ids": neighbour_ids[row].tolist(), "distances": neighbour_distances[row].tolist()}
+                for row in rows
+            ],
             pa.struct([("ids", pa.list_(pa.int64())), ("distances", pa.list_(pa.float32()))]),
         )
     if items.has_images:
-        step = Watch(lambda done, total, stage: watch.step(rows.start + done, len(items), stage), watch.stop)
+        step = Watch(
+            lambda done, total, stage: watch.step(rows.start + done, len(items), stage), watch.stop
+        )
         columns["image"] = pa.array(
-            [None if image is None else {"bytes": _jpeg(image), "path": None} for image in thumbnails(items.image_paths[rows.start : rows.stop], THUMBNAIL_EDGE, step)],
+            [
+                None if image is None else {"bytes": _jpeg(image), "path": None}
+                for image in thumbnails(
+                    items.image_paths[rows.start : rows.stop], THUMBNAIL_EDGE, step
+                )
+            ],
             pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
         )
     for column, values in columns.items():
@@ -126,6 +153,13 @@ def _neighbours(items: ExportItems, watch: Watch):
     # Each image's own row is dropped; where ties pushed it out of the result, the last neighbour is.
     others = found.indices != np.arange(items.n_train)[:, None]
     others[others.all(axis=1), -1] = False
-    ids = np.vstack([found.indices[others].reshape(-1, width), items.test_neighbours.indices[:, :width]])
-    similarities = np.vstack([found.similarities[others].reshape(-1, width), items.test_neighbours.similarities[:, :width]])
+    ids = np.vstack(
+        [found.indices[others].reshape(-1, width), items.test_neighbours.indices[:, :width]]
+    )
+    similarities = np.vstack(
+        [
+            found.similarities[others].reshape(-1, width),
+            items.test_neighbours.similarities[:, :width],
+        ]
+    )
     return ids, 1.0 - similarities, []

@@ -40,7 +40,9 @@ def write_fiftyone(items: ExportItems, folder: Path, name: str, watch: Watch = W
         for done, row in enumerate(with_images):
             if done % _SAMPLES_PER_STEP == 0:
                 watch.step(done, len(with_images), STAGE)
-            handle.write(("" if done == 0 else ",\n") + json.dumps(_sample(items, row), ensure_ascii=False))
+            handle.write(
+                ("" if done == 0 else ",\n") + json.dumps(_sample(items, row), ensure_ascii=False)
+            )
         handle.write("\n]}\n")
     watch.step(len(with_images), len(with_images), STAGE)
     metadata = folder / METADATA_FILE
@@ -54,7 +56,10 @@ def write_fiftyone(items: ExportItems, folder: Path, name: str, watch: Watch = W
         "k": items.k,
     }
     with replaced_atomically(metadata) as partial:
-        partial.write_text(json.dumps({"name": name, "media_type": "image", "info": info}, ensure_ascii=False), encoding="utf-8")
+        partial.write_text(
+            json.dumps({"name": name, "media_type": "image", "info": info}, ensure_ascii=False),
+            encoding="utf-8",
+        )
     # Python, as FiftyOne's own documentation opens a dataset folder.
     code = (
         "import fiftyone as fo\n"
@@ -108,4 +113,3 @@ def serialized_array(vector: np.ndarray) -> str:
     with io.BytesIO() as buffer:
         np.save(buffer, np.asarray(vector, np.float32), allow_pickle=False)
         return base64.b64encode(zlib.compress(buffer.getvalue())).decode("ascii")
-

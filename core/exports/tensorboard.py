@@ -18,7 +18,15 @@ CONFIG_FILE = "projector_config.pbtxt"  # the name TensorBoard looks for in a lo
 TENSORS_FILE = "tensors.tsv"
 METADATA_FILE = "metadata.tsv"
 SPRITE_FILE = "sprite.png"
-METADATA_COLUMNS = ("id", "split", "label", "prediction", "predictions", "flagged", "distractor_score")
+METADATA_COLUMNS = (
+    "id",
+    "split",
+    "label",
+    "prediction",
+    "predictions",
+    "flagged",
+    "distractor_score",
+)
 # The projector refuses sprites over 8192 px a side; half of that keeps the PNG under 48 MB of pixels,
 # which a browser loads at once, and still gives 35 px thumbnails at 13k items.
 SPRITE_MAX_SIDE = 4096
@@ -33,7 +41,9 @@ STAGE = "writing TensorBoard vectors"
 _BREAKS = re.compile("[\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
-def write_tensorboard(items: ExportItems, folder: Path, name: str, watch: Watch = Watch()) -> Exported:
+def write_tensorboard(
+    items: ExportItems, folder: Path, name: str, watch: Watch = Watch()
+) -> Exported:
     """A log folder TensorBoard's projector opens (`tensorboard --logdir folder`): one embedding of every item.
 
     tensors.tsv holds a vector per line; metadata.tsv a header row (id, split, label, prediction,
@@ -44,9 +54,14 @@ def write_tensorboard(items: ExportItems, folder: Path, name: str, watch: Watch 
     with replaced_atomically(tensors) as partial, open(partial, "w", encoding="ascii") as handle:
         for start in range(0, len(items), _ROWS_PER_STEP):
             watch.step(start, len(items), STAGE)
-            np.savetxt(handle, items.vectors[start : start + _ROWS_PER_STEP], fmt="%.6g", delimiter="\t")
+            np.savetxt(
+                handle, items.vectors[start : start + _ROWS_PER_STEP], fmt="%.6g", delimiter="\t"
+            )
     watch.step(len(items), len(items), STAGE)
-    with replaced_atomically(metadata) as partial, open(partial, "w", encoding="utf-8", newline="\n") as handle:
+    with (
+        replaced_atomically(metadata) as partial,
+        open(partial, "w", encoding="utf-8", newline="\n") as handle,
+    ):
         handle.write("\t".join(METADATA_COLUMNS) + "\n")
         for row in range(len(items)):
             handle.write("\t".join(tsv_field(value) for value in _metadata_row(items, row)) + "\n")
@@ -55,7 +70,9 @@ def write_tensorboard(items: ExportItems, folder: Path, name: str, watch: Watch 
     if items.has_images:
         cell = sprite_cell(len(items))
         if cell < SPRITE_MIN_IMAGE_EDGE:
-            notes.append(f"no sprite: {len(items):,} thumbnails would be under {SPRITE_MIN_IMAGE_EDGE} px in {SPRITE_MAX_SIDE} px")
+            notes.append(
+                f"no sprite: {len(items):,} thumbnails would be under {SPRITE_MIN_IMAGE_EDGE} px in {SPRITE_MAX_SIDE} px"
+            )
         else:
             sprite = folder / SPRITE_FILE
             _write_sprite(sprite, items.image_paths, cell, watch)
@@ -77,7 +94,12 @@ def write_tensorboard(items: ExportItems, folder: Path, name: str, watch: Watch 
     with replaced_atomically(config) as partial:
         partial.write_text(text, encoding="ascii")
     files.append(config)
-    return Exported(folder, files, f"tensorboard --logdir {shlex.quote(str(folder))}  # then open the Projector tab", notes)
+    return Exported(
+        folder,
+        files,
+        f"tensorboard --logdir {shlex.quote(str(folder))}  # then open the Projector tab",
+        notes,
+    )
 
 
 def _metadata_row(items: ExportItems, row: int) -> list:
@@ -107,7 +129,8 @@ def tsv_field(value) -> str:
 def proto_string(text: str) -> str:
     """`text` as a quoted protobuf text-format string: printable ASCII as is, every other byte of its UTF-8 in octal."""
     escaped = "".join(
-        chr(byte) if 0x20 <= byte < 0x7F and byte not in b'"\\' else f"\\{byte:03o}" for byte in text.encode("utf-8")
+        chr(byte) if 0x20 <= byte < 0x7F and byte not in b'"\\' else f"\\{byte:03o}"
+        for byte in text.encode("utf-8")
     )
     return f'"{escaped}"'
 

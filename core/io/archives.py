@@ -55,7 +55,9 @@ def safe_extract_zip(zip_path: Path, dest: Path, limits: ZipLimits = ZipLimits()
         budget = limits.max_total_bytes
         for info in members:
             # ZipInfo.is_dir() fails on an empty name, which a hostile archive can carry.
-            if info.filename.endswith("/") or is_os_junk(PurePosixPath(info.filename.replace("\\", "/")).parts):
+            if info.filename.endswith("/") or is_os_junk(
+                PurePosixPath(info.filename.replace("\\", "/")).parts
+            ):
                 continue
             target, reason = _zip_member_target(info, root)
             if target is not None and target in written:
@@ -66,7 +68,9 @@ def safe_extract_zip(zip_path: Path, dest: Path, limits: ZipLimits = ZipLimits()
             try:
                 budget -= _copy_member(archive, info, target, budget)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-                if target.is_file():  # not when a file and a folder share the name: nothing was written
+                if (
+                    target.is_file()
+                ):  # not when a file and a folder share the name: nothing was written
                     target.unlink()
                 rejected.append(Rejected(info.filename, _unextractable_reason(exc)))
                 continue
@@ -161,7 +165,9 @@ def unpacked_once(archive: Path, folder: Path) -> tuple[Path, list[Rejected]]:
     try:
         rejected = safe_extract_zip(archive, staging)
         if not record.is_file():
-            shutil.rmtree(target, ignore_errors=True)  # a folder without its record was left incomplete
+            shutil.rmtree(
+                target, ignore_errors=True
+            )  # a folder without its record was left incomplete
         try:
             os.replace(staging, target)
         except OSError:

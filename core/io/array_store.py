@@ -48,7 +48,9 @@ class ArrayStore:
             with np.load(path, allow_pickle=False) as stored:
                 return decode(stored)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-            warnings.warn(f"ignoring unreadable cached {self.what} {path.name}: {error}", stacklevel=3)
+            warnings.warn(
+                f"ignoring unreadable cached {self.what} {path.name}: {error}", stacklevel=3
+            )
             return None
 
     def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -58,7 +60,10 @@ class ArrayStore:
         """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with replaced_atomically(self.path(key)) as unfinished, open(unfinished, "wb") as handle:
+            with (
+                replaced_atomically(self.path(key)) as unfinished,
+                open(unfinished, "wb") as handle,
+            ):
                 np.savez(handle, **arrays)
         except OSError as error:
             warnings.warn(f"{self.what} not cached in {self.directory}: {error}", stacklevel=3)

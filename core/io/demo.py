@@ -63,17 +63,28 @@ def write_demo_dataset(
     reveal labels. texts.txt holds one prompt per train class. Same arguments, same bytes.
     """
     params = dict(
-        kind="shapes", seed=seed, n_classes=n_classes, train_per_class=train_per_class,
-        test_per_class=test_per_class, n_distractor_classes=n_distractor_classes,
-        distractor_per_class=distractor_per_class, size=size,
+        kind="shapes",
+        seed=seed,
+        n_classes=n_classes,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        n_distractor_classes=n_distractor_classes,
+        distractor_per_class=distractor_per_class,
+        size=size,
     )
     limits = {
         "n_classes": (1, len(TRAIN_SHAPES) * len(TRAIN_COLOURS)),
         "n_distractor_classes": (0, len(DISTRACTOR_SHAPES) * len(DISTRACTOR_COLOURS)),
         "size": (16, 1024),
     }
-    for name in ("n_classes", "train_per_class", "test_per_class", "n_distractor_classes",
-                 "distractor_per_class", "size"):
+    for name in (
+        "n_classes",
+        "train_per_class",
+        "test_per_class",
+        "n_distractor_classes",
+        "distractor_per_class",
+        "size",
+    ):
         _check_count(name, params[name], *limits.get(name, (1, 10_000)))
     classes = _combinations(TRAIN_SHAPES, TRAIN_COLOURS, n_classes)
     distractors = _combinations(DISTRACTOR_SHAPES, DISTRACTOR_COLOURS, n_distractor_classes)
@@ -100,6 +111,7 @@ def write_digits_dataset(out_dir: Path, seed: int = 0) -> Path:
     Digits 0-6 are the classes with 3 train images each; their other images and every 7, 8 and 9
     (as distractors, label -1) form the test split, about 30% distractors.
     """
+
     def write(root: Path) -> None:
         # Imported here: only writing this dataset needs scikit-learn, and a dashboard that finds
         # it already written paints its first page without that second-long import.
@@ -266,9 +278,21 @@ _SHAPES: dict[str, Callable] = {
     "hexagon": _polygon(_around(6)),
     "star": _polygon(_around(10, (1.0, 0.42))),
     "diamond": _polygon([(0, 1), (0.55, 0), (0, -1), (-0.55, 0)]),
-    "cross": _polygon([
-        (_ARM, _ARM), (1, _ARM), (1, -_ARM), (_ARM, -_ARM), (_ARM, -1), (-_ARM, -1),
-        (-_ARM, -_ARM), (-1, -_ARM), (-1, _ARM), (-_ARM, _ARM), (-_ARM, 1), (_ARM, 1),
-    ]),
+    "cross": _polygon(
+        [
+            (_ARM, _ARM),
+            (1, _ARM),
+            (1, -_ARM),
+            (_ARM, -_ARM),
+            (_ARM, -1),
+            (-_ARM, -1),
+            (-_ARM, -_ARM),
+            (-1, -_ARM),
+            (-1, _ARM),
+            (-_ARM, _ARM),
+            (-_ARM, 1),
+            (_ARM, 1),
+        ]
+    ),
     "heart": _polygon(_heart_points()),
 }

@@ -35,14 +35,27 @@ _REPORT_EVERY = 100  # rows between progress reports while images are written
 class HfSelection:
     """Which splits and columns of a Hugging Face dataset become the train and test images."""
 
-    train_split: str = field(default=TRAIN, metadata={"help": "Hugging Face dataset split used as train (its rows need a label)"})
+    train_split: str = field(
+        default=TRAIN,
+        metadata={"help": "Hugging Face dataset split used as train (its rows need a label)"},
+    )
     test_split: str = field(
         default=TEST,
-        metadata={"help": "Hugging Face dataset split used as test (a missing label is unknown truth, -1 a distractor); '' for none"},
+        metadata={
+            "help": "Hugging Face dataset split used as test (a missing label is unknown truth, -1 a distractor); '' for none"
+        },
     )
-    image_column: str = field(default="image", metadata={"help": "Hugging Face dataset column holding the images (an Image feature or bytes)"})
+    image_column: str = field(
+        default="image",
+        metadata={
+            "help": "Hugging Face dataset column holding the images (an Image feature or bytes)"
+        },
+    )
     label_column: str = field(
-        default="label", metadata={"help": "Hugging Face dataset column holding the class (a ClassLabel id becomes its name)"}
+        default="label",
+        metadata={
+            "help": "Hugging Face dataset column holding the class (a ClassLabel id becomes its name)"
+        },
     )
 
 
@@ -80,7 +93,9 @@ def parse_source(source: str) -> tuple[str, HfSelection]:
     chosen = dict(parse_qsl(query, keep_blank_values=True))
     unknown = sorted(set(chosen) - names)
     if unknown:
-        raise ValueError(f"{source}: unknown choice(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise ValueError(
+            f"{source}: unknown choice(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
     return location, HfSelection(**chosen)
 
 
@@ -109,9 +124,13 @@ def hf_candidates(
     for split, split_name, data in _chosen_splits(name, splits, selection):
         _check_columns(name, split_name, data, selection, label_required=split == TRAIN)
         target = written_under / _folder_name(name, split_name, data, selection)
-        written, refused = _images_written_once(data, split_name, selection.image_column, target, paths_allowed, watch)
+        written, refused = _images_written_once(
+            data, split_name, selection.image_column, target, paths_allowed, watch
+        )
         rejected += refused
-        candidates += _labelled(written, split, split_name, _labels(data, selection.label_column), rejected)
+        candidates += _labelled(
+            written, split, split_name, _labels(data, selection.label_column), rejected
+        )
     return name, candidates, rejected
 
 
@@ -128,7 +147,9 @@ def _is_saved_folder(folder: Path) -> bool:
 
 def _changed_fields(selection: HfSelection) -> dict[str, str]:
     default = HfSelection()
-    return {key: value for key, value in asdict(selection).items() if value != getattr(default, key)}
+    return {
+        key: value for key, value in asdict(selection).items() if value != getattr(default, key)
+    }
 
 
 def _saved_splits(folder: Path):
@@ -146,13 +167,21 @@ def _hub_splits(hub_id: str) -> dict:
     import datasets
 
     if not _HUB_ID.fullmatch(hub_id):
-        raise ValueError(f"{HUB_PREFIX}{hub_id} is not a Hugging Face dataset id: expected {HUB_PREFIX}owner/name")
+        raise ValueError(
+            f"{HUB_PREFIX}{hub_id} is not a Hugging Face dataset id: expected {HUB_PREFIX}owner/name"
+        )
     if Path(hub_id).exists():  # load_dataset would read the local path rather than the Hub
-        raise ValueError(f"{hub_id} is a local path: give a save_to_disk folder without {HUB_PREFIX}")
+        raise ValueError(
+            f"{hub_id} is a local path: give a save_to_disk folder without {HUB_PREFIX}"
+        )
     try:
         loaded = datasets.load_dataset(hub_id)
     except ConnectionError:
-        why = "HF_HUB_OFFLINE is set" if datasets.config.HF_HUB_OFFLINE else "the Hugging Face Hub cannot be reached"
+        why = (
+            "HF_HUB_OFFLINE is set"
+            if datasets.config.HF_HUB_OFFLINE
+            else "the Hugging Face Hub cannot be reached"
+        )
         raise ValueError(
             f"{HUB_PREFIX}{hub_id} cannot be loaded: {why} and it is not in the local cache; on a machine with "
             f"network run datasets.load_dataset({hub_id!r}).save_to_disk('<folder>') and give that folder"
@@ -166,14 +195,20 @@ def _chosen_splits(name: str, splits, selection: HfSelection) -> list[tuple[str,
     """(project split, dataset split name, its rows) for train and test; a single saved Dataset is train alone."""
     if not isinstance(splits, dict):
         return [(TRAIN, TRAIN, splits)]
-    chosen = [(TRAIN, selection.train_split)] + ([(TEST, selection.test_split)] if selection.test_split else [])
+    chosen = [(TRAIN, selection.train_split)] + (
+        [(TEST, selection.test_split)] if selection.test_split else []
+    )
     for split, split_name in chosen:
         if split_name not in splits:
-            raise ValueError(f"{name} has no split {split_name!r} (chosen as {split}); its splits: {', '.join(splits)}")
+            raise ValueError(
+                f"{name} has no split {split_name!r} (chosen as {split}); its splits: {', '.join(splits)}"
+            )
     return [(split, split_name, splits[split_name]) for split, split_name in chosen]
 
 
-def _check_columns(name: str, split_name: str, data, selection: HfSelection, label_required: bool) -> None:
+def _check_columns(
+    name: str, split_name: str, data, selection: HfSelection, label_required: bool
+) -> None:
     import datasets
 
     columns = list(data.features)
@@ -185,7 +220,10 @@ def _check_columns(name: str, split_name: str, data, selection: HfSelection, lab
             f"its columns: {', '.join(columns)}"
         )
     feature = data.features[selection.image_column]
-    if not isinstance(feature, datasets.Image) and getattr(feature, "dtype", None) not in ("binary", "large_binary"):
+    if not isinstance(feature, datasets.Image) and getattr(feature, "dtype", None) not in (
+        "binary",
+        "large_binary",
+    ):
         raise ValueError(
             f"{name} column {selection.image_column!r} holds {feature}, not images; its columns: {', '.join(columns)}"
         )
@@ -195,7 +233,9 @@ def _folder_name(name: str, split_name: str, data, selection: HfSelection) -> st
     """Named by the split's content (its fingerprint) and the image column, so a change writes anew."""
     from datasets.fingerprint import generate_fingerprint
 
-    key = hashlib.sha256(f"{generate_fingerprint(data)}\0{selection.image_column}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{generate_fingerprint(data)}\0{selection.image_column}".encode()
+    ).hexdigest()[:16]
     return f"{_WRITTEN_PREFIX}{safe_file_name(name)}-{safe_file_name(split_name)}-{key}"
 
 
@@ -210,7 +250,9 @@ def _images_written_once(
     record = folder.with_name(f"{folder.name}.refused.json")
     if record.is_file():
         try:
-            return _written_files(folder), [Rejected(**entry) for entry in json.loads(record.read_text("utf-8"))]
+            return _written_files(folder), [
+                Rejected(**entry) for entry in json.loads(record.read_text("utf-8"))
+            ]
         except (OSError, ValueError, TypeError):
             pass  # an unreadable record: check every row again
     import datasets
@@ -218,7 +260,9 @@ def _images_written_once(
     folder.mkdir(parents=True, exist_ok=True)
     written = _written_files(folder)
     if isinstance(data.features[column], datasets.Image):
-        data = data.cast_column(column, datasets.Image(decode=False))  # the encoded bytes, never decoded pixels
+        data = data.cast_column(
+            column, datasets.Image(decode=False)
+        )  # the encoded bytes, never decoded pixels
     rows = data.select_columns([column])
     rejected: list[Rejected] = []
     stage = f"writing the images of split {split_name}"
@@ -248,7 +292,9 @@ def _images_written_once(
 def _written_files(folder: Path) -> dict[int, Path]:
     """The files a run wrote into `folder`, by row number (hidden partial files are not among them)."""
     return {
-        int(path.stem.rsplit("-", 1)[1]): path for path in folder.iterdir() if not path.name.startswith(".")
+        int(path.stem.rsplit("-", 1)[1]): path
+        for path in folder.iterdir()
+        if not path.name.startswith(".")
     }
 
 
@@ -264,9 +310,13 @@ def _encoded_image(value, paths_allowed: bool) -> bytes:
         try:
             return Path(path).read_bytes()
         except OSError as error:
-            raise ImageRejected(f"cannot read the image file {path}: {error.strerror or error}") from None
+            raise ImageRejected(
+                f"cannot read the image file {path}: {error.strerror or error}"
+            ) from None
     if path:
-        raise ImageRejected(f"the image is a path ({path}), not stored in the dataset; save the dataset with its images")
+        raise ImageRejected(
+            f"the image is a path ({path}), not stored in the dataset; save the dataset with its images"
+        )
     raise ImageRejected("no image in this row")
 
 
@@ -315,7 +365,11 @@ def _class_name(value: object, names: list[str] | None) -> tuple[object, str]:
 
 
 def _labelled(
-    written: dict[int, Path], split: str, split_name: str, labels: tuple[list[object], list[str] | None], rejected: list[Rejected]
+    written: dict[int, Path],
+    split: str,
+    split_name: str,
+    labels: tuple[list[object], list[str] | None],
+    rejected: list[Rejected],
 ) -> list[Candidate]:
     values, names = labels
     candidates = []

@@ -27,7 +27,14 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Everything a Pillow decoder raises on damaged data.
 _DECODE_ERRORS = (
-    OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    zlib.error,
 )
 
 # Never decode a partial image silently: a truncated file must be rejected, not half-grey.

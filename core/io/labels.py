@@ -54,7 +54,11 @@ def checked_label(raw: object, split: str) -> tuple[str | None, str]:
 def white_space_note(source: str, raw_labels: Iterable[object]) -> str | None:
     """One line saying which labels of `source` lost white space to normalise_label, or None."""
     tidied = sorted(
-        {raw for raw in raw_labels if isinstance(raw, str) and raw.strip() and " ".join(raw.split()) != raw}
+        {
+            raw
+            for raw in raw_labels
+            if isinstance(raw, str) and raw.strip() and " ".join(raw.split()) != raw
+        }
     )
     if not tidied:
         return None

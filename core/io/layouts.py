@@ -16,7 +16,6 @@ from core.progress import Watch
 from core.records import SPLITS, TEST, TRAIN, Dataset, Item, Rejected
 
 
-
 @dataclass(frozen=True)
 class Candidate:
     """A file a dataset layout names, before it is checked."""
@@ -28,7 +27,9 @@ class Candidate:
     raw_label: object  # the label as the layout spelled it, before normalise_label
 
 
-def load_dataset(source: str | Path, work_dir: Path | None = None, watch: Watch = Watch()) -> Dataset:
+def load_dataset(
+    source: str | Path, work_dir: Path | None = None, watch: Watch = Watch()
+) -> Dataset:
     """Read a dataset from a folder, a train.csv, a .zip of either, or a Hugging Face dataset.
 
     Folder layout: train/<label>/<images>, and test/<images> or test/<label>/<images> ("-1" for
@@ -53,7 +54,9 @@ def load_dataset(source: str | Path, work_dir: Path | None = None, watch: Watch 
     rejected: list[Rejected] = []
     if source.is_file() and source.suffix.lower() == ".zip":
         name = source.stem
-        extracted, refused = unpacked_once(source, Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER)
+        extracted, refused = unpacked_once(
+            source, Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER
+        )
         rejected += refused
         root = _layout_root(extracted.resolve(), source)
         train_csv = root / "train.csv"
@@ -74,7 +77,9 @@ def load_dataset(source: str | Path, work_dir: Path | None = None, watch: Watch 
     return _dataset(name, source, candidates, rejected, "under train/<label>/ or in train.csv")
 
 
-def _dataset(name: str, source: str | Path, candidates: list[Candidate], rejected: list[Rejected], where: str) -> Dataset:
+def _dataset(
+    name: str, source: str | Path, candidates: list[Candidate], rejected: list[Rejected], where: str
+) -> Dataset:
     """The checked candidates as a Dataset, saying which labels lost white space; train must not be empty."""
     note = white_space_note(name, (candidate.raw_label for candidate in candidates))
     if note:
@@ -107,7 +112,9 @@ def _has_layout(folder: Path) -> bool:
 
 
 def _folder_candidates(root: Path, rejected: list[Rejected]) -> list[Candidate]:
-    return _folder_split_candidates(root, TRAIN, rejected) + _folder_split_candidates(root, TEST, rejected)
+    return _folder_split_candidates(root, TRAIN, rejected) + _folder_split_candidates(
+        root, TEST, rejected
+    )
 
 
 def _folder_split_candidates(root: Path, split: str, rejected: list[Rejected]) -> list[Candidate]:
@@ -168,7 +175,9 @@ def _csv_rows(
             if path is None:
                 rejected.append(Rejected(image, f"{where}: {problem}"))
             else:
-                candidates.append(Candidate(split, label, path, path.relative_to(root).as_posix(), raw_label))
+                candidates.append(
+                    Candidate(split, label, path, path.relative_to(root).as_posix(), raw_label)
+                )
     return candidates
 
 

@@ -33,7 +33,9 @@ def is_embeddings_source(path: Path) -> bool:
     if not path.is_dir():
         return path.suffix.lower() == ".parquet"
     parts = [child for child in path.iterdir() if not child.name.startswith(IGNORED_PREFIXES)]
-    return bool(parts) and all(child.is_file() and child.suffix.lower() == ".parquet" for child in parts)
+    return bool(parts) and all(
+        child.is_file() and child.suffix.lower() == ".parquet" for child in parts
+    )
 
 
 def write_embeddings(path: Path, emb: Embeddings, precision: str | None = None) -> None:
@@ -94,7 +96,11 @@ def _version(path: Path) -> tuple:
     """What changes when the file or one of its parts is rewritten (an atomic replace makes a new inode)."""
     try:
         files = sorted(path.iterdir()) if path.is_dir() else [path]
-        return tuple((file.name, stat.st_ino, stat.st_size, stat.st_mtime_ns) for file in files for stat in [file.stat()])
+        return tuple(
+            (file.name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            for file in files
+            for stat in [file.stat()]
+        )
     except OSError as exc:
         raise ValueError(f"{path} is not a readable Parquet file: {exc}") from None
 
@@ -182,7 +188,10 @@ def _label_or_none(label: object) -> str | None:
 
 
 def _usable_rows(
-    ids: list[str | None], label_problems: Sequence[str], squared_norms: np.ndarray, present: np.ndarray
+    ids: list[str | None],
+    label_problems: Sequence[str],
+    squared_norms: np.ndarray,
+    present: np.ndarray,
 ) -> tuple[list[int], list[Rejected]]:
     keep: list[int] = []
     dropped: list[Rejected] = []

@@ -13,7 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.io.files import read_csv, replaced_atomically
-from core.io.parquet import IGNORED_PREFIXES, MODEL_METADATA_KEY, PRECISION_METADATA_KEY, embeddings_table
+from core.io.parquet import (
+    IGNORED_PREFIXES,
+    MODEL_METADATA_KEY,
+    PRECISION_METADATA_KEY,
+    embeddings_table,
+)
 from core.records import Embeddings, Rejected
 
 # Beside the parts; its leading "_" makes every Parquet reader skip it.
@@ -31,7 +36,12 @@ class PartWriter:
     """
 
     def __init__(
-        self, folder: Path, model: str, precision: str | None = None, rows_per_part: int = 1, seconds_per_part: float | None = None
+        self,
+        folder: Path,
+        model: str,
+        precision: str | None = None,
+        rows_per_part: int = 1,
+        seconds_per_part: float | None = None,
     ) -> None:
         self.folder, self.model, self.precision = Path(folder), model, precision
         self.rows_per_part, self.seconds_per_part = rows_per_part, seconds_per_part
@@ -40,7 +50,9 @@ class PartWriter:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ValueError(f"cannot make the folder {self.folder}: {error.strerror or error}") from None
+            raise ValueError(
+                f"cannot make the folder {self.folder}: {error.strerror or error}"
+            ) from None
         written = written_by(self.folder)
         if written is not None and written != (model, precision):
             raise ValueError(
@@ -67,24 +79,38 @@ class PartWriter:
         self._check_model(embeddings)
         self._gathered.append(embeddings)
         self._gathered_rows += len(embeddings.ids)
-        late = self.seconds_per_part is not None and time.monotonic() - self._since >= self.seconds_per_part
+        late = (
+            self.seconds_per_part is not None
+            and time.monotonic() - self._since >= self.seconds_per_part
+        )
         if self._gathered_rows >= self.rows_per_part or late:
             self.flush()
 
     def flush(self) -> Path | None:
         """Write the gathered rows as one part (None when there are none) and start gathering anew."""
-        gathered, self._gathered, self._gathered_rows, self._since = self._gathered, [], 0, time.monotonic()
+        gathered, self._gathered, self._gathered_rows, self._since = (
+            self._gathered,
+            [],
+            0,
+            time.monotonic(),
+        )
         if not gathered:
             return None
         return self.write(Embeddings.joined(gathered, self.model, gathered[0].dim))
 
     def _check_model(self, embeddings: Embeddings) -> None:
         if embeddings.model != self.model:
-            raise ValueError(f"embeddings by model {embeddings.model!r} cannot go into parts by {self.model!r}")
+            raise ValueError(
+                f"embeddings by model {embeddings.model!r} cannot go into parts by {self.model!r}"
+            )
 
     def rejected(self, rows: Sequence[Rejected]) -> None:
         """Append refused files (name, reason) to the folder's _rejected.csv; a row already there is not repeated."""
-        fresh = [row for row in dict.fromkeys((row.name, row.reason) for row in rows) if row not in self._recorded]
+        fresh = [
+            row
+            for row in dict.fromkeys((row.name, row.reason) for row in rows)
+            if row not in self._recorded
+        ]
         if not fresh:
             return
         sidecar = self.folder / REJECTED_FILE
@@ -106,8 +132,14 @@ def part_files(folder: Path) -> list[Path]:
         if folder.exists():
             raise ValueError(f"{folder} is a file, not a folder of part files")
         return []
-    visible = sorted(child for child in folder.iterdir() if not child.name.startswith(IGNORED_PREFIXES))
-    strangers = [child.name for child in visible if not (child.is_file() and child.suffix.lower() == PART_SUFFIX)]
+    visible = sorted(
+        child for child in folder.iterdir() if not child.name.startswith(IGNORED_PREFIXES)
+    )
+    strangers = [
+        child.name
+        for child in visible
+        if not (child.is_file() and child.suffix.lower() == PART_SUFFIX)
+    ]
     if strangers:
         raise ValueError(
             f"{folder} holds {', '.join(strangers[:3])}{' …' if len(strangers) > 3 else ''}, which are not "
@@ -149,7 +181,9 @@ def embedded_ids(folder: Path) -> set[str]:
         try:
             column = pq.read_table(part, columns=["id"]).column("id")
         except (pa.ArrowException, OSError, KeyError) as error:
-            raise ValueError(f"{part} is not a readable part file with an id column: {error}") from None
+            raise ValueError(
+                f"{part} is not a readable part file with an id column: {error}"
+            ) from None
         ids.update(value for value in column.cast(pa.string()).to_pylist() if value is not None)
     return ids
 

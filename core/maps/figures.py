@@ -119,7 +119,11 @@ def analysis_map_points(
 
 
 def scatter_map(
-    points: pd.DataFrame, colour_by: str = "split", *, method: str = "UMAP", title: str | None = None
+    points: pd.DataFrame,
+    colour_by: str = "split",
+    *,
+    method: str = "UMAP",
+    title: str | None = None,
 ) -> go.Figure:
     """WebGL scatter of projected train and test points, ready for box/lasso selection.
 
@@ -158,20 +162,33 @@ def scatter_map(
     if colour_by == "label":
         # A legend swatch would show one arbitrary class colour per split: say it in words instead.
         figure.update_layout(showlegend=False)
-        title += "<br><sup>colour = class, red = distractor (-1), grey = unknown · ● train ◆ test</sup>"
+        title += (
+            "<br><sup>colour = class, red = distractor (-1), grey = unknown · ● train ◆ test</sup>"
+        )
     figure.update_layout(
         dragmode="lasso",
         uirevision="map",  # keep zoom and selection when only the colouring changes
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "traceorder": "reversed"},
+        legend={
+            "orientation": "h",
+            "y": 1.02,
+            "yanchor": "bottom",
+            "x": 0,
+            "traceorder": "reversed",
+        },
     )
     # A projection's units mean nothing, but distances do: keep one unit the same on both axes.
     figure.update_yaxes(scaleanchor="x", scaleratio=1)
     return _styled(figure, title, f"{method} 1", f"{method} 2")
 
 
-def _marker_scale(n_points: int, sizes: tuple[float, float], opacities: tuple[float, float]) -> dict:
+def _marker_scale(
+    n_points: int, sizes: tuple[float, float], opacities: tuple[float, float]
+) -> dict:
     """Marker size and opacity for a map of ``n_points``, each pair given as (at 1k points, at 100k)."""
-    return {"size": _by_point_count(n_points, *sizes), "opacity": _by_point_count(n_points, *opacities)}
+    return {
+        "size": _by_point_count(n_points, *sizes),
+        "opacity": _by_point_count(n_points, *opacities),
+    }
 
 
 def _by_point_count(n_points: int, at_1k: float, at_100k: float) -> float:
@@ -199,9 +216,13 @@ def _map_trace(rows: pd.DataFrame, name: str, marker: dict) -> go.Scattergl:
 def _hover_texts(rows: pd.DataFrame) -> np.ndarray:
     lines = rows["id"].map(inert_plotly) + "<br>" + rows["split"].astype(str)
     if "label" in rows:
-        lines += " · label " + rows["label"].map(lambda label: "?" if pd.isna(label) else inert_plotly(label))
+        lines += " · label " + rows["label"].map(
+            lambda label: "?" if pd.isna(label) else inert_plotly(label)
+        )
     if "score" in rows:
-        lines += "<br>score " + rows["score"].map(lambda score: "–" if pd.isna(score) else f"{score:.3f}")
+        lines += "<br>score " + rows["score"].map(
+            lambda score: "–" if pd.isna(score) else f"{score:.3f}"
+        )
     if "flag" in rows:
         lines += _flagged(rows).map({True: "<br>flagged distractor", False: ""})
     # An array, not a list: plotly checks a list item by item, seconds at 100k points.
@@ -214,7 +235,9 @@ def _flagged(rows: pd.DataFrame) -> pd.Series:
 
 
 def _split_groups(points: pd.DataFrame) -> list[MapGroup]:
-    return [(split, points["split"] == split, {"color": SPLIT_COLOURS[split]}) for split in DRAW_ORDER]
+    return [
+        (split, points["split"] == split, {"color": SPLIT_COLOURS[split]}) for split in DRAW_ORDER
+    ]
 
 
 def _flag_groups(points: pd.DataFrame) -> list[MapGroup]:
@@ -226,7 +249,10 @@ def _flag_groups(points: pd.DataFrame) -> list[MapGroup]:
         (
             "test flagged distractor",
             test & flagged,
-            {"color": DISTRACTOR_COLOUR, **_marker_scale(len(points), FLAGGED_MARKER_SIZES, FLAGGED_MARKER_OPACITIES)},
+            {
+                "color": DISTRACTOR_COLOUR,
+                **_marker_scale(len(points), FLAGGED_MARKER_SIZES, FLAGGED_MARKER_OPACITIES),
+            },
         ),
     ]
 
@@ -235,7 +261,9 @@ def _label_groups(points: pd.DataFrame) -> list[MapGroup]:
     known = sorted({str(label) for label in points["label"].dropna()} - {DISTRACTOR})
     colour_of = {label: LABEL_PALETTE[i % len(LABEL_PALETTE)] for i, label in enumerate(known)}
     colour_of[DISTRACTOR] = DISTRACTOR_COLOUR
-    colours = points["label"].map(lambda label: UNKNOWN_COLOUR if pd.isna(label) else colour_of[str(label)])
+    colours = points["label"].map(
+        lambda label: UNKNOWN_COLOUR if pd.isna(label) else colour_of[str(label)]
+    )
     return _per_split(points, lambda rows: {"color": colours[rows].to_numpy(dtype=object)})
 
 
@@ -331,7 +359,10 @@ def score_shares(
     if not len(present):
         return None
     edges = np.histogram_bin_edges(present, bins=bins)
-    return edges, *(np.histogram(values, bins=edges)[0] / len(values) if len(values) else np.empty(0) for values in (test, train))
+    return edges, *(
+        np.histogram(values, bins=edges)[0] / len(values) if len(values) else np.empty(0)
+        for values in (test, train)
+    )
 
 
 def contamination_curve(
@@ -345,7 +376,9 @@ def contamination_curve(
     text = f"{current_threshold:.3f} → {current_rate:.1%}"
     figure = go.Figure(
         [
-            go.Scatter(x=thresholds, y=rates, mode="lines", name="flagged share", line_color=TEST_COLOUR),
+            go.Scatter(
+                x=thresholds, y=rates, mode="lines", name="flagged share", line_color=TEST_COLOUR
+            ),
             _marked_point(current_threshold, current_rate, text, "current", (thresholds, rates)),
         ]
     )
@@ -424,7 +457,9 @@ def _curve(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarr
     return x, y
 
 
-def _marked_point(x: float, y: float, text: str, name: str, curve: tuple[np.ndarray, np.ndarray]) -> go.Scatter:
+def _marked_point(
+    x: float, y: float, text: str, name: str, curve: tuple[np.ndarray, np.ndarray]
+) -> go.Scatter:
     """A labelled point on ``curve`` (its x and y values), the label on the side with room for it."""
     return go.Scatter(
         x=[x],

@@ -62,21 +62,29 @@ class ProjectionConfig:
     """How to lay embeddings out in two dimensions."""
 
     method: str = "umap"  # "umap", "tsne" or "pca"
-    pca_first: int | None = 50  # PCA to this many dims before UMAP/t-SNE (speed, denoising); None = off
+    pca_first: int | None = (
+        50  # PCA to this many dims before UMAP/t-SNE (speed, denoising); None = off
+    )
     n_neighbors: int = 15  # UMAP: neighbourhood size; larger keeps more global structure
     min_dist: float = 0.1  # UMAP: how tightly points may pack, in [0, 1]
     perplexity: float = 30.0  # t-SNE: effective number of neighbours
     metric: str = "cosine"  # distance between embeddings (CLIP vectors compare by angle)
     seed: int = 0  # random state: same inputs and seed, same map
-    tsne_limit: int | None = TSNE_SAMPLE_LIMIT  # t-SNE: fit at most this many points, place the rest; None = all
+    tsne_limit: int | None = (
+        TSNE_SAMPLE_LIMIT  # t-SNE: fit at most this many points, place the rest; None = all
+    )
 
     def __post_init__(self) -> None:
         if self.method not in PROJECTION_METHODS:
-            raise ValueError(f"method {self.method!r} is not known; use one of {PROJECTION_METHODS}")
+            raise ValueError(
+                f"method {self.method!r} is not known; use one of {PROJECTION_METHODS}"
+            )
         if self.metric not in METRICS:
             raise ValueError(f"metric {self.metric!r} is not supported; use one of {METRICS}")
         if self.pca_first is not None:
-            self._normalise("pca_first", numbers.Integral, "an integer >= 2, or None", lambda v: v >= 2)
+            self._normalise(
+                "pca_first", numbers.Integral, "an integer >= 2, or None", lambda v: v >= 2
+            )
         self._normalise("n_neighbors", numbers.Integral, "an integer >= 2", lambda v: v >= 2)
         self._normalise("min_dist", numbers.Real, "a number between 0 and 1", lambda v: 0 <= v <= 1)
         self._normalise("perplexity", numbers.Real, "a number > 0", lambda v: v > 0)
@@ -132,8 +140,12 @@ def project(
     return Projection(train_xy.astype(np.float32), test_xy.astype(np.float32), notes, config)
 
 
-def _checked_rows(train_vectors: np.ndarray, test_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    train = checked_vectors(train_vectors, "train vectors", min_rows=1, min_dims=2, dtype=np.float64)
+def _checked_rows(
+    train_vectors: np.ndarray, test_vectors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    train = checked_vectors(
+        train_vectors, "train vectors", min_rows=1, min_dims=2, dtype=np.float64
+    )
     test = np.asarray(test_vectors, dtype=np.float64)
     if test.size == 0:
         test = test.reshape(0, train.shape[1])
@@ -144,7 +156,9 @@ def _checked_rows(train_vectors: np.ndarray, test_vectors: np.ndarray) -> tuple[
     return train, checked_vectors(test, "test vectors", dtype=np.float64)
 
 
-def _pca_first(config: ProjectionConfig, report: Progress, fit_rows: np.ndarray, *other_rows: np.ndarray):
+def _pca_first(
+    config: ProjectionConfig, report: Progress, fit_rows: np.ndarray, *other_rows: np.ndarray
+):
     """Reduce to ``config.pca_first`` dims, fitted on ``fit_rows``; a no-op when already small."""
     if config.pca_first is None or fit_rows.shape[1] <= config.pca_first:
         return (fit_rows, *other_rows)
@@ -177,7 +191,9 @@ def _pca(train, test, config: ProjectionConfig, notes: list[str], report: Progre
         notes.append("a single point has no spread: it is drawn at the origin")
         return np.zeros((len(train), 2)), np.zeros((len(test), 2))
     pca = PCA(n_components, random_state=config.seed).fit(fit_rows)
-    return tuple(np.pad(_transform(pca, rows), ((0, 0), (0, 2 - n_components))) for rows in (train, test))
+    return tuple(
+        np.pad(_transform(pca, rows), ((0, 0), (0, 2 - n_components))) for rows in (train, test)
+    )
 
 
 def _joint_fit(train, test, config: ProjectionConfig, report: Progress, stage: str, fit_transform):
@@ -191,7 +207,9 @@ def _joint_fit(train, test, config: ProjectionConfig, report: Progress, stage: s
 def _too_few_rows(method: str, n_rows: int, minimum: int, notes: list[str]) -> bool:
     if n_rows >= minimum:
         return False
-    notes.append(f"{method} needs at least {minimum} points and there are {n_rows}: showing PCA instead")
+    notes.append(
+        f"{method} needs at least {minimum} points and there are {n_rows}: showing PCA instead"
+    )
     return True
 
 
@@ -205,7 +223,9 @@ def _umap(train, test, config: ProjectionConfig, notes: list[str], report: Progr
             f"only {len(train)} train points, fewer than n_neighbors + 2 = {config.n_neighbors + 2}: "
             "UMAP was fitted on train and test together, so test points also shaped the map"
         )
-    n_neighbors = _clamped(config.n_neighbors, n_fit - 1, "n_neighbors", f"{n_fit} fitted points", notes)
+    n_neighbors = _clamped(
+        config.n_neighbors, n_fit - 1, "n_neighbors", f"{n_fit} fitted points", notes
+    )
 
     import umap  # importing umap (numba) takes seconds: keep that out of importing this module
 
@@ -255,9 +275,15 @@ def _nearest(rows: np.ndarray, to: np.ndarray, metric: str, k: int, same_rows: b
 
         def unit(vectors):
             # A zero row has no direction: kept at zero, it is at distance 1 from every row.
-            return unit_rows(vectors - vectors.mean(axis=1, keepdims=True) if centred else vectors, "vectors", True)
+            return unit_rows(
+                vectors - vectors.mean(axis=1, keepdims=True) if centred else vectors,
+                "vectors",
+                True,
+            )
 
-        similarities, indices = faiss.knn(unit(rows), unit(to), k, metric=faiss.METRIC_INNER_PRODUCT)
+        similarities, indices = faiss.knn(
+            unit(rows), unit(to), k, metric=faiss.METRIC_INNER_PRODUCT
+        )
         distances = np.maximum(1 - similarities, 0)
     elif metric == "euclidean":
         squared, indices = faiss.knn(rows, to, k, metric=faiss.METRIC_L2)
@@ -266,8 +292,13 @@ def _nearest(rows: np.ndarray, to: np.ndarray, metric: str, k: int, same_rows: b
         distances, indices = faiss.knn(rows, to, k, metric=faiss.METRIC_L1)
     if same_rows:
         distances[indices == np.arange(len(rows))[:, None]] = 0
-        order = np.argsort(distances, axis=1, kind="stable")  # a duplicate may have come before the row itself
-        indices, distances = np.take_along_axis(indices, order, axis=1), np.take_along_axis(distances, order, axis=1)
+        order = np.argsort(
+            distances, axis=1, kind="stable"
+        )  # a duplicate may have come before the row itself
+        indices, distances = (
+            np.take_along_axis(indices, order, axis=1),
+            np.take_along_axis(distances, order, axis=1),
+        )
     return indices, distances
 
 
@@ -303,16 +334,22 @@ def _place(fitted, indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
     indices, distances = indices.copy(), np.ascontiguousarray(distances, np.float32)
     indices[distances >= disconnection] = -1
     sigmas, rhos = smooth_knn_dist(
-        distances, float(n_neighbors), local_connectivity=float(max(0.0, fitted.local_connectivity - 1.0))
+        distances,
+        float(n_neighbors),
+        local_connectivity=float(max(0.0, fitted.local_connectivity - 1.0)),
     )
-    rows, cols, strengths, _ = compute_membership_strengths(indices, distances, sigmas, rhos, bipartite=True)
+    rows, cols, strengths, _ = compute_membership_strengths(
+        indices, distances, sigmas, rhos, bipartite=True
+    )
     n_new, n_fitted = len(indices), len(fitted.embedding_)
     start = _weighted_mean_positions(strengths.reshape(indices.shape), indices, fitted.embedding_)
     n_epochs = _placement_epochs(n_new)
     graph = coo_matrix((strengths, (rows, cols)), shape=(n_new, n_fitted))
     graph.data[graph.data < graph.data.max() / float(n_epochs)] = 0.0
     graph.eliminate_zeros()
-    rng_state = check_random_state(fitted.transform_seed).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
+    rng_state = (
+        check_random_state(fitted.transform_seed).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
+    )
     return optimize_layout_euclidean(
         start,
         fitted.embedding_.astype(np.float32, copy=True),
@@ -341,7 +378,9 @@ def _placement_epochs(n_rows: int) -> int:
     return PLACEMENT_EPOCHS_UP_TO_10K if n_rows <= 10_000 else PLACEMENT_EPOCHS_ABOVE_10K
 
 
-def _weighted_mean_positions(strengths: np.ndarray, indices: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+def _weighted_mean_positions(
+    strengths: np.ndarray, indices: np.ndarray, embedding: np.ndarray
+) -> np.ndarray:
     """Each new row at the strength-weighted mean of its neighbours' positions (umap's init_graph_transform).
 
     Bit for bit as umap computes it, in float32 and in the same order: umap seeds each row's random
@@ -349,9 +388,13 @@ def _weighted_mean_positions(strengths: np.ndarray, indices: np.ndarray, embeddi
     another layout. A neighbour at strength 1 is an exact duplicate, and the row takes its position;
     a row with no neighbour inside the metric's disconnection distance has none (NaN), as in umap.
     """
-    by_column = np.argsort(indices, axis=1, kind="stable")  # umap walks a sparse row, in column order
+    by_column = np.argsort(
+        indices, axis=1, kind="stable"
+    )  # umap walks a sparse row, in column order
     indices = np.take_along_axis(indices, by_column, axis=1)
-    strengths = np.where(indices >= 0, np.take_along_axis(strengths, by_column, axis=1), 0).astype(np.float32)
+    strengths = np.where(indices >= 0, np.take_along_axis(strengths, by_column, axis=1), 0).astype(
+        np.float32
+    )
     neighbour_xy = embedding[np.maximum(indices, 0)].astype(np.float32)
     # numpy's pairwise sum over each row's stored (non-zero) strengths, as scipy sums a sparse row.
     totals = strengths.sum(axis=1)
@@ -380,14 +423,18 @@ def _tsne(train, test, config: ProjectionConfig, notes: list[str], report: Progr
     (both,) = _pca_first(config, report, np.vstack([train, test]))
     fitted = np.arange(n_rows)
     if config.tsne_limit is not None and n_rows > config.tsne_limit:
-        fitted = np.sort(np.random.default_rng(config.seed).choice(n_rows, config.tsne_limit, replace=False))
+        fitted = np.sort(
+            np.random.default_rng(config.seed).choice(n_rows, config.tsne_limit, replace=False)
+        )
         notes.append(
             f"t-SNE was fitted on a random sample of {len(fitted):,} of the {n_rows:,} points; each other point "
             f"sits at the median position of its {TSNE_PLACEMENT_NEIGHBOURS} nearest fitted points"
         )
     # The usual bound 3 * perplexity <= n - 1 keeps every point's neighbourhood inside the data.
     n_fit = len(fitted)
-    perplexity = _clamped(config.perplexity, (n_fit - 1) / 3, "perplexity", f"{n_fit} points", notes)
+    perplexity = _clamped(
+        config.perplexity, (n_fit - 1) / 3, "perplexity", f"{n_fit} points", notes
+    )
     xy = np.empty((n_rows, 2))
     xy[fitted] = _tsne_fit(both[fitted], perplexity, config, report)
     rest = np.setdiff1d(np.arange(n_rows), fitted)
@@ -399,7 +446,9 @@ def _tsne(train, test, config: ProjectionConfig, notes: list[str], report: Progr
     return xy[: len(train)], xy[len(train) :]
 
 
-def _tsne_fit(rows: np.ndarray, perplexity: float, config: ProjectionConfig, report: Progress) -> np.ndarray:
+def _tsne_fit(
+    rows: np.ndarray, perplexity: float, config: ProjectionConfig, report: Progress
+) -> np.ndarray:
     from openTSNE import TSNE
     from openTSNE.nearest_neighbors import PrecomputedNeighbors
 
@@ -440,7 +489,12 @@ def _clamped(value, limit, name: str, why: str, notes: list[str]):
     return limit
 
 
-def kept_projection(train_vectors: np.ndarray, test_vectors: np.ndarray, config: ProjectionConfig, progress: Progress | None = None) -> Projection:
+def kept_projection(
+    train_vectors: np.ndarray,
+    test_vectors: np.ndarray,
+    config: ProjectionConfig,
+    progress: Progress | None = None,
+) -> Projection:
     """project(), read from the projections kept under the workspace home when these vectors and config were mapped before.
 
     The dashboard and the command line keep their maps in the same place, so either reuses the other's.
@@ -455,7 +509,9 @@ def kept_projection(train_vectors: np.ndarray, test_vectors: np.ndarray, config:
     return result
 
 
-def projection_key(train_vectors: np.ndarray, test_vectors: np.ndarray, config: ProjectionConfig) -> str:
+def projection_key(
+    train_vectors: np.ndarray, test_vectors: np.ndarray, config: ProjectionConfig
+) -> str:
     """Content address of a projection: both arrays (shape, dtype, bytes) and the config."""
     return content_key(CACHE_FORMAT, (train_vectors, test_vectors), repr(config))
 
@@ -497,7 +553,9 @@ class ProjectionCache:
 def warm_up(config: ProjectionConfig = ProjectionConfig()) -> None:
     """Pay umap's import and numba compilation once, e.g. in a background thread at start-up."""
     rng = np.random.default_rng(config.seed)
-    project(rng.normal(size=(40, 8)), rng.normal(size=(5, 8)), ProjectionConfig(metric=config.metric))
+    project(
+        rng.normal(size=(40, 8)), rng.normal(size=(5, 8)), ProjectionConfig(metric=config.metric)
+    )
 
 
 def quality(
@@ -510,10 +568,16 @@ def quality(
     """
     n_rows = len(high_dim)
     if len(low_dim) != n_rows:
-        raise ValueError(f"high_dim has {n_rows} rows but low_dim has {len(low_dim)}; they must match")
+        raise ValueError(
+            f"high_dim has {n_rows} rows but low_dim has {len(low_dim)}; they must match"
+        )
     limit = (n_rows - 1) // 2
     if limit < 1:
         return float("nan")
     if n_neighbors > limit:
-        warnings.warn(f"n_neighbors lowered from {n_neighbors} to {limit} for {n_rows} rows", stacklevel=2)
-    return float(trustworthiness(high_dim, low_dim, n_neighbors=min(n_neighbors, limit), metric=metric))
+        warnings.warn(
+            f"n_neighbors lowered from {n_neighbors} to {limit} for {n_rows} rows", stacklevel=2
+        )
+    return float(
+        trustworthiness(high_dim, low_dim, n_neighbors=min(n_neighbors, limit), metric=metric)
+    )

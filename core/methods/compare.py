@@ -14,7 +14,11 @@ from core.retrieval.distractors import ThresholdSweep
 from core.methods.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
 from core.retrieval.metrics import distractor_report, map_at_k, top1_accuracy
 from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.validation import check_classes_to_hold_out, check_train_labels, pseudo_distractor_split
+from core.retrieval.validation import (
+    check_classes_to_hold_out,
+    check_train_labels,
+    pseudo_distractor_split,
+)
 from core.retrieval.predict import place_distractor
 from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine
 from core.retrieval.index import checked_vectors, unit_rows
@@ -39,7 +43,9 @@ class MethodResult:
     key: str  # short name, as in COMPARE_METHODS
     method: str  # name shown to people
     map_at_k: float | None = None  # MAP@k with "-1" placed by the method's own scores
-    mean_precision: float | None = None  # mP@k of the method's embedding space; None for classifiers
+    mean_precision: float | None = (
+        None  # mP@k of the method's embedding space; None for classifiers
+    )
     top1: float | None = None  # share of queries whose first prediction is right ("-1" included)
     distractor_f1: float | None = None  # F1 of the "-1" flags against the true distractors
     fit_seconds: float | None = None  # training time (0 for methods that do not train)
@@ -55,7 +61,9 @@ class Comparison:
     evaluated_on: str  # which split the scores come from, for people
     k: int
     contamination: float  # share of each method's queries flagged as "-1"
-    verdicts: list[str]  # one line per trained method: loses to / beats / ties with plain cosine kNN
+    verdicts: list[
+        str
+    ]  # one line per trained method: loses to / beats / ties with plain cosine kNN
     notes: list[str]
 
 
@@ -96,7 +104,9 @@ def _evaluation_split(embeddings: Embeddings, config: PredictConfig) -> _Split:
             "the test split has no truth, so methods are compared on train with held-out classes; that",
             "give the test split its truth",
         )
-        gallery, queries, truth, held = pseudo_distractor_split(labels, config.contamination, np.random.default_rng(config.seed))
+        gallery, queries, truth, held = pseudo_distractor_split(
+            labels, config.contamination, np.random.default_rng(config.seed)
+        )
         gallery_rows, query_rows = train_rows[gallery], train_rows[queries]
         source = f"train only, the test split has no truth: {held} classes held out as pseudo-distractors"
     rows = np.concatenate([gallery_rows, query_rows])
@@ -138,7 +148,9 @@ def _classifier_scores(head: ClassifierHead, split: _Split, config: PredictConfi
     )
 
 
-def _head_result(key: str, split: _Split, config: PredictConfig, head_config: HeadConfig) -> tuple[dict, Head, list[str]]:
+def _head_result(
+    key: str, split: _Split, config: PredictConfig, head_config: HeadConfig
+) -> tuple[dict, Head, list[str]]:
     head = make_head(key, head_config)
     gallery = split.gallery
     notes = []
@@ -151,7 +163,9 @@ def _head_result(key: str, split: _Split, config: PredictConfig, head_config: He
     if isinstance(head, ClassifierHead):
         scores = _classifier_scores(head, split, config)
     else:
-        scores = _space_scores(split.with_vectors(head.transform(split.embeddings.vectors), head.name), config)
+        scores = _space_scores(
+            split.with_vectors(head.transform(split.embeddings.vectors), head.name), config
+        )
     return scores, head, notes + head.notes
 
 
@@ -161,9 +175,16 @@ def _regression_result(
     """Queries mapped to predicted targets, then cosine kNN among the gallery's true targets."""
     gallery_targets = targets[split.gallery_rows]
     if not np.all(np.isfinite(gallery_targets)):
-        raise ValueError("every gallery (train) item needs a finite target vector for kNN regression")
+        raise ValueError(
+            "every gallery (train) item needs a finite target vector for kNN regression"
+        )
     start = time.perf_counter()
-    regression = knn_regress(split.gallery.vectors, gallery_targets, split.queries.vectors, dedupe_threshold=dedupe_threshold)
+    regression = knn_regress(
+        split.gallery.vectors,
+        gallery_targets,
+        split.queries.vectors,
+        dedupe_threshold=dedupe_threshold,
+    )
     seconds = time.perf_counter() - start
     space = unit_rows(np.vstack([gallery_targets, regression.predictions]), "target vectors")
     scores = _space_scores(split.with_vectors(space, "kNN regression"), config)
@@ -181,7 +202,9 @@ def _checked_methods(methods: Sequence[str] | None, notes: list[str]) -> list[st
         return list(COMPARE_METHODS)
     unknown = [m for m in methods if m not in COMPARE_METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; use any of {', '.join(COMPARE_METHODS)}")
+        raise ValueError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; use any of {', '.join(COMPARE_METHODS)}"
+        )
     if BASELINE_METHOD not in methods:
         notes.append(f"{COMPARE_METHODS[BASELINE_METHOD]} added: every verdict compares against it")
     return [m for m in COMPARE_METHODS if m in methods or m == BASELINE_METHOD]
@@ -193,7 +216,9 @@ def _checked_targets(targets: np.ndarray | None, embeddings: Embeddings) -> np.n
     # NaN marks an item without a target; the regression refuses it only where it would use it.
     targets = checked_vectors(targets, "targets", finite=False)
     if len(targets) != len(embeddings.ids):
-        raise ValueError(f"targets must be one row per embedding row ({len(embeddings.ids)}), got {len(targets)} rows")
+        raise ValueError(
+            f"targets must be one row per embedding row ({len(embeddings.ids)}), got {len(targets)} rows"
+        )
     return targets
 
 
@@ -229,7 +254,9 @@ def compare_methods(
         if progress is not None:
             progress(COMPARE_METHODS[key])
         rows.append(_run_method(key, split, space_config, head_config, targets, dedupe_threshold))
-    return Comparison(rows, split.description, config.k, config.contamination, _verdicts(rows, config.k), notes)
+    return Comparison(
+        rows, split.description, config.k, config.contamination, _verdicts(rows, config.k), notes
+    )
 
 
 def _run_method(
@@ -243,14 +270,21 @@ def _run_method(
     row = partial(MethodResult, key, COMPARE_METHODS[key])
     try:
         if key == BASELINE_METHOD:
-            return row(**_space_scores(split.embeddings, config), fit_seconds=0.0, device="cpu (faiss)", note="no training")
+            return row(
+                **_space_scores(split.embeddings, config),
+                fit_seconds=0.0,
+                device="cpu (faiss)",
+                note="no training",
+            )
         if key == REGRESSION:
             if targets is None:
                 return row(note="skipped: no target vectors given (e.g. prompt text embeddings)")
             scores, seconds, notes = _regression_result(split, config, targets, dedupe_threshold)
             return row(**scores, fit_seconds=seconds, device="cpu (faiss)", note="; ".join(notes))
         scores, head, notes = _head_result(key, split, config, head_config)
-        return row(**scores, fit_seconds=head.fit_seconds, device=head.device, note="; ".join(notes))
+        return row(
+            **scores, fit_seconds=head.fit_seconds, device=head.device, note="; ".join(notes)
+        )
     except (ValueError, RuntimeError) as error:
         return row(note=f"failed: {error}")
 
@@ -269,7 +303,9 @@ def _verdicts(rows: list[MethodResult], k: int) -> list[str]:
             verdicts.append(f"{row.method} ties with plain cosine kNN on MAP@{k} {versus}")
         else:
             verb = "beats" if gap > 0 else "loses to"
-            verdicts.append(f"{row.method} {verb} plain cosine kNN by {abs(gap):.2f} MAP@{k} {versus}")
+            verdicts.append(
+                f"{row.method} {verb} plain cosine kNN by {abs(gap):.2f} MAP@{k} {versus}"
+            )
     return verdicts
 
 
@@ -282,8 +318,16 @@ def format_table(comparison: Comparison) -> str:
     k = comparison.k
     header = ("method", f"MAP@{k}", f"mP@{k}", "top-1", "distr. F1", "fit s", "device", "note")
     cells = [
-        (r.method, _shown(r.map_at_k), _shown(r.mean_precision), _shown(r.top1), _shown(r.distractor_f1),
-         _shown(r.fit_seconds, 2), r.device, r.note)
+        (
+            r.method,
+            _shown(r.map_at_k),
+            _shown(r.mean_precision),
+            _shown(r.top1),
+            _shown(r.distractor_f1),
+            _shown(r.fit_seconds, 2),
+            r.device,
+            r.note,
+        )
         for r in comparison.rows
     ]
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header) - 1)]
@@ -314,7 +358,10 @@ def as_json(comparison: Comparison) -> dict:
         "evaluated_on": comparison.evaluated_on,
         "k": k,
         "contamination": comparison.contamination,
-        "methods": [{renamed.get(name, name): value for name, value in asdict(row).items()} for row in comparison.rows],
+        "methods": [
+            {renamed.get(name, name): value for name, value in asdict(row).items()}
+            for row in comparison.rows
+        ],
         "verdicts": list(comparison.verdicts),
         "notes": list(comparison.notes),
     }

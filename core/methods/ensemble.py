@@ -19,7 +19,9 @@ Metric = Callable[[Embeddings], float]
 
 def _row_order(reference: Embeddings, member: Embeddings) -> np.ndarray:
     """Rows of `member` in the order of `reference`, matched by (split, id); mismatched sets are refused."""
-    position = {key: row for row, key in enumerate(zip(member.splits.tolist(), member.ids.tolist()))}
+    position = {
+        key: row for row, key in enumerate(zip(member.splits.tolist(), member.ids.tolist()))
+    }
     if len(position) != len(member.ids):
         raise ValueError(f"{member.model} repeats a (split, id) pair; each item must appear once")
     wanted = list(zip(reference.splits.tolist(), reference.ids.tolist()))
@@ -33,7 +35,8 @@ def _row_order(reference: Embeddings, member: Embeddings) -> np.ndarray:
         )
     order = np.array([position[key] for key in wanted], dtype=np.int64)
     conflicts = [
-        i for i, (mine, theirs) in enumerate(zip(reference.labels, member.labels[order]))
+        i
+        for i, (mine, theirs) in enumerate(zip(reference.labels, member.labels[order]))
         if mine is not None and theirs is not None and mine != theirs
     ]
     if conflicts:
@@ -51,13 +54,17 @@ def _resolve_mode(members: Sequence[Embeddings], mode: str) -> str:
     same_dim = len({member.dim for member in members}) == 1
     if mode == "sum" and not same_dim:
         dims = ", ".join(f"{m.model}: {m.dim}" for m in members)
-        raise ValueError(f"a weighted sum needs equal dimensions ({dims}); use mode='concat' or 'auto'")
+        raise ValueError(
+            f"a weighted sum needs equal dimensions ({dims}); use mode='concat' or 'auto'"
+        )
     if mode == "auto":
         return "sum" if same_dim else "concat"
     return mode
 
 
-def combine(members: Sequence[Embeddings], weights: Sequence[float], mode: str = "auto") -> Embeddings:
+def combine(
+    members: Sequence[Embeddings], weights: Sequence[float], mode: str = "auto"
+) -> Embeddings:
     """One table from several models' embeddings of the same items.
 
     Each model's rows are scaled to unit norm first, so no model dominates by the size of its
@@ -69,7 +76,9 @@ def combine(members: Sequence[Embeddings], weights: Sequence[float], mode: str =
     if len(members) == 0:
         raise ValueError("combine needs at least one model's embeddings")
     if len(weights) != len(members):
-        raise ValueError(f"{len(members)} models but {len(weights)} weights; give one weight per model")
+        raise ValueError(
+            f"{len(members)} models but {len(weights)} weights; give one weight per model"
+        )
     weights = np.asarray(weights, dtype=np.float64)
     if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not np.any(weights > 0):
         raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
@@ -78,16 +87,24 @@ def combine(members: Sequence[Embeddings], weights: Sequence[float], mode: str =
     orders = [_row_order(reference, m) for m in members]
     # A model weighted 0 is left out of the vectors but still checked and named.
     blocks = [
-        unit_rows(m.vectors[order], f"{m.model} vectors") * w for m, w, order in zip(members, weights, orders) if w > 0
+        unit_rows(m.vectors[order], f"{m.model} vectors") * w
+        for m, w, order in zip(members, weights, orders)
+        if w > 0
     ]
     combined = np.sum(blocks, axis=0) if mode == "sum" else np.concatenate(blocks, axis=1)
     norms = np.linalg.norm(combined, axis=1, keepdims=True)
     if np.any(norms < 1e-12):
         row = int(np.flatnonzero(norms[:, 0] < 1e-12)[0])
-        raise ValueError(f"the weighted sum cancels out for {reference.ids[row]!r}; use mode='concat'")
+        raise ValueError(
+            f"the weighted sum cancels out for {reference.ids[row]!r}; use mode='concat'"
+        )
     identity = " + ".join(f"{m.model}×{w:.3g}" for m, w in zip(members, weights))
     return Embeddings(
-        reference.ids, reference.splits, reference.labels, (combined / norms).astype(np.float32), f"ensemble({identity})"
+        reference.ids,
+        reference.splits,
+        reference.labels,
+        (combined / norms).astype(np.float32),
+        f"ensemble({identity})",
     )
 
 
@@ -106,7 +123,9 @@ class WeightStep:
 
     model: str  # the model whose weight was being tried
     ratio: float  # its weight relative to the first (best solo) model
-    weights: tuple[float, ...]  # all weights at this step, in the order the models were given (0 = not yet added)
+    weights: tuple[
+        float, ...
+    ]  # all weights at this step, in the order the models were given (0 = not yet added)
     metric: float  # the validation metric of the combination
 
 
@@ -127,7 +146,9 @@ class WeightSearch:
         lines = [f"{'step':>4}  {'model tried':<{width}}  ratio  {'metric':>6}  weights"]
         for number, step in enumerate(self.steps, start=1):
             weights = ", ".join(f"{w:.3g}" for w in step.weights)
-            lines.append(f"{number:>4}  {step.model:<{width}}  {step.ratio:5.3f}  {step.metric:.4f}  ({weights})")
+            lines.append(
+                f"{number:>4}  {step.model:<{width}}  {step.ratio:5.3f}  {step.metric:.4f}  ({weights})"
+            )
         chosen = ", ".join(f"{w:.3g}" for w in self.weights)
         lines.append(f"chosen ({self.mode}): weights ({chosen}), metric {self.metric:.4f}")
         return "\n".join(lines)
@@ -177,7 +198,11 @@ def search_weights(
     best = solo[order[0]]
     for newcomer in order[1:]:
         ratio, best = _ternary_search(
-            lambda r: evaluate(np.where(np.arange(len(members)) == newcomer, r, weights), members[newcomer].model, r),
+            lambda r: evaluate(
+                np.where(np.arange(len(members)) == newcomer, r, weights),
+                members[newcomer].model,
+                r,
+            ),
             max_ratio,
             iterations,
             floor=best,
@@ -186,7 +211,9 @@ def search_weights(
     return WeightSearch(tuple(weights.tolist()), best, mode, steps, combine(members, weights, mode))
 
 
-def _ternary_search(score: Callable[[float], float], high: float, iterations: int, floor: float) -> tuple[float, float]:
+def _ternary_search(
+    score: Callable[[float], float], high: float, iterations: int, floor: float
+) -> tuple[float, float]:
     """The best ratio tried on [0, high] and its score; ties go to the smaller ratio.
 
     Ratio 0 leaves the newcomer out, which scores `floor` (the ensemble so far) without evaluating it.

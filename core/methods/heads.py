@@ -39,12 +39,22 @@ class HeadConfig:
     dropout: float = 0.1  # SimCLR view: share of coordinates zeroed
     mix: float = 0.2  # SimCLR view: largest share of another vector mixed in
     probe_c: float = 10.0  # linear probe: inverse L2 regularisation (scikit-learn's C)
-    boosting_rounds: int = 30  # gradient-boosted trees: boosting iterations (capped by MAX_BOOSTED_TREES)
+    boosting_rounds: int = (
+        30  # gradient-boosted trees: boosting iterations (capped by MAX_BOOSTED_TREES)
+    )
     boosting_features: int = 32  # gradient-boosted trees: PCA components fed to the trees (speed)
     seed: int = 0  # seeds weight initialisation, batch order and augmentation
 
     def __post_init__(self) -> None:
-        minimum = {"epochs": 1, "min_steps": 0, "batch_size": 2, "dim": 2, "boosting_rounds": 1, "boosting_features": 1, "seed": 0}
+        minimum = {
+            "epochs": 1,
+            "min_steps": 0,
+            "batch_size": 2,
+            "dim": 2,
+            "boosting_rounds": 1,
+            "boosting_features": 1,
+            "seed": 0,
+        }
         for name, low in minimum.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -152,7 +162,10 @@ class ClassifierHead(Head):
         with _one_thread():
             probabilities = self._probabilities(self._fitted_input(queries))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return ClassRanking([self.classes[row].tolist() for row in order], probabilities.max(axis=1).astype(np.float64))
+        return ClassRanking(
+            [self.classes[row].tolist() for row in order],
+            probabilities.max(axis=1).astype(np.float64),
+        )
 
     def _probabilities(self, queries: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -174,7 +187,9 @@ class LinearProbe(ClassifierHead):
             self._model.fit(vectors, labels)
         for caught_warning in caught:
             if issubclass(caught_warning.category, ConvergenceWarning):
-                self.notes.append(f"logistic regression stopped at {_PROBE_MAX_ITER} iterations before converging")
+                self.notes.append(
+                    f"logistic regression stopped at {_PROBE_MAX_ITER} iterations before converging"
+                )
             else:
                 warnings.warn(caught_warning.message, caught_warning.category, stacklevel=2)
         self.classes = self._model.classes_.astype(object)
@@ -196,7 +211,9 @@ class BoostedTrees(ClassifierHead):
         config = self.config
         components = min(config.boosting_features, *vectors.shape)
         if components < config.boosting_features:
-            self.notes.append(f"PCA components lowered from {config.boosting_features} to {components} (data size)")
+            self.notes.append(
+                f"PCA components lowered from {config.boosting_features} to {components} (data size)"
+            )
         n_classes = len(set(labels.tolist()))
         rounds = max(1, min(config.boosting_rounds, MAX_BOOSTED_TREES // n_classes))
         if rounds < config.boosting_rounds:
@@ -207,7 +224,11 @@ class BoostedTrees(ClassifierHead):
         self._pca = PCA(n_components=components, random_state=config.seed).fit(vectors)
         # Few images per class: small leaves, no early stopping (a validation split would take whole classes).
         self._model = HistGradientBoostingClassifier(
-            max_iter=rounds, learning_rate=0.3, min_samples_leaf=2, early_stopping=False, random_state=config.seed
+            max_iter=rounds,
+            learning_rate=0.3,
+            min_samples_leaf=2,
+            early_stopping=False,
+            random_state=config.seed,
         )
         self._model.fit(self._pca.transform(vectors), labels)
         self.classes = self._model.classes_.astype(object)
@@ -220,7 +241,9 @@ class BoostedTrees(ClassifierHead):
 # torch heads: one seeded training loop; each head supplies its modules and its batch loss.
 
 
-def _batches(n_rows: int, batch_size: int, rng: np.random.Generator, groups: list[np.ndarray] | None) -> list[np.ndarray]:
+def _batches(
+    n_rows: int, batch_size: int, rng: np.random.Generator, groups: list[np.ndarray] | None
+) -> list[np.ndarray]:
     """Row batches for one epoch; with class groups, a class's rows stay together so batches hold positives."""
     if groups is None:
         order = rng.permutation(n_rows)
@@ -253,7 +276,9 @@ class TorchHead(Head):
             if self.group_batches:
                 groups = [np.flatnonzero(code_array == c) for c in range(len(self.classes))]
         modules = self._build(vectors.shape[1], 0 if labels is None else len(self.classes))
-        optimiser = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=self.config.lr)
+        optimiser = torch.optim.Adam(
+            [p for m in modules for p in m.parameters()], lr=self.config.lr
+        )
         rng = np.random.default_rng(self.config.seed)
         self.losses: list[float] = []
         for module in modules:
@@ -275,10 +300,14 @@ class TorchHead(Head):
 
     def _epochs(self, n_rows: int) -> int:
         # As _batches cuts them: a last batch of one row joins the one before.
-        steps_per_epoch = math.ceil(n_rows / self.config.batch_size) - (n_rows > self.config.batch_size and n_rows % self.config.batch_size == 1)
+        steps_per_epoch = math.ceil(n_rows / self.config.batch_size) - (
+            n_rows > self.config.batch_size and n_rows % self.config.batch_size == 1
+        )
         epochs = max(self.config.epochs, math.ceil(self.config.min_steps / steps_per_epoch))
         if epochs > self.config.epochs:
-            self.notes.append(f"{epochs} epochs, not {self.config.epochs}: at least {self.config.min_steps} steps on {n_rows} vectors")
+            self.notes.append(
+                f"{epochs} epochs, not {self.config.epochs}: at least {self.config.min_steps} steps on {n_rows} vectors"
+            )
         return epochs
 
     def _build(self, input_dim: int, n_classes: int) -> list:
@@ -342,7 +371,9 @@ class OneVsRestBce(TorchHead, ClassifierHead):
         import torch
 
         with torch.no_grad():
-            return torch.sigmoid(self._encoder(torch.from_numpy(queries))).numpy().astype(np.float64)
+            return (
+                torch.sigmoid(self._encoder(torch.from_numpy(queries))).numpy().astype(np.float64)
+            )
 
 
 class TripletHead(ProjectionHead):
@@ -357,7 +388,9 @@ class TripletHead(ProjectionHead):
 
     def _fit(self, vectors, labels):
         if np.unique(labels, return_counts=True)[1].max() < 2:
-            raise ValueError("the triplet head needs a class with 2+ training vectors to form positive pairs")
+            raise ValueError(
+                "the triplet head needs a class with 2+ training vectors to form positive pairs"
+            )
         super()._fit(vectors, labels)
 
     def _batch_loss(self, x, codes):
@@ -383,13 +416,17 @@ class ArcFaceHead(ProjectionHead):
 
     def __init__(self, config: HeadConfig = HeadConfig()):
         if config.dim > ARCFACE_MAX_DIM:
-            raise ValueError(f"the ArcFace head projects to at most {ARCFACE_MAX_DIM} dimensions (seed 003), got dim={config.dim}")
+            raise ValueError(
+                f"the ArcFace head projects to at most {ARCFACE_MAX_DIM} dimensions (seed 003), got dim={config.dim}"
+            )
         super().__init__(config)
 
     def _build(self, input_dim, n_classes):
         from torch import nn
 
-        self._encoder = nn.Sequential(nn.BatchNorm1d(input_dim), nn.Linear(input_dim, self.config.dim))
+        self._encoder = nn.Sequential(
+            nn.BatchNorm1d(input_dim), nn.Linear(input_dim, self.config.dim)
+        )
         self._centres = nn.Linear(self.config.dim, n_classes, bias=False)
         nn.init.xavier_uniform_(self._centres.weight)
         return [self._encoder, self._centres]
@@ -398,11 +435,15 @@ class ArcFaceHead(ProjectionHead):
         import torch
         import torch.nn.functional as F
 
-        cosine = (self._embed(x) @ F.normalize(self._centres.weight, dim=1).T).clamp(-1 + 1e-6, 1 - 1e-6)
+        cosine = (self._embed(x) @ F.normalize(self._centres.weight, dim=1).T).clamp(
+            -1 + 1e-6, 1 - 1e-6
+        )
         margin = self.config.angular_margin
         angle = torch.acos(cosine)
         # Past π − m, cos(θ + m) would rise again; fall back to a linear penalty there.
-        with_margin = torch.where(angle + margin < math.pi, torch.cos(angle + margin), cosine - margin * math.sin(margin))
+        with_margin = torch.where(
+            angle + margin < math.pi, torch.cos(angle + margin), cosine - margin * math.sin(margin)
+        )
         target = F.one_hot(codes, cosine.shape[1]).bool()
         logits = self.config.scale * torch.where(target, with_margin, cosine)
         return F.cross_entropy(logits, codes)
@@ -436,14 +477,18 @@ class SimClrHead(ProjectionHead):
         view = (1 - share) * x + share * partners
         keep = torch.rand(view.shape, generator=generator) >= config.dropout
         view = view * keep / (1 - config.dropout)
-        noise = torch.randn(view.shape, generator=generator) * (config.noise / math.sqrt(x.shape[1]))
+        noise = torch.randn(view.shape, generator=generator) * (
+            config.noise / math.sqrt(x.shape[1])
+        )
         return view + noise * x.norm(dim=1, keepdim=True)
 
     def _batch_loss(self, x, codes):
         import torch
         import torch.nn.functional as F
 
-        z = F.normalize(self._projector(self._encoder(torch.cat([self.augment(x), self.augment(x)]))), dim=1)
+        z = F.normalize(
+            self._projector(self._encoder(torch.cat([self.augment(x), self.augment(x)]))), dim=1
+        )
         n = len(x)
         similarity = (z @ z.T / self.config.temperature).fill_diagonal_(float("-inf"))
         # Each view's positive is the other view of the same row.

@@ -21,7 +21,9 @@ def cosine_scores(predicted: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Row-by-row cosine similarity of predictions and their targets."""
     predicted, targets = unit_rows(predicted, "predictions"), unit_rows(targets, "targets")
     if predicted.shape != targets.shape:
-        raise ValueError(f"predictions have shape {predicted.shape} but targets {targets.shape}; they must match")
+        raise ValueError(
+            f"predictions have shape {predicted.shape} but targets {targets.shape}; they must match"
+        )
     return np.sum(predicted * targets, axis=1, dtype=np.float64)
 
 
@@ -56,7 +58,9 @@ def dedupe_pairs(targets: np.ndarray, threshold: float = DEFAULT_DEDUPE_THRESHOL
 class KnnRegression:
     """Predicted target vectors for queries, from their nearest training inputs."""
 
-    predictions: np.ndarray  # (n_queries, target_dim) float32 similarity-weighted mean of neighbours' targets
+    predictions: (
+        np.ndarray
+    )  # (n_queries, target_dim) float32 similarity-weighted mean of neighbours' targets
     kept_rows: np.ndarray  # training rows used after deduplication
     k: int  # neighbours averaged per query (after clamping to the training size)
     notes: list[str]  # deduplication and clamping, for people
@@ -79,10 +83,14 @@ def knn_regress(
     inputs = unit_rows(train_inputs, "training inputs")
     targets = checked_vectors(train_targets, "training targets")
     if len(targets) != len(inputs):
-        raise ValueError(f"training targets must be one row per training input ({len(inputs)}), got {len(targets)} rows")
+        raise ValueError(
+            f"training targets must be one row per training input ({len(inputs)}), got {len(targets)} rows"
+        )
     query_rows = unit_rows(queries, "queries")
     if query_rows.shape[1] != inputs.shape[1]:
-        raise ValueError(f"queries have {query_rows.shape[1]} dimensions but training inputs {inputs.shape[1]}")
+        raise ValueError(
+            f"queries have {query_rows.shape[1]} dimensions but training inputs {inputs.shape[1]}"
+        )
     if len(inputs) == 0:
         raise ValueError("kNN regression needs at least one training pair")
     notes = []
@@ -102,7 +110,9 @@ def knn_regress(
     # A query unlike every neighbour still gets an answer: their plain mean.
     weights[weights.sum(axis=1) == 0] = 1.0
     weights /= weights.sum(axis=1, keepdims=True)
-    predictions = np.einsum("qk,qkt->qt", weights, targets[kept][neighbours.indices]).astype(np.float32)
+    predictions = np.einsum("qk,qkt->qt", weights, targets[kept][neighbours.indices]).astype(
+        np.float32
+    )
     return KnnRegression(predictions, kept, int(k), notes)
 
 
@@ -121,7 +131,9 @@ class PromptRanking:
     probabilities: np.ndarray  # (n_images, k) softmax over all candidates at CLIP's logit scale
 
 
-def rank_prompts(image_vectors: np.ndarray, text_vectors: np.ndarray, texts: Sequence[str], k: int = 5) -> PromptRanking:
+def rank_prompts(
+    image_vectors: np.ndarray, text_vectors: np.ndarray, texts: Sequence[str], k: int = 5
+) -> PromptRanking:
     """Rank candidate texts for each image by CLIP score, the idea behind CLIP Interrogator (seed 000).
 
     Image and text vectors must come from the same CLIP model. k above the number of texts is clamped.
@@ -129,7 +141,9 @@ def rank_prompts(image_vectors: np.ndarray, text_vectors: np.ndarray, texts: Seq
     images = unit_rows(image_vectors, "image vectors")
     candidates = unit_rows(text_vectors, "text vectors")
     if len(texts) != len(candidates):
-        raise ValueError(f"{len(candidates)} text vectors but {len(texts)} texts; give one text per vector")
+        raise ValueError(
+            f"{len(candidates)} text vectors but {len(texts)} texts; give one text per vector"
+        )
     if len(candidates) == 0:
         raise ValueError("no candidate texts to rank")
     if images.shape[1] != candidates.shape[1]:
@@ -145,10 +159,14 @@ def rank_prompts(image_vectors: np.ndarray, text_vectors: np.ndarray, texts: Seq
     block = max(1, _BLOCK_CELLS // len(candidates))
     for start in range(0, len(images), block):
         rows = slice(start, start + block)
-        logits = CLIP_LOGIT_SCALE * (images[rows].astype(np.float64) @ candidates.T.astype(np.float64))
+        logits = CLIP_LOGIT_SCALE * (
+            images[rows].astype(np.float64) @ candidates.T.astype(np.float64)
+        )
         logits -= logits.max(axis=1, keepdims=True)
         log_normaliser = np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        probabilities[rows] = np.exp(np.take_along_axis(logits, neighbours.indices[rows], axis=1) - log_normaliser)
+        probabilities[rows] = np.exp(
+            np.take_along_axis(logits, neighbours.indices[rows], axis=1) - log_normaliser
+        )
     return PromptRanking(
         texts=[[texts[i] for i in row] for row in neighbours.indices],
         indices=neighbours.indices,

@@ -25,7 +25,9 @@ def results_table(image_names: Sequence[str], ranking: PromptRanking) -> pd.Data
     """
     n_images, k = ranking.indices.shape
     if len(image_names) != n_images:
-        raise ValueError(f"{len(image_names)} image names for a ranking of {n_images} images; give one name per image")
+        raise ValueError(
+            f"{len(image_names)} image names for a ranking of {n_images} images; give one name per image"
+        )
     return pd.DataFrame(
         {
             "image": np.repeat(np.asarray(image_names, dtype=object), k),
@@ -47,7 +49,9 @@ class RunStats:
 
     def log_text(self) -> str:
         """Seed 002's stats.log: one `name: value` line per figure."""
-        return f"wall_time_s: {self.wall_seconds:.3f}\npeak_memory_mib: {self.peak_memory_mib:.1f}\n"
+        return (
+            f"wall_time_s: {self.wall_seconds:.3f}\npeak_memory_mib: {self.peak_memory_mib:.1f}\n"
+        )
 
 
 def peak_memory_mib() -> float:

@@ -17,7 +17,13 @@ from PIL import Image
 from core.display import inert_html
 from core.exports import thumbnails
 from core.io.files import replaced_atomically
-from core.maps.figures import analysis_map_points, contamination_curve, metric_curve, scatter_map, score_histogram
+from core.maps.figures import (
+    analysis_map_points,
+    contamination_curve,
+    metric_curve,
+    scatter_map,
+    score_histogram,
+)
 from core.maps.projection import Projection
 from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN
@@ -29,7 +35,9 @@ from core.retrieval.pipeline import Analysis, LoadedEmbeddings
 MAP_POINT_LIMIT = 5_000
 NEIGHBOURS_SHOWN = 5  # train neighbours on each card, whatever k is
 THUMBNAIL_EDGE = 96  # pixels on the longer side of every image in the report
-THUMBNAIL_QUALITY = 80  # JPEG quality: a 96-px square of pure noise, the worst case, is 9 KB as a data URI
+THUMBNAIL_QUALITY = (
+    80  # JPEG quality: a 96-px square of pure noise, the worst case, is 9 KB as a data URI
+)
 CLASSES_LISTED = 20  # rows of the class table; the others are counted in one line
 # How far the threshold moves to show "flips" without test truth: this many points more of test flagged.
 FLIP_SHARE_STEP = 0.05
@@ -59,7 +67,13 @@ def jpeg_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def card_groups(analysis: Analysis, flags: np.ndarray, predictions: list[list[str]], threshold: float, per_kind: int) -> list[CardGroup]:
+def card_groups(
+    analysis: Analysis,
+    flags: np.ndarray,
+    predictions: list[list[str]],
+    threshold: float,
+    per_kind: int,
+) -> list[CardGroup]:
     """Test items that show what the verdict does: right and wrong first labels among kept items, flagged
     items, and the flips between this threshold and another (with truth, the best one).
 
@@ -70,19 +84,43 @@ def card_groups(analysis: Analysis, flags: np.ndarray, predictions: list[list[st
     kept = ~flags
     groups = []
     if analysis.truth is None:
-        groups.append(CardGroup("Kept", "a random draw of the test items kept as known classes", _drawn(np.flatnonzero(kept), per_kind, rng)))
+        groups.append(
+            CardGroup(
+                "Kept",
+                "a random draw of the test items kept as known classes",
+                _drawn(np.flatnonzero(kept), per_kind, rng),
+            )
+        )
     else:
         first = np.array([row[0] if row else None for row in predictions], dtype=object)
         right = first == analysis.truth
-        groups.append(CardGroup("Hits", "kept items whose first label is the true one (a random draw)", _drawn(np.flatnonzero(kept & right), per_kind, rng)))
         groups.append(
-            CardGroup("Misses", "kept items whose first label is wrong, distractors among them (a random draw)", _drawn(np.flatnonzero(kept & ~right), per_kind, rng))
+            CardGroup(
+                "Hits",
+                "kept items whose first label is the true one (a random draw)",
+                _drawn(np.flatnonzero(kept & right), per_kind, rng),
+            )
         )
-    groups.append(CardGroup("Flagged", f'items flagged as distractors, "{DISTRACTOR}" first (a random draw)', _drawn(np.flatnonzero(flags), per_kind, rng)))
+        groups.append(
+            CardGroup(
+                "Misses",
+                "kept items whose first label is wrong, distractors among them (a random draw)",
+                _drawn(np.flatnonzero(kept & ~right), per_kind, rng),
+            )
+        )
+    groups.append(
+        CardGroup(
+            "Flagged",
+            f'items flagged as distractors, "{DISTRACTOR}" first (a random draw)',
+            _drawn(np.flatnonzero(flags), per_kind, rng),
+        )
+    )
     other, other_name = _flip_threshold(analysis, threshold)
     between = (analysis.scores >= min(threshold, other)) & (analysis.scores < max(threshold, other))
     flipped = np.flatnonzero(between)
-    nearest = flipped[np.argsort(np.abs(analysis.scores[flipped] - threshold), kind="stable")][:per_kind]
+    nearest = flipped[np.argsort(np.abs(analysis.scores[flipped] - threshold), kind="stable")][
+        :per_kind
+    ]
     why = (
         f"{len(flipped)} items change verdict between the threshold used ({threshold:.3f}) and {other_name} ({other:.3f}); "
         "these are the nearest to the threshold used"
@@ -129,7 +167,9 @@ def report_html(
     threshold_rule = threshold_rule or analysis.threshold_source
     flags = analysis.flags(threshold) if flags is None else np.asarray(flags, bool)
     if flags.shape != analysis.scores.shape:
-        raise ValueError(f"flags must have one value per test item ({len(analysis.scores)}), got shape {flags.shape}")
+        raise ValueError(
+            f"flags must have one value per test item ({len(analysis.scores)}), got shape {flags.shape}"
+        )
     watch.stage("drawing the figures")
     figures = _figures(loaded, analysis, projection, threshold, flags)
     predictions = analysis.predictions(flags=flags)
@@ -162,22 +202,40 @@ def write_report(path: Path, page: str) -> None:
         partial.write_text(page, encoding="utf-8")
 
 
-def _figures(loaded: LoadedEmbeddings, analysis: Analysis, projection: Projection, threshold: float, flags: np.ndarray) -> list[str]:
+def _figures(
+    loaded: LoadedEmbeddings,
+    analysis: Analysis,
+    projection: Projection,
+    threshold: float,
+    flags: np.ndarray,
+) -> list[str]:
     """The threshold figures and, last, the map, as HTML divs: plotly.js inlined in the first one only."""
     sweep = analysis.sweep
     grid = sweep.grid()
     figures = [
-        ("contamination", contamination_curve(grid, sweep.contamination(grid), threshold, float(flags.mean()))),
+        (
+            "contamination",
+            contamination_curve(grid, sweep.contamination(grid), threshold, float(flags.mean())),
+        ),
         ("scores", score_histogram(analysis.scores, analysis.train_loo_scores, threshold)),
     ]
     if sweep.has_map:
         k = analysis.config.k
-        figures.append(("map-at-k", metric_curve(grid, sweep.map_at(grid), threshold, f"MAP@{k}", best=sweep.best_map_threshold())))
+        figures.append(
+            (
+                "map-at-k",
+                metric_curve(
+                    grid, sweep.map_at(grid), threshold, f"MAP@{k}", best=sweep.best_map_threshold()
+                ),
+            )
+        )
     points = analysis_map_points(loaded.embeddings, analysis, projection, threshold)
     points.loc[points["split"] == TEST, "flag"] = flags
     note = ""
     if len(points) > MAP_POINT_LIMIT:
-        sample = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(points), MAP_POINT_LIMIT, replace=False))
+        sample = np.sort(
+            np.random.default_rng(SAMPLE_SEED).choice(len(points), MAP_POINT_LIMIT, replace=False)
+        )
         note = (
             f'<p class="note">The map draws a random sample of {MAP_POINT_LIMIT:,} of the {len(points):,} points, '
             "to keep this file small; the projection was fitted on all of them.</p>"
@@ -186,25 +244,50 @@ def _figures(loaded: LoadedEmbeddings, analysis: Analysis, projection: Projectio
     method = projection.config.method.upper().replace("TSNE", "t-SNE")
     map_figure = scatter_map(points, MAP_COLOURING, method=method)
     map_figure.update_layout(height=MAP_HEIGHT)
-    notes = "".join(f'<p class="note">{inert_html(projection_note)}</p>' for projection_note in projection.notes)
+    notes = "".join(
+        f'<p class="note">{inert_html(projection_note)}</p>' for projection_note in projection.notes
+    )
     figures.append(("map", map_figure))
     divs = [
-        pio.to_html(figure, include_plotlyjs=index == 0, full_html=False, config=FIGURE_CONFIG, div_id=f"figure-{key}")
+        pio.to_html(
+            figure,
+            include_plotlyjs=index == 0,
+            full_html=False,
+            config=FIGURE_CONFIG,
+            div_id=f"figure-{key}",
+        )
         for index, (key, figure) in enumerate(figures)
     ]
     divs[-1] = note + divs[-1] + notes
     return [f'<div class="figure">{div}</div>' for div in divs]
 
 
-def _thumbnails(analysis: Analysis, groups: list[CardGroup], images: Mapping[str, Path], watch: Watch) -> dict[str, str | None]:
+def _thumbnails(
+    analysis: Analysis, groups: list[CardGroup], images: Mapping[str, Path], watch: Watch
+) -> dict[str, str | None]:
     """Data URIs of the images the cards show, each made once, by item id: None for an image that cannot be read,
     no entry for an item without an image (an embeddings Parquet has none)."""
     k = min(analysis.config.k, NEIGHBOURS_SHOWN)
     test_ids = [str(analysis.test.ids[row]) for group in groups for row in group.rows]
-    train_rows = [index for group in groups for row in group.rows for index in analysis.neighbours.indices[row, :k] if index >= 0]
-    wanted = [item_id for item_id in dict.fromkeys(test_ids + [str(analysis.train.ids[index]) for index in train_rows]) if item_id in images]
+    train_rows = [
+        index
+        for group in groups
+        for row in group.rows
+        for index in analysis.neighbours.indices[row, :k]
+        if index >= 0
+    ]
+    wanted = [
+        item_id
+        for item_id in dict.fromkeys(
+            test_ids + [str(analysis.train.ids[index]) for index in train_rows]
+        )
+        if item_id in images
+    ]
     shrunk = thumbnails([images[item_id] for item_id in wanted], THUMBNAIL_EDGE, watch)
-    return {item_id: None if image is None else jpeg_uri(image) for item_id, image in zip(wanted, shrunk)}
+    return {
+        item_id: None if image is None else jpeg_uri(image)
+        for item_id, image in zip(wanted, shrunk)
+    }
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -216,23 +299,38 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _dataset_section(loaded: LoadedEmbeddings, analysis: Analysis) -> str:
     train_labels = Counter(str(label) for label in analysis.train.labels)
-    test_labels = Counter(str(label) for label in analysis.truth) if analysis.truth is not None else Counter()
+    test_labels = (
+        Counter(str(label) for label in analysis.truth) if analysis.truth is not None else Counter()
+    )
     splits = [
         [TRAIN, f"{len(analysis.train.ids):,}", f"{len(train_labels):,} classes"],
         [
             TEST,
             f"{len(analysis.test.ids):,}",
-            "no true labels" if analysis.truth is None else f"true labels given; {test_labels[DISTRACTOR]:,} distractors ({DISTRACTOR})",
+            "no true labels"
+            if analysis.truth is None
+            else f"true labels given; {test_labels[DISTRACTOR]:,} distractors ({DISTRACTOR})",
         ],
     ]
     parts = [_table(["split", "items", "labels"], splits)]
     if loaded.rejected:
-        parts.append(f'<p class="note">{len(loaded.rejected):,} files were refused when the dataset was read.</p>')
+        parts.append(
+            f'<p class="note">{len(loaded.rejected):,} files were refused when the dataset was read.</p>'
+        )
     ranked = sorted(train_labels.items(), key=lambda item: (-item[1], item[0]))
-    rows = [[inert_html(label), f"{count:,}", f"{test_labels[label]:,}" if analysis.truth is not None else "–"] for label, count in ranked[:CLASSES_LISTED]]
+    rows = [
+        [
+            inert_html(label),
+            f"{count:,}",
+            f"{test_labels[label]:,}" if analysis.truth is not None else "–",
+        ]
+        for label, count in ranked[:CLASSES_LISTED]
+    ]
     parts.append(_table(["class", "train items", "test items (truth)"], rows))
     if len(ranked) > CLASSES_LISTED:
-        parts.append(f'<p class="note">The {CLASSES_LISTED} largest classes of {len(ranked):,}.</p>')
+        parts.append(
+            f'<p class="note">The {CLASSES_LISTED} largest classes of {len(ranked):,}.</p>'
+        )
     return "\n".join(parts)
 
 
@@ -240,23 +338,49 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _metrics_section(analysis: Analysis, threshold: float, threshold_rule: str, flags: np.ndarray) -> str:
+def _metrics_section(
+    analysis: Analysis, threshold: float, threshold_rule: str, flags: np.ndarray
+) -> str:
     report = analysis.report(threshold, flags)
     k = analysis.config.k
     rows = [
         ["threshold", f"{threshold:.4f}", inert_html(threshold_rule)],
-        ["flagged as distractors", f"{report['flagged']:,} of {report['test_items']:,} ({report['flagged_share']:.1%})", f'they get "{DISTRACTOR}" first'],
-        [f'where "{DISTRACTOR}" goes', inert_html(analysis.placement), inert_html(analysis.placement_source)],
-        [f"expected MAP@{k}", _number(report[f"expected_MAP@{k}"]), "what the placement model expects, without test truth"],
+        [
+            "flagged as distractors",
+            f"{report['flagged']:,} of {report['test_items']:,} ({report['flagged_share']:.1%})",
+            f'they get "{DISTRACTOR}" first',
+        ],
+        [
+            f'where "{DISTRACTOR}" goes',
+            inert_html(analysis.placement),
+            inert_html(analysis.placement_source),
+        ],
+        [
+            f"expected MAP@{k}",
+            _number(report[f"expected_MAP@{k}"]),
+            "what the placement model expects, without test truth",
+        ],
     ]
     if analysis.truth is None:
         rows.append([f"MAP@{k}", "n/a", "the test items have no true labels"])
     else:
         best_threshold, best_map = analysis.sweep.best_map_threshold()
         rows += [
-            [f"MAP@{k}", _number(report[f"MAP@{k}"]), f"first {_number(report[f'MAP@{k}_first'])}, optimal {_number(report[f'MAP@{k}_optimal'])}"],
-            [f"best MAP@{k} with truth", _number(best_map), f"at the threshold {best_threshold:.4f}"],
-            [f"mP@{k}", _number(report[f"mP@{k}"]), "share of the first k neighbours with the item's class"],
+            [
+                f"MAP@{k}",
+                _number(report[f"MAP@{k}"]),
+                f"first {_number(report[f'MAP@{k}_first'])}, optimal {_number(report[f'MAP@{k}_optimal'])}",
+            ],
+            [
+                f"best MAP@{k} with truth",
+                _number(best_map),
+                f"at the threshold {best_threshold:.4f}",
+            ],
+            [
+                f"mP@{k}",
+                _number(report[f"mP@{k}"]),
+                "share of the first k neighbours with the item's class",
+            ],
             ["top-1 accuracy", _number(report["top1_accuracy"]), ""],
             [
                 "distractor detection",
@@ -268,12 +392,27 @@ def _metrics_section(analysis: Analysis, threshold: float, threshold_rule: str, 
     return _table(["", "value", "how"], rows) + notes
 
 
-def _card_group(analysis: Analysis, group: CardGroup, flags: np.ndarray, predictions: list[list[str]], thumbnails: Mapping[str, str | None]) -> str:
-    cards = "".join(_card(analysis, row, flags, predictions, thumbnails) for row in group.rows) or '<p class="note">None.</p>'
+def _card_group(
+    analysis: Analysis,
+    group: CardGroup,
+    flags: np.ndarray,
+    predictions: list[list[str]],
+    thumbnails: Mapping[str, str | None],
+) -> str:
+    cards = (
+        "".join(_card(analysis, row, flags, predictions, thumbnails) for row in group.rows)
+        or '<p class="note">None.</p>'
+    )
     return f'<h3>{group.title} ({len(group.rows)})</h3><p class="note">{group.why}.</p><div class="cards">{cards}</div>'
 
 
-def _card(analysis: Analysis, row: int, flags: np.ndarray, predictions: list[list[str]], thumbnails: Mapping[str, str | None]) -> str:
+def _card(
+    analysis: Analysis,
+    row: int,
+    flags: np.ndarray,
+    predictions: list[list[str]],
+    thumbnails: Mapping[str, str | None],
+) -> str:
     k = min(analysis.config.k, NEIGHBOURS_SHOWN)
     item_id = str(analysis.test.ids[row])
     truth = None if analysis.truth is None else str(analysis.truth[row])
@@ -286,13 +425,17 @@ def _card(analysis: Analysis, row: int, flags: np.ndarray, predictions: list[lis
     ]
     query = _picture(item_id, thumbnails) + "<br>".join(lines)
     neighbours = []
-    for index, similarity in zip(analysis.neighbours.indices[row, :k], analysis.neighbours.similarities[row, :k]):
+    for index, similarity in zip(
+        analysis.neighbours.indices[row, :k], analysis.neighbours.similarities[row, :k]
+    ):
         if index < 0:
             continue
         label = str(analysis.train.labels[index])
         train_id = str(analysis.train.ids[index])
         match = ' class="match"' if label == truth else ""
-        neighbours.append(f"<li{match}>{_picture(train_id, thumbnails)}{inert_html(label)}<br>cosine {similarity:.3f}<br><small>{inert_html(train_id)}</small></li>")
+        neighbours.append(
+            f"<li{match}>{_picture(train_id, thumbnails)}{inert_html(label)}<br>cosine {similarity:.3f}<br><small>{inert_html(train_id)}</small></li>"
+        )
     return f'<div class="card {verdict}"><div class="query">{query}</div><ol class="neighbours">{"".join(neighbours)}</ol></div>'
 
 

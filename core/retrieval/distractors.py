@@ -79,11 +79,17 @@ class ThresholdSweep:
         self.n = scores.size
 
         def cumulative(values):
-            return None if values is None else np.concatenate(([0.0], np.cumsum(np.asarray(values, np.float64)[self.order])))
+            return (
+                None
+                if values is None
+                else np.concatenate(([0.0], np.cumsum(np.asarray(values, np.float64)[self.order])))
+            )
 
         self._flagged_ap = cumulative(ap_if_flagged)
         self._kept_ap = cumulative(ap_if_kept)
-        self._distractors = cumulative(None if is_distractor is None else np.asarray(is_distractor, bool))
+        self._distractors = cumulative(
+            None if is_distractor is None else np.asarray(is_distractor, bool)
+        )
 
     @property
     def has_map(self) -> bool:
@@ -117,7 +123,9 @@ class ThresholdSweep:
             raise ValueError("MAP@k needs test truth")
         flagged = self._flagged(threshold)
         kept_total = self._kept_ap[-1]
-        return _like_threshold(threshold, (self._flagged_ap[flagged] + kept_total - self._kept_ap[flagged]) / self.n)
+        return _like_threshold(
+            threshold, (self._flagged_ap[flagged] + kept_total - self._kept_ap[flagged]) / self.n
+        )
 
     def detection_at(self, threshold):
         """(precision, recall, F1) of the flags against the known distractors."""
@@ -145,7 +153,9 @@ class ThresholdSweep:
         distinct = np.unique(self.sorted_scores)
         tried = np.append(distinct, np.nextafter(distinct[-1], np.inf))
         values = self.map_at(tried)
-        on_plateau = np.concatenate(([0], values >= values.max() - PLATEAU_TOLERANCE, [0])).astype(np.int8)
+        on_plateau = np.concatenate(([0], values >= values.max() - PLATEAU_TOLERANCE, [0])).astype(
+            np.int8
+        )
         starts = np.flatnonzero(np.diff(on_plateau) == 1)
         ends = np.flatnonzero(np.diff(on_plateau) == -1) - 1
         # Thresholds below the lowest score flag nothing, like the lowest: a range starting there starts at it.
@@ -163,9 +173,13 @@ class ThresholdSweep:
 class DbscanConfig:
     """DBSCAN as a second detector (seed 001): test items in clusters without any train item."""
 
-    eps: float = field(default=0.15, metadata={"help": "cosine distance (1 - similarity) that joins two points"})
+    eps: float = field(
+        default=0.15, metadata={"help": "cosine distance (1 - similarity) that joins two points"}
+    )
     min_samples: int = field(default=3, metadata={"help": "points needed to form a dense core"})
-    noise_is_distractor: bool = field(default=False, metadata={"help": "count points in no cluster as distractors"})
+    noise_is_distractor: bool = field(
+        default=False, metadata={"help": "count points in no cluster as distractors"}
+    )
 
     def __post_init__(self):
         if not 0.0 < self.eps <= 2.0:
@@ -174,13 +188,17 @@ class DbscanConfig:
             raise ValueError(f"min_samples must be at least 1, got {self.min_samples}")
 
 
-def dbscan_flags(train_vectors: np.ndarray, test_vectors: np.ndarray, config: DbscanConfig = DbscanConfig()) -> np.ndarray:
+def dbscan_flags(
+    train_vectors: np.ndarray, test_vectors: np.ndarray, config: DbscanConfig = DbscanConfig()
+) -> np.ndarray:
     """Flag test items whose DBSCAN cluster (fitted on train and test together) has no train member."""
     if test_vectors.shape[0] == 0:
         return np.zeros(0, dtype=bool)
     vectors = np.vstack([train_vectors, test_vectors]).astype(np.float32)
     # On unit vectors, Euclidean distance² = 2 × cosine distance: Euclidean avoids a dense cosine matrix.
-    labels = DBSCAN(eps=float(np.sqrt(2 * config.eps)), min_samples=config.min_samples).fit_predict(vectors)
+    labels = DBSCAN(eps=float(np.sqrt(2 * config.eps)), min_samples=config.min_samples).fit_predict(
+        vectors
+    )
     n_train = train_vectors.shape[0]
     clusters_with_train = set(labels[:n_train].tolist()) - {-1}
     test_labels = labels[n_train:]

@@ -47,7 +47,13 @@ class Neighbours:
 
 
 def checked_vectors(
-    vectors: np.ndarray, name: str, *, min_rows: int = 0, min_dims: int = 1, finite: bool = True, dtype=np.float32
+    vectors: np.ndarray,
+    name: str,
+    *,
+    min_rows: int = 0,
+    min_dims: int = 1,
+    finite: bool = True,
+    dtype=np.float32,
 ) -> np.ndarray:
     """`vectors` as a C-contiguous 2-D `dtype` array, refused by `name` when its shape or (if `finite`) values are bad.
 
@@ -75,7 +81,9 @@ def unit_rows(vectors: np.ndarray, name: str, keep_zero_rows: bool = False) -> n
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     zero = norms[:, 0] == 0
     if zero.any() and not keep_zero_rows:
-        raise ValueError(f"{name} row {int(np.flatnonzero(zero)[0])} is all zeros: it has no direction")
+        raise ValueError(
+            f"{name} row {int(np.flatnonzero(zero)[0])} is all zeros: it has no direction"
+        )
     return np.ascontiguousarray(matrix / np.where(zero[:, None], 1, norms))
 
 
@@ -104,9 +112,13 @@ class VectorIndex:
         self.kind = resolve_kind(kind, matrix.shape[0])  # the kind in use: "exact", "hnsw" or "ivf"
         self.dim = matrix.shape[1]
         self._probes = self._ivf_lists = None  # IVF only: lists probed per query, and lists in all
-        self._screen: Screen | None = None  # exact only: made at the first search the screen pays for
+        self._screen: Screen | None = (
+            None  # exact only: made at the first search the screen pays for
+        )
         self.screened_queries = 0  # queries the bf16 screen answered or passed on (exact only)
-        self.rechecked_queries = 0  # … of which the screen could not certify, searched again with FAISS
+        self.rechecked_queries = (
+            0  # … of which the screen could not certify, searched again with FAISS
+        )
         if self.kind == "exact":
             self._index = faiss.IndexFlatIP(self.dim)
             self._settings = "exact inner product over every vector"
@@ -154,7 +166,9 @@ class VectorIndex:
         if allowed is not None:
             allowed = np.asarray(allowed, dtype=bool)
             if allowed.shape != (len(self),):
-                raise ValueError(f"allowed must mark each of the {len(self)} indexed rows, got shape {allowed.shape}")
+                raise ValueError(
+                    f"allowed must mark each of the {len(self)} indexed rows, got shape {allowed.shape}"
+                )
             candidates = int(allowed.sum())
             if candidates == 0:
                 raise ValueError("allowed marks no indexed row: there is nothing to search")
@@ -162,7 +176,9 @@ class VectorIndex:
             bits = np.packbits(allowed, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bits))
         if k > candidates:
-            warnings.warn(f"k={k} is larger than the {candidates} indexed vectors searched; using k={candidates}")
+            warnings.warn(
+                f"k={k} is larger than the {candidates} indexed vectors searched; using k={candidates}"
+            )
             k = candidates
         if matrix.shape[0] == 0:
             return Neighbours(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
@@ -171,19 +187,25 @@ class VectorIndex:
             self.screened_queries += matrix.shape[0]
             self.rechecked_queries += uncertain.size
             if uncertain.size:
-                similarities[uncertain], indices[uncertain] = self._faiss_search(matrix[uncertain], k, selector)
+                similarities[uncertain], indices[uncertain] = self._faiss_search(
+                    matrix[uncertain], k, selector
+                )
         else:
             similarities, indices = self._faiss_search(matrix, k, selector)
         return Neighbours(similarities, indices)
 
     def _faiss_search(self, matrix: np.ndarray, k: int, selector) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and int64 row numbers of the top k, searched by the FAISS index itself."""
-        similarities, indices = self._index.search(matrix, k, params=self._parameters(selector, self._probes))
+        similarities, indices = self._index.search(
+            matrix, k, params=self._parameters(selector, self._probes)
+        )
         short = np.flatnonzero((indices < 0).any(axis=1))
         if short.size:
             # The probed IVF lists held fewer than k vectors: probing every list finds them all.
             everything = self._parameters(selector, self._ivf_lists)
-            similarities[short], indices[short] = self._index.search(matrix[short], k, params=everything)
+            similarities[short], indices[short] = self._index.search(
+                matrix[short], k, params=everything
+            )
         return similarities, indices.astype(np.int64)
 
     def _screened(self) -> Screen:
@@ -197,7 +219,8 @@ class VectorIndex:
         """FAISS search parameters for this kind: the IVF lists probed, and the rows allowed (None: all)."""
         if self.kind == "ivf":
             return faiss.IndexRefineSearchParameters(
-                k_factor=IVF_RERANK_FACTOR, base_index_params=faiss.SearchParametersIVF(nprobe=probes, sel=selector)
+                k_factor=IVF_RERANK_FACTOR,
+                base_index_params=faiss.SearchParametersIVF(nprobe=probes, sel=selector),
             )
         if selector is None:
             return None
@@ -209,9 +232,16 @@ class VectorIndex:
 def _trained_ivf(matrix: np.ndarray) -> tuple[faiss.IndexRefineFlat, int]:
     """A trained, still empty IVF index with 8-bit codes and exact re-ranking, and its number of lists."""
     n_rows, dim = matrix.shape
-    n_lists = max(1, min(round(IVF_LISTS_PER_SQRT_N * math.sqrt(n_rows)), n_rows // IVF_TRAINING_ROWS_PER_LIST))
+    n_lists = max(
+        1,
+        min(round(IVF_LISTS_PER_SQRT_N * math.sqrt(n_rows)), n_rows // IVF_TRAINING_ROWS_PER_LIST),
+    )
     lists = faiss.IndexIVFScalarQuantizer(
-        faiss.IndexFlatIP(dim), dim, n_lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        faiss.IndexFlatIP(dim),
+        dim,
+        n_lists,
+        faiss.ScalarQuantizer.QT_8bit,
+        faiss.METRIC_INNER_PRODUCT,
     )
     lists.cp.niter = IVF_KMEANS_ROUNDS
     training_rows = min(n_rows, n_lists * IVF_TRAINING_ROWS_PER_LIST)

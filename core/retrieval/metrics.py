@@ -16,7 +16,9 @@ def _check_k(k: int) -> None:
 
 def _check_aligned(truth: Sequence, predictions: Sequence) -> None:
     if len(truth) != len(predictions):
-        raise ValueError(f"{len(truth)} true labels but {len(predictions)} prediction rows; they must match")
+        raise ValueError(
+            f"{len(truth)} true labels but {len(predictions)} prediction rows; they must match"
+        )
     if len(truth) == 0:
         raise ValueError("nothing to score: 0 rows")
 
@@ -82,7 +84,9 @@ class DistractorReport:
     precision: float  # flagged items that are distractors / flagged
     recall: float  # distractors flagged / all distractors
     f1: float
-    roc_auc: float | None  # of the score ranking (low score = distractor); None without both classes
+    roc_auc: (
+        float | None
+    )  # of the score ranking (low score = distractor); None without both classes
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,7 +94,9 @@ class DistractorReport:
 
 def precision_recall_f1(true_positives, flagged, actual):
     """Precision, recall and F1 from counts (0 where undefined): floats from single counts, arrays element-wise."""
-    tp, flagged, actual = (np.asarray(v, dtype=np.float64) for v in (true_positives, flagged, actual))
+    tp, flagged, actual = (
+        np.asarray(v, dtype=np.float64) for v in (true_positives, flagged, actual)
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(flagged > 0, tp / flagged, 0.0)
         recall = np.where(actual > 0, tp / actual, 0.0)
@@ -107,12 +113,19 @@ def distractor_report(
     is_distractor = np.asarray(is_distractor, dtype=bool)
     flagged = np.asarray(flagged, dtype=bool)
     if is_distractor.shape != flagged.shape:
-        raise ValueError(f"truth has {is_distractor.shape[0]} items but flags have {flagged.shape[0]}")
+        raise ValueError(
+            f"truth has {is_distractor.shape[0]} items but flags have {flagged.shape[0]}"
+        )
     tp = int(np.sum(is_distractor & flagged))
     precision, recall, f1 = precision_recall_f1(tp, flagged.sum(), is_distractor.sum())
     auc = None
     if scores is not None and 0 < is_distractor.sum() < len(is_distractor):
         auc = float(roc_auc_score(is_distractor, -np.asarray(scores, dtype=np.float64)))
     return DistractorReport(
-        int(flagged.sum()), int(is_distractor.sum()), float(precision), float(recall), float(f1), auc
+        int(flagged.sum()),
+        int(is_distractor.sum()),
+        float(precision),
+        float(recall),
+        float(f1),
+        auc,
     )

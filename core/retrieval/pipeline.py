@@ -22,7 +22,12 @@ from core.retrieval.distractors import (
 from core.retrieval.index import Neighbours, VectorIndex
 from core.io.layouts import load_dataset
 from core.io.parquet import is_embeddings_source, read_embeddings_checked
-from core.retrieval.metrics import average_precision_at_k, distractor_report, mean_precision_at_k, top1_accuracy
+from core.retrieval.metrics import (
+    average_precision_at_k,
+    distractor_report,
+    mean_precision_at_k,
+    top1_accuracy,
+)
 from core.retrieval.placement import (
     PLACEMENTS,
     PlacementModel,
@@ -48,15 +53,56 @@ from core.retrieval.validation import (
 class PredictConfig:
     """How test items are scored, flagged and labelled."""
 
-    k: int = field(default=5, metadata={"help": "labels per prediction row (MAP@k) and neighbours shown"})
-    score_mode: str = field(default="max", metadata={"help": "distractor score: best similarity (max, seed 001) or mean of the top score_k", "choices": SCORE_MODES})
-    score_k: int = field(default=5, metadata={"help": "neighbours averaged when score_mode is mean"})
-    contamination: float = field(default=0.3, metadata={"help": "share of test flagged when no threshold is given (seed 001: 30%); with auto, the simulated share"})
-    threshold: float | None = field(default=None, metadata={"help": "a fixed cosine similarity threshold: test items scoring below it are flagged; overrides contamination"})
-    auto: bool = field(default=False, metadata={"help": "choose the threshold without test truth or a contamination: where -1 first has the highest expected AP@k, learnt on train with every class held out once"})
-    max_false_flag: float | None = field(default=None, metadata={"help": "flag at most this share of known-class test items (split-conformal threshold on train leave-one-out scores); overrides contamination"})
-    placement: str | None = field(default=None, metadata={"help": "where -1 goes: first for flagged items only, or optimal (flagged first, the others at the rank with the highest expected AP@k); default: whichever scores higher on train", "choices": PLACEMENTS})
-    validation_rounds: int = field(default=20, metadata={"help": "class bootstrap rounds of the auto threshold; their median is used and their spread reported"})
+    k: int = field(
+        default=5, metadata={"help": "labels per prediction row (MAP@k) and neighbours shown"}
+    )
+    score_mode: str = field(
+        default="max",
+        metadata={
+            "help": "distractor score: best similarity (max, seed 001) or mean of the top score_k",
+            "choices": SCORE_MODES,
+        },
+    )
+    score_k: int = field(
+        default=5, metadata={"help": "neighbours averaged when score_mode is mean"}
+    )
+    contamination: float = field(
+        default=0.3,
+        metadata={
+            "help": "share of test flagged when no threshold is given (seed 001: 30%); with auto, the simulated share"
+        },
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "a fixed cosine similarity threshold: test items scoring below it are flagged; overrides contamination"
+        },
+    )
+    auto: bool = field(
+        default=False,
+        metadata={
+            "help": "choose the threshold without test truth or a contamination: where -1 first has the highest expected AP@k, learnt on train with every class held out once"
+        },
+    )
+    max_false_flag: float | None = field(
+        default=None,
+        metadata={
+            "help": "flag at most this share of known-class test items (split-conformal threshold on train leave-one-out scores); overrides contamination"
+        },
+    )
+    placement: str | None = field(
+        default=None,
+        metadata={
+            "help": "where -1 goes: first for flagged items only, or optimal (flagged first, the others at the rank with the highest expected AP@k); default: whichever scores higher on train",
+            "choices": PLACEMENTS,
+        },
+    )
+    validation_rounds: int = field(
+        default=20,
+        metadata={
+            "help": "class bootstrap rounds of the auto threshold; their median is used and their spread reported"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seeds the class draws of validation"})
 
     def __post_init__(self):
@@ -67,12 +113,26 @@ class PredictConfig:
         if self.score_k < 1:
             raise ValueError(f"score_k must be at least 1, got {self.score_k}")
         if not 0.0 <= self.contamination <= 1.0:
-            raise ValueError(f"contamination must be a share between 0 and 1, got {self.contamination}")
-        chosen = [name for name, value in (("threshold", self.threshold), ("auto", self.auto or None), ("max_false_flag", self.max_false_flag)) if value is not None]
+            raise ValueError(
+                f"contamination must be a share between 0 and 1, got {self.contamination}"
+            )
+        chosen = [
+            name
+            for name, value in (
+                ("threshold", self.threshold),
+                ("auto", self.auto or None),
+                ("max_false_flag", self.max_false_flag),
+            )
+            if value is not None
+        ]
         if len(chosen) > 1:
-            raise ValueError(f"give one of threshold, auto and max_false_flag, not {' and '.join(chosen)}")
+            raise ValueError(
+                f"give one of threshold, auto and max_false_flag, not {' and '.join(chosen)}"
+            )
         if self.max_false_flag is not None and not 0.0 < self.max_false_flag < 1.0:
-            raise ValueError(f"max_false_flag is a share between 0 and 1 (exclusive), got {self.max_false_flag}")
+            raise ValueError(
+                f"max_false_flag is a share between 0 and 1 (exclusive), got {self.max_false_flag}"
+            )
         if self.placement is not None and self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0 + 1e-6:
@@ -90,7 +150,9 @@ def verdict_precisions(
     """
     ranks, is_distractor = true_ranks(rows, truth), np.asarray(truth == DISTRACTOR, bool)
     kept = np.zeros(len(rows), np.int64) if kept is None else kept
-    return realised_precisions(ranks, is_distractor, np.ones(len(rows), np.int64), k), realised_precisions(ranks, is_distractor, kept, k)
+    return realised_precisions(
+        ranks, is_distractor, np.ones(len(rows), np.int64), k
+    ), realised_precisions(ranks, is_distractor, kept, k)
 
 
 @dataclass(frozen=True)
@@ -103,10 +165,16 @@ class Retrieval:
 
 
 def search_and_rank(
-    index: VectorIndex, gallery_labels: np.ndarray, query_vectors: np.ndarray, config: PredictConfig, watch: Watch = Watch()
+    index: VectorIndex,
+    gallery_labels: np.ndarray,
+    query_vectors: np.ndarray,
+    config: PredictConfig,
+    watch: Watch = Watch(),
 ) -> tuple[Neighbours, list[list[str]], np.ndarray]:
     """Each query's top max(k, score_k) neighbours, its k distinct labels ranked and its distractor score."""
-    neighbours, labels = search_labels(index, gallery_labels, query_vectors, config.k, max(config.k, config.score_k), watch)
+    neighbours, labels = search_labels(
+        index, gallery_labels, query_vectors, config.k, max(config.k, config.score_k), watch
+    )
     return neighbours, labels, distractor_scores(neighbours, config.score_mode, config.score_k)
 
 
@@ -119,16 +187,22 @@ def retrieve(
     watch: Watch = Watch(),
 ) -> tuple[Neighbours, Retrieval]:
     """Search queries against the gallery and score them; with truth, MAP and detection follow any threshold."""
-    neighbours, labels, scores = search_and_rank(VectorIndex(gallery_vectors), gallery_labels, query_vectors, config, watch)
+    neighbours, labels, scores = search_and_rank(
+        VectorIndex(gallery_vectors), gallery_labels, query_vectors, config, watch
+    )
     return neighbours, ranked_retrieval(labels, scores, config.k, truth)
 
 
-def ranked_retrieval(labels: list[list[str]], scores: np.ndarray, k: int, truth: np.ndarray | None = None) -> Retrieval:
+def ranked_retrieval(
+    labels: list[list[str]], scores: np.ndarray, k: int, truth: np.ndarray | None = None
+) -> Retrieval:
     """The retrieval of searched queries: with truth, MAP and detection follow any threshold."""
     if truth is None:
         return Retrieval(labels, scores, ThresholdSweep(scores))
     if_flagged, if_kept = verdict_precisions(labels, truth, k)
-    return Retrieval(labels, scores, ThresholdSweep(scores, if_flagged, if_kept, truth == DISTRACTOR))
+    return Retrieval(
+        labels, scores, ThresholdSweep(scores, if_flagged, if_kept, truth == DISTRACTOR)
+    )
 
 
 # What the watch of an analysis hears after the test search.
@@ -136,7 +210,13 @@ LEAVE_ONE_OUT_STAGE = "scoring train items against the rest of train"
 PLACEMENT_STAGE = "fitting the placement model on train"
 
 
-def searched(train: Embeddings, test: Embeddings, config: PredictConfig, store: SearchStore, watch: Watch = Watch()) -> SearchResults:
+def searched(
+    train: Embeddings,
+    test: Embeddings,
+    config: PredictConfig,
+    store: SearchStore,
+    watch: Watch = Watch(),
+) -> SearchResults:
     """Test against train and train against itself, read from `store` when it has them, else searched and stored."""
     train_labels = train.labels.astype(object)
     settings = f"k={config.k} score_mode={config.score_mode} score_k={config.score_k}"
@@ -144,7 +224,9 @@ def searched(train: Embeddings, test: Embeddings, config: PredictConfig, store: 
     stored = store.get(key)
     if stored is not None:
         return stored
-    neighbours, labels, scores = search_and_rank(VectorIndex(train.vectors), train_labels, test.vectors, config, watch)
+    neighbours, labels, scores = search_and_rank(
+        VectorIndex(train.vectors), train_labels, test.vectors, config, watch
+    )
     watch.step(0, 1, LEAVE_ONE_OUT_STAGE)
     loo_scores = leave_one_out_scores(train.vectors, config.score_mode, config.score_k)
     results = SearchResults(neighbours, labels, scores, loo_scores)
@@ -163,13 +245,19 @@ class Analysis:
     retrieval: Retrieval
     threshold: float  # the threshold chosen by the config
     threshold_source: str  # how it was chosen, for people
-    evidence: TrainEvidence | None  # train items as left-out known items and left-out classes; None when train cannot give them
-    placement_model: PlacementModel | None  # P(distractor) and label-rank odds per score; None when it cannot be fitted
+    evidence: (
+        TrainEvidence | None
+    )  # train items as left-out known items and left-out classes; None when train cannot give them
+    placement_model: (
+        PlacementModel | None
+    )  # P(distractor) and label-rank odds per score; None when it cannot be fitted
     placement: str  # "first" or "optimal": the config's, or the one scoring higher on train; "first" without a model
     placement_source: str  # how it was chosen, for people
     validation: ValidationResult | None = None
     notes: list[str] = field(default_factory=list)
-    stored_train_loo_scores: np.ndarray | None = None  # train_loo_scores read from a search store; None: computed on first use
+    stored_train_loo_scores: np.ndarray | None = (
+        None  # train_loo_scores read from a search store; None: computed on first use
+    )
 
     @property
     def scores(self) -> np.ndarray:
@@ -191,8 +279,12 @@ class Analysis:
         sweeps = {}
         for placement in PLACEMENTS:
             kept = positions_for(np.zeros(len(self.scores), bool), placement, self.kept_positions)
-            if_flagged, if_kept = verdict_precisions(self.retrieval.labels, self.truth, self.config.k, kept)
-            sweeps[placement] = ThresholdSweep(self.scores, if_flagged, if_kept, self.truth == DISTRACTOR)
+            if_flagged, if_kept = verdict_precisions(
+                self.retrieval.labels, self.truth, self.config.k, kept
+            )
+            sweeps[placement] = ThresholdSweep(
+                self.scores, if_flagged, if_kept, self.truth == DISTRACTOR
+            )
         return sweeps
 
     @cached_property
@@ -202,7 +294,11 @@ class Analysis:
     @cached_property
     def expected_precisions(self) -> np.ndarray | None:
         """Test items × positions (1..k, then nowhere): expected AP@k of "-1" there, from the placement model (if any)."""
-        return None if self.placement_model is None else self.placement_model.expected_precisions(self.scores)
+        return (
+            None
+            if self.placement_model is None
+            else self.placement_model.expected_precisions(self.scores)
+        )
 
     @cached_property
     def kept_positions(self) -> np.ndarray:
@@ -219,18 +315,36 @@ class Analysis:
     def flags(self, threshold: float | None = None) -> np.ndarray:
         return self.scores < (self.threshold if threshold is None else threshold)
 
-    def positions(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> np.ndarray:
+    def positions(
+        self,
+        threshold: float | None = None,
+        flags: np.ndarray | None = None,
+        placement: str | None = None,
+    ) -> np.ndarray:
         """Where "-1" goes in each row (1..k; 0: nowhere) for a verdict and a placement (by default the analysis's own)."""
         flags = self.flags(threshold) if flags is None else flags
         return positions_for(flags, placement or self.placement, self.kept_positions)
 
-    def predictions(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> list[list[str]]:
-        return place_minus_one(self.retrieval.labels, self.positions(threshold, flags, placement), self.config.k)
+    def predictions(
+        self,
+        threshold: float | None = None,
+        flags: np.ndarray | None = None,
+        placement: str | None = None,
+    ) -> list[list[str]]:
+        return place_minus_one(
+            self.retrieval.labels, self.positions(threshold, flags, placement), self.config.k
+        )
 
-    def query_positions(self, rows: list[list[str]], scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    def query_positions(
+        self, rows: list[list[str]], scores: np.ndarray, threshold: float | None = None
+    ) -> np.ndarray:
         """Where "-1" goes for queries searched apart from the test split (an uploaded image, a text), by the placement in use."""
         scores = np.asarray(scores, np.float64)
-        expected = None if self.placement_model is None else self.placement_model.expected_precisions(scores)
+        expected = (
+            None
+            if self.placement_model is None
+            else self.placement_model.expected_precisions(scores)
+        )
         flags = scores < (self.threshold if threshold is None else threshold)
         return positions_for(flags, self.placement, self._kept_positions_of(expected, rows))
 
@@ -240,7 +354,12 @@ class Analysis:
             return None
         return float(self.flags(threshold)[known].mean())
 
-    def expected_map(self, threshold: float | None = None, flags: np.ndarray | None = None, placement: str | None = None) -> float | None:
+    def expected_map(
+        self,
+        threshold: float | None = None,
+        flags: np.ndarray | None = None,
+        placement: str | None = None,
+    ) -> float | None:
         """MAP@k the placement model expects for a verdict and placement, without test truth (None without a model)."""
         if self.expected_precisions is None:
             return None
@@ -281,22 +400,33 @@ class Analysis:
             "flagged": int(flags.sum()),
             "flagged_share": float(flags.mean()) if len(flags) else 0.0,
             "placement": f"{self.placement} ({self.placement_source})",
-            "estimated_distractor_share": None if self.placement_model is None else self.placement_model.contamination,
+            "estimated_distractor_share": None
+            if self.placement_model is None
+            else self.placement_model.contamination,
             f"expected_MAP@{k}": self.expected_map(flags=flags),
         }
         if self.truth is not None:
             measured = {}
             for placement in PLACEMENTS:
                 rows = self.predictions(flags=flags, placement=placement)
-                measured[placement] = rows, float(np.mean([average_precision_at_k(t, r, k) for t, r in zip(self.truth, rows)]))
+                measured[placement] = (
+                    rows,
+                    float(
+                        np.mean([average_precision_at_k(t, r, k) for t, r in zip(self.truth, rows)])
+                    ),
+                )
             rows, report[f"MAP@{k}"] = measured[self.placement]
             for placement in PLACEMENTS:
                 report[f"MAP@{k}_{placement}"] = measured[placement][1]
-                report[f"expected_MAP@{k}_{placement}"] = self.expected_map(flags=flags, placement=placement)
+                report[f"expected_MAP@{k}_{placement}"] = self.expected_map(
+                    flags=flags, placement=placement
+                )
             report[f"mP@{k}"] = self.mean_precision
             report["top1_accuracy"] = top1_accuracy(self.truth, rows)
             detection = distractor_report(self.truth == DISTRACTOR, flags, self.scores)
-            report.update({f"distractor_{key}": value for key, value in detection.as_dict().items()})
+            report.update(
+                {f"distractor_{key}": value for key, value in detection.as_dict().items()}
+            )
         return report
 
 
@@ -319,7 +449,10 @@ def fitted_placement(
 
 
 def analyse(
-    embeddings: Embeddings, config: PredictConfig = PredictConfig(), store: SearchStore | None = None, watch: Watch = Watch()
+    embeddings: Embeddings,
+    config: PredictConfig = PredictConfig(),
+    store: SearchStore | None = None,
+    watch: Watch = Watch(),
 ) -> Analysis:
     """Search test against train, score distractors, choose the threshold and the placement the config asks for.
 
@@ -335,11 +468,15 @@ def analyse(
     notes = []
     n_classes = len(set(train.labels.tolist()))
     if n_classes < config.k:
-        notes.append(f"train has {n_classes} classes, fewer than k={config.k}: prediction rows are shorter")
+        notes.append(
+            f"train has {n_classes} classes, fewer than k={config.k}: prediction rows are shorter"
+        )
     truth = test.labels.astype(object) if test.has_test_truth else None
     stored_loo_scores = None
     if store is None:
-        neighbours, retrieval = retrieve(train.vectors, train.labels.astype(object), test.vectors, config, truth, watch)
+        neighbours, retrieval = retrieve(
+            train.vectors, train.labels.astype(object), test.vectors, config, truth, watch
+        )
     else:
         results = searched(train, test, config, store, watch)
         neighbours, stored_loo_scores = results.neighbours, results.train_loo_scores
@@ -351,7 +488,9 @@ def analyse(
         threshold, source = config.threshold, "fixed threshold"
     elif config.max_false_flag is not None:
         if evidence is None:
-            raise ValueError(f"a guaranteed false-flag rate needs train leave-one-out scores, which this train set cannot give ({unfitted}) — use a contamination rate or a fixed threshold")
+            raise ValueError(
+                f"a guaranteed false-flag rate needs train leave-one-out scores, which this train set cannot give ({unfitted}) — use a contamination rate or a fixed threshold"
+            )
         threshold = conformal_threshold(evidence, config.max_false_flag)
         source = (
             f"at most {config.max_false_flag:.1%} of known-class items flagged (split conformal on "
@@ -359,7 +498,9 @@ def analyse(
         )
     elif config.auto:
         validation = validate_threshold(train, config, retrieval.scores, evidence)
-        shares = retrieval.sweep.contamination(np.array(validation.round_thresholds or [validation.threshold]))
+        shares = retrieval.sweep.contamination(
+            np.array(validation.round_thresholds or [validation.threshold])
+        )
         threshold = validation.threshold
         source = (
             f"validation on train: expected AP with each of {validation.held_out_classes} classes held out once, median of "
@@ -381,14 +522,26 @@ def analyse(
     elif config.placement is not None:
         placement, placement_source = config.placement, "asked for"
     else:
-        validated = {name: train_evidence_map(evidence, model, threshold, name) for name in PLACEMENTS}
+        validated = {
+            name: train_evidence_map(evidence, model, threshold, name) for name in PLACEMENTS
+        }
         placement = "optimal" if validated["optimal"] >= validated["first"] else "first"
-        placement_source = (
-            f"higher validation MAP@{config.k} on train: optimal {validated['optimal']:.3f}, first {validated['first']:.3f}"
-        )
+        placement_source = f"higher validation MAP@{config.k} on train: optimal {validated['optimal']:.3f}, first {validated['first']:.3f}"
     return Analysis(
-        train, test, config, neighbours, retrieval, float(threshold), source, evidence, model, placement,
-        placement_source, validation, notes, stored_loo_scores,
+        train,
+        test,
+        config,
+        neighbours,
+        retrieval,
+        float(threshold),
+        source,
+        evidence,
+        model,
+        placement,
+        placement_source,
+        validation,
+        notes,
+        stored_loo_scores,
     )
 
 
@@ -401,9 +554,13 @@ class LoadedEmbeddings:
     computed: int = 0  # vectors computed by the model in this run
     from_cache: int = 0  # vectors found in the cache
     seconds: float = 0.0  # time spent embedding
-    precision_note: str | None = None  # the precision the model computed in and why; None when nothing was embedded
+    precision_note: str | None = (
+        None  # the precision the model computed in and why; None when nothing was embedded
+    )
     name: str = ""  # the source's name, for people to read
-    images: dict[str, Path] = field(default_factory=dict)  # image file by item id; none for an embeddings Parquet
+    images: dict[str, Path] = field(
+        default_factory=dict
+    )  # image file by item id; none for an embeddings Parquet
 
     def summary(self) -> str:
         return f"{len(self.embeddings.ids)} accepted, {len(self.rejected)} rejected"
@@ -414,7 +571,15 @@ def is_embeddings_file(source) -> bool:
     return is_embeddings_source(Path(source))
 
 
-def load_embeddings(source, embed_config=None, cache=None, progress=None, work_dir=None, embedder=None, watch: Watch = Watch()) -> LoadedEmbeddings:
+def load_embeddings(
+    source,
+    embed_config=None,
+    cache=None,
+    progress=None,
+    work_dir=None,
+    embedder=None,
+    watch: Watch = Watch(),
+) -> LoadedEmbeddings:
     """Vectors for a dataset source (embedded with the config's model, cached) or a Parquet file.
 
     `embedder` is the config's model already loaded (a server shares one between users); without
@@ -433,6 +598,12 @@ def load_embeddings(source, embed_config=None, cache=None, progress=None, work_d
     embedder = embedder or load_embedder(config)
     run = embed_dataset(dataset, embedder, cache, config.batch_size, progress)
     return LoadedEmbeddings(
-        run.embeddings, dataset.rejected + run.rejected, run.computed, run.from_cache, run.seconds, precision_note(embedder),
-        dataset.name, {item.id: item.path for item in dataset.items},
+        run.embeddings,
+        dataset.rejected + run.rejected,
+        run.computed,
+        run.from_cache,
+        run.seconds,
+        precision_note(embedder),
+        dataset.name,
+        {item.id: item.path for item in dataset.items},
     )

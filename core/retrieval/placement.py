@@ -43,16 +43,24 @@ class TrainEvidence:
 
     def of_classes(self, classes: np.ndarray) -> TrainEvidence:
         """The evidence of these classes, each as often as it is named (a bootstrap draw)."""
+
         def rows(of):
             order = np.argsort(of, kind="stable")
             starts = np.searchsorted(of[order], classes, "left")
             lengths = np.searchsorted(of[order], classes, "right") - starts
-            return order[np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())]
+            return order[
+                np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+            ]
 
         known, far = rows(self.known_classes), rows(self.distractor_classes)
         return TrainEvidence(
-            self.known_scores[known], self.known_ranks[known], self.known_classes[known],
-            self.distractor_scores[far], self.distractor_classes[far], self.known_class_sizes[known], self.k,
+            self.known_scores[known],
+            self.known_ranks[known],
+            self.known_classes[known],
+            self.distractor_scores[far],
+            self.distractor_classes[far],
+            self.known_class_sizes[known],
+            self.k,
         )
 
     def with_all_images(self) -> np.ndarray:
@@ -73,7 +81,9 @@ def train_evidence(
     vectors = unit_rows(vectors, "train vectors", keep_zero_rows=True)
     classes, codes = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
     if len(classes) < 2:
-        raise ValueError(f"placing -1 needs at least 2 train classes to hold one out; train has {len(classes)}")
+        raise ValueError(
+            f"placing -1 needs at least 2 train classes to hold one out; train has {len(classes)}"
+        )
     queries = _evidence_rows(codes, np.random.default_rng(seed))
     order = np.argsort(codes, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
@@ -95,10 +105,17 @@ def train_evidence(
             known_ranks.append(np.where(rank <= k, rank, 0))
             known_classes.append(codes[block][has_known])
     if not known_scores:
-        raise ValueError("placing -1 needs a train class with 2+ images to score an item without itself")
+        raise ValueError(
+            "placing -1 needs a train class with 2+ images to score an item without itself"
+        )
     return TrainEvidence(
-        np.concatenate(known_scores), np.concatenate(known_ranks), np.concatenate(known_classes),
-        np.concatenate(far_scores), codes[queries], sizes[np.concatenate(known_classes)], k,
+        np.concatenate(known_scores),
+        np.concatenate(known_ranks),
+        np.concatenate(known_classes),
+        np.concatenate(far_scores),
+        codes[queries],
+        sizes[np.concatenate(known_classes)],
+        k,
     )
 
 
@@ -124,7 +141,9 @@ def _scores(similarities: np.ndarray, score_mode: str, score_k: int) -> np.ndarr
     top = np.partition(similarities, similarities.shape[1] - depth, axis=1)[:, -depth:]
     # A row with fewer than score_k candidates averages the ones it has, as a test item does with a small train.
     counted = np.isfinite(top)
-    return np.where(counted, top, 0.0).sum(axis=1, dtype=np.float64) / np.maximum(counted.sum(axis=1), 1)
+    return np.where(counted, top, 0.0).sum(axis=1, dtype=np.float64) / np.maximum(
+        counted.sum(axis=1), 1
+    )
 
 
 def precision_table(k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +158,9 @@ def precision_table(k: int) -> tuple[np.ndarray, np.ndarray]:
     return known, distractor
 
 
-def realised_precisions(true_ranks: np.ndarray, is_distractor: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
+def realised_precisions(
+    true_ranks: np.ndarray, is_distractor: np.ndarray, positions: np.ndarray, k: int
+) -> np.ndarray:
     """Each item's AP@k with "-1" at `positions` (0: nowhere), from the rank of its true label (0: below k) and truth."""
     known, distractor = precision_table(k)
     columns = np.where(positions == NOWHERE, k, positions - 1)
@@ -159,7 +180,9 @@ class PlacementModel:
     centre: float  # scores are standardised as (score - centre) / spread before either model
     spread: float
     distractor_coef: tuple[float, float]  # intercept and slope of the log-odds at a 50/50 share
-    rank_coef: np.ndarray  # (k + 1) × 2: intercept and slope of each rank's logit (1..k, then below k)
+    rank_coef: (
+        np.ndarray
+    )  # (k + 1) × 2: intercept and slope of each rank's logit (1..k, then below k)
     contamination: float  # the distractor share the odds are shifted to
     k: int
 
@@ -170,11 +193,17 @@ class PlacementModel:
         return self.distractor_coef[0] + self.distractor_coef[1] * self._standard(scores)
 
     def distractor_probability(self, scores, contamination: float | None = None) -> np.ndarray:
-        return _shifted(self.balanced_log_odds(scores), self.contamination if contamination is None else contamination)
+        return _shifted(
+            self.balanced_log_odds(scores),
+            self.contamination if contamination is None else contamination,
+        )
 
     def rank_odds(self, scores) -> np.ndarray:
         """Items × (k + 1): P(true label at rank 1..k, then below k | known item, score)."""
-        logits = self.rank_coef[:, 0][None, :] + self.rank_coef[:, 1][None, :] * self._standard(scores)[:, None]
+        logits = (
+            self.rank_coef[:, 0][None, :]
+            + self.rank_coef[:, 1][None, :] * self._standard(scores)[:, None]
+        )
         return np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
 
     def expected_precisions(self, scores, contamination: float | None = None) -> np.ndarray:
@@ -187,7 +216,11 @@ class PlacementModel:
         """The threshold under which "-1" first has the highest expected AP: the lowest of `scores` where it has not."""
         scores = np.sort(np.asarray(scores, np.float64))
         not_first = np.argmax(self.expected_precisions(scores), axis=1) != 0
-        return float(scores[np.argmax(not_first)]) if not_first.any() else float(np.nextafter(scores[-1], np.inf))
+        return (
+            float(scores[np.argmax(not_first)])
+            if not_first.any()
+            else float(np.nextafter(scores[-1], np.inf))
+        )
 
 
 def _shifted(balanced_log_odds: np.ndarray, share: float) -> np.ndarray:
@@ -196,15 +229,25 @@ def _shifted(balanced_log_odds: np.ndarray, share: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(balanced_log_odds + np.log(share / (1 - share)), -50, 50)))
 
 
-def fit_placement(evidence: TrainEvidence, test_scores=None, contamination: float | None = None) -> PlacementModel:
+def fit_placement(
+    evidence: TrainEvidence, test_scores=None, contamination: float | None = None
+) -> PlacementModel:
     """The model from train evidence; the distractor share is `contamination` if given, else fitted to the test scores."""
     from sklearn.linear_model import LogisticRegression
 
     if contamination is None and test_scores is None:
-        raise ValueError("fit_placement needs the test scores or a contamination to weigh distractors against known items")
-    given = (evidence.known_scores, evidence.distractor_scores, () if test_scores is None else test_scores)
+        raise ValueError(
+            "fit_placement needs the test scores or a contamination to weigh distractors against known items"
+        )
+    given = (
+        evidence.known_scores,
+        evidence.distractor_scores,
+        () if test_scores is None else test_scores,
+    )
     if not all(np.isfinite(scores).all() for scores in given):
-        raise ValueError("placing -1 needs finite scores, and the train or test scores hold NaN or infinite values")
+        raise ValueError(
+            "placing -1 needs finite scores, and the train or test scores hold NaN or infinite values"
+        )
     known, far = evidence.with_all_images(), evidence.distractor_scores
     pooled = np.concatenate([known, far])
     centre, spread = float(pooled.mean()), float(pooled.std()) or 1.0
@@ -217,13 +260,20 @@ def fit_placement(evidence: TrainEvidence, test_scores=None, contamination: floa
     if len(seen) == 1:
         rank_coef[seen[0]] = 0.0
     else:
-        ranker = LogisticRegression().fit(((evidence.known_scores - centre) / spread)[:, None], ranks)
+        ranker = LogisticRegression().fit(
+            ((evidence.known_scores - centre) / spread)[:, None], ranks
+        )
         # Two ranks give one logit (the second's); more give one per rank.
         intercepts = np.r_[0.0, ranker.intercept_] if len(seen) == 2 else ranker.intercept_
         slopes = np.r_[0.0, ranker.coef_[:, 0]] if len(seen) == 2 else ranker.coef_[:, 0]
         rank_coef[ranker.classes_] = np.column_stack([intercepts, slopes])
     model = PlacementModel(
-        centre, spread, (float(detector.intercept_[0]), float(detector.coef_[0, 0])), rank_coef, 0.5, evidence.k
+        centre,
+        spread,
+        (float(detector.intercept_[0]), float(detector.coef_[0, 0])),
+        rank_coef,
+        0.5,
+        evidence.k,
     )
     if contamination is None:
         contamination = _mixture_share(model.balanced_log_odds(test_scores))

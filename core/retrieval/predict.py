@@ -34,7 +34,12 @@ DEEPER_SEARCH_STAGE = "searching deeper for the queries short of labels"
 
 
 def search_labels(
-    index: VectorIndex, train_labels: Sequence[str], queries: np.ndarray, k: int, width: int, watch: Watch = Watch()
+    index: VectorIndex,
+    train_labels: Sequence[str],
+    queries: np.ndarray,
+    k: int,
+    width: int,
+    watch: Watch = Watch(),
 ) -> tuple[Neighbours, list[list[str]]]:
     """Each query's top `width` neighbours, and its k distinct train labels ranked by each class's best similarity.
 
@@ -49,7 +54,9 @@ def search_labels(
     queries = checked_vectors(queries, "queries")
     labels = np.asarray(train_labels, dtype=object)
     if len(labels) != len(index):
-        raise ValueError(f"{len(labels)} train labels but {len(index)} indexed vectors; give one label per vector")
+        raise ValueError(
+            f"{len(labels)} train labels but {len(index)} indexed vectors; give one label per vector"
+        )
     classes, codes, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     width = min(max(width, 1), len(index))
     n_queries = len(queries)
@@ -62,13 +69,18 @@ def search_labels(
     depth = min(len(index), max(width, min(k * int(sizes.max()), FIRST_SEARCH_DEPTH)))
     want = min(k, len(classes))
     found: list[list[int]] = [[] for _ in range(n_queries)]
-    neighbours = Neighbours(np.empty((n_queries, width), np.float32), np.empty((n_queries, width), np.int64))
+    neighbours = Neighbours(
+        np.empty((n_queries, width), np.float32), np.empty((n_queries, width), np.int64)
+    )
     short = []
     first_blocks = _blocks(np.arange(n_queries), depth)
     for done, block in enumerate(first_blocks):
         watch.step(done, len(first_blocks), FIRST_SEARCH_STAGE)
         result = index.search(queries[block], depth)
-        neighbours.similarities[block], neighbours.indices[block] = result.similarities[:, :width], result.indices[:, :width]
+        neighbours.similarities[block], neighbours.indices[block] = (
+            result.similarities[:, :width],
+            result.indices[:, :width],
+        )
         short += _settle(block, result, codes, depth == len(index), found, want)
     # A query short of labels searches again among the classes it lacks; one whose whole result tied
     # (nothing settled) searches twice as deep.
@@ -88,7 +100,9 @@ def search_labels(
                 result = index.search(queries[block], group_depth, allowed)
                 had = {int(query): len(found[query]) for query in block}
                 for query in _settle(block, result, codes, group_depth == candidates, found, want):
-                    depths[query] = group_depth if len(found[query]) > had[query] else 2 * group_depth
+                    depths[query] = (
+                        group_depth if len(found[query]) > had[query] else 2 * group_depth
+                    )
     return neighbours, [classes[row].tolist() for row in found]
 
 
@@ -98,7 +112,12 @@ def _blocks(queries: np.ndarray, depth: int) -> list[np.ndarray]:
 
 
 def _settle(
-    block: np.ndarray, result: Neighbours, codes: np.ndarray, complete: bool, found: list[list[int]], want: int
+    block: np.ndarray,
+    result: Neighbours,
+    codes: np.ndarray,
+    complete: bool,
+    found: list[list[int]],
+    want: int,
 ) -> list[int]:
     """Add to `found` the classes a search result settles for each query of `block`; return the queries still short.
 
@@ -116,7 +135,9 @@ def _settle(
     first.sort()
     query, code = query[first], code[first]
     short = []
-    for position, classes in enumerate(np.split(code, np.searchsorted(query, np.arange(1, len(block))))):
+    for position, classes in enumerate(
+        np.split(code, np.searchsorted(query, np.arange(1, len(block))))
+    ):
         row = found[block[position]]
         row.extend(classes[: want - len(row)].tolist())
         if len(row) < want:
@@ -124,7 +145,9 @@ def _settle(
     return short
 
 
-def place_minus_one(rows: Sequence[Sequence[str]], positions: np.ndarray, k: int = 5) -> list[list[str]]:
+def place_minus_one(
+    rows: Sequence[Sequence[str]], positions: np.ndarray, k: int = 5
+) -> list[list[str]]:
     """Each row with "-1" at its position (1..k; 0: nowhere), cut to k labels."""
     if len(rows) != len(positions):
         raise ValueError(f"{len(rows)} prediction rows but {len(positions)} positions")
@@ -137,7 +160,9 @@ def place_minus_one(rows: Sequence[Sequence[str]], positions: np.ndarray, k: int
     return placed
 
 
-def place_distractor(rows: Sequence[Sequence[str]], flagged: np.ndarray, k: int = 5) -> list[list[str]]:
+def place_distractor(
+    rows: Sequence[Sequence[str]], flagged: np.ndarray, k: int = 5
+) -> list[list[str]]:
     """Flagged rows get "-1" first and their top k-1 labels after it (seed 001's format)."""
     if len(rows) != len(flagged):
         raise ValueError(f"{len(rows)} prediction rows but {len(flagged)} flags")
@@ -146,7 +171,10 @@ def place_distractor(rows: Sequence[Sequence[str]], flagged: np.ndarray, k: int 
 
 def true_ranks(rows: Sequence[Sequence[str]], truth: Sequence[str]) -> np.ndarray:
     """Where each item's true label stands in its ranked labels: 1.., or 0 when absent (always for a distractor)."""
-    return np.array([list(row).index(label) + 1 if label in row else 0 for row, label in zip(rows, truth)], dtype=np.int64)
+    return np.array(
+        [list(row).index(label) + 1 if label in row else 0 for row, label in zip(rows, truth)],
+        dtype=np.int64,
+    )
 
 
 SUBMISSION_COLUMNS = ("id", "predictions")
@@ -164,7 +192,9 @@ def submission_csv(ids: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(SUBMISSION_COLUMNS)
-    writer.writerows((image_id, " ".join(map(submission_label, row))) for image_id, row in zip(ids, rows))
+    writer.writerows(
+        (image_id, " ".join(map(submission_label, row))) for image_id, row in zip(ids, rows)
+    )
     return buffer.getvalue()
 
 
@@ -185,7 +215,9 @@ def _rows_by_id(path: Path | str, required: tuple[str, ...]) -> list[dict[str, s
     first: dict[str, int] = {}
     for row_number, row in enumerate(rows, start=2):
         if first.setdefault(row["id"], row_number) != row_number:
-            raise ValueError(f"{path.name} repeats the id {row['id']!r} (rows {first[row['id']]} and {row_number})")
+            raise ValueError(
+                f"{path.name} repeats the id {row['id']!r} (rows {first[row['id']]} and {row_number})"
+            )
     return rows
 
 

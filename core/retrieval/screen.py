@@ -23,7 +23,9 @@ SCREEN_QUERIES_PER_BLOCK = 256
 SCREEN_MAX_ROWS = 1 << 18
 # The screen needs bf16 products this many times as fast as fp32 to pay for its selection and re-rank.
 SCREEN_MIN_SPEEDUP = 2.0
-_BF16_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits: rounding to nearest errs by at most 2⁻⁸ relative
+_BF16_ROUNDOFF = (
+    2.0**-8
+)  # bf16 keeps 8 significant bits: rounding to nearest errs by at most 2⁻⁸ relative
 _FP32_ROUNDOFF = 2.0**-24
 _SPEED_TRIES = 3
 _NORM_SLACK = 1 + 2.0**-10  # covers the fp32 rounding of a norm over up to thousands of dimensions
@@ -95,7 +97,9 @@ class Screen:
         self._largest_row, self._largest_rounding = float(rows.max()), float(rounding.max())
         self._largest_exact_row = _NORM_SLACK * float(np.linalg.norm(vectors, axis=1).max())
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarities, indices, uncertain): the top-k rows of `allowed` (all if None) per query, and the queries whose top-k is not certain.
 
         Rows of `uncertain` queries in the first two arrays are the screen's best guess, not exact.
@@ -105,7 +109,10 @@ class Screen:
         rows = np.arange(len(self.vectors)) if allowed is None else np.flatnonzero(allowed)
         columns = self._columns if allowed is None else self._columns[:, torch.from_numpy(rows)]
         m = candidates_for(k, len(rows))
-        similarities, indices = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
+        similarities, indices = (
+            np.empty((len(queries), k), np.float32),
+            np.empty((len(queries), k), np.int64),
+        )
         uncertain = []
         for start in range(0, len(queries), SCREEN_QUERIES_PER_BLOCK):
             chunk = queries[start : start + SCREEN_QUERIES_PER_BLOCK]
@@ -123,9 +130,15 @@ class Screen:
             order = np.lexsort((-candidates, -exact), axis=1)[:, :k]
             similarities[start : start + len(chunk)] = np.take_along_axis(exact, order, 1)
             indices[start : start + len(chunk)] = np.take_along_axis(candidates, order, 1)
-        return similarities, indices, np.concatenate(uncertain) if uncertain else np.zeros(0, np.int64)
+        return (
+            similarities,
+            indices,
+            np.concatenate(uncertain) if uncertain else np.zeros(0, np.int64),
+        )
 
-    def _certain(self, queries: np.ndarray, queries_bf16, kth: np.ndarray, last: np.ndarray) -> np.ndarray:
+    def _certain(
+        self, queries: np.ndarray, queries_bf16, kth: np.ndarray, last: np.ndarray
+    ) -> np.ndarray:
         """Per query: no row left out of its m screened candidates can beat its k-th best exactly.
 
         kth and last: each query's k-th and m-th best screened scores.
@@ -158,8 +171,12 @@ class Screen:
         gamma = dims * _FP32_ROUNDOFF / (1 - dims * _FP32_ROUNDOFF)
         centring = _FP32_ROUNDOFF * norms * row
         inputs = rounding * row + norms * row_rounding + rounding * row_rounding
-        summing = gamma * ((norms + rounding) * (row + row_rounding) + norms * self._largest_exact_row)
-        return kth - last > _BF16_ROUNDOFF * (np.abs(kth) + np.abs(last)) + 2 * (centring + inputs + summing)
+        summing = gamma * (
+            (norms + rounding) * (row + row_rounding) + norms * self._largest_exact_row
+        )
+        return kth - last > _BF16_ROUNDOFF * (np.abs(kth) + np.abs(last)) + 2 * (
+            centring + inputs + summing
+        )
 
 
 def _norms_and_rounding(vectors: np.ndarray, rounded) -> tuple[np.ndarray, np.ndarray]:
@@ -169,4 +186,6 @@ def _norms_and_rounding(vectors: np.ndarray, rounded) -> tuple[np.ndarray, np.nd
     are within a factor of 2); only the norms round, by far less than the slack added.
     """
     error = rounded.float().numpy() - vectors
-    return _NORM_SLACK * np.linalg.norm(vectors, axis=1), _NORM_SLACK * np.linalg.norm(error, axis=1)
+    return _NORM_SLACK * np.linalg.norm(vectors, axis=1), _NORM_SLACK * np.linalg.norm(
+        error, axis=1
+    )

@@ -26,7 +26,9 @@ class SearchResults:
     train_loo_scores: np.ndarray  # each train item's score against the rest of train
 
 
-def search_key(train_vectors: np.ndarray, train_labels: np.ndarray, test_vectors: np.ndarray, settings: str) -> str:
+def search_key(
+    train_vectors: np.ndarray, train_labels: np.ndarray, test_vectors: np.ndarray, settings: str
+) -> str:
     """Content address of the searches: both sets of vectors, the train labels (they rank the labels) and the settings."""
     labels = np.asarray([str(label) for label in train_labels], dtype=str)
     return content_key(SEARCH_FORMAT, (train_vectors, labels, test_vectors), settings)
@@ -77,5 +79,8 @@ def _decoded(stored: Mapping[str, np.ndarray]) -> SearchResults:
     if not len(codes) == len(neighbours.indices) == len(stored["scores"]):
         raise ValueError("stored rows disagree in length")
     return SearchResults(
-        neighbours, [classes[row[row >= 0]].tolist() for row in codes], stored["scores"], stored["train_loo_scores"]
+        neighbours,
+        [classes[row[row >= 0]].tolist() for row in codes],
+        stored["scores"],
+        stored["train_loo_scores"],
     )

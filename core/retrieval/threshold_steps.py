@@ -35,12 +35,20 @@ class ThresholdSteps:
 
     thresholds: np.ndarray  # the slider's positions (slider_thresholds)
     flagged: np.ndarray  # test items scoring below each threshold
-    map_by_placement: dict[str, np.ndarray]  # MAP@k at each threshold for each place of "-1"; empty without test truth
-    precision: np.ndarray | None  # of the flags against the known distractors; None without test truth
+    map_by_placement: dict[
+        str, np.ndarray
+    ]  # MAP@k at each threshold for each place of "-1"; empty without test truth
+    precision: (
+        np.ndarray | None
+    )  # of the flags against the known distractors; None without test truth
     recall: np.ndarray | None
     f1: np.ndarray | None
-    known_flagged: np.ndarray | None  # share of test items of known classes flagged; None without such items
-    expected_map: np.ndarray | None  # MAP@k the placement model expects, without truth; None without a model
+    known_flagged: (
+        np.ndarray | None
+    )  # share of test items of known classes flagged; None without such items
+    expected_map: (
+        np.ndarray | None
+    )  # MAP@k the placement model expects, without truth; None without a model
     minus_one_at: np.ndarray  # (thresholds, k + 1) test items with "-1" at rank 1..k, then at none
 
     @property
@@ -58,16 +66,25 @@ def threshold_steps(analysis: Analysis, decimals: int) -> ThresholdSteps:
     The items a threshold flags are a prefix of the scores sorted once (the sweep's order), so every
     count and mean over flagged and kept items is a difference of prefix sums along that order."""
     thresholds = slider_thresholds(analysis.scores, decimals)
-    sweep, order, k, n = analysis.sweep, analysis.sweep.order, analysis.config.k, len(analysis.scores)
+    sweep, order, k, n = (
+        analysis.sweep,
+        analysis.sweep.order,
+        analysis.config.k,
+        len(analysis.scores),
+    )
     flagged = sweep.flagged_count(thresholds)
 
     def flagged_sum(values: np.ndarray) -> np.ndarray:
         """Per threshold, the sum of `values` over the items it flags (axis 0 of `values` is items)."""
-        prefix = np.concatenate((np.zeros((1, *values.shape[1:])), np.cumsum(values[order], axis=0)))
+        prefix = np.concatenate(
+            (np.zeros((1, *values.shape[1:])), np.cumsum(values[order], axis=0))
+        )
         return prefix[flagged]
 
     # "-1" goes first for flagged items; elsewhere (or nowhere) for kept ones, by the placement in use.
-    kept_positions = np.full(n, NOWHERE) if analysis.placement == "first" else analysis.kept_positions
+    kept_positions = (
+        np.full(n, NOWHERE) if analysis.placement == "first" else analysis.kept_positions
+    )
     kept_at = np.eye(k + 1)[kept_positions]  # items × positions 0 (nowhere), 1..k
     at_position = kept_at.sum(axis=0) - flagged_sum(kept_at)
     at_position[:, 1] += flagged
@@ -88,6 +105,14 @@ def threshold_steps(analysis: Analysis, decimals: int) -> ThresholdSteps:
             known_flagged = flagged_sum(known.astype(np.float64)) / known.sum()
     precision = recall = f1 = None
     if sweep.has_truth:
-        precision, recall, f1 = (np.asarray(values, np.float64) for values in sweep.detection_at(thresholds))
-    maps = {placement: analysis.sweep_for(placement).map_at(thresholds) for placement in PLACEMENTS} if sweep.has_map else {}
-    return ThresholdSteps(thresholds, flagged, maps, precision, recall, f1, known_flagged, expected_map, minus_one_at)
+        precision, recall, f1 = (
+            np.asarray(values, np.float64) for values in sweep.detection_at(thresholds)
+        )
+    maps = (
+        {placement: analysis.sweep_for(placement).map_at(thresholds) for placement in PLACEMENTS}
+        if sweep.has_map
+        else {}
+    )
+    return ThresholdSteps(
+        thresholds, flagged, maps, precision, recall, f1, known_flagged, expected_map, minus_one_at
+    )

@@ -30,9 +30,13 @@ class ValidationResult:
 
     threshold: float  # median of the rounds' thresholds
     map_at_k: float  # validation MAP@k on train at that threshold, with "-1" placed optimally
-    round_thresholds: list[float]  # threshold of each bootstrap round (classes drawn with replacement)
+    round_thresholds: list[
+        float
+    ]  # threshold of each bootstrap round (classes drawn with replacement)
     held_out_classes: int  # classes held out as distractors, one at a time
-    contamination: float  # distractor share the threshold is chosen for: fitted to the test scores, or given
+    contamination: (
+        float  # distractor share the threshold is chosen for: fitted to the test scores, or given
+    )
 
 
 def check_train_labels(labels) -> None:
@@ -71,7 +75,10 @@ def pseudo_distractor_split(labels: np.ndarray, contamination: float, rng: np.ra
     known_queries = sum(1 for c in classes if counts[c] >= 2)
     held, distractor_queries = set(), 0
     for cls in classes:
-        if distractor_queries >= contamination * (distractor_queries + known_queries) or len(held) >= len(classes) - 2:
+        if (
+            distractor_queries >= contamination * (distractor_queries + known_queries)
+            or len(held) >= len(classes) - 2
+        ):
             break
         held.add(cls)
         distractor_queries += counts[cls]
@@ -94,23 +101,41 @@ def pseudo_distractor_split(labels: np.ndarray, contamination: float, rng: np.ra
 
 def evidence_for(train: Embeddings, config: PredictConfig) -> TrainEvidence:
     """Train items scored as known items (left out one at a time) and as distractors (their class left out)."""
-    return train_evidence(train.vectors, train.labels.astype(object), config.k, config.score_mode, config.score_k, config.seed)
+    return train_evidence(
+        train.vectors,
+        train.labels.astype(object),
+        config.k,
+        config.score_mode,
+        config.score_k,
+        config.seed,
+    )
 
 
-def train_evidence_map(evidence: TrainEvidence, model: PlacementModel, threshold: float, placement: str) -> float:
+def train_evidence_map(
+    evidence: TrainEvidence, model: PlacementModel, threshold: float, placement: str
+) -> float:
     """MAP@k on train evidence at the model's distractor share: left-out items as known, left-out classes as distractors."""
     values = []
     for scores, ranks, is_distractor in (
         (evidence.known_scores, evidence.known_ranks, False),
         (evidence.distractor_scores, np.zeros(len(evidence.distractor_scores), np.int64), True),
     ):
-        positions = positions_for(scores < threshold, placement, kept_positions(model.expected_precisions(scores)))
-        values.append(realised_precisions(ranks, np.full(len(scores), is_distractor), positions, evidence.k).mean())
+        positions = positions_for(
+            scores < threshold, placement, kept_positions(model.expected_precisions(scores))
+        )
+        values.append(
+            realised_precisions(
+                ranks, np.full(len(scores), is_distractor), positions, evidence.k
+            ).mean()
+        )
     return float((1 - model.contamination) * values[0] + model.contamination * values[1])
 
 
 def validate_threshold(
-    train: Embeddings, config: PredictConfig, test_scores: np.ndarray | None = None, evidence: TrainEvidence | None = None
+    train: Embeddings,
+    config: PredictConfig,
+    test_scores: np.ndarray | None = None,
+    evidence: TrainEvidence | None = None,
 ) -> ValidationResult:
     """The threshold under which "-1" first has the highest expected AP@k, from train alone; no contamination needed.
 
@@ -119,10 +144,18 @@ def validate_threshold(
     replacement; the median of their thresholds is used, so one odd class cannot swing it.
     """
     labels = train.labels.astype(object)
-    check_classes_to_hold_out(labels, "choosing the threshold by validation", "use a contamination rate or a fixed threshold")
+    check_classes_to_hold_out(
+        labels,
+        "choosing the threshold by validation",
+        "use a contamination rate or a fixed threshold",
+    )
     evidence = evidence or evidence_for(train, config)
     share = None if test_scores is not None else config.contamination
-    placed = test_scores if test_scores is not None else np.concatenate([evidence.known_scores, evidence.distractor_scores])
+    placed = (
+        test_scores
+        if test_scores is not None
+        else np.concatenate([evidence.known_scores, evidence.distractor_scores])
+    )
     rng = np.random.default_rng(config.seed)
     classes = np.unique(evidence.distractor_classes)
     thresholds = []

@@ -19,7 +19,9 @@ from core.progress import Watch
 from core.records import Rejected
 from core.session.workspace import DatasetEntry, Workspace
 
-UPLOAD_LAYOUTS = "upload one .zip, one .parquet, or a train.csv (columns image,label) together with its images"
+UPLOAD_LAYOUTS = (
+    "upload one .zip, one .parquet, or a train.csv (columns image,label) together with its images"
+)
 ACTIVE_DATASET_KEY = "dataset"
 
 
@@ -51,7 +53,9 @@ def opened(entry: DatasetEntry) -> DatasetEntry:
     """`entry`, with a built-in dataset written first when it is not on disk yet."""
     write = BUILTIN_WRITERS.get(entry.kind)
     if write is not None and str(write(Path(entry.source).parent)) != entry.source:
-        raise ValueError(f"the built-in {entry.kind} dataset was written somewhere other than {entry.source}")
+        raise ValueError(
+            f"the built-in {entry.kind} dataset was written somewhere other than {entry.source}"
+        )
     return entry
 
 
@@ -99,7 +103,9 @@ class WorkspaceDatasets:
             )
         return self._register(source.name, source, "folder")
 
-    def add_hugging_face(self, location: str, selection: HfSelection, watch: Watch = Watch()) -> DatasetEntry:
+    def add_hugging_face(
+        self, location: str, selection: HfSelection, watch: Watch = Watch()
+    ) -> DatasetEntry:
         """Register a Hugging Face dataset: a save_to_disk folder under the data root, or hf:owner/name from the Hub.
 
         Its chosen splits' images are written once (core.io.hf_datasets), reporting to `watch`; the
@@ -108,7 +114,9 @@ class WorkspaceDatasets:
         location = location.strip()
         if location.startswith(HUB_PREFIX):
             hub_id = location.removeprefix(HUB_PREFIX).partition("?")[0]
-            return self._register(hub_id, selected_source(location, selection), "huggingface", watch)
+            return self._register(
+                hub_id, selected_source(location, selection), "huggingface", watch
+            )
         root = data_root()
         folder = confined_path(root, location)
         if not is_hf_source(folder):
@@ -132,15 +140,23 @@ class WorkspaceDatasets:
             raise ValueError(UPLOAD_LAYOUTS)
         folder = self.ws.new_upload_folder(name)
         try:
-            source = self._store_standalone(folder, files[0]) if standalone else self._store_csv_layout(folder, csvs[0], files)
-            return self._register(name, source, "parquet" if is_embeddings_source(source) else "upload")
+            source = (
+                self._store_standalone(folder, files[0])
+                if standalone
+                else self._store_csv_layout(folder, csvs[0], files)
+            )
+            return self._register(
+                name, source, "parquet" if is_embeddings_source(source) else "upload"
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
     def refused_on_upload(self, entry: DatasetEntry) -> list[Rejected]:
         """Archive entries refused when an upload was unpacked (the dataset itself never saw them)."""
-        return [Rejected(name, reason) for name, reason in self.ws.get(_refused_key(entry.source), [])]
+        return [
+            Rejected(name, reason) for name, reason in self.ws.get(_refused_key(entry.source), [])
+        ]
 
     def _store_standalone(self, folder: Path, upload: NamedFile) -> Path:
         stored = self._save(folder, upload)
@@ -152,7 +168,9 @@ class WorkspaceDatasets:
         self.ws.set(_refused_key(extracted), [[r.name, r.reason] for r in refused])
         return extracted
 
-    def _store_csv_layout(self, folder: Path, train_csv: NamedFile, files: Sequence[NamedFile]) -> Path:
+    def _store_csv_layout(
+        self, folder: Path, train_csv: NamedFile, files: Sequence[NamedFile]
+    ) -> Path:
         rows, _ = read_csv(self._save(folder, train_csv))
         listed = {row.get("image", "") for row in rows}
         for upload in files:
@@ -161,9 +179,13 @@ class WorkspaceDatasets:
         return folder
 
     def _save(self, folder: Path, upload: NamedFile) -> Path:
-        return self.ws.save_upload(str(folder.relative_to(self.ws.files)), upload.name, upload.getvalue())
+        return self.ws.save_upload(
+            str(folder.relative_to(self.ws.files)), upload.name, upload.getvalue()
+        )
 
-    def _register(self, name: str, source: Path | str, kind: str, watch: Watch = Watch()) -> DatasetEntry:
+    def _register(
+        self, name: str, source: Path | str, kind: str, watch: Watch = Watch()
+    ) -> DatasetEntry:
         """Check the source reads, then add it under a name no other dataset of the workspace has."""
         taken = {entry.name for entry in self.all()}
         base = name.strip() or kind

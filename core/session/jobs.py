@@ -25,7 +25,9 @@ class Job:
         self._stop = threading.Event()
         self._ended = threading.Event()
         self._progress: tuple[float | None, str] = (None, "starting")
-        threading.Thread(target=self._run, args=(work,), name=f"job-{key!r}"[:60], daemon=True).start()
+        threading.Thread(
+            target=self._run, args=(work,), name=f"job-{key!r}"[:60], daemon=True
+        ).start()
 
     def _run(self, work: Callable[[Watch], Any]) -> None:
         try:
@@ -87,7 +89,9 @@ class Jobs:
         """The job under `key`, started with `work` unless one runs or ended well already (`again`: even if cancelled)."""
         with self._guard:
             job = self._jobs.get(key)
-            restart = job is not None and (job.state == FAILED or (again and job.state == CANCELLED))
+            restart = job is not None and (
+                job.state == FAILED or (again and job.state == CANCELLED)
+            )
             if job is not None and not restart:
                 return job
             self._jobs.pop(key, None)

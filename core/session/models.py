@@ -63,7 +63,9 @@ class ModelShelf:
         """Begin loading `config`'s model unless it is loading or loaded already; returns its future."""
         with self._guard:
             if config not in self._loads:
-                self._loads[config] = self._loader.submit(lambda: SharedModel(self._load(config), threading.Lock()))
+                self._loads[config] = self._loader.submit(
+                    lambda: SharedModel(self._load(config), threading.Lock())
+                )
             return self._loads[config]
 
     def state(self, config: EmbedConfig) -> str | None:

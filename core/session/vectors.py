@@ -70,7 +70,9 @@ class Recipe:
         return len(self.parts) > 1
 
 
-def ensemble_recipe(members: Sequence[EnsembleMember], main: EmbedConfig, models: ModelShelf) -> Recipe:
+def ensemble_recipe(
+    members: Sequence[EnsembleMember], main: EmbedConfig, models: ModelShelf
+) -> Recipe:
     """The main model plus each saved member whose model loads here (seed 000)."""
     parts, left_out = [(main, 1.0)], []
     for member in members:
@@ -84,7 +86,9 @@ def ensemble_recipe(members: Sequence[EnsembleMember], main: EmbedConfig, models
     return Recipe(tuple(parts), tuple(left_out))
 
 
-def reweighted(members: Sequence[EnsembleMember], recipe: Recipe, weights: Sequence[float]) -> list[EnsembleMember]:
+def reweighted(
+    members: Sequence[EnsembleMember], recipe: Recipe, weights: Sequence[float]
+) -> list[EnsembleMember]:
     """Saved members with the weights a search found for `recipe`'s parts, relative to the main model's.
 
     The weights follow the recipe's parts, which leave out members that cannot load: those keep
@@ -92,8 +96,12 @@ def reweighted(members: Sequence[EnsembleMember], recipe: Recipe, weights: Seque
     """
     main_weight, *found = weights
     if main_weight <= 0:
-        raise ValueError("the search left the main model out (weight 0): choose the best member as the main model")
-    searched = {config.model: weight / main_weight for (config, _), weight in zip(recipe.parts[1:], found)}
+        raise ValueError(
+            "the search left the main model out (weight 0): choose the best member as the main model"
+        )
+    searched = {
+        config.model: weight / main_weight for (config, _), weight in zip(recipe.parts[1:], found)
+    }
     return [replace(member, weight=searched.get(member.model, member.weight)) for member in members]
 
 
@@ -144,30 +152,44 @@ class VectorStore:
 class DatasetVectors:
     """Each dataset's vectors for every session: the shared model embeds, the store keeps the result."""
 
-    def __init__(self, models: ModelShelf, cache: EmbeddingCache | None, store: VectorStore | None = None):
+    def __init__(
+        self, models: ModelShelf, cache: EmbeddingCache | None, store: VectorStore | None = None
+    ):
         self.models = models
         self.cache = cache
         self.store = store or VectorStore()
 
-    def of(self, entry: DatasetEntry, config: EmbedConfig, progress: ProgressCallback | None = None) -> LoadedEmbeddings:
+    def of(
+        self, entry: DatasetEntry, config: EmbedConfig, progress: ProgressCallback | None = None
+    ) -> LoadedEmbeddings:
         """The dataset's vectors by one model; the first request embeds them (Parquet files carry their own)."""
         return self.store.get((entry.source, config), lambda: self._load(entry, config, progress))
 
-    def of_recipe(self, entry: DatasetEntry, recipe: Recipe, progress: ProgressCallback | None = None) -> LoadedEmbeddings:
+    def of_recipe(
+        self, entry: DatasetEntry, recipe: Recipe, progress: ProgressCallback | None = None
+    ) -> LoadedEmbeddings:
         """The vectors a recipe makes: one model's, or each member's norm-scaled and combined with its weight."""
         if not recipe.is_ensemble:
             return self.of(entry, recipe.parts[0][0], progress)
-        return self.store.get((entry.source, recipe.parts), lambda: self._combined(entry, recipe, progress))
+        return self.store.get(
+            (entry.source, recipe.parts), lambda: self._combined(entry, recipe, progress)
+        )
 
-    def _load(self, entry: DatasetEntry, config: EmbedConfig, progress: ProgressCallback | None) -> LoadedEmbeddings:
+    def _load(
+        self, entry: DatasetEntry, config: EmbedConfig, progress: ProgressCallback | None
+    ) -> LoadedEmbeddings:
         if entry.kind == "parquet":
             # The read made when the dataset was added, if it is still kept (core.io.parquet).
             return LoadedEmbeddings(*read_embeddings_checked(entry.source))
         model = self.models.get(config)
         with model.lock:
-            return load_embeddings(entry.source, config, self.cache, progress, embedder=model.embedder)
+            return load_embeddings(
+                entry.source, config, self.cache, progress, embedder=model.embedder
+            )
 
-    def _combined(self, entry: DatasetEntry, recipe: Recipe, progress: ProgressCallback | None) -> LoadedEmbeddings:
+    def _combined(
+        self, entry: DatasetEntry, recipe: Recipe, progress: ProgressCallback | None
+    ) -> LoadedEmbeddings:
         parts = [self.of(entry, config, progress) for config, _ in recipe.parts]
         refused = {(r.name, r.reason): r for part in parts for r in part.rejected}
         return LoadedEmbeddings(

@@ -38,7 +38,9 @@ class Workspace:
             )
         self.id = workspace_id
         self.home = Path(home) if home else workspace_home()
-        self._db = sqlite3.connect(self.home / "workspaces.sqlite", timeout=30, check_same_thread=False)
+        self._db = sqlite3.connect(
+            self.home / "workspaces.sqlite", timeout=30, check_same_thread=False
+        )
         with self._lock, self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
@@ -89,14 +91,16 @@ class Workspace:
         encoded = json.dumps(value)
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?)", (self.id, key, encoded, time.time())
+                "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?)",
+                (self.id, key, encoded, time.time()),
             )
 
     def settings(self, prefix: str = "") -> dict:
         """Every saved setting whose key starts with `prefix`, by key."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key, value FROM settings WHERE workspace=? AND substr(key, 1, ?)=?", (self.id, len(prefix), prefix)
+                "SELECT key, value FROM settings WHERE workspace=? AND substr(key, 1, ?)=?",
+                (self.id, len(prefix), prefix),
             ).fetchall()
         return {key: json.loads(value) for key, value in rows}
 
@@ -121,7 +125,8 @@ class Workspace:
     def datasets(self) -> list[DatasetEntry]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, source, kind FROM datasets WHERE workspace=? ORDER BY added", (self.id,)
+                "SELECT name, source, kind FROM datasets WHERE workspace=? ORDER BY added",
+                (self.id,),
             ).fetchall()
         return [DatasetEntry(*row) for row in rows]
 
