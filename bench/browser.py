@@ -11,9 +11,8 @@ from playwright.sync_api import Page, expect
 
 from bench.served import CHROMIUM, CHROMIUM_ARGS
 
-RUN_TIMEOUT_MS = (
-    120_000  # a first run embeds the demo and may compile UMAP (numba) on 2 shared cores
-)
+# a first run embeds the demo and may compile UMAP (numba) on 2 shared cores
+RUN_TIMEOUT_MS = 120_000
 ACTION_TIMEOUT_MS = 30_000
 VIEWPORT = {"width": 1440, "height": 1000}
 THRESHOLD_SLIDER = "Distractor threshold"  # the Distractors page's slider, by its label
@@ -133,9 +132,8 @@ async def _slider_session(
         await expect_async(tab.get_by_test_id("stApp")).to_have_attribute(
             "data-test-script-state", "notRunning", timeout=RUN_TIMEOUT_MS
         )
-        await (
-            everyone_ready.wait()
-        )  # the sessions press at once, not while others are still opening the page
+        # the sessions press at once, not while others are still opening the page
+        await everyone_ready.wait()
         await tab.evaluate(RECORD_KEY_PRESSES)
         await slider.focus()
         for _ in range(steps):

@@ -12,12 +12,12 @@ from PIL import Image
 from bench.fixtures import clip_checkpoint, write_photos
 from bench.report import Section, table
 from bench.timing import interleaved, median, median_ratio
-from core.embedding.clip import usable_cores
 from core.embedding.cache import SIDECAR_SUFFIXES, EmbeddingCache
-from core.records import TEST, Dataset, Item
+from core.embedding.clip import usable_cores
 from core.embedding.config import EmbedConfig
 from core.embedding.runner import embed_dataset, load_embedder
 from core.io.images import load_image
+from core.records import TEST, Dataset, Item
 
 FULL = {
     "photos": 64,
@@ -109,9 +109,8 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
     photos = write_photos(work.parent / "photos", plan["photos"])
     dataset = Dataset("photos", [Item(path.name, TEST, None, path) for path in photos])
     naive = NaiveClip(checkpoint, device)
-    embedder = load_embedder(
-        EmbedConfig(model=str(checkpoint), precision="fp32", device=device)
-    )  # the fp32 rows; bf16 is measured apart
+    # the fp32 rows; bf16 is measured apart
+    embedder = load_embedder(EmbedConfig(model=str(checkpoint), precision="fp32", device=device))
     default_batch = embedder.default_batch_size()
     inputs = {
         size: np.random.default_rng(size).standard_normal((size, 3, 224, 224)).astype(np.float32)
@@ -123,9 +122,8 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
         return lambda: [model.embed_prepared(inputs[size]) for _ in range(calls)]
 
     for model in (naive, embedder):
-        model_only(
-            model, default_batch, default_batch
-        )()  # first call allocates; keep it out of the timings
+        # first call allocates; keep it out of the timings
+        model_only(model, default_batch, default_batch)()
     n = len(photos)
     sweep = interleaved(
         {size: model_only(naive, size, n) for size in plan["batch_sizes"]}, plan["sweep_rounds"]
@@ -517,9 +515,8 @@ def _matmul_flops_per_second(dtype, device: str, size: int = 2048, repeats: int 
     import torch
 
     left, right = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    wait = (
-        torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    )  # GPU work is asynchronous
+    # GPU work is asynchronous
+    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     left @ right  # first call allocates and picks kernels
     wait()
     started = time.perf_counter()

@@ -189,7 +189,7 @@ def retrieval_embeddings(
     unseen_classes = max(1, int(n_classes * distractor_share / (1 - distractor_share)))
     space = EmbeddingSpace(n_classes + unseen_classes, seed=seed)
     train_classes = np.repeat(np.arange(n_classes), per_class)
-    n_distractors = int(round(n_test * distractor_share))
+    n_distractors = round(n_test * distractor_share)
     test_classes = np.concatenate(
         [
             space.rng.integers(0, n_classes, n_test - n_distractors),

@@ -14,7 +14,6 @@ import core.maps.projection
 from bench.fixtures import retrieval_embeddings
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio, run_python
-from core.records import TEST, TRAIN
 from core.maps.projection import (
     ProjectionCache,
     ProjectionConfig,
@@ -23,6 +22,7 @@ from core.maps.projection import (
     quality,
     warm_up,
 )
+from core.records import TEST, TRAIN
 
 # 1,000 classes × 3 train images and 13,000 test images: 16,000 rows, the size.
 FULL = {

@@ -21,9 +21,8 @@ from core.records import TEST, Dataset, Embeddings, Item
 
 FULL = {"photos": 320, "rounds": 3, "index_vectors": 100_000}
 QUICK = {"photos": 128, "rounds": 1, "index_vectors": 20_000}
-TARGET_RATIO = (
-    0.8  # the issue's floor: Ray's marginal throughput over the local pipeline's, once started
-)
+# the issue's floor: Ray's marginal throughput over the local pipeline's, once started
+TARGET_RATIO = 0.8
 DIM = 512  # ViT-B/32's vectors
 # IVF-PQ as the plan uses it at 100M: 64 sub-quantisers of 8 bits (64-byte codes); lists as VectorIndex picks them.
 PQ_BYTES = 64
@@ -60,9 +59,10 @@ def run(work: Path, quick: bool) -> Section:
             out = work / _folder(name)
             shutil.rmtree(out, ignore_errors=True)
             started, timeline = time.perf_counter(), []
-            record = lambda done, total, rate: timeline.append(
-                (time.perf_counter() - started, done)
-            )  # noqa: E731
+
+            def record(done, total, rate):
+                timeline.append((time.perf_counter() - started, done))
+
             if engine is None:
                 embed_to_parquet(dataset, config, out, progress=record)
             else:

@@ -16,8 +16,8 @@ from bench.timing import interleaved, median, median_ratio, peak_rss_mb, run_pyt
 from core.embedding.clip import usable_cores
 from core.records import TEST, TRAIN
 from core.retrieval.index import EXACT_UP_TO, VectorIndex
-from core.retrieval.screen import SCREEN_MARGIN
 from core.retrieval.pipeline import PredictConfig, search_and_rank
+from core.retrieval.screen import SCREEN_MARGIN
 
 # The dashboard's sizes (test items, train classes of 3), as bench/ui.py generates them.
 SCREEN_SIZES = {"13k": (13_000, 1_000), "130k": (100_000, 10_000)}
@@ -44,9 +44,8 @@ QUICK = {
 BALANCE = {"train": 20_000, "queries": 5_000, "dim": 64, "class_size": 20}
 K = 5
 RECALL_TARGET, SPEEDUP_TARGET = 0.95, 10.0
-BALANCE_TARGET = (
-    2.0  # the uneven case may take at most this many times the balanced one's time and memory
-)
+# the uneven case may take at most this many times the balanced one's time and memory
+BALANCE_TARGET = 2.0
 
 
 def _numpy_top_k(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,56 +118,58 @@ def _product_size(section: Section, plan) -> None:
     )
 
 
+def _flat_and_screened(size: str, n_test: int, n_classes: int, rounds: int) -> tuple[list, tuple]:
+    """FAISS flat and the screened exact search on one size, side by side: the table row and its check."""
+    embeddings = retrieval_embeddings(n_test, n_classes)
+    train, test = embeddings.subset(TRAIN).vectors, embeddings.subset(TEST).vectors
+    found, indexes = {}, []
+
+    def flat():
+        index = faiss.IndexFlatIP(train.shape[1])
+        index.add(train)
+        found["flat"] = index.search(test, K)
+
+    def screened():
+        indexes.append(VectorIndex(train))
+        found["screened"] = indexes[-1].search(test, K)
+
+    timings = interleaved({"flat": flat, "screened": screened}, rounds)
+    similarities, indices = found["flat"]
+    ours = found["screened"]
+    recall = _recall(indices, ours.indices).mean()
+    # Rows that differ only where FAISS and the re-rank round a tie differently (last bits).
+    differing = (ours.indices != indices).any(axis=1)
+    only_ties = bool(np.allclose(ours.similarities, similarities, atol=1e-6))
+    index = indexes[-1]
+    fallback = index.rechecked_queries / index.screened_queries if index.screened_queries else None
+    ratio = median_ratio(timings["flat"], timings["screened"])
+    row = [
+        f"{size}: {len(test):,} × {len(train):,}",
+        seconds(median(timings["flat"])),
+        seconds(median(timings["screened"])),
+        f"{ratio:.2f}×",
+        f"{recall:.6f} ("
+        + (
+            f"{int(differing.sum())} rows differ" + (", all at float ties" if only_ties else "")
+            if differing.any()
+            else "identical"
+        )
+        + ")",
+        "not screened (FAISS: too few rows per candidate)"
+        if fallback is None
+        else f"{fallback:.2%}",
+    ]
+    return row, (size, timings, ratio, recall, only_ties, fallback)
+
+
 def _screened(section: Section, plan) -> None:
     """IndexFlatIP on its own against the exact index as it now runs (bf16 screen where it pays), side by side."""
     rows, checks = [], []
     load = os.getloadavg()[0]
     for size, (n_test, n_classes) in plan["screen_sizes"].items():
-        embeddings = retrieval_embeddings(n_test, n_classes)
-        train, test = embeddings.subset(TRAIN).vectors, embeddings.subset(TEST).vectors
-        found, indexes = {}, []
-
-        def flat():
-            index = faiss.IndexFlatIP(train.shape[1])
-            index.add(train)
-            found["flat"] = index.search(test, K)
-
-        def screened():
-            indexes.append(VectorIndex(train))
-            found["screened"] = indexes[-1].search(test, K)
-
-        timings = interleaved({"flat": flat, "screened": screened}, plan["rounds"])
-        similarities, indices = found["flat"]
-        ours = found["screened"]
-        recall = _recall(indices, ours.indices).mean()
-        # Rows that differ only where FAISS and the re-rank round a tie differently (last bits).
-        differing = (ours.indices != indices).any(axis=1)
-        only_ties = bool(np.allclose(ours.similarities, similarities, atol=1e-6))
-        index = indexes[-1]
-        fallback = (
-            index.rechecked_queries / index.screened_queries if index.screened_queries else None
-        )
-        ratio = median_ratio(timings["flat"], timings["screened"])
-        rows.append(
-            [
-                f"{size}: {len(test):,} × {len(train):,}",
-                seconds(median(timings["flat"])),
-                seconds(median(timings["screened"])),
-                f"{ratio:.2f}×",
-                f"{recall:.6f} ("
-                + (
-                    f"{int(differing.sum())} rows differ"
-                    + (", all at float ties" if only_ties else "")
-                    if differing.any()
-                    else "identical"
-                )
-                + ")",
-                "not screened (FAISS: too few rows per candidate)"
-                if fallback is None
-                else f"{fallback:.2%}",
-            ]
-        )
-        checks.append((size, timings, ratio, recall, only_ties, fallback))
+        row, check = _flat_and_screened(size, n_test, n_classes, plan["rounds"])
+        rows.append(row)
+        checks.append(check)
     section.add(
         f"**Exact top-{K} with the bf16 screen** (`core.retrieval.screen`): the same search by FAISS IndexFlatIP alone "
         "(fp32, as before) and by `VectorIndex` as it now runs: where bf16 products are at least "
@@ -439,7 +440,7 @@ def _kinds(section: Section, plan) -> None:
 
     timings = interleaved({kind: search(kind) for kind in indexes}, plan["rounds"])
     rows = []
-    for kind, index in indexes.items():
+    for kind in indexes:
         recall = _recall(found["exact"].indices, found[kind].indices)
         rows.append(
             [

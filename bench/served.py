@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path(
-    "/usr/bin/chromium"
-)  # Debian's package; .ci/run installs it, playwright cannot download one here
+# Debian's package; .ci/run installs it, playwright cannot download one here
+CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

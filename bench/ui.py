@@ -117,9 +117,8 @@ def _add_parquet(tab: Page, relative: str) -> None:
     tab.get_by_role("tab", name="Folder on the server").click()
     field = tab.get_by_label("Folder or .parquet (relative to the data root)")
     field.fill(relative)
-    field.press(
-        "Enter"
-    )  # Streamlit takes a text input's value on Enter or blur; the button is enabled then
+    # Streamlit takes a text input's value on Enter or blur; the button is enabled then
+    field.press("Enter")
     tab.get_by_role("button", name="Open folder").click()
     expect(metric(tab, "Train rows")).to_be_visible(timeout=WAIT_MS)
     wait_for_run(tab, WAIT_MS)
@@ -292,9 +291,8 @@ def run(work: Path, quick: bool) -> Section:
             for round_number in range(rounds):
                 for size, relative in inputs.items():
                     home = work / f"{size}-round{round_number}"
-                    shutil.rmtree(
-                        home, ignore_errors=True
-                    )  # cold: no stored analyses or maps from an earlier run
+                    # cold: no stored analyses or maps from an earlier run
+                    shutil.rmtree(home, ignore_errors=True)
                     home.mkdir(parents=True)
                     print(
                         f"[bench] ui: {size}, fresh server {round_number + 1} of {rounds}",
@@ -319,12 +317,12 @@ def run(work: Path, quick: bool) -> Section:
             browser.close()
     largest = list(SIZES)[-1]
     print(
-        f"[bench] ui: the first analysis of {largest} and a slider move at {list(SIZES)[0]}, in Python",
+        f"[bench] ui: the first analysis of {largest} and a slider move at {next(iter(SIZES))}, in Python",
         flush=True,
     )
     inside = {
         "analysis": first_analysis_in_python(data / inputs[largest]),
-        "rerun": _page_rerun_in_python(work / "apptest-home", data, inputs[list(SIZES)[0]]),
+        "rerun": _page_rerun_in_python(work / "apptest-home", data, inputs[next(iter(SIZES))]),
     }
     return _report(walks, rounds, inside)
 
@@ -438,7 +436,7 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
     section.check(
         f"13k (16k points): t-SNE settled ≤ {TSNE_TARGET:.0f} s", seconds(tsne), tsne <= TSNE_TARGET
     )
-    analysis, largest, smallest = inside["analysis"], list(SIZES)[-1], list(SIZES)[0]
+    analysis, largest, smallest = inside["analysis"], list(SIZES)[-1], next(iter(SIZES))
     section.add(
         f"**Where the time goes**, measured in Python in the same run. The first analysis at {largest} "
         f"({analysis['test']:,} test against {analysis['train']:,} train, nothing stored yet) takes "

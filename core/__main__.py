@@ -7,6 +7,10 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -317,8 +321,8 @@ def _ensemble_members(args):
 
 
 def cmd_ensemble(args) -> int:
-    from core.methods.ensemble import combine, search_weights, validation_map
     from core.io.parquet import write_embeddings
+    from core.methods.ensemble import combine, search_weights, validation_map
     from core.retrieval.pipeline import PredictConfig
 
     out = _checked_out(args.out, args.sources) if args.out else None
@@ -433,9 +437,8 @@ def cmd_export(args) -> int:
         raise ValueError(f"--out {args.out} is a file; give a folder to write the export into")
     loaded = _load(args)
     if args.format == "fiftyone":
-        check_images(
-            loaded.images.values()
-        )  # before the analysis: an embeddings Parquet has no image files
+        # before the analysis: an embeddings Parquet has no image files
+        check_images(loaded.images.values())
     analysis, watch, flags, rule = _analysed(loaded, args)
     items = export_items(analysis, loaded.images, flags=flags, rule=rule)
     options = (
@@ -517,11 +520,11 @@ def build_parser():
     from core.embedding.config import EmbedConfig
     from core.embedding.ray_engine import EngineConfig
     from core.embedding.runner import ROWS_PER_PART
+    from core.exports import EXPORT_FORMATS
     from core.io.hf_datasets import HfSelection
+    from core.maps.projection import PROJECTION_METHODS
     from core.methods.compare import COMPARE_METHODS
     from core.methods.ensemble import MODES
-    from core.exports import EXPORT_FORMATS
-    from core.maps.projection import PROJECTION_METHODS
     from core.report.config import ReportConfig
     from core.retrieval.pipeline import PredictConfig
 
@@ -622,9 +625,8 @@ def build_parser():
         choices=MODES,
         help="weighted sum (equal dimensions) or concatenation (default: %(default)s)",
     )
-    _add_config_options(
-        ensemble, PredictConfig, skip=("threshold", "auto")
-    )  # the search validates on train
+    # the search validates on train
+    _add_config_options(ensemble, PredictConfig, skip=("threshold", "auto"))
     ensemble.add_argument("--out", help="ensemble embeddings .parquet to write")
     ensemble.set_defaults(run=cmd_ensemble)
 

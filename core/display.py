@@ -20,9 +20,8 @@ ZERO_WIDTH_SPACE = "\u200b"
 def visible_controls(text: str) -> str:
     """Control, format and bidi-override characters shown as ⟨U+XXXX⟩, so none can break a line,
     reverse the text after it or hide inside a name; white space other than a plain space too."""
-    if (
-        text.isprintable()
-    ):  # no control, format or separator character but the space: most text, fast
+    # no control, format or separator character but the space: most text, fast
+    if text.isprintable():
         return text
     return "".join(
         f"⟨U+{ord(char):04X}⟩"

@@ -15,12 +15,10 @@ class Cancelled(Exception):
 class Watch:
     """What a long computation reports to, and the signal that stops it; the default watches nothing."""
 
-    report: Callable[[int, int, str], None] | None = (
-        None  # called with (done, total, stage) at each step
-    )
-    stop: threading.Event | None = (
-        None  # once set, the computation raises Cancelled at its next step
-    )
+    # called with (done, total, stage) at each step
+    report: Callable[[int, int, str], None] | None = None
+    # once set, the computation raises Cancelled at its next step
+    stop: threading.Event | None = None
 
     def step(self, done: int, total: int, stage: str) -> None:
         """Raise Cancelled if the stop was asked for, else report `done` of `total` steps of `stage`."""

@@ -75,7 +75,7 @@ class Embeddings:
     def mask(self, split: str) -> np.ndarray:
         return self.splits == split
 
-    def subset(self, split: str) -> "Embeddings":
+    def subset(self, split: str) -> Embeddings:
         keep = self.mask(split)
         return Embeddings(
             self.ids[keep], self.splits[keep], self.labels[keep], self.vectors[keep], self.model
@@ -86,7 +86,7 @@ class Embeddings:
         return int(self.vectors.shape[1])
 
     @classmethod
-    def joined(cls, parts: "Sequence[Embeddings]", model: str, dim: int) -> "Embeddings":
+    def joined(cls, parts: Sequence[Embeddings], model: str, dim: int) -> Embeddings:
         """The rows of `parts` in order as one table by `model`; no parts give no rows of `dim` columns."""
         empty = cls(
             np.array([], str),

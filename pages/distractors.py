@@ -3,11 +3,11 @@
 import numpy as np
 import streamlit as st
 
-from core.retrieval.distractors import DbscanConfig
-from core.retrieval.validation import conformal_threshold
-from core.retrieval.placement import PLACEMENTS
 from core.maps.figures import THRESHOLD_AXIS, score_shares
+from core.retrieval.distractors import DbscanConfig
+from core.retrieval.placement import PLACEMENTS
 from core.retrieval.threshold_steps import threshold_steps
+from core.retrieval.validation import conformal_threshold
 from pages import ui
 from pages.live_threshold import (
     Binned,
@@ -26,17 +26,15 @@ current = ui.session()
 analysis = current.analysis
 sweep = analysis.sweep
 steps = threshold_steps(analysis, ui.THRESHOLD_DECIMALS)
-best = (
-    sweep.best_map_threshold() if sweep.has_map else None
-)  # one answer for the chart's mark and the caption
+# one answer for the chart's mark and the caption
+best = sweep.best_map_threshold() if sweep.has_map else None
 threshold_state = (
     f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
 )
 synced_state = threshold_state + "-synced"  # the saved threshold this tab last read or wrote
 previous_state = threshold_state + "-previous"  # the threshold one run ago, for "what flips"
-origin_state = (
-    threshold_state + "-origin"
-)  # counts the thresholds set here on the server, which the slider must show
+# counts the thresholds set here on the server, which the slider must show
+origin_state = threshold_state + "-origin"
 slider_key = threshold_state + "-slider"
 
 

@@ -6,8 +6,8 @@ import streamlit as st
 
 from core.embedding.config import BASELINE_MODEL, EmbedConfig, list_models
 from core.embedding.runner import precision_note
-from core.records import TEST, TRAIN
 from core.methods.ensemble import search_weights, validation_map
+from core.records import TEST, TRAIN
 from core.session.models import choose_model, chosen_model
 from core.session.vectors import (
     EnsembleMember,

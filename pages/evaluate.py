@@ -7,6 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, export_items, exported_zip
+from core.maps.figures import class_frequency
+from core.maps.projection import PROJECTION_METHODS, ProjectionConfig
 from core.methods.compare import (
     BASELINE_METHOD,
     COMPARE_METHODS,
@@ -15,15 +17,13 @@ from core.methods.compare import (
     compare_methods,
     format_table,
 )
+from core.paths import safe_file_name
 from core.records import DISTRACTOR
-from core.maps.figures import class_frequency
-from core.maps.projection import PROJECTION_METHODS, ProjectionConfig
 from core.report.config import ReportConfig
 from core.report.html import report_html
 from core.retrieval.distractors import SCORE_MODES
 from core.retrieval.placement import PLACEMENTS
 from core.retrieval.predict import submission_csv
-from core.paths import safe_file_name
 from core.session.vectors import export_embeddings, predict_config, save_predict_config
 from pages import ui
 

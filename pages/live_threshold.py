@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import streamlit as st
 
@@ -27,9 +27,8 @@ class LiveMetric:
 
     label: str
     shown: list[str]  # the text shown at each position
-    counts: list[int] | None = (
-        None  # when given, the change since the slider last rested is shown under the value
-    )
+    # when given, the change since the slider last rested is shown under the value
+    counts: list[int] | None = None
     help: str | None = None  # the tooltip
 
 
@@ -63,9 +62,8 @@ class LiveChart:
     marker_labels: list[str]  # the marker's words at each slider position
     bars: Binned | None = None  # filled bars
     steps: Binned | None = None  # an outline drawn over the bars
-    line: list[float] | None = (
-        None  # a value at each slider position, drawn as a curve the marker's dot follows
-    )
+    # a value at each slider position, drawn as a curve the marker's dot follows
+    line: list[float] | None = None
     best: dict | None = None  # a point marked on the curve: {"x", "y", "label"}
     y_max: float | None = None  # the top of the y axis; None: a little above the highest value
 

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import numpy as np
 import streamlit as st
@@ -55,16 +55,14 @@ HOW_TO_GET_CLIP = (
     f"`{DEFAULT_MODEL}` (set `HF_HOME`), or allow downloads by unsetting `HF_HUB_OFFLINE`."
 )
 THUMBNAIL_EDGE = 160
-THRESHOLD_DECIMALS = (
-    3  # the threshold slider's step is 10^-3; thresholds shown and used are on that grid
-)
+# the threshold slider's step is 10^-3; thresholds shown and used are on that grid
+THRESHOLD_DECIMALS = 3
 APP_RAN = "app-ran"  # session state: app.py has run in this session, so its navigation is in charge
 OPEN_PAGE = "open"  # query parameter: the page a deep link asked for, carried through app.py
 IMAGE_UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 POLL_SECONDS = 0.25  # how often a page waiting for a background job redraws its progress
-ANALYSES_KEPT = (
-    16  # finished analyses kept in memory for the whole server (their searches are also on disk)
-)
+# finished analyses kept in memory for the whole server (their searches are also on disk)
+ANALYSES_KEPT = 16
 PROJECTIONS_KEPT = 32  # finished projections kept in memory (small: two coordinates a point)
 
 

@@ -9,6 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest
+from input_files import BLUE, RED, jpeg
 from PIL import Image
 
 TINY_CLIP_IMAGE_SIZE = 32  # pixels a side the tiny CLIP's processor feeds the model
@@ -116,3 +117,65 @@ def image_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def small_layout() -> dict[str, bytes]:
+    """A folder layout: two train classes, two test images without truth (path -> bytes)."""
+    return {
+        "train/cat/c1.jpg": jpeg(RED),
+        "train/cat/c2.jpg": jpeg(RED),
+        "train/dog/d1.jpg": jpeg(BLUE),
+        "test/t1.jpg": jpeg(RED),
+        "test/t2.jpg": jpeg(BLUE),
+    }
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """`streamlit run app.py` on a free local port, offline, with a private workspace home."""
+    from bench.served import ServerFailed, serve
+
+    home = tmp_path_factory.mktemp("retrieval-lab-home")
+    log = home / "streamlit.log"
+    try:
+        with serve("app.py", home, log) as base_url:
+            yield base_url
+    except ServerFailed as failure:
+        pytest.fail(str(failure))
+    finally:
+        print(f"\nstreamlit log: {log}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright, for the module (CI fails without it, elsewhere skips)."""
+    from playwright.sync_api import sync_playwright
+
+    from bench.served import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; .ci/run installs it, so in CI this is an error")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def fresh_server(workspace, monkeypatch):
+    """A private workspace home, no Hub, and nothing cached by another test: for modules that run
+    pages or the dashboard's glue (pytestmark = pytest.mark.usefixtures("fresh_server"))."""
+    import streamlit as st
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()

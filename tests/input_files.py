@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
@@ -62,17 +61,6 @@ def write_zip(
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
-
-
-@pytest.fixture
-def small_layout() -> dict[str, bytes]:
-    return {
-        "train/cat/c1.jpg": jpeg(RED),
-        "train/cat/c2.jpg": jpeg(RED),
-        "train/dog/d1.jpg": jpeg(BLUE),
-        "test/t1.jpg": jpeg(RED),
-        "test/t2.jpg": jpeg(BLUE),
-    }
 
 
 # The displayed image for each EXIF orientation, from the stored pixels, per the EXIF spec.

@@ -51,9 +51,8 @@ def test_a_second_analysis_with_the_store_reads_instead_of_searching(
     config = PredictConfig(auto=True, validation_rounds=3)
     first = analyse(embeddings, config, store)
     assert counted_searches == {"test": 1, "train": 1}
-    again = analyse(
-        embeddings, config, SearchStore(tmp_path / "analyses")
-    )  # as after a server restart
+    # as after a server restart
+    again = analyse(embeddings, config, SearchStore(tmp_path / "analyses"))
     assert counted_searches == {"test": 1, "train": 1}
     assert_same_analysis(again, first)
     without_store = analyse(embeddings, config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from input_files import BLUE, RED, encode, jpeg, small_layout, write_files, write_zip  # noqa: F401 (fixture)
+from input_files import BLUE, RED, encode, jpeg, write_files, write_zip
 from PIL import Image
 
 from core.io import archives
@@ -102,7 +102,7 @@ def test_running_byte_cap_stops_extraction_even_if_the_declared_sizes_fooled_the
 ):
     monkeypatch.setattr(archives, "_check_zip_limits", lambda *args: None)
     archive = write_zip(tmp_path / "big.zip", {"a.jpg": b"x" * 600, "b.jpg": b"y" * 600})
-    with pytest.raises(ValueError, match="zip entry 'b.jpg' unpacks past the total size limit"):
+    with pytest.raises(ValueError, match=r"zip entry 'b.jpg' unpacks past the total size limit"):
         safe_extract_zip(archive, tmp_path / "dest", ZipLimits(max_total_bytes=1000))
     assert [p.name for p in (tmp_path / "dest").iterdir()] == ["a.jpg"]  # no partial b.jpg
 

@@ -3,12 +3,11 @@
 Screenshots of every page land in a temporary folder whose path is printed (run with -s).
 """
 
-import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from bench.browser import (
     ACTION_TIMEOUT_MS,
@@ -24,41 +23,11 @@ from bench.browser import (
     wait_for_rest,
     wait_for_run,
 )
-from bench.served import CHROMIUM, CHROMIUM_ARGS, ServerFailed, serve
 
 MIN_NEIGHBOUR_CARDS = 5  # top-5 retrieval: a card per neighbour, each with its image
 SLIDER_STEP = 0.001  # the Distractors page's threshold slider moves by this per arrow key
 BURSTS, PRESSES_PER_BURST = 3, 5
 IDLE_CHECK_MS = 1_500
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    """`streamlit run app.py` on a free local port, offline, with a private workspace home."""
-    home = tmp_path_factory.mktemp("retrieval-lab-home")
-    log = home / "streamlit.log"
-    try:
-        with serve("app.py", home, log) as base_url:
-            yield base_url
-    except ServerFailed as failure:
-        pytest.fail(str(failure))
-    finally:
-        print(f"\nstreamlit log: {log}")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; .ci/run installs it, so in CI this is an error")
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +105,7 @@ def test_every_page_renders_without_an_exception(page, screenshots):
     expect(page_title(page)).to_have_text("Data")
     _check(page, screenshots, "data")
     # The tab opened on Data; visiting it last also checks the way back to the root page.
-    for title in [*PAGE_PATHS][1:] + ["Data"]:
+    for title in [*list(PAGE_PATHS)[1:], "Data"]:
         open_page(page, title)
         _check(page, screenshots, PAGE_PATHS[title] or "data-again")
 
@@ -193,9 +162,8 @@ def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
             page.keyboard.press("ArrowRight")  # no wait between presses
         expect(shown_threshold).to_have_text(f"{expected:.3f}", timeout=RUN_TIMEOUT_MS)
         wait_for_rest(page, f"{expected:.3f}")
-        page.wait_for_timeout(
-            IDLE_CHECK_MS
-        )  # a stale rerun would snap the slider back in this window
+        # a stale rerun would snap the slider back in this window
+        page.wait_for_timeout(IDLE_CHECK_MS)
         wait_for_run(page)
         assert float(slider.input_value()) == pytest.approx(expected), "the slider snapped back"
         expect(shown_threshold).to_have_text(f"{expected:.3f}")
@@ -226,9 +194,8 @@ def test_map_redraws_with_another_method(page, screenshots):
 
 def test_neighbours_page_shows_neighbour_images(page, screenshots):
     open_page(page, "Neighbours")
-    cards = page.locator(
-        "[class*='st-key-neighbour_card_']"
-    )  # st.container(key="neighbour_card_<rank>")
+    # st.container(key="neighbour_card_<rank>")
+    cards = page.locator("[class*='st-key-neighbour_card_']")
     expect(cards.nth(MIN_NEIGHBOUR_CARDS - 1)).to_be_visible()
     for rank in range(MIN_NEIGHBOUR_CARDS):
         expect(cards.nth(rank).get_by_test_id("stImage")).to_be_visible()

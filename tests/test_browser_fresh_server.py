@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, quote, urlparse
 
 import pytest
 from playwright.sync_api import expect
+from test_hostile_text import PROBE, write_hostile_workspace
 
 from bench.browser import (
     PAGE_PATHS,
@@ -19,8 +20,6 @@ from bench.browser import (
     wait_for_run,
 )
 from bench.served import ServerFailed, serve
-from test_browser import browser  # noqa: F401 (browser is a fixture)
-from test_hostile_text import PROBE, write_hostile_workspace
 
 # Elements that could fetch or link to what the data says.
 LEAKED_ELEMENTS = "a[href*='example.invalid'], a[href*='8765'], a[href^='mailto:'], img[src*='8765'], img[src*='example.invalid']"

@@ -2,11 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from test_pipeline import clustered_embeddings
 
 from core.methods.compare import COMPARE_METHODS, TIE_MARGIN, as_json, compare_methods, format_table
 from core.methods.heads import HeadConfig
 from core.retrieval.pipeline import PredictConfig, analyse
-from test_pipeline import clustered_embeddings
 
 # Fewer steps than the default keep the file fast; the data are small and well clustered.
 FAST = HeadConfig(min_steps=150)
@@ -126,7 +126,7 @@ def test_a_failing_method_leaves_the_others_standing(embeddings):
 
 
 def test_bad_arguments_are_explained(embeddings):
-    with pytest.raises(ValueError, match="unknown method.*'svm'.*use any of cosine"):
+    with pytest.raises(ValueError, match=r"unknown method.*'svm'.*use any of cosine"):
         compare_methods(embeddings, methods=["svm"])
     with pytest.raises(ValueError, match="one row per embedding row"):
         compare_methods(embeddings, methods=["cosine"], targets=np.zeros((3, 4)))

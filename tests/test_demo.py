@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from core.records import DISTRACTOR, TEST, TRAIN
 from core.io.demo import (
     COLOURS,
     DISTRACTOR_COLOURS,
@@ -23,6 +22,7 @@ from core.io.demo import (
 )
 from core.io.layouts import load_dataset
 from core.io.texts import load_texts, prompts_for
+from core.records import DISTRACTOR, TEST, TRAIN
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:

@@ -30,7 +30,7 @@ def test_contamination_and_its_inverse_hand_computed():
     assert sweep.contamination(sweep.threshold_for(0.3)) == pytest.approx(0.3)
     assert sweep.contamination(sweep.threshold_for(0.0)) == 0.0
     assert sweep.contamination(sweep.threshold_for(1.0)) == 1.0
-    with pytest.raises(ValueError, match="between 0 and 1, got 1.5"):
+    with pytest.raises(ValueError, match=r"between 0 and 1, got 1.5"):
         sweep.threshold_for(1.5)
 
 
@@ -110,9 +110,8 @@ def test_map_values_within_the_tolerance_form_one_plateau():
         np.array([0.0, 0.0, 1.0, 1.0]),
     )
     assert sweep.map_at(0.4) - sweep.map_at(0.15) == pytest.approx(2.5e-14)
-    assert sweep.best_map_threshold()[0] == pytest.approx(
-        0.35
-    )  # not 0.4, the middle of (0.2, 0.6] alone
+    # not 0.4, the middle of (0.2, 0.6] alone
+    assert sweep.best_map_threshold()[0] == pytest.approx(0.35)
 
 
 def test_a_plateau_one_float_wide_answers_its_upper_end():

@@ -1,17 +1,9 @@
 """AppTest runs of the Distractors page: the slider, the contamination box and what the workspace keeps."""
 
 import pytest
-
-from core.embedding.config import BASELINE_MODEL, EmbedConfig
-from core.io.demo import write_demo_dataset
-from core.retrieval.pipeline import analyse, load_embeddings
-from core.retrieval.validation import conformal_threshold
-from core.retrieval.placement import PLACEMENTS
-from core.session.workspace import Workspace
-from test_pages import (  # noqa: F401 (fresh_server is autouse)
+from test_pages import (
     assert_ran,
     displayed,
-    fresh_server,
     live_slider,
     metrics,
     run_page,
@@ -19,6 +11,16 @@ from test_pages import (  # noqa: F401 (fresh_server is autouse)
     slider_metrics,
     slider_value,
 )
+
+from core.embedding.config import BASELINE_MODEL, EmbedConfig
+from core.io.demo import write_demo_dataset
+from core.retrieval.pipeline import analyse, load_embeddings
+from core.retrieval.placement import PLACEMENTS
+from core.retrieval.validation import conformal_threshold
+from core.session.workspace import Workspace
+
+# No Streamlit cache is shared between tests, and each has its own workspace home.
+pytestmark = pytest.mark.usefixtures("fresh_server")
 
 
 def saved_thresholds(workspace_id: str) -> dict:
@@ -151,9 +153,8 @@ def test_the_false_flag_rate_sets_a_conformal_threshold_and_shows_the_realised_r
     realised = demo_analysis.false_flag_share(threshold)
     assert slider_metrics(app)["Known-class images flagged"] == f"{realised:.1%}"
     known = int((demo_analysis.truth != "-1").sum())
-    assert (
-        0 < realised <= alpha + 3 * (alpha * (1 - alpha) / known) ** 0.5
-    )  # the bound, within its sampling margin
+    # the bound, within its sampling margin
+    assert 0 < realised <= alpha + 3 * (alpha * (1 - alpha) / known) ** 0.5
 
 
 def test_every_page_scores_at_the_threshold_the_slider_shows():
@@ -163,7 +164,6 @@ def test_every_page_scores_at_the_threshold_the_slider_shows():
     assert_ran(evaluate)
     shown = slider_metrics(distractors)
     assert float(shown["Threshold"]) == slider_value(distractors)
-    assert float(shown["MAP@5"]) == pytest.approx(
-        float(metrics(evaluate)["MAP@5"]), abs=5e-4
-    )  # Evaluate shows 3 decimals
+    # Evaluate shows 3 decimals
+    assert float(shown["MAP@5"]) == pytest.approx(float(metrics(evaluate)["MAP@5"]), abs=5e-4)
     assert any(f"**{shown['Threshold']}**" in caption.value for caption in evaluate.caption)

@@ -16,8 +16,8 @@ from core.embedding.config import BASELINE_MODEL, KNOWN_MODELS, EmbedConfig, lis
 from core.embedding.embedder import PreparingEmbedder
 from core.embedding.hub import ModelUnavailableError
 from core.embedding.runner import EmbeddingStream, embed_dataset, embed_texts_cached, load_embedder
-from core.records import TEST, TRAIN, Dataset, Item
 from core.io.images import load_image
+from core.records import TEST, TRAIN, Dataset, Item
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 TEXTS = [
@@ -525,7 +525,7 @@ def test_the_stream_yields_every_item_once_cached_then_computed_batch_by_batch(
         + coloured_images(image_file, 4, BLUE)
         + [image_file("a/copy.png", noise=0), image_file("b/copy.png", noise=0)]
     )
-    dataset = dataset_of(paths + [tmp_path / "vanished.png"])
+    dataset = dataset_of([*paths, tmp_path / "vanished.png"])
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     embed_dataset(dataset_of(paths[:4]), BaselineEmbedder(), cache)
 
@@ -538,6 +538,8 @@ def test_the_stream_yields_every_item_once_cached_then_computed_batch_by_batch(
         3,
         4,
     ]  # 6 distinct files in batches of 3; the two copies share one, both in its step
-    assert sorted(sum(computed, [])) == sorted(path.name for path in paths[4:])
+    assert sorted(name for step in computed for name in step) == sorted(
+        path.name for path in paths[4:]
+    )
     assert (stream.computed, stream.from_cache) == (len(paths) - 4, 4)
     cache.close()

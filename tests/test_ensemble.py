@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
-
-from core.records import Embeddings
-from core.methods.ensemble import combine, search_weights, validation_map
-from core.retrieval.pipeline import analyse
 from test_index import unit_rows
+
+from core.methods.ensemble import combine, search_weights, validation_map
+from core.records import Embeddings
+from core.retrieval.pipeline import analyse
 
 
 def model(name, vectors, ids=None, labels=None, splits=None):
@@ -142,10 +142,13 @@ def test_default_validation_metric_finds_an_ensemble_better_than_either_model():
     solo_a, solo_b = metric(a), metric(b)
     search = search_weights([a, b], iterations=4)
     assert search.metric > max(solo_a, solo_b) + 0.1
-    assert 0 < min(search.weights)
+    assert min(search.weights) > 0
+
     # Held-out test items agree with the validation metric.
-    test_map = lambda emb: analyse(emb).report()["MAP@5"]
-    assert test_map(search.embeddings) > max(test_map(a), test_map(b)) + 0.1
+    def measured_map(embeddings):
+        return analyse(embeddings).report()["MAP@5"]
+
+    assert measured_map(search.embeddings) > max(measured_map(a), measured_map(b)) + 0.1
     again = search_weights([a, b], iterations=4)
     assert (again.weights, again.steps) == (search.weights, search.steps)
 
@@ -155,7 +158,7 @@ def test_bad_inputs_are_explained():
     a = model("a", unit_rows(rng, 4, 3))
     other_ids = model("b", unit_rows(rng, 4, 3), ids=["item0", "item1", "item2", "x"])
     with pytest.raises(
-        ValueError, match="embed different items: 1 of a's items are missing from b, e.g. 'item3'"
+        ValueError, match=r"embed different items: 1 of a's items are missing from b, e.g. 'item3'"
     ):
         combine([a, other_ids], [1, 1])
     relabelled = model("b", unit_rows(rng, 4, 3), labels=["c0", "c1", "c2", "zzz"])

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_pages import assert_ran, run_page
 
 from core.__main__ import main
 from core.display import ZERO_WIDTH_SPACE
@@ -29,7 +30,9 @@ from core.io.parquet import read_embeddings
 from core.maps.projection import ProjectionConfig, project
 from core.records import DISTRACTOR, Embeddings
 from core.retrieval.pipeline import PredictConfig, analyse
-from test_pages import assert_ran, fresh_server, run_page  # noqa: F401 (fresh_server is autouse: no cache shared between tests)
+
+# No Streamlit cache is shared between tests, and each has its own workspace home.
+pytestmark = pytest.mark.usefixtures("fresh_server")
 
 # Text that breaks a naive writer of each format: TSV separators and line ends, quotes and
 # backslashes (JSON, protobuf text), markup, characters outside ASCII, and what Embedding Atlas
@@ -579,9 +582,8 @@ def test_the_evaluate_page_offers_the_export_of_what_it_shows(monkeypatch):
     )
     app = run_page("evaluate", evaluate_export=True, evaluate_export_format="tensorboard")
     assert_ran(app)
-    archive = zipfile.ZipFile(
-        io.BytesIO(offered["TensorBoard projector (zip)"]())
-    )  # what a click downloads
+    # what a click downloads
+    archive = zipfile.ZipFile(io.BytesIO(offered["TensorBoard projector (zip)"]()))
     rows = [line.split("\t") for line in archive.read("metadata.tsv").decode().splitlines()[1:]]
     flagged = next(
         metric for metric in app.metric if metric.label == "Flagged as distractors"

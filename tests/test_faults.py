@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from core.embedding.cache import CACHE_FILE_NAME, EmbeddingCache
-from core.io.demo import write_demo_dataset
 from core.embedding.baseline import BaselineEmbedder
+from core.embedding.cache import CACHE_FILE_NAME, EmbeddingCache
 from core.embedding.config import EmbedConfig
 from core.embedding.hub import ModelUnavailableError
 from core.embedding.runner import embed_dataset, load_embedder
+from core.io.demo import write_demo_dataset
 from core.io.layouts import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]

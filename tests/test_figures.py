@@ -5,7 +5,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.maps.figures import (
     COLOUR_MODES,
     DISTRACTOR_COLOUR,
@@ -18,6 +17,7 @@ from core.maps.figures import (
     score_histogram,
 )
 from core.maps.projection import Projection, ProjectionConfig
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.retrieval.distractors import ThresholdSweep
 
 N_TRAIN, N_TEST = 30, 50
@@ -131,9 +131,8 @@ def _random_points(n_points: int, n_train: int) -> pd.DataFrame:
             "split": splits,
             "id": [f"img{i}" for i in range(n_points)],
             "label": None,
-            "row": rng.permutation(
-                n_points
-            ),  # shuffled, so customdata must carry rows, not positions
+            # shuffled, so customdata must carry rows, not positions
+            "row": rng.permutation(n_points),
             "flag": (splits == TEST) & (rng.random(n_points) < 0.3),
         }
     )
@@ -245,9 +244,8 @@ def test_score_histogram_size_does_not_grow_with_the_number_of_scores():
         )
 
     small, large = json_size(1_000), json_size(100_000)
-    assert (
-        large < 1.2 * small and large < 15_000
-    )  # 7 KB of it is the template; every score was 220 KB at 13k
+    # 7 KB of it is the template; every score was 220 KB at 13k
+    assert large < 1.2 * small and large < 15_000
 
 
 def test_score_histogram_without_train_scores_draws_test_only():

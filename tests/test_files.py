@@ -42,7 +42,7 @@ def test_read_csv_bad_inputs_name_the_file(tmp_path):
         ValueError, match=r"a.csv lacks column\(s\) id: found image, label; required: id, label"
     ):
         read_csv(files / "a.csv", ("id", "label"))
-    with pytest.raises(ValueError, match="b.csv is not UTF-8 text"):
+    with pytest.raises(ValueError, match=r"b.csv is not UTF-8 text"):
         read_csv(files / "b.csv")
-    with pytest.raises(ValueError, match="missing.csv not found"):
+    with pytest.raises(ValueError, match=r"missing.csv not found"):
         read_csv(files / "missing.csv")

@@ -5,11 +5,11 @@ a disk that fills up mid-write, and the security rules (XSRF, upload cap, confin
 from __future__ import annotations
 
 import ast
-import re
 import errno
 import io
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -24,19 +24,20 @@ import pytest
 import streamlit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from input_files import EXPECTED_DISPLAY, SVG, bomb_png, encode, write_files, write_raw_parquet
+from PIL import Image
 from test_pages import run_page
 
 from core.embedding.cache import EmbeddingCache
-from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.retrieval.distractors import ThresholdSweep
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.archives import safe_extract_zip
 from core.io.images import ImageRejected, load_image
 from core.io.layouts import load_dataset
 from core.io.parquet import read_embeddings, write_embeddings
 from core.io.texts import load_texts
+from core.paths import confined_path, safe_file_name
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.retrieval.distractors import ThresholdSweep
 from core.retrieval.metrics import (
     average_precision_at_k,
     distractor_report,
@@ -45,7 +46,6 @@ from core.retrieval.metrics import (
 )
 from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
 from core.retrieval.predict import read_submission, write_submission
-from core.paths import confined_path, safe_file_name
 from core.session.datasets import WorkspaceDatasets
 from core.session.queries import texts_from_upload
 from core.session.workspace import Workspace
@@ -115,9 +115,8 @@ def hostile_zip(path: Path) -> tuple[set[str], dict[str, str]]:
         "test/drawing.png": (SVG, "looks like SVG/XML"),
     }
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", UserWarning
-        )  # zipfile warns about the duplicate entry on purpose
+        # zipfile warns about the duplicate entry on purpose
+        warnings.simplefilter("ignore", UserWarning)
         for name, data in good.items():
             archive.writestr(TOP + name, data)
         for name, (data, _) in bad.items():
@@ -251,7 +250,7 @@ def test_a_test_set_of_one_or_two_images_is_analysed_end_to_end(truth, contamina
     assert 0.0 <= report["MAP@5"] <= 1.0
     assert len(analysis.predictions()) == len(truth)
     assert analysis.dbscan().shape == (len(truth),)
-    best_threshold, best_map = analysis.sweep.best_map_threshold()
+    _best_threshold, best_map = analysis.sweep.best_map_threshold()
     assert best_map >= report["MAP@5"] - 1e-12
     assert np.isfinite(analysis.train_loo_scores).all()
 
@@ -337,9 +336,8 @@ def damaged_images(draw) -> bytes:
 @given(st.one_of(st.binary(max_size=600), damaged_images()))
 def test_any_bytes_give_an_rgb_image_or_a_one_line_reason(data):
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # Pillow warns about damaged metadata; the verdict is what counts
+        # Pillow warns about damaged metadata; the verdict is what counts
+        warnings.simplefilter("ignore")
         try:
             image = load_image(data, name="upload.jpg")
         except ImageRejected as rejection:
@@ -539,9 +537,8 @@ def test_threshold_for_and_contamination_are_inverse_up_to_ties(scores, share):
 
 # --------------------------------------------------------------------------- a disk that fills up mid-write
 
-FULL_DISK_LIMIT = (
-    96 * 1024
-)  # bytes any file of the child may grow to: far below what it tries to write
+# bytes any file of the child may grow to: far below what it tries to write
+FULL_DISK_LIMIT = 96 * 1024
 FULL_DISK_WRITER = """
 import json, resource, signal, sys
 from pathlib import Path
@@ -631,9 +628,8 @@ def test_a_full_disk_keeps_the_cached_rows_and_the_cache_resumes(full_disk):
             np.testing.assert_array_equal(
                 np.stack([found[i] for i in previous.ids]), previous.vectors
             )
-            cache.put_many(
-                "model", {"after.jpg": previous.vectors[0]}
-            )  # space again: writing resumes
+            # space again: writing resumes
+            cache.put_many("model", {"after.jpg": previous.vectors[0]})
             assert cache.count("model") == len(previous.ids) + 1
 
 
@@ -762,13 +758,11 @@ class Upload:
 def test_uploads_with_hostile_names_land_inside_the_workspace(workspace, tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    monkeypatch.chdir(
-        cwd
-    )  # a name used as a relative path would land under tmp_path, where it is looked for
+    # a name used as a relative path would land under tmp_path, where it is looked for
+    monkeypatch.chdir(cwd)
     ws = Workspace("hostile-names")
-    datasets = WorkspaceDatasets(
-        ws, builtin=[]
-    )  # writing the demo and digits is not the point here
+    # writing the demo and digits is not the point here
+    datasets = WorkspaceDatasets(ws, builtin=[])
     images = {
         name: encode(noisy(seed), "JPEG")
         for seed, name in enumerate(["good.jpg", "фото 1.jpg", "dog.jpg"])
@@ -810,9 +804,8 @@ def test_the_folder_input_refuses_symlinks_and_absolute_paths_out_of_the_data_ro
     workspace, tmp_path, monkeypatch
 ):
     layout = {"train/cat/a.jpg": encode(noisy(1), "JPEG"), "test/t.jpg": encode(noisy(2), "JPEG")}
-    secret = write_files(
-        tmp_path / "secret", layout
-    )  # a valid dataset, so only confinement can refuse it
+    # a valid dataset, so only confinement can refuse it
+    secret = write_files(tmp_path / "secret", layout)
     root = tmp_path / "root"
     write_files(root / "ok", layout)
     (root / "link").symlink_to(secret)

@@ -412,9 +412,8 @@ def test_an_imagefolder_is_read_by_the_folder_layout_with_the_labels_huggingface
 def test_evaluate_runs_on_a_saved_folder_and_its_options_choose_columns(saved, workspace, capsys):
     assert main(["evaluate", str(saved), "--model", "baseline", "--json"]) == 0
     captured = capsys.readouterr()
-    assert (
-        json.loads(captured.out)["MAP@5"] >= 0.8
-    )  # three well-separated colours and a fourth for distractors
+    # three well-separated colours and a fourth for distractors
+    assert json.loads(captured.out)["MAP@5"] >= 0.8
     assert "rejected test row 9: not an image" in captured.err
     assert (
         main(["evaluate", str(saved), "--model", "baseline", "--label-column", "fine_label"]) == 2
@@ -469,9 +468,8 @@ def test_the_data_page_adds_a_saved_folder_with_chosen_columns_and_says_why_a_hu
         "2",
         "2",
     )
-    embedded = run_page(
-        "embed", "hugging1"
-    )  # the other pages read the same choice from the workspace
+    # the other pages read the same choice from the workspace
+    embedded = run_page("embed", "hugging1")
     assert_ran(embedded)
     assert metrics(embedded)["Vectors"] == "5"
 
@@ -496,7 +494,6 @@ def test_the_workspace_adds_only_saved_folders_under_the_data_root(
         datasets_of_workspace.add_hugging_face(str(saved), HfSelection())
     assert datasets_of_workspace.all() == []
     shutil.copytree(saved, root / "colours")
-    entry = datasets_of_workspace.add_folder(
-        "colours"
-    )  # the Folder tab opens one too, with the default choice
+    # the Folder tab opens one too, with the default choice
+    entry = datasets_of_workspace.add_folder("colours")
     assert len(load_dataset(entry.source).items) == 18

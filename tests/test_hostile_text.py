@@ -6,11 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_pages import assert_ran, run_page, set_threshold_by_contamination
 
 from core.io.parquet import write_embeddings
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.session.workspace import DatasetEntry, Workspace
-from test_pages import assert_ran, fresh_server, run_page, set_threshold_by_contamination  # noqa: F401 (fresh_server is autouse)
+
+# No Streamlit cache is shared between tests, and each has its own workspace home.
+pytestmark = pytest.mark.usefixtures("fresh_server")
 
 PROBE = "http://127.0.0.1:8765/probe"  # nothing listens there; a request to it would be a leak
 HOSTILE = [
@@ -88,9 +91,8 @@ def shown_markdown(app) -> list[str]:
     return texts
 
 
-CODE_SPAN = re.compile(
-    r"(?<!\\)`[^`]*(?<!\\)`"
-)  # the pages' own code spans: Markdown inside them is inert
+# the pages' own code spans: Markdown inside them is inert
+CODE_SPAN = re.compile(r"(?<!\\)`[^`]*(?<!\\)`")
 
 
 def assert_no_leak(app) -> None:

@@ -23,7 +23,6 @@ from PIL import Image
 from core.io.images import IMAGE_EXTENSIONS, ImageRejected, check_image_file, load_image
 from core.io.layouts import load_dataset
 
-
 BAD_CONTENTS = {
     "non-image bytes": (b"this is a text file, not a picture", "not an image"),
     "empty file": (b"", "empty file"),

@@ -229,9 +229,8 @@ def test_screened_search_equals_flat_ip_with_near_ties(screening, k, allowed_sha
         found = index.search(queries, k, allowed)
     assert_same_as_flat_ip(found, rows, queries, k, allowed)
     assert index.screened_queries == len(queries)
-    assert (
-        index.rechecked_queries < len(queries) / 2
-    )  # most queries are certified: the screen answered them
+    # most queries are certified: the screen answered them
+    assert index.rechecked_queries < len(queries) / 2
     assert "bf16 screen, fp32 re-rank" in index.settings
 
 

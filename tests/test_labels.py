@@ -128,9 +128,8 @@ def test_evaluate_and_score_agree_on_every_accepted_label_spelling(tmp_path_fact
 
     test_ids = embeddings.ids[embeddings.mask(TEST)].tolist()
     write_submission(folder / "submission.csv", test_ids, analysis.predictions())
-    with open(
-        folder / "truth.csv", "w", newline="", encoding="utf-8"
-    ) as handle:  # the user's own spelling
+    # the user's own spelling
+    with open(folder / "truth.csv", "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([("id", "label"), *zip(ids[len(raw_train) :], raw_test)])
     truth, submission = read_truth(folder / "truth.csv"), read_submission(folder / "submission.csv")
     scored = map_at_k([truth[i] for i in test_ids], [submission[i] for i in test_ids])

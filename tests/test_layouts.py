@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from input_files import SVG, encode, jpeg, small_layout, write_files  # noqa: F401 (fixture)
+from input_files import SVG, encode, jpeg, write_files
 from PIL import Image
 
 from core.io import layouts
@@ -125,7 +125,7 @@ def test_empty_train_split_is_a_clear_error(tmp_path):
 
 def test_unknown_layout_and_missing_source_are_clear_errors(tmp_path):
     root = write_files(tmp_path / "d", {"images/a.jpg": jpeg()})
-    with pytest.raises(ValueError, match="no dataset layout .* found images"):
+    with pytest.raises(ValueError, match=r"no dataset layout .* found images"):
         load_dataset(root)
     with pytest.raises(ValueError, match="does not exist"):
         load_dataset(tmp_path / "nowhere")

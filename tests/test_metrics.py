@@ -71,12 +71,12 @@ def test_distractor_report_counts_and_auc():
 
 
 @given(
-    st.lists(st.sampled_from(list("abcdef") + ["-1"]), min_size=1, max_size=30),
+    st.lists(st.sampled_from([*list("abcdef"), "-1"]), min_size=1, max_size=30),
     st.integers(min_value=1, max_value=7),
     st.randoms(use_true_random=False),
 )
 def test_map_is_a_share_and_perfect_when_truth_first(truth, k, rnd):
-    rows = [rnd.sample(list("abcdef") + ["-1"], 5) for _ in truth]
+    rows = [rnd.sample([*list("abcdef"), "-1"], 5) for _ in truth]
     value = map_at_k(truth, rows, k)
     assert 0.0 <= value <= 1.0
     assert map_at_k(truth, [[t, *r] for t, r in zip(truth, rows)], k) == 1.0

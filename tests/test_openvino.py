@@ -5,7 +5,6 @@ import re
 import numpy as np
 import pytest
 
-from core.__main__ import main
 from core.embedding import clip, openvino_tower
 from core.embedding.cache import EmbeddingCache
 from core.embedding.config import EmbedConfig
@@ -42,9 +41,8 @@ def test_auto_runs_openvino_on_the_cpu_when_its_first_batch_agrees_with_torch_fp
     tiny_clip_dir, photos, workspace
 ):
     embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir), device="cpu"))
-    assert (
-        embedder.awaits_precision_check and embedder.runtime == "torch"
-    )  # torch fp32 until the check
+    # torch fp32 until the check
+    assert embedder.awaits_precision_check and embedder.runtime == "torch"
 
     run = embed_dataset(photos, embedder, EmbeddingCache(workspace / "cache.sqlite"))
 

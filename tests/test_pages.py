@@ -14,11 +14,11 @@ from streamlit.testing.v1 import AppTest
 
 import core.maps.projection
 from core.display import ZERO_WIDTH_SPACE
+from core.embedding.config import BASELINE_MODEL, EmbedConfig
+from core.io.demo import write_demo_dataset
+from core.io.parquet import write_embeddings
 from core.progress import Cancelled
 from core.records import TEST, TRAIN, Embeddings
-from core.io.demo import write_demo_dataset
-from core.embedding.config import BASELINE_MODEL, EmbedConfig
-from core.io.parquet import write_embeddings
 from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
 from core.retrieval.predict import read_submission, submission_label, write_submission
 from core.session.models import LOADING, ModelShelf, chosen_model
@@ -26,20 +26,12 @@ from core.session.vectors import predict_config
 from core.session.workspace import DatasetEntry, Workspace
 from pages import ui
 
+# No Streamlit cache is shared between tests, and each has its own workspace home.
+pytestmark = pytest.mark.usefixtures("fresh_server")
+
 ROOT = Path(__file__).resolve().parents[1]
 MY_PAGES = ("map", "neighbours", "evaluate", "text_image")
 SECONDS = 120  # per script run: the first one embeds the demo and tries to load CLIP
-
-
-@pytest.fixture(autouse=True)
-def fresh_server(workspace, monkeypatch):
-    """A private workspace home, no Hub, and nothing cached by another test."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def run_page(name: str, workspace_id: str | None = None, **state) -> AppTest:
@@ -306,9 +298,8 @@ def test_pages_without_test_truth_or_images_still_work(unlabelled_parquet_worksp
         map_chart={"selection": selection},
     )
     assert_ran(app)
-    assert any(
-        displayed(markdown.value).startswith("item") for markdown in app.markdown
-    )  # the card of an image-less item
+    # the card of an image-less item
+    assert any(displayed(markdown.value).startswith("item") for markdown in app.markdown)
 
 
 def test_text_image_explains_that_the_baseline_has_no_text_tower():
@@ -352,9 +343,8 @@ def test_an_ensemble_of_the_baseline_and_a_clip_model_is_analysed(tiny_clip_dir)
     assert not app.exception, [e.value for e in app.exception]
     assert any("Model identity: ensemble(" in displayed(caption.value) for caption in app.caption)
     assert any("no-such-org/no-such-clip" in displayed(warning.value) for warning in app.warning)
-    app = run_page(
-        "distractors", workspace_id
-    )  # the ensemble's vectors analysed, with the rule of its threshold
+    # the ensemble's vectors analysed, with the rule of its threshold
+    app = run_page("distractors", workspace_id)
     assert_ran(app)
     assert any(
         "Default rule: contamination 30%" in displayed(caption.value) for caption in app.caption
@@ -615,9 +605,8 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(
         app = run_page("distractors", unlabelled_parquet_workspace)
         assert_ran(app)
         assert slider_metrics(app)["Flagged as distractors"]
-        assert (
-            shelf.state(chosen_model(ws)) == LOADING
-        )  # the vectors came with the data: nothing waited for it
+        # the vectors came with the data: nothing waited for it
+        assert shelf.state(chosen_model(ws)) == LOADING
     finally:
         release.set()
 

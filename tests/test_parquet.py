@@ -178,7 +178,7 @@ def test_a_parquet_without_rows_is_a_clear_error(tmp_path):
         }
     )
     pq.write_table(empty, tmp_path / "empty.parquet")
-    with pytest.raises(ValueError, match="empty.parquet has no rows"):
+    with pytest.raises(ValueError, match=r"empty.parquet has no rows"):
         read_embeddings(tmp_path / "empty.parquet")
 
 

@@ -1,19 +1,21 @@
 """AppTest runs on an embeddings Parquet: counts, no model note, nothing to embed, image-less cards, the folder tab, DBSCAN on request."""
 
 import pytest
+from test_pages import (
+    assert_ran,
+    displayed,
+    metrics,
+    run_page,
+    set_threshold_by_contamination,
+)
 
 import core.retrieval.pipeline
 from bench.fixtures import retrieval_embeddings
 from core.io.parquet import write_embeddings
 from core.session.workspace import DatasetEntry, Workspace
-from test_pages import (
-    assert_ran,
-    displayed,
-    fresh_server,
-    metrics,
-    run_page,
-    set_threshold_by_contamination,
-)  # noqa: F401 (fresh_server is autouse)
+
+# No Streamlit cache is shared between tests, and each has its own workspace home.
+pytestmark = pytest.mark.usefixtures("fresh_server")
 
 N_TEST, N_CLASSES = 60, 20  # 3 train items per class, 30% of test are distractors
 NO_CLIP = "cannot be loaded here"

@@ -97,7 +97,7 @@ def test_a_folder_refuses_parts_by_another_model_or_precision_naming_both(
 
 def test_a_folder_with_other_files_or_a_file_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="notes.txt, which are not Parquet part files"):
+    with pytest.raises(ValueError, match=r"notes.txt, which are not Parquet part files"):
         PartWriter(tmp_path, "test/model")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         embedded_ids(tmp_path / "notes.txt")

@@ -102,7 +102,7 @@ def test_auto_threshold_by_validation_is_close_to_the_best(embeddings):
 
 def test_pseudo_split_reaches_the_contamination():
     labels = np.array([f"c{i // 3}" for i in range(300)], dtype=object)
-    gallery, queries, truth, held = pseudo_distractor_split(labels, 0.3, np.random.default_rng(0))
+    gallery, queries, truth, _held = pseudo_distractor_split(labels, 0.3, np.random.default_rng(0))
     assert not set(gallery) & set(queries)
     assert (truth == "-1").mean() == pytest.approx(0.3, abs=0.03)
     assert set(labels[gallery]) >= set(truth[truth != "-1"])
@@ -161,7 +161,7 @@ def test_train_label_and_held_out_class_rules_name_what_is_wrong():
         check_train_labels(np.array(["a", None, "-1"], dtype=object))
     with pytest.raises(
         ValueError,
-        match="auto needs at least 4 train classes.*has 3 classes and at most 2 images in one — use x",
+        match=r"auto needs at least 4 train classes.*has 3 classes and at most 2 images in one — use x",
     ):
         check_classes_to_hold_out(np.array(["a", "a", "b", "c"], dtype=object), "auto", "use x")
     with pytest.raises(ValueError, match="has 4 classes and at most 1 images in one"):

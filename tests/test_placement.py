@@ -65,8 +65,8 @@ def test_train_evidence_matches_a_brute_force_leave_one_out():
 
 
 def test_the_distractor_share_is_fitted_to_the_test_scores_and_odds_follow_the_score():
-    from tests.test_pipeline import clustered_embeddings
     from core.retrieval.pipeline import PredictConfig, analyse
+    from tests.test_pipeline import clustered_embeddings
 
     for distractor_classes, true_share in ((8, 8 / 28), (20, 0.5)):
         analysis = analyse(
@@ -148,6 +148,6 @@ def test_a_guaranteed_false_flag_rate_without_train_evidence_names_what_to_do():
 
     with pytest.raises(
         ValueError,
-        match="guaranteed false-flag rate needs .* cannot give .*2\\+ images.* — use a contamination rate",
+        match=r"guaranteed false-flag rate needs .* cannot give .*2\+ images.* — use a contamination rate",
     ):
         analyse(tiny_train(1, 6), PredictConfig(max_false_flag=0.1))

@@ -83,9 +83,8 @@ def test_cpu_flags_are_read_from_the_flags_lines_and_none_without_the_file(tmp_p
 
 
 def test_the_check_measures_cosine_and_shared_neighbours_and_names_each_shortfall():
-    angles = np.radians(
-        np.arange(8) * 10.0
-    )  # points along an arc: neighbours are the adjacent angles
+    # points along an arc: neighbours are the adjacent angles
+    angles = np.radians(np.arange(8) * 10.0)
     vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
     same = PrecisionCheck.of(vectors, vectors)
     assert (
@@ -323,9 +322,8 @@ def test_a_gpu_batch_follows_its_free_memory_within_bounds_and_the_cpu_keeps_six
 
     megabyte = 2**20
     assert clip.gpu_batch_size(8 * 1024 * megabyte, 4 * megabyte) == MAX_GPU_BATCH_SIZE
-    assert (
-        clip.gpu_batch_size(8 * 1024 * megabyte, 64 * megabyte) == 32
-    )  # a quarter of 8 GB in 64 MB images
+    # a quarter of 8 GB in 64 MB images
+    assert clip.gpu_batch_size(8 * 1024 * megabyte, 64 * megabyte) == 32
     assert clip.gpu_batch_size(100 * megabyte, 64 * megabyte) == CPU_BATCH_SIZE
     assert EmbedConfig().batch_size is None
     assert (

@@ -90,7 +90,7 @@ def test_search_labels_refuses_what_cannot_fit_and_mismatched_labels(monkeypatch
         search_labels(VectorIndex(train), ["a", "b", "c"], train, 0, 1)
     monkeypatch.setattr(core.retrieval.predict, "MAX_NEIGHBOUR_CELLS", 8)
     with pytest.raises(
-        ValueError, match="3 queries × 3 neighbours each need .* GB.*lower k and score_k"
+        ValueError, match=r"3 queries × 3 neighbours each need .* GB.*lower k and score_k"
     ):
         search_labels(VectorIndex(train), ["a", "b", "c"], train, 5, 3)
 
@@ -123,7 +123,7 @@ def test_labels_with_spaces_score_the_same_after_the_round_trip(tmp_path):
 
 def test_truth_file_errors_are_clear(tmp_path):
     (tmp_path / "t.csv").write_text("image,label\nx,1\n")
-    with pytest.raises(ValueError, match="lacks column.*id.*found image, label"):
+    with pytest.raises(ValueError, match=r"lacks column.*id.*found image, label"):
         read_truth(tmp_path / "t.csv")
     (tmp_path / "t.csv").write_text("id,label\nx,1\nx,2\n")
     with pytest.raises(ValueError, match="repeats the id 'x'"):

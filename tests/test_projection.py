@@ -339,9 +339,8 @@ def test_umap_fitted_on_given_neighbours_has_umaps_own_neighbour_graph(blobs):
         == (given.graph_ != 0).nnz
         == ((own.graph_ != 0).multiply(given.graph_ != 0)).nnz
     )
-    assert (
-        abs(own.graph_ - given.graph_).max() < 1e-4
-    )  # strengths in [0, 1]; FAISS works in float32
+    # strengths in [0, 1]; FAISS works in float32
+    assert abs(own.graph_ - given.graph_).max() < 1e-4
 
 
 @pytest.mark.parametrize(

@@ -85,9 +85,8 @@ def test_ray_gives_the_local_vectors_reports_the_bad_file_and_a_second_run_compu
     assert [row.name for row in run.rejected] == [BROKEN]
     sidecar, _ = read_csv(out / REJECTED_FILE, required=("name", "reason"))
     assert [row["name"] for row in sidecar] == [BROKEN] and "truncated" in sidecar[0]["reason"]
-    assert (
-        seen[-1] == (IMAGES, IMAGES) and len(seen) > 2
-    )  # the first batch, then the actors' batches as they came
+    # the first batch, then the actors' batches as they came
+    assert seen[-1] == (IMAGES, IMAGES) and len(seen) > 2
 
     parts = sorted(out.glob("part-*.parquet"))
     again = embed_on_ray(dataset, config, out, RAY)
@@ -116,13 +115,11 @@ def test_the_command_line_embeds_on_ray_settling_precision_auto_once_for_every_p
     assert len(read_embeddings_checked(out)[0].ids) == IMAGES - 1
     parts = list(out.glob("part-*.parquet"))
     precisions = {pq.read_schema(part).metadata[PRECISION_METADATA_KEY].decode() for part in parts}
-    assert (
-        len(parts) >= 2 and len(precisions) == 1
-    )  # the driver's first batch, and the actor's part
+    # the driver's first batch, and the actor's part
+    assert len(parts) >= 2 and len(precisions) == 1
     told = capsys.readouterr()
-    note = next(
-        line for line in told.err.splitlines() if line.startswith("precision: ")
-    )  # "precision: [runtime ]bf16 (why)"
+    # "precision: [runtime ]bf16 (why)"
+    note = next(line for line in told.err.splitlines() if line.startswith("precision: "))
     assert precisions.pop() in note.split("(")[0] and f"wrote {IMAGES - 1} vectors" in told.out
     assert main([*argv, "--engine", "ray", "--out", str(tmp_path / "one.parquet")]) == 2
     assert main([*argv, "--address", "auto", "--out", str(tmp_path / "local")]) == 2
@@ -157,7 +154,7 @@ def test_cluster_addresses_are_accepted():
 
 
 def test_ray_refuses_a_file_name_for_its_output(dataset_folder, tiny_clip_dir, tmp_path):
-    with pytest.raises(ValueError, match="folder of part files; .*vectors.parquet names a file"):
+    with pytest.raises(ValueError, match=r"folder of part files; .*vectors.parquet names a file"):
         embed_on_ray(
             load_dataset(dataset_folder),
             config_of(tiny_clip_dir),

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from test_index import unit_rows
 
 from core.methods.regression import (
     clip_scores,
@@ -9,7 +10,6 @@ from core.methods.regression import (
     mean_cosine,
     rank_prompts,
 )
-from test_index import unit_rows
 
 
 def test_knn_regression_recovers_a_known_linear_target():

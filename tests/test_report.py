@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_pages import assert_ran, run_page
 
 from core.__main__ import main
 from core.io.parquet import write_embeddings
@@ -17,7 +18,9 @@ from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.report.config import MAX_CARDS_PER_KIND, ReportConfig
 from core.report.html import MAP_POINT_LIMIT, MAX_REPORT_BYTES, THUMBNAIL_EDGE, report_html
 from core.retrieval.pipeline import LoadedEmbeddings, PredictConfig, analyse
-from test_pages import assert_ran, fresh_server, run_page  # noqa: F401 (fresh_server is autouse: no cache shared between tests)
+
+# No Streamlit cache is shared between tests, and each has its own workspace home.
+pytestmark = pytest.mark.usefixtures("fresh_server")
 
 HOSTILE = [
     "<img src=x onerror=alert(1)>",
@@ -118,9 +121,8 @@ def test_a_report_holds_the_summary_metrics_figures_and_neighbour_cards(images_f
         item_id: images_folder[i % len(images_folder)] for i, item_id in enumerate(embeddings.ids)
     }
     analysis = analyse(embeddings)
-    images.update(
-        dict.fromkeys(analysis.test.ids, Path(__file__))
-    )  # test "images" that are not images
+    # test "images" that are not images
+    images.update(dict.fromkeys(analysis.test.ids, Path(__file__)))
     page = report_of(
         embeddings, images, ReportConfig(map_method="pca", cards=MAX_CARDS_PER_KIND), name="shapes"
     )
@@ -150,7 +152,7 @@ def test_hostile_labels_ids_and_names_stay_text(images_folder):
     embeddings = clustered(
         n_classes=len(HOSTILE), per_class=2, n_test=48, labels=HOSTILE, ids=ids, model=HOSTILE[1]
     )
-    images = {item_id: images_folder[0] for item_id in embeddings.ids}
+    images = dict.fromkeys(embeddings.ids, images_folder[0])
     page = report_of(embeddings, images, name=HOSTILE[0])
     markup = Markup(page)
 

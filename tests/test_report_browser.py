@@ -6,11 +6,10 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 from playwright.sync_api import expect
+from test_report import clustered, noise_image, report_of
 
 from bench.browser import ACTION_TIMEOUT_MS, VIEWPORT
 from core.report.config import ReportConfig
-from test_browser import browser  # noqa: F401 (the Chromium fixture, skipped where Chromium is missing)
-from test_report import clustered, noise_image, report_of
 
 PROBE = "http://127.0.0.1:8765/probe.png"  # nothing listens there: a request to it would be a leak
 FIGURES = ("contamination", "scores", "map-at-k", "map")
@@ -24,7 +23,7 @@ def saturated_pixels(png: bytes) -> int:
     return int(((pixels.max(axis=2) - pixels.min(axis=2)) > SATURATION).sum())
 
 
-def test_the_report_opens_from_disk_draws_its_figures_and_requests_nothing(browser, tmp_path):  # noqa: F811
+def test_the_report_opens_from_disk_draws_its_figures_and_requests_nothing(browser, tmp_path):
     labels = [f"<img src={PROBE}>", f"![x]({PROBE})", "plain"]
     embeddings = clustered(
         n_classes=3,
@@ -36,7 +35,7 @@ def test_the_report_opens_from_disk_draws_its_figures_and_requests_nothing(brows
     image = noise_image(tmp_path / "noise.png")
     page = report_of(
         embeddings,
-        {item_id: image for item_id in embeddings.ids},
+        dict.fromkeys(embeddings.ids, image),
         ReportConfig(map_method="pca"),
         name=f"<img src={PROBE}>",
     )

@@ -43,7 +43,7 @@ def csv_upload(root, classes: list[str]) -> list[Upload]:
     files = [Upload("train.csv", ("image,label\n" + "\n".join(rows) + "\n").encode())]
     files += [Upload(by_class[label].name, by_class[label].read_bytes()) for label in classes]
     test_image = next(iter(sorted((root / "test").rglob("*.jpg"))))
-    return files + [Upload("query.jpg", test_image.read_bytes())]
+    return [*files, Upload("query.jpg", test_image.read_bytes())]
 
 
 def test_the_first_builtin_dataset_is_active_until_another_is_chosen(datasets, builtin):
@@ -83,14 +83,14 @@ def test_a_zip_upload_is_unpacked_and_its_refused_entries_kept(datasets, tmp_pat
     "names", [["a.jpg", "b.jpg"], ["labels.csv", "a.jpg"], ["train.csv", "test.csv", "a.jpg"]]
 )
 def test_uploads_without_a_known_layout_are_refused_before_anything_is_stored(datasets, names):
-    with pytest.raises(ValueError, match="upload one .zip"):
+    with pytest.raises(ValueError, match=r"upload one .zip"):
         datasets.add_upload("bad", [Upload(name, b"x") for name in names])
     assert not any(datasets.ws.files.iterdir())
     assert UPLOAD_LAYOUTS.startswith("upload one .zip")
 
 
 def test_an_unreadable_upload_leaves_no_folder_and_no_dataset(datasets):
-    with pytest.raises(ValueError, match="train split .* is empty"):
+    with pytest.raises(ValueError, match=r"train split .* is empty"):
         datasets.add_upload("empty", [Upload("train.csv", b"image,label\nmissing.jpg,cat\n")])
     assert not any(datasets.ws.files.iterdir()) and datasets.ws.datasets() == []
 
@@ -104,7 +104,7 @@ def test_folders_open_only_under_the_data_root(datasets, tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match="outside the data root"):
         datasets.add_folder("../..")
-    with pytest.raises(ValueError, match="is neither a folder nor an embeddings .parquet"):
+    with pytest.raises(ValueError, match=r"is neither a folder nor an embeddings .parquet"):
         datasets.add_folder("missing")
 
 
@@ -127,7 +127,7 @@ def test_the_folder_tab_opens_an_embeddings_parquet_file_or_folder_of_part_files
         == len(vectors.of(single, EmbedConfig()).embeddings.ids)
         == 70
     )
-    with pytest.raises(ValueError, match="is neither a folder nor an embeddings .parquet"):
+    with pytest.raises(ValueError, match=r"is neither a folder nor an embeddings .parquet"):
         datasets.add_folder("missing.parquet")
 
 

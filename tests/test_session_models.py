@@ -67,7 +67,6 @@ def test_the_chosen_model_is_saved_in_the_workspace(workspace):
     assert chosen_model(ws) == EmbedConfig()
     choose_model(ws, EmbedConfig(model=BASELINE_MODEL, batch_size=8))
     assert chosen_model(Workspace("models1")) == EmbedConfig(model=BASELINE_MODEL, batch_size=8)
-    ws.set(
-        "embed_config", {"model": "x", "precision": "fp8"}
-    )  # saved by an older version, no longer valid
+    # saved by an older version, no longer valid
+    ws.set("embed_config", {"model": "x", "precision": "fp8"})
     assert chosen_model(ws) == EmbedConfig()

@@ -124,12 +124,10 @@ def test_dataset_vectors_embed_once_combine_an_ensemble_and_export(workspace, tm
     twice = vectors.of_recipe(
         entry, Recipe(((MAIN, 1.0), (EmbedConfig(model=BASELINE_MODEL, batch_size=4), 1.0)))
     )
-    assert (
-        twice.embeddings.dim == single.embeddings.dim
-    )  # same dimensions: summed, not concatenated
-    np.testing.assert_allclose(
-        twice.embeddings.vectors, single.embeddings.vectors, atol=1e-5
-    )  # a model plus itself
+    # same dimensions: summed, not concatenated
+    assert twice.embeddings.dim == single.embeddings.dim
+    # a model plus itself
+    np.testing.assert_allclose(twice.embeddings.vectors, single.embeddings.vectors, atol=1e-5)
     path = export_embeddings(Workspace("vectors2"), "small/../x", single.embeddings)
     assert path.parent.parent == Workspace("vectors2").files
     assert list(read_embeddings(path).ids) == list(single.embeddings.ids)

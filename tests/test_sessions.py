@@ -27,14 +27,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
-from test_browser import app_url, browser  # noqa: F401 - fixtures: one server and browser for this module
 from test_pages import (
     assert_ran,
-    fresh_server,
     run_page,
     set_threshold_by_contamination,
     slider_metrics,
-)  # noqa: F401 - fresh_server: autouse fixture
+)
 
 from bench.browser import (
     ACTION_TIMEOUT_MS,
@@ -48,12 +46,15 @@ from bench.browser import (
     wait_for_rest,
     wait_for_run,
 )
-from core.records import TEST
-from core.io.demo import write_demo_dataset, write_digits_dataset
 from core.embedding.config import EmbedConfig
+from core.io.demo import write_demo_dataset, write_digits_dataset
 from core.io.layouts import load_dataset
+from core.records import TEST
 from core.session.workspace import DatasetEntry, Workspace
 from pages import ui
+
+# No Streamlit cache is shared between tests, and each has its own workspace home.
+pytestmark = pytest.mark.usefixtures("fresh_server")
 
 LOAD_SESSIONS = int(os.environ.get("RETRIEVAL_LAB_LOAD_SESSIONS", "3"))
 LOAD_STEPS = int(os.environ.get("RETRIEVAL_LAB_LOAD_STEPS", "5"))
@@ -127,10 +128,7 @@ def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(works
     assert all(key.startswith("threshold:demo: coloured shapes:") for key in saved["apptest-demo"])
     assert all(key.startswith("threshold:small shapes:") for key in saved["apptest-small"])
 
-    for workspace_id, app in (
-        ("apptest-demo", demo),
-        ("apptest-small", small_app),
-    ):  # a reload of each
+    for workspace_id in ("apptest-demo", "apptest-small"):  # a reload of each
         reopened = run_page("distractors", workspace_id)
         assert_ran(reopened)
         assert slider_metrics(reopened)["Threshold"] == shown[workspace_id]["Threshold"]

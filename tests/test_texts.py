@@ -45,7 +45,7 @@ def test_load_texts_bad_inputs(tmp_path):
         load_texts(files / "two.csv", column="c")
     with pytest.raises(ValueError, match="holds no non-empty texts"):
         load_texts(files / "blank.txt")
-    with pytest.raises(ValueError, match="unsupported text file t.json"):
+    with pytest.raises(ValueError, match=r"unsupported text file t.json"):
         load_texts(files / "t.json")
 
 

@@ -49,8 +49,7 @@ def test_positions_bracket_every_score_on_the_decimal_grid():
     # Each position is the double a browser reads back from its decimal text.
     assert all(value == float(f"{value:.3f}") for value in thresholds)
     assert (scores >= thresholds[0]).all() and (scores < thresholds[-1]).all()
-    assert (
-        len(slider_thresholds(np.array([0.5, 0.5]), 3)) == 2
-    )  # one score still gives the slider a range
+    # one score still gives the slider a range
+    assert len(slider_thresholds(np.array([0.5, 0.5]), 3)) == 2
     with pytest.raises(ValueError, match="decimals=1"):
         slider_thresholds(scores, 1)

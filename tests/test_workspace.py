@@ -26,7 +26,7 @@ def test_state_survives_reopening_and_stays_in_its_workspace(tmp_path):
 
 @pytest.mark.parametrize("bad", ["", "../etc", "a b c d", "x" * 65, "ab"])
 def test_workspace_ids_cannot_escape_their_folder(tmp_path, bad):
-    with pytest.raises(ValueError, match="workspace id .* is not valid"):
+    with pytest.raises(ValueError, match=r"workspace id .* is not valid"):
         Workspace(bad, tmp_path)
 
 

@@ -20,9 +20,10 @@ def test_results_table_ranks_every_text_per_image_with_the_zero_shot_label_first
     assert len(table) == 9
     best = table[table["rank"] == 1]
     assert list(zip(best["image"], best["text"])) == [("i0", "t2"), ("i1", "t0"), ("i2", "t1")]
+    # float32 cosines from FAISS
     assert table.groupby("image")["probability"].sum().to_numpy() == pytest.approx(
         [1.0, 1.0, 1.0], abs=1e-4
-    )  # float32 cosines from FAISS
+    )
     for _, rows in table.groupby("image"):
         assert rows["clip_score"].is_monotonic_decreasing
         assert rows["rank"].tolist() == [1, 2, 3]
@@ -35,9 +36,8 @@ def test_results_table_needs_one_name_per_image(ranking):
 
 
 def test_measured_fills_in_time_and_memory_even_when_the_block_fails():
-    with pytest.raises(RuntimeError):
-        with measured() as stats:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), measured() as stats:
+        raise RuntimeError("boom")
     assert stats.wall_seconds >= 0.0
     assert stats.peak_memory_mib > 1.0  # a Python process holding numpy is well over a MiB
     lines = stats.log_text().splitlines()

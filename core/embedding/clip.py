@@ -118,9 +118,9 @@ class PrecisionCheck:
 
     images: int  # images in the batch, each embedded in both precisions
     median_cosine: float  # median over the images of the cosine between their bf16 and fp32 vectors
-    neighbour_agreement: (
-        float | None
-    )  # mean share of each image's nearest neighbours in the batch both find; None below NEIGHBOURS_COMPARED + 1 images
+    # mean share of each image's nearest neighbours in the batch both find; None below
+    # NEIGHBOURS_COMPARED + 1 images
+    neighbour_agreement: float | None
 
     @classmethod
     def of(cls, fp32_vectors: np.ndarray, bf16_vectors: np.ndarray) -> PrecisionCheck:
@@ -281,9 +281,8 @@ class ClipEmbedder:
         without it, config's precision and runtime decide what the first batch checks."""
         _use_all_cores()
         self.device = _pick_device(config.device)
-        self.precision_check: PrecisionCheck | None = (
-            None  # set when a faster runner's first batch has been checked
-        )
+        # set when a faster runner's first batch has been checked
+        self.precision_check: PrecisionCheck | None = None
         # Tried in order on the first batch; the first whose vectors agree with torch fp32's is kept.
         if settled is None:
             self._candidates, self._fallback, self._precision_reason = _plan(config, self.device)
@@ -384,9 +383,8 @@ class ClipEmbedder:
                 return None
             try:
                 vectors = vectors_of(candidate)
-            except (
-                Exception
-            ) as error:  # a model OpenVINO cannot convert or compile: the next candidate
+            except Exception as error:
+                # a model OpenVINO cannot convert or compile: the next candidate
                 refusals.append(
                     f"{candidate} cannot run it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
                 )
@@ -549,16 +547,14 @@ def _image_features(model, pixel_values):
     # get_image_features's default: no position-encoding interpolation, other sizes are refused.
     hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=False))
     for layer in layers:
-        hidden = layer(
-            hidden, None
-        )  # as CLIPEncoder calls them: the vision tower has no attention mask
+        # as CLIPEncoder calls them: the vision tower has no attention mask
+        hidden = layer(hidden, None)
     attention = last.self_attn
     normed = last.layer_norm1(hidden)
     batch = hidden.shape[0]
 
-    def by_head(
-        states,
-    ):  # (batch, tokens, embed) -> (batch, heads, tokens, head_dim), as CLIPAttention splits
+    # (batch, tokens, embed) -> (batch, heads, tokens, head_dim), as CLIPAttention splits
+    def by_head(states):
         return states.view(batch, states.shape[1], -1, attention.head_dim).transpose(1, 2)
 
     attended = torch.nn.functional.scaled_dot_product_attention(

@@ -17,9 +17,8 @@ class Embedder(Protocol):
     supports_text: bool  # whether embed_texts works
     draft_size: int | None  # JPEGs may decode at reduced scale down to this many pixels a side
 
-    def embed_images(
-        self, images: Sequence[Image.Image]
-    ) -> np.ndarray: ...  # (n, dim) float32 unit rows
+    # (n, dim) float32 unit rows
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...  # (n, dim) float32 unit rows
 
@@ -32,13 +31,11 @@ class PreparingEmbedder(Protocol):
     previous batch; embed_images(images) equals embed_prepared(np.stack([prepare_image(i) ...])).
     """
 
-    def prepare_image(
-        self, image: Image.Image
-    ) -> np.ndarray: ...  # the model's input for one image
+    # the model's input for one image
+    def prepare_image(self, image: Image.Image) -> np.ndarray: ...
 
-    def embed_prepared(
-        self, inputs: np.ndarray
-    ) -> np.ndarray: ...  # stacked prepare_image outputs -> unit rows
+    # stacked prepare_image outputs -> unit rows
+    def embed_prepared(self, inputs: np.ndarray) -> np.ndarray: ...
 
 
 def embed_by_preparing(embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarray:

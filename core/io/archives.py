@@ -68,9 +68,8 @@ def safe_extract_zip(zip_path: Path, dest: Path, limits: ZipLimits = ZipLimits()
             try:
                 budget -= _copy_member(archive, info, target, budget)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-                if (
-                    target.is_file()
-                ):  # not when a file and a folder share the name: nothing was written
+                # not when a file and a folder share the name: nothing was written
+                if target.is_file():
                     target.unlink()
                 rejected.append(Rejected(info.filename, _unextractable_reason(exc)))
                 continue
@@ -165,9 +164,8 @@ def unpacked_once(archive: Path, folder: Path) -> tuple[Path, list[Rejected]]:
     try:
         rejected = safe_extract_zip(archive, staging)
         if not record.is_file():
-            shutil.rmtree(
-                target, ignore_errors=True
-            )  # a folder without its record was left incomplete
+            # a folder without its record was left incomplete
+            shutil.rmtree(target, ignore_errors=True)
         try:
             os.replace(staging, target)
         except OSError:

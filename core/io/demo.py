@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.records import DISTRACTOR, TEST, TRAIN
 from core.io.texts import prompts_for
+from core.records import DISTRACTOR, TEST, TRAIN
 
 DEMO_FOLDER = "demo-shapes"  # what write_demo_dataset makes under its out_dir
 DIGITS_FOLDER = "digits"  # what write_digits_dataset makes under its out_dir

@@ -260,9 +260,8 @@ def _images_written_once(
     folder.mkdir(parents=True, exist_ok=True)
     written = _written_files(folder)
     if isinstance(data.features[column], datasets.Image):
-        data = data.cast_column(
-            column, datasets.Image(decode=False)
-        )  # the encoded bytes, never decoded pixels
+        # the encoded bytes, never decoded pixels
+        data = data.cast_column(column, datasets.Image(decode=False))
     rows = data.select_columns([column])
     rejected: list[Rejected] = []
     stage = f"writing the images of split {split_name}"

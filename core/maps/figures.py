@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from core.display import inert_plotly
-from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.maps.projection import Projection
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 
 if TYPE_CHECKING:
     from core.retrieval.pipeline import Analysis

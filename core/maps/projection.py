@@ -62,17 +62,15 @@ class ProjectionConfig:
     """How to lay embeddings out in two dimensions."""
 
     method: str = "umap"  # "umap", "tsne" or "pca"
-    pca_first: int | None = (
-        50  # PCA to this many dims before UMAP/t-SNE (speed, denoising); None = off
-    )
+    # PCA to this many dims before UMAP/t-SNE (speed, denoising); None = off
+    pca_first: int | None = 50
     n_neighbors: int = 15  # UMAP: neighbourhood size; larger keeps more global structure
     min_dist: float = 0.1  # UMAP: how tightly points may pack, in [0, 1]
     perplexity: float = 30.0  # t-SNE: effective number of neighbours
     metric: str = "cosine"  # distance between embeddings (CLIP vectors compare by angle)
     seed: int = 0  # random state: same inputs and seed, same map
-    tsne_limit: int | None = (
-        TSNE_SAMPLE_LIMIT  # t-SNE: fit at most this many points, place the rest; None = all
-    )
+    # t-SNE: fit at most this many points, place the rest; None = all
+    tsne_limit: int | None = TSNE_SAMPLE_LIMIT
 
     def __post_init__(self) -> None:
         if self.method not in PROJECTION_METHODS:
@@ -292,9 +290,8 @@ def _nearest(rows: np.ndarray, to: np.ndarray, metric: str, k: int, same_rows: b
         distances, indices = faiss.knn(rows, to, k, metric=faiss.METRIC_L1)
     if same_rows:
         distances[indices == np.arange(len(rows))[:, None]] = 0
-        order = np.argsort(
-            distances, axis=1, kind="stable"
-        )  # a duplicate may have come before the row itself
+        # a duplicate may have come before the row itself
+        order = np.argsort(distances, axis=1, kind="stable")
         indices, distances = (
             np.take_along_axis(indices, order, axis=1),
             np.take_along_axis(distances, order, axis=1),
@@ -388,9 +385,8 @@ def _weighted_mean_positions(
     another layout. A neighbour at strength 1 is an exact duplicate, and the row takes its position;
     a row with no neighbour inside the metric's disconnection distance has none (NaN), as in umap.
     """
-    by_column = np.argsort(
-        indices, axis=1, kind="stable"
-    )  # umap walks a sparse row, in column order
+    # umap walks a sparse row, in column order
+    by_column = np.argsort(indices, axis=1, kind="stable")
     indices = np.take_along_axis(indices, by_column, axis=1)
     strengths = np.where(indices >= 0, np.take_along_axis(strengths, by_column, axis=1), 0).astype(
         np.float32

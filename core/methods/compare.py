@@ -9,19 +9,19 @@ from functools import partial
 
 import numpy as np
 
+from core.methods.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
+from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.retrieval.distractors import ThresholdSweep
-from core.methods.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
+from core.retrieval.index import checked_vectors, unit_rows
 from core.retrieval.metrics import distractor_report, map_at_k, top1_accuracy
 from core.retrieval.pipeline import PredictConfig, analyse
+from core.retrieval.predict import place_distractor
 from core.retrieval.validation import (
     check_classes_to_hold_out,
     check_train_labels,
     pseudo_distractor_split,
 )
-from core.retrieval.predict import place_distractor
-from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine
-from core.retrieval.index import checked_vectors, unit_rows
 
 BASELINE_METHOD = "cosine"
 REGRESSION = "knn-regression"
@@ -43,9 +43,8 @@ class MethodResult:
     key: str  # short name, as in COMPARE_METHODS
     method: str  # name shown to people
     map_at_k: float | None = None  # MAP@k with "-1" placed by the method's own scores
-    mean_precision: float | None = (
-        None  # mP@k of the method's embedding space; None for classifiers
-    )
+    # mP@k of the method's embedding space; None for classifiers
+    mean_precision: float | None = None
     top1: float | None = None  # share of queries whose first prediction is right ("-1" included)
     distractor_f1: float | None = None  # F1 of the "-1" flags against the true distractors
     fit_seconds: float | None = None  # training time (0 for methods that do not train)

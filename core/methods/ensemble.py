@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from core.records import TRAIN, Embeddings
+from core.retrieval.index import unit_rows
 from core.retrieval.pipeline import PredictConfig
 from core.retrieval.validation import validate_threshold
-from core.retrieval.index import unit_rows
 
 MODES = ("auto", "sum", "concat")
 
@@ -196,13 +197,18 @@ def search_weights(
     weights = np.zeros(len(members))
     weights[order[0]] = 1.0
     best = solo[order[0]]
+
+    def with_newcomer(newcomer: int, ratio: float) -> float:
+        """The metric with the newcomer at `ratio` beside the weights chosen so far."""
+        return evaluate(
+            np.where(np.arange(len(members)) == newcomer, ratio, weights),
+            members[newcomer].model,
+            ratio,
+        )
+
     for newcomer in order[1:]:
         ratio, best = _ternary_search(
-            lambda r: evaluate(
-                np.where(np.arange(len(members)) == newcomer, r, weights),
-                members[newcomer].model,
-                r,
-            ),
+            partial(with_newcomer, newcomer),
             max_ratio,
             iterations,
             floor=best,

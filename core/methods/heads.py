@@ -39,9 +39,8 @@ class HeadConfig:
     dropout: float = 0.1  # SimCLR view: share of coordinates zeroed
     mix: float = 0.2  # SimCLR view: largest share of another vector mixed in
     probe_c: float = 10.0  # linear probe: inverse L2 regularisation (scikit-learn's C)
-    boosting_rounds: int = (
-        30  # gradient-boosted trees: boosting iterations (capped by MAX_BOOSTED_TREES)
-    )
+    # gradient-boosted trees: boosting iterations (capped by MAX_BOOSTED_TREES)
+    boosting_rounds: int = 30
     boosting_features: int = 32  # gradient-boosted trees: PCA components fed to the trees (speed)
     seed: int = 0  # seeds weight initialisation, batch order and augmentation
 
@@ -120,7 +119,7 @@ class Head:
         self.fit_seconds: float | None = None
         self.notes: list[str] = []
 
-    def fit(self, vectors: np.ndarray, labels=None) -> "Head":
+    def fit(self, vectors: np.ndarray, labels=None) -> Head:
         """Train on (vectors, labels); self-supervised heads ignore the labels."""
         vectors = checked_vectors(vectors, "training vectors", min_rows=1)
         if vectors.shape[0] < 2:

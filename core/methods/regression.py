@@ -58,9 +58,8 @@ def dedupe_pairs(targets: np.ndarray, threshold: float = DEFAULT_DEDUPE_THRESHOL
 class KnnRegression:
     """Predicted target vectors for queries, from their nearest training inputs."""
 
-    predictions: (
-        np.ndarray
-    )  # (n_queries, target_dim) float32 similarity-weighted mean of neighbours' targets
+    # (n_queries, target_dim) float32 similarity-weighted mean of neighbours' targets
+    predictions: np.ndarray
     kept_rows: np.ndarray  # training rows used after deduplication
     k: int  # neighbours averaged per query (after clamping to the training size)
     notes: list[str]  # deduplication and clamping, for people

@@ -7,7 +7,7 @@ import io
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +35,8 @@ from core.retrieval.pipeline import Analysis, LoadedEmbeddings
 MAP_POINT_LIMIT = 5_000
 NEIGHBOURS_SHOWN = 5  # train neighbours on each card, whatever k is
 THUMBNAIL_EDGE = 96  # pixels on the longer side of every image in the report
-THUMBNAIL_QUALITY = (
-    80  # JPEG quality: a 96-px square of pure noise, the worst case, is 9 KB as a data URI
-)
+# JPEG quality: a 96-px square of pure noise, the worst case, is 9 KB as a data URI
+THUMBNAIL_QUALITY = 80
 CLASSES_LISTED = 20  # rows of the class table; the others are counted in one line
 # How far the threshold moves to show "flips" without test truth: this many points more of test flagged.
 FLIP_SHARE_STEP = 0.05
@@ -179,7 +178,7 @@ def report_html(
     embeddings = loaded.embeddings
     sections = [
         f"<h1>Retrieval report: {inert_html(name)}</h1>",
-        f'<p class="meta">Made {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with Retrieval Lab · model {inert_html(embeddings.model)} · '
+        f'<p class="meta">Made {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with Retrieval Lab · model {inert_html(embeddings.model)} · '
         f"{embeddings.dim}-dimensional vectors. Opens without a network: everything is inside this file.</p>",
         "<h2>Dataset</h2>",
         _dataset_section(loaded, analysis),

@@ -113,7 +113,8 @@ class ThresholdSweep:
     def threshold_for(self, contamination: float) -> float:
         """The threshold that flags the given share of items (the inverse of `contamination`)."""
         _check_share(contamination)
-        flagged = int(round(contamination * self.n))
+        # int(): numpy 1.x rounds a float64 to a float64.
+        flagged = int(round(contamination * self.n))  # noqa: RUF046
         if flagged >= self.n:
             return float(np.nextafter(self.sorted_scores[-1], np.inf))
         return float(self.sorted_scores[flagged])

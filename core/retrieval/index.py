@@ -112,13 +112,11 @@ class VectorIndex:
         self.kind = resolve_kind(kind, matrix.shape[0])  # the kind in use: "exact", "hnsw" or "ivf"
         self.dim = matrix.shape[1]
         self._probes = self._ivf_lists = None  # IVF only: lists probed per query, and lists in all
-        self._screen: Screen | None = (
-            None  # exact only: made at the first search the screen pays for
-        )
+        # exact only: made at the first search the screen pays for
+        self._screen: Screen | None = None
         self.screened_queries = 0  # queries the bf16 screen answered or passed on (exact only)
-        self.rechecked_queries = (
-            0  # … of which the screen could not certify, searched again with FAISS
-        )
+        # … of which the screen could not certify, searched again with FAISS
+        self.rechecked_queries = 0
         if self.kind == "exact":
             self._index = faiss.IndexFlatIP(self.dim)
             self._settings = "exact inner product over every vector"
@@ -177,7 +175,8 @@ class VectorIndex:
             selector = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bits))
         if k > candidates:
             warnings.warn(
-                f"k={k} is larger than the {candidates} indexed vectors searched; using k={candidates}"
+                f"k={k} is larger than the {candidates} indexed vectors searched; using k={candidates}",
+                stacklevel=2,
             )
             k = candidates
         if matrix.shape[0] == 0:

@@ -84,9 +84,8 @@ class DistractorReport:
     precision: float  # flagged items that are distractors / flagged
     recall: float  # distractors flagged / all distractors
     f1: float
-    roc_auc: (
-        float | None
-    )  # of the score ranking (low score = distractor); None without both classes
+    # of the score ranking (low score = distractor); None without both classes
+    roc_auc: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)

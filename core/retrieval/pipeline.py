@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.io.layouts import load_dataset
+from core.io.parquet import is_embeddings_source, read_embeddings_checked
 from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.retrieval.distractors import (
@@ -20,8 +22,6 @@ from core.retrieval.distractors import (
     leave_one_out_scores,
 )
 from core.retrieval.index import Neighbours, VectorIndex
-from core.io.layouts import load_dataset
-from core.io.parquet import is_embeddings_source, read_embeddings_checked
 from core.retrieval.metrics import (
     average_precision_at_k,
     distractor_report,
@@ -44,8 +44,8 @@ from core.retrieval.validation import (
     check_train_labels,
     conformal_threshold,
     evidence_for,
-    validate_threshold,
     train_evidence_map,
+    validate_threshold,
 )
 
 
@@ -245,19 +245,16 @@ class Analysis:
     retrieval: Retrieval
     threshold: float  # the threshold chosen by the config
     threshold_source: str  # how it was chosen, for people
-    evidence: (
-        TrainEvidence | None
-    )  # train items as left-out known items and left-out classes; None when train cannot give them
-    placement_model: (
-        PlacementModel | None
-    )  # P(distractor) and label-rank odds per score; None when it cannot be fitted
+    # train items as left-out known items and left-out classes; None when train cannot give them
+    evidence: TrainEvidence | None
+    # P(distractor) and label-rank odds per score; None when it cannot be fitted
+    placement_model: PlacementModel | None
     placement: str  # "first" or "optimal": the config's, or the one scoring higher on train; "first" without a model
     placement_source: str  # how it was chosen, for people
     validation: ValidationResult | None = None
     notes: list[str] = field(default_factory=list)
-    stored_train_loo_scores: np.ndarray | None = (
-        None  # train_loo_scores read from a search store; None: computed on first use
-    )
+    # train_loo_scores read from a search store; None: computed on first use
+    stored_train_loo_scores: np.ndarray | None = None
 
     @property
     def scores(self) -> np.ndarray:
@@ -396,7 +393,7 @@ class Analysis:
         k = self.config.k
         report = {
             "threshold": float(threshold),
-            "test_items": int(len(flags)),
+            "test_items": len(flags),
             "flagged": int(flags.sum()),
             "flagged_share": float(flags.mean()) if len(flags) else 0.0,
             "placement": f"{self.placement} ({self.placement_source})",
@@ -554,13 +551,11 @@ class LoadedEmbeddings:
     computed: int = 0  # vectors computed by the model in this run
     from_cache: int = 0  # vectors found in the cache
     seconds: float = 0.0  # time spent embedding
-    precision_note: str | None = (
-        None  # the precision the model computed in and why; None when nothing was embedded
-    )
+    # the precision the model computed in and why; None when nothing was embedded
+    precision_note: str | None = None
     name: str = ""  # the source's name, for people to read
-    images: dict[str, Path] = field(
-        default_factory=dict
-    )  # image file by item id; none for an embeddings Parquet
+    # image file by item id; none for an embeddings Parquet
+    images: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> str:
         return f"{len(self.embeddings.ids)} accepted, {len(self.rejected)} rejected"

@@ -180,9 +180,8 @@ class PlacementModel:
     centre: float  # scores are standardised as (score - centre) / spread before either model
     spread: float
     distractor_coef: tuple[float, float]  # intercept and slope of the log-odds at a 50/50 share
-    rank_coef: (
-        np.ndarray
-    )  # (k + 1) × 2: intercept and slope of each rank's logit (1..k, then below k)
+    # (k + 1) × 2: intercept and slope of each rank's logit (1..k, then below k)
+    rank_coef: np.ndarray
     contamination: float  # the distractor share the odds are shifted to
     k: int
 

@@ -23,9 +23,8 @@ SCREEN_QUERIES_PER_BLOCK = 256
 SCREEN_MAX_ROWS = 1 << 18
 # The screen needs bf16 products this many times as fast as fp32 to pay for its selection and re-rank.
 SCREEN_MIN_SPEEDUP = 2.0
-_BF16_ROUNDOFF = (
-    2.0**-8
-)  # bf16 keeps 8 significant bits: rounding to nearest errs by at most 2⁻⁸ relative
+# bf16 keeps 8 significant bits: rounding to nearest errs by at most 2⁻⁸ relative
+_BF16_ROUNDOFF = 2.0**-8
 _FP32_ROUNDOFF = 2.0**-24
 _SPEED_TRIES = 3
 _NORM_SLACK = 1 + 2.0**-10  # covers the fp32 rounding of a norm over up to thousands of dimensions

@@ -38,17 +38,14 @@ class ThresholdSteps:
     map_by_placement: dict[
         str, np.ndarray
     ]  # MAP@k at each threshold for each place of "-1"; empty without test truth
-    precision: (
-        np.ndarray | None
-    )  # of the flags against the known distractors; None without test truth
+    # of the flags against the known distractors; None without test truth
+    precision: np.ndarray | None
     recall: np.ndarray | None
     f1: np.ndarray | None
-    known_flagged: (
-        np.ndarray | None
-    )  # share of test items of known classes flagged; None without such items
-    expected_map: (
-        np.ndarray | None
-    )  # MAP@k the placement model expects, without truth; None without a model
+    # share of test items of known classes flagged; None without such items
+    known_flagged: np.ndarray | None
+    # MAP@k the placement model expects, without truth; None without a model
+    expected_map: np.ndarray | None
     minus_one_at: np.ndarray  # (thresholds, k + 1) test items with "-1" at rank 1..k, then at none
 
     @property

@@ -34,7 +34,7 @@ class Job:
             self.result, self.state = work(Watch(self._report, self._stop)), DONE
         except Cancelled:
             self.state = CANCELLED
-        except BaseException as error:  # noqa: BLE001 — the page that waits re-raises it where people see it
+        except BaseException as error:
             self.error, self.state = error, FAILED
         finally:
             self._ended.set()
