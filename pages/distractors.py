@@ -331,7 +331,7 @@ threshold_panel()
 with st.expander("DBSCAN: a second detector"):
     st.caption(
         "Clusters train and test together (cosine distance); test images in clusters that contain no "
-        "train image are flagged. Distractors from new classes tend to form their own clusters (seed 001)."
+        "train image are flagged. Distractors from new classes tend to form their own clusters."
     )
     columns = st.columns(3)
     eps = columns[0].slider("eps (cosine distance)", 0.01, 1.0, 0.15, 0.01)

@@ -107,7 +107,7 @@ batch_size = columns[2].number_input(
     help=config_field("batch_size").metadata["help"],
 )
 
-with st.expander("Ensemble: combine several models (seed 000)"):
+with st.expander("Ensemble: combine several models"):
     st.caption(
         "Each model's vectors are scaled to unit length first, so no model dominates by its norm; then they "
         "are summed with their weights when the dimensions match, or concatenated otherwise. "

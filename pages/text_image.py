@@ -1,4 +1,4 @@
-"""Text ↔ image page: CLIP scores between texts and images, softmax over the texts, zero-shot labels (seed 002)."""
+"""Text ↔ image page: CLIP scores between texts and images, softmax over the texts, zero-shot labels."""
 
 import streamlit as st
 

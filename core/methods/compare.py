@@ -156,7 +156,7 @@ def _head_result(
     if head.uses_labels:
         head.fit(gallery.vectors, gallery.labels)
     else:
-        # Self-supervised: it may learn from every vector, as seed 001 trained SimCLR on the test images.
+        # Self-supervised: it may learn from every vector, as SimCLR heads are trained on the unlabelled test images.
         head.fit(split.embeddings.vectors)
         notes.append(f"self-supervised on all {len(split.embeddings.ids)} vectors, labels unused")
     if isinstance(head, ClassifierHead):

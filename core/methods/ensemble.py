@@ -69,7 +69,7 @@ def combine(
     """One table from several models' embeddings of the same items.
 
     Each model's rows are scaled to unit norm first, so no model dominates by the size of its
-    vectors (seed 000's norm-scaling step). Then a weighted sum when all dimensions match ("auto"
+    vectors (so that no model outweighs another by the scale of its vectors). Then a weighted sum when all dimensions match ("auto"
     or "sum"), else the weight-scaled blocks side by side ("concat"); rows are re-normalised.
     Concatenation scores a pair by the weighted sum of each model's cosine, so it suits models
     whose spaces are unrelated even at equal dimensions.
@@ -163,7 +163,7 @@ def search_weights(
     mode: str = "auto",
     progress: Callable[[WeightStep], None] | None = None,
 ) -> WeightSearch:
-    """Weights for an ensemble, one model at a time (seed 000).
+    """Weights for an ensemble, one model at a time.
 
     Every model is scored alone; the best gets weight 1.0 and the others join in descending order
     of their solo score. Each newcomer's ratio is found by ternary search on [0, max_ratio] with the

@@ -14,7 +14,7 @@ import numpy as np
 from core.retrieval.index import checked_vectors
 from core.retrieval.validation import check_train_labels
 
-# Seed 003's competition limit for a universal image embedding.
+# The embedding size a universal image embedding was limited to (Google's competition for one).
 ARCFACE_MAX_DIM = 64
 # Boosting fits one tree per class per round; beyond this many trees a CPU run takes minutes.
 MAX_BOOSTED_TREES = 5000
@@ -30,7 +30,7 @@ class HeadConfig:
     min_steps: int = 300  # torch heads: at least this many Adam steps; small data gets more epochs
     lr: float = 0.01  # Adam learning rate (torch heads)
     batch_size: int = 128  # vectors per optimisation step (torch heads)
-    dim: int = 64  # output dimensions of projection heads (ArcFace: at most 64, seed 003)
+    dim: int = 64  # output dimensions of projection heads (ArcFace: at most 64)
     margin: float = 0.2  # triplet loss margin, in Euclidean distance between unit vectors
     scale: float = 30.0  # ArcFace logit scale s
     angular_margin: float = 0.2  # ArcFace additive angular margin m, in radians
@@ -198,7 +198,7 @@ class LinearProbe(ClassifierHead):
 
 
 class BoostedTrees(ClassifierHead):
-    """scikit-learn's HistGradientBoosting on PCA-reduced vectors (seed 001 tried XGBoost)."""
+    """scikit-learn's HistGradientBoosting on PCA-reduced vectors."""
 
     name = "gradient-boosted trees"
     device = "cpu (scikit-learn, 1 thread)"
@@ -345,7 +345,7 @@ def _orthogonal_linear(input_dim: int, output_dim: int, bias: bool = False):
 
 
 class OneVsRestBce(TorchHead, ClassifierHead):
-    """One sigmoid per class trained with binary cross-entropy; the best sigmoid decides "-1" (seed 004)."""
+    """One sigmoid per class trained with binary cross-entropy; the best sigmoid decides "-1"."""
 
     name = "one-vs-rest BCE"
 
@@ -376,7 +376,7 @@ class OneVsRestBce(TorchHead, ClassifierHead):
 
 
 class TripletHead(ProjectionHead):
-    """A linear projection trained with batch-hard triplet loss (seed 001's metric learning)."""
+    """A linear projection trained with batch-hard triplet loss (metric learning)."""
 
     name = "triplet head"
     group_batches = True
@@ -409,14 +409,14 @@ class TripletHead(ProjectionHead):
 
 
 class ArcFaceHead(ProjectionHead):
-    """BatchNorm + Linear to at most 64 dimensions, trained with the ArcFace loss (seed 003)."""
+    """BatchNorm + Linear to at most 64 dimensions, trained with the ArcFace loss."""
 
     name = "ArcFace head"
 
     def __init__(self, config: HeadConfig = HeadConfig()):
         if config.dim > ARCFACE_MAX_DIM:
             raise ValueError(
-                f"the ArcFace head projects to at most {ARCFACE_MAX_DIM} dimensions (seed 003), got dim={config.dim}"
+                f"the ArcFace head projects to at most {ARCFACE_MAX_DIM} dimensions, got dim={config.dim}"
             )
         super().__init__(config)
 
@@ -449,7 +449,7 @@ class ArcFaceHead(ProjectionHead):
 
 
 class SimClrHead(ProjectionHead):
-    """A projection trained self-supervised with NT-Xent on two augmented views of each embedding (seed 001).
+    """A projection trained self-supervised with NT-Xent on two augmented views of each embedding.
 
     Views are made in embedding space: mixing in a little of another vector, dropout, gaussian noise.
     """

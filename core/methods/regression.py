@@ -1,4 +1,4 @@
-"""kNN regression in embedding space (seed 000) and image → prompt retrieval by CLIP score (seeds 000, 002)."""
+"""kNN regression in embedding space and image → prompt retrieval by CLIP score."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from core.retrieval.index import checked_vectors, search, unit_rows
 
-# Seed 000 drops training prompts closer than this cosine to one already kept, against overfitting.
+# Training prompts closer than this cosine to one already kept are dropped, against overfitting.
 DEFAULT_DEDUPE_THRESHOLD = 0.95
 # CLIP's learned logit scale: its softmax over candidates uses 100 × cosine.
 CLIP_LOGIT_SCALE = 100.0
@@ -28,7 +28,7 @@ def cosine_scores(predicted: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def mean_cosine(predicted: np.ndarray, targets: np.ndarray) -> float:
-    """Seed 000's score: the mean cosine similarity between predicted and true target vectors."""
+    """The image-to-prompt score: the mean cosine similarity between predicted and true target vectors."""
     scores = cosine_scores(predicted, targets)
     if scores.size == 0:
         raise ValueError("nothing to score: 0 rows")
@@ -72,7 +72,7 @@ def knn_regress(
     k: int = 10,
     dedupe_threshold: float | None = DEFAULT_DEDUPE_THRESHOLD,
 ) -> KnnRegression:
-    """Each query's target as the similarity-weighted mean of its k nearest training inputs' targets (seed 000).
+    """Each query's target as the similarity-weighted mean of its k nearest training inputs' targets.
 
     Inputs and queries are compared by cosine; neighbours with negative similarity get no weight.
     Training pairs whose targets nearly repeat a kept one are dropped first (None: keep all).
@@ -116,7 +116,7 @@ def knn_regress(
 
 
 def clip_scores(cosines: np.ndarray) -> np.ndarray:
-    """CLIP score as in seed 002: 100 × cosine, clipped at 0."""
+    """CLIP score: 100 × cosine, clipped at 0."""
     return np.maximum(CLIP_LOGIT_SCALE * np.asarray(cosines, dtype=np.float64), 0.0)
 
 
@@ -133,7 +133,7 @@ class PromptRanking:
 def rank_prompts(
     image_vectors: np.ndarray, text_vectors: np.ndarray, texts: Sequence[str], k: int = 5
 ) -> PromptRanking:
-    """Rank candidate texts for each image by CLIP score, the idea behind CLIP Interrogator (seed 000).
+    """Rank candidate texts for each image by CLIP score, the idea behind CLIP Interrogator.
 
     Image and text vectors must come from the same CLIP model. k above the number of texts is clamped.
     """

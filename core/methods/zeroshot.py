@@ -1,4 +1,4 @@
-"""Text ↔ image runs (seed 002): every candidate text ranked per image as one table, and the run's time and memory."""
+"""Text ↔ image runs: every candidate text ranked per image as one table, and the run's time and memory."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class RunStats:
     peak_memory_mib: float = 0.0  # of the whole process so far (ru_maxrss), not of this run alone
 
     def log_text(self) -> str:
-        """Seed 002's stats.log: one `name: value` line per figure."""
+        """A stats.log: one `name: value` line per figure."""
         return (
             f"wall_time_s: {self.wall_seconds:.3f}\npeak_memory_mib: {self.peak_memory_mib:.1f}\n"
         )

@@ -17,7 +17,7 @@ PLATEAU_TOLERANCE = 1e-12
 
 
 def distractor_scores(neighbours: Neighbours, mode: str = "max", k: int = 5) -> np.ndarray:
-    """Score per query: its best cosine similarity to train ("max", seed 001) or the mean of its top-k."""
+    """Score per query: its best cosine similarity to train ("max") or the mean of its top-k."""
     if mode not in SCORE_MODES:
         raise ValueError(f"score mode must be one of {SCORE_MODES}, got {mode!r}")
     if mode == "max":
@@ -172,7 +172,7 @@ class ThresholdSweep:
 
 @dataclass(frozen=True)
 class DbscanConfig:
-    """DBSCAN as a second detector (seed 001): test items in clusters without any train item."""
+    """DBSCAN as a second detector: test items in clusters without any train item."""
 
     eps: float = field(
         default=0.15, metadata={"help": "cosine distance (1 - similarity) that joins two points"}

@@ -59,7 +59,7 @@ class PredictConfig:
     score_mode: str = field(
         default="max",
         metadata={
-            "help": "distractor score: best similarity (max, seed 001) or mean of the top score_k",
+            "help": "distractor score: best similarity to train (max) or mean of the top score_k",
             "choices": SCORE_MODES,
         },
     )
@@ -69,7 +69,7 @@ class PredictConfig:
     contamination: float = field(
         default=0.3,
         metadata={
-            "help": "share of test flagged when no threshold is given (seed 001: 30%); with auto, the simulated share"
+            "help": "share of test flagged when no threshold is given (30%: about the share of distractors such test sets hold); with auto, the simulated share"
         },
     )
     threshold: float | None = field(

@@ -162,7 +162,7 @@ def place_minus_one(
 def place_distractor(
     rows: Sequence[Sequence[str]], flagged: np.ndarray, k: int = 5
 ) -> list[list[str]]:
-    """Flagged rows get "-1" first and their top k-1 labels after it (seed 001's format)."""
+    """Flagged rows get "-1" first and their top k-1 labels after it."""
     if len(rows) != len(flagged):
         raise ValueError(f"{len(rows)} prediction rows but {len(flagged)} flags")
     return place_minus_one(rows, np.where(flagged, 1, 0), k)

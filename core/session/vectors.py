@@ -73,7 +73,7 @@ class Recipe:
 def ensemble_recipe(
     members: Sequence[EnsembleMember], main: EmbedConfig, models: ModelShelf
 ) -> Recipe:
-    """The main model plus each saved member whose model loads here (seed 000)."""
+    """The main model plus each saved member whose model loads here."""
     parts, left_out = [(main, 1.0)], []
     for member in members:
         config = replace(main, model=member.model)
