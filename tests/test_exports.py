@@ -3,6 +3,7 @@ import io
 import json
 import math
 import re
+import shutil
 import zipfile
 import zlib
 from pathlib import Path
@@ -511,7 +512,9 @@ def test_export_command_refuses_an_out_inside_the_dataset_or_a_file(
         )
         == 2
     )
-    assert "inside the input" in capsys.readouterr().err and not (demo / "exports").exists()
+    assert (
+        "inside the dataset folder" in capsys.readouterr().err and not (demo / "exports").exists()
+    )
     (tmp_path / "file").write_text("keep me")
     assert (
         main(
@@ -532,6 +535,47 @@ def test_export_command_refuses_an_out_inside_the_dataset_or_a_file(
         f"error: --out {tmp_path / 'file'} is a file" in capsys.readouterr().err
         and (tmp_path / "file").read_text() == "keep me"
     )
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_export_refuses_an_out_folder_where_it_would_overwrite_its_input(
+    demo, tmp_path, workspace, capsys
+):
+    vectors = tmp_path / "vectors" / "atlas.parquet"
+    assert main(["embed", str(demo), "--model", "baseline", "--out", str(vectors)]) == 0
+    before = vectors.read_bytes()
+    capsys.readouterr()
+    argv = ["export", str(vectors), "--format", "atlas", "--map-method", "pca"]
+    assert main([*argv, "--out", str(vectors.parent)]) == 2
+    assert one_error_line(capsys) == (
+        f"error: --out {vectors.parent}'s atlas.parquet is the input {vectors}; write to another folder"
+    )
+    assert vectors.read_bytes() == before and list(vectors.parent.iterdir()) == [vectors]
+
+
+def test_export_refuses_an_out_folder_inside_the_folder_of_its_train_csv(
+    demo, tmp_path, workspace, capsys
+):
+    # The train.csv layout: the CSV names the train images beside it, and test/ holds the test images.
+    dataset = Path(shutil.copytree(demo, tmp_path / "dataset"))
+    rows = [
+        f"{path.relative_to(dataset).as_posix()},{path.parent.name}"
+        for path in sorted((dataset / "train").rglob("*.jpg"))
+    ]
+    (dataset / "train.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    test_files = sorted((dataset / "test").rglob("*"))
+    argv = ["export", str(dataset / "train.csv"), "--model", "baseline", "--format", "tensorboard"]
+    assert main([*argv, "--out", str(dataset / "test")]) == 2
+    assert one_error_line(capsys) == (
+        f"error: --out {dataset / 'test'} is inside the dataset folder {dataset}, which the command reads, "
+        "so what it writes would join the dataset; write outside it"
+    )
+    assert sorted((dataset / "test").rglob("*")) == test_files
 
 
 def test_export_command_refuses_fiftyone_for_vectors_without_images_before_analysing_them(

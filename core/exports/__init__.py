@@ -193,6 +193,32 @@ OPENING = {
 }
 
 
+def _formats() -> dict:
+    """Each format's writer and the names of the files it writes into its folder."""
+    # The writers import this module's records, so they are imported when first used.
+    from core.exports import atlas, fiftyone, tensorboard
+
+    return {
+        "fiftyone": (fiftyone.write_fiftyone, fiftyone.FILES),
+        "atlas": (atlas.write_atlas, atlas.FILES),
+        "tensorboard": (tensorboard.write_tensorboard, tensorboard.FILES),
+    }
+
+
+def _format(export_format: str) -> tuple:
+    formats = _formats()
+    if export_format not in formats:
+        raise ValueError(
+            f"export format {export_format!r} is not known; use one of {', '.join(EXPORT_FORMATS)}"
+        )
+    return formats[export_format]
+
+
+def written_files(export_format: str) -> tuple[str, ...]:
+    """The names of the files an export in `export_format` writes into its folder, to check them before it runs."""
+    return _format(export_format)[1]
+
+
 def export(
     export_format: str,
     items: ExportItems,
@@ -205,16 +231,7 @@ def export(
 
     `name` names the dataset in the tool; `options` go to the format's writer (atlas: the projection to draw).
     """
-    # The writers import this module's records, so they are imported when first used.
-    from core.exports.atlas import write_atlas
-    from core.exports.fiftyone import write_fiftyone
-    from core.exports.tensorboard import write_tensorboard
-
-    writers = {"fiftyone": write_fiftyone, "atlas": write_atlas, "tensorboard": write_tensorboard}
-    if export_format not in writers:
-        raise ValueError(
-            f"export format {export_format!r} is not known; use one of {', '.join(EXPORT_FORMATS)}"
-        )
+    writer, _ = _format(export_format)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file; give a folder to write the export into")
@@ -222,4 +239,4 @@ def export(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"cannot make the folder {folder}: {error.strerror}") from None
-    return writers[export_format](items, folder, name=name, watch=watch, **options)
+    return writer(items, folder, name=name, watch=watch, **options)

@@ -21,6 +21,8 @@ from core.records import Embeddings
 from core.retrieval.index import VectorIndex
 
 ATLAS_FILE = "atlas.parquet"
+# Every file the export may write into its folder.
+FILES = (ATLAS_FILE,)
 # Thumbnails as Embedding Atlas shows them in its tooltips and lists: JPEG, at most this many pixels a side.
 THUMBNAIL_EDGE = 96
 THUMBNAIL_QUALITY = 85

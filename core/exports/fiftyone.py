@@ -16,6 +16,8 @@ from core.progress import Watch
 
 SAMPLES_FILE = "samples.json"
 METADATA_FILE = "metadata.json"
+# Every file the export may write into its folder.
+FILES = (METADATA_FILE, SAMPLES_FILE)
 # Samples serialised between two progress reports.
 _SAMPLES_PER_STEP = 1024
 STAGE = "writing FiftyOne samples"

@@ -18,6 +18,8 @@ CONFIG_FILE = "projector_config.pbtxt"  # the name TensorBoard looks for in a lo
 TENSORS_FILE = "tensors.tsv"
 METADATA_FILE = "metadata.tsv"
 SPRITE_FILE = "sprite.png"
+# Every file the export may write into its folder.
+FILES = (TENSORS_FILE, METADATA_FILE, SPRITE_FILE, CONFIG_FILE)
 METADATA_COLUMNS = (
     "id",
     "split",
