@@ -17,6 +17,7 @@ from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.retrieval.index import Neighbours
 from core.retrieval.pipeline import Analysis
+from core.retrieval.predict import submission_cell
 
 # Label-similarity products computed in one matrix multiplication at most (queries × class rows).
 _SIMILARITY_CELLS_PER_CALL = 1 << 22
@@ -64,7 +65,9 @@ class ExportItems:
         label = self.labels[row] if self.labels[row] is not None else "unknown"
         if self.predictions[row] is None:
             return f"{self.ids[row]} · {label}"
-        return f"{self.ids[row]} · true {label} · predicted {' '.join(self.predictions[row])}"
+        return (
+            f"{self.ids[row]} · true {label} · predicted {submission_cell(self.predictions[row])}"
+        )
 
 
 def export_items(
