@@ -757,18 +757,72 @@ def test_the_download_zip_holds_the_export(items):
     ]
 
 
-def test_the_evaluate_page_offers_the_export_of_what_it_shows(monkeypatch):
+def unzipped(archive: bytes, folder: Path) -> Path:
+    zipfile.ZipFile(io.BytesIO(archive)).extractall(folder)
+    return folder
+
+
+def test_the_fiftyone_zip_holds_its_images_and_names_no_path_of_this_machine(
+    round_trip, round_trip_items, tmp_path
+):
+    _, _, images = round_trip
+    items = round_trip_items
+    archive = exported_zip("fiftyone", items, "x")
+    here = str(next(iter(images.values())).parent)
+    for name in zipfile.ZipFile(io.BytesIO(archive)).namelist():
+        text = zipfile.ZipFile(io.BytesIO(archive)).read(name)
+        assert here.encode() not in text and str(Path.home()).encode() not in text, name
+    folder = unzipped(archive, tmp_path / "elsewhere")
+    samples = json.loads((folder / "samples.json").read_text(encoding="utf-8"))["samples"]
+    assert len(samples) == len(items)
+    for row, sample in enumerate(samples):
+        # FiftyOne's importer joins a relative filepath to the dataset folder.
+        assert not Path(sample["filepath"]).is_absolute()
+        image = folder / sample["filepath"]
+        assert image.resolve().is_relative_to(folder.resolve())
+        assert image.read_bytes() == items.image_paths[row].read_bytes()
+
+
+def test_fiftyone_own_importer_reads_the_zip_on_another_machine(round_trip_items, tmp_path):
+    importers = pytest.importorskip("fiftyone.utils.data.importers")
+    items = round_trip_items
+    folder = unzipped(exported_zip("fiftyone", items, "x"), tmp_path / "elsewhere")
+    importer = importers._handle_legacy_formats(importers.FiftyOneDatasetImporter(str(folder)))
+    with importer:
+        samples = list(importer)
+    assert [sample.item_id for sample in samples] == items.ids.tolist()
+    assert all(Path(sample.filepath).is_file() for sample in samples)
+    assert all(Path(sample.filepath).is_relative_to(folder) for sample in samples)
+
+
+def offered_downloads(monkeypatch) -> dict:
+    """What each download button of the pages run next offers, by its label: the data or the callable a click runs."""
     from streamlit.delta_generator import DeltaGenerator
 
     offered = {}
     download_button = DeltaGenerator.download_button
-    monkeypatch.setattr(
-        DeltaGenerator,
-        "download_button",
-        lambda self, label, data, *a, **k: (
-            offered.setdefault(label, data) and download_button(self, label, data, *a, **k)
-        ),
-    )
+
+    def recorded(self, label, data, *args, **kwargs):
+        offered[label] = data
+        return download_button(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", recorded)
+    return offered
+
+
+def test_the_evaluate_page_fiftyone_zip_names_no_server_path(monkeypatch, workspace):
+    offered = offered_downloads(monkeypatch)
+    app = run_page("evaluate", evaluate_export=True, evaluate_export_format="fiftyone")
+    assert_ran(app)
+    archive = zipfile.ZipFile(io.BytesIO(offered["FiftyOne (zip)"]()))  # what a click downloads
+    texts = [archive.read(name) for name in archive.namelist() if not name.startswith("data/")]
+    assert texts and not [text for text in texts if str(workspace).encode() in text]
+    samples = json.loads(archive.read("samples.json"))["samples"]
+    assert samples and all(sample["filepath"] in archive.namelist() for sample in samples)
+
+
+def test_the_evaluate_page_offers_the_export_of_what_it_shows(monkeypatch):
+    offered = offered_downloads(monkeypatch)
     app = run_page("evaluate", evaluate_export=True, evaluate_export_format="tensorboard")
     assert_ran(app)
     archive = zipfile.ZipFile(

@@ -17,6 +17,7 @@ from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.report.config import MAX_CARDS_PER_KIND, ReportConfig
 from core.report.html import MAP_POINT_LIMIT, MAX_REPORT_BYTES, THUMBNAIL_EDGE, report_html
 from core.retrieval.pipeline import LoadedEmbeddings, PredictConfig, analyse
+from test_exports import offered_downloads
 from test_pages import assert_ran, fresh_server, run_page  # noqa: F401 (fresh_server is autouse: no cache shared between tests)
 
 HOSTILE = [
@@ -290,16 +291,7 @@ def test_flags_of_another_length_are_refused():
 
 
 def test_the_evaluate_page_shares_the_report_of_what_it_shows(monkeypatch):
-    from streamlit.delta_generator import DeltaGenerator
-
-    offered = {}
-    download_button = DeltaGenerator.download_button
-
-    def recorded(self, label, data, *args, **kwargs):
-        offered[label] = data
-        return download_button(self, label, data, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", recorded)
+    offered = offered_downloads(monkeypatch)
     app = run_page("evaluate", evaluate_share=True, evaluate_share_map="pca")
     assert_ran(app)
     page = offered["Share (HTML report)"]()  # what a click downloads

@@ -161,21 +161,33 @@ class Exported:
     files: list[Path]  # every file written, inside `folder`
     how_to_open: str  # the command (for FiftyOne, the Python) that opens the export in its tool
     notes: list[str] = field(default_factory=list)  # what was left out and why, for people
+    # Files the export names by a path inside its folder but leaves where they lie: a zip carries
+    # each under that name (FiftyOne's images, in a portable export).
+    media: dict[str, Path] = field(default_factory=dict)
 
 
 def zipped(exported: Exported) -> bytes:
-    """The export's files as one zip, named relative to its folder (for a download)."""
+    """The export's files as one zip, named relative to its folder, with its media (for a download)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in exported.files:
             archive.write(path, path.relative_to(exported.folder).as_posix())
+        for name, path in exported.media.items():
+            # Image formats are compressed already: deflating them again costs time and saves little.
+            archive.write(path, name, zipfile.ZIP_STORED)
     return buffer.getvalue()
 
 
 def exported_zip(
     export_format: str, items: ExportItems, name: str, watch: Watch = Watch(), **options
 ) -> bytes:
-    """The export written into a temporary folder and handed back as one zip (the dashboard's download)."""
+    """The export written into a temporary folder and handed back as one zip (the dashboard's download).
+
+    A zip leaves this machine, so a FiftyOne export in it is portable: its images go inside the zip
+    and the samples name them there, never where they lie on the server.
+    """
+    if export_format == "fiftyone":
+        options = {**options, "portable": True}
     with tempfile.TemporaryDirectory(prefix="retrieval-lab-export-") as folder:
         return zipped(export(export_format, items, Path(folder), name, watch, **options))
 
@@ -189,7 +201,7 @@ FORMAT_NAMES = {
 # How an unzipped export opens, for a download's help.
 OPENING = {
     "fiftyone": "Unzip to a folder, then in Python: `fo.Dataset.from_dir(folder, dataset_type=fo.types.LegacyFiftyOneDataset)`. "
-    "The samples point at the images where they lie on this machine.",
+    "The images are in the zip (data/), so the folder opens on any machine.",
     "atlas": "Unzip, then: `embedding-atlas atlas.parquet --x x --y y --text text --neighbors neighbors --image image` "
     "(leave out `--image image` for a dataset without images).",
     "tensorboard": "Unzip to a folder, then: `tensorboard --logdir folder` and open the Projector tab.",
