@@ -8,6 +8,7 @@ import shutil
 import zipfile
 import zlib
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -409,7 +410,8 @@ def test_a_tsv_field_has_no_tab_or_line_break_whatever_the_text():
     assert tsv_field(None) == "" and tsv_field(True) == "true" and tsv_field(0.123456) == "0.1235"
 
 
-def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
+def projector(logdir: Path):
+    """TensorBoard's projector plugin serving `logdir`, as a test client, and the name of its one embedding."""
     pytest.importorskip("tensorboard.plugins.projector.projector_plugin")
     from urllib.parse import quote
 
@@ -420,7 +422,6 @@ def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
     from werkzeug import test as werkzeug_test
     from werkzeug import wrappers
 
-    logdir = written(tmp_path, "tensorboard", items).folder
     provider = data_provider.MultiplexerDataProvider(
         plugin_event_multiplexer.EventMultiplexer(), str(logdir)
     )
@@ -429,6 +430,11 @@ def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
     )
     client = werkzeug_test.Client(application.TensorBoardWSGI([plugin]), wrappers.Response)
     (info,) = client.get("/data/plugin/projector/info?run=.").get_json()["embeddings"]
+    return client, info
+
+
+def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
+    client, info = projector(written(tmp_path, "tensorboard", items).folder)
     assert info["tensorShape"] == list(items.vectors.shape)
     name = quote(info["tensorName"])
     tensor = client.get(f"/data/plugin/projector/tensor?run=.&name={name}").data
@@ -441,6 +447,18 @@ def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
     assert len(metadata.splitlines()) == len(items) + 1
     sprite = client.get(f"/data/plugin/projector/sprite_image?run=.&name={name}")
     assert sprite.status_code == 200 and sprite.mimetype == "image/png"
+
+
+def test_tensorboard_own_plugin_serves_hostile_ids_one_row_each(round_trip_items, tmp_path):
+    items = round_trip_items
+    client, info = projector(written(tmp_path, "tensorboard", items).folder)
+    name = quote(info["tensorName"])
+    metadata = client.get(f"/data/plugin/projector/metadata?run=.&name={name}").get_data(
+        as_text=True
+    )
+    rows = [line.split("\t") for line in metadata.splitlines()[1:]]
+    assert [tsv_value(row[0]) for row in rows] == items.ids.tolist()
+    assert [tsv_value(row[2]) for row in rows] == list(items.labels)
 
 
 # ── Embedding Atlas ──────────────────────────────────────────────────────────
@@ -535,6 +553,22 @@ def test_embedding_atlas_own_reader_loads_the_export(hostile, items, tmp_path):
     ).fetchall()
     assert len(rows) == len(items) and rows[0][1] >= 1 and rows[0][2] > 0
     assert {text for text, *_ in rows} >= {items.caption(row) for row in range(len(items))}
+
+
+def test_embedding_atlas_own_reader_reads_back_hostile_ids_and_labels(
+    round_trip, round_trip_items, tmp_path
+):
+    atlas_cli = pytest.importorskip("embedding_atlas.cli")
+    _, analysis, _ = round_trip
+    items = round_trip_items
+    projection = project(analysis.train.vectors, analysis.test.vectors, PCA)
+    frame = atlas_cli.load_datasets(
+        [str(written(tmp_path, "atlas", items, projection=projection).files[0])]
+    )
+    assert frame["id"].tolist() == items.ids.tolist() and frame["label"].tolist() == list(
+        items.labels
+    )
+    assert [None if row is None else list(row) for row in frame["predictions"]] == items.predictions
 
 
 # ── FiftyOne ─────────────────────────────────────────────────────────────────
