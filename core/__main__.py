@@ -543,7 +543,7 @@ def build_parser():
     from core.methods.compare import COMPARE_METHODS
     from core.methods.ensemble import MODES
     from core.exports import EXPORT_FORMATS
-    from core.maps.projection import PROJECTION_METHODS
+    from core.maps.projection import METHOD_CHOICES, PROJECTION_METHODS
     from core.report.config import ReportConfig
     from core.retrieval.pipeline import PredictConfig
 
@@ -672,7 +672,7 @@ def build_parser():
         "--map-method",
         default="umap",
         choices=PROJECTION_METHODS,
-        help="projection giving the atlas format its x and y (default: %(default)s)",
+        help=f"projection giving the atlas format its x and y: {METHOD_CHOICES} (default: %(default)s)",
     )
     export.add_argument(
         "--out",

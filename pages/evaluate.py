@@ -17,7 +17,7 @@ from core.methods.compare import (
 )
 from core.records import DISTRACTOR
 from core.maps.figures import class_frequency
-from core.maps.projection import PROJECTION_METHODS, ProjectionConfig
+from core.maps.projection import METHOD_NAMES, PROJECTION_METHODS, ProjectionConfig
 from core.report.config import ReportConfig
 from core.report.html import report_html
 from core.retrieval.distractors import SCORE_MODES
@@ -195,6 +195,7 @@ share_method = (
         "Map in the report",
         PROJECTION_METHODS,
         default=ReportConfig().map_method,
+        format_func=METHOD_NAMES.get,
         key="evaluate_share_map",
     )
     or ReportConfig().map_method
