@@ -206,7 +206,7 @@ def test_every_metric_in_the_report_is_explained_in_a_sentence_beside_it(truth):
             "distractor detection",
         }
     assert set(rows) == metrics
-    for name, (value, meaning) in rows.items():
+    for name, (_, meaning) in rows.items():
         # A sentence, not a figure or a word: it says in words what the value measures.
         assert len(meaning.split()) >= 8 and meaning.endswith("."), (name, meaning)
     assert '"first":' in rows['where "-1" goes'][1] and '"optimal":' in rows['where "-1" goes'][1]

@@ -9,7 +9,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from bench.browser import ACTION_TIMEOUT_MS, VIEWPORT
-from core.report.config import ReportConfig
+from core.report.config import MAX_CARDS_PER_KIND, ReportConfig
 from test_browser import browser  # noqa: F401 (the Chromium fixture, skipped where Chromium is missing)
 from test_report import clustered, noise_image, report_of
 
@@ -103,8 +103,8 @@ def narrow_report(browser, tmp_path_factory):  # noqa: F811
     report = folder / "report.html"
     page = report_of(
         embeddings,
-        {item_id: image for item_id in embeddings.ids},
-        ReportConfig(map_method="pca", cards=8),
+        dict.fromkeys(embeddings.ids, image),
+        ReportConfig(map_method="pca", cards=MAX_CARDS_PER_KIND),
         name=LONG_LABELS[0],
     )
     report.write_text(page, encoding="utf-8")
