@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    pass
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -114,34 +114,71 @@ def _flags(analysis, args):
     return analysis.flags()
 
 
-def _checked_out(out: str, inputs) -> Path:
-    """The --out path to write, refused when it is one of the inputs or not a regular file; its folder is made."""
+def _checked_out(out: str, sources, *, folder: bool = False, writes=()):
+    """The --out path, checked against what the command reads, with the folder it writes into made.
+
+    A file --out (the default) must be new or a regular file; a `folder` --out must be new or a
+    folder, and `writes` names the files the command puts in it. Refused, with one line naming the
+    user's own paths: a file written that is one of the inputs under any name (a hard link is the same
+    file), and an --out inside a dataset folder that the command reads, whose files would join the
+    dataset when it is next read. Returns a file's Path, or a folder as the user spelled it, expanded
+    (a trailing "/" tells embed a folder from a file).
+    """
     import os
     import stat
     from pathlib import Path
 
     path = Path(out).expanduser()
+    where = path.resolve()
+    for dataset_folder, shown in _dataset_folders(sources):
+        if where == dataset_folder or dataset_folder in where.parents:
+            raise ValueError(
+                f"--out {out} is inside the dataset folder {shown}, which the command reads, so what it writes "
+                "would join the dataset; write outside it"
+            )
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder to write into")
+    for target in [path / name for name in writes] if folder else [path]:
+        try:
+            mode = os.stat(target).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise ValueError(f"--out {out} cannot be used: {error.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise ValueError(
+                f"--out {out} is not a regular file; give the path of a file to write"
+                if target == path
+                else f"--out {out} holds a {target.name} that is not a regular file; give another folder"
+            )
+        named = "" if target == path else f"'s {target.name}"
+        # The same inode under any name: writing would replace the input before (or while) it is read.
+        for source in sources:
+            if os.path.isfile(source) and os.path.samefile(target, source):
+                raise ValueError(
+                    f"--out {out}{named} is the input {source}; write to another "
+                    + ("folder" if folder else "file")
+                )
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as error:
-        raise ValueError(f"--out {out} cannot be used: {error.strerror}") from None
-    if mode is not None and not stat.S_ISREG(mode):
-        raise ValueError(f"--out {out} is not a regular file; give the path of a file to write")
-    # The same inode under any name: writing would replace the input before (or while) it is read.
-    same = [
-        source
-        for source in inputs
-        if mode is not None and os.path.exists(source) and os.path.samefile(path, source)
-    ]
-    if same:
-        raise ValueError(f"--out {out} is the input {same[0]}; write to another file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"cannot make the folder for --out {out}: {error.strerror}") from None
-    return path
+    return os.path.expanduser(out) if folder else path
+
+
+def _dataset_folders(sources):
+    """Each folder a source reads as its dataset, resolved, with the user's spelling of it: a folder source
+    (images, part files, a save_to_disk folder) and the folder of a train.csv, whose rows name images beside it."""
+    from pathlib import Path
+
+    from core.io.hf_datasets import is_hf_source, parse_source
+
+    for source in sources:
+        location = Path(parse_source(str(source))[0] if is_hf_source(source) else source)
+        if location.is_dir():
+            yield location.resolve(), location
+        elif location.is_file() and location.suffix.lower() == ".csv":
+            yield location.parent.resolve(), location.parent
 
 
 def cmd_demo(args) -> int:
@@ -176,11 +213,7 @@ def cmd_embed(args) -> int:
     folder = is_folder_out(args.out)
     if engine.engine == "ray":
         refuse_file_out(args.out)  # before the dataset is read
-    out = (
-        _checked_out_folder(args.out, args.source)
-        if folder
-        else _checked_out(args.out, [args.source])
-    )
+    out = _checked_out(args.out, [args.source], folder=folder)
     dataset = load_dataset(_selected_source(args), watch=_stage_bars())
     config, bar = _config(EmbedConfig, args), ProgressBar("embedding")
     if engine.engine == "ray":
@@ -191,17 +224,6 @@ def cmd_embed(args) -> int:
     already = f"; {run.already} already there, {run.already + run.written} in all" if folder else ""
     print(f"wrote {run.written} vectors ({run.model}) to {args.out}{already}")
     return 0
-
-
-def _checked_out_folder(out: str, source: str) -> str:
-    """The --out folder (of part files, of an export), user-expanded; refused when it is the dataset's folder or inside it (its files would join the dataset)."""
-    import os
-    from pathlib import Path
-
-    path = Path(out).expanduser().resolve()
-    if Path(source).resolve() in (path, *path.parents):
-        raise ValueError(f"--out {out} is inside the input {source}; write to a folder outside it")
-    return os.path.expanduser(out)
 
 
 def cmd_predict(args) -> int:
@@ -429,12 +451,12 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from core.exports import FORMAT_NAMES, export, export_items
+    from core.exports import FORMAT_NAMES, export, export_items, written_files
     from core.exports.fiftyone import check_images
 
-    folder = Path(_checked_out_folder(args.out, args.source))
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {args.out} is a file; give a folder to write the export into")
+    folder = Path(
+        _checked_out(args.out, [args.source], folder=True, writes=written_files(args.format))
+    )
     loaded = _load(args)
     if args.format == "fiftyone":
         # before the analysis: an embeddings Parquet has no image files
@@ -522,7 +544,7 @@ def build_parser():
     from core.embedding.runner import ROWS_PER_PART
     from core.exports import EXPORT_FORMATS
     from core.io.hf_datasets import HfSelection
-    from core.maps.projection import PROJECTION_METHODS
+    from core.maps.projection import METHOD_CHOICES, PROJECTION_METHODS
     from core.methods.compare import COMPARE_METHODS
     from core.methods.ensemble import MODES
     from core.report.config import ReportConfig
@@ -652,7 +674,7 @@ def build_parser():
         "--map-method",
         default="umap",
         choices=PROJECTION_METHODS,
-        help="projection giving the atlas format its x and y (default: %(default)s)",
+        help=f"projection giving the atlas format its x and y: {METHOD_CHOICES} (default: %(default)s)",
     )
     export.add_argument(
         "--out",

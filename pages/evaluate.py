@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, export_items, exported_zip
 from core.maps.figures import class_frequency
-from core.maps.projection import PROJECTION_METHODS, ProjectionConfig
+from core.maps.projection import METHOD_NAMES, PROJECTION_METHODS, ProjectionConfig
 from core.methods.compare import (
     BASELINE_METHOD,
     COMPARE_METHODS,
@@ -195,6 +195,7 @@ share_method = (
         "Map in the report",
         PROJECTION_METHODS,
         default=ReportConfig().map_method,
+        format_func=METHOD_NAMES.get,
         key="evaluate_share_map",
     )
     or ReportConfig().map_method

@@ -3,10 +3,15 @@
 import streamlit as st
 
 from core.maps.figures import COLOUR_MODES, analysis_map_points, scatter_map
-from core.maps.projection import METRICS, PROJECTION_METHODS, TSNE_SAMPLE_LIMIT, ProjectionConfig
+from core.maps.projection import (
+    METHOD_NAMES,
+    METRICS,
+    PROJECTION_METHODS,
+    TSNE_SAMPLE_LIMIT,
+    ProjectionConfig,
+)
 from pages import ui
 
-METHOD_NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
 COLOUR_NAMES = {
     "split": "split",
     "label": "class",

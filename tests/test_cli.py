@@ -291,6 +291,29 @@ def test_out_that_is_a_fifo_or_a_folder_is_refused_naming_only_the_users_path(
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and folder.is_dir() and not any(folder.iterdir())
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "{demo}", "--model", "baseline", "--out", "{demo}/test/submission.csv"],
+        ["report", "{demo}", "--model", "baseline", "--out", "{demo}/report.html"],
+        ["embed", "{demo}", "--model", "baseline", "--out", "{demo}/train/vectors/"],
+        ["predict", "{parts}", "--out", "{parts}/submission.csv"],
+    ],
+    ids=["predict into test/", "report beside train/", "embed into train/", "predict into parts"],
+)
+def test_no_command_writes_inside_a_dataset_folder_it_reads(
+    argv, demo, tmp_path, workspace, capsys
+):
+    parts = tmp_path / "parts"
+    assert main(["embed", str(demo), "--model", "baseline", "--out", f"{parts}/"]) == 0
+    capsys.readouterr()
+    before = {folder: sorted(folder.rglob("*")) for folder in (demo, parts)}
+    argv = [part.format(demo=demo, parts=parts) for part in argv]
+    error = run_refused(argv, capsys)
+    assert "which the command reads, so what it writes would join the dataset" in error
+    assert {folder: sorted(folder.rglob("*")) for folder in (demo, parts)} == before
+
+
 @pytest.mark.parametrize("command", ["embed", "predict", "ensemble"])
 def test_every_command_makes_the_out_folder(command, demo, demo_parquet, tmp_path, workspace):
     out = tmp_path / "new" / "deeper" / "out.file"

@@ -1,11 +1,14 @@
 import base64
+import csv
 import io
 import json
 import math
 import re
+import shutil
 import zipfile
 import zlib
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -26,10 +29,12 @@ from core.exports.tensorboard import (
     tsv_field,
 )
 from core.io.demo import write_demo_dataset
-from core.io.parquet import read_embeddings
+from core.io.labels import normalise_label
+from core.io.parquet import read_embeddings, write_embeddings
 from core.maps.projection import ProjectionConfig, project
 from core.records import DISTRACTOR, Embeddings
 from core.retrieval.pipeline import PredictConfig, analyse
+from core.retrieval.predict import read_submission, submission_cell, write_submission
 
 # No Streamlit cache is shared between tests, and each has its own workspace home.
 pytestmark = pytest.mark.usefixtures("fresh_server")
@@ -131,6 +136,154 @@ def test_a_file_where_the_folder_should_be_is_refused(items, tmp_path):
     with pytest.raises(ValueError, match="is a file; give a folder"):
         export("tensorboard", items, tmp_path / "out", "x")
     assert (tmp_path / "out").read_text() == "keep me"
+
+
+# ── round trips: what an export writes reads back to the same ids and labels ──────────────────
+
+# Ids as file names can be: white space of every kind, URLs, data: URLs, unicode, a backslash before
+# a letter (an escape's look-alike), 10,000 characters.
+ROUND_TRIP_IDS = [
+    "two  spaces .png",
+    "tab\there.png",
+    "line\nbreak\r\nend.png",
+    "http://example.com/a.png",
+    "data:image/png;base64,iVBORw0KGgo=",
+    "名前 ü ☃.png",
+    "x" * 10_000,
+    'quote " , and \\ back.png',
+    " padded ",
+    "sep\u2028\x85.png",
+    "\\t not a tab.png",
+]
+# Labels as every reader hands them on (normalise_label: runs of white space are one space).
+ROUND_TRIP_LABELS = [
+    normalise_label(raw)
+    for raw in [
+        "two words",
+        "tab\tand\nnewline",
+        "http://example.com/class",
+        "data:image/png;base64,iVBORw0KGgo" + "A" * 100,
+        "名前 ü ☃",
+        "L" * 1_000 + " end",
+        'quote " and \\ back',
+        "iVBORw0KGgo" + "A" * 60,
+    ]
+]
+
+
+@pytest.fixture(scope="module")
+def round_trip(tmp_path_factory):
+    """An analysis of hostile ids and labels (3 train images a class, 20 test items, a fifth of them distractors), and an image per item."""
+    rng = np.random.default_rng(1)
+    n_classes = len(ROUND_TRIP_LABELS)
+    centres = rng.normal(size=(n_classes + 1, 12))
+    codes = [c for c in range(n_classes) for _ in range(3)] + [
+        n_classes if i % 5 == 0 else i % n_classes for i in range(20)
+    ]
+    n_train = 3 * n_classes
+    vectors = centres[codes] + 0.3 * rng.normal(size=(len(codes), 12))
+    ids = [f"{ROUND_TRIP_IDS[i % len(ROUND_TRIP_IDS)]}{i}" for i in range(len(codes))]
+    labels = [DISTRACTOR if code == n_classes else ROUND_TRIP_LABELS[code] for code in codes]
+    embeddings = Embeddings(
+        np.array(ids),
+        np.array(["train"] * n_train + ["test"] * (len(codes) - n_train)),
+        np.array(labels, object),
+        (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32),
+        "model",
+    )
+    folder = tmp_path_factory.mktemp("round-trip-images")
+    images = {}
+    for index, item_id in enumerate(ids):
+        images[item_id] = folder / f"{index}.png"
+        Image.new("RGB", (16, 16), (10 * index % 256, 90, 30)).save(images[item_id])
+    return embeddings, analyse(embeddings, PredictConfig(contamination=0.2)), images
+
+
+@pytest.fixture(scope="module")
+def round_trip_items(round_trip):
+    _, analysis, images = round_trip
+    return export_items(analysis, images)
+
+
+def test_an_embeddings_parquet_reads_back_hostile_ids_and_labels_exactly(round_trip, tmp_path):
+    embeddings, _, _ = round_trip
+    write_embeddings(tmp_path / "vectors.parquet", embeddings)
+    read = read_embeddings(tmp_path / "vectors.parquet")
+    assert read.ids.tolist() == embeddings.ids.tolist()
+    assert read.labels.tolist() == embeddings.labels.tolist()
+
+
+def test_atlas_reads_back_hostile_ids_labels_and_predictions_exactly(
+    round_trip, round_trip_items, tmp_path
+):
+    _, analysis, _ = round_trip
+    items = round_trip_items
+    projection = project(analysis.train.vectors, analysis.test.vectors, PCA)
+    exported = written(tmp_path, "atlas", items, projection=projection)
+    read = read_embeddings(exported.files[0])  # as python -m core evaluate atlas.parquet reads it
+    assert read.ids.tolist() == items.ids.tolist() and read.labels.tolist() == list(items.labels)
+    table = pq.read_table(exported.files[0])
+    assert table["predictions"].to_pylist() == items.predictions
+    assert table["prediction"].to_pylist() == [row and row[0] for row in items.predictions]
+
+
+def tsv_value(field: str) -> str:
+    r"""A metadata.tsv field read back by the rule README.md gives: \\, \t, \n, \r and \uXXXX are escapes."""
+    return re.sub(
+        r"\\(\\|t|n|r|u[0-9a-f]{4})",
+        lambda found: (
+            {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}.get(found[1])
+            or chr(int(found[1][1:], 16))
+        ),
+        field,
+    )
+
+
+def test_tensorboard_metadata_reads_back_hostile_ids_and_labels_exactly(round_trip_items, tmp_path):
+    items = round_trip_items
+    exported = written(tmp_path, "tensorboard", items)
+    rows = _projector_rows(exported.folder / "metadata.tsv")[1:]
+    assert len(rows) == len(items) and {len(row) for row in rows} == {len(METADATA_COLUMNS)}
+    columns = dict(zip(METADATA_COLUMNS, zip(*rows)))
+    assert [tsv_value(field) for field in columns["id"]] == items.ids.tolist()
+    assert [tsv_value(field) for field in columns["label"]] == list(items.labels)
+    predictions = items.predictions[items.n_train :]
+    assert [tsv_value(field) for field in columns["prediction"][items.n_train :]] == [
+        row[0] for row in predictions
+    ]
+    # The k labels as the submission's cell spells them: a label's own spaces cannot split it.
+    assert [tsv_value(field) for field in columns["predictions"][items.n_train :]] == [
+        submission_cell(row) for row in predictions
+    ]
+
+
+def test_fiftyone_samples_read_back_hostile_ids_and_labels_exactly(round_trip_items, tmp_path):
+    items = round_trip_items
+    exported = written(tmp_path, "fiftyone", items)
+    samples = json.loads((exported.folder / "samples.json").read_text(encoding="utf-8"))["samples"]
+    assert [sample["item_id"] for sample in samples] == items.ids.tolist()
+    assert [sample["ground_truth"]["label"] for sample in samples] == list(items.labels)
+    assert [
+        [label["label"] for label in sample["predictions"]["classifications"]]
+        for sample in samples[items.n_train :]
+    ] == items.predictions[items.n_train :]
+
+
+def test_a_submission_reads_back_hostile_ids_and_scores_as_evaluate_does(
+    round_trip, tmp_path, capsys
+):
+    _, analysis, _ = round_trip
+    ids, predictions = analysis.test.ids.tolist(), analysis.predictions()
+    submission = write_submission(tmp_path / "submission.csv", ids, predictions)
+    read = read_submission(submission)
+    assert list(read) == ids
+    # The submission's own spelling: a label's inner spaces are "_", as the truth file is read too.
+    assert [" ".join(row) for row in read.values()] == [submission_cell(row) for row in predictions]
+    truth = tmp_path / "truth.csv"
+    with open(truth, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("id", "label"), *zip(ids, analysis.truth)])
+    assert main(["score", str(submission), str(truth)]) == 0
+    assert capsys.readouterr().out.strip() == f"MAP@5 = {analysis.report()['MAP@5']:.6f}"
 
 
 # ── TensorBoard projector ────────────────────────────────────────────────────
@@ -260,9 +413,9 @@ def test_a_tsv_field_has_no_tab_or_line_break_whatever_the_text():
     assert tsv_field(None) == "" and tsv_field(True) == "true" and tsv_field(0.123456) == "0.1235"
 
 
-def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
+def projector(logdir: Path):
+    """TensorBoard's projector plugin serving `logdir`, as a test client, and the name of its one embedding."""
     pytest.importorskip("tensorboard.plugins.projector.projector_plugin")
-    from urllib.parse import quote
 
     from tensorboard.backend import application
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
@@ -271,7 +424,6 @@ def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
     from werkzeug import test as werkzeug_test
     from werkzeug import wrappers
 
-    logdir = written(tmp_path, "tensorboard", items).folder
     provider = data_provider.MultiplexerDataProvider(
         plugin_event_multiplexer.EventMultiplexer(), str(logdir)
     )
@@ -280,6 +432,11 @@ def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
     )
     client = werkzeug_test.Client(application.TensorBoardWSGI([plugin]), wrappers.Response)
     (info,) = client.get("/data/plugin/projector/info?run=.").get_json()["embeddings"]
+    return client, info
+
+
+def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
+    client, info = projector(written(tmp_path, "tensorboard", items).folder)
     assert info["tensorShape"] == list(items.vectors.shape)
     name = quote(info["tensorName"])
     tensor = client.get(f"/data/plugin/projector/tensor?run=.&name={name}").data
@@ -292,6 +449,18 @@ def test_tensorboard_own_plugin_serves_the_export(items, tmp_path):
     assert len(metadata.splitlines()) == len(items) + 1
     sprite = client.get(f"/data/plugin/projector/sprite_image?run=.&name={name}")
     assert sprite.status_code == 200 and sprite.mimetype == "image/png"
+
+
+def test_tensorboard_own_plugin_serves_hostile_ids_one_row_each(round_trip_items, tmp_path):
+    items = round_trip_items
+    client, info = projector(written(tmp_path, "tensorboard", items).folder)
+    name = quote(info["tensorName"])
+    metadata = client.get(f"/data/plugin/projector/metadata?run=.&name={name}").get_data(
+        as_text=True
+    )
+    rows = [line.split("\t") for line in metadata.splitlines()[1:]]
+    assert [tsv_value(row[0]) for row in rows] == items.ids.tolist()
+    assert [tsv_value(row[2]) for row in rows] == list(items.labels)
 
 
 # ── Embedding Atlas ──────────────────────────────────────────────────────────
@@ -341,32 +510,29 @@ def test_atlas_parquet_has_the_columns_atlas_reads(hostile, items, tmp_path):
     np.testing.assert_array_equal(read_embeddings(exported.files[0]).vectors, items.vectors)
 
 
-def test_atlas_shows_text_that_looks_like_a_link_or_an_image_as_text(hostile, items, tmp_path):
-    analysis, _ = hostile
+def test_atlas_shows_a_caption_that_looks_like_a_link_or_an_image_as_text(
+    round_trip, round_trip_items, tmp_path
+):
+    _, analysis, _ = round_trip
+    items = round_trip_items
     exported = written(
         tmp_path,
         "atlas",
         items,
         projection=project(analysis.train.vectors, analysis.test.vectors, PCA),
     )
-    table = pq.read_table(exported.files[0])
-    shown = [
-        value
-        for column in ("id", "label", "text", "prediction", "predictions")
-        for value in table[column].to_pylist()
-        if value
-    ]
+    captions = pq.read_table(exported.files[0])["text"].to_pylist()
     # Embedding Atlas's viewer, renderers/renderer_utils.ts valueKind and utils/src/media.ts detectBase64MimeType.
     assert not [
         value
-        for value in shown
+        for value in captions
         if value.startswith(("http://", "https://", "data:"))
         or re.fullmatch(r"[A-Za-z0-9+/]{64,}={0,2}", value)
     ]
-    assert {
-        ZERO_WIDTH_SPACE + "https://example.com/x",
-        ZERO_WIDTH_SPACE + HOSTILE_LABELS[-1],
-    } <= set(table["label"].to_pylist())
+    guarded = [row for row, caption in enumerate(captions) if caption.startswith(ZERO_WIDTH_SPACE)]
+    assert guarded and all(
+        captions[row] == ZERO_WIDTH_SPACE + items.caption(row) for row in guarded
+    )
 
 
 def test_embedding_atlas_own_reader_loads_the_export(hostile, items, tmp_path):
@@ -389,6 +555,22 @@ def test_embedding_atlas_own_reader_loads_the_export(hostile, items, tmp_path):
     ).fetchall()
     assert len(rows) == len(items) and rows[0][1] >= 1 and rows[0][2] > 0
     assert {text for text, *_ in rows} >= {items.caption(row) for row in range(len(items))}
+
+
+def test_embedding_atlas_own_reader_reads_back_hostile_ids_and_labels(
+    round_trip, round_trip_items, tmp_path
+):
+    atlas_cli = pytest.importorskip("embedding_atlas.cli")
+    _, analysis, _ = round_trip
+    items = round_trip_items
+    projection = project(analysis.train.vectors, analysis.test.vectors, PCA)
+    frame = atlas_cli.load_datasets(
+        [str(written(tmp_path, "atlas", items, projection=projection).files[0])]
+    )
+    assert frame["id"].tolist() == items.ids.tolist() and frame["label"].tolist() == list(
+        items.labels
+    )
+    assert [None if row is None else list(row) for row in frame["predictions"]] == items.predictions
 
 
 # ── FiftyOne ─────────────────────────────────────────────────────────────────
@@ -514,7 +696,9 @@ def test_export_command_refuses_an_out_inside_the_dataset_or_a_file(
         )
         == 2
     )
-    assert "inside the input" in capsys.readouterr().err and not (demo / "exports").exists()
+    assert (
+        "inside the dataset folder" in capsys.readouterr().err and not (demo / "exports").exists()
+    )
     (tmp_path / "file").write_text("keep me")
     assert (
         main(
@@ -535,6 +719,47 @@ def test_export_command_refuses_an_out_inside_the_dataset_or_a_file(
         f"error: --out {tmp_path / 'file'} is a file" in capsys.readouterr().err
         and (tmp_path / "file").read_text() == "keep me"
     )
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_export_refuses_an_out_folder_where_it_would_overwrite_its_input(
+    demo, tmp_path, workspace, capsys
+):
+    vectors = tmp_path / "vectors" / "atlas.parquet"
+    assert main(["embed", str(demo), "--model", "baseline", "--out", str(vectors)]) == 0
+    before = vectors.read_bytes()
+    capsys.readouterr()
+    argv = ["export", str(vectors), "--format", "atlas", "--map-method", "pca"]
+    assert main([*argv, "--out", str(vectors.parent)]) == 2
+    assert one_error_line(capsys) == (
+        f"error: --out {vectors.parent}'s atlas.parquet is the input {vectors}; write to another folder"
+    )
+    assert vectors.read_bytes() == before and list(vectors.parent.iterdir()) == [vectors]
+
+
+def test_export_refuses_an_out_folder_inside_the_folder_of_its_train_csv(
+    demo, tmp_path, workspace, capsys
+):
+    # The train.csv layout: the CSV names the train images beside it, and test/ holds the test images.
+    dataset = Path(shutil.copytree(demo, tmp_path / "dataset"))
+    rows = [
+        f"{path.relative_to(dataset).as_posix()},{path.parent.name}"
+        for path in sorted((dataset / "train").rglob("*.jpg"))
+    ]
+    (dataset / "train.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    test_files = sorted((dataset / "test").rglob("*"))
+    argv = ["export", str(dataset / "train.csv"), "--model", "baseline", "--format", "tensorboard"]
+    assert main([*argv, "--out", str(dataset / "test")]) == 2
+    assert one_error_line(capsys) == (
+        f"error: --out {dataset / 'test'} is inside the dataset folder {dataset}, which the command reads, "
+        "so what it writes would join the dataset; write outside it"
+    )
+    assert sorted((dataset / "test").rglob("*")) == test_files
 
 
 def test_export_command_refuses_fiftyone_for_vectors_without_images_before_analysing_them(
@@ -568,18 +793,79 @@ def test_the_download_zip_holds_the_export(items):
     ]
 
 
-def test_the_evaluate_page_offers_the_export_of_what_it_shows(monkeypatch):
+def unzipped(archive: bytes, folder: Path) -> Path:
+    zipfile.ZipFile(io.BytesIO(archive)).extractall(folder)
+    return folder
+
+
+@pytest.mark.parametrize("export_format", EXPORT_FORMATS)
+def test_no_export_zip_names_the_folder_of_its_images(export_format, round_trip, round_trip_items):
+    _, analysis, images = round_trip
+    options = (
+        {"projection": project(analysis.train.vectors, analysis.test.vectors, PCA)}
+        if export_format == "atlas"
+        else {}
+    )
+    archive = zipfile.ZipFile(
+        io.BytesIO(exported_zip(export_format, round_trip_items, "x", **options))
+    )
+    here = str(next(iter(images.values())).parent).encode()
+    assert not [name for name in archive.namelist() if here in archive.read(name)]
+
+
+def test_the_fiftyone_zip_holds_its_images_named_inside_it(round_trip_items, tmp_path):
+    items = round_trip_items
+    folder = unzipped(exported_zip("fiftyone", items, "x"), tmp_path / "elsewhere")
+    samples = json.loads((folder / "samples.json").read_text(encoding="utf-8"))["samples"]
+    assert len(samples) == len(items)
+    for row, sample in enumerate(samples):
+        # FiftyOne's importer joins a relative filepath to the dataset folder.
+        assert not Path(sample["filepath"]).is_absolute()
+        image = folder / sample["filepath"]
+        assert image.resolve().is_relative_to(folder.resolve())
+        assert image.read_bytes() == items.image_paths[row].read_bytes()
+
+
+def test_fiftyone_own_importer_reads_the_zip_on_another_machine(round_trip_items, tmp_path):
+    importers = pytest.importorskip("fiftyone.utils.data.importers")
+    items = round_trip_items
+    folder = unzipped(exported_zip("fiftyone", items, "x"), tmp_path / "elsewhere")
+    importer = importers._handle_legacy_formats(importers.FiftyOneDatasetImporter(str(folder)))
+    with importer:
+        samples = list(importer)
+    assert [sample.item_id for sample in samples] == items.ids.tolist()
+    assert all(Path(sample.filepath).is_file() for sample in samples)
+    assert all(Path(sample.filepath).is_relative_to(folder) for sample in samples)
+
+
+def offered_downloads(monkeypatch) -> dict:
+    """What each download button of the pages run next offers, by its label: the data or the callable a click runs."""
     from streamlit.delta_generator import DeltaGenerator
 
     offered = {}
     download_button = DeltaGenerator.download_button
-    monkeypatch.setattr(
-        DeltaGenerator,
-        "download_button",
-        lambda self, label, data, *a, **k: (
-            offered.setdefault(label, data) and download_button(self, label, data, *a, **k)
-        ),
-    )
+
+    def recorded(self, label, data, *args, **kwargs):
+        offered[label] = data
+        return download_button(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", recorded)
+    return offered
+
+
+def test_the_evaluate_page_fiftyone_zip_names_no_server_path(monkeypatch, workspace):
+    offered = offered_downloads(monkeypatch)
+    app = run_page("evaluate", evaluate_export=True, evaluate_export_format="fiftyone")
+    assert_ran(app)
+    archive = zipfile.ZipFile(io.BytesIO(offered["FiftyOne (zip)"]()))  # what a click downloads
+    texts = [archive.read(name) for name in archive.namelist() if not name.startswith("data/")]
+    assert texts and not [text for text in texts if str(workspace).encode() in text]
+    samples = json.loads(archive.read("samples.json"))["samples"]
+    assert samples and all(sample["filepath"] in archive.namelist() for sample in samples)
+
+
+def test_the_evaluate_page_offers_the_export_of_what_it_shows(monkeypatch):
+    offered = offered_downloads(monkeypatch)
     app = run_page("evaluate", evaluate_export=True, evaluate_export_format="tensorboard")
     assert_ran(app)
     # what a click downloads

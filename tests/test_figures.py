@@ -299,8 +299,9 @@ def test_metric_curve_marks_the_best_point_it_is_given_and_the_current_threshold
         0.725,
         0.8,
     )  # between two grid points: the caller's answer, not an argmax
-    assert best.text[0] == "best MAP@5 0.800 at 0.725"
-    assert best.textposition == "bottom right" and best.cliponaxis is False
+    # Its words are in the legend, out of the plot the current threshold's line crosses.
+    assert best.name == "best MAP@5 0.800 at 0.725" and best.showlegend is not False
+    assert best.mode == "markers" and best.text is None and best.cliponaxis is False
     (line,) = figure.layout.shapes
     assert line.x0 == 0.6
     assert figure.layout.yaxis.title.text == "MAP@5"

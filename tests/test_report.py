@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -9,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_exports import offered_downloads
 from test_pages import assert_ran, run_page
 
 from core.__main__ import main
+from core.display import ELLIPSIS
 from core.io.parquet import write_embeddings
 from core.maps.projection import ProjectionConfig, project
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
@@ -170,6 +173,65 @@ def test_hostile_labels_ids_and_names_stay_text(images_folder):
     assert "\u202e" not in page and "⟨U+202E⟩" in shown, "a bidi override is shown, not obeyed"
 
 
+def test_a_label_the_page_elides_is_whole_in_its_title():
+    long = "L" * 300
+    embeddings = clustered(n_classes=3, labels=[long, "b", "c"])
+    markup = Markup(report_of(embeddings, name="x"))
+    titles = [attributes["title"] for tag, attributes in markup.tags if "title" in attributes]
+    assert long in titles, "the hover text holds the whole label"
+    assert long not in " ".join(markup.texts) and ELLIPSIS in " ".join(markup.texts)
+
+
+def metrics_rows(page: str) -> dict[str, list[str]]:
+    """The metrics table as its rows' cells by the row's name, as text."""
+    section = page[page.index("<h2>Metrics</h2>") : page.index("<h2>Threshold</h2>")]
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>")[1]):
+        name, *cells = [
+            " ".join(Markup(cell).texts).strip() for cell in re.findall(r"<td>(.*?)</td>", row)
+        ]
+        rows[name] = cells
+    return rows
+
+
+@pytest.mark.parametrize("truth", [True, False], ids=["with test truth", "without"])
+def test_every_metric_in_the_report_is_explained_in_a_sentence_beside_it(truth):
+    rows = metrics_rows(report_of(clustered(truth=truth), name="x"))
+    metrics = {"threshold", "flagged as distractors", 'where "-1" goes', "expected MAP@5", "MAP@5"}
+    if truth:
+        metrics |= {
+            'MAP@5 with "-1" first',
+            'MAP@5 with "-1" optimal',
+            "best MAP@5 with truth",
+            "mP@5",
+            "top-1 accuracy",
+            "distractor detection",
+        }
+    assert set(rows) == metrics
+    for name, (_, meaning) in rows.items():
+        # A sentence, not a figure or a word: it says in words what the value measures.
+        assert len(meaning.split()) >= 8 and meaning.endswith("."), (name, meaning)
+    assert '"first":' in rows['where "-1" goes'][1] and '"optimal":' in rows['where "-1" goes'][1]
+
+
+def test_the_report_offers_no_upload_and_links_to_no_outside_host():
+    page = report_of(clustered(), name="plain")
+    library_start = page.index(PLOTLY_BANNER)
+    library = page[library_start : page.index("</script>", library_start)]
+    own = page.replace(
+        library, ""
+    )  # plotly.js names hosts in code a report never runs (maps, fonts)
+    # Each call is Plotly.newPlot(id, data, layout, config), the config a flat object, last.
+    calls = [call.split("</script>")[0] for call in own.split("Plotly.newPlot(")[1:]]
+    configs = [json.loads(re.findall(r"\{[^{}]*\}", call)[-1]) for call in calls]
+    assert len(configs) == 4
+    for config in configs:
+        # showSendToCloud: plotly.js's "Share chart..." button, on unless turned off.
+        assert config["showSendToCloud"] is False and config["displaylogo"] is False, config
+        assert "plotlyServerURL" not in config
+    assert not re.findall(r"(?i)(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", own)
+
+
 def test_a_large_set_with_long_hostile_text_stays_within_the_bound(tmp_path):
     n_test = MAP_POINT_LIMIT + 1_000
     long = "<b>" + "x" * 1_000
@@ -262,7 +324,7 @@ def test_the_report_command_refuses_bad_options(tmp_path, capsys):
         main(
             [
                 "report",
-                str(tmp_path),
+                str(tmp_path / "dataset"),
                 "--cards",
                 str(MAX_CARDS_PER_KIND + 1),
                 "--out",
@@ -292,18 +354,15 @@ def test_flags_of_another_length_are_refused():
 
 
 def test_the_evaluate_page_shares_the_report_of_what_it_shows(monkeypatch):
-    from streamlit.delta_generator import DeltaGenerator
-
-    offered = {}
-    download_button = DeltaGenerator.download_button
-
-    def recorded(self, label, data, *args, **kwargs):
-        offered[label] = data
-        return download_button(self, label, data, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", recorded)
+    offered = offered_downloads(monkeypatch)
     app = run_page("evaluate", evaluate_share=True, evaluate_share_map="pca")
     assert_ran(app)
     page = offered["Share (HTML report)"]()  # what a click downloads
     assert "Retrieval report: demo: coloured shapes" in page and page.count(PLOTLY_BANNER) == 1
     assert "PCA map" in page and page.count(f'<img src="{DATA_URI}') >= 6
+
+
+def test_the_evaluate_page_names_the_report_map_methods_as_people_write_them():
+    app = run_page("evaluate")
+    assert_ran(app)
+    assert app.button_group(key="evaluate_share_map").options == ["UMAP", "t-SNE", "PCA"]

@@ -17,6 +17,7 @@ from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.retrieval.index import Neighbours
 from core.retrieval.pipeline import Analysis
+from core.retrieval.predict import submission_cell
 
 # Label-similarity products computed in one matrix multiplication at most (queries × class rows).
 _SIMILARITY_CELLS_PER_CALL = 1 << 22
@@ -64,7 +65,9 @@ class ExportItems:
         label = self.labels[row] if self.labels[row] is not None else "unknown"
         if self.predictions[row] is None:
             return f"{self.ids[row]} · {label}"
-        return f"{self.ids[row]} · true {label} · predicted {' '.join(self.predictions[row])}"
+        return (
+            f"{self.ids[row]} · true {label} · predicted {submission_cell(self.predictions[row])}"
+        )
 
 
 def export_items(
@@ -158,21 +161,33 @@ class Exported:
     files: list[Path]  # every file written, inside `folder`
     how_to_open: str  # the command (for FiftyOne, the Python) that opens the export in its tool
     notes: list[str] = field(default_factory=list)  # what was left out and why, for people
+    # Files the export names by a path inside its folder but leaves where they lie: a zip carries
+    # each under that name (FiftyOne's images, in a portable export).
+    media: dict[str, Path] = field(default_factory=dict)
 
 
 def zipped(exported: Exported) -> bytes:
-    """The export's files as one zip, named relative to its folder (for a download)."""
+    """The export's files as one zip, named relative to its folder, with its media (for a download)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in exported.files:
             archive.write(path, path.relative_to(exported.folder).as_posix())
+        for name, path in exported.media.items():
+            # Image formats are compressed already: deflating them again costs time and saves little.
+            archive.write(path, name, zipfile.ZIP_STORED)
     return buffer.getvalue()
 
 
 def exported_zip(
     export_format: str, items: ExportItems, name: str, watch: Watch = Watch(), **options
 ) -> bytes:
-    """The export written into a temporary folder and handed back as one zip (the dashboard's download)."""
+    """The export written into a temporary folder and handed back as one zip (the dashboard's download).
+
+    A zip leaves this machine, so a FiftyOne export in it is portable: its images go inside the zip
+    and the samples name them there, never where they lie on the server.
+    """
+    if export_format == "fiftyone":
+        options = {**options, "portable": True}
     with tempfile.TemporaryDirectory(prefix="retrieval-lab-export-") as folder:
         return zipped(export(export_format, items, Path(folder), name, watch, **options))
 
@@ -186,11 +201,37 @@ FORMAT_NAMES = {
 # How an unzipped export opens, for a download's help.
 OPENING = {
     "fiftyone": "Unzip to a folder, then in Python: `fo.Dataset.from_dir(folder, dataset_type=fo.types.LegacyFiftyOneDataset)`. "
-    "The samples point at the images where they lie on this machine.",
+    "The images are in the zip (data/), so the folder opens on any machine.",
     "atlas": "Unzip, then: `embedding-atlas atlas.parquet --x x --y y --text text --neighbors neighbors --image image` "
     "(leave out `--image image` for a dataset without images).",
     "tensorboard": "Unzip to a folder, then: `tensorboard --logdir folder` and open the Projector tab.",
 }
+
+
+def _formats() -> dict:
+    """Each format's writer and the names of the files it writes into its folder."""
+    # The writers import this module's records, so they are imported when first used.
+    from core.exports import atlas, fiftyone, tensorboard
+
+    return {
+        "fiftyone": (fiftyone.write_fiftyone, fiftyone.FILES),
+        "atlas": (atlas.write_atlas, atlas.FILES),
+        "tensorboard": (tensorboard.write_tensorboard, tensorboard.FILES),
+    }
+
+
+def _format(export_format: str) -> tuple:
+    formats = _formats()
+    if export_format not in formats:
+        raise ValueError(
+            f"export format {export_format!r} is not known; use one of {', '.join(EXPORT_FORMATS)}"
+        )
+    return formats[export_format]
+
+
+def written_files(export_format: str) -> tuple[str, ...]:
+    """The names of the files an export in `export_format` writes into its folder, to check them before it runs."""
+    return _format(export_format)[1]
 
 
 def export(
@@ -205,16 +246,7 @@ def export(
 
     `name` names the dataset in the tool; `options` go to the format's writer (atlas: the projection to draw).
     """
-    # The writers import this module's records, so they are imported when first used.
-    from core.exports.atlas import write_atlas
-    from core.exports.fiftyone import write_fiftyone
-    from core.exports.tensorboard import write_tensorboard
-
-    writers = {"fiftyone": write_fiftyone, "atlas": write_atlas, "tensorboard": write_tensorboard}
-    if export_format not in writers:
-        raise ValueError(
-            f"export format {export_format!r} is not known; use one of {', '.join(EXPORT_FORMATS)}"
-        )
+    writer, _ = _format(export_format)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file; give a folder to write the export into")
@@ -222,4 +254,4 @@ def export(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"cannot make the folder {folder}: {error.strerror}") from None
-    return writers[export_format](items, folder, name=name, watch=watch, **options)
+    return writer(items, folder, name=name, watch=watch, **options)

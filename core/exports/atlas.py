@@ -21,6 +21,8 @@ from core.records import Embeddings
 from core.retrieval.index import VectorIndex
 
 ATLAS_FILE = "atlas.parquet"
+# Every file the export may write into its folder.
+FILES = (ATLAS_FILE,)
 # Thumbnails as Embedding Atlas shows them in its tooltips and lists: JPEG, at most this many pixels a side.
 THUMBNAIL_EDGE = 96
 THUMBNAIL_QUALITY = 85
@@ -30,7 +32,7 @@ _ROWS_PER_GROUP = 2048
 COLUMN_OPTIONS = {"x": "x", "y": "y", "text": "text", "neighbors": "neighbors"}
 NEIGHBOUR_STAGE = "searching each train image's nearest train images"
 # Atlas shows a text value as a link when it starts with http(s)://, as an image or a sound when it is a
-# data: URL or 64+ characters of base64 (its viewer's renderer_utils.ts valueKind): such a value starts
+# data: URL or 64+ characters of base64 (its viewer's renderer_utils.ts valueKind): such a caption starts
 # with a zero-width space, so it stays text.
 _SHOWN_AS_MEDIA = re.compile(r"(?i)^(?:https?://|data:)|^[A-Za-z0-9+/]{64,}={0,2}$")
 
@@ -41,10 +43,11 @@ def write_atlas(
     """atlas.parquet: the embeddings Parquet's columns (id, split, label, embedding) and the ones Atlas reads.
 
     x and y are `projection`'s coordinates (core.maps.projection, as the Map page draws it); text a
-    caption; neighbors, as Atlas documents it, {"ids": row numbers, "distances": cosine distances}
-    of each item's nearest train images (for a train image, the others); image a JPEG thumbnail
-    {"bytes", "path"} when the items have images. Test rows also get prediction, predictions,
-    flagged and distractor_score.
+    caption, the one column made safe to show (as_text); neighbors, as Atlas documents it, {"ids": row
+    numbers, "distances": cosine distances} of each item's nearest train images (for a train image,
+    the others); image a JPEG thumbnail {"bytes", "path"} when the items have images. Test rows also
+    get prediction (the first label), predictions (the k labels, a list), flagged and
+    distractor_score. Ids and labels are written exactly as the items hold them.
     """
     xy = np.vstack([projection.train_xy, projection.test_xy])
     if len(xy) != len(items):
@@ -79,13 +82,17 @@ def write_atlas(
 
 
 def _table(items, rows: range, xy, neighbour_ids, neighbour_distances, watch: Watch) -> pa.Table:
+    # The values are exact, so the project and Atlas's own filters read the classes they were; only
+    # the caption Atlas shows (text) is guarded against being shown as a link or media.
     selected = np.arange(rows.start, rows.stop)
-    ids = np.array([as_text(item_id) for item_id in items.ids[selected]])
-    labels = np.array(
-        [None if label is None else as_text(label) for label in items.labels[selected]], object
-    )
     table = embeddings_table(
-        Embeddings(ids, items.splits[selected], labels, items.vectors[selected], items.model)
+        Embeddings(
+            items.ids[selected],
+            items.splits[selected],
+            items.labels[selected],
+            items.vectors[selected],
+            items.model,
+        )
     )
     predictions = [items.predictions[row] for row in rows]
     columns = {
@@ -93,11 +100,9 @@ def _table(items, rows: range, xy, neighbour_ids, neighbour_distances, watch: Wa
         "y": pa.array(xy[selected, 1], pa.float32()),
         "text": pa.array([as_text(items.caption(row)) for row in rows], pa.string()),
         "prediction": pa.array(
-            [None if row is None else as_text(row[0]) for row in predictions], pa.string()
+            [None if row is None else row[0] for row in predictions], pa.string()
         ),
-        "predictions": pa.array(
-            [None if row is None else as_text(" ".join(row)) for row in predictions], pa.string()
-        ),
+        "predictions": pa.array(predictions, pa.list_(pa.string())),
         "flagged": pa.array([items.flagged[row] for row in rows], pa.bool_()),
         "distractor_score": pa.array([items.scores[row] for row in rows], pa.float32()),
     }

@@ -12,25 +12,36 @@ import numpy as np
 
 from core.exports import Exported, ExportItems
 from core.io.files import replaced_atomically
+from core.io.images import IMAGE_EXTENSIONS
 from core.progress import Watch
 
 SAMPLES_FILE = "samples.json"
 METADATA_FILE = "metadata.json"
+# Every file the export may write into its folder.
+FILES = (METADATA_FILE, SAMPLES_FILE)
+# The folder of a portable export's images, named as FiftyOne's own exporter names it.
+MEDIA_FOLDER = "data"
 # Samples serialised between two progress reports.
 _SAMPLES_PER_STEP = 1024
 STAGE = "writing FiftyOne samples"
 
 
-def write_fiftyone(items: ExportItems, folder: Path, name: str, watch: Watch = Watch()) -> Exported:
+def write_fiftyone(
+    items: ExportItems, folder: Path, name: str, watch: Watch = Watch(), portable: bool = False
+) -> Exported:
     """Samples FiftyOne imports with `fo.Dataset.from_dir(folder, dataset_type=fo.types.LegacyFiftyOneDataset)`.
 
-    Each sample points at its image where it lies (nothing is copied) and carries `split` (also its
-    tag), `item_id`, `ground_truth` (a Classification), and for test items `predictions` (the k
-    labels as Classifications, each label's best cosine to train as its confidence, none for "-1"),
-    `distractor` and `distractor_score`; `embedding` is the vector in FiftyOne's own array encoding.
+    Each sample points at its image where it lies, by its absolute path (nothing is copied: a folder
+    on the user's own machine), or when `portable` by a path inside the export (data/<row><suffix>, as
+    FiftyOne's own exporter lays images out), the image left where it lies and listed in the result's
+    `media` for a zip to carry. Each carries `split` (also its tag), `item_id`, `ground_truth` (a
+    Classification), and for test items `predictions` (the k labels as Classifications, each label's
+    best cosine to train as its confidence, none for "-1"), `distractor` and `distractor_score`;
+    `embedding` is the vector in FiftyOne's own array encoding.
     """
     check_images(items.image_paths)
     with_images = [row for row, path in enumerate(items.image_paths) if path is not None]
+    media_names = {row: _media_name(items, row) for row in with_images} if portable else {}
     notes = []
     if len(with_images) < len(items):
         notes.append(f"{len(items) - len(with_images)} items without an image file are left out")
@@ -40,9 +51,8 @@ def write_fiftyone(items: ExportItems, folder: Path, name: str, watch: Watch = W
         for done, row in enumerate(with_images):
             if done % _SAMPLES_PER_STEP == 0:
                 watch.step(done, len(with_images), STAGE)
-            handle.write(
-                ("" if done == 0 else ",\n") + json.dumps(_sample(items, row), ensure_ascii=False)
-            )
+            sample = _sample(items, row, media_names.get(row))
+            handle.write(("" if done == 0 else ",\n") + json.dumps(sample, ensure_ascii=False))
         handle.write("\n]}\n")
     watch.step(len(with_images), len(with_images), STAGE)
     metadata = folder / METADATA_FILE
@@ -66,7 +76,8 @@ def write_fiftyone(items: ExportItems, folder: Path, name: str, watch: Watch = W
         f"dataset = fo.Dataset.from_dir({str(folder.resolve())!r}, dataset_type=fo.types.LegacyFiftyOneDataset)\n"
         "fo.launch_app(dataset).wait()"
     )
-    return Exported(folder, [metadata, samples], code, notes)
+    media = {name: Path(items.image_paths[row]) for row, name in media_names.items()}
+    return Exported(folder, [metadata, samples], code, notes, media)
 
 
 def check_images(image_paths) -> None:
@@ -78,9 +89,16 @@ def check_images(image_paths) -> None:
         )
 
 
-def _sample(items: ExportItems, row: int) -> dict:
+def _media_name(items: ExportItems, row: int) -> str:
+    """Where a portable export keeps the image of `row`: named by the row, so no user text becomes a path."""
+    suffix = Path(items.image_paths[row]).suffix.lower()
+    return f"{MEDIA_FOLDER}/{row}{suffix if suffix in IMAGE_EXTENSIONS else ''}"
+
+
+def _sample(items: ExportItems, row: int, media_name: str | None) -> dict:
+    """The sample of `row`, its image named by `media_name` inside the export, else by where it lies."""
     sample = {
-        "filepath": str(Path(items.image_paths[row]).resolve()),
+        "filepath": media_name or str(Path(items.image_paths[row]).resolve()),
         "tags": [str(items.splits[row])],
         "split": str(items.splits[row]),
         "item_id": str(items.ids[row]),

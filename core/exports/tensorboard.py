@@ -13,11 +13,14 @@ from PIL import Image
 from core.exports import Exported, ExportItems, thumbnails
 from core.io.files import replaced_atomically
 from core.progress import Watch
+from core.retrieval.predict import submission_cell
 
 CONFIG_FILE = "projector_config.pbtxt"  # the name TensorBoard looks for in a log folder
 TENSORS_FILE = "tensors.tsv"
 METADATA_FILE = "metadata.tsv"
 SPRITE_FILE = "sprite.png"
+# Every file the export may write into its folder.
+FILES = (TENSORS_FILE, METADATA_FILE, SPRITE_FILE, CONFIG_FILE)
 METADATA_COLUMNS = (
     "id",
     "split",
@@ -37,8 +40,10 @@ SPRITE_MIN_IMAGE_EDGE = 4
 _ROWS_PER_STEP = 4096
 STAGE = "writing TensorBoard vectors"
 # Every character that ends a line for TensorBoard (Python's text files, the browser's split on
-# "\n") or a field (tab): in a field it becomes a space, so each item stays one row of its columns.
-_BREAKS = re.compile("[\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# "\n") or a field (tab) is written as an escape, and so is the backslash that starts one: each item
+# stays one row of its columns and its text reads back exactly (README, "Open in other tools").
+_ESCAPED = re.compile("[\\\\\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def write_tensorboard(
@@ -109,21 +114,22 @@ def _metadata_row(items: ExportItems, row: int) -> list:
         items.splits[row],
         items.labels[row],
         None if predictions is None else predictions[0],
-        None if predictions is None else " ".join(predictions),
+        None if predictions is None else submission_cell(predictions),
         items.flagged[row],
         items.scores[row],
     ]
 
 
 def tsv_field(value) -> str:
-    """A metadata value as one TSV field: empty for None (the projector's missing value), no tab or line break."""
+    r"""A metadata value as one TSV field: empty for None (the projector's missing value), a backslash, tab
+    or line break as an escape (\\, \t, \n, \r, any other break \uXXXX)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.4f}"
-    return _BREAKS.sub(" ", str(value))
+    return _ESCAPED.sub(lambda found: _ESCAPES.get(found[0], f"\\u{ord(found[0]):04x}"), str(value))
 
 
 def proto_string(text: str) -> str:

@@ -23,6 +23,11 @@ TEST_COLOUR = "#ff7f0e"
 DISTRACTOR_COLOUR = "#d62728"
 UNKNOWN_COLOUR = "#9e9e9e"  # no label or no score
 GUIDE_COLOUR = "#444444"  # thresholds and reference lines
+MARKED_POINT = {
+    "color": GUIDE_COLOUR,
+    "size": 12,
+    "symbol": "circle",
+}  # a curve's current or best point
 SCORE_SCALE = "Viridis"
 THRESHOLD_AXIS = "threshold (max cosine similarity to train)"
 # Red is reserved for distractors, so class colours leave it out.
@@ -176,8 +181,11 @@ def scatter_map(
             "traceorder": "reversed",
         },
     )
-    # A projection's units mean nothing, but distances do: keep one unit the same on both axes.
-    figure.update_yaxes(scaleanchor="x", scaleratio=1)
+    # A projection's units mean nothing, but distances do: keep one unit the same on both axes. To
+    # keep it, the plot area shrinks on one side ("domain"), rather than one axis's range growing
+    # past the points (-2…14 for points in 4…8 in a wide plot).
+    figure.update_xaxes(constrain="domain")
+    figure.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
     return _styled(figure, title, f"{method} 1", f"{method} 2")
 
 
@@ -400,14 +408,23 @@ def metric_curve(
 
     ``best`` is (threshold, value) as the caller chose it, e.g. ThresholdSweep.best_map_threshold():
     the curve is only sampled, so an argmax of its own could mark a different point of the same
-    plateau from the one the page states.
+    plateau from the one the page states. Its words are its legend entry: beside the point, the
+    current threshold's line crosses them whenever the two thresholds are close.
     """
     thresholds, values = _curve(thresholds, values)
     traces = [go.Scatter(x=thresholds, y=values, mode="lines", name=name, line_color=TRAIN_COLOUR)]
     if best is not None:
         best_threshold, best_value = best
-        text = f"best {name} {best_value:.3f} at {best_threshold:.3f}"
-        traces.append(_marked_point(best_threshold, best_value, text, "best", (thresholds, values)))
+        traces.append(
+            go.Scatter(
+                x=[best_threshold],
+                y=[best_value],
+                mode="markers",
+                name=f"best {name} {best_value:.3f} at {best_threshold:.3f}",
+                cliponaxis=False,
+                marker=MARKED_POINT,
+            )
+        )
     figure = go.Figure(traces)
     _threshold_line(figure, current_threshold, "current")
     return _styled(figure, f"{name} by threshold", THRESHOLD_AXIS, name)
@@ -469,7 +486,7 @@ def _marked_point(
         textposition=_label_position(x, y, *curve),
         cliponaxis=False,
         name=name,
-        marker={"color": GUIDE_COLOUR, "size": 12, "symbol": "circle"},
+        marker=MARKED_POINT,
     )
 
 

@@ -22,6 +22,10 @@ from core.retrieval.index import checked_vectors, unit_rows
 PROJECTIONS_FOLDER = "projections"
 
 PROJECTION_METHODS = ("umap", "tsne", "pca")
+# Each method as people write it, for every text a user reads (option values stay lower-case).
+METHOD_NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
+# The option values beside those names, for an option's help.
+METHOD_CHOICES = ", ".join(f"{method} ({METHOD_NAMES[method]})" for method in PROJECTION_METHODS)
 # Metrics umap-learn accepts by name and _nearest computes exactly for t-SNE.
 METRICS = ("cosine", "euclidean", "correlation", "manhattan")
 # Fewer rows than this make UMAP's spectral initialisation fail (k >= N).

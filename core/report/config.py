@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.maps.projection import PROJECTION_METHODS
+from core.maps.projection import METHOD_CHOICES, PROJECTION_METHODS
 
 MAX_CARDS_PER_KIND = 8
 
@@ -15,7 +15,10 @@ class ReportConfig:
 
     map_method: str = field(
         default="umap",
-        metadata={"help": "projection drawn as the report's map", "choices": PROJECTION_METHODS},
+        metadata={
+            "help": f"projection drawn as the report's map: {METHOD_CHOICES}",
+            "choices": PROJECTION_METHODS,
+        },
     )
     cards: int = field(
         default=4,

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.io as pio
 from PIL import Image
 
-from core.display import inert_html
+from core.display import DISPLAY_LIMIT, inert_html
 from core.exports import thumbnails
 from core.io.files import replaced_atomically
 from core.maps.figures import (
@@ -24,7 +24,7 @@ from core.maps.figures import (
     scatter_map,
     score_histogram,
 )
-from core.maps.projection import Projection
+from core.maps.projection import METHOD_NAMES, Projection
 from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.report.config import ReportConfig
@@ -42,9 +42,16 @@ CLASSES_LISTED = 20  # rows of the class table; the others are counted in one li
 FLIP_SHARE_STEP = 0.05
 # The bound tests hold every report to: plotly.js (4.8 MB, inlined once), the map at MAP_POINT_LIMIT
 # points (at most 2.3 MB), core.report.config.MAX_CARDS_PER_KIND × 4 kinds × (1 + NEIGHBOURS_SHOWN) thumbnails
-# (at most 1.8 MB at 9 KB) and the text around them.
+# (at most 1.8 MB at 9 KB) and the text around them, whose titles (FULL_TEXT_LIMIT) add 0.5 MB when
+# every id and label is over 1,000 characters (9.1 MB in all, the test's worst case).
 MAX_REPORT_BYTES = 10_000_000
-FIGURE_CONFIG = {"displaylogo": False, "responsive": True}
+# plotly.js (4.x) shows a "Share chart..." button unless told not to (showSendToCloud defaults to true): one
+# dialog and it uploads the figure, ids and labels included, to Plotly Cloud. Without it and the logo
+# (a link to plotly.com) the modebar keeps only what works offline: download as PNG, zoom, pan, select.
+FIGURE_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True}
+# Characters of a user string a pointer shows on hover (its title) where the page shows it elided to
+# core.display.DISPLAY_LIMIT: any realistic label whole, and a bound on what a hostile one adds to the file.
+FULL_TEXT_LIMIT = 1_000
 MAP_HEIGHT = 650
 MAP_COLOURING = "flag"
 SAMPLE_SEED = 0  # the map's sample and the cards' draws: the same analysis gives the same report
@@ -177,8 +184,8 @@ def report_html(
     watch.stage("writing the report")
     embeddings = loaded.embeddings
     sections = [
-        f"<h1>Retrieval report: {inert_html(name)}</h1>",
-        f'<p class="meta">Made {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with Retrieval Lab · model {inert_html(embeddings.model)} · '
+        f"<h1>Retrieval report: {_text(name)}</h1>",
+        f'<p class="meta">Made {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with Retrieval Lab · model {_text(embeddings.model)} · '
         f"{embeddings.dim}-dimensional vectors. Opens without a network: everything is inside this file.</p>",
         "<h2>Dataset</h2>",
         _dataset_section(loaded, analysis),
@@ -240,11 +247,10 @@ def _figures(
             "to keep this file small; the projection was fitted on all of them.</p>"
         )
         points = points.iloc[sample]
-    method = projection.config.method.upper().replace("TSNE", "t-SNE")
-    map_figure = scatter_map(points, MAP_COLOURING, method=method)
+    map_figure = scatter_map(points, MAP_COLOURING, method=METHOD_NAMES[projection.config.method])
     map_figure.update_layout(height=MAP_HEIGHT)
     notes = "".join(
-        f'<p class="note">{inert_html(projection_note)}</p>' for projection_note in projection.notes
+        f'<p class="note">{_text(projection_note)}</p>' for projection_note in projection.notes
     )
     figures.append(("map", map_figure))
     divs = [
@@ -319,7 +325,7 @@ def _dataset_section(loaded: LoadedEmbeddings, analysis: Analysis) -> str:
     ranked = sorted(train_labels.items(), key=lambda item: (-item[1], item[0]))
     rows = [
         [
-            inert_html(label),
+            _text(label),
             f"{count:,}",
             f"{test_labels[label]:,}" if analysis.truth is not None else "–",
         ]
@@ -337,58 +343,107 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _text(value: object) -> str:
+    """User text as HTML text: elided to DISPLAY_LIMIT characters, then with the whole of it (up to
+    FULL_TEXT_LIMIT) in a title, which a pointer shows on hover."""
+    shown = inert_html(value, DISPLAY_LIMIT)
+    whole = inert_html(value, FULL_TEXT_LIMIT)
+    return shown if shown == whole else f'<span title="{whole}">{shown}</span>'
+
+
 def _metrics_section(
     analysis: Analysis, threshold: float, threshold_rule: str, flags: np.ndarray
 ) -> str:
+    """The metrics as a table of name, value and one plain sentence saying what the value means."""
     report = analysis.report(threshold, flags)
     k = analysis.config.k
+    minus = f'"{DISTRACTOR}"'
     rows = [
-        ["threshold", f"{threshold:.4f}", inert_html(threshold_rule)],
+        [
+            "threshold",
+            f"{threshold:.4f}",
+            "A test image whose best cosine similarity to a train image is below it is flagged as a "
+            f"distractor. How it was chosen: {_text(threshold_rule)}.",
+        ],
         [
             "flagged as distractors",
             f"{report['flagged']:,} of {report['test_items']:,} ({report['flagged_share']:.1%})",
-            f'they get "{DISTRACTOR}" first',
+            f"The test images below the threshold: each gets {minus} as its first guess.",
         ],
         [
-            f'where "{DISTRACTOR}" goes',
-            inert_html(analysis.placement),
-            inert_html(analysis.placement_source),
+            f"where {minus} goes",
+            _text(analysis.placement),
+            f'"first": {minus} leads the guesses of flagged images only. "optimal": every other image also '
+            f"gets {minus} at the rank where it is expected to add most to MAP@{k}, or nowhere. "
+            f"Why this one: {_text(analysis.placement_source)}.",
         ],
         [
             f"expected MAP@{k}",
             _number(report[f"expected_MAP@{k}"]),
-            "what the placement model expects, without test truth",
+            f"The MAP@{k} the placement model predicts from the scores alone, without the test images' "
+            "true labels: what to expect where they are unknown.",
         ],
     ]
     if analysis.truth is None:
-        rows.append([f"MAP@{k}", "n/a", "the test items have no true labels"])
+        rows.append(
+            [
+                f"MAP@{k}",
+                "n/a",
+                f"The test images have no true labels, so MAP@{k} cannot be measured; the expected "
+                f"MAP@{k} above estimates it.",
+            ]
+        )
     else:
         best_threshold, best_map = analysis.sweep.best_map_threshold()
+        detection = {
+            key: _number(report[f"distractor_{key}"], 3) for key in ("precision", "recall")
+        }
         rows += [
             [
                 f"MAP@{k}",
                 _number(report[f"MAP@{k}"]),
-                f"first {_number(report[f'MAP@{k}_first'])}, optimal {_number(report[f'MAP@{k}_optimal'])}",
+                f"Mean average precision at {k}, the score to beat: an image scores 1 when its true label "
+                f"({minus} for a distractor) is its first guess, 1/2 when second, and so on to 1/{k}, and 0 "
+                "when it is not among them; this is the average over the test images.",
+            ],
+            [
+                f"MAP@{k} with {minus} first",
+                _number(report[f"MAP@{k}_first"]),
+                f'The MAP@{k} if {minus} had gone to the flagged images only, first (placement "first").',
+            ],
+            [
+                f"MAP@{k} with {minus} optimal",
+                _number(report[f"MAP@{k}_optimal"]),
+                f"The MAP@{k} if every other image had also got {minus} at its best expected rank "
+                '(placement "optimal").',
             ],
             [
                 f"best MAP@{k} with truth",
                 _number(best_map),
-                f"at the threshold {best_threshold:.4f}",
+                f"The highest MAP@{k} any threshold reaches on these test images, at {best_threshold:.4f}: "
+                "known only because their true labels are given.",
             ],
             [
                 f"mP@{k}",
                 _number(report[f"mP@{k}"]),
-                "share of the first k neighbours with the item's class",
+                f"Mean precision at {k}: the share of an image's {k} nearest train images that have its "
+                "class, averaged over the test images that are not distractors.",
             ],
-            ["top-1 accuracy", _number(report["top1_accuracy"]), ""],
+            [
+                "top-1 accuracy",
+                _number(report["top1_accuracy"]),
+                f"The share of test images whose first guess is right ({minus} is right for a distractor).",
+            ],
             [
                 "distractor detection",
                 f"F1 {_number(report['distractor_f1'], 3)}",
-                f"precision {_number(report['distractor_precision'], 3)}, recall {_number(report['distractor_recall'], 3)}",
+                f"Precision {detection['precision']}: the share of flagged images that are distractors. "
+                f"Recall {detection['recall']}: the share of distractors that are flagged. F1 combines the "
+                "two (their harmonic mean).",
             ],
         ]
-    notes = "".join(f'<p class="note">{inert_html(note)}</p>' for note in analysis.notes)
-    return _table(["", "value", "how"], rows) + notes
+    notes = "".join(f'<p class="note">{_text(note)}</p>' for note in analysis.notes)
+    return _table(["", "value", "what it means"], rows) + notes
 
 
 def _card_group(
@@ -417,10 +472,10 @@ def _card(
     truth = None if analysis.truth is None else str(analysis.truth[row])
     verdict = "flagged" if flags[row] else "kept"
     lines = [
-        f"<b>{inert_html(item_id)}</b>",
+        f"<b>{_text(item_id)}</b>",
         f"score {analysis.scores[row]:.3f} · {verdict}",
-        "truth " + ("unknown" if truth is None else inert_html(truth)),
-        "predicted " + " · ".join(inert_html(label) for label in predictions[row]),
+        "truth " + ("unknown" if truth is None else _text(truth)),
+        "predicted " + " · ".join(_text(label) for label in predictions[row]),
     ]
     query = _picture(item_id, thumbnails) + "<br>".join(lines)
     neighbours = []
@@ -433,7 +488,7 @@ def _card(
         train_id = str(analysis.train.ids[index])
         match = ' class="match"' if label == truth else ""
         neighbours.append(
-            f"<li{match}>{_picture(train_id, thumbnails)}{inert_html(label)}<br>cosine {similarity:.3f}<br><small>{inert_html(train_id)}</small></li>"
+            f"<li{match}>{_picture(train_id, thumbnails)}{_text(label)}<br>cosine {similarity:.3f}<br><small>{_text(train_id)}</small></li>"
         )
     return f'<div class="card {verdict}"><div class="query">{query}</div><ol class="neighbours">{"".join(neighbours)}</ol></div>'
 
@@ -447,18 +502,23 @@ def _picture(item_id: str, thumbnails: Mapping[str, str | None]) -> str:
     return f'<img src="{uri}" alt="{inert_html(item_id)}">'
 
 
+# Text from the data may be one long word (a data: URL, a label without spaces): "anywhere" lets it
+# break at any character, and counts those breaks when tables and flex items are sized, so nothing
+# grows past the page; cards wrap their neighbours on narrow screens. Every table's second column
+# holds a number or a short value, kept on one line.
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; overflow-wrap: anywhere; }
 h1 { font-size: 1.6rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; } h3 { margin-bottom: 0.2rem; }
 .meta, .note { color: #555; font-size: 0.9rem; }
-table { border-collapse: collapse; margin: 0.5rem 0; } th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: 0.5rem 0; max-width: 100%; } th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+td:nth-child(2) { white-space: nowrap; }
 .figure { margin: 1rem 0; }
 .cards { display: flex; flex-direction: column; gap: 0.6rem; }
-.card { display: flex; gap: 1rem; border: 1px solid #ddd; border-left: 4px solid #ff7f0e; padding: 0.5rem; border-radius: 4px; }
+.card { display: flex; flex-wrap: wrap; gap: 1rem; border: 1px solid #ddd; border-left: 4px solid #ff7f0e; padding: 0.5rem; border-radius: 4px; }
 .card.flagged { border-left-color: #d62728; }
-.query { width: 220px; flex: none; font-size: 0.85rem; overflow-wrap: anywhere; }
-.neighbours { display: flex; gap: 0.5rem; list-style: none; padding: 0; margin: 0; }
-.neighbours li { width: 110px; font-size: 0.8rem; overflow-wrap: anywhere; padding: 2px; }
+.query { width: 220px; flex: none; font-size: 0.85rem; }
+.neighbours { display: flex; flex-wrap: wrap; gap: 0.5rem; list-style: none; padding: 0; margin: 0; min-width: 0; }
+.neighbours li { width: 110px; font-size: 0.8rem; padding: 2px; }
 .neighbours li.match { background: #e3f4e1; }
 img, .no-image { display: block; width: 96px; height: 96px; object-fit: contain; background: #f3f3f3; margin-bottom: 0.2rem; }
 .no-image { color: #888; font-size: 0.75rem; text-align: center; line-height: 96px; }

@@ -184,6 +184,11 @@ def submission_label(label: str) -> str:
     return "_".join(str(label).split())
 
 
+def submission_cell(row: Sequence[str]) -> str:
+    """A row of labels as the submission's predictions cell spells it: space-separated, each as submission_label."""
+    return " ".join(map(submission_label, row))
+
+
 def submission_csv(ids: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """The submission as text: `id,predictions` with the labels space-separated, one row per test image."""
     if len(ids) != len(rows):
@@ -191,9 +196,7 @@ def submission_csv(ids: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(SUBMISSION_COLUMNS)
-    writer.writerows(
-        (image_id, " ".join(map(submission_label, row))) for image_id, row in zip(ids, rows)
-    )
+    writer.writerows((image_id, submission_cell(row)) for image_id, row in zip(ids, rows))
     return buffer.getvalue()
 
 
