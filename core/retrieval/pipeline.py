@@ -225,7 +225,7 @@ def searched(
     train_labels = train.labels.astype(object)
     settings = f"k={config.k} score_mode={config.score_mode} score_k={config.score_k}"
     key = search_key(train.vectors, train_labels, test.vectors, settings)
-    stored = store.get(key)
+    stored = store.get(key, len(train.ids), len(test.ids))
     if stored is not None:
         return stored
     neighbours, labels, scores = search_and_rank(
