@@ -13,7 +13,7 @@ PLACEMENTS = ("first", "optimal")
 NOWHERE = 0  # a position: "-1" is not in the row
 # The most labels a prediction row may hold (the k of MAP@k). Each test item keeps k labels and k
 # neighbours, the placement model k + 1 odds per item, and precision_table is (k + 1)²: at 100k test
-# items k = 100 peaks about 0.3 GB above k = 5, where k = 100,000 asked 9 GB for the table alone.
+# items k = 100 peaks about 0.3 GB above k = 5; k = 100,000 would ask 9 GB for the table alone.
 MAX_K = 100
 # Train items compared with all of train at once; past it, whole classes are sampled (seeded) so the
 # evidence costs at most this many rows × train, whatever the size of train.
