@@ -265,9 +265,10 @@ def _second_view(work: Path, train: np.ndarray, test: np.ndarray, repeats: int) 
     config = ProjectionConfig()
     cache.put(projection_key(train, test, config), project(train, test, config))
     return median(
-        interleaved({"view": lambda: cache.get(projection_key(train, test, config))}, repeats)[
-            "view"
-        ]
+        interleaved(
+            {"view": lambda: cache.get(projection_key(train, test, config), len(train), len(test))},
+            repeats,
+        )["view"]
     )
 
 

@@ -231,7 +231,8 @@ def cmd_predict(args) -> int:
     from core.retrieval.predict import write_submission
 
     out = _checked_out(args.out, [args.source])
-    analysis = analyse(_load(args).embeddings, _predict_config(args))
+    config = _predict_config(args)  # bad options are refused before the dataset is read
+    analysis = analyse(_load(args).embeddings, config)
     flags = _flags(analysis, args)
     write_submission(out, list(analysis.test.ids), analysis.predictions(flags=flags))
     for note in analysis.notes:
@@ -261,8 +262,9 @@ def cmd_evaluate(args) -> int:
 
     from core.retrieval.pipeline import analyse
 
+    config = _predict_config(args)  # bad options are refused before the dataset is read
     loaded = _load(args)
-    analysis = analyse(loaded.embeddings, _predict_config(args))
+    analysis = analyse(loaded.embeddings, config)
     if analysis.truth is None:
         raise ValueError(
             'evaluate needs test truth: put test images under test/<label>/ ("-1" for distractors) '

@@ -22,7 +22,7 @@ from core.records import DISTRACTOR
 from core.report.config import ReportConfig
 from core.report.html import report_html
 from core.retrieval.distractors import SCORE_MODES
-from core.retrieval.placement import PLACEMENTS
+from core.retrieval.placement import MAX_K, PLACEMENTS
 from core.retrieval.predict import submission_csv
 from core.session.vectors import export_embeddings, predict_config, save_predict_config
 from pages import ui
@@ -43,7 +43,12 @@ with st.expander(
 ):
     k_column, mode_column, score_k_column, placement_column = st.columns(4)
     chosen_k = k_column.number_input(
-        "Labels per prediction (k, MAP@k)", min_value=1, value=saved.k, key="evaluate_k"
+        "Labels per prediction (k, MAP@k)",
+        min_value=1,
+        max_value=MAX_K,
+        value=saved.k,
+        key="evaluate_k",
+        help=f"At most {MAX_K}: each test image keeps k labels and k neighbours.",
     )
     chosen_mode = mode_column.radio(
         "Distractor score",

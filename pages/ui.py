@@ -376,7 +376,7 @@ def threshold_key(entry: DatasetEntry, model: str) -> str:
 
 def session() -> Session:
     """Embed (or fetch) the active dataset and analyse it; on a problem, say so and stop the page."""
-    from core.session.vectors import ensemble_recipe, predict_config, saved_ensemble
+    from core.session.vectors import ensemble_recipe, saved_ensemble, saved_predict_config
 
     ws = workspace()
     entry = datasets(ws).active()
@@ -398,13 +398,14 @@ def session() -> Session:
                     f"Ensemble member {plain(member)} is left out: it cannot be loaded here."
                 )
         loaded = ensemble_embeddings(entry, recipe)
-        analysis = _analysis(entry, recipe, predict_config(ws), loaded)
+        config, config_notes = saved_predict_config(ws)
+        analysis = _analysis(entry, recipe, config, loaded)
     except (ValueError, OSError, ModelUnavailableError) as error:
         st.error(f"**{plain(entry.name)}** cannot be analysed: {plain(error)}")
         st.info("Pick another dataset on the **Data** page, or fix the source and reload.")
         st.stop()
     current = Session(ws, entry, embed_config, loaded, analysis, model_note)
-    for analysis_note in analysis.notes:
+    for analysis_note in config_notes + analysis.notes:
         st.caption(f"Note: {plain(analysis_note)}")
     if model_note:
         st.info(

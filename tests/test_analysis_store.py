@@ -117,7 +117,7 @@ def test_a_corrupt_stored_file_is_searched_again_and_replaced(
     first = analyse(embeddings, PredictConfig(), store)
     (stored_file,) = tmp_path.glob("*.npz")
     stored_file.write_bytes(b"not an npz file")
-    with pytest.warns(UserWarning, match="ignoring unreadable cached search results"):
+    with pytest.warns(UserWarning, match="stored search results .* cannot be read"):
         again = analyse(embeddings, PredictConfig(), store)
     assert counted_searches["test"] == 2
     assert_same_analysis(again, first)

@@ -14,6 +14,7 @@ from core.embedding.config import EmbedConfig
 from core.io.demo import write_demo_dataset
 from core.retrieval.distractors import DbscanConfig
 from core.retrieval.pipeline import PredictConfig
+from core.retrieval.placement import MAX_K
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,6 +108,11 @@ def test_tiny_clip_from_a_local_folder_works_end_to_end(demo, tiny_clip_dir, wor
             ["predict", "DEMO", "--model", "baseline", "--contamination", "1.5", "--out", "x.csv"],
             "contamination must be a share",
         ),
+        (
+            ["predict", "DEMO", "--model", "baseline", "--k", str(MAX_K + 1), "--out", "x.csv"],
+            f"k must be between 1 and {MAX_K}",
+        ),
+        (["evaluate", "DEMO", "--model", "baseline", "--k", "100000"], "memory grows with k"),
         (
             ["evaluate", "DEMO", "--model", "no-such-org/no-such-model"],
             "cannot load the CLIP model",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+
 import pytest
 from input_files import write_files
 
@@ -46,3 +50,38 @@ def test_read_csv_bad_inputs_name_the_file(tmp_path):
         read_csv(files / "b.csv")
     with pytest.raises(ValueError, match=r"missing.csv not found"):
         read_csv(files / "missing.csv")
+
+
+def test_a_replacement_reaches_the_disk_before_the_rename_and_the_rename_after_it(
+    tmp_path, monkeypatch
+):
+    # Renamed before its bytes reach the disk, a file can be found empty or truncated after a power loss.
+    happened = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: happened.append(("fsync", os.fstat(fd).st_ino)) or fsync(fd)
+    )
+    monkeypatch.setattr(
+        os,
+        "replace",
+        lambda *paths: happened.append(("rename", os.stat(paths[0]).st_ino)) or replace(*paths),
+    )
+    target = tmp_path / "result.npz"
+    with replaced_atomically(target) as partial:
+        partial.write_bytes(b"whole")
+    written = target.stat().st_ino
+    assert happened == [("fsync", written), ("rename", written), ("fsync", tmp_path.stat().st_ino)]
+
+
+def test_a_folder_that_cannot_be_synced_still_gets_the_whole_file(tmp_path, monkeypatch):
+    fsync = os.fsync
+
+    def files_only(fd):  # as network and FUSE mounts answer for a folder
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", files_only)
+    with replaced_atomically(tmp_path / "out.csv") as partial:
+        partial.write_text("whole")
+    assert (tmp_path / "out.csv").read_text() == "whole"

@@ -20,6 +20,7 @@ from core.io.parquet import write_embeddings
 from core.progress import Cancelled
 from core.records import TEST, TRAIN, Embeddings
 from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
+from core.retrieval.placement import MAX_K
 from core.retrieval.predict import read_submission, submission_label, write_submission
 from core.session.models import LOADING, ModelShelf, chosen_model
 from core.session.vectors import predict_config
@@ -505,6 +506,19 @@ def test_evaluate_sets_k_and_the_mean_score_for_every_page():
     assert_ran(neighbours)
     assert len(neighbour_cards(neighbours)) == 3
     assert "score mode: mean" in metrics_help(neighbours, "Distractor score")
+
+
+def test_a_saved_k_above_the_bound_is_clamped_with_a_note_on_every_page():
+    workspace_with("k-too-large", predict_config={"k": MAX_K + 1})
+    for page in ("evaluate", "distractors", "neighbours"):
+        app = run_page(page, "k-too-large")
+        assert_ran(app)
+        notes = [displayed(caption.value) for caption in app.caption]
+        assert any(f"k={MAX_K + 1} was saved" in note for note in notes), (page, notes)
+    evaluate = run_page("evaluate", "k-too-large")
+    assert evaluate.number_input(key="evaluate_k").max == MAX_K
+    assert evaluate.number_input(key="evaluate_k").value == MAX_K
+    assert f"MAP@{MAX_K}" in metrics(evaluate)
 
 
 def metrics_help(app: AppTest, label: str) -> str:

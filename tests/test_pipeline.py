@@ -4,6 +4,7 @@ import pytest
 from core.records import Embeddings
 from core.retrieval.metrics import map_at_k
 from core.retrieval.pipeline import PredictConfig, analyse
+from core.retrieval.placement import MAX_K
 from core.retrieval.validation import (
     check_classes_to_hold_out,
     check_train_labels,
@@ -140,7 +141,9 @@ def test_fewer_classes_than_k_gives_short_rows_and_a_note():
         (dict(max_false_flag=1.0), "max_false_flag is a share"),
         (dict(placement="last"), "placement must be one of"),
         (dict(score_mode="median"), "score_mode must be one of"),
-        (dict(k=0), "k must be at least 1"),
+        (dict(k=0), f"k must be between 1 and {MAX_K} .*, got 0"),
+        (dict(k=MAX_K + 1), f"k must be between 1 and {MAX_K} .*, got {MAX_K + 1}"),
+        (dict(k=100_000), "memory grows with k"),
         (dict(threshold=3.0), "cosine similarity in"),
     ],
 )

@@ -6,10 +6,12 @@ import pytest
 
 from core.retrieval.metrics import average_precision_at_k
 from core.retrieval.placement import (
+    MAX_K,
     NOWHERE,
     fit_placement,
     kept_positions,
     positions_for,
+    precision_table,
     realised_precisions,
     train_evidence,
 )
@@ -27,6 +29,13 @@ def test_realised_precisions_equal_the_ap_of_the_placed_rows():
                 np.array([rank]), np.array([truth == "-1"]), np.array([position]), 5
             )[0]
             assert got == pytest.approx(expected), (truth, position)
+
+
+def test_the_precision_table_stays_small_up_to_the_largest_k_and_refuses_a_larger_one():
+    known, distractor = precision_table(MAX_K)
+    assert known.nbytes + distractor.nbytes <= 1 << 20  # it grows with k², so k is bounded
+    with pytest.raises(ValueError, match=f"k must be between 1 and {MAX_K}"):
+        precision_table(MAX_K + 1)
 
 
 def test_kept_positions_choose_the_best_of_two_to_k_and_nowhere_further_back_on_ties():

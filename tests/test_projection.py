@@ -225,9 +225,10 @@ def test_cache_round_trip_is_identical(tmp_path, stages_and_projections):
     cache = ProjectionCache(tmp_path / "projections")
     stored = stages_and_projections[1]["umap"]
     stored_with_note = Projection(stored.train_xy, stored.test_xy, ["a note"], stored.config)
-    assert cache.get("missing") is None
+    rows = len(stored.train_xy), len(stored.test_xy)
+    assert cache.get("missing", *rows) is None
     cache.put("key", stored_with_note)
-    loaded = cache.get("key")
+    loaded = cache.get("key", *rows)
     np.testing.assert_array_equal(loaded.train_xy, stored.train_xy)
     np.testing.assert_array_equal(loaded.test_xy, stored.test_xy)
     assert loaded.train_xy.dtype == stored.train_xy.dtype == np.float32
@@ -235,11 +236,12 @@ def test_cache_round_trip_is_identical(tmp_path, stages_and_projections):
     assert [path.name for path in (tmp_path / "projections").iterdir()] == ["key.npz"]
 
 
-def test_cache_treats_an_unreadable_file_as_missing(tmp_path):
+def test_cache_treats_an_unreadable_file_as_missing_and_deletes_it(tmp_path):
     cache = ProjectionCache(tmp_path)
     cache.path("broken").write_bytes(b"not an npz file")
-    with pytest.warns(UserWarning, match="ignoring unreadable cached projection broken.npz"):
-        assert cache.get("broken") is None
+    with pytest.warns(UserWarning, match=r"stored projection broken\.npz cannot be read"):
+        assert cache.get("broken", 3, 2) is None
+    assert not cache.path("broken").exists()
 
 
 def test_cache_that_cannot_be_written_warns_instead_of_failing(tmp_path, stages_and_projections):
@@ -248,7 +250,7 @@ def test_cache_that_cannot_be_written_warns_instead_of_failing(tmp_path, stages_
     cache = ProjectionCache(not_a_directory)
     with pytest.warns(UserWarning, match="projection not cached in .*file"):
         cache.put("key", stages_and_projections[1]["pca"])
-    assert cache.get("key") is None
+    assert cache.get("key", 3, 2) is None
 
 
 def test_cache_write_leaves_no_temporary_files(tmp_path, stages_and_projections):

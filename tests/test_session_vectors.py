@@ -2,6 +2,7 @@
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from core.embedding.runner import load_embedder
 from core.io.demo import write_demo_dataset
 from core.io.parquet import read_embeddings
 from core.retrieval.pipeline import LoadedEmbeddings, PredictConfig
+from core.retrieval.placement import MAX_K
 from core.session.models import ModelShelf
 from core.session.vectors import (
     DatasetVectors,
@@ -25,6 +27,7 @@ from core.session.vectors import (
     save_ensemble,
     save_predict_config,
     saved_ensemble,
+    saved_predict_config,
 )
 from core.session.workspace import DatasetEntry, Workspace
 
@@ -110,6 +113,28 @@ def test_ensemble_and_predict_settings_round_trip_through_the_workspace(workspac
     assert predict_config(ws) == PredictConfig()
     save_predict_config(ws, PredictConfig(k=3, score_mode="mean"))
     assert predict_config(Workspace("vectors1")) == PredictConfig(k=3, score_mode="mean")
+
+
+@pytest.mark.parametrize("saved_k, used_k", [(100_000, MAX_K), (MAX_K + 1, MAX_K), (0, 1)])
+def test_a_saved_k_out_of_range_is_clamped_with_a_note_and_the_other_settings_kept(
+    workspace, saved_k, used_k
+):
+    ws = Workspace("vectors-k")
+    kept = {"score_mode": "mean", "placement": "first"}
+    ws.set("predict_config", asdict(PredictConfig(**kept)) | {"k": saved_k})
+    config, notes = saved_predict_config(ws)
+    assert config == PredictConfig(k=used_k, **kept) == predict_config(ws)
+    (note,) = notes
+    assert f"k={saved_k} was saved" in note and f"k={used_k} is used" in note
+
+
+@pytest.mark.parametrize("saved", [{"k": "five"}, {"placement": "last"}, {"no_such": 1}, ["junk"]])
+def test_saved_settings_that_cannot_be_used_give_the_defaults_with_a_note(workspace, saved):
+    ws = Workspace("vectors-junk")
+    ws.set("predict_config", saved)
+    config, notes = saved_predict_config(ws)
+    assert config == PredictConfig()
+    assert len(notes) == 1 and "the defaults are used" in notes[0]
 
 
 def test_dataset_vectors_embed_once_combine_an_ensemble_and_export(workspace, tmp_path):

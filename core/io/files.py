@@ -1,9 +1,10 @@
-"""What every input reader shares: atomic file replacement, CSV and text decoding, OS leftovers, refusal summaries."""
+"""What every input reader shares: atomic, durable file replacement, CSV and text decoding, OS leftovers, refusal summaries."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,15 +30,35 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
 
     A failure (a full disk, an interrupted write) leaves the previous file untouched and no partial
     file behind. Each call writes to its own hidden name, so two writers of the same file never
-    write into one partial file; the last to finish wins whole.
+    write into one partial file; the last to finish wins whole. The file reaches the disk before it
+    takes the name, and the rename after, so a power loss leaves the old file or the new one whole,
+    never an empty or truncated one under the name.
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
         yield partial
+        with open(partial, "rb+") as written:  # Windows flushes only a handle open for writing
+            os.fsync(written.fileno())
         os.replace(partial, path)
+        _sync_folder(path.parent)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to the disk."""
+    if os.name == "nt":
+        return  # Windows cannot open a folder to flush it
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        # Some file systems (network and FUSE mounts) cannot sync a folder: the file itself is synced.
+        if error.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def read_csv(

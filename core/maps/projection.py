@@ -501,7 +501,7 @@ def kept_projection(
     """
     cache = ProjectionCache(workspace_home() / PROJECTIONS_FOLDER)
     key = projection_key(train_vectors, test_vectors, config)
-    stored = cache.get(key)
+    stored = cache.get(key, len(train_vectors), len(test_vectors))
     if stored is not None:
         return stored
     result = project(train_vectors, test_vectors, config, progress=progress)
@@ -525,8 +525,8 @@ class ProjectionCache:
     def path(self, key: str) -> Path:
         return self.files.path(key)
 
-    def get(self, key: str) -> Projection | None:
-        """The stored projection, or None when absent or unreadable (it is then recomputed)."""
+    def get(self, key: str, n_train: int, n_test: int) -> Projection | None:
+        """The projection stored for `n_train` train and `n_test` test rows, or None when absent or unusable (it is then recomputed)."""
         return self.files.get(
             key,
             lambda stored: Projection(
@@ -535,6 +535,7 @@ class ProjectionCache:
                 config=ProjectionConfig(**json.loads(str(stored["config"]))),
                 notes=[str(note) for note in stored["notes"]],
             ),
+            {"train_xy": (n_train, 2), "test_xy": (n_test, 2), "config": (), "notes": (None,)},
         )
 
     def put(self, key: str, projection: Projection) -> None:

@@ -29,9 +29,11 @@ from core.retrieval.metrics import (
     top1_accuracy,
 )
 from core.retrieval.placement import (
+    MAX_K,
     PLACEMENTS,
     PlacementModel,
     TrainEvidence,
+    check_k,
     fit_placement,
     kept_positions,
     positions_for,
@@ -54,7 +56,10 @@ class PredictConfig:
     """How test items are scored, flagged and labelled."""
 
     k: int = field(
-        default=5, metadata={"help": "labels per prediction row (MAP@k) and neighbours shown"}
+        default=5,
+        metadata={
+            "help": f"labels per prediction row (MAP@k) and neighbours shown, 1 to {MAX_K}; a train set of fewer classes gives shorter rows"
+        },
     )
     score_mode: str = field(
         default="max",
@@ -106,8 +111,7 @@ class PredictConfig:
     seed: int = field(default=0, metadata={"help": "seeds the class draws of validation"})
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
+        check_k(self.k)
         if self.score_mode not in SCORE_MODES:
             raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
         if self.score_k < 1:
@@ -221,7 +225,7 @@ def searched(
     train_labels = train.labels.astype(object)
     settings = f"k={config.k} score_mode={config.score_mode} score_k={config.score_k}"
     key = search_key(train.vectors, train_labels, test.vectors, settings)
-    stored = store.get(key)
+    stored = store.get(key, len(train.ids), len(test.ids))
     if stored is not None:
         return stored
     neighbours, labels, scores = search_and_rank(

@@ -11,6 +11,10 @@ from core.retrieval.index import unit_rows
 
 PLACEMENTS = ("first", "optimal")
 NOWHERE = 0  # a position: "-1" is not in the row
+# The most labels a prediction row may hold (the k of MAP@k). Each test item keeps k labels and k
+# neighbours, the placement model k + 1 odds per item, and precision_table is (k + 1)²: at 100k test
+# items k = 100 peaks about 0.3 GB above k = 5; k = 100,000 would ask 9 GB for the table alone.
+MAX_K = 100
 # Train items compared with all of train at once; past it, whole classes are sampled (seeded) so the
 # evidence costs at most this many rows × train, whatever the size of train.
 MAX_EVIDENCE_QUERIES = 4000
@@ -146,8 +150,18 @@ def _scores(similarities: np.ndarray, score_mode: str, score_k: int) -> np.ndarr
     )
 
 
+def check_k(k: int) -> None:
+    """The one bound on k, labels per prediction row: a ValueError naming it outside 1..MAX_K."""
+    if not 1 <= k <= MAX_K:
+        raise ValueError(
+            f"k must be between 1 and {MAX_K} (labels per prediction row; each test item keeps k "
+            f"labels and neighbours, so memory grows with k), got {k}"
+        )
+
+
 def precision_table(k: int) -> tuple[np.ndarray, np.ndarray]:
     """AP@k of a known item (rows: its label at rank 1..k, then below k) and of a distractor, for "-1" at 1..k then nowhere."""
+    check_k(k)  # the table is (k + 1)²
     positions = np.r_[np.arange(1, k + 1), NOWHERE]
     ranks = np.arange(1, k + 1)[:, None]
     # "-1" before the true label pushes it one rank down, and out of the row from rank k.

@@ -35,7 +35,7 @@ def search_key(
 
 
 class SearchStore:
-    """Search results as one `<key>.npz` each (beside the projections), written whole or not at all."""
+    """Search results as one `<key>.npz` each (beside the projections), written whole or not at all, checked on read."""
 
     def __init__(self, directory: Path) -> None:
         self.files = ArrayStore(directory, "search results")
@@ -43,9 +43,17 @@ class SearchStore:
     def path(self, key: str) -> Path:
         return self.files.path(key)
 
-    def get(self, key: str) -> SearchResults | None:
-        """The stored results, or None when absent or unreadable (they are then searched again)."""
-        return self.files.get(key, _decoded)
+    def get(self, key: str, n_train: int, n_test: int) -> SearchResults | None:
+        """The results stored for `n_train` train and `n_test` test items, or None when absent or unusable (they are then searched again)."""
+        shapes = {
+            "similarities": (n_test, None),
+            "indices": (n_test, None),
+            "classes": (None,),
+            "label_codes": (n_test, None),
+            "scores": (n_test,),
+            "train_loo_scores": (n_train,),
+        }
+        return self.files.get(key, _decoded, shapes)
 
     def put(self, key: str, results: SearchResults) -> None:
         """Store the results; a store that cannot be written only warns (the caller keeps the results)."""
@@ -75,11 +83,8 @@ def _label_codes(rows: list[list[str]], n_rows: int) -> tuple[np.ndarray, np.nda
 
 def _decoded(stored: Mapping[str, np.ndarray]) -> SearchResults:
     classes, codes = stored["classes"], stored["label_codes"]
-    neighbours = Neighbours(stored["similarities"], stored["indices"])
-    if not len(codes) == len(neighbours.indices) == len(stored["scores"]):
-        raise ValueError("stored rows disagree in length")
     return SearchResults(
-        neighbours,
+        Neighbours(stored["similarities"], stored["indices"]),
         [classes[row[row >= 0]].tolist() for row in codes],
         stored["scores"],
         stored["train_loo_scores"],

@@ -17,6 +17,7 @@ from core.methods.ensemble import combine
 from core.paths import safe_file_name
 from core.records import Embeddings
 from core.retrieval.pipeline import LoadedEmbeddings, PredictConfig, load_embeddings
+from core.retrieval.placement import MAX_K
 from core.session.models import ModelShelf
 from core.session.workspace import DatasetEntry, Workspace
 
@@ -28,7 +29,32 @@ STORE_CAPACITY = 8
 
 
 def predict_config(ws: Workspace) -> PredictConfig:
-    return ws.get_config(PREDICT_KEY, PredictConfig)
+    """The saved prediction settings, made usable as `saved_predict_config` says."""
+    return saved_predict_config(ws)[0]
+
+
+def saved_predict_config(ws: Workspace) -> tuple[PredictConfig, list[str]]:
+    """The saved prediction settings and, for people to read, what had to change to use them.
+
+    A k outside 1..MAX_K (saved before k was bounded, or edited by hand) is clamped into it, the
+    other settings kept, rather than failing every page; settings that cannot be used at all give
+    the defaults.
+    """
+    saved, notes = ws.get(PREDICT_KEY) or {}, []
+    k = saved.get("k") if isinstance(saved, dict) else None
+    if type(k) is int and not 1 <= k <= MAX_K:
+        used = min(max(k, 1), MAX_K)
+        notes.append(
+            f"k={k} was saved, outside 1 to {MAX_K}: k={used} is used (set k on Evaluate & export to save it)"
+        )
+        saved = saved | {"k": used}
+    try:
+        return PredictConfig(**saved), notes
+    except (TypeError, ValueError) as error:
+        return PredictConfig(), [
+            *notes,
+            f"the saved prediction settings cannot be used ({error}): the defaults are used",
+        ]
 
 
 def save_predict_config(ws: Workspace, config: PredictConfig) -> None:
