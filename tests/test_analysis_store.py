@@ -2,13 +2,13 @@ import threading
 
 import numpy as np
 import pytest
+from test_pipeline import clustered_embeddings
 
 import core.retrieval.pipeline as pipeline
 from core.progress import Cancelled, Watch
 from core.records import Embeddings
 from core.retrieval.pipeline import PredictConfig, analyse
 from core.retrieval.store import SearchStore, search_key
-from tests.test_pipeline import clustered_embeddings
 
 
 @pytest.fixture

@@ -5,6 +5,9 @@ import warnings
 import numpy as np
 import pytest
 import streamlit as st
+from test_analysis_store import assert_same_analysis
+from test_pages import assert_ran, metrics, run_page
+from test_pipeline import clustered_embeddings
 
 from core.__main__ import main
 from core.io.parquet import write_embeddings
@@ -21,9 +24,6 @@ from core.records import TEST, TRAIN
 from core.retrieval.pipeline import PredictConfig, analyse
 from core.retrieval.store import SearchStore
 from core.session.workspace import DatasetEntry, Workspace
-from tests.test_analysis_store import assert_same_analysis
-from tests.test_pages import assert_ran, metrics, run_page
-from tests.test_pipeline import clustered_embeddings
 
 # What is left under a stored result's name: half a file (a write renamed before it reached the
 # disk), nothing, noise, another dataset's result of other shapes, and of the same shapes.
@@ -137,19 +137,14 @@ def test_a_folder_in_the_place_of_a_stored_result_is_computed_around_with_a_warn
 
 
 @pytest.fixture
-def clusters_workspace(tmp_path, workspace, monkeypatch) -> str:
+def clusters_workspace(tmp_path, fresh_server) -> str:
     """A workspace on a Parquet of labelled clusters, nothing cached in memory by another test."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "clusters.parquet"
     write_embeddings(path, embeddings())
     ws = Workspace("stored-results")
     ws.add_dataset(DatasetEntry("clusters", str(path), "parquet"))
     ws.set("dataset", "clusters")
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield ws.id
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    return ws.id
 
 
 @pytest.mark.parametrize("kind", DAMAGES)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from test_pipeline import clustered_embeddings
 
 from core.retrieval.pipeline import PredictConfig, analyse
 from core.retrieval.threshold_steps import slider_thresholds, threshold_steps
-from tests.test_pipeline import clustered_embeddings
 
 
 @pytest.mark.parametrize("placement", ["first", "optimal"])
