@@ -7,10 +7,6 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
