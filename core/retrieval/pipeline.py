@@ -34,6 +34,7 @@ from core.retrieval.placement import (
     PlacementModel,
     TrainEvidence,
     check_k,
+    expected_map_by_flags,
     fit_placement,
     kept_positions,
     positions_for,
@@ -44,8 +45,11 @@ from core.retrieval.store import SearchResults, SearchStore, search_key
 from core.retrieval.validation import (
     ValidationResult,
     check_train_labels,
+    class_bootstrap,
     conformal_threshold,
     evidence_for,
+    interval,
+    predictive_interval,
     train_evidence_map,
     validate_threshold,
 )
@@ -259,6 +263,8 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     # train_loo_scores read from a search store; None: computed on first use
     stored_train_loo_scores: np.ndarray | None = None
+    # The placement model refitted on class bootstraps of train: the spread of every figure given without test truth.
+    bootstrap: list[PlacementModel] = field(default_factory=list)
 
     @property
     def scores(self) -> np.ndarray:
@@ -369,6 +375,40 @@ class Analysis:
         return float(np.mean(self.expected_precisions[np.arange(len(positions)), columns]))
 
     @cached_property
+    def share_interval(self) -> tuple[float, float] | None:
+        """The estimated distractor share's interval over class bootstraps of train (None without a model)."""
+        return (
+            interval([model.contamination for model in self.bootstrap]) if self.bootstrap else None
+        )
+
+    def expected_map_interval(
+        self,
+        threshold: float | None = None,
+        flags: np.ndarray | None = None,
+        placement: str | None = None,
+    ) -> tuple[float, float] | None:
+        """Where the measured MAP@k of these rows should fall: what the class bootstraps' models expect of them, spread by
+        the test set's sampling noise (`predictive_interval`); None without a model."""
+        if not self.bootstrap:
+            return None
+        flags = self.flags(threshold) if flags is None else flags
+        kept = self.positions(flags=np.zeros(len(flags), bool), placement=placement)
+        # Flagged items first: the flagged rows are then a prefix, as expected_map_by_flags counts them.
+        order, flagged = np.argsort(~flags, kind="stable"), int(flags.sum())
+        low, high = predictive_interval(
+            [
+                [
+                    expected_map_by_flags(
+                        model.expected_precisions(self.scores), kept, order, flagged
+                    )
+                ]
+                for model in self.bootstrap
+            ],
+            [self.placement_model.map_spread(self.scores, kept, order, flagged)],
+        )
+        return float(low[0]), float(high[0])
+
+    @cached_property
     def train_loo_scores(self) -> np.ndarray:
         if self.stored_train_loo_scores is not None:
             return self.stored_train_loo_scores
@@ -404,7 +444,9 @@ class Analysis:
             "estimated_distractor_share": None
             if self.placement_model is None
             else self.placement_model.contamination,
+            "estimated_distractor_share_interval": self.share_interval,
             f"expected_MAP@{k}": self.expected_map(flags=flags),
+            f"expected_MAP@{k}_interval": self.expected_map_interval(flags=flags),
         }
         if self.truth is not None:
             measured = {}
@@ -484,6 +526,13 @@ def analyse(
         retrieval = ranked_retrieval(results.labels, results.scores, config.k, truth)
     watch.step(0, 1, PLACEMENT_STAGE)
     evidence, model, unfitted = fitted_placement(train, config, retrieval.scores)
+    bootstrap = (
+        []
+        if model is None
+        else class_bootstrap(
+            evidence, retrieval.scores, None, config.validation_rounds, config.seed
+        )
+    )
     validation = None
     if config.threshold is not None:
         threshold, source = config.threshold, "fixed threshold"
@@ -498,16 +547,25 @@ def analyse(
             f"{len(evidence.known_scores)} train leave-one-out scores)"
         )
     elif config.auto:
-        validation = validate_threshold(train, config, retrieval.scores, evidence)
-        shares = retrieval.sweep.contamination(
-            np.array(validation.round_thresholds or [validation.threshold])
-        )
+        validation = validate_threshold(train, config, retrieval.scores, evidence, bootstrap)
+        shares = retrieval.sweep.contamination(np.array(validation.round_thresholds))
         threshold = validation.threshold
+        low, high = validation.gain_over_fallback
         source = (
-            f"validation on train: expected AP with each of {validation.held_out_classes} classes held out once, median of "
-            f"{len(validation.round_thresholds)} class bootstraps (flagged share {shares.min():.1%}–{shares.max():.1%}); "
-            f"estimated distractor share {validation.contamination:.1%}, validation MAP@{config.k} {validation.map_at_k:.3f}"
+            f"the highest expected MAP@{config.k} averaged over {len(validation.round_thresholds)} class bootstraps of "
+            f"the placement model (each bootstrap's own best flags {shares.min():.1%}–{shares.max():.1%}); estimated "
+            f"distractor share {validation.contamination:.1%}, validation MAP@{config.k} {validation.map_at_k:.3f}"
         )
+        if validation.fell_back:
+            source = (
+                f"contamination {config.contamination:.0%}, as the evidence does not back a choice: "
+                + source
+            )
+            notes.append(
+                f"--auto is not confident: across class bootstraps its best threshold gains {low:+.3f} to {high:+.3f} "
+                f"expected MAP@{config.k} over flagging {config.contamination:.0%}, leaning to a loss, so it flags "
+                f"{config.contamination:.0%} (the contamination) instead; train is too small or too uneven to say more"
+            )
     else:
         threshold = retrieval.sweep.threshold_for(config.contamination)
         source = f"contamination {config.contamination:.0%}"
@@ -543,6 +601,7 @@ def analyse(
         validation,
         notes,
         stored_loo_scores,
+        bootstrap,
     )
 
 

@@ -21,6 +21,8 @@ MAX_EVIDENCE_QUERIES = 4000
 _ROWS_PER_BLOCK = 256  # train rows whose similarities to all of train are held at once
 _EM_ROUNDS = 500
 _EM_TOLERANCE = 1e-7
+_NEWTON_ROUNDS = 50  # a logistic fit of two parameters converges in a handful
+_NEWTON_TOLERANCE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -219,21 +221,23 @@ class PlacementModel:
         )
         return np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
 
-    def expected_precisions(self, scores, contamination: float | None = None) -> np.ndarray:
-        """Items × positions (1..k, then nowhere): expected AP@k of putting "-1" there."""
+    def expected_precisions(
+        self, scores, contamination: float | None = None, moment: int = 1
+    ) -> np.ndarray:
+        """Items × positions (1..k, then nowhere): expected AP@k of putting "-1" there (of AP@k squared with moment 2)."""
         known, distractor = precision_table(self.k)
         p = self.distractor_probability(scores, contamination)[:, None]
-        return p * distractor[None, :] + (1 - p) * (self.rank_odds(scores) @ known)
-
-    def first_below(self, scores) -> float:
-        """The threshold under which "-1" first has the highest expected AP: the lowest of `scores` where it has not."""
-        scores = np.sort(np.asarray(scores, np.float64))
-        not_first = np.argmax(self.expected_precisions(scores), axis=1) != 0
-        return (
-            float(scores[np.argmax(not_first)])
-            if not_first.any()
-            else float(np.nextafter(scores[-1], np.inf))
+        return p * distractor[None, :] ** moment + (1 - p) * (
+            self.rank_odds(scores) @ known**moment
         )
+
+    def map_spread(self, scores, kept: np.ndarray, order: np.ndarray, flagged):
+        """The standard deviation of MAP@k, as the model sees each item's AP@k vary, when the `flagged` lowest-scoring
+        items (`order`: items by score) get "-1" first and the others at `kept`: how far a finite test set's
+        measured MAP@k strays from the expected one (`expected_map_by_flags`'s arguments)."""
+        first, second = self.expected_precisions(scores), self.expected_precisions(scores, moment=2)
+        variance = np.maximum(second - first**2, 0.0)
+        return np.sqrt(expected_map_by_flags(variance, kept, order, flagged) / len(kept))
 
 
 def _shifted(balanced_log_odds: np.ndarray, share: float) -> np.ndarray:
@@ -242,12 +246,56 @@ def _shifted(balanced_log_odds: np.ndarray, share: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(balanced_log_odds + np.log(share / (1 - share)), -50, 50)))
 
 
+def _logistic(x: np.ndarray, classes: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """Intercept and slope of each class's logit in one feature: scikit-learn's multinomial LogisticRegression.
+
+    Its objective with the default L2 strength (C = 1 on the slopes, the intercepts unpenalised),
+    solved by Newton's method: a few parameters need no general solver, and the class bootstraps
+    fit it often. `classes` are 0..m-1 (m ≥ 2); returns m × 2, logits defined up to a shared shift.
+    Two classes give one logit, the second's, as scikit-learn's binary model does."""
+    m = int(classes.max()) + 1
+    weight = np.ones(len(x)) if weight is None else weight
+    features = np.column_stack([np.ones_like(x), x])  # items × 2
+    onehot = np.eye(m)[classes]
+    penalty = np.tile([1e-9, 1.0], m)  # the tiny intercept term fixes the shared shift
+    if m == 2:
+        penalty[:2] = 1e12  # holds the first logit at 0
+    beta = np.zeros(2 * m)
+    for _ in range(_NEWTON_ROUNDS):
+        logits = features @ beta.reshape(m, 2).T
+        p = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+        gradient = np.einsum("i,ij,ia->ja", weight, p - onehot, features).ravel() + penalty * beta
+        curvature = weight[:, None, None] * (
+            p[:, :, None] * np.eye(m)[None] - p[:, :, None] * p[:, None, :]
+        )
+        hessian = np.einsum("ijl,ia,ib->jalb", curvature, features, features).reshape(
+            2 * m, 2 * m
+        ) + np.diag(penalty)
+        step = np.linalg.solve(hessian, gradient)
+        beta -= step
+        if np.abs(step).max() < _NEWTON_TOLERANCE:
+            break
+    return beta.reshape(m, 2)
+
+
+def _balanced_detector(known: np.ndarray, far: np.ndarray) -> tuple[float, float, float, float]:
+    """Centre, spread, intercept and slope of the log-odds of a distractor at a 50/50 share, logistic in the standardised score.
+
+    Classes weighted to balance, as scikit-learn's class_weight="balanced", on scores scaled to unit
+    spread so that the L2 strength means the same on every dataset."""
+    pooled = np.concatenate([known, far]).astype(np.float64)
+    centre, spread = float(pooled.mean()), float(pooled.std()) or 1.0
+    is_far = np.r_[np.zeros(len(known), np.int64), np.ones(len(far), np.int64)]
+    weight = np.where(is_far == 1, len(pooled) / (2 * len(far)), len(pooled) / (2 * len(known)))
+    coef = _logistic((pooled - centre) / spread, is_far, weight)
+    intercept, slope = coef[1] - coef[0]
+    return centre, spread, float(intercept), float(slope)
+
+
 def fit_placement(
     evidence: TrainEvidence, test_scores=None, contamination: float | None = None
 ) -> PlacementModel:
     """The model from train evidence; the distractor share is `contamination` if given, else fitted to the test scores."""
-    from sklearn.linear_model import LogisticRegression
-
     if contamination is None and test_scores is None:
         raise ValueError(
             "fit_placement needs the test scores or a contamination to weigh distractors against known items"
@@ -261,33 +309,18 @@ def fit_placement(
         raise ValueError(
             "placing -1 needs finite scores, and the train or test scores hold NaN or infinite values"
         )
-    known, far = evidence.with_all_images(), evidence.distractor_scores
-    pooled = np.concatenate([known, far])
-    centre, spread = float(pooled.mean()), float(pooled.std()) or 1.0
-    standard = ((pooled - centre) / spread)[:, None]
-    is_far = np.r_[np.zeros(len(known)), np.ones(len(far))]
-    detector = LogisticRegression(class_weight="balanced").fit(standard, is_far)
+    centre, spread, intercept, slope = _balanced_detector(
+        evidence.with_all_images(), evidence.distractor_scores
+    )
     ranks = np.where(evidence.known_ranks == 0, evidence.k, evidence.known_ranks - 1)
     rank_coef = np.full((evidence.k + 1, 2), [-np.inf, 0.0])
-    seen = np.unique(ranks)
-    if len(seen) == 1:
-        rank_coef[seen[0]] = 0.0
-    else:
-        ranker = LogisticRegression().fit(
-            ((evidence.known_scores - centre) / spread)[:, None], ranks
-        )
-        # Two ranks give one logit (the second's); more give one per rank.
-        intercepts = np.r_[0.0, ranker.intercept_] if len(seen) == 2 else ranker.intercept_
-        slopes = np.r_[0.0, ranker.coef_[:, 0]] if len(seen) == 2 else ranker.coef_[:, 0]
-        rank_coef[ranker.classes_] = np.column_stack([intercepts, slopes])
-    model = PlacementModel(
-        centre,
-        spread,
-        (float(detector.intercept_[0]), float(detector.coef_[0, 0])),
-        rank_coef,
-        0.5,
-        evidence.k,
+    seen, codes = np.unique(ranks, return_inverse=True)
+    rank_coef[seen] = (
+        0.0
+        if len(seen) == 1
+        else _logistic((evidence.known_scores - centre) / spread, codes.astype(np.int64))
     )
+    model = PlacementModel(centre, spread, (intercept, slope), rank_coef, 0.5, evidence.k)
     if contamination is None:
         contamination = _mixture_share(model.balanced_log_odds(test_scores))
     return replace(model, contamination=float(contamination))
@@ -309,6 +342,19 @@ def kept_positions(expected: np.ndarray) -> np.ndarray:
     choices = expected[:, 1:][:, ::-1]  # nowhere, k, ..., 2
     best = choices.shape[1] - 1 - np.argmax(choices, axis=1)
     return np.where(best == choices.shape[1] - 1, NOWHERE, best + 2)
+
+
+def expected_map_by_flags(
+    expected: np.ndarray, kept: np.ndarray, order: np.ndarray, flagged
+) -> np.ndarray:
+    """Expected MAP@k when the `flagged` lowest-scoring items get "-1" first and the others at their `kept` position.
+
+    `expected` is items × positions (1..k, then nowhere), `order` the items by score; `flagged` counts
+    (one or an array) are answered at once by prefix sums along that order."""
+    k, n = expected.shape[1] - 1, len(kept)
+    if_kept = expected[np.arange(n), np.where(kept == NOWHERE, k, kept - 1)][order]
+    gained = np.concatenate(([0.0], np.cumsum(expected[order, 0] - if_kept)))
+    return (if_kept.sum() + gained[flagged]) / n
 
 
 def positions_for(flags: np.ndarray, placement: str, kept: np.ndarray) -> np.ndarray:

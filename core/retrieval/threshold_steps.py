@@ -9,7 +9,8 @@ import numpy as np
 
 from core.records import DISTRACTOR
 from core.retrieval.pipeline import Analysis
-from core.retrieval.placement import NOWHERE, PLACEMENTS
+from core.retrieval.placement import NOWHERE, PLACEMENTS, expected_map_by_flags
+from core.retrieval.validation import predictive_interval
 
 # The slider's ends sit on hundredths below the lowest score and above the highest: round figures that
 # bracket every score, so one end flags nothing and the other everything.
@@ -46,6 +47,9 @@ class ThresholdSteps:
     known_flagged: np.ndarray | None
     # MAP@k the placement model expects, without truth; None without a model
     expected_map: np.ndarray | None
+    # where the measured MAP@k should fall (predictive_interval); None without a model
+    expected_map_low: np.ndarray | None
+    expected_map_high: np.ndarray | None
     minus_one_at: np.ndarray  # (thresholds, k + 1) test items with "-1" at rank 1..k, then at none
 
     @property
@@ -87,13 +91,24 @@ def threshold_steps(analysis: Analysis, decimals: int) -> ThresholdSteps:
     at_position[:, 1] += flagged
     minus_one_at = np.concatenate((at_position[:, 1:], at_position[:, :1]), axis=1).astype(np.int64)
 
-    expected_map = None
+    expected_map = expected_map_low = expected_map_high = None
     if analysis.expected_precisions is not None:
-        # Columns of expected_precisions are positions 1..k, then nowhere.
-        expected = analysis.expected_precisions
-        if_kept = expected[np.arange(n), np.where(kept_positions == NOWHERE, k, kept_positions - 1)]
-        if_flagged = expected[:, 0]
-        expected_map = (flagged_sum(if_flagged) + if_kept.sum() - flagged_sum(if_kept)) / n
+        expected_map = expected_map_by_flags(
+            analysis.expected_precisions, kept_positions, order, flagged
+        )
+        by_model = [
+            expected_map_by_flags(
+                model.expected_precisions(analysis.scores), kept_positions, order, flagged
+            )
+            for model in analysis.bootstrap
+        ]
+        if by_model:
+            expected_map_low, expected_map_high = predictive_interval(
+                by_model,
+                analysis.placement_model.map_spread(
+                    analysis.scores, kept_positions, order, flagged
+                ),
+            )
 
     known_flagged = None
     if analysis.truth is not None:
@@ -111,5 +126,15 @@ def threshold_steps(analysis: Analysis, decimals: int) -> ThresholdSteps:
         else {}
     )
     return ThresholdSteps(
-        thresholds, flagged, maps, precision, recall, f1, known_flagged, expected_map, minus_one_at
+        thresholds,
+        flagged,
+        maps,
+        precision,
+        recall,
+        f1,
+        known_flagged,
+        expected_map,
+        expected_map_low,
+        expected_map_high,
+        minus_one_at,
     )

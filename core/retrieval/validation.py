@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.records import DISTRACTOR, Embeddings
+from core.retrieval.distractors import ThresholdSweep
 from core.retrieval.placement import (
     PlacementModel,
     TrainEvidence,
+    expected_map_by_flags,
     fit_placement,
     kept_positions,
     positions_for,
@@ -26,16 +28,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """The automatic threshold, learnt on train with every class held out once, and its spread over class bootstraps."""
+    """The automatic threshold, chosen on the placement model refitted on class bootstraps of train, and how sure it is."""
 
-    threshold: float  # median of the rounds' thresholds
+    threshold: float  # where the expected MAP@k averaged over the bootstrap models peaks, or the fallback's
     map_at_k: float  # validation MAP@k on train at that threshold, with "-1" placed optimally
-    round_thresholds: list[
-        float
-    ]  # threshold of each bootstrap round (classes drawn with replacement)
+    round_thresholds: list[float]  # where each bootstrap model's own expected MAP@k peaks
     held_out_classes: int  # classes held out as distractors, one at a time
-    contamination: (
-        float  # distractor share the threshold is chosen for: fitted to the test scores, or given
+    contamination: float  # distractor share the threshold is chosen for: estimated, or given
+    # The expected MAP@k gained over flagging config.contamination, across the bootstrap models (interval).
+    gain_over_fallback: tuple[float, float]
+    fell_back: (
+        bool  # the gain's interval leans to a loss, so the threshold flags config.contamination
     )
 
 
@@ -131,17 +134,77 @@ def train_evidence_map(
     return float((1 - model.contamination) * values[0] + model.contamination * values[1])
 
 
+# The share of class bootstraps an interval leaves out, half on each side.
+INTERVAL_LEFT_OUT = 0.1
+
+
+def class_bootstrap(
+    evidence: TrainEvidence,
+    test_scores: np.ndarray | None,
+    contamination: float | None,
+    rounds: int,
+    seed: int,
+) -> list[PlacementModel]:
+    """The placement model refitted on `rounds` draws of train classes with replacement (draws without a known item skipped).
+
+    Each model's distractor share is `contamination` if given, else its own fit to the test scores:
+    the spread of the models is what the train classes cannot pin down."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(evidence.distractor_classes)
+    models = []
+    for _ in range(rounds):
+        drawn = evidence.of_classes(rng.choice(classes, len(classes)))
+        if drawn.has_known_items:
+            models.append(fit_placement(drawn, test_scores, contamination))
+    return models
+
+
+# Normal quantiles each bootstrap model's figure is spread over in a predictive interval.
+_SPREAD_POINTS = 41
+
+
+def interval(values) -> tuple[float, float]:
+    """The middle of `values` (class bootstraps), leaving INTERVAL_LEFT_OUT out."""
+    low, high = np.quantile(
+        np.asarray(values, np.float64), [INTERVAL_LEFT_OUT / 2, 1 - INTERVAL_LEFT_OUT / 2]
+    )
+    return float(low), float(high)
+
+
+def predictive_interval(means: np.ndarray, spread) -> tuple[np.ndarray, np.ndarray]:
+    """Where a measured figure falls, leaving INTERVAL_LEFT_OUT out: each bootstrap model expects `means` (models ×
+    figures) and a finite test set strays from that by `spread` (a standard deviation per figure).
+
+    The quantiles of the mixture of the models' normal spreads: the train classes' uncertainty and
+    the test set's sampling noise together."""
+    from scipy.stats import norm
+
+    means = np.atleast_2d(np.asarray(means, np.float64))
+    z = norm.ppf((np.arange(_SPREAD_POINTS) + 0.5) / _SPREAD_POINTS)
+    pooled = means[:, None, :] + z[None, :, None] * np.asarray(spread, np.float64)[None, None]
+    low, high = np.quantile(
+        pooled.reshape(-1, means.shape[1]),
+        [INTERVAL_LEFT_OUT / 2, 1 - INTERVAL_LEFT_OUT / 2],
+        axis=0,
+    )
+    return low, high
+
+
 def validate_threshold(
     train: Embeddings,
     config: PredictConfig,
     test_scores: np.ndarray | None = None,
     evidence: TrainEvidence | None = None,
+    models: list[PlacementModel] | None = None,
 ) -> ValidationResult:
-    """The threshold under which "-1" first has the highest expected AP@k, from train alone; no contamination needed.
+    """The threshold with the highest expected MAP@k averaged over class bootstraps of the placement model; no
+    contamination needed.
 
     The distractor share is fitted to the test scores when they are given (config.contamination
-    otherwise). Each of config.validation_rounds rounds refits on train classes drawn with
-    replacement; the median of their thresholds is used, so one odd class cannot swing it.
+    otherwise). Averaging the bootstrap models' expected MAP@k weighs
+    what train cannot pin down. When the interval of what that threshold gains over flagging
+    config.contamination leans to a loss (its middle is below zero), the evidence does not back the
+    choice and the threshold flags config.contamination instead.
     """
     labels = train.labels.astype(object)
     check_classes_to_hold_out(
@@ -151,22 +214,38 @@ def validate_threshold(
     )
     evidence = evidence or evidence_for(train, config)
     share = None if test_scores is not None else config.contamination
-    placed = (
+    placed = np.sort(
         test_scores
         if test_scores is not None
         else np.concatenate([evidence.known_scores, evidence.distractor_scores])
     )
-    rng = np.random.default_rng(config.seed)
-    classes = np.unique(evidence.distractor_classes)
-    thresholds = []
-    for _ in range(config.validation_rounds):
-        drawn = evidence.of_classes(rng.choice(classes, len(classes)))
-        if drawn.has_known_items:
-            thresholds.append(fit_placement(drawn, test_scores, share).first_below(placed))
     model = fit_placement(evidence, test_scores, share)
-    threshold = float(np.median(thresholds)) if thresholds else model.first_below(placed)
+    if models is None:
+        models = class_bootstrap(
+            evidence, test_scores, share, config.validation_rounds, config.seed
+        )
+    models = models or [model]
+    kept = kept_positions(model.expected_precisions(placed))
+    order, cuts = np.arange(len(placed)), np.arange(len(placed) + 1)
+    curves = np.array(
+        [expected_map_by_flags(m.expected_precisions(placed), kept, order, cuts) for m in models]
+    )
+    best = int(np.argmax(curves.mean(axis=0)))
+    fallback = round(config.contamination * len(placed))
+    gain = interval(curves[:, best] - curves[:, fallback])
+    fell_back = sum(gain) < 0
+    sweep = ThresholdSweep(placed)
+    threshold = sweep.threshold_for((fallback if fell_back else best) / len(placed))
     map_at_k = train_evidence_map(evidence, model, threshold, "optimal")
-    return ValidationResult(threshold, map_at_k, thresholds, len(classes), model.contamination)
+    return ValidationResult(
+        threshold,
+        map_at_k,
+        [sweep.threshold_for(int(np.argmax(curve)) / len(placed)) for curve in curves],
+        len(np.unique(evidence.distractor_classes)),
+        model.contamination,
+        gain,
+        fell_back,
+    )
 
 
 def conformal_threshold(evidence: TrainEvidence, max_false_flag: float) -> float:
