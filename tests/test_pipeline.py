@@ -229,3 +229,35 @@ def test_a_folder_of_parquet_parts_loads_as_embeddings(tmp_path):
     loaded = load_embeddings(parts)
     assert sorted(loaded.embeddings.ids) == sorted(emb.ids)
     assert not is_embeddings_file(tmp_path)  # a folder holding a folder is not a Parquet source
+
+
+def test_auto_is_within_a_hundredth_of_being_told_the_share_across_digit_regimes():
+    from bench.quality import digits_regime
+
+    auto, told, blind = [], [], []
+    for per_class in (3, 5):
+        for share in (0.1, 0.3, 0.5):
+            for seed in range(2):
+                embeddings = digits_regime(seed, per_class, share)
+                auto.append(analyse(embeddings, PredictConfig(auto=True)).report()["MAP@5"])
+                told.append(
+                    analyse(embeddings, PredictConfig(contamination=share)).report()["MAP@5"]
+                )
+                blind.append(
+                    analyse(embeddings, PredictConfig(contamination=0.3)).report()["MAP@5"]
+                )
+    assert np.mean(auto) >= np.mean(told) - 0.01
+    assert np.min(np.array(auto) - np.array(blind)) > -0.05  # never far below a blind 30% guess
+
+
+def test_auto_falls_back_to_the_contamination_with_a_note_when_the_evidence_does_not_back_it():
+    from bench.quality import digits_regime
+
+    # Two train images of each of 7 digits: the class bootstraps disagree on what any threshold gains.
+    analysis = analyse(digits_regime(1, 2, 0.1), PredictConfig(auto=True, contamination=0.3))
+    assert analysis.validation.fell_back
+    low, high = analysis.validation.gain_over_fallback
+    assert low + high < 0
+    assert analysis.flags().mean() == pytest.approx(0.3, abs=0.01)
+    assert "as the evidence does not back a choice" in analysis.threshold_source
+    assert any("--auto is not confident" in note for note in analysis.notes)

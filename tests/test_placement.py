@@ -160,3 +160,56 @@ def test_a_guaranteed_false_flag_rate_without_train_evidence_names_what_to_do():
         match=r"guaranteed false-flag rate needs .* cannot give .*2\+ images.* — use a contamination rate",
     ):
         analyse(tiny_train(1, 6), PredictConfig(max_false_flag=0.1))
+
+
+def test_the_newton_logistic_fits_agree_with_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    from core.retrieval.placement import _balanced_detector, _logistic
+
+    rng = np.random.default_rng(0)
+    known, far = rng.normal(0.6, 0.1, 300), rng.normal(0.4, 0.1, 100)
+    centre, spread, intercept, slope = _balanced_detector(known, far)
+    pooled = (np.r_[known, far] - centre) / spread
+    reference = LogisticRegression(class_weight="balanced").fit(
+        pooled[:, None], np.r_[np.zeros(300), np.ones(100)]
+    )
+    # scikit-learn's L-BFGS stops at its tolerance (1e-4 on the gradient); Newton's method goes on to the optimum.
+    assert (intercept, slope) == pytest.approx(
+        (reference.intercept_[0], reference.coef_[0, 0]), abs=5e-3
+    )
+    x = rng.normal(size=500)
+    ranks = np.clip((1.5 * x + rng.normal(size=500) + 2).astype(int), 0, 3)
+    coef = _logistic(x, ranks)
+    at = np.array([-1.0, 0.0, 1.0])
+    logits = coef[:, 0][None, :] + coef[:, 1][None, :] * at[:, None]
+    odds = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected = LogisticRegression().fit(x[:, None], ranks).predict_proba(at[:, None])
+    assert odds / odds.sum(axis=1, keepdims=True) == pytest.approx(expected, abs=5e-3)
+
+
+def test_the_intervals_hold_the_truth_on_most_digit_samples_with_five_or_more_train_images_a_class():
+    from bench.quality import digits_regime
+    from core.retrieval.pipeline import PredictConfig, analyse
+
+    shares, maps = [], []
+    for per_class in (5, 10):
+        for share in (0.1, 0.3, 0.5):
+            for seed in range(2):
+                analysis = analyse(digits_regime(seed, per_class, share), PredictConfig(auto=True))
+                report = analysis.report()
+                low, high = report["estimated_distractor_share_interval"]
+                expected_low, expected_high = report["expected_MAP@5_interval"]
+                assert 0.0 <= low <= high <= 1.0
+                assert expected_low <= report["expected_MAP@5"] <= expected_high
+                shares.append(low <= share <= high)
+                maps.append(expected_low <= report["MAP@5"] <= expected_high)
+    assert np.mean(shares) >= 0.75 and np.mean(maps) >= 0.75
+
+
+def test_a_train_set_too_small_for_the_model_gives_no_intervals():
+    from core.retrieval.pipeline import PredictConfig, analyse
+
+    report = analyse(tiny_train(1, 6), PredictConfig(contamination=0.3)).report()
+    assert report["estimated_distractor_share_interval"] is None
+    assert report["expected_MAP@5_interval"] is None

@@ -53,3 +53,24 @@ def test_positions_bracket_every_score_on_the_decimal_grid():
     assert len(slider_thresholds(np.array([0.5, 0.5]), 3)) == 2
     with pytest.raises(ValueError, match="decimals=1"):
         slider_thresholds(scores, 1)
+
+
+def test_the_expected_map_band_at_every_position_is_the_analysis_interval_there():
+    analysis = analyse(clustered_embeddings(seed=2, spread=0.6), PredictConfig())
+    steps = threshold_steps(analysis, 3)
+    assert steps.expected_map_low is not None and len(steps.expected_map_low) == len(
+        steps.thresholds
+    )
+    assert (steps.expected_map_low <= steps.expected_map_high).all()
+    for row in range(0, len(steps.thresholds), 7):
+        low, high = analysis.expected_map_interval(steps.thresholds[row])
+        assert (steps.expected_map_low[row], steps.expected_map_high[row]) == pytest.approx(
+            (low, high), abs=1e-12
+        )
+
+
+def test_without_a_placement_model_there_is_no_band():
+    from tests.test_placement import tiny_train
+
+    steps = threshold_steps(analyse(tiny_train(1, 6), PredictConfig(contamination=0.3)), 3)
+    assert steps.expected_map is None and steps.expected_map_low is None
