@@ -161,7 +161,7 @@ def run(work: Path, quick: bool) -> Section:
         )
         for field in ("auto", "told", "blind", "share_error", "expected_error", "expected_covered")
     }
-    rows.append(["**mean over regimes**", *_row("", runs)[1:]])
+    rows.append(["**mean over samples**", *_row("", runs)[1:]])
     section.add(
         "Each row is a regime, its figures the mean over its samples. Digits: scikit-learn's handwritten digits as "
         "centred unit pixel vectors; each sample draws 3 of the 10 digits as distractors (so the class split "
