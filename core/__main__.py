@@ -238,6 +238,8 @@ def cmd_predict(args) -> int:
     else:
         print(f"threshold: {analysis.threshold:.4f} ({analysis.threshold_source})")
     print(f"flagged as distractors: {int(flags.sum())} of {len(flags)} ({flags.mean():.1%})")
+    if figures := analysis.without_truth(flags=flags):
+        print(f"without the answers: {figures}")
     print(f"wrote {args.out}")
     return 0
 
@@ -246,9 +248,14 @@ def _format_report(report: dict) -> str:
     width = max(map(len, report))
     lines = []
     for key, value in report.items():
-        shown = (
-            "n/a" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
-        )
+        if value is None:
+            shown = "n/a"
+        elif isinstance(value, float):
+            shown = f"{value:.6f}"
+        elif isinstance(value, tuple):  # an interval
+            shown = "–".join(f"{end:.6f}" for end in value)
+        else:
+            shown = str(value)
         lines.append(f"{key:<{width}}  {shown}")
     return "\n".join(lines)
 

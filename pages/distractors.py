@@ -7,7 +7,7 @@ from core.maps.figures import THRESHOLD_AXIS, score_shares
 from core.retrieval.distractors import DbscanConfig
 from core.retrieval.placement import PLACEMENTS
 from core.retrieval.threshold_steps import threshold_steps
-from core.retrieval.validation import conformal_threshold
+from core.retrieval.validation import INTERVAL_LEFT_OUT, conformal_threshold
 from pages import ui
 from pages.live_threshold import (
     Binned,
@@ -19,6 +19,7 @@ from pages.live_threshold import (
 )
 
 THRESHOLD_SLIDER = "Distractor threshold"
+INTERVAL = 1 - INTERVAL_LEFT_OUT
 
 st.title("Distractors")
 current = ui.session()
@@ -50,6 +51,17 @@ st.caption(
     f"A test image is flagged as a distractor when its best cosine similarity to any train image is below "
     f"the threshold. Default rule: {analysis.threshold_source} → {analysis.threshold:.3f}."
 )
+if (figures := analysis.without_truth()) is not None:
+    st.caption(
+        f"Without the answers: {figures}. The intervals hold what train cannot pin down (its classes drawn again "
+        "and again) and the test set's sampling noise; they are not to be trusted with a few images a class or "
+        "distractors unlike any train class."
+    )
+if analysis.validation is not None and analysis.validation.fell_back:
+    st.warning(
+        "The automatic threshold is not confident: the evidence does not back any choice over flagging "
+        f"{analysis.config.contamination:.0%}, so it flags that share. More train images a class would help."
+    )
 st.caption(
     f'Where "-1" goes: **{analysis.placement}** ({ui.plain(analysis.placement_source)}). "first" puts it first for '
     'flagged items only; "optimal" also puts it, for every other item, at the rank with the highest expected '
@@ -119,8 +131,17 @@ def slider_metrics() -> list[list[LiveMetric]]:
         else [
             LiveMetric(
                 f"Expected MAP@{k}",
-                shown(steps.expected_map, fixed(4)),
-                help="What the placement model expects of this threshold and placement, without test truth.",
+                [
+                    f"{value:.3f} ({low:.2f}–{high:.2f})"
+                    for value, low, high in zip(
+                        steps.expected_map, steps.expected_map_low, steps.expected_map_high
+                    )
+                ]
+                if steps.expected_map_low is not None
+                else shown(steps.expected_map, fixed(4)),
+                help="What the placement model expects of this threshold and placement, without test truth, and "
+                f"the {INTERVAL:.0%} interval where the measured MAP@{k} should fall (class bootstraps of train and "
+                "the test set's sampling noise).",
             )
         ]
     )
@@ -195,6 +216,27 @@ def slider_charts() -> list[LiveChart]:
             y_max=1.0,
         )
     )
+    if steps.expected_map_low is not None:
+        charts.append(
+            LiveChart(
+                f"Expected MAP@{k} by threshold, without truth",
+                THRESHOLD_AXIS,
+                f"expected MAP@{k}",
+                "fixed",
+                [
+                    f"expected {value:.3f} ({low:.2f}–{high:.2f}) at {threshold}"
+                    for threshold, value, low, high in zip(
+                        at, steps.expected_map, steps.expected_map_low, steps.expected_map_high
+                    )
+                ],
+                line=steps.expected_map.tolist(),
+                band={
+                    "low": steps.expected_map_low.tolist(),
+                    "high": steps.expected_map_high.tolist(),
+                    "name": f"{INTERVAL:.0%} interval of the measured MAP@{k}",
+                },
+            )
+        )
     if best is not None:
         values = steps.map_by_placement[analysis.placement]
         best_threshold, best_map = best

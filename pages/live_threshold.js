@@ -46,7 +46,7 @@ function formatted(value, format) {
 function buildChart(spec, data) {
   const edges = [spec.bars?.edges, spec.steps?.edges].filter(Boolean).flat();
   const xLow = Math.min(data.low, ...edges), xHigh = Math.max(data.high, ...edges);
-  const heights = [spec.bars?.heights ?? [], spec.steps?.heights ?? [], spec.line ?? []].flat();
+  const heights = [spec.bars?.heights ?? [], spec.steps?.heights ?? [], spec.line ?? [], spec.band?.high ?? []].flat();
   const yHigh = spec.y_max ?? (Math.max(...heights.filter(Number.isFinite), 1e-9) * 1.08);
   const x = (value) => LEFT + ((value - xLow) / (xHigh - xLow || 1)) * (W - LEFT - RIGHT);
   const y = (value) => H - BOTTOM - (value / yHigh) * (H - TOP - BOTTOM);
@@ -80,6 +80,13 @@ function buildChart(spec, data) {
     stepHeights.forEach((height, bin) => { path += ` V${y(height)} H${x(stepEdges[bin + 1])}`; });
     root.append(shape("path", { d: `${path} V${y(0)}`, class: "rl-steps" }));
     legend.push(["rl-steps", spec.steps.name]);
+  }
+  if (spec.band) {
+    // Low ends left to right, then high ends back: one closed shape under the curve.
+    const at = (values) => values.map((value, step) => `${x(Number(data.thresholds[step]))},${y(value)}`);
+    const outline = [...at(spec.band.low), ...at(spec.band.high).reverse()];
+    root.append(shape("path", { d: `M${outline.join(" L")} Z`, class: "rl-band" }));
+    legend.push(["rl-band", spec.band.name]);
   }
   if (spec.line) {
     const points = spec.line.map((value, at) => `${x(Number(data.thresholds[at]))},${y(value)}`);

@@ -65,6 +65,8 @@ class LiveChart:
     # a value at each slider position, drawn as a curve the marker's dot follows
     line: list[float] | None = None
     best: dict | None = None  # a point marked on the curve: {"x", "y", "label"}
+    # A shaded interval around the curve at each slider position: {"low", "high", "name"}.
+    band: dict | None = None
     y_max: float | None = None  # the top of the y axis; None: a little above the highest value
 
 

@@ -96,9 +96,17 @@ def why_there() -> str:
         f"{name} {value:.2f}"
         for name, value in zip([*map(str, range(1, k + 1)), "nowhere"], expected)
     )
+    chances = [float(m.distractor_probability(scores)[0]) for m in analysis.bootstrap]
+    spread = (
+        f" ({min(chances):.0%}–{max(chances):.0%} over class bootstraps of train)"
+        if chances
+        else ""
+    )
+    share_low, share_high = analysis.share_interval or (model.contamination, model.contamination)
     return (
-        f'where the expected AP@{k} of this row is highest ("optimal" placement). From the score, the model puts '
-        f"the chance that the query is a distractor at {float(model.distractor_probability(scores)[0]):.0%} and the true "
+        f'where the expected AP@{k} of this row is highest ("optimal" placement). With an estimated distractor share '
+        f"of {model.contamination:.0%} ({share_low:.0%}–{share_high:.0%}), the model puts "
+        f"the chance that the query is a distractor at {float(model.distractor_probability(scores)[0]):.0%}{spread} and the true "
         f'label at rank 1 with {float(model.rank_odds(scores)[0, 0]):.0%}; expected AP@{k} with "-1" at each place '
         f"(flagged items take 1): {by_position}."
     )

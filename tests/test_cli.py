@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -61,6 +62,11 @@ def test_predict_writes_a_submission_that_score_reads_back(demo, tmp_path, works
     )
     out = capsys.readouterr().out
     assert "threshold:" in out and "flagged as distractors:" in out
+    assert re.search(
+        r"without the answers: estimated distractor share [\d.]+% \(90% interval [\d.]+%–[\d.]+%\); "
+        r"expected MAP@5 [\d.]+ \(90% interval [\d.]+–[\d.]+\)",
+        out,
+    )
     rows = submission.read_text().splitlines()
     assert rows[0] == "id,predictions" and len(rows) == 1 + len(
         list((demo / "test").rglob("*.jpg"))
@@ -84,6 +90,10 @@ def test_embed_to_parquet_then_evaluate_the_parquet_as_json(demo, tmp_path, work
     assert 0.0 <= report["MAP@5"] <= 1.0 and report["threshold_rule"].startswith(
         "validation on train"
     )
+    low, high = report["estimated_distractor_share_interval"]
+    assert 0.0 <= low <= high <= 1.0 and 0.0 <= report["estimated_distractor_share"] <= 1.0
+    low, high = report["expected_MAP@5_interval"]
+    assert low <= report["expected_MAP@5"] <= high
 
 
 def test_second_embed_computes_nothing(demo, tmp_path, workspace, capsys):

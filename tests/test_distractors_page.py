@@ -75,7 +75,18 @@ def test_the_charts_follow_every_position_and_mark_the_best_threshold_the_captio
     app = run_page("distractors", "charts1")
     assert_ran(app)
     panel = live_slider(app)
-    histogram, contamination, map_curve = panel["charts"]
+    histogram, contamination, expected_curve, map_curve = panel["charts"]
+    band = expected_curve["band"]
+    assert len(band["low"]) == len(band["high"]) == len(panel["thresholds"])
+    assert all(
+        low <= value <= high
+        for low, value, high in zip(band["low"], expected_curve["line"], band["high"])
+    )
+    assert any(
+        caption.value.startswith("Without the answers: estimated distractor share")
+        and "90% interval" in caption.value
+        for caption in app.caption
+    )
     assert sum(histogram["bars"]["heights"]) == pytest.approx(1) and sum(
         histogram["steps"]["heights"]
     ) == pytest.approx(1)
@@ -132,7 +143,11 @@ def test_the_placement_in_use_first_and_optimal_map_and_minus_one_per_rank_are_s
             == f"{float(demo_analysis.sweep_for(placement).map_at(threshold)):.4f}"
         )
     assert values["MAP@5"] == values[f'MAP@5, "-1" {demo_analysis.placement}']
-    assert values["Expected MAP@5"] == f"{demo_analysis.expected_map(threshold):.4f}"
+    low, high = demo_analysis.expected_map_interval(threshold)
+    assert (
+        values["Expected MAP@5"]
+        == f"{demo_analysis.expected_map(threshold):.3f} ({low:.2f}–{high:.2f})"
+    )
     ranks = live_slider(app)["ranks"]
     counts = ranks["counts"][live_slider(app)["thresholds"].index(f"{threshold:.3f}")]
     assert (ranks["label"], ranks["names"]) == ("-1 at", ["1", "2", "3", "4", "5", "nowhere"])

@@ -29,6 +29,7 @@ from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.report.config import ReportConfig
 from core.retrieval.pipeline import Analysis, LoadedEmbeddings
+from core.retrieval.validation import INTERVAL_LEFT_OUT
 
 # The map draws at most this many points, a seeded random sample above it: with ids and labels elided
 # to core.display.DISPLAY_LIMIT characters each, a point costs at most about 450 bytes of JSON.
@@ -351,6 +352,13 @@ def _text(value: object) -> str:
     return shown if shown == whole else f'<span title="{whole}">{shown}</span>'
 
 
+def _interval(ends, shown, meaning: str) -> str:
+    """An interval's sentence after a figure's explanation; nothing without one."""
+    if ends is None:
+        return ""
+    return f" {1 - INTERVAL_LEFT_OUT:.0%} interval {shown(ends[0])}–{shown(ends[1])}, {meaning}."
+
+
 def _metrics_section(
     analysis: Analysis, threshold: float, threshold_rule: str, flags: np.ndarray
 ) -> str:
@@ -381,7 +389,25 @@ def _metrics_section(
             f"expected MAP@{k}",
             _number(report[f"expected_MAP@{k}"]),
             f"The MAP@{k} the placement model predicts from the scores alone, without the test images' "
-            "true labels: what to expect where they are unknown.",
+            "true labels: what to expect where they are unknown."
+            + _interval(
+                report[f"expected_MAP@{k}_interval"],
+                _number,
+                f"where the measured MAP@{k} should fall",
+            ),
+        ],
+        [
+            "estimated distractor share",
+            "n/a"
+            if report["estimated_distractor_share"] is None
+            else f"{report['estimated_distractor_share']:.1%}",
+            "The share of test images the placement model puts outside the train classes, fitted to the "
+            "scores alone."
+            + _interval(
+                report["estimated_distractor_share_interval"],
+                "{:.1%}".format,
+                "over class bootstraps of train",
+            ),
         ],
     ]
     if analysis.truth is None:

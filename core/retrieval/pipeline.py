@@ -43,6 +43,7 @@ from core.retrieval.placement import (
 from core.retrieval.predict import place_minus_one, search_labels, true_ranks
 from core.retrieval.store import SearchResults, SearchStore, search_key
 from core.retrieval.validation import (
+    INTERVAL_LEFT_OUT,
     ValidationResult,
     check_train_labels,
     class_bootstrap,
@@ -408,6 +409,21 @@ class Analysis:
         )
         return float(low[0]), float(high[0])
 
+    def without_truth(
+        self, threshold: float | None = None, flags: np.ndarray | None = None
+    ) -> str | None:
+        """The estimated distractor share and the expected MAP@k of a verdict, each with its interval, in words; None
+        without a placement model."""
+        if self.placement_model is None:
+            return None
+        level = f"{1 - INTERVAL_LEFT_OUT:.0%} interval"
+        share_low, share_high = self.share_interval
+        map_low, map_high = self.expected_map_interval(threshold, flags)
+        return (
+            f"estimated distractor share {self.placement_model.contamination:.1%} ({level} {share_low:.1%}–{share_high:.1%}); "
+            f"expected MAP@{self.config.k} {self.expected_map(threshold, flags):.3f} ({level} {map_low:.3f}–{map_high:.3f})"
+        )
+
     @cached_property
     def train_loo_scores(self) -> np.ndarray:
         if self.stored_train_loo_scores is not None:
@@ -552,7 +568,7 @@ def analyse(
         threshold = validation.threshold
         low, high = validation.gain_over_fallback
         source = (
-            f"the highest expected MAP@{config.k} averaged over {len(validation.round_thresholds)} class bootstraps of "
+            f"validation on train: the highest expected MAP@{config.k} averaged over {len(validation.round_thresholds)} class bootstraps of "
             f"the placement model (each bootstrap's own best flags {shares.min():.1%}–{shares.max():.1%}); estimated "
             f"distractor share {validation.contamination:.1%}, validation MAP@{config.k} {validation.map_at_k:.3f}"
         )
