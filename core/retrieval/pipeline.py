@@ -34,7 +34,6 @@ from core.retrieval.placement import (
     PlacementModel,
     TrainEvidence,
     check_k,
-    expected_map_by_flags,
     fit_placement,
     kept_positions,
     positions_for,
@@ -45,6 +44,7 @@ from core.retrieval.store import SearchResults, SearchStore, search_key
 from core.retrieval.validation import (
     INTERVAL_LEFT_OUT,
     ValidationResult,
+    bootstrap_curves,
     check_train_labels,
     class_bootstrap,
     conformal_threshold,
@@ -394,20 +394,28 @@ class Analysis:
             return None
         flags = self.flags(threshold) if flags is None else flags
         kept = self.positions(flags=np.zeros(len(flags), bool), placement=placement)
-        # Flagged items first: the flagged rows are then a prefix, as expected_map_by_flags counts them.
-        order, flagged = np.argsort(~flags, kind="stable"), int(flags.sum())
-        low, high = predictive_interval(
-            [
-                [
-                    expected_map_by_flags(
-                        model.expected_precisions(self.scores), kept, order, flagged
-                    )
-                ]
-                for model in self.bootstrap
-            ],
-            [self.placement_model.map_spread(self.scores, kept, order, flagged)],
-        )
+        # Items by score, flagged ones first: the flagged rows are then a prefix, as expected_map_by_flags counts
+        # them, and a threshold's flags keep the sweep's order, as the slider's band (threshold_steps) does.
+        order = self.sweep.order[np.argsort(~flags[self.sweep.order], kind="stable")]
+        low, high = self.expected_map_band(kept, order, np.array([int(flags.sum())]))
         return float(low[0]), float(high[0])
+
+    def expected_map_band(
+        self, kept: np.ndarray, order: np.ndarray, flagged: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`expected_map_interval` for each count in `flagged` of the first items of `order` flagged, the others at `kept`."""
+        curves = bootstrap_curves(
+            self.placement_model,
+            self.bootstrap,
+            self.scores,
+            kept,
+            order,
+            flagged,
+            self.config.seed,
+        )
+        return predictive_interval(
+            curves, self.placement_model.map_spread(self.scores, kept, order, flagged)
+        )
 
     def without_truth(
         self, threshold: float | None = None, flags: np.ndarray | None = None

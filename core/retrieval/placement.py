@@ -22,7 +22,7 @@ _ROWS_PER_BLOCK = 256  # train rows whose similarities to all of train are held 
 _EM_ROUNDS = 500
 _EM_TOLERANCE = 1e-7
 _NEWTON_ROUNDS = 50  # a logistic fit of two parameters converges in a handful
-_NEWTON_TOLERANCE = 1e-10
+_NEWTON_TOLERANCE = 1e-8
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,9 @@ class PlacementModel:
             self.rank_coef[:, 0][None, :]
             + self.rank_coef[:, 1][None, :] * self._standard(scores)[:, None]
         )
-        return np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+        # Ranks never seen have logit -inf: their exp is 0. Plain NumPy, as the class bootstraps call this often.
+        odds = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return odds / odds.sum(axis=1, keepdims=True)
 
     def expected_precisions(
         self, scores, contamination: float | None = None, moment: int = 1
@@ -264,13 +266,15 @@ def _logistic(x: np.ndarray, classes: np.ndarray, weight: np.ndarray | None = No
     for _ in range(_NEWTON_ROUNDS):
         logits = features @ beta.reshape(m, 2).T
         p = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
-        gradient = np.einsum("i,ij,ia->ja", weight, p - onehot, features).ravel() + penalty * beta
-        curvature = weight[:, None, None] * (
-            p[:, :, None] * np.eye(m)[None] - p[:, :, None] * p[:, None, :]
-        )
-        hessian = np.einsum("ijl,ia,ib->jalb", curvature, features, features).reshape(
-            2 * m, 2 * m
-        ) + np.diag(penalty)
+        gradient = ((weight[:, None] * (p - onehot)).T @ features).ravel() + penalty * beta
+        # The Hessian's blocks are sums of each item's curvature (diag(p) - p pᵀ) times 1, x and x².
+        hessian = np.empty((m, 2, m, 2))
+        for a in range(2):
+            for b in range(a, 2):
+                scale = weight * features[:, a] * features[:, b]
+                block = np.diag(scale @ p) - (p * scale[:, None]).T @ p
+                hessian[:, a, :, b] = hessian[:, b, :, a] = block
+        hessian = hessian.reshape(2 * m, 2 * m) + np.diag(penalty)
         step = np.linalg.solve(hessian, gradient)
         beta -= step
         if np.abs(step).max() < _NEWTON_TOLERANCE:

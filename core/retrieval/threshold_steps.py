@@ -10,7 +10,6 @@ import numpy as np
 from core.records import DISTRACTOR
 from core.retrieval.pipeline import Analysis
 from core.retrieval.placement import NOWHERE, PLACEMENTS, expected_map_by_flags
-from core.retrieval.validation import predictive_interval
 
 # The slider's ends sit on hundredths below the lowest score and above the highest: round figures that
 # bracket every score, so one end flags nothing and the other everything.
@@ -96,18 +95,9 @@ def threshold_steps(analysis: Analysis, decimals: int) -> ThresholdSteps:
         expected_map = expected_map_by_flags(
             analysis.expected_precisions, kept_positions, order, flagged
         )
-        by_model = [
-            expected_map_by_flags(
-                model.expected_precisions(analysis.scores), kept_positions, order, flagged
-            )
-            for model in analysis.bootstrap
-        ]
-        if by_model:
-            expected_map_low, expected_map_high = predictive_interval(
-                by_model,
-                analysis.placement_model.map_spread(
-                    analysis.scores, kept_positions, order, flagged
-                ),
+        if analysis.bootstrap:
+            expected_map_low, expected_map_high = analysis.expected_map_band(
+                kept_positions, order, flagged
             )
 
     known_flagged = None
