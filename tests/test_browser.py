@@ -133,6 +133,12 @@ def test_threshold_slider_changes_the_counts(page, screenshots):
     expect(contamination_marker).to_have_text(
         f"{shown_threshold.inner_text()} → {metric(page, 'Contamination').inner_text()}"
     )
+    # The expected MAP@5 curve without truth carries its band, and its marker names the figure under the slider.
+    expected_chart = page.get_by_role("img", name="Expected MAP@5 by threshold, without truth")
+    expect(expected_chart.locator("path.rl-band")).to_have_count(1)
+    expect(expected_chart.locator(".rl-marker-label")).to_have_text(
+        f"expected {metric(page, 'Expected MAP@5').inner_text()} at {shown_threshold.inner_text()}"
+    )
 
     # The slider's range brackets every score: at its top the whole test set is flagged, at its bottom none.
     slider.press("End")

@@ -166,7 +166,7 @@ def test_map_gallery_is_capped_but_the_table_lists_the_whole_selection():
 
 
 def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
-    verdicts = set()
+    verdicts, explained = set(), False
     for row in range(12):
         app = run_page("neighbours", neighbours_test_row=row)
         assert_ran(app)
@@ -192,12 +192,22 @@ def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
             else '**Where "-1" went:** nowhere'
         )
         assert ("below the threshold" in went) == flagged
+        if (
+            "highest" in went
+        ):  # the optimal placement's reasons carry the share and the chance with their spread
+            assert re.search(
+                r"estimated distractor share of \d+% \(\d+%–\d+%\).* distractor at \d+% \(\d+%–\d+% over class "
+                r"bootstraps of train\)",
+                went,
+            )
+            explained = True
         verdicts.add(flagged)
-        if verdicts == {True, False}:
+        if verdicts == {True, False} and explained:
             break
     assert verdicts == {True, False}, (
         "the demo's first test images include distractors and known classes"
     )
+    assert explained, "a kept image's -1 placed by the optimal rule is explained"
 
 
 def test_neighbours_verdict_matches_the_submission_for_the_item_nearest_the_threshold(tmp_path):

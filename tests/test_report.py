@@ -135,6 +135,12 @@ def test_a_report_holds_the_summary_metrics_figures_and_neighbour_cards(images_f
     report = analysis.report()
     assert f"{report['MAP@5']:.4f}" in shown and f"{analysis.threshold:.4f}" in shown
     assert f"{report['flagged']:,} of 40" in shown and analysis.threshold_source in shown
+    share_low, share_high = report["estimated_distractor_share_interval"]
+    map_low, map_high = report["expected_MAP@5_interval"]
+    assert f"90% interval {share_low:.1%}–{share_high:.1%}, over class bootstraps of train" in shown
+    assert (
+        f"90% interval {map_low:.4f}–{map_high:.4f}, where the measured MAP@5 should fall" in shown
+    )
     for figure in ("contamination", "scores", "map-at-k", "map"):
         assert f'id="figure-{figure}"' in page
     assert page.count(PLOTLY_BANNER) == 1, "plotly.js is inlined once, for the first figure"
