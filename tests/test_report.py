@@ -203,7 +203,14 @@ def metrics_rows(page: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("truth", [True, False], ids=["with test truth", "without"])
 def test_every_metric_in_the_report_is_explained_in_a_sentence_beside_it(truth):
     rows = metrics_rows(report_of(clustered(truth=truth), name="x"))
-    metrics = {"threshold", "flagged as distractors", 'where "-1" goes', "expected MAP@5", "MAP@5"}
+    metrics = {
+        "threshold",
+        "flagged as distractors",
+        'where "-1" goes',
+        "expected MAP@5",
+        "estimated distractor share",
+        "MAP@5",
+    }
     if truth:
         metrics |= {
             'MAP@5 with "-1" first',

@@ -70,7 +70,7 @@ def test_the_expected_map_band_at_every_position_is_the_analysis_interval_there(
 
 
 def test_without_a_placement_model_there_is_no_band():
-    from tests.test_placement import tiny_train
+    from test_placement import tiny_train
 
     steps = threshold_steps(analyse(tiny_train(1, 6), PredictConfig(contamination=0.3)), 3)
     assert steps.expected_map is None and steps.expected_map_low is None
