@@ -91,7 +91,7 @@ class PredictConfig:
     auto: bool = field(
         default=False,
         metadata={
-            "help": "choose the threshold without test truth or a contamination: where -1 first has the highest expected AP@k, learnt on train with every class held out once"
+            "help": "choose the threshold without test truth or a contamination: where the expected MAP@k averaged over class bootstraps of train peaks; the contamination when the evidence does not back that choice"
         },
     )
     max_false_flag: float | None = field(
@@ -110,7 +110,7 @@ class PredictConfig:
     validation_rounds: int = field(
         default=20,
         metadata={
-            "help": "class bootstrap rounds of the auto threshold; their median is used and their spread reported"
+            "help": "class bootstrap rounds of the placement model: the intervals of the share and expected MAP@k, and the auto threshold"
         },
     )
     seed: int = field(default=0, metadata={"help": "seeds the class draws of validation"})
