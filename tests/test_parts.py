@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from input_files import make_embeddings
 
+from core.embedding.clip import runner_in
 from core.embedding.config import EmbedConfig
 from core.embedding.runner import embed_dataset, embed_to_parquet, is_folder_out, load_embedder
 from core.io.files import read_csv
@@ -123,11 +124,14 @@ def test_rejections_are_appended_under_one_header_without_repeats(tmp_path):
 
 
 # A tiny CLIP runs a batch in milliseconds: the killed run sleeps per batch so the kill lands part-way.
+# The CPU's flags are given too, so precision auto chooses as it would on a CPU with or without bf16.
 SLOW_EMBED = (
-    "import runpy, time; from core.embedding.clip import ClipEmbedder; embed = ClipEmbedder.embed_prepared; "
-    "ClipEmbedder.embed_prepared = lambda self, inputs: (time.sleep({seconds}), embed(self, inputs))[1]; "
+    "import runpy, time; from core.embedding import clip; embed = clip.ClipEmbedder.embed_prepared; "
+    "clip.ClipEmbedder.embed_prepared = lambda self, inputs: (time.sleep({seconds}), embed(self, inputs))[1]; "
+    "clip.cpu_flags = lambda: frozenset({cpu_flags!r}); "
     "runpy.run_module('core', run_name='__main__')"
 )
+NATIVE_BF16, NO_BF16 = ("avx512f", "avx512_bf16"), ("avx2",)
 IMAGES = 40
 
 
@@ -143,14 +147,15 @@ def dataset_folder(image_file, tmp_path):
     return tmp_path / "data"
 
 
-def embed_command(source, out, model, seconds_per_batch=0.0):
+def embed_command(
+    source, out, model, seconds_per_batch=0.0, options=("--precision", "fp32"), cpu_flags=NO_BF16
+):
     argv = [
         "embed",
         str(source),
         "--model",
         str(model),
-        "--precision",
-        "fp32",
+        *options,
         "--batch-size",
         "4",
         "--rows-per-part",
@@ -158,35 +163,40 @@ def embed_command(source, out, model, seconds_per_batch=0.0):
         "--out",
         str(out),
     ]
-    return [sys.executable, "-c", SLOW_EMBED.format(seconds=seconds_per_batch), *argv]
+    child = SLOW_EMBED.format(seconds=seconds_per_batch, cpu_flags=set(cpu_flags))
+    return [sys.executable, "-c", child, *argv]
 
 
-def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_one_shot_run(
-    dataset_folder, tiny_clip_dir, tmp_path
-):
-    out = tmp_path / "vectors"
-    env = {
+def child_env(tmp_path):
+    return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "RETRIEVAL_LAB_HOME": str(tmp_path / "home"),
         "PYTHONPATH": str(REPO),
     }
-    killed = subprocess.Popen(
-        embed_command(dataset_folder, out, tiny_clip_dir, 0.4),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 40
-    while (
-        not list(out.glob("part-*.parquet"))
-        and killed.poll() is None
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL, killed.stderr.read().decode()
-    before = embedded_ids(out)
+
+
+def killed_part_way(command, env, out, interruption=signal.SIGKILL):
+    """Runs `command` and interrupts it once its first part is in `out`; the ids the parts hold then, and its stderr."""
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not part_files(out) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.poll() is None, "the run ended before it could be interrupted"
+        child.send_signal(interruption)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    return embedded_ids(out), err.decode()
+
+
+def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_one_shot_run(
+    dataset_folder, tiny_clip_dir, tmp_path
+):
+    out, env = tmp_path / "vectors", child_env(tmp_path)
+    before, _ = killed_part_way(embed_command(dataset_folder, out, tiny_clip_dir, 0.4), env, out)
     assert 0 < len(before) < IMAGES
 
     parts_before = set(out.glob("part-*.parquet"))
@@ -224,6 +234,46 @@ def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_o
     refused, _ = read_csv(out / REJECTED_FILE, required=("name", "reason"))
     assert sorted(row["name"].rsplit("/", 1)[-1] for row in refused) == ["broken.jpg", "empty.png"]
     assert all(row["reason"] for row in refused)
+
+
+@pytest.mark.parametrize(
+    "cpu_flags, interruption, runner",
+    [(NATIVE_BF16, signal.SIGKILL, "openvino bf16"), (NO_BF16, signal.SIGINT, "openvino fp32")],
+    ids=["bf16-cpu-killed", "cpu-without-bf16-ctrl-c"],
+)
+def test_an_interrupted_run_with_the_default_options_resumes_in_the_parts_runtime_and_precision(
+    dataset_folder, tiny_clip_dir, tmp_path, cpu_flags, interruption, runner
+):
+    out, env = tmp_path / "vectors", child_env(tmp_path)
+    command = embed_command(
+        dataset_folder, out, tiny_clip_dir, 0.3, options=(), cpu_flags=cpu_flags
+    )
+    before, interrupted = killed_part_way(command, env, out, interruption)
+    assert 0 < len(before) < IMAGES and f" {runner} cfg:" in written_by(out)[0]
+    if interruption == signal.SIGINT:
+        assert interrupted.splitlines()[-1] == (
+            "interrupted: finished batches are cached and will be reused"
+        ), interrupted
+
+    resumed = subprocess.run(
+        embed_command(dataset_folder, out, tiny_clip_dir, options=(), cpu_flags=cpu_flags),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        f"precision: {runner} (auto; the runtime and precision of the parts already in {out})"
+        in resumed.stderr.splitlines()
+    )
+    computed, from_cache = map(
+        int, re.search(r"computed (\d+), from cache (\d+)", resumed.stderr).groups()
+    )
+    assert computed + from_cache == IMAGES - len(before)
+    final, _ = read_embeddings_checked(out)
+    assert len(final.ids) == len(set(final.ids)) == IMAGES
+    assert f" {runner} cfg:" in final.model
 
 
 def embedded_ids_of(part):
@@ -265,12 +315,51 @@ def test_a_resumed_auto_run_keeps_the_parts_precision_and_another_is_refused(
     )
     assert (
         resumed.precision_note
-        == f"precision: bf16 (auto; the precision of the parts already in {out})"
+        == f"precision: bf16 (auto; the runtime and precision of the parts already in {out})"
     )
     assert (resumed.model, resumed.already, resumed.written) == (first.model, 8, 4)
     with pytest.raises(ValueError, match=r"in precision bf16, not by .* in precision fp32"):
         embed_to_parquet(dataset, EmbedConfig(model=str(tiny_clip_dir), precision="fp32"), out)
     assert len(embedded_ids(out)) == 12
+
+
+@pytest.mark.parametrize(
+    "runtime, precision, kept",
+    [
+        ("auto", "auto", True),
+        ("openvino", "auto", True),
+        ("auto", "parts", True),
+        ("openvino", "parts", True),
+        ("torch", "auto", False),
+        ("auto", "other", False),
+    ],
+)
+def test_a_resumed_run_takes_the_parts_runtime_and_precision_where_the_options_leave_them(
+    dataset_folder, tiny_clip_dir, tmp_path, workspace, runtime, precision, kept
+):
+    out, dataset = tmp_path / "clip-vectors", load_dataset(dataset_folder)
+    first = embed_to_parquet(
+        Dataset("first", dataset.items[:8]), EmbedConfig(str(tiny_clip_dir)), out
+    )
+    parts = runner_in(first.model)
+    assert parts.runtime == "openvino"
+    other = "fp32" if parts.precision == "bf16" else "bf16"
+    config = EmbedConfig(
+        str(tiny_clip_dir),
+        runtime=runtime,
+        precision={"parts": parts.precision, "other": other}.get(precision, precision),
+    )
+    more = Dataset("more", dataset.items[:12])
+    if not kept:
+        with pytest.raises(
+            ValueError, match=r"holds parts by model '.* openvino .*' in precision \w+, not by"
+        ):
+            embed_to_parquet(more, config, out)
+        assert len(embedded_ids(out)) == 8
+        return
+    resumed = embed_to_parquet(more, config, out)
+    assert (resumed.model, resumed.already, resumed.written) == (first.model, 8, 4)
+    assert resumed.precision_note.startswith(f"precision: {parts} (")
 
 
 def test_a_file_name_gets_one_file_in_dataset_order_with_its_precision(

@@ -198,10 +198,7 @@ def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
     """The faster runners to try on the first batch, the runner kept when none is tried or none agrees, and why."""
     if why := cannot_run(config.runtime, config.precision, device):
         raise ValueError(f"{why}, and device auto chose {device!r}; {REMEDIES[why]}")
-    if config.runtime == "openvino" and not openvino_available():
-        raise ValueError(
-            "runtime 'openvino' needs the openvino package (pip install openvino); or use runtime 'torch'"
-        )
+    _check_openvino_installed(config.runtime)
     # A precision chosen by name is computed exactly so (torch), unless OpenVINO is asked for by name too.
     with_openvino = config.runtime == "openvino" or (
         config.runtime == "auto"
@@ -230,6 +227,13 @@ def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
             "auto; bf16 is not native here (that needs a CPU with AVX512-BF16 or AMX, or a CUDA GPU with bf16)",
         )
     return [], fallback, chosen
+
+
+def _check_openvino_installed(runtime: str) -> None:
+    if runtime == "openvino" and not openvino_available():
+        raise ValueError(
+            "runtime 'openvino' needs the openvino package (pip install openvino); or use runtime 'torch'"
+        )
 
 
 def gpu_batch_size(free_bytes: int, bytes_per_image: int) -> int:
@@ -292,6 +296,7 @@ class ClipEmbedder:
                 "give --runtime torch and a --precision every worker runs"
             )
         else:
+            _check_openvino_installed(settled.runtime)
             self._candidates, self._fallback, self._precision_reason = (
                 [],
                 settled,

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.embedding.baseline import BaselineEmbedder
 from core.embedding.cache import EmbeddingCache, file_key, text_key
-from core.embedding.clip import ClipEmbedder, Runner, usable_cores
+from core.embedding.clip import ClipEmbedder, Runner, runner_in, usable_cores
 from core.embedding.config import BASELINE_MODEL, CPU_BATCH_SIZE, EmbedConfig, check_batch_size
 from core.embedding.embedder import Embedder, PreparingEmbedder
 from core.io.images import ImageRejected, load_image
@@ -131,7 +131,7 @@ def embed_to_parquet(
 
     Into a folder (see is_folder_out) memory stays flat in the number of images and a run resumes
     one that was killed: ids the folder holds are not embedded again, refused files go to its
-    _rejected.csv, and its precision is kept ("auto" takes the parts' precision; another is
+    _rejected.csv, and its runtime and precision are kept ("auto" takes the parts'; another is
     refused, as is another model). A part is written once `rows_per_part` rows are done: vectors
     done but not yet written when a run is killed are in the cache, so the next run reads them
     back rather than computing them. One file is written whole at the end, in dataset order; a
@@ -154,10 +154,8 @@ def embed_to_parquet(
             precision_note(embedder),
         )
     written = written_by(out)
-    kept_precision = written is not None and written[1] is not None and config.precision == "auto"
-    if kept_precision:
-        config = replace(config, precision=written[1])
-    embedder = load_embedder(config)
+    kept = _parts_runner(config, written)
+    embedder = load_embedder(config, kept)
     already = embedded_ids(out)
     todo = Dataset(dataset.name, [item for item in dataset.items if item.id not in already])
     stream = EmbeddingStream(todo, embedder, cache, config.batch_size, progress)
@@ -170,9 +168,10 @@ def embed_to_parquet(
         writer.add(batch.embeddings)
         count += len(batch.embeddings.ids)
     writer.flush()
+    auto = "auto; " if "auto" in (config.runtime, config.precision) else ""
     note = (
-        f"precision: {config.precision} (auto; the precision of the parts already in {out})"
-        if kept_precision
+        f"precision: {kept} ({auto}the runtime and precision of the parts already in {out})"
+        if kept is not None
         else precision_note(embedder)
     )
     return ParquetRun(
@@ -185,6 +184,19 @@ def embed_to_parquet(
         stream.seconds,
         note,
     )
+
+
+def _parts_runner(config: EmbedConfig, written: tuple[str, str | None] | None) -> Runner | None:
+    """The runner the parts already in a folder were computed by, when `config` leaves it to them ("auto") or names it.
+
+    A resumed run computes with it, unchecked, so its vectors carry the parts' identity (and the
+    cache rows of the run it resumes). None for parts without one (the baseline's) and when the
+    config names another runtime or precision: the config decides, and the folder refuses it.
+    """
+    runner = None if written is None else runner_in(written[0])
+    if runner is None or config.runtime not in ("auto", runner.runtime):
+        return None
+    return runner if config.precision in ("auto", runner.precision) else None
 
 
 def _precision(embedder: Embedder) -> str | None:
