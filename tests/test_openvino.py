@@ -1,6 +1,7 @@
 """The OpenVINO runtime of the image tower: converted once per model, checked against torch fp32 on the first batch, and every fallback."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from core.embedding import clip, openvino_tower
 from core.embedding.cache import EmbeddingCache
 from core.embedding.config import EmbedConfig
 from core.embedding.runner import embed_dataset, load_embedder, precision_note
+from core.paths import workspace_home
 from core.records import TRAIN, Dataset, Item
 
 COLOURS = [
@@ -185,3 +187,100 @@ def test_a_worker_refuses_a_settled_runner_its_device_cannot_run(tiny_clip_dir, 
         load_embedder(
             EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Runner("openvino", "bf16")
         )
+
+
+def converted_tower(embedder) -> Path:
+    """Where `embedder`'s converted image tower is kept under the workspace home."""
+    key = clip._file_name(embedder.identity_of(clip.TORCH_FP32))
+    return workspace_home() / clip.OPENVINO_FOLDER / f"{key}.xml"
+
+
+def other_checkpoint(tiny_clip_dir, folder: Path, projection_dim: int) -> Path:
+    """A checkpoint of the tiny CLIP's kind with other random weights and `projection_dim`-d vectors, saved in `folder`."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    config = CLIPModel.from_pretrained(tiny_clip_dir).config
+    config.projection_dim = projection_dim
+    torch.manual_seed(1)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor.from_pretrained(tiny_clip_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "projection_dim, problem",
+    [
+        (8, "has another output size (8, not 16)"),
+        (16, "computes other vectors than this model (cosine "),
+    ],
+    ids=["another-output-size", "other-weights"],
+)
+def test_a_kept_tower_of_another_checkpoint_is_converted_again_and_said_so(
+    tiny_clip_dir, photos, workspace, tmp_path, recwarn, projection_dim, problem
+):
+    other = load_embedder(
+        EmbedConfig(
+            model=str(other_checkpoint(tiny_clip_dir, tmp_path / "other", projection_dim)),
+            runtime="openvino",
+        )
+    )
+    embed_dataset(photos, other)
+    assert other.runtime == "openvino"
+    settled = clip.Runner("openvino", "fp32")
+    embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=settled)
+    # This model's key now holds the other checkpoint's tower, as when a folder's checkpoint is replaced.
+    for suffix in (".xml", ".bin"):
+        converted_tower(embedder).with_suffix(suffix).write_bytes(
+            converted_tower(other).with_suffix(suffix).read_bytes()
+        )
+    recwarn.clear()
+
+    run = embed_dataset(photos, embedder)
+
+    notes = [str(warning.message) for warning in recwarn]
+    prefix = f"the converted OpenVINO copy of this model's image tower {problem}"
+    assert len(notes) == 1 and notes[0].startswith(prefix), notes
+    assert notes[0].endswith("; converting it again")
+    exact = embed_dataset(
+        photos,
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch", precision="fp32")),
+    ).embeddings.vectors
+    assert np.min(np.sum(run.embeddings.vectors * exact, axis=1)) >= clip.MIN_MEDIAN_COSINE
+
+
+def truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def scrambled(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize(
+    "suffix, damage, problem",
+    [
+        (".xml", truncated, "was unreadable"),
+        (".bin", truncated, "was unreadable"),
+        (".bin", scrambled, "was unreadable"),
+    ],
+    ids=["truncated-xml", "truncated-bin", "garbage-bin"],
+)
+def test_a_damaged_converted_tower_is_converted_again_with_one_plain_line(
+    tiny_clip_dir, photos, workspace, recwarn, suffix, damage, problem
+):
+    first = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
+    embed_dataset(photos, first)
+    assert first.runtime == "openvino"
+    damage(converted_tower(first).with_suffix(suffix))
+    recwarn.clear()
+
+    again = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
+    embed_dataset(photos, again)
+
+    notes = [str(warning.message) for warning in recwarn]
+    assert len(notes) == 1 and notes[0].startswith(
+        f"the converted OpenVINO copy of this model's image tower {problem}"
+    )
+    assert notes[0].endswith("; converting it again") and "core.cpp" not in notes[0]
+    assert again.runtime == "openvino" and "cannot run it" not in precision_note(again)
