@@ -41,12 +41,15 @@ def _load(args, source=None, model=None):
     """Embeddings for the command's source, reporting what was refused."""
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import EmbedConfig
+    from core.io.parts import incomplete_note
     from core.retrieval.pipeline import is_embeddings_file, load_embeddings
 
     source = _selected_source(args, source)
     embed_config = None
     if not is_embeddings_file(source):
         embed_config = _config(EmbedConfig, args, model=model or args.model)
+    elif note := incomplete_note(source):
+        print(f"note: {note}", file=sys.stderr)
     loaded = load_embeddings(
         source, embed_config, EmbeddingCache(), ProgressBar("embedding"), watch=_stage_bars()
     )

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core.io.hf_datasets import HfSelection
 from core.io.parquet import read_embeddings_checked
+from core.io.parts import incomplete_note
 from core.progress import Watch
 from core.records import TEST, TRAIN
 from core.session.datasets import data_root
@@ -146,6 +147,8 @@ if entry.kind == "parquet":
     st.caption(
         f"Vectors made by {ui.plain(vectors.model)}, {vectors.dim} dimensions: the analysis pages use them as they are."
     )
+    if note := incomplete_note(entry.source):
+        st.warning(ui.plain(note))
     show_counts(
         list(zip(vectors.splits.tolist(), vectors.labels.tolist())), dropped, "rows", "rows"
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +28,17 @@ from core.io.parquet import (
     is_embeddings_source,
     read_embeddings_checked,
 )
-from core.io.parts import REJECTED_FILE, PartWriter, embedded_ids, part_files, written_by
+from core.io.parts import (
+    REJECTED_FILE,
+    Completion,
+    PartWriter,
+    completion,
+    embedded_ids,
+    incomplete_note,
+    part_files,
+    writing,
+    written_by,
+)
 from core.records import Dataset, Embeddings, Rejected
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,20 +188,34 @@ def child_env(tmp_path):
     }
 
 
-def killed_part_way(command, env, out, interruption=signal.SIGKILL):
-    """Runs `command` and interrupts it once its first part is in `out`; the ids the parts hold then, and its stderr."""
+@contextlib.contextmanager
+def running_part_way(command, env, out):
+    """Runs `command` and yields it once its first part is in `out`; it is killed after the block if still running."""
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
         while not part_files(out) and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert child.poll() is None, "the run ended before it could be interrupted"
-        child.send_signal(interruption)
-        _, err = child.communicate(timeout=60)
+        assert child.poll() is None, (
+            "the run ended before its first part: " + child.stderr.read().decode()
+        )
+        yield child
     finally:
         if child.poll() is None:
             child.kill()
+        child.communicate(timeout=60)
+
+
+def killed_part_way(command, env, out, interruption=signal.SIGKILL):
+    """Runs `command` and interrupts it once its first part is in `out`; the ids the parts hold then, and its stderr."""
+    with running_part_way(command, env, out) as child:
+        child.send_signal(interruption)
+        _, err = child.communicate(timeout=60)
     return embedded_ids(out), err.decode()
+
+
+def run(command, env):
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
 
 
 def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_one_shot_run(
@@ -274,6 +300,98 @@ def test_an_interrupted_run_with_the_default_options_resumes_in_the_parts_runtim
     final, _ = read_embeddings_checked(out)
     assert len(final.ids) == len(set(final.ids)) == IMAGES
     assert f" {runner} cfg:" in final.model
+
+
+def test_a_second_embed_into_a_folder_being_written_is_refused_and_a_killed_runs_lock_blocks_nothing(
+    dataset_folder, tiny_clip_dir, tmp_path
+):
+    out, env = tmp_path / "vectors", child_env(tmp_path)
+    with running_part_way(
+        embed_command(dataset_folder, out, tiny_clip_dir, 2.0), env, out
+    ) as first:
+        second = run(embed_command(dataset_folder, out, tiny_clip_dir), env)
+        assert first.poll() is None, "the first run ended before the second was refused"
+        first.send_signal(signal.SIGKILL)
+    assert second.returncode == 2
+    assert second.stderr.splitlines()[-1] == (
+        f"error: another run is writing {out} (pid {first.pid}); wait for it to end, "
+        "or stop it and run this command again to finish what it leaves"
+    )
+    before = embedded_ids(out)
+    assert 0 < len(before) < IMAGES
+
+    resumed = run(embed_command(dataset_folder, out, tiny_clip_dir), env)
+    assert resumed.returncode == 0, resumed.stderr
+    final, dropped = read_embeddings_checked(out)
+    assert dropped == [] and len(final.ids) == len(set(final.ids)) == IMAGES
+
+
+def test_a_folder_held_by_one_thread_refuses_another_threads_writer_and_nests_in_its_own(tmp_path):
+    original = make_embeddings()
+    refusals = []
+
+    def other_thread():
+        try:
+            PartWriter(tmp_path, original.model)
+        except ValueError as error:
+            refusals.append(str(error))
+
+    with writing(tmp_path, expected=len(original.ids)):
+        with PartWriter(tmp_path, original.model) as writer:
+            writer.write(original)
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert refusals == [
+        f"another run is writing {tmp_path} (pid {os.getpid()}); wait for it to end, "
+        "or stop it and run this command again to finish what it leaves"
+    ]
+    assert completion(tmp_path) == Completion(len(original.ids), len(original.ids), True, False)
+    PartWriter(tmp_path, original.model).write(original)  # let go: the folder is free again
+
+
+def test_readers_are_told_a_folder_is_incomplete_while_a_run_writes_it_and_after_it_was_killed(
+    dataset_folder, tiny_clip_dir, tmp_path
+):
+    out, env = tmp_path / "vectors", child_env(tmp_path)
+    predict = [sys.executable, "-m", "core", "predict", str(out), "--contamination", "0.3"]
+    writing_now = re.compile(
+        r"note: vectors is incomplete: (\d+) of (\d+) images embedded, a run is writing it"
+    )
+    with running_part_way(
+        embed_command(dataset_folder, out, tiny_clip_dir, 2.0), env, out
+    ) as child:
+        during = run([*predict, "--out", str(tmp_path / "during.csv")], env)
+        state = completion(out)
+        assert child.poll() is None, "the run ended before it was read"
+        child.send_signal(signal.SIGKILL)
+    # The note comes first, and the command goes on with the rows there are.
+    embedded, expected = map(int, writing_now.match(during.stderr).groups())
+    assert 0 < embedded < expected == len(load_dataset(dataset_folder).items)
+    assert f"{embedded} accepted" in during.stderr
+    assert state.being_written and not state.complete
+
+    stopped = run([*predict, "--out", str(tmp_path / "stopped.csv")], env)
+    assert re.match(
+        r"note: vectors is incomplete: \d+ of \d+ images embedded, its last run stopped before "
+        r"the end; run the same embed command to finish it",
+        stopped.stderr,
+    )
+
+    assert run(embed_command(dataset_folder, out, tiny_clip_dir), env).returncode == 0
+    done = run([*predict, "--out", str(tmp_path / "done.csv")], env)
+    assert done.returncode == 0 and "incomplete" not in done.stderr
+    assert incomplete_note(out) is None and completion(out).complete
+
+
+def test_a_refused_run_leaves_a_complete_folder_marked_complete(
+    dataset_folder, tiny_clip_dir, tmp_path
+):
+    out, dataset = tmp_path / "vectors", load_dataset(dataset_folder)
+    embed_to_parquet(dataset, EmbedConfig(model="baseline"), out)
+    with pytest.raises(ValueError, match="holds parts by model"):
+        embed_to_parquet(dataset, EmbedConfig(model=str(tiny_clip_dir), precision="fp32"), out)
+    assert completion(out).complete and incomplete_note(out) is None
 
 
 def embedded_ids_of(part):

@@ -22,7 +22,7 @@ from core.embedding.runner import (
     is_folder_out,
     load_embedder,
 )
-from core.io.parts import PartWriter, embedded_ids, written_by
+from core.io.parts import PartWriter, embedded_ids, writing, written_by
 from core.records import Dataset, Embeddings, Item, Rejected
 
 ENGINES = ("local", "ray")
@@ -125,7 +125,19 @@ def embed_on_ray(
     if engine.engine != "ray":
         raise ValueError(f"embed_on_ray runs engine 'ray', got {engine.engine!r}")
     refuse_file_out(out)
-    out = Path(out)
+    # Held for the whole run, before the folder is read: a second run into it is refused.
+    with writing(out, expected=len(dataset.items)):
+        return _embed_on_ray(dataset, config, Path(out), engine, progress, rows_per_part)
+
+
+def _embed_on_ray(
+    dataset: Dataset,
+    config: EmbedConfig,
+    out: Path,
+    engine: EngineConfig,
+    progress: ProgressCallback | None,
+    rows_per_part: int,
+) -> ParquetRun:
     started = time.perf_counter()
     already = embedded_ids(out)
     todo = [item for item in dataset.items if item.id not in already]

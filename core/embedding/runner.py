@@ -20,7 +20,7 @@ from core.embedding.config import BASELINE_MODEL, CPU_BATCH_SIZE, EmbedConfig, c
 from core.embedding.embedder import Embedder, PreparingEmbedder
 from core.io.images import ImageRejected, load_image
 from core.io.parquet import write_embeddings
-from core.io.parts import PartWriter, embedded_ids, written_by
+from core.io.parts import PartWriter, embedded_ids, writing, written_by
 from core.records import Dataset, Embeddings, Item, Rejected
 
 # Decoding overlaps the model; two threads keep one batch ready beside a model on the CPU.
@@ -153,37 +153,39 @@ def embed_to_parquet(
             run.seconds,
             precision_note(embedder),
         )
-    written = written_by(out)
-    kept = _parts_runner(config, written)
-    embedder = load_embedder(config, kept)
-    already = embedded_ids(out)
-    todo = Dataset(dataset.name, [item for item in dataset.items if item.id not in already])
-    stream = EmbeddingStream(todo, embedder, cache, config.batch_size, progress)
-    writer = PartWriter(out, embedder.identity, _precision(embedder), rows_per_part)
-    writer.rejected(dataset.rejected)
-    rejected, count = list(dataset.rejected), 0
-    for batch in stream:
-        writer.rejected(batch.rejected)
-        rejected += batch.rejected
-        writer.add(batch.embeddings)
-        count += len(batch.embeddings.ids)
-    writer.flush()
-    auto = "auto; " if "auto" in (config.runtime, config.precision) else ""
-    note = (
-        f"precision: {kept} ({auto}the runtime and precision of the parts already in {out})"
-        if kept is not None
-        else precision_note(embedder)
-    )
-    return ParquetRun(
-        embedder.identity,
-        count,
-        len(dataset.items) - len(todo.items),
-        rejected,
-        stream.computed,
-        stream.from_cache,
-        stream.seconds,
-        note,
-    )
+    # Held before the folder is read, so a run started meanwhile is refused rather than writing the same ids.
+    with writing(out, expected=len(dataset.items)):
+        written = written_by(out)
+        kept = _parts_runner(config, written)
+        embedder = load_embedder(config, kept)
+        already = embedded_ids(out)
+        todo = Dataset(dataset.name, [item for item in dataset.items if item.id not in already])
+        stream = EmbeddingStream(todo, embedder, cache, config.batch_size, progress)
+        rejected, count = list(dataset.rejected), 0
+        with PartWriter(out, embedder.identity, _precision(embedder), rows_per_part) as writer:
+            writer.rejected(dataset.rejected)
+            for batch in stream:
+                writer.rejected(batch.rejected)
+                rejected += batch.rejected
+                writer.add(batch.embeddings)
+                count += len(batch.embeddings.ids)
+            writer.flush()
+        auto = "auto; " if "auto" in (config.runtime, config.precision) else ""
+        note = (
+            f"precision: {kept} ({auto}the runtime and precision of the parts already in {out})"
+            if kept is not None
+            else precision_note(embedder)
+        )
+        return ParquetRun(
+            embedder.identity,
+            count,
+            len(dataset.items) - len(todo.items),
+            rejected,
+            stream.computed,
+            stream.from_cache,
+            stream.seconds,
+            note,
+        )
 
 
 def _parts_runner(config: EmbedConfig, written: tuple[str, str | None] | None) -> Runner | None:

@@ -95,7 +95,12 @@ def read_embeddings_checked(path: Path) -> tuple[Embeddings, list[Rejected]]:
 def _version(path: Path) -> tuple:
     """What changes when the file or one of its parts is rewritten (an atomic replace makes a new inode)."""
     try:
-        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        # A folder's hidden files come and go while a run writes it (half-written parts, its lock): only its parts count.
+        files = (
+            sorted(child for child in path.iterdir() if not child.name.startswith(IGNORED_PREFIXES))
+            if path.is_dir()
+            else [path]
+        )
         return tuple(
             (file.name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
             for file in files

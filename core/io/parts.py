@@ -1,13 +1,25 @@
-"""Embeddings written as a folder of Parquet part files as they are computed; what a folder already holds, for resuming."""
+"""Embeddings written as a folder of Parquet part files as they are computed, by one run at a time; what a folder holds, for resuming, and whether it is complete."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import os
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # Windows: there a folder is not guarded against two runs writing it at once
+    fcntl = None
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,9 +33,157 @@ from core.io.parquet import (
 )
 from core.records import Embeddings, Rejected
 
-# Beside the parts; its leading "_" makes every Parquet reader skip it.
+# Beside the parts; their leading "_" makes every Parquet reader skip them.
 REJECTED_FILE = "_rejected.csv"
+# Locked (flock) by the run writing the folder, which writes its pid there; the kernel unlocks it when that process ends, however.
+LOCK_FILE = "_writing.lock"
+# The folder's own record of its runs: {"expected": items the last run was given, "complete": whether it finished}.
+STATUS_FILE = "_status.json"
 PART_SUFFIX = ".parquet"
+# A reader probing the lock holds it for microseconds: a run starting meanwhile tries again for this long.
+LOCK_WAIT_SECONDS = 2.0
+
+
+@dataclass
+class _Hold:
+    """A thread's hold on a folder: its locked lock file, and the items the run holding it was given."""
+
+    handle: IO[str]
+    expected: int | None
+    started: bool = False  # whether the folder has been marked incomplete for this run
+
+
+# Held folders by (resolved path, thread): a thread's writings of one folder nest (the Ray engine
+# writes its first batch through embed_to_parquet); any other thread or process is refused.
+_holds: dict[tuple[Path, int], _Hold] = {}
+
+
+def _hold_key(folder: Path) -> tuple[Path, int]:
+    return Path(folder).resolve(), threading.get_ident()
+
+
+@contextmanager
+def writing(folder: Path, expected: int | None = None) -> Iterator[None]:
+    """Hold `folder` for writing parts; raises ValueError naming the pid when another run holds it.
+
+    Take it before reading what the folder holds, so nothing another run writes is missed. The
+    outermost holding given `expected` (the items the run embeds) is the run: its first PartWriter
+    marks the folder incomplete, and leaving the block without an exception marks it complete.
+    A run killed at any moment leaves the folder marked incomplete and unlocked.
+    """
+    key = _hold_key(folder)
+    if key in _holds:
+        yield
+        return
+    hold = _Hold(_locked(Path(folder)), expected)
+    _holds[key] = hold
+    try:
+        yield
+        if expected is not None:
+            _write_status(Path(folder), expected, complete=True)
+    finally:
+        del _holds[key]
+        hold.handle.close()
+
+
+def _locked(folder: Path) -> IO[str]:
+    """The folder's lock file, opened and locked by this process, with its pid in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held until the writing ends)
+    except OSError as error:
+        raise ValueError(f"cannot make the folder {folder}: {error.strerror or error}") from None
+    if fcntl is not None and not _try_lock(handle, fcntl.LOCK_EX):
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while not _try_lock(handle, fcntl.LOCK_EX):
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                pid = handle.read().strip()
+                handle.close()
+                raise ValueError(
+                    f"another run is writing {folder}{f' (pid {pid})' if pid else ''}; wait for it to end, "
+                    "or stop it and run this command again to finish what it leaves"
+                )
+            time.sleep(0.05)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _try_lock(handle: IO[str], kind: int) -> bool:
+    try:
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _being_written(folder: Path) -> bool:
+    """Whether a run holds `folder`'s lock now (this thread's own holding counts)."""
+    if _hold_key(folder) in _holds:
+        return True
+    if fcntl is None:
+        return False
+    try:
+        with open(folder / LOCK_FILE, encoding="utf-8") as handle:
+            return not _try_lock(handle, fcntl.LOCK_SH)
+    except OSError:
+        return False
+
+
+def _write_status(folder: Path, expected: int, complete: bool) -> None:
+    with replaced_atomically(folder / STATUS_FILE) as partial:
+        partial.write_text(json.dumps({"expected": expected, "complete": complete}), "utf-8")
+
+
+def _started(folder: Path) -> None:
+    """Mark `folder` incomplete once its run (this thread's outermost holding) starts writing to it."""
+    hold = _holds[_hold_key(folder)]
+    if hold.expected is not None and not hold.started:
+        _write_status(folder, hold.expected, complete=False)
+        hold.started = True
+
+
+@dataclass(frozen=True)
+class Completion:
+    """How far a folder's last run got: the rows in its parts against the items that run was given."""
+
+    rows: int  # rows in the folder's parts
+    expected: int  # items its last run was given to embed (refused files included)
+    complete: bool  # whether that run finished
+    being_written: bool  # whether a run holds the folder now
+
+    def note(self, name: str) -> str | None:
+        """One line for readers of an unfinished folder named `name`; None when it is complete."""
+        if self.complete:
+            return None
+        why = (
+            "a run is writing it"
+            if self.being_written
+            else "its last run stopped before the end; run the same embed command to finish it"
+        )
+        return f"{name} is incomplete: {self.rows:,} of {self.expected:,} images embedded, {why}"
+
+
+def completion(folder: Path) -> Completion | None:
+    """What `folder`'s status says of its last run, with its parts' rows counted; None when it keeps no status
+    (not written by embed, or by a version before the status existed) or the status is unreadable."""
+    folder = Path(folder)
+    try:
+        status = json.loads((folder / STATUS_FILE).read_text("utf-8"))
+        expected, complete = int(status["expected"]), bool(status["complete"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    rows = sum(pq.read_metadata(part).num_rows for part in part_files(folder))
+    return Completion(rows, expected, complete, _being_written(folder))
+
+
+def incomplete_note(folder: Path) -> str | None:
+    """The line telling a reader that `folder` is not finished (see Completion.note); None when it is, or cannot tell."""
+    state = completion(folder)
+    return None if state is None else state.note(Path(folder).name)
 
 
 class PartWriter:
@@ -31,6 +191,7 @@ class PartWriter:
 
     Every part is complete or absent (written beside its name and moved into place), so a run
     killed at any moment leaves only whole parts, and a new writer on the same folder adds to them.
+    A writer holds the folder (see writing) until closed: another run's writer is refused.
     write() makes one part at once; add() gathers rows and writes a part once `rows_per_part` are
     gathered, or `seconds_per_part` have passed since the last (a bound on the work a kill loses).
     """
@@ -47,20 +208,33 @@ class PartWriter:
         self.rows_per_part, self.seconds_per_part = rows_per_part, seconds_per_part
         self._gathered: list[Embeddings] = []
         self._gathered_rows, self._since = 0, time.monotonic()
+        holding = writing(self.folder)
+        holding.__enter__()
+        # Let go when closed, or at the latest when the writer is dropped.
+        self._release = weakref.finalize(self, holding.__exit__, None, None, None)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ValueError(
-                f"cannot make the folder {self.folder}: {error.strerror or error}"
-            ) from None
-        written = written_by(self.folder)
-        if written is not None and written != (model, precision):
-            raise ValueError(
-                f"{self.folder} holds parts by model {written[0]!r} in precision {written[1] or 'none'}, not by "
-                f"{model!r} in precision {precision or 'none'}; write to another folder, or embed with that model and precision"
-            )
-        self._next_part = len(part_files(self.folder))
-        self._recorded = _recorded_rejections(self.folder / REJECTED_FILE)
+            written = written_by(self.folder)
+            if written is not None and written != (model, precision):
+                raise ValueError(
+                    f"{self.folder} holds parts by model {written[0]!r} in precision {written[1] or 'none'}, not by "
+                    f"{model!r} in precision {precision or 'none'}; write to another folder, or embed with that model and precision"
+                )
+            self._next_part = len(part_files(self.folder))
+            self._recorded = _recorded_rejections(self.folder / REJECTED_FILE)
+        except BaseException:
+            self.close()
+            raise
+        _started(self.folder)
+
+    def close(self) -> None:
+        """Let go of the folder (rows gathered and not flushed are not written)."""
+        self._release()
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def write(self, embeddings: Embeddings) -> Path | None:
         """Write `embeddings` as one new part file and return its path; None when there are no rows."""
