@@ -95,19 +95,28 @@ def serve(script: str | Path, home: Path, log: Path, env: dict | None = None) ->
 
 def server_peak_rss_mb(base_url: str) -> float:
     """The high-water mark of resident memory (VmHWM) of the server answering `base_url`, in MB."""
+    return server_memory_mb(base_url, "VmHWM")
+
+
+def server_memory_mb(base_url: str, field: str = "VmRSS") -> float:
+    """A memory figure of /proc/<pid>/status (VmRSS: resident now) of the server answering `base_url`, in MB."""
+    status = (server_process(base_url) / "status").read_text()
+    kilobytes = next(
+        line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")
+    )
+    return int(kilobytes) / 1024
+
+
+def server_process(base_url: str) -> Path:
+    """The /proc folder of the server answering `base_url`."""
     wanted = ["--server.port", base_url.rsplit(":", 1)[-1]]
     for process in Path("/proc").iterdir():
         try:
             arguments = (process / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if not any(arguments[i : i + 2] == wanted for i in range(len(arguments))):
-                continue
-            status = (process / "status").read_text()
         except OSError:  # a process that ended while we looked, or one we may not read
             continue
-        kilobytes = next(
-            line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")
-        )
-        return int(kilobytes) / 1024
+        if any(arguments[i : i + 2] == wanted for i in range(len(arguments))):
+            return process
     raise ServerFailed(f"no process serves {base_url}")
 
 

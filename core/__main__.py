@@ -266,15 +266,18 @@ def _format_report(report: dict) -> str:
 def cmd_evaluate(args) -> int:
     import json
 
+    from core.io.layouts import missing_test_truth
+    from core.records import TEST
     from core.retrieval.pipeline import analyse
 
     config = _predict_config(args)  # bad options are refused before the dataset is read
     loaded = _load(args)
     analysis = analyse(loaded.embeddings, config)
     if analysis.truth is None:
+        test_labels = loaded.embeddings.labels[loaded.embeddings.mask(TEST)]
         raise ValueError(
-            'evaluate needs test truth: put test images under test/<label>/ ("-1" for distractors) '
-            "or give labels in the Parquet file; use predict for unlabelled test sets"
+            f"evaluate needs test truth: {missing_test_truth(_selected_source(args), test_labels)}; "
+            "use predict for unlabelled test sets"
         )
     report = {"model": loaded.embeddings.model, "threshold_rule": analysis.threshold_source}
     report.update(analysis.report(flags=_flags(analysis, args)))

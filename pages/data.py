@@ -4,14 +4,52 @@ from dataclasses import fields
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.io.hf_datasets import HfSelection
 from core.io.parquet import read_embeddings_checked
 from core.io.parts import incomplete_note
+from core.paths import data_root, without_server_paths
 from core.progress import Watch
 from core.records import TEST, TRAIN
-from core.session.datasets import data_root
+from core.session.datasets import WorkspaceDatasets
 from pages import ui
+
+# Session state: how many uploads this session stored, part of the uploader's key.
+UPLOADS_STORED = "data_uploads_stored"
+
+
+def add_upload(datasets: WorkspaceDatasets) -> None:
+    """The uploader, the name and the button that stores an upload as a dataset.
+
+    Streamlit keeps each uploaded file's bytes for the session and hands every run a deep copy of
+    them, so the files stay local to this function: a page global would live on in the page's
+    reference cycles, which only a full garbage collection frees, and postScriptGC is off
+    (.streamlit/config.toml). Once stored, the files are let go: they leave Streamlit's upload
+    store (as when the user removes them from the uploader) and a new key empties the uploader.
+    """
+    stored_so_far = st.session_state.setdefault(UPLOADS_STORED, 0)
+    files = st.file_uploader(
+        "Files",
+        accept_multiple_files=True,
+        key=f"data_upload_{stored_so_far}",
+        type=["zip", "parquet", "csv", *ui.IMAGE_UPLOAD_TYPES],
+    )
+    name = st.text_input("Name", value="my dataset")
+    if not st.button("Add upload", disabled=not files):
+        return
+    try:
+        entry = datasets.add_upload(name, files)
+    except (ValueError, OSError) as error:  # OSError: a full disk while saving the upload
+        st.error(ui.plain(error))
+        return
+    context = get_script_run_ctx()
+    for upload in files:
+        context.uploaded_file_mgr.remove_file(context.session_id, upload.file_id)
+    st.session_state[UPLOADS_STORED] = stored_so_far + 1
+    datasets.choose(entry.name)
+    st.rerun()
+
 
 ws = ui.workspace()
 st.title("Data")
@@ -34,21 +72,7 @@ with st.expander("Add a dataset"):
             "A .zip of `train/<label>/…` and `test/…` (or `test/<label>/…`, `-1` for distractors), "
             "a `train.csv` (image,label) with its images, many images at once, or an embeddings `.parquet`."
         )
-        files = st.file_uploader(
-            "Files",
-            accept_multiple_files=True,
-            key="data_upload",
-            type=["zip", "parquet", "csv", *ui.IMAGE_UPLOAD_TYPES],
-        )
-        name = st.text_input("Name", value="my dataset")
-        if st.button("Add upload", disabled=not files):
-            try:
-                entry = datasets.add_upload(name, files)
-            except (ValueError, OSError) as error:  # OSError: a full disk while saving the upload
-                st.error(ui.plain(error))
-            else:
-                datasets.choose(entry.name)
-                st.rerun()
+        add_upload(datasets)
     with folder_tab:
         root = data_root()
         st.caption(
@@ -142,7 +166,9 @@ if entry.kind == "parquet":
     try:
         vectors, dropped = read_embeddings_checked(entry.source)
     except ValueError as error:
-        st.error(f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(error)}")
+        st.error(
+            f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(without_server_paths(error))}"
+        )
         st.stop()
     st.caption(
         f"Vectors made by {ui.plain(vectors.model)}, {vectors.dim} dimensions: the analysis pages use them as they are."
@@ -158,7 +184,7 @@ if entry.kind == "parquet":
 try:
     dataset = ui.read_dataset(entry.source)
 except (ValueError, OSError) as error:
-    st.error(f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(error)}")
+    st.error(f"**{ui.plain(entry.name)}** cannot be read: {ui.plain(without_server_paths(error))}")
     st.stop()
 
 show_counts(

@@ -58,7 +58,7 @@ if entry.kind == "parquet":
     st.stop()
 
 known = list_models()
-other = "another Hugging Face id or local folder…"
+other = "another Hugging Face id or checkpoint folder…"
 options = [*known, other]
 choice = st.selectbox(
     "Model",
@@ -68,7 +68,7 @@ choice = st.selectbox(
 )
 model = (
     st.text_input(
-        "Hugging Face id or local checkpoint folder",
+        "Hugging Face id, or checkpoint folder under the data root",
         value=saved.model if saved.model not in known else "",
     )
     if choice == other
@@ -154,16 +154,18 @@ with st.expander("Ensemble: combine several models"):
 
 if st.button("Embed", type="primary", disabled=not model):
     try:
-        config = EmbedConfig(
-            model=model.strip(),
-            batch_size=None if batch_size is None else int(batch_size),
-            precision=precision,
-            runtime=runtime,
+        choose_model(
+            ws,
+            EmbedConfig(
+                model=model.strip(),
+                batch_size=None if batch_size is None else int(batch_size),
+                precision=precision,
+                runtime=runtime,
+            ),
         )
-    except ValueError as error:
+    except ValueError as error:  # a bad option, or a model folder this server does not serve
         st.error(ui.plain(error))
         st.stop()
-    choose_model(ws, config)
 
 current = ui.session()
 show_vectors(current)

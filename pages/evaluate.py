@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, export_items, exported_zip
+from core.io.layouts import missing_test_truth
 from core.maps.figures import class_frequency
 from core.maps.projection import METHOD_NAMES, PROJECTION_METHODS, ProjectionConfig
 from core.methods.compare import (
@@ -18,7 +19,7 @@ from core.methods.compare import (
     format_table,
 )
 from core.paths import safe_file_name
-from core.records import DISTRACTOR
+from core.records import DISTRACTOR, TEST
 from core.report.config import ReportConfig
 from core.report.html import report_html
 from core.retrieval.distractors import SCORE_MODES
@@ -103,10 +104,11 @@ def shown(value) -> str:
 
 
 if analysis.truth is None:
+    embeddings = current.loaded.embeddings
+    how = missing_test_truth(current.entry.source, embeddings.labels[embeddings.mask(TEST)])
     st.info(
-        f"The test images have no true labels, so MAP@{k}, mP@{k}, top-1 accuracy and distractor detection "
-        "cannot be scored. Give every test image its class (`test/<label>/…`, `-1` for distractors, or a "
-        "`test.csv` with image,label) to score them; the counts and the submission below work without."
+        f"MAP@{k}, mP@{k}, top-1 accuracy and distractor detection need test truth: {ui.plain(how)}. "
+        "The counts and the submission below work without."
     )
 else:
     scores = st.columns(3)

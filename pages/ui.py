@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 HOW_TO_GET_CLIP = (
     "To use CLIP, put a checkpoint where this server can read it: a folder made with "
-    "`save_pretrained` (enter its path as the model), or a Hugging Face cache holding "
+    "`save_pretrained` under the data root (enter its path relative to it as the model), or a Hugging Face cache holding "
     f"`{DEFAULT_MODEL}` (set `HF_HOME`), or allow downloads by unsetting `HF_HUB_OFFLINE`."
 )
 THUMBNAIL_EDGE = 160

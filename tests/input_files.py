@@ -38,6 +38,14 @@ def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
     return bytes(data)
 
 
+class Upload(io.BytesIO):
+    """What Streamlit hands over for an uploaded file (its UploadedFile is a BytesIO): a name and its bytes."""
+
+    def __init__(self, name: str, data: bytes):
+        super().__init__(data)
+        self.name = name
+
+
 def write_files(root: Path, files: dict[str, bytes]) -> Path:
     for name, content in files.items():
         path = root / name

@@ -191,3 +191,13 @@ def test_zip_of_csv_layout_inside_a_top_folder(tmp_path):
         (TRAIN, "a.jpg", "cat"),
         (TEST, "t.jpg", None),
     ]
+
+
+def test_a_zip_with_a_long_name_unpacks_under_a_bounded_folder_name(tmp_path):
+    """Its folder is named after the zip and its content key: a 250-character name would not fit as it is."""
+    layout = {"train/cat/a.jpg": jpeg(RED), "train/dog/b.jpg": jpeg(BLUE), "test/c.jpg": jpeg(RED)}
+    archive = write_zip(tmp_path / f"{'z' * 250}.zip", layout)
+    dataset = load_dataset(archive, work_dir=tmp_path / "unpacked")
+    assert len(dataset.split(TRAIN)) == 2 and len(dataset.split(TEST)) == 1
+    (unpacked,) = [path for path in (tmp_path / "unpacked").iterdir() if path.is_dir()]
+    assert unpacked.name.startswith("z" * 100) and len(unpacked.name.encode()) < 200

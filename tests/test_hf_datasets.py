@@ -6,12 +6,14 @@ import io
 import json
 import socket
 import threading
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
+from input_files import Upload
 from PIL import Image
 
 from core.__main__ import main
@@ -50,6 +52,14 @@ def image_split(labels, rng, image_column="image", label_column="label", corrupt
         for row, label in enumerate(labels)
     ]
     return {image_column: images, label_column: list(labels)}
+
+
+def hand_made_folder(folder: Path) -> Path:
+    """The files save_to_disk writes for one Dataset, naming no data file: for tests that give load_from_disk a table."""
+    folder.mkdir(parents=True)
+    (folder / "dataset_info.json").write_text("{}")
+    (folder / "state.json").write_text(json.dumps({"_data_files": []}))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +167,7 @@ def test_a_class_id_outside_the_names_is_refused_row_by_row(tmp_path, monkeypatc
             )
         ),
     )
-    folder = tmp_path / "hand-made"
-    folder.mkdir()
-    (folder / "state.json").write_text("{}")
+    folder = hand_made_folder(tmp_path / "hand-made")
     monkeypatch.setattr(datasets, "load_from_disk", lambda path: hand_made)
     dataset = load_dataset(folder)
     assert [item.label for item in dataset.items] == ["red"]
@@ -284,13 +292,28 @@ def test_a_hub_id_that_is_no_repository_name_is_refused_before_loading(
         load_dataset(f"hf:{hub_id}")
 
 
+def hub_download(tmp_path: Path, monkeypatch, hub_id: str) -> Path:
+    """A Hub cache of the test's own, and the folder hf_hub_download fills with `hub_id`'s files in it."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    folder = cache / f"datasets--{hub_id.replace('/', '--')}" / "snapshots" / "0123abcd"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def path_cells(paths) -> list[dict]:
+    """Image cells holding a path and no bytes, as load_dataset leaves downloaded files."""
+    return [{"bytes": None, "path": str(path)} for path in paths]
+
+
 def test_a_hub_dataset_loads_through_load_dataset_with_its_images_as_cached_files(
     tmp_path, monkeypatch, workspace
 ):
     """As load_dataset gives an imagefolder-style Hub dataset: image paths into its cache, no bytes."""
     rng = np.random.default_rng(5)
-    downloads = tmp_path / "hub-cache"
-    downloads.mkdir()
+    downloads = hub_download(tmp_path, monkeypatch, "someone/colours")
     paths = []
     for row, label in enumerate(["red", "blue", "red"]):
         paths.append(downloads / f"{row}.png")
@@ -300,11 +323,10 @@ def test_a_hub_dataset_loads_through_load_dataset_with_its_images_as_cached_file
     )
     hub = datasets.DatasetDict(
         train=datasets.Dataset.from_dict(
-            {"image": [{"bytes": None, "path": str(p)} for p in paths[:2]], "label": [0, 1]},
-            features=features,
+            {"image": path_cells(paths[:2]), "label": [0, 1]}, features=features
         ),
         test=datasets.Dataset.from_dict(
-            {"image": [{"bytes": None, "path": str(paths[2])}], "label": [0]}, features=features
+            {"image": path_cells(paths[2:]), "label": [0]}, features=features
         ),
     )
     asked = []
@@ -319,27 +341,190 @@ def test_a_hub_dataset_loads_through_load_dataset_with_its_images_as_cached_file
     assert dataset.items[0].path.read_bytes() == paths[0].read_bytes()
 
 
-def test_a_saved_dataset_holding_only_image_paths_is_refused_row_by_row(
+def test_a_hub_image_given_as_a_path_is_read_only_from_the_repositorys_own_download(
     tmp_path, monkeypatch, workspace
 ):
-    """A path in a saved dataset could name any file of the machine: it is never opened (save_to_disk embeds images)."""
+    """A Hub dataset's path could name any file of the server: existing or not, one reason, and nothing is read."""
+    rng = np.random.default_rng(8)
+    downloads = hub_download(tmp_path, monkeypatch, "someone/colours")
+    (downloads / "red.png").write_bytes(png(COLOURS["red"], rng))
+    other_repository = downloads.parents[2] / "datasets--someone--private"
+    other_repository.mkdir()
+    secrets = [other_repository / "secret.png", tmp_path / "secret.png"]
+    for secret in secrets:
+        secret.write_bytes(png((1, 2, 3), rng))
+    cells = path_cells(
+        [downloads / "red.png", *secrets, tmp_path / "no-such-file.png", "../../secret.png"]
+    )
+    hub = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict(
+            {"image": cells, "label": ["red"] * len(cells)},
+            features=datasets.Features(
+                {"image": datasets.Image(), "label": datasets.Value("string")}
+            ),
+        )
+    )
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id: hub)
+    dataset = load_dataset(selected_source("hf:someone/colours", HfSelection(test_split="")))
+    assert [item.id for item in dataset.items] == ["train-000000.png"]
+    reasons = {r.name: r.reason for r in dataset.rejected}
+    assert set(reasons) == {f"train row {row}" for row in (1, 2, 3, 4)}
+    assert len(set(reasons.values())) == 1, "an existing file and a missing one get one reason"
+    assert "not opened" in reasons["train row 1"] and str(tmp_path) not in reasons["train row 1"]
+    written = [path.read_bytes() for path in workspace.rglob("*.png")]
+    assert secrets[0].read_bytes() not in written
+
+
+def test_an_image_given_as_a_path_in_a_saved_folder_is_read_only_from_inside_it(
+    tmp_path, monkeypatch, workspace
+):
+    """A saved dataset's path is read when it lies in its folder; outside, existing or not, it is refused alike."""
+    rng = np.random.default_rng(6)
+    folder = hand_made_folder(tmp_path / "hand-made")
+    (folder / "images").mkdir()
+    (folder / "images" / "red.png").write_bytes(png(COLOURS["red"], rng))
     secret = tmp_path / "secret.png"
-    secret.write_bytes(png((1, 2, 3), np.random.default_rng(6)))
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    secret.write_bytes(png((1, 2, 3), rng))
+    (folder / "images" / "link.png").symlink_to(secret)
+    cells = path_cells(
+        [
+            "images/red.png",
+            folder / "images" / "red.png",
+            secret,
+            "../secret.png",
+            "images/link.png",
+            tmp_path / "missing.png",
+        ]
+    )
     table = datasets.Dataset.from_dict(
-        {"image": [{"bytes": None, "path": str(secret)}], "label": ["red"]}, features=features
+        {"image": cells, "label": ["red"] * len(cells)},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
     )
-    folder = tmp_path / "hand-made"
-    folder.mkdir()
-    (folder / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    monkeypatch.setattr(datasets, "load_from_disk", lambda path: table)
+    dataset = load_dataset(folder)
+    assert [item.id for item in dataset.items] == ["train-000000.png", "train-000001.png"]
+    reasons = {r.name: r.reason for r in dataset.rejected}
+    assert set(reasons) == {f"train row {row}" for row in (2, 3, 4, 5)}
+    assert len(set(reasons.values())) == 1, "an existing file and a missing one get one reason"
+    assert secret.read_bytes() not in [path.read_bytes() for path in workspace.rglob("*.png")]
+
+
+def saved_with(folder: Path, source: Path, edit) -> Path:
+    """A copy of the saved folder `source` whose JSON files `edit(relative path, content)` changed."""
+    import shutil
+
+    shutil.copytree(source, folder)
+    for path in folder.rglob("*.json"):
+        relative = path.relative_to(folder).as_posix()
+        path.write_text(json.dumps(edit(relative, json.loads(path.read_text()))))
+    return folder
+
+
+def data_files_named(name: str):
+    """An edit for saved_with: the train split's state.json names `name` as its one data file."""
+
+    def edit(relative, content):
+        if relative == "train/state.json":
+            content["_data_files"] = [{"filename": name}]
+        return content
+
+    return edit
+
+
+def train_split_named(split: str):
+    """An edit for saved_with: dataset_dict.json names `split` in place of train."""
+
+    def edit(relative, content):
+        if relative == "dataset_dict.json":
+            content["splits"] = [split, "test"]
+        return content
+
+    return edit
+
+
+@pytest.fixture(scope="module")
+def secret_dataset(tmp_path_factory) -> Path:
+    """A saved dataset outside every dataset folder given, with a class nobody asked for."""
+    folder = tmp_path_factory.mktemp("elsewhere") / "secret"
+    datasets.Dataset.from_dict(
+        image_split(["secret-class"] * 2, np.random.default_rng(9)),
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
+    ).save_to_disk(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "hostile, named",
+    [
+        (
+            lambda secret: data_files_named(str(next(secret.glob("*.arrow")))),
+            r"the data file '/.*\.arrow' of split 'train'",
+        ),
+        (
+            lambda secret: data_files_named("../../x.arrow"),
+            r"the data file '\.\./\.\./x\.arrow' of split 'train'",
+        ),
+        (lambda secret: train_split_named(str(secret)), r"of split '/.*/secret'"),
+        (lambda secret: train_split_named("../../secret"), r"of split '\.\./\.\./secret'"),
+    ],
+    ids=[
+        "absolute data file",
+        "data file up two folders",
+        "absolute split",
+        "split up two folders",
+    ],
+)
+def test_a_saved_folder_naming_files_outside_itself_is_refused_by_name_before_loading(
+    saved, secret_dataset, tmp_path, workspace, monkeypatch, hostile, named
+):
+    import shutil
+
+    # What the relative names reach: the secret's own files beside the hostile folder.
+    shutil.copytree(secret_dataset, tmp_path / "a" / "secret")
+    shutil.copy(next(secret_dataset.glob("*.arrow")), tmp_path / "a" / "x.arrow")
+    folder = saved_with(tmp_path / "a" / "hostile", saved, hostile(secret_dataset))
+    loads = []
+    load_from_disk = datasets.load_from_disk
     monkeypatch.setattr(
-        datasets, "load_from_disk", lambda path: datasets.DatasetDict(train=table, test=table)
+        datasets, "load_from_disk", lambda path: loads.append(path) or load_from_disk(path)
     )
-    with pytest.raises(
-        ValueError,
-        match=r"train split of .* is empty.*train row 0: the image is a path .*, not stored in the dataset",
-    ):
+    with pytest.raises(ValueError, match=f"{named} lies outside the dataset folder"):
         load_dataset(folder)
+    assert loads == []
+
+
+def test_an_uploaded_save_to_disk_zip_cannot_read_a_data_file_of_the_server(
+    saved, secret_dataset, tmp_path, workspace
+):
+    """As the tester found: an upload whose state.json names /any/path/x.arrow showed that file's classes."""
+    from core.session.datasets import WorkspaceDatasets
+    from core.session.workspace import Workspace
+
+    secret_arrow = next(secret_dataset.glob("*.arrow"))
+    folder = saved_with(tmp_path / "hostile", saved, data_files_named(str(secret_arrow)))
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, path.relative_to(folder).as_posix())
+    workspace_datasets = WorkspaceDatasets(Workspace("hostile1"), [])
+    with pytest.raises(ValueError, match="of split 'train' lies outside the dataset folder"):
+        workspace_datasets.add_upload("colours", [Upload("colours.zip", zipped.getvalue())])
+    assert workspace_datasets.all() == []
+
+
+def test_a_120_character_dataset_and_split_name_are_written_under_bounded_names(
+    tmp_path, workspace
+):
+    split = "s" * 120
+    folder = tmp_path / ("d" * 120)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    rows = image_split(["red", "blue"], np.random.default_rng(10))
+    datasets.DatasetDict({split: datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
+        folder
+    )
+    dataset = load_dataset(selected_source(folder, HfSelection(train_split=split, test_split="")))
+    assert [item.label for item in dataset.items] == ["red", "blue"]
+    assert all(len(path.name.encode()) < 200 for path in workspace.rglob("*"))
 
 
 def test_a_second_load_reuses_the_written_files(saved, workspace, monkeypatch):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from input_files import RED, encode
+from PIL import Image
 
 from core.io.labels import (
     DISTRACTOR_IN_TRAIN,
@@ -18,6 +21,7 @@ from core.io.labels import (
     normalise_label,
     white_space_note,
 )
+from core.io.layouts import load_dataset
 from core.io.parquet import read_embeddings_checked
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.retrieval.metrics import map_at_k
@@ -161,3 +165,60 @@ def test_a_float_label_column_scores_as_its_integer_labels(tmp_path):
         reports[kind] = analyse(embeddings, PredictConfig(contamination=2 / 6)).report()
     assert reports["float"] == reports["int"]
     assert reports["float"]["distractor_recall"] > 0.5
+
+
+NESTED_LABELS = {
+    "list": (pa.list_(pa.int64()), [[2, 1], [3], [1], []]),
+    "struct": (
+        pa.struct([("coarse", pa.string()), ("fine", pa.int64())]),
+        [{"coarse": "cat", "fine": 1}] * 4,
+    ),
+    "map": (pa.map_(pa.string(), pa.int64()), [[("cat", 1)]] * 4),
+}
+
+
+@pytest.mark.parametrize("kind", NESTED_LABELS)
+def test_a_parquet_label_column_of_lists_or_structs_is_refused_naming_it_and_its_type(
+    tmp_path, kind
+):
+    """Their text ("[2, 1]") would pass for a class and be scored as one."""
+    label_type, labels = NESTED_LABELS[kind]
+    path = tmp_path / "nested.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"{i}.jpg" for i in range(4)],
+                "split": [TRAIN, TRAIN, TEST, TEST],
+                "label": pa.array(labels, label_type),
+                "embedding": [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]],
+            }
+        ),
+        path,
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"nested\.parquet: the label column 'label' holds {kind}<.*> values; a label is one "
+        "text or number per row",
+    ):
+        read_embeddings_checked(path)
+
+
+@pytest.mark.parametrize("kind", ["list", "struct"])
+def test_a_huggingface_label_column_of_lists_or_structs_is_refused_naming_it_and_its_type(
+    tmp_path, workspace, kind
+):
+    label_feature = {
+        "list": datasets.Sequence(datasets.ClassLabel(names=["cat", "dog"])),
+        "struct": {"coarse": datasets.Value("string"), "fine": datasets.Value("int64")},
+    }[kind]
+    labels = {"list": [[0, 1], [1]], "struct": [{"coarse": "cat", "fine": 1}] * 2}[kind]
+    image = {"bytes": encode(Image.new("RGB", (8, 8), RED)), "path": None}
+    datasets.Dataset.from_dict(
+        {"image": [image, image], "tags": labels},
+        features=datasets.Features({"image": datasets.Image(), "tags": label_feature}),
+    ).save_to_disk(tmp_path / "multi")
+    source = f"{tmp_path / 'multi'}?label_column=tags"
+    with pytest.raises(
+        ValueError, match=rf"multi split train: the label column 'tags' holds {kind}<.*> values"
+    ):
+        load_dataset(source)

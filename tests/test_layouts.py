@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from input_files import SVG, encode, jpeg, write_files
+from input_files import BLUE, RED, SVG, encode, jpeg, write_files
 from PIL import Image
 
+from core.__main__ import main
 from core.io import layouts
 from core.io.layouts import load_dataset
 from core.records import DISTRACTOR, TEST, TRAIN
@@ -288,3 +291,78 @@ def test_a_csv_row_naming_a_link_out_of_the_dataset_folder_is_refused(tmp_path):
     assert [(r.name, r.reason) for r in dataset.rejected] == [
         ("link.jpg", "train.csv row 3: links to a file outside the dataset folder: not opened")
     ]
+
+
+def _unlabelled_folder(root):
+    return write_files(
+        root / "pets",
+        {
+            "train/cat/c.jpg": jpeg(RED),
+            "train/dog/d.jpg": jpeg(BLUE),
+            "test/cat/t1.jpg": jpeg(RED),
+            "test/t2.jpg": jpeg(BLUE),
+        },
+    )
+
+
+def _unlabelled_csv(root):
+    folder = write_files(
+        root / "csv",
+        {"c.jpg": jpeg(RED), "d.jpg": jpeg(BLUE), "t1.jpg": jpeg(RED), "t2.jpg": jpeg(BLUE)},
+    )
+    (folder / "train.csv").write_text("image,label\nc.jpg,cat\nd.jpg,dog\n")
+    (folder / "test.csv").write_text("image\nt1.jpg\nt2.jpg\n")  # a blank label is refused
+    return folder
+
+
+def _unlabelled_parquet(root):
+    from input_files import make_embeddings
+
+    from core.io.parquet import write_embeddings
+
+    path = root / "vectors.parquet"
+    write_embeddings(path, make_embeddings(4))  # its last test row has no label
+    return path
+
+
+def _unlabelled_hugging_face(root):
+    """Hugging Face's "no label": a ClassLabel of -1 on one test row."""
+    import datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])}
+    )
+    images = [{"bytes": jpeg(colour), "path": None} for colour in (RED, BLUE)]
+    datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({"image": images, "label": [0, 1]}, features=features),
+        test=datasets.Dataset.from_dict({"image": images, "label": [0, -1]}, features=features),
+    ).save_to_disk(root / "hf")
+    return root / "hf"
+
+
+@pytest.mark.parametrize(
+    "make, missing, how",
+    [
+        (_unlabelled_folder, 1, r"put the test images under test/<label>/"),
+        (_unlabelled_csv, 2, r"give every row of test\.csv a label"),
+        (_unlabelled_parquet, 1, r"give every test row a label in the Parquet file's label column"),
+        (
+            _unlabelled_hugging_face,
+            1,
+            r"give every row of the test split 'test' a class in its column 'label' .*"
+            r"a ClassLabel's -1 is Hugging Face's \"no label\"",
+        ),
+    ],
+    ids=["folder", "csv", "parquet", "hugging face"],
+)
+def test_evaluate_without_test_truth_says_how_to_give_it_for_the_source_the_user_gave(
+    tmp_path, workspace, capsys, make, missing, how
+):
+    source = make(tmp_path)
+    assert main(["evaluate", str(source), "--model", "baseline"]) == 2
+    error = capsys.readouterr().err
+    assert re.search(rf"needs test truth: {missing} of 2 test items have no label: {how}", error), (
+        error
+    )
+    if make is not _unlabelled_folder:
+        assert "test/<label>/" not in error

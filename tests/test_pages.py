@@ -64,6 +64,13 @@ def workspace_with(workspace_id: str, **settings) -> str:
 
 
 @pytest.fixture
+def tiny_clip_dir(tiny_clip_dir, monkeypatch) -> Path:
+    """The tiny CLIP under the data root: the only folders a served dashboard loads models from."""
+    monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(tiny_clip_dir.parent))
+    return tiny_clip_dir
+
+
+@pytest.fixture
 def clip_workspace(tiny_clip_dir) -> str:
     """A workspace whose model is the tiny CLIP, so text features work offline."""
     return workspace_with("tiny-clip", embed_config={"model": str(tiny_clip_dir)})
@@ -295,7 +302,11 @@ def test_evaluate_compares_chosen_methods():
 def test_pages_without_test_truth_or_images_still_work(unlabelled_parquet_workspace):
     app = run_page("evaluate", unlabelled_parquet_workspace)
     assert_ran(app)
-    assert any("no true labels" in info.value for info in app.info)
+    assert any(
+        "need test truth: 30 of 30 test items have no label: give every test row a label in the "
+        "Parquet file's label column" in displayed(info.value)
+        for info in app.info
+    )
     assert "MAP@5" not in metrics(app) and metrics(app)["Test images"] == "30"
     app = run_page("neighbours", unlabelled_parquet_workspace)
     assert_ran(app)
@@ -434,7 +445,7 @@ def demo_zip(tmp_path) -> bytes:
 
 def test_data_page_adds_an_uploaded_zip_and_names_every_refused_file(tmp_path):
     app = run_page("data", "upload1")
-    app.file_uploader(key="data_upload").upload(
+    app.file_uploader(key="data_upload_0").upload(
         "shapes.zip", demo_zip(tmp_path), "application/zip"
     ).run()
     app.text_input[0].set_value("uploaded shapes")

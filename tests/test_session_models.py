@@ -70,3 +70,71 @@ def test_the_chosen_model_is_saved_in_the_workspace(workspace):
     # saved by an older version, no longer valid
     ws.set("embed_config", {"model": "x", "precision": "fp8"})
     assert chosen_model(ws) == EmbedConfig()
+
+
+@pytest.fixture
+def data_root(workspace, tmp_path, monkeypatch):
+    root = tmp_path / "data-root"
+    (root / "models" / "clip").mkdir(parents=True)
+    monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
+    return root
+
+
+def test_a_served_dashboard_takes_model_folders_only_under_the_data_root_or_the_hub_cache(
+    data_root, tmp_path, monkeypatch
+):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = tmp_path / "hub" / "models--someone--clip" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "outside-clip").mkdir()
+    ws = Workspace("served1")
+    choose_model(ws, EmbedConfig(model="models/clip"))
+    under_root = str((data_root / "models" / "clip").resolve())
+    assert chosen_model(ws).model == under_root
+    for allowed, saved_as in (
+        (str(snapshot), str(snapshot.resolve())),
+        ("someone/clip", "someone/clip"),
+        (BASELINE_MODEL, BASELINE_MODEL),
+    ):
+        choose_model(ws, EmbedConfig(model=allowed))
+        assert chosen_model(ws).model == saved_as
+    choose_model(ws, EmbedConfig(model="models/clip"))
+    refusals = set()
+    for model in (
+        str(tmp_path / "outside-clip"),
+        str(tmp_path / "missing-clip"),
+        "../outside-clip",
+        "~",
+        "/etc",
+    ):
+        with pytest.raises(ValueError, match="not a model this dashboard can load") as refusal:
+            choose_model(ws, EmbedConfig(model=model))
+        refusals.add(str(refusal.value).replace(repr(model), "<model>"))
+    assert len(refusals) == 1, "a folder that exists and one that does not are refused alike"
+    assert chosen_model(ws).model == under_root
+
+
+def test_the_shelf_never_loads_a_model_folder_outside_the_data_root(data_root, tmp_path):
+    """A workspace may hold a folder chosen before the check: the baseline stands in, with the reason."""
+    loads = GatedLoads()
+    loads.release.set()
+    outside = tmp_path / "outside-clip"
+    outside.mkdir()
+    choice = ModelShelf(loads).choose(EmbedConfig(model=str(outside)))
+    assert choice.config.model == BASELINE_MODEL
+    assert "not a model this dashboard can load" in choice.unavailable
+    assert str(outside) not in loads.loads
+
+
+def test_the_embed_page_refuses_a_model_folder_outside_the_data_root(data_root, tmp_path):
+    from test_pages import displayed, run_page
+
+    (tmp_path / "outside-clip").mkdir()
+    app = run_page("embed", "served2")
+    app.selectbox[0].set_value(app.selectbox[0].options[-1]).run()
+    app.text_input[0].set_value(str(tmp_path / "outside-clip")).run()
+    next(button for button in app.button if button.label == "Embed").click().run()
+    assert displayed(app.error[0].value).endswith("or a checkpoint folder under the data root")
+    assert chosen_model(Workspace("served2")) == EmbedConfig()

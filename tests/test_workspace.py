@@ -1,6 +1,11 @@
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-from core.paths import confined_path, safe_file_name, workspace_home
+from core.paths import MAX_NAME_BYTES, confined_path, safe_file_name, workspace_home
 from core.session.workspace import DatasetEntry, Workspace
 
 
@@ -50,6 +55,23 @@ def test_new_ids_are_valid_and_distinct(tmp_path):
 )
 def test_user_file_names_become_one_harmless_component(name, expected):
     assert safe_file_name(name) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a" * 120 + ".jpg", "数据" * 60, "é" * 120 + ".parquet", "x" * 400, "名" * 200 + ".tar.gz"],
+)
+def test_a_long_name_becomes_a_bounded_file_name_keeping_its_start_and_suffix(tmp_path, name):
+    safe = safe_file_name(name)
+    assert len(safe.encode()) <= MAX_NAME_BYTES
+    assert safe[:20] == name[:20] and Path(safe).suffix == Path(name).suffix
+    (tmp_path / safe).write_bytes(b"")  # a file system takes it
+
+
+def test_long_names_sharing_their_start_stay_apart_and_short_ones_are_kept():
+    shared = "d" * 300
+    assert safe_file_name(shared + "1.jpg") != safe_file_name(shared + "2.jpg")
+    assert safe_file_name("d" * 120) == "d" * 120
 
 
 def test_uploads_stay_in_the_workspace_and_never_overwrite(tmp_path):
@@ -110,3 +132,34 @@ def test_saved_configs_fall_back_to_defaults_when_invalid(tmp_path):
     for stale in ({"size": 0}, {"colour": "red"}):
         ws.set("c", stale)
         assert ws.get_config("c", Config) == Config()
+
+
+ADDING_PROCESSES = 6
+# Each process waits until the same moment, then adds the name: a server per process sharing one home.
+_ADD_AT = """
+import sys, time
+from core.session.workspace import DatasetEntry, Workspace
+workspace = Workspace("race9", sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+workspace.add_dataset(DatasetEntry("mydata", sys.argv[3], "upload"))
+"""
+
+
+def test_processes_adding_one_name_at_once_each_keep_a_row_under_a_name_of_their_own(tmp_path):
+    Workspace("race9", tmp_path).close()  # the tables exist before the race
+    start = time.time() + 3.0
+    adders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _ADD_AT, str(tmp_path), str(start), f"/uploads/{index}"],
+            cwd=Path(__file__).resolve().parent.parent,
+            stderr=subprocess.PIPE,
+        )
+        for index in range(ADDING_PROCESSES)
+    ]
+    for adder in adders:
+        assert adder.wait(60) == 0, adder.stderr.read().decode()
+    kept = Workspace("race9", tmp_path).datasets()
+    assert {entry.source for entry in kept} == {f"/uploads/{i}" for i in range(ADDING_PROCESSES)}
+    assert sorted(entry.name for entry in kept) == sorted(
+        ["mydata", *(f"mydata ({copy})" for copy in range(2, ADDING_PROCESSES + 1))]
+    )

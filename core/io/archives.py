@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from core.embedding.cache import file_key
 from core.io.files import is_os_junk, replaced_atomically
+from core.paths import safe_file_name
 from core.records import Rejected
 
 _COPY_CHUNK = 1 << 20
@@ -152,7 +153,7 @@ def unpacked_once(archive: Path, folder: Path) -> tuple[Path, list[Rejected]]:
     archive is neither unpacked twice nor left behind once per run. A run that dies while
     unpacking leaves a hidden staging folder, never a half-filled folder under the final name.
     """
-    target = folder / f"{archive.stem}-{file_key(archive)[:16]}"
+    target = folder / f"{safe_file_name(archive.stem, 'archive')}-{file_key(archive)[:16]}"
     record = target.with_name(f"{target.name}.refused.json")
     if target.is_dir() and record.is_file():
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
@@ -15,19 +14,25 @@ from PIL import Image
 from core.io.archives import UNPACKED_FOLDER
 from core.io.files import replaced_atomically
 from core.io.images import IMAGE_EXTENSIONS, ImageRejected, load_image
-from core.io.labels import checked_label
+from core.io.labels import checked_label, label_values
 from core.io.layouts import Candidate
-from core.paths import safe_file_name, workspace_home
+from core.paths import HUB_REPO_ID, resolved_inside, safe_file_name, workspace_home
 from core.progress import Watch
 from core.records import TEST, TRAIN, Rejected
 
 # A source spelled hf:owner/name is a dataset on the Hugging Face Hub; a path never starts so.
 HUB_PREFIX = "hf:"
-# The files save_to_disk writes at the top of its folder: for a DatasetDict, and for a single Dataset.
-_SAVED_MARKERS = ("dataset_dict.json", "state.json")
-# The Hub's repository ids: an optional owner and a name, without '..' (no path tricks reach load_dataset).
-_HUB_ID = re.compile(r"(?!.*\.\.)[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+# The files save_to_disk writes: a DatasetDict's list of splits, and each Dataset's two.
+_DATASET_DICT, _DATASET_INFO, _STATE = "dataset_dict.json", "dataset_info.json", "state.json"
+# What marks a save_to_disk folder at its top: a DatasetDict, or a single Dataset.
+_SAVED_MARKERS = (_DATASET_DICT, _STATE)
 _WRITTEN_PREFIX = "hf-"
+# Why an image given as a path is not used: the same words whether the file exists or not, so a
+# dataset cannot probe this machine's files.
+_PATH_NOT_READ = (
+    "the image is a file path, not bytes stored in the dataset, and not a readable file of the "
+    "dataset's own (inside its folder, or for a Hub dataset its download): not opened"
+)
 _REPORT_EVERY = 100  # rows between progress reports while images are written
 
 
@@ -108,16 +113,18 @@ def hf_candidates(
     folder under `work_dir` (by default ``unpacked`` in the workspace home) that the items point into;
     later loads only read the labels. Writing goes row by row, reports to `watch`, and resumes where a
     stopped run left off. Rows whose image cannot be decoded are refused with the reason; the rest
-    loads. Raises ValueError naming what exists when a chosen split or column does not.
+    loads. An image given as a path without its bytes is read only from inside the saved folder, or
+    for a Hub dataset from the repository's download in the Hub cache: a dataset can name no other
+    file of this machine. Raises ValueError naming what exists when a chosen split or column does
+    not, and naming the file when a saved folder's own files point outside it.
     """
     location, selection = parse_source(str(source))
     if location.startswith(HUB_PREFIX):
         hub_id = location.removeprefix(HUB_PREFIX)
-        name, splits, paths_allowed = hub_id, _hub_splits(hub_id), True
+        name, splits, images_under = hub_id, _hub_splits(hub_id), _hub_download_folder(hub_id)
     else:
         folder = Path(location).resolve()
-        # A saved dataset embeds its images; a bare path in one could name any file on this machine.
-        name, splits, paths_allowed = folder.name, _saved_splits(folder), False
+        name, splits, images_under = folder.name, _saved_splits(folder), folder
     written_under = Path(work_dir) if work_dir else workspace_home() / UNPACKED_FOLDER
     candidates: list[Candidate] = []
     rejected: list[Rejected] = []
@@ -125,17 +132,25 @@ def hf_candidates(
         _check_columns(name, split_name, data, selection, label_required=split == TRAIN)
         target = written_under / _folder_name(name, split_name, data, selection)
         written, refused = _images_written_once(
-            data, split_name, selection.image_column, target, paths_allowed, watch
+            data, split_name, selection.image_column, target, images_under, watch
         )
         rejected += refused
         candidates += _labelled(
-            written, split, split_name, _labels(data, selection.label_column), rejected
+            written,
+            split,
+            split_name,
+            _labels(data, name, split_name, selection.label_column),
+            rejected,
         )
     return name, candidates, rejected
 
 
 def _location_and_query(source: str) -> tuple[str, str]:
-    if Path(source).exists():  # a folder whose own name holds '?'
+    try:
+        whole = Path(source).exists()  # a folder whose own name holds '?'
+    except OSError:  # too long for a file name, as a long selection makes it
+        whole = False
+    if whole:
         return source, ""
     location, _, query = source.partition("?")
     return location, query
@@ -157,16 +172,59 @@ def _saved_splits(folder: Path):
     import datasets
 
     try:
+        _check_saved_files(folder)
         loaded = datasets.load_from_disk(str(folder))
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{folder} is not a readable save_to_disk folder: {error}") from None
     return loaded if isinstance(loaded, datasets.Dataset) else dict(loaded)
+
+
+def _check_saved_files(folder: Path) -> None:
+    """Every file load_from_disk would open for `folder` lies inside it; ValueError naming the first that does not.
+
+    load_from_disk joins the split names of dataset_dict.json and the data file names of each
+    state.json to the folder as they are written, so '../' or an absolute path in them would read
+    any Arrow file of this machine.
+    """
+    split_folders = {".": "."}
+    if not (folder / _DATASET_INFO).is_file() or not (folder / _STATE).is_file():
+        splits = _json_file(folder, _DATASET_DICT).get("splits")
+        if not isinstance(splits, list):
+            raise ValueError(f"{_DATASET_DICT} lists no splits")
+        split_folders = {str(split): f"split {str(split)!r}" for split in splits}
+    for split, what in split_folders.items():
+        for own_file in (_DATASET_INFO, _STATE):
+            _inside_saved_folder(folder, Path(split, own_file), f"the {own_file} of {what}")
+        data_files = _json_file(folder, Path(split, _STATE)).get("_data_files")
+        if not isinstance(data_files, list):
+            raise ValueError(f"the {_STATE} of {what} lists no data files")
+        for data_file in data_files:
+            name = str(data_file.get("filename") if isinstance(data_file, dict) else data_file)
+            _inside_saved_folder(folder, Path(split, name), f"the data file {name!r} of {what}")
+
+
+def _inside_saved_folder(folder: Path, relative: Path, what: str) -> None:
+    """Nothing when `relative`, joined to `folder` as load_from_disk joins it (an absolute part stands for itself), lies inside it."""
+    if resolved_inside(folder, relative) is None:
+        raise ValueError(f"{what} lies outside the dataset folder: it is not opened")
+
+
+def _json_file(folder: Path, relative: Path | str) -> dict:
+    """A small JSON file of a saved folder, once it is known to lie inside it."""
+    _inside_saved_folder(folder, Path(relative), str(relative))
+    try:
+        loaded = json.loads((folder / relative).read_text("utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{relative} cannot be read: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{relative} holds no JSON object")
+    return loaded
 
 
 def _hub_splits(hub_id: str) -> dict:
     import datasets
 
-    if not _HUB_ID.fullmatch(hub_id):
+    if not HUB_REPO_ID.fullmatch(hub_id):
         raise ValueError(
             f"{HUB_PREFIX}{hub_id} is not a Hugging Face dataset id: expected {HUB_PREFIX}owner/name"
         )
@@ -189,6 +247,18 @@ def _hub_splits(hub_id: str) -> dict:
     except FileNotFoundError as error:
         raise ValueError(f"{HUB_PREFIX}{hub_id}: {error}") from None
     return dict(loaded)
+
+
+def _hub_download_folder(hub_id: str) -> Path:
+    """The repository's own folder in the Hub cache, where load_dataset downloads its files.
+
+    Archives datasets extracts go to a folder every dataset shares, so their files are not among
+    what this dataset may name.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=hub_id, repo_type="dataset")
 
 
 def _chosen_splits(name: str, splits, selection: HfSelection) -> list[tuple[str, str, object]]:
@@ -236,11 +306,11 @@ def _folder_name(name: str, split_name: str, data, selection: HfSelection) -> st
     key = hashlib.sha256(
         f"{generate_fingerprint(data)}\0{selection.image_column}".encode()
     ).hexdigest()[:16]
-    return f"{_WRITTEN_PREFIX}{safe_file_name(name)}-{safe_file_name(split_name)}-{key}"
+    return f"{_WRITTEN_PREFIX}{safe_file_name(f'{name}-{split_name}')}-{key}"
 
 
 def _images_written_once(
-    data, split_name: str, column: str, folder: Path, paths_allowed: bool, watch: Watch
+    data, split_name: str, column: str, folder: Path, images_under: Path, watch: Watch
 ) -> tuple[dict[int, Path], list[Rejected]]:
     """The image file of each usable row, by row number, and the rows refused; written on first use only.
 
@@ -273,7 +343,7 @@ def _images_written_once(
             continue
         where = f"{split_name} row {row}"
         try:
-            encoded = _encoded_image(value[column], paths_allowed)
+            encoded = _encoded_image(value[column], images_under)
             suffix = _checked_suffix(encoded, where)
         except ImageRejected as refusal:
             rejected.append(Rejected(where, refusal.reason))
@@ -297,26 +367,27 @@ def _written_files(folder: Path) -> dict[int, Path]:
     }
 
 
-def _encoded_image(value, paths_allowed: bool) -> bytes:
-    """The encoded bytes of a cell of an Image feature (bytes and/or path) or of a binary column."""
+def _encoded_image(value, images_under: Path) -> bytes:
+    """The encoded bytes of a cell of an Image feature (bytes and/or path) or of a binary column.
+
+    A path without bytes is read only when it lies inside `images_under` (a relative one is taken
+    from there); any other is refused with the same words whether or not it exists.
+    """
     if isinstance(value, (bytes, bytearray)) or value is None:
         encoded, path = value, None
     else:
         encoded, path = value.get("bytes"), value.get("path")
     if encoded:
         return bytes(encoded)
-    if path and paths_allowed:
-        try:
-            return Path(path).read_bytes()
-        except OSError as error:
-            raise ImageRejected(
-                f"cannot read the image file {path}: {error.strerror or error}"
-            ) from None
-    if path:
-        raise ImageRejected(
-            f"the image is a path ({path}), not stored in the dataset; save the dataset with its images"
-        )
-    raise ImageRejected("no image in this row")
+    if not path:
+        raise ImageRejected("no image in this row")
+    inside = resolved_inside(images_under, str(path))
+    try:
+        if inside is None:
+            raise OSError
+        return inside.read_bytes()
+    except OSError:
+        raise ImageRejected(_PATH_NOT_READ) from None
 
 
 def _checked_suffix(encoded: bytes, where: str) -> str:
@@ -341,7 +412,7 @@ def _format_suffixes() -> dict[str, str]:
 _FORMAT_SUFFIXES = _format_suffixes()
 
 
-def _labels(data, column: str) -> tuple[list[object], list[str] | None]:
+def _labels(data, name: str, split_name: str, column: str) -> tuple[list[object], list[str] | None]:
     """The label column's values, and the class names when it is a ClassLabel (its values are then ids)."""
     import datasets
 
@@ -349,7 +420,8 @@ def _labels(data, column: str) -> tuple[list[object], list[str] | None]:
         return [None] * len(data), None  # a split without labels: unknown truth
     feature = data.features[column]
     names = feature.names if isinstance(feature, datasets.ClassLabel) else None
-    return data.with_format("arrow")[column].to_pylist(), names
+    values = label_values(data.with_format("arrow")[column], column, f"{name} split {split_name}")
+    return values, names
 
 
 def _class_name(value: object, names: list[str] | None) -> tuple[object, str]:

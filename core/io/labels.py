@@ -40,6 +40,24 @@ def normalise_label(raw: object) -> str | None:
     return text
 
 
+def label_values(column, name: str, source: str) -> list[object]:
+    """The raw labels of an Arrow column (a Parquet file's, a Hugging Face split's), one per row.
+
+    Raises ValueError naming `source`, the column and its type when a row holds a list, a struct or
+    a map: several values cannot be one label, and their text ("[2, 1]") would pass for a class.
+    """
+    import pyarrow as pa
+
+    kind = column.type
+    values = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if pa.types.is_nested(values):
+        raise ValueError(
+            f"{source}: the label column {name!r} holds {kind} values; a label is one text or "
+            "number per row, not a list, a struct or a map"
+        )
+    return column.to_pylist()
+
+
 def checked_label(raw: object, split: str) -> tuple[str | None, str]:
     """normalise_label's label for an item of `split`, and why the item is refused ("" when it is not)."""
     try:

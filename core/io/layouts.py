@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -75,6 +77,50 @@ def load_dataset(
     else:
         candidates = _folder_candidates(root, rejected)
     return _dataset(name, source, candidates, rejected, "under train/<label>/ or in train.csv")
+
+
+def missing_test_truth(source: str | Path, test_labels: Sequence[object]) -> str:
+    """How many test items of `source` lack a label, and how to give them one in the terms of its kind.
+
+    A folder takes test/<label>/ folders, a CSV layout test.csv's label column, an embeddings
+    Parquet its label column, and a Hugging Face dataset the label column of its test split.
+    """
+    from core.io.hf_datasets import is_hf_source, parse_source
+    from core.io.parquet import is_embeddings_source
+
+    missing = sum(label is None for label in test_labels)
+    counted = f"{missing} of {len(test_labels)} test items have no label"
+    if is_hf_source(source):
+        _, selection = parse_source(str(source))
+        return (
+            f"{counted}: give every row of the test split {selection.test_split!r} a class in its "
+            f'column {selection.label_column!r} ("-1" for distractors; a ClassLabel\'s -1 is Hugging '
+            'Face\'s "no label", unknown truth), or choose a labelled split as the test split'
+        )
+    path = Path(source)
+    if is_embeddings_source(path):
+        return f"{counted}: give every test row a label in the Parquet file's label column (-1 for distractors)"
+    if "test.csv" in _layout_files(path):
+        return f"{counted}: give every row of test.csv a label (image,label; -1 for distractors)"
+    if "train.csv" in _layout_files(path):
+        return (
+            f"{counted}: put the test images under test/<label>/ (-1 for distractors), or list them "
+            "in a test.csv with image,label beside train.csv"
+        )
+    return f"{counted}: put the test images under test/<label>/ (-1 for distractors)"
+
+
+def _layout_files(source: Path) -> set[str]:
+    """The names of the files beside a dataset's train/ folder or train.csv, for a folder, a CSV or a zip."""
+    if source.suffix.lower() == ".csv":
+        return {path.name for path in source.parent.iterdir()}
+    if source.suffix.lower() == ".zip":
+        with zipfile.ZipFile(source) as archive:
+            return {PurePosixPath(name).name for name in archive.namelist()}
+    try:
+        return {path.name for path in _layout_root(source, source).iterdir()}
+    except (OSError, ValueError):
+        return set()
 
 
 def _dataset(

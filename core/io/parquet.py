@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.io.files import refusal_examples, replaced_atomically
-from core.io.labels import checked_label, white_space_note
+from core.io.labels import checked_label, label_values, white_space_note
 from core.records import SPLITS, Embeddings, Rejected
 
 MODEL_METADATA_KEY = b"retrieval_lab.model"
@@ -131,7 +131,7 @@ def _read_version(path: Path, version: tuple) -> tuple[Embeddings, tuple[Rejecte
         raise ValueError(
             f"{path}: split column has value(s) {bad_splits}; allowed: {', '.join(SPLITS)}"
         )
-    raw_labels = table.column("label").to_pylist()
+    raw_labels = label_values(table.column("label"), "label", str(path))
     labels, label_problems = zip(*map(checked_label, raw_labels, splits))
     note = white_space_note(str(path), raw_labels)
     if note:

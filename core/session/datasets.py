@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import csv
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from core.io.archives import safe_extract_zip
 from core.io.demo import DEMO_FOLDER, DIGITS_FOLDER, write_demo_dataset, write_digits_dataset
-from core.io.files import read_csv
+from core.io.files import read_csv, replaced_atomically
 from core.io.hf_datasets import HUB_PREFIX, HfSelection, is_hf_source, selected_source
 from core.io.layouts import load_dataset
 from core.io.parquet import is_embeddings_source, read_embeddings_checked
-from core.paths import confined_path, safe_file_name, workspace_home
+from core.paths import confined_path, data_root, safe_file_name, without_server_paths
 from core.progress import Watch
 from core.records import Rejected
 from core.session.workspace import DatasetEntry, Workspace
@@ -26,11 +27,15 @@ ACTIVE_DATASET_KEY = "dataset"
 
 
 class NamedFile(Protocol):
-    """An uploaded file: the name the user gave it and its bytes (Streamlit's UploadedFile is one)."""
+    """An uploaded file: the name the user gave it and its bytes, whole or read a chunk at a time (Streamlit's UploadedFile is one)."""
 
     name: str
 
     def getvalue(self) -> bytes: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
 
 
 # Writers of the built-in datasets by kind: each takes the folder to write under, keeps what is
@@ -59,14 +64,6 @@ def opened(entry: DatasetEntry) -> DatasetEntry:
     return entry
 
 
-def data_root() -> Path:
-    """The one folder a served dashboard may open datasets from ($RETRIEVAL_LAB_DATA_ROOT)."""
-    configured = os.environ.get("RETRIEVAL_LAB_DATA_ROOT")
-    root = Path(configured).expanduser() if configured else workspace_home() / "data"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 class WorkspaceDatasets:
     """The datasets of one workspace: the built-in ones first, then the ones its user added."""
 
@@ -92,16 +89,16 @@ class WorkspaceDatasets:
 
         `..`, absolute paths and links out are refused.
         """
-        root = data_root()
-        source = confined_path(root, relative)
-        if is_embeddings_source(source) and source.exists():
-            return self._register(source.name, source, "parquet")
-        if not source.is_dir():
-            raise ValueError(
-                f"{relative!r} is neither a folder nor an embeddings .parquet (file or folder of part files) "
-                f"under the data root {root}"
-            )
-        return self._register(source.name, source, "folder")
+        with _without_server_paths():
+            source = confined_path(data_root(), relative)
+            if is_embeddings_source(source) and source.exists():
+                return self._register(source.name, source, "parquet")
+            if not source.is_dir():
+                raise ValueError(
+                    f"{relative!r} is neither a folder nor an embeddings .parquet (file or folder of part files) "
+                    "under the data root"
+                )
+            return self._register(source.name, source, "folder")
 
     def add_hugging_face(
         self, location: str, selection: HfSelection, watch: Watch = Watch()
@@ -112,25 +109,29 @@ class WorkspaceDatasets:
         workspace keeps the selection in the source, so every page reads the same splits and columns.
         """
         location = location.strip()
-        if location.startswith(HUB_PREFIX):
-            hub_id = location.removeprefix(HUB_PREFIX).partition("?")[0]
+        with _without_server_paths():
+            if location.startswith(HUB_PREFIX):
+                hub_id = location.removeprefix(HUB_PREFIX).partition("?")[0]
+                return self._register(
+                    hub_id, selected_source(location, selection), "huggingface", watch
+                )
+            folder = confined_path(data_root(), location)
+            if not is_hf_source(folder):
+                raise ValueError(
+                    f"{location!r} is not a folder written by save_to_disk under the data root; "
+                    f"a dataset on the Hub is spelled {HUB_PREFIX}owner/name"
+                )
             return self._register(
-                hub_id, selected_source(location, selection), "huggingface", watch
+                folder.name, selected_source(folder, selection), "huggingface", watch
             )
-        root = data_root()
-        folder = confined_path(root, location)
-        if not is_hf_source(folder):
-            raise ValueError(
-                f"{location!r} is not a folder written by save_to_disk under the data root {root}; "
-                f"a dataset on the Hub is spelled {HUB_PREFIX}owner/name"
-            )
-        return self._register(folder.name, selected_source(folder, selection), "huggingface", watch)
 
     def add_upload(self, name: str, files: Sequence[NamedFile]) -> DatasetEntry:
         """Store uploaded files in a folder of their own in the workspace and register them as a dataset.
 
         One .zip or one .parquet stands alone. Otherwise a train.csv (image,label) plus images: the
-        images it lists sit beside it, the others become test images. A refused upload leaves nothing behind.
+        images it lists sit beside it, the others become test images. Each file is copied to disk a
+        chunk at a time, never held twice in memory. A refused upload leaves nothing behind, and its
+        error names the upload, not where the server keeps it.
         """
         files = list(files)
         suffixes = {Path(upload.name).suffix.lower() for upload in files}
@@ -140,14 +141,15 @@ class WorkspaceDatasets:
             raise ValueError(UPLOAD_LAYOUTS)
         folder = self.ws.new_upload_folder(name)
         try:
-            source = (
-                self._store_standalone(folder, files[0])
-                if standalone
-                else self._store_csv_layout(folder, csvs[0], files)
-            )
-            return self._register(
-                name, source, "parquet" if is_embeddings_source(source) else "upload"
-            )
+            with _without_server_paths({folder: name.strip() or "upload"}):
+                source = (
+                    self._store_standalone(folder, files[0])
+                    if standalone
+                    else self._store_csv_layout(folder, csvs[0], files)
+                )
+                return self._register(
+                    name, source, "parquet" if is_embeddings_source(source) else "upload"
+                )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -171,35 +173,57 @@ class WorkspaceDatasets:
     def _store_csv_layout(
         self, folder: Path, train_csv: NamedFile, files: Sequence[NamedFile]
     ) -> Path:
-        rows, _ = read_csv(self._save(folder, train_csv))
+        """train.csv and the images it lists side by side, the rest under test/.
+
+        An image stored under another name than its row gives (a name made safe or shortened) has
+        its row rewritten to that name, so the row still finds it.
+        """
+        stored_csv = self._save(folder, train_csv)
+        rows, columns = read_csv(stored_csv)
         listed = {row.get("image", "") for row in rows}
+        renamed = {}
         for upload in files:
-            if upload is not train_csv:
-                self._save(folder if upload.name in listed else folder / "test", upload)
+            if upload is train_csv:
+                continue
+            stored = self._save(folder if upload.name in listed else folder / "test", upload)
+            if upload.name in listed and stored.name != upload.name:
+                renamed[upload.name] = stored.name
+        if renamed:
+            with (
+                replaced_atomically(stored_csv) as partial,
+                open(partial, "w", newline="", encoding="utf-8") as handle,
+            ):
+                writer = csv.DictWriter(handle, columns)
+                writer.writeheader()
+                writer.writerows(
+                    {**row, "image": renamed.get(row["image"], row["image"])} for row in rows
+                )
         return folder
 
     def _save(self, folder: Path, upload: NamedFile) -> Path:
-        return self.ws.save_upload(
-            str(folder.relative_to(self.ws.files)), upload.name, upload.getvalue()
-        )
+        return self.ws.save_upload(str(folder.relative_to(self.ws.files)), upload.name, upload)
 
     def _register(
         self, name: str, source: Path | str, kind: str, watch: Watch = Watch()
     ) -> DatasetEntry:
         """Check the source reads, then add it under a name no other dataset of the workspace has."""
-        taken = {entry.name for entry in self.all()}
-        base = name.strip() or kind
-        unique, copy = base, 1
-        while unique in taken:
-            copy += 1
-            unique = f"{base} ({copy})"
         if kind == "parquet":
             read_embeddings_checked(source)
         else:
             load_dataset(source, watch=watch)
-        entry = DatasetEntry(unique, str(source), kind)
-        self.ws.add_dataset(entry)
-        return entry
+        return self.ws.add_dataset(
+            DatasetEntry(name.strip() or kind, str(source), kind),
+            reserved=[entry.name for entry in self.builtin],
+        )
+
+
+@contextlib.contextmanager
+def _without_server_paths(named: Mapping[Path, str] | None = None) -> Iterator[None]:
+    """A ValueError or OSError raised inside becomes one ValueError naming no server path (`named` folders by their names)."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        raise ValueError(without_server_paths(error, named)) from None
 
 
 def _refused_key(source: str | Path) -> str:

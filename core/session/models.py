@@ -6,10 +6,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from core.embedding.config import BASELINE_MODEL, EmbedConfig
+from core.embedding.config import BASELINE_MODEL, KNOWN_MODELS, EmbedConfig
 from core.embedding.embedder import Embedder
 from core.embedding.hub import ModelUnavailableError
+from core.paths import HUB_REPO_ID, data_root, resolved_inside
 from core.session.workspace import Workspace
 
 MODEL_KEY = "embed_config"
@@ -22,7 +24,37 @@ def chosen_model(ws: Workspace) -> EmbedConfig:
 
 
 def choose_model(ws: Workspace, config: EmbedConfig) -> None:
-    ws.set_config(MODEL_KEY, config)
+    """Save `config` as the workspace's model, its model as served_model spells it; ValueError for a model a served dashboard may not load."""
+    ws.set_config(MODEL_KEY, replace(config, model=served_model(config.model)))
+
+
+def served_model(model: str) -> str:
+    """`model` as a served dashboard loads it: the baseline, a Hugging Face id, or a checkpoint folder it may read.
+
+    Those folders are the ones under the data root (given relative to it, as the Data page's
+    folders are; the absolute path comes back) and in the Hugging Face cache. Any other folder of
+    the server is refused with one ValueError, whether it exists or not: a dashboard user could
+    otherwise load whatever the server can read. The command line loads any folder its user names.
+    """
+    from huggingface_hub import constants
+
+    model = model.strip()
+    if model == BASELINE_MODEL or model in KNOWN_MODELS:
+        return model
+    under_root = resolved_inside(data_root(), model)
+    if under_root is not None and under_root.is_dir():
+        return str(under_root)
+    local = Path(model).expanduser()
+    in_cache = local.is_absolute() and resolved_inside(Path(constants.HF_HUB_CACHE), local)
+    if in_cache:
+        return str(in_cache)
+    # The loader takes a name that is a folder here for that folder, so such a name is no Hub id.
+    if HUB_REPO_ID.fullmatch(model) and not local.exists():
+        return model
+    raise ValueError(
+        f"{model!r} is not a model this dashboard can load: give a Hugging Face id (owner/name) or a "
+        "checkpoint folder under the data root"
+    )
 
 
 def baseline_for(config: EmbedConfig) -> EmbedConfig:
@@ -48,7 +80,9 @@ class ModelChoice:
 
 
 class ModelShelf:
-    """Models shared by every session: each loads once, in a background thread, and a failure is remembered.
+    """Models shared by every session of a served dashboard: each loads once, in a background thread, and a failure is remembered.
+
+    Only models served_model allows are loaded; another is unavailable, with the reason.
 
     One loader thread: two model loads at once would only fight over the cores.
     """
@@ -63,10 +97,16 @@ class ModelShelf:
         """Begin loading `config`'s model unless it is loading or loaded already; returns its future."""
         with self._guard:
             if config not in self._loads:
-                self._loads[config] = self._loader.submit(
-                    lambda: SharedModel(self._load(config), threading.Lock())
-                )
+                self._loads[config] = self._loader.submit(self._load_served, config)
             return self._loads[config]
+
+    def _load_served(self, config: EmbedConfig) -> SharedModel:
+        """The model of `config`, if served_model allows it (a workspace may hold a choice saved before the check)."""
+        try:
+            model = served_model(config.model)
+        except ValueError as error:
+            raise ModelUnavailableError(str(error)) from None
+        return SharedModel(self._load(replace(config, model=model)), threading.Lock())
 
     def state(self, config: EmbedConfig) -> str | None:
         """LOADING, READY or UNAVAILABLE; None when nobody asked for the model yet. Never waits."""

@@ -11,6 +11,7 @@ from core.embedding.cache import EmbeddingCache, content_key
 from core.embedding.runner import embed_texts_cached
 from core.io.images import ImageRejected, load_image
 from core.io.texts import load_texts
+from core.paths import safe_file_name
 from core.records import Rejected
 from core.session.datasets import NamedFile
 from core.session.models import SharedModel
@@ -37,7 +38,10 @@ def texts_from_upload(ws: Workspace, upload: NamedFile, column: str | None = Non
     A page reruns on every click with the upload still there: the same bytes land in the same file once.
     """
     data = upload.getvalue()
-    stored = ws.files / TEXT_UPLOADS / f"{content_key(data)[:16]}{Path(upload.name).suffix.lower()}"
+    suffix = Path(
+        safe_file_name(upload.name)
+    ).suffix.lower()  # a long one would not fit a file name
+    stored = ws.files / TEXT_UPLOADS / f"{content_key(data)[:16]}{suffix}"
     if not stored.is_file():
         ws.save_upload(TEXT_UPLOADS, stored.name, data)
     return load_texts(stored, column or None)

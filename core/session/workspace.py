@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import sqlite3
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
-from core.paths import safe_file_name, workspace_home
+from core.paths import MAX_NAME_BYTES, safe_file_name, workspace_home
 
 WORKSPACE_ID = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
+_COPY_CHUNK = 1 << 20  # bytes an upload is written in, so a large one is never copied whole
+_MKDTEMP_SUFFIX_BYTES = 9  # '-' and the 8 random characters of an upload folder's name
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,33 @@ class Workspace:
 
     def new_upload_folder(self, name: str) -> Path:
         """A fresh, empty folder for one upload, named after it: two uploads never share a folder, whenever they come."""
-        return Path(tempfile.mkdtemp(prefix=f"{safe_file_name(name, 'upload')}-", dir=self.files))
+        # mkdtemp adds 8 characters after the prefix: the folder's name stays a safe name as it is.
+        prefix = safe_file_name(name, "upload", MAX_NAME_BYTES - _MKDTEMP_SUFFIX_BYTES)
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=self.files))
 
-    def save_upload(self, folder: str, name: str, data: bytes) -> Path:
-        """Store an uploaded file in `folder` (a relative path, each part sanitised) under this workspace; never overwrites."""
+    def save_upload(self, folder: str, name: str, data: bytes | BinaryIO) -> Path:
+        """Store an uploaded file in `folder` (a relative path, each part sanitised) under this workspace; never overwrites.
+
+        `data` is the bytes or a file to copy from its start, a chunk at a time.
+        """
         parts = [safe_file_name(part) for part in re.split(r"[\\/]", folder) if part.strip(" .")]
         target_folder = self.files.joinpath(*parts or ["upload"])
         target_folder.mkdir(parents=True, exist_ok=True)
-        target = target_folder / safe_file_name(name)
-        stem, suffix, copy = target.stem, target.suffix, 1
-        while target.exists():
-            copy += 1
-            target = target_folder / f"{stem}-{copy}{suffix}"
-        target.write_bytes(data)
-        return target
+        first = target_folder / safe_file_name(name)
+        target, copy = first, 1
+        while True:
+            try:
+                # Exclusive creation: two uploads of one name never write into one file.
+                with open(target, "xb") as out:
+                    if isinstance(data, bytes | bytearray | memoryview):
+                        out.write(data)
+                    else:
+                        data.seek(0)
+                        shutil.copyfileobj(data, out, _COPY_CHUNK)
+                return target
+            except FileExistsError:
+                copy += 1
+                target = first.with_name(f"{first.stem}-{copy}{first.suffix}")
 
     def get(self, key: str, default=None):
         with self._lock:
@@ -115,12 +133,31 @@ class Workspace:
     def set_config(self, key: str, config) -> None:
         self.set(key, asdict(config))
 
-    def add_dataset(self, entry: DatasetEntry) -> None:
+    def add_dataset(self, entry: DatasetEntry, reserved: Iterable[str] = ()) -> DatasetEntry:
+        """Add `entry` under its name, or its name with the first free copy number ("name (2)"); returns it as added.
+
+        The name is chosen and written in one write transaction, so two sessions or processes adding
+        one name at once get two names and two rows. `reserved` names (the built-in datasets) are
+        never taken.
+        """
+        taken = set(reserved)
         with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?)",
-                (self.id, entry.name, entry.source, entry.kind, time.time()),
+            self._db.execute("BEGIN IMMEDIATE")  # holds the write lock from the read to the insert
+            taken.update(
+                name
+                for (name,) in self._db.execute(
+                    "SELECT name FROM datasets WHERE workspace=?", (self.id,)
+                )
             )
+            unique, copy = entry.name, 1
+            while unique in taken:
+                copy += 1
+                unique = f"{entry.name} ({copy})"
+            self._db.execute(
+                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?)",
+                (self.id, unique, entry.source, entry.kind, time.time()),
+            )
+        return replace(entry, name=unique)
 
     def datasets(self) -> list[DatasetEntry]:
         with self._lock:
