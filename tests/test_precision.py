@@ -8,10 +8,11 @@ import pytest
 
 from core.__main__ import main
 from core.embedding import clip
-from core.embedding.cache import EmbeddingCache, file_key
+from core.embedding.cache import EmbeddingCache
 from core.embedding.clip import PrecisionCheck, cpu_flags, resolve_precision
 from core.embedding.config import EmbedConfig
 from core.embedding.runner import embed_dataset, load_embedder, precision_note
+from core.io.files import file_digest
 from core.records import TRAIN, Dataset, Item
 
 NATIVE_BF16 = frozenset({"fpu", "avx512f", "avx512_bf16"})
@@ -148,7 +149,7 @@ def test_auto_keeps_bf16_when_the_first_batch_agrees_and_says_so_in_the_identity
         embedder.embed_images(list(map(load_photo, photos.items))),
         atol=1e-6,
     )
-    keys = {file_key(item.path) for item in photos.items}
+    keys = {file_digest(item.path) for item in photos.items}
     assert set(cache.get_many(embedder.identity, keys)) == keys
     with pytest.raises(RuntimeError, match=re.escape("a first batch settles precision once")):
         embedder.settle_precision({}, np.zeros((1, 3, 32, 32), np.float32))

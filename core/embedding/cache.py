@@ -15,7 +15,7 @@ import numpy as np
 # One definition of the workspace folder serves the cache and the per-user state.
 from core.paths import workspace_home
 
-__all__ = ["EmbeddingCache", "content_key", "file_key", "text_key", "workspace_home"]
+__all__ = ["EmbeddingCache", "text_key", "workspace_home"]
 
 CACHE_FILE_NAME = "embeddings.sqlite"
 # A text key can never equal a hex digest of bytes, so an image and a text never share a row.
@@ -28,19 +28,8 @@ _KEYS_PER_QUERY = 500
 SIDECAR_SUFFIXES = ("-wal", "-shm")
 
 
-def content_key(data: bytes) -> str:
-    """Cache key of an image: the SHA-256 of its bytes."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_key(path: Path) -> str:
-    """content_key of a file's bytes, read in chunks rather than all at once."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def text_key(text: str) -> str:
-    """Cache key of a text prompt."""
+    """Cache key of a text prompt (an image's is core.io.files.file_digest of its bytes)."""
     return TEXT_KEY_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

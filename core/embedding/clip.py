@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.embedding.cache import file_key
 from core.embedding.config import (
     CPU_BATCH_SIZE,
     MAX_GPU_BATCH_SIZE,
@@ -24,6 +23,7 @@ from core.embedding.config import (
 from core.embedding.embedder import embed_by_preparing
 from core.embedding.hub import hub_commit, load_checkpoint
 from core.embedding.openvino_tower import OpenVinoTower, openvino_available
+from core.io.files import file_digest
 from core.paths import workspace_home
 
 # "auto" keeps bf16 only if, on the run's first batch, a median image's vector barely moves from
@@ -612,7 +612,7 @@ def _clip_identity(
     if directory.is_dir():
         # A local directory has no commit, and two of them can share a name: hash the weights.
         for weights in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
-            fingerprint.update(file_key(weights).encode())
+            fingerprint.update(file_digest(weights).encode())
         name, version = directory.name, "local"
     else:
         name, version = (

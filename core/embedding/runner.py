@@ -14,10 +14,11 @@ import numpy as np
 from PIL import Image
 
 from core.embedding.baseline import BaselineEmbedder
-from core.embedding.cache import EmbeddingCache, file_key, text_key
+from core.embedding.cache import EmbeddingCache, text_key
 from core.embedding.clip import ClipEmbedder, Runner, runner_in, usable_cores
 from core.embedding.config import BASELINE_MODEL, CPU_BATCH_SIZE, EmbedConfig, check_batch_size
 from core.embedding.embedder import Embedder, PreparingEmbedder
+from core.io.files import file_digest
 from core.io.images import ImageRejected, load_image
 from core.io.parquet import write_embeddings
 from core.io.parts import PartWriter, embedded_ids, writing, written_by
@@ -229,7 +230,7 @@ class EmbeddingStream:
         self.embedder, self.cache, self.progress = embedder, cache, progress
         self.started = time.perf_counter()
         self.total = len(dataset.items)
-        keys, self._unreadable = _content_keys(dataset.items)
+        keys, self._unreadable = _cache_keys(dataset.items)
         self._items_by_key: dict[str, list[Item]] = {}
         for item in dataset.items:
             if item.id in keys:
@@ -400,12 +401,12 @@ def _complete_rows(
     }
 
 
-def _content_keys(items: Sequence[Item]) -> tuple[dict[str, str], dict[str, str]]:
+def _cache_keys(items: Sequence[Item]) -> tuple[dict[str, str], dict[str, str]]:
     """Cache key by item id, and the reason by item id for files that cannot be read."""
     keys, unreadable = {}, {}
     for item in items:
         try:
-            keys[item.id] = file_key(item.path)
+            keys[item.id] = file_digest(item.path)
         except OSError as error:
             unreadable[item.id] = f"cannot read the file: {error.strerror or error}"
     return keys, unreadable

@@ -13,8 +13,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-from core.embedding.cache import file_key
-from core.io.files import is_os_junk, replaced_atomically
+from core.io.files import file_digest, is_os_junk, replaced_atomically
 from core.paths import safe_file_name
 from core.records import Rejected
 
@@ -153,7 +152,7 @@ def unpacked_once(archive: Path, folder: Path) -> tuple[Path, list[Rejected]]:
     archive is neither unpacked twice nor left behind once per run. A run that dies while
     unpacking leaves a hidden staging folder, never a half-filled folder under the final name.
     """
-    target = folder / f"{safe_file_name(archive.stem, 'archive')}-{file_key(archive)[:16]}"
+    target = folder / f"{safe_file_name(archive.stem, 'archive')}-{file_digest(archive)[:16]}"
     record = target.with_name(f"{target.name}.refused.json")
     if target.is_dir() and record.is_file():
         try:

@@ -24,7 +24,7 @@ Shapes = Mapping[str, tuple[int | None, ...]]
 INPUTS_DIGEST = "inputs_digest"
 
 
-def content_key(kind: str, arrays: Iterable[np.ndarray], settings: str) -> str:
+def arrays_digest(kind: str, arrays: Iterable[np.ndarray], settings: str) -> str:
     """sha256 over `kind` (a format name, bumped when the stored layout changes), each array's dtype, shape and bytes, and `settings`.
 
     Every byte is hashed: a digest of a sample would give two inputs differing off the sample one

@@ -1,10 +1,11 @@
-"""What every input reader shares: atomic, durable file replacement, CSV and text decoding, OS leftovers, refusal summaries."""
+"""What every input reader shares: atomic, durable file replacement, content digests, CSV and text decoding, OS leftovers, refusal summaries."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import errno
+import hashlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +23,17 @@ def refusal_examples(rejected: list[Rejected], before: str = ": ", after: str = 
         return ""
     shown = "; ".join(f"{r.name}: {r.reason}" for r in rejected[:3])
     return f"{before}{len(rejected)} rejected, e.g. {shown}{after}"
+
+
+def bytes_digest(data: bytes) -> str:
+    """The SHA-256 of some bytes, in hex: what names content (an image in the cache, an upload)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """bytes_digest of a file's bytes, read in chunks rather than all at once."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @contextlib.contextmanager

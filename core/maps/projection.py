@@ -14,7 +14,7 @@ from scipy.sparse import coo_matrix
 from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness
 
-from core.io.array_store import ArrayStore, content_key
+from core.io.array_store import ArrayStore, arrays_digest
 from core.paths import workspace_home
 from core.retrieval.index import checked_vectors, unit_rows
 
@@ -513,7 +513,7 @@ def projection_key(
     train_vectors: np.ndarray, test_vectors: np.ndarray, config: ProjectionConfig
 ) -> str:
     """Content address of a projection: both arrays (shape, dtype, bytes) and the config."""
-    return content_key(CACHE_FORMAT, (train_vectors, test_vectors), repr(config))
+    return arrays_digest(CACHE_FORMAT, (train_vectors, test_vectors), repr(config))
 
 
 class ProjectionCache:

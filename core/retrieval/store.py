@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.io.array_store import ArrayStore, content_key
+from core.io.array_store import ArrayStore, arrays_digest
 from core.retrieval.index import Neighbours
 
 # Part of every key: bump when what is stored, or how it is searched, changes.
@@ -31,7 +31,7 @@ def search_key(
 ) -> str:
     """Content address of the searches: both sets of vectors, the train labels (they rank the labels) and the settings."""
     labels = np.asarray([str(label) for label in train_labels], dtype=str)
-    return content_key(SEARCH_FORMAT, (train_vectors, labels, test_vectors), settings)
+    return arrays_digest(SEARCH_FORMAT, (train_vectors, labels, test_vectors), settings)
 
 
 class SearchStore:

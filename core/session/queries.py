@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.embedding.cache import EmbeddingCache, content_key
+from core.embedding.cache import EmbeddingCache
 from core.embedding.runner import embed_texts_cached
+from core.io.files import bytes_digest
 from core.io.images import ImageRejected, load_image
 from core.io.texts import load_texts
 from core.paths import safe_file_name
@@ -41,7 +42,7 @@ def texts_from_upload(ws: Workspace, upload: NamedFile, column: str | None = Non
     suffix = Path(
         safe_file_name(upload.name)
     ).suffix.lower()  # a long one would not fit a file name
-    stored = ws.files / TEXT_UPLOADS / f"{content_key(data)[:16]}{suffix}"
+    stored = ws.files / TEXT_UPLOADS / f"{bytes_digest(data)[:16]}{suffix}"
     if not stored.is_file():
         ws.save_upload(TEXT_UPLOADS, stored.name, data)
     return load_texts(stored, column or None)
