@@ -34,6 +34,17 @@ class Rejected:
     reason: str  # one line a person can act on
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A file a dataset layout names, before it is checked."""
+
+    split: str
+    label: str | None
+    path: Path
+    name: str  # relative path as the user sees it
+    raw_label: object  # the label as the layout spelled it, before normalise_label
+
+
 @dataclass
 class Dataset:
     """Images found in a source, with everything that was refused."""

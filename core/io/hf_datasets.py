@@ -15,10 +15,9 @@ from core.io.archives import UNPACKED_FOLDER
 from core.io.files import replaced_atomically
 from core.io.images import IMAGE_EXTENSIONS, ImageRejected, load_image
 from core.io.labels import checked_label, label_values
-from core.io.layouts import Candidate
 from core.paths import HUB_REPO_ID, resolved_inside, safe_file_name, workspace_home
 from core.progress import Watch
-from core.records import TEST, TRAIN, Rejected
+from core.records import TEST, TRAIN, Candidate, Rejected
 
 # A source spelled hf:owner/name is a dataset on the Hugging Face Hub; a path never starts so.
 HUB_PREFIX = "hf:"

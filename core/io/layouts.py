@@ -6,27 +6,19 @@ import os
 import warnings
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from core.io.archives import UNPACKED_FOLDER, unpacked_once
 from core.io.files import is_os_junk, read_csv, refusal_examples
+
+# hf_datasets imports the heavy `datasets` only when a Hugging Face source is read.
+from core.io.hf_datasets import hf_candidates, is_hf_source, parse_source
 from core.io.images import IMAGE_EXTENSIONS, check_image_file
 from core.io.labels import checked_label, white_space_note
+from core.io.parquet import is_embeddings_source
 from core.paths import workspace_home
 from core.progress import Watch
-from core.records import SPLITS, TEST, TRAIN, Dataset, Item, Rejected
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A file a dataset layout names, before it is checked."""
-
-    split: str
-    label: str | None
-    path: Path
-    name: str  # relative path as the user sees it
-    raw_label: object  # the label as the layout spelled it, before normalise_label
+from core.records import SPLITS, TEST, TRAIN, Candidate, Dataset, Item, Rejected
 
 
 def load_dataset(
@@ -44,9 +36,6 @@ def load_dataset(
     only; refused files land in Dataset.rejected and the rest loads. Raises ValueError when no train
     image is usable.
     """
-    # hf_datasets builds on this module's Candidate, and imports the heavy `datasets` only when used.
-    from core.io.hf_datasets import hf_candidates, is_hf_source
-
     if is_hf_source(source):
         name, candidates, rejected = hf_candidates(source, work_dir, watch)
         return _dataset(name, source, candidates, rejected, "in its train split")
@@ -85,9 +74,6 @@ def missing_test_truth(source: str | Path, test_labels: Sequence[object]) -> str
     A folder takes test/<label>/ folders, a CSV layout test.csv's label column, an embeddings
     Parquet its label column, and a Hugging Face dataset the label column of its test split.
     """
-    from core.io.hf_datasets import is_hf_source, parse_source
-    from core.io.parquet import is_embeddings_source
-
     missing = sum(label is None for label in test_labels)
     counted = f"{missing} of {len(test_labels)} test items have no label"
     if is_hf_source(source):
