@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.fixtures import clip_checkpoint, write_photos
+from bench.fixtures import random_clip_checkpoint, write_photos
 from bench.report import Section, table
 from bench.timing import interleaved, median, median_ratio
 from core.embedding.cache import SIDECAR_SUFFIXES, EmbeddingCache
@@ -105,7 +105,7 @@ def run(work: Path, quick: bool, device: str = "auto") -> Section:
     section = Section(
         "1. Embedding (ViT-B/32, JPEG bytes → unit vector) and 5. Cache", "1, 5. Embedding, cache"
     )
-    checkpoint = clip_checkpoint(work.parent / "clip-vit-b32-random")
+    checkpoint = random_clip_checkpoint(work.parent / "clip-vit-b32-random")
     photos = write_photos(work.parent / "photos", plan["photos"])
     dataset = Dataset("photos", [Item(path.name, TEST, None, path) for path in photos])
     naive = NaiveClip(checkpoint, device)

@@ -28,10 +28,45 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def clip_checkpoint(folder: Path) -> Path:
-    """A CLIP with the ViT-B/32 architecture (transformers' default CLIPConfig) and random weights, saved with its processor.
+# A few byte-pair merges so the tokenizer merges something, as a real CLIP vocabulary does.
+_MERGES = [("p", "h"), ("o", "t"), ("ph", "ot"), ("phot", "o</w>"), ("c", "a"), ("ca", "t</w>")]
 
-    Random weights cost exactly the compute of trained ones. The tokenizer is the tests' byte-level BPE.
+
+def _write_byte_level_bpe(folder: Path) -> None:
+    """vocab.json and merges.txt for a byte-level BPE with CLIP's word-end marker and specials."""
+    import json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = sorted(ByteLevel.alphabet())
+    tokens = [
+        *alphabet,
+        *(char + "</w>" for char in alphabet),
+        *(left + right for left, right in _MERGES),
+        "<|startoftext|>",
+        "<|endoftext|>",
+    ]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    merges = "".join(f"{left} {right}\n" for left, right in _MERGES)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+
+
+def random_clip_checkpoint(
+    folder: Path,
+    tower: dict | None = None,
+    image_size: int | None = None,
+    patch_size: int | None = None,
+    max_tokens: int | None = None,
+    projection_dim: int | None = None,
+) -> Path:
+    """A CLIP with random, seeded weights saved with its processor, as save_pretrained saves one.
+
+    By default transformers' CLIPConfig: the ViT-B/32 architecture, whose random weights cost exactly
+    the compute of trained ones, and openai/clip-vit-base-patch32's processor (224 px, bicubic, CLIP
+    mean and std). `tower` (hidden sizes, layers, heads for both towers), `image_size`, `patch_size`,
+    `max_tokens` and `projection_dim` make a smaller one. The tokenizer is a byte-level BPE with a
+    few merges, written on the spot. A folder already holding the weights is returned as it is.
     """
     import torch
     from transformers import (
@@ -42,29 +77,46 @@ def clip_checkpoint(folder: Path) -> Path:
         CLIPTokenizer,
     )
 
-    from tests.conftest import _write_byte_level_bpe
-
     folder = Path(folder)
     if (folder / "model.safetensors").exists():
         return folder
     tokenizer_files = folder / "tokenizer-source"
     tokenizer_files.mkdir(parents=True, exist_ok=True)
     _write_byte_level_bpe(tokenizer_files)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_files)
+    tokenizer = CLIPTokenizer.from_pretrained(
+        tokenizer_files, **({} if max_tokens is None else {"model_max_length": max_tokens})
+    )
+    text = {**(tower or {})}
+    vision = {**(tower or {})}
+    if max_tokens is not None:
+        text["max_position_embeddings"] = max_tokens
+    if image_size is not None:
+        vision["image_size"] = image_size
+    if patch_size is not None:
+        vision["patch_size"] = patch_size
     config = CLIPConfig(
         text_config={
+            **text,
             "vocab_size": len(tokenizer),
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
-        }
+        },
+        vision_config=vision,
+        **({} if projection_dim is None else {"projection_dim": projection_dim}),
     )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
-    # The processor's defaults are openai/clip-vit-base-patch32's: 224 px, bicubic, CLIP mean and std.
-    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer).save_pretrained(
-        folder
+    # The Pillow backend: CLIPImageProcessor would fall back to it, noisily, without torchvision.
+    image_processor = (
+        CLIPImageProcessorPil()
+        if image_size is None
+        else CLIPImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        )
     )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.fixtures import clip_checkpoint, photo_jpeg, quiet_transformers, write_photos
+from bench.fixtures import photo_jpeg, quiet_transformers, random_clip_checkpoint, write_photos
 from bench.report import Section, seconds, table
 from bench.timing import peak_rss_mb, run_python
 from core.embedding.runner import ROWS_PER_PART
@@ -71,7 +71,7 @@ def run(work: Path, quick: bool) -> Section:
     # the workflow starts from an empty cache, as a first run does
     shutil.rmtree(home, ignore_errors=True)
     workflow = run_python(["-m", "bench.memory", "workflow", str(dataset), str(home)])
-    checkpoint = clip_checkpoint(work.parent / "clip-vit-b32-random")
+    checkpoint = random_clip_checkpoint(work.parent / "clip-vit-b32-random")
     photos = write_photos(work.parent / "photos", CLIP_PHOTOS)
     clip = run_python(["-m", "bench.memory", "clip", str(checkpoint), str(photos[0].parent)])
     workflow_mb, clip_mb = float(workflow["PEAK_MB"]), float(clip["PEAK_MB"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.fixtures import EmbeddingSpace, clip_checkpoint, write_photos
+from bench.fixtures import EmbeddingSpace, random_clip_checkpoint, write_photos
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio
 from core.embedding.clip import usable_cores
@@ -36,7 +36,7 @@ def run(work: Path, quick: bool) -> Section:
     plan = QUICK if quick else FULL
     # torch fp32, as section 1's first rows: the engines compared, not the runtimes.
     config = EmbedConfig(
-        model=str(clip_checkpoint(work.parent / "clip-vit-b32-random")),
+        model=str(random_clip_checkpoint(work.parent / "clip-vit-b32-random")),
         precision="fp32",
         runtime="torch",
     )

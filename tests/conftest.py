@@ -1,6 +1,5 @@
 """Shared fixtures: an offline Hub, a tiny random CLIP checkpoint, a private workspace, image files."""
 
-import json
 import os
 from pathlib import Path
 
@@ -14,81 +13,26 @@ from PIL import Image
 
 TINY_CLIP_IMAGE_SIZE = 32  # pixels a side the tiny CLIP's processor feeds the model
 TINY_CLIP_MAX_TOKENS = 32  # text positions of the tiny CLIP; longer prompts are truncated
-# A few byte-pair merges so the tokenizer merges something, as a real CLIP vocabulary does.
-_TINY_MERGES = [
-    ("p", "h"),
-    ("o", "t"),
-    ("ph", "ot"),
-    ("phot", "o</w>"),
-    ("c", "a"),
-    ("ca", "t</w>"),
-]
-
-
-def _write_byte_level_bpe(folder: Path) -> None:
-    """vocab.json and merges.txt for a byte-level BPE with CLIP's word-end marker and specials."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    alphabet = sorted(ByteLevel.alphabet())
-    merged = [left + right for left, right in _TINY_MERGES]
-    tokens = [
-        *alphabet,
-        *(char + "</w>" for char in alphabet),
-        *merged,
-        "<|startoftext|>",
-        "<|endoftext|>",
-    ]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    merges = "".join(f"{left} {right}\n" for left, right in _TINY_MERGES)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A random, seeded CLIP checkpoint (16-d vectors) saved the way save_pretrained saves one."""
-    import torch
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessorPil,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTokenizer,
-    )
+    from bench.fixtures import random_clip_checkpoint
 
-    tokenizer_files = tmp_path_factory.mktemp("tiny-clip-tokenizer")
-    _write_byte_level_bpe(tokenizer_files)
-    tokenizer = CLIPTokenizer.from_pretrained(
-        tokenizer_files, model_max_length=TINY_CLIP_MAX_TOKENS
-    )
-    # The Pillow backend: CLIPImageProcessor would fall back to it, noisily, without torchvision.
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": TINY_CLIP_IMAGE_SIZE},
-        crop_size={"height": TINY_CLIP_IMAGE_SIZE, "width": TINY_CLIP_IMAGE_SIZE},
-    )
-    tower = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    }
-    config = CLIPConfig(
-        text_config={
-            **tower,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": TINY_CLIP_MAX_TOKENS,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
+    return random_clip_checkpoint(
+        tmp_path_factory.mktemp("checkpoints") / "tiny-clip",
+        tower={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
         },
-        vision_config={**tower, "image_size": TINY_CLIP_IMAGE_SIZE, "patch_size": 8},
+        image_size=TINY_CLIP_IMAGE_SIZE,
+        patch_size=8,
+        max_tokens=TINY_CLIP_MAX_TOKENS,
         projection_dim=16,
     )
-    torch.manual_seed(0)
-    checkpoint = tmp_path_factory.mktemp("checkpoints") / "tiny-clip"
-    CLIPModel(config).save_pretrained(checkpoint)
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(checkpoint)
-    return checkpoint
 
 
 @pytest.fixture
