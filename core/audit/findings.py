@@ -1,0 +1,365 @@
+"""The audit's findings from an analysis's searches: near-duplicate pairs, suspected mislabels, duplicate groups, look-alike classes, and findings.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from core.audit.cut import Cut, choose_cut
+from core.io.files import replaced_atomically
+from core.progress import Watch
+from core.records import TEST, TRAIN
+from core.retrieval.distractors import leave_one_out_neighbours
+from core.retrieval.index import Neighbours
+from core.retrieval.pipeline import LEAVE_ONE_OUT_STAGE, Analysis
+
+NEAR_DUPLICATE, MISLABEL, DUPLICATE, SIMILAR_CLASSES = (
+    "near_duplicate",
+    "mislabel",
+    "duplicate",
+    "similar_classes",
+)
+KINDS = (NEAR_DUPLICATE, MISLABEL, DUPLICATE, SIMILAR_CLASSES)
+KIND_NAMES = {
+    NEAR_DUPLICATE: "train↔test near-duplicates",
+    MISLABEL: "suspected mislabelled train images",
+    DUPLICATE: "duplicates inside a split",
+    SIMILAR_CLASSES: "train classes that look like one",
+}
+FINDINGS_COLUMNS = (
+    "kind",
+    "id",
+    "other_id",
+    "score",
+    "suggested_label",
+    "label",
+    "other_label",
+    "split",
+    "group",
+)
+# The scopes a cut is chosen for, each from its own best similarities: an image meets more images of
+# its class in a larger set, so its natural best similarity is higher there (test against test).
+CUT_SCOPES = {
+    NEAR_DUPLICATE: "test images' best similarities to train",
+    TRAIN: "train images' best similarities to the rest of train",
+    TEST: "test images' best similarities to the rest of test",
+}
+# Neighbours each test image keeps among the other test images: a group of this many copies and the
+# original shows whole, and larger groups still join through their members' links.
+TEST_DEPTH = 4
+# Test is searched against itself exactly up to this many images; above, with the IVF index, whose
+# probed lists hold an image's near-duplicates (they sit in its list): a fraction of the exact cost.
+EXACT_TEST_SEARCH_UP_TO = 20_000
+# A train image is suspected when none of this many nearest other train images shares its label: one
+# look-alike of another class is common (digits: 4 in 10 of such images are labelled right), two
+# rarely are (bench/audit.py measures both rules).
+MISLABEL_NEIGHBOURS = 2
+TEST_SEARCH_STAGE = "searching test against test for duplicates"
+FINDINGS_STAGE = "auditing: near-duplicates, mislabels, duplicate groups"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """How the audit decides what is a near-duplicate."""
+
+    cut: float | None = field(
+        default=None,
+        metadata={
+            "help": "cosine similarity at or above which two images are near-duplicates, in (0, 1]; default: chosen "
+            "from the data, where the test images' best similarities to train would reach by chance fewer than half an image"
+        },
+    )
+
+    def __post_init__(self):
+        if self.cut is not None and not 0.0 < self.cut <= 1.0:
+            raise ValueError(f"cut is a cosine similarity in (0, 1], got {self.cut}")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding: a pair of images, a train image, or a pair of classes, with its score."""
+
+    kind: str  # one of KINDS
+    id: str  # the test image of a near-duplicate, the train image of a mislabel, a class's image
+    other_id: str  # the train image of a pair; "" for a mislabel
+    score: (
+        float  # cosine similarity for pairs and classes, the margin for a mislabel (higher: surer)
+    )
+    suggested_label: str  # the label the finding suggests; "" when it suggests none
+    label: str  # the label `id` carries ("" unknown)
+    other_label: str  # the label `other_id` carries ("" for a mislabel)
+    split: str  # the split of `id`
+    group: int | None = (
+        None  # duplicates: the group (connected images at or above the cut), 1 the largest
+    )
+
+    def row(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "other_id": self.other_id,
+            "score": f"{self.score:.6f}",
+            "suggested_label": self.suggested_label,
+            "label": self.label,
+            "other_label": self.other_label,
+            "split": self.split,
+            "group": "" if self.group is None else str(self.group),
+        }
+
+
+def _text(label) -> str:
+    return "" if label is None else str(label)
+
+
+@dataclass
+class Audit:
+    """An analysis's data audited: what is fixed, and the pairs and groups found at any cut."""
+
+    analysis: Analysis
+    test_neighbours: Neighbours  # each test image's top neighbours among the other test images
+    # the default cut of each scope (CUT_SCOPES): the config's, or chosen from the data
+    cuts: dict[str, Cut]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def train_neighbours(self) -> Neighbours:
+        return self.analysis.train_neighbours
+
+    @cached_property
+    def train_labels(self) -> np.ndarray:
+        return self.analysis.train.labels.astype(object)
+
+    @cached_property
+    def mislabels(self) -> list[Finding]:
+        """Train images none of whose MISLABEL_NEIGHBOURS nearest other train images shares their label, surest first.
+
+        Their own class ranks below the classes of those neighbours (leave-one-out class ranks).
+        A class with one train image has no other image to be near, and is not judged. The score is
+        how much nearer the suggested class (the nearest image's) is than the own class; an own
+        class below the searched neighbours counts at the last of them, a lower bound then.
+        """
+        neighbours, labels = self.train_neighbours, self.train_labels
+        if neighbours.k == 0:
+            return []
+        sizes = Counter(labels.tolist())
+        near = labels[neighbours.indices]
+        own = near == labels[:, None]
+        rows = np.arange(len(labels))
+        own_best = np.where(
+            own.any(axis=1),
+            neighbours.similarities[rows, np.argmax(own, axis=1)],
+            neighbours.similarities[:, -1],
+        )
+        judged = np.array([sizes[label] >= 2 for label in labels.tolist()])
+        suspect = judged & ~own[:, :MISLABEL_NEIGHBOURS].any(axis=1)
+        ids = self.analysis.train.ids
+        findings = [
+            Finding(
+                MISLABEL,
+                str(ids[row]),
+                "",
+                float(neighbours.similarities[row, 0] - own_best[row]),
+                _text(near[row, 0]),
+                _text(labels[row]),
+                "",
+                TRAIN,
+            )
+            for row in np.flatnonzero(suspect)
+        ]
+        return sorted(findings, key=lambda finding: -finding.score)
+
+    @cached_property
+    def similar_classes(self) -> list[Finding]:
+        """Pairs of train classes whose images are nearer each other than most images are to their own class.
+
+        For classes A and B: each image of A's best similarity to B (and of B's to A) among its
+        searched neighbours, an image without the other class among them counting as below all; a
+        pair is found when the median over both classes' images is above the median of every train
+        image's best similarity to its own class. The score is that median; id and other_id are the
+        pair's nearest images.
+        """
+        neighbours, labels = self.train_neighbours, self.train_labels
+        if neighbours.k == 0:
+            return []
+        near = labels[neighbours.indices]
+        own = near == labels[:, None]
+        has_own = own.any(axis=1)
+        if not has_own.any():
+            return []
+        rows = np.arange(len(labels))
+        same_class = float(
+            np.median(neighbours.similarities[rows, np.argmax(own, axis=1)][has_own])
+        )
+        best: dict[tuple[str, str], dict[int, tuple[float, int]]] = {}
+        for row, column in zip(*np.nonzero(~own & (neighbours.similarities > same_class))):
+            a, b = str(labels[row]), str(near[row, column])
+            pair = (a, b) if a < b else (b, a)
+            seen = best.setdefault(pair, {})
+            if row not in seen:  # columns run best first
+                seen[row] = (
+                    float(neighbours.similarities[row, column]),
+                    int(neighbours.indices[row, column]),
+                )
+        sizes = Counter(str(label) for label in labels.tolist())
+        findings = []
+        ids = self.analysis.train.ids
+        for (a, b), seen in best.items():
+            members = sizes[a] + sizes[b]
+            values = sorted((value for value, _ in seen.values()), reverse=True)
+            # the median of all members, those without a value counting below every value
+            middle = (members - 1) / 2
+            lower, upper = int(np.floor(middle)), int(np.ceil(middle))
+            if upper >= len(values):
+                continue
+            median = (values[lower] + values[upper]) / 2
+            if median <= same_class:
+                continue
+            row = max(seen, key=lambda r: seen[r][0])
+            other = seen[row][1]
+            findings.append(
+                Finding(
+                    SIMILAR_CLASSES,
+                    str(ids[row]),
+                    str(ids[other]),
+                    float(median),
+                    "",
+                    _text(labels[row]),
+                    _text(labels[other]),
+                    TRAIN,
+                )
+            )
+        return sorted(findings, key=lambda finding: -finding.score)
+
+    def near_duplicates(self, cut: float | None = None) -> list[Finding]:
+        """Test images whose best train neighbour is at or above the cut: the label it would give them, and the test truth."""
+        cut = self.cuts[NEAR_DUPLICATE].value if cut is None else cut
+        analysis = self.analysis
+        similarities = analysis.neighbours.similarities[:, 0]
+        train_rows = analysis.neighbours.indices[:, 0]
+        findings = [
+            Finding(
+                NEAR_DUPLICATE,
+                str(analysis.test.ids[row]),
+                str(analysis.train.ids[train_rows[row]]),
+                float(similarities[row]),
+                _text(self.train_labels[train_rows[row]]),
+                _text(analysis.test.labels[row]),
+                _text(self.train_labels[train_rows[row]]),
+                TEST,
+            )
+            for row in np.flatnonzero(similarities >= cut)
+        ]
+        return sorted(findings, key=lambda finding: -finding.score)
+
+    def duplicates(self, split: str, cut: float | None = None) -> list[Finding]:
+        """Pairs of images of one split at or above the cut, each with its group (connected pairs), largest group first."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        cut = self.cuts[split].value if cut is None else cut
+        embeddings = self.analysis.train if split == TRAIN else self.analysis.test
+        neighbours = self.train_neighbours if split == TRAIN else self.test_neighbours
+        rows, columns = np.nonzero(neighbours.similarities >= cut)
+        others = neighbours.indices[rows, columns]
+        first, second = np.minimum(rows, others), np.maximum(rows, others)
+        pairs, where = np.unique(np.column_stack([first, second]), axis=0, return_index=True)
+        if len(pairs) == 0:
+            return []
+        scores = neighbours.similarities[rows, columns][where]
+        n = len(embeddings.ids)
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        _, component = connected_components(graph, directed=False)
+        # groups numbered by size, largest first; ties by their first image
+        sizes = Counter(component[np.unique(pairs)].tolist())
+        order = sorted(sizes, key=lambda group: (-sizes[group], group))
+        number = {group: rank + 1 for rank, group in enumerate(order)}
+        labels = embeddings.labels
+        findings = [
+            Finding(
+                DUPLICATE,
+                str(embeddings.ids[a]),
+                str(embeddings.ids[b]),
+                float(score),
+                "",
+                _text(labels[a]),
+                _text(labels[b]),
+                split,
+                number[component[a]],
+            )
+            for (a, b), score in zip(pairs.tolist(), scores.tolist())
+        ]
+        return sorted(findings, key=lambda finding: (finding.group, -finding.score))
+
+    def findings(self, cut: float | None = None) -> list[Finding]:
+        """Every finding at the cut (by default each scope's own): each kind in KINDS order, surest first."""
+        return [
+            *self.near_duplicates(cut),
+            *self.mislabels,
+            *self.duplicates(TRAIN, cut),
+            *self.duplicates(TEST, cut),
+            *self.similar_classes,
+        ]
+
+    def counts(self, cut: float | None = None) -> dict[str, int]:
+        """Findings of each kind at the cut."""
+        found = Counter(finding.kind for finding in self.findings(cut))
+        return {kind: found.get(kind, 0) for kind in KINDS}
+
+
+def audit(analysis: Analysis, config: AuditConfig = AuditConfig(), watch: Watch = Watch()) -> Audit:
+    """Audit the data behind an analysis, reusing its searches: test against train, train against itself.
+
+    Only test against test is searched here (exactly up to EXACT_TEST_SEARCH_UP_TO images, with the
+    IVF index above); `watch` hears how it goes and can stop it (Cancelled).
+    """
+    test = analysis.test
+    watch.step(0, 1, LEAVE_ONE_OUT_STAGE)
+    _ = analysis.train_neighbours  # searched by the analysis, or here on its behalf (kept there)
+    kind = "exact" if len(test.ids) <= EXACT_TEST_SEARCH_UP_TO else "ivf"
+    test_neighbours = leave_one_out_neighbours(
+        test.vectors, TEST_DEPTH, kind, watch, TEST_SEARCH_STAGE
+    )
+    watch.step(0, 1, FINDINGS_STAGE)
+    cuts = {
+        NEAR_DUPLICATE: choose_cut(
+            analysis.neighbours.similarities[:, 0], CUT_SCOPES[NEAR_DUPLICATE], config.cut
+        ),
+        TRAIN: choose_cut(
+            analysis.train_neighbours.similarities[:, :1], CUT_SCOPES[TRAIN], config.cut
+        ),
+        TEST: choose_cut(test_neighbours.similarities[:, :1], CUT_SCOPES[TEST], config.cut),
+    }
+    notes = []
+    singletons = sum(1 for size in Counter(analysis.train.labels.tolist()).values() if size == 1)
+    if singletons:
+        notes.append(
+            f"{singletons} train classes have one image: with no other image of their class to be near, "
+            "their labels are not judged"
+        )
+    result = Audit(analysis, test_neighbours, cuts, notes)
+    _ = result.mislabels, result.similar_classes
+    return result
+
+
+def findings_csv(findings: list[Finding]) -> str:
+    """findings.csv as text: FINDINGS_COLUMNS, one row per finding, every id and label quoted as the csv module quotes."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, FINDINGS_COLUMNS)
+    writer.writeheader()
+    writer.writerows(finding.row() for finding in findings)
+    return buffer.getvalue()
+
+
+def write_findings(path: Path | str, findings: list[Finding]) -> Path:
+    """Write findings.csv to `path`; a failed write keeps the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(path) as partial:
+        partial.write_text(findings_csv(findings), encoding="utf-8", newline="")
+    return path
