@@ -1,4 +1,4 @@
-"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble,report,export} — options from the config dataclasses, one-line errors, never a traceback."""
+"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble,report,export,audit} — options from the config dataclasses, one-line errors, never a traceback."""
 
 from __future__ import annotations
 
@@ -489,6 +489,84 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _audit_summary(found, leaked, top: int) -> dict:
+    """The audit as plain data: each scope's cut, the count of each kind, the leakage effect and the top findings."""
+    from dataclasses import asdict
+
+    from core.audit.findings import KINDS
+
+    findings = found.findings()
+    return {
+        "cuts": {scope: asdict(cut) for scope, cut in found.cuts.items()},
+        "counts": found.counts(),
+        "leakage": asdict(leaked),
+        "top": {
+            kind: [finding.row() for finding in findings if finding.kind == kind][:top]
+            for kind in KINDS
+        },
+        "notes": found.notes,
+    }
+
+
+def _print_audit(summary: dict, k: int) -> None:
+    """One line per finding kind, the leakage effect, then the top findings; user text with its controls shown."""
+    from core.audit.findings import CUT_SCOPES, KIND_NAMES
+    from core.display import visible_controls
+
+    for scope, cut in summary["cuts"].items():
+        print(f"cut for {CUT_SCOPES[scope]}: {cut['value']:.4f} ({cut['source']})")
+    for kind, count in summary["counts"].items():
+        print(f"{KIND_NAMES[kind]}: {count}")
+    leaked = summary["leakage"]
+    if leaked["same_label"] is not None:
+        without = leaked["map_without_duplicates"]
+        print(
+            f"leakage: {leaked['same_label']} of {leaked['pairs']} near-duplicates carry their test image's true label; "
+            f"MAP@{k} {leaked['map_as_analysed']:.4f} as analysed, {leaked['map_taking_duplicate_label']:.4f} when "
+            f"each takes its duplicate's label, "
+            + ("n/a" if without is None else f"{without:.4f}")
+            + " without them"
+        )
+    for kind, rows in summary["top"].items():
+        if rows:
+            print(f"\ntop {KIND_NAMES[kind]}:")
+        for row in rows:
+            shown = [
+                row["id"],
+                row["other_id"] or None,
+                row["suggested_label"] and f"→ {row['suggested_label']}",
+            ]
+            print(
+                f"  {row['score']}  " + "  ".join(visible_controls(part) for part in shown if part)
+            )
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def cmd_audit(args) -> int:
+    import json
+
+    from core.audit.effects import leakage
+    from core.audit.findings import AuditConfig, audit, write_findings
+
+    out = _checked_out(args.out, [args.source]) if args.out else None
+    config = _config(AuditConfig, args)  # bad options are refused before the dataset is read
+    _predict_config(args)
+    loaded = _load(args)
+    analysis, watch, _, _ = _analysed(loaded, args)
+    found = audit(analysis, config, watch)
+    summary = _audit_summary(found, leakage(found), args.top)
+    if out:
+        write_findings(out, found.findings())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_audit(summary, analysis.config.k)
+    if out:
+        print(f"wrote {len(found.findings())} findings to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _add_config_options(parser, config_class, only=None, skip=()) -> None:
     """One option per field of `config_class` (or of `only`): --field-name, with the field's default, type, choices and help."""
     import argparse
@@ -550,6 +628,7 @@ def _add_prediction(parser):
 def build_parser():
     import argparse
 
+    from core.audit.findings import AuditConfig
     from core.embedding.config import EmbedConfig
     from core.embedding.ray_engine import EngineConfig
     from core.embedding.runner import ROWS_PER_PART
@@ -693,6 +772,22 @@ def build_parser():
         help="folder to write the export into (made if missing; files of the same names are replaced)",
     )
     export.set_defaults(run=cmd_export)
+
+    audit = commands.add_parser(
+        "audit",
+        help="train↔test near-duplicates (leakage), suspected mislabelled train images, duplicate groups",
+    )
+    _add_source(audit)
+    _add_prediction(audit)
+    _add_config_options(audit, AuditConfig)
+    audit.add_argument(
+        "--top", type=int, default=5, help="findings of each kind printed (default: %(default)s)"
+    )
+    audit.add_argument("--json", action="store_true", help="print JSON")
+    audit.add_argument(
+        "--out", help="findings .csv to write: one row per finding, at the default cuts"
+    )
+    audit.set_defaults(run=cmd_audit)
     return parser
 
 

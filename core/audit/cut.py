@@ -9,7 +9,9 @@ from scipy.stats import norm
 
 # Below this many similarities the same-class mode cannot be told from noise: the write-ups' cut is used.
 MIN_SIMILARITIES = 30
-FALLBACK_CUT = 0.95  # a write-up drops near-duplicate prompts above cosine 0.95
+# A write-up drops near-duplicate prompts above cosine 0.95: the cut chosen from the data is never
+# below it, as a small or loosely clustered set can put the chance level of its same-class tail lower.
+FALLBACK_CUT = 0.95
 # The cut is where fewer than this many images of the same-class mode would reach by chance.
 CHANCE_IMAGES = 0.5
 # Similarities are compared as -log(1 - s), where near-duplicates (0.99, 0.999) spread apart; a
@@ -77,10 +79,12 @@ def choose_cut(best_similarities, what: str, fixed: float | None = None) -> Cut:
     above = values[values > mode] - mode
     spread = float(np.median(above)) / _HALF_NORMAL_MEDIAN if len(above) else 0.0
     z = float(norm.isf(CHANCE_IMAGES / len(values)))
-    value = min(similarity_at(mode + z * spread), 1.0 - _NEAREST_TO_ONE)
+    chance = similarity_at(mode + z * spread)
+    value = min(max(chance, FALLBACK_CUT), 1.0 - _NEAREST_TO_ONE)
     source = (
         f"chosen from the data: the {what} peak at {peak:.3f}, and fewer than "
-        f"{CHANCE_IMAGES} of {len(values):,} would reach {value:.4f} by chance"
+        f"{CHANCE_IMAGES} of {len(values):,} would reach {chance:.4f} by chance"
+        + ("" if chance >= FALLBACK_CUT else f"; the write-ups' {FALLBACK_CUT} is higher")
     )
     return _with_duplicate_mode(value, source, peak, values)
 

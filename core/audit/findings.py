@@ -60,6 +60,8 @@ EXACT_TEST_SEARCH_UP_TO = 20_000
 # look-alike of another class is common (digits: 4 in 10 of such images are labelled right), two
 # rarely are (bench/audit.py measures both rules).
 MISLABEL_NEIGHBOURS = 2
+# Past this share of suspected train images the vectors, not the labels, are the likelier cause.
+LOOSE_SHARE = 0.2
 TEST_SEARCH_STAGE = "searching test against test for duplicates"
 FINDINGS_STAGE = "auditing: near-duplicates, mislabels, duplicate groups"
 
@@ -343,7 +345,13 @@ def audit(analysis: Analysis, config: AuditConfig = AuditConfig(), watch: Watch 
             "their labels are not judged"
         )
     result = Audit(analysis, test_neighbours, cuts, notes)
-    _ = result.mislabels, result.similar_classes
+    suspected = len(result.mislabels) / len(analysis.train.ids)
+    if suspected > LOOSE_SHARE:
+        notes.append(
+            f"{suspected:.0%} of train images have no image of their class among their {MISLABEL_NEIGHBOURS} nearest: "
+            "these vectors separate the classes poorly, and most such suspects are likely labelled right"
+        )
+    _ = result.similar_classes
     return result
 
 
