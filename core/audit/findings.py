@@ -60,6 +60,8 @@ EXACT_TEST_SEARCH_UP_TO = 20_000
 # look-alike of another class is common (digits: 4 in 10 of such images are labelled right), two
 # rarely are (bench/audit.py measures both rules).
 MISLABEL_NEIGHBOURS = 2
+# Same-class pairs sampled for the median similarity of two images of one class.
+SAME_CLASS_PAIRS = 100_000
 # Past this share of suspected train images the vectors, not the labels, are the likelier cause.
 LOOSE_SHARE = 0.2
 TEST_SEARCH_STAGE = "searching test against test for duplicates"
@@ -177,29 +179,45 @@ class Audit:
         return sorted(findings, key=lambda finding: -finding.score)
 
     @cached_property
+    def same_class_similarity(self) -> float | None:
+        """The median similarity of two train images of one class (of up to SAME_CLASS_PAIRS seeded pairs); None without a class of 2+."""
+        labels = self.train_labels
+        classes, codes, sizes = np.unique(
+            labels.astype(str), return_inverse=True, return_counts=True
+        )
+        rows = np.flatnonzero(sizes[codes] >= 2)
+        if len(rows) == 0:
+            return None
+        rng = np.random.default_rng(self.analysis.config.seed)
+        order = np.argsort(codes, kind="stable")
+        starts = np.searchsorted(codes[order], np.arange(len(classes)))
+        where = np.empty(len(codes), np.int64)
+        where[order] = np.arange(len(codes))
+        first = rng.choice(rows, SAME_CLASS_PAIRS)
+        size = sizes[codes[first]]
+        offset = where[first] - starts[codes[first]]
+        second = order[starts[codes[first]] + (offset + rng.integers(1, size)) % size]
+        vectors = self.analysis.train.vectors
+        return float(np.median(np.einsum("ij,ij->i", vectors[first], vectors[second])))
+
+    @cached_property
     def similar_classes(self) -> list[Finding]:
-        """Pairs of train classes whose images are nearer each other than most images are to their own class.
+        """Pairs of train classes whose images are nearer each other than most images of one class are.
 
         For classes A and B: each image of A's best similarity to B (and of B's to A) among its
         searched neighbours, an image without the other class among them counting as below all; a
-        pair is found when the median over both classes' images is above the median of every train
-        image's best similarity to its own class. The score is that median; id and other_id are the
-        pair's nearest images.
+        pair is found when the median over both classes' images is above the median similarity of
+        two train images of one class. The score is that median; id and other_id are the pair's
+        nearest images.
         """
         neighbours, labels = self.train_neighbours, self.train_labels
-        if neighbours.k == 0:
+        same_class = self.same_class_similarity
+        if neighbours.k == 0 or same_class is None:
             return []
         near = labels[neighbours.indices]
-        own = near == labels[:, None]
-        has_own = own.any(axis=1)
-        if not has_own.any():
-            return []
-        rows = np.arange(len(labels))
-        same_class = float(
-            np.median(neighbours.similarities[rows, np.argmax(own, axis=1)][has_own])
-        )
         best: dict[tuple[str, str], dict[int, tuple[float, int]]] = {}
-        for row, column in zip(*np.nonzero(~own & (neighbours.similarities > same_class))):
+        above = (near != labels[:, None]) & (neighbours.similarities > same_class)
+        for row, column in zip(*np.nonzero(above)):
             a, b = str(labels[row]), str(near[row, column])
             pair = (a, b) if a < b else (b, a)
             seen = best.setdefault(pair, {})
