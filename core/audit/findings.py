@@ -53,15 +53,16 @@ CUT_SCOPES = {
 # Neighbours each test image keeps among the other test images: a group of this many copies and the
 # original shows whole, and larger groups still join through their members' links.
 TEST_DEPTH = 4
-# Test is searched against itself exactly up to this many images; above, with the IVF index, whose
-# probed lists hold an image's near-duplicates (they sit in its list): a fraction of the exact cost.
-EXACT_TEST_SEARCH_UP_TO = 20_000
+# Test is searched against itself exactly while it is no larger than train (the search then costs no
+# more than the analysis's test against train) or than this; above, with the IVF index, whose probed
+# lists hold an image's near-duplicates (they sit in its own list), at a fraction of the exact cost.
+EXACT_TEST_SEARCH_UP_TO = 4096
 # A train image is suspected when none of this many nearest other train images shares its label: one
 # look-alike of another class is common (digits: 4 in 10 of such images are labelled right), two
 # rarely are (bench/audit.py measures both rules).
 MISLABEL_NEIGHBOURS = 2
 # Same-class pairs sampled for the median similarity of two images of one class.
-SAME_CLASS_PAIRS = 100_000
+SAME_CLASS_PAIRS = 10_000
 # Past this share of suspected train images the vectors, not the labels, are the likelier cause.
 LOOSE_SHARE = 0.2
 TEST_SEARCH_STAGE = "searching test against test for duplicates"
@@ -332,16 +333,20 @@ class Audit:
         return {kind: found.get(kind, 0) for kind in KINDS}
 
 
+def test_search_kind(n_test: int, n_train: int) -> str:
+    """The index kind test is searched against itself with: exact up to max(n_train, EXACT_TEST_SEARCH_UP_TO), IVF above."""
+    return "exact" if n_test <= max(n_train, EXACT_TEST_SEARCH_UP_TO) else "ivf"
+
+
 def audit(analysis: Analysis, config: AuditConfig = AuditConfig(), watch: Watch = Watch()) -> Audit:
     """Audit the data behind an analysis, reusing its searches: test against train, train against itself.
 
-    Only test against test is searched here (exactly up to EXACT_TEST_SEARCH_UP_TO images, with the
-    IVF index above); `watch` hears how it goes and can stop it (Cancelled).
+    Only test against test is searched here (test_search_kind); `watch` hears how it goes and can stop it (Cancelled).
     """
     test = analysis.test
     watch.step(0, 1, LEAVE_ONE_OUT_STAGE)
     _ = analysis.train_neighbours  # searched by the analysis, or here on its behalf (kept there)
-    kind = "exact" if len(test.ids) <= EXACT_TEST_SEARCH_UP_TO else "ivf"
+    kind = test_search_kind(len(test.ids), len(analysis.train.ids))
     test_neighbours = leave_one_out_neighbours(
         test.vectors, TEST_DEPTH, kind, watch, TEST_SEARCH_STAGE
     )
