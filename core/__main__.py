@@ -433,13 +433,16 @@ def _analysed(loaded, args):
 
 
 def cmd_report(args) -> int:
+    from core.audit.findings import AuditConfig, audit
     from core.report.config import ReportConfig
     from core.report.html import report_html, write_report
 
     out = _checked_out(args.out, [args.source])
     config = _config(ReportConfig, args)
+    audit_config = _config(AuditConfig, args)
     loaded = _load(args)
     analysis, watch, flags, rule = _analysed(loaded, args)
+    found = audit(analysis, audit_config, watch)
     projection = _projected(analysis, config.map_method, watch)
     page = report_html(
         loaded,
@@ -451,6 +454,7 @@ def cmd_report(args) -> int:
         flags=flags,
         config=config,
         watch=watch,
+        audit=found,
     )
     write_report(out, page)
     print(
@@ -462,6 +466,7 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
+    from core.audit.findings import AuditConfig, audit
     from core.exports import FORMAT_NAMES, export, export_items, written_files
     from core.exports.fiftyone import check_images
 
@@ -473,7 +478,8 @@ def cmd_export(args) -> int:
         # before the analysis: an embeddings Parquet has no image files
         check_images(loaded.images.values())
     analysis, watch, flags, rule = _analysed(loaded, args)
-    items = export_items(analysis, loaded.images, flags=flags, rule=rule)
+    found = audit(analysis, _config(AuditConfig, args), watch)
+    items = export_items(analysis, loaded.images, flags=flags, rule=rule, audit=found)
     options = (
         {"projection": _projected(analysis, args.map_method, watch)}
         if args.format == "atlas"
@@ -748,6 +754,7 @@ def build_parser():
     _add_source(report)
     _add_prediction(report)
     _add_config_options(report, ReportConfig)
+    _add_config_options(report, AuditConfig)
     report.add_argument("--out", required=True, help="report .html to write")
     report.set_defaults(run=cmd_report)
 
@@ -757,6 +764,7 @@ def build_parser():
     )
     _add_source(export)
     _add_prediction(export)
+    _add_config_options(export, AuditConfig)
     export.add_argument(
         "--format", required=True, choices=EXPORT_FORMATS, help="the tool to open the export in"
     )

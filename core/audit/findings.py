@@ -378,6 +378,35 @@ def audit(analysis: Analysis, config: AuditConfig = AuditConfig(), watch: Watch 
     return result
 
 
+# What each item's findings add to an export, column by column (core.exports): the train image a test
+# image copies, the label suggested for a suspected train image, and the duplicate group inside its split.
+EXPORT_COLUMNS = ("near_duplicate_of", "suggested_label", "duplicate_group")
+
+
+def export_columns(found: Audit, ids, cut: float | None = None) -> dict[str, list]:
+    """EXPORT_COLUMNS for the items `ids` (train ids before test ids, as exports hold them), None where none applies."""
+    columns: dict[str, dict[str, object]] = {name: {} for name in EXPORT_COLUMNS}
+    for finding in found.findings(cut):
+        if finding.kind == NEAR_DUPLICATE:
+            columns["near_duplicate_of"][finding.id] = finding.other_id
+        elif finding.kind == MISLABEL:
+            columns["suggested_label"][finding.id] = finding.suggested_label
+        elif finding.kind == DUPLICATE:
+            for image_id in (finding.id, finding.other_id):
+                columns["duplicate_group"][(finding.split, image_id)] = finding.group
+    n_train = len(found.analysis.train.ids)
+    rows = [(TRAIN if row < n_train else TEST, str(i)) for row, i in enumerate(ids)]
+    return {
+        "near_duplicate_of": [
+            columns["near_duplicate_of"].get(i) if split == TEST else None for split, i in rows
+        ],
+        "suggested_label": [
+            columns["suggested_label"].get(i) if split == TRAIN else None for split, i in rows
+        ],
+        "duplicate_group": [columns["duplicate_group"].get(row) for row in rows],
+    }
+
+
 def findings_csv(findings: list[Finding]) -> str:
     """findings.csv as text: FINDINGS_COLUMNS, one row per finding, every id and label quoted as the csv module quotes."""
     buffer = io.StringIO(newline="")
