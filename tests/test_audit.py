@@ -320,3 +320,47 @@ def test_bad_audit_input_is_one_line_and_exit_2(argv, message, leaky_folder, wor
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
     assert "Traceback" not in "\n".join(err)
+
+
+def test_the_report_lists_the_audit_with_hostile_ids_and_labels_as_text(tmp_path, workspace):
+    from core.io.parquet import write_embeddings
+
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((5, 16))
+    train = vectors_around(rng, np.repeat(centres, 2, axis=0))
+    test = vectors_around(rng, centres[rng.integers(0, 5, 30)])
+    test[0] = train[0]
+    labels = ["<img src=x onerror=alert(1)>" if i == 0 else f"class {i}" for i in range(5)]
+    train_labels = [label for label in labels for _ in range(2)]
+    ids = ["<script>alert(1)</script>"] + [f"train {i}" for i in range(1, 10)]
+    ids += [f"test {i}" for i in range(30)]
+    path = tmp_path / "hostile.parquet"
+    write_embeddings(path, small_embeddings(train_labels, [labels[0]] * 30, train, test, ids))
+    out = tmp_path / "report.html"
+    assert main(["report", str(path), "--map-method", "pca", "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    audit_part = page.split("<h2>Audit</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in audit_part
+    assert "&lt;img src=x onerror=alert(1)&gt;" in audit_part
+    assert "<script>alert" not in page and "<img src=x" not in page
+
+
+def test_atlas_and_fiftyone_exports_carry_each_items_findings(leaky_folder, tmp_path, workspace):
+    import json
+
+    import pyarrow.parquet as pq
+
+    export = ["export", str(leaky_folder), "--model", "baseline", "--format"]
+    atlas = tmp_path / "atlas"
+    assert main([*export, "atlas", "--map-method", "pca", "--out", str(atlas)]) == 0
+    table = pq.read_table(atlas / "atlas.parquet").to_pydict()
+    leaked = table["id"].index("leaked.jpg")
+    copied = table["near_duplicate_of"][leaked]
+    assert copied is not None and table["split"][table["id"].index(copied)] == TRAIN
+    assert sum(value is not None for value in table["near_duplicate_of"]) == 1
+    fiftyone = tmp_path / "fiftyone"
+    assert main([*export, "fiftyone", "--out", str(fiftyone)]) == 0
+    samples = json.loads((fiftyone / "samples.json").read_text(encoding="utf-8"))["samples"]
+    marked = [sample for sample in samples if sample.get("near_duplicate_of")]
+    assert [sample["near_duplicate_of"] for sample in marked] == [copied]
+    assert all("suggested_label" in sample and "duplicate_group" in sample for sample in samples)
