@@ -17,8 +17,7 @@ CHANCE_IMAGES = 0.5
 # Similarities are compared as -log(1 - s), where near-duplicates (0.99, 0.999) spread apart; a
 # similarity of 1 (an exact copy) is read as this close to 1, so the log stays finite.
 _NEAREST_TO_ONE = 1e-7
-_MODE_GRID = 512  # points the density of the log distances is read at
-_MODE_SAMPLE = 20_000  # similarities the density is estimated from at most (seeded sample)
+_MODE_GRID = 512  # bins the density of the log distances is read at
 # The upper half of a normal lies within 0.6745 standard deviations of its mode, half the time.
 _HALF_NORMAL_MEDIAN = norm.ppf(0.75)
 
@@ -46,16 +45,16 @@ def similarity_at(closeness_value: float) -> float:
 
 
 def _mode(values: np.ndarray) -> float:
-    """The peak of a kernel density estimate of `values`."""
-    from scipy.stats import gaussian_kde
-
-    sample = values
-    if len(values) > _MODE_SAMPLE:
-        sample = np.random.default_rng(0).choice(values, _MODE_SAMPLE, replace=False)
-    if np.ptp(sample) == 0:
-        return float(sample[0])
-    grid = np.linspace(sample.min(), sample.max(), _MODE_GRID)
-    return float(grid[np.argmax(gaussian_kde(sample)(grid))])
+    """The peak of a Gaussian kernel density estimate of `values` (Scott's bandwidth), binned on _MODE_GRID points."""
+    if np.ptp(values) == 0:
+        return float(values[0])
+    counts, edges = np.histogram(values, _MODE_GRID)
+    bandwidth = 1.06 * float(values.std()) * len(values) ** -0.2 / (edges[1] - edges[0])
+    reach = min(int(np.ceil(4 * bandwidth)), (_MODE_GRID - 1) // 2)
+    offsets = np.arange(-reach, reach + 1)
+    density = np.convolve(counts, np.exp(-0.5 * (offsets / max(bandwidth, 1e-9)) ** 2), "same")
+    centres = (edges[:-1] + edges[1:]) / 2
+    return float(centres[np.argmax(density)])
 
 
 def choose_cut(best_similarities, what: str, fixed: float | None = None) -> Cut:
@@ -67,8 +66,9 @@ def choose_cut(best_similarities, what: str, fixed: float | None = None) -> Cut:
     deviations, z the normal quantile of 1 - CHANCE_IMAGES / n, the spread read from the upper half
     (its median distance from the mode), which distractors below the mode cannot widen.
     """
-    values = closeness(best_similarities)
-    values = values[np.isfinite(values)]
+    similarities = np.asarray(best_similarities, np.float64).ravel()
+    # an image without a candidate to compare with has no best similarity (-inf)
+    values = closeness(similarities[np.isfinite(similarities)])
     mode = _mode(values) if len(values) else None
     peak = None if mode is None else similarity_at(mode)
     if fixed is not None:

@@ -7,13 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.cluster import DBSCAN
 
-from core.progress import Watch
 from core.retrieval.index import Neighbours, VectorIndex
 from core.retrieval.metrics import precision_recall_f1
 
 SCORE_MODES = ("max", "mean")
-# Items searched against their own set in one call: the search reports progress and can stop between calls.
-_QUERIES_PER_BLOCK = 8192
 # MAP@k values this close to the best count as the best: sums of the same terms in a different order
 # differ in their last bits, and that must not split one plateau into several.
 PLATEAU_TOLERANCE = 1e-12
@@ -30,37 +27,21 @@ def distractor_scores(neighbours: Neighbours, mode: str = "max", k: int = 5) -> 
     return neighbours.similarities[:, : min(k, neighbours.k)].mean(axis=1).astype(np.float64)
 
 
-def leave_one_out_neighbours(
-    vectors: np.ndarray,
-    depth: int,
-    kind: str = "auto",
-    watch: Watch = Watch(),
-    stage: str = "searching train against train",
-) -> Neighbours:
-    """Each item's top `depth` neighbours among the other items of its set (fewer when the set is smaller).
-
-    `kind` is the index kind (core.retrieval.index); `watch` hears of each block of queries under
-    `stage` and can stop the search between blocks (Cancelled).
-    """
-    n = vectors.shape[0]
+def leave_one_out_neighbours(train_vectors: np.ndarray, depth: int) -> Neighbours:
+    """Each train item's top `depth` neighbours among the other train items (fewer when train is smaller)."""
+    n = train_vectors.shape[0]
     depth = min(depth, n - 1)
     if depth < 1:
         return Neighbours(np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64))
-    index = VectorIndex(vectors, kind)
-    similarities = np.empty((n, depth + 1), np.float32)
-    indices = np.empty((n, depth + 1), np.int64)
-    starts = range(0, n, _QUERIES_PER_BLOCK)
-    for done, start in enumerate(starts):
-        watch.step(done, len(starts), stage)
-        block = slice(start, start + _QUERIES_PER_BLOCK)
-        found = index.search(vectors[block], depth + 1)
-        similarities[block], indices[block] = found.similarities, found.indices
+    neighbours = VectorIndex(train_vectors).search(train_vectors, depth + 1)
     # Drop each row's own entry (not always first when duplicates tie with it).
-    own = indices == np.arange(n)[:, None]
+    own = neighbours.indices == np.arange(n)[:, None]
     has_own = own.any(axis=1)
     own[~has_own, -1] = True
     keep = ~own
-    return Neighbours(similarities[keep].reshape(n, -1), indices[keep].reshape(n, -1))
+    return Neighbours(
+        neighbours.similarities[keep].reshape(n, -1), neighbours.indices[keep].reshape(n, -1)
+    )
 
 
 def leave_one_out_scores_of(neighbours: Neighbours, mode: str = "max", k: int = 5) -> np.ndarray:
