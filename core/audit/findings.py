@@ -79,7 +79,8 @@ class AuditConfig:
         default=None,
         metadata={
             "help": "cosine similarity at or above which two images are near-duplicates, in (0, 1]; default: chosen "
-            "from the data, where the test images' best similarities to train would reach by chance fewer than half an image"
+            "from the data for each of test↔train, train and test: where the best similarities would reach by chance "
+            "fewer than half an image, and never below 0.95"
         },
     )
 
@@ -95,16 +96,14 @@ class Finding:
     kind: str  # one of KINDS
     id: str  # the test image of a near-duplicate, the train image of a mislabel, a class's image
     other_id: str  # the train image of a pair; "" for a mislabel
-    score: (
-        float  # cosine similarity for pairs and classes, the margin for a mislabel (higher: surer)
-    )
+    # cosine similarity for pairs and classes, the margin for a mislabel (higher: surer)
+    score: float
     suggested_label: str  # the label the finding suggests; "" when it suggests none
     label: str  # the label `id` carries ("" unknown)
     other_label: str  # the label `other_id` carries ("" for a mislabel)
     split: str  # the split of `id`
-    group: int | None = (
-        None  # duplicates: the group (connected images at or above the cut), 1 the largest
-    )
+    # duplicates: the group (connected images at or above the cut), 1 the largest
+    group: int | None = None
 
     def row(self) -> dict[str, str]:
         return {
@@ -129,7 +128,8 @@ class Audit:
     """An analysis's data audited: what is fixed, and the pairs and groups found at any cut."""
 
     analysis: Analysis
-    test_neighbours: Neighbours  # each test image's top neighbours among the other test images
+    # each test image's top neighbours among the test images sharing a nearest train image
+    test_neighbours: Neighbours
     # the default cut of each scope (CUT_SCOPES): the config's, or chosen from the data
     cuts: dict[str, Cut]
     notes: list[str] = field(default_factory=list)
