@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from core.audit.findings import Audit, Finding
+from core.audit.findings import Audit, Finding, csv_text
 from core.progress import Watch
 from core.records import DISTRACTOR, Embeddings
 from core.retrieval.metrics import average_precision_at_k
@@ -114,26 +112,18 @@ def what_if(
     return Change(len(drop), len(relabel or {}), figures(analysis), figures(after))
 
 
-def _csv(header: tuple[str, ...], rows) -> str:
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def cleaned_train_csv(
     analysis: Analysis, drop: Collection[str] = (), relabel: Mapping[str, str] | None = None
 ) -> str:
     """The train list, `id,label`, without the dropped images and with the relabelled ones' new labels."""
     cleaned = changed_train(analysis, drop, relabel)
     train = cleaned.subset("train")
-    return _csv(("id", "label"), zip(train.ids.tolist(), train.labels.tolist()))
+    return csv_text(("id", "label"), zip(train.ids.tolist(), train.labels.tolist()))
 
 
 def relabel_csv(findings: list[Finding]) -> str:
     """The suspected mislabels as a list to act on: `id,label,suggested_label,score`."""
-    return _csv(
+    return csv_text(
         ("id", "label", "suggested_label", "score"),
         (
             (finding.id, finding.label, finding.suggested_label, f"{finding.score:.6f}")

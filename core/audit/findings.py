@@ -450,13 +450,18 @@ def export_columns(found: Audit, ids, cut: float | None = None) -> dict[str, lis
     }
 
 
-def findings_csv(findings: list[Finding]) -> str:
-    """findings.csv as text: FINDINGS_COLUMNS, one row per finding, every id and label quoted as the csv module quotes."""
+def csv_text(header: tuple[str, ...], rows) -> str:
+    """A CSV as text, written by the csv module: any id or label, commas, quotes and line breaks included, reads back."""
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, FINDINGS_COLUMNS)
-    writer.writeheader()
-    writer.writerows(finding.row() for finding in findings)
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
     return buffer.getvalue()
+
+
+def findings_csv(findings: list[Finding]) -> str:
+    """findings.csv as text: FINDINGS_COLUMNS, one row per finding."""
+    return csv_text(FINDINGS_COLUMNS, (finding.row().values() for finding in findings))
 
 
 def write_findings(path: Path | str, findings: list[Finding]) -> Path:
