@@ -414,8 +414,8 @@ def audit(analysis: Analysis, config: AuditConfig = AuditConfig(), watch: Watch 
     suspected = len(result.mislabels) / len(analysis.train.ids)
     if suspected > LOOSE_SHARE:
         notes.append(
-            f"{suspected:.0%} of train images have no image of their class among their {MISLABEL_NEIGHBOURS} nearest: "
-            "these vectors separate the classes poorly, and most such suspects are likely labelled right"
+            f"{suspected:.0%} of train images have none of their class among their {MISLABEL_NEIGHBOURS} nearest: the "
+            "vectors separate classes poorly, and most suspects are likely labelled right"
         )
     _ = result.similar_classes
     return result
