@@ -72,11 +72,14 @@ if shown:
     st.dataframe(table, hide_index=True, width="stretch")
     images, captions = [], []
     for finding in shown[:PAIRS_SHOWN]:
-        images += [current.image(finding.id), current.image(finding.other_id or finding.id)]
+        other = finding.other_id
+        if finding.kind == MISLABEL:
+            other = found.nearest_train_image(finding.id) or finding.id
+        images += [current.image(finding.id), current.image(other)]
         second = (
-            f"suggested: {finding.suggested_label}"
+            f"nearest: {other} · suggested {finding.suggested_label}"
             if finding.kind == MISLABEL
-            else f"{finding.other_id} · {finding.other_label}"
+            else f"{other} · {finding.other_label}"
         )
         captions += [f"{finding.id} · {finding.label} · {finding.score:.4f}", second]
     ui.image_grid(images, captions, per_row=4)

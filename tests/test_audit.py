@@ -62,6 +62,10 @@ def test_flipped_train_labels_are_suspected_with_their_true_class_suggested(inje
         for i in injected.flipped & set(suspects)
     ]
     assert np.mean(right) >= 0.9
+    labels = dict(zip(audited.analysis.train.ids.tolist(), audited.analysis.train.labels.tolist()))
+    assert all(
+        labels[audited.nearest_train_image(f.id)] == f.suggested_label for f in audited.mislabels
+    )
     assert [f.score for f in audited.mislabels] == sorted(
         (f.score for f in audited.mislabels), reverse=True
     )

@@ -139,6 +139,17 @@ class Audit:
         return self.analysis.train_neighbours
 
     @cached_property
+    def _train_rows(self) -> dict[str, int]:
+        return {image_id: row for row, image_id in enumerate(self.analysis.train.ids.tolist())}
+
+    def nearest_train_image(self, train_id: str) -> str | None:
+        """The other train image nearest to `train_id` (for a suspected mislabel, one of its suggested class); None without one."""
+        neighbours = self.train_neighbours
+        if neighbours.k == 0:
+            return None
+        return str(self.analysis.train.ids[neighbours.indices[self._train_rows[train_id], 0]])
+
+    @cached_property
     def train_labels(self) -> np.ndarray:
         return self.analysis.train.labels.astype(object)
 
