@@ -15,6 +15,7 @@ pages = [
     st.Page("pages/distractors.py", title="Distractors", icon=":material/tune:"),
     st.Page("pages/neighbours.py", title="Neighbours", icon=":material/image_search:"),
     st.Page("pages/evaluate.py", title="Evaluate & export", icon=":material/leaderboard:"),
+    st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
     st.Page("pages/text_image.py", title="Text ↔ image", icon=":material/translate:"),
 ]
 navigation = st.navigation(pages)

@@ -26,6 +26,7 @@ SECTIONS = (
     "first_paint",
     "quality",
     "ui",
+    "audit",
 )
 REPO = Path(__file__).resolve().parent.parent
 

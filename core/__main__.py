@@ -1,4 +1,4 @@
-"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble,report,export} — options from the config dataclasses, one-line errors, never a traceback."""
+"""Command line: python -m core {demo,models,embed,predict,evaluate,score,compare,ensemble,report,export,audit} — options from the config dataclasses, one-line errors, never a traceback."""
 
 from __future__ import annotations
 
@@ -433,13 +433,16 @@ def _analysed(loaded, args):
 
 
 def cmd_report(args) -> int:
+    from core.audit.findings import AuditConfig, audit
     from core.report.config import ReportConfig
     from core.report.html import report_html, write_report
 
     out = _checked_out(args.out, [args.source])
     config = _config(ReportConfig, args)
+    audit_config = _config(AuditConfig, args)
     loaded = _load(args)
     analysis, watch, flags, rule = _analysed(loaded, args)
+    found = audit(analysis, audit_config, watch)
     projection = _projected(analysis, config.map_method, watch)
     page = report_html(
         loaded,
@@ -451,6 +454,7 @@ def cmd_report(args) -> int:
         flags=flags,
         config=config,
         watch=watch,
+        audit=found,
     )
     write_report(out, page)
     print(
@@ -462,6 +466,7 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
+    from core.audit.findings import AuditConfig, audit
     from core.exports import FORMAT_NAMES, export, export_items, written_files
     from core.exports.fiftyone import check_images
 
@@ -473,7 +478,8 @@ def cmd_export(args) -> int:
         # before the analysis: an embeddings Parquet has no image files
         check_images(loaded.images.values())
     analysis, watch, flags, rule = _analysed(loaded, args)
-    items = export_items(analysis, loaded.images, flags=flags, rule=rule)
+    found = audit(analysis, _config(AuditConfig, args), watch)
+    items = export_items(analysis, loaded.images, flags=flags, rule=rule, audit=found)
     options = (
         {"projection": _projected(analysis, args.map_method, watch)}
         if args.format == "atlas"
@@ -486,6 +492,84 @@ def cmd_export(args) -> int:
         f"wrote {', '.join(path.name for path in exported.files)} for {FORMAT_NAMES[args.format]} to {args.out}"
     )
     print(f"open it with:\n{exported.how_to_open}")
+    return 0
+
+
+def _audit_summary(found, leaked, top: int) -> dict:
+    """The audit as plain data: each scope's cut, the count of each kind, the leakage effect and the top findings."""
+    from dataclasses import asdict
+
+    from core.audit.findings import KINDS
+
+    findings = found.findings()
+    return {
+        "cuts": {scope: asdict(cut) for scope, cut in found.cuts.items()},
+        "counts": found.counts(),
+        "leakage": asdict(leaked),
+        "top": {
+            kind: [finding.row() for finding in findings if finding.kind == kind][:top]
+            for kind in KINDS
+        },
+        "notes": found.notes,
+    }
+
+
+def _print_audit(summary: dict, k: int) -> None:
+    """One line per finding kind, the leakage effect, then the top findings; user text with its controls shown."""
+    from core.audit.findings import CUT_SCOPES, KIND_NAMES
+    from core.display import visible_controls
+
+    for scope, cut in summary["cuts"].items():
+        print(f"cut for {CUT_SCOPES[scope]}: {cut['value']:.4f} ({cut['source']})")
+    for kind, count in summary["counts"].items():
+        print(f"{KIND_NAMES[kind]}: {count}")
+    leaked = summary["leakage"]
+    if leaked["same_label"] is not None:
+        without = leaked["map_without_duplicates"]
+        print(
+            f"leakage: {leaked['same_label']} of {leaked['pairs']} near-duplicates carry their test image's true label; "
+            f"MAP@{k} {leaked['map_as_analysed']:.4f} as analysed, {leaked['map_taking_duplicate_label']:.4f} when "
+            f"each takes its duplicate's label, "
+            + ("n/a" if without is None else f"{without:.4f}")
+            + " without them"
+        )
+    for kind, rows in summary["top"].items():
+        if rows:
+            print(f"\ntop {KIND_NAMES[kind]}:")
+        for row in rows:
+            shown = [
+                row["id"],
+                row["other_id"] or None,
+                row["suggested_label"] and f"→ {row['suggested_label']}",
+            ]
+            print(
+                f"  {row['score']}  " + "  ".join(visible_controls(part) for part in shown if part)
+            )
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def cmd_audit(args) -> int:
+    import json
+
+    from core.audit.effects import leakage
+    from core.audit.findings import AuditConfig, audit, write_findings
+
+    out = _checked_out(args.out, [args.source]) if args.out else None
+    config = _config(AuditConfig, args)  # bad options are refused before the dataset is read
+    _predict_config(args)
+    loaded = _load(args)
+    analysis, watch, _, _ = _analysed(loaded, args)
+    found = audit(analysis, config, watch)
+    summary = _audit_summary(found, leakage(found), args.top)
+    if out:
+        write_findings(out, found.findings())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_audit(summary, analysis.config.k)
+    if out:
+        print(f"wrote {len(found.findings())} findings to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -550,6 +634,7 @@ def _add_prediction(parser):
 def build_parser():
     import argparse
 
+    from core.audit.findings import AuditConfig
     from core.embedding.config import EmbedConfig
     from core.embedding.ray_engine import EngineConfig
     from core.embedding.runner import ROWS_PER_PART
@@ -669,6 +754,7 @@ def build_parser():
     _add_source(report)
     _add_prediction(report)
     _add_config_options(report, ReportConfig)
+    _add_config_options(report, AuditConfig)
     report.add_argument("--out", required=True, help="report .html to write")
     report.set_defaults(run=cmd_report)
 
@@ -678,6 +764,7 @@ def build_parser():
     )
     _add_source(export)
     _add_prediction(export)
+    _add_config_options(export, AuditConfig)
     export.add_argument(
         "--format", required=True, choices=EXPORT_FORMATS, help="the tool to open the export in"
     )
@@ -693,6 +780,22 @@ def build_parser():
         help="folder to write the export into (made if missing; files of the same names are replaced)",
     )
     export.set_defaults(run=cmd_export)
+
+    audit = commands.add_parser(
+        "audit",
+        help="train↔test near-duplicates (leakage), suspected mislabelled train images, duplicate groups",
+    )
+    _add_source(audit)
+    _add_prediction(audit)
+    _add_config_options(audit, AuditConfig)
+    audit.add_argument(
+        "--top", type=int, default=5, help="findings of each kind printed (default: %(default)s)"
+    )
+    audit.add_argument("--json", action="store_true", help="print JSON")
+    audit.add_argument(
+        "--out", help="findings .csv to write: one row per finding, at the default cuts"
+    )
+    audit.set_defaults(run=cmd_audit)
     return parser
 
 

@@ -43,6 +43,7 @@ from core.session.queries import query_model_mismatch
 from core.session.workspace import DatasetEntry, Workspace
 
 if TYPE_CHECKING:
+    from core.audit.findings import Audit
     from core.maps.projection import Projection, ProjectionConfig
     from core.retrieval.distractors import DbscanConfig
     from core.retrieval.index import Neighbours
@@ -322,6 +323,18 @@ def _analysis(
         (entry.source, recipe, config),
         _analysis_work(config, loaded),
         f"Analysing {entry.name}",
+    )
+
+
+def audit(current: Session) -> Audit:
+    """The audit of the session's analysis, once per server, run in the background with its progress."""
+    from core.audit.findings import audit as audit_data
+
+    return finished(
+        analysis_jobs(),
+        ("audit", current.entry.source, current.loaded.embeddings.model, current.analysis.config),
+        lambda watch: audit_data(current.analysis, watch=watch),
+        f"Auditing {current.entry.name}",
     )
 
 

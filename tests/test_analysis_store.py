@@ -30,7 +30,7 @@ def counted_searches(monkeypatch):
 
     monkeypatch.setattr(pipeline, "search_and_rank", counting(pipeline.search_and_rank, "test"))
     monkeypatch.setattr(
-        pipeline, "leave_one_out_scores", counting(pipeline.leave_one_out_scores, "train")
+        pipeline, "leave_one_out_neighbours", counting(pipeline.leave_one_out_neighbours, "train")
     )
     return counts
 
@@ -41,6 +41,9 @@ def assert_same_analysis(stored, searched):
     assert stored.retrieval.labels == searched.retrieval.labels
     np.testing.assert_array_equal(stored.scores, searched.scores)
     np.testing.assert_array_equal(stored.train_loo_scores, searched.train_loo_scores)
+    np.testing.assert_array_equal(
+        stored.train_neighbours.indices, searched.train_neighbours.indices
+    )
     assert stored.report() == searched.report()
 
 

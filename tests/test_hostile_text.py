@@ -31,7 +31,7 @@ HOSTILE = [
 LEAK = re.compile(
     r"(?<!\\)!\[|(?<!\\)\]\(|(?<!\\)<[A-Za-z/!]|(?i:https?://|www\.)|@[A-Za-z]|[\u202a-\u202e\u2066-\u2069]"
 )
-PAGES = ("data", "embed", "map", "distractors", "neighbours", "evaluate", "text_image")
+PAGES = ("data", "embed", "map", "distractors", "neighbours", "evaluate", "text_image", "audit")
 
 
 def write_hostile_workspace(folder: Path, home: Path | None = None) -> str:

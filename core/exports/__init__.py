@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.audit.findings import Audit, export_columns
 from core.io.images import thumbnail_image
 from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN
@@ -52,6 +53,8 @@ class ExportItems:
     rule: str  # how the distractors were flagged, for people
     placement: str
     k: int
+    # the audit's findings of each item, by column name (core.audit.findings.EXPORT_COLUMNS); empty without an audit
+    audit_columns: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -76,10 +79,12 @@ def export_items(
     threshold: float | None = None,
     flags: np.ndarray | None = None,
     rule: str | None = None,
+    audit: Audit | None = None,
 ) -> ExportItems:
     """The rows of `analysis` with its predictions for `flags`, by default those of `threshold`, else of the analysis's own.
 
-    `rule` says how the flags were chosen when that is not the analysis's rule (a threshold moved by hand, DBSCAN).
+    `rule` says how the flags were chosen when that is not the analysis's rule (a threshold moved by hand, DBSCAN);
+    `audit` (of this analysis) adds each item's findings at its default cuts.
     """
     flags = analysis.flags(threshold) if flags is None else np.asarray(flags, bool)
     if len(flags) != len(analysis.test.ids):
@@ -108,6 +113,7 @@ def export_items(
         rule=rule or analysis.threshold_source,
         placement=analysis.placement,
         k=analysis.config.k,
+        audit_columns={} if audit is None else export_columns(audit, ids),
     )
 
 

@@ -37,6 +37,14 @@ NEIGHBOUR_STAGE = "searching each train image's nearest train images"
 _SHOWN_AS_MEDIA = re.compile(r"(?i)^(?:https?://|data:)|^[A-Za-z0-9+/]{64,}={0,2}$")
 
 
+# The audit's columns (core.audit.findings.EXPORT_COLUMNS), typed: an id, a label, a group number.
+AUDIT_TYPES = {
+    "near_duplicate_of": pa.string(),
+    "suggested_label": pa.string(),
+    "duplicate_group": pa.int64(),
+}
+
+
 def write_atlas(
     items: ExportItems, folder: Path, name: str, projection: Projection, watch: Watch = Watch()
 ) -> Exported:
@@ -105,6 +113,10 @@ def _table(items, rows: range, xy, neighbour_ids, neighbour_distances, watch: Wa
         "predictions": pa.array(predictions, pa.list_(pa.string())),
         "flagged": pa.array([items.flagged[row] for row in rows], pa.bool_()),
         "distractor_score": pa.array([items.scores[row] for row in rows], pa.float32()),
+        **{
+            name: pa.array([values[row] for row in rows], AUDIT_TYPES[name])
+            for name, values in items.audit_columns.items()
+        },
     }
     if neighbour_ids is not None:
         columns["neighbors"] = pa.array(

@@ -116,6 +116,8 @@ def _sample(items: ExportItems, row: int, media_name: str | None) -> dict:
         }
         sample["distractor"] = items.flagged[row]
         sample["distractor_score"] = items.scores[row]
+    for name, values in items.audit_columns.items():
+        sample[name] = values[row]
     return sample
 
 

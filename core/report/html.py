@@ -14,6 +14,7 @@ import numpy as np
 import plotly.io as pio
 from PIL import Image
 
+from core.audit.findings import CUT_SCOPES, KIND_NAMES, KINDS, Audit
 from core.display import DISPLAY_LIMIT, inert_html
 from core.exports import thumbnails
 from core.io.files import replaced_atomically
@@ -39,6 +40,7 @@ THUMBNAIL_EDGE = 96  # pixels on the longer side of every image in the report
 # JPEG quality: a 96-px square of pure noise, the worst case, is 9 KB as a data URI
 THUMBNAIL_QUALITY = 80
 CLASSES_LISTED = 20  # rows of the class table; the others are counted in one line
+AUDIT_FINDINGS_SHOWN = 5  # findings of each kind listed in the audit section, surest first
 # How far the threshold moves to show "flips" without test truth: this many points more of test flagged.
 FLIP_SHARE_STEP = 0.05
 # The bound tests hold every report to: plotly.js (4.8 MB, inlined once), the map at MAP_POINT_LIMIT
@@ -161,13 +163,15 @@ def report_html(
     flags: np.ndarray | None = None,
     config: ReportConfig = ReportConfig(),
     watch: Watch = Watch(),
+    audit: Audit | None = None,
 ) -> str:
     """The report of `analysis` (of `loaded`) as one HTML page that needs no network: plotly.js, figures and thumbnails inside.
 
     `projection` lays out `loaded.embeddings` (train and test subsets, as core.maps.figures.map_points
     wants). `images` maps item ids to image files; items without one show their id, label and score.
     `threshold` defaults to the analysis's, `threshold_rule` says how it was chosen, and `flags` (e.g.
-    DBSCAN's) replaces the threshold's verdict. `watch` hears the slow steps.
+    DBSCAN's) replaces the threshold's verdict. `watch` hears the slow steps. `audit` (of this
+    analysis) adds its counts and a few of each kind of finding.
     """
     images = images or {}
     threshold = analysis.threshold if threshold is None else float(threshold)
@@ -192,6 +196,7 @@ def report_html(
         _dataset_section(loaded, analysis),
         "<h2>Metrics</h2>",
         _metrics_section(analysis, threshold, threshold_rule, flags),
+        *([] if audit is None else ["<h2>Audit</h2>", _audit_section(audit)]),
         "<h2>Threshold</h2>",
         *figures[:-1],
         "<h2>Map</h2>",
@@ -337,6 +342,51 @@ def _dataset_section(loaded: LoadedEmbeddings, analysis: Analysis) -> str:
         parts.append(
             f'<p class="note">The {CLASSES_LISTED} largest classes of {len(ranked):,}.</p>'
         )
+    return "\n".join(parts)
+
+
+def _audit_section(audit: Audit) -> str:
+    """The audit's cuts and counts, and its AUDIT_FINDINGS_SHOWN surest findings of each kind, as text."""
+    counts = audit.counts()
+    parts = [
+        "<p>What in the data could mislead the score: test images that copy a train image (leakage), train "
+        "images none of whose nearest train images shares their label, duplicates inside a split and train "
+        "classes that look like one. Each cut is chosen from the data.</p>",
+        _table(
+            ["finding", "count"],
+            [[_text(KIND_NAMES[kind]), f"{count:,}"] for kind, count in counts.items()],
+        ),
+        _table(
+            ["cut for", "cosine", "how it was chosen"],
+            [
+                [_text(CUT_SCOPES[scope]), f"{cut.value:.4f}", _text(cut.source)]
+                for scope, cut in audit.cuts.items()
+            ],
+        ),
+    ]
+    findings = audit.findings()
+    for kind in KINDS:
+        shown = [finding for finding in findings if finding.kind == kind][:AUDIT_FINDINGS_SHOWN]
+        if shown:
+            parts.append(
+                f"<p>{_text(KIND_NAMES[kind])}, the surest {len(shown)} of {counts[kind]:,}:</p>"
+            )
+            parts.append(
+                _table(
+                    ["image", "label", "other image", "other label", "suggested label", "score"],
+                    [
+                        [
+                            _text(f.id),
+                            _text(f.label),
+                            _text(f.other_id),
+                            _text(f.other_label),
+                            _text(f.suggested_label),
+                            f"{f.score:.4f}",
+                        ]
+                        for f in shown
+                    ],
+                )
+            )
     return "\n".join(parts)
 
 

@@ -27,20 +27,33 @@ def distractor_scores(neighbours: Neighbours, mode: str = "max", k: int = 5) -> 
     return neighbours.similarities[:, : min(k, neighbours.k)].mean(axis=1).astype(np.float64)
 
 
-def leave_one_out_scores(train_vectors: np.ndarray, mode: str = "max", k: int = 5) -> np.ndarray:
-    """Each train item's score against the other train items: what a kept test item tends to score."""
+def leave_one_out_neighbours(train_vectors: np.ndarray, depth: int) -> Neighbours:
+    """Each train item's top `depth` neighbours among the other train items (fewer when train is smaller)."""
     n = train_vectors.shape[0]
-    if n < 2:
-        return np.full(n, np.nan)
-    neighbours = VectorIndex(train_vectors).search(train_vectors, min(k + 1, n))
+    depth = min(depth, n - 1)
+    if depth < 1:
+        return Neighbours(np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64))
+    neighbours = VectorIndex(train_vectors).search(train_vectors, depth + 1)
     # Drop each row's own entry (not always first when duplicates tie with it).
     own = neighbours.indices == np.arange(n)[:, None]
     has_own = own.any(axis=1)
     own[~has_own, -1] = True
     keep = ~own
-    similarities = neighbours.similarities[keep].reshape(n, -1)
-    indices = neighbours.indices[keep].reshape(n, -1)
-    return distractor_scores(Neighbours(similarities, indices), mode, k)
+    return Neighbours(
+        neighbours.similarities[keep].reshape(n, -1), neighbours.indices[keep].reshape(n, -1)
+    )
+
+
+def leave_one_out_scores_of(neighbours: Neighbours, mode: str = "max", k: int = 5) -> np.ndarray:
+    """Train items' scores from their leave-one-out neighbours; NaN when train has no other item to meet."""
+    if neighbours.k == 0:
+        return np.full(neighbours.indices.shape[0], np.nan)
+    return distractor_scores(neighbours, mode, k)
+
+
+def leave_one_out_scores(train_vectors: np.ndarray, mode: str = "max", k: int = 5) -> np.ndarray:
+    """Each train item's score against the other train items: what a kept test item tends to score."""
+    return leave_one_out_scores_of(leave_one_out_neighbours(train_vectors, k), mode, k)
 
 
 def _check_share(contamination: float) -> None:

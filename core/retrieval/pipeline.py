@@ -19,7 +19,8 @@ from core.retrieval.distractors import (
     ThresholdSweep,
     dbscan_flags,
     distractor_scores,
-    leave_one_out_scores,
+    leave_one_out_neighbours,
+    leave_one_out_scores_of,
 )
 from core.retrieval.index import Neighbours, VectorIndex
 from core.retrieval.metrics import (
@@ -173,6 +174,11 @@ class Retrieval:
     sweep: ThresholdSweep
 
 
+def search_width(config: PredictConfig) -> int:
+    """Neighbours kept per item, test against train and train against itself: enough for k labels and the score."""
+    return max(config.k, config.score_k)
+
+
 def search_and_rank(
     index: VectorIndex,
     gallery_labels: np.ndarray,
@@ -182,7 +188,7 @@ def search_and_rank(
 ) -> tuple[Neighbours, list[list[str]], np.ndarray]:
     """Each query's top max(k, score_k) neighbours, its k distinct labels ranked and its distractor score."""
     neighbours, labels = search_labels(
-        index, gallery_labels, query_vectors, config.k, max(config.k, config.score_k), watch
+        index, gallery_labels, query_vectors, config.k, search_width(config), watch
     )
     return neighbours, labels, distractor_scores(neighbours, config.score_mode, config.score_k)
 
@@ -237,8 +243,9 @@ def searched(
         VectorIndex(train.vectors), train_labels, test.vectors, config, watch
     )
     watch.step(0, 1, LEAVE_ONE_OUT_STAGE)
-    loo_scores = leave_one_out_scores(train.vectors, config.score_mode, config.score_k)
-    results = SearchResults(neighbours, labels, scores, loo_scores)
+    train_neighbours = leave_one_out_neighbours(train.vectors, search_width(config))
+    loo_scores = leave_one_out_scores_of(train_neighbours, config.score_mode, config.score_k)
+    results = SearchResults(neighbours, labels, scores, loo_scores, train_neighbours)
     store.put(key, results)
     return results
 
@@ -262,8 +269,9 @@ class Analysis:
     placement_source: str  # how it was chosen, for people
     validation: ValidationResult | None = None
     notes: list[str] = field(default_factory=list)
-    # train_loo_scores read from a search store; None: computed on first use
+    # train_loo_scores and train_neighbours read from a search store; None: computed on first use
     stored_train_loo_scores: np.ndarray | None = None
+    stored_train_neighbours: Neighbours | None = None
     # The placement model refitted on class bootstraps of train: the spread of every figure given without test truth.
     bootstrap: list[PlacementModel] = field(default_factory=list)
 
@@ -433,10 +441,19 @@ class Analysis:
         )
 
     @cached_property
+    def train_neighbours(self) -> Neighbours:
+        """Each train item's top max(k, score_k) neighbours among the other train items."""
+        if self.stored_train_neighbours is not None:
+            return self.stored_train_neighbours
+        return leave_one_out_neighbours(self.train.vectors, search_width(self.config))
+
+    @cached_property
     def train_loo_scores(self) -> np.ndarray:
         if self.stored_train_loo_scores is not None:
             return self.stored_train_loo_scores
-        return leave_one_out_scores(self.train.vectors, self.config.score_mode, self.config.score_k)
+        return leave_one_out_scores_of(
+            self.train_neighbours, self.config.score_mode, self.config.score_k
+        )
 
     @cached_property
     def mean_precision(self) -> float | None:
@@ -539,7 +556,7 @@ def analyse(
             f"train has {n_classes} classes, fewer than k={config.k}: prediction rows are shorter"
         )
     truth = test.labels.astype(object) if test.has_test_truth else None
-    stored_loo_scores = None
+    stored_loo_scores = stored_train_neighbours = None
     if store is None:
         neighbours, retrieval = retrieve(
             train.vectors, train.labels.astype(object), test.vectors, config, truth, watch
@@ -547,6 +564,7 @@ def analyse(
     else:
         results = searched(train, test, config, store, watch)
         neighbours, stored_loo_scores = results.neighbours, results.train_loo_scores
+        stored_train_neighbours = results.train_neighbours
         retrieval = ranked_retrieval(results.labels, results.scores, config.k, truth)
     watch.step(0, 1, PLACEMENT_STAGE)
     evidence, model, unfitted = fitted_placement(train, config, retrieval.scores)
@@ -625,6 +643,7 @@ def analyse(
         validation,
         notes,
         stored_loo_scores,
+        stored_train_neighbours,
         bootstrap,
     )
 

@@ -12,7 +12,7 @@ from core.io.array_store import ArrayStore, arrays_digest
 from core.retrieval.index import Neighbours
 
 # Part of every key: bump when what is stored, or how it is searched, changes.
-SEARCH_FORMAT = "search-v1"
+SEARCH_FORMAT = "search-v2"
 
 
 # eq=False: fields are arrays, whose == is element-wise rather than a truth value.
@@ -24,6 +24,7 @@ class SearchResults:
     labels: list[list[str]]  # each test item's k distinct train labels, best first, no "-1"
     scores: np.ndarray  # distractor score per test item
     train_loo_scores: np.ndarray  # each train item's score against the rest of train
+    train_neighbours: Neighbours  # each train item's top neighbours among the rest of train
 
 
 def search_key(
@@ -52,6 +53,8 @@ class SearchStore:
             "label_codes": (n_test, None),
             "scores": (n_test,),
             "train_loo_scores": (n_train,),
+            "train_similarities": (n_train, None),
+            "train_indices": (n_train, None),
         }
         return self.files.get(key, _decoded, shapes)
 
@@ -67,6 +70,8 @@ class SearchStore:
                 "label_codes": codes,
                 "scores": results.scores,
                 "train_loo_scores": results.train_loo_scores,
+                "train_similarities": results.train_neighbours.similarities,
+                "train_indices": results.train_neighbours.indices,
             },
         )
 
@@ -88,4 +93,5 @@ def _decoded(stored: Mapping[str, np.ndarray]) -> SearchResults:
         [classes[row[row >= 0]].tolist() for row in codes],
         stored["scores"],
         stored["train_loo_scores"],
+        Neighbours(stored["train_similarities"], stored["train_indices"]),
     )
