@@ -474,11 +474,11 @@ def _runtimes(section: Section, checkpoint: Path, work: Path, plan, device: str)
     }
     section.add(
         f"**Precisions and runtimes, whole runs** (`embed_dataset`, {n} photos, no cache, a fresh embedder per run so "
-        f"every checked runner pays its first-batch check; {rounds} rounds side by side). Cosine and top-5 are "
+        f"every checked backend pays its first-batch check; {rounds} rounds side by side). Cosine and top-5 are "
         f"against torch fp32 on the same photos:",
         table(
             [
-                "runner",
+                "backend",
                 "images/s",
                 "vs torch fp32",
                 "cosine median / min",

@@ -5,7 +5,6 @@ from dataclasses import fields
 import streamlit as st
 
 from core.embedding.config import BASELINE_MODEL, EmbedConfig, list_models
-from core.embedding.runner import precision_note
 from core.methods.ensemble import search_weights, validation_map
 from core.records import TEST, TRAIN
 from core.session.models import choose_model, chosen_model
@@ -170,5 +169,5 @@ if st.button("Embed", type="primary", disabled=not model):
 current = ui.session()
 show_vectors(current)
 # The precision the model settled on while embedding (for "auto", the first batch's check against fp32).
-if note := precision_note(current.model.embedder):
+if note := current.model.embedder.precision_note:
     st.caption(ui.plain(note))

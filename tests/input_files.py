@@ -100,3 +100,23 @@ def write_raw_parquet(path: Path, columns: dict, metadata: dict | None = None) -
     table = pa.table(columns)
     pq.write_table(table.replace_schema_metadata(metadata) if metadata else table, path)
     return path
+
+
+class StandInModel:
+    """What a stand-in for a model in a test shares with the Embedder protocol beside its own
+    identity, dim and embed calls: the CPU, no precision to check, the CPU's batch size."""
+
+    supports_text = False
+    draft_size = None
+    device = "cpu"
+    precision = None
+    precision_note = None
+    awaits_precision_check = False
+
+    def default_batch_size(self) -> int:
+        from core.embedding.config import CPU_BATCH_SIZE
+
+        return CPU_BATCH_SIZE
+
+    def use_threads(self, threads: int) -> None:
+        pass

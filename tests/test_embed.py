@@ -34,6 +34,11 @@ class CountingEmbedder:
         self.inner = inner
         self.identity, self.dim = inner.identity, inner.dim
         self.supports_text, self.draft_size = inner.supports_text, inner.draft_size
+        self.device, self.precision = inner.device, inner.precision
+        self.precision_note = inner.precision_note
+        self.default_batch_size, self.use_threads = inner.default_batch_size, inner.use_threads
+        # Every call goes through embed_images, counted: no first-batch precision check of its own.
+        self.awaits_precision_check = False
         self.image_calls, self.text_calls = [], []
 
     def embed_images(self, images):

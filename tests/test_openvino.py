@@ -9,7 +9,7 @@ import pytest
 from core.embedding import clip, openvino_tower
 from core.embedding.cache import EmbeddingCache
 from core.embedding.config import EmbedConfig
-from core.embedding.runner import embed_dataset, load_embedder, precision_note
+from core.embedding.runner import embed_dataset, load_embedder
 from core.paths import workspace_home
 from core.records import TRAIN, Dataset, Item
 
@@ -51,7 +51,7 @@ def test_auto_runs_openvino_on_the_cpu_when_its_first_batch_agrees_with_torch_fp
     assert embedder.runtime == "openvino" and " openvino " in run.embeddings.model
     assert re.fullmatch(
         r"precision: openvino (bf16|fp32) \(auto; first batch agrees with fp32: median cosine .*\)",
-        precision_note(embedder),
+        embedder.precision_note,
     )
     exact = embed_dataset(
         photos,
@@ -82,8 +82,8 @@ def test_a_model_openvino_cannot_convert_falls_back_to_the_next_candidate_and_sa
     monkeypatch.setattr(openvino_tower, "_converted", cannot)
     embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
     embed_dataset(photos, embedder)
-    assert embedder.runner == clip.Runner("torch", "bf16")
-    note = precision_note(embedder)
+    assert embedder.backend == clip.Backend("torch", "bf16")
+    note = embedder.precision_note
     assert (
         "openvino bf16 cannot run it (RuntimeError: unsupported operation aten::something)" in note
     )
@@ -96,8 +96,8 @@ def test_when_no_candidate_agrees_the_run_is_exact_torch_fp32_and_every_refusal_
     monkeypatch.setattr(clip, "MIN_MEDIAN_COSINE", 1.5)  # no batch can reach it
     embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
     run = embed_dataset(photos, embedder)
-    assert embedder.runner == clip.TORCH_FP32 and run.embeddings.model == embedder.identity
-    note = precision_note(embedder)
+    assert embedder.backend == clip.TORCH_FP32 and run.embeddings.model == embedder.identity
+    note = embedder.precision_note
     assert note.startswith(
         "precision: fp32 (auto; openvino bf16 refused, the first batch disagrees with fp32: median cosine "
     )
@@ -149,43 +149,43 @@ def test_runtime_openvino_is_refused_off_the_cpu_and_without_the_package(
     )
 
 
-def test_a_worker_given_the_settled_runner_computes_with_it_and_names_it_as_the_run_does(
+def test_a_worker_given_the_settled_backend_computes_with_it_and_names_it_as_the_run_does(
     tiny_clip_dir, photos, workspace
 ):
     checked = load_embedder(EmbedConfig(model=str(tiny_clip_dir)))
     run = embed_dataset(photos, checked)
     assert (
-        clip.runner_in(run.embeddings.model)
-        == checked.runner
-        == clip.Runner("openvino", checked.precision)
+        clip.backend_in(run.embeddings.model)
+        == checked.backend
+        == clip.Backend("openvino", checked.precision)
     )
 
     worker = load_embedder(
-        EmbedConfig(model=str(tiny_clip_dir)), settled=clip.runner_in(run.embeddings.model)
+        EmbedConfig(model=str(tiny_clip_dir)), settled=clip.backend_in(run.embeddings.model)
     )
     assert not worker.awaits_precision_check and worker.identity == run.embeddings.model
     np.testing.assert_allclose(
         embed_dataset(photos, worker).embeddings.vectors, run.embeddings.vectors, atol=1e-6
     )
-    assert clip.runner_in("baseline-pixels-12") is None
-    assert clip.runner_in("my model@local fp32 cfg:0123456789ab") == clip.TORCH_FP32
+    assert clip.backend_in("baseline-pixels-12") is None
+    assert clip.backend_in("my model@local fp32 cfg:0123456789ab") == clip.TORCH_FP32
 
 
-def test_a_worker_refuses_a_settled_runner_its_device_cannot_run(tiny_clip_dir, monkeypatch):
+def test_a_worker_refuses_a_settled_backend_its_device_cannot_run(tiny_clip_dir, monkeypatch):
     with pytest.raises(
         ValueError,
         match=re.escape(
             "settled on fp16, which this worker's device (cpu) cannot run; give --runtime torch"
         ),
     ):
-        load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Runner("torch", "fp16"))
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Backend("torch", "fp16"))
     monkeypatch.setattr(clip, "_pick_device", lambda requested: "cuda")
     with pytest.raises(
         ValueError,
         match=re.escape("settled on openvino bf16, which this worker's device (cuda) cannot run"),
     ):
         load_embedder(
-            EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Runner("openvino", "bf16")
+            EmbedConfig(model=str(tiny_clip_dir)), settled=clip.Backend("openvino", "bf16")
         )
 
 
@@ -227,7 +227,7 @@ def test_a_kept_tower_of_another_checkpoint_is_converted_again_and_said_so(
     )
     embed_dataset(photos, other)
     assert other.runtime == "openvino"
-    settled = clip.Runner("openvino", "fp32")
+    settled = clip.Backend("openvino", "fp32")
     embedder = load_embedder(EmbedConfig(model=str(tiny_clip_dir)), settled=settled)
     # This model's key now holds the other checkpoint's tower, as when a folder's checkpoint is replaced.
     for suffix in (".xml", ".bin"):
@@ -283,4 +283,4 @@ def test_a_damaged_converted_tower_is_converted_again_with_one_plain_line(
         f"the converted OpenVINO copy of this model's image tower {problem}"
     )
     assert notes[0].endswith("; converting it again") and "core.cpp" not in notes[0]
-    assert again.runtime == "openvino" and "cannot run it" not in precision_note(again)
+    assert again.runtime == "openvino" and "cannot run it" not in again.precision_note

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from input_files import make_embeddings
 
-from core.embedding.clip import runner_in
+from core.embedding.clip import backend_in
 from core.embedding.config import EmbedConfig
 from core.embedding.runner import embed_dataset, embed_to_parquet, is_folder_out, load_embedder
 from core.io.files import read_csv
@@ -263,19 +263,19 @@ def test_a_killed_embed_resumes_with_only_the_missing_ids_and_the_vectors_of_a_o
 
 
 @pytest.mark.parametrize(
-    "cpu_flags, interruption, runner",
+    "cpu_flags, interruption, backend",
     [(NATIVE_BF16, signal.SIGKILL, "openvino bf16"), (NO_BF16, signal.SIGINT, "openvino fp32")],
     ids=["bf16-cpu-killed", "cpu-without-bf16-ctrl-c"],
 )
 def test_an_interrupted_run_with_the_default_options_resumes_in_the_parts_runtime_and_precision(
-    dataset_folder, tiny_clip_dir, tmp_path, cpu_flags, interruption, runner
+    dataset_folder, tiny_clip_dir, tmp_path, cpu_flags, interruption, backend
 ):
     out, env = tmp_path / "vectors", child_env(tmp_path)
     command = embed_command(
         dataset_folder, out, tiny_clip_dir, 0.3, options=(), cpu_flags=cpu_flags
     )
     before, interrupted = killed_part_way(command, env, out, interruption)
-    assert 0 < len(before) < IMAGES and f" {runner} cfg:" in written_by(out)[0]
+    assert 0 < len(before) < IMAGES and f" {backend} cfg:" in written_by(out)[0]
     if interruption == signal.SIGINT:
         assert interrupted.splitlines()[-1] == (
             "interrupted: finished batches are cached and will be reused"
@@ -290,7 +290,7 @@ def test_an_interrupted_run_with_the_default_options_resumes_in_the_parts_runtim
     )
     assert resumed.returncode == 0, resumed.stderr
     assert (
-        f"precision: {runner} (auto; the runtime and precision of the parts already in {out})"
+        f"precision: {backend} (auto; the runtime and precision of the parts already in {out})"
         in resumed.stderr.splitlines()
     )
     computed, from_cache = map(
@@ -299,7 +299,7 @@ def test_an_interrupted_run_with_the_default_options_resumes_in_the_parts_runtim
     assert computed + from_cache == IMAGES - len(before)
     final, _ = read_embeddings_checked(out)
     assert len(final.ids) == len(set(final.ids)) == IMAGES
-    assert f" {runner} cfg:" in final.model
+    assert f" {backend} cfg:" in final.model
 
 
 def test_a_second_embed_into_a_folder_being_written_is_refused_and_a_killed_runs_lock_blocks_nothing(
@@ -459,7 +459,7 @@ def test_a_resumed_run_takes_the_parts_runtime_and_precision_where_the_options_l
     first = embed_to_parquet(
         Dataset("first", dataset.items[:8]), EmbedConfig(str(tiny_clip_dir)), out
     )
-    parts = runner_in(first.model)
+    parts = backend_in(first.model)
     assert parts.runtime == "openvino"
     other = "fp32" if parts.precision == "bf16" else "bf16"
     config = EmbedConfig(

@@ -11,7 +11,7 @@ from core.embedding import clip
 from core.embedding.cache import EmbeddingCache
 from core.embedding.clip import PrecisionCheck, cpu_flags, resolve_precision
 from core.embedding.config import EmbedConfig
-from core.embedding.runner import embed_dataset, load_embedder, precision_note
+from core.embedding.runner import embed_dataset, load_embedder
 from core.io.files import file_digest
 from core.records import TRAIN, Dataset, Item
 
@@ -138,7 +138,7 @@ def test_auto_keeps_bf16_when_the_first_batch_agrees_and_says_so_in_the_identity
     )
     assert run.embeddings.model == embedder.identity and run.computed == len(COLOURS)
     assert (
-        precision_note(embedder)
+        embedder.precision_note
         == f"precision: bf16 (auto; first batch agrees with fp32: {check.summary()})"
     )
     assert re.fullmatch(
@@ -172,10 +172,10 @@ def test_auto_falls_back_to_exact_fp32_when_the_check_fails_and_keeps_its_cache_
         and " fp32 " in refused.identity
         and run.embeddings.model == refused.identity
     )
-    assert precision_note(refused).startswith(
+    assert refused.precision_note.startswith(
         "precision: fp32 (auto; bf16 refused, the first batch disagrees with fp32: median cosine "
     )
-    assert "< 1.5" in precision_note(refused)
+    assert "< 1.5" in refused.precision_note
     # The first run's check cached both precisions' vectors: this run settles from the cache and reads
     # the fp32 rows it computed, never the bf16 ones (the vectors equal a fresh fp32 run's, below).
     assert (run.computed, run.from_cache) == (0, len(COLOURS))
@@ -206,8 +206,8 @@ def test_without_native_bf16_auto_is_fp32_and_runs_no_check(monkeypatch, tiny_cl
         and embedder.precision_check is None
         and embedder.precision == "fp32"
     )
-    assert precision_note(embedder).startswith("precision: fp32 (auto; bf16 is not native here")
-    assert precision_note(load_embedder(EmbedConfig(model="baseline"))) is None
+    assert embedder.precision_note.startswith("precision: fp32 (auto; bf16 is not native here")
+    assert load_embedder(EmbedConfig(model="baseline")).precision_note is None
 
 
 def test_a_first_batch_that_does_not_decode_leaves_auto_unsettled_and_the_run_fp32(
@@ -285,7 +285,7 @@ def test_on_a_cuda_gpu_auto_tries_torch_in_half_precision_and_never_openvino(
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_supported)
     candidates, fallback, reason = clip._plan(EmbedConfig(), "cuda")
-    assert candidates == [clip.Runner("torch", candidate)] and fallback == clip.TORCH_FP32
+    assert candidates == [clip.Backend("torch", candidate)] and fallback == clip.TORCH_FP32
     assert reason == f"auto; {candidate} once a first batch agrees with fp32"
 
 
@@ -319,7 +319,6 @@ def test_decoding_keeps_two_threads_beside_a_cpu_model_and_every_core_beside_a_g
 
 def test_a_gpu_batch_follows_its_free_memory_within_bounds_and_the_cpu_keeps_sixteen(tiny_clip_dir):
     from core.embedding.config import CPU_BATCH_SIZE, MAX_GPU_BATCH_SIZE
-    from core.embedding.runner import default_batch_size
 
     megabyte = 2**20
     assert clip.gpu_batch_size(8 * 1024 * megabyte, 4 * megabyte) == MAX_GPU_BATCH_SIZE
@@ -328,10 +327,10 @@ def test_a_gpu_batch_follows_its_free_memory_within_bounds_and_the_cpu_keeps_six
     assert clip.gpu_batch_size(100 * megabyte, 64 * megabyte) == CPU_BATCH_SIZE
     assert EmbedConfig().batch_size is None
     assert (
-        default_batch_size(load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch")))
+        load_embedder(EmbedConfig(model=str(tiny_clip_dir), runtime="torch")).default_batch_size()
         == CPU_BATCH_SIZE
         == 16
     )
-    assert default_batch_size(load_embedder(EmbedConfig(model="baseline"))) == CPU_BATCH_SIZE
+    assert load_embedder(EmbedConfig(model="baseline")).default_batch_size() == CPU_BATCH_SIZE
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         EmbedConfig(batch_size=0)

@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from input_files import StandInModel
 
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.embedding.hub import ModelUnavailableError
@@ -11,8 +12,8 @@ from core.session.models import LOADING, READY, UNAVAILABLE, ModelShelf, choose_
 from core.session.workspace import Workspace
 
 
-class FakeEmbedder:
-    identity, dim, supports_text, draft_size = "fake", 2, False, None
+class FakeEmbedder(StandInModel):
+    identity, dim = "fake", 2
 
     def embed_images(self, images):
         return np.zeros((len(images), self.dim), np.float32)

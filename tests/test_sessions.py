@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
+from input_files import StandInModel
 from PIL import Image
 from playwright.sync_api import expect
 from test_pages import (
@@ -134,13 +135,12 @@ def test_two_apptest_sessions_at_once_keep_their_own_dataset_and_threshold(works
         assert slider_metrics(reopened)["Threshold"] == shown[workspace_id]["Threshold"]
 
 
-class OverlapRecorder:
+class OverlapRecorder(StandInModel):
     """A stand-in model that records how many of its calls run at the same moment."""
 
     identity = "overlap recorder"
     dim = 4
     supports_text = True
-    draft_size = None
 
     def __init__(self) -> None:
         self._guard = threading.Lock()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from core.embedding.config import CPU_BATCH_SIZE
 from core.embedding.embedder import embed_by_preparing
 
 
@@ -18,6 +19,16 @@ class BaselineEmbedder:
     dim = side * side * 3
     supports_text = False
     draft_size = 2 * side
+    device = "cpu"
+    precision = None  # pixels have no precision to choose
+    precision_note = None
+    awaits_precision_check = False
+
+    def default_batch_size(self) -> int:
+        return CPU_BATCH_SIZE
+
+    def use_threads(self, threads: int) -> None:
+        """numpy's work per batch is too small to spread over threads."""
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return embed_by_preparing(self, images)

@@ -168,7 +168,7 @@ def _neighbour_agreement(first: np.ndarray, second: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class Runner:
+class Backend:
     """What computes the image vectors: a runtime and the precision it computes in."""
 
     runtime: str  # "torch" or "openvino"
@@ -178,8 +178,8 @@ class Runner:
         return self.precision if self.runtime == "torch" else f"{self.runtime} {self.precision}"
 
 
-# The reference every faster runner is checked against.
-TORCH_FP32 = Runner("torch", "fp32")
+# The reference every faster backend is checked against.
+TORCH_FP32 = Backend("torch", "fp32")
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -194,8 +194,8 @@ def resolve_precision(requested: str, device: str) -> str:
     return "bf16" if device == "cpu" and NATIVE_BF16_CPU_FLAGS & cpu_flags() else "fp32"
 
 
-def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
-    """The faster runners to try on the first batch, the runner kept when none is tried or none agrees, and why."""
+def _plan(config: EmbedConfig, device: str) -> tuple[list[Backend], Backend, str]:
+    """The faster backends to try on the first batch, the backend kept when none is tried or none agrees, and why."""
     if why := cannot_run(config.runtime, config.precision, device):
         raise ValueError(f"{why}, and device auto chose {device!r}; {REMEDIES[why]}")
     _check_openvino_installed(config.runtime)
@@ -207,12 +207,12 @@ def _plan(config: EmbedConfig, device: str) -> tuple[list[Runner], Runner, str]:
         and openvino_available()
     )
     torch_precision = resolve_precision(config.precision, device)
-    fallback = TORCH_FP32 if config.precision == "auto" else Runner("torch", torch_precision)
+    fallback = TORCH_FP32 if config.precision == "auto" else Backend("torch", torch_precision)
     candidates = (
-        [Runner("openvino", resolve_precision(config.precision, "cpu"))] if with_openvino else []
+        [Backend("openvino", resolve_precision(config.precision, "cpu"))] if with_openvino else []
     )
     if config.precision == "auto" and torch_precision != "fp32":
-        candidates.append(Runner("torch", torch_precision))
+        candidates.append(Backend("torch", torch_precision))
     chosen = "auto" if config.precision == "auto" else "as chosen"
     if candidates:
         return (
@@ -246,10 +246,10 @@ def gpu_batch_size(free_bytes: int, bytes_per_image: int) -> int:
     )
 
 
-def runner_in(identity: str) -> Runner | None:
-    """The runner a ClipEmbedder identity names (see identity_of); None for another embedder's identity."""
+def backend_in(identity: str) -> Backend | None:
+    """The backend a ClipEmbedder identity names (see identity_of); None for another embedder's identity."""
     match = re.fullmatch(r".*? (?:(openvino) )?(fp32|bf16|fp16) cfg:[0-9a-f]+", identity)
-    return None if match is None else Runner(match[1] or "torch", match[2])
+    return None if match is None else Backend(match[1] or "torch", match[2])
 
 
 def _file_name(identity: str) -> str:
@@ -280,12 +280,12 @@ class ClipEmbedder:
 
     supports_text = True
 
-    def __init__(self, config: EmbedConfig, settled: Runner | None = None) -> None:
-        """`settled` is a runner another process's first batch already chose for this model (a Ray worker's);
+    def __init__(self, config: EmbedConfig, settled: Backend | None = None) -> None:
+        """`settled` is a backend another process's first batch already chose for this model (a Ray worker's);
         without it, config's precision and runtime decide what the first batch checks."""
         _use_all_cores()
         self.device = _pick_device(config.device)
-        # set when a faster runner's first batch has been checked
+        # set when a faster backend's first batch has been checked
         self.precision_check: PrecisionCheck | None = None
         # Tried in order on the first batch; the first whose vectors agree with torch fp32's is kept.
         if settled is None:
@@ -333,30 +333,30 @@ class ClipEmbedder:
 
     @property
     def identity(self) -> str:
-        """Model name, version, the runner in use and a fingerprint: cache rows and Parquet files are keyed by it."""
-        return self.identity_of(self.runner)
+        """Model name, version, the backend in use and a fingerprint: cache rows and Parquet files are keyed by it."""
+        return self.identity_of(self.backend)
 
-    def identity_of(self, runner: Runner) -> str:
-        """The identity of this model's vectors computed by `runner`."""
-        return f"{self._model_version} {runner} cfg:{self._fingerprint}"
+    def identity_of(self, backend: Backend) -> str:
+        """The identity of this model's vectors computed by `backend`."""
+        return f"{self._model_version} {backend} cfg:{self._fingerprint}"
 
     @property
     def check_identities(self) -> list[str]:
         """The identities whose first-batch vectors settle an awaited check: torch fp32's, then each candidate's."""
-        return [self.identity_of(runner) for runner in (TORCH_FP32, *self._candidates)]
+        return [self.identity_of(backend) for backend in (TORCH_FP32, *self._candidates)]
 
     @property
     def precision(self) -> str:
-        return self.runner.precision
+        return self.backend.precision
 
     @property
     def runtime(self) -> str:
-        return self.runner.runtime
+        return self.backend.runtime
 
     @property
     def precision_note(self) -> str:
-        """One line: the runner the vectors are computed by, and why."""
-        return f"precision: {self.runner} ({self._precision_reason})"
+        """One line: the backend the vectors are computed by, and why."""
+        return f"precision: {self.backend} ({self._precision_reason})"
 
     def settle_precision(
         self, first_batch: dict[str, np.ndarray], inputs: np.ndarray | None = None
@@ -374,10 +374,10 @@ class ClipEmbedder:
             )
         known, computed = dict(first_batch), {}
 
-        def vectors_of(runner: Runner) -> np.ndarray | None:
-            identity = self.identity_of(runner)
+        def vectors_of(backend: Backend) -> np.ndarray | None:
+            identity = self.identity_of(backend)
             if identity not in known and inputs is not None:
-                self._use(runner)
+                self._use(backend)
                 known[identity] = computed[identity] = self.embed_prepared(inputs)
             return known.get(identity)
 
@@ -406,20 +406,22 @@ class ClipEmbedder:
         self._settle(self._fallback, None, refusals)
         return computed
 
-    def _settle(self, runner: Runner, check: PrecisionCheck | None, refusals: list[str]) -> None:
-        self._use(runner)
+    def _settle(self, backend: Backend, check: PrecisionCheck | None, refusals: list[str]) -> None:
+        self._use(backend)
         self.precision_check, self.awaits_precision_check = check, False
         kept = [f"first batch agrees with fp32: {check.summary()}"] if check is not None else []
         self._precision_reason = "; ".join([self._precision_reason.split(";")[0], *refusals, *kept])
         self._fp32_weights = None
 
-    def _use(self, runner: Runner) -> None:
-        """Compute with `runner` from now on; the fp32 weights come back exactly when a bf16 try is left."""
+    def _use(self, backend: Backend) -> None:
+        """Compute with `backend` from now on; the fp32 weights come back exactly when a bf16 try is left."""
         import torch
 
         # The text tower stays in torch; fp16 is autocast over fp32 weights (layer norms and softmax stay fp32).
         torch_precision = (
-            runner.precision if runner.runtime == "torch" and runner.precision != "fp16" else "fp32"
+            backend.precision
+            if backend.runtime == "torch" and backend.precision != "fp16"
+            else "fp32"
         )
         if torch_precision == "bf16" and self._fp32_weights is None and self.awaits_precision_check:
             self._fp32_weights = self._model.state_dict()
@@ -427,7 +429,7 @@ class ClipEmbedder:
         self._model.to(self.device, dtype=self._dtype)
         if torch_precision == "fp32" and self._fp32_weights is not None:
             self._model.load_state_dict(self._fp32_weights)
-        self.runner = runner
+        self.backend = backend
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return embed_by_preparing(self, images)
@@ -455,6 +457,13 @@ class ClipEmbedder:
                 pixel_values=pixels.pin_memory().to(self.device, self._dtype, non_blocking=True),
             )
         return self._projected(self._image_tower, pixel_values=pixels.to(self.device, self._dtype))
+
+    def use_threads(self, threads: int) -> None:
+        """torch's threads: after the model loads, which claims every core, so that Ray actors on one
+        machine share its cores."""
+        import torch
+
+        torch.set_num_threads(threads)
 
     def default_batch_size(self) -> int:
         """Images per model call when none is given: CPU_BATCH_SIZE on the CPU, on a GPU what its free memory holds."""
@@ -503,7 +512,7 @@ class ClipEmbedder:
 
         autocast = (
             torch.autocast(self.device, dtype=torch.float16)
-            if self.runner.precision == "fp16"
+            if self.backend.precision == "fp16"
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:

@@ -10,12 +10,21 @@ from PIL import Image
 
 
 class Embedder(Protocol):
-    """What embed_dataset needs from a model."""
+    """What embed_dataset and the Ray workers need from a model."""
 
     identity: str  # names the model, version and precision; cache rows are keyed by it
     dim: int  # length of every vector
     supports_text: bool  # whether embed_texts works
     draft_size: int | None  # JPEGs may decode at reduced scale down to this many pixels a side
+    device: str  # where the model computes: "cpu", "cuda" or "mps"
+    precision: str | None  # the precision it computes in; None for a model without one
+    precision_note: str | None  # one line: the precision in use and why; None without one
+    # True until the dataset's first batch has settled a precision "auto" (see ClipEmbedder)
+    awaits_precision_check: bool
+
+    def default_batch_size(self) -> int: ...  # images per model call when the config gives none
+
+    def use_threads(self, threads: int) -> None: ...  # compute on this many threads of the CPU
 
     # (n, dim) float32 unit rows
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...

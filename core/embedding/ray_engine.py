@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.embedding.clip import ClipEmbedder, runner_in
+from core.embedding.clip import backend_in
 from core.embedding.config import CPU_BATCH_SIZE, EmbedConfig
 from core.embedding.runner import (
     ROWS_PER_PART,
@@ -117,7 +117,7 @@ def embed_on_ray(
     vectors come back to this process as they are made and go into parts (`rows_per_part` rows,
     or PART_SECONDS of work, each), refused files into the folder's _rejected.csv, and the run goes
     on. The local path (embed_to_parquet) embeds the first batch here, which settles the folder's
-    model and runner (precision "auto" once, or the parts' own) for every actor. Ray is started here, sized
+    model and backend (precision "auto" once, or the parts' own) for every actor. Ray is started here, sized
     to this machine or joining engine.address, unless this process already runs it; a Ray started
     here is stopped at the end. The embedding cache is not used: the folder is the record of what
     is done.
@@ -290,17 +290,13 @@ class _EmbeddingActor:
     """One model per Ray actor: each call reads, decodes, prepares and embeds a batch of files by the project's own path."""
 
     def __init__(self, config: EmbedConfig, model: str, threads: int) -> None:
-        # With the runner the run's first batch settled (its model names it), so no actor checks or chooses again.
-        self.embedder = load_embedder(config, runner_in(model))
+        # With the backend the run's first batch settled (its model names it), so no actor checks or chooses again.
+        self.embedder = load_embedder(config, backend_in(model))
         if self.embedder.identity != model:
             raise ValueError(
                 f"this worker's model is {self.embedder.identity!r}, the run's is {model!r}: give the workers the same checkpoint"
             )
-        if isinstance(self.embedder, ClipEmbedder):
-            import torch
-
-            # After the model loads, which claims every core: actors on one machine share its cores.
-            torch.set_num_threads(threads)
+        self.embedder.use_threads(threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = zip(batch["id"], batch["split"], batch["label"], batch["path"])

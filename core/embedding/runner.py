@@ -15,8 +15,8 @@ from PIL import Image
 
 from core.embedding.baseline import BaselineEmbedder
 from core.embedding.cache import EmbeddingCache, text_key
-from core.embedding.clip import ClipEmbedder, Runner, runner_in, usable_cores
-from core.embedding.config import BASELINE_MODEL, CPU_BATCH_SIZE, EmbedConfig, check_batch_size
+from core.embedding.clip import Backend, ClipEmbedder, backend_in, usable_cores
+from core.embedding.config import BASELINE_MODEL, EmbedConfig, check_batch_size
 from core.embedding.embedder import Embedder, PreparingEmbedder
 from core.io.files import file_digest
 from core.io.images import ImageRejected, load_image
@@ -37,27 +37,16 @@ ROWS_PER_PART = 4096
 ProgressCallback = Callable[[int, int, float], None]
 
 
-def load_embedder(config: EmbedConfig, settled: Runner | None = None) -> Embedder:
+def load_embedder(config: EmbedConfig, settled: Backend | None = None) -> Embedder:
     """The embedder for `config` (computing with `settled` when another process's first batch chose it);
     raises ModelUnavailableError when CLIP weights cannot be had."""
     return BaselineEmbedder() if config.model == BASELINE_MODEL else ClipEmbedder(config, settled)
 
 
-def default_batch_size(embedder: Embedder) -> int:
-    """Images per model call when the config gives none (see EmbedConfig.batch_size)."""
-    return embedder.default_batch_size() if isinstance(embedder, ClipEmbedder) else CPU_BATCH_SIZE
-
-
 def decode_threads(embedder: Embedder) -> int:
     """Threads decoding and preparing images beside the model: two beside a model on the CPU (more would
     take its cores), every core beside one on a GPU, which decoding must keep fed."""
-    on_gpu = isinstance(embedder, ClipEmbedder) and embedder.device != "cpu"
-    return max(_DECODE_THREADS, usable_cores()) if on_gpu else _DECODE_THREADS
-
-
-def precision_note(embedder: Embedder) -> str | None:
-    """The line saying which precision the embedder computes in and why; None for the baseline, which has no precision."""
-    return embedder.precision_note if isinstance(embedder, ClipEmbedder) else None
+    return max(_DECODE_THREADS, usable_cores()) if embedder.device != "cpu" else _DECODE_THREADS
 
 
 @dataclass
@@ -143,7 +132,7 @@ def embed_to_parquet(
     if not is_folder_out(out):
         embedder = load_embedder(config)
         run = embed_dataset(dataset, embedder, cache, config.batch_size, progress)
-        write_embeddings(out, run.embeddings, _precision(embedder))
+        write_embeddings(out, run.embeddings, embedder.precision)
         return ParquetRun(
             run.embeddings.model,
             len(run.embeddings.ids),
@@ -152,18 +141,18 @@ def embed_to_parquet(
             run.computed,
             run.from_cache,
             run.seconds,
-            precision_note(embedder),
+            embedder.precision_note,
         )
     # Held before the folder is read, so a run started meanwhile is refused rather than writing the same ids.
     with writing(out, expected=len(dataset.items)):
         written = written_by(out)
-        kept = _parts_runner(config, written)
+        kept = _parts_backend(config, written)
         embedder = load_embedder(config, kept)
         already = embedded_ids(out)
         todo = Dataset(dataset.name, [item for item in dataset.items if item.id not in already])
         stream = EmbeddingStream(todo, embedder, cache, config.batch_size, progress)
         rejected, count = list(dataset.rejected), 0
-        with PartWriter(out, embedder.identity, _precision(embedder), rows_per_part) as writer:
+        with PartWriter(out, embedder.identity, embedder.precision, rows_per_part) as writer:
             writer.rejected(dataset.rejected)
             for batch in stream:
                 writer.rejected(batch.rejected)
@@ -175,7 +164,7 @@ def embed_to_parquet(
         note = (
             f"precision: {kept} ({auto}the runtime and precision of the parts already in {out})"
             if kept is not None
-            else precision_note(embedder)
+            else embedder.precision_note
         )
         return ParquetRun(
             embedder.identity,
@@ -189,21 +178,17 @@ def embed_to_parquet(
         )
 
 
-def _parts_runner(config: EmbedConfig, written: tuple[str, str | None] | None) -> Runner | None:
-    """The runner the parts already in a folder were computed by, when `config` leaves it to them ("auto") or names it.
+def _parts_backend(config: EmbedConfig, written: tuple[str, str | None] | None) -> Backend | None:
+    """The backend the parts already in a folder were computed by, when `config` leaves it to them ("auto") or names it.
 
     A resumed run computes with it, unchecked, so its vectors carry the parts' identity (and the
     cache rows of the run it resumes). None for parts without one (the baseline's) and when the
     config names another runtime or precision: the config decides, and the folder refuses it.
     """
-    runner = None if written is None else runner_in(written[0])
-    if runner is None or config.runtime not in ("auto", runner.runtime):
+    backend = None if written is None else backend_in(written[0])
+    if backend is None or config.runtime not in ("auto", backend.runtime):
         return None
-    return runner if config.precision in ("auto", runner.precision) else None
-
-
-def _precision(embedder: Embedder) -> str | None:
-    return embedder.precision if isinstance(embedder, ClipEmbedder) else None
+    return backend if config.precision in ("auto", backend.precision) else None
 
 
 class EmbeddingStream:
@@ -225,7 +210,7 @@ class EmbeddingStream:
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
-        self.batch_size = default_batch_size(embedder) if batch_size is None else batch_size
+        self.batch_size = embedder.default_batch_size() if batch_size is None else batch_size
         check_batch_size(self.batch_size)
         self.embedder, self.cache, self.progress = embedder, cache, progress
         self.started = time.perf_counter()
@@ -350,7 +335,7 @@ def _first_batch_checked(
     same data settles the check from the cache without the model. Should none of it decode, the
     check stays awaited and this run is torch fp32.
     """
-    if not (isinstance(embedder, ClipEmbedder) and embedder.awaits_precision_check):
+    if not embedder.awaits_precision_check:
         return {}, False
     first: dict[str, Item] = {}
     for item in items:

@@ -692,7 +692,7 @@ def load_embeddings(
         return LoadedEmbeddings(embeddings, rejected, name=Path(source).stem)
     # torch loads only when images must be embedded, so Parquet analysis starts fast.
     from core.embedding.config import EmbedConfig
-    from core.embedding.runner import embed_dataset, load_embedder, precision_note
+    from core.embedding.runner import embed_dataset, load_embedder
 
     dataset = load_dataset(source, work_dir=work_dir, watch=watch)
     config = embed_config or EmbedConfig()
@@ -704,7 +704,7 @@ def load_embeddings(
         run.computed,
         run.from_cache,
         run.seconds,
-        precision_note(embedder),
+        embedder.precision_note,
         dataset.name,
         {item.id: item.path for item in dataset.items},
     )
