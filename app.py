@@ -22,16 +22,9 @@ navigation = st.navigation(pages)
 ui.open_requested_page(pages)
 
 ws = ui.workspace()
-sidebar = st.sidebar.container()
-try:
-    navigation.run()
-finally:
-    # The sidebar and the background work come after the page: on a fresh server the built-in
-    # datasets are still being written and the model is not loaded, and the page's title paints first.
-    with sidebar:
-        st.caption(f"Dataset: **{ui.plain(ui.datasets(ws).active().name)}**")
-        st.caption(f"Model: **{ui.plain(ui.model_status(ws))}**")
-        st.caption(
-            f"Workspace {ui.plain(ws.id)} — bookmark this page's address to come back to it."
-        )
-    ui.start_background_work(ws)
+# Before the page, not after: a page that has nothing more to show calls st.stop(), which ends the run at the
+# next Streamlit call wherever it comes, even in a `finally`. Neither waits (the model's load and a Parquet's
+# analysis run in background threads), so the page still paints at once.
+ui.start_background_work(ws)
+ui.show_sidebar(ws)
+navigation.run()

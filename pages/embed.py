@@ -165,6 +165,7 @@ if st.button("Embed", type="primary", disabled=not model):
     except ValueError as error:  # a bad option, or a model folder this server does not serve
         st.error(ui.plain(error))
         st.stop()
+    st.rerun()  # the sidebar, drawn before the page, names the model chosen
 
 current = ui.session()
 show_vectors(current)

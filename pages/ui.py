@@ -177,35 +177,75 @@ def _analysis_import_warm_up() -> threading.Thread:
 
 
 def start_background_work(ws: Workspace) -> None:
-    """Import the analysis, load the workspace's model, then compile UMAP, in background threads, and start the
-    analysis of an active Parquet dataset (its vectors need no model): no page waits for them unless it needs them."""
-    _analysis_import_warm_up()
-    chosen = chosen_model(ws)
-    model_shelf().start(chosen)
-    entry = datasets(ws).active()
-    if entry.kind == "parquet":
-        from core.session.vectors import predict_config
+    """Once this script run has ended: import the analysis, load the workspace's model, then compile UMAP, and
+    analyse an active Parquet (its vectors need no model), each in a background thread.
 
-        try:
-            loaded = dataset_vectors().of(entry, chosen)
-        except (ValueError, OSError):
-            pass  # the analysis pages say what is wrong with the file when they open it
-        else:
-            _start_analysis(entry, _vectors_only(chosen), predict_config(ws), loaded)
-    _projection_warm_up(chosen)
+    Returns at once. app.py calls it before every page: the page paints first, as the work waits for its run
+    to end, and no page can keep it from starting, whatever the page does to end its run."""
+    chosen = chosen_model(ws)
+    entry = datasets(ws).chosen()
+
+    def start() -> None:
+        _analysis_import_warm_up()
+        model_shelf().start(chosen)
+        if entry.kind == "parquet":
+            _start_vectors_analysis(ws, entry, chosen)
+        _projection_warm_up(chosen)
+
+    _after_this_run("background-work", start)
+
+
+def _after_this_run(name: str, work: Callable[[], None]) -> None:
+    """`work` in a daemon thread once the script thread calling this has ended (at once outside a script run).
+
+    The thread carries the run's context, so it may call the server's cached resources."""
+    from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
+    context = get_script_run_ctx(suppress_warning=True)
+    # Streamlit's script thread ends once its session has no rerun queued: st.stop() cannot end it early.
+    script_thread = threading.current_thread() if context is not None else None
+
+    def after_the_run() -> None:
+        if script_thread is not None:
+            script_thread.join()
+        work()
+
+    thread = threading.Thread(target=after_the_run, name=name, daemon=True)
+    add_script_run_ctx(thread, context)
+    thread.start()
+
+
+def _start_vectors_analysis(ws: Workspace, entry: DatasetEntry, chosen: EmbedConfig) -> None:
+    from core.session.vectors import predict_config
+
+    try:
+        loaded = dataset_vectors().of(entry, chosen)
+    except (ValueError, OSError):
+        return  # the analysis pages say what is wrong with the file when they open it
+    _start_analysis(entry, _vectors_only(chosen), predict_config(ws), loaded)
+
+
+def show_sidebar(ws: Workspace) -> None:
+    """The dataset, model and workspace lines; none waits: the dataset is named, not opened, and the model's load
+    is reported, not awaited."""
+    with st.sidebar:
+        st.caption(f"Dataset: **{plain(datasets(ws).chosen().name)}**")
+        st.caption(f"Model: **{plain(model_status(ws))}**")
+        st.caption(f"Workspace {plain(ws.id)} — bookmark this page's address to come back to it.")
 
 
 def model_status(ws: Workspace) -> str:
     """The chosen model's name and how its load goes, without waiting for it."""
     config = chosen_model(ws)
     state = model_shelf().state(config)
-    if state == LOADING:
+    # None: the load starts once this page has run (start_background_work).
+    if state in (LOADING, None):
         status = f"{config.model} (loading…)"
     elif state == UNAVAILABLE:
         status = f"baseline ({config.model} unavailable)"
     else:
         status = config.model
-    if datasets(ws).active().kind == "parquet":
+    if datasets(ws).chosen().kind == "parquet":
         return f"{status}, for queries only: the dataset's vectors came with its file"
     return status
 

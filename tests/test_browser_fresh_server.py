@@ -73,7 +73,6 @@ def test_a_deep_link_first_on_a_fresh_server_opens_the_page_inside_the_app(
     expect(tab.get_by_test_id("stSidebarNav").get_by_role("link")).to_have_count(
         len(PAGE_PATHS), timeout=RUN_TIMEOUT_MS
     )
-    # app.py writes the sidebar's captions after the page: on a fresh server the first analysis comes first.
     expect(tab.get_by_test_id("stSidebar")).to_contain_text(
         f"Workspace {workspace_id}", timeout=RUN_TIMEOUT_MS
     )

@@ -4,6 +4,7 @@ import io
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,6 @@ from pages import ui
 pytestmark = pytest.mark.usefixtures("fresh_server")
 
 ROOT = Path(__file__).resolve().parents[1]
-MY_PAGES = ("map", "neighbours", "evaluate", "text_image")
 SECONDS = 120  # per script run: the first one embeds the demo and tries to load CLIP
 
 
@@ -121,18 +121,6 @@ def predicted_labels(app: AppTest) -> list[str]:
 
 def metrics(app: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in app.metric}
-
-
-def test_my_pages_run_through_the_app_navigation(monkeypatch):
-    # Compiling UMAP in the background is the app's start-up business, not these pages'.
-    monkeypatch.setattr(core.maps.projection, "warm_up", lambda *args, **kwargs: None)
-    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=SECONDS)
-    app.session_state["map_method"] = "pca"
-    app.run()
-    for name in MY_PAGES:
-        app.switch_page(f"pages/{name}.py").run()
-        assert_ran(app)
-        assert app.title, f"{name} shows no title"
 
 
 def test_map_selection_shows_thumbnails_ids_and_labels():
@@ -615,6 +603,23 @@ def test_a_cancelled_background_job_is_said_so_and_starts_again_on_request():
     assert [markdown.value for markdown in app.markdown] == ["finished anew"]
 
 
+def eventually(look):
+    """What `look()` returns once it is something, looking again for up to SECONDS; else None.
+
+    The background work starts in threads, once the script run that asked for it has ended."""
+    deadline = time.monotonic() + SECONDS
+    while (found := look()) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def started_analysis(ws: Workspace):
+    """The background analysis of the workspace's active Parquet, once started; None if it does not start."""
+    entry = ui.datasets(ws).active()
+    key = (entry.source, ui._vectors_only(chosen_model(ws)), predict_config(ws))
+    return eventually(lambda: ui.analysis_jobs().get(key))
+
+
 class NeverLoadingShelf(ModelShelf):
     """A model shelf whose loads wait until the test lets them finish."""
 
@@ -632,10 +637,7 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(
         ws = Workspace(unlabelled_parquet_workspace)
         # The Data page's run ends by starting the analysis of an active Parquet in the background.
         ui.start_background_work(ws)
-        entry = ui.datasets(ws).active()
-        started = ui.analysis_jobs().get(
-            (entry.source, ui._vectors_only(chosen_model(ws)), predict_config(ws))
-        )
+        started = started_analysis(ws)
         assert started is not None and started.wait(SECONDS)
         app = run_page("distractors", unlabelled_parquet_workspace)
         assert_ran(app)

@@ -74,10 +74,14 @@ class WorkspaceDatasets:
     def all(self) -> list[DatasetEntry]:
         return self.builtin + self.ws.datasets()
 
-    def active(self) -> DatasetEntry:
-        """The dataset chosen last, or the first built-in one when none was chosen or it is gone."""
+    def chosen(self) -> DatasetEntry:
+        """The dataset chosen last, or the first built-in one when none was chosen or it is gone; not opened yet."""
         known = {entry.name: entry for entry in self.all()}
-        return opened(known.get(self.ws.get(ACTIVE_DATASET_KEY), self.builtin[0]))
+        return known.get(self.ws.get(ACTIVE_DATASET_KEY), self.builtin[0])
+
+    def active(self) -> DatasetEntry:
+        """The chosen dataset, opened: a built-in one is written first when it is not on disk yet."""
+        return opened(self.chosen())
 
     def choose(self, name: str) -> None:
         if name not in {entry.name for entry in self.all()}:
