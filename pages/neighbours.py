@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.retrieval.index import Neighbours
 from core.retrieval.metrics import average_precision_at_k
+from core.retrieval.placement import TIE
 from core.retrieval.predict import place_minus_one
 from core.session.queries import read_uploaded_images
 from pages import ui
@@ -93,22 +94,30 @@ def why_there() -> str:
         return f'because the placement is "first" ({ui.plain(analysis.placement_source)}): only flagged items get it.'
     expected = model.expected_precisions(scores)[0]
     by_position = " · ".join(
-        f"{name} {value:.2f}"
+        f"{name} {value:.3f}"
         for name, value in zip([*map(str, range(1, k + 1)), "nowhere"], expected)
     )
     chances = [float(m.distractor_probability(scores)[0]) for m in analysis.bootstrap]
     spread = (
-        f" ({min(chances):.0%}–{max(chances):.0%} over class bootstraps of train)"
+        f" ({min(chances):.1%}–{max(chances):.1%} over class bootstraps of train)"
         if chances
         else ""
     )
     share_low, share_high = analysis.share_interval or (model.contamination, model.contamination)
+    if minus_one_at:
+        gain = expected[minus_one_at - 1] - expected[-1]
+        why = f"where it gains the most expected AP@{k} over leaving it out, {gain:+.3f}"
+    else:
+        why = (
+            f'as no rank gains {TIE} expected AP@{k} or more over leaving it out, and a "-1" that gains '
+            "nothing only pushes the last label out"
+        )
     return (
-        f'where the expected AP@{k} of this row is highest ("optimal" placement). With an estimated distractor share '
-        f"of {model.contamination:.0%} ({share_low:.0%}–{share_high:.0%}), the model puts "
-        f"the chance that the query is a distractor at {float(model.distractor_probability(scores)[0]):.0%}{spread} and the true "
-        f'label at rank 1 with {float(model.rank_odds(scores)[0, 0]):.0%}; expected AP@{k} with "-1" at each place '
-        f"(flagged items take 1): {by_position}."
+        f'{why} ("optimal" placement). With an estimated distractor share of {model.contamination:.0%} '
+        f"({share_low:.0%}–{share_high:.0%}), the model puts the chance that the query is a distractor at "
+        f"{float(model.distractor_probability(scores)[0]):.1%}{spread} and the true label at rank 1 with "
+        f'{float(model.rank_odds(scores)[0, 0]):.1%}; expected AP@{k} with "-1" at each place (flagged items take '
+        f"1): {by_position}."
     )
 
 

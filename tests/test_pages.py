@@ -14,6 +14,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import core.maps.projection
+from bench.fixtures import retrieval_embeddings
 from core.display import ZERO_WIDTH_SPACE
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.demo import write_demo_dataset
@@ -89,11 +90,19 @@ def unlabelled_parquet_workspace(tmp_path) -> str:
         vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
         "random vectors",
     )
-    path = tmp_path / "unlabelled.parquet"
+    return parquet_workspace(
+        "unlabelled", tmp_path / "unlabelled.parquet", embeddings, "unlabelled vectors"
+    )
+
+
+def parquet_workspace(
+    workspace_id: str, path: Path, embeddings: Embeddings, name: str = "vectors"
+) -> str:
+    """A workspace whose active dataset is `embeddings`, written to `path` as an embeddings Parquet."""
     write_embeddings(path, embeddings)
-    workspace = Workspace("unlabelled")
-    workspace.add_dataset(DatasetEntry("unlabelled vectors", str(path), "parquet"))
-    workspace.set("dataset", "unlabelled vectors")
+    workspace = Workspace(workspace_id)
+    workspace.add_dataset(DatasetEntry(name, str(path), "parquet"))
+    workspace.set("dataset", name)
     return workspace.id
 
 
@@ -188,11 +197,11 @@ def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
         )
         assert ("below the threshold" in went) == flagged
         if (
-            "highest" in went
-        ):  # the optimal placement's reasons carry the share and the chance with their spread
+            '("optimal" placement)' in went
+        ):  # its reasons carry the share and the chance with their spread
             assert re.search(
-                r"estimated distractor share of \d+% \(\d+%–\d+%\).* distractor at \d+% \(\d+%–\d+% over class "
-                r"bootstraps of train\)",
+                r"estimated distractor share of \d+% \(\d+%–\d+%\).* distractor at \d+\.\d% "
+                r"\(\d+\.\d%–\d+\.\d% over class bootstraps of train\)",
                 went,
             )
             explained = True
@@ -226,6 +235,32 @@ def test_neighbours_verdict_matches_the_submission_for_the_item_nearest_the_thre
         list(map(submission_label, predicted_labels(app)))
         == read_submission(submission)[analysis.test.ids[row]]
     )
+
+
+def test_neighbours_leaves_minus_one_out_where_it_gains_nothing_and_says_why(tmp_path):
+    # Three clean images a class: the placement model sees true labels at rank 1 only, so a "-1" at rank 2
+    # costs a known item nothing and gains only the item's tiny distractor chance.
+    embeddings = retrieval_embeddings(300, 60)
+    workspace_id = parquet_workspace("ties1", tmp_path / "ties.parquet", embeddings)
+    analysis = analyse(embeddings)
+    threshold = round(analysis.threshold, ui.THRESHOLD_DECIMALS)
+    positions = analysis.positions(threshold)
+    surest = int(np.argmax(analysis.scores))
+    doubted = int(np.flatnonzero(positions > 1)[0])
+    app = run_page("neighbours", workspace_id, neighbours_test_row=surest)
+    assert_ran(app)
+    assert "-1" not in predicted_labels(app)
+    went = next(displayed(m.value) for m in app.markdown if m.value.startswith("**Where"))
+    assert went.startswith('**Where "-1" went:** nowhere, as no rank gains 0.001 expected AP@5'), (
+        went
+    )
+    assert "distractor at 0.0%" in went
+    app = run_page("neighbours", workspace_id, neighbours_test_row=doubted)
+    assert_ran(app)
+    rank = predicted_labels(app).index("-1") + 1
+    went = next(displayed(m.value) for m in app.markdown if m.value.startswith("**Where"))
+    assert went.startswith(f'**Where "-1" went:** rank {rank}, where it gains the most'), went
+    assert float(re.search(r"over leaving it out, \+(\d\.\d+)", went)[1]) >= 0.001
 
 
 def test_neighbours_searches_an_uploaded_image_and_refuses_a_broken_one():

@@ -8,6 +8,8 @@ from core.retrieval.metrics import average_precision_at_k
 from core.retrieval.placement import (
     MAX_K,
     NOWHERE,
+    TIE,
+    PlacementModel,
     fit_placement,
     kept_positions,
     positions_for,
@@ -52,6 +54,37 @@ def test_kept_positions_choose_the_best_of_two_to_k_and_nowhere_further_back_on_
     assert positions_for(flags, "first", kept_positions(expected)).tolist() == [1, NOWHERE, NOWHERE]
     with pytest.raises(ValueError, match="placement must be one of"):
         positions_for(flags, "last", kept_positions(expected))
+
+
+def tie_model(k: int = 5) -> PlacementModel:
+    """A placement model as fitted on a clean train set: the true label was only ever seen at rank 1 or 2, so ranks
+    3..k get no chance and a "-1" there costs a known item nothing."""
+    unseen = [-np.inf, 0.0]
+    rank_coef = np.array([[0.0, 0.0], [-5.0, -2.0], *[unseen] * (k - 2), unseen])
+    return PlacementModel(0.0, 1.0, (0.0, -3.0), rank_coef, contamination=0.3, k=k)
+
+
+def test_a_minus_one_that_gains_nothing_over_nowhere_is_left_out():
+    model = tie_model()
+    sure, unsure = 3.0, -1.0  # standardised scores: far above and below the distractors
+    chance = model.distractor_probability(np.array([sure, unsure]))
+    assert chance[0] < 1e-3 < 0.5 < chance[1]
+    expected = model.expected_precisions(np.array([sure, unsure]))
+    # At rank 3 or later the "-1" gains its tiny distractor chance over leaving it out, and nothing more.
+    assert 0 < expected[0, 2] - expected[0, -1] < TIE
+    assert kept_positions(expected).tolist()[0] == NOWHERE
+    # An item the model doubts keeps its "-1" where it gains most.
+    assert kept_positions(expected).tolist()[1] == 2
+    # Ties between "-1" and nowhere in a hand-made table: a gain under TIE is none, one of TIE or more counts.
+    table = np.array(
+        [[0.0, 0.5 + TIE / 2, 0.3, 0.3, 0.3, 0.5], [0.0, 0.5 + TIE, 0.3, 0.3, 0.3, 0.5]]
+    )
+    assert kept_positions(table).tolist() == [NOWHERE, 2]
+
+
+def test_with_one_label_per_row_minus_one_is_placed_only_first():
+    expected = np.array([[0.9, 0.1], [0.2, 0.8]])  # positions 1, then nowhere
+    assert kept_positions(expected).tolist() == [NOWHERE, NOWHERE]
 
 
 def test_train_evidence_matches_a_brute_force_leave_one_out():

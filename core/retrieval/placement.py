@@ -23,6 +23,11 @@ _EM_ROUNDS = 500
 _EM_TOLERANCE = 1e-7
 _NEWTON_ROUNDS = 50  # a logistic fit of two parameters converges in a handful
 _NEWTON_TOLERANCE = 1e-8
+# Expected AP@k within this of leaving "-1" out is a tie, and a tie leaves it out: a "-1" that gains nothing costs
+# a slot (the k-th label leaves the row), which the model prices only through the ranks train showed it (a rank no
+# train item took gets no chance at all). A thousandth of a hit per item is below what its probabilities, learnt
+# from at most MAX_EVIDENCE_QUERIES train items, can tell apart.
+TIE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -342,10 +347,14 @@ def _mixture_share(balanced_log_odds: np.ndarray) -> float:
 
 
 def kept_positions(expected: np.ndarray) -> np.ndarray:
-    """For items not flagged: the position among 2..k and nowhere with the highest expected AP (ties: further back)."""
-    choices = expected[:, 1:][:, ::-1]  # nowhere, k, ..., 2
-    best = choices.shape[1] - 1 - np.argmax(choices, axis=1)
-    return np.where(best == choices.shape[1] - 1, NOWHERE, best + 2)
+    """For items not flagged: the position among 2..k with the highest expected AP (ties: further back), or nowhere
+    when that gains less than TIE over leaving "-1" out."""
+    ranks = expected[:, 1:-1][:, ::-1]  # k, ..., 2
+    if ranks.shape[1] == 0:  # k = 1: "-1" is first or nowhere
+        return np.full(len(expected), NOWHERE)
+    best = ranks.shape[1] - 1 - np.argmax(ranks, axis=1)  # 0 for rank 2
+    gain = expected[np.arange(len(expected)), best + 1] - expected[:, -1]
+    return np.where(gain >= TIE, best + 2, NOWHERE)
 
 
 def expected_map_by_flags(
