@@ -241,9 +241,10 @@ st.caption(
     "in the tool's own format, as a zip: FiftyOne, Embedding Atlas (with the map and nearest train images) "
     "or TensorBoard's projector (with a sprite of thumbnails)."
 )
-tool_column, tool_ready = st.columns([1, 2])
+# The tools' names take the page's width, as a third of it cuts "TensorBoard projector" off; what the chosen
+# tool needs goes under them.
 tool = (
-    tool_column.segmented_control(
+    st.segmented_control(
         "Tool",
         EXPORT_FORMATS,
         default=EXPORT_FORMATS[1],
@@ -252,6 +253,7 @@ tool = (
     )
     or EXPORT_FORMATS[1]
 )
+tool_ready = st.container()
 if tool == "fiftyone" and not images:
     tool_ready.info(
         "FiftyOne shows image files and this dataset is vectors only: choose Embedding Atlas or TensorBoard."

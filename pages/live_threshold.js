@@ -14,8 +14,11 @@ function element(tag, className, text) {
 }
 
 const SVG = "http://www.w3.org/2000/svg";
-// Chart geometry in viewBox units; the SVG scales to its column's width.
-const W = 400, H = 260, LEFT = 46, RIGHT = 12, TOP = 48, BOTTOM = 40;
+// Chart geometry in viewBox units; the SVG scales to its column's width. Above the plot, from the top: the
+// title, the legend, then a band of its own for the marker's words (MARKER_WORDS_Y), so nothing the plot draws
+// (the curve, the best point) is ever under them.
+const W = 400, H = 260, LEFT = 46, RIGHT = 12, TOP = 60, BOTTOM = 40;
+const MARKER_WORDS_Y = TOP - 8;
 
 function shape(tag, attributes, text) {
   const node = document.createElementNS(SVG, tag);
@@ -104,7 +107,7 @@ function buildChart(spec, data) {
 
   const marker = shape("line", { y1: TOP, y2: y(0), class: "rl-marker" });
   const dot = spec.line ? shape("circle", { r: 4, class: "rl-dot" }) : null;
-  const caption = shape("text", { y: TOP + 10, class: "rl-marker-label" });
+  const caption = shape("text", { y: MARKER_WORDS_Y, class: "rl-marker-label" });
   root.append(marker, caption);
   if (dot) root.append(dot);
   const move = (at) => {

@@ -28,6 +28,27 @@ MIN_NEIGHBOUR_CARDS = 5  # top-5 retrieval: a card per neighbour, each with its 
 SLIDER_STEP = 0.001  # the Distractors page's threshold slider moves by this per arrow key
 BURSTS, PRESSES_PER_BURST = 3, 5
 IDLE_CHECK_MS = 1_500
+# Buttons, tabs and options whose words do not all show: clipped by a box that scrolls or hides what overflows
+# (a segmented control too narrow for its options), or cut by an ellipsis inside the control.
+CUT_OFF_CONTROLS = """() => {
+    const controls = document.querySelectorAll(
+        "[data-testid=stMain] button, [data-testid=stMain] [role=tab], [data-testid=stMain] [role=radio]");
+    const clips = (element) => getComputedStyle(element).overflowX !== "visible";
+    const cut = [];
+    for (const control of controls) {
+        const box = control.getBoundingClientRect();
+        const words = control.textContent.trim();
+        if (!words || box.width === 0) continue;  // an icon, or hidden in a closed expander or another tab
+        let clipped = [control, ...control.querySelectorAll("*")].some(
+            (inner) => clips(inner) && inner.textContent.trim() && inner.scrollWidth > inner.clientWidth + 1);
+        for (let outer = control.parentElement; outer && outer.dataset.testid !== "stMain"; outer = outer.parentElement) {
+            const room = outer.getBoundingClientRect();
+            clipped ||= clips(outer) && (box.left < room.left - 1 || box.right > room.right + 1);
+        }
+        if (clipped) cut.push(words);
+    }
+    return cut;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +102,8 @@ def _check(tab: Page, screenshots: Path, name: str) -> None:
         "images => images.filter(image => image.naturalWidth === 0).map(image => image.src)"
     )
     assert not broken, f"the {name} page shows broken images (see {path}): {broken}"
+    cut = tab.evaluate(CUT_OFF_CONTROLS)
+    assert not cut, f"the {name} page cuts off control labels (see {path}): {cut}"
 
 
 def _screenshot_whole_page(tab: Page, path: Path) -> None:
@@ -181,6 +204,37 @@ def test_a_burst_of_key_presses_ends_where_the_user_left_the_slider(page):
     expect(shown_threshold).to_have_text(f"{expected:.3f}", timeout=RUN_TIMEOUT_MS)
     assert float(slider.input_value()) == pytest.approx(expected)
     expect(flagged).to_have_text(flagged_after_bursts)
+
+
+# Every slider position, the marker's words against the best point's dot and the chart's other words, in the
+# chart's own units; the slider is put back where it was.
+MARKER_LABEL_OVERLAPS = """(chart) => {
+    const slider = chart.getRootNode().querySelector("input.rl-slider");  // the component may live in a shadow root
+    const label = chart.querySelector(".rl-marker-label");
+    const others = [...chart.querySelectorAll("circle.rl-best, text")].filter((shape) => shape !== label);
+    const meet = (a, b) => a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+    const start = slider.value, overlaps = [];
+    const positions = Math.round((Number(slider.max) - Number(slider.min)) / Number(slider.step));
+    for (let step = 0; step <= positions; step++) {
+        slider.value = Number(slider.min) + step * Number(slider.step);
+        slider.dispatchEvent(new Event("input"));
+        const box = label.getBBox();
+        for (const other of others) {
+            if (meet(box, other.getBBox())) overlaps.push(`${slider.value}: ${other.textContent || "best point"}`);
+        }
+    }
+    slider.value = start;
+    slider.dispatchEvent(new Event("input"));
+    return overlaps;
+}"""
+
+
+def test_the_markers_words_never_cover_the_best_point_or_other_words(page):
+    open_page(page, "Distractors")
+    expect(threshold_slider(page)).to_be_visible()
+    chart = page.get_by_role("img", name="MAP@5 by threshold")
+    expect(chart.locator("circle.rl-best")).to_have_count(1)
+    assert chart.evaluate(MARKER_LABEL_OVERLAPS) == []
 
 
 def test_map_redraws_with_another_method(page, screenshots):
