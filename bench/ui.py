@@ -119,7 +119,7 @@ def _add_parquet(tab: Page, relative: str) -> None:
     field.fill(relative)
     # Streamlit takes a text input's value on Enter or blur; the button is enabled then
     field.press("Enter")
-    tab.get_by_role("button", name="Open folder").click()
+    tab.get_by_role("button", name="Open Parquet file").click()
     expect(metric(tab, "Train rows")).to_be_visible(timeout=WAIT_MS)
     wait_for_run(tab, WAIT_MS)
 

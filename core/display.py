@@ -1,4 +1,5 @@
-"""User text (ids, labels, file names, queries, dataset and workspace names) made inert for Markdown display."""
+"""What reaches the screen as text: user text (ids, labels, file names, queries, dataset and workspace names) made
+inert for Markdown display, and counts written one way."""
 
 from __future__ import annotations
 
@@ -61,3 +62,8 @@ def inert_plotly(text: object, limit: int = DISPLAY_LIMIT) -> str:
     turn `<a href>` into a link and `<br>` into a line break."""
     shown = elided(visible_controls(str(text)), limit)
     return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def count_text(count: float) -> str:
+    """A count as every page and chart writes it: thousands separated ("13,000")."""
+    return f"{round(count):,}"

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from core.display import count_text
 from core.io.hf_datasets import HfSelection
 from core.io.parquet import read_embeddings_checked
 from core.io.parts import incomplete_note
@@ -80,7 +81,7 @@ with st.expander("Add a dataset"):
             f"`{root}` (set `RETRIEVAL_LAB_DATA_ROOT` to change it)."
         )
         folder = st.text_input("Folder or .parquet (relative to the data root)")
-        if st.button("Open folder", disabled=not folder):
+        if st.button(ui.open_action(folder), disabled=not folder, key="data_open_folder"):
             try:
                 entry = datasets.add_folder(folder)
             except (ValueError, OSError) as error:  # OSError: an unreadable folder
@@ -129,15 +130,15 @@ def show_counts(
     train_labels = [label for split, label in pairs if split == TRAIN]
     test_labels = [label for split, label in pairs if split == TEST]
     columns = st.columns(4)
-    columns[0].metric(f"Train {unit}", len(train_labels))
-    columns[1].metric("Train classes", len(set(train_labels)))
-    columns[2].metric(f"Test {unit}", len(test_labels))
-    columns[3].metric(f"{refused_unit.capitalize()} refused", len(refused))
-    st.caption(f"{len(pairs)} accepted, {len(refused)} refused")
+    columns[0].metric(f"Train {unit}", count_text(len(train_labels)))
+    columns[1].metric("Train classes", count_text(len(set(train_labels))))
+    columns[2].metric(f"Test {unit}", count_text(len(test_labels)))
+    columns[3].metric(f"{refused_unit.capitalize()} refused", count_text(len(refused)))
+    st.caption(f"{count_text(len(pairs))} accepted, {count_text(len(refused))} refused")
     if test_labels and None not in test_labels:
         distractors = test_labels.count("-1")
         st.caption(
-            f"Test truth is known: {distractors} of {len(test_labels)} test {unit} are distractors ({distractors / len(test_labels):.0%})."
+            f"Test truth is known: {count_text(distractors)} of {count_text(len(test_labels))} test {unit} are distractors ({distractors / len(test_labels):.0%})."
         )
     counts = (
         pd.DataFrame(
@@ -151,7 +152,7 @@ def show_counts(
     with st.expander(f"{unit.capitalize()} per split and class"):
         st.dataframe(counts, hide_index=True, width="stretch")
     if refused:
-        with st.expander(f"Refused {refused_unit} ({len(refused)})", expanded=True):
+        with st.expander(f"Refused {refused_unit} ({count_text(len(refused))})", expanded=True):
             st.dataframe(
                 pd.DataFrame(
                     [(r.name, r.reason) for r in refused], columns=[refused_unit[:-1], "reason"]

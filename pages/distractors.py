@@ -3,6 +3,7 @@
 import numpy as np
 import streamlit as st
 
+from core.display import count_text
 from core.maps.figures import THRESHOLD_AXIS, score_shares
 from core.retrieval.distractors import DbscanConfig
 from core.retrieval.placement import PLACEMENTS
@@ -117,10 +118,10 @@ def slider_metrics() -> list[list[LiveMetric]]:
         [
             LiveMetric(
                 "Flagged as distractors",
-                shown(steps.flagged, lambda v: f"{v:,.0f}"),
+                shown(steps.flagged, count_text),
                 counts=steps.flagged.tolist(),
             ),
-            LiveMetric("Kept", shown(n - steps.flagged, lambda v: f"{v:,.0f}")),
+            LiveMetric("Kept", shown(n - steps.flagged, count_text)),
             LiveMetric("Contamination", shown(steps.flagged / n, percent)),
             LiveMetric("Threshold", shown(steps.thresholds, fixed(ui.THRESHOLD_DECIMALS))),
         ]
@@ -194,11 +195,11 @@ def slider_charts() -> list[LiveChart]:
             "share of the set",
             "percent",
             [f"below = distractor · {threshold}" for threshold in at],
-            bars=Binned(edges.tolist(), test_shares.tolist(), f"test ({n:,})"),
+            bars=Binned(edges.tolist(), test_shares.tolist(), f"test ({count_text(n)})"),
             steps=Binned(
                 edges.tolist(),
                 train_shares.tolist(),
-                f"train leave-one-out ({len(train_scores):,})",
+                f"train leave-one-out ({count_text(len(train_scores))})",
             )
             if len(train_scores)
             else None,
@@ -341,7 +342,7 @@ def threshold_panel() -> None:
         analysis.scores < max(previous, threshold)
     )
     flipped = np.flatnonzero(between)
-    st.subheader(f"What flips ({len(flipped)})")
+    st.subheader(f"What flips ({count_text(len(flipped))})")
     if len(flipped) == 0:
         st.caption(
             "Move the slider: the images whose verdict changes appear here."
@@ -354,7 +355,7 @@ def threshold_panel() -> None:
     st.caption(
         f"{'Newly flagged' if now_flagged else 'No longer flagged'} between {previous:.3f} and {threshold:.3f}"
         + (
-            f"; showing the {len(shown)} lowest-scoring of {len(flipped)}."
+            f"; showing the {len(shown)} lowest-scoring of {count_text(len(flipped))}."
             if len(shown) < len(flipped)
             else "."
         )
@@ -387,7 +388,7 @@ with st.expander("DBSCAN: a second detector"):
         report = analysis.report(flags=flags)
         threshold_flags = analysis.flags(st.session_state[threshold_state])
         cells = st.columns(4)
-        cells[0].metric("Flagged by DBSCAN", report["flagged"])
+        cells[0].metric("Flagged by DBSCAN", count_text(report["flagged"]))
         cells[1].metric("Agreement with the threshold", f"{(flags == threshold_flags).mean():.1%}")
         if "MAP@5" in report:
             cells[2].metric("MAP@5 with DBSCAN flags", f"{report['MAP@5']:.4f}")

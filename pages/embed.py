@@ -4,6 +4,7 @@ from dataclasses import fields
 
 import streamlit as st
 
+from core.display import count_text
 from core.embedding.config import BASELINE_MODEL, EmbedConfig, list_models
 from core.methods.ensemble import search_weights, validation_map
 from core.records import TEST, TRAIN
@@ -31,18 +32,18 @@ def show_vectors(current: ui.Session) -> None:
     emb = loaded.embeddings
     counts = {split: int(emb.mask(split).sum()) for split in (TRAIN, TEST)}
     cells = st.columns(5)
-    cells[0].metric("Vectors", len(emb.ids))
-    cells[1].metric("Dimensions", emb.dim)
-    cells[2].metric("Computed", loaded.computed)
-    cells[3].metric("From cache", loaded.from_cache)
-    cells[4].metric("Refused", len(loaded.rejected))
+    cells[0].metric("Vectors", count_text(len(emb.ids)))
+    cells[1].metric("Dimensions", count_text(emb.dim))
+    cells[2].metric("Computed", count_text(loaded.computed))
+    cells[3].metric("From cache", count_text(loaded.from_cache))
+    cells[4].metric("Refused", count_text(len(loaded.rejected)))
     st.caption(
-        f"Model identity: {ui.plain(emb.model)} · train {counts['train']}, test {counts['test']} · {loaded.seconds:.1f} s"
+        f"Model identity: {ui.plain(emb.model)} · train {count_text(counts['train'])}, test {count_text(counts['test'])} · {loaded.seconds:.1f} s"
     )
     if loaded.computed and loaded.seconds:
         st.caption(f"{loaded.computed / loaded.seconds:.1f} images/s when computed.")
     if loaded.rejected:
-        with st.expander(f"Refused while embedding ({len(loaded.rejected)})"):
+        with st.expander(f"Refused while embedding ({count_text(len(loaded.rejected))})"):
             st.dataframe(
                 [{"file": r.name, "reason": r.reason} for r in loaded.rejected], hide_index=True
             )

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
+from core.display import count_text
 from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, export_items, exported_zip
 from core.io.layouts import missing_test_truth
 from core.maps.figures import class_frequency
@@ -94,7 +95,7 @@ predictions = analysis.predictions(threshold)
 
 st.caption(
     f"Everything below uses the threshold **{threshold:.3f}** (set it on the **Distractors** page): "
-    f"{report['flagged']} of {report['test_items']} test images ({report['flagged_share']:.0%}) are flagged "
+    f"{count_text(report['flagged'])} of {count_text(report['test_items'])} test images ({report['flagged_share']:.0%}) are flagged "
     f'as distractors and get "{DISTRACTOR}" first. Placement: **{analysis.placement}** ({ui.plain(analysis.placement_source)}).'
 )
 
@@ -137,8 +138,8 @@ else:
         help="How well the score alone ranks distractors below the rest.",
     )
 counts = st.columns(3)
-counts[0].metric("Test images", report["test_items"])
-counts[1].metric("Flagged as distractors", report["flagged"])
+counts[0].metric("Test images", count_text(report["test_items"]))
+counts[1].metric("Flagged as distractors", count_text(report["flagged"]))
 counts[2].metric("Flagged share", f"{report['flagged_share']:.1%}")
 
 st.subheader("Predicted classes")
@@ -146,7 +147,7 @@ top_n = st.slider("Classes shown", 5, 50, 20, key="evaluate_top_n")
 first_labels = [row[0] for row in predictions]
 distractors_first = first_labels.count(DISTRACTOR)
 st.caption(
-    f'"{DISTRACTOR}" first: {distractors_first:,} of {len(first_labels):,} test images '
+    f'"{DISTRACTOR}" first: {count_text(distractors_first)} of {count_text(len(first_labels))} test images '
     f"({distractors_first / len(first_labels):.1%}), left out of the chart so the classes stay readable."
 )
 st.plotly_chart(class_frequency(first_labels, top_n), width="stretch")

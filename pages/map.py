@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from core.display import count_text
 from core.maps.figures import COLOUR_MODES, analysis_map_points, scatter_map
 from core.maps.projection import (
     METHOD_NAMES,
@@ -29,7 +30,7 @@ analysis, threshold = current.analysis, current.threshold
 
 st.caption(
     "Train and test embeddings in two dimensions. UMAP and PCA are fitted on train and place test in the "
-    f"same coordinates; t-SNE is fitted on both, on a random sample of {TSNE_SAMPLE_LIMIT:,} above that many "
+    f"same coordinates; t-SNE is fitted on both, on a random sample of {count_text(TSNE_SAMPLE_LIMIT)} above that many "
     "points unless asked for all. Draw a box or lasso round points to see their images."
 )
 n_points = len(analysis.train.vectors) + len(analysis.test.vectors)
@@ -82,7 +83,7 @@ with st.expander("Projection settings"):
             "All points",
             value=False,
             disabled=n_points <= TSNE_SAMPLE_LIMIT,
-            help=f"Above {TSNE_SAMPLE_LIMIT:,} points t-SNE is fitted on a random sample of that many and the "
+            help=f"Above {count_text(TSNE_SAMPLE_LIMIT)} points t-SNE is fitted on a random sample of that many and the "
             "others are placed beside their nearest fitted points; this fits every point, which takes minutes.",
             key="map_tsne_all_points",
         )
@@ -153,9 +154,11 @@ if not rows:
     st.stop()
 
 selected = points.loc[rows]
-st.subheader(f"{len(rows)} selected")
+st.subheader(f"{count_text(len(rows))} selected")
 if len(rows) > GALLERY_LIMIT:
-    st.caption(f"Showing the first {GALLERY_LIMIT} images; the table lists all {len(rows)}.")
+    st.caption(
+        f"Showing the first {GALLERY_LIMIT} images; the table lists all {count_text(len(rows))}."
+    )
 shown = selected.head(GALLERY_LIMIT)
 ui.image_grid(
     [current.image(item_id) for item_id in shown["id"]],

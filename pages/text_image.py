@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from core.display import count_text
 from core.io.texts import prompts_for
 from core.methods.regression import rank_prompts
 from core.methods.zeroshot import measured, results_table
@@ -66,10 +67,10 @@ with texts_column:
         st.error(ui.plain(error))
     unique_texts = list(dict.fromkeys(texts))
     if len(unique_texts) < len(texts):
-        st.caption(f"{len(texts) - len(unique_texts)} repeated texts were dropped.")
+        st.caption(f"{count_text(len(texts) - len(unique_texts))} repeated texts were dropped.")
     texts = unique_texts
     if texts:
-        st.caption(f"{len(texts)} texts, e.g. “{ui.plain(texts[0])}”.")
+        st.caption(f"{count_text(len(texts))} texts, e.g. “{ui.plain(texts[0])}”.")
 
 with images_column:
     st.subheader("Images")
@@ -122,8 +123,8 @@ table = results_table(names, ranking)
 best = table[table["rank"] == 1].drop(columns="rank").rename(columns={"text": "zero-shot text"})
 
 figures = st.columns(5)
-figures[0].metric("Images", len(names))
-figures[1].metric("Texts", len(texts))
+figures[0].metric("Images", count_text(len(names)))
+figures[1].metric("Texts", count_text(len(texts)))
 figures[2].metric(
     "Wall time",
     f"{stats.wall_seconds:.2f} s",
@@ -163,7 +164,7 @@ with st.expander("CLIP score of every pair"):
     )
     if len(texts) > MATRIX_TEXT_LIMIT:
         st.caption(
-            f"The first {MATRIX_TEXT_LIMIT} of {len(texts)} texts; results.csv holds every pair."
+            f"The first {MATRIX_TEXT_LIMIT} of {count_text(len(texts))} texts; results.csv holds every pair."
         )
     st.dataframe(matrix.iloc[:, :MATRIX_TEXT_LIMIT].round(1), width="stretch")
 

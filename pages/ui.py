@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import numpy as np
 import streamlit as st
 
-from core.display import inert
+from core.display import count_text, inert
 from core.embedding.cache import EmbeddingCache
 from core.embedding.config import DEFAULT_MODEL, EmbedConfig
 from core.embedding.hub import ModelUnavailableError
@@ -116,6 +116,11 @@ def workspace() -> Workspace:
 def datasets(ws: Workspace) -> WorkspaceDatasets:
     """The workspace's datasets; a built-in one is written (no download) when it is first opened."""
     return WorkspaceDatasets(ws, builtin_datasets(workspace_home() / "builtin"))
+
+
+def open_action(given: str) -> str:
+    """The words of the button that opens a dataset under the data root, named by what was given."""
+    return "Open Parquet file" if given.strip().lower().endswith(".parquet") else "Open folder"
 
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=32)
@@ -270,7 +275,7 @@ def dataset_vectors() -> DatasetVectors:
 def _progress_bar(entry: DatasetEntry, area):
     def progress(done: int, total: int, images_per_second: float) -> None:
         remaining = (total - done) / images_per_second if images_per_second else 0.0
-        text = f"{done}/{total} images of {plain(entry.name)} · {images_per_second:.1f} images/s · ETA {remaining:.0f} s"
+        text = f"{count_text(done)}/{count_text(total)} images of {plain(entry.name)} · {images_per_second:.1f} images/s · ETA {remaining:.0f} s"
         area.progress(done / total if total else 1.0, text=text)
 
     return progress
@@ -482,7 +487,7 @@ def dbscan_flags(current: Session, config: DbscanConfig) -> np.ndarray:
 
 def projection(current: Session, config: ProjectionConfig) -> Projection:
     """A 2-D map of train and test, computed once per (vectors, config) in the background and kept on disk."""
-    from core.maps.projection import kept_projection
+    from core.maps.projection import METHOD_NAMES, kept_projection
 
     train, test = current.analysis.train.vectors, current.analysis.test.vectors
 
@@ -496,7 +501,7 @@ def projection(current: Session, config: ProjectionConfig) -> Projection:
         projection_jobs(),
         (current.entry.source, current.loaded.embeddings.model, config),
         stored_or_projected,
-        f"Computing the {config.method.upper()} map of {len(train) + len(test):,} points",
+        f"Computing the {METHOD_NAMES[config.method]} map of {count_text(len(train) + len(test))} points",
     )
 
 

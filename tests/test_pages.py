@@ -132,6 +132,69 @@ def metrics(app: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in app.metric}
 
 
+# Four digits or more standing alone: a count written without thousands separators (not a decimal's digits,
+# an id's "item-1234" or a separated "1,234").
+BARE_COUNT = re.compile(r"(?<![\d.,\-])\d{4,}(?![\d.,])")
+
+
+def shown_texts(app: AppTest) -> list[str]:
+    """The words and figures a page shows: metrics, titles, headers, captions, Markdown, notices and expanders."""
+    elements = [*app.title, *app.subheader, *app.caption, *app.markdown, *app.info, *app.warning]
+    return [
+        *(element.value for element in elements),
+        *(text for metric in app.metric for text in (metric.label, metric.value)),
+        *(expander.label for expander in app.expander),
+    ]
+
+
+def test_every_count_of_a_thousand_or_more_is_shown_with_thousands_separators(tmp_path):
+    embeddings = retrieval_embeddings(1500, 400)  # 1,200 train images in 400 classes, 1,500 test
+    workspace_id = parquet_workspace("counts1", tmp_path / "counts.parquet", embeddings)
+    selection = {"points": [{"customdata": row} for row in range(1001)]}
+    pages = {
+        "data": {},
+        "embed": {},
+        "map": {"map_method": "pca", "map_chart": {"selection": selection}},
+        "distractors": {},
+        "neighbours": {},
+        "evaluate": {},
+        "text_image": {},
+    }
+    shown = {}
+    for page, state in pages.items():
+        app = run_page(page, workspace_id, **state)
+        assert_ran(app)
+        assert not [text for text in shown_texts(app) if BARE_COUNT.search(text)], page
+        shown[page] = app
+    data, evaluate = metrics(shown["data"]), metrics(shown["evaluate"])
+    assert (data["Train rows"], data["Test rows"]) == ("1,200", "1,500")
+    assert evaluate["Test images"] == "1,500" and metrics(shown["embed"])["Vectors"] == "2,700"
+    assert [header.value for header in shown["map"].subheader] == ["1,001 selected"]
+
+
+def test_map_methods_are_named_as_people_write_them(monkeypatch):
+    progress = []
+    real = ui.finished
+
+    def finished(jobs, key, work, what):
+        if jobs is not ui.projection_jobs():
+            return real(jobs, key, work, what)
+        progress.append(what)  # the words over the projection's progress bar; no need to compute it
+        st.stop()
+
+    monkeypatch.setattr(ui, "finished", finished)
+    for method in ("umap", "tsne", "pca"):
+        app = run_page("map", map_method=method)
+        assert_ran(app)
+        assert app.button_group(key="map_method").options == ["UMAP", "t-SNE", "PCA"]
+    assert progress == [
+        f"Computing the {name} map of 172 points" for name in ("UMAP", "t-SNE", "PCA")
+    ]
+    evaluate = run_page("evaluate")
+    shared = next(group for group in evaluate.button_group if group.label == "Map in the report")
+    assert shared.options == ["UMAP", "t-SNE", "PCA"]
+
+
 def test_map_selection_shows_thumbnails_ids_and_labels():
     app = run_page("map", map_method="pca")
     assert_ran(app)
@@ -490,12 +553,25 @@ def test_data_page_opens_only_folders_under_the_data_root(tmp_path, monkeypatch)
     monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
     app = run_page("data", "folder1")
     app.text_input[1].set_value("../../etc").run()
-    next(button for button in app.button if button.label == "Open folder").click().run()
+    app.button(key="data_open_folder").click().run()
     assert "outside the data root" in app.error[0].value
     app.text_input[1].set_value("demo-shapes").run()
-    next(button for button in app.button if button.label == "Open folder").click().run()
+    app.button(key="data_open_folder").click().run()
     assert_ran(app)
     assert app.selectbox[0].value == "demo-shapes"
+
+
+def test_the_folder_tab_names_its_button_by_what_was_given():
+    app = run_page("data", "folder2")
+    field = next(box for box in app.text_input if box.label.startswith("Folder or .parquet"))
+    for given, action in [
+        ("", "Open folder"),
+        ("demo-shapes", "Open folder"),
+        ("runs/vectors.parquet", "Open Parquet file"),
+        ("VECTORS.PARQUET ", "Open Parquet file"),
+    ]:
+        field.set_value(given).run()
+        assert app.button(key="data_open_folder").label == action, given
 
 
 def test_embed_page_counts_computed_then_cached_vectors():

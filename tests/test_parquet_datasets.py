@@ -94,7 +94,7 @@ def test_the_folder_tab_opens_an_embeddings_parquet_under_the_data_root(
     next(box for box in app.text_input if box.label.startswith("Folder")).set_value(
         vectors_file.name
     ).run()
-    next(button for button in app.button if button.label == "Open folder").click().run()
+    app.button(key="data_open_folder").click().run()
     assert_ran(app)
     assert metrics(app)["Test rows"] == str(N_TEST)
 

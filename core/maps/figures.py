@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from core.display import inert_plotly
+from core.display import count_text, inert_plotly
 from core.maps.projection import Projection
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 
@@ -213,7 +213,7 @@ def _map_trace(rows: pd.DataFrame, name: str, marker: dict) -> go.Scattergl:
         x=rows["x"],
         y=rows["y"],
         mode="markers",
-        name=f"{name} ({len(rows)})",
+        name=f"{name} ({count_text(len(rows))})",
         customdata=rows["row"].to_numpy(),
         hovertext=_hover_texts(rows),
         hoverinfo="text",
@@ -446,7 +446,7 @@ def class_frequency(predicted_top1_labels: Sequence, top_n: int = 20) -> go.Figu
             x=[count for _, count in ranked],
             y=[inert_plotly(label) for label, _ in ranked],
             orientation="h",
-            text=[f"{count:,}" for _, count in ranked],
+            text=[count_text(count) for _, count in ranked],
             textposition="outside",
             cliponaxis=False,
             marker_color=TRAIN_COLOUR,
@@ -457,7 +457,7 @@ def class_frequency(predicted_top1_labels: Sequence, top_n: int = 20) -> go.Figu
     figure.update_yaxes(type="category", autorange="reversed")
     return _styled(
         figure,
-        f"Most predicted top-1 classes ({len(ranked)} of {len(counts)})",
+        f"Most predicted top-1 classes ({len(ranked)} of {count_text(len(counts))})",
         "test items predicted",
         "class",
     )
