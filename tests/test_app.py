@@ -32,15 +32,16 @@ KINDS = ("demo", "folder", "parquet", "huggingface")
 HOSTILE_NAME = "shapes *x* [link](example.invalid) :red[y]"
 
 
-@pytest.fixture
-def dataset_workspaces(tmp_path, monkeypatch, saved) -> dict[str, str]:  # noqa: F811 (saved is the imported fixture)
-    """A workspace per kind of dataset, each with it active: the built-in demo, an image folder, an embeddings
-    Parquet and a Hugging Face save_to_disk folder, the last three under the data root."""
-    root = tmp_path / "data-root"
-    monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(root))
+def write_dataset_workspaces(root: Path, hf_folder: Path, n_test: int = 120) -> dict[str, str]:
+    """A workspace per kind of dataset, each with it active: the built-in demo, and under the data `root` an image
+    folder, an embeddings Parquet of `n_test` test items and a copy of the save_to_disk `hf_folder`.
+
+    Written in the workspace home and data root the environment names (RETRIEVAL_LAB_HOME, RETRIEVAL_LAB_DATA_ROOT)."""
     write_demo_dataset(root).rename(root / HOSTILE_NAME)
-    write_embeddings(root / f"{HOSTILE_NAME}.parquet", retrieval_embeddings(120, 30))
-    shutil.copytree(saved, root / f"{HOSTILE_NAME} hf")
+    write_embeddings(
+        root / f"{HOSTILE_NAME}.parquet", retrieval_embeddings(n_test, max(2, n_test // 4))
+    )
+    shutil.copytree(hf_folder, root / f"{HOSTILE_NAME} hf")
     added = {
         "folder": lambda datasets: datasets.add_folder(HOSTILE_NAME),
         "parquet": lambda datasets: datasets.add_folder(f"{HOSTILE_NAME}.parquet"),
@@ -56,6 +57,12 @@ def dataset_workspaces(tmp_path, monkeypatch, saved) -> dict[str, str]:  # noqa:
             datasets.choose(added[kind](datasets).name)
         ids[kind] = ws.id
     return ids
+
+
+@pytest.fixture
+def dataset_workspaces(tmp_path, monkeypatch, saved) -> dict[str, str]:  # noqa: F811 (saved is the imported fixture)
+    monkeypatch.setenv("RETRIEVAL_LAB_DATA_ROOT", str(tmp_path / "data-root"))
+    return write_dataset_workspaces(tmp_path / "data-root", saved)
 
 
 def sidebar_lines(app: AppTest) -> list[str]:
