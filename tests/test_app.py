@@ -12,7 +12,7 @@ import streamlit as st
 import transformers  # noqa: F401
 from streamlit.testing.v1 import AppTest
 from test_hf_datasets import saved  # noqa: F401 (saved is a fixture: a save_to_disk folder)
-from test_pages import SECONDS, displayed, eventually, fresh_server, started_analysis  # noqa: F401 (fresh_server is autouse)
+from test_pages import SECONDS, displayed, eventually, started_analysis
 
 import core.maps.projection
 from bench.fixtures import retrieval_embeddings
@@ -24,6 +24,8 @@ from core.session.datasets import WorkspaceDatasets, builtin_datasets
 from core.session.models import chosen_model
 from core.session.workspace import Workspace
 from pages import ui
+
+pytestmark = pytest.mark.usefixtures("fresh_server")
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ("data", "embed", "map", "distractors", "neighbours", "evaluate", "text_image")

@@ -232,9 +232,17 @@ MARKER_LABEL_OVERLAPS = """(chart) => {
 def test_the_markers_words_never_cover_the_best_point_or_other_words(page):
     open_page(page, "Distractors")
     expect(threshold_slider(page)).to_be_visible()
-    chart = page.get_by_role("img", name="MAP@5 by threshold")
-    expect(chart.locator("circle.rl-best")).to_have_count(1)
-    assert chart.evaluate(MARKER_LABEL_OVERLAPS) == []
+    expect(
+        page.get_by_role("img", name="MAP@5 by threshold", exact=True).locator("circle.rl-best")
+    ).to_have_count(1)
+    charts = page.locator("svg.rl-chart")
+    overlaps = {
+        charts.nth(index).get_attribute("aria-label"): charts.nth(index).evaluate(
+            MARKER_LABEL_OVERLAPS
+        )
+        for index in range(charts.count())
+    }
+    assert len(overlaps) >= 3 and not any(overlaps.values()), overlaps
 
 
 def test_map_redraws_with_another_method(page, screenshots):

@@ -7,7 +7,6 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 from test_app import HOSTILE_NAME, KINDS, write_dataset_workspaces
-from test_browser import browser  # noqa: F401 (browser is a fixture)
 from test_hf_datasets import saved  # noqa: F401 (saved is a fixture: a save_to_disk folder)
 
 from bench.browser import (
@@ -54,7 +53,7 @@ def walk_server(tmp_path_factory, saved):  # noqa: F811 (saved is the imported f
 
 
 @pytest.fixture
-def tab(browser):  # noqa: F811 (browser is the imported fixture)
+def tab(browser):
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(ACTION_TIMEOUT_MS)
     try:
