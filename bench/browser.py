@@ -24,6 +24,7 @@ PAGE_PATHS = {
     "Distractors": "distractors",
     "Neighbours": "neighbours",
     "Evaluate & export": "evaluate",
+    "Audit": "audit",
     "Text ↔ image": "text_image",
 }
 

@@ -13,6 +13,7 @@ from core.audit.findings import (
     NEAR_DUPLICATE,
     findings_csv,
 )
+from core.display import count_text
 from pages import ui
 
 PAIRS_SHOWN = 8  # image pairs drawn for the chosen kind, surest first
@@ -49,13 +50,13 @@ for note in found.notes:
 findings = found.findings(chosen)
 counts = found.counts(chosen)
 for column, kind in zip(st.columns(len(KINDS)), KINDS):
-    column.metric(KIND_NAMES[kind], f"{counts[kind]:,}")
+    column.metric(KIND_NAMES[kind], count_text(counts[kind]))
 
 leaked = leakage(found, chosen)
 if leaked.same_label is not None and leaked.pairs:
     without = leaked.map_without_duplicates
     st.markdown(
-        f"**Leakage:** {leaked.same_label} of {leaked.pairs} near-duplicates carry their test image's true label. "
+        f"**Leakage:** {count_text(leaked.same_label)} of {count_text(leaked.pairs)} near-duplicates carry their test image's true label. "
         f"MAP@{k} {leaked.map_as_analysed:.4f} as analysed, {leaked.map_taking_duplicate_label:.4f} when each "
         f"takes its duplicate's label, "
         + ("n/a" if without is None else f"{without:.4f}")
@@ -125,7 +126,7 @@ elif st.button("Measure the change", key="audit_measure"):
                 tuple(relabel.items()),
             ),
             lambda watch: what_if(analysis, drop, relabel, watch),
-            f"Analysing {current.entry.name} with {len(drop)} train images dropped and {len(relabel)} relabelled",
+            f"Analysing {current.entry.name} with {count_text(len(drop))} train images dropped and {count_text(len(relabel))} relabelled",
         )
     except ValueError as error:
         st.error(f"The change cannot be measured: {ui.plain(error)}")
@@ -138,7 +139,7 @@ elif st.button("Measure the change", key="audit_measure"):
                 key.replace("_", " "), "n/a", help="needs test truth" if "MAP" in key else None
             )
         elif isinstance(before, int):
-            column.metric(key, f"{after:,}", f"{after - before:+,}")
+            column.metric(key, count_text(after), f"{after - before:+,}")
         else:
             column.metric(key.replace("_", " "), f"{after:.4f}", f"{after - before:+.4f}")
 

@@ -12,6 +12,7 @@ import streamlit as st
 import transformers  # noqa: F401
 from streamlit.testing.v1 import AppTest
 from test_hf_datasets import saved  # noqa: F401 (saved is a fixture: a save_to_disk folder)
+from test_hostile_text import PAGES
 from test_pages import SECONDS, displayed, eventually, started_analysis
 
 import core.maps.projection
@@ -28,7 +29,6 @@ from pages import ui
 pytestmark = pytest.mark.usefixtures("fresh_server")
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("data", "embed", "map", "distractors", "neighbours", "evaluate", "text_image")
 KINDS = ("demo", "folder", "parquet", "huggingface")
 # Folder names become dataset names: Markdown in them must reach the sidebar as text.
 HOSTILE_NAME = "shapes *x* [link](example.invalid) :red[y]"

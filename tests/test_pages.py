@@ -158,6 +158,7 @@ def test_every_count_of_a_thousand_or_more_is_shown_with_thousands_separators(tm
         "distractors": {},
         "neighbours": {},
         "evaluate": {},
+        "audit": {},
         "text_image": {},
     }
     shown = {}
