@@ -267,9 +267,9 @@ def test_a_large_set_with_long_hostile_text_stays_within_the_bound(tmp_path):
     assert long not in page, "long text is elided"
     map_script = page[page.index('id="figure-map"') :]
     drawn = sum(
-        int(count)
+        int(count.replace(",", ""))
         for count in re.findall(
-            r'"name":"[^"]*?\((\d+)\)"', map_script[: map_script.index("</script>")]
+            r'"name":"[^"]*?\(([\d,]+)\)"', map_script[: map_script.index("</script>")]
         )
     )
     assert drawn == MAP_POINT_LIMIT
