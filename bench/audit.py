@@ -168,8 +168,9 @@ def _cleanlab_issues(train: Embeddings) -> set[str] | None:
 
 def _quality(seeds: int, per_class: int) -> dict:
     """Mean near-duplicate and mislabel precision/recall over seeds, and cleanlab's beside them."""
+    from core.analysis.pipeline import analyse
     from core.audit.findings import audit
-    from core.retrieval.pipeline import PredictConfig, analyse
+    from core.prediction.config import PredictConfig
 
     found: dict[str, list] = {"near": [], "ours": [], "cleanlab": [], "by_copy": [], "cuts": []}
     for seed in range(seeds):
@@ -189,8 +190,9 @@ def _quality(seeds: int, per_class: int) -> dict:
 
 def _clean(seeds: int, per_class: int) -> list[float]:
     """Findings of each kind per image of its scope on digits with nothing injected (the false-positive rate)."""
+    from core.analysis.pipeline import analyse
     from core.audit.findings import KINDS, audit
-    from core.retrieval.pipeline import PredictConfig, analyse
+    from core.prediction.config import PredictConfig
 
     rates = []
     for seed in range(seeds):
@@ -205,10 +207,11 @@ def _clean(seeds: int, per_class: int) -> list[float]:
 
 def _cost_case(path: str) -> dict[str, float]:
     """The first analysis as the dashboard runs it (searches stored) and the audit after it, in this process."""
+    from core.analysis.pipeline import analyse
     from core.audit.findings import audit
     from core.io.parquet import read_embeddings_checked
-    from core.retrieval.pipeline import PredictConfig, analyse
-    from core.retrieval.store import SearchStore
+    from core.prediction.config import PredictConfig
+    from core.search.store import SearchStore
 
     embeddings, _ = read_embeddings_checked(Path(path))
     with tempfile.TemporaryDirectory() as home:

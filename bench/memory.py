@@ -198,6 +198,8 @@ def _embed(dataset: Path, out: Path) -> None:
 
 
 def _workflow(dataset: Path, home: Path) -> None:
+    from core.analysis.loading import load_embeddings
+    from core.analysis.pipeline import analyse
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import BASELINE_MODEL, EmbedConfig
     from core.io.parquet import write_embeddings
@@ -208,8 +210,7 @@ def _workflow(dataset: Path, home: Path) -> None:
         project,
         projection_key,
     )
-    from core.retrieval.pipeline import analyse, load_embeddings
-    from core.retrieval.predict import write_submission
+    from core.prediction.predict import write_submission
 
     home.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

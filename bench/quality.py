@@ -10,8 +10,9 @@ import numpy as np
 
 from bench.fixtures import retrieval_embeddings
 from bench.report import Section, table
+from core.analysis.pipeline import analyse
+from core.prediction.config import PredictConfig
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.retrieval.pipeline import PredictConfig, analyse
 
 FULL = {"digit_seeds": 4, "synthetic_test": 13_000}
 QUICK = {"digit_seeds": 2, "synthetic_test": 4_000}

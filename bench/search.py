@@ -13,11 +13,12 @@ import numpy as np
 from bench.fixtures import EmbeddingSpace, retrieval_embeddings
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio, peak_rss_mb, run_python
+from core.analysis.pipeline import search_and_rank
 from core.embedding.clip import usable_cores
+from core.prediction.config import PredictConfig
 from core.records import TEST, TRAIN
-from core.retrieval.index import EXACT_UP_TO, VectorIndex
-from core.retrieval.pipeline import PredictConfig, search_and_rank
-from core.retrieval.screen import SCREEN_MARGIN
+from core.search.index import EXACT_UP_TO, VectorIndex
+from core.search.screen import SCREEN_MARGIN
 
 # The dashboard's sizes (test items, train classes of 3), as bench/ui.py generates them.
 SCREEN_SIZES = {"13k": (13_000, 1_000), "130k": (100_000, 10_000)}
@@ -103,7 +104,7 @@ def _product_size(section: Section, plan) -> None:
                     "1.0×",
                 ],
                 [
-                    "FAISS IndexFlatIP (`core.retrieval.index.VectorIndex`)",
+                    "FAISS IndexFlatIP (`core.search.index.VectorIndex`)",
                     seconds(median(timings["faiss"])),
                     f"{median_ratio(timings['numpy'], timings['faiss']):.1f}×",
                 ],
@@ -171,7 +172,7 @@ def _screened(section: Section, plan) -> None:
         rows.append(row)
         checks.append(check)
     section.add(
-        f"**Exact top-{K} with the bf16 screen** (`core.retrieval.screen`): the same search by FAISS IndexFlatIP alone "
+        f"**Exact top-{K} with the bf16 screen** (`core.search.screen`): the same search by FAISS IndexFlatIP alone "
         "(fp32, as before) and by `VectorIndex` as it now runs: where bf16 products are at least "
         "`SCREEN_MIN_SPEEDUP` times as fast as fp32 (timed once per process) and the rows are many per candidate, "
         f"torch multiplies the queries by the centred rows in bf16, keeps each query's top k + {SCREEN_MARGIN} rows, "
@@ -256,7 +257,7 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
 def _first_analysis_case(search: str, path: str) -> dict[str, float]:
     """bench.ui's first-analysis timings in this process, with the screen off for "flat"."""
     from bench.ui import first_analysis_in_python
-    from core.retrieval import screen
+    from core.search import screen
 
     if search == "flat":
         screen.SCREEN_MIN_SPEEDUP = float("inf")

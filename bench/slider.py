@@ -9,9 +9,9 @@ import numpy as np
 from bench.fixtures import retrieval_embeddings
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio
+from core.analysis.pipeline import analyse, verdict_precisions
+from core.detection.distractors import ThresholdSweep
 from core.records import DISTRACTOR
-from core.retrieval.distractors import ThresholdSweep
-from core.retrieval.pipeline import analyse, verdict_precisions
 
 FULL = {"analysed": (16_000, 100_000), "synthetic": (1_000_000,), "rounds": 7, "thresholds": 20}
 QUICK = {"analysed": (16_000, 100_000), "synthetic": (1_000_000,), "rounds": 5, "thresholds": 10}
@@ -111,7 +111,7 @@ def run(work: Path, quick: bool) -> Section:
         "if flagged and if kept, so totals are a binary search away (O(log n)); the flags are one "
         "vectorised comparison. Baselines: the same figures recomputed with numpy over all items, and "
         "`Analysis.report` (predictions and AP@5 per item in Python), which is what a page would call "
-        "without the sweep. 16k and 100k use `core.retrieval.pipeline.analyse` on synthetic CLIP-like vectors "
+        "without the sweep. 16k and 100k use `core.analysis.pipeline.analyse` on synthetic CLIP-like vectors "
         "(3,000 train items, 30% distractors); 1M uses arrays of the same shape. Results of all three "
         "were checked equal at the sampled thresholds.",
         table(

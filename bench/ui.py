@@ -329,10 +329,11 @@ def run(work: Path, quick: bool) -> Section:
 
 def first_analysis_in_python(path: Path) -> dict[str, float]:
     """Seconds of a cold analysis (no stored searches) and of its two searches on their own, in this process."""
+    from core.analysis.pipeline import analyse, retrieve
+    from core.detection.distractors import leave_one_out_scores
     from core.io.parquet import read_embeddings_checked
+    from core.prediction.config import PredictConfig
     from core.records import TEST, TRAIN
-    from core.retrieval.distractors import leave_one_out_scores
-    from core.retrieval.pipeline import PredictConfig, analyse, retrieve
 
     embeddings, _ = read_embeddings_checked(path)
     train, test = embeddings.subset(TRAIN), embeddings.subset(TEST)
@@ -442,7 +443,7 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
         f"({analysis['test']:,} test against {analysis['train']:,} train, nothing stored yet) takes "
         f"{seconds(analysis['analysis'])}: the exact test → train search alone {seconds(analysis['search'])} and train "
         f"leave-one-out {seconds(analysis['leave_one_out'])}. The search is exact below "
-        "`core.retrieval.index.EXACT_UP_TO` train vectors and bound by arithmetic (a multiply-add per test, train and "
+        "`core.search.index.EXACT_UP_TO` train vectors and bound by arithmetic (a multiply-add per test, train and "
         "dimension): screened in bf16 and re-ranked in fp32 where this CPU multiplies bf16 faster (section 3: 1.5× "
         "FAISS at this size, not more, as torch's bf16 product at this shape reaches under half the machine's peak and "
         "the top-k selection costs about as much again), so on 2 cores the first visit cannot settle in 10 s without "
@@ -450,7 +451,7 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
         "100,000 train vectors). It starts in the background as soon as "
         "the dataset is active, shows progress with a Cancel button, and is kept on disk, so a revisit or a restart "
         f"reads it (the revisit row). The slider answers a key press in the browser: the page sends every slider "
-        "position's figures once (`core.retrieval.threshold_steps`, a Streamlit component in `pages/live_threshold.py`), "
+        "position's figures once (`core.analysis.threshold_steps`, a Streamlit component in `pages/live_threshold.py`), "
         "so a press runs no server code and redraws no chart, and six sessions pressing at once are six browsers "
         "updating a few numbers and moving three chart markers. The server hears of the slider once it rests (0.2 s "
         f'without a press): then "What flips" and the saved threshold follow (the rest row). That server run, a whole Distractors page rerun at {smallest} '

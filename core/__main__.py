@@ -39,10 +39,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def _load(args, source=None, model=None):
     """Embeddings for the command's source, reporting what was refused."""
+    from core.analysis.loading import is_embeddings_file, load_embeddings
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import EmbedConfig
     from core.io.parts import incomplete_note
-    from core.retrieval.pipeline import is_embeddings_file, load_embeddings
 
     source = _selected_source(args, source)
     embed_config = None
@@ -100,13 +100,13 @@ def _config(config_class, args, **given):
 
 
 def _predict_config(args):
-    from core.retrieval.pipeline import PredictConfig
+    from core.prediction.config import PredictConfig
 
     return _config(PredictConfig, args)
 
 
 def _flags(analysis, args):
-    from core.retrieval.distractors import DbscanConfig
+    from core.detection.distractors import DbscanConfig
 
     if args.detector == "dbscan":
         return analysis.dbscan(_config(DbscanConfig, args))
@@ -226,8 +226,8 @@ def cmd_embed(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from core.retrieval.pipeline import analyse
-    from core.retrieval.predict import write_submission
+    from core.analysis.pipeline import analyse
+    from core.prediction.predict import write_submission
 
     out = _checked_out(args.out, [args.source])
     config = _predict_config(args)  # bad options are refused before the dataset is read
@@ -266,9 +266,9 @@ def _format_report(report: dict) -> str:
 def cmd_evaluate(args) -> int:
     import json
 
+    from core.analysis.pipeline import analyse
     from core.io.layouts import missing_test_truth
     from core.records import TEST
-    from core.retrieval.pipeline import analyse
 
     config = _predict_config(args)  # bad options are refused before the dataset is read
     loaded = _load(args)
@@ -294,8 +294,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from core.retrieval.metrics import map_at_k
-    from core.retrieval.predict import read_submission, read_truth
+    from core.prediction.metrics import map_at_k
+    from core.prediction.predict import read_submission, read_truth
 
     submission, truth = read_submission(args.submission), read_truth(args.truth)
     missing = [image_id for image_id in truth if image_id not in submission]
@@ -335,7 +335,7 @@ def cmd_compare(args) -> int:
 
 
 def _ensemble_members(args):
-    from core.retrieval.pipeline import is_embeddings_file
+    from core.analysis.loading import is_embeddings_file
 
     if all(is_embeddings_file(source) for source in args.sources):
         if len(args.sources) < 2:
@@ -356,7 +356,7 @@ def _ensemble_members(args):
 def cmd_ensemble(args) -> int:
     from core.io.parquet import write_embeddings
     from core.methods.ensemble import combine, search_weights, validation_map
-    from core.retrieval.pipeline import PredictConfig
+    from core.prediction.config import PredictConfig
 
     out = _checked_out(args.out, args.sources) if args.out else None
     members = _ensemble_members(args)
@@ -424,8 +424,8 @@ def _projected(analysis, method: str, watch):
 
 def _analysed(loaded, args):
     """The analysis of the loaded embeddings, the Watch printing its stages, the flags the options ask for and how to name them."""
+    from core.analysis.pipeline import analyse
     from core.progress import Watch
-    from core.retrieval.pipeline import analyse
 
     watch = Watch(report=_stage_lines())
     analysis = analyse(loaded.embeddings, _predict_config(args), watch=watch)
@@ -467,8 +467,9 @@ def cmd_export(args) -> int:
     from pathlib import Path
 
     from core.audit.findings import AuditConfig, audit
-    from core.exports import FORMAT_NAMES, export, export_items, written_files
+    from core.exports import FORMAT_NAMES, export, written_files
     from core.exports.fiftyone import check_images
+    from core.exports.items import export_items
 
     folder = Path(
         _checked_out(args.out, [args.source], folder=True, writes=written_files(args.format))
@@ -618,8 +619,8 @@ def _add_source(
 
 
 def _add_prediction(parser):
-    from core.retrieval.distractors import DbscanConfig
-    from core.retrieval.pipeline import PredictConfig
+    from core.detection.distractors import DbscanConfig
+    from core.prediction.config import PredictConfig
 
     _add_config_options(parser, PredictConfig)
     parser.add_argument(
@@ -643,8 +644,8 @@ def build_parser():
     from core.maps.projection import METHOD_CHOICES, PROJECTION_METHODS
     from core.methods.compare import COMPARE_METHODS
     from core.methods.ensemble import MODES
+    from core.prediction.config import PredictConfig
     from core.report.config import ReportConfig
-    from core.retrieval.pipeline import PredictConfig
 
     parser = argparse.ArgumentParser(
         prog="python -m core", description="Retrieval Lab: image retrieval with distractors."

@@ -3,12 +3,12 @@
 import numpy as np
 import streamlit as st
 
+from core.analysis.threshold_steps import threshold_steps
+from core.detection.distractors import DbscanConfig
 from core.display import count_text
 from core.maps.figures import THRESHOLD_AXIS, score_shares
-from core.retrieval.distractors import DbscanConfig
-from core.retrieval.placement import PLACEMENTS
-from core.retrieval.threshold_steps import threshold_steps
-from core.retrieval.validation import INTERVAL_LEFT_OUT, conformal_threshold
+from core.prediction.placement import PLACEMENTS
+from core.prediction.validation import INTERVAL_LEFT_OUT, conformal_threshold
 from pages import ui
 from pages.live_threshold import (
     Binned,

@@ -6,8 +6,10 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
+from core.detection.distractors import SCORE_MODES
 from core.display import count_text
-from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, export_items, exported_zip
+from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, exported_zip
+from core.exports.items import export_items
 from core.io.layouts import missing_test_truth
 from core.maps.figures import class_frequency
 from core.maps.projection import METHOD_NAMES, PROJECTION_METHODS, ProjectionConfig
@@ -20,12 +22,11 @@ from core.methods.compare import (
     format_table,
 )
 from core.paths import safe_file_name
+from core.prediction.placement import MAX_K, PLACEMENTS
+from core.prediction.predict import submission_csv
 from core.records import DISTRACTOR, TEST
 from core.report.config import ReportConfig
 from core.report.html import report_html
-from core.retrieval.distractors import SCORE_MODES
-from core.retrieval.placement import MAX_K, PLACEMENTS
-from core.retrieval.predict import submission_csv
 from core.session.vectors import export_embeddings, predict_config, save_predict_config
 from pages import ui
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.retrieval.threshold_steps import ThresholdSteps
+from core.analysis.threshold_steps import ThresholdSteps
 
 _HERE = Path(__file__).parent
 _component = st.components.v2.component(

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from core.retrieval.index import Neighbours
-from core.retrieval.metrics import average_precision_at_k
-from core.retrieval.placement import TIE
-from core.retrieval.predict import place_minus_one
+from core.prediction.metrics import average_precision_at_k
+from core.prediction.placement import TIE
+from core.prediction.predict import place_minus_one
+from core.search.index import Neighbours
 from core.session.queries import read_uploaded_images
 from pages import ui
 

@@ -6,8 +6,8 @@ from core.display import count_text
 from core.io.texts import prompts_for
 from core.methods.regression import rank_prompts
 from core.methods.zeroshot import measured, results_table
+from core.prediction.metrics import top1_accuracy
 from core.records import DISTRACTOR
-from core.retrieval.metrics import top1_accuracy
 from core.session.queries import read_uploaded_images, texts_from_upload
 from pages import ui
 

@@ -43,11 +43,13 @@ from core.session.queries import query_model_mismatch
 from core.session.workspace import DatasetEntry, Workspace
 
 if TYPE_CHECKING:
+    from core.analysis.loading import LoadedEmbeddings
+    from core.analysis.pipeline import Analysis
     from core.audit.findings import Audit
+    from core.detection.distractors import DbscanConfig
     from core.maps.projection import Projection, ProjectionConfig
-    from core.retrieval.distractors import DbscanConfig
-    from core.retrieval.index import Neighbours
-    from core.retrieval.pipeline import Analysis, LoadedEmbeddings, PredictConfig
+    from core.prediction.config import PredictConfig
+    from core.search.index import Neighbours
     from core.session.vectors import DatasetVectors, Recipe
 
 HOW_TO_GET_CLIP = (
@@ -174,7 +176,7 @@ def _analysis_import_warm_up() -> threading.Thread:
     def import_the_analysis() -> None:
         # scikit-learn and SciPy take over a second to import: paid once per server, before the first
         # dataset is opened, it stays off the first analysis a user waits for.
-        importlib.import_module("core.retrieval.pipeline")
+        importlib.import_module("core.analysis.pipeline")
 
     thread = threading.Thread(target=import_the_analysis, name="analysis-import", daemon=True)
     thread.start()
@@ -344,8 +346,8 @@ def finished(jobs: Jobs, key: Hashable, work: Callable[[Watch], Any], what: str)
 
 
 def _analysis_work(config: PredictConfig, loaded: LoadedEmbeddings) -> Callable[[Watch], Analysis]:
-    from core.retrieval.pipeline import analyse
-    from core.retrieval.store import SearchStore
+    from core.analysis.pipeline import analyse
+    from core.search.store import SearchStore
 
     store = SearchStore(workspace_home() / "analyses")
     return lambda watch: analyse(loaded.embeddings, config, store, watch)
@@ -481,7 +483,7 @@ def _dbscan(source: str, model: str, config: DbscanConfig, _analysis: Analysis) 
 
 
 def dbscan_flags(current: Session, config: DbscanConfig) -> np.ndarray:
-    """Test items DBSCAN flags (core.retrieval.distractors), computed once per dataset, model and settings."""
+    """Test items DBSCAN flags (core.detection.distractors), computed once per dataset, model and settings."""
     return _dbscan(current.entry.source, current.loaded.embeddings.model, config, current.analysis)
 
 
@@ -511,7 +513,7 @@ def projection(current: Session, config: ProjectionConfig) -> Projection:
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _train_index(source: str, embed_config: EmbedConfig, _train_vectors: np.ndarray):
     # Keyed by dataset and model like the embeddings themselves; the vectors follow from those two.
-    from core.retrieval.index import VectorIndex
+    from core.search.index import VectorIndex
 
     return VectorIndex(_train_vectors)
 
@@ -519,8 +521,8 @@ def _train_index(source: str, embed_config: EmbedConfig, _train_vectors: np.ndar
 def search_train(
     current: Session, query_vectors: np.ndarray
 ) -> tuple[Neighbours, list[list[str]], np.ndarray]:
-    """Nearest train items, ranked labels and distractor scores of queries (core.retrieval.pipeline.search_and_rank)."""
-    from core.retrieval.pipeline import search_and_rank
+    """Nearest train items, ranked labels and distractor scores of queries (core.analysis.pipeline.search_and_rank)."""
+    from core.analysis.pipeline import search_and_rank
 
     train = current.analysis.train
     index = _train_index(current.entry.source, current.embed_config, train.vectors)

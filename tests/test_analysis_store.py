@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from test_pipeline import clustered_embeddings
 
-import core.retrieval.pipeline as pipeline
+import core.analysis.pipeline as pipeline
+from core.analysis.pipeline import analyse
+from core.prediction.config import PredictConfig
 from core.progress import Cancelled, Watch
 from core.records import Embeddings
-from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.store import SearchStore, search_key
+from core.search.store import SearchStore, search_key
 
 
 @pytest.fixture
@@ -151,7 +152,7 @@ def test_an_analysis_asked_to_stop_raises_cancelled_and_stores_nothing(
 def test_an_analysis_reports_the_blocks_of_its_search_then_its_later_stages(
     tmp_path, embeddings, monkeypatch
 ):
-    monkeypatch.setattr("core.retrieval.predict._QUERIES_PER_CALL", 10)
+    monkeypatch.setattr("core.prediction.predict._QUERIES_PER_CALL", 10)
     heard = []
     analyse(
         embeddings, PredictConfig(), SearchStore(tmp_path), Watch(lambda *step: heard.append(step))

@@ -9,6 +9,7 @@ import pytest
 
 from bench.audit import injected_digits
 from core.__main__ import main
+from core.analysis.pipeline import analyse
 from core.audit.cut import FALLBACK_CUT, choose_cut, closeness, similarity_at
 from core.audit.effects import cleaned_train_csv, leakage, relabel_csv, what_if
 from core.audit.findings import (
@@ -21,8 +22,8 @@ from core.audit.findings import (
     findings_csv,
 )
 from core.io.demo import write_demo_dataset
+from core.prediction.config import PredictConfig
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.retrieval.pipeline import PredictConfig, analyse
 
 FLOOR = 0.95  # precision and recall of near-duplicates, issue #25
 

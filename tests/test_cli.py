@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from core.__main__ import build_parser, main
+from core.detection.distractors import DbscanConfig
 from core.embedding.config import EmbedConfig
 from core.io.demo import write_demo_dataset
-from core.retrieval.distractors import DbscanConfig
-from core.retrieval.pipeline import PredictConfig
-from core.retrieval.placement import MAX_K
+from core.prediction.config import PredictConfig
+from core.prediction.placement import MAX_K
 
 REPO = Path(__file__).resolve().parents[1]
 

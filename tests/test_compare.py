@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from test_pipeline import clustered_embeddings
 
+from core.analysis.pipeline import analyse
 from core.methods.compare import COMPARE_METHODS, TIE_MARGIN, as_json, compare_methods, format_table
 from core.methods.heads import HeadConfig
-from core.retrieval.pipeline import PredictConfig, analyse
+from core.prediction.config import PredictConfig
 
 # Fewer steps than the default keep the file fast; the data are small and well clustered.
 FAST = HeadConfig(min_steps=150)

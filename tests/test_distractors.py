@@ -3,14 +3,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.retrieval.distractors import (
+from core.detection.distractors import (
     DbscanConfig,
     ThresholdSweep,
     dbscan_flags,
     distractor_scores,
     leave_one_out_scores,
 )
-from core.retrieval.index import Neighbours
+from core.search.index import Neighbours
 
 
 def test_scores_max_and_mean():

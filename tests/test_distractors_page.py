@@ -12,11 +12,12 @@ from test_pages import (
     slider_value,
 )
 
+from core.analysis.loading import load_embeddings
+from core.analysis.pipeline import analyse
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.demo import write_demo_dataset
-from core.retrieval.pipeline import analyse, load_embeddings
-from core.retrieval.placement import PLACEMENTS
-from core.retrieval.validation import conformal_threshold
+from core.prediction.placement import PLACEMENTS
+from core.prediction.validation import conformal_threshold
 from core.session.workspace import Workspace
 
 # No Streamlit cache is shared between tests, and each has its own workspace home.

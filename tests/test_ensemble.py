@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from test_index import unit_rows
 
+from core.analysis.pipeline import analyse
 from core.methods.ensemble import combine, search_weights, validation_map
 from core.records import Embeddings
-from core.retrieval.pipeline import analyse
 
 
 def model(name, vectors, ids=None, labels=None, splits=None):

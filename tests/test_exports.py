@@ -18,9 +18,11 @@ from PIL import Image
 from test_pages import assert_ran, run_page
 
 from core.__main__ import main
+from core.analysis.pipeline import analyse
 from core.display import ZERO_WIDTH_SPACE
-from core.exports import EXPORT_FORMATS, export, export_items, exported_zip, label_similarities
+from core.exports import EXPORT_FORMATS, export, exported_zip
 from core.exports.atlas import THUMBNAIL_EDGE
+from core.exports.items import export_items, label_similarities
 from core.exports.tensorboard import (
     METADATA_COLUMNS,
     SPRITE_MAX_SIDE,
@@ -32,9 +34,9 @@ from core.io.demo import write_demo_dataset
 from core.io.labels import normalise_label
 from core.io.parquet import read_embeddings, write_embeddings
 from core.maps.projection import ProjectionConfig, project
+from core.prediction.config import PredictConfig
+from core.prediction.predict import read_submission, submission_cell, write_submission
 from core.records import DISTRACTOR, Embeddings
-from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.predict import read_submission, submission_cell, write_submission
 
 # No Streamlit cache is shared between tests, and each has its own workspace home.
 pytestmark = pytest.mark.usefixtures("fresh_server")
@@ -767,7 +769,7 @@ def test_export_command_refuses_fiftyone_for_vectors_without_images_before_analy
 ):
     vectors = tmp_path / "vectors.parquet"
     assert main(["embed", str(demo), "--model", "baseline", "--out", str(vectors)]) == 0
-    monkeypatch.setattr("core.retrieval.pipeline.analyse", lambda *a, **k: pytest.fail("analysed"))
+    monkeypatch.setattr("core.analysis.pipeline.analyse", lambda *a, **k: pytest.fail("analysed"))
     assert (
         main(["export", str(vectors), "--format", "fiftyone", "--out", str(tmp_path / "out")]) == 2
     )

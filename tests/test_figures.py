@@ -5,6 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
+from core.detection.distractors import ThresholdSweep
 from core.maps.figures import (
     COLOUR_MODES,
     DISTRACTOR_COLOUR,
@@ -18,7 +19,6 @@ from core.maps.figures import (
 )
 from core.maps.projection import Projection, ProjectionConfig
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.retrieval.distractors import ThresholdSweep
 
 N_TRAIN, N_TEST = 30, 50
 CLASSES = ["class0", "class1", "class2", "class3"]
@@ -360,8 +360,8 @@ def test_class_frequency_rejects_a_zero_top_n():
 def test_analysis_map_points_puts_scores_flags_and_predictions_on_the_right_rows(
     embeddings, projection
 ):
+    from core.analysis.pipeline import analyse
     from core.maps.figures import analysis_map_points
-    from core.retrieval.pipeline import analyse
 
     analysis = analyse(embeddings)
     threshold = float(np.median(analysis.scores))

@@ -36,6 +36,10 @@ from input_files import (
 from PIL import Image
 from test_pages import run_page
 
+from core.analysis.loading import load_embeddings
+from core.analysis.pipeline import analyse
+from core.detection.distractors import ThresholdSweep
+from core.detection.metrics import distractor_report, precision_recall_f1
 from core.embedding.cache import EmbeddingCache
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.archives import safe_extract_zip
@@ -44,16 +48,10 @@ from core.io.layouts import load_dataset
 from core.io.parquet import read_embeddings, write_embeddings
 from core.io.texts import load_texts
 from core.paths import MAX_NAME_BYTES, confined_path, safe_file_name
+from core.prediction.config import PredictConfig
+from core.prediction.metrics import average_precision_at_k, map_at_k
+from core.prediction.predict import read_submission, write_submission
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.retrieval.distractors import ThresholdSweep
-from core.retrieval.metrics import (
-    average_precision_at_k,
-    distractor_report,
-    map_at_k,
-    precision_recall_f1,
-)
-from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
-from core.retrieval.predict import read_submission, write_submission
 from core.session.datasets import WorkspaceDatasets
 from core.session.queries import texts_from_upload
 from core.session.workspace import Workspace
@@ -554,7 +552,7 @@ import numpy as np
 from core.embedding.cache import EmbeddingCache
 from core.records import Embeddings
 from core.io.parquet import write_embeddings
-from core.retrieval.predict import write_submission
+from core.prediction.predict import write_submission
 
 folder, limit = Path(sys.argv[1]), int(sys.argv[2])
 rows = 20_000

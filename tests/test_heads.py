@@ -4,9 +4,10 @@ from sklearn.metrics import roc_auc_score
 from test_pipeline import clustered_embeddings
 
 import core.methods.heads as heads
+from core.analysis.pipeline import retrieve
 from core.methods.heads import HEADS, ArcFaceHead, HeadConfig, SimClrHead, TripletHead, make_head
+from core.prediction.config import PredictConfig
 from core.records import DISTRACTOR
-from core.retrieval.pipeline import PredictConfig, retrieve
 
 # Fewer steps than the default keep the file fast; the data are small and well clustered.
 FAST = HeadConfig(min_steps=150)

@@ -4,8 +4,8 @@ import faiss
 import numpy as np
 import pytest
 
-from core.retrieval.index import EXACT_UP_TO, VectorIndex, checked_vectors, resolve_kind, search
-from core.retrieval.index import unit_rows as unit_rows_checked
+from core.search.index import EXACT_UP_TO, VectorIndex, checked_vectors, resolve_kind, search
+from core.search.index import unit_rows as unit_rows_checked
 
 
 def unit_rows(rng, n, d):
@@ -165,7 +165,7 @@ def test_unit_rows_refuses_or_keeps_zero_rows():
 @pytest.fixture
 def screening(monkeypatch):
     """Every exact search screened, whatever its size or this CPU's bf16 speed."""
-    from core.retrieval import screen
+    from core.search import screen
 
     monkeypatch.setattr(screen, "SCREEN_MIN_CELLS", 0)
     monkeypatch.setattr(screen, "SCREEN_ROWS_PER_CANDIDATE", 0)

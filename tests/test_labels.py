@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from input_files import RED, encode
 from PIL import Image
 
+from core.analysis.pipeline import analyse
 from core.io.labels import (
     DISTRACTOR_IN_TRAIN,
     EMPTY_LABEL,
@@ -23,10 +24,10 @@ from core.io.labels import (
 )
 from core.io.layouts import load_dataset
 from core.io.parquet import read_embeddings_checked
+from core.prediction.config import PredictConfig
+from core.prediction.metrics import map_at_k
+from core.prediction.predict import read_submission, read_truth, write_submission
 from core.records import DISTRACTOR, TEST, TRAIN
-from core.retrieval.metrics import map_at_k
-from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.predict import read_submission, read_truth, write_submission
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.retrieval.metrics import (
+from core.detection.metrics import distractor_report
+from core.prediction.metrics import (
     average_precision_at_k,
-    distractor_report,
     map_at_k,
     mean_precision_at_k,
     top1_accuracy,

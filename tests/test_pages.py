@@ -15,15 +15,17 @@ from streamlit.testing.v1 import AppTest
 
 import core.maps.projection
 from bench.fixtures import retrieval_embeddings
+from core.analysis.loading import load_embeddings
+from core.analysis.pipeline import analyse
 from core.display import ZERO_WIDTH_SPACE
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.demo import write_demo_dataset
 from core.io.parquet import write_embeddings
+from core.prediction.config import PredictConfig
+from core.prediction.placement import MAX_K
+from core.prediction.predict import read_submission, submission_label, write_submission
 from core.progress import Cancelled
 from core.records import TEST, TRAIN, Embeddings
-from core.retrieval.pipeline import PredictConfig, analyse, load_embeddings
-from core.retrieval.placement import MAX_K
-from core.retrieval.predict import read_submission, submission_label, write_submission
 from core.session.models import LOADING, ModelShelf, chosen_model
 from core.session.vectors import predict_config
 from core.session.workspace import DatasetEntry, Workspace
@@ -669,7 +671,7 @@ def test_evaluate_sets_where_minus_one_goes_for_every_page():
 def test_distractors_page_renders_from_the_background_analysis_and_a_restart_reads_its_searches(
     workspace, monkeypatch
 ):
-    import core.retrieval.pipeline as pipeline
+    import core.analysis.pipeline as pipeline
 
     searches = []
     search_and_rank = pipeline.search_and_rank

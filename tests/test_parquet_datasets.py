@@ -9,7 +9,7 @@ from test_pages import (
     set_threshold_by_contamination,
 )
 
-import core.retrieval.pipeline
+import core.analysis.pipeline
 from bench.fixtures import retrieval_embeddings
 from core.io.parquet import write_embeddings
 from core.session.workspace import DatasetEntry, Workspace
@@ -101,9 +101,9 @@ def test_the_folder_tab_opens_an_embeddings_parquet_under_the_data_root(
 
 def test_dbscan_runs_only_when_asked_and_once_per_settings(parquet_workspace, monkeypatch):
     calls = []
-    dbscan_flags = core.retrieval.pipeline.dbscan_flags
+    dbscan_flags = core.analysis.pipeline.dbscan_flags
     monkeypatch.setattr(
-        core.retrieval.pipeline,
+        core.analysis.pipeline,
         "dbscan_flags",
         lambda *args: calls.append(args[2]) or dbscan_flags(*args),
     )

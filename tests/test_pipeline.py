@@ -1,15 +1,16 @@
 import numpy as np
 import pytest
 
-from core.records import Embeddings
-from core.retrieval.metrics import map_at_k
-from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.placement import MAX_K
-from core.retrieval.validation import (
+from core.analysis.pipeline import analyse
+from core.prediction.config import PredictConfig
+from core.prediction.metrics import map_at_k
+from core.prediction.placement import MAX_K
+from core.prediction.validation import (
     check_classes_to_hold_out,
     check_train_labels,
     pseudo_distractor_split,
 )
+from core.records import Embeddings
 
 
 def clustered_embeddings(
@@ -215,8 +216,8 @@ def test_max_false_flag_is_a_split_conformal_bound_over_many_draws():
 
 
 def test_a_folder_of_parquet_parts_loads_as_embeddings(tmp_path):
+    from core.analysis.loading import is_embeddings_file, load_embeddings
     from core.io.parquet import write_embeddings
-    from core.retrieval.pipeline import is_embeddings_file, load_embeddings
 
     emb = clustered_embeddings(n_classes=4, n_distractor_classes=1, dim=8)
     parts = tmp_path / "parts"

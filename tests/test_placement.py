@@ -4,8 +4,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core.retrieval.metrics import average_precision_at_k
-from core.retrieval.placement import (
+from core.prediction.metrics import average_precision_at_k
+from core.prediction.placement import (
     MAX_K,
     NOWHERE,
     TIE,
@@ -17,7 +17,7 @@ from core.retrieval.placement import (
     realised_precisions,
     train_evidence,
 )
-from core.retrieval.predict import place_minus_one
+from core.prediction.predict import place_minus_one
 
 
 def test_realised_precisions_equal_the_ap_of_the_placed_rows():
@@ -107,7 +107,8 @@ def test_train_evidence_matches_a_brute_force_leave_one_out():
 
 
 def test_the_distractor_share_is_fitted_to_the_test_scores_and_odds_follow_the_score():
-    from core.retrieval.pipeline import PredictConfig, analyse
+    from core.analysis.pipeline import analyse
+    from core.prediction.config import PredictConfig
     from tests.test_pipeline import clustered_embeddings
 
     for distractor_classes, true_share in ((8, 8 / 28), (20, 0.5)):
@@ -146,7 +147,8 @@ def tiny_train(images_per_class: int, n_classes: int):
 def test_a_train_set_too_small_for_the_model_places_minus_one_first_with_a_note(
     images_per_class, n_classes, why
 ):
-    from core.retrieval.pipeline import PredictConfig, analyse
+    from core.analysis.pipeline import analyse
+    from core.prediction.config import PredictConfig
 
     for asked in (None, "optimal"):
         analysis = analyse(
@@ -165,7 +167,7 @@ def test_a_train_set_too_small_for_the_model_places_minus_one_first_with_a_note(
 
 
 def test_scores_that_are_not_finite_place_minus_one_first_with_a_note(monkeypatch):
-    import core.retrieval.pipeline as pipeline
+    import core.analysis.pipeline as pipeline
 
     real = pipeline.evidence_for
 
@@ -186,7 +188,8 @@ def test_scores_that_are_not_finite_place_minus_one_first_with_a_note(monkeypatc
 
 
 def test_a_guaranteed_false_flag_rate_without_train_evidence_names_what_to_do():
-    from core.retrieval.pipeline import PredictConfig, analyse
+    from core.analysis.pipeline import analyse
+    from core.prediction.config import PredictConfig
 
     with pytest.raises(
         ValueError,
@@ -198,7 +201,7 @@ def test_a_guaranteed_false_flag_rate_without_train_evidence_names_what_to_do():
 def test_the_newton_logistic_fits_agree_with_scikit_learn():
     from sklearn.linear_model import LogisticRegression
 
-    from core.retrieval.placement import _balanced_detector, _logistic
+    from core.prediction.placement import _balanced_detector, _logistic
 
     rng = np.random.default_rng(0)
     known, far = rng.normal(0.6, 0.1, 300), rng.normal(0.4, 0.1, 100)
@@ -223,7 +226,8 @@ def test_the_newton_logistic_fits_agree_with_scikit_learn():
 
 def test_the_intervals_hold_the_truth_on_most_digit_samples_with_five_or_more_train_images_a_class():
     from bench.quality import digits_regime
-    from core.retrieval.pipeline import PredictConfig, analyse
+    from core.analysis.pipeline import analyse
+    from core.prediction.config import PredictConfig
 
     shares, maps = [], []
     for per_class in (5, 10):
@@ -241,7 +245,8 @@ def test_the_intervals_hold_the_truth_on_most_digit_samples_with_five_or_more_tr
 
 
 def test_a_train_set_too_small_for_the_model_gives_no_intervals():
-    from core.retrieval.pipeline import PredictConfig, analyse
+    from core.analysis.pipeline import analyse
+    from core.prediction.config import PredictConfig
 
     report = analyse(tiny_train(1, 6), PredictConfig(contamination=0.3)).report()
     assert report["estimated_distractor_share_interval"] is None

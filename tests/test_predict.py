@@ -3,15 +3,15 @@ import time
 import numpy as np
 import pytest
 
-import core.retrieval.predict
-from core.retrieval.index import VectorIndex
-from core.retrieval.predict import (
+import core.prediction.predict
+from core.prediction.predict import (
     place_distractor,
     read_submission,
     read_truth,
     search_labels,
     write_submission,
 )
+from core.search.index import VectorIndex
 
 
 def exhaustive_labels(train, labels, queries, k):
@@ -49,7 +49,7 @@ def test_labels_equal_the_exhaustive_definition_ties_included(seed, monkeypatch)
     labels = [f"c{c}" for c in rng.choice(n_classes, n, p=rng.dirichlet(np.full(n_classes, 0.3)))]
     k = int(rng.integers(1, 7))
     # A shallow first search sends most queries through the later, class-excluding rounds.
-    monkeypatch.setattr(core.retrieval.predict, "FIRST_SEARCH_DEPTH", int(rng.integers(1, 10)))
+    monkeypatch.setattr(core.prediction.predict, "FIRST_SEARCH_DEPTH", int(rng.integers(1, 10)))
     neighbours, found = search_labels(VectorIndex(train), labels, queries, k, 3)
     assert found == exhaustive_labels(train, labels, queries, k)
     assert neighbours.k == min(3, n)
@@ -88,7 +88,7 @@ def test_search_labels_refuses_what_cannot_fit_and_mismatched_labels(monkeypatch
         search_labels(VectorIndex(train), ["a", "b"], train, 5, 1)
     with pytest.raises(ValueError, match="k must be at least 1, got 0"):
         search_labels(VectorIndex(train), ["a", "b", "c"], train, 0, 1)
-    monkeypatch.setattr(core.retrieval.predict, "MAX_NEIGHBOUR_CELLS", 8)
+    monkeypatch.setattr(core.prediction.predict, "MAX_NEIGHBOUR_CELLS", 8)
     with pytest.raises(
         ValueError, match=r"3 queries × 3 neighbours each need .* GB.*lower k and score_k"
     ):

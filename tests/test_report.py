@@ -14,13 +14,15 @@ from test_exports import offered_downloads
 from test_pages import assert_ran, run_page
 
 from core.__main__ import main
+from core.analysis.loading import LoadedEmbeddings
+from core.analysis.pipeline import analyse
 from core.display import ELLIPSIS
 from core.io.parquet import write_embeddings
 from core.maps.projection import ProjectionConfig, project
+from core.prediction.config import PredictConfig
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 from core.report.config import MAX_CARDS_PER_KIND, ReportConfig
 from core.report.html import MAP_POINT_LIMIT, MAX_REPORT_BYTES, THUMBNAIL_EDGE, report_html
-from core.retrieval.pipeline import LoadedEmbeddings, PredictConfig, analyse
 
 # No Streamlit cache is shared between tests, and each has its own workspace home.
 pytestmark = pytest.mark.usefixtures("fresh_server")

@@ -7,13 +7,14 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
+from core.analysis.loading import LoadedEmbeddings
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.embedding.hub import ModelUnavailableError
 from core.embedding.runner import load_embedder
 from core.io.demo import write_demo_dataset
 from core.io.parquet import read_embeddings
-from core.retrieval.pipeline import LoadedEmbeddings, PredictConfig
-from core.retrieval.placement import MAX_K
+from core.prediction.config import PredictConfig
+from core.prediction.placement import MAX_K
 from core.session.models import ModelShelf
 from core.session.vectors import (
     DatasetVectors,

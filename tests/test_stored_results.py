@@ -10,6 +10,7 @@ from test_pages import assert_ran, metrics, run_page
 from test_pipeline import clustered_embeddings
 
 from core.__main__ import main
+from core.analysis.pipeline import analyse
 from core.io.parquet import write_embeddings
 from core.maps.projection import (
     PROJECTIONS_FOLDER,
@@ -20,9 +21,9 @@ from core.maps.projection import (
     projection_key,
 )
 from core.paths import workspace_home
+from core.prediction.config import PredictConfig
 from core.records import TEST, TRAIN
-from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.store import SearchStore
+from core.search.store import SearchStore
 from core.session.workspace import DatasetEntry, Workspace
 
 # What is left under a stored result's name: half a file (a write renamed before it reached the

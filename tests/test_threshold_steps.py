@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from test_pipeline import clustered_embeddings
 
-from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.threshold_steps import slider_thresholds, threshold_steps
+from core.analysis.pipeline import analyse
+from core.analysis.threshold_steps import slider_thresholds, threshold_steps
+from core.prediction.config import PredictConfig
 
 
 @pytest.mark.parametrize("placement", ["first", "optimal"])

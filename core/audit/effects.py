@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.analysis.pipeline import Analysis, analyse
 from core.audit.findings import Audit, Finding, csv_text
+from core.prediction.metrics import average_precision_at_k
 from core.progress import Watch
 from core.records import DISTRACTOR, Embeddings
-from core.retrieval.metrics import average_precision_at_k
-from core.retrieval.pipeline import Analysis, analyse
 
 
 @dataclass(frozen=True)

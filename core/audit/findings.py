@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core.analysis.pipeline import LEAVE_ONE_OUT_STAGE, Analysis
 from core.audit.cut import Cut, choose_cut
 from core.io.files import replaced_atomically
 from core.progress import Watch
 from core.records import TEST, TRAIN
-from core.retrieval.index import Neighbours
-from core.retrieval.pipeline import LEAVE_ONE_OUT_STAGE, Analysis
+from core.search.index import Neighbours
 
 NEAR_DUPLICATE, MISLABEL, DUPLICATE, SIMILAR_CLASSES = (
     "near_duplicate",

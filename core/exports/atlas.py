@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.display import ZERO_WIDTH_SPACE
-from core.exports import Exported, ExportItems, thumbnails
+from core.exports.items import Exported, ExportItems, thumbnails
 from core.io.files import replaced_atomically
 from core.io.parquet import embeddings_table
 from core.maps.projection import Projection
 from core.progress import Watch
 from core.records import Embeddings
-from core.retrieval.index import VectorIndex
+from core.search.index import VectorIndex
 
 ATLAS_FILE = "atlas.parquet"
 # Every file the export may write into its folder.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.exports import Exported, ExportItems
+from core.exports.items import Exported, ExportItems
 from core.io.files import replaced_atomically
 from core.io.images import IMAGE_EXTENSIONS
 from core.progress import Watch

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.exports import Exported, ExportItems, thumbnails
+from core.exports.items import Exported, ExportItems, thumbnails
 from core.io.files import replaced_atomically
+from core.prediction.predict import submission_cell
 from core.progress import Watch
-from core.retrieval.predict import submission_cell
 
 CONFIG_FILE = "projector_config.pbtxt"  # the name TensorBoard looks for in a log folder
 TENSORS_FILE = "tensors.tsv"

@@ -1,1 +1,1 @@
-"""Stage 5, maps: 2-D projections of train and test (UMAP, t-SNE, PCA) and the figures drawn from them."""
+"""Stage 9, maps: 2-D projections of train and test (UMAP, t-SNE, PCA) and the figures drawn from them."""

@@ -16,7 +16,7 @@ from core.maps.projection import Projection
 from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
 
 if TYPE_CHECKING:
-    from core.retrieval.pipeline import Analysis
+    from core.analysis.pipeline import Analysis
 
 TRAIN_COLOUR = "#1f77b4"
 TEST_COLOUR = "#ff7f0e"

@@ -16,7 +16,7 @@ from sklearn.manifold import trustworthiness
 
 from core.io.array_store import ArrayStore, arrays_digest
 from core.paths import workspace_home
-from core.retrieval.index import checked_vectors, unit_rows
+from core.search.index import checked_vectors, unit_rows
 
 # Maps kept under the workspace home, one file per vectors and config.
 PROJECTIONS_FOLDER = "projections"

@@ -1,1 +1,1 @@
-"""Stage 4, methods: trained heads, kNN regression, ensembles, zero-shot prompts and their side-by-side comparison."""
+"""Stage 8, methods: trained heads, kNN regression, ensembles, zero-shot prompts and their side-by-side comparison."""

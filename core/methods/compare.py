@@ -9,19 +9,21 @@ from functools import partial
 
 import numpy as np
 
+from core.analysis.pipeline import analyse
+from core.detection.distractors import ThresholdSweep
+from core.detection.metrics import distractor_report
 from core.methods.heads import HEADS, ClassifierHead, Head, HeadConfig, make_head
 from core.methods.regression import DEFAULT_DEDUPE_THRESHOLD, knn_regress, mean_cosine
-from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.retrieval.distractors import ThresholdSweep
-from core.retrieval.index import checked_vectors, unit_rows
-from core.retrieval.metrics import distractor_report, map_at_k, top1_accuracy
-from core.retrieval.pipeline import PredictConfig, analyse
-from core.retrieval.predict import place_distractor
-from core.retrieval.validation import (
+from core.prediction.config import PredictConfig
+from core.prediction.metrics import map_at_k, top1_accuracy
+from core.prediction.predict import place_distractor
+from core.prediction.validation import (
     check_classes_to_hold_out,
     check_train_labels,
     pseudo_distractor_split,
 )
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.search.index import checked_vectors, unit_rows
 
 BASELINE_METHOD = "cosine"
 REGRESSION = "knn-regression"

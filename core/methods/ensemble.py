@@ -8,10 +8,10 @@ from functools import partial
 
 import numpy as np
 
+from core.prediction.config import PredictConfig
+from core.prediction.validation import validate_threshold
 from core.records import TRAIN, Embeddings
-from core.retrieval.index import unit_rows
-from core.retrieval.pipeline import PredictConfig
-from core.retrieval.validation import validate_threshold
+from core.search.index import unit_rows
 
 MODES = ("auto", "sum", "concat")
 

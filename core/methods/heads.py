@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.retrieval.index import checked_vectors
-from core.retrieval.validation import check_train_labels
+from core.prediction.validation import check_train_labels
+from core.search.index import checked_vectors
 
 # The embedding size a universal image embedding was limited to (Google's competition for one).
 ARCFACE_MAX_DIM = 64

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.retrieval.index import checked_vectors, search, unit_rows
+from core.search.index import checked_vectors, search, unit_rows
 
 # Training prompts closer than this cosine to one already kept are dropped, against overfitting.
 DEFAULT_DEDUPE_THRESHOLD = 0.95

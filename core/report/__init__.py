@@ -1,1 +1,1 @@
-"""Stage 6, sharing: the analysis written as one self-contained HTML file for people without the dashboard."""
+"""Stage 10, sharing: the analysis written as one self-contained HTML file for people without the dashboard."""

@@ -14,9 +14,11 @@ import numpy as np
 import plotly.io as pio
 from PIL import Image
 
+from core.analysis.loading import LoadedEmbeddings
+from core.analysis.pipeline import Analysis
 from core.audit.findings import CUT_SCOPES, KIND_NAMES, KINDS, Audit
 from core.display import DISPLAY_LIMIT, inert_html
-from core.exports import thumbnails
+from core.exports.items import thumbnails
 from core.io.files import replaced_atomically
 from core.maps.figures import (
     analysis_map_points,
@@ -26,11 +28,10 @@ from core.maps.figures import (
     score_histogram,
 )
 from core.maps.projection import METHOD_NAMES, Projection
+from core.prediction.validation import INTERVAL_LEFT_OUT
 from core.progress import Watch
 from core.records import DISTRACTOR, TEST, TRAIN
 from core.report.config import ReportConfig
-from core.retrieval.pipeline import Analysis, LoadedEmbeddings
-from core.retrieval.validation import INTERVAL_LEFT_OUT
 
 # The map draws at most this many points, a seeded random sample above it: with ids and labels elided
 # to core.display.DISPLAY_LIMIT characters each, a point costs at most about 450 bytes of JSON.

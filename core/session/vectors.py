@@ -8,6 +8,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from core.analysis.loading import LoadedEmbeddings, load_embeddings
 from core.embedding.cache import EmbeddingCache
 from core.embedding.config import EmbedConfig
 from core.embedding.hub import ModelUnavailableError
@@ -15,9 +16,9 @@ from core.embedding.runner import ProgressCallback
 from core.io.parquet import read_embeddings_checked, write_embeddings
 from core.methods.ensemble import combine
 from core.paths import safe_file_name
+from core.prediction.config import PredictConfig
+from core.prediction.placement import MAX_K
 from core.records import Embeddings
-from core.retrieval.pipeline import LoadedEmbeddings, PredictConfig, load_embeddings
-from core.retrieval.placement import MAX_K
 from core.session.models import ModelShelf
 from core.session.workspace import DatasetEntry, Workspace
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from core.io.array_store import ArrayStore, arrays_digest
-from core.retrieval.index import Neighbours
+from core.search.index import Neighbours
 
 # Part of every key: bump when what is stored, or how it is searched, changes.
 SEARCH_FORMAT = "search-v2"

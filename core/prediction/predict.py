@@ -13,7 +13,7 @@ from core.io.files import read_csv, replaced_atomically
 from core.io.labels import normalise_label
 from core.progress import Watch
 from core.records import DISTRACTOR
-from core.retrieval.index import Neighbours, VectorIndex, checked_vectors
+from core.search.index import Neighbours, VectorIndex, checked_vectors
 
 # The first search of every query goes k × the largest class deep (enough for k distinct labels) but
 # no deeper than this: past it, the queries still short of k labels search again without the classes

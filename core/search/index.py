@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from core.retrieval.screen import Screen, screen_pays
+from core.search.screen import Screen, screen_pays
 
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
 # "auto" searches exactly up to this many vectors: 13k queries against 100k take seconds and need no
@@ -101,7 +101,7 @@ class VectorIndex:
 
     kind="auto" is exact up to EXACT_UP_TO vectors and IVF above. Approximate kinds return exact
     similarities for the neighbours they find, but may miss some true neighbours. The exact kind
-    screens large searches in bf16 where that is fast (core.retrieval.screen) and returns what
+    screens large searches in bf16 where that is fast (core.search.screen) and returns what
     IndexFlatIP returns.
     """
 

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.records import DISTRACTOR, Embeddings
-from core.retrieval.distractors import ThresholdSweep
-from core.retrieval.placement import (
+from core.detection.distractors import ThresholdSweep
+from core.prediction.placement import (
     MAX_EVIDENCE_QUERIES,
     PlacementModel,
     TrainEvidence,
@@ -22,9 +21,10 @@ from core.retrieval.placement import (
     realised_precisions,
     train_evidence,
 )
+from core.records import DISTRACTOR, Embeddings
 
 if TYPE_CHECKING:
-    from core.retrieval.pipeline import PredictConfig
+    from core.prediction.config import PredictConfig
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.cluster import DBSCAN
 
-from core.retrieval.index import Neighbours, VectorIndex
-from core.retrieval.metrics import precision_recall_f1
+from core.detection.metrics import precision_recall_f1
+from core.search.index import Neighbours, VectorIndex
 
 SCORE_MODES = ("max", "mean")
 # MAP@k values this close to the best count as the best: sums of the same terms in a different order

@@ -5,16 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
-from core.io.layouts import load_dataset
-from core.io.parquet import is_embeddings_source, read_embeddings_checked
-from core.progress import Watch
-from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
-from core.retrieval.distractors import (
-    SCORE_MODES,
+from core.detection.distractors import (
     DbscanConfig,
     ThresholdSweep,
     dbscan_flags,
@@ -22,27 +16,20 @@ from core.retrieval.distractors import (
     leave_one_out_neighbours,
     leave_one_out_scores_of,
 )
-from core.retrieval.index import Neighbours, VectorIndex
-from core.retrieval.metrics import (
-    average_precision_at_k,
-    distractor_report,
-    mean_precision_at_k,
-    top1_accuracy,
-)
-from core.retrieval.placement import (
-    MAX_K,
+from core.detection.metrics import distractor_report
+from core.prediction.config import PredictConfig
+from core.prediction.metrics import average_precision_at_k, mean_precision_at_k, top1_accuracy
+from core.prediction.placement import (
     PLACEMENTS,
     PlacementModel,
     TrainEvidence,
-    check_k,
     fit_placement,
     kept_positions,
     positions_for,
     realised_precisions,
 )
-from core.retrieval.predict import place_minus_one, search_labels, true_ranks
-from core.retrieval.store import SearchResults, SearchStore, search_key
-from core.retrieval.validation import (
+from core.prediction.predict import place_minus_one, search_labels, true_ranks
+from core.prediction.validation import (
     INTERVAL_LEFT_OUT,
     ValidationResult,
     bootstrap_curves,
@@ -55,100 +42,10 @@ from core.retrieval.validation import (
     train_evidence_map,
     validate_threshold,
 )
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """How test items are scored, flagged and labelled."""
-
-    k: int = field(
-        default=5,
-        metadata={
-            "help": f"labels per prediction row (MAP@k) and neighbours shown, 1 to {MAX_K}; a train set of fewer classes gives shorter rows"
-        },
-    )
-    score_mode: str = field(
-        default="max",
-        metadata={
-            "help": "distractor score: best similarity to train (max) or mean of the top score_k",
-            "choices": SCORE_MODES,
-        },
-    )
-    score_k: int = field(
-        default=5, metadata={"help": "neighbours averaged when score_mode is mean"}
-    )
-    contamination: float = field(
-        default=0.3,
-        metadata={
-            "help": "share of test flagged when no threshold is given (30%: about the share of distractors such test sets hold); with auto, the simulated share"
-        },
-    )
-    threshold: float | None = field(
-        default=None,
-        metadata={
-            "help": "a fixed cosine similarity threshold: test items scoring below it are flagged; overrides contamination"
-        },
-    )
-    auto: bool = field(
-        default=False,
-        metadata={
-            "help": "choose the threshold without test truth or a contamination: where the expected MAP@k averaged over class bootstraps of train peaks; the contamination when the evidence does not back that choice"
-        },
-    )
-    max_false_flag: float | None = field(
-        default=None,
-        metadata={
-            "help": "flag at most this share of known-class test items (split-conformal threshold on train leave-one-out scores); overrides contamination"
-        },
-    )
-    placement: str | None = field(
-        default=None,
-        metadata={
-            "help": "where -1 goes: first for flagged items only, or optimal (flagged first, the others at the rank with the highest expected AP@k); default: whichever scores higher on train",
-            "choices": PLACEMENTS,
-        },
-    )
-    validation_rounds: int = field(
-        default=20,
-        metadata={
-            "help": "class bootstrap rounds of the placement model: the intervals of the share and expected MAP@k, and the auto threshold"
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "seeds the class draws of validation"})
-
-    def __post_init__(self):
-        check_k(self.k)
-        if self.score_mode not in SCORE_MODES:
-            raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
-        if self.score_k < 1:
-            raise ValueError(f"score_k must be at least 1, got {self.score_k}")
-        if not 0.0 <= self.contamination <= 1.0:
-            raise ValueError(
-                f"contamination must be a share between 0 and 1, got {self.contamination}"
-            )
-        chosen = [
-            name
-            for name, value in (
-                ("threshold", self.threshold),
-                ("auto", self.auto or None),
-                ("max_false_flag", self.max_false_flag),
-            )
-            if value is not None
-        ]
-        if len(chosen) > 1:
-            raise ValueError(
-                f"give one of threshold, auto and max_false_flag, not {' and '.join(chosen)}"
-            )
-        if self.max_false_flag is not None and not 0.0 < self.max_false_flag < 1.0:
-            raise ValueError(
-                f"max_false_flag is a share between 0 and 1 (exclusive), got {self.max_false_flag}"
-            )
-        if self.placement is not None and self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
-        if self.threshold is not None and not -1.0 <= self.threshold <= 1.0 + 1e-6:
-            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {self.threshold}")
-        if self.validation_rounds < 1:
-            raise ValueError(f"validation_rounds must be at least 1, got {self.validation_rounds}")
+from core.progress import Watch
+from core.records import DISTRACTOR, TEST, TRAIN, Embeddings
+from core.search.index import Neighbours, VectorIndex
+from core.search.store import SearchResults, SearchStore, search_key
 
 
 def verdict_precisions(
@@ -645,66 +542,4 @@ def analyse(
         stored_loo_scores,
         stored_train_neighbours,
         bootstrap,
-    )
-
-
-@dataclass
-class LoadedEmbeddings:
-    """Embeddings ready for analysis, with every file that was refused on the way."""
-
-    embeddings: Embeddings
-    rejected: list  # core.records.Rejected, from reading the source and from embedding it
-    computed: int = 0  # vectors computed by the model in this run
-    from_cache: int = 0  # vectors found in the cache
-    seconds: float = 0.0  # time spent embedding
-    # the precision the model computed in and why; None when nothing was embedded
-    precision_note: str | None = None
-    name: str = ""  # the source's name, for people to read
-    # image file by item id; none for an embeddings Parquet
-    images: dict[str, Path] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        return f"{len(self.embeddings.ids)} accepted, {len(self.rejected)} rejected"
-
-
-def is_embeddings_file(source) -> bool:
-    """A Parquet file or a folder of Parquet part files, as the dashboard recognises them."""
-    return is_embeddings_source(Path(source))
-
-
-def load_embeddings(
-    source,
-    embed_config=None,
-    cache=None,
-    progress=None,
-    work_dir=None,
-    embedder=None,
-    watch: Watch = Watch(),
-) -> LoadedEmbeddings:
-    """Vectors for a dataset source (embedded with the config's model, cached) or a Parquet file.
-
-    `embedder` is the config's model already loaded (a server shares one between users); without
-    it the model is loaded here. `watch` follows reading the source (a Hugging Face dataset's
-    images are written out split by split).
-    """
-    if is_embeddings_file(source):
-        embeddings, rejected = read_embeddings_checked(source)
-        return LoadedEmbeddings(embeddings, rejected, name=Path(source).stem)
-    # torch loads only when images must be embedded, so Parquet analysis starts fast.
-    from core.embedding.config import EmbedConfig
-    from core.embedding.runner import embed_dataset, load_embedder
-
-    dataset = load_dataset(source, work_dir=work_dir, watch=watch)
-    config = embed_config or EmbedConfig()
-    embedder = embedder or load_embedder(config)
-    run = embed_dataset(dataset, embedder, cache, config.batch_size, progress)
-    return LoadedEmbeddings(
-        run.embeddings,
-        dataset.rejected + run.rejected,
-        run.computed,
-        run.from_cache,
-        run.seconds,
-        embedder.precision_note,
-        dataset.name,
-        {item.id: item.path for item in dataset.items},
     )

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.analysis.pipeline import Analysis
+from core.prediction.placement import NOWHERE, PLACEMENTS, expected_map_by_flags
 from core.records import DISTRACTOR
-from core.retrieval.pipeline import Analysis
-from core.retrieval.placement import NOWHERE, PLACEMENTS, expected_map_by_flags
 
 # The slider's ends sit on hundredths below the lowest score and above the highest: round figures that
 # bracket every score, so one end flags nothing and the other everything.

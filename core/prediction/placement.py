@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.special import logsumexp
 
-from core.retrieval.index import unit_rows
+from core.search.index import unit_rows
 
 PLACEMENTS = ("first", "optimal")
 NOWHERE = 0  # a position: "-1" is not in the row
