@@ -44,6 +44,7 @@ from core.retrieval.predict import place_minus_one, search_labels, true_ranks
 from core.retrieval.store import SearchResults, SearchStore, search_key
 from core.retrieval.validation import (
     INTERVAL_LEFT_OUT,
+    Calibration,
     ValidationResult,
     bootstrap_curves,
     check_train_labels,
@@ -274,6 +275,8 @@ class Analysis:
     stored_train_neighbours: Neighbours | None = None
     # The placement model refitted on class bootstraps of train: the spread of every figure given without test truth.
     bootstrap: list[PlacementModel] = field(default_factory=list)
+    # The model's own error on pseudo-tests of the classes each bootstrap left out; None when none could be made.
+    calibration: Calibration | None = None
 
     @property
     def scores(self) -> np.ndarray:
@@ -385,10 +388,18 @@ class Analysis:
 
     @cached_property
     def share_interval(self) -> tuple[float, float] | None:
-        """The estimated distractor share's interval over class bootstraps of train (None without a model)."""
-        return (
-            interval([model.contamination for model in self.bootstrap]) if self.bootstrap else None
+        """Where the true distractor share should fall: the class bootstraps' shares, each spread by the model's error on
+        pseudo-tests (`Calibration`) and by the test set's sampling noise; None without a model."""
+        if not self.bootstrap:
+            return None
+        shares = [model.contamination for model in self.bootstrap]
+        if self.calibration is None:
+            return interval(shares)
+        spread = np.sqrt(
+            self.calibration.share_error**2 + self.placement_model.share_variance(self.scores)
         )
+        low, high = predictive_interval(np.array(shares)[:, None], spread)
+        return float(max(low[0], 0.0)), float(min(high[0], 1.0))
 
     def expected_map_interval(
         self,
@@ -397,7 +408,8 @@ class Analysis:
         placement: str | None = None,
     ) -> tuple[float, float] | None:
         """Where the measured MAP@k of these rows should fall: what the class bootstraps' models expect of them, spread by
-        the test set's sampling noise (`predictive_interval`); None without a model."""
+        the model's error on pseudo-tests (`Calibration`) and the test set's sampling noise (`predictive_interval`);
+        None without a model."""
         if not self.bootstrap:
             return None
         flags = self.flags(threshold) if flags is None else flags
@@ -421,9 +433,11 @@ class Analysis:
             flagged,
             self.config.seed,
         )
-        return predictive_interval(
-            curves, self.placement_model.map_spread(self.scores, kept, order, flagged)
-        )
+        spread = self.placement_model.map_spread(self.scores, kept, order, flagged)
+        if self.calibration is not None:
+            error = self.calibration.map_error_at(np.asarray(flagged) / len(self.scores))
+            spread = np.sqrt(spread**2 + error**2)
+        return predictive_interval(curves, spread)
 
     def without_truth(
         self, threshold: float | None = None, flags: np.ndarray | None = None
@@ -568,8 +582,8 @@ def analyse(
         retrieval = ranked_retrieval(results.labels, results.scores, config.k, truth)
     watch.step(0, 1, PLACEMENT_STAGE)
     evidence, model, unfitted = fitted_placement(train, config, retrieval.scores)
-    bootstrap = (
-        []
+    bootstrap, calibration = (
+        ([], None)
         if model is None
         else class_bootstrap(
             evidence, retrieval.scores, None, config.validation_rounds, config.seed
@@ -645,6 +659,7 @@ def analyse(
         stored_loo_scores,
         stored_train_neighbours,
         bootstrap,
+        calibration,
     )
 
 

@@ -13,6 +13,7 @@ from core.records import DISTRACTOR, Embeddings
 from core.retrieval.distractors import ThresholdSweep
 from core.retrieval.placement import (
     MAX_EVIDENCE_QUERIES,
+    NOWHERE,
     PlacementModel,
     TrainEvidence,
     expected_map_by_flags,
@@ -20,6 +21,7 @@ from core.retrieval.placement import (
     kept_positions,
     positions_for,
     realised_precisions,
+    realised_table,
     train_evidence,
 )
 
@@ -71,22 +73,26 @@ def check_classes_to_hold_out(labels: np.ndarray, purpose: str, otherwise: str) 
         )
 
 
+def _classes_held_out(
+    distractor_items: np.ndarray, known_items: np.ndarray, share: float, keep: int
+) -> int:
+    """How many of a row of classes, taken in order, to hold out as distractors: until their items make up `share`
+    of the queries (a held-out class gives `distractor_items`, a kept one `known_items`), keeping `keep` classes."""
+    held, distractors, known = 0, 0, int(np.sum(known_items))
+    while held < len(distractor_items) - keep and distractors < share * (distractors + known):
+        distractors += int(distractor_items[held])
+        known -= int(known_items[held])
+        held += 1
+    return held
+
+
 def pseudo_distractor_split(labels: np.ndarray, contamination: float, rng: np.random.Generator):
     """Gallery / query rows of train: held-out classes become "-1" queries, one image of each other class a query."""
     classes = list(dict.fromkeys(labels.tolist()))
     rng.shuffle(classes)
     counts = Counter(labels.tolist())
-    known_queries = sum(1 for c in classes if counts[c] >= 2)
-    held, distractor_queries = set(), 0
-    for cls in classes:
-        if (
-            distractor_queries >= contamination * (distractor_queries + known_queries)
-            or len(held) >= len(classes) - 2
-        ):
-            break
-        held.add(cls)
-        distractor_queries += counts[cls]
-        known_queries -= counts[cls] >= 2
+    sizes = np.array([counts[c] for c in classes])
+    held = set(classes[: _classes_held_out(sizes, sizes >= 2, contamination, keep=2)])
     query_rows, truth, gallery_rows = [], [], []
     for cls in classes:
         rows = np.flatnonzero(labels == cls)
@@ -139,29 +145,131 @@ def train_evidence_map(
 INTERVAL_LEFT_OUT = 0.1
 
 
+# Flagged shares of a test set at which the pseudo-tests measure the expected MAP@k's error (interpolated between).
+CALIBRATION_SHARES = np.linspace(0.0, 1.0, 21)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How far the placement model's figures strayed from the truth on pseudo-tests, beyond those pseudo-tests' own
+    sampling noise: its error in this dataset, which the spread of the class bootstraps does not hold.
+
+    Each class bootstrap leaves about a third of the train classes out; those classes make a pseudo-test (some as
+    distractors, scored without their class, the others as known items, scored without themselves) that the
+    bootstrap's model, fitted without them, is asked about. Known items of a pseudo-test see one image of their
+    class fewer than a real test's do, so there the model is fitted as if the test saw as many as train's
+    left-out items (no correction for the extra image): that correction's own error is not measured."""
+
+    share_error: float  # root mean square error of the estimated share, less the pseudo-tests' sampling variance
+    map_error: np.ndarray  # the same for the expected MAP@k, at each of CALIBRATION_SHARES flagged
+    rounds: int  # pseudo-tests measured
+
+    def map_error_at(self, flagged_share) -> np.ndarray:
+        return np.interp(flagged_share, CALIBRATION_SHARES, self.map_error)
+
+
+def _pseudo_test(
+    evidence: TrainEvidence, classes: np.ndarray, share: float, rng: np.random.Generator
+):
+    """Scores, label ranks, truth and class codes of a test set made of `classes` of the evidence: shuffled, the first
+    ones' items as distractors until they make up about `share` of it, the rest's as known items; None without both."""
+    classes = rng.permutation(classes)
+    far_rows = [np.flatnonzero(evidence.distractor_classes == code) for code in classes]
+    known_rows = [np.flatnonzero(evidence.known_classes == code) for code in classes]
+    held = _classes_held_out(
+        np.array([len(rows) for rows in far_rows]),
+        np.array([len(rows) for rows in known_rows]),
+        share,
+        keep=1,
+    )
+    if held == 0 or not any(len(rows) for rows in known_rows[held:]):
+        return None
+    far, known = np.concatenate(far_rows[:held]), np.concatenate(known_rows[held:])
+    return (
+        np.r_[evidence.known_scores[known], evidence.distractor_scores[far]],
+        np.r_[evidence.known_ranks[known], np.zeros(len(far), np.int64)],
+        np.r_[np.zeros(len(known), bool), np.ones(len(far), bool)],
+        np.unique(
+            np.r_[evidence.known_classes[known], evidence.distractor_classes[far]],
+            return_inverse=True,
+        )[1],
+    )
+
+
+def _pseudo_test_errors(model: PlacementModel, drawn: TrainEvidence, test) -> tuple:
+    """The share's error and its sampling variance, and the expected MAP@k's at each of CALIBRATION_SHARES flagged,
+    when `model` (fitted on `drawn`) is asked about the pseudo-test `test` (`_pseudo_test`)."""
+    scores, ranks, is_distractor, clusters = test
+    # The pseudo-test's known items see as many images of their class as the evidence's: no correction for one more.
+    model = model.with_detector(drawn.known_scores, drawn.distractor_scores).with_share_of(scores)
+    expected = model.expected_precisions(scores)
+    residual = realised_table(ranks, is_distractor, model.k) - expected
+    n, k = len(scores), model.k
+    kept = kept_positions(expected)
+    along = np.empty(n, np.int64)
+    along[np.argsort(scores, kind="stable")] = np.arange(n)
+    flagged = along[:, None] < np.round(CALIBRATION_SHARES * n)[None, :]
+    columns = np.where(flagged, 0, np.where(kept == NOWHERE, k, kept - 1)[:, None])
+    residual = np.take_along_axis(residual, columns, axis=1)  # items × CALIBRATION_SHARES
+    map_error = residual.mean(axis=0)
+    # The pseudo-test's items come in classes, whose items stray together: the sampling variance is a cluster sum.
+    groups = int(clusters.max()) + 1
+    sums = np.zeros((groups, len(CALIBRATION_SHARES)))
+    np.add.at(sums, clusters, residual - map_error)
+    map_variance = (sums**2).sum(axis=0) / n**2 * (groups / (groups - 1) if groups > 1 else 1.0)
+    share_error = model.contamination - float(is_distractor.mean())
+    return share_error, model.share_variance(scores, clusters), map_error, map_variance
+
+
+def _calibration(measured: list[tuple]) -> Calibration | None:
+    """The errors of the pseudo-tests, less their sampling variance, as root mean squares (None without any)."""
+    if not measured:
+        return None
+    share_errors, share_variances, map_errors, map_variances = (
+        np.array(values, np.float64) for values in zip(*measured)
+    )
+    return Calibration(
+        float(np.sqrt(max(np.mean(share_errors**2) - np.mean(share_variances), 0.0))),
+        np.sqrt(np.maximum(np.mean(map_errors**2, axis=0) - np.mean(map_variances, axis=0), 0.0)),
+        len(measured),
+    )
+
+
 def class_bootstrap(
     evidence: TrainEvidence,
     test_scores: np.ndarray | None,
     contamination: float | None,
     rounds: int,
     seed: int,
-) -> list[PlacementModel]:
-    """The placement model refitted on `rounds` draws of train classes with replacement (draws without a known item skipped).
+) -> tuple[list[PlacementModel], Calibration | None]:
+    """The placement model refitted on `rounds` draws of train classes with replacement (draws without a known item
+    skipped), and, when the share is fitted, its `Calibration` on the classes each draw left out.
 
-    Each model's distractor share is `contamination` if given, else its own fit to the test scores
-    (at most MAX_EVIDENCE_QUERIES of them, drawn once: a share fitted to 4,000 items strays from the
-    share of all by about 0.01 at most, far less than the classes move it): the spread of the
-    models is what the train classes cannot pin down."""
-    rng = np.random.default_rng(seed)
+    Each model's distractor share is `contamination` if given, else its own fit to the test scores,
+    read at MAX_EVIDENCE_QUERIES evenly spaced quantiles when there are more: those follow the
+    distribution of all the scores far closer than as many drawn at random, whose sampling error
+    (about 0.006 at 4,000) would move every model's share alike and so leave the interval beside
+    the estimate. The spread of the models is what the train classes cannot pin down."""
+    rng, split = np.random.default_rng(seed), np.random.default_rng([seed, 5])
     if test_scores is not None and len(test_scores) > MAX_EVIDENCE_QUERIES:
-        test_scores = rng.choice(test_scores, MAX_EVIDENCE_QUERIES, replace=False)
+        test_scores = np.quantile(
+            test_scores, (np.arange(MAX_EVIDENCE_QUERIES) + 0.5) / MAX_EVIDENCE_QUERIES
+        )
     classes = np.unique(evidence.distractor_classes)
-    models = []
+    models, measured = [], []
     for _ in range(rounds):
-        drawn = evidence.of_classes(rng.choice(classes, len(classes)))
-        if drawn.has_known_items:
-            models.append(fit_placement(drawn, test_scores, contamination))
-    return models
+        chosen = rng.choice(classes, len(classes))
+        drawn = evidence.of_classes(chosen)
+        if not drawn.has_known_items:
+            continue
+        models.append(fit_placement(drawn, test_scores, contamination))
+        if contamination is None:
+            test = _pseudo_test(
+                evidence, np.setdiff1d(classes, chosen), models[-1].contamination, split
+            )
+            if test is not None:
+                measured.append(_pseudo_test_errors(models[-1], drawn, test))
+    return models, _calibration(measured)
 
 
 def bootstrap_curves(
@@ -261,7 +369,7 @@ def validate_threshold(
     )
     model = fit_placement(evidence, test_scores, share)
     if models is None:
-        models = class_bootstrap(
+        models, _ = class_bootstrap(
             evidence, test_scores, share, config.validation_rounds, config.seed
         )
     models = models or [model]
