@@ -296,3 +296,28 @@ def test_the_share_interval_holds_the_truth_on_most_digit_samples_with_two_or_th
         for seed in range(4)
     ]
     assert np.mean(held) >= 0.75, held
+
+
+def test_predict_says_when_the_figures_without_the_answers_are_uncertain_and_not_otherwise(
+    tmp_path, workspace, capsys
+):
+    from bench.fixtures import retrieval_embeddings
+    from bench.quality import digits_regime
+    from core.__main__ import main
+    from core.io.parquet import write_embeddings
+    from core.retrieval.pipeline import PredictConfig, analyse
+
+    # Seven digits with two train images each: wide intervals. A thousand classes with three each: narrow ones.
+    for name, embeddings, uncertain in (
+        ("digits", digits_regime(0, 2, 0.3), True),
+        ("clip-like", retrieval_embeddings(4000), False),
+    ):
+        source = tmp_path / f"{name}.parquet"
+        write_embeddings(source, embeddings)
+        assert main(["predict", str(source), "--out", str(tmp_path / f"{name}.csv")]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "uncertain" in line]
+        assert bool(said) == uncertain, said
+        if uncertain:
+            low, high = analyse(embeddings, PredictConfig()).share_interval
+            assert said[0].startswith("note: ") and f"{low:.1%}–{high:.1%}" in said[0]
+            assert "train has 2 images a class at the median" in said[0]

@@ -251,6 +251,11 @@ def searched(
     return results
 
 
+# Half-widths past which the share's and the expected MAP@k's intervals are called uncertain: issue #23's targets
+# for how far either may stray from the truth.
+SURE_SHARE, SURE_MAP = 0.05, 0.03
+
+
 @dataclass
 class Analysis:
     """Test items against train: neighbours, scores, ranked labels and everything a threshold or placement changes."""
@@ -275,7 +280,7 @@ class Analysis:
     stored_train_neighbours: Neighbours | None = None
     # The placement model refitted on class bootstraps of train: the spread of every figure given without test truth.
     bootstrap: list[PlacementModel] = field(default_factory=list)
-    # The model's own error on pseudo-tests of the classes each bootstrap left out; None when none could be made.
+    # The model's own bias on pseudo-tests of the classes each bootstrap left out; None with fewer than two.
     calibration: Calibration | None = None
 
     @property
@@ -388,7 +393,7 @@ class Analysis:
 
     @cached_property
     def share_interval(self) -> tuple[float, float] | None:
-        """Where the true distractor share should fall: the class bootstraps' shares, each spread by the model's error on
+        """Where the true distractor share should fall: the class bootstraps' shares, each spread by the model's bias on
         pseudo-tests (`Calibration`) and by the test set's sampling noise; None without a model."""
         if not self.bootstrap:
             return None
@@ -396,7 +401,7 @@ class Analysis:
         if self.calibration is None:
             return interval(shares)
         spread = np.sqrt(
-            self.calibration.share_error**2 + self.placement_model.share_variance(self.scores)
+            self.calibration.share_bias**2 + self.placement_model.share_variance(self.scores)
         )
         low, high = predictive_interval(np.array(shares)[:, None], spread)
         return float(max(low[0], 0.0)), float(min(high[0], 1.0))
@@ -408,7 +413,7 @@ class Analysis:
         placement: str | None = None,
     ) -> tuple[float, float] | None:
         """Where the measured MAP@k of these rows should fall: what the class bootstraps' models expect of them, spread by
-        the model's error on pseudo-tests (`Calibration`) and the test set's sampling noise (`predictive_interval`);
+        the model's bias on pseudo-tests (`Calibration`) and the test set's sampling noise (`predictive_interval`);
         None without a model."""
         if not self.bootstrap:
             return None
@@ -435,9 +440,31 @@ class Analysis:
         )
         spread = self.placement_model.map_spread(self.scores, kept, order, flagged)
         if self.calibration is not None:
-            error = self.calibration.map_error_at(np.asarray(flagged) / len(self.scores))
-            spread = np.sqrt(spread**2 + error**2)
+            bias = self.calibration.map_bias_at(np.asarray(flagged) / len(self.scores))
+            spread = np.sqrt(spread**2 + bias**2)
         return predictive_interval(curves, spread)
+
+    def uncertainty_note(self) -> str | None:
+        """A note naming the share's or the threshold's expected-MAP@k interval when either is wider than issue #23's
+        targets (±SURE_SHARE, ±SURE_MAP); None when both are narrower or there is no model."""
+        if self.placement_model is None or not self.bootstrap:
+            return None
+        level, k = f"{1 - INTERVAL_LEFT_OUT:.0%} interval", self.config.k
+        wide = []
+        low, high = self.share_interval
+        if high - low > 2 * SURE_SHARE:
+            wide.append(f"the estimated distractor share's {level} is {low:.1%}–{high:.1%}")
+        low, high = self.expected_map_interval()
+        if high - low > 2 * SURE_MAP:
+            wide.append(f"the expected MAP@{k}'s at this threshold is {low:.3f}–{high:.3f}")
+        if not wide:
+            return None
+        images = int(np.median(list(Counter(self.train.labels.tolist()).values())))
+        return (
+            f"the figures without the answers are uncertain: {' and '.join(wide)}; train has {images} images a "
+            f"class at the median, and the fewer images a class (2–3 above all) or classes train has, the further "
+            f"off they run (BENCHMARKS.md, section 9)"
+        )
 
     def without_truth(
         self, threshold: float | None = None, flags: np.ndarray | None = None
@@ -642,7 +669,7 @@ def analyse(
         }
         placement = "optimal" if validated["optimal"] >= validated["first"] else "first"
         placement_source = f"higher validation MAP@{config.k} on train: optimal {validated['optimal']:.3f}, first {validated['first']:.3f}"
-    return Analysis(
+    analysis = Analysis(
         train,
         test,
         config,
@@ -661,6 +688,9 @@ def analyse(
         bootstrap,
         calibration,
     )
+    if note := analysis.uncertainty_note():
+        notes.append(note)
+    return analysis
 
 
 @dataclass

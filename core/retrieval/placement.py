@@ -263,25 +263,14 @@ class PlacementModel:
         """This model with its distractor share fitted to these test scores (EM for a shifted prior)."""
         return replace(self, contamination=_mixture_share(self.balanced_log_odds(scores)))
 
-    def share_variance(self, scores, clusters: np.ndarray | None = None) -> float:
-        """The sampling variance of the share fitted to `scores`, items of one of `clusters` (codes 0..) drawn together.
+    def share_variance(self, scores) -> float:
+        """The sampling variance of the share fitted to these test scores: how far it strays from their true share.
 
-        EM's share solves sum((p_i - share) / (share (1 - share))) = 0 over the items' posteriors p_i; the
-        sandwich estimate of its variance is (share (1 - share))² sum over clusters of (sum (p_i - share))²,
-        over (sum (p_i - share)²)², with the small-sample factor G / (G - 1) for G clusters."""
+        EM's share solves sum(p_i - share) = 0 over the items' posteriors p_i, so its variance is the
+        inverse of the information, (share (1 - share))² / sum((p_i - share)²)."""
         share = self.contamination
-        deviation = self.distractor_probability(scores) - share
-        sums = deviation if clusters is None else np.bincount(clusters, weights=deviation)
-        groups, information = len(sums), float(np.sum(deviation**2))
-        if groups < 2 or information == 0.0:
-            return 0.0
-        return (
-            (share * (1 - share)) ** 2
-            * groups
-            / (groups - 1)
-            * float(np.sum(sums**2))
-            / information**2
-        )
+        information = float(np.sum((self.distractor_probability(scores) - share) ** 2))
+        return (share * (1 - share)) ** 2 / information if information > 0.0 else 0.0
 
     def map_spread(self, scores, kept: np.ndarray, order: np.ndarray, flagged):
         """The standard deviation of MAP@k, as the model sees each item's AP@k vary, when the `flagged` lowest-scoring

@@ -13,7 +13,6 @@ from core.records import DISTRACTOR, Embeddings
 from core.retrieval.distractors import ThresholdSweep
 from core.retrieval.placement import (
     MAX_EVIDENCE_QUERIES,
-    NOWHERE,
     PlacementModel,
     TrainEvidence,
     expected_map_by_flags,
@@ -151,28 +150,30 @@ CALIBRATION_SHARES = np.linspace(0.0, 1.0, 21)
 
 @dataclass(frozen=True)
 class Calibration:
-    """How far the placement model's figures strayed from the truth on pseudo-tests, beyond those pseudo-tests' own
-    sampling noise: its error in this dataset, which the spread of the class bootstraps does not hold.
+    """How far off the placement model's figures run in this dataset, one way: its bias on pseudo-tests, which the
+    spread of the class bootstraps (what the train classes cannot pin down) does not hold.
 
     Each class bootstrap leaves about a third of the train classes out; those classes make a pseudo-test (some as
     distractors, scored without their class, the others as known items, scored without themselves) that the
-    bootstrap's model, fitted without them, is asked about. Known items of a pseudo-test see one image of their
-    class fewer than a real test's do, so there the model is fitted as if the test saw as many as train's
-    left-out items (no correction for the extra image): that correction's own error is not measured."""
+    bootstrap's model, fitted without them, is asked about. The bias is the mean of its errors over the pseudo-tests,
+    its square less the square of that mean's standard error (the pseudo-tests' own noise), so that a mean no larger
+    than its noise counts as none. Known items of a pseudo-test see one image of their class fewer than a real
+    test's do, so there the model is fitted as if the test saw as many as train's left-out items (no correction for
+    the extra image): that correction's own error is not measured."""
 
-    share_error: float  # root mean square error of the estimated share, less the pseudo-tests' sampling variance
-    map_error: np.ndarray  # the same for the expected MAP@k, at each of CALIBRATION_SHARES flagged
+    share_bias: float  # of the estimated share
+    map_bias: np.ndarray  # of the expected MAP@k, at each of CALIBRATION_SHARES flagged
     rounds: int  # pseudo-tests measured
 
-    def map_error_at(self, flagged_share) -> np.ndarray:
-        return np.interp(flagged_share, CALIBRATION_SHARES, self.map_error)
+    def map_bias_at(self, flagged_share) -> np.ndarray:
+        return np.interp(flagged_share, CALIBRATION_SHARES, self.map_bias)
 
 
 def _pseudo_test(
     evidence: TrainEvidence, classes: np.ndarray, share: float, rng: np.random.Generator
 ):
-    """Scores, label ranks, truth and class codes of a test set made of `classes` of the evidence: shuffled, the first
-    ones' items as distractors until they make up about `share` of it, the rest's as known items; None without both."""
+    """Scores, label ranks and truth of a test set made of `classes` of the evidence: shuffled, the first ones' items
+    as distractors until they make up about `share` of it, the rest's as known items; None without both."""
     classes = rng.permutation(classes)
     far_rows = [np.flatnonzero(evidence.distractor_classes == code) for code in classes]
     known_rows = [np.flatnonzero(evidence.known_classes == code) for code in classes]
@@ -189,50 +190,39 @@ def _pseudo_test(
         np.r_[evidence.known_scores[known], evidence.distractor_scores[far]],
         np.r_[evidence.known_ranks[known], np.zeros(len(far), np.int64)],
         np.r_[np.zeros(len(known), bool), np.ones(len(far), bool)],
-        np.unique(
-            np.r_[evidence.known_classes[known], evidence.distractor_classes[far]],
-            return_inverse=True,
-        )[1],
     )
 
 
-def _pseudo_test_errors(model: PlacementModel, drawn: TrainEvidence, test) -> tuple:
-    """The share's error and its sampling variance, and the expected MAP@k's at each of CALIBRATION_SHARES flagged,
-    when `model` (fitted on `drawn`) is asked about the pseudo-test `test` (`_pseudo_test`)."""
-    scores, ranks, is_distractor, clusters = test
+def _pseudo_test_errors(
+    model: PlacementModel, drawn: TrainEvidence, test
+) -> tuple[float, np.ndarray]:
+    """The estimated share's error, and the expected MAP@k's at each of CALIBRATION_SHARES flagged, when `model`
+    (fitted on `drawn`) is asked about the pseudo-test `test` (`_pseudo_test`)."""
+    scores, ranks, is_distractor = test
     # The pseudo-test's known items see as many images of their class as the evidence's: no correction for one more.
     model = model.with_detector(drawn.known_scores, drawn.distractor_scores).with_share_of(scores)
     expected = model.expected_precisions(scores)
-    residual = realised_table(ranks, is_distractor, model.k) - expected
-    n, k = len(scores), model.k
+    realised = realised_table(ranks, is_distractor, model.k)
     kept = kept_positions(expected)
-    along = np.empty(n, np.int64)
-    along[np.argsort(scores, kind="stable")] = np.arange(n)
-    flagged = along[:, None] < np.round(CALIBRATION_SHARES * n)[None, :]
-    columns = np.where(flagged, 0, np.where(kept == NOWHERE, k, kept - 1)[:, None])
-    residual = np.take_along_axis(residual, columns, axis=1)  # items × CALIBRATION_SHARES
-    map_error = residual.mean(axis=0)
-    # The pseudo-test's items come in classes, whose items stray together: the sampling variance is a cluster sum.
-    groups = int(clusters.max()) + 1
-    sums = np.zeros((groups, len(CALIBRATION_SHARES)))
-    np.add.at(sums, clusters, residual - map_error)
-    map_variance = (sums**2).sum(axis=0) / n**2 * (groups / (groups - 1) if groups > 1 else 1.0)
-    share_error = model.contamination - float(is_distractor.mean())
-    return share_error, model.share_variance(scores, clusters), map_error, map_variance
+    order = np.argsort(scores, kind="stable")
+    flagged = np.round(CALIBRATION_SHARES * len(scores)).astype(np.int64)
+    expected_map = expected_map_by_flags(expected, kept, order, flagged)
+    realised_map = expected_map_by_flags(realised, kept, order, flagged)
+    return model.contamination - float(is_distractor.mean()), expected_map - realised_map
 
 
-def _calibration(measured: list[tuple]) -> Calibration | None:
-    """The errors of the pseudo-tests, less their sampling variance, as root mean squares (None without any)."""
-    if not measured:
+def _bias(errors: np.ndarray) -> np.ndarray:
+    """Over rounds (axis 0): how far the errors' mean is from 0 beyond its standard error, as a root of squares."""
+    mean, variance = errors.mean(axis=0), errors.var(axis=0, ddof=1) / len(errors)
+    return np.sqrt(np.maximum(mean**2 - variance, 0.0))
+
+
+def _calibration(measured: list[tuple[float, np.ndarray]]) -> Calibration | None:
+    """The pseudo-tests' errors as a `Calibration`; None with fewer than two, whose spread cannot be told."""
+    if len(measured) < 2:
         return None
-    share_errors, share_variances, map_errors, map_variances = (
-        np.array(values, np.float64) for values in zip(*measured)
-    )
-    return Calibration(
-        float(np.sqrt(max(np.mean(share_errors**2) - np.mean(share_variances), 0.0))),
-        np.sqrt(np.maximum(np.mean(map_errors**2, axis=0) - np.mean(map_variances, axis=0), 0.0)),
-        len(measured),
-    )
+    share_errors, map_errors = (np.array(values, np.float64) for values in zip(*measured))
+    return Calibration(float(_bias(share_errors)), _bias(map_errors), len(measured))
 
 
 def class_bootstrap(
