@@ -320,4 +320,4 @@ def test_predict_says_when_the_figures_without_the_answers_are_uncertain_and_not
         if uncertain:
             low, high = analyse(embeddings, PredictConfig()).share_interval
             assert said[0].startswith("note: ") and f"{low:.1%}–{high:.1%}" in said[0]
-            assert "train has 2 images a class at the median" in said[0]
+            assert "train: 2 images a class" in said[0]

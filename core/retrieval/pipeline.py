@@ -446,24 +446,23 @@ class Analysis:
 
     def uncertainty_note(self) -> str | None:
         """A note naming the share's or the threshold's expected-MAP@k interval when either is wider than issue #23's
-        targets (±SURE_SHARE, ±SURE_MAP); None when both are narrower or there is no model."""
+        targets (±SURE_SHARE, ±SURE_MAP); None when both are narrower or there is no model. Short enough (under
+        core.display.DISPLAY_LIMIT) for a page to show it whole."""
         if self.placement_model is None or not self.bootstrap:
             return None
-        level, k = f"{1 - INTERVAL_LEFT_OUT:.0%} interval", self.config.k
         wide = []
         low, high = self.share_interval
         if high - low > 2 * SURE_SHARE:
-            wide.append(f"the estimated distractor share's {level} is {low:.1%}–{high:.1%}")
+            wide.append(f"distractor share {low:.1%}–{high:.1%}")
         low, high = self.expected_map_interval()
         if high - low > 2 * SURE_MAP:
-            wide.append(f"the expected MAP@{k}'s at this threshold is {low:.3f}–{high:.3f}")
+            wide.append(f"expected MAP@{self.config.k} {low:.3f}–{high:.3f}")
         if not wide:
             return None
         images = int(np.median(list(Counter(self.train.labels.tolist()).values())))
         return (
-            f"the figures without the answers are uncertain: {' and '.join(wide)}; train has {images} images a "
-            f"class at the median, and the fewer images a class (2–3 above all) or classes train has, the further "
-            f"off they run (BENCHMARKS.md, section 9)"
+            f"uncertain figures without the answers: {', '.join(wide)} "
+            f"({1 - INTERVAL_LEFT_OUT:.0%} intervals; train: {images} images a class)"
         )
 
     def without_truth(
