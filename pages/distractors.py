@@ -55,8 +55,9 @@ st.caption(
 if (figures := analysis.without_truth()) is not None:
     st.caption(
         f"Without the answers: {figures}. The intervals hold what train cannot pin down (its classes drawn again "
-        "and again) and the test set's sampling noise; they are not to be trusted with a few images a class or "
-        "distractors unlike any train class."
+        "and again), the model's bias on test sets made of the train classes each draw left out, and the test "
+        "set's sampling noise; with 2–3 images a class they run wide, and they assume distractors score against "
+        "train as held-out train classes do."
     )
 if analysis.validation is not None and analysis.validation.fell_back:
     st.warning(
@@ -141,8 +142,8 @@ def slider_metrics() -> list[list[LiveMetric]]:
                 if steps.expected_map_low is not None
                 else shown(steps.expected_map, fixed(4)),
                 help="What the placement model expects of this threshold and placement, without test truth, and "
-                f"the {INTERVAL:.0%} interval where the measured MAP@{k} should fall (class bootstraps of train and "
-                "the test set's sampling noise).",
+                f"the {INTERVAL:.0%} interval where the measured MAP@{k} should fall (class bootstraps of train, the "
+                "model's bias on pseudo-tests of the classes each left out, and the test set's sampling noise).",
             )
         ]
     )

@@ -183,3 +183,11 @@ def test_every_page_scores_at_the_threshold_the_slider_shows():
     # Evaluate shows 3 decimals
     assert float(shown["MAP@5"]) == pytest.approx(float(metrics(evaluate)["MAP@5"]), abs=5e-4)
     assert any(f"**{shown['Threshold']}**" in caption.value for caption in evaluate.caption)
+
+
+def test_the_page_says_when_the_figures_without_the_answers_are_uncertain(demo_analysis):
+    note = demo_analysis.uncertainty_note()
+    assert note is not None and "uncertain" in note  # the demo: six train classes of three images
+    app = run_page("distractors", "uncertain1")
+    assert_ran(app)
+    assert f"Note: {note}" in [displayed(caption.value) for caption in app.caption]

@@ -251,3 +251,82 @@ def test_a_train_set_too_small_for_the_model_gives_no_intervals():
     report = analyse(tiny_train(1, 6), PredictConfig(contamination=0.3)).report()
     assert report["estimated_distractor_share_interval"] is None
     assert report["expected_MAP@5_interval"] is None
+
+
+def _interval_holds(analysis) -> tuple[bool, bool]:
+    """Whether the share's interval holds the true share, and the expected MAP@5's the measured MAP@5."""
+    report = analysis.report()
+    low, high = report["estimated_distractor_share_interval"]
+    expected_low, expected_high = report["expected_MAP@5_interval"]
+    share = float(np.mean(analysis.truth == "-1"))
+    return low <= share <= high, expected_low <= report["MAP@5"] <= expected_high
+
+
+def test_the_share_interval_holds_its_own_estimate_when_test_scores_outnumber_the_bootstraps_sample():
+    from bench.fixtures import retrieval_embeddings
+    from core.analysis.pipeline import analyse
+    from core.prediction.config import PredictConfig
+    from core.prediction.placement import MAX_EVIDENCE_QUERIES
+
+    for share in (0.1, 0.3):
+        embeddings = retrieval_embeddings(2 * MAX_EVIDENCE_QUERIES, distractor_share=share)
+        report = analyse(embeddings, PredictConfig()).report()
+        low, high = report["estimated_distractor_share_interval"]
+        assert low <= report["estimated_distractor_share"] <= high, (share, low, high)
+
+
+def test_the_intervals_hold_the_truth_on_clip_like_sets_where_the_class_bootstraps_agree_too_well():
+    # A thousand train classes move the model so little that the bootstraps' spread is a few thousandths, less
+    # than the model's own error: only its error on pseudo-tests of left-out classes makes the intervals honest.
+    from bench.fixtures import retrieval_embeddings
+    from core.analysis.pipeline import analyse
+    from core.prediction.config import PredictConfig
+
+    held = [
+        _interval_holds(
+            analyse(retrieval_embeddings(4000, distractor_share=share), PredictConfig(auto=True))
+        )
+        for share in (0.1, 0.3, 0.5)
+    ]
+    shares, maps = zip(*held)
+    assert sum(shares) >= 2 and sum(maps) >= 2, held
+
+
+def test_the_share_interval_holds_the_truth_on_most_digit_samples_with_two_or_three_train_images_a_class():
+    from bench.quality import digits_regime
+    from core.analysis.pipeline import analyse
+    from core.prediction.config import PredictConfig
+
+    held = [
+        _interval_holds(analyse(digits_regime(seed, per_class, share), PredictConfig(auto=True)))[0]
+        for per_class in (2, 3)
+        for share in (0.1, 0.3, 0.5)
+        for seed in range(4)
+    ]
+    assert np.mean(held) >= 0.75, held
+
+
+def test_predict_says_when_the_figures_without_the_answers_are_uncertain_and_not_otherwise(
+    tmp_path, workspace, capsys
+):
+    from bench.fixtures import retrieval_embeddings
+    from bench.quality import digits_regime
+    from core.__main__ import main
+    from core.analysis.pipeline import analyse
+    from core.io.parquet import write_embeddings
+    from core.prediction.config import PredictConfig
+
+    # Seven digits with two train images each: wide intervals. A thousand classes with three each: narrow ones.
+    for name, embeddings, uncertain in (
+        ("digits", digits_regime(0, 2, 0.3), True),
+        ("clip-like", retrieval_embeddings(4000), False),
+    ):
+        source = tmp_path / f"{name}.parquet"
+        write_embeddings(source, embeddings)
+        assert main(["predict", str(source), "--out", str(tmp_path / f"{name}.csv")]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "uncertain" in line]
+        assert bool(said) == uncertain, said
+        if uncertain:
+            low, high = analyse(embeddings, PredictConfig()).share_interval
+            assert said[0].startswith("note: ") and f"{low:.1%}–{high:.1%}" in said[0]
+            assert "train: 2 images a class" in said[0]

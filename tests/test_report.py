@@ -139,7 +139,9 @@ def test_a_report_holds_the_summary_metrics_figures_and_neighbour_cards(images_f
     assert f"{report['flagged']:,} of 40" in shown and analysis.threshold_source in shown
     share_low, share_high = report["estimated_distractor_share_interval"]
     map_low, map_high = report["expected_MAP@5_interval"]
-    assert f"90% interval {share_low:.1%}–{share_high:.1%}, over class bootstraps of train" in shown
+    assert (
+        f"90% interval {share_low:.1%}–{share_high:.1%}, where the true share should fall" in shown
+    )
     assert (
         f"90% interval {map_low:.4f}–{map_high:.4f}, where the measured MAP@5 should fall" in shown
     )

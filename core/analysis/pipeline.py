@@ -31,6 +31,7 @@ from core.prediction.placement import (
 from core.prediction.predict import place_minus_one, search_labels, true_ranks
 from core.prediction.validation import (
     INTERVAL_LEFT_OUT,
+    Calibration,
     ValidationResult,
     bootstrap_curves,
     check_train_labels,
@@ -147,6 +148,11 @@ def searched(
     return results
 
 
+# Half-widths past which the share's and the expected MAP@k's intervals are called uncertain: issue #23's targets
+# for how far either may stray from the truth.
+SURE_SHARE, SURE_MAP = 0.05, 0.03
+
+
 @dataclass
 class Analysis:
     """Test items against train: neighbours, scores, ranked labels and everything a threshold or placement changes."""
@@ -171,6 +177,8 @@ class Analysis:
     stored_train_neighbours: Neighbours | None = None
     # The placement model refitted on class bootstraps of train: the spread of every figure given without test truth.
     bootstrap: list[PlacementModel] = field(default_factory=list)
+    # The model's own bias on pseudo-tests of the classes each bootstrap left out; None with fewer than two.
+    calibration: Calibration | None = None
 
     @property
     def scores(self) -> np.ndarray:
@@ -282,10 +290,18 @@ class Analysis:
 
     @cached_property
     def share_interval(self) -> tuple[float, float] | None:
-        """The estimated distractor share's interval over class bootstraps of train (None without a model)."""
-        return (
-            interval([model.contamination for model in self.bootstrap]) if self.bootstrap else None
+        """Where the true distractor share should fall: the class bootstraps' shares, each spread by the model's bias on
+        pseudo-tests (`Calibration`) and by the test set's sampling noise; None without a model."""
+        if not self.bootstrap:
+            return None
+        shares = [model.contamination for model in self.bootstrap]
+        if self.calibration is None:
+            return interval(shares)
+        spread = np.sqrt(
+            self.calibration.share_bias**2 + self.placement_model.share_variance(self.scores)
         )
+        low, high = predictive_interval(np.array(shares)[:, None], spread)
+        return float(max(low[0], 0.0)), float(min(high[0], 1.0))
 
     def expected_map_interval(
         self,
@@ -294,7 +310,8 @@ class Analysis:
         placement: str | None = None,
     ) -> tuple[float, float] | None:
         """Where the measured MAP@k of these rows should fall: what the class bootstraps' models expect of them, spread by
-        the test set's sampling noise (`predictive_interval`); None without a model."""
+        the model's bias on pseudo-tests (`Calibration`) and the test set's sampling noise (`predictive_interval`);
+        None without a model."""
         if not self.bootstrap:
             return None
         flags = self.flags(threshold) if flags is None else flags
@@ -318,8 +335,31 @@ class Analysis:
             flagged,
             self.config.seed,
         )
-        return predictive_interval(
-            curves, self.placement_model.map_spread(self.scores, kept, order, flagged)
+        spread = self.placement_model.map_spread(self.scores, kept, order, flagged)
+        if self.calibration is not None:
+            bias = self.calibration.map_bias_at(np.asarray(flagged) / len(self.scores))
+            spread = np.sqrt(spread**2 + bias**2)
+        return predictive_interval(curves, spread)
+
+    def uncertainty_note(self) -> str | None:
+        """A note naming the share's or the threshold's expected-MAP@k interval when either is wider than issue #23's
+        targets (±SURE_SHARE, ±SURE_MAP); None when both are narrower or there is no model. Short enough (under
+        core.display.DISPLAY_LIMIT) for a page to show it whole."""
+        if self.placement_model is None or not self.bootstrap:
+            return None
+        wide = []
+        low, high = self.share_interval
+        if high - low > 2 * SURE_SHARE:
+            wide.append(f"distractor share {low:.1%}–{high:.1%}")
+        low, high = self.expected_map_interval()
+        if high - low > 2 * SURE_MAP:
+            wide.append(f"expected MAP@{self.config.k} {low:.3f}–{high:.3f}")
+        if not wide:
+            return None
+        images = int(np.median(list(Counter(self.train.labels.tolist()).values())))
+        return (
+            f"uncertain figures without the answers: {', '.join(wide)} "
+            f"({1 - INTERVAL_LEFT_OUT:.0%} intervals; train: {images} images a class)"
         )
 
     def without_truth(
@@ -465,8 +505,8 @@ def analyse(
         retrieval = ranked_retrieval(results.labels, results.scores, config.k, truth)
     watch.step(0, 1, PLACEMENT_STAGE)
     evidence, model, unfitted = fitted_placement(train, config, retrieval.scores)
-    bootstrap = (
-        []
+    bootstrap, calibration = (
+        ([], None)
         if model is None
         else class_bootstrap(
             evidence, retrieval.scores, None, config.validation_rounds, config.seed
@@ -525,7 +565,7 @@ def analyse(
         }
         placement = "optimal" if validated["optimal"] >= validated["first"] else "first"
         placement_source = f"higher validation MAP@{config.k} on train: optimal {validated['optimal']:.3f}, first {validated['first']:.3f}"
-    return Analysis(
+    analysis = Analysis(
         train,
         test,
         config,
@@ -542,4 +582,8 @@ def analyse(
         stored_loo_scores,
         stored_train_neighbours,
         bootstrap,
+        calibration,
     )
+    if note := analysis.uncertainty_note():
+        notes.append(note)
+    return analysis

@@ -189,6 +189,15 @@ def realised_precisions(
     return np.where(is_distractor, distractor[columns], known[rows, columns])
 
 
+def realised_table(true_ranks: np.ndarray, is_distractor: np.ndarray, k: int) -> np.ndarray:
+    """Items × positions (1..k, then nowhere): `realised_precisions` of every position at once, the realised
+    counterpart of `PlacementModel.expected_precisions`."""
+    positions = np.r_[np.arange(1, k + 1), NOWHERE]
+    return realised_precisions(
+        np.asarray(true_ranks)[:, None], np.asarray(is_distractor)[:, None], positions[None, :], k
+    )
+
+
 @dataclass(frozen=True)
 class PlacementModel:
     """P(distractor | score) and P(true label at rank r | known, score): logistic in the standardised score.
@@ -237,6 +246,31 @@ class PlacementModel:
         return p * distractor[None, :] ** moment + (1 - p) * (
             self.rank_odds(scores) @ known**moment
         )
+
+    def with_detector(self, known: np.ndarray, far: np.ndarray) -> PlacementModel:
+        """This model with its distractor odds fitted on these known and distractor scores instead, its rank odds kept."""
+        centre, spread, intercept, slope = _balanced_detector(known, far)
+        # The same log-odds on this model's standardised score, (score - self.centre) / self.spread.
+        return replace(
+            self,
+            distractor_coef=(
+                intercept + slope * (self.centre - centre) / spread,
+                slope * self.spread / spread,
+            ),
+        )
+
+    def with_share_of(self, scores) -> PlacementModel:
+        """This model with its distractor share fitted to these test scores (EM for a shifted prior)."""
+        return replace(self, contamination=_mixture_share(self.balanced_log_odds(scores)))
+
+    def share_variance(self, scores) -> float:
+        """The sampling variance of the share fitted to these test scores: how far it strays from their true share.
+
+        EM's share solves sum(p_i - share) = 0 over the items' posteriors p_i, so its variance is the
+        inverse of the information, (share (1 - share))² / sum((p_i - share)²)."""
+        share = self.contamination
+        information = float(np.sum((self.distractor_probability(scores) - share) ** 2))
+        return (share * (1 - share)) ** 2 / information if information > 0.0 else 0.0
 
     def map_spread(self, scores, kept: np.ndarray, order: np.ndarray, flagged):
         """The standard deviation of MAP@k, as the model sees each item's AP@k vary, when the `flagged` lowest-scoring
@@ -331,7 +365,7 @@ def fit_placement(
     )
     model = PlacementModel(centre, spread, (intercept, slope), rank_coef, 0.5, evidence.k)
     if contamination is None:
-        contamination = _mixture_share(model.balanced_log_odds(test_scores))
+        return model.with_share_of(test_scores)
     return replace(model, contamination=float(contamination))
 
 

@@ -457,7 +457,7 @@ def _metrics_section(
             + _interval(
                 report["estimated_distractor_share_interval"],
                 "{:.1%}".format,
-                "over class bootstraps of train",
+                "where the true share should fall",
             ),
         ],
     ]
