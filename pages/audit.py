@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.audit.effects import cleaned_train_csv, leakage, relabel_csv, what_if
+from core.audit.effects import cleaned_train_csv, leakage, relabel_csv
 from core.audit.findings import (
     CUT_SCOPES,
     DUPLICATE,
@@ -19,7 +19,7 @@ from pages import ui
 PAIRS_SHOWN = 8  # image pairs drawn for the chosen kind, surest first
 
 st.title("Audit")
-current = ui.session()
+current = ui.active_analysis()
 analysis = current.analysis
 found = ui.audit(current)
 k = analysis.config.k
@@ -76,7 +76,7 @@ if shown:
         other = finding.other_id
         if finding.kind == MISLABEL:
             other = found.nearest_train_image(finding.id) or finding.id
-        images += [current.image(finding.id), current.image(other)]
+        images += [ui.image(current, finding.id), ui.image(current, other)]
         second = (
             f"nearest: {other} · suggested {finding.suggested_label}"
             if finding.kind == MISLABEL
@@ -117,15 +117,7 @@ if not (drop or relabel):
 elif st.button("Measure the change", key="audit_measure"):
     try:
         change = ui.finished(
-            ui.analysis_jobs(),
-            (
-                "audit what-if",
-                current.entry.source,
-                analysis.config,
-                tuple(drop),
-                tuple(relabel.items()),
-            ),
-            lambda watch: what_if(analysis, drop, relabel, watch),
+            lambda again: ui.server().what_if_job(current, drop, relabel, again),
             f"Analysing {current.entry.name} with {count_text(len(drop))} train images dropped and {count_text(len(relabel))} relabelled",
         )
     except ValueError as error:

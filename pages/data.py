@@ -13,7 +13,7 @@ from core.io.parts import incomplete_note
 from core.paths import data_root, without_server_paths
 from core.progress import Watch
 from core.records import TEST, TRAIN
-from core.session.datasets import WorkspaceDatasets
+from core.session.datasets import WorkspaceDatasets, open_action
 from pages import ui
 
 # Session state: how many uploads this session stored, part of the uploader's key.
@@ -55,7 +55,7 @@ def add_upload(datasets: WorkspaceDatasets) -> None:
 ws = ui.workspace()
 st.title("Data")
 
-datasets = ui.datasets(ws)
+datasets = ui.server().datasets(ws)
 names = [entry.name for entry in datasets.all()]
 with st.spinner("Writing the built-in dataset (the first time only)…"):
     current = datasets.active()
@@ -81,7 +81,7 @@ with st.expander("Add a dataset"):
             f"`{root}` (set `RETRIEVAL_LAB_DATA_ROOT` to change it)."
         )
         folder = st.text_input("Folder or .parquet (relative to the data root)")
-        if st.button(ui.open_action(folder), disabled=not folder, key="data_open_folder"):
+        if st.button(open_action(folder), disabled=not folder, key="data_open_folder"):
             try:
                 entry = datasets.add_folder(folder)
             except (ValueError, OSError) as error:  # OSError: an unreadable folder

@@ -1,14 +1,17 @@
 """Distractors page: the live threshold slider, its counts, curves and metrics, and DBSCAN."""
 
+import math
+
 import numpy as np
 import streamlit as st
 
-from core.analysis.threshold_steps import threshold_steps
+from core.analysis.threshold_steps import THRESHOLD_DECIMALS, threshold_steps
 from core.detection.distractors import DbscanConfig
 from core.display import count_text
 from core.maps.figures import THRESHOLD_AXIS, score_shares
 from core.prediction.placement import PLACEMENTS
 from core.prediction.validation import INTERVAL_LEFT_OUT, conformal_threshold
+from core.session.thresholds import TabThreshold
 from pages import ui
 from pages.live_threshold import (
     Binned,
@@ -23,29 +26,20 @@ THRESHOLD_SLIDER = "Distractor threshold"
 INTERVAL = 1 - INTERVAL_LEFT_OUT
 
 st.title("Distractors")
-current = ui.session()
+current = ui.active_analysis()
 
 analysis = current.analysis
 sweep = analysis.sweep
-steps = threshold_steps(analysis, ui.THRESHOLD_DECIMALS)
+steps = threshold_steps(analysis, THRESHOLD_DECIMALS)
 # one answer for the chart's mark and the caption
 best = sweep.best_map_threshold() if sweep.has_map else None
+# This tab's view of the saved threshold, and the keys of the widgets that set it, per workspace,
+# dataset and vectors.
 threshold_state = (
     f"threshold-{current.ws.id}-{current.entry.name}-{current.loaded.embeddings.model}"
 )
-synced_state = threshold_state + "-synced"  # the saved threshold this tab last read or wrote
-previous_state = threshold_state + "-previous"  # the threshold one run ago, for "what flips"
-# counts the thresholds set here on the server, which the slider must show
-origin_state = threshold_state + "-origin"
+tab = st.session_state.setdefault(threshold_state, TabThreshold())
 slider_key = threshold_state + "-slider"
-
-
-def on_slider_grid(value: float, rounding=round) -> float:
-    """A threshold the slider can show exactly, so the slider, the metrics and the saved value agree.
-
-    `rounding` is np.floor for a bound: a lower threshold flags no more items than the one asked for."""
-    step = 10.0**ui.THRESHOLD_DECIMALS
-    return float(np.clip(rounding(value * step) / step, steps.low, steps.high))
 
 
 st.caption(
@@ -61,8 +55,8 @@ if (figures := analysis.without_truth()) is not None:
     )
 if analysis.validation is not None and analysis.validation.fell_back:
     st.warning(
-        "The automatic threshold is not confident: the evidence does not back any choice over flagging "
-        f"{analysis.config.contamination:.0%}, so it flags that share. More train images a class would help."
+        f"The automatic threshold is not confident: {ui.plain(analysis.validation.fell_back_because)}. So it "
+        f"flags {analysis.config.contamination:.0%}, the contamination; more train images a class would help."
     )
 st.caption(
     f'Where "-1" goes: **{analysis.placement}** ({ui.plain(analysis.placement_source)}). "first" puts it first for '
@@ -71,35 +65,26 @@ st.caption(
 )
 
 
-def _keep_threshold(value: float) -> None:
-    st.session_state[threshold_state] = value
-    current.save_threshold(value)
-    st.session_state[synced_state] = value
-
-
 def _set_threshold(value: float) -> None:
-    """A threshold chosen on the server (a box, another tab): the slider is moved to it."""
-    _keep_threshold(value)
-    st.session_state[origin_state] = st.session_state.get(origin_state, 0) + 1
+    """A threshold chosen on the server (a box): saved, and the slider is moved to it."""
+    current.save_threshold(tab.set(value))
 
 
 def _take_slider_threshold() -> None:
-    _keep_threshold(on_slider_grid(rested_threshold(slider_key)))
+    current.save_threshold(tab.keep(steps.snap(rested_threshold(slider_key))))
 
 
 def _set_threshold_from_contamination() -> None:
     # The box only sets the slider and never follows it: two widgets writing each other's value race
     # when key presses arrive faster than reruns, and the slider snaps back.
-    _set_threshold(
-        on_slider_grid(sweep.threshold_for(st.session_state[threshold_state + "-target"]))
-    )
+    _set_threshold(steps.snap(sweep.threshold_for(st.session_state[threshold_state + "-target"])))
 
 
 def _set_threshold_from_false_flag() -> None:
     # Like the contamination box: it sets the slider and never follows it. Rounded down to the grid
     # so the threshold shown keeps the bound.
     alpha = st.session_state[threshold_state + "-alpha"]
-    _set_threshold(on_slider_grid(conformal_threshold(analysis.evidence, alpha), np.floor))
+    _set_threshold(steps.snap(conformal_threshold(analysis.evidence, alpha), rounding=math.floor))
 
 
 def slider_metrics() -> list[list[LiveMetric]]:
@@ -124,7 +109,7 @@ def slider_metrics() -> list[list[LiveMetric]]:
             ),
             LiveMetric("Kept", shown(n - steps.flagged, count_text)),
             LiveMetric("Contamination", shown(steps.flagged / n, percent)),
-            LiveMetric("Threshold", shown(steps.thresholds, fixed(ui.THRESHOLD_DECIMALS))),
+            LiveMetric("Threshold", shown(steps.thresholds, fixed(THRESHOLD_DECIMALS))),
         ]
     ]
     expected = (
@@ -185,7 +170,7 @@ def slider_charts() -> list[LiveChart]:
     k, n, at = (
         analysis.config.k,
         sweep.n,
-        [f"{threshold:.{ui.THRESHOLD_DECIMALS}f}" for threshold in steps.thresholds],
+        [f"{threshold:.{THRESHOLD_DECIMALS}f}" for threshold in steps.thresholds],
     )
     train_scores = analysis.train_loo_scores
     edges, test_shares, train_shares = score_shares(analysis.scores, train_scores)
@@ -262,11 +247,8 @@ def slider_charts() -> list[LiveChart]:
 
 @st.fragment
 def threshold_panel() -> None:
-    saved = on_slider_grid(current.threshold)
-    changed_elsewhere = synced_state in st.session_state and saved != st.session_state[synced_state]
-    if threshold_state not in st.session_state or changed_elsewhere:
-        _set_threshold(saved)
-    if changed_elsewhere:
+    saved = steps.snap(current.threshold)
+    if tab.follow(saved):
         st.info(
             f"The threshold was changed to {saved:.3f} in another tab of this workspace; the slider now shows it."
         )
@@ -302,7 +284,7 @@ def threshold_panel() -> None:
             on_click=_set_threshold_from_false_flag,
             disabled=analysis.evidence is None,
         )
-    threshold = st.session_state[threshold_state]
+    threshold = tab.shown
     with left:
         k = analysis.config.k
         ranks = RankTable(
@@ -314,12 +296,12 @@ def threshold_panel() -> None:
         live_threshold(
             THRESHOLD_SLIDER,
             steps,
-            ui.THRESHOLD_DECIMALS,
+            THRESHOLD_DECIMALS,
             slider_metrics(),
             ranks,
             slider_charts(),
             threshold,
-            st.session_state[origin_state],
+            tab.origin,
             slider_key,
             _take_slider_threshold,
         )
@@ -330,8 +312,7 @@ def threshold_panel() -> None:
         st.caption(
             "The figures and charts follow every move of the slider; the images below follow once it rests."
         )
-    previous = st.session_state.get(previous_state, threshold)
-    st.session_state[previous_state] = threshold
+    previous = tab.moved_from()
     if best is not None:
         best_threshold, best_map = best
         st.caption(
@@ -367,7 +348,7 @@ def threshold_panel() -> None:
         + ("" if analysis.truth is None else f" · truth {analysis.truth[row]}")
         for item_id, row in zip(ids, shown)
     ]
-    ui.image_grid([current.image(item_id) for item_id in ids], captions)
+    ui.image_grid([ui.image(current, item_id) for item_id in ids], captions)
 
 
 threshold_panel()
@@ -387,7 +368,7 @@ with st.expander("DBSCAN: a second detector"):
             current, DbscanConfig(eps=eps, min_samples=int(min_samples), noise_is_distractor=noise)
         )
         report = analysis.report(flags=flags)
-        threshold_flags = analysis.flags(st.session_state[threshold_state])
+        threshold_flags = analysis.flags(tab.shown)
         cells = st.columns(4)
         cells[0].metric("Flagged by DBSCAN", count_text(report["flagged"]))
         cells[1].metric("Agreement with the threshold", f"{(flags == threshold_flags).mean():.1%}")

@@ -9,6 +9,7 @@ from core.embedding.config import BASELINE_MODEL, EmbedConfig, list_models
 from core.methods.ensemble import search_weights, validation_map
 from core.records import TEST, TRAIN
 from core.session.models import choose_model, chosen_model
+from core.session.server import ActiveAnalysis
 from core.session.vectors import (
     EnsembleMember,
     ensemble_recipe,
@@ -21,12 +22,12 @@ from pages import ui
 
 st.title("Embed")
 ws = ui.workspace()
-entry = ui.datasets(ws).active()
+entry = ui.server().datasets(ws).active()
 saved = chosen_model(ws)
 st.caption(f"Dataset: **{ui.plain(entry.name)}**")
 
 
-def show_vectors(current: ui.Session) -> None:
+def show_vectors(current: ActiveAnalysis) -> None:
     """The active dataset's vectors: how many, their size, and how many were computed, cached or refused."""
     loaded = current.loaded
     emb = loaded.embeddings
@@ -54,7 +55,7 @@ if entry.kind == "parquet":
         "This dataset's vectors came with it, in its Parquet file: they are already there and the analysis "
         "pages use them as they are. To embed images, choose an image dataset on the **Data** page."
     )
-    show_vectors(ui.session())
+    show_vectors(ui.active_analysis())
     st.stop()
 
 known = list_models()
@@ -129,8 +130,8 @@ with st.expander("Ensemble: combine several models"):
         save_ensemble(ws, [EnsembleMember(name, weight) for name, weight in weights.items()])
         st.rerun()
     if members and st.button("Search the weights, one model at a time"):
-        current = ui.session()
-        recipe = ensemble_recipe(members, current.embed_config, ui.model_shelf())
+        current = ui.active_analysis()
+        recipe = ensemble_recipe(members, current.embed_config, ui.server().models)
         with st.status(
             "Searching weights on train with held-out classes as distractors…"
         ) as status:
@@ -168,8 +169,8 @@ if st.button("Embed", type="primary", disabled=not model):
         st.stop()
     st.rerun()  # the sidebar, drawn before the page, names the model chosen
 
-current = ui.session()
+current = ui.active_analysis()
 show_vectors(current)
 # The precision the model settled on while embedding (for "auto", the first batch's check against fp32).
-if note := current.model.embedder.precision_note:
+if note := ui.server().query_model(current).model.embedder.precision_note:
     st.caption(ui.plain(note))

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
+from core.analysis.threshold_steps import on_grid
 from core.detection.distractors import SCORE_MODES
 from core.display import count_text
 from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, exported_zip
@@ -88,7 +89,7 @@ with st.expander(
         save_predict_config(ws, wanted)
         st.rerun()
 
-current = ui.session()
+current = ui.active_analysis()
 analysis, threshold = current.analysis, current.threshold
 k = analysis.config.k
 report = analysis.report(threshold)
@@ -210,11 +211,7 @@ share_method = (
     or ReportConfig().map_method
 )
 images = ui.image_paths(current.entry)
-rule = (
-    None
-    if threshold == round(analysis.threshold, ui.THRESHOLD_DECIMALS)
-    else "set on the Distractors page"
-)
+rule = None if threshold == on_grid(analysis.threshold) else "set on the Distractors page"
 if share_ready.toggle(
     "Prepare the report",
     key="evaluate_share",

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.display import count_text
-from core.maps.figures import COLOUR_MODES, analysis_map_points, scatter_map
+from core.maps.figures import COLOUR_MODES, analysis_map_points, scatter_map, selected_rows
 from core.maps.projection import (
     METHOD_NAMES,
     METRICS,
@@ -25,7 +25,7 @@ PCA_DIMS = ProjectionConfig().pca_first
 DEFAULT_COLOUR = "flag"
 
 st.title("Map")
-current = ui.session()
+current = ui.active_analysis()
 analysis, threshold = current.analysis, current.threshold
 
 st.caption(
@@ -146,7 +146,7 @@ event = st.plotly_chart(
 for note in projection.notes:
     st.caption(f"ℹ️ {ui.plain(note)}")
 
-rows = ui.selected_rows(event, len(points))
+rows = selected_rows(event, len(points))
 if not rows:
     st.info(
         "Select points with the box or lasso tool (top right of the map) to see their images here."
@@ -161,7 +161,7 @@ if len(rows) > GALLERY_LIMIT:
     )
 shown = selected.head(GALLERY_LIMIT)
 ui.image_grid(
-    [current.image(item_id) for item_id in shown["id"]],
+    [ui.image(current, item_id) for item_id in shown["id"]],
     [
         f"{item_id} · {split} · {label}"
         for item_id, split, label in zip(shown["id"], shown["split"], shown["label"].fillna("?"))

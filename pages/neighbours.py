@@ -12,7 +12,7 @@ from pages import ui
 QUERY_KINDS = ("A test image", "An uploaded image", "A text")
 
 st.title("Neighbours")
-current = ui.session()
+current = ui.active_analysis()
 analysis, threshold = current.analysis, current.threshold
 k = analysis.config.k
 train, test = analysis.train, analysis.test
@@ -37,9 +37,9 @@ if kind == QUERY_KINDS[1]:
         st.error(f"**{ui.plain(upload.name)}** cannot be used: {ui.plain(refused[0].reason)}")
         st.stop()
     query_image, query_caption = images[0], upload.name
-    query_vectors = ui.embed_images(current, images)
+    query_vectors = ui.server().embed_images(current, images)
 elif kind == QUERY_KINDS[2]:
-    if not current.model.embedder.supports_text:
+    if not ui.server().supports_text(current):
         ui.show_no_text_support(current, "search by text")
         st.stop()
     text = st.text_input(
@@ -49,7 +49,7 @@ elif kind == QUERY_KINDS[2]:
         st.info("Type a description of what to look for.")
         st.stop()
     query_caption = f"“{text.strip()}”"
-    query_vectors = ui.embed_texts(current, [text.strip()])
+    query_vectors = ui.server().embed_texts(current, [text.strip()])
     st.caption(
         "Text-to-image similarities run lower than image-to-image ones, so the distractor verdict means little here."
     )
@@ -60,7 +60,7 @@ else:
         format_func=lambda row: test.ids[row],
         key="neighbours_test_row",
     )
-    query_image, query_caption = current.image(test.ids[position]), test.ids[position]
+    query_image, query_caption = ui.image(current, test.ids[position]), test.ids[position]
     truth = None if analysis.truth is None else analysis.truth[position]
 
 if kind == QUERY_KINDS[0]:
@@ -71,10 +71,10 @@ if kind == QUERY_KINDS[0]:
     ranked_labels, scores = analysis.retrieval.labels[row], analysis.scores[row]
     where = analysis.positions(threshold)[row]
 else:
-    if warning := ui.query_model_warning(current):
+    if warning := ui.server().query_model_warning(current):
         st.warning(ui.plain(warning))
     try:
-        neighbours, ranked_labels, scores = ui.search_train(current, query_vectors)
+        neighbours, ranked_labels, scores = ui.server().search_train(current, query_vectors)
     except ValueError as error:
         st.error(f"The query cannot be searched against this dataset: {ui.plain(error)}")
         st.stop()
@@ -159,7 +159,7 @@ for column, rank, row, similarity in zip(
     st.columns(k), range(1, k + 1), neighbours.indices[0], neighbours.similarities[0]
 ):
     with column, st.container(border=True, key=f"neighbour_card_{rank}"):
-        image = current.image(train.ids[row])
+        image = ui.image(current, train.ids[row])
         if image is not None:
             st.image(image, width="stretch")
         st.markdown(f"**{ui.plain(train.labels[row])}**")

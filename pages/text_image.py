@@ -23,7 +23,7 @@ SCORE_COLUMNS = {
 }
 
 st.title("Text ↔ image")
-current = ui.session()
+current = ui.active_analysis()
 analysis = current.analysis
 
 st.caption(
@@ -31,7 +31,7 @@ st.caption(
     "the **probability** shares each image among the candidate texts (softmax at CLIP's logit scale 100); "
     "the most probable text is the image's **zero-shot label**."
 )
-if not current.model.embedder.supports_text:
+if not ui.server().supports_text(current):
     ui.show_no_text_support(current, "score texts against images")
     st.stop()
 
@@ -103,8 +103,8 @@ with images_column:
             else 1
         )
         names, images = list(test.ids[:count]), None
-        thumbnails = [current.image(name) for name in names[:GALLERY_LIMIT]]
-        if warning := ui.query_model_warning(current):
+        thumbnails = [ui.image(current, name) for name in names[:GALLERY_LIMIT]]
+        if warning := ui.server().query_model_warning(current):
             st.warning(ui.plain(warning))
 
 if not texts or not names:
@@ -113,8 +113,10 @@ if not texts or not names:
 
 try:
     with measured() as stats:
-        text_vectors = ui.embed_texts(current, texts)
-        image_vectors = test.vectors[:count] if images is None else ui.embed_images(current, images)
+        text_vectors = ui.server().embed_texts(current, texts)
+        image_vectors = (
+            test.vectors[:count] if images is None else ui.server().embed_images(current, images)
+        )
         ranking = rank_prompts(image_vectors, text_vectors, texts, k=len(texts))
 except ValueError as error:
     st.error(f"The texts cannot be scored against these images: {ui.plain(error)}")

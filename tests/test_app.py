@@ -90,7 +90,7 @@ def test_every_page_shows_the_sidebar_and_starts_the_background_work(
     # Compiling UMAP is part of the background work; what it compiles is not this test's business.
     monkeypatch.setattr(core.maps.projection, "warm_up", lambda *args, **kwargs: None)
     ws = Workspace(dataset_workspaces[kind])
-    entry = ui.datasets(ws).active()
+    entry = ui.server().datasets(ws).active()
     for page in PAGES:
         # As on a fresh server: only this page's run can have started the model's load.
         st.cache_resource.clear()
@@ -106,7 +106,7 @@ def test_every_page_shows_the_sidebar_and_starts_the_background_work(
             model,
         )
         assert workspace.startswith(f"Workspace {ws.id} — bookmark"), page
-        assert eventually(lambda: ui.model_shelf().state(chosen_model(ws))), page
+        assert eventually(lambda: ui.server().models.state(chosen_model(ws))), page
         if kind == "parquet":
             assert started_analysis(ws) is not None, page
         for thread in threading.enumerate():  # its last steps, before the next page's fresh server

@@ -10,6 +10,7 @@ from test_pages import (
     set_threshold_by_contamination,
     slider_metrics,
     slider_value,
+    workspace_with,
 )
 
 from core.analysis.loading import load_embeddings
@@ -18,10 +19,16 @@ from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.demo import write_demo_dataset
 from core.prediction.placement import PLACEMENTS
 from core.prediction.validation import conformal_threshold
+from core.session.vectors import DASHBOARD_DEFAULTS
 from core.session.workspace import Workspace
 
 # No Streamlit cache is shared between tests, and each has its own workspace home.
 pytestmark = pytest.mark.usefixtures("fresh_server")
+
+
+def flagging_30_percent(workspace_id: str) -> str:
+    """A workspace whose default threshold flags 30%, so a box set to 80% or 90% moves it well away."""
+    return workspace_with(workspace_id, predict_config={"contamination": 0.3})
 
 
 def saved_thresholds(workspace_id: str) -> dict:
@@ -30,7 +37,7 @@ def saved_thresholds(workspace_id: str) -> dict:
 
 
 def test_the_slider_is_sent_with_every_position_and_a_set_threshold_moves_it_and_is_remembered():
-    app = run_page("distractors", "slider1")
+    app = run_page("distractors", flagging_30_percent("slider1"))
     assert_ran(app)
     panel, before = live_slider(app), slider_metrics(app)
     positions = len(panel["thresholds"])
@@ -109,6 +116,7 @@ def test_the_charts_follow_every_position_and_mark_the_best_threshold_the_captio
 
 
 def test_a_tab_that_only_moves_dbscan_keeps_the_threshold_another_tab_saved():
+    flagging_30_percent("tabs1")
     tab_a, tab_b = run_page("distractors", "tabs1"), run_page("distractors", "tabs1")
     chosen = set_threshold_by_contamination(tab_a, 0.9)
     assert_ran(tab_a)
@@ -127,7 +135,9 @@ def test_a_tab_that_only_moves_dbscan_keeps_the_threshold_another_tab_saved():
 def demo_analysis(tmp_path_factory):
     """The analysis the page makes of the demo with the default settings, built apart from the page."""
     folder = write_demo_dataset(tmp_path_factory.mktemp("demo"))
-    return analyse(load_embeddings(folder, EmbedConfig(model=BASELINE_MODEL)).embeddings)
+    return analyse(
+        load_embeddings(folder, EmbedConfig(model=BASELINE_MODEL)).embeddings, DASHBOARD_DEFAULTS
+    )
 
 
 def test_the_placement_in_use_first_and_optimal_map_and_minus_one_per_rank_are_shown(demo_analysis):

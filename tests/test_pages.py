@@ -5,6 +5,7 @@ import json
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,19 @@ import core.maps.projection
 from bench.fixtures import retrieval_embeddings
 from core.analysis.loading import load_embeddings
 from core.analysis.pipeline import analyse
+from core.analysis.threshold_steps import on_grid
 from core.display import ZERO_WIDTH_SPACE
 from core.embedding.config import BASELINE_MODEL, EmbedConfig
 from core.io.demo import write_demo_dataset
-from core.io.parquet import write_embeddings
+from core.io.parquet import read_embeddings_checked, write_embeddings
 from core.prediction.config import PredictConfig
 from core.prediction.placement import MAX_K
 from core.prediction.predict import read_submission, submission_label, write_submission
 from core.progress import Cancelled
 from core.records import TEST, TRAIN, Embeddings
 from core.session.models import LOADING, ModelShelf, chosen_model
-from core.session.vectors import predict_config
+from core.session.server import AnalysisKey, VectorsKey
+from core.session.vectors import DASHBOARD_DEFAULTS, predict_config
 from core.session.workspace import DatasetEntry, Workspace
 from pages import ui
 
@@ -179,9 +182,9 @@ def test_map_methods_are_named_as_people_write_them(monkeypatch):
     progress = []
     real = ui.finished
 
-    def finished(jobs, key, work, what):
-        if jobs is not ui.projection_jobs():
-            return real(jobs, key, work, what)
+    def finished(start, what):
+        if not what.startswith("Computing the"):
+            return real(start, what)
         progress.append(what)  # the words over the projection's progress bar; no need to compute it
         st.stop()
 
@@ -236,9 +239,11 @@ def test_map_gallery_is_capped_but_the_table_lists_the_whole_selection():
 
 
 def test_neighbours_shows_five_cards_and_a_verdict_that_follows_the_threshold():
+    # A 30% share flagged: the demo's first test images then fall on both sides of the threshold.
+    workspace_id = workspace_with("verdicts", predict_config={"contamination": 0.3})
     verdicts, explained = set(), False
     for row in range(12):
-        app = run_page("neighbours", neighbours_test_row=row)
+        app = run_page("neighbours", workspace_id, neighbours_test_row=row)
         assert_ran(app)
         cards = neighbour_cards(app)
         assert len(cards) == 5
@@ -286,9 +291,10 @@ def test_neighbours_verdict_matches_the_submission_for_the_item_nearest_the_thre
     analysis = analyse(
         load_embeddings(
             write_demo_dataset(tmp_path / "demo"), EmbedConfig(model=BASELINE_MODEL)
-        ).embeddings
+        ).embeddings,
+        DASHBOARD_DEFAULTS,
     )
-    threshold = round(analysis.threshold, ui.THRESHOLD_DECIMALS)
+    threshold = on_grid(analysis.threshold)
     kept = np.flatnonzero(analysis.scores >= threshold)
     row = int(kept[np.argmin(analysis.scores[kept])])
     app = run_page("neighbours", neighbours_test_row=row)
@@ -309,7 +315,7 @@ def test_neighbours_leaves_minus_one_out_where_it_gains_nothing_and_says_why(tmp
     embeddings = retrieval_embeddings(300, 60)
     workspace_id = parquet_workspace("ties1", tmp_path / "ties.parquet", embeddings)
     analysis = analyse(embeddings)
-    threshold = round(analysis.threshold, ui.THRESHOLD_DECIMALS)
+    threshold = on_grid(analysis.threshold)
     positions = analysis.positions(threshold)
     surest = int(np.argmax(analysis.scores))
     doubted = int(np.flatnonzero(positions > 1)[0])
@@ -458,8 +464,8 @@ def test_an_ensemble_of_the_baseline_and_a_clip_model_is_analysed(tiny_clip_dir)
     app = run_page("distractors", workspace_id)
     assert_ran(app)
     assert any(
-        "Default rule: contamination 30%" in displayed(caption.value) for caption in app.caption
-    )
+        "Default rule: validation on train" in displayed(caption.value) for caption in app.caption
+    ), "the dashboard's default threshold is --auto's"
 
 
 def test_the_ensemble_weight_search_shows_every_step(tiny_clip_dir):
@@ -622,8 +628,8 @@ def test_evaluate_sets_k_and_the_mean_score_for_every_page():
     app.radio(key="evaluate_score_mode").set_value("mean").run()
     assert_ran(app)
     assert "MAP@3" in metrics(app) and "MAP@5" not in metrics(app)
-    assert Workspace("predict1").get_config("predict_config", PredictConfig) == PredictConfig(
-        k=3, score_mode="mean"
+    assert Workspace("predict1").get_config("predict_config", PredictConfig) == replace(
+        DASHBOARD_DEFAULTS, k=3, score_mode="mean"
     )
     neighbours = run_page("neighbours", "predict1")
     assert_ran(neighbours)
@@ -654,8 +660,8 @@ def test_evaluate_sets_where_minus_one_goes_for_every_page():
     chosen_by_validation = metrics(app)["MAP@5"]
     app.radio(key="evaluate_placement").set_value("first").run()
     assert_ran(app)
-    assert Workspace("placement2").get_config("predict_config", PredictConfig) == PredictConfig(
-        placement="first"
+    assert Workspace("placement2").get_config("predict_config", PredictConfig) == replace(
+        DASHBOARD_DEFAULTS, placement="first"
     )
     assert any("Placement: **first** (asked for)" in caption.value for caption in app.caption)
     distractors = run_page("distractors", "placement2")
@@ -695,18 +701,17 @@ def test_a_cancelled_background_job_is_said_so_and_starts_again_on_request():
     def cancelled(watch):
         raise Cancelled("cancelled during a test")
 
-    ui.analysis_jobs().start("test job", cancelled).wait(10)
+    ui.server().analyses.start("test job", cancelled).wait(10)
 
     def page():
         import streamlit as st
 
         from pages import ui
 
-        st.write(
-            ui.finished(
-                ui.analysis_jobs(), "test job", lambda watch: "finished anew", "Testing <b>"
-            )
-        )
+        def start(again):
+            return ui.server().analyses.start("test job", lambda watch: "finished anew", again)
+
+        st.write(ui.finished(start, "Testing <b>"))
 
     app = AppTest.from_function(page, default_timeout=SECONDS).run()
     assert not app.exception
@@ -729,9 +734,10 @@ def eventually(look):
 
 def started_analysis(ws: Workspace):
     """The background analysis of the workspace's active Parquet, once started; None if it does not start."""
-    entry = ui.datasets(ws).active()
-    key = (entry.source, ui._vectors_only(chosen_model(ws)), predict_config(ws))
-    return eventually(lambda: ui.analysis_jobs().get(key))
+    entry = ui.server().datasets(ws).active()
+    vectors = VectorsKey(entry.source, read_embeddings_checked(entry.source)[0].model)
+    key = AnalysisKey(vectors, predict_config(ws))
+    return eventually(lambda: ui.server().analyses.get(key))
 
 
 class NeverLoadingShelf(ModelShelf):
@@ -746,7 +752,7 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(
 ):
     release = threading.Event()
     shelf = NeverLoadingShelf(release)
-    monkeypatch.setattr(ui, "model_shelf", lambda: shelf)
+    monkeypatch.setattr(ui.server(), "models", shelf)
     try:
         ws = Workspace(unlabelled_parquet_workspace)
         # The Data page's run ends by starting the analysis of an active Parquet in the background.
@@ -763,10 +769,14 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(
 
 
 def test_the_sidebar_says_a_parquet_needs_a_model_for_queries_only(unlabelled_parquet_workspace):
-    assert ui.model_status(Workspace(unlabelled_parquet_workspace)).endswith(
-        "for queries only: the dataset's vectors came with its file"
+    assert (
+        ui.server()
+        .model_status(Workspace(unlabelled_parquet_workspace))
+        .endswith("for queries only: the dataset's vectors came with its file")
     )
-    assert "came with its file" not in ui.model_status(Workspace(workspace_with("demo-only")))
+    assert "came with its file" not in ui.server().model_status(
+        Workspace(workspace_with("demo-only"))
+    )
 
 
 def test_a_map_rerun_finds_its_projection_without_hashing_the_vectors_again(monkeypatch):

@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -35,6 +34,7 @@ from test_pages import (
     slider_metrics,
 )
 
+import core.session.server
 from bench.browser import (
     ACTION_TIMEOUT_MS,
     RUN_TIMEOUT_MS,
@@ -51,6 +51,7 @@ from core.embedding.config import EmbedConfig
 from core.io.demo import write_demo_dataset, write_digits_dataset
 from core.io.layouts import load_dataset
 from core.records import TEST
+from core.session.queries import embed_images, embed_texts
 from core.session.workspace import DatasetEntry, Workspace
 from pages import ui
 
@@ -175,11 +176,10 @@ class SilentArea:
 
 def test_the_shared_model_serves_one_session_at_a_time(workspace, tmp_path, monkeypatch):
     recorder = OverlapRecorder()
-    monkeypatch.setattr(ui, "load_embedder", lambda config: recorder)
+    monkeypatch.setattr(core.session.server, "load_embedder", lambda config: recorder)
     config = EmbedConfig(model="overlap-recorder", batch_size=4)
-    shared = ui.model_shelf().get(config)
-    assert shared is ui.model_shelf().get(config), "one model per server, not one per session"
-    sessions = [SimpleNamespace(model=shared) for _ in range(4)]
+    shared = ui.server().models.get(config)
+    assert shared is ui.server().models.get(config), "one model per server, not one per session"
     entries = [
         DatasetEntry(
             f"tiny {seed}",
@@ -199,10 +199,10 @@ def test_the_shared_model_serves_one_session_at_a_time(workspace, tmp_path, monk
     ]
     image = Image.new("RGB", (8, 8))
     jobs = [
-        *(lambda s=s: ui.embed_images(s, [image, image]) for s in sessions),
+        *(lambda: embed_images(shared, [image, image]) for _ in range(4)),
         *(
-            lambda s=s, n=n: ui.embed_texts(s, [f"a photo of thing {n}"])
-            for n, s in enumerate(sessions)
+            lambda n=n: embed_texts(shared, [f"a photo of thing {n}"], ui.server().embedding_cache)
+            for n in range(4)
         ),
         *(lambda e=e: ui.embeddings(e, config, SilentArea()) for e in entries),
     ]

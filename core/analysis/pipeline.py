@@ -34,12 +34,13 @@ from core.prediction.validation import (
     Calibration,
     ValidationResult,
     bootstrap_curves,
+    check_classes_to_hold_out,
     check_train_labels,
     class_bootstrap,
     conformal_threshold,
     evidence_for,
-    interval,
     predictive_interval,
+    share_interval,
     train_evidence_map,
     validate_threshold,
 )
@@ -292,16 +293,7 @@ class Analysis:
     def share_interval(self) -> tuple[float, float] | None:
         """Where the true distractor share should fall: the class bootstraps' shares, each spread by the model's bias on
         pseudo-tests (`Calibration`) and by the test set's sampling noise; None without a model."""
-        if not self.bootstrap:
-            return None
-        shares = [model.contamination for model in self.bootstrap]
-        if self.calibration is None:
-            return interval(shares)
-        spread = np.sqrt(
-            self.calibration.share_bias**2 + self.placement_model.share_variance(self.scores)
-        )
-        low, high = predictive_interval(np.array(shares)[:, None], spread)
-        return float(max(low[0], 0.0)), float(min(high[0], 1.0))
+        return share_interval(self.bootstrap, self.calibration, self.placement_model, self.scores)
 
     def expected_map_interval(
         self,
@@ -451,6 +443,22 @@ class Analysis:
         return report
 
 
+def _why_auto_cannot_choose(train: Embeddings, unfitted: str | None) -> str | None:
+    """Why train cannot back a threshold chosen by validation (no placement model, too few classes to hold
+    out), or None when it can."""
+    if unfitted is not None:
+        return f"the placement model cannot be fitted: {unfitted}"
+    try:
+        check_classes_to_hold_out(
+            train.labels.astype(object),
+            "choosing the threshold by validation",
+            "so the contamination decides",
+        )
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def fitted_placement(
     train: Embeddings, config: PredictConfig, test_scores: np.ndarray
 ) -> tuple[TrainEvidence | None, PlacementModel | None, str | None]:
@@ -513,6 +521,9 @@ def analyse(
         )
     )
     validation = None
+    auto_refusal = (
+        _why_auto_cannot_choose(train, unfitted if model is None else None) if config.auto else None
+    )
     if config.threshold is not None:
         threshold, source = config.threshold, "fixed threshold"
     elif config.max_false_flag is not None:
@@ -525,11 +536,10 @@ def analyse(
             f"at most {config.max_false_flag:.1%} of known-class items flagged (split conformal on "
             f"{len(evidence.known_scores)} train leave-one-out scores)"
         )
-    elif config.auto:
+    elif config.auto and auto_refusal is None:
         validation = validate_threshold(train, config, retrieval.scores, evidence, bootstrap)
         shares = retrieval.sweep.contamination(np.array(validation.round_thresholds))
         threshold = validation.threshold
-        low, high = validation.gain_over_fallback
         source = (
             f"validation on train: the highest expected MAP@{config.k} averaged over {len(validation.round_thresholds)} class bootstraps of "
             f"the placement model (each bootstrap's own best flags {shares.min():.1%}–{shares.max():.1%}); estimated "
@@ -541,13 +551,18 @@ def analyse(
                 + source
             )
             notes.append(
-                f"--auto is not confident: across class bootstraps its best threshold gains {low:+.3f} to {high:+.3f} "
-                f"expected MAP@{config.k} over flagging {config.contamination:.0%}, leaning to a loss, so it flags "
-                f"{config.contamination:.0%} (the contamination) instead; train is too small or too uneven to say more"
+                f"--auto is not confident: {validation.fell_back_because}, so it flags "
+                f"{config.contamination:.0%} (the contamination) instead"
             )
     else:
         threshold = retrieval.sweep.threshold_for(config.contamination)
         source = f"contamination {config.contamination:.0%}"
+        if auto_refusal is not None:
+            source += f", as --auto cannot choose here: {auto_refusal}"
+            notes.append(
+                f"--auto cannot choose a threshold here ({auto_refusal}): it flags the contamination, "
+                f"{config.contamination:.0%}, instead"
+            )
         flagged = int(retrieval.sweep.flagged_count(threshold))
         if flagged != round(config.contamination * retrieval.sweep.n):
             notes.append(

@@ -14,6 +14,16 @@ from core.records import DISTRACTOR
 # The slider's ends sit on hundredths below the lowest score and above the highest: round figures that
 # bracket every score, so one end flags nothing and the other everything.
 BOUND_DECIMALS = 2
+# The dashboard's slider moves by 10^-3: every threshold it shows, uses and saves is on that grid.
+THRESHOLD_DECIMALS = 3
+
+
+def on_grid(threshold: float, decimals: int = THRESHOLD_DECIMALS, rounding=round) -> float:
+    """The threshold on the slider's grid, so the slider, the figures and the saved value agree.
+
+    `rounding` is math.floor for a bound: a lower threshold flags no more items than the one asked for."""
+    scale = 10**decimals
+    return rounding(threshold * scale) / scale
 
 
 def slider_thresholds(scores: np.ndarray, decimals: int) -> np.ndarray:
@@ -58,6 +68,10 @@ class ThresholdSteps:
     @property
     def high(self) -> float:
         return float(self.thresholds[-1])
+
+    def snap(self, threshold: float, decimals: int = THRESHOLD_DECIMALS, rounding=round) -> float:
+        """A threshold the slider can show: on its grid (on_grid) and within its ends."""
+        return min(max(on_grid(threshold, decimals, rounding), self.low), self.high)
 
 
 def threshold_steps(analysis: Analysis, decimals: int) -> ThresholdSteps:

@@ -526,3 +526,19 @@ def _styled(figure: go.Figure, title: str, x_title: str, y_title: str) -> go.Fig
         margin={"l": 60, "r": 20, "t": 70, "b": 50},
     )
     return figure
+
+
+def selected_rows(event, n_rows: int) -> list[int]:
+    """Rows picked on a map scatter_map drew (a Plotly selection event): each point's customdata, first pick first,
+    no repeats.
+
+    Rows outside the table (a selection left over from other data) are dropped.
+    """
+    rows = []
+    for point in event["selection"]["points"] if event else []:
+        row = point.get("customdata")
+        # Plotly hands back a list when a trace carries several customdata values per point.
+        row = row[0] if isinstance(row, list) and row else row
+        if isinstance(row, (int, float)) and 0 <= row < n_rows:
+            rows.append(int(row))
+    return list(dict.fromkeys(rows))

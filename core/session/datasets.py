@@ -232,3 +232,8 @@ def _without_server_paths(named: Mapping[Path, str] | None = None) -> Iterator[N
 
 def _refused_key(source: str | Path) -> str:
     return f"refused:{source}"
+
+
+def open_action(given: str) -> str:
+    """The words of the button that opens a dataset under the data root, named by what was given."""
+    return "Open Parquet file" if given.strip().lower().endswith(".parquet") else "Open folder"

@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.embedding.config import BASELINE_MODEL, KNOWN_MODELS, EmbedConfig
+from core.embedding.config import BASELINE_MODEL, DEFAULT_MODEL, KNOWN_MODELS, EmbedConfig
 from core.embedding.embedder import Embedder
 from core.embedding.hub import ModelUnavailableError
 from core.paths import HUB_REPO_ID, data_root, resolved_inside
@@ -17,6 +17,14 @@ from core.session.workspace import Workspace
 MODEL_KEY = "embed_config"
 # What a model load can be doing, for a status line that never waits for it.
 LOADING, READY, UNAVAILABLE = "loading", "ready", "unavailable"
+
+
+# What a dashboard user is told when CLIP cannot load here.
+HOW_TO_GET_CLIP = (
+    "To use CLIP, put a checkpoint where this server can read it: a folder made with "
+    "`save_pretrained` under the data root (enter its path relative to it as the model), or a Hugging Face cache holding "
+    f"`{DEFAULT_MODEL}` (set `HF_HOME`), or allow downloads by unsetting `HF_HUB_OFFLINE`."
+)
 
 
 def chosen_model(ws: Workspace) -> EmbedConfig:

@@ -27,6 +27,10 @@ PREDICT_KEY = "predict_config"
 EXPORTS = "exports"
 # Datasets × models whose vectors stay in memory; each is as large as its dataset's embeddings.
 STORE_CAPACITY = 8
+# The dashboard's settings until a user saves others: the threshold from the calibrated model
+# (PredictConfig.auto), which needs no guess at the share of distractors; the contamination decides
+# where train cannot back that choice.
+DASHBOARD_DEFAULTS = PredictConfig(auto=True)
 
 
 def predict_config(ws: Workspace) -> PredictConfig:
@@ -37,11 +41,13 @@ def predict_config(ws: Workspace) -> PredictConfig:
 def saved_predict_config(ws: Workspace) -> tuple[PredictConfig, list[str]]:
     """The saved prediction settings and, for people to read, what had to change to use them.
 
-    A k outside 1..MAX_K (saved before k was bounded, or edited by hand) is clamped into it, the
-    other settings kept, rather than failing every page; settings that cannot be used at all give
-    the defaults.
+    Nothing saved gives DASHBOARD_DEFAULTS. A k outside 1..MAX_K (saved before k was bounded, or
+    edited by hand) is clamped into it, the other settings kept, rather than failing every page;
+    settings that cannot be used at all give the defaults.
     """
-    saved, notes = ws.get(PREDICT_KEY) or {}, []
+    saved, notes = ws.get(PREDICT_KEY), []
+    if not saved:
+        return DASHBOARD_DEFAULTS, notes
     k = saved.get("k") if isinstance(saved, dict) else None
     if type(k) is int and not 1 <= k <= MAX_K:
         used = min(max(k, 1), MAX_K)
@@ -52,7 +58,7 @@ def saved_predict_config(ws: Workspace) -> tuple[PredictConfig, list[str]]:
     try:
         return PredictConfig(**saved), notes
     except (TypeError, ValueError) as error:
-        return PredictConfig(), [
+        return DASHBOARD_DEFAULTS, [
             *notes,
             f"the saved prediction settings cannot be used ({error}): the defaults are used",
         ]
