@@ -128,16 +128,16 @@ def measured(embeddings: Embeddings) -> Run:
     share = float(np.mean(truth == DISTRACTOR))
     auto = analyse(embeddings, PredictConfig(auto=True))
     report = auto.report()
-    low, high = report["estimated_distractor_share_interval"]
-    expected_low, expected_high = report["expected_MAP@5_interval"]
+    low, high = report.estimated_distractor_share_interval
+    expected_low, expected_high = report.expected_map_interval
     return Run(
-        report["MAP@5"],
-        analyse(embeddings, PredictConfig(contamination=share)).report()["MAP@5"],
-        analyse(embeddings, PredictConfig(contamination=BLIND_SHARE)).report()["MAP@5"],
-        abs(report["estimated_distractor_share"] - share),
-        abs(report["expected_MAP@5"] - report["MAP@5"]),
+        report.measured_map,
+        analyse(embeddings, PredictConfig(contamination=share)).report().measured_map,
+        analyse(embeddings, PredictConfig(contamination=BLIND_SHARE)).report().measured_map,
+        abs(report.estimated_distractor_share - share),
+        abs(report.expected_map - report.measured_map),
         low <= share <= high,
-        expected_low <= report["MAP@5"] <= expected_high,
+        expected_low <= report.measured_map <= expected_high,
         high - low,
         expected_high - expected_low,
         auto.validation.fell_back,
@@ -183,7 +183,7 @@ def run(work: Path, quick: bool) -> Section:
         ]
     runs = [run for regime in regimes.values() for run in regime]
     floor = [
-        analyse(digits_embeddings(seed), PredictConfig(auto=True)).report()["MAP@5"]
+        analyse(digits_embeddings(seed), PredictConfig(auto=True)).report().measured_map
         for seed in range(5)
     ]
     rows = [_row(name, regime) for name, regime in regimes.items()]

@@ -81,7 +81,7 @@ def _moves_timed(n_test: int, plan: dict) -> tuple[dict, list[str]]:
             and abs(fast[2] - full[2]) < 1e-9
         )
         if analysis is not None:
-            assert abs(analysis.report(t)["MAP@5"] - fast[2]) < 1e-9, (
+            assert abs(analysis.report(t).measured_map - fast[2]) < 1e-9, (
                 "the sweep's MAP@5 must equal the full report's"
             )
     return per_move, [

@@ -280,7 +280,7 @@ def cmd_evaluate(args) -> int:
             "use predict for unlabelled test sets"
         )
     report = {"model": loaded.embeddings.model, "threshold_rule": analysis.threshold_source}
-    report.update(analysis.report(flags=_flags(analysis, args)))
+    report.update(analysis.report(flags=_flags(analysis, args)).as_dict())
     best_threshold, best_map = analysis.sweep.best_map_threshold()
     report["best_threshold_with_truth"] = best_threshold
     report[f"best_MAP@{args.k}_with_truth"] = best_map

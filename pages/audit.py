@@ -123,17 +123,17 @@ elif st.button("Measure the change", key="audit_measure"):
     except ValueError as error:
         st.error(f"The change cannot be measured: {ui.plain(error)}")
         st.stop()
+    before, after = change.before, change.after
     columns = st.columns(3)
-    for column, key in zip(columns, change.before):
-        before, after = change.before[key], change.after[key]
-        if before is None or after is None:
-            column.metric(
-                key.replace("_", " "), "n/a", help="needs test truth" if "MAP" in key else None
-            )
-        elif isinstance(before, int):
-            column.metric(key, count_text(after), f"{after - before:+,}")
+    columns[0].metric("flagged", count_text(after.flagged), f"{after.flagged - before.flagged:+,}")
+    for column, name, was, now, why in (
+        (columns[1], f"MAP@{after.k}", before.measured_map, after.measured_map, "needs test truth"),
+        (columns[2], f"expected MAP@{after.k}", before.expected_map, after.expected_map, None),
+    ):
+        if was is None or now is None:
+            column.metric(name, "n/a", help=why)
         else:
-            column.metric(key.replace("_", " "), f"{after:.4f}", f"{after - before:+.4f}")
+            column.metric(name, f"{now:.4f}", f"{now - was:+.4f}")
 
 try:
     cleaned = cleaned_train_csv(analysis, drop, relabel)

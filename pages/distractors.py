@@ -370,10 +370,10 @@ with st.expander("DBSCAN: a second detector"):
         report = analysis.report(flags=flags)
         threshold_flags = analysis.flags(tab.shown)
         cells = st.columns(4)
-        cells[0].metric("Flagged by DBSCAN", count_text(report["flagged"]))
+        cells[0].metric("Flagged by DBSCAN", count_text(report.flagged))
         cells[1].metric("Agreement with the threshold", f"{(flags == threshold_flags).mean():.1%}")
-        if "MAP@5" in report:
-            cells[2].metric("MAP@5 with DBSCAN flags", f"{report['MAP@5']:.4f}")
-            cells[3].metric("DBSCAN F1", f"{report['distractor_f1']:.3f}")
+        if (measured := report.measured) is not None:
+            cells[2].metric(f"MAP@{report.k} with DBSCAN flags", f"{measured.map_at_k:.4f}")
+            cells[3].metric("DBSCAN F1", f"{measured.detection.f1:.3f}")
     else:
         st.caption("Turn on **Run DBSCAN** to cluster with these settings.")

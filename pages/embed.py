@@ -132,17 +132,20 @@ with st.expander("Ensemble: combine several models"):
     if members and st.button("Search the weights, one model at a time"):
         current = ui.active_analysis()
         recipe = ensemble_recipe(members, current.embed_config, ui.server().models)
+        predict = predict_config(ws)
         with st.status(
             "Searching weights on train with held-out classes as distractors…"
         ) as status:
             search = search_weights(
                 [ui.embeddings(current.entry, config).embeddings for config, _ in recipe.parts],
-                validation_map(predict_config(ws)),
+                validation_map(predict),
                 progress=lambda step: status.update(
                     label=f"{ui.plain(step.model)} at ratio {step.ratio:.3f}: {step.metric:.4f}"
                 ),
             )
-            status.update(label=f"Best validation MAP@5 {search.metric:.4f}", state="complete")
+            status.update(
+                label=f"Best validation MAP@{predict.k} {search.metric:.4f}", state="complete"
+            )
         st.code(search.table(), language=None)
         try:
             save_ensemble(ws, reweighted(members, recipe, search.weights))

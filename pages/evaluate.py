@@ -97,7 +97,7 @@ predictions = analysis.predictions(threshold)
 
 st.caption(
     f"Everything below uses the threshold **{threshold:.3f}** (set it on the **Distractors** page): "
-    f"{count_text(report['flagged'])} of {count_text(report['test_items'])} test images ({report['flagged_share']:.0%}) are flagged "
+    f"{count_text(report.flagged)} of {count_text(report.test_items)} test images ({report.flagged_share:.0%}) are flagged "
     f'as distractors and get "{DISTRACTOR}" first. Placement: **{analysis.placement}** ({ui.plain(analysis.placement_source)}).'
 )
 
@@ -106,7 +106,7 @@ def shown(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-if analysis.truth is None:
+if (measured := report.measured) is None:
     embeddings = current.loaded.embeddings
     how = missing_test_truth(current.entry.source, embeddings.labels[embeddings.mask(TEST)])
     st.info(
@@ -117,32 +117,32 @@ else:
     scores = st.columns(3)
     scores[0].metric(
         f"MAP@{k}",
-        shown(report[f"MAP@{k}"]),
+        shown(measured.map_at_k),
         help="Kaggle's score: 1/rank of the true label in the first k, averaged.",
     )
     scores[1].metric(
         f"mP@{k}",
-        shown(report[f"mP@{k}"]),
+        shown(measured.mean_precision),
         help="Share of the first k neighbours with the query's class, over non-distractors.",
     )
     scores[2].metric(
         "Top-1 accuracy",
-        shown(report["top1_accuracy"]),
+        shown(measured.top1_accuracy),
         help="Share of test images whose first label is right.",
     )
     detection = st.columns(4)
-    detection[0].metric("Distractor precision", shown(report["distractor_precision"]))
-    detection[1].metric("Distractor recall", shown(report["distractor_recall"]))
-    detection[2].metric("Distractor F1", shown(report["distractor_f1"]))
+    detection[0].metric("Distractor precision", shown(measured.detection.precision))
+    detection[1].metric("Distractor recall", shown(measured.detection.recall))
+    detection[2].metric("Distractor F1", shown(measured.detection.f1))
     detection[3].metric(
         "Score ROC-AUC",
-        shown(report["distractor_roc_auc"]),
+        shown(measured.detection.roc_auc),
         help="How well the score alone ranks distractors below the rest.",
     )
 counts = st.columns(3)
-counts[0].metric("Test images", count_text(report["test_items"]))
-counts[1].metric("Flagged as distractors", count_text(report["flagged"]))
-counts[2].metric("Flagged share", f"{report['flagged_share']:.1%}")
+counts[0].metric("Test images", count_text(report.test_items))
+counts[1].metric("Flagged as distractors", count_text(report.flagged))
+counts[2].metric("Flagged share", f"{report.flagged_share:.1%}")
 
 st.subheader("Predicted classes")
 top_n = st.slider("Classes shown", 5, 50, 20, key="evaluate_top_n")
@@ -188,7 +188,7 @@ downloads[1].download_button(
 )
 downloads[2].download_button(
     "Scores (JSON)",
-    data=json.dumps(report, indent=2),
+    data=json.dumps(report.as_dict(), indent=2),
     file_name="report.json",
     mime="application/json",
     on_click="ignore",

@@ -129,3 +129,19 @@ def fresh_server(workspace, monkeypatch):
     yield
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+@pytest.fixture
+def injected_workspace(tmp_path):
+    """A workspace on digits with near-duplicates and flipped labels injected (bench.audit), and what was injected."""
+    from bench.audit import injected_digits
+    from core.io.parquet import write_embeddings
+    from core.session.workspace import DatasetEntry, Workspace
+
+    injected = injected_digits(seed=0, per_class=30)
+    path = tmp_path / "injected.parquet"
+    write_embeddings(path, injected.embeddings)
+    workspace = Workspace("injected")
+    workspace.add_dataset(DatasetEntry("injected digits", str(path), "parquet"))
+    workspace.set("dataset", "injected digits")
+    return workspace.id, injected

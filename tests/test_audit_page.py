@@ -3,24 +3,10 @@
 import pytest
 from test_pages import assert_ran, metrics, run_page
 
-from bench.audit import injected_digits
 from core.audit.findings import KIND_NAMES, MISLABEL, NEAR_DUPLICATE
-from core.io.parquet import write_embeddings
-from core.session.workspace import DatasetEntry, Workspace
 
 # No Streamlit cache is shared between tests, and each has its own workspace home.
 pytestmark = pytest.mark.usefixtures("fresh_server")
-
-
-@pytest.fixture
-def injected_workspace(tmp_path):
-    injected = injected_digits(seed=0, per_class=30)
-    path = tmp_path / "injected.parquet"
-    write_embeddings(path, injected.embeddings)
-    workspace = Workspace("injected")
-    workspace.add_dataset(DatasetEntry("injected digits", str(path), "parquet"))
-    workspace.set("dataset", "injected digits")
-    return workspace.id, injected
 
 
 def test_the_audit_page_counts_each_kind_and_the_cut_moves_them(injected_workspace):

@@ -285,7 +285,7 @@ def test_a_submission_reads_back_hostile_ids_and_scores_as_evaluate_does(
     with open(truth, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([("id", "label"), *zip(ids, analysis.truth)])
     assert main(["score", str(submission), str(truth)]) == 0
-    assert capsys.readouterr().out.strip() == f"MAP@5 = {analysis.report()['MAP@5']:.6f}"
+    assert capsys.readouterr().out.strip() == f"MAP@5 = {analysis.report().measured_map:.6f}"
 
 
 # ── TensorBoard projector ────────────────────────────────────────────────────

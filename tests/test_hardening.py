@@ -164,7 +164,7 @@ def test_a_hostile_zip_is_refused_file_by_file_and_the_rest_is_embedded_and_anal
         for name, fragment in expected_reasons.items():
             assert fragment in reasons[name], (name, reasons[name])
         report = analyse(first.embeddings).report()
-        assert report["test_items"] == sum(split == TEST for split in first.embeddings.splits)
+        assert report.test_items == sum(split == TEST for split in first.embeddings.splits)
 
         # Opened again, every vector comes from the cache: the refusals cost nothing already computed.
         again = load_embeddings(archive, config, cache, work_dir=tmp_path / "work")
@@ -251,13 +251,13 @@ def table(
 def test_a_test_set_of_one_or_two_images_is_analysed_end_to_end(truth, contamination):
     analysis = analyse(table(6, truth), PredictConfig(contamination=contamination))
     report = analysis.report()
-    assert report["test_items"] == len(truth)
-    assert report["flagged"] == round(contamination * len(truth))
-    assert 0.0 <= report["MAP@5"] <= 1.0
+    assert report.test_items == len(truth)
+    assert report.flagged == round(contamination * len(truth))
+    assert 0.0 <= report.measured_map <= 1.0
     assert len(analysis.predictions()) == len(truth)
     assert analysis.dbscan().shape == (len(truth),)
     _best_threshold, best_map = analysis.sweep.best_map_threshold()
-    assert best_map >= report["MAP@5"] - 1e-12
+    assert best_map >= report.measured_map - 1e-12
     assert np.isfinite(analysis.train_loo_scores).all()
 
 
@@ -274,7 +274,7 @@ def test_k_larger_than_train_is_clamped_with_a_note():
     assert analysis.neighbours.k <= 4
     assert all(len(row) <= 3 for row in analysis.predictions())  # "-1" and the two classes at most
     assert any("fewer than k=50" in note for note in analysis.notes)
-    assert 0.0 <= analysis.report()["MAP@50"] <= 1.0
+    assert 0.0 <= analysis.report().measured_map <= 1.0
 
 
 def test_identical_embeddings_tie_with_a_note_instead_of_a_crash():
@@ -283,7 +283,7 @@ def test_identical_embeddings_tie_with_a_note_instead_of_a_crash():
     )
     analysis = analyse(embeddings, PredictConfig(contamination=0.4))
     assert any("tie" in note and "not the 40% asked for" in note for note in analysis.notes)
-    assert analysis.report()["flagged"] in (0, 5)  # tied scores move together
+    assert analysis.report().flagged in (0, 5)  # tied scores move together
     np.testing.assert_allclose(analysis.train_loo_scores, 1.0, atol=1e-5)
     assert not analysis.dbscan().any()  # one cluster, train included
     assert np.isfinite(analyse(embeddings, PredictConfig(auto=True)).threshold)
@@ -313,7 +313,7 @@ def test_parquet_with_unusable_rows_is_analysed_on_the_rest(tmp_path):
         "none.jpg": "missing embedding",
         "item0.jpg": "id repeated (first at row 0)",
     }
-    assert analyse(loaded.embeddings).report()["test_items"] == 4
+    assert analyse(loaded.embeddings).report().test_items == 4
 
 
 # --------------------------------------------------------------------------- property tests: loaders

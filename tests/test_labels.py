@@ -129,7 +129,7 @@ def test_evaluate_and_score_agree_on_every_accepted_label_spelling(tmp_path_fact
     assert dropped == []
 
     analysis = analyse(embeddings, PredictConfig(contamination=contamination))
-    evaluated = analysis.report()["MAP@5"]
+    evaluated = analysis.report().measured_map
 
     test_ids = embeddings.ids[embeddings.mask(TEST)].tolist()
     write_submission(folder / "submission.csv", test_ids, analysis.predictions())
@@ -165,7 +165,7 @@ def test_a_float_label_column_scores_as_its_integer_labels(tmp_path):
         embeddings, _ = read_embeddings_checked(path)
         reports[kind] = analyse(embeddings, PredictConfig(contamination=2 / 6)).report()
     assert reports["float"] == reports["int"]
-    assert reports["float"]["distractor_recall"] > 0.5
+    assert reports["float"].measured.detection.recall > 0.5
 
 
 NESTED_LABELS = {

@@ -650,6 +650,20 @@ def test_a_saved_k_above_the_bound_is_clamped_with_a_note_on_every_page():
     assert f"MAP@{MAX_K}" in metrics(evaluate)
 
 
+def test_a_k_other_than_five_names_every_map_figure_by_its_k(injected_workspace):
+    workspace_id, _ = injected_workspace
+    Workspace(workspace_id).set("predict_config", {"k": 3})
+    distractors = run_page("distractors", workspace_id, dbscan_run=True)
+    audit = run_page("audit", workspace_id)
+    audit.button(key="audit_measure").click().run()
+    evaluate = run_page("evaluate", workspace_id)
+    for page, app in {"distractors": distractors, "audit": audit, "evaluate": evaluate}.items():
+        assert_ran(app)
+        labels = list(metrics(app))
+        assert any(label.startswith("MAP@3") for label in labels), (page, labels)
+        assert not any("MAP@5" in text for text in shown_texts(app)), page
+
+
 def metrics_help(app: AppTest, label: str) -> str:
     return next(metric.help for metric in app.metric if metric.label == label)
 

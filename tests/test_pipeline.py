@@ -62,11 +62,11 @@ def test_report_map_equals_full_recompute_and_beats_chance(embeddings):
     analysis = analyse(embeddings)
     report = analysis.report()
     rows = analysis.predictions()
-    assert report["MAP@5"] == pytest.approx(map_at_k(list(analysis.truth), rows))
-    assert report["MAP@5"] == pytest.approx(float(analysis.sweep.map_at(analysis.threshold)))
-    assert report["MAP@5"] > 0.7  # chance is about 0.1 with 20 classes
-    assert report["mP@5"] > 0.7
-    assert report["distractor_roc_auc"] > 0.9
+    assert report.measured_map == pytest.approx(map_at_k(list(analysis.truth), rows))
+    assert report.measured_map == pytest.approx(float(analysis.sweep.map_at(analysis.threshold)))
+    assert report.measured_map > 0.7  # chance is about 0.1 with 20 classes
+    assert report.measured.mean_precision > 0.7
+    assert report.measured.detection.roc_auc > 0.9
 
 
 def test_first_placement_puts_minus_one_first_for_flagged_only(embeddings):
@@ -86,12 +86,14 @@ def test_optimal_placement_keeps_flagged_first_and_places_the_rest_once_and_beat
     assert all(row[0] == "-1" for row, flag in zip(rows, flags) if flag)
     assert any(row.index("-1") > 0 for row in rows if "-1" in row)
     report = analysis.report()
-    assert report["MAP@5_optimal"] >= report["MAP@5_first"]
-    assert report["MAP@5"] == pytest.approx(report["MAP@5_optimal"])
-    assert report["MAP@5_optimal"] == pytest.approx(
+    assert report.measured.map_by_placement["optimal"] >= report.measured.map_by_placement["first"]
+    assert report.measured_map == pytest.approx(report.measured.map_by_placement["optimal"])
+    assert report.measured.map_by_placement["optimal"] == pytest.approx(
         float(analysis.sweep_for("optimal").map_at(analysis.threshold))
     )
-    assert report["expected_MAP@5_optimal"] == pytest.approx(report["MAP@5_optimal"], abs=0.1)
+    assert report.measured.expected_map_by_placement["optimal"] == pytest.approx(
+        report.measured.map_by_placement["optimal"], abs=0.1
+    )
 
 
 def test_auto_threshold_by_validation_is_close_to_the_best(embeddings):
@@ -99,7 +101,7 @@ def test_auto_threshold_by_validation_is_close_to_the_best(embeddings):
     assert analysis.validation is not None and analysis.validation.held_out_classes == 20
     assert len(analysis.validation.round_thresholds) == PredictConfig().validation_rounds
     _, best = analysis.sweep.best_map_threshold()
-    assert analysis.report()["MAP@5"] > best - 0.1
+    assert analysis.report().measured_map > best - 0.1
 
 
 def test_pseudo_split_reaches_the_contamination():
@@ -113,8 +115,8 @@ def test_pseudo_split_reaches_the_contamination():
 def test_without_truth_only_counts_are_reported():
     analysis = analyse(clustered_embeddings(truth=False), PredictConfig(threshold=0.5))
     report = analysis.report()
-    assert analysis.truth is None and "MAP@5" not in report
-    assert report["flagged"] == int((analysis.scores < 0.5).sum())
+    assert analysis.truth is None and report.measured is None and "MAP@5" not in report.as_dict()
+    assert report.flagged == int((analysis.scores < 0.5).sum())
 
 
 def test_fewer_classes_than_k_gives_short_rows_and_a_note():
@@ -125,7 +127,7 @@ def test_fewer_classes_than_k_gives_short_rows_and_a_note():
     assert {len(row) - (row[0] == "-1") for row in rows} == {3}
     optimal = analysis.predictions(placement="optimal")
     assert {len(row) - ("-1" in row) for row in optimal} == {3}
-    assert analysis.report()["MAP@5_optimal"] == pytest.approx(
+    assert analysis.report().measured.map_by_placement["optimal"] == pytest.approx(
         float(analysis.sweep_for("optimal").map_at(analysis.threshold))
     )
 
@@ -186,7 +188,7 @@ def test_auto_needs_no_contamination_and_works_with_two_train_images_and_many_cl
         ]
         assert told[0].threshold == told[1].threshold  # the contamination is not used
         _, best = told[0].sweep.best_map_threshold()
-        assert told[0].report()["MAP@5"] > best - 0.1
+        assert told[0].report().measured_map > best - 0.1
         assert abs(told[0].placement_model.contamination - 0.3) < 0.1
 
 
@@ -194,7 +196,7 @@ def test_auto_on_digits_scores_the_issue_floor_over_several_train_samples():
     from bench.quality import DIGITS_TARGET, digits_embeddings
 
     scores = [
-        analyse(digits_embeddings(seed), PredictConfig(auto=True)).report()["MAP@5"]
+        analyse(digits_embeddings(seed), PredictConfig(auto=True)).report().measured_map
         for seed in range(5)
     ]
     assert np.mean(scores) >= DIGITS_TARGET
@@ -240,12 +242,12 @@ def test_auto_is_within_a_hundredth_of_being_told_the_share_across_digit_regimes
         for share in (0.1, 0.3, 0.5):
             for seed in range(2):
                 embeddings = digits_regime(seed, per_class, share)
-                auto.append(analyse(embeddings, PredictConfig(auto=True)).report()["MAP@5"])
+                auto.append(analyse(embeddings, PredictConfig(auto=True)).report().measured_map)
                 told.append(
-                    analyse(embeddings, PredictConfig(contamination=share)).report()["MAP@5"]
+                    analyse(embeddings, PredictConfig(contamination=share)).report().measured_map
                 )
                 blind.append(
-                    analyse(embeddings, PredictConfig(contamination=0.3)).report()["MAP@5"]
+                    analyse(embeddings, PredictConfig(contamination=0.3)).report().measured_map
                 )
     assert np.mean(auto) >= np.mean(told) - 0.01
     assert np.min(np.array(auto) - np.array(blind)) > -0.05  # never far below a blind 30% guess

@@ -163,7 +163,7 @@ def test_a_train_set_too_small_for_the_model_places_minus_one_first_with_a_note(
             row.count("-1") for row in analysis.predictions(placement="optimal")
         ] == flags.astype(int).tolist()
         report = analysis.report()
-        assert report["expected_MAP@5"] is None and 0.0 <= report["MAP@5"] <= 1.0
+        assert report.expected_map is None and 0.0 <= report.measured_map <= 1.0
 
 
 def test_scores_that_are_not_finite_place_minus_one_first_with_a_note(monkeypatch):
@@ -235,12 +235,12 @@ def test_the_intervals_hold_the_truth_on_most_digit_samples_with_five_or_more_tr
             for seed in range(2):
                 analysis = analyse(digits_regime(seed, per_class, share), PredictConfig(auto=True))
                 report = analysis.report()
-                low, high = report["estimated_distractor_share_interval"]
-                expected_low, expected_high = report["expected_MAP@5_interval"]
+                low, high = report.estimated_distractor_share_interval
+                expected_low, expected_high = report.expected_map_interval
                 assert 0.0 <= low <= high <= 1.0
-                assert expected_low <= report["expected_MAP@5"] <= expected_high
+                assert expected_low <= report.expected_map <= expected_high
                 shares.append(low <= share <= high)
-                maps.append(expected_low <= report["MAP@5"] <= expected_high)
+                maps.append(expected_low <= report.measured_map <= expected_high)
     assert np.mean(shares) >= 0.75 and np.mean(maps) >= 0.75
 
 
@@ -249,17 +249,17 @@ def test_a_train_set_too_small_for_the_model_gives_no_intervals():
     from core.prediction.config import PredictConfig
 
     report = analyse(tiny_train(1, 6), PredictConfig(contamination=0.3)).report()
-    assert report["estimated_distractor_share_interval"] is None
-    assert report["expected_MAP@5_interval"] is None
+    assert report.estimated_distractor_share_interval is None
+    assert report.expected_map_interval is None
 
 
 def _interval_holds(analysis) -> tuple[bool, bool]:
     """Whether the share's interval holds the true share, and the expected MAP@5's the measured MAP@5."""
     report = analysis.report()
-    low, high = report["estimated_distractor_share_interval"]
-    expected_low, expected_high = report["expected_MAP@5_interval"]
+    low, high = report.estimated_distractor_share_interval
+    expected_low, expected_high = report.expected_map_interval
     share = float(np.mean(analysis.truth == "-1"))
-    return low <= share <= high, expected_low <= report["MAP@5"] <= expected_high
+    return low <= share <= high, expected_low <= report.measured_map <= expected_high
 
 
 def test_the_share_interval_holds_its_own_estimate_when_test_scores_outnumber_the_bootstraps_sample():
@@ -271,8 +271,8 @@ def test_the_share_interval_holds_its_own_estimate_when_test_scores_outnumber_th
     for share in (0.1, 0.3):
         embeddings = retrieval_embeddings(2 * MAX_EVIDENCE_QUERIES, distractor_share=share)
         report = analyse(embeddings, PredictConfig()).report()
-        low, high = report["estimated_distractor_share_interval"]
-        assert low <= report["estimated_distractor_share"] <= high, (share, low, high)
+        low, high = report.estimated_distractor_share_interval
+        assert low <= report.estimated_distractor_share <= high, (share, low, high)
 
 
 def test_the_intervals_hold_the_truth_on_clip_like_sets_where_the_class_bootstraps_agree_too_well():

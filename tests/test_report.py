@@ -135,10 +135,10 @@ def test_a_report_holds_the_summary_metrics_figures_and_neighbour_cards(images_f
 
     assert "18" in shown and "40" in shown and "6 classes" in shown  # items per split and classes
     report = analysis.report()
-    assert f"{report['MAP@5']:.4f}" in shown and f"{analysis.threshold:.4f}" in shown
-    assert f"{report['flagged']:,} of 40" in shown and analysis.threshold_source in shown
-    share_low, share_high = report["estimated_distractor_share_interval"]
-    map_low, map_high = report["expected_MAP@5_interval"]
+    assert f"{report.measured_map:.4f}" in shown and f"{analysis.threshold:.4f}" in shown
+    assert f"{report.flagged:,} of 40" in shown and analysis.threshold_source in shown
+    share_low, share_high = report.estimated_distractor_share_interval
+    map_low, map_high = report.expected_map_interval
     assert (
         f"90% interval {share_low:.1%}–{share_high:.1%}, where the true share should fall" in shown
     )

@@ -8,6 +8,7 @@ from functools import cached_property
 
 import numpy as np
 
+from core.analysis.report import AnalysisReport, Measured
 from core.detection.distractors import (
     DbscanConfig,
     ThresholdSweep,
@@ -400,47 +401,51 @@ class Analysis:
     def dbscan(self, config: DbscanConfig = DbscanConfig()) -> np.ndarray:
         return dbscan_flags(self.train.vectors, self.test.vectors, config)
 
-    def report(self, threshold: float | None = None, flags: np.ndarray | None = None) -> dict:
+    def report(
+        self, threshold: float | None = None, flags: np.ndarray | None = None
+    ) -> AnalysisReport:
         """Counts, the placement and its expected MAP@k; with test truth, MAP@k of both placements, mP@k, top-1 and detection."""
         threshold = self.threshold if threshold is None else threshold
         flags = self.flags(threshold) if flags is None else flags
-        k = self.config.k
-        report = {
-            "threshold": float(threshold),
-            "test_items": len(flags),
-            "flagged": int(flags.sum()),
-            "flagged_share": float(flags.mean()) if len(flags) else 0.0,
-            "placement": f"{self.placement} ({self.placement_source})",
-            "estimated_distractor_share": None
+        measured = None
+        if self.truth is not None:
+            k = self.config.k
+            rows = {
+                placement: self.predictions(flags=flags, placement=placement)
+                for placement in PLACEMENTS
+            }
+            map_by_placement = {
+                placement: float(
+                    np.mean([average_precision_at_k(t, r, k) for t, r in zip(self.truth, placed)])
+                )
+                for placement, placed in rows.items()
+            }
+            measured = Measured(
+                map_at_k=map_by_placement[self.placement],
+                map_by_placement=map_by_placement,
+                expected_map_by_placement={
+                    placement: self.expected_map(flags=flags, placement=placement)
+                    for placement in PLACEMENTS
+                },
+                mean_precision=self.mean_precision,
+                top1_accuracy=top1_accuracy(self.truth, rows[self.placement]),
+                detection=distractor_report(self.truth == DISTRACTOR, flags, self.scores),
+            )
+        return AnalysisReport(
+            k=self.config.k,
+            threshold=float(threshold),
+            test_items=len(flags),
+            flagged=int(flags.sum()),
+            placement=self.placement,
+            placement_source=self.placement_source,
+            estimated_distractor_share=None
             if self.placement_model is None
             else self.placement_model.contamination,
-            "estimated_distractor_share_interval": self.share_interval,
-            f"expected_MAP@{k}": self.expected_map(flags=flags),
-            f"expected_MAP@{k}_interval": self.expected_map_interval(flags=flags),
-        }
-        if self.truth is not None:
-            measured = {}
-            for placement in PLACEMENTS:
-                rows = self.predictions(flags=flags, placement=placement)
-                measured[placement] = (
-                    rows,
-                    float(
-                        np.mean([average_precision_at_k(t, r, k) for t, r in zip(self.truth, rows)])
-                    ),
-                )
-            rows, report[f"MAP@{k}"] = measured[self.placement]
-            for placement in PLACEMENTS:
-                report[f"MAP@{k}_{placement}"] = measured[placement][1]
-                report[f"expected_MAP@{k}_{placement}"] = self.expected_map(
-                    flags=flags, placement=placement
-                )
-            report[f"mP@{k}"] = self.mean_precision
-            report["top1_accuracy"] = top1_accuracy(self.truth, rows)
-            detection = distractor_report(self.truth == DISTRACTOR, flags, self.scores)
-            report.update(
-                {f"distractor_{key}": value for key, value in detection.as_dict().items()}
-            )
-        return report
+            estimated_distractor_share_interval=self.share_interval,
+            expected_map=self.expected_map(flags=flags),
+            expected_map_interval=self.expected_map_interval(flags=flags),
+            measured=measured,
+        )
 
 
 def _why_auto_cannot_choose(train: Embeddings, unfitted: str | None) -> str | None:

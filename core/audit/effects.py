@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.analysis.pipeline import Analysis, analyse
+from core.analysis.report import AnalysisReport
 from core.audit.findings import Audit, Finding, csv_text
 from core.prediction.metrics import average_precision_at_k
 from core.progress import Watch
@@ -62,23 +63,12 @@ def leakage(audit: Audit, cut: float | None = None) -> Leakage:
 
 @dataclass(frozen=True)
 class Change:
-    """An analysis before and after train images are dropped or relabelled: flagged count, MAP@k (with truth), expected MAP@k."""
+    """An analysis's report before and after train images are dropped or relabelled."""
 
     dropped: int
     relabelled: int
-    before: dict[str, float | int | None]
-    after: dict[str, float | int | None]
-
-
-def figures(analysis: Analysis) -> dict[str, float | int | None]:
-    """The flagged count, MAP@k with test truth (None without) and the MAP@k the placement model expects."""
-    report = analysis.report()
-    k = analysis.config.k
-    return {
-        "flagged": report["flagged"],
-        f"MAP@{k}": report.get(f"MAP@{k}"),
-        f"expected_MAP@{k}": report[f"expected_MAP@{k}"],
-    }
+    before: AnalysisReport
+    after: AnalysisReport
 
 
 def changed_train(
@@ -109,7 +99,7 @@ def what_if(
 ) -> Change:
     """The analysis redone, with its settings, on train without `drop` and with `relabel`; nothing is written."""
     after = analyse(changed_train(analysis, drop, relabel), analysis.config, watch=watch)
-    return Change(len(drop), len(relabel or {}), figures(analysis), figures(after))
+    return Change(len(drop), len(relabel or {}), analysis.report(), after.report())
 
 
 def cleaned_train_csv(

@@ -125,13 +125,12 @@ def _evaluation_split(embeddings: Embeddings, config: PredictConfig) -> _Split:
 
 def _space_scores(space: Embeddings, config: PredictConfig) -> dict:
     """Cosine kNN in a space: the main pipeline's own analysis and report."""
-    report = analyse(space, config).report()
-    k = config.k
+    measured = analyse(space, config).report().measured
     return dict(
-        map_at_k=report[f"MAP@{k}"],
-        mean_precision=report[f"mP@{k}"],
-        top1=report["top1_accuracy"],
-        distractor_f1=report["distractor_f1"],
+        map_at_k=measured.map_at_k,
+        mean_precision=measured.mean_precision,
+        top1=measured.top1_accuracy,
+        distractor_f1=measured.detection.f1,
     )
 
 

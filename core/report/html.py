@@ -426,7 +426,7 @@ def _metrics_section(
         ],
         [
             "flagged as distractors",
-            f"{report['flagged']:,} of {report['test_items']:,} ({report['flagged_share']:.1%})",
+            f"{report.flagged:,} of {report.test_items:,} ({report.flagged_share:.1%})",
             f"The test images below the threshold: each gets {minus} as its first guess.",
         ],
         [
@@ -438,11 +438,11 @@ def _metrics_section(
         ],
         [
             f"expected MAP@{k}",
-            _number(report[f"expected_MAP@{k}"]),
+            _number(report.expected_map),
             f"The MAP@{k} the placement model predicts from the scores alone, without the test images' "
             "true labels: what to expect where they are unknown."
             + _interval(
-                report[f"expected_MAP@{k}_interval"],
+                report.expected_map_interval,
                 _number,
                 f"where the measured MAP@{k} should fall",
             ),
@@ -450,18 +450,18 @@ def _metrics_section(
         [
             "estimated distractor share",
             "n/a"
-            if report["estimated_distractor_share"] is None
-            else f"{report['estimated_distractor_share']:.1%}",
+            if report.estimated_distractor_share is None
+            else f"{report.estimated_distractor_share:.1%}",
             "The share of test images the placement model puts outside the train classes, fitted to the "
             "scores alone."
             + _interval(
-                report["estimated_distractor_share_interval"],
+                report.estimated_distractor_share_interval,
                 "{:.1%}".format,
                 "where the true share should fall",
             ),
         ],
     ]
-    if analysis.truth is None:
+    if (measured := report.measured) is None:
         rows.append(
             [
                 f"MAP@{k}",
@@ -472,25 +472,22 @@ def _metrics_section(
         )
     else:
         best_threshold, best_map = analysis.sweep.best_map_threshold()
-        detection = {
-            key: _number(report[f"distractor_{key}"], 3) for key in ("precision", "recall")
-        }
         rows += [
             [
                 f"MAP@{k}",
-                _number(report[f"MAP@{k}"]),
+                _number(measured.map_at_k),
                 f"Mean average precision at {k}, the score to beat: an image scores 1 when its true label "
                 f"({minus} for a distractor) is its first guess, 1/2 when second, and so on to 1/{k}, and 0 "
                 "when it is not among them; this is the average over the test images.",
             ],
             [
                 f"MAP@{k} with {minus} first",
-                _number(report[f"MAP@{k}_first"]),
+                _number(measured.map_by_placement["first"]),
                 f'The MAP@{k} if {minus} had gone to the flagged images only, first (placement "first").',
             ],
             [
                 f"MAP@{k} with {minus} optimal",
-                _number(report[f"MAP@{k}_optimal"]),
+                _number(measured.map_by_placement["optimal"]),
                 f"The MAP@{k} if every other image had also got {minus} at its best expected rank "
                 '(placement "optimal").',
             ],
@@ -502,20 +499,20 @@ def _metrics_section(
             ],
             [
                 f"mP@{k}",
-                _number(report[f"mP@{k}"]),
+                _number(measured.mean_precision),
                 f"Mean precision at {k}: the share of an image's {k} nearest train images that have its "
                 "class, averaged over the test images that are not distractors.",
             ],
             [
                 "top-1 accuracy",
-                _number(report["top1_accuracy"]),
+                _number(measured.top1_accuracy),
                 f"The share of test images whose first guess is right ({minus} is right for a distractor).",
             ],
             [
                 "distractor detection",
-                f"F1 {_number(report['distractor_f1'], 3)}",
-                f"Precision {detection['precision']}: the share of flagged images that are distractors. "
-                f"Recall {detection['recall']}: the share of distractors that are flagged. F1 combines the "
+                f"F1 {_number(measured.detection.f1, 3)}",
+                f"Precision {_number(measured.detection.precision, 3)}: the share of flagged images that are distractors. "
+                f"Recall {_number(measured.detection.recall, 3)}: the share of distractors that are flagged. F1 combines the "
                 "two (their harmonic mean).",
             ],
         ]
