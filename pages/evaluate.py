@@ -196,8 +196,8 @@ downloads[2].download_button(
 
 st.subheader("Share")
 st.caption(
-    "One HTML file with these numbers, the threshold curves, the map and test images beside their top-5 train "
-    "neighbours: it opens in any browser, offline, without this server."
+    "One HTML file with these numbers, the threshold curves, the map, the data audit and test images beside "
+    "their top-5 train neighbours: it opens in any browser, offline, without this server."
 )
 share_map, share_ready = st.columns([1, 2])
 share_method = (
@@ -215,9 +215,10 @@ rule = None if threshold == on_grid(analysis.threshold) else "set on the Distrac
 if share_ready.toggle(
     "Prepare the report",
     key="evaluate_share",
-    help="Computes the map first if the Map page has not.",
+    help="Computes the map and the data audit first if the Map and Audit pages have not.",
 ):
     projection = ui.projection(current, ProjectionConfig(method=share_method))
+    audit = ui.audit(current)
     share_ready.download_button(
         "Share (HTML report)",
         data=lambda: report_html(
@@ -228,6 +229,7 @@ if share_ready.toggle(
             images=images,
             threshold=threshold,
             threshold_rule=rule,
+            audit=audit,
         ),
         file_name=f"{safe_file_name(current.entry.name, 'dataset')}-report.html",
         mime="text/html",
@@ -236,7 +238,8 @@ if share_ready.toggle(
 
 st.subheader("Open in other tools")
 st.caption(
-    "Every train and test image with its split, label, predictions, distractor flag and score, and its vector, "
+    "Every train and test image with its split, label, predictions, distractor flag and score, its audit "
+    "findings and its vector, "
     "in the tool's own format, as a zip: FiftyOne, Embedding Atlas (with the map and nearest train images) "
     "or TensorBoard's projector (with a sprite of thumbnails)."
 )
@@ -263,11 +266,12 @@ elif tool_ready.toggle(
     help="Embedding Atlas needs the map: computed first if the Map page has not.",
 ):
     options = {"projection": ui.projection(current, ProjectionConfig())} if tool == "atlas" else {}
+    audit = ui.audit(current)
     tool_ready.download_button(
         f"{FORMAT_NAMES[tool]} (zip)",
         data=lambda: exported_zip(
             tool,
-            export_items(analysis, images, threshold, rule=rule),
+            export_items(analysis, images, threshold, rule=rule, audit=audit),
             current.entry.name,
             **options,
         ),

@@ -19,6 +19,7 @@ from test_pages import assert_ran, run_page
 
 from core.__main__ import main
 from core.analysis.pipeline import analyse
+from core.audit.findings import EXPORT_COLUMNS
 from core.display import ZERO_WIDTH_SPACE
 from core.exports import EXPORT_FORMATS, export, exported_zip
 from core.exports.atlas import THUMBNAIL_EDGE
@@ -866,13 +867,15 @@ def test_the_evaluate_page_fiftyone_zip_names_no_server_path(monkeypatch, worksp
     assert samples and all(sample["filepath"] in archive.namelist() for sample in samples)
 
 
-def test_the_evaluate_page_offers_the_export_of_what_it_shows(monkeypatch):
+def test_the_evaluate_page_offers_the_export_of_what_it_shows_with_its_audit(monkeypatch):
     offered = offered_downloads(monkeypatch)
     app = run_page("evaluate", evaluate_export=True, evaluate_export_format="tensorboard")
     assert_ran(app)
     # what a click downloads
     archive = zipfile.ZipFile(io.BytesIO(offered["TensorBoard projector (zip)"]()))
-    rows = [line.split("\t") for line in archive.read("metadata.tsv").decode().splitlines()[1:]]
+    header, *lines = archive.read("metadata.tsv").decode().splitlines()
+    rows = [line.split("\t") for line in lines]
+    assert set(EXPORT_COLUMNS) <= set(header.split("\t")), "the export carries the audit's findings"
     flagged = next(
         metric for metric in app.metric if metric.label == "Flagged as distractors"
     ).value

@@ -370,13 +370,14 @@ def test_flags_of_another_length_are_refused():
         report_of(clustered(), name="x", flags=np.zeros(3, bool))
 
 
-def test_the_evaluate_page_shares_the_report_of_what_it_shows(monkeypatch):
+def test_the_evaluate_page_shares_the_report_of_what_it_shows_with_its_audit(monkeypatch):
     offered = offered_downloads(monkeypatch)
     app = run_page("evaluate", evaluate_share=True, evaluate_share_map="pca")
     assert_ran(app)
     page = offered["Share (HTML report)"]()  # what a click downloads
     assert "Retrieval report: demo: coloured shapes" in page and page.count(PLOTLY_BANNER) == 1
     assert "PCA map" in page and page.count(f'<img src="{DATA_URI}') >= 6
+    assert "<h2>Audit</h2>" in page
 
 
 def test_the_evaluate_page_names_the_report_map_methods_as_people_write_them():

@@ -52,8 +52,8 @@ def write_tensorboard(
     """A log folder TensorBoard's projector opens (`tensorboard --logdir folder`): one embedding of every item.
 
     tensors.tsv holds a vector per line; metadata.tsv a header row (id, split, label, prediction,
-    predictions, flagged, distractor_score) and a row per item; sprite.png a grid of thumbnails
-    when the items have images.
+    predictions, flagged, distractor_score, then the audit's columns when the items carry them) and a
+    row per item; sprite.png a grid of thumbnails when the items have images.
     """
     tensors, metadata, config = folder / TENSORS_FILE, folder / METADATA_FILE, folder / CONFIG_FILE
     with replaced_atomically(tensors) as partial, open(partial, "w", encoding="ascii") as handle:
@@ -67,7 +67,7 @@ def write_tensorboard(
         replaced_atomically(metadata) as partial,
         open(partial, "w", encoding="utf-8", newline="\n") as handle,
     ):
-        handle.write("\t".join(METADATA_COLUMNS) + "\n")
+        handle.write("\t".join((*METADATA_COLUMNS, *items.audit_columns)) + "\n")
         for row in range(len(items)):
             handle.write("\t".join(tsv_field(value) for value in _metadata_row(items, row)) + "\n")
     files, notes = [tensors, metadata], []
@@ -117,6 +117,7 @@ def _metadata_row(items: ExportItems, row: int) -> list:
         None if predictions is None else submission_cell(predictions),
         items.flagged[row],
         items.scores[row],
+        *(values[row] for values in items.audit_columns.values()),
     ]
 
 
