@@ -153,17 +153,20 @@ st.caption(
     f"({distractors_first / len(first_labels):.1%}), left out of the chart so the classes stay readable."
 )
 st.plotly_chart(class_frequency(first_labels, top_n), width="stretch")
-with st.expander("Predictions per test image"):
+# Built only when asked for, a page of rows at a time: sending all 13k rows to the browser on every run
+# kept the page busy seconds after its figures were shown.
+if st.toggle("Predictions per test image", key="evaluate_table"):
+    rows = ui.table_page(len(predictions), key="evaluate_table_page")
     table = pd.DataFrame(
         {
-            "id": analysis.test.ids,
-            "predictions": [" ".join(row) for row in predictions],
-            "score": analysis.scores,
-            "flagged": analysis.flags(threshold),
+            "id": analysis.test.ids[rows],
+            "predictions": [" ".join(row) for row in predictions[rows]],
+            "score": analysis.scores[rows],
+            "flagged": analysis.flags(threshold)[rows],
         }
     )
     if analysis.truth is not None:
-        table["true class"] = analysis.truth
+        table["true class"] = analysis.truth[rows]
     st.dataframe(table, hide_index=True, width="stretch")
 
 st.subheader("Downloads")

@@ -33,6 +33,7 @@ APP_RAN = "app-ran"  # session state: app.py has run in this session, so its nav
 OPEN_PAGE = "open"  # query parameter: the page a deep link asked for, carried through app.py
 IMAGE_UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 POLL_SECONDS = 0.25  # how often a page waiting for a background job redraws its progress
+TABLE_PAGE_ROWS = 500  # rows of a long table sent to the browser at a time
 
 
 def plain(text) -> str:
@@ -264,6 +265,21 @@ def show_no_text_support(current: ActiveAnalysis, task: str) -> None:
 
 
 # ── widgets ──────────────────────────────────────────────────────────────────
+
+
+def table_page(total: int, key: str) -> slice:
+    """The rows of a long table to show: a page number box when it has more than one page."""
+    pages = max(1, -(-total // TABLE_PAGE_ROWS))
+    page = 1
+    if pages > 1:
+        page = st.number_input(
+            f"Page (of {count_text(pages)}, {count_text(TABLE_PAGE_ROWS)} rows each)",
+            1,
+            pages,
+            1,
+            key=key,
+        )
+    return slice((page - 1) * TABLE_PAGE_ROWS, page * TABLE_PAGE_ROWS)
 
 
 def image_grid(images: list, captions: list[str], per_row: int = 8) -> None:

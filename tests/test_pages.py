@@ -650,6 +650,23 @@ def test_a_saved_k_above_the_bound_is_clamped_with_a_note_on_every_page():
     assert f"MAP@{MAX_K}" in metrics(evaluate)
 
 
+def test_evaluate_sends_the_per_image_table_only_when_asked_and_a_page_at_a_time(tmp_path):
+    from bench.fixtures import retrieval_embeddings
+
+    embeddings = retrieval_embeddings(1_200, n_classes=50)
+    workspace_id = parquet_workspace("table", tmp_path / "table.parquet", embeddings)
+    app = run_page("evaluate", workspace_id)
+    assert_ran(app)
+    assert not [frame for frame in app.dataframe if "predictions" in frame.value]
+    app.toggle(key="evaluate_table").set_value(True).run()
+    first = app.dataframe[0].value
+    assert len(first) == ui.TABLE_PAGE_ROWS
+    app.number_input(key="evaluate_table_page").set_value(3).run()
+    last = app.dataframe[0].value
+    test_ids = list(embeddings.ids[embeddings.splits == TEST])
+    assert list(first["id"]) + list(last["id"]) == test_ids[: ui.TABLE_PAGE_ROWS] + test_ids[1_000:]
+
+
 def test_a_k_other_than_five_names_every_map_figure_by_its_k(injected_workspace):
     workspace_id, _ = injected_workspace
     Workspace(workspace_id).set("predict_config", {"k": 3})
