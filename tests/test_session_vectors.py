@@ -17,6 +17,7 @@ from core.prediction.config import PredictConfig
 from core.prediction.placement import MAX_K
 from core.session.models import ModelShelf
 from core.session.vectors import (
+    DASHBOARD_DEFAULTS,
     DatasetVectors,
     EnsembleMember,
     Recipe,
@@ -111,7 +112,7 @@ def test_ensemble_and_predict_settings_round_trip_through_the_workspace(workspac
     assert saved_ensemble(ws) == [EnsembleMember("m1", 0.5)]
     save_ensemble(ws, [EnsembleMember("m2", 2.0)])
     assert saved_ensemble(ws) == [EnsembleMember("m2", 2.0)]
-    assert predict_config(ws) == PredictConfig()
+    assert predict_config(ws) == DASHBOARD_DEFAULTS
     save_predict_config(ws, PredictConfig(k=3, score_mode="mean"))
     assert predict_config(Workspace("vectors1")) == PredictConfig(k=3, score_mode="mean")
 
@@ -134,7 +135,7 @@ def test_saved_settings_that_cannot_be_used_give_the_defaults_with_a_note(worksp
     ws = Workspace("vectors-junk")
     ws.set("predict_config", saved)
     config, notes = saved_predict_config(ws)
-    assert config == PredictConfig()
+    assert config == DASHBOARD_DEFAULTS
     assert len(notes) == 1 and "the defaults are used" in notes[0]
 
 
