@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,6 +21,7 @@ IMAGES = 24
 # Past the header check when the dataset is listed: only decoding it in a worker finds it truncated.
 BROKEN = "zz-truncated.png"
 RAY = EngineConfig(engine="ray", workers=2)
+MAIN_SHAPE_HALF = 1500
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +53,22 @@ def dataset_folder(tmp_path_factory) -> Path:
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:02d}.png")
     whole = (root / "test" / "22.png").read_bytes()
     (root / "test" / BROKEN).write_bytes(whole[: len(whole) // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def unlabelled_test_folder(tmp_path_factory) -> Path:
+    """The project's main shape, at a size where Ray Data gives a block labelled train rows and unlabelled test rows:
+    1,500 labelled train images over 100 classes and 1,500 test images without labels, 8×8 pixels each."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ray-unlabelled")
+    rng = np.random.default_rng(1)
+    for index in range(2 * MAIN_SHAPE_HALF):
+        folder = root / (f"train/c{index % 100}" if index < MAIN_SHAPE_HALF else "test")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:05d}.png")
     return root
 
 
@@ -184,3 +202,47 @@ def test_a_worker_with_another_model_stops_the_run_in_one_line_keeping_what_was_
             _Progress(None, 4, 0),
         )
     assert not list((tmp_path / "mixed").glob("part-*.parquet"))
+
+
+def test_thousands_of_images_with_an_unlabelled_test_split_embed_on_ray_like_the_local_path(
+    ray_local, unlabelled_test_folder, tmp_path
+):
+    dataset = load_dataset(unlabelled_test_folder)
+    config = EmbedConfig(model="baseline")
+    out = tmp_path / "vectors"
+
+    run = embed_on_ray(dataset, config, out, RAY)
+
+    on_ray, dropped = read_embeddings_checked(out)
+    local = embed_dataset(dataset, load_embedder(config))
+    assert not dropped and run.written == len(on_ray.ids) == 2 * MAIN_SHAPE_HALF
+    rows = dict(zip(on_ray.ids, zip(on_ray.labels, on_ray.vectors)))
+    assert [rows[item][0] for item in local.embeddings.ids] == list(local.embeddings.labels)
+    cosines = [
+        float(rows[item][1] @ vector)
+        for item, vector in zip(local.embeddings.ids, local.embeddings.vectors)
+    ]
+    assert min(cosines) >= 0.9999
+
+
+def test_a_failed_ray_run_says_the_workers_own_error_not_ray_datas_retry_advice(ray_local):
+    import ray.data
+    import ray.exceptions
+
+    from core.embedding.ray_engine import why_stopped
+
+    def merge(batch):
+        try:
+            pa.unify_schemas(
+                [pa.schema([("label", pa.string())]), pa.schema([("label", pa.float64())])]
+            )
+        except pa.ArrowTypeError as error:
+            raise RuntimeError("the block could not be built") from error
+
+    with pytest.raises(ray.exceptions.RayError) as stopped:
+        ray.data.range(4).map_batches(merge).materialize()
+
+    assert "To change retry attempts" in str(stopped.value)  # what the user was shown
+    assert why_stopped(stopped.value) == (
+        "ArrowTypeError: Unable to merge: Field label has incompatible types: string vs double"
+    )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from core.embedding.clip import backend_in
 from core.embedding.config import CPU_BATCH_SIZE, EmbedConfig
@@ -34,6 +35,25 @@ PART_SECONDS = 60.0
 # Ray Data's own progress bars, execution logs and error reports would interleave with the progress bar.
 _RAY_DATA_LOGGER = "ray.data"
 _RAY_BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"
+# Every block has these types, whatever its rows hold: Ray Data infers a block's types from its values, so a
+# block of unlabelled test rows (labels all null) and one of labelled train rows would not merge.
+_ITEMS = pa.schema(
+    [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("path", pa.string())]
+)
+# Input blocks at most. A block of one model batch gives progress batch by batch and loses a node only
+# the batches it holds, but each block costs the driver a ray.put (about 3 ms here): past this many
+# batches the blocks grow instead. Ray Data's from_items makes as many.
+_INPUT_BLOCKS = 200
+# Ray Data appends this advice to a failed task's message, below the task's own error.
+_RAY_RETRY_ADVICE = re.compile(r"\n(Failed to .* after \d+/\d+ attempts|To change retry attempts)")
+# How Python joins the tracebacks of chained exceptions, and how Ray colours a worker's name.
+_CHAINED = re.compile(
+    r"\n\n(?:The above exception was the direct cause of the following exception"
+    r"|During handling of the above exception, another exception occurred):\n\n"
+)
+_ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+# "pyarrow.lib.ArrowTypeError: …" reads as "ArrowTypeError: …".
+_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*: )")
 
 
 @dataclass(frozen=True)
@@ -204,12 +224,18 @@ def _embed_rest(
     context.enable_progress_bars = context.print_on_execution_start = False
     quiet.setLevel(logging.CRITICAL)  # a failure comes back as this run's own one-line error
     rejected: list[Rejected] = []
+    batch_size = config.batch_size or CPU_BATCH_SIZE
     try:
-        rows = [
-            {"id": item.id, "split": item.split, "label": item.label, "path": str(item.path)}
-            for item in items
-        ]
-        vectors = ray.data.from_items(rows).map_batches(
+        rows = pa.Table.from_pylist(
+            [
+                {"id": item.id, "split": item.split, "label": item.label, "path": str(item.path)}
+                for item in items
+            ],
+            schema=_ITEMS,
+        )
+        vectors = ray.data.from_arrow(
+            rows, override_num_blocks=min(_INPUT_BLOCKS, -(-len(items) // batch_size))
+        ).map_batches(
             _EmbeddingActor,
             fn_constructor_kwargs={
                 "config": config,
@@ -217,40 +243,65 @@ def _embed_rest(
                 "threads": max(1, int(engine.cpus_per_worker)),
             },
             # Each actor's model call is one Ray batch: give --batch-size for GPU workers, whose memory this process cannot see.
-            batch_size=config.batch_size or CPU_BATCH_SIZE,
-            batch_format="numpy",
+            batch_size=batch_size,
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=engine.workers or _workers_held(engine)),
             num_cpus=engine.cpus_per_worker,
             num_gpus=engine.gpus_per_worker or None,
         )
-        for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
-            refused = batch["reason"] != ""
-            refusals = [
-                Rejected(str(name), str(reason))
-                for name, reason in zip(batch["id"][refused], batch["reason"][refused])
-            ]
+        for batch in vectors.iter_batches(batch_size=None, batch_format="pyarrow"):
+            embeddings, refusals = _received(batch, parts.model)
             parts.rejected(refusals)
             rejected += refusals
-            kept = ~refused
-            parts.add(
-                Embeddings(
-                    ids=batch["id"][kept].astype(str),
-                    splits=batch["split"][kept].astype(str),
-                    labels=batch["label"][kept].astype(object),
-                    vectors=batch["embedding"][kept].astype(np.float32),
-                    model=parts.model,
-                )
-            )
-            report.add(int((~refused).sum()), len(refusals))
+            parts.add(embeddings)
+            report.add(len(embeddings.ids), len(refusals))
     except ray.exceptions.RayError as error:
-        # An actor that cannot load the model, a lost worker: Ray's last line says why; a rerun resumes.
-        raise ValueError(f"the Ray run stopped: {str(error).strip().splitlines()[-1]}") from None
+        # An actor that cannot load the model, a lost worker: a rerun resumes.
+        raise ValueError(f"the Ray run stopped: {why_stopped(error)}") from None
     finally:
         parts.flush()  # vectors already made are kept, however the run ends
         quiet.setLevel(level)
         if started_here:
             ray.shutdown()
     return rejected
+
+
+def why_stopped(error: BaseException) -> str:
+    """The one line saying why a Ray run failed: the first error of the worker's chain, without Ray Data's retry advice.
+
+    Ray sends a worker's error back as its formatted traceback (the exceptions themselves do not cross
+    processes), the first cause first and Ray Data's own wrapper and advice last.
+    """
+    first = _CHAINED.split(_ANSI_COLOUR.sub("", str(error)), maxsplit=1)[0]
+    lines = [
+        line.strip()
+        for line in _RAY_RETRY_ADVICE.split(first, maxsplit=1)[0].splitlines()
+        if line.strip()
+    ]
+    return _MODULE_PATH.sub("", lines[-1]) if lines else type(error).__name__
+
+
+def _received(batch: pa.Table, model: str) -> tuple[Embeddings, list[Rejected]]:
+    """The vectors of one batch the actors sent back, and the files they refused."""
+    column = {
+        name: np.array(batch.column(name).to_pylist(), dtype=object)
+        for name in ("id", "split", "label", "reason")
+    }
+    refused = column["reason"] != ""
+    kept = ~refused
+    dim = batch.schema.field("embedding").type.list_size
+    vectors = batch.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    embeddings = Embeddings(
+        column["id"][kept].astype(str),
+        column["split"][kept].astype(str),
+        column["label"][kept],
+        vectors[kept],
+        model,
+    )
+    return embeddings, [
+        Rejected(name, reason)
+        for name, reason in zip(column["id"][refused], column["reason"][refused])
+    ]
 
 
 def _start_ray(engine: EngineConfig) -> None:
@@ -298,26 +349,39 @@ class _EmbeddingActor:
             )
         self.embedder.use_threads(threads)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns = zip(batch["id"], batch["split"], batch["label"], batch["path"])
+    def __call__(self, batch: pa.Table) -> pa.Table:
         items = [
-            Item(str(id_), str(split), None if label is None else str(label), Path(path))
-            for id_, split, label, path in columns
+            Item(id_, split, label, Path(path))
+            for id_, split, label, path in zip(
+                *(batch.column(name).to_pylist() for name in _ITEMS.names)
+            )
         ]
         vectors = np.zeros((len(items), self.embedder.dim), np.float32)
-        reasons = np.full(len(items), "", dtype=object)
+        reasons = [""] * len(items)
         row = {item.id: index for index, item in enumerate(items)}
         for step in EmbeddingStream(Dataset("batch", items), self.embedder, batch_size=len(items)):
             vectors[[row[name] for name in step.embeddings.ids]] = step.embeddings.vectors
             for refusal in step.rejected:
                 reasons[row[refusal.name]] = refusal.reason
-        return {
-            "id": batch["id"],
-            "split": batch["split"],
-            "label": batch["label"],
-            "embedding": vectors,
-            "reason": reasons,
-        }
+        return pa.Table.from_arrays(
+            [
+                *(batch.column(name) for name in ("id", "split", "label")),
+                pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.dim),
+                pa.array(reasons, pa.string()),
+            ],
+            schema=_vectors_schema(self.embedder.dim),
+        )
+
+
+def _vectors_schema(dim: int) -> pa.Schema:
+    """What the actors send back: the items' columns, each one's vector (zeros when refused) and why it was refused ("" when not)."""
+    return pa.schema(
+        [
+            *(field for field in _ITEMS if field.name != "path"),
+            ("embedding", pa.list_(pa.float32(), dim)),
+            ("reason", pa.string()),
+        ]
+    )
 
 
 class _Progress:
