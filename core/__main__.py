@@ -15,9 +15,20 @@ EXIT_INTERRUPTED = 130
 class ProgressBar:
     """A one-line progress bar with images/s and ETA on stderr."""
 
-    def __init__(self, label: str, stream=sys.stderr, width: int = 28):
-        self.label, self.stream, self.width = label, stream, width
+    unfinished: ProgressBar | None = None  # the bar whose line is not ended yet
+
+    def __init__(self, label: str, stream=None, width: int = 28):
+        # sys.stderr of the moment, not of the import: whoever replaced it since (a test's capture) gets the bar.
+        self.label, self.stream, self.width = label, stream or sys.stderr, width
         self.started = time.perf_counter()
+
+    @classmethod
+    def end_unfinished_line(cls) -> None:
+        """End a bar's line left half-way, so what is printed next starts a line of its own."""
+        if cls.unfinished is not None:
+            cls.unfinished.stream.write("\n")
+            cls.unfinished.stream.flush()
+            cls.unfinished = None
 
     def __call__(self, done: int, total: int, images_per_second: float | None = None) -> None:
         share = done / total if total else 1.0
@@ -28,8 +39,10 @@ class ProgressBar:
             eta = f"  ETA {(total - done) / images_per_second:5.0f}s"
         bar = "#" * filled + "." * (self.width - filled)
         self.stream.write(f"\r{self.label} [{bar}] {done}/{total} {rate}{eta}")
+        ProgressBar.unfinished = self
         if done >= total:
             self.stream.write(f"  ({time.perf_counter() - self.started:.1f}s)\n")
+            ProgressBar.unfinished = None
         self.stream.flush()
 
 
@@ -803,10 +816,12 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     try:
         return _run(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # A second Ctrl-C while saying goodbye (or while threads wind down) must not print a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("\ninterrupted: finished batches are cached and will be reused", file=sys.stderr)
+        # The work that raised it may say what it kept; a local run's batches are in the cache.
+        kept = str(interrupt) or "finished batches are cached and will be reused"
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -820,6 +835,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         return args.run(args)
     except (ValueError, ModelUnavailableError, OSError) as error:
+        ProgressBar.end_unfinished_line()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

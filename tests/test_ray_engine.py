@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +13,12 @@ import pytest
 
 from core.embedding.config import EmbedConfig
 from core.embedding.ray_engine import EngineConfig, embed_on_ray
-from core.embedding.runner import embed_dataset, load_embedder
+from core.embedding.runner import embed_dataset, embed_to_parquet, load_embedder
 from core.io.files import read_csv
 from core.io.layouts import load_dataset
 from core.io.parquet import PRECISION_METADATA_KEY, read_embeddings_checked
 from core.io.parts import REJECTED_FILE
+from core.records import Dataset
 
 IMAGES = 24
 # Past the header check when the dataset is listed: only decoding it in a worker finds it truncated.
@@ -198,6 +201,7 @@ def test_a_worker_with_another_model_stops_the_run_in_one_line_keeping_what_was_
             EmbedConfig(model="baseline", batch_size=2),
             "the run's model",
             RAY,
+            RAY.workers,
             parts,
             _Progress(None, 4, 0),
         )
@@ -246,3 +250,85 @@ def test_a_failed_ray_run_says_the_workers_own_error_not_ray_datas_retry_advice(
     assert why_stopped(stopped.value) == (
         "ArrowTypeError: Unable to merge: Field label has incompatible types: string vs double"
     )
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail, rather than wait for ever, when the block takes longer than `seconds`."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (
+            {"cpus_per_worker": 99.0},
+            r"^no node of the Ray cluster can hold an actor of 99 CPUs \(1 node: 2 CPUs, 0 GPUs\)",
+        ),
+        (
+            {"gpus_per_worker": 1.0},
+            r"^no node .* an actor of 1 CPU and 1 GPU \(1 node: 2 CPUs, 0 GPUs\)",
+        ),
+        (
+            {"workers": 3},
+            r"^--workers 3 actors of 1 CPU each do not fit the Ray cluster, which holds 2 "
+            r"\(1 node: 2 CPUs, 0 GPUs\): give --workers 2 or fewer$",
+        ),
+    ],
+)
+def test_resources_the_cluster_lacks_are_refused_in_one_line_before_the_model_loads(
+    ray_local, dataset_folder, tmp_path, options, match
+):
+    out = tmp_path / "vectors"
+    with deadline(120), pytest.raises(ValueError, match=match):
+        embed_on_ray(
+            load_dataset(dataset_folder),
+            EmbedConfig(model="baseline", batch_size=4),
+            out,
+            EngineConfig(engine="ray", **options),
+        )
+    assert not out.exists()
+
+
+def test_a_folder_of_another_models_parts_is_refused_as_the_local_engine_refuses_it(
+    ray_local, dataset_folder, tiny_clip_dir, tmp_path
+):
+    readable = load_dataset(dataset_folder).items[:-1]  # all but the truncated file, last
+    dataset = Dataset("readable", readable)
+    out = tmp_path / "vectors"
+    embed_to_parquet(dataset, EmbedConfig(model="baseline"), out)  # every item, by the baseline
+    parts = sorted(out.iterdir())
+
+    with pytest.raises(ValueError) as local:
+        embed_to_parquet(dataset, config_of(tiny_clip_dir), out)
+    with pytest.raises(ValueError) as on_ray:
+        embed_on_ray(dataset, config_of(tiny_clip_dir), out, RAY)
+
+    assert readable[-1].id != BROKEN and str(on_ray.value) == str(local.value)
+    assert "holds parts by model 'baseline" in str(on_ray.value)
+    assert sorted(out.iterdir()) == parts
+
+
+def test_an_error_after_part_of_a_progress_bar_starts_a_line_of_its_own(
+    monkeypatch, capfd, dataset_folder, tmp_path
+):
+    from core.__main__ import main
+
+    def stops_half_way(dataset, config, out, engine, progress, rows_per_part):
+        progress(4, len(dataset.items), 10.0)
+        raise ValueError("the Ray run stopped: its node was lost")
+
+    monkeypatch.setattr("core.embedding.ray_engine.embed_on_ray", stops_half_way)
+    argv = ["embed", str(dataset_folder), "--model", "baseline", "--engine", "ray"]
+    assert main([*argv, "--out", str(tmp_path / "vectors")]) == 2
+    assert "error: the Ray run stopped: its node was lost" in capfd.readouterr().err.splitlines()

@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +40,16 @@ PART_SECONDS = 60.0
 # Ray Data's own progress bars, execution logs and error reports would interleave with the progress bar.
 _RAY_DATA_LOGGER = "ray.data"
 _RAY_BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"
+# Joining a cluster: a head that does not answer within this many seconds is reported down. Ray's own
+# waits are far longer (40 s per attempt on a silent port, 20 attempts on a refused token) and fill the
+# terminal with its warnings meanwhile.
+JOIN_SECONDS = 5
+# Ray retries a GCS connection once a second for this many seconds (a head still starting); the variable
+# is read when ray.init connects.
+_GCS_WAIT = "RAY_gcs_server_port_wait_time_s"
+_AUTH_MODE = "RAY_AUTH_MODE"
+# Ray's version-mismatch error names the cluster's versions, then this process's.
+_VERSIONS = re.compile(r"Ray: (\S+)\s+Python: (\S+)")
 # Every block has these types, whatever its rows hold: Ray Data infers a block's types from its values, so a
 # block of unlabelled test rows (labels all null) and one of labelled train rows would not merge.
 _ITEMS = pa.schema(
@@ -163,24 +178,39 @@ def _embed_on_ray(
     todo = [item for item in dataset.items if item.id not in already]
     done_before = len(dataset.items) - len(todo)
     report = _Progress(progress, len(dataset.items), done_before)
-    rejected, note, written = list(dataset.rejected), None, written_by(out)
-    # Batch by batch until one is written (a whole batch may be refused): its part names the model and precision.
-    while todo and (note is None or written is None):
-        size = config.batch_size or CPU_BATCH_SIZE
-        batch, todo = todo[:size], todo[size:]
-        refused_before = [] if note is not None else dataset.rejected  # into the sidecar once
-        local = embed_to_parquet(
-            Dataset(dataset.name, batch, refused_before), config, out, rows_per_part=rows_per_part
-        )
-        rejected += local.rejected[len(refused_before) :]
-        note = note or local.precision_note or ""
-        report.add(local.computed, len(batch) - local.written)
-        written = written_by(out)
-    if todo:
-        parts = PartWriter(
-            out, *written, rows_per_part=rows_per_part, seconds_per_part=PART_SECONDS
-        )
-        rejected += _embed_rest(todo, config, written[0], engine, parts, report)
+    rejected, note, written = list(dataset.rejected), None, None
+    size = config.batch_size or CPU_BATCH_SIZE
+    try:
+        # Ray first when its actors will have work: a cluster that cannot be joined, or cannot hold one
+        # actor, is told before the model loads.
+        with _ray_for_the_run(engine) if len(todo) > size else nullcontext(0) as actors:
+            # Batch by batch here until one is written (a whole batch may be refused): its part names the
+            # model and precision. The first batch is also the local path's check of the folder (its model
+            # and precision), made even when the folder already holds every item.
+            while note is None or (todo and written is None):
+                batch, todo = todo[:size], todo[size:]
+                refused_before = (
+                    [] if note is not None else dataset.rejected
+                )  # into the sidecar once
+                local = embed_to_parquet(
+                    Dataset(dataset.name, batch, refused_before),
+                    config,
+                    out,
+                    rows_per_part=rows_per_part,
+                )
+                rejected += local.rejected[len(refused_before) :]
+                note = note or local.precision_note or ""
+                report.add(local.computed, len(batch) - local.written)
+                written = written_by(out)
+            if todo:
+                parts = PartWriter(
+                    out, *written, rows_per_part=rows_per_part, seconds_per_part=PART_SECONDS
+                )
+                rejected += _embed_rest(todo, config, written[0], engine, actors, parts, report)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"the parts written to {out} so far are kept; the same command resumes from them"
+        ) from None
     report.finish()
     model = written[0] if written else ""
     return ParquetRun(
@@ -208,16 +238,14 @@ def _embed_rest(
     config: EmbedConfig,
     model: str,
     engine: EngineConfig,
+    actors: int,
     parts: PartWriter,
     report: _Progress,
 ) -> list[Rejected]:
-    """Embed `items` on an actor pool, writing parts as vectors arrive; the refused items."""
+    """Embed `items` on a pool of `actors` actors, writing parts as vectors arrive; the refused items."""
     import ray
     import ray.data
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        _start_ray(engine)
     quiet = logging.getLogger(_RAY_DATA_LOGGER)
     level = quiet.level
     context = ray.data.DataContext.get_current()
@@ -245,7 +273,7 @@ def _embed_rest(
             # Each actor's model call is one Ray batch: give --batch-size for GPU workers, whose memory this process cannot see.
             batch_size=batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=engine.workers or _workers_held(engine)),
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=engine.cpus_per_worker,
             num_gpus=engine.gpus_per_worker or None,
         )
@@ -261,8 +289,6 @@ def _embed_rest(
     finally:
         parts.flush()  # vectors already made are kept, however the run ends
         quiet.setLevel(level)
-        if started_here:
-            ray.shutdown()
     return rejected
 
 
@@ -304,37 +330,179 @@ def _received(batch: pa.Table, model: str) -> tuple[Embeddings, list[Rejected]]:
     ]
 
 
-def _start_ray(engine: EngineConfig) -> None:
-    """Join engine.address, or start a local cluster sized to this machine; the workers get this project's `core` package."""
+@contextmanager
+def _ray_for_the_run(engine: EngineConfig) -> Iterator[int]:
+    """Ray joined (engine.address) or started on this machine, unless this process already runs it, and the
+    actors it holds; a Ray started or joined here is left at the end."""
     import ray
 
+    started_here = not ray.is_initialized()
+    if started_here:
+        _start_ray(engine)
+    try:
+        yield _actors_held(engine)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _start_ray(engine: EngineConfig) -> None:
+    """Join engine.address, or start a local cluster sized to this machine; the workers get this project's `core` package.
+
+    A cluster that cannot be joined is one ValueError saying what to do, within about JOIN_SECONDS.
+    """
+    import ray
+
+    if engine.address not in (None, "auto"):
+        _check_listening(engine.address)
     # Ray's C++ layer, read at start-up, logs a line per actor pool (its constructor arguments sit in the
     # object store, ray-project/ray#53727) into the progress bar; its real failures reach us as exceptions.
-    users_level = _RAY_BACKEND_LOG_LEVEL in os.environ
-    os.environ.setdefault(_RAY_BACKEND_LOG_LEVEL, "fatal")
+    settings = {_RAY_BACKEND_LOG_LEVEL: "fatal"}
+    if engine.address is not None:
+        settings[_GCS_WAIT] = str(JOIN_SECONDS)
+    with _ray_output_aside(settings):
+        try:
+            ray.init(
+                address=engine.address,
+                include_dashboard=False,
+                # The command's own progress bar and messages are the output; actors' logs stay in Ray's log folder.
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
+                runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
+            )
+        except (
+            Exception
+        ) as error:  # ray.init raises ConnectionError, RuntimeError, RayError… for one cause
+            raise ValueError(_join_failure(engine.address, error)) from None
+
+
+@contextmanager
+def _ray_output_aside(settings: dict[str, str]) -> Iterator[None]:
+    """Run a Ray start-up with `settings` in the environment (where the user set none) and its C++ warnings out
+    of the terminal: they are written straight to file descriptor 2, before Ray's log level applies."""
+    added = {name: value for name, value in settings.items() if name not in os.environ}
+    os.environ.update(added)
+    sys.stderr.flush()
+    terminal = os.dup(2)
     try:
-        ray.init(
-            address=engine.address,
-            include_dashboard=False,
-            # The command's own progress bar and messages are the output; actors' logs stay in Ray's log folder.
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
-            runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
-        )
+        with tempfile.TemporaryFile() as aside:
+            os.dup2(aside.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(terminal, 2)
     finally:
-        if not users_level:
-            del os.environ[_RAY_BACKEND_LOG_LEVEL]
+        os.close(terminal)
+        for name in added:
+            del os.environ[name]
 
 
-def _workers_held(engine: EngineConfig) -> int:
-    """How many actors the cluster's CPUs (or GPUs) hold, at least one."""
+def _check_listening(address: str) -> None:
+    """Refuse, within JOIN_SECONDS, a HOST:PORT (or ray://HOST:PORT) where nothing answers."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_SECONDS).close()
+    except OSError as error:
+        if isinstance(error, ConnectionRefusedError):
+            why = "nothing listens on that port"
+        elif isinstance(error, TimeoutError):
+            why = f"no answer within {JOIN_SECONDS} s"
+        else:
+            why = error.strerror or str(error)
+        raise ValueError(
+            f"cannot reach the Ray cluster at {address} ({why}): start its head there "
+            f"(ray start --head --port {port}), or give the address `ray start --head` printed"
+        ) from None
+
+
+def _join_failure(address: str | None, error: BaseException) -> str:
+    """The one line saying why Ray could not be started or joined, and what to do."""
+    import ray.exceptions
+
+    chain = [error]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(inner)
+    text = "\n".join(str(link) for link in chain)
+    where = (
+        "the Ray cluster on this machine" if address == "auto" else f"the Ray cluster at {address}"
+    )
+    token_help = (
+        "the head's token, in ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+        "(`ray get-auth-token` on the head prints it)"
+    )
+    if (
+        any(isinstance(link, ray.exceptions.AuthenticationError) for link in chain)
+        or "InvalidAuthToken" in text
+    ):
+        if os.environ.get(_AUTH_MODE, "").lower() != "token":
+            return (
+                f"{where} wants a token (Ray's token authentication) and this machine sends none: "
+                f"set {_AUTH_MODE}=token here and give it {token_help}"
+            )
+        return f"{where} refused this machine's token, or it has none: give it {token_help}"
+    if len(versions := _VERSIONS.findall(text)) >= 2:
+        (ray_there, python_there), (ray_here, python_here) = versions[:2]
+        return (
+            f"{where} runs Ray {ray_there} on Python {python_there}, this machine Ray {ray_here} on Python "
+            f'{python_here}: run the command with the cluster\'s versions (pip install "ray[data]=={ray_there}" '
+            f"on Python {python_there}), or start the cluster with this machine's"
+        )
+    if address is None:
+        return f"cannot start Ray on this machine: {why_stopped(chain[-1])}"
+    if "Could not find any running Ray instance" in text:
+        return (
+            "no Ray cluster runs on this machine for --address auto: start one (ray start --head), "
+            "or give its head's address (--address HEAD_IP:6379)"
+        )
+    return f"cannot join {where}: {why_stopped(chain[-1])}"
+
+
+def _actors_held(engine: EngineConfig) -> int:
+    """The actors of the run: engine.workers, or as many as the cluster's nodes hold.
+
+    Refuses, naming what the nodes have, an actor no node can hold and more workers than the nodes
+    hold together: Ray would wait for them for ever. An actor's CPUs and GPUs come from one node.
+    """
     import ray
 
-    resources = ray.cluster_resources()
-    if engine.gpus_per_worker:
-        return max(1, int(resources.get("GPU", 0) / engine.gpus_per_worker))
-    return max(1, int(resources.get("CPU", 1) / engine.cpus_per_worker))
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+    def held_by(resources: dict[str, float]) -> int:
+        held = _fits(resources.get("CPU", 0.0), engine.cpus_per_worker)
+        if engine.gpus_per_worker:
+            held = min(held, _fits(resources.get("GPU", 0.0), engine.gpus_per_worker))
+        return held
+
+    held = sum(held_by(resources) for resources in nodes)
+    needs = _amount(engine.cpus_per_worker, "CPU") + (
+        f" and {_amount(engine.gpus_per_worker, 'GPU')}" if engine.gpus_per_worker else ""
+    )
+    has = "; ".join(
+        f"{_amount(resources.get('CPU', 0.0), 'CPU')}, {_amount(resources.get('GPU', 0.0), 'GPU')}"
+        for resources in nodes
+    )
+    cluster = f"{_amount(len(nodes), 'node')}: {has}"
+    if held == 0:
+        raise ValueError(
+            f"no node of the Ray cluster can hold an actor of {needs} ({cluster}): "
+            "give --cpus-per-worker and --gpus-per-worker that one node has"
+        )
+    if engine.workers is not None and engine.workers > held:
+        raise ValueError(
+            f"--workers {engine.workers} actors of {needs} each do not fit the Ray cluster, which holds "
+            f"{held} ({cluster}): give --workers {held} or fewer"
+        )
+    return engine.workers or held
+
+
+def _fits(available: float, each: float) -> int:
+    """How many shares of `each` fit in `available` (a share of 0.1 fits ten times in 1, despite floating point)."""
+    return int(available / each + 1e-9)
+
+
+def _amount(count: float, unit: str) -> str:
+    return f"{count:g} {unit}{'' if count == 1 else 's'}"
 
 
 class _EmbeddingActor:
