@@ -215,9 +215,11 @@ def cmd_models(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from contextlib import nullcontext
+
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import EmbedConfig
-    from core.embedding.ray_engine import EngineConfig, embed_on_ray, refuse_file_out
+    from core.embedding.ray_engine import EngineConfig, embed_on_ray, joined_ray, refuse_file_out
     from core.embedding.runner import embed_to_parquet, is_folder_out
     from core.io.layouts import load_dataset
 
@@ -226,12 +228,14 @@ def cmd_embed(args) -> int:
     if engine.engine == "ray":
         refuse_file_out(args.out)  # before the dataset is read
     out = _checked_out(args.out, [args.source], folder=folder)
-    dataset = load_dataset(_selected_source(args), watch=_stage_bars())
     config, bar = _config(EmbedConfig, args), ProgressBar("embedding")
-    if engine.engine == "ray":
-        run = embed_on_ray(dataset, config, out, engine, bar, args.rows_per_part)
-    else:
-        run = embed_to_parquet(dataset, config, out, EmbeddingCache(), bar, args.rows_per_part)
+    # Ray before the dataset is read: a cluster that cannot be joined is told in seconds, however large the dataset.
+    with joined_ray(engine) if engine.engine == "ray" else nullcontext():
+        dataset = load_dataset(_selected_source(args), watch=_stage_bars())
+        if engine.engine == "ray":
+            run = embed_on_ray(dataset, config, out, engine, bar, args.rows_per_part)
+        else:
+            run = embed_to_parquet(dataset, config, out, EmbeddingCache(), bar, args.rows_per_part)
     _tell_embedding(run.written, run)
     already = f"; {run.already} already there, {run.already + run.written} in all" if folder else ""
     print(f"wrote {run.written} vectors ({run.model}) to {args.out}{already}")
@@ -840,11 +844,19 @@ def _run(argv: list[str] | None) -> int:
         return EXIT_BAD_INPUT
 
 
+def _holds_ray() -> bool:
+    """Whether this process is still joined to Ray: a Ray run that failed or was interrupted leaves it so."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 if __name__ == "__main__":
     code = main()
-    if code == EXIT_INTERRUPTED:
+    if code == EXIT_INTERRUPTED or _holds_ray():
         # CPython ends with a SIGINT of its own (exit status -2, not 130) when the Ctrl-C landed in a
-        # library's PyRun_* call during import, even though main handled it: leave without finalising.
+        # library's PyRun_* call during import, even though main handled it; and the interpreter's
+        # teardown under the threads of a Ray run that stopped can crash (SIGSEGV) after the one line
+        # was printed: leave without finalising.
         import os
 
         sys.stdout.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -10,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +46,9 @@ _RAY_BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"
 # terminal with its warnings meanwhile.
 JOIN_SECONDS = 5
 # Ray retries a GCS connection once a second for this many seconds (a head still starting); the variable
-# is read when ray.init connects.
+# is read when ray.init connects. Once the head's port has answered, two attempts are enough.
 _GCS_WAIT = "RAY_gcs_server_port_wait_time_s"
+_ATTEMPTS_AFTER_ANSWER = 2
 _AUTH_MODE = "RAY_AUTH_MODE"
 # Ray's version-mismatch error names the cluster's versions, then this process's.
 _VERSIONS = re.compile(r"Ray: (\S+)\s+Python: (\S+)")
@@ -91,7 +93,7 @@ class EngineConfig:
     workers: int | None = field(
         default=None,
         metadata={
-            "help": "model actors (--engine ray); none: as many as the cluster's CPUs (or GPUs, with --gpus-per-worker) hold"
+            "help": "model actors (--engine ray); none: as many as the cluster's nodes hold (each actor's CPUs and GPUs on one node)"
         },
     )
     cpus_per_worker: float = field(
@@ -152,10 +154,10 @@ def embed_on_ray(
     vectors come back to this process as they are made and go into parts (`rows_per_part` rows,
     or PART_SECONDS of work, each), refused files into the folder's _rejected.csv, and the run goes
     on. The local path (embed_to_parquet) embeds the first batch here, which settles the folder's
-    model and backend (precision "auto" once, or the parts' own) for every actor. Ray is started here, sized
-    to this machine or joining engine.address, unless this process already runs it; a Ray started
-    here is stopped at the end. The embedding cache is not used: the folder is the record of what
-    is done.
+    model and backend (precision "auto" once, or the parts' own) for every actor. Ray is joined or started
+    first (see joined_ray) when actors will have work, and the cluster must hold them (see _actors_held).
+    The embedding cache is not used: the folder is the record of what is done. Ctrl-C raises a
+    KeyboardInterrupt saying what is kept.
     """
     if engine.engine != "ray":
         raise ValueError(f"embed_on_ray runs engine 'ray', got {engine.engine!r}")
@@ -183,7 +185,9 @@ def _embed_on_ray(
     try:
         # Ray first when its actors will have work: a cluster that cannot be joined, or cannot hold one
         # actor, is told before the model loads.
-        with _ray_for_the_run(engine) if len(todo) > size else nullcontext(0) as actors:
+        on_ray = len(todo) > size
+        with joined_ray(engine) if on_ray else nullcontext():
+            actors = _actors_held(engine) if on_ray else 0
             # Batch by batch here until one is written (a whole batch may be refused): its part names the
             # model and precision. The first batch is also the local path's check of the folder (its model
             # and precision), made even when the folder already holds every item.
@@ -331,35 +335,48 @@ def _received(batch: pa.Table, model: str) -> tuple[Embeddings, list[Rejected]]:
 
 
 @contextmanager
-def _ray_for_the_run(engine: EngineConfig) -> Iterator[int]:
-    """Ray joined (engine.address) or started on this machine, unless this process already runs it, and the
-    actors it holds; a Ray started or joined here is left at the end."""
+def joined_ray(engine: EngineConfig) -> Iterator[None]:
+    """Ray joined (engine.address) or started on this machine for the block, unless this process already
+    runs it. A Ray started or joined here is shut down when the block ends, or left to the end of the
+    process when the block raises. A cluster that cannot be joined is one ValueError saying what to do,
+    within about JOIN_SECONDS."""
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
+    if engine.engine != "ray":
+        raise ValueError(f"joined_ray runs engine 'ray', got {engine.engine!r}")
+    if ray.is_initialized():
+        yield
+        return
+    # Ray prints what the cluster reports (a node lost, a task retried, with its raylet's last log lines)
+    # to sys.stdout from a thread of its own: the command's output is its own lines, Ray's stay in its logs.
+    with tempfile.TemporaryFile("w+") as aside, redirect_stdout(aside):
         _start_ray(engine)
-    try:
-        yield _actors_held(engine)
-    finally:
-        if started_here:
-            ray.shutdown()
+        try:
+            yield
+        except BaseException:
+            # Ray's shutdown frees its core worker under the threads of the Ray Data iteration that the
+            # error or Ctrl-C abandoned, which can end the process (status 1) before its one line is
+            # printed: 1 Ctrl-C in 5 did here. Ray is left to the process's end instead, its shutdown at
+            # exit too: a cluster drops the job of a driver gone, a local Ray is stopped by the reaper
+            # process ray.init starts beside it.
+            atexit.unregister(ray.shutdown)
+            raise
+        ray.shutdown()
 
 
 def _start_ray(engine: EngineConfig) -> None:
-    """Join engine.address, or start a local cluster sized to this machine; the workers get this project's `core` package.
-
-    A cluster that cannot be joined is one ValueError saying what to do, within about JOIN_SECONDS.
-    """
+    """Join engine.address, or start a local cluster sized to this machine; the workers get this project's `core` package."""
     import ray
 
-    if engine.address not in (None, "auto"):
-        _check_listening(engine.address)
     # Ray's C++ layer, read at start-up, logs a line per actor pool (its constructor arguments sit in the
     # object store, ray-project/ray#53727) into the progress bar; its real failures reach us as exceptions.
     settings = {_RAY_BACKEND_LOG_LEVEL: "fatal"}
-    if engine.address is not None:
+    if engine.address == "auto":
         settings[_GCS_WAIT] = str(JOIN_SECONDS)
+    elif engine.address is not None:
+        _check_listening(engine.address)
+        # The head answered: a refusal now (a token, the versions) is no head still starting, and retrying it only waits.
+        settings[_GCS_WAIT] = str(_ATTEMPTS_AFTER_ANSWER)
     with _ray_output_aside(settings):
         try:
             ray.init(
@@ -371,9 +388,7 @@ def _start_ray(engine: EngineConfig) -> None:
                 # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
                 runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
             )
-        except (
-            Exception
-        ) as error:  # ray.init raises ConnectionError, RuntimeError, RayError… for one cause
+        except Exception as error:  # ConnectionError, RuntimeError, a RayError…: ray.init has many
             raise ValueError(_join_failure(engine.address, error)) from None
 
 
