@@ -193,9 +193,8 @@ def _embed_on_ray(
             # and precision), made even when the folder already holds every item.
             while note is None or (todo and written is None):
                 batch, todo = todo[:size], todo[size:]
-                refused_before = (
-                    [] if note is not None else dataset.rejected
-                )  # into the sidecar once
+                # The files refused when the dataset was read go into the sidecar once.
+                refused_before = [] if note is not None else dataset.rejected
                 local = embed_to_parquet(
                     Dataset(dataset.name, batch, refused_before),
                     config,
