@@ -1,23 +1,32 @@
-"""Scale: the Ray Data engine in local mode against the local pipeline (start-up, marginal rate), and the 1M/100M plan computed from them."""
+"""Scale: the Ray Data engine in local mode and on a two-node cluster against the local pipeline (start-up, marginal rate, a lost node), and the 1M/100M plan computed from them."""
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from bench.fixtures import EmbeddingSpace, random_clip_checkpoint, write_photos
+from bench.ray_cluster import LoopbackCluster
 from bench.report import Section, seconds, table
 from bench.timing import interleaved, median, median_ratio
 from core.embedding.clip import usable_cores
 from core.embedding.config import CPU_BATCH_SIZE, EmbedConfig
 from core.embedding.ray_engine import EngineConfig, embed_on_ray
 from core.embedding.runner import ROWS_PER_PART, embed_to_parquet
+from core.io.layouts import load_dataset
 from core.io.parquet import read_embeddings
-from core.io.parts import PartWriter
-from core.records import TEST, Dataset, Embeddings, Item
+from core.io.parts import PartWriter, embedded_ids, part_files
+from core.records import TEST, Embeddings
 
 FULL = {"photos": 320, "rounds": 3, "index_vectors": 100_000}
 QUICK = {"photos": 128, "rounds": 1, "index_vectors": 20_000}
@@ -30,6 +39,9 @@ PQ_LISTS = 256
 PLAN_SIZES = (10**6, 10**8)
 # A GPU worker's rate is not measured here (no GPU); the plan shows the run at these rates, images/s per worker.
 GPU_RATES = (500, 2000)
+REPO = Path(__file__).resolve().parents[1]
+# The command's progress bar on stderr: "embedding [###.....] 123/320  9.8 images/s …".
+_PROGRESS = re.compile(rb"^embedding \[[#.]*\] (\d+)/(\d+)")
 
 
 def run(work: Path, quick: bool) -> Section:
@@ -40,9 +52,18 @@ def run(work: Path, quick: bool) -> Section:
         precision="fp32",
         runtime="torch",
     )
-    photos = write_photos(work.parent / "photos", plan["photos"])
-    dataset = Dataset("photos", [Item(path.name, TEST, None, path) for path in photos])
+    # A dataset folder, so the command can read it too: the photos as test images, and the one train image a folder needs.
+    root = work.parent / "photo-dataset"
+    photos = write_photos(root / "test", plan["photos"])
+    write_photos(root / "train" / "photo", 1, seed=1)
+    dataset = load_dataset(root)
+    images = len(dataset.items)
     section = Section("7. Scale: Ray Data engine, and the 1M / 100M plan", "7. Scale")
+    per_node = max(1, usable_cores() // 2)
+    cluster_name = (
+        f"Ray, two-node cluster on 127.0.0.1 ({per_node} CPU{'s' if per_node > 1 else ''} each), "
+        f"{2 * per_node} actors × 1 CPU, joined with `--address`"
+    )
     layouts = {
         "local pipeline (`--engine local`)": None,
         f"Ray local mode, 1 actor × {usable_cores()} CPUs": EngineConfig(
@@ -51,13 +72,17 @@ def run(work: Path, quick: bool) -> Section:
         f"Ray local mode, {usable_cores()} actors × 1 CPU": EngineConfig(
             engine="ray", workers=usable_cores(), cpus_per_worker=1.0
         ),
+        cluster_name: "cluster",
     }
     timelines: dict[str, list[list[tuple[float, int]]]] = {name: [] for name in layouts}
 
-    def embedding(name: str, engine: EngineConfig | None):
+    def embedding(name: str, engine: EngineConfig | str | None):
         def once() -> None:
             out = work / _folder(name)
             shutil.rmtree(out, ignore_errors=True)
+            if engine == "cluster":
+                timelines[name].append(_command_timeline(root, out, config, cluster))
+                return
             started, timeline = time.perf_counter(), []
 
             def record(done, total, rate):
@@ -67,17 +92,24 @@ def run(work: Path, quick: bool) -> Section:
                 embed_to_parquet(dataset, config, out, progress=record)
             else:
                 embed_on_ray(dataset, config, out, engine, progress=record)
-            timeline.append((time.perf_counter() - started, len(photos)))
+            timeline.append((time.perf_counter() - started, images))
             timelines[name].append(timeline)
 
         return once
 
-    interleaved({name: embedding(name, engine) for name, engine in layouts.items()}, plan["rounds"])
+    started = time.perf_counter()
+    with LoopbackCluster(workers=1, cpus=per_node) as cluster:
+        cluster_start = time.perf_counter() - started
+        interleaved(
+            {name: embedding(name, engine) for name, engine in layouts.items()}, plan["rounds"]
+        )
+        lost = _lost_node_run(root, work / "lost-node", config, cluster, images)
     figures = {
-        name: [_startup_and_rate(timeline, len(photos)) for timeline in runs]
+        name: [_startup_and_rate(timeline, images) for timeline in runs]
         for name, runs in timelines.items()
     }
     local_name, *ray_names = layouts
+    local_modes = [name for name in ray_names if name != cluster_name]
     local_rates = [rate for _, rate in figures[local_name]]
     rows = []
     for name in layouts:
@@ -85,7 +117,7 @@ def run(work: Path, quick: bool) -> Section:
         ratio = median_ratio(list(rates), local_rates)
         rows.append([name, seconds(median(startups)), f"{median(rates):.1f}", f"{ratio:.2f}×"])
     best_ray = max(
-        ray_names, key=lambda name: median_ratio([rate for _, rate in figures[name]], local_rates)
+        local_modes, key=lambda name: median_ratio([rate for _, rate in figures[name]], local_rates)
     )
     best_ratio = median_ratio([rate for _, rate in figures[best_ray]], local_rates)
     local_vectors = read_embeddings(work / _folder(local_name))
@@ -95,9 +127,12 @@ def run(work: Path, quick: bool) -> Section:
 
     section.add(
         f"`python -m core embed SOURCE --engine ray` against the local pipeline on the same {len(photos)} photo-like "
-        f"JPEGs (640×480) and model (ViT-B/32, random weights, torch fp32, batch {config.batch_size or CPU_BATCH_SIZE}), each writing a folder "
-        f"of part files; {plan['rounds']} round(s) in rotating order, medians. Each Ray run starts its own local "
-        "cluster (`ray.init()`), as a command does, and stops it. *Start-up*: the run's time beyond what its "
+        f"JPEGs (640×480, and the one train image a dataset folder needs) and model (ViT-B/32, random weights, torch fp32, "
+        f"batch {config.batch_size or CPU_BATCH_SIZE}), each writing a folder of part files; {plan['rounds']} round(s) in "
+        "rotating order, medians. Each local-mode run starts its own local cluster (`ray.init()`), as a command does, "
+        "and stops it. The two-node cluster (a head and a worker node on 127.0.0.1, `bench/ray_cluster.py`) is "
+        f"started once, before the runs, in {seconds(cluster_start)}; each of its runs is the command itself "
+        "(`python -m core embed … --address`), timed from its process start. *Start-up*: the run's time beyond what its "
         "marginal rate needs for the images (model loads, the first batch's check on the driver, Ray and its actors "
         "starting). *Marginal rate*: images per second over the second half of the run, once everything is up.",
         table(["engine", "start-up", "marginal images/s", "marginal rate vs local"], rows),
@@ -111,6 +146,19 @@ def run(work: Path, quick: bool) -> Section:
             else ""
         ),
     )
+    undisturbed = median([timeline[-1][0] for timeline in timelines[cluster_name]])
+    section.add(
+        f"**A lost node.** One more run on the two-node cluster, whose worker node is killed (its raylet and actors, "
+        f"as a machine lost) once half the images are done: it took {seconds(lost.seconds)} against "
+        f"{seconds(undisturbed)} undisturbed (the median above), {lost.seconds / undisturbed:.2f}×; its progress "
+        f"stood still for {seconds(lost.stall)} at most after the loss, while Ray moved the lost actor's batches to the "
+        f"head's actor; the parts hold {lost.rows} rows for {lost.ids} distinct images of {images}."
+    )
+    section.check(
+        "two-node cluster, a worker node lost half-way: every image written once",
+        f"{lost.rows} rows, {lost.ids} distinct, of {images}",
+        lost.rows == lost.ids == images,
+    )
     section.check(
         f"Ray local mode ≥ {TARGET_RATIO}× the local pipeline's marginal throughput",
         f"{best_ratio:.2f}× ({best_ray}), start-up {seconds(median([s for s, _ in figures[best_ray]]))} "
@@ -123,6 +171,67 @@ def run(work: Path, quick: bool) -> Section:
     per_core = median([rate for _, rate in figures[best_ray]]) / usable_cores()
     section.add(*_plan(per_core, ray_startup, write_rate, index_bytes, median(local_rates)))
     return section
+
+
+class LostNode(NamedTuple):
+    """A cluster run that lost a worker node half-way."""
+
+    seconds: float  # the whole run
+    stall: float  # the longest time without progress after the loss
+    rows: int  # rows in its parts, repeats included
+    ids: int  # distinct ids in its parts
+
+
+def _command_timeline(
+    root: Path,
+    out: Path,
+    config: EmbedConfig,
+    cluster: LoopbackCluster,
+    progress: Callable[[float, int], None] | None = None,
+) -> list[tuple[float, int]]:
+    """(seconds, images done) of `python -m core embed root --engine ray` joining `cluster`, read off its
+    progress bar as it runs and told to `progress`; the last point is its exit."""
+    argv = [sys.executable, "-m", "core", "embed", str(root), "--model", config.model]
+    argv += ["--precision", config.precision, "--runtime", config.runtime]
+    argv += ["--engine", "ray", "--address", cluster.address, "--out", str(out)]
+    env = {**cluster.driver_env(), "PYTHONPATH": str(REPO)}
+    started, timeline, pending, total = time.perf_counter(), [], b"", 0
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while chunk := child.stderr.read1(65536):
+        *updates, pending = re.split(rb"[\r\n]", pending + chunk)
+        for update in updates:
+            if shown := _PROGRESS.match(update):
+                done, total = int(shown[1]), int(shown[2])
+                timeline.append((time.perf_counter() - started, done))
+                if progress is not None:
+                    progress(timeline[-1][0], done)
+    if child.wait() != 0:
+        raise RuntimeError(f"the command failed on the cluster: {pending.decode(errors='replace')}")
+    timeline.append((time.perf_counter() - started, total))
+    return timeline
+
+
+def _lost_node_run(
+    root: Path, out: Path, config: EmbedConfig, cluster: LoopbackCluster, images: int
+) -> LostNode:
+    """A command on `cluster` whose worker node is removed once half the images are done."""
+    shutil.rmtree(out, ignore_errors=True)
+    lost_at: list[float] = []
+
+    def lose_half_way(when: float, done: int) -> None:
+        if not lost_at and done >= images / 2:
+            cluster.remove_worker()
+            lost_at.append(when)
+
+    timeline = _command_timeline(root, out, config, cluster, lose_half_way)
+    after = [when for when, _ in timeline if when >= lost_at[0]]
+    rows = sum(pq.read_metadata(part).num_rows for part in part_files(out))
+    return LostNode(
+        timeline[-1][0],
+        max(later - earlier for earlier, later in pairwise(after)),
+        rows,
+        len(embedded_ids(out)),
+    )
 
 
 def _folder(name: str) -> str:

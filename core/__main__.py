@@ -15,9 +15,20 @@ EXIT_INTERRUPTED = 130
 class ProgressBar:
     """A one-line progress bar with images/s and ETA on stderr."""
 
-    def __init__(self, label: str, stream=sys.stderr, width: int = 28):
-        self.label, self.stream, self.width = label, stream, width
+    unfinished: ProgressBar | None = None  # the bar whose line is not ended yet
+
+    def __init__(self, label: str, stream=None, width: int = 28):
+        # sys.stderr of the moment, not of the import: whoever replaced it since (a test's capture) gets the bar.
+        self.label, self.stream, self.width = label, stream or sys.stderr, width
         self.started = time.perf_counter()
+
+    @classmethod
+    def end_unfinished_line(cls) -> None:
+        """End a bar's line left half-way, so what is printed next starts a line of its own."""
+        if cls.unfinished is not None:
+            cls.unfinished.stream.write("\n")
+            cls.unfinished.stream.flush()
+            cls.unfinished = None
 
     def __call__(self, done: int, total: int, images_per_second: float | None = None) -> None:
         share = done / total if total else 1.0
@@ -28,8 +39,10 @@ class ProgressBar:
             eta = f"  ETA {(total - done) / images_per_second:5.0f}s"
         bar = "#" * filled + "." * (self.width - filled)
         self.stream.write(f"\r{self.label} [{bar}] {done}/{total} {rate}{eta}")
+        ProgressBar.unfinished = self
         if done >= total:
             self.stream.write(f"  ({time.perf_counter() - self.started:.1f}s)\n")
+            ProgressBar.unfinished = None
         self.stream.flush()
 
 
@@ -202,9 +215,11 @@ def cmd_models(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from contextlib import nullcontext
+
     from core.embedding.cache import EmbeddingCache
     from core.embedding.config import EmbedConfig
-    from core.embedding.ray_engine import EngineConfig, embed_on_ray, refuse_file_out
+    from core.embedding.ray_engine import EngineConfig, embed_on_ray, joined_ray, refuse_file_out
     from core.embedding.runner import embed_to_parquet, is_folder_out
     from core.io.layouts import load_dataset
 
@@ -213,12 +228,14 @@ def cmd_embed(args) -> int:
     if engine.engine == "ray":
         refuse_file_out(args.out)  # before the dataset is read
     out = _checked_out(args.out, [args.source], folder=folder)
-    dataset = load_dataset(_selected_source(args), watch=_stage_bars())
     config, bar = _config(EmbedConfig, args), ProgressBar("embedding")
-    if engine.engine == "ray":
-        run = embed_on_ray(dataset, config, out, engine, bar, args.rows_per_part)
-    else:
-        run = embed_to_parquet(dataset, config, out, EmbeddingCache(), bar, args.rows_per_part)
+    # Ray before the dataset is read: a cluster that cannot be joined is told in seconds, however large the dataset.
+    with joined_ray(engine) if engine.engine == "ray" else nullcontext():
+        dataset = load_dataset(_selected_source(args), watch=_stage_bars())
+        if engine.engine == "ray":
+            run = embed_on_ray(dataset, config, out, engine, bar, args.rows_per_part)
+        else:
+            run = embed_to_parquet(dataset, config, out, EmbeddingCache(), bar, args.rows_per_part)
     _tell_embedding(run.written, run)
     already = f"; {run.already} already there, {run.already + run.written} in all" if folder else ""
     print(f"wrote {run.written} vectors ({run.model}) to {args.out}{already}")
@@ -803,10 +820,12 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     try:
         return _run(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # A second Ctrl-C while saying goodbye (or while threads wind down) must not print a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("\ninterrupted: finished batches are cached and will be reused", file=sys.stderr)
+        # The work that raised it may say what it kept; a local run's batches are in the cache.
+        kept = str(interrupt) or "finished batches are cached and will be reused"
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -820,15 +839,24 @@ def _run(argv: list[str] | None) -> int:
     try:
         return args.run(args)
     except (ValueError, ModelUnavailableError, OSError) as error:
+        ProgressBar.end_unfinished_line()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
+def _holds_ray() -> bool:
+    """Whether this process is still joined to Ray: a Ray run that failed or was interrupted leaves it so."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 if __name__ == "__main__":
     code = main()
-    if code == EXIT_INTERRUPTED:
+    if code == EXIT_INTERRUPTED or _holds_ray():
         # CPython ends with a SIGINT of its own (exit status -2, not 130) when the Ctrl-C landed in a
-        # library's PyRun_* call during import, even though main handled it: leave without finalising.
+        # library's PyRun_* call during import, even though main handled it; and the interpreter's
+        # teardown under the threads of a Ray run that stopped can crash (SIGSEGV) after the one line
+        # was printed: leave without finalising.
         import os
 
         sys.stdout.flush()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
+import socket
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from core.embedding.clip import backend_in
 from core.embedding.config import CPU_BATCH_SIZE, EmbedConfig
@@ -34,6 +41,36 @@ PART_SECONDS = 60.0
 # Ray Data's own progress bars, execution logs and error reports would interleave with the progress bar.
 _RAY_DATA_LOGGER = "ray.data"
 _RAY_BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"
+# Joining a cluster: a head that does not answer within this many seconds is reported down. Ray's own
+# waits are far longer (40 s per attempt on a silent port, 20 attempts on a refused token) and fill the
+# terminal with its warnings meanwhile.
+JOIN_SECONDS = 5
+# Ray retries a GCS connection once a second for this many seconds (a head still starting); the variable
+# is read when ray.init connects. Once the head's port has answered, two attempts are enough.
+_GCS_WAIT = "RAY_gcs_server_port_wait_time_s"
+_ATTEMPTS_AFTER_ANSWER = 2
+_AUTH_MODE = "RAY_AUTH_MODE"
+# Ray's version-mismatch error names the cluster's versions, then this process's.
+_VERSIONS = re.compile(r"Ray: (\S+)\s+Python: (\S+)")
+# Every block has these types, whatever its rows hold: Ray Data infers a block's types from its values, so a
+# block of unlabelled test rows (labels all null) and one of labelled train rows would not merge.
+_ITEMS = pa.schema(
+    [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("path", pa.string())]
+)
+# Input blocks at most. A block of one model batch gives progress batch by batch and loses a node only
+# the batches it holds, but each block costs the driver a ray.put (about 3 ms here): past this many
+# batches the blocks grow instead. Ray Data's from_items makes as many.
+_INPUT_BLOCKS = 200
+# Ray Data appends this advice to a failed task's message, below the task's own error.
+_RAY_RETRY_ADVICE = re.compile(r"\n(Failed to .* after \d+/\d+ attempts|To change retry attempts)")
+# How Python joins the tracebacks of chained exceptions, and how Ray colours a worker's name.
+_CHAINED = re.compile(
+    r"\n\n(?:The above exception was the direct cause of the following exception"
+    r"|During handling of the above exception, another exception occurred):\n\n"
+)
+_ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+# "pyarrow.lib.ArrowTypeError: …" reads as "ArrowTypeError: …".
+_MODULE_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*: )")
 
 
 @dataclass(frozen=True)
@@ -56,7 +93,7 @@ class EngineConfig:
     workers: int | None = field(
         default=None,
         metadata={
-            "help": "model actors (--engine ray); none: as many as the cluster's CPUs (or GPUs, with --gpus-per-worker) hold"
+            "help": "model actors (--engine ray); none: as many as the cluster's nodes hold (each actor's CPUs and GPUs on one node)"
         },
     )
     cpus_per_worker: float = field(
@@ -117,10 +154,10 @@ def embed_on_ray(
     vectors come back to this process as they are made and go into parts (`rows_per_part` rows,
     or PART_SECONDS of work, each), refused files into the folder's _rejected.csv, and the run goes
     on. The local path (embed_to_parquet) embeds the first batch here, which settles the folder's
-    model and backend (precision "auto" once, or the parts' own) for every actor. Ray is started here, sized
-    to this machine or joining engine.address, unless this process already runs it; a Ray started
-    here is stopped at the end. The embedding cache is not used: the folder is the record of what
-    is done.
+    model and backend (precision "auto" once, or the parts' own) for every actor. Ray is joined or started
+    first (see joined_ray) when actors will have work, and the cluster must hold them (see _actors_held).
+    The embedding cache is not used: the folder is the record of what is done. Ctrl-C raises a
+    KeyboardInterrupt saying what is kept.
     """
     if engine.engine != "ray":
         raise ValueError(f"embed_on_ray runs engine 'ray', got {engine.engine!r}")
@@ -143,24 +180,40 @@ def _embed_on_ray(
     todo = [item for item in dataset.items if item.id not in already]
     done_before = len(dataset.items) - len(todo)
     report = _Progress(progress, len(dataset.items), done_before)
-    rejected, note, written = list(dataset.rejected), None, written_by(out)
-    # Batch by batch until one is written (a whole batch may be refused): its part names the model and precision.
-    while todo and (note is None or written is None):
-        size = config.batch_size or CPU_BATCH_SIZE
-        batch, todo = todo[:size], todo[size:]
-        refused_before = [] if note is not None else dataset.rejected  # into the sidecar once
-        local = embed_to_parquet(
-            Dataset(dataset.name, batch, refused_before), config, out, rows_per_part=rows_per_part
-        )
-        rejected += local.rejected[len(refused_before) :]
-        note = note or local.precision_note or ""
-        report.add(local.computed, len(batch) - local.written)
-        written = written_by(out)
-    if todo:
-        parts = PartWriter(
-            out, *written, rows_per_part=rows_per_part, seconds_per_part=PART_SECONDS
-        )
-        rejected += _embed_rest(todo, config, written[0], engine, parts, report)
+    rejected, note, written = list(dataset.rejected), None, None
+    size = config.batch_size or CPU_BATCH_SIZE
+    try:
+        # Ray first when its actors will have work: a cluster that cannot be joined, or cannot hold one
+        # actor, is told before the model loads.
+        on_ray = len(todo) > size
+        with joined_ray(engine) if on_ray else nullcontext():
+            actors = _actors_held(engine) if on_ray else 0
+            # Batch by batch here until one is written (a whole batch may be refused): its part names the
+            # model and precision. The first batch is also the local path's check of the folder (its model
+            # and precision), made even when the folder already holds every item.
+            while note is None or (todo and written is None):
+                batch, todo = todo[:size], todo[size:]
+                # The files refused when the dataset was read go into the sidecar once.
+                refused_before = [] if note is not None else dataset.rejected
+                local = embed_to_parquet(
+                    Dataset(dataset.name, batch, refused_before),
+                    config,
+                    out,
+                    rows_per_part=rows_per_part,
+                )
+                rejected += local.rejected[len(refused_before) :]
+                note = note or local.precision_note or ""
+                report.add(local.computed, len(batch) - local.written)
+                written = written_by(out)
+            if todo:
+                parts = PartWriter(
+                    out, *written, rows_per_part=rows_per_part, seconds_per_part=PART_SECONDS
+                )
+                rejected += _embed_rest(todo, config, written[0], engine, actors, parts, report)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"the parts written to {out} so far are kept; the same command resumes from them"
+        ) from None
     report.finish()
     model = written[0] if written else ""
     return ParquetRun(
@@ -188,28 +241,32 @@ def _embed_rest(
     config: EmbedConfig,
     model: str,
     engine: EngineConfig,
+    actors: int,
     parts: PartWriter,
     report: _Progress,
 ) -> list[Rejected]:
-    """Embed `items` on an actor pool, writing parts as vectors arrive; the refused items."""
+    """Embed `items` on a pool of `actors` actors, writing parts as vectors arrive; the refused items."""
     import ray
     import ray.data
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        _start_ray(engine)
     quiet = logging.getLogger(_RAY_DATA_LOGGER)
     level = quiet.level
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = context.print_on_execution_start = False
     quiet.setLevel(logging.CRITICAL)  # a failure comes back as this run's own one-line error
     rejected: list[Rejected] = []
+    batch_size = config.batch_size or CPU_BATCH_SIZE
     try:
-        rows = [
-            {"id": item.id, "split": item.split, "label": item.label, "path": str(item.path)}
-            for item in items
-        ]
-        vectors = ray.data.from_items(rows).map_batches(
+        rows = pa.Table.from_pylist(
+            [
+                {"id": item.id, "split": item.split, "label": item.label, "path": str(item.path)}
+                for item in items
+            ],
+            schema=_ITEMS,
+        )
+        vectors = ray.data.from_arrow(
+            rows, override_num_blocks=min(_INPUT_BLOCKS, -(-len(items) // batch_size))
+        ).map_batches(
             _EmbeddingActor,
             fn_constructor_kwargs={
                 "config": config,
@@ -217,40 +274,93 @@ def _embed_rest(
                 "threads": max(1, int(engine.cpus_per_worker)),
             },
             # Each actor's model call is one Ray batch: give --batch-size for GPU workers, whose memory this process cannot see.
-            batch_size=config.batch_size or CPU_BATCH_SIZE,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=engine.workers or _workers_held(engine)),
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=engine.cpus_per_worker,
             num_gpus=engine.gpus_per_worker or None,
         )
-        for batch in vectors.iter_batches(batch_size=None, batch_format="numpy"):
-            refused = batch["reason"] != ""
-            refusals = [
-                Rejected(str(name), str(reason))
-                for name, reason in zip(batch["id"][refused], batch["reason"][refused])
-            ]
+        for batch in vectors.iter_batches(batch_size=None, batch_format="pyarrow"):
+            embeddings, refusals = _received(batch, parts.model)
             parts.rejected(refusals)
             rejected += refusals
-            kept = ~refused
-            parts.add(
-                Embeddings(
-                    ids=batch["id"][kept].astype(str),
-                    splits=batch["split"][kept].astype(str),
-                    labels=batch["label"][kept].astype(object),
-                    vectors=batch["embedding"][kept].astype(np.float32),
-                    model=parts.model,
-                )
-            )
-            report.add(int((~refused).sum()), len(refusals))
+            parts.add(embeddings)
+            report.add(len(embeddings.ids), len(refusals))
     except ray.exceptions.RayError as error:
-        # An actor that cannot load the model, a lost worker: Ray's last line says why; a rerun resumes.
-        raise ValueError(f"the Ray run stopped: {str(error).strip().splitlines()[-1]}") from None
+        # An actor that cannot load the model, a lost worker: a rerun resumes.
+        raise ValueError(f"the Ray run stopped: {why_stopped(error)}") from None
     finally:
         parts.flush()  # vectors already made are kept, however the run ends
         quiet.setLevel(level)
-        if started_here:
-            ray.shutdown()
     return rejected
+
+
+def why_stopped(error: BaseException) -> str:
+    """The one line saying why a Ray run failed: the first error of the worker's chain, without Ray Data's retry advice.
+
+    Ray sends a worker's error back as its formatted traceback (the exceptions themselves do not cross
+    processes), the first cause first and Ray Data's own wrapper and advice last.
+    """
+    first = _CHAINED.split(_ANSI_COLOUR.sub("", str(error)), maxsplit=1)[0]
+    lines = [
+        line.strip()
+        for line in _RAY_RETRY_ADVICE.split(first, maxsplit=1)[0].splitlines()
+        if line.strip()
+    ]
+    return _MODULE_PATH.sub("", lines[-1]) if lines else type(error).__name__
+
+
+def _received(batch: pa.Table, model: str) -> tuple[Embeddings, list[Rejected]]:
+    """The vectors of one batch the actors sent back, and the files they refused."""
+    column = {
+        name: np.array(batch.column(name).to_pylist(), dtype=object)
+        for name in ("id", "split", "label", "reason")
+    }
+    refused = column["reason"] != ""
+    kept = ~refused
+    dim = batch.schema.field("embedding").type.list_size
+    vectors = batch.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    embeddings = Embeddings(
+        column["id"][kept].astype(str),
+        column["split"][kept].astype(str),
+        column["label"][kept],
+        vectors[kept],
+        model,
+    )
+    return embeddings, [
+        Rejected(name, reason)
+        for name, reason in zip(column["id"][refused], column["reason"][refused])
+    ]
+
+
+@contextmanager
+def joined_ray(engine: EngineConfig) -> Iterator[None]:
+    """Ray joined (engine.address) or started on this machine for the block, unless this process already
+    runs it. A Ray started or joined here is shut down when the block ends, or left to the end of the
+    process when the block raises. A cluster that cannot be joined is one ValueError saying what to do,
+    within about JOIN_SECONDS."""
+    import ray
+
+    if engine.engine != "ray":
+        raise ValueError(f"joined_ray runs engine 'ray', got {engine.engine!r}")
+    if ray.is_initialized():
+        yield
+        return
+    # Ray prints what the cluster reports (a node lost, a task retried, with its raylet's last log lines)
+    # to sys.stdout from a thread of its own: the command's output is its own lines, Ray's stay in its logs.
+    with tempfile.TemporaryFile("w+") as aside, redirect_stdout(aside):
+        _start_ray(engine)
+        try:
+            yield
+        except BaseException:
+            # Ray's shutdown frees its core worker under the threads of the Ray Data iteration that the
+            # error or Ctrl-C abandoned, which can end the process (status 1) before its one line is
+            # printed: 1 Ctrl-C in 5 did here. Ray is left to the process's end instead, its shutdown at
+            # exit too: a cluster drops the job of a driver gone, a local Ray is stopped by the reaper
+            # process ray.init starts beside it.
+            atexit.unregister(ray.shutdown)
+            raise
+        ray.shutdown()
 
 
 def _start_ray(engine: EngineConfig) -> None:
@@ -259,31 +369,154 @@ def _start_ray(engine: EngineConfig) -> None:
 
     # Ray's C++ layer, read at start-up, logs a line per actor pool (its constructor arguments sit in the
     # object store, ray-project/ray#53727) into the progress bar; its real failures reach us as exceptions.
-    users_level = _RAY_BACKEND_LOG_LEVEL in os.environ
-    os.environ.setdefault(_RAY_BACKEND_LOG_LEVEL, "fatal")
+    settings = {_RAY_BACKEND_LOG_LEVEL: "fatal"}
+    if engine.address == "auto":
+        settings[_GCS_WAIT] = str(JOIN_SECONDS)
+    elif engine.address is not None:
+        _check_listening(engine.address)
+        # The head answered: a refusal now (a token, the versions) is no head still starting, and retrying it only waits.
+        settings[_GCS_WAIT] = str(_ATTEMPTS_AFTER_ANSWER)
+    with _ray_output_aside(settings):
+        try:
+            ray.init(
+                address=engine.address,
+                include_dashboard=False,
+                # The command's own progress bar and messages are the output; actors' logs stay in Ray's log folder.
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
+                runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
+            )
+        except Exception as error:  # ConnectionError, RuntimeError, a RayError…: ray.init has many
+            raise ValueError(_join_failure(engine.address, error)) from None
+
+
+@contextmanager
+def _ray_output_aside(settings: dict[str, str]) -> Iterator[None]:
+    """Run a Ray start-up with `settings` in the environment (where the user set none) and its C++ warnings out
+    of the terminal: they are written straight to file descriptor 2, before Ray's log level applies."""
+    added = {name: value for name, value in settings.items() if name not in os.environ}
+    os.environ.update(added)
+    sys.stderr.flush()
+    terminal = os.dup(2)
     try:
-        ray.init(
-            address=engine.address,
-            include_dashboard=False,
-            # The command's own progress bar and messages are the output; actors' logs stay in Ray's log folder.
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            # Shipped to every worker, so a cluster needs only the requirements installed, not this code.
-            runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
-        )
+        with tempfile.TemporaryFile() as aside:
+            os.dup2(aside.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(terminal, 2)
     finally:
-        if not users_level:
-            del os.environ[_RAY_BACKEND_LOG_LEVEL]
+        os.close(terminal)
+        for name in added:
+            del os.environ[name]
 
 
-def _workers_held(engine: EngineConfig) -> int:
-    """How many actors the cluster's CPUs (or GPUs) hold, at least one."""
+def _check_listening(address: str) -> None:
+    """Refuse, within JOIN_SECONDS, a HOST:PORT (or ray://HOST:PORT) where nothing answers."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_SECONDS).close()
+    except OSError as error:
+        if isinstance(error, ConnectionRefusedError):
+            why = "nothing listens on that port"
+        elif isinstance(error, TimeoutError):
+            why = f"no answer within {JOIN_SECONDS} s"
+        else:
+            why = error.strerror or str(error)
+        raise ValueError(
+            f"cannot reach the Ray cluster at {address} ({why}): start its head there "
+            f"(ray start --head --port {port}), or give the address `ray start --head` printed"
+        ) from None
+
+
+def _join_failure(address: str | None, error: BaseException) -> str:
+    """The one line saying why Ray could not be started or joined, and what to do."""
+    import ray.exceptions
+
+    chain = [error]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(inner)
+    text = "\n".join(str(link) for link in chain)
+    where = (
+        "the Ray cluster on this machine" if address == "auto" else f"the Ray cluster at {address}"
+    )
+    token_help = (
+        "the head's token, in ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
+        "(`ray get-auth-token` on the head prints it)"
+    )
+    if (
+        any(isinstance(link, ray.exceptions.AuthenticationError) for link in chain)
+        or "InvalidAuthToken" in text
+    ):
+        if os.environ.get(_AUTH_MODE, "").lower() != "token":
+            return (
+                f"{where} wants a token (Ray's token authentication) and this machine sends none: "
+                f"set {_AUTH_MODE}=token here and give it {token_help}"
+            )
+        return f"{where} refused this machine's token, or it has none: give it {token_help}"
+    if len(versions := _VERSIONS.findall(text)) >= 2:
+        (ray_there, python_there), (ray_here, python_here) = versions[:2]
+        return (
+            f"{where} runs Ray {ray_there} on Python {python_there}, this machine Ray {ray_here} on Python "
+            f'{python_here}: run the command with the cluster\'s versions (pip install "ray[data]=={ray_there}" '
+            f"on Python {python_there}), or start the cluster with this machine's"
+        )
+    if address is None:
+        return f"cannot start Ray on this machine: {why_stopped(chain[-1])}"
+    if "Could not find any running Ray instance" in text:
+        return (
+            "no Ray cluster runs on this machine for --address auto: start one (ray start --head), "
+            "or give its head's address (--address HEAD_IP:6379)"
+        )
+    return f"cannot join {where}: {why_stopped(chain[-1])}"
+
+
+def _actors_held(engine: EngineConfig) -> int:
+    """The actors of the run: engine.workers, or as many as the cluster's nodes hold.
+
+    Refuses, naming what the nodes have, an actor no node can hold and more workers than the nodes
+    hold together: Ray would wait for them for ever. An actor's CPUs and GPUs come from one node.
+    """
     import ray
 
-    resources = ray.cluster_resources()
-    if engine.gpus_per_worker:
-        return max(1, int(resources.get("GPU", 0) / engine.gpus_per_worker))
-    return max(1, int(resources.get("CPU", 1) / engine.cpus_per_worker))
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+    def held_by(resources: dict[str, float]) -> int:
+        held = _fits(resources.get("CPU", 0.0), engine.cpus_per_worker)
+        if engine.gpus_per_worker:
+            held = min(held, _fits(resources.get("GPU", 0.0), engine.gpus_per_worker))
+        return held
+
+    held = sum(held_by(resources) for resources in nodes)
+    needs = _amount(engine.cpus_per_worker, "CPU") + (
+        f" and {_amount(engine.gpus_per_worker, 'GPU')}" if engine.gpus_per_worker else ""
+    )
+    has = "; ".join(
+        f"{_amount(resources.get('CPU', 0.0), 'CPU')}, {_amount(resources.get('GPU', 0.0), 'GPU')}"
+        for resources in nodes
+    )
+    cluster = f"{_amount(len(nodes), 'node')}: {has}"
+    if held == 0:
+        raise ValueError(
+            f"no node of the Ray cluster can hold an actor of {needs} ({cluster}): "
+            "give --cpus-per-worker and --gpus-per-worker that one node has"
+        )
+    if engine.workers is not None and engine.workers > held:
+        raise ValueError(
+            f"--workers {engine.workers} actors of {needs} each do not fit the Ray cluster, which holds "
+            f"{held} ({cluster}): give --workers {held} or fewer"
+        )
+    return engine.workers or held
+
+
+def _fits(available: float, each: float) -> int:
+    """How many shares of `each` fit in `available` (a share of 0.1 fits ten times in 1, despite floating point)."""
+    return int(available / each + 1e-9)
+
+
+def _amount(count: float, unit: str) -> str:
+    return f"{count:g} {unit}{'' if count == 1 else 's'}"
 
 
 class _EmbeddingActor:
@@ -298,26 +531,39 @@ class _EmbeddingActor:
             )
         self.embedder.use_threads(threads)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns = zip(batch["id"], batch["split"], batch["label"], batch["path"])
+    def __call__(self, batch: pa.Table) -> pa.Table:
         items = [
-            Item(str(id_), str(split), None if label is None else str(label), Path(path))
-            for id_, split, label, path in columns
+            Item(id_, split, label, Path(path))
+            for id_, split, label, path in zip(
+                *(batch.column(name).to_pylist() for name in _ITEMS.names)
+            )
         ]
         vectors = np.zeros((len(items), self.embedder.dim), np.float32)
-        reasons = np.full(len(items), "", dtype=object)
+        reasons = [""] * len(items)
         row = {item.id: index for index, item in enumerate(items)}
         for step in EmbeddingStream(Dataset("batch", items), self.embedder, batch_size=len(items)):
             vectors[[row[name] for name in step.embeddings.ids]] = step.embeddings.vectors
             for refusal in step.rejected:
                 reasons[row[refusal.name]] = refusal.reason
-        return {
-            "id": batch["id"],
-            "split": batch["split"],
-            "label": batch["label"],
-            "embedding": vectors,
-            "reason": reasons,
-        }
+        return pa.Table.from_arrays(
+            [
+                *(batch.column(name) for name in ("id", "split", "label")),
+                pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.embedder.dim),
+                pa.array(reasons, pa.string()),
+            ],
+            schema=_vectors_schema(self.embedder.dim),
+        )
+
+
+def _vectors_schema(dim: int) -> pa.Schema:
+    """What the actors send back: the items' columns, each one's vector (zeros when refused) and why it was refused ("" when not)."""
+    return pa.schema(
+        [
+            *(field for field in _ITEMS if field.name != "path"),
+            ("embedding", pa.list_(pa.float32(), dim)),
+            ("reason", pa.string()),
+        ]
+    )
 
 
 class _Progress:
