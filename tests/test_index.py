@@ -261,3 +261,38 @@ def test_small_searches_stay_with_faiss():
     index = VectorIndex(unit_rows(rng, 500, 16))
     index.search(unit_rows(rng, 20, 16), 5)
     assert index.screened_queries == 0 and index.settings == "exact inner product over every vector"
+
+
+def test_bf16_rounding_in_numpy_matches_torch_bit_for_bit():
+    import torch
+
+    from core.search.screen import bf16_bits, widened
+
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    # halfway cases (ties to even, both parities), subnormals, the largest finite values and zeros
+    halfway = (rng.integers(0, 2**16, 1000).astype(np.uint32) << 16) | 0x8000
+    edges = np.array([0, 0x80000000, 1, 0x807FFFFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000], np.uint32)
+    values = np.concatenate([bits, halfway, edges]).view(np.float32)
+    values = values[np.isfinite(values)]
+    expected = torch.from_numpy(values.copy()).bfloat16().view(torch.int16).numpy()
+    np.testing.assert_array_equal(bf16_bits(values), expected.view(np.uint16))
+    np.testing.assert_array_equal(
+        widened(bf16_bits(values)), torch.from_numpy(values.copy()).bfloat16().float().numpy()
+    )
+
+
+def test_screened_search_over_many_blocks_with_a_short_last_one_equals_flat_ip(
+    screening, monkeypatch
+):
+    from core.search import screen
+
+    monkeypatch.setattr(screen, "SCREEN_CELLS_PER_BLOCK", 1)
+    monkeypatch.setattr(screen, "SCREEN_QUERIES_PER_BLOCK", (7, 7))
+    rng = np.random.default_rng(12)
+    rows, queries = near_tied_rows(rng)
+    assert len(queries) % 7
+    index = VectorIndex(rows, "exact")
+    found = index.search(queries, 5)
+    assert_same_as_flat_ip(found, rows, queries, 5)
+    assert index.screened_queries == len(queries)
