@@ -12,13 +12,21 @@ import numpy as np
 
 from bench.fixtures import EmbeddingSpace, retrieval_embeddings
 from bench.report import Section, seconds, table
-from bench.timing import interleaved, median, median_ratio, peak_rss_mb, run_python
+from bench.timing import (
+    interleaved,
+    matmul_rates,
+    median,
+    median_ratio,
+    peak_rss_mb,
+    product_flop,
+    run_python,
+)
 from core.analysis.pipeline import search_and_rank
 from core.embedding.clip import usable_cores
 from core.prediction.config import PredictConfig
 from core.records import TEST, TRAIN
 from core.search.index import EXACT_UP_TO, VectorIndex
-from core.search.screen import SCREEN_MARGIN
+from core.search.screen import SCREEN_MARGIN, queries_per_block
 
 # The dashboard's sizes (test items, train classes of 3), as bench/ui.py generates them.
 SCREEN_SIZES = {"13k": (13_000, 1_000), "130k": (100_000, 10_000)}
@@ -47,6 +55,11 @@ K = 5
 RECALL_TARGET, SPEEDUP_TARGET = 0.95, 10.0
 # the uneven case may take at most this many times the balanced one's time and memory
 BALANCE_TARGET = 2.0
+# The screened search's GFLOP/s at least this share of the bf16 product's alone, and the first
+# analysis at 130k at most this many times its search's arithmetic floor (issue #26).
+PRODUCT_SHARE_TARGET, FLOOR_TARGET = 0.5, 2.0
+# bf16 matrix-multiply rate measured on the Intel Xeon with AMX where BENCHMARKS.md was first made.
+AMX_BF16_GFLOPS = 1985
 
 
 def _numpy_top_k(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +132,25 @@ def _product_size(section: Section, plan) -> None:
     )
 
 
+def _bf16_product(train: np.ndarray, test: np.ndarray):
+    """The screen's arithmetic alone: every test row times every train row in bf16, in the screen's blocks, no selection."""
+    import torch
+
+    columns = torch.from_numpy(train).bfloat16().T.contiguous()
+    queries = torch.from_numpy(test.copy()).bfloat16()
+    block = queries_per_block(len(train))
+    scores = torch.empty((block, len(train)), dtype=torch.bfloat16)
+
+    def run():
+        for start in range(0, len(queries), block):
+            part = queries[start : start + block]
+            torch.matmul(part, columns, out=scores[: len(part)])
+
+    return run
+
+
 def _flat_and_screened(size: str, n_test: int, n_classes: int, rounds: int) -> tuple[list, tuple]:
-    """FAISS flat and the screened exact search on one size, side by side: the table row and its check."""
+    """FAISS flat, the screened exact search and the bf16 product alone on one size, side by side: the table row and its check."""
     embeddings = retrieval_embeddings(n_test, n_classes)
     train, test = embeddings.subset(TRAIN).vectors, embeddings.subset(TEST).vectors
     found, indexes = {}, []
@@ -134,7 +164,10 @@ def _flat_and_screened(size: str, n_test: int, n_classes: int, rounds: int) -> t
         indexes.append(VectorIndex(train))
         found["screened"] = indexes[-1].search(test, K)
 
-    timings = interleaved({"flat": flat, "screened": screened}, rounds)
+    timings = interleaved(
+        {"flat": flat, "screened": screened, "product": _bf16_product(train, test)}, rounds
+    )
+    gflop = product_flop(len(test), len(train), train.shape[1]) / 1e9
     similarities, indices = found["flat"]
     ours = found["screened"]
     recall = _recall(indices, ours.indices).mean()
@@ -144,11 +177,17 @@ def _flat_and_screened(size: str, n_test: int, n_classes: int, rounds: int) -> t
     index = indexes[-1]
     fallback = index.rechecked_queries / index.screened_queries if index.screened_queries else None
     ratio = median_ratio(timings["flat"], timings["screened"])
+    share = (
+        median_ratio(timings["product"], timings["screened"]) if index.screened_queries else None
+    )
     row = [
         f"{size}: {len(test):,} × {len(train):,}",
         seconds(median(timings["flat"])),
         seconds(median(timings["screened"])),
         f"{ratio:.2f}×",
+        seconds(median(timings["product"])),
+        f"{gflop / median(timings['screened']):,.0f}"
+        + ("" if share is None else f" ({share:.0%} of the product's)"),
         f"{recall:.6f} ("
         + (
             f"{int(differing.sum())} rows differ" + (", all at float ties" if only_ties else "")
@@ -160,7 +199,7 @@ def _flat_and_screened(size: str, n_test: int, n_classes: int, rounds: int) -> t
         if fallback is None
         else f"{fallback:.2%}",
     ]
-    return row, (size, timings, ratio, recall, only_ties, fallback)
+    return row, (size, timings, ratio, recall, only_ties, fallback, share)
 
 
 def _screened(section: Section, plan) -> None:
@@ -171,6 +210,9 @@ def _screened(section: Section, plan) -> None:
         row, check = _flat_and_screened(size, n_test, n_classes, plan["rounds"])
         rows.append(row)
         checks.append(check)
+    n_test, n_classes = list(plan["screen_sizes"].values())[-1]
+    rates = matmul_rates(3 * n_classes)
+    flop = product_flop(n_test, 3 * n_classes, 512)
     section.add(
         f"**Exact top-{K} with the bf16 screen** (`core.search.screen`): the same search by FAISS IndexFlatIP alone "
         "(fp32, as before) and by `VectorIndex` as it now runs: where bf16 products are at least "
@@ -178,22 +220,34 @@ def _screened(section: Section, plan) -> None:
         f"torch multiplies the queries by the centred rows in bf16, keeps each query's top k + {SCREEN_MARGIN} rows, "
         "re-ranks them in fp32 and certifies that no row left out could beat the k-th (a derived bound on the bf16 "
         "error); queries it cannot certify are searched "
-        "again with FAISS. Index build included; synthetic CLIP-like 512-d vectors of the dashboard bench's shape. "
-        f"Load average {load:.1f} on the {usable_cores()} usable cores when this started: other processes on the "
-        "cores slow both contenders, and not evenly.",
+        "again with FAISS. Each block of queries makes one bf16 product and one top-k selection "
+        "(`core.search.screen.queries_per_block`). Index build included; synthetic CLIP-like 512-d vectors of the "
+        "dashboard bench's shape. \"bf16 product alone\" is the screen's arithmetic without selection, re-rank or "
+        "certificate (the same products in the same blocks), timed in turn with the two searches: the screened "
+        "search's GFLOP/s (2·test·train·512 FLOP over its time) as a share of the product's is how close the search "
+        f"comes to this machine's bf16 rate. Load average {load:.1f} on the {usable_cores()} usable cores when this "
+        "started: other processes on the cores slow every contender, and not evenly.",
         table(
             [
                 "size (test × train)",
                 "FAISS flat",
                 "screened exact",
                 "speed-up",
+                "bf16 product alone",
+                "screened GFLOP/s",
                 f"recall@{K} vs FAISS",
                 "searched again with FAISS",
             ],
             rows,
         ),
+        f"torch's product at the screen's block shape against {3 * n_classes:,} rows, best of 5 in this run: "
+        f"{rates['bf16']:,.0f} GFLOP/s in bf16, {rates['fp32']:,.0f} GFLOP/s in fp32 "
+        f"({rates['bf16'] / rates['fp32']:.1f}×). The largest search above ({flop / 1e12:.2f} TFLOP) has an arithmetic "
+        f"floor of {seconds(flop / rates['bf16'] / 1e9)} in bf16 and {seconds(flop / rates['fp32'] / 1e9)} in fp32 "
+        f"here; on the Intel Xeon with AMX these benchmarks were first made on (bf16 at {AMX_BF16_GFLOPS:,} GFLOP/s) "
+        f"it would be {seconds(flop / AMX_BF16_GFLOPS / 1e9)}.",
     )
-    for size, timings, ratio, recall, only_ties, fallback in checks:
+    for size, timings, ratio, recall, only_ties, fallback, share in checks:
         section.check(
             f"exact top-5 at {size}: bf16 screen + fp32 re-rank vs FAISS flat, results equal up to float ties",
             f"{seconds(median(timings['screened']))} vs {seconds(median(timings['flat']))} ({ratio:.2f}×), "
@@ -201,6 +255,12 @@ def _screened(section: Section, plan) -> None:
             + ("" if fallback is None else f", {fallback:.2%} searched again"),
             only_ties,
         )
+        if share is not None:
+            section.check(
+                f"exact top-5 at {size}: screened search ≥ {PRODUCT_SHARE_TARGET:.0%} of the bf16 product's GFLOP/s",
+                f"{share:.0%}",
+                share >= PRODUCT_SHARE_TARGET,
+            )
 
 
 def _first_analysis(section: Section, work: Path, rounds: int) -> None:
@@ -224,18 +284,30 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
         ("search", "test → train search (`retrieve`)"),
         ("leave_one_out", "train leave-one-out scores"),
     ]
+    floors = ("bf16_floor", "fp32_floor", "bf16_gflops", "fp32_gflops")
     figures = {
-        search: {step: median([run[step] for run in found]) for step, _ in steps}
+        search: {step: median([run[step] for run in found]) for step in [*dict(steps), *floors]}
         for search, found in runs.items()
     }
+    # Every process measured the product's rate after its analysis: the floor is theirs, pooled.
+    floor = {
+        name: median([run[name] for found in runs.values() for run in found]) for name in floors
+    }
+    # The analysis over its floor, per process, so each ratio shares its process's machine and load.
+    over_floor = median([run["analysis"] / run["bf16_floor"] for run in runs["screened"]])
     section.add(
         f"**The first analysis at 130k** ({n_test:,} test against {3 * n_classes:,} train, nothing stored), timed in "
         f"Python as `python -m bench --only ui` times it (`bench.ui.first_analysis_in_python`), each run in a fresh "
         f"process (so the screen's once-per-process bf16 timing and torch import are included), {rounds} runs each in "
         f'alternating order, medians; load average {load:.1f} when this started. "FAISS flat" turns the screen off '
-        "(`SCREEN_MIN_SPEEDUP` set to infinity).",
+        "(`SCREEN_MIN_SPEEDUP` set to infinity). The arithmetic floor is the test search's product alone "
+        f"(2 · {n_test:,} · {3 * n_classes:,} · 512 FLOP) at the rate torch multiplies at the screen's block shape, "
+        "measured in each process after its analysis (`bench.timing.matmul_rates`, best of 5): "
+        f"{floor['bf16_gflops']:,.0f} GFLOP/s in bf16, {floor['fp32_gflops']:,.0f} in fp32 (medians over the "
+        f"processes). On the Intel Xeon with AMX (bf16 at {AMX_BF16_GFLOPS:,} GFLOP/s) the bf16 floor would be "
+        f"{seconds(product_flop(n_test, 3 * n_classes, 512) / AMX_BF16_GFLOPS / 1e9)}.",
         table(
-            ["step", "FAISS flat (before)", "bf16 screen (now)", "speed-up"],
+            ["step", "FAISS flat", "bf16 screen", "speed-up"],
             [
                 [
                     words,
@@ -244,13 +316,29 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
                     f"{figures['flat'][step] / figures['screened'][step]:.2f}×",
                 ]
                 for step, words in steps
+            ]
+            + [
+                [
+                    f"arithmetic floor of the test search in {precision}",
+                    seconds(figures["flat"][f"{precision}_floor"]),
+                    seconds(figures["screened"][f"{precision}_floor"]),
+                    "",
+                ]
+                for precision in ("bf16", "fp32")
             ],
         ),
+        f"The screened first analysis takes {over_floor:.2f}× its bf16 floor (median over processes of each "
+        f"one's analysis over its own floor; target ≤ {FLOOR_TARGET:.0f}×).",
     )
     section.check(
         "first analysis at 130k (100k test × 30k train), screened vs FAISS flat",
         f"{seconds(figures['screened']['analysis'])} vs {seconds(figures['flat']['analysis'])}",
         None,
+    )
+    section.check(
+        f"first analysis at 130k ≤ {FLOOR_TARGET:.0f}× the bf16 floor of its search, measured in the same process",
+        f"{over_floor:.2f}× ({seconds(figures['screened']['analysis'])} against {seconds(floor['bf16_floor'])})",
+        over_floor <= FLOOR_TARGET,
     )
 
 

@@ -100,3 +100,34 @@ def peak_rss_mb() -> float:
 def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     """Median over rounds of numerator / denominator, each pair measured in the same round."""
     return median([top / bottom for top, bottom in zip(numerators, denominators)])
+
+
+def matmul_rates(rows: int, dims: int = 512, tries: int = 5) -> dict[str, float]:
+    """GFLOP/s of torch's bf16 and fp32 products at the exact screen's block shape against `rows` rows.
+
+    The best of `tries` after a warm-up, the two precisions taking turns: the rate this machine can
+    reach for the product an exact search cannot avoid, the denominator of its arithmetic floor.
+    """
+    import torch
+
+    from core.search.screen import queries_per_block
+
+    block = queries_per_block(rows)
+    generator = torch.Generator().manual_seed(0)
+    left = torch.rand(block, dims, generator=generator) - 0.5
+    right = (torch.rand(rows, dims, generator=generator) - 0.5).T.contiguous()
+    pairs = {"bf16": (left.bfloat16(), right.bfloat16()), "fp32": (left, right)}
+    outputs = {name: torch.empty(block, rows, dtype=pair[0].dtype) for name, pair in pairs.items()}
+    best = dict.fromkeys(pairs, float("inf"))
+    for attempt in range(tries + 1):
+        for name, (a, b) in pairs.items():
+            started = time.perf_counter()
+            torch.matmul(a, b, out=outputs[name])
+            if attempt:  # the first of each is a warm-up: kernels are made on first use
+                best[name] = min(best[name], time.perf_counter() - started)
+    return {name: 2 * block * rows * dims / fastest / 1e9 for name, fastest in best.items()}
+
+
+def product_flop(n_queries: int, n_rows: int, dims: int) -> float:
+    """Floating-point operations of the product of every query with every row: 2·queries·rows·dims."""
+    return 2.0 * n_queries * n_rows * dims
