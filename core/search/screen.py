@@ -137,13 +137,14 @@ class Screen:
             chunk_bf16 = bf16_bits(chunk)
             torch.matmul(torch.from_numpy(chunk_bf16).view(torch.bfloat16), columns, out=scores[:n])
             torch.topk(scores[:n], m, dim=1, out=(top[:n], top_rows[:n]))
+            screened = widened(top[:n].view(torch.int16).numpy().view(np.uint16))
+            needed = self._needed(chunk, chunk_bf16, screened, k)
             if m < len(rows):
-                screened = widened(top[:n].view(torch.int16).numpy().view(np.uint16))
-                certain = self._certain(chunk, chunk_bf16, screened[:, k - 1], screened[:, -1])
-                uncertain.append(start + np.flatnonzero(~certain))
+                # a row left out scored no more than the last candidate: if that one could still
+                # be among the top k, so could they
+                uncertain.append(start + np.flatnonzero(needed[:, -1]))
             candidates = rows[top_rows[:n].numpy()]
-            # einsum's own loop: BLAS threads would spin on the cores torch's threads need next.
-            exact = np.einsum("qcd,qd->qc", self.vectors[candidates], chunk)
+            exact = self._reranked(chunk, candidates, _prefix_widths(needed))
             # Best first; equal similarities: later row first, as FAISS returns them.
             order = np.lexsort((-candidates, -exact), axis=1)[:, :k]
             similarities[start : start + n] = np.take_along_axis(exact, order, 1)
@@ -154,13 +155,35 @@ class Screen:
             np.concatenate(uncertain) if uncertain else np.zeros(0, np.int64),
         )
 
-    def _certain(
-        self, queries: np.ndarray, queries_bf16: np.ndarray, kth: np.ndarray, last: np.ndarray
+    def _reranked(
+        self, queries: np.ndarray, candidates: np.ndarray, widths: np.ndarray
     ) -> np.ndarray:
-        """Per query: no row left out of its m screened candidates can beat its k-th best exactly.
+        """fp32 similarities of each query's first `widths` candidates (at least), -inf past them.
 
-        queries_bf16: the queries' bf16 bit patterns, as multiplied; kth and last: each query's k-th
-        and m-th best screened scores.
+        The gather of the candidates' fp32 rows is most of the re-rank, and most queries need far
+        fewer than all m (at 30k rows, 22 of 35 at k = 15 and 8 of 26 at k = 6, on CLIP-like vectors):
+        all queries are re-ranked as deep as nine in ten of them need, the others further on their own.
+        """
+        exact = np.full(candidates.shape, -np.inf, np.float32)
+        common = int(np.percentile(widths, 90, method="higher"))
+        # einsum's own loop: BLAS threads would spin on the cores torch's threads need next.
+        exact[:, :common] = np.einsum("qcd,qd->qc", self.vectors[candidates[:, :common]], queries)
+        wide = np.flatnonzero(widths > common)
+        if wide.size:
+            deepest = int(widths[wide].max())
+            exact[wide, common:deepest] = np.einsum(
+                "qcd,qd->qc", self.vectors[candidates[wide, common:deepest]], queries[wide]
+            )
+        return exact
+
+    def _needed(
+        self, queries: np.ndarray, queries_bf16: np.ndarray, screened: np.ndarray, k: int
+    ) -> np.ndarray:
+        """Per query and candidate: whether the candidate can be among the query's top k exactly.
+
+        queries_bf16: the queries' bf16 bit patterns, as multiplied; screened: each query's m best
+        screened scores, best first. The first k are always needed; a candidate that is not needed
+        scores exactly below all of them, and so does every row screened no higher.
 
         The error of a screened score ŝ against q·x − q·c (c: the rows' mean, the same for every row
         of a query, so it orders rows as q·x does), for fp32 rows q and x, y = fl(x − c), and the bf16
@@ -179,10 +202,11 @@ class Screen:
            errs by at most 2⁻⁸|v|: a score screened at or below t was at most t + 2⁻⁸|t| before, one
            at or above t at least t − 2⁻⁸|t|. (Subnormal scores, below 2⁻¹²⁶, are far inside E.)
         5. The re-rank's own fp32 dot product errs from q·x by at most γ_d‖q‖‖x‖.
-        With E = 1 + 2 + 3 + 5 (row norms at their largest), a row left out of the top m (screened ≤
-        t_m) scores exactly at most q·c + t_m + 2⁻⁸|t_m| + E, and each of the top k (screened ≥ t_k) at
-        least q·c + t_k − 2⁻⁸|t_k| − E. So when t_k − t_m > 2⁻⁸(|t_k| + |t_m|) + 2E, k candidates beat
-        every row left out, and the re-ranked top k is the exact one.
+        With E = 1 + 2 + 3 + 5 (row norms at their largest), a row screened at t scores exactly at most
+        q·c + t + 2⁻⁸|t| + E, and each of the top k (screened ≥ t_k) at least q·c + t_k − 2⁻⁸|t_k| − E.
+        So when t_k − t > 2⁻⁸(|t_k| + |t|) + 2E, k candidates beat that row, and every row screened
+        lower (the left side grows faster than the right as t falls). When the m-th candidate is not
+        needed, no row left out of the m is either, and the re-ranked top k is the exact one.
         """
         norms, rounding = _norms_and_rounding(queries, queries_bf16)
         row, row_rounding = self._largest_row, self._largest_rounding
@@ -193,9 +217,17 @@ class Screen:
         summing = gamma * (
             (norms + rounding) * (row + row_rounding) + norms * self._largest_exact_row
         )
-        return kth - last > _BF16_ROUNDOFF * (np.abs(kth) + np.abs(last)) + 2 * (
-            centring + inputs + summing
+        kth = screened[:, k - 1 : k]
+        bound = 2 * (centring + inputs + summing)
+        # written as "not separated" so that a NaN score counts as needed (and uncertain)
+        return ~(
+            kth - screened > _BF16_ROUNDOFF * (np.abs(kth) + np.abs(screened)) + bound[:, None]
         )
+
+
+def _prefix_widths(needed: np.ndarray) -> np.ndarray:
+    """Per row, how many of its first columns hold every True of `needed` (its last True's position + 1)."""
+    return needed.shape[1] - np.argmax(needed[:, ::-1], axis=1)
 
 
 def queries_per_block(n_rows: int) -> int:
