@@ -82,6 +82,22 @@ def test_skewed_classes_cost_about_what_balanced_ones_do():
     assert seconds["skewed"] < 3 * seconds["balanced"] + 0.05, seconds
 
 
+def test_skewed_classes_take_at_most_twice_the_memory_of_balanced_ones():
+    import tracemalloc
+
+    # 2,048 queries: one search call each way, as deep as each labelling makes the first search
+    train, queries, skewed, balanced = skewed_and_balanced(4000, 2048, 32)
+    index = VectorIndex(train)
+    search_labels(index, balanced, queries[:10], 5, 5)  # the index's one-time state, made before
+    peaks = {}
+    for name, labels in (("skewed", skewed), ("balanced", balanced)):
+        tracemalloc.start()
+        search_labels(index, labels, queries, 5, 5)
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["skewed"] <= 2 * peaks["balanced"], peaks
+
+
 def test_search_labels_refuses_what_cannot_fit_and_mismatched_labels(monkeypatch):
     train = np.eye(3, dtype=np.float32)
     with pytest.raises(ValueError, match="2 train labels but 3 indexed vectors"):

@@ -19,9 +19,13 @@ from core.search.index import Neighbours, VectorIndex, checked_vectors
 # no deeper than this: past it, the queries still short of k labels search again without the classes
 # they have, so search cost follows the number of queries, not the size of the largest class.
 FIRST_SEARCH_DEPTH = 256
-# Query × neighbour cells searched in one FAISS call: 6 MB of results and about 40 MB to rank them,
-# whatever the number of queries or the depth (a FAISS call of 2,000 queries still runs at full speed).
-_CELLS_PER_CALL = 1 << 19
+# Query × neighbour cells searched in one FAISS call: 3 MB of results and about 20 MB to rank them,
+# whatever the number of queries or the depth.
+# A search as deep as FIRST_SEARCH_DEPTH fills a call; one at k × 20 (classes of 20) fills 40% of it,
+# so the cap bounds how much more memory uneven classes take: at 1 << 19 a train set half of which was
+# one class took 2.7× the peak memory of the same rows in classes of 20 (bench section 3), at 1 << 18
+# 0.8× (20k train × 64-d, 5k queries, each in a fresh process; time 1.4 s against 1.1 s, under load).
+_CELLS_PER_CALL = 1 << 18
 # Queries searched in one FAISS call at most: a call this size still runs at full speed, and the
 # first search reports its progress and can be stopped between calls (under a second each at 30k train).
 _QUERIES_PER_CALL = 2048
