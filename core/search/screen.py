@@ -18,14 +18,14 @@ SCREEN_MIN_CELLS = 1 << 22
 SCREEN_ROWS_PER_CANDIDATE = 500
 # Scores per screened block of queries: 64 MB of bf16. Blocks hold 256 to 2,048 queries (1,118 at 30k
 # rows): each block makes two torch calls, and on a busy machine each call can wait for its thread
-# pool to wake, so fewer, larger blocks pay. Measured at 8,192 queries × 30k rows, k = 15, alternating,
-# on a loaded AMD EPYC (load 5–8 on 2 cores): 1.5× today's speed at 512-query blocks, 1.6–2.0× at
-# 1,024 and 1.8× at 2,048, against the 256-query blocks with a bf16 conversion per block before.
-# Blocks of fewer than 256 queries run slower than FAISS (at 100,000 rows, 83-query blocks took 1.4×
-# FAISS's time, 256-query blocks 0.67×), so the screen serves at most SCREEN_MAX_ROWS rows (128 MB of
-# scores per block there). Splitting a block's rows into cache-sized parts, each with its own top-k
-# merged at the end, took 3.2× as long on the same machine (medians of three): a part's calls wait for the pool like
-# any other, and a 30k-row block's scores mostly stay in a 32 MB last-level cache anyway.
+# pool to wake, so fewer, larger blocks pay. At 8,192 queries × 30k rows, k = 15, alternating, on a
+# loaded AMD EPYC (load 5–8 on 2 cores), against 256-query blocks: 1.5× as fast with 512-query
+# blocks, 1.6–2.0× with 1,024 and 1.8× with 2,048. Blocks of fewer than 256 queries run slower than
+# FAISS (at 100,000 rows, 83-query blocks took 1.4× FAISS's time, 256-query blocks 0.67×), so the
+# screen serves at most SCREEN_MAX_ROWS rows (128 MB of scores per block there). Splitting a block's
+# rows into cache-sized parts, each with its own top-k merged at the end, took 3.2× as long on the
+# same machine (medians of three): each part's calls wait for the pool too, and a 30k-row block's
+# scores mostly stay in a 32 MB last-level cache anyway.
 SCREEN_CELLS_PER_BLOCK = 1 << 25
 SCREEN_QUERIES_PER_BLOCK = (256, 2048)
 SCREEN_MAX_ROWS = 1 << 18
@@ -127,8 +127,7 @@ class Screen:
             np.empty((len(queries), k), np.float32),
             np.empty((len(queries), k), np.int64),
         )
-        block = queries_per_block(len(rows))
-        block = min(block, len(queries))
+        block = min(queries_per_block(len(rows)), len(queries))
         scores = self._scratch(block * len(rows)).view(block, len(rows))
         top = torch.empty((len(scores), m), dtype=torch.bfloat16)
         top_rows = torch.empty((len(scores), m), dtype=torch.int64)
