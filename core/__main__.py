@@ -12,6 +12,27 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+class Interrupt:
+    """Whether Ctrl-C was pressed, whatever became of the KeyboardInterrupt it raised.
+
+    A library can turn it into an error of its own (a compiled module interrupted in its init raises
+    ImportError "initialization failed") or swallow it (a broad except in an import): the flag still
+    says so, and the run ends as interrupted.
+    """
+
+    received = False
+
+    @classmethod
+    def handle(cls, signum, frame) -> None:
+        cls.received = True
+        signal.default_int_handler(signum, frame)
+
+    @classmethod
+    def raise_if_received(cls) -> None:
+        if cls.received:
+            raise KeyboardInterrupt
+
+
 class ProgressBar:
     """A one-line progress bar with images/s and ETA on stderr."""
 
@@ -31,6 +52,7 @@ class ProgressBar:
             cls.unfinished = None
 
     def __call__(self, done: int, total: int, images_per_second: float | None = None) -> None:
+        Interrupt.raise_if_received()  # a Ctrl-C a library swallowed stops the work at its next step
         share = done / total if total else 1.0
         filled = int(share * self.width)
         rate = f"{images_per_second:6.1f} images/s" if images_per_second else ""
@@ -818,15 +840,32 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    Interrupt.received = False
+    handler = signal.signal(signal.SIGINT, Interrupt.handle)
     try:
-        return _run(argv)
+        code = _run(argv)
+        Interrupt.raise_if_received()
+        return code
     except KeyboardInterrupt as interrupt:
-        # A second Ctrl-C while saying goodbye (or while threads wind down) must not print a traceback.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # The work that raised it may say what it kept; a local run's batches are in the cache.
-        kept = str(interrupt) or "finished batches are cached and will be reused"
-        print(f"\ninterrupted: {kept}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(str(interrupt))
+    except BaseException:
+        if Interrupt.received:  # a library's error standing for the Ctrl-C
+            return _interrupted("")
+        raise
+    finally:
+        if not Interrupt.received:  # an interrupted run keeps ignoring Ctrl-C until it has left
+            signal.signal(signal.SIGINT, handler)
+
+
+def _interrupted(kept: str) -> int:
+    # A second Ctrl-C while saying goodbye (or while threads wind down) must not print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The work that raised it may say what it kept; a local run's batches are in the cache.
+    print(
+        f"\ninterrupted: {kept or 'finished batches are cached and will be reused'}",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
 
 
 def _run(argv: list[str] | None) -> int:
@@ -839,6 +878,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         return args.run(args)
     except (ValueError, ModelUnavailableError, OSError) as error:
+        Interrupt.raise_if_received()  # a library's error standing for the Ctrl-C
         ProgressBar.end_unfinished_line()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

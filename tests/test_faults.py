@@ -160,3 +160,58 @@ def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_exits_130(
     lines = [line for line in err.splitlines() if line.strip()]
     assert child.returncode == 130 and "Traceback" not in err
     assert lines == ["interrupted: finished batches are cached and will be reused"], err
+
+
+@pytest.fixture
+def sigint_handler_restored():
+    """main leaves Ctrl-C ignored once interrupted, as it is about to leave; pytest's process goes on."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+def ctrl_c_caught_by_a_library(then):
+    """A command whose Ctrl-C lands inside a library that catches it, and then does `then()`."""
+
+    def run(args) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(10)  # the handler runs here, in the main thread
+        except KeyboardInterrupt:
+            return then()
+        raise AssertionError("the SIGINT was not delivered")
+
+    return run
+
+
+@pytest.mark.usefixtures("sigint_handler_restored")
+def test_a_ctrl_c_a_library_turns_into_its_own_error_ends_as_interrupted(monkeypatch, capsys):
+    import core.__main__ as cli
+
+    def initialization_failed():
+        # what a compiled module interrupted in its init raises (seen in scipy's HiGHS wrapper)
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr(cli, "cmd_demo", ctrl_c_caught_by_a_library(initialization_failed))
+    assert cli.main(["demo", "unused"]) == cli.EXIT_INTERRUPTED
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["interrupted: finished batches are cached and will be reused"]
+
+
+@pytest.mark.usefixtures("sigint_handler_restored")
+def test_a_ctrl_c_a_library_swallows_stops_the_work_at_its_next_step(monkeypatch, capsys):
+    import core.__main__ as cli
+
+    steps = []
+
+    def carry_on() -> int:
+        bar = cli.ProgressBar("embedding")
+        for done in range(1, 4):
+            bar(done, 3)
+            steps.append(done)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_demo", ctrl_c_caught_by_a_library(carry_on))
+    assert cli.main(["demo", "unused"]) == cli.EXIT_INTERRUPTED
+    assert steps == []
+    assert "interrupted:" in capsys.readouterr().err
