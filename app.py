@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import ui
+from pages import state
 
 # An emoji favicon is drawn by the browser; a Material one would be fetched from a font host.
 st.set_page_config(page_title="Retrieval Lab", page_icon="🔎", layout="wide")
@@ -19,12 +19,12 @@ pages = [
     st.Page("pages/text_image.py", title="Text ↔ image", icon=":material/translate:"),
 ]
 navigation = st.navigation(pages)
-ui.open_requested_page(pages)
+state.open_requested_page(pages)
 
-ws = ui.workspace()
+ws = state.workspace()
 # Before the page, not after: a page that has nothing more to show calls st.stop(), which ends the run at the
 # next Streamlit call wherever it comes, even in a `finally`. Neither waits (the model's load and a Parquet's
 # analysis run in background threads), so the page still paints at once.
-ui.start_background_work(ws)
-ui.show_sidebar(ws)
+state.start_background_work(ws)
+state.show_sidebar(ws)
 navigation.run()

@@ -377,7 +377,7 @@ def _page_rerun_in_python(home: Path, data: Path, relative: str) -> float:
     The threshold is set with the "Target contamination" box, whose run does what a slider's rest does."""
     from streamlit.testing.v1 import AppTest
 
-    from pages import ui
+    from pages import state, ui
 
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -386,7 +386,7 @@ def _page_rerun_in_python(home: Path, data: Path, relative: str) -> float:
         app = AppTest.from_file(
             str(Path(ui.__file__).with_name("distractors.py")), default_timeout=WAIT_MS / 1000
         )
-        app.session_state[ui.APP_RAN] = True
+        app.session_state[state.APP_RAN] = True
         app.query_params["ws"] = workspace
         app.run()
         reruns = []

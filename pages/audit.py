@@ -14,14 +14,14 @@ from core.audit.findings import (
     findings_csv,
 )
 from core.display import count_text
-from pages import ui
+from pages import state, ui
 
 PAIRS_SHOWN = 8  # image pairs drawn for the chosen kind, surest first
 
 st.title("Audit")
-current = ui.active_analysis()
+current = state.active_analysis()
 analysis = current.analysis
-found = ui.audit(current)
+found = state.audit(current)
 k = analysis.config.k
 
 st.caption(
@@ -116,8 +116,8 @@ if not (drop or relabel):
     st.info("Nothing to change: no train image is named by these findings.")
 elif st.button("Measure the change", key="audit_measure"):
     try:
-        change = ui.finished(
-            lambda again: ui.server().what_if_job(current, drop, relabel, again),
+        change = state.finished(
+            lambda again: state.server().what_if_job(current, drop, relabel, again),
             f"Analysing {current.entry.name} with {count_text(len(drop))} train images dropped and {count_text(len(relabel))} relabelled",
         )
     except ValueError as error:

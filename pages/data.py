@@ -14,7 +14,7 @@ from core.paths import data_root, without_server_paths
 from core.progress import Watch
 from core.records import TEST, TRAIN
 from core.session.datasets import WorkspaceDatasets, open_action
-from pages import ui
+from pages import state, ui
 
 # Session state: how many uploads this session stored, part of the uploader's key.
 UPLOADS_STORED = "data_uploads_stored"
@@ -52,10 +52,10 @@ def add_upload(datasets: WorkspaceDatasets) -> None:
     st.rerun()
 
 
-ws = ui.workspace()
+ws = state.workspace()
 st.title("Data")
 
-datasets = ui.server().datasets(ws)
+datasets = state.server().datasets(ws)
 names = [entry.name for entry in datasets.all()]
 with st.spinner("Writing the built-in dataset (the first time only)…"):
     current = datasets.active()

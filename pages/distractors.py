@@ -12,7 +12,7 @@ from core.maps.figures import THRESHOLD_AXIS, score_shares
 from core.prediction.placement import PLACEMENTS
 from core.prediction.validation import INTERVAL_LEFT_OUT, conformal_threshold
 from core.session.thresholds import TabThreshold
-from pages import ui
+from pages import state, ui
 from pages.live_threshold import (
     Binned,
     LiveChart,
@@ -26,7 +26,7 @@ THRESHOLD_SLIDER = "Distractor threshold"
 INTERVAL = 1 - INTERVAL_LEFT_OUT
 
 st.title("Distractors")
-current = ui.active_analysis()
+current = state.active_analysis()
 
 analysis = current.analysis
 sweep = analysis.sweep
@@ -364,7 +364,7 @@ with st.expander("DBSCAN: a second detector"):
     noise = columns[2].checkbox("Count noise points as distractors")
     # Seconds at 13k items and minutes at 130k: computed only on request, once per dataset and settings.
     if st.toggle("Run DBSCAN", key="dbscan_run"):
-        flags = ui.dbscan_flags(
+        flags = state.dbscan_flags(
             current, DbscanConfig(eps=eps, min_samples=int(min_samples), noise_is_distractor=noise)
         )
         report = analysis.report(flags=flags)

@@ -18,11 +18,11 @@ from core.session.vectors import (
     save_ensemble,
     saved_ensemble,
 )
-from pages import ui
+from pages import state, ui
 
 st.title("Embed")
-ws = ui.workspace()
-entry = ui.server().datasets(ws).active()
+ws = state.workspace()
+entry = state.server().datasets(ws).active()
 saved = chosen_model(ws)
 st.caption(f"Dataset: **{ui.plain(entry.name)}**")
 
@@ -55,7 +55,7 @@ if entry.kind == "parquet":
         "This dataset's vectors came with it, in its Parquet file: they are already there and the analysis "
         "pages use them as they are. To embed images, choose an image dataset on the **Data** page."
     )
-    show_vectors(ui.active_analysis())
+    show_vectors(state.active_analysis())
     st.stop()
 
 known = list_models()
@@ -130,14 +130,14 @@ with st.expander("Ensemble: combine several models"):
         save_ensemble(ws, [EnsembleMember(name, weight) for name, weight in weights.items()])
         st.rerun()
     if members and st.button("Search the weights, one model at a time"):
-        current = ui.active_analysis()
-        recipe = ensemble_recipe(members, current.embed_config, ui.server().models)
+        current = state.active_analysis()
+        recipe = ensemble_recipe(members, current.embed_config, state.server().models)
         predict = predict_config(ws)
         with st.status(
             "Searching weights on train with held-out classes as distractors…"
         ) as status:
             search = search_weights(
-                [ui.embeddings(current.entry, config).embeddings for config, _ in recipe.parts],
+                [state.embeddings(current.entry, config).embeddings for config, _ in recipe.parts],
                 validation_map(predict),
                 progress=lambda step: status.update(
                     label=f"{ui.plain(step.model)} at ratio {step.ratio:.3f}: {step.metric:.4f}"
@@ -172,8 +172,8 @@ if st.button("Embed", type="primary", disabled=not model):
         st.stop()
     st.rerun()  # the sidebar, drawn before the page, names the model chosen
 
-current = ui.active_analysis()
+current = state.active_analysis()
 show_vectors(current)
 # The precision the model settled on while embedding (for "auto", the first batch's check against fp32).
-if note := ui.server().query_model(current).model.embedder.precision_note:
+if note := state.server().query_model(current).model.embedder.precision_note:
     st.caption(ui.plain(note))

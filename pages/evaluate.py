@@ -29,7 +29,7 @@ from core.records import DISTRACTOR, TEST
 from core.report.config import ReportConfig
 from core.report.html import report_html
 from core.session.vectors import export_embeddings, predict_config, save_predict_config
-from pages import ui
+from pages import state, ui
 
 SCORE_MODE_NAMES = {"max": "best similarity", "mean": "mean of the nearest"}
 PLACEMENT_CHOICES = (None, *PLACEMENTS)
@@ -40,7 +40,7 @@ PLACEMENT_NAMES = {
 }
 
 st.title("Evaluate & export")
-ws = ui.workspace()
+ws = state.workspace()
 saved = predict_config(ws)
 with st.expander(
     "Prediction settings: labels per row, the distractor score and where -1 goes (every page follows them)"
@@ -89,7 +89,7 @@ with st.expander(
         save_predict_config(ws, wanted)
         st.rerun()
 
-current = ui.active_analysis()
+current = state.active_analysis()
 analysis, threshold = current.analysis, current.threshold
 k = analysis.config.k
 report = analysis.report(threshold)
@@ -220,8 +220,8 @@ if share_ready.toggle(
     key="evaluate_share",
     help="Computes the map and the data audit first if the Map and Audit pages have not.",
 ):
-    projection = ui.projection(current, ProjectionConfig(method=share_method))
-    audit = ui.audit(current)
+    projection = state.projection(current, ProjectionConfig(method=share_method))
+    audit = state.audit(current)
     share_ready.download_button(
         "Share (HTML report)",
         data=lambda: report_html(
@@ -268,8 +268,10 @@ elif tool_ready.toggle(
     key="evaluate_export",
     help="Embedding Atlas needs the map: computed first if the Map page has not.",
 ):
-    options = {"projection": ui.projection(current, ProjectionConfig())} if tool == "atlas" else {}
-    audit = ui.audit(current)
+    options = (
+        {"projection": state.projection(current, ProjectionConfig())} if tool == "atlas" else {}
+    )
+    audit = state.audit(current)
     tool_ready.download_button(
         f"{FORMAT_NAMES[tool]} (zip)",
         data=lambda: exported_zip(

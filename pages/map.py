@@ -11,7 +11,7 @@ from core.maps.projection import (
     TSNE_SAMPLE_LIMIT,
     ProjectionConfig,
 )
-from pages import ui
+from pages import state, ui
 
 COLOUR_NAMES = {
     "split": "split",
@@ -25,7 +25,7 @@ PCA_DIMS = ProjectionConfig().pca_first
 DEFAULT_COLOUR = "flag"
 
 st.title("Map")
-current = ui.active_analysis()
+current = state.active_analysis()
 analysis, threshold = current.analysis, current.threshold
 
 st.caption(
@@ -124,7 +124,7 @@ try:
         seed=int(seed),
         tsne_limit=None if tsne_all_points else TSNE_SAMPLE_LIMIT,
     )
-    projection = ui.projection(current, config)
+    projection = state.projection(current, config)
 except ValueError as error:
     st.error(f"The map cannot be drawn: {ui.plain(error)}")
     st.stop()

@@ -7,12 +7,12 @@ from core.prediction.placement import TIE
 from core.prediction.predict import place_minus_one
 from core.search.index import Neighbours
 from core.session.queries import read_uploaded_images
-from pages import ui
+from pages import state, ui
 
 QUERY_KINDS = ("A test image", "An uploaded image", "A text")
 
 st.title("Neighbours")
-current = ui.active_analysis()
+current = state.active_analysis()
 analysis, threshold = current.analysis, current.threshold
 k = analysis.config.k
 train, test = analysis.train, analysis.test
@@ -37,10 +37,10 @@ if kind == QUERY_KINDS[1]:
         st.error(f"**{ui.plain(upload.name)}** cannot be used: {ui.plain(refused[0].reason)}")
         st.stop()
     query_image, query_caption = images[0], upload.name
-    query_vectors = ui.server().embed_images(current, images)
+    query_vectors = state.server().embed_images(current, images)
 elif kind == QUERY_KINDS[2]:
-    if not ui.server().supports_text(current):
-        ui.show_no_text_support(current, "search by text")
+    if not state.server().supports_text(current):
+        state.show_no_text_support(current, "search by text")
         st.stop()
     text = st.text_input(
         "Text query", value=f"a photo of a {train.labels[0]}", key="neighbours_text"
@@ -49,7 +49,7 @@ elif kind == QUERY_KINDS[2]:
         st.info("Type a description of what to look for.")
         st.stop()
     query_caption = f"“{text.strip()}”"
-    query_vectors = ui.server().embed_texts(current, [text.strip()])
+    query_vectors = state.server().embed_texts(current, [text.strip()])
     st.caption(
         "Text-to-image similarities run lower than image-to-image ones, so the distractor verdict means little here."
     )
@@ -71,10 +71,10 @@ if kind == QUERY_KINDS[0]:
     ranked_labels, scores = analysis.retrieval.labels[row], analysis.scores[row]
     where = analysis.positions(threshold)[row]
 else:
-    if warning := ui.server().query_model_warning(current):
+    if warning := state.server().query_model_warning(current):
         st.warning(ui.plain(warning))
     try:
-        neighbours, ranked_labels, scores = ui.server().search_train(current, query_vectors)
+        neighbours, ranked_labels, scores = state.server().search_train(current, query_vectors)
     except ValueError as error:
         st.error(f"The query cannot be searched against this dataset: {ui.plain(error)}")
         st.stop()

@@ -9,7 +9,7 @@ from core.methods.zeroshot import measured, results_table
 from core.prediction.metrics import top1_accuracy
 from core.records import DISTRACTOR
 from core.session.queries import read_uploaded_images, texts_from_upload
-from pages import ui
+from pages import state, ui
 
 TEXT_SOURCES = ("Class prompts", "Typed", "A .txt or .csv file")
 IMAGE_SOURCES = ("Test images", "Uploaded images")
@@ -23,7 +23,7 @@ SCORE_COLUMNS = {
 }
 
 st.title("Text ↔ image")
-current = ui.active_analysis()
+current = state.active_analysis()
 analysis = current.analysis
 
 st.caption(
@@ -31,8 +31,8 @@ st.caption(
     "the **probability** shares each image among the candidate texts (softmax at CLIP's logit scale 100); "
     "the most probable text is the image's **zero-shot label**."
 )
-if not ui.server().supports_text(current):
-    ui.show_no_text_support(current, "score texts against images")
+if not state.server().supports_text(current):
+    state.show_no_text_support(current, "score texts against images")
     st.stop()
 
 classes = sorted(set(analysis.train.labels.tolist()))
@@ -104,7 +104,7 @@ with images_column:
         )
         names, images = list(test.ids[:count]), None
         thumbnails = [ui.image(current, name) for name in names[:GALLERY_LIMIT]]
-        if warning := ui.server().query_model_warning(current):
+        if warning := state.server().query_model_warning(current):
             st.warning(ui.plain(warning))
 
 if not texts or not names:
@@ -113,9 +113,9 @@ if not texts or not names:
 
 try:
     with measured() as stats:
-        text_vectors = ui.server().embed_texts(current, texts)
+        text_vectors = state.server().embed_texts(current, texts)
         image_vectors = (
-            test.vectors[:count] if images is None else ui.server().embed_images(current, images)
+            test.vectors[:count] if images is None else state.server().embed_images(current, images)
         )
         ranking = rank_prompts(image_vectors, text_vectors, texts, k=len(texts))
 except ValueError as error:

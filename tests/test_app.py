@@ -24,7 +24,7 @@ from core.paths import workspace_home
 from core.session.datasets import WorkspaceDatasets, builtin_datasets
 from core.session.models import chosen_model
 from core.session.workspace import Workspace
-from pages import ui
+from pages import state
 
 pytestmark = pytest.mark.usefixtures("fresh_server")
 
@@ -78,7 +78,7 @@ def run_app_on(page: str, workspace_id: str) -> AppTest:
     has ended, whether asked to switch pages or to run again."""
     app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=SECONDS)
     app.query_params["ws"] = workspace_id
-    app.query_params[ui.OPEN_PAGE] = page
+    app.query_params[state.OPEN_PAGE] = page
     app.session_state["map_method"] = "pca"
     return app.run()
 
@@ -90,7 +90,7 @@ def test_every_page_shows_the_sidebar_and_starts_the_background_work(
     # Compiling UMAP is part of the background work; what it compiles is not this test's business.
     monkeypatch.setattr(core.maps.projection, "warm_up", lambda *args, **kwargs: None)
     ws = Workspace(dataset_workspaces[kind])
-    entry = ui.server().datasets(ws).active()
+    entry = state.server().datasets(ws).active()
     for page in PAGES:
         # As on a fresh server: only this page's run can have started the model's load.
         st.cache_resource.clear()
@@ -106,7 +106,7 @@ def test_every_page_shows_the_sidebar_and_starts_the_background_work(
             model,
         )
         assert workspace.startswith(f"Workspace {ws.id} — bookmark"), page
-        assert eventually(lambda: ui.server().models.state(chosen_model(ws))), page
+        assert eventually(lambda: state.server().models.state(chosen_model(ws))), page
         if kind == "parquet":
             assert started_analysis(ws) is not None, page
         for thread in threading.enumerate():  # its last steps, before the next page's fresh server

@@ -32,7 +32,7 @@ from core.session.models import LOADING, ModelShelf, chosen_model
 from core.session.server import AnalysisKey, VectorsKey
 from core.session.vectors import DASHBOARD_DEFAULTS, predict_config
 from core.session.workspace import DatasetEntry, Workspace
-from pages import ui
+from pages import state, ui
 
 # No Streamlit cache is shared between tests, and each has its own workspace home.
 pytestmark = pytest.mark.usefixtures("fresh_server")
@@ -41,13 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 120  # per script run: the first one embeds the demo and tries to load CLIP
 
 
-def run_page(name: str, workspace_id: str | None = None, **state) -> AppTest:
+def run_page(name: str, workspace_id: str | None = None, **widgets) -> AppTest:
     """The page run on its own, as the navigation runs it, with widget values given by key."""
     app = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=SECONDS)
-    app.session_state[ui.APP_RAN] = True  # as app.py marks every session before its page runs
+    app.session_state[state.APP_RAN] = True  # as app.py marks every session before its page runs
     if workspace_id:
         app.query_params["ws"] = workspace_id
-    for key, value in state.items():
+    for key, value in widgets.items():
         app.session_state[key] = value
     return app.run()
 
@@ -167,8 +167,8 @@ def test_every_count_of_a_thousand_or_more_is_shown_with_thousands_separators(tm
         "text_image": {},
     }
     shown = {}
-    for page, state in pages.items():
-        app = run_page(page, workspace_id, **state)
+    for page, widgets in pages.items():
+        app = run_page(page, workspace_id, **widgets)
         assert_ran(app)
         assert not [text for text in shown_texts(app) if BARE_COUNT.search(text)], page
         shown[page] = app
@@ -180,7 +180,7 @@ def test_every_count_of_a_thousand_or_more_is_shown_with_thousands_separators(tm
 
 def test_map_methods_are_named_as_people_write_them(monkeypatch):
     progress = []
-    real = ui.finished
+    real = state.finished
 
     def finished(start, what):
         if not what.startswith("Computing the"):
@@ -188,7 +188,7 @@ def test_map_methods_are_named_as_people_write_them(monkeypatch):
         progress.append(what)  # the words over the projection's progress bar; no need to compute it
         st.stop()
 
-    monkeypatch.setattr(ui, "finished", finished)
+    monkeypatch.setattr(state, "finished", finished)
     for method in ("umap", "tsne", "pca"):
         app = run_page("map", map_method=method)
         assert_ran(app)
@@ -732,17 +732,17 @@ def test_a_cancelled_background_job_is_said_so_and_starts_again_on_request():
     def cancelled(watch):
         raise Cancelled("cancelled during a test")
 
-    ui.server().analyses.start("test job", cancelled).wait(10)
+    state.server().analyses.start("test job", cancelled).wait(10)
 
     def page():
         import streamlit as st
 
-        from pages import ui
+        from pages import state
 
         def start(again):
-            return ui.server().analyses.start("test job", lambda watch: "finished anew", again)
+            return state.server().analyses.start("test job", lambda watch: "finished anew", again)
 
-        st.write(ui.finished(start, "Testing <b>"))
+        st.write(state.finished(start, "Testing <b>"))
 
     app = AppTest.from_function(page, default_timeout=SECONDS).run()
     assert not app.exception
@@ -765,10 +765,10 @@ def eventually(look):
 
 def started_analysis(ws: Workspace):
     """The background analysis of the workspace's active Parquet, once started; None if it does not start."""
-    entry = ui.server().datasets(ws).active()
+    entry = state.server().datasets(ws).active()
     vectors = VectorsKey(entry.source, read_embeddings_checked(entry.source)[0].model)
     key = AnalysisKey(vectors, predict_config(ws))
-    return eventually(lambda: ui.server().analyses.get(key))
+    return eventually(lambda: state.server().analyses.get(key))
 
 
 class NeverLoadingShelf(ModelShelf):
@@ -783,11 +783,11 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(
 ):
     release = threading.Event()
     shelf = NeverLoadingShelf(release)
-    monkeypatch.setattr(ui.server(), "models", shelf)
+    monkeypatch.setattr(state.server(), "models", shelf)
     try:
         ws = Workspace(unlabelled_parquet_workspace)
         # The Data page's run ends by starting the analysis of an active Parquet in the background.
-        ui.start_background_work(ws)
+        state.start_background_work(ws)
         started = started_analysis(ws)
         assert started is not None and started.wait(SECONDS)
         app = run_page("distractors", unlabelled_parquet_workspace)
@@ -801,11 +801,11 @@ def test_a_parquet_dataset_is_analysed_without_waiting_for_the_model(
 
 def test_the_sidebar_says_a_parquet_needs_a_model_for_queries_only(unlabelled_parquet_workspace):
     assert (
-        ui.server()
+        state.server()
         .model_status(Workspace(unlabelled_parquet_workspace))
         .endswith("for queries only: the dataset's vectors came with its file")
     )
-    assert "came with its file" not in ui.server().model_status(
+    assert "came with its file" not in state.server().model_status(
         Workspace(workspace_with("demo-only"))
     )
 

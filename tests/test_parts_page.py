@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core.io.parts import PartWriter, writing
 from core.records import TEST, TRAIN, Embeddings
 from core.session.workspace import DatasetEntry, Workspace
-from pages import ui
+from pages import state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_the_folder_tab_says_a_folder_left_by_a_stopped_run_is_incomplete_as_tex
     workspace.set("dataset", "stopped run")
 
     app = AppTest.from_file(str(ROOT / "pages" / "data.py"), default_timeout=120)
-    app.session_state[ui.APP_RAN] = True
+    app.session_state[state.APP_RAN] = True
     app.query_params["ws"] = workspace.id
     app.run()
 

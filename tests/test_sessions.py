@@ -53,7 +53,7 @@ from core.io.layouts import load_dataset
 from core.records import TEST
 from core.session.queries import embed_images, embed_texts
 from core.session.workspace import DatasetEntry, Workspace
-from pages import ui
+from pages import state
 
 # No Streamlit cache is shared between tests, and each has its own workspace home.
 pytestmark = pytest.mark.usefixtures("fresh_server")
@@ -178,8 +178,8 @@ def test_the_shared_model_serves_one_session_at_a_time(workspace, tmp_path, monk
     recorder = OverlapRecorder()
     monkeypatch.setattr(core.session.server, "load_embedder", lambda config: recorder)
     config = EmbedConfig(model="overlap-recorder", batch_size=4)
-    shared = ui.server().models.get(config)
-    assert shared is ui.server().models.get(config), "one model per server, not one per session"
+    shared = state.server().models.get(config)
+    assert shared is state.server().models.get(config), "one model per server, not one per session"
     entries = [
         DatasetEntry(
             f"tiny {seed}",
@@ -201,10 +201,12 @@ def test_the_shared_model_serves_one_session_at_a_time(workspace, tmp_path, monk
     jobs = [
         *(lambda: embed_images(shared, [image, image]) for _ in range(4)),
         *(
-            lambda n=n: embed_texts(shared, [f"a photo of thing {n}"], ui.server().embedding_cache)
+            lambda n=n: embed_texts(
+                shared, [f"a photo of thing {n}"], state.server().embedding_cache
+            )
             for n in range(4)
         ),
-        *(lambda e=e: ui.embeddings(e, config, SilentArea()) for e in entries),
+        *(lambda e=e: state.embeddings(e, config, SilentArea()) for e in entries),
     ]
     start = threading.Barrier(len(jobs))
 
