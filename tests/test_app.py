@@ -89,6 +89,7 @@ def test_every_page_shows_the_sidebar_and_starts_the_background_work(
 ):
     # Compiling UMAP is part of the background work; what it compiles is not this test's business.
     monkeypatch.setattr(core.maps.projection, "warm_up", lambda *args, **kwargs: None)
+    monkeypatch.setattr(core.maps.projection, "compile_in_child_process", lambda: True)
     ws = Workspace(dataset_workspaces[kind])
     entry = state.server().datasets(ws).active()
     for page in PAGES:

@@ -9,6 +9,7 @@ from core.maps.projection import (
     Projection,
     ProjectionCache,
     ProjectionConfig,
+    compile_in_child_process,
     project,
     projection_key,
     quality,
@@ -293,6 +294,20 @@ def test_quality_clamps_neighbours_for_few_rows_and_is_nan_below_three():
 
 def test_warm_up_runs():
     warm_up()
+
+
+def test_a_child_process_keeps_umaps_compiled_functions_for_the_server_to_load(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert compile_in_child_process()
+    kept = {path.name.split("-")[0] for path in tmp_path.glob("umap*/*.nbc")}
+    # the fuzzy graph and the layout, which umap-learn itself leaves to compile in every process
+    assert {
+        "umap_.smooth_knn_dist",
+        "umap_.compute_membership_strengths",
+        "layouts._optimize_layout_euclidean_single_epoch",
+    } <= kept, kept
 
 
 # ── the fast UMAP path: exact neighbours from FAISS, umap's transform without its per-row Python ──

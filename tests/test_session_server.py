@@ -126,7 +126,13 @@ def test_background_work_waits_for_the_page_then_analyses_an_active_parquet(
 ):
     import core.maps.projection
 
-    monkeypatch.setattr(core.maps.projection, "warm_up", lambda: None)
+    warm_ups, finished = [], threading.Event()
+    monkeypatch.setattr(
+        core.maps.projection, "compile_in_child_process", lambda: warm_ups.append("child")
+    )
+    monkeypatch.setattr(
+        core.maps.projection, "warm_up", lambda: (warm_ups.append("server"), finished.set())
+    )
     path = tmp_path / "vectors.parquet"
     write_embeddings(path, clusters(3))
     ws.add_dataset(DatasetEntry("vectors", str(path), "parquet"))
@@ -141,3 +147,5 @@ def test_background_work_waits_for_the_page_then_analyses_an_active_parquet(
     loaded = server.vectors.of_recipe(plan.entry, plan.recipe)
     job = server.analysis_job(plan, loaded, DASHBOARD_DEFAULTS)
     assert job.wait(SECONDS) and job.result.config == DASHBOARD_DEFAULTS
+    # numba holds the GIL while it compiles: a child compiles, the server only loads what it kept
+    assert finished.wait(SECONDS) and warm_ups == ["child", "server"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import numbers
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -55,6 +58,8 @@ TSNE_PLACEMENT_NEIGHBOURS = 10
 # Up to this many train rows the fit's neighbours are exact (FAISS brute force: about 4 s at 50k).
 # Above, umap-learn's NN-descent finds them approximately, and compiles for about 30 s once per process.
 EXACT_NEIGHBOURS_UP_TO = 50_000
+# A compile in a child process that takes longer than this is left to finish in the server's own.
+CHILD_COMPILE_TIMEOUT_SECONDS = 300
 # umap warns that given neighbours come without its search index; this module never needs it.
 _NO_SEARCH_INDEX_WARNING = "precomputed_knn.2. .knn_search_index. is not an NNDescent object"
 
@@ -229,7 +234,7 @@ def _umap(train, test, config: ProjectionConfig, notes: list[str], report: Progr
         config.n_neighbors, n_fit - 1, "n_neighbors", f"{n_fit} fitted points", notes
     )
 
-    import umap  # importing umap (numba) takes seconds: keep that out of importing this module
+    umap = _umap_kept_compiled()
 
     def reducer(**given):
         return umap.UMAP(
@@ -311,6 +316,8 @@ def _place(fitted, indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
     graph-to-start step is vectorised. A test holds it equal to umap's own.
     """
     from sklearn.utils import check_random_state
+
+    _umap_kept_compiled()
     from umap.layouts import optimize_layout_euclidean
     from umap.umap_ import (
         DISCONNECTION_DISTANCES,
@@ -551,12 +558,56 @@ class ProjectionCache:
         )
 
 
+@functools.cache
+def _umap_kept_compiled():
+    """The umap module, its compiled functions kept in numba's disk cache, as pynndescent's are.
+
+    umap-learn compiles its fuzzy-graph and layout functions in every process (about 4 s of one core,
+    holding the GIL, which stalls every page a server is running meanwhile); kept on disk, a later
+    process loads them in a twentieth of a second. numba's cache is what ``cache=True`` turns on:
+    beside umap's source when that folder is writable, else the user's cache folder or
+    NUMBA_CACHE_DIR. Where none can be written, umap compiles in each process, as without this.
+    """
+    import umap  # importing umap (numba) takes seconds: keep that out of importing this module
+    import umap.layouts
+    import umap.umap_
+    from numba.extending import is_jitted
+
+    for module in (umap.umap_, umap.layouts):
+        for function in vars(module).values():
+            if is_jitted(function) and function.py_func.__module__ == module.__name__:
+                try:
+                    function.enable_caching()
+                except RuntimeError:  # numba: "no locator available" — nowhere to write
+                    return umap
+    return umap
+
+
 def warm_up(config: ProjectionConfig = ProjectionConfig()) -> None:
     """Pay umap's import and numba compilation once, e.g. in a background thread at start-up."""
     rng = np.random.default_rng(config.seed)
     project(
         rng.normal(size=(40, 8)), rng.normal(size=(5, 8)), ProjectionConfig(metric=config.metric)
     )
+
+
+def compile_in_child_process() -> bool:
+    """Fill numba's disk cache with what ``warm_up`` compiles, in a child process; True if it did.
+
+    numba holds the GIL while it compiles, so a server that compiles in a thread of its own stalls
+    every page it runs meanwhile; a child holds its own GIL, and ``warm_up`` then only loads.
+    """
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-c", "from core.maps.projection import warm_up; warm_up()"],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            timeout=CHILD_COMPILE_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return finished.returncode == 0
 
 
 def quality(

@@ -315,12 +315,14 @@ class Server:
 
     def _warm_up_projection(self, model: EmbedConfig) -> None:
         # numba compiles UMAP on first use; paying it after the model keeps both off the first page,
-        # and after any analysis under way keeps it off the user's first look at their data.
+        # and after any analysis under way keeps it off the user's first look at their data. The
+        # compiling is done by a child, whose GIL is its own: the pages stay free to run meanwhile.
         self.models.start(model).exception()
         while self.analyses.busy():
             time.sleep(WAIT_SECONDS)
-        from core.maps.projection import warm_up
+        from core.maps.projection import compile_in_child_process, warm_up
 
+        compile_in_child_process()
         warm_up()
 
     def _once(self, name: str, work: Callable[[], None]) -> None:
