@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import sync_playwright
 
+from bench.browser import wait_for_run, wait_until_visible
 from bench.report import Section, seconds, table
 from bench.served import CHROMIUM, CHROMIUM_ARGS, serve
 from bench.timing import median, median_ratio
@@ -36,12 +37,9 @@ def _cold_start(browser, script: Path, title: str, home: Path) -> dict[str, floa
             tab = context.new_page()
             tab.goto(base_url, wait_until="commit")
             main = tab.get_by_test_id("stMain")
-            expect(main.locator("h1").filter(has_text=title).first).to_be_visible(timeout=WAIT_MS)
+            wait_until_visible(main.locator("h1").filter(has_text=title).first, WAIT_MS)
             painted_at = time.perf_counter()
-            expect(tab.get_by_test_id("stApp")).to_have_attribute(
-                "data-test-script-state", "notRunning", timeout=WAIT_MS
-            )
-            expect(tab.get_by_test_id("stSkeleton")).to_have_count(0, timeout=WAIT_MS)
+            wait_for_run(tab, WAIT_MS)
             settled_at = time.perf_counter()
         finally:
             context.close()

@@ -26,6 +26,7 @@ from bench.browser import (
     threshold_slider,
     wait_for_rest,
     wait_for_run,
+    wait_until_visible,
 )
 from bench.fixtures import retrieval_embeddings
 from bench.report import Section, seconds, table
@@ -126,7 +127,7 @@ def _add_parquet(tab: Page, relative: str) -> None:
     # Streamlit takes a text input's value on Enter or blur; the button is enabled then
     field.press("Enter")
     tab.get_by_role("button", name="Open Parquet file").click()
-    expect(metric(tab, "Train rows")).to_be_visible(timeout=WAIT_MS)
+    wait_until_visible(metric(tab, "Train rows"), WAIT_MS)
     wait_for_run(tab, WAIT_MS)
 
 
@@ -134,8 +135,8 @@ def _open_distractors(tab: Page) -> tuple[float, float]:
     """Seconds from the click until the slider and metrics are shown, and until the page has settled."""
     started = time.perf_counter()
     tab.get_by_test_id("stSidebarNav").get_by_role("link", name="Distractors").click()
-    expect(threshold_slider(tab)).to_be_visible(timeout=WAIT_MS)
-    expect(metric(tab, "Threshold")).to_be_visible(timeout=WAIT_MS)
+    wait_until_visible(threshold_slider(tab), WAIT_MS)
+    wait_until_visible(metric(tab, "Threshold"), WAIT_MS)
     shown = time.perf_counter() - started
     wait_for_run(tab, WAIT_MS)
     return shown, time.perf_counter() - started
@@ -184,8 +185,8 @@ def _press_slider(tab: Page, walk: Walk) -> None:
 
 def _map_drawn(tab: Page, method: str) -> None:
     """The map's title names its method: a redraw has ended when the title names the new one."""
-    expect(tab.locator(".js-plotly-plot .gtitle").first).to_contain_text(
-        f"{method} map", timeout=WAIT_MS
+    wait_until_visible(
+        tab.locator(".js-plotly-plot .gtitle").filter(has_text=f"{method} map").first, WAIT_MS
     )
     wait_for_run(tab, WAIT_MS)
 
@@ -272,7 +273,7 @@ def _evaluate(tab: Page) -> tuple[float, float]:
     """Seconds from the click until MAP@5 is shown, and from then until the page has settled."""
     started = time.perf_counter()
     tab.get_by_test_id("stSidebarNav").get_by_role("link", name="Evaluate & export").click()
-    expect(metric(tab, "MAP@5")).to_be_visible(timeout=WAIT_MS)
+    wait_until_visible(metric(tab, "MAP@5"), WAIT_MS)
     shown = time.perf_counter()
     wait_for_run(tab, WAIT_MS)
     return shown - started, time.perf_counter() - shown
