@@ -12,7 +12,6 @@ from core.display import count_text
 from core.exports import EXPORT_FORMATS, FORMAT_NAMES, OPENING, exported_zip
 from core.exports.items import export_items
 from core.io.layouts import missing_test_truth
-from core.maps.figures import class_frequency
 from core.maps.projection import METHOD_NAMES, PROJECTION_METHODS, ProjectionConfig
 from core.methods.compare import (
     BASELINE_METHOD,
@@ -24,13 +23,14 @@ from core.methods.compare import (
 )
 from core.paths import safe_file_name
 from core.prediction.placement import MAX_K, PLACEMENTS
-from core.prediction.predict import submission_csv
+from core.prediction.predict import first_label_counts, submission_csv
 from core.records import DISTRACTOR, TEST
 from core.report.config import ReportConfig
 from core.report.html import report_html
 from core.session.vectors import export_embeddings, predict_config, save_predict_config
 from pages import state, ui
 
+TABLE_HEIGHT = 280  # about eight rows: the classes predicted most, then scroll
 SCORE_MODE_NAMES = {"max": "best similarity", "mean": "mean of the nearest"}
 PLACEMENT_CHOICES = (None, *PLACEMENTS)
 PLACEMENT_NAMES = {
@@ -145,14 +145,29 @@ counts[1].metric("Flagged as distractors", count_text(report.flagged))
 counts[2].metric("Flagged share", f"{report.flagged_share:.1%}")
 
 st.subheader("Predicted classes")
-top_n = st.slider("Classes shown", 5, 50, 20, key="evaluate_top_n")
 first_labels = [row[0] for row in predictions]
 distractors_first = first_labels.count(DISTRACTOR)
 st.caption(
     f'"{DISTRACTOR}" first: {count_text(distractors_first)} of {count_text(len(first_labels))} test images '
-    f"({distractors_first / len(first_labels):.1%}), left out of the chart so the classes stay readable."
+    f"({distractors_first / len(first_labels):.1%}), left out of the table so the classes stay comparable."
 )
-st.plotly_chart(class_frequency(first_labels, top_n), width="stretch")
+# A table rather than a chart: the browser already has the table's code from the Data page, where a
+# first chart makes it fetch and compile Plotly's (4.7 MB) before the page settles.
+class_counts = first_label_counts(predictions)
+st.dataframe(
+    class_counts,
+    hide_index=True,
+    width="stretch",
+    height=TABLE_HEIGHT,
+    column_config={
+        "test images": st.column_config.ProgressColumn(
+            "test images predicted first",
+            format="%d",
+            min_value=0,
+            max_value=int(class_counts["test images"].max()) if len(class_counts) else 1,
+        )
+    },
+)
 # Built only when asked for, a page of rows at a time: sending all 13k rows to the browser on every run
 # kept the page busy seconds after its figures were shown.
 if st.toggle("Predictions per test image", key="evaluate_table"):

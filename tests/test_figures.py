@@ -10,7 +10,6 @@ from core.maps.figures import (
     COLOUR_MODES,
     DISTRACTOR_COLOUR,
     UNKNOWN_COLOUR,
-    class_frequency,
     contamination_curve,
     map_points,
     metric_curve,
@@ -328,33 +327,6 @@ def test_the_best_threshold_marked_on_the_curve_is_the_sweep_answer_on_a_plateau
 def test_curves_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="as many y values as x values; got 3 and 2"):
         metric_curve([0.1, 0.2, 0.3], [0.5, 0.6], current_threshold=0.2)
-
-
-def test_class_frequency_ranks_the_top_classes():
-    predicted = ["7"] * 5 + ["3"] * 9 + ["12"] * 5 + ["1"]
-    figure = class_frequency(predicted, top_n=3)
-    (bars,) = figure.data
-    assert isinstance(bars, go.Bar)
-    assert list(bars.y) == ["3", "12", "7"]  # the 5-5 tie goes to the name first
-    assert list(bars.x) == [9, 5, 5]
-    assert figure.layout.yaxis.type == "category"
-    assert "3 of 4" in figure.layout.title.text
-
-
-def test_class_frequency_leaves_a_dominant_minus_one_out_and_writes_counts_outside_the_bars():
-    predicted = [DISTRACTOR] * 3_999 + ["16"] * 16 + ["21"] * 1_021 + ["<b>x</b>"] * 2
-    figure = class_frequency(predicted, top_n=20)
-    (bars,) = figure.data
-    assert DISTRACTOR not in bars.y
-    assert list(bars.x) == [1_021, 16, 2] and list(bars.text) == ["1,021", "16", "2"]
-    assert bars.textposition == "outside" and bars.cliponaxis is False
-    assert "<b>" not in bars.y[-1]  # labels stay escaped
-    assert "3 of 3" in figure.layout.title.text
-
-
-def test_class_frequency_rejects_a_zero_top_n():
-    with pytest.raises(ValueError, match="top_n=0: use an integer >= 1"):
-        class_frequency(["a"], top_n=0)
 
 
 def test_analysis_map_points_puts_scores_flags_and_predictions_on_the_right_rows(

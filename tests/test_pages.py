@@ -379,6 +379,12 @@ def test_evaluate_scores_the_demo_and_offers_the_downloads():
     assert any(caption.value.startswith(stated) for caption in app.caption)
     labels = [button.label for button in app.get("download_button")]
     assert {"Submission CSV", "Embeddings (Parquet)", "Scores (JSON)"} <= set(labels)
+    # every test image not flagged is counted once under the class it heads
+    classes = next(frame.value for frame in app.dataframe if "class" in frame.value)
+    assert classes["test images"].sum() == int(shown["Test images"]) - int(
+        shown["Flagged as distractors"]
+    )
+    assert classes["test images"].is_monotonic_decreasing
 
 
 def test_evaluate_compares_chosen_methods():
@@ -650,6 +656,10 @@ def test_a_saved_k_above_the_bound_is_clamped_with_a_note_on_every_page():
     assert f"MAP@{MAX_K}" in metrics(evaluate)
 
 
+def per_image_table(app):
+    return next(frame.value for frame in app.dataframe if "predictions" in frame.value)
+
+
 def test_evaluate_sends_the_per_image_table_only_when_asked_and_a_page_at_a_time(tmp_path):
     from bench.fixtures import retrieval_embeddings
 
@@ -659,10 +669,10 @@ def test_evaluate_sends_the_per_image_table_only_when_asked_and_a_page_at_a_time
     assert_ran(app)
     assert not [frame for frame in app.dataframe if "predictions" in frame.value]
     app.toggle(key="evaluate_table").set_value(True).run()
-    first = app.dataframe[0].value
+    first = per_image_table(app)
     assert len(first) == ui.TABLE_PAGE_ROWS
     app.number_input(key="evaluate_table_page").set_value(3).run()
-    last = app.dataframe[0].value
+    last = per_image_table(app)
     test_ids = list(embeddings.ids[embeddings.splits == TEST])
     assert list(first["id"]) + list(last["id"]) == test_ids[: ui.TABLE_PAGE_ROWS] + test_ids[1_000:]
 

@@ -5,12 +5,14 @@ import pytest
 
 import core.prediction.predict
 from core.prediction.predict import (
+    first_label_counts,
     place_distractor,
     read_submission,
     read_truth,
     search_labels,
     write_submission,
 )
+from core.records import DISTRACTOR
 from core.search.index import VectorIndex
 
 
@@ -162,3 +164,17 @@ def test_a_query_with_non_finite_values_is_refused_not_searched_forever(bad):
             5,
             5,
         )
+
+
+def test_first_label_counts_ranks_classes_by_the_images_they_head_ties_by_name():
+    rows = [[label, "z"] for label in ["7"] * 5 + ["3"] * 9 + ["12"] * 5 + ["1"]]
+    counts = first_label_counts(rows)
+    assert counts["class"].tolist() == ["3", "12", "7", "1"]  # the 5-5 tie goes to the name first
+    assert counts["test images"].tolist() == [9, 5, 5, 1]
+
+
+def test_first_label_counts_leave_minus_one_out_and_keep_labels_as_data():
+    rows = [[DISTRACTOR, "a"]] * 3_999 + [["16"]] * 16 + [["<b>x</b>", DISTRACTOR]] * 2 + [[]]
+    counts = first_label_counts(rows)
+    assert counts.to_dict("list") == {"class": ["16", "<b>x</b>"], "test images": [16, 2]}
+    assert first_label_counts([[DISTRACTOR]]).empty

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -428,39 +427,6 @@ def metric_curve(
     figure = go.Figure(traces)
     _threshold_line(figure, current_threshold, "current")
     return _styled(figure, f"{name} by threshold", THRESHOLD_AXIS, name)
-
-
-def class_frequency(predicted_top1_labels: Sequence, top_n: int = 20) -> go.Figure:
-    """Bar chart of the classes predicted top-1 most often, with their counts beside the bars.
-
-    "-1" (distractor) is left out: flagged items often outnumber any class a hundredfold, and one such
-    bar would squash the others to slivers; the page states its count apart.
-    """
-    if top_n < 1:
-        raise ValueError(f"top_n={top_n!r}: use an integer >= 1")
-    counts = Counter(str(label) for label in predicted_top1_labels if str(label) != DISTRACTOR)
-    # Ties are ordered by name so the chart is the same on every run.
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top_n]
-    figure = go.Figure(
-        go.Bar(
-            x=[count for _, count in ranked],
-            y=[inert_plotly(label) for label, _ in ranked],
-            orientation="h",
-            text=[count_text(count) for _, count in ranked],
-            textposition="outside",
-            cliponaxis=False,
-            marker_color=TRAIN_COLOUR,
-            name="top-1 predictions",
-        )
-    )
-    # Class names such as "17" must stay categories, most frequent at the top.
-    figure.update_yaxes(type="category", autorange="reversed")
-    return _styled(
-        figure,
-        f"Most predicted top-1 classes ({len(ranked)} of {count_text(len(counts))})",
-        "test items predicted",
-        "class",
-    )
 
 
 def _floats(values: Sequence[float] | None) -> np.ndarray:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from core.io.files import read_csv, replaced_atomically
 from core.io.labels import normalise_label
@@ -181,6 +182,19 @@ def true_ranks(rows: Sequence[Sequence[str]], truth: Sequence[str]) -> np.ndarra
 
 
 SUBMISSION_COLUMNS = ("id", "predictions")
+
+
+def first_label_counts(rows: Sequence[Sequence[str]]) -> pd.DataFrame:
+    """Each class predicted first, with the test images it heads: most often first, ties by name.
+
+    "-1" (flagged) is left out: it often outnumbers any class a hundredfold, so callers state its
+    count apart.
+    """
+    heads = pd.Series([row[0] for row in rows if len(row) and row[0] != DISTRACTOR], dtype=object)
+    counts = heads.value_counts().rename_axis("class").reset_index(name="test images")
+    return counts.sort_values(
+        ["test images", "class"], ascending=[False, True], kind="stable", ignore_index=True
+    )
 
 
 def submission_label(label: str) -> str:
