@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.special import logsumexp
 
 from core.search.index import unit_rows
 
@@ -98,23 +97,32 @@ def train_evidence(
     queries = _evidence_rows(codes, np.random.default_rng(seed))
     order = np.argsort(codes, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
-    sorted_vectors, sorted_codes = vectors[order], codes[order]
+    sorted_vectors = vectors[order]
     sizes = np.bincount(codes)
+    position = np.empty_like(order)  # each train row's column in the sorted order
+    position[order] = np.arange(len(order))
     known_scores, known_ranks, known_classes, far_scores = [], [], [], []
     for block in np.array_split(queries, max(1, len(queries) // _ROWS_PER_BLOCK)):
+        # Masked in place, first each row's own column, then its whole class (whose columns are
+        # contiguous in the sorted order): copies of a block this size cost as much as its product.
         similarities = vectors[block] @ sorted_vectors.T
-        own_row = order[None, :] == block[:, None]
-        own_class = sorted_codes[None, :] == codes[block][:, None]
-        without_self = np.where(own_row, -np.inf, similarities)
-        far_scores.append(_scores(np.where(own_class, -np.inf, similarities), score_mode, score_k))
-        has_known = sizes[codes[block]] >= 2
+        rows, block_codes = np.arange(len(block)), codes[block]
+        similarities[rows, position[block]] = -np.inf
+        has_known = sizes[block_codes] >= 2
         if has_known.any():
-            class_best = np.maximum.reduceat(without_self[has_known], starts, axis=1)
-            own_best = class_best[np.arange(has_known.sum()), codes[block][has_known]]
+            without_self = similarities if has_known.all() else similarities[has_known]
+            class_best = np.maximum.reduceat(without_self, starts, axis=1)
+            own_best = class_best[np.arange(len(without_self)), block_codes[has_known]]
             rank = 1 + (class_best > own_best[:, None]).sum(axis=1)
-            known_scores.append(_scores(without_self[has_known], score_mode, score_k))
+            known_scores.append(_scores(without_self, score_mode, score_k))
             known_ranks.append(np.where(rank <= k, rank, 0))
-            known_classes.append(codes[block][has_known])
+            known_classes.append(block_codes[has_known])
+        lengths = sizes[block_codes]
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        similarities[
+            np.repeat(rows, lengths), np.repeat(starts[block_codes], lengths) + offsets
+        ] = -np.inf
+        far_scores.append(_scores(similarities, score_mode, score_k))
     if not known_scores:
         raise ValueError(
             "placing -1 needs a train class with 2+ images to score an item without itself"
@@ -304,7 +312,9 @@ def _logistic(x: np.ndarray, classes: np.ndarray, weight: np.ndarray | None = No
     beta = np.zeros(2 * m)
     for _ in range(_NEWTON_ROUNDS):
         logits = features @ beta.reshape(m, 2).T
-        p = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+        # softmax in plain NumPy: scipy's logsumexp costs more in checks than in sums at this size
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
         gradient = ((weight[:, None] * (p - onehot)).T @ features).ravel() + penalty * beta
         # The Hessian's blocks are sums of each item's curvature (diag(p) - p pᵀ) times 1, x and x².
         hessian = np.empty((m, 2, m, 2))
