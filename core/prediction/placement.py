@@ -18,6 +18,8 @@ MAX_K = 100
 # evidence costs at most this many rows × train, whatever the size of train.
 MAX_EVIDENCE_QUERIES = 4000
 _ROWS_PER_BLOCK = 256  # train rows whose similarities to all of train are held at once
+# A train item's class rank is counted from the items above its class's best when at most this many.
+_FEW_ABOVE = 256
 _EM_ROUNDS = 500
 _EM_TOLERANCE = 1e-7
 _NEWTON_ROUNDS = 50  # a logistic fit of two parameters converges in a handful
@@ -101,6 +103,7 @@ def train_evidence(
     sizes = np.bincount(codes)
     position = np.empty_like(order)  # each train row's column in the sorted order
     position[order] = np.arange(len(order))
+    column_codes = codes[order]
     known_scores, known_ranks, known_classes, far_scores = [], [], [], []
     for block in np.array_split(queries, max(1, len(queries) // _ROWS_PER_BLOCK)):
         # Masked in place, first each row's own column, then its whole class (whose columns are
@@ -108,20 +111,21 @@ def train_evidence(
         similarities = vectors[block] @ sorted_vectors.T
         rows, block_codes = np.arange(len(block)), codes[block]
         similarities[rows, position[block]] = -np.inf
-        has_known = sizes[block_codes] >= 2
+        lengths = sizes[block_codes]
+        segment_starts = np.cumsum(lengths) - lengths
+        own_rows = np.repeat(rows, lengths)
+        own_columns = np.repeat(starts[block_codes], lengths) + (
+            np.arange(lengths.sum()) - np.repeat(segment_starts, lengths)
+        )
+        has_known = lengths >= 2
         if has_known.any():
+            own_best = np.maximum.reduceat(similarities[own_rows, own_columns], segment_starts)
             without_self = similarities if has_known.all() else similarities[has_known]
-            class_best = np.maximum.reduceat(without_self, starts, axis=1)
-            own_best = class_best[np.arange(len(without_self)), block_codes[has_known]]
-            rank = 1 + (class_best > own_best[:, None]).sum(axis=1)
+            rank = _own_class_ranks(without_self, own_best[has_known], column_codes, starts)
             known_scores.append(_scores(without_self, score_mode, score_k))
             known_ranks.append(np.where(rank <= k, rank, 0))
             known_classes.append(block_codes[has_known])
-        lengths = sizes[block_codes]
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        similarities[
-            np.repeat(rows, lengths), np.repeat(starts[block_codes], lengths) + offsets
-        ] = -np.inf
+        similarities[own_rows, own_columns] = -np.inf
         far_scores.append(_scores(similarities, score_mode, score_k))
     if not known_scores:
         raise ValueError(
@@ -136,6 +140,27 @@ def train_evidence(
         sizes[np.concatenate(known_classes)],
         k,
     )
+
+
+def _own_class_ranks(
+    similarities: np.ndarray, own_best: np.ndarray, column_codes: np.ndarray, starts: np.ndarray
+) -> np.ndarray:
+    """1 + the classes with an item above each row's own-class best: its class's rank among labels.
+
+    Counted from the items above it where they are few, which is most rows; each class's best over
+    all columns (a reduction per class and row, the slower way) only for the rest.
+    """
+    above = similarities > own_best[:, None]
+    few = above.sum(axis=1) <= _FEW_ABOVE
+    ranks = np.empty(len(own_best), np.int64)
+    rows, columns = np.nonzero(above[few])
+    n_classes = len(starts)
+    row_classes = np.unique(rows * n_classes + column_codes[columns])
+    ranks[few] = 1 + np.bincount(row_classes // n_classes, minlength=int(few.sum()))
+    if not few.all():
+        class_best = np.maximum.reduceat(similarities[~few], starts, axis=1)
+        ranks[~few] = 1 + (class_best > own_best[~few, None]).sum(axis=1)
+    return ranks
 
 
 def _evidence_rows(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
