@@ -4,6 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import core.prediction.placement
 from core.prediction.metrics import average_precision_at_k
 from core.prediction.placement import (
     MAX_K,
@@ -87,7 +88,10 @@ def test_with_one_label_per_row_minus_one_is_placed_only_first():
     assert kept_positions(expected).tolist() == [NOWHERE, NOWHERE]
 
 
-def test_train_evidence_matches_a_brute_force_leave_one_out():
+@pytest.mark.parametrize("few_above", [None, 0], ids=["ranks-from-items-above", "ranks-by-class"])
+def test_train_evidence_matches_a_brute_force_leave_one_out(few_above, monkeypatch):
+    if few_above is not None:  # every rank by each class's best, the way taken when many are above
+        monkeypatch.setattr(core.prediction.placement, "_FEW_ABOVE", few_above)
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(30, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
