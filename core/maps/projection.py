@@ -316,8 +316,6 @@ def _place(fitted, indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
     graph-to-start step is vectorised. A test holds it equal to umap's own.
     """
     from sklearn.utils import check_random_state
-
-    _umap_kept_compiled()
     from umap.layouts import optimize_layout_euclidean
     from umap.umap_ import (
         DISCONNECTION_DISTANCES,
