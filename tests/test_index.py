@@ -162,14 +162,19 @@ def test_unit_rows_refuses_or_keeps_zero_rows():
 # ── the exact kind's bf16 screen: the same answers as IndexFlatIP, certified or searched again ──
 
 
-@pytest.fixture
-def screening(monkeypatch):
-    """Every exact search screened, whatever its size or this CPU's bf16 speed."""
+@pytest.fixture(params=["torch and numpy", "compiled steps"])
+def screening(request, monkeypatch):
+    """Every exact search screened, whatever its size or this CPU's bf16 speed, its candidates chosen and re-ranked each way."""
     from core.search import screen
 
     monkeypatch.setattr(screen, "SCREEN_MIN_CELLS", 0)
     monkeypatch.setattr(screen, "SCREEN_ROWS_PER_CANDIDATE", 0)
     monkeypatch.setattr(screen, "bf16_speedup", lambda: screen.SCREEN_MIN_SPEEDUP)
+    compiled = request.param == "compiled steps"
+    monkeypatch.setattr(screen, "COMPILED_MIN_ROWS", 0 if compiled else np.inf)
+    if compiled:
+        screen._compiled_loading().result()  # loaded before the first block, not after
+    return request.param
 
 
 def near_tied_rows(rng, d=32):
@@ -261,6 +266,58 @@ def test_small_searches_stay_with_faiss():
     index = VectorIndex(unit_rows(rng, 500, 16))
     index.search(unit_rows(rng, 20, 16), 5)
     assert index.screened_queries == 0 and index.settings == "exact inner product over every vector"
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "m"), [(3000, 25), (1000, 1), (37, 37), (200, 60), (5, 2)]
+)  # many groups, one candidate, all rows, fewer groups than candidates, one-row groups
+def test_compiled_selection_keeps_each_rows_best_scores_as_topk_does(n_rows, m):
+    import torch
+
+    from core.search.compiled import top_scores
+
+    rng = np.random.default_rng(13)
+    # bf16 scores of both signs, with zeros of both signs and many exact ties
+    values = np.round(rng.normal(0, 0.3, (40, n_rows)), 2).astype(np.float32)
+    values[:, ::7] = -0.0
+    values[:, 1::11] = 0.0
+    scores = torch.from_numpy(values).bfloat16()
+    bits = scores.view(torch.int16).numpy().view(np.uint16)
+    for threads in (1, 3):
+        best, columns = top_scores(bits, m, threads)
+        expected = torch.topk(scores, m, dim=1).values.float().numpy()
+        np.testing.assert_array_equal(
+            torch.from_numpy(best.view(np.int16)).view(torch.bfloat16).float().numpy(), expected
+        )
+        np.testing.assert_array_equal(np.take_along_axis(bits, columns, 1), best)
+        # equal scores (-0 and +0 among them): the earlier column first, and no column twice
+        tied = expected[:, 1:] == expected[:, :-1]
+        assert (columns[:, 1:][tied] > columns[:, :-1][tied]).all() and (tied.any() or m == 1)
+        assert all(len(set(row)) == m for row in columns)
+
+
+def test_compiled_re_rank_equals_numpys_products_up_to_their_order():
+    from core.search.compiled import exact_scores
+
+    rng = np.random.default_rng(14)
+    vectors = unit_rows(rng, 500, 48)
+    queries = unit_rows(rng, 30, 48)
+    queries.setflags(write=False)
+    candidates = rng.integers(0, 500, (30, 9))
+    widths = rng.integers(0, 10, 30)
+    for threads in (1, 2):
+        exact = exact_scores(vectors, queries, candidates, widths, threads)
+        expected = np.einsum("qcd,qd->qc", vectors[candidates], queries)
+        within = np.arange(9) < widths[:, None]
+        np.testing.assert_allclose(exact[within], expected[within], atol=1e-6)
+        assert (exact[~within] == -np.inf).all()
+
+
+def test_compiled_selection_refuses_more_candidates_than_rows():
+    from core.search.compiled import top_scores
+
+    with pytest.raises(ValueError, match="m must be between 1 and the 4 rows, got 5"):
+        top_scores(np.zeros((2, 4), np.uint16), 5, 1)
 
 
 def test_bf16_rounding_in_numpy_matches_torch_bit_for_bit():
