@@ -242,9 +242,10 @@ def test_screened_search_equals_flat_ip_with_near_ties(screening, k, allowed_sha
 def test_queries_the_screen_cannot_separate_are_searched_again_exactly(screening):
     rng = np.random.default_rng(9)
     centre = unit_rows(rng, 1, 64)[0]
-    # 300 rows scoring 0.9 down to 0.885 against the centre, 5e-5 apart: bf16 (2⁻⁸ relative) cannot
-    # order them, so no screened top 26 can be certified to hold the top 5. FAISS can order them.
-    scores = 0.9 - 5e-5 * np.arange(300)
+    # 300 rows scoring 0.9 down to 0.897 against the centre, 1e-5 apart: bf16 (2⁻⁸ relative) cannot
+    # order them, so no screened top 25, nor the top 100 of a deeper look, can be certified to hold
+    # the top 5. FAISS can order them.
+    scores = 0.9 - 1e-5 * np.arange(300)
     away = unit_rows(rng, 300, 64)
     away -= np.outer(away @ centre, centre)
     away /= np.linalg.norm(away, axis=1, keepdims=True)
@@ -259,6 +260,26 @@ def test_queries_the_screen_cannot_separate_are_searched_again_exactly(screening
     expected_similarities, expected_rows = flat.search(queries, 5)
     np.testing.assert_array_equal(found.indices, expected_rows)
     np.testing.assert_array_equal(found.similarities, expected_similarities)
+
+
+def test_queries_whose_candidates_are_too_few_get_a_deeper_look_before_faiss(screening):
+    from core.search.screen import DEEPER, SCREEN_MARGIN
+
+    rng = np.random.default_rng(15)
+    centre = unit_rows(rng, 1, 64)[0]
+    # 40 rows bf16 cannot order (0.9 down to 0.898, 5e-5 apart): more than the k + margin candidates
+    # of a first look, fewer than a look DEEPER times as deep; the other 260 score at most 0.5.
+    assert 5 + SCREEN_MARGIN < 40 < DEEPER * (5 + SCREEN_MARGIN)
+    scores = np.r_[0.9 - 5e-5 * np.arange(40), np.linspace(0.5, 0.0, 260)]
+    away = unit_rows(rng, 300, 64)
+    away -= np.outer(away @ centre, centre)
+    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    rows = (scores[:, None] * centre + np.sqrt(1 - scores[:, None] ** 2) * away).astype(np.float32)
+    queries = (centre + 1e-4 * rng.normal(size=(25, 64))).astype(np.float32)
+    index = VectorIndex(rows, "exact")
+    found = index.search(queries, 5)
+    assert index.screened_queries == len(queries) and index.rechecked_queries == 0
+    assert_same_as_flat_ip(found, rows, queries, 5)
 
 
 def test_small_searches_stay_with_faiss():

@@ -12,6 +12,9 @@ import numpy as np
 # vectors (4,096 test against 30,000 train): with k = 15 the certificate holds for 99.0% of queries at a
 # margin of 16 and for all at 31; with k = 6 for all at 16. The rest are searched again exactly.
 SCREEN_MARGIN = 20
+# Queries not certified by their k + SCREEN_MARGIN candidates get a second look this many times as deep,
+# from the same block's scores, before any is searched again with FAISS.
+DEEPER = 4
 # Below this many query × row scores in one search a FAISS call is as quick as the screen's setup.
 SCREEN_MIN_CELLS = 1 << 22
 # The screen's cost per query grows with its candidates (selection and re-rank), FAISS's with the rows:
@@ -149,29 +152,52 @@ class Screen:
             chunk_bf16 = bf16_bits(chunk)
             torch.matmul(torch.from_numpy(chunk_bf16).view(torch.bfloat16), columns, out=scores[:n])
             compiled = _loaded(self._compiled)
-            best_bits, best_rows = _top(scores[:n], m, (top[:n], top_rows[:n]), compiled, cores)
-            screened = widened(best_bits)
-            needed = self._needed(chunk, chunk_bf16, screened, k)
-            if m < len(rows):
-                # a row left out scored no more than the last candidate: if that one could still
-                # be among the top k, so could they
-                uncertain.append(start + np.flatnonzero(needed[:, -1]))
-            candidates = rows[best_rows]
-            widths = _prefix_widths(needed)
-            exact = (
-                self._reranked(chunk, candidates, widths)
-                if compiled is None
-                else compiled.exact_scores(self.vectors, chunk, candidates, widths, cores)
+            best = self._best(
+                chunk, chunk_bf16, scores[:n], rows, m, k, (top[:n], top_rows[:n]), compiled, cores
             )
-            # Best first; equal similarities: later row first, as FAISS returns them.
-            order = np.lexsort((-candidates, -exact), axis=1)[:, :k]
-            similarities[start : start + n] = np.take_along_axis(exact, order, 1)
-            indices[start : start + n] = np.take_along_axis(candidates, order, 1)
+            similarities[start : start + n], indices[start : start + n], unsure = best
+            deeper_m = min(len(rows), DEEPER * m)
+            if unsure.size and deeper_m > m:
+                # A second look, DEEPER times as deep, while the block's scores are still at hand:
+                # most queries the first could not certify, this one does, without a search of their own.
+                again = self._best(
+                    chunk[unsure],
+                    chunk_bf16[unsure],
+                    scores[:n][torch.from_numpy(unsure)],
+                    rows,
+                    deeper_m,
+                    k,
+                    None,
+                    compiled,
+                    cores,
+                )
+                similarities[start + unsure], indices[start + unsure], still = again
+                unsure = unsure[still]
+            uncertain.append(start + unsure)
         return (
             similarities,
             indices,
             np.concatenate(uncertain) if uncertain else np.zeros(0, np.int64),
         )
+
+    def _best(self, chunk, chunk_bf16, scores, rows, m, k, out, compiled, cores):
+        """(similarities, rows, unsure) of each query's exact top k among its m best screened `scores`; unsure: the queries whose top k that cannot certify."""
+        best_bits, best_rows = _top(scores, m, out, compiled, cores)
+        screened = widened(best_bits)
+        needed = self._needed(chunk, chunk_bf16, screened, k)
+        candidates = rows[best_rows]
+        widths = _prefix_widths(needed)
+        exact = (
+            self._reranked(chunk, candidates, widths)
+            if compiled is None
+            else compiled.exact_scores(self.vectors, chunk, candidates, widths, cores)
+        )
+        # Best first; equal similarities: later row first, as FAISS returns them.
+        order = np.lexsort((-candidates, -exact), axis=1)[:, :k]
+        # A row left out scored no more than the last candidate: if that one could still be among
+        # the top k, so could they.
+        unsure = np.flatnonzero(needed[:, -1]) if m < len(rows) else np.zeros(0, np.int64)
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(candidates, order, 1), unsure
 
     def _scratch(self, cells: int):
         """A bf16 buffer of at least `cells` scores, kept between searches.
@@ -258,7 +284,7 @@ class Screen:
 
 
 def _top(scores, m: int, out, compiled, cores: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bf16 bits, columns) of each row's m best `scores`, best first: by the compiled selection when loaded, else by torch.topk into `out`.
+    """(bf16 bits, columns) of each row's m best `scores`, best first: by the compiled selection when loaded, else by torch.topk (into `out` if given).
 
     Both keep the same scores; they may order equal ones otherwise, which the exact re-rank decides.
     """
@@ -267,8 +293,8 @@ def _top(scores, m: int, out, compiled, cores: int) -> tuple[np.ndarray, np.ndar
     if compiled is not None:
         bits = scores.view(torch.int16).numpy().view(np.uint16)
         return compiled.top_scores(bits, m, cores)
-    torch.topk(scores, m, dim=1, out=out)
-    return out[0].view(torch.int16).numpy().view(np.uint16), out[1].numpy()
+    values, columns = torch.topk(scores, m, dim=1, out=out)
+    return values.view(torch.int16).numpy().view(np.uint16), columns.numpy()
 
 
 @cache
