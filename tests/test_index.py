@@ -239,6 +239,14 @@ def test_screened_search_equals_flat_ip_with_near_ties(screening, k, allowed_sha
     assert "bf16 screen, fp32 re-rank" in index.settings
 
 
+def rows_scoring(rng, centre, scores):
+    """Unit rows whose inner products with the unit `centre` are `scores`, in random directions away from it."""
+    away = unit_rows(rng, len(scores), len(centre))
+    away -= np.outer(away @ centre, centre)
+    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    return (scores[:, None] * centre + np.sqrt(1 - scores[:, None] ** 2) * away).astype(np.float32)
+
+
 def test_queries_the_screen_cannot_separate_are_searched_again_exactly(screening):
     rng = np.random.default_rng(9)
     centre = unit_rows(rng, 1, 64)[0]
@@ -246,10 +254,7 @@ def test_queries_the_screen_cannot_separate_are_searched_again_exactly(screening
     # order them, so no screened top 25, nor the top 100 of a deeper look, can be certified to hold
     # the top 5. FAISS can order them.
     scores = 0.9 - 1e-5 * np.arange(300)
-    away = unit_rows(rng, 300, 64)
-    away -= np.outer(away @ centre, centre)
-    away /= np.linalg.norm(away, axis=1, keepdims=True)
-    rows = (scores[:, None] * centre + np.sqrt(1 - scores[:, None] ** 2) * away).astype(np.float32)
+    rows = rows_scoring(rng, centre, scores)
     queries = (centre + 1e-3 * rng.normal(size=(25, 64))).astype(np.float32)
     index = VectorIndex(rows, "exact")
     found = index.search(queries, 5)
@@ -271,10 +276,7 @@ def test_queries_whose_candidates_are_too_few_get_a_deeper_look_before_faiss(scr
     # of a first look, fewer than a look DEEPER times as deep; the other 260 score at most 0.5.
     assert 5 + SCREEN_MARGIN < 40 < DEEPER * (5 + SCREEN_MARGIN)
     scores = np.r_[0.9 - 5e-5 * np.arange(40), np.linspace(0.5, 0.0, 260)]
-    away = unit_rows(rng, 300, 64)
-    away -= np.outer(away @ centre, centre)
-    away /= np.linalg.norm(away, axis=1, keepdims=True)
-    rows = (scores[:, None] * centre + np.sqrt(1 - scores[:, None] ** 2) * away).astype(np.float32)
+    rows = rows_scoring(rng, centre, scores)
     queries = (centre + 1e-4 * rng.normal(size=(25, 64))).astype(np.float32)
     index = VectorIndex(rows, "exact")
     found = index.search(queries, 5)
