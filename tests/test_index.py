@@ -169,11 +169,13 @@ def screening(request, monkeypatch):
 
     monkeypatch.setattr(screen, "SCREEN_MIN_CELLS", 0)
     monkeypatch.setattr(screen, "SCREEN_ROWS_PER_CANDIDATE", 0)
+    monkeypatch.setattr(screen, "COMPILED_ROWS_PER_CANDIDATE", 0)
     monkeypatch.setattr(screen, "bf16_speedup", lambda: screen.SCREEN_MIN_SPEEDUP)
-    compiled = request.param == "compiled steps"
-    monkeypatch.setattr(screen, "COMPILED_MIN_ROWS", 0 if compiled else np.inf)
-    if compiled:
-        screen._compiled_loading().result()  # loaded before the first block, not after
+    if request.param == "compiled steps":
+        screen.load_compiled().result()  # loaded before the first block, not after
+    else:
+        monkeypatch.setattr(screen, "COMPILED_MIN_ROWS", np.inf)
+        monkeypatch.setattr(screen, "_compiled_loading", None)
     return request.param
 
 

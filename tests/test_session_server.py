@@ -125,6 +125,7 @@ def test_background_work_waits_for_the_page_then_analyses_an_active_parquet(
     ws, tmp_path, monkeypatch
 ):
     import core.maps.projection
+    import core.session.server
 
     warm_ups, finished = [], threading.Event()
     monkeypatch.setattr(
@@ -132,6 +133,10 @@ def test_background_work_waits_for_the_page_then_analyses_an_active_parquet(
     )
     monkeypatch.setattr(
         core.maps.projection, "warm_up", lambda: (warm_ups.append("server"), finished.set())
+    )
+    loads_asked = []
+    monkeypatch.setattr(
+        core.session.server, "load_compiled", lambda: loads_asked.append("search kernels")
     )
     path = tmp_path / "vectors.parquet"
     write_embeddings(path, clusters(3))
@@ -149,3 +154,5 @@ def test_background_work_waits_for_the_page_then_analyses_an_active_parquet(
     assert job.wait(SECONDS) and job.result.config == DASHBOARD_DEFAULTS
     # numba holds the GIL while it compiles: a child compiles, the server only loads what it kept
     assert finished.wait(SECONDS) and warm_ups == ["child", "server"]
+    # the search's compiled steps, for searches of every size: asked for by the server itself
+    assert loads_asked == ["search kernels"]

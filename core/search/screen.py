@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
@@ -17,9 +18,12 @@ SCREEN_MARGIN = 20
 DEEPER = 4
 # Below this many query × row scores in one search a FAISS call is as quick as the screen's setup.
 SCREEN_MIN_CELLS = 1 << 22
-# The screen's cost per query grows with its candidates (selection and re-rank), FAISS's with the rows:
-# measured side by side, the screen wins from about 400 rows per candidate (12,000 rows at k = 6).
-SCREEN_ROWS_PER_CANDIDATE = 500
+# The screen's cost per query grows with its candidates (selection and re-rank), FAISS's with the rows.
+# Measured side by side (8,192 queries, k = 5 and 15, 500 to 8,000 rows, a loaded AMD EPYC), the screen
+# wins from about 60 rows per candidate with torch.topk and the numpy re-rank (1.0× at 40, 1.5× at
+# 114), and from fewer than 15 with the compiled steps (1.4× at 14, 1.9× at 57).
+SCREEN_ROWS_PER_CANDIDATE = 80
+COMPILED_ROWS_PER_CANDIDATE = 15
 # Scores per screened block of queries: 64 MB of bf16. Blocks hold 256 to 2,048 queries (1,118 at 30k
 # rows): each block makes two torch calls, and on a busy machine each call can wait for its thread
 # pool to wake, so fewer, larger blocks pay. At 8,192 queries × 30k rows, k = 15, alternating, on a
@@ -33,9 +37,10 @@ SCREEN_ROWS_PER_CANDIDATE = 500
 SCREEN_CELLS_PER_BLOCK = 1 << 25
 SCREEN_QUERIES_PER_BLOCK = (256, 2048)
 SCREEN_MAX_ROWS = 1 << 18
-# From this many rows the compiled steps (core.search.compiled) are loaded for the screen: at 30,000
-# rows their selection saves about 19 µs a query over torch.topk, at 3,000 about 4 µs, while loading
-# them (numba's import and its disk cache) takes about 0.6 s of a core in each new process.
+# From this many rows a screen loads the compiled steps (core.search.compiled) itself: at 30,000 rows
+# their selection saves about 19 µs a query over torch.topk, at 3,000 about 4 µs, while loading them
+# (numba's import and its disk cache) takes about 0.6 s of a core in each new process. A server,
+# which searches again and again, loads them at its start (`load_compiled`).
 COMPILED_MIN_ROWS = 10_000
 # The screen needs bf16 products this many times as fast as fp32 to pay for its selection and re-rank.
 SCREEN_MIN_SPEEDUP = 2.0
@@ -78,9 +83,14 @@ def bf16_speedup() -> float:
 def screen_pays(n_queries: int, n_rows: int, k: int) -> bool:
     """Whether screening `n_queries` against `n_rows` for the top k beats one exact FAISS search on this machine."""
     cells = n_queries * n_rows
+    rows_per_candidate = (
+        SCREEN_ROWS_PER_CANDIDATE
+        if _loaded(_compiled_loading) is None
+        else COMPILED_ROWS_PER_CANDIDATE
+    )
     return (
         cells >= SCREEN_MIN_CELLS
-        and candidates_for(k, n_rows) * SCREEN_ROWS_PER_CANDIDATE <= n_rows <= SCREEN_MAX_ROWS
+        and candidates_for(k, n_rows) * rows_per_candidate <= n_rows <= SCREEN_MAX_ROWS
         and bf16_speedup() >= SCREEN_MIN_SPEEDUP
     )
 
@@ -113,7 +123,8 @@ class Screen:
         self._largest_exact_row = _NORM_SLACK * float(np.linalg.norm(vectors, axis=1).max())
         self._scores = torch.empty(0, dtype=torch.bfloat16)  # see _scratch
         # the compiled steps, where they pay: see COMPILED_MIN_ROWS
-        self._compiled = _compiled_loading() if len(vectors) >= COMPILED_MIN_ROWS else None
+        if len(vectors) >= COMPILED_MIN_ROWS:
+            load_compiled()
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -151,7 +162,7 @@ class Screen:
             n = len(chunk)
             chunk_bf16 = bf16_bits(chunk)
             torch.matmul(torch.from_numpy(chunk_bf16).view(torch.bfloat16), columns, out=scores[:n])
-            compiled = _loaded(self._compiled)
+            compiled = _loaded(_compiled_loading)
             best = self._best(
                 chunk, chunk_bf16, scores[:n], rows, m, k, (top[:n], top_rows[:n]), compiled, cores
             )
@@ -297,16 +308,24 @@ def _top(scores, m: int, out, compiled, cores: int) -> tuple[np.ndarray, np.ndar
     return values.view(torch.int16).numpy().view(np.uint16), columns.numpy()
 
 
-@cache
-def _compiled_loading() -> Future:
-    """core.search.compiled, loading in a thread of its own while the screen's first blocks run on torch and numpy.
+# core.search.compiled, loading or loaded in this process (None: not asked for)
+_compiled_loading: Future | None = None
+_compiled_lock = threading.Lock()
 
-    The torch products it overlaps run without the GIL; a load that fails leaves the screen as it was.
+
+def load_compiled() -> Future:
+    """Load core.search.compiled in a thread of its own, once per process; screens use it from when it is ready (the Future's).
+
+    Until then they run torch.topk and the numpy re-rank, whose torch products the loading overlaps
+    (they run without the GIL). A load that fails leaves screens as they were.
     """
-    loader = ThreadPoolExecutor(1, thread_name_prefix="compiled-loading")
-    loading = loader.submit(_load_compiled)
-    loader.shutdown(wait=False)
-    return loading
+    global _compiled_loading
+    with _compiled_lock:
+        if _compiled_loading is None:
+            loader = ThreadPoolExecutor(1, thread_name_prefix="compiled-loading")
+            _compiled_loading = loader.submit(_load_compiled)
+            loader.shutdown(wait=False)
+        return _compiled_loading
 
 
 def _load_compiled():

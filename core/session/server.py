@@ -15,6 +15,7 @@ from core.embedding.hub import ModelUnavailableError
 from core.embedding.runner import load_embedder
 from core.paths import workspace_home
 from core.progress import Watch
+from core.search.screen import load_compiled
 from core.session.datasets import WorkspaceDatasets, builtin_datasets
 from core.session.jobs import Job, Jobs
 from core.session.models import LOADING, UNAVAILABLE, ModelChoice, ModelShelf, chosen_model
@@ -276,8 +277,9 @@ class Server:
     # ── background work ──────────────────────────────────────────────────
 
     def start_background_work(self, ws: Workspace, after: Callable[[], None]) -> None:
-        """In a background thread, once `after` returns (the page has run): import the analysis, load the
-        workspace's model, analyse an active Parquet (its vectors need no model), then compile UMAP. Returns at once."""
+        """In a background thread, once `after` returns (the page has run): import the analysis and the search's
+        compiled steps, load the workspace's model, analyse an active Parquet (its vectors need no model), then
+        compile UMAP. Returns at once."""
         chosen = chosen_model(ws)
         entry = self.datasets(ws).chosen()
         # Saved settings read now, in the page's thread, like every other read of the workspace.
@@ -288,6 +290,8 @@ class Server:
             # scikit-learn and SciPy take over a second to import: paid once per server, before the
             # first dataset is opened, it stays off the first analysis a user waits for.
             self._once("analysis-import", lambda: importlib.import_module("core.analysis.pipeline"))
+            # the search's compiled steps, for every size a server searches (core.search.screen)
+            self._once("search-kernels", load_compiled)
             self.models.start(chosen)
             if entry.kind == "parquet":
                 self._analyse_vectors_file(entry, chosen, config)
