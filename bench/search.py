@@ -216,8 +216,8 @@ def _screened(section: Section, plan) -> None:
     flop = product_flop(n_test, 3 * n_classes, 512)
     section.add(
         f"**Exact top-{K} with the bf16 screen** (`core.search.screen`): the same search by FAISS IndexFlatIP alone "
-        "(fp32, as before) and by `VectorIndex` as it now runs: where bf16 products are at least "
-        "`SCREEN_MIN_SPEEDUP` times as fast as fp32 (timed once per process) and the rows are many per candidate, "
+        "(fp32, as before) and by `VectorIndex` as it now runs: where bf16 is "
+        "multiplied natively (AMX or AVX512-BF16 among the CPU's flags) and the rows are many per candidate, "
         f"torch multiplies the queries by the centred rows in bf16, keeps each query's top k + {SCREEN_MARGIN} rows, "
         "re-ranks them in fp32 and certifies that no row left out could beat the k-th (a derived bound on the bf16 "
         "error); queries it cannot certify are searched "
@@ -304,7 +304,7 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
         f"Python as `python -m bench --only ui` times it (`bench.ui.first_analysis_in_python`), each run in a fresh "
         f"process (so the screen's once-per-process bf16 timing and torch import are included), {rounds} runs each in "
         f'alternating order, medians; load average {load:.1f} when this started. "FAISS flat" turns the screen off '
-        "(`SCREEN_MIN_SPEEDUP` set to infinity). The arithmetic floor is the test search's product alone "
+        "(`core.search.screen.bf16_native` answering False). The arithmetic floor is the test search's product alone "
         f"(2 · {n_test:,} · {3 * n_classes:,} · 512 FLOP) at the rate torch multiplies at the screen's block shape, "
         "measured in each process after its analysis (`bench.timing.matmul_rates`, best of 5): "
         f"{floor['bf16_gflops']:,.0f} GFLOP/s in bf16, {floor['fp32_gflops']:,.0f} in fp32 (medians over the "
@@ -352,7 +352,7 @@ def _first_analysis_case(search: str, path: str) -> dict[str, float]:
     from core.search import screen
 
     if search == "flat":
-        screen.SCREEN_MIN_SPEEDUP = float("inf")
+        screen.bf16_native = lambda: False
     return first_analysis_in_python(Path(path))
 
 

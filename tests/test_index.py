@@ -1,9 +1,11 @@
 import warnings
+from functools import partial
 
 import faiss
 import numpy as np
 import pytest
 
+import core.embedding.clip
 from core.search.index import EXACT_UP_TO, VectorIndex, checked_vectors, resolve_kind, search
 from core.search.index import unit_rows as unit_rows_checked
 
@@ -164,13 +166,13 @@ def test_unit_rows_refuses_or_keeps_zero_rows():
 
 @pytest.fixture(params=["torch and numpy", "compiled steps"])
 def screening(request, monkeypatch):
-    """Every exact search screened, whatever its size or this CPU's bf16 speed, its candidates chosen and re-ranked each way."""
+    """Every exact search screened, whatever its size or this CPU, its candidates chosen and re-ranked each way."""
     from core.search import screen
 
     monkeypatch.setattr(screen, "SCREEN_MIN_CELLS", 0)
     monkeypatch.setattr(screen, "SCREEN_ROWS_PER_CANDIDATE", 0)
     monkeypatch.setattr(screen, "COMPILED_ROWS_PER_CANDIDATE", 0)
-    monkeypatch.setattr(screen, "bf16_speedup", lambda: screen.SCREEN_MIN_SPEEDUP)
+    monkeypatch.setattr(screen, "bf16_native", lambda: True)
     if request.param == "compiled steps":
         screen.load_compiled().result()  # loaded before the first block, not after
     else:
@@ -284,6 +286,31 @@ def test_queries_whose_candidates_are_too_few_get_a_deeper_look_before_faiss(scr
     found = index.search(queries, 5)
     assert index.screened_queries == len(queries) and index.rechecked_queries == 0
     assert_same_as_flat_ip(found, rows, queries, 5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "screened"),
+    [
+        ("fpu sse avx512f avx512_bf16", True),
+        ("fpu amx_bf16 amx_tile", True),
+        ("fpu avx2 avx512f", False),
+    ],
+)
+def test_the_screen_runs_where_the_cpu_multiplies_bf16_natively(
+    tmp_path, monkeypatch, flags, screened
+):
+    from core.search import screen
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(screen, "bf16_native", screen.bf16_native.__wrapped__)
+    monkeypatch.setattr(
+        "core.embedding.clip.cpu_flags", partial(core.embedding.clip.cpu_flags, cpuinfo)
+    )
+    rng = np.random.default_rng(16)
+    index = VectorIndex(unit_rows(rng, 3000, 16))
+    index.search(unit_rows(rng, 2000, 16), 5)
+    assert (index.screened_queries == 2000) is screened
 
 
 def test_small_searches_stay_with_faiss():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 
@@ -42,42 +41,24 @@ SCREEN_MAX_ROWS = 1 << 18
 # (numba's import and its disk cache) takes about 0.6 s of a core in each new process. A server,
 # which searches again and again, loads them at its start (`load_compiled`).
 COMPILED_MIN_ROWS = 10_000
-# The screen needs bf16 products this many times as fast as fp32 to pay for its selection and re-rank.
-SCREEN_MIN_SPEEDUP = 2.0
 # bf16 keeps 8 significant bits: rounding to nearest errs by at most 2⁻⁸ relative
 _BF16_ROUNDOFF = 2.0**-8
 _FP32_ROUNDOFF = 2.0**-24
-_SPEED_TRIES = 3
 _NORM_SLACK = 1 + 2.0**-10  # covers the fp32 rounding of a norm over up to thousands of dimensions
 
 
 @cache
-def bf16_speedup() -> float:
-    """How many times faster torch multiplies bf16 than fp32 matrices here (0 without torch); timed once per process.
+def bf16_native() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): elsewhere torch emulates bf16, slower than fp32.
 
-    bf16 is fast only on CPUs with AMX or AVX512-BF16; elsewhere it can be slower than fp32. A
-    512 × 512 by 512 × 4096 product, each precision's best of three after a warm-up, the two taking
-    turns so that load from other processes slows both alike: about 60 ms in all with AMX. (A product
-    a quarter the size measured 1.4–2.3× instead of 3.5–6× while other processes kept both cores busy.)
+    With it torch multiplies bf16 2.5× (AVX512-BF16, an AMD EPYC) to 6× (AMX, an Intel Xeon) as fast
+    as fp32 at the screen's shapes (BENCHMARKS.md, section 3). Read from the CPU's flags, not timed: a
+    timing taken while another thread held the GIL (a model loading beside a dashboard's first
+    analysis) measured bf16 barely faster than fp32 and kept the screen off for the whole process.
     """
-    try:
-        import torch
-    except ImportError:
-        return 0.0
-    from core.embedding.clip import usable_cores
+    from core.embedding.clip import NATIVE_BF16_CPU_FLAGS, cpu_flags
 
-    torch.set_num_threads(usable_cores())
-    generator = torch.Generator().manual_seed(0)
-    fp32 = torch.rand(512, 512, generator=generator), torch.rand(4096, 512, generator=generator)
-    bf16 = tuple(matrix.bfloat16() for matrix in fp32)
-    times = {"fp32": [], "bf16": []}
-    for _ in range(_SPEED_TRIES + 1):
-        for name, (left, right) in (("fp32", fp32), ("bf16", bf16)):
-            started = time.perf_counter()
-            torch.matmul(left, right.T)
-            times[name].append(time.perf_counter() - started)
-    # The first of each is a warm-up: kernels are made on first use.
-    return min(times["fp32"][1:]) / min(times["bf16"][1:])
+    return bool(NATIVE_BF16_CPU_FLAGS & cpu_flags())
 
 
 def screen_pays(n_queries: int, n_rows: int, k: int) -> bool:
@@ -91,7 +72,7 @@ def screen_pays(n_queries: int, n_rows: int, k: int) -> bool:
     return (
         cells >= SCREEN_MIN_CELLS
         and candidates_for(k, n_rows) * rows_per_candidate <= n_rows <= SCREEN_MAX_ROWS
-        and bf16_speedup() >= SCREEN_MIN_SPEEDUP
+        and bf16_native()
     )
 
 
@@ -111,6 +92,9 @@ class Screen:
     def __init__(self, vectors: np.ndarray):
         import torch
 
+        from core.embedding.clip import usable_cores
+
+        torch.set_num_threads(usable_cores())
         self.vectors = vectors  # (n, d) float32, C-contiguous: the exact rows the re-rank reads
         # The screen multiplies the rows less their mean: a query's order is the same (q·mean is one
         # constant per query), while shorter rows and smaller scores halve the bf16 error bound.
