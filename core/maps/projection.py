@@ -593,11 +593,15 @@ def compile_in_child_process() -> bool:
     """Fill numba's disk cache with what ``warm_up`` compiles, in a child process; True if it did.
 
     numba holds the GIL while it compiles, so a server that compiles in a thread of its own stalls
-    every page it runs meanwhile; a child holds its own GIL, and ``warm_up`` then only loads.
+    every page it runs meanwhile; a child holds its own GIL, and ``warm_up`` then only loads. The
+    child runs at the lowest CPU priority: it starts as a user opens their first analysis, and its
+    seconds of a core (even with the cache filled: umap's import) should not slow the browser or
+    the server showing it.
     """
+    child = "import os; os.nice(19); from core.maps.projection import warm_up; warm_up()"
     try:
         finished = subprocess.run(
-            [sys.executable, "-c", "from core.maps.projection import warm_up; warm_up()"],
+            [sys.executable, "-c", child],
             cwd=Path(__file__).resolve().parents[2],
             capture_output=True,
             timeout=CHILD_COMPILE_TIMEOUT_SECONDS,
