@@ -72,7 +72,9 @@ def search_labels(
         )
     depth = min(len(index), max(width, min(k * int(sizes.max()), FIRST_SEARCH_DEPTH)))
     want = min(k, len(classes))
-    found: list[list[int]] = [[] for _ in range(n_queries)]
+    # each query's settled classes, best first: the first `settled[query]` codes of its row
+    found = np.full((n_queries, want), -1, np.int64)
+    settled = np.zeros(n_queries, np.int64)
     neighbours = Neighbours(
         np.empty((n_queries, width), np.float32), np.empty((n_queries, width), np.int64)
     )
@@ -85,14 +87,15 @@ def search_labels(
             result.similarities[:, :width],
             result.indices[:, :width],
         )
-        short += _settle(block, result, codes, depth == len(index), found, want)
+        short += _settle(block, result, codes, depth == len(index), found, settled)
     # A query short of labels searches again among the classes it lacks; one whose whole result tied
     # (nothing settled) searches twice as deep.
     depths = dict.fromkeys(short, depth)
     while depths:
         groups: dict[tuple, list[int]] = {}
         for query, query_depth in depths.items():
-            groups.setdefault((tuple(sorted(found[query])), query_depth), []).append(query)
+            have = tuple(sorted(found[query, : settled[query]].tolist()))
+            groups.setdefault((have, query_depth), []).append(query)
         depths = {}
         for (excluded, group_depth), members in groups.items():
             allowed = np.ones(len(index), bool)
@@ -102,12 +105,13 @@ def search_labels(
             for block in _blocks(np.array(members), group_depth):
                 watch.step(len(first_blocks), len(first_blocks), DEEPER_SEARCH_STAGE)
                 result = index.search(queries[block], group_depth, allowed)
-                had = {int(query): len(found[query]) for query in block}
-                for query in _settle(block, result, codes, group_depth == candidates, found, want):
-                    depths[query] = (
-                        group_depth if len(found[query]) > had[query] else 2 * group_depth
-                    )
-    return neighbours, [classes[row].tolist() for row in found]
+                had = dict(zip(block.tolist(), settled[block].tolist()))
+                for query in _settle(
+                    block, result, codes, group_depth == candidates, found, settled
+                ):
+                    gained = settled[query] > had[query]
+                    depths[query] = group_depth if gained else 2 * group_depth
+    return neighbours, classes[found].tolist()
 
 
 def _blocks(queries: np.ndarray, depth: int) -> list[np.ndarray]:
@@ -120,8 +124,8 @@ def _settle(
     result: Neighbours,
     codes: np.ndarray,
     complete: bool,
-    found: list[list[int]],
-    want: int,
+    found: np.ndarray,
+    settled: np.ndarray,
 ) -> list[int]:
     """Add to `found` the classes a search result settles for each query of `block`; return the queries still short.
 
@@ -129,24 +133,25 @@ def _settle(
     scoring as much is then in the result, in FAISS's order (equal similarities: later row first),
     so the class's first row in the result is its best. Rows at the last similarity may be any part
     of a tie that goes on past the result; a `complete` result (every candidate row) has no such doubt.
+    A query's result never holds a class it has settled already (those rows are not searched again).
     """
-    settled = result.indices >= 0
+    sure = result.indices >= 0
     if not complete:
-        settled &= result.similarities > result.similarities[:, -1:]
-    query, column = np.nonzero(settled)  # by query, then best first
-    code = codes[result.indices[query, column]]
-    _, first = np.unique(query * (int(codes.max()) + 1) + code, return_index=True)
+        sure &= result.similarities > result.similarities[:, -1:]
+    position, column = np.nonzero(sure)  # by query, then best first
+    code = codes[result.indices[position, column]]
+    _, first = np.unique(position * (int(codes.max()) + 1) + code, return_index=True)
     first.sort()
-    query, code = query[first], code[first]
-    short = []
-    for position, classes in enumerate(
-        np.split(code, np.searchsorted(query, np.arange(1, len(block))))
-    ):
-        row = found[block[position]]
-        row.extend(classes[: want - len(row)].tolist())
-        if len(row) < want:
-            short.append(int(block[position]))
-    return short
+    position, code = position[first], code[first]
+    # each new class's rank among its query's, after the classes the query already had
+    starts = np.searchsorted(position, np.arange(len(block)))
+    slot = settled[block][position] + np.arange(len(position)) - starts[position]
+    kept = slot < found.shape[1]
+    found[block[position[kept]], slot[kept]] = code[kept]
+    settled[block] = np.minimum(
+        settled[block] + np.bincount(position, minlength=len(block)), found.shape[1]
+    )
+    return block[settled[block] < found.shape[1]].tolist()
 
 
 def place_minus_one(
