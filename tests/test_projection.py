@@ -302,15 +302,16 @@ def test_warm_up_runs():
 
 
 def child_priorities(parent: int) -> set[int]:
-    """The nice values of `parent`'s running children once they have lowered it (Linux /proc), ignoring any still at 0."""
-    found = set()
+    """The nice values of `parent`'s running children once they have lowered it (Linux /proc), ignoring any still at
+    the parent's own, which they start from."""
+    found, own = set(), os.nice(0)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         # after the name: state, ppid, ... nice is the 19th field of the line, the 17th after ")"
-        if int(fields[1]) == parent and int(fields[16]) != 0:
+        if int(fields[1]) == parent and int(fields[16]) != own:
             found.add(int(fields[16]))
     return found
 
