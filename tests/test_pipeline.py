@@ -257,7 +257,7 @@ def test_auto_falls_back_to_the_contamination_with_a_note_when_the_evidence_does
     from bench.quality import digits_regime
 
     # Two train images of each of 7 digits: the class bootstraps disagree on what any threshold gains.
-    analysis = analyse(digits_regime(1, 2, 0.1), PredictConfig(auto=True, contamination=0.3))
+    analysis = analyse(digits_regime(12, 2, 0.1), PredictConfig(auto=True, contamination=0.3))
     assert analysis.validation.fell_back
     low, high = analysis.validation.gain_over_fallback
     assert low + high < 0

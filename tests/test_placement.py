@@ -334,3 +334,55 @@ def test_predict_says_when_the_figures_without_the_answers_are_uncertain_and_not
             low, high = analyse(embeddings, PredictConfig()).share_interval
             assert said[0].startswith("note: ") and f"{low:.1%}–{high:.1%}" in said[0]
             assert "train: 2 images a class" in said[0]
+
+
+def test_pooling_takes_each_items_nearest_other_test_items_sized_by_the_classes(monkeypatch):
+    import core.prediction.placement
+    from core.prediction.placement import MAX_POOLED, pooling_of, pooling_size
+
+    assert pooling_size(1400, 7) == 99  # N / (2 C) with itself
+    assert pooling_size(13_000, 1000) == 5
+    assert pooling_size(100_000, 10) == MAX_POOLED
+    assert pooling_size(10, 100) == 0
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16)) * 5
+    vectors = np.repeat(centres, 10, axis=0) + rng.standard_normal((40, 16)) * 0.1
+    vectors[1] = vectors[0]  # a duplicate must not push the item's own row into its neighbours
+    pooling = pooling_of(vectors, 2)  # 40 / (2 · 2) - 1 = 9: the other nine of its group
+    assert pooling.n_test == 40 and (pooling.items == np.arange(40)).all()
+    assert pooling.neighbours.shape == (40, 9) and pooling.groups == 4
+    assert not (pooling.neighbours == pooling.items[:, None]).any()
+    assert (pooling.neighbours // 10 == pooling.items[:, None] // 10).all()
+    assert pooling_of(vectors, 40) is None
+    # Past MAX_EVIDENCE_QUERIES test items, that many are pooled, drawn at random, with neighbours among all.
+    monkeypatch.setattr(core.prediction.placement, "MAX_EVIDENCE_QUERIES", 12)
+    drawn = pooling_of(vectors, 2, seed=3)
+    assert len(drawn.items) == 12 == len(np.unique(drawn.items)) and drawn.groups == 4
+    assert (np.diff(drawn.items) > 0).all() and drawn.neighbours.shape == (12, 9)
+    assert (drawn.neighbours // 10 == drawn.items[:, None] // 10).all()
+    assert not (drawn.neighbours == drawn.items[:, None]).any()
+
+
+def test_pooled_share_counts_whole_groups_and_its_variance_counts_each_group_once():
+    from core.prediction.placement import Pooling
+
+    # Items in groups of five sharing a label: pooled, each group's evidence decides it as a whole.
+    rng = np.random.default_rng(1)
+    model = PlacementModel(0.0, 1.0, (0.0, -1.0), np.zeros((2, 2)), 0.5, 1)
+    is_far = np.repeat(rng.random(400) < 0.3, 5)
+    scores = np.where(is_far, -0.6, 0.6) + rng.standard_normal(2000) * 1.5
+    groups = np.arange(2000) // 5
+    neighbours = np.array(
+        [np.flatnonzero((groups == g) & (np.arange(2000) != i)) for i, g in enumerate(groups)]
+    )
+    pooling = Pooling(np.arange(2000), neighbours, 2000)
+    alone, together = model.with_share_of(scores), model.with_share_of(scores, pooling)
+    assert abs(together.contamination - is_far.mean()) < abs(alone.contamination - is_far.mean())
+    assert abs(together.contamination - is_far.mean()) < 0.03
+    # Five items a group count as one: the pooled variance is that of 400 items, not 2000.
+    assert pooling.groups == 400
+    assert together.share_variance(scores, pooling) > together.share_variance(scores)
+    with pytest.raises(
+        ValueError, match="the pooling was made for 2000 test items but there are 3"
+    ):
+        model.with_share_of(scores[:3], pooling)

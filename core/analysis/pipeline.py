@@ -23,9 +23,11 @@ from core.prediction.metrics import average_precision_at_k, mean_precision_at_k,
 from core.prediction.placement import (
     PLACEMENTS,
     PlacementModel,
+    Pooling,
     TrainEvidence,
     fit_placement,
     kept_positions,
+    pooling_of,
     positions_for,
     realised_precisions,
 )
@@ -181,6 +183,8 @@ class Analysis:
     bootstrap: list[PlacementModel] = field(default_factory=list)
     # The model's own bias on pseudo-tests of the classes each bootstrap left out; None with fewer than two.
     calibration: Calibration | None = None
+    # Test items whose share evidence is pooled with their nearest test items' (`pooling_of`); None: unpooled.
+    pooling: Pooling | None = None
 
     @property
     def scores(self) -> np.ndarray:
@@ -294,7 +298,9 @@ class Analysis:
     def share_interval(self) -> tuple[float, float] | None:
         """Where the true distractor share should fall: the class bootstraps' shares, each spread by the model's bias on
         pseudo-tests (`Calibration`) and by the test set's sampling noise; None without a model."""
-        return share_interval(self.bootstrap, self.calibration, self.placement_model, self.scores)
+        return share_interval(
+            self.bootstrap, self.calibration, self.placement_model, self.scores, self.pooling
+        )
 
     def expected_map_interval(
         self,
@@ -465,7 +471,10 @@ def _why_auto_cannot_choose(train: Embeddings, unfitted: str | None) -> str | No
 
 
 def fitted_placement(
-    train: Embeddings, config: PredictConfig, test_scores: np.ndarray
+    train: Embeddings,
+    config: PredictConfig,
+    test_scores: np.ndarray,
+    pooling: Pooling | None = None,
 ) -> tuple[TrainEvidence | None, PlacementModel | None, str | None]:
     """Train evidence and the placement model fitted on it and the test scores; what cannot be had is None, with why.
 
@@ -477,7 +486,7 @@ def fitted_placement(
     except ValueError as error:
         return None, None, str(error)
     try:
-        return evidence, fit_placement(evidence, test_scores), None
+        return evidence, fit_placement(evidence, test_scores, pooling=pooling), None
     except ValueError as error:
         return evidence, None, str(error)
 
@@ -517,12 +526,14 @@ def analyse(
         stored_train_neighbours = results.train_neighbours
         retrieval = ranked_retrieval(results.labels, results.scores, config.k, truth)
     watch.step(0, 1, PLACEMENT_STAGE)
-    evidence, model, unfitted = fitted_placement(train, config, retrieval.scores)
+    # Distractors come as whole classes: each test item's share evidence is pooled with its nearest test items'.
+    pooling = pooling_of(test.vectors, n_classes, config.seed)
+    evidence, model, unfitted = fitted_placement(train, config, retrieval.scores, pooling)
     bootstrap, calibration = (
         ([], None)
         if model is None
         else class_bootstrap(
-            evidence, retrieval.scores, None, config.validation_rounds, config.seed
+            evidence, retrieval.scores, None, config.validation_rounds, config.seed, pooling
         )
     )
     validation = None
@@ -542,7 +553,9 @@ def analyse(
             f"{len(evidence.known_scores)} train leave-one-out scores)"
         )
     elif config.auto and auto_refusal is None:
-        validation = validate_threshold(train, config, retrieval.scores, evidence, bootstrap)
+        validation = validate_threshold(
+            train, config, retrieval.scores, evidence, bootstrap, pooling
+        )
         shares = retrieval.sweep.contamination(np.array(validation.round_thresholds))
         threshold = validation.threshold
         source = (
@@ -603,6 +616,7 @@ def analyse(
         stored_train_neighbours,
         bootstrap,
         calibration,
+        pooling,
     )
     if note := analysis.uncertainty_note():
         notes.append(note)

@@ -13,6 +13,7 @@ from core.detection.distractors import ThresholdSweep
 from core.prediction.placement import (
     MAX_EVIDENCE_QUERIES,
     PlacementModel,
+    Pooling,
     TrainEvidence,
     expected_map_by_flags,
     fit_placement,
@@ -236,6 +237,7 @@ def class_bootstrap(
     contamination: float | None,
     rounds: int,
     seed: int,
+    pooling: Pooling | None = None,
 ) -> tuple[list[PlacementModel], Calibration | None]:
     """The placement model refitted on `rounds` draws of train classes with replacement (draws without a known item
     skipped), and, when the share is fitted, its `Calibration` on the classes each draw left out.
@@ -244,9 +246,10 @@ def class_bootstrap(
     read at MAX_EVIDENCE_QUERIES evenly spaced quantiles when there are more: those follow the
     distribution of all the scores far closer than as many drawn at random, whose sampling error
     (about 0.006 at 4,000) would move every model's share alike and so leave the interval beside
-    the estimate. The spread of the models is what the train classes cannot pin down."""
+    the estimate. The spread of the models is what the train classes cannot pin down. With `pooling`
+    (`fit_placement`) every test score is kept: the pooled items' neighbours are any of them."""
     rng, split = np.random.default_rng(seed), np.random.default_rng([seed, 5])
-    if test_scores is not None and len(test_scores) > MAX_EVIDENCE_QUERIES:
+    if pooling is None and test_scores is not None and len(test_scores) > MAX_EVIDENCE_QUERIES:
         test_scores = np.quantile(
             test_scores, (np.arange(MAX_EVIDENCE_QUERIES) + 0.5) / MAX_EVIDENCE_QUERIES
         )
@@ -257,7 +260,7 @@ def class_bootstrap(
         drawn = evidence.of_classes(chosen)
         if not drawn.has_known_items:
             continue
-        models.append(fit_placement(drawn, test_scores, contamination))
+        models.append(fit_placement(drawn, test_scores, contamination, pooling))
         if contamination is None:
             test = _pseudo_test(
                 evidence, np.setdiff1d(classes, chosen), models[-1].contamination, split
@@ -338,6 +341,7 @@ def share_interval(
     calibration: Calibration | None,
     model: PlacementModel,
     test_scores: np.ndarray,
+    pooling: Pooling | None = None,
 ) -> tuple[float, float] | None:
     """Where the true distractor share should fall: the class bootstraps' shares, each spread by the model's bias on
     pseudo-tests (`Calibration`) and by the test set's sampling noise; None without bootstraps."""
@@ -346,7 +350,7 @@ def share_interval(
     shares = [fitted.contamination for fitted in bootstrap]
     if calibration is None:
         return interval(shares)
-    spread = np.sqrt(calibration.share_bias**2 + model.share_variance(test_scores))
+    spread = np.sqrt(calibration.share_bias**2 + model.share_variance(test_scores, pooling))
     low, high = predictive_interval(np.array(shares)[:, None], spread)
     return float(max(low[0], 0.0)), float(min(high[0], 1.0))
 
@@ -357,6 +361,7 @@ def validate_threshold(
     test_scores: np.ndarray | None = None,
     evidence: TrainEvidence | None = None,
     models: list[PlacementModel] | None = None,
+    pooling: Pooling | None = None,
 ) -> ValidationResult:
     """The threshold with the highest expected MAP@k averaged over class bootstraps of the placement model; no
     contamination needed.
@@ -382,10 +387,11 @@ def validate_threshold(
         if test_scores is not None
         else np.concatenate([evidence.known_scores, evidence.distractor_scores])
     )
-    model = fit_placement(evidence, test_scores, share)
+    pooling = pooling if test_scores is not None else None
+    model = fit_placement(evidence, test_scores, share, pooling)
     if models is None:
         models, _ = class_bootstrap(
-            evidence, test_scores, share, config.validation_rounds, config.seed
+            evidence, test_scores, share, config.validation_rounds, config.seed, pooling
         )
     models = models or [model]
     kept = kept_positions(model.expected_precisions(placed))
