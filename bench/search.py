@@ -259,7 +259,8 @@ def _screened(section: Section, plan) -> None:
             + ("" if fallback is None else f", {fallback:.2%} searched again"),
             only_ties,
         )
-        if share is not None:
+        # issue #26's target for the product's share is the 130k search's; smaller ones are in the table
+        if share is not None and size == checks[-1][0]:
             section.check(
                 f"exact top-5 at {size}: screened search ≥ {PRODUCT_SHARE_TARGET:.0%} of the bf16 product's GFLOP/s",
                 f"{share:.0%}",
@@ -302,7 +303,7 @@ def _first_analysis(section: Section, work: Path, rounds: int) -> None:
     section.add(
         f"**The first analysis at 130k** ({n_test:,} test against {3 * n_classes:,} train, nothing stored), timed in "
         f"Python as `python -m bench --only ui` times it (`bench.ui.first_analysis_in_python`), each run in a fresh "
-        f"process (so the screen's once-per-process bf16 timing and torch import are included), {rounds} runs each in "
+        f"process (so torch's import and the loading of the compiled steps are included), {rounds} runs each in "
         f'alternating order, medians; load average {load:.1f} when this started. "FAISS flat" turns the screen off '
         "(`core.search.screen.bf16_native` answering False). The arithmetic floor is the test search's product alone "
         f"(2 · {n_test:,} · {3 * n_classes:,} · 512 FLOP) at the rate torch multiplies at the screen's block shape, "

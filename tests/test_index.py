@@ -172,6 +172,8 @@ def screening(request, monkeypatch):
     monkeypatch.setattr(screen, "SCREEN_MIN_CELLS", 0)
     monkeypatch.setattr(screen, "SCREEN_ROWS_PER_CANDIDATE", 0)
     monkeypatch.setattr(screen, "COMPILED_ROWS_PER_CANDIDATE", 0)
+    monkeypatch.setattr(screen, "MANY_CANDIDATES_ROWS", 0)
+    monkeypatch.setattr(screen, "SCREEN_MIN_DIMS", 0)
     monkeypatch.setattr(screen, "bf16_native", lambda: True)
     if request.param == "compiled steps":
         screen.load_compiled().result()  # loaded before the first block, not after
@@ -308,9 +310,23 @@ def test_the_screen_runs_where_the_cpu_multiplies_bf16_natively(
         "core.embedding.clip.cpu_flags", partial(core.embedding.clip.cpu_flags, cpuinfo)
     )
     rng = np.random.default_rng(16)
-    index = VectorIndex(unit_rows(rng, 3000, 16))
-    index.search(unit_rows(rng, 2000, 16), 5)
+    index = VectorIndex(unit_rows(rng, 3000, 512))
+    index.search(unit_rows(rng, 2000, 512), 5)
     assert (index.screened_queries == 2000) is screened
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "dims", "k", "screened"),
+    [(4000, 512, 5, True), (4000, 128, 5, False), (4000, 512, 60, False), (60_000, 256, 60, True)],
+)  # few dimensions, or many candidates for the rows, are FAISS's
+def test_the_screen_takes_searches_by_their_dimensions_and_candidates(
+    monkeypatch, n_rows, dims, k, screened
+):
+    from core.search import screen
+
+    monkeypatch.setattr(screen, "bf16_native", lambda: True)
+    monkeypatch.setattr(screen, "_compiled_loading", None)  # the bounds of torch.topk's screen
+    assert screen.screen_pays(2000, n_rows, k, dims) is screened
 
 
 def test_small_searches_stay_with_faiss():

@@ -181,7 +181,7 @@ class VectorIndex:
             k = candidates
         if matrix.shape[0] == 0:
             return Neighbours(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
-        if self.kind == "exact" and screen_pays(matrix.shape[0], candidates, k):
+        if self.kind == "exact" and screen_pays(matrix.shape[0], candidates, k, self.dim):
             similarities, indices, uncertain = self._screened().search(matrix, k, allowed)
             self.screened_queries += matrix.shape[0]
             self.rechecked_queries += uncertain.size

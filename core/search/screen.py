@@ -17,12 +17,19 @@ SCREEN_MARGIN = 20
 DEEPER = 4
 # Below this many query × row scores in one search a FAISS call is as quick as the screen's setup.
 SCREEN_MIN_CELLS = 1 << 22
-# The screen's cost per query grows with its candidates (selection and re-rank), FAISS's with the rows.
-# Measured side by side (8,192 queries, k = 5 and 15, 500 to 8,000 rows, a loaded AMD EPYC), the screen
-# wins from about 60 rows per candidate with torch.topk and the numpy re-rank (1.0× at 40, 1.5× at
-# 114), and from fewer than 15 with the compiled steps (1.4× at 14, 1.9× at 57).
+# The screen's cost per query grows with its candidates (selection and re-rank), FAISS's with the rows and
+# dimensions. Measured side by side at 512 dimensions (8,192 queries, 500 to 8,000 rows, k = 5 and 15, a
+# loaded AMD EPYC), with up to FEW_CANDIDATES candidates the screen wins from about 60 rows per candidate
+# with torch.topk and the numpy re-rank (1.0× at 40, 1.5× at 114), and from fewer than 15 with the
+# compiled steps (1.4× at 14, 1.9× at 57). With more it slows fast (20,000 rows, compiled: 1.9× at 35
+# candidates, 1.0× at 50, 0.5× at 120), so there it needs MANY_CANDIDATES_ROWS a candidate. Under
+# SCREEN_MIN_DIMS dimensions FAISS's product is too cheap to beat (20,000 rows, 25 candidates: 0.86× at
+# 64 dimensions, 1.4× at 128, 1.8× at 256).
 SCREEN_ROWS_PER_CANDIDATE = 80
 COMPILED_ROWS_PER_CANDIDATE = 15
+FEW_CANDIDATES = 40
+MANY_CANDIDATES_ROWS = 500
+SCREEN_MIN_DIMS = 256
 # Scores per screened block of queries: 64 MB of bf16. Blocks hold 256 to 2,048 queries (1,118 at 30k
 # rows): each block makes two torch calls, and on a busy machine each call can wait for its thread
 # pool to wake, so fewer, larger blocks pay. At 8,192 queries × 30k rows, k = 15, alternating, on a
@@ -62,17 +69,19 @@ def bf16_native() -> bool:
     return bool(NATIVE_BF16_CPU_FLAGS & cpu_flags())
 
 
-def screen_pays(n_queries: int, n_rows: int, k: int) -> bool:
-    """Whether screening `n_queries` against `n_rows` for the top k beats one exact FAISS search on this machine."""
-    cells = n_queries * n_rows
-    rows_per_candidate = (
-        SCREEN_ROWS_PER_CANDIDATE
-        if _loaded(_compiled_loading) is None
-        else COMPILED_ROWS_PER_CANDIDATE
-    )
+def screen_pays(n_queries: int, n_rows: int, k: int, dims: int) -> bool:
+    """Whether screening `n_queries` against `n_rows` rows of `dims` dimensions for the top k beats one exact FAISS search here."""
+    m = candidates_for(k, n_rows)
+    if m > FEW_CANDIDATES:
+        rows_per_candidate = MANY_CANDIDATES_ROWS
+    elif _loaded(_compiled_loading) is None:
+        rows_per_candidate = SCREEN_ROWS_PER_CANDIDATE
+    else:
+        rows_per_candidate = COMPILED_ROWS_PER_CANDIDATE
     return (
-        cells >= SCREEN_MIN_CELLS
-        and candidates_for(k, n_rows) * rows_per_candidate <= n_rows <= SCREEN_MAX_ROWS
+        n_queries * n_rows >= SCREEN_MIN_CELLS
+        and dims >= SCREEN_MIN_DIMS
+        and m * rows_per_candidate <= n_rows <= SCREEN_MAX_ROWS
         and bf16_native()
     )
 
