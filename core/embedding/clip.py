@@ -283,7 +283,7 @@ class ClipEmbedder:
     def __init__(self, config: EmbedConfig, settled: Backend | None = None) -> None:
         """`settled` is a backend another process's first batch already chose for this model (a Ray worker's);
         without it, config's precision and runtime decide what the first batch checks."""
-        _use_all_cores()
+        use_all_cores()
         self.device = _pick_device(config.device)
         # set when a faster backend's first batch has been checked
         self.precision_check: PrecisionCheck | None = None
@@ -589,7 +589,8 @@ def usable_cores() -> int:
 
 
 @cache
-def _use_all_cores() -> None:
+def use_all_cores() -> None:
+    """torch's threads set to the cores this process may run on, once per process."""
     import torch
 
     torch.set_num_threads(usable_cores())

@@ -102,9 +102,9 @@ class Screen:
     def __init__(self, vectors: np.ndarray):
         import torch
 
-        from core.embedding.clip import usable_cores
+        from core.embedding.clip import use_all_cores
 
-        torch.set_num_threads(usable_cores())
+        use_all_cores()
         self.vectors = vectors  # (n, d) float32, C-contiguous: the exact rows the re-rank reads
         # The screen multiplies the rows less their mean: a query's order is the same (q·mean is one
         # constant per query), while shorter rows and smaller scores halve the bf16 error bound.
