@@ -161,6 +161,17 @@ def test_unit_rows_refuses_or_keeps_zero_rows():
     )
 
 
+def test_unit_rows_leaves_rows_of_unit_length_as_they_are_and_scales_the_others():
+    unit = unit_rows(np.random.default_rng(0), 50, 512)
+    assert unit_rows_checked(unit, "vectors") is unit
+    longer = unit.copy()
+    longer[7] *= 1.001
+    scaled = unit_rows_checked(longer, "vectors")
+    assert scaled is not longer
+    np.testing.assert_allclose(np.linalg.norm(scaled, axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(scaled, unit, atol=1e-6)
+
+
 # ── the exact kind's bf16 screen: the same answers as IndexFlatIP, certified or searched again ──
 
 

@@ -52,6 +52,28 @@ def embeddings():
     return clustered_embeddings()
 
 
+def test_a_split_in_one_run_of_rows_is_a_view_and_an_interleaved_one_a_copy_of_the_same_items(embeddings):
+    train = embeddings.subset("train")
+    assert np.shares_memory(train.vectors, embeddings.vectors)
+    order = np.random.default_rng(1).permutation(len(embeddings.ids))
+    shuffled = Embeddings(
+        embeddings.ids[order],
+        embeddings.splits[order],
+        embeddings.labels[order],
+        embeddings.vectors[order],
+        embeddings.model,
+    )
+    mixed = shuffled.subset("train")
+    assert not np.shares_memory(mixed.vectors, shuffled.vectors)
+    for split in ("train", "test"):
+        ours, theirs = embeddings.subset(split), shuffled.subset(split)
+        by_id = {item: row for row, item in enumerate(theirs.ids)}
+        rows = [by_id[item] for item in ours.ids]
+        assert set(ours.splits) == {split} and len(rows) == len(theirs.ids)
+        np.testing.assert_array_equal(ours.vectors, theirs.vectors[rows])
+        assert list(ours.labels) == list(theirs.labels[rows])
+
+
 def test_contamination_flags_the_requested_share(embeddings):
     analysis = analyse(embeddings, PredictConfig(contamination=0.3))
     assert analysis.flags().mean() == pytest.approx(0.3, abs=0.01)
