@@ -88,26 +88,71 @@ def test_with_one_label_per_row_minus_one_is_placed_only_first():
     assert kept_positions(expected).tolist() == [NOWHERE, NOWHERE]
 
 
-@pytest.mark.parametrize("few_above", [None, 0], ids=["ranks-from-items-above", "ranks-by-class"])
-def test_train_evidence_matches_a_brute_force_leave_one_out(few_above, monkeypatch):
-    if few_above is not None:  # every rank by each class's best, the way taken when many are above
-        monkeypatch.setattr(core.prediction.placement, "_FEW_ABOVE", few_above)
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(30, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    labels = np.array([f"c{i % 7}" for i in range(30)], dtype=object)
-    evidence = train_evidence(vectors, labels, 5, "max", 5)
-    similarities = vectors @ vectors.T
+@pytest.mark.parametrize("score_mode", ["max", "mean"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "from-neighbours",
+        "half-each-way",
+        "all-rows-ranks-from-items-above",
+        "all-rows-ranks-by-class",
+    ],
+)
+def test_train_evidence_matches_a_brute_force_leave_one_out(path, score_mode, monkeypatch):
+    placement = core.prediction.placement
+    from_neighbours = placement._evidence_from_neighbours
+    settled = []
+
+    def some(*args):
+        settled.append(from_neighbours(*args))
+        if (
+            path == "half-each-way"
+        ):  # every other item left to the all-rows path, its figures blanked
+            settled[-1][::2] = False
+            for filled in args[-3:]:
+                filled[::2] = -7
+        return settled[-1]
+
+    monkeypatch.setattr(placement, "_evidence_from_neighbours", some)
+    if path.startswith("all-rows"):  # every item from its similarities to all of train
+        monkeypatch.setattr(
+            placement, "_evidence_from_neighbours", lambda *args: np.zeros(len(args[2]), bool)
+        )
+    if (
+        path == "all-rows-ranks-by-class"
+    ):  # every rank by each class's best, the way taken when many are above
+        monkeypatch.setattr(placement, "_FEW_ABOVE", 0)
+    # Six tight clusters of ten, one item labelled with the class of another cluster (its class is
+    # beyond its nearest rows) and one class of a single image (no known score, only a distractor one).
+    rng = np.random.default_rng(1)
+    vectors = np.repeat(rng.normal(size=(6, 8)), 10, axis=0) + 0.1 * rng.normal(size=(60, 8))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    labels = np.array([f"c{i // 10}" for i in range(60)], dtype=object)
+    labels[10], labels[59] = "c0", "alone"
+    evidence = train_evidence(vectors, labels, 3, score_mode, 4)
+    similarities = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
     np.fill_diagonal(similarities, -np.inf)
     same = labels[:, None] == labels[None, :]
-    assert np.allclose(evidence.known_scores, similarities.max(axis=1), atol=1e-5)
+
+    def scores(rows):
+        if score_mode == "max":
+            return rows.max(axis=1)
+        return np.sort(rows, axis=1)[:, -4:].mean(axis=1)
+
+    known = labels != "alone"
+    assert np.allclose(evidence.known_scores, scores(similarities)[known], atol=1e-5)
     assert np.allclose(
-        evidence.distractor_scores, np.where(same, -np.inf, similarities).max(axis=1), atol=1e-5
+        evidence.distractor_scores, scores(np.where(same, -np.inf, similarities)), atol=1e-5
     )
-    for row in range(30):
+    ranks = []
+    for row in np.flatnonzero(known):
         best = {c: similarities[row, labels == c].max() for c in set(labels)}
         rank = 1 + sum(value > best[labels[row]] for c, value in best.items() if c != labels[row])
-        assert evidence.known_ranks[row] == (rank if rank <= 5 else 0)
+        ranks.append(rank if rank <= 3 else 0)
+    assert evidence.known_ranks.tolist() == ranks
+    assert {0, 1, 2} <= set(ranks)  # ranks past k and within it
+    if path == "from-neighbours":  # the mislabelled item's rank needs all of train
+        assert 0 < settled[0].sum() < len(labels)
 
 
 def test_the_distractor_share_is_fitted_to_the_test_scores_and_odds_follow_the_score():

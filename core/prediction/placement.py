@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.search.index import unit_rows
+from core.search.index import VectorIndex, unit_rows
 
 PLACEMENTS = ("first", "optimal")
 NOWHERE = 0  # a position: "-1" is not in the row
@@ -100,6 +100,87 @@ def train_evidence(
             f"placing -1 needs at least 2 train classes to hold one out; train has {len(classes)}"
         )
     queries = _evidence_rows(codes, np.random.default_rng(seed))
+    sizes = np.bincount(codes)
+    known_score = np.full(len(queries), np.nan)
+    known_rank = np.zeros(len(queries), np.int64)
+    far_score = np.full(len(queries), np.nan)
+    settled = _evidence_from_neighbours(
+        vectors, codes, queries, k, score_mode, score_k, known_score, known_rank, far_score
+    )
+    _evidence_from_all_rows(
+        vectors,
+        codes,
+        queries,
+        np.flatnonzero(~settled),
+        k,
+        score_mode,
+        score_k,
+        known_score,
+        known_rank,
+        far_score,
+    )
+    has_known = sizes[codes[queries]] >= 2
+    if not has_known.any():
+        raise ValueError(
+            "placing -1 needs a train class with 2+ images to score an item without itself"
+        )
+    known_classes = codes[queries][has_known]
+    return TrainEvidence(
+        known_score[has_known],
+        np.where(known_rank[has_known] <= k, known_rank[has_known], 0),
+        known_classes,
+        far_score,
+        codes[queries],
+        sizes[known_classes],
+        k,
+    )
+
+
+def _evidence_from_neighbours(
+    vectors, codes, queries, k, score_mode, score_k, known_score, known_rank, far_score
+) -> np.ndarray:
+    """Fills the evidence of the queries whose nearest train items settle it; which did.
+
+    One exact search of the queries' top 1 + (their largest class) + max(k, score_k) rows (the
+    index's bf16 screen where it pays) instead of their products with all of train: an item's own
+    class, its score's neighbours and the classes above its own are almost always among them. An
+    item whose list does not hold them all is left to `_evidence_from_all_rows`."""
+    sizes = np.bincount(codes)
+    width = min(len(codes), 1 + int(sizes[codes[queries]].max()) + max(k, score_k))
+    found = VectorIndex(vectors).search(vectors[queries], width)
+    similarities, columns = found.similarities.astype(np.float64), found.indices
+    own = codes[queries][:, None]
+    listed = codes[columns]
+    # Besides the item and its class, the list holds max(k, score_k) rows (or all of train): the
+    # best score_k of the others and of the other classes are in it, so both scores are settled.
+    others = np.where(columns == queries[:, None], -np.inf, similarities)
+    far_rows = np.where(listed == own, -np.inf, others)
+    own_best = np.where(listed == own, others, -np.inf).max(axis=1)
+    # Class rank: 1 + the classes with an item above the own class's best. With that best beyond the
+    # list (only in a class of 2+), settled only when the listed classes above the list's last score pass k.
+    last = similarities[:, -1]
+    above = others > np.where(np.isfinite(own_best), own_best, last)[:, None]
+    ranks = 1 + _distinct_per_row(np.where(above & (listed != own), listed, -1))
+    settled = np.isfinite(own_best) | (ranks > k) | (sizes[codes[queries]] < 2)
+    known_score[settled] = _scores(others[settled], score_mode, score_k)
+    known_rank[settled] = ranks[settled]
+    far_score[settled] = _scores(far_rows[settled], score_mode, score_k)
+    return settled
+
+
+def _distinct_per_row(values: np.ndarray) -> np.ndarray:
+    """Distinct non-negative values in each row (-1 marks none)."""
+    ordered = np.sort(values, axis=1)
+    new = np.diff(ordered, axis=1, prepend=-1) != 0
+    return (new & (ordered >= 0)).sum(axis=1)
+
+
+def _evidence_from_all_rows(
+    vectors, codes, queries, pending, k, score_mode, score_k, known_score, known_rank, far_score
+) -> None:
+    """Fills the evidence of queries[pending] from their similarities to every train row, a block at a time."""
+    if not len(pending):
+        return
     order = np.argsort(codes, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
     sorted_vectors = vectors[order]
@@ -107,8 +188,8 @@ def train_evidence(
     position = np.empty_like(order)  # each train row's column in the sorted order
     position[order] = np.arange(len(order))
     column_codes = codes[order]
-    known_scores, known_ranks, known_classes, far_scores = [], [], [], []
-    for block in np.array_split(queries, max(1, len(queries) // _ROWS_PER_BLOCK)):
+    for at in np.array_split(pending, max(1, len(pending) // _ROWS_PER_BLOCK)):
+        block = queries[at]
         # Masked in place, first each row's own column, then its whole class (whose columns are
         # contiguous in the sorted order): copies of a block this size cost as much as its product.
         similarities = vectors[block] @ sorted_vectors.T
@@ -124,25 +205,12 @@ def train_evidence(
         if has_known.any():
             own_best = np.maximum.reduceat(similarities[own_rows, own_columns], segment_starts)
             without_self = similarities if has_known.all() else similarities[has_known]
-            rank = _own_class_ranks(without_self, own_best[has_known], column_codes, starts)
-            known_scores.append(_scores(without_self, score_mode, score_k))
-            known_ranks.append(np.where(rank <= k, rank, 0))
-            known_classes.append(block_codes[has_known])
+            known_rank[at[has_known]] = _own_class_ranks(
+                without_self, own_best[has_known], column_codes, starts
+            )
+            known_score[at[has_known]] = _scores(without_self, score_mode, score_k)
         similarities[own_rows, own_columns] = -np.inf
-        far_scores.append(_scores(similarities, score_mode, score_k))
-    if not known_scores:
-        raise ValueError(
-            "placing -1 needs a train class with 2+ images to score an item without itself"
-        )
-    return TrainEvidence(
-        np.concatenate(known_scores),
-        np.concatenate(known_ranks),
-        np.concatenate(known_classes),
-        np.concatenate(far_scores),
-        codes[queries],
-        sizes[np.concatenate(known_classes)],
-        k,
-    )
+        far_score[at] = _scores(similarities, score_mode, score_k)
 
 
 def _own_class_ranks(
@@ -369,8 +437,6 @@ def pooling_of(test_vectors: np.ndarray, n_classes: int, seed: int = 0) -> Pooli
     is what the EM fits, strays from all items' by far less than the classes move it (about 0.006),
     and their neighbours cost one search of those items against the test set (about 1 s at 100,000
     test items where bf16 is native) instead of the whole test set against itself (40 s)."""
-    from core.search.index import VectorIndex
-
     vectors = unit_rows(test_vectors, "test vectors", keep_zero_rows=True)
     size = pooling_size(len(vectors), n_classes)
     if size == 0:
