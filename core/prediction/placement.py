@@ -470,9 +470,12 @@ def _logistic(x: np.ndarray, classes: np.ndarray, weight: np.ndarray | None = No
     weight = np.ones(len(x)) if weight is None else weight
     features = np.column_stack([np.ones_like(x), x])  # items × 2
     onehot = np.eye(m)[classes]
-    penalty = np.tile([1e-9, 1.0], m)  # the tiny intercept term fixes the shared shift
-    if m == 2:
-        penalty[:2] = 1e12  # holds the first logit at 0
+    # The intercepts' tiny term keeps a class no item has at a finite logit.
+    penalty = np.tile([1e-9, 1.0], m)
+    # No likelihood tells apart intercepts shifted together: the first is held at 0 (solved for the
+    # others only, as a near-null direction would stall Newton's steps), and with two classes the
+    # first slope too.
+    free = np.arange(2 * m) >= (2 if m == 2 else 1)
     beta = np.zeros(2 * m)
     for _ in range(_NEWTON_ROUNDS):
         logits = features @ beta.reshape(m, 2).T
@@ -488,7 +491,8 @@ def _logistic(x: np.ndarray, classes: np.ndarray, weight: np.ndarray | None = No
                 block = np.diag(scale @ p) - (p * scale[:, None]).T @ p
                 hessian[:, a, :, b] = hessian[:, b, :, a] = block
         hessian = hessian.reshape(2 * m, 2 * m) + np.diag(penalty)
-        step = np.linalg.solve(hessian, gradient)
+        step = np.zeros(2 * m)
+        step[free] = np.linalg.solve(hessian[np.ix_(free, free)], gradient[free])
         beta -= step
         if np.abs(step).max() < _NEWTON_TOLERANCE:
             break
