@@ -70,7 +70,7 @@ def search_labels(
             f"{12 * MAX_NEIGHBOUR_CELLS / 2**30:.1f} GB this search may hand back: lower k and score_k, or search the "
             "queries in parts"
         )
-    depth = min(len(index), max(width, min(k * int(sizes.max()), FIRST_SEARCH_DEPTH)))
+    depth = first_search_depth(len(index), width, k, int(sizes.max()))
     want = min(k, len(classes))
     # each query's settled classes, best first: the first `settled[query]` codes of its row
     found = np.full((n_queries, want), -1, np.int64)
@@ -112,6 +112,12 @@ def search_labels(
                     gained = settled[query] > had[query]
                     depths[query] = group_depth if gained else 2 * group_depth
     return neighbours, classes[found].tolist()
+
+
+def first_search_depth(n_rows: int, width: int, k: int, largest_class: int) -> int:
+    """Rows the first search keeps per query: enough for k classes of the largest size, at most FIRST_SEARCH_DEPTH
+    (queries still short of labels search again), and never fewer than the `width` handed back."""
+    return min(n_rows, max(width, min(k * largest_class, FIRST_SEARCH_DEPTH)))
 
 
 def _blocks(queries: np.ndarray, depth: int) -> list[np.ndarray]:
