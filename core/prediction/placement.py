@@ -468,14 +468,15 @@ def _logistic(x: np.ndarray, classes: np.ndarray, weight: np.ndarray | None = No
     Two classes give one logit, the second's, as scikit-learn's binary model does."""
     m = int(classes.max()) + 1
     weight = np.ones(len(x)) if weight is None else weight
+    if m == 2:
+        return np.vstack([np.zeros(2), _binary_logistic(x, classes == 1, weight)])
     features = np.column_stack([np.ones_like(x), x])  # items × 2
     onehot = np.eye(m)[classes]
     # The intercepts' tiny term keeps a class no item has at a finite logit.
     penalty = np.tile([1e-9, 1.0], m)
     # No likelihood tells apart intercepts shifted together: the first is held at 0 (solved for the
-    # others only, as a near-null direction would stall Newton's steps), and with two classes the
-    # first slope too.
-    free = np.arange(2 * m) >= (2 if m == 2 else 1)
+    # others only, as a near-null direction would stall Newton's steps).
+    free = np.arange(2 * m) >= 1
     beta = np.zeros(2 * m)
     for _ in range(_NEWTON_ROUNDS):
         logits = features @ beta.reshape(m, 2).T
@@ -497,6 +498,26 @@ def _logistic(x: np.ndarray, classes: np.ndarray, weight: np.ndarray | None = No
         if np.abs(step).max() < _NEWTON_TOLERANCE:
             break
     return beta.reshape(m, 2)
+
+
+def _binary_logistic(x: np.ndarray, positive: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Intercept and slope of the logit of `positive`: `_logistic` with two classes, whose sums are those of one
+    probability per item (a third of the multinomial's work, which the detector of every class bootstrap pays)."""
+    penalty = np.array([1e-9, 1.0])
+    beta = np.zeros(2)
+    x2 = x * x
+    for _ in range(_NEWTON_ROUNDS):
+        p = 1.0 / (1.0 + np.exp(-np.clip(beta[0] + beta[1] * x, -50, 50)))
+        residual = weight * (p - positive)
+        curvature = weight * p * (1 - p)
+        gradient = np.array([residual.sum(), residual @ x]) + penalty * beta
+        cross = curvature @ x
+        hessian = np.array([[curvature.sum(), cross], [cross, curvature @ x2]]) + np.diag(penalty)
+        step = np.linalg.solve(hessian, gradient)
+        beta -= step
+        if np.abs(step).max() < _NEWTON_TOLERANCE:
+            break
+    return beta
 
 
 def _balanced_detector(known: np.ndarray, far: np.ndarray) -> tuple[float, float, float, float]:
