@@ -2,6 +2,7 @@
 
 import math
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -111,6 +112,30 @@ def test_one_analysis_per_vectors_and_settings_whatever_model_a_parquet_is_opene
     assert again is first, "the file's vectors do not change with the model chosen for queries"
     assert server.analysis_job(plan, loaded, PredictConfig(k=3)) is not first
     assert first.wait(SECONDS) and first.result.config == PredictConfig()
+
+
+def test_the_server_loads_the_compiled_umap_only_once_no_analysis_runs(ws, monkeypatch):
+    import core.maps.projection
+
+    server, release, steps = Server(), threading.Event(), []
+
+    def child_compiles():
+        # a user opens an analysis while the child compiles
+        steps.append("child")
+        server.analyses.start("a user's analysis", lambda watch: release.wait(SECONDS))
+
+    monkeypatch.setattr(core.maps.projection, "compile_in_child_process", child_compiles)
+    monkeypatch.setattr(core.maps.projection, "warm_up", lambda: steps.append("server"))
+    server.start_background_work(ws, after=lambda: None)
+    deadline = time.monotonic() + SECONDS
+    while "child" not in steps and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    assert steps == ["child"] and server.analyses.busy()
+    release.set()
+    while "server" not in steps and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert steps == ["child", "server"]
 
 
 def test_the_dashboard_starts_from_the_calibrated_threshold_until_settings_are_saved(ws):

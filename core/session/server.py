@@ -322,12 +322,18 @@ class Server:
         # and after any analysis under way keeps it off the user's first look at their data. The
         # compiling is done by a child, whose GIL is its own: the pages stay free to run meanwhile.
         self.models.start(model).exception()
-        while self.analyses.busy():
-            time.sleep(WAIT_SECONDS)
+        self._after_analyses()
         from core.maps.projection import compile_in_child_process, warm_up
 
         compile_in_child_process()
+        # Loading what the child compiled holds this process's GIL for a second or more: an analysis
+        # opened while the child compiled goes first.
+        self._after_analyses()
         warm_up()
+
+    def _after_analyses(self) -> None:
+        while self.analyses.busy():
+            time.sleep(WAIT_SECONDS)
 
     def _once(self, name: str, work: Callable[[], None]) -> None:
         """`work` in a thread of its own, once per server."""
