@@ -52,7 +52,9 @@ def embeddings():
     return clustered_embeddings()
 
 
-def test_a_split_in_one_run_of_rows_is_a_view_and_an_interleaved_one_a_copy_of_the_same_items(embeddings):
+def test_a_split_in_one_run_of_rows_is_a_view_and_an_interleaved_one_a_copy_of_the_same_items(
+    embeddings,
+):
     train = embeddings.subset("train")
     assert np.shares_memory(train.vectors, embeddings.vectors)
     order = np.random.default_rng(1).permutation(len(embeddings.ids))
