@@ -110,14 +110,69 @@ def server_memory_mb(base_url: str, field: str = "VmRSS") -> float:
 def server_process(base_url: str) -> Path:
     """The /proc folder of the server answering `base_url`."""
     wanted = ["--server.port", base_url.rsplit(":", 1)[-1]]
-    for process in Path("/proc").iterdir():
-        try:
-            arguments = (process / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # a process that ended while we looked, or one we may not read
-            continue
+    for process, arguments in _processes():
         if any(arguments[i : i + 2] == wanted for i in range(len(arguments))):
             return process
     raise ServerFailed(f"no process serves {base_url}")
+
+
+def _processes() -> Iterator[tuple[Path, list[str]]]:
+    """Every running process's /proc folder and command line (those that end while we look are left out)."""
+    for process in Path("/proc").iterdir():
+        if process.name.isdigit():
+            try:
+                yield (
+                    process,
+                    (process / "cmdline").read_bytes().decode(errors="replace").split("\0"),
+                )
+            except OSError:
+                continue
+
+
+def _parent(process: Path) -> int | None:
+    try:
+        return int((process / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def with_descendants(process: Path) -> list[Path]:
+    """The process and every process it started (a compiling child, say), by parent id."""
+    children: dict[int, list[Path]] = {}
+    for other, _ in _processes():
+        children.setdefault(_parent(other), []).append(other)
+    found, pending = [], [process]
+    while pending:
+        found.append(pending.pop())
+        pending += children.get(int(found[-1].name), [])
+    return found
+
+
+def browser_processes() -> list[Path]:
+    """The running Chromium processes: the browser, its renderers, GPU and utility processes.
+
+    By their name (`comm`): Chromium rewrites its children's command lines into one string."""
+    found = []
+    for process, _ in _processes():
+        try:
+            if (process / "comm").read_text().strip() == CHROMIUM.name:
+                found.append(process)
+        except OSError:
+            continue
+    return found
+
+
+def cpu_seconds(processes: list[Path]) -> float:
+    """CPU seconds (user and system) the processes have used so far; one that has ended counts nothing."""
+    ticks = 0
+    for process in processes:
+        try:
+            # stat's fields after the command's closing parenthesis: utime and stime are the 12th and 13th
+            fields = (process / "stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stop(server: subprocess.Popen) -> None:
