@@ -163,13 +163,17 @@ def browser_processes() -> list[Path]:
 
 
 def cpu_seconds(processes: list[Path]) -> float:
-    """CPU seconds (user and system) the processes have used so far; one that has ended counts nothing."""
+    """CPU seconds (user and system) the processes and their ended children have used so far.
+
+    A child counts in its parent once it has ended (and been waited for), so a compiling child that
+    ends between two readings of a process `with_descendants` moves from one sum to the other."""
     ticks = 0
     for process in processes:
         try:
-            # stat's fields after the command's closing parenthesis: utime and stime are the 12th and 13th
+            # stat's fields after the command's closing parenthesis: utime, stime, cutime and cstime
+            # are the 12th to the 15th
             fields = (process / "stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
+            ticks += sum(int(value) for value in fields[11:15])
         except (OSError, IndexError, ValueError):
             continue
     return ticks / os.sysconf("SC_CLK_TCK")

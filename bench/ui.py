@@ -100,6 +100,16 @@ STEPS = [
 ]
 
 
+# Why the analysis a page awaits takes longer than in Python alone, measured by hand (not rerun by this command).
+BUSY_CORES_NOTE = (
+    "**A little load costs the analysis much more than its share.** The same 130k analysis job, run by a "
+    "server without Streamlit or a browser, took 11.7–11.8 s; beside a loop busy 18% of one core in 10 ms "
+    "bursts, 13.4–15.2 s (by hand, on this AMD EPYC). torch splits each product evenly over its threads, "
+    "which wait for one another at its end: a core taken for a moment stalls both. The browser's share above "
+    "is such a load."
+)
+
+
 # What was tried to bring a key press under the target, measured by hand (not rerun by this command).
 SLIDER_TRIED = (
     "**Tried for the slider before the live slider, side by side, and not kept** (figures from then, on this "
@@ -513,5 +523,6 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
         f"timed with AppTest without a browser, takes {seconds(inside['rerun'])}; Chromium's main thread was busy "
         f"{seconds(medians[smallest]['browser_busy'])} per press in long tasks."
     )
+    section.add(BUSY_CORES_NOTE)
     section.add(SLIDER_TRIED)
     return section

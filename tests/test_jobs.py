@@ -47,10 +47,10 @@ def test_progress_is_the_last_step_reported():
 
     job = jobs.start("key", work)
     assert reported.wait(WAIT)
-    assert (job.fraction, job.text) == (0.75, "searching: 3 of 4")
+    assert (job.fraction, job.stage) == (0.75, "searching")
     go.set()
     job.wait(WAIT)
-    assert (job.fraction, job.text) == (None, "fitting")
+    assert (job.fraction, job.stage) == (None, "fitting")
 
 
 def test_cancel_stops_the_work_at_its_next_step_and_again_starts_it_anew():

@@ -40,8 +40,7 @@ class Job:
             self._ended.set()
 
     def _report(self, done: int, total: int, stage: str) -> None:
-        fraction = min(done / total, 1.0) if total else None
-        self._progress = (fraction, f"{stage}: {done:,} of {total:,}" if total else stage)
+        self._progress = (min(done / total, 1.0) if total else None, stage)
 
     @property
     def fraction(self) -> float | None:
@@ -49,8 +48,8 @@ class Job:
         return self._progress[0]
 
     @property
-    def text(self) -> str:
-        """What the job is doing, for people."""
+    def stage(self) -> str:
+        """What the job is doing, for people; how far along it is, is the fraction."""
         return self._progress[1]
 
     @property
