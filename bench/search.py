@@ -13,6 +13,7 @@ import numpy as np
 from bench.fixtures import EmbeddingSpace, retrieval_embeddings
 from bench.report import Section, seconds, table
 from bench.timing import (
+    AMX_BF16_GFLOPS,
     interleaved,
     matmul_rates,
     median,
@@ -60,8 +61,6 @@ BALANCE_TARGET = 2.0
 # The screened search's GFLOP/s at least this share of the bf16 product's alone, and the first
 # analysis at 130k at most this many times its search's arithmetic floor (issue #26).
 PRODUCT_SHARE_TARGET, FLOOR_TARGET = 0.5, 2.0
-# bf16 matrix-multiply rate measured on the Intel Xeon with AMX where BENCHMARKS.md was first made.
-AMX_BF16_GFLOPS = 1985
 
 
 def _numpy_top_k(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from core.embedding.clip import usable_cores
 
+# bf16 matrix-multiply rate measured on the Intel Xeon with AMX where BENCHMARKS.md was first made.
+AMX_BF16_GFLOPS = 1985
+
 
 def interleaved(
     contenders: dict[str, Callable[[], object]], repeats: int

@@ -40,7 +40,7 @@ from bench.served import (
     server_process,
     with_descendants,
 )
-from bench.timing import matmul_rates, median, product_flop
+from bench.timing import AMX_BF16_GFLOPS, matmul_rates, median, product_flop
 from core.embedding.clip import usable_cores
 
 # (test items, train classes): 3 train items per class, 30% of test from classes train lacks (Kaggle's shape).
@@ -484,19 +484,27 @@ def _report(walks: dict[str, list[Walk]], rounds: int, inside: dict) -> Section:
         "process's high-water mark (VmHWM) after the single-user walk.",
         table(["step", *SIZES], rows),
     )
+    analysis, largest, smallest = inside["analysis"], list(SIZES)[-1], next(iter(SIZES))
     for size, targets in TARGETS.items():
         for step, limit in targets.items():
             value = medians[size][step]
+            measured = _shown(step, value)
+            if (size, step) == (largest, "distractors_settled"):
+                # The 10 s target was set on an Intel Xeon with AMX: its floor here says how far this CPU is.
+                floor, rate = analysis["bf16_floor"], analysis["bf16_gflops"]
+                measured += (
+                    f" (its test search's bf16 floor here {seconds(floor)} at {rate:,.0f} GFLOP/s; "
+                    f"{seconds(floor * rate / AMX_BF16_GFLOPS)} at the AMX machine's {AMX_BF16_GFLOPS:,})"
+                )
             section.check(
                 f"{size}: {dict(STEPS)[step]} ≤ {_shown(step, limit)}",
-                _shown(step, value),
+                measured,
                 value is not None and value <= limit,
             )
     tsne = medians["13k"]["tsne"]
     section.check(
         f"13k (16k points): t-SNE settled ≤ {TSNE_TARGET:.0f} s", seconds(tsne), tsne <= TSNE_TARGET
     )
-    analysis, largest, smallest = inside["analysis"], list(SIZES)[-1], next(iter(SIZES))
     section.add(
         f"**Where the time goes**, measured in Python in the same run. The first analysis at {largest} "
         f"({analysis['test']:,} test against {analysis['train']:,} train, nothing stored yet) takes "
