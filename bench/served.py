@@ -129,11 +129,17 @@ def _processes() -> Iterator[tuple[Path, list[str]]]:
                 continue
 
 
-def _parent(process: Path) -> int | None:
+def _stat(process: Path) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command's closing parenthesis (the first is the state); [] once it ended."""
     try:
-        return int((process / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+        return (process / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _parent(process: Path) -> int | None:
+    fields = _stat(process)
+    return int(fields[1]) if fields else None
 
 
 def with_descendants(process: Path) -> list[Path]:
@@ -167,15 +173,8 @@ def cpu_seconds(processes: list[Path]) -> float:
 
     A child counts in its parent once it has ended (and been waited for), so a compiling child that
     ends between two readings of a process `with_descendants` moves from one sum to the other."""
-    ticks = 0
-    for process in processes:
-        try:
-            # stat's fields after the command's closing parenthesis: utime, stime, cutime and cstime
-            # are the 12th to the 15th
-            fields = (process / "stat").read_text().rsplit(")", 1)[1].split()
-            ticks += sum(int(value) for value in fields[11:15])
-        except (OSError, IndexError, ValueError):
-            continue
+    # utime, stime, cutime and cstime: the 12th to the 15th of the fields after the command
+    ticks = sum(int(value) for process in processes for value in _stat(process)[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -1,6 +1,14 @@
-"""Tests for bench.report: a partial bench run replaces its own sections and keeps the others."""
+"""Tests for bench.report and bench.served's process figures: a partial bench run replaces its own sections and keeps
+the others; CPU time counts a process's children, running or ended."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from bench.report import Section, write_report
+from bench.served import cpu_seconds, with_descendants
 
 
 def section(number: int, name: str, measured: str) -> Section:
@@ -45,3 +53,22 @@ def test_a_full_run_writes_only_what_it_measured(tmp_path):
     write_report(report, [section(1, "Embedding", "old 1")], ["# Benchmarks"])
     write_report(report, [section(2, "Slider", "new 2")], ["# Benchmarks"])
     assert "Embedding" not in report.read_text()
+
+
+def test_cpu_time_counts_a_busy_child_while_it_runs_and_once_it_has_ended():
+    me = Path(f"/proc/{os.getpid()}")
+    busy = "import time\nstarted = time.process_time()\nwhile time.process_time() - started < 0.6: pass\ntime.sleep(30)"
+    before = cpu_seconds(with_descendants(me))
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        deadline = time.monotonic() + 30
+        while cpu_seconds(with_descendants(me)) - before < 0.6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert Path(f"/proc/{child.pid}") in with_descendants(me)
+        assert cpu_seconds(with_descendants(me)) - before >= 0.6
+        alone = cpu_seconds([me])
+    finally:
+        child.kill()
+        child.wait()
+    # ended and waited for, the child's time moves into its parent's own figure
+    assert cpu_seconds([me]) - alone >= 0.5
