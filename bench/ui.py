@@ -104,7 +104,7 @@ STEPS = [
 BUSY_CORES_NOTE = (
     "**A little load costs the analysis much more than its share.** The same 130k analysis job, run by a "
     "server without Streamlit or a browser, took 11.7–11.8 s; beside a loop busy 18% of one core in 10 ms "
-    "bursts, 13.4–15.2 s (by hand, on this AMD EPYC). torch splits each product evenly over its threads, "
+    "bursts, 13.4–15.2 s (by hand, on an AMD EPYC with 2 cores, in December 2026). torch splits each product evenly over its threads, "
     "which wait for one another at its end: a core taken for a moment stalls both. The browser's share above "
     "is such a load."
 )
