@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.cluster import DBSCAN
 
 from core.detection.metrics import precision_recall_f1
-from core.search.index import Neighbours, VectorIndex
+from core.search.index import Neighbours, nearest_others
 
 SCORE_MODES = ("max", "mean")
 # MAP@k values this close to the best count as the best: sums of the same terms in a different order
@@ -29,19 +29,7 @@ def distractor_scores(neighbours: Neighbours, mode: str = "max", k: int = 5) -> 
 
 def leave_one_out_neighbours(train_vectors: np.ndarray, depth: int) -> Neighbours:
     """Each train item's top `depth` neighbours among the other train items (fewer when train is smaller)."""
-    n = train_vectors.shape[0]
-    depth = min(depth, n - 1)
-    if depth < 1:
-        return Neighbours(np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64))
-    neighbours = VectorIndex(train_vectors).search(train_vectors, depth + 1)
-    # Drop each row's own entry (not always first when duplicates tie with it).
-    own = neighbours.indices == np.arange(n)[:, None]
-    has_own = own.any(axis=1)
-    own[~has_own, -1] = True
-    keep = ~own
-    return Neighbours(
-        neighbours.similarities[keep].reshape(n, -1), neighbours.indices[keep].reshape(n, -1)
-    )
+    return nearest_others(train_vectors, depth)
 
 
 def leave_one_out_scores_of(neighbours: Neighbours, mode: str = "max", k: int = 5) -> np.ndarray:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.search.index import VectorIndex, unit_rows
+from core.search.index import VectorIndex, nearest_others, unit_rows
 
 PLACEMENTS = ("first", "optimal")
 NOWHERE = 0  # a position: "-1" is not in the row
@@ -445,12 +445,7 @@ def pooling_of(test_vectors: np.ndarray, n_classes: int, seed: int = 0) -> Pooli
     if len(items) > MAX_EVIDENCE_QUERIES:
         rng = np.random.default_rng([seed, 7])
         items = np.sort(rng.choice(len(items), MAX_EVIDENCE_QUERIES, replace=False))
-    found = VectorIndex(vectors).search(vectors[items], size + 1).indices
-    # Drop each row's own index (or, when a duplicate pushed it out, its last neighbour).
-    own = found == items[:, None]
-    drop = np.where(own.any(axis=1), np.argmax(own, axis=1), size)
-    keep = np.arange(size + 1)[None, :] != drop[:, None]
-    return Pooling(items, found[keep].reshape(len(items), size), len(vectors))
+    return Pooling(items, nearest_others(vectors, size, items).indices, len(vectors))
 
 
 def _shifted(balanced_log_odds: np.ndarray, share: float) -> np.ndarray:

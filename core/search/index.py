@@ -259,6 +259,26 @@ def _probes(n_lists: int) -> int:
     return min(n_lists, max(IVF_MIN_PROBES, round(n_lists * IVF_PROBE_SHARE)))
 
 
+def nearest_others(vectors: np.ndarray, depth: int, rows: np.ndarray | None = None) -> Neighbours:
+    """Each of `rows`' (every row's by default) top `depth` neighbours among the other rows of `vectors`.
+
+    Fewer than `depth` when there are fewer other rows. A row is searched among all, itself
+    dropped: where duplicates tie with it and push it out of the result, its last neighbour goes."""
+    n = vectors.shape[0]
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+    depth = min(depth, n - 1)
+    if depth < 1:
+        return Neighbours(np.zeros((len(rows), 0), np.float32), np.zeros((len(rows), 0), np.int64))
+    found = VectorIndex(vectors).search(vectors[rows], depth + 1)
+    own = found.indices == rows[:, None]
+    own[~own.any(axis=1), -1] = True
+    keep = ~own
+    return Neighbours(
+        found.similarities[keep].reshape(len(rows), depth),
+        found.indices[keep].reshape(len(rows), depth),
+    )
+
+
 def search(indexed: np.ndarray, queries: np.ndarray, k: int, kind: str = "auto") -> Neighbours:
     """One-shot cosine top-k of `queries` among `indexed`: exact unless the size or `kind` says otherwise."""
     return VectorIndex(indexed, kind).search(queries, k)
